@@ -1,0 +1,40 @@
+# TrueConf Calendar Connector — the two commands of README.md and what they stand on.
+#   make run    install, then start the whole product with emulators (tc-calendar sandbox)
+#   make test   install, then lint, type-check and run every test
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+PACKAGES := proto libs/tccal $(sort $(dir $(wildcard services/*/pyproject.toml emulators/*/pyproject.toml))) .
+# Our import packages (libs/*/src/<pkg>, services/*/src/<pkg>, emulators/*/src/<pkg>), type-checked strictly.
+PKGS := $(sort $(notdir $(patsubst %/,%,$(dir $(wildcard libs/*/src/*/__init__.py services/*/src/*/__init__.py emulators/*/src/*/__init__.py)))))
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint typecheck pytest clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt $(wildcard */pyproject.toml */*/pyproject.toml) $(wildcard proto/trueconf/calendar/v1/*.proto)
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is needed, this is {sys.version}"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --constraint constraints.txt --reinstall-package tc-calendar-contracts $(foreach p,$(PACKAGES),-e $(p))
+	touch $@
+
+run: install
+	$(BIN)/tc-calendar sandbox --state-dir .sandbox --ready-file .sandbox/ready.json
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy $(foreach p,$(PKGS),-p $(p))
+
+pytest: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) proto/gen .sandbox

@@ -1,0 +1,286 @@
+"""NATS JetStream: connection with reconnect, the connector's streams and KV bucket, publish and consume.
+
+Streams (DESIGN.md §4.2) are declared idempotently by every service that starts. Messages carry Nats-Msg-Id
+(dedupe) and traceparent. A consumed message is acked only after its handler returned; a failing message is
+redelivered with backoff up to `max_deliver` times, then copied to the dead-letter subject dlq.<stream>.<durable>
+with the error in its headers, and acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+from opentelemetry import trace
+
+from tccal import telemetry
+from tccal.retry import backoff_delay
+
+log = logging.getLogger(__name__)
+
+CALENDAR = "CALENDAR"
+TCS_COMMANDS = "TCS_COMMANDS"
+TCS_RESULTS = "TCS_RESULTS"
+DEADLETTER = "DEADLETTER"
+INGEST_STATE_BUCKET = "INGEST_STATE"
+
+STREAM_SUBJECTS = {
+    CALENDAR: "calendar.v1.changes.>",
+    TCS_COMMANDS: "tcs.v1.commands.>",
+    TCS_RESULTS: "tcs.v1.results.>",
+    DEADLETTER: "dlq.>",
+}
+DUPLICATE_WINDOW_SECONDS = 600.0
+_ESCAPED = {".": "%2E", "*": "%2A", ">": "%3E", " ": "%20", "%": "%25", "\t": "%09"}
+
+
+def subject_token(text: str) -> str:
+    """Make `text` (an e-mail, a server id) one NATS subject token: '.', '*', '>', '%' and blanks escaped."""
+    return "".join(_ESCAPED.get(ch, ch) for ch in text.lower())
+
+
+def calendar_subject(provider: str, mailbox: str) -> str:
+    return f"calendar.v1.changes.{subject_token(provider)}.{subject_token(mailbox)}"
+
+
+def commands_subject(server_id: str) -> str:
+    return f"tcs.v1.commands.{subject_token(server_id)}"
+
+
+def results_subject(server_id: str) -> str:
+    return f"tcs.v1.results.{subject_token(server_id)}"
+
+
+@dataclass(frozen=True)
+class BusSettings:
+    url: str = "nats://127.0.0.1:4222"
+    user: str = ""
+    password: str = ""
+    token: str = ""
+    replicas: int = 1
+    max_deliver: int = 10
+    name: str = "tc-calendar"
+
+
+class Bus:
+    """One NATS connection with its JetStream context; reconnects forever once connected."""
+
+    def __init__(self, settings: BusSettings) -> None:
+        self.settings = settings
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+
+    @property
+    def nc(self) -> Client:
+        if self._nc is None:
+            raise RuntimeError("bus is not connected")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("bus is not connected")
+        return self._js
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    async def connect(self, *, attempts: int | None = None) -> None:
+        """Connect, retrying with backoff (forever unless `attempts`), then declare the topology."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self._nc = await nats.connect(
+                    servers=[u.strip() for u in self.settings.url.split(",") if u.strip()],
+                    name=self.settings.name,
+                    user=self.settings.user or None,
+                    password=self.settings.password or None,
+                    token=self.settings.token or None,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=2,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                )
+                break
+            except Exception as exc:  # every connect failure is retried the same way
+                if attempts is not None and attempt >= attempts:
+                    raise
+                delay = backoff_delay(attempt, base=0.25, cap=5.0)
+                log.warning("NATS unreachable, retrying", extra={"url": self.settings.url, "error": str(exc)})
+                await asyncio.sleep(delay)
+        self._js = self._nc.jetstream(timeout=10)
+        await ensure_topology(self._js, replicas=self.settings.replicas)
+
+    async def close(self) -> None:
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                await self._nc.drain()
+            except Exception:  # already broken: closing is all that is left
+                await self._nc.close()
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("NATS error", extra={"error": str(exc)})
+
+    async def _on_disconnected(self) -> None:
+        log.warning("NATS disconnected")
+
+    async def _on_reconnected(self) -> None:
+        log.info("NATS reconnected")
+
+    async def publish(
+        self, subject: str, payload: bytes, *, msg_id: str, headers: dict[str, str] | None = None
+    ) -> bool:
+        """Publish with dedupe id and trace context; True if JetStream stored it, False if it was a duplicate."""
+        all_headers = {"Nats-Msg-Id": msg_id, **(headers or {})}
+        telemetry.inject_context(all_headers)
+        ack = await self.js.publish(subject, payload, headers=all_headers)
+        return not ack.duplicate
+
+    async def key_value(self, bucket: str = INGEST_STATE_BUCKET) -> KeyValue:
+        return await self.js.key_value(bucket)
+
+
+async def ensure_topology(js: JetStreamContext, *, replicas: int = 1) -> None:
+    """Declare the streams and the KV bucket; existing ones are updated in place, never dropped."""
+    for name, subject in STREAM_SUBJECTS.items():
+        config = StreamConfig(
+            name=name,
+            subjects=[subject],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            max_age=30 * 24 * 3600.0 if name != DEADLETTER else 90 * 24 * 3600.0,
+        )
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            await js.update_stream(config)
+    try:
+        await js.key_value(INGEST_STATE_BUCKET)
+    except (NotFoundError, BadRequestError):
+        await js.create_key_value(bucket=INGEST_STATE_BUCKET, history=1, replicas=replicas)
+
+
+async def ensure_consumer(
+    js: JetStreamContext,
+    stream: str,
+    durable: str,
+    *,
+    filter_subject: str | None = None,
+    max_deliver: int = 10,
+    ack_wait: float = 30.0,
+    max_ack_pending: int = 1000,
+) -> None:
+    config = ConsumerConfig(
+        durable_name=durable,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        max_deliver=max_deliver,
+        ack_wait=ack_wait,
+        filter_subject=filter_subject,
+        max_ack_pending=max_ack_pending,
+    )
+    await js.add_consumer(stream, config)
+
+
+Handler = Callable[[Msg], Awaitable[None]]
+
+
+async def consume(
+    bus: Bus,
+    stream: str,
+    durable: str,
+    handler: Handler,
+    *,
+    stop: asyncio.Event,
+    batch: int = 64,
+    max_deliver: int | None = None,
+    filter_subject: str | None = None,
+    ack_wait: float = 30.0,
+) -> None:
+    """Pull messages of `durable` until `stop` is set; ack after `handler` succeeded, else redeliver/dead-letter."""
+    limit = max_deliver or bus.settings.max_deliver
+    await ensure_consumer(bus.js, stream, durable, filter_subject=filter_subject, max_deliver=limit, ack_wait=ack_wait)
+    subscription = await bus.js.pull_subscribe_bind(durable, stream)
+    tracer = telemetry.tracer("tccal.bus")
+    try:
+        while not stop.is_set():
+            try:
+                messages = await subscription.fetch(batch, timeout=1.0)
+            except NatsTimeoutError:
+                continue
+            except Exception as exc:  # connection trouble: the client reconnects; wait and fetch again
+                log.warning("fetch failed", extra={"stream": stream, "durable": durable, "error": str(exc)})
+                await asyncio.sleep(0.5)
+                continue
+            for message in messages:
+                context = telemetry.extract_context(message.headers)
+                with tracer.start_as_current_span(
+                    f"consume {stream}", context=context, kind=trace.SpanKind.CONSUMER
+                ) as span:
+                    span.set_attribute("messaging.destination.name", message.subject)
+                    await _handle_one(bus, stream, durable, handler, message, limit)
+    finally:
+        try:
+            await subscription.unsubscribe()
+        except Exception as exc:  # connection already gone
+            log.debug("unsubscribe failed", extra={"error": str(exc)})
+
+
+async def _handle_one(bus: Bus, stream: str, durable: str, handler: Handler, message: Msg, limit: int) -> None:
+    try:
+        await handler(message)
+    except Exception as exc:
+        delivered = message.metadata.num_delivered or 1
+        if delivered >= limit:
+            await _dead_letter(bus, stream, durable, message, exc)
+            await message.ack()
+            log.error(
+                "message dead-lettered after %d deliveries",
+                delivered,
+                extra={"stream": stream, "subject": message.subject, "error": repr(exc)},
+            )
+        else:
+            log.warning(
+                "handler failed, redelivering",
+                extra={
+                    "stream": stream,
+                    "subject": message.subject,
+                    "attempt": delivered,
+                    "error": repr(exc),
+                },
+            )
+            await message.nak(delay=backoff_delay(delivered, base=0.5, cap=30.0))
+        return
+    await message.ack()
+
+
+async def _dead_letter(bus: Bus, stream: str, durable: str, message: Msg, exc: Exception) -> None:
+    headers: dict[str, Any] = dict(message.headers or {})
+    headers.pop("Nats-Msg-Id", None)
+    headers.update(
+        {
+            "Tc-Dlq-Stream": stream,
+            "Tc-Dlq-Durable": durable,
+            "Tc-Dlq-Subject": message.subject,
+            "Tc-Dlq-Error": repr(exc)[:1000],
+        }
+    )
+    await bus.js.publish(f"dlq.{stream.lower()}.{subject_token(durable)}", message.data, headers=headers)

@@ -1,0 +1,1 @@
+"""The `tc-calendar` (also `tc_calendar`) administration CLI."""

@@ -1,0 +1,111 @@
+"""`tc-calendar`: administration of the connector.
+
+Subcommands of other packages are discovered through the entry-point group `tc_calendar.commands`
+(e.g. licensing adds `register` and `offline-reg`). The guide's spellings are accepted as they are written:
+`tc_calendar --hash_pass p1 p2`, `--register KEY`, `--offline_reg FILE`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib.metadata import entry_points
+
+import click
+
+from tccal import secrets
+from tccal.config import ConfigError, load_config
+from tccal.config.schema import Config
+from tccal.service import CONFIG_ENV, EXIT_CONFIG
+
+LEGACY_FLAGS = {"--hash_pass": "hash-pass", "--register": "register", "--offline_reg": "offline-reg"}
+PLUGIN_GROUP = "tc_calendar.commands"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option("1.0.0", prog_name="tc-calendar")
+def cli() -> None:
+    """Administer the TrueConf Calendar Connector (Exchange calendars in TrueConf Server)."""
+
+
+@cli.command("hash-pass")
+@click.argument("passwords", nargs=-1, required=True)
+def hash_pass(passwords: tuple[str, ...]) -> None:
+    """Encrypt passwords for config.json, one 'Your encrypted data: ...' line per password, in order.
+
+    The key is this machine's key file (created on first use, mode 0600), or TC_CALENDAR_KEY /
+    TC_CALENDAR_KEY_FILE for containers: encrypt with the key the services will decrypt with.
+    """
+    try:
+        key = secrets.load_key()
+    except secrets.SecretError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for password in passwords:
+        click.echo(f"Your encrypted data: {secrets.encrypt(password, key)}")
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Check and describe config.json."""
+
+
+@config_group.command("check")
+@click.argument("file", type=click.Path(dir_okay=False), required=False)
+@click.option("--no-decrypt", is_flag=True, help="Do not try to decrypt secrets with this machine's key.")
+def config_check(file: str | None, no_decrypt: bool) -> None:
+    """Validate FILE (default: $TC_CALENDAR_CONFIG) exactly as the services do at start; starts nothing.
+
+    Exit code 0 when the file is usable, 2 with one line per problem otherwise.
+    """
+    import os
+
+    path = file or os.environ.get(CONFIG_ENV)
+    if not path:
+        raise click.UsageError(f"name the config file, or set {CONFIG_ENV}")
+    try:
+        config = load_config(path, check_secrets=not no_decrypt)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"{exc.source}: {problem}", err=True)
+        sys.exit(EXIT_CONFIG)
+    providers = len(config.calendar_providers)
+    users = sum(len(p.users) for p in config.calendar_providers)
+    click.echo(f"{path}: OK ({providers} calendar provider(s), {users} user(s), wsPort {config.ws_port})")
+
+
+@config_group.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of config.json."""
+    click.echo(json.dumps(Config.model_json_schema(by_alias=True), indent=2))
+
+
+@config_group.command("reference")
+def config_reference() -> None:
+    """Print every config.json key with its default and meaning (Markdown)."""
+    from tccal.config.reference import markdown
+
+    click.echo(markdown())
+
+
+def _load_plugins() -> None:
+    for entry in entry_points(group=PLUGIN_GROUP):
+        command = entry.load()
+        if isinstance(command, click.Command) and entry.name not in cli.commands:
+            cli.add_command(command, entry.name)
+
+
+def translate_legacy(argv: list[str]) -> list[str]:
+    """Turn the guide's `--hash_pass a b` style into subcommands (`hash-pass a b`)."""
+    if argv and argv[0] in LEGACY_FLAGS:
+        return [LEGACY_FLAGS[argv[0]], *argv[1:]]
+    if argv and "=" in argv[0] and argv[0].split("=", 1)[0] in LEGACY_FLAGS:
+        flag, value = argv[0].split("=", 1)
+        return [LEGACY_FLAGS[flag], value, *argv[1:]]
+    return argv
+
+
+def main(argv: list[str] | None = None) -> None:
+    from tccal.cli import sandbox  # noqa: F401  (registers the sandbox command)
+
+    _load_plugins()
+    cli.main(args=translate_legacy(list(sys.argv[1:] if argv is None else argv)), prog_name="tc-calendar")

@@ -1,0 +1,260 @@
+"""The configuration schema, defined once.
+
+Keys are spelled as in the TrueConf Calendar Connector guide (camelCase). Every field carries its meaning
+(`description`) and default; README.md's reference table and docs/config.schema.json are generated from it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+ServiceName = Literal["ews-ingest", "sync-engine", "tcs-gateway", "licensing"]
+SERVICE_NAMES: tuple[ServiceName, ...] = ("ews-ingest", "sync-engine", "tcs-gateway", "licensing")
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise PydanticCustomError("port", "is not a port (1-65535)")
+    return value
+
+
+def _port_or_zero(value: Any) -> int:
+    if value == 0 and not isinstance(value, bool):
+        return 0
+    return _port(value)
+
+
+def _email(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+        raise PydanticCustomError("email", "is not an e-mail address")
+    return value.lower()
+
+
+def _server_id(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9.\-_]+#vcs", value):
+        raise PydanticCustomError("server_id", "is not a TrueConf Server id (name#vcs)")
+    return value
+
+
+def _path(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise PydanticCustomError("url_path", "is not a URL path (starts with /)")
+    return value
+
+
+Port = Annotated[int, BeforeValidator(_port)]
+PortOrZero = Annotated[int, BeforeValidator(_port_or_zero)]
+Email = Annotated[str, BeforeValidator(_email)]
+ServerId = Annotated[str, BeforeValidator(_server_id)]
+UrlPath = Annotated[str, BeforeValidator(_path)]
+# A secret value: `tc-calendar --hash_pass` output (base64 of "tc_..."), or plaintext where allowed.
+Secret = Annotated[str, Field(json_schema_extra={"secret": True})]
+SECRET_KEYS = frozenset({"password", "secret", "clientSecret", "adminToken", "token"})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=False, frozen=True, strict=True
+    )
+
+
+class DbConnectionConfig(_Section):
+    host: str = Field("localhost", description="PostgreSQL host name, or a Unix socket directory.")
+    port: Port = Field(5441, description="PostgreSQL port.")
+    user: str = Field("bridge", description="PostgreSQL user.")
+    password: Secret = Field("", description="Encrypted password (tc-calendar --hash_pass); empty: none.")
+    database: str = Field("calendar", description="Database name.")
+    pool_min: int = Field(1, ge=0, le=100, description="Smallest connection pool size per service.")
+    pool_max: int = Field(10, ge=1, le=200, description="Largest connection pool size per service.")
+
+
+class CacheConfig(_Section):
+    auto_sync: bool = Field(
+        False,
+        description="true: publish every event of the window at first start; false: only changes from now.",
+    )
+    backward: int = Field(2, ge=0, le=120, description="Months before today kept in the TrueConf calendar.")
+    forward: int = Field(3, ge=0, le=120, description="Months after today kept in the TrueConf calendar.")
+
+
+class ProductWhitelist(_Section):
+    tcs: list[ServerId] = Field(
+        default_factory=list, description="TrueConf Server ids (name#vcs) allowed to connect on wsPort."
+    )
+
+
+class Credential(_Section):
+    login: str = Field(description="Impersonation account (user@domain or DOMAIN\\user).", min_length=1)
+    password: Secret = Field(description="Its encrypted password (tc-calendar --hash_pass).")
+
+
+class CalendarProvider(_Section):
+    host: str = Field(description="Exchange server (or load balancer) host name.", min_length=1)
+    path: UrlPath = Field("/EWS/Exchange.asmx", description="EWS path.")
+    autodiscover_path: UrlPath | None = Field(
+        None, description="Autodiscover path (DAG/clusters); when set, EWS URLs are discovered per mailbox."
+    )
+    port: Port = Field(443, description="EWS port.")
+    type: Literal["ews"] = Field("ews", description="Calendar protocol; only Exchange Web Services.")
+    scheme: Literal["https", "http"] = Field("https", description="http only for test installations.")
+    auth: Literal["ntlm", "basic"] = Field("ntlm", description="EWS authentication.")
+    verify_tls: bool = Field(True, description="Verify the Exchange TLS certificate.")
+    max_concurrency: int = Field(
+        8, ge=1, le=27, description="Parallel EWS calls per credential (Exchange's EWSMaxConcurrency is 27)."
+    )
+    exchange_version: Literal["Exchange2016", "Exchange2019", "ExchangeSE"] | None = Field(
+        None, description="Pin the EWS version instead of probing it."
+    )
+    credentials: list[Credential] = Field(
+        min_length=1, description="Impersonation accounts; mailboxes are spread over them."
+    )
+    users: list[Email] = Field(default_factory=list, description="Mailboxes synced at start, first in line for seats.")
+
+
+class ServiceEndpoint(_Section):
+    host: str = Field("127.0.0.1", description="Address the service's gRPC and HTTP servers bind to.")
+    grpc_port: PortOrZero = Field(
+        description="gRPC port (0: pick a free one); defaults 50061-50064 "
+        "(ews-ingest, sync-engine, tcs-gateway, licensing)."
+    )
+    http_port: PortOrZero = Field(
+        description="HTTP port for /healthz, /readyz, /metrics; defaults 8061-8064 in the same order."
+    )
+    address: str | None = Field(None, description="host:port other services use to reach its gRPC.")
+
+
+def _default_endpoints() -> dict[ServiceName, ServiceEndpoint]:
+    return {
+        name: ServiceEndpoint.model_validate({"grpcPort": 50061 + i, "httpPort": 8061 + i})
+        for i, name in enumerate(SERVICE_NAMES)
+    }
+
+
+class GrpcConfig(_Section):
+    admin_token: Secret = Field(
+        "", description="Bearer token for admin calls (required when a service binds beyond loopback)."
+    )
+    services: dict[ServiceName, ServiceEndpoint] = Field(
+        default_factory=_default_endpoints, description="Where each service listens."
+    )
+
+    def endpoint(self, service: str) -> ServiceEndpoint:
+        for name, endpoint in self.services.items():
+            if name == service:
+                return endpoint
+        for name, endpoint in _default_endpoints().items():
+            if name == service:
+                return endpoint
+        raise KeyError(f"no such service: {service}")
+
+    def address_of(self, service: str) -> str:
+        endpoint = self.endpoint(service)
+        return endpoint.address or f"{endpoint.host}:{endpoint.grpc_port}"
+
+
+class NatsConfig(_Section):
+    url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated.")
+    user: str = Field("", description="NATS user.")
+    password: Secret = Field("", description="Encrypted NATS password.")
+    token: Secret = Field("", description="Encrypted NATS token.")
+    replicas: int = Field(1, ge=1, le=5, description="JetStream replicas of the connector's streams.")
+    max_deliver: int = Field(10, ge=1, le=1000, description="Deliveries of a message before dead-lettering.")
+
+
+class TcsServer(_Section):
+    id: ServerId = Field(description="The server id as whitelisted (name#vcs).")
+    secret: Secret = Field(description="Encrypted secret the server presents on the bridge.")
+    rest_url: str = Field(description="REST API v4 base, e.g. https://video.example.com/api/v4.")
+    client_id: str = Field(description="OAuth2 client id for the REST API.")
+    client_secret: Secret = Field(description="Encrypted OAuth2 client secret.")
+    verify_tls: bool = Field(True, description="Verify the server's TLS certificate.")
+
+
+class TcsConfig(_Section):
+    servers: list[TcsServer] = Field(default_factory=list, description="TrueConf Servers served.")
+    bridge_path: UrlPath = Field("/bridge/v1", description="WebSocket path of the calendar bridge.")
+    tls_cert_file: str | None = Field(None, description="PEM certificate for wss:// on wsPort.")
+    tls_key_file: str | None = Field(None, description="PEM key for wss:// on wsPort.")
+
+
+class TelemetryConfig(_Section):
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_format: Literal["json", "text"] = Field("json", description="Log line format.")
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/gRPC endpoint; OTEL_EXPORTER_OTLP_ENDPOINT wins when set."
+    )
+
+
+class LicenseConfig(_Section):
+    authority_public_key: str = Field(
+        "", description="Registration authority's Ed25519 public key (base64 raw or PEM)."
+    )
+    registration_url: str = Field("https://reg.trueconf.com:4310", description="Registration server.")
+    grace_period_days: int = Field(7, ge=0, le=90, description="Free tier: days of work without the server.")
+    check_interval_hours: int = Field(12, ge=1, le=168, description="Free tier: online check period.")
+
+
+class ConferenceDefaults(_Section):
+    mode: Literal["S|L Auto", "S|L", "PxP", "OxP"] = Field("S|L Auto", description="Mode for @trueconf.")
+    access: Literal["private", "public"] = Field("private", description="Access for @trueconf meetings.")
+    max_participants: int = Field(0, ge=0, le=10000, description="0: server default.")
+    max_podiums: int = Field(0, ge=0, le=100, description="0: server default.")
+    waiting_room_enabled: bool = Field(False, description="Waiting room.")
+    recording_enabled: bool = Field(False, description="Record automatically.")
+    mute_mic_on_join: bool = Field(False, description="Mute microphones on entry.")
+    mute_camera_on_join: bool = Field(False, description="Stop cameras on entry.")
+
+
+class Config(_Section):
+    ws_port: Port = Field(4315, description="Port of the WebSocket bridge TrueConf Server connects to.")
+    db_connection_config: DbConnectionConfig = Field(default_factory=DbConnectionConfig)
+    launch_conference: bool = Field(True, description="Run the conference when the meeting starts.")
+    sync_conference_participants: bool = Field(
+        True, description="Keep conference invitations equal to the attendees who have not declined."
+    )
+    temporal_conf_participants_mode: bool = Field(
+        False, description="true: invite attendees at launch only; false: as scheduled participants."
+    )
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    product_whitelist: ProductWhitelist = Field(default_factory=ProductWhitelist)
+    calendar_providers: list[CalendarProvider] = Field(
+        default_factory=list, description="Exchange servers (EWS) whose calendars are synced."
+    )
+    nats: NatsConfig = Field(default_factory=NatsConfig)
+    grpc: GrpcConfig = Field(default_factory=GrpcConfig)
+    tcs: TcsConfig = Field(default_factory=TcsConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    license: LicenseConfig = Field(default_factory=LicenseConfig)
+    conference_defaults: ConferenceDefaults = Field(default_factory=ConferenceDefaults)
+    write_back_join_link: bool = Field(False, description="Write the join link into the organizer's item.")
+    allow_plaintext_passwords: bool = Field(
+        False, description="Accept secrets not made by --hash_pass (test installations only)."
+    )
+
+
+def iter_secrets(model: BaseModel, prefix: str = "") -> list[tuple[str, str]]:
+    """Every secret field of the config as (JSON path, value)."""
+    found: list[tuple[str, str]] = []
+    for name, field in type(model).model_fields.items():
+        alias = field.alias or name
+        path = f"{prefix}.{alias}" if prefix else alias
+        value = getattr(model, name)
+        found.extend(_secrets_in(value, path, alias))
+    return found
+
+
+def _secrets_in(value: object, path: str, key: str) -> list[tuple[str, str]]:
+    if isinstance(value, BaseModel):
+        return iter_secrets(value, path)
+    if isinstance(value, list):
+        return [item for i, v in enumerate(value) for item in _secrets_in(v, f"{path}[{i}]", key)]
+    if isinstance(value, dict):
+        return [item for k, v in value.items() for item in _secrets_in(v, f"{path}.{k}", key)]
+    if isinstance(value, str) and key in SECRET_KEYS:
+        return [(path, value)]
+    return []

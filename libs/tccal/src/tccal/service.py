@@ -1,0 +1,191 @@
+"""The common life of a service process: config, telemetry, gRPC + probe servers, background tasks, SIGTERM.
+
+A service's `__main__` builds a ServiceApp (registers its gRPC servicers, readiness checks and tasks) and calls
+`run_service`. Config comes from --config or TC_CALENDAR_CONFIG; a bad config exits with code 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import NoReturn
+
+import click
+
+from tccal import telemetry
+from tccal.bus import Bus, BusSettings
+from tccal.clock import Clock, SystemClock
+from tccal.config import Config, ConfigError, load_config
+from tccal.db import Database
+from tccal.grpckit import GrpcServer
+from tccal.probes import ProbeServer, Readiness
+from tccal.secrets import SecretError, reveal
+
+log = logging.getLogger(__name__)
+CONFIG_ENV = "TC_CALENDAR_CONFIG"
+EXIT_CONFIG = 2
+
+
+class ServiceApp:
+    """Everything one service process runs, started and stopped in order."""
+
+    def __init__(self, name: str, config: Config, *, admin_methods: frozenset[str] = frozenset()) -> None:
+        self.name = name
+        self.config = config
+        self.clock: Clock = SystemClock()
+        self.stop_event = asyncio.Event()
+        self.readiness = Readiness()
+        endpoint = config.grpc.endpoint(name)
+        self.grpc = GrpcServer(
+            endpoint.host,
+            endpoint.grpc_port,
+            admin_methods=admin_methods,
+            admin_token=self.secret(config.grpc.admin_token),
+        )
+        self.probes = ProbeServer(name, endpoint.host, endpoint.http_port, self.readiness)
+        self._tasks: list[Callable[[], Awaitable[None]]] = []
+        self._cleanups: list[Callable[[], Awaitable[None]]] = []
+        self._running: list[asyncio.Task[None]] = []
+
+    def secret(self, value: str) -> str:
+        return reveal(value, allow_plaintext=self.config.allow_plaintext_passwords)
+
+    def bus_settings(self) -> BusSettings:
+        nats_config = self.config.nats
+        return BusSettings(
+            url=nats_config.url,
+            user=nats_config.user,
+            password=self.secret(nats_config.password),
+            token=self.secret(nats_config.token),
+            replicas=nats_config.replicas,
+            max_deliver=nats_config.max_deliver,
+            name=self.name,
+        )
+
+    def new_bus(self) -> Bus:
+        bus = Bus(self.bus_settings())
+
+        async def nats_ready() -> None:
+            if not bus.connected:
+                raise ConnectionError("NATS not connected")
+
+        self.readiness.add("nats", nats_ready)
+        self.on_stop(bus.close)
+        return bus
+
+    def new_database(self) -> Database:
+        """The service's PostgreSQL pool; readiness reports it, the caller connects it (`await db.connect()`)."""
+        database = Database(self.config)
+        self.readiness.add("postgres", database.check)
+        self.on_stop(database.close)
+        return database
+
+    def task(self, run: Callable[[], Awaitable[None]]) -> None:
+        """Run `run` in the background from start until stop (it should return when stop_event is set)."""
+        self._tasks.append(run)
+
+    def on_stop(self, cleanup: Callable[[], Awaitable[None]]) -> None:
+        """Run `cleanup` at shutdown, in reverse order of registration."""
+        self._cleanups.append(cleanup)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        grpc_port = await self.grpc.start()
+        http_port = await self.probes.start()
+        log.info("%s started", self.name, extra={"grpc_port": grpc_port, "http_port": http_port})
+        self._running = [asyncio.create_task(self._guard(t), name=f"{self.name}-task") for t in self._tasks]
+        watcher = asyncio.create_task(self._watch_readiness())
+        await self.stop_event.wait()
+        log.info("%s stopping", self.name)
+        await self.grpc.set_serving(False)
+        watcher.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+        for cleanup in reversed(self._cleanups):
+            try:
+                await asyncio.wait_for(cleanup(), 10)
+            except Exception as exc:  # keep stopping the rest
+                log.warning("cleanup failed", extra={"error": repr(exc)})
+        await self.grpc.stop(grace=3)
+        await self.probes.stop()
+        log.info("%s stopped", self.name)
+        telemetry.shutdown()
+
+    async def _guard(self, run: Callable[[], Awaitable[None]]) -> None:
+        """A background task that crashes is logged and restarted after a pause, never silently lost."""
+        while not self.stop_event.is_set():
+            try:
+                await run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background task failed; restarting in 1 s", extra={"service": self.name})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop_event.wait(), 1.0)
+
+    async def _watch_readiness(self) -> None:
+        async def publish(ready: bool, checks: dict[str, str]) -> None:
+            await self.grpc.set_serving(ready)
+            log.info("%s is %s", self.name, "ready" if ready else "not ready", extra={"checks": str(checks)})
+
+        self.readiness.listeners.append(publish)
+        while True:
+            await self.readiness.evaluate()
+            await asyncio.sleep(1.0)
+
+
+def load_or_exit(config_path: str | None) -> Config:
+    path = config_path or os.environ.get(CONFIG_ENV)
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"{exc.source}: {problem}", err=True)
+        sys.exit(EXIT_CONFIG)
+
+
+def run_service(
+    name: str,
+    build: Callable[[ServiceApp], Awaitable[None]],
+    *,
+    admin_methods: frozenset[str] = frozenset(),
+    argv: list[str] | None = None,
+) -> NoReturn:
+    """Entry point of `python -m <service>`."""
+
+    @click.command(name=name, help=f"Run the {name} service of the TrueConf Calendar Connector.")
+    @click.option("--config", "config_path", type=click.Path(), help=f"config.json (default: ${CONFIG_ENV}).")
+    def main(config_path: str | None) -> None:
+        config = load_or_exit(config_path)
+        telemetry.setup(
+            name,
+            otlp_endpoint=config.telemetry.otlp_endpoint,
+            log_level=config.telemetry.log_level,
+            log_format=config.telemetry.log_format,
+        )
+        try:
+            asyncio.run(_main(name, config, build, admin_methods))
+        except SecretError as exc:
+            click.echo(f"{name}: a configured secret is unusable: {exc}", err=True)
+            sys.exit(EXIT_CONFIG)
+        except ValueError as exc:
+            click.echo(f"{name}: {exc}", err=True)
+            sys.exit(EXIT_CONFIG)
+
+    main(args=argv)
+    sys.exit(0)
+
+
+async def _main(
+    name: str, config: Config, build: Callable[[ServiceApp], Awaitable[None]], admin_methods: frozenset[str]
+) -> None:
+    app = ServiceApp(name, config, admin_methods=admin_methods)
+    await build(app)
+    await app.run()

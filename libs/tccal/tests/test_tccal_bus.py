@@ -1,0 +1,109 @@
+"""JetStream through a real nats-server: topology, dedupe, trace context, ack-after-success, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.aio.msg import Msg
+from tccal import bus as busmod
+from tccal import telemetry
+from tccal.bus import Bus, BusSettings, consume
+from tccal.testing import wait_for_async
+
+
+async def connected(url: str, max_deliver: int = 3) -> Bus:
+    bus = Bus(BusSettings(url=url, max_deliver=max_deliver, name="test"))
+    await bus.connect(attempts=3)
+    return bus
+
+
+async def test_topology_is_declared_idempotently(nats_url: str) -> None:
+    bus = await connected(nats_url)
+    await busmod.ensure_topology(bus.js)  # a second service starting declares it again
+    for stream, subject in busmod.STREAM_SUBJECTS.items():
+        info = await bus.js.stream_info(stream)
+        assert info.config.subjects == [subject]
+        assert info.config.duplicate_window == busmod.DUPLICATE_WINDOW_SECONDS
+    kv = await bus.key_value()
+    await kv.put("probe", b"1")
+    assert (await kv.get("probe")).value == b"1"
+    await bus.close()
+
+
+async def test_publish_dedupes_on_msg_id_and_carries_traceparent(nats_url: str) -> None:
+    telemetry.setup("test-bus")
+    bus = await connected(nats_url)
+    subject = busmod.calendar_subject("exchange.example.com", "anna@example.com")
+    assert subject == "calendar.v1.changes.exchange%2Eexample%2Ecom.anna@example%2Ecom"
+    with telemetry.tracer("test").start_as_current_span("read"):
+        assert await bus.publish(subject, b"one", msg_id="anna/1/ck1") is True
+        assert await bus.publish(subject, b"one again", msg_id="anna/1/ck1") is False
+    info = await bus.js.stream_info(busmod.CALENDAR)
+    assert info.state.messages == 1
+    message = await bus.js.get_msg(busmod.CALENDAR, 1)
+    assert message.headers is not None
+    assert message.headers["Nats-Msg-Id"] == "anna/1/ck1"
+    assert message.headers["traceparent"].startswith("00-")
+    await bus.close()
+
+
+async def test_ack_only_after_success_then_dead_letter(nats_url: str) -> None:
+    bus = await connected(nats_url, max_deliver=3)
+    subject = busmod.commands_subject("server.trueconf.name#vcs")
+    await bus.publish(subject, b"good", msg_id="c1")
+    await bus.publish(subject, b"flaky", msg_id="c2")
+    await bus.publish(subject, b"poison", msg_id="c3")
+    seen: list[tuple[bytes, int]] = []
+    done: list[bytes] = []
+
+    async def handler(msg: Msg) -> None:
+        seen.append((msg.data, msg.metadata.num_delivered or 0))
+        if msg.data == b"poison" or (msg.data == b"flaky" and (msg.metadata.num_delivered or 0) < 2):
+            raise RuntimeError(f"cannot handle {msg.data!r}")
+        done.append(msg.data)
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(consume(bus, busmod.TCS_COMMANDS, "test-durable", handler, stop=stop, batch=10))
+
+    async def dead_lettered() -> bool:
+        info = await bus.js.stream_info(busmod.DEADLETTER)
+        return info.state.messages == 1
+
+    await wait_for_async(dead_lettered, timeout=30, what="poison message in the dead-letter stream")
+    stop.set()
+    await task
+    assert sorted(done) == [b"flaky", b"good"]
+    assert [n for data, n in seen if data == b"poison"] == [1, 2, 3]
+    consumer = await bus.js.consumer_info(busmod.TCS_COMMANDS, "test-durable")
+    assert consumer.num_ack_pending == 0 and consumer.num_pending == 0
+    dead = await bus.js.get_msg(busmod.DEADLETTER, 1)
+    assert dead.data == b"poison"
+    assert dead.headers is not None and "cannot handle" in dead.headers["Tc-Dlq-Error"]
+    assert dead.headers["Tc-Dlq-Subject"] == subject
+    await bus.close()
+
+
+async def test_unacked_message_is_redelivered_to_the_next_consumer(nats_url: str) -> None:
+    """A consumer that dies before its handler finished leaves the message for the next one."""
+    bus = await connected(nats_url)
+    subject = busmod.results_subject("s#vcs")
+    await bus.publish(subject, b"r1", msg_id="r1")
+    await busmod.ensure_consumer(bus.js, busmod.TCS_RESULTS, "results", ack_wait=1.0)
+    first = await bus.js.pull_subscribe_bind("results", busmod.TCS_RESULTS)
+    (msg,) = await first.fetch(1, timeout=5)
+    assert msg.data == b"r1"  # taken, never acked: the process "crashed"
+    got: list[bytes] = []
+
+    async def handler(m: Msg) -> None:
+        got.append(m.data)
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(consume(bus, busmod.TCS_RESULTS, "results", handler, stop=stop, ack_wait=1.0))
+
+    async def redelivered() -> bool:
+        return got == [b"r1"]
+
+    await wait_for_async(redelivered, timeout=15)
+    stop.set()
+    await task
+    await bus.close()

@@ -1,0 +1,152 @@
+"""config.json: the guide's file as written, precise errors, environment overrides, `config check`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tccal import secrets
+from tccal.config import ConfigError, load_config
+from tccal.testing import repo_root
+
+GUIDE = repo_root() / "docs" / "examples" / "config.guide.json"
+CLI = [sys.executable, "-m", "tccal.cli"]
+
+
+def guide_config(tmp_path: Path, password: str | None = None) -> Path:
+    text = GUIDE.read_text().replace("PASSWORD_PLACEHOLDER", password or secrets.encrypt("Exch4nge!"))
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    return path
+
+
+def test_the_guide_config_is_accepted_as_written(tmp_path: Path) -> None:
+    config = load_config(guide_config(tmp_path))
+    assert config.ws_port == 4315
+    assert config.db_connection_config.port == 5441
+    assert config.cache.backward == 2 and config.cache.forward == 3 and config.cache.auto_sync is False
+    assert config.product_whitelist.tcs == ["server.trueconf.name#vcs"]
+    provider = config.calendar_providers[0]
+    assert provider.autodiscover_path == "/autodiscover/autodiscover.svc"
+    assert provider.users == ["name1@example.com", "name2@example.com", "name3@example.com"]
+    assert secrets.reveal(provider.credentials[0].password) == "Exch4nge!"
+
+
+def test_defaults_when_keys_are_absent() -> None:
+    config = load_config(None, environ={})
+    assert config.ws_port == 4315
+    assert config.launch_conference is True
+    assert config.sync_conference_participants is True
+    assert config.temporal_conf_participants_mode is False
+    assert config.db_connection_config.database == "calendar"
+    assert config.grpc.address_of("licensing") == "127.0.0.1:50064"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    return path
+
+
+def test_three_mistakes_give_three_precise_lines(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """{
+          "wsPort": 70000,
+          "launchConference": "yes", // a string, not a boolean
+          "calendarProviders": [{"host": "ex", "port": "abc",
+                                 "credentials": [{"login": "svc", "password": ""}]}]
+        }""",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    lines = [str(p) for p in caught.value.problems]
+    assert lines == [
+        "wsPort: 70000 is not a port (1-65535)",
+        'launchConference: "yes" is not a boolean (true or false)',
+        'calendarProviders[0].port: "abc" is not a port (1-65535)',
+    ]
+
+
+def test_unknown_keys_are_reported_not_dropped(tmp_path: Path) -> None:
+    path = write(tmp_path, '{"wsPrt": 4315, "cache": {"autosync": true}}')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    lines = sorted(str(p) for p in caught.value.problems)
+    assert len(lines) == 2
+    assert lines[1].startswith("wsPrt: unknown key (expected one of: wsPort,")
+    assert lines[0] == "cache.autosync: unknown key (expected one of: autoSync, backward, forward)"
+
+
+def test_plaintext_password_is_refused_unless_allowed(tmp_path: Path) -> None:
+    path = guide_config(tmp_path, password="plain-secret")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    (problem,) = caught.value.problems
+    assert problem.path == "calendarProviders[0].credentials[0].password"
+    assert "plain-secret" not in str(problem)
+    assert "--hash_pass" in str(problem)
+    allowed = load_config(path, environ={"TC_CALENDAR__ALLOWPLAINTEXTPASSWORDS": "true"})
+    assert allowed.allow_plaintext_passwords is True
+
+
+def test_password_from_another_machine_key_is_reported(tmp_path: Path) -> None:
+    secrets.load_key()  # this machine has its own key
+    foreign = secrets.encrypt("x", key=b"\x01" * 32)
+    path = guide_config(tmp_path, password=foreign)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "another machine key" in str(caught.value.problems[0])
+
+
+def test_environment_overrides_every_level(tmp_path: Path) -> None:
+    environ = {
+        "TC_CALENDAR__WSPORT": "4400",
+        "TC_CALENDAR__CACHE__FORWARD": "6",
+        "TC_CALENDAR__CALENDARPROVIDERS__0__HOST": "mail.corp.local",
+        "TC_CALENDAR__NATS__URL": "nats://nats:4222",
+    }
+    config = load_config(guide_config(tmp_path), environ=environ)
+    assert config.ws_port == 4400
+    assert config.cache.forward == 6
+    assert config.calendar_providers[0].host == "mail.corp.local"
+    assert config.nats.url == "nats://nats:4222"
+
+
+def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(guide_config(tmp_path), environ={"TC_CALENDAR__WSPORT": "port"})
+    assert str(caught.value.problems[0]) == (
+        'wsPort: "port" is not a port (1-65535) (from environment variable TC_CALENDAR__WSPORT)'
+    )
+
+
+def test_broken_json_is_one_clear_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, '{"wsPort": 4315,,}'))
+    assert "is not valid JSON" in str(caught.value)
+
+
+def test_config_check_command(tmp_path: Path) -> None:
+    good = subprocess.run([*CLI, "config", "check", str(guide_config(tmp_path))], capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr
+    assert "OK (1 calendar provider(s), 3 user(s), wsPort 4315)" in good.stdout
+    bad = write(tmp_path, '{"wsPort": "x", "cache": {"backward": -1}, "nope": 1}')
+    result = subprocess.run([*CLI, "config", "check", str(bad)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f'{bad}: wsPort: "x" is not a port (1-65535)',
+        f"{bad}: cache.backward: -1 is too small (minimum 0)",
+        f"{bad}: nope: unknown key" + result.stderr.splitlines()[2].split("nope: unknown key")[1],
+    ]
+
+
+def test_service_refuses_to_start_on_a_bad_config(tmp_path: Path) -> None:
+    bad = write(tmp_path, '{"wsPort": "x"}')
+    result = subprocess.run(
+        [sys.executable, "-m", "licensing", "--config", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert 'wsPort: "x" is not a port (1-65535)' in result.stderr

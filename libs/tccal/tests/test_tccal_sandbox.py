@@ -1,0 +1,66 @@
+"""`tc-calendar sandbox`: everything up and ready, a complete ready-file, and nothing left after SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tccal.testing import short_tmpdir, wait_for
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting for its parent to reap it has stopped running)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_sandbox_up_ready_and_stopped_without_orphans() -> None:
+    state = short_tmpdir("tcsbx")
+    ready_file = state / "ready.json"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tccal.cli",
+            "sandbox",
+            "--state-dir",
+            str(state),
+            "--ready-file",
+            str(ready_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        wait_for(ready_file.exists, timeout=150, what="the ready-file")
+        ready = json.loads(ready_file.read_text())
+        assert set(ready["services"]) == {"ews-ingest", "sync-engine", "tcs-gateway", "licensing"}
+        assert ready["services"]["tcs-gateway"]["ws"].startswith("ws://127.0.0.1:")
+        assert ready["nats"]["url"].startswith("nats://127.0.0.1:")
+        assert ready["postgres"]["dsn"].startswith("postgresql://")
+        for name, endpoints in ready["services"].items():
+            with grpc.insecure_channel(endpoints["grpc"]) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
+        pids = ready["processes"]
+        assert {"ews-ingest", "sync-engine", "tcs-gateway", "licensing", "postgres", "nats-server"} <= set(pids)
+        assert all(alive(pid) for pid in pids.values())
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        leftovers = {name: pid for name, pid in pids.items() if alive(pid)}
+        assert not leftovers, f"still running after the sandbox stopped: {leftovers}"
+        assert "sandbox stopped" in (process.stdout.read().decode() if process.stdout else "")
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -1,0 +1,91 @@
+"""A service process for real: ready only while PostgreSQL and NATS are, clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tccal.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from tccal.testing import short_tmpdir, wait_for
+
+
+def readyz(port: int) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=3) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+    except OSError:
+        return 0, {}
+
+
+def health(port: int) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
+        except grpc.RpcError:
+            return -1
+        return int(reply.status)
+
+
+def test_sync_engine_readiness_follows_its_dependencies(tmp_path: Path, nats_server: EmbeddedNats) -> None:
+    pg_dir = short_tmpdir("tcpgl")
+    postgres = EmbeddedPostgres(pg_dir)
+    postgres.start()
+    grpc_port, http_port = free_port(), free_port()
+    config = {
+        "dbConnectionConfig": {
+            "host": postgres.socket_dir,
+            "port": 5432,
+            "user": "postgres",
+            "database": "postgres",
+        },
+        "nats": {"url": nats_server.url},
+        "grpc": {"services": {"sync-engine": {"grpcPort": grpc_port, "httpPort": http_port}}},
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sync_engine", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    restarted = EmbeddedNats(nats_server.store_dir, port=nats_server.port)
+    try:
+        wait_for(lambda: readyz(http_port)[0] == 200, timeout=60, what="sync-engine ready")
+        wait_for(lambda: health(grpc_port) == health_pb2.HealthCheckResponse.SERVING, what="gRPC SERVING")
+
+        nats_server.stop()
+        wait_for(lambda: readyz(http_port)[0] == 503, timeout=30, what="not ready without NATS")
+        _, body = readyz(http_port)
+        assert str(body["checks"]["nats"]).startswith("down")  # type: ignore[index]
+        assert body["checks"]["postgres"] == "ok"  # type: ignore[index]
+        wait_for(lambda: health(grpc_port) == health_pb2.HealthCheckResponse.NOT_SERVING, what="NOT_SERVING")
+        restarted.start()
+        wait_for(lambda: readyz(http_port)[0] == 200, timeout=30, what="ready again with NATS back")
+
+        postgres.stop()
+        wait_for(lambda: readyz(http_port)[0] == 503, timeout=30, what="not ready without PostgreSQL")
+        postgres.start()
+        wait_for(lambda: readyz(http_port)[0] == 200, timeout=30, what="ready again with PostgreSQL back")
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        output = process.stdout.read().decode() if process.stdout else ""
+        lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+        messages = [entry["message"] for entry in lines]
+        assert "sync-engine stopping" in messages and "sync-engine stopped" in messages
+    finally:
+        if process.poll() is None:
+            process.kill()
+        postgres.stop()
+        restarted.stop()
+        shutil.rmtree(pg_dir, ignore_errors=True)

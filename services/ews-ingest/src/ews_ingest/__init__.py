@@ -1,0 +1,1 @@
+"""ews-ingest: reads Exchange calendars over EWS and publishes every change to JetStream."""

@@ -1,0 +1,1 @@
+"""TrueConf Calendar Connector licensing service."""
