@@ -6,6 +6,7 @@ import importlib
 from pathlib import Path
 
 import pytest
+
 import trueconf.calendar.v1 as generated
 from tccal.testing import repo_root
 

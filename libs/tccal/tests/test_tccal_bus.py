@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from nats.aio.msg import Msg
+
 from tccal import bus as busmod
 from tccal import telemetry
 from tccal.bus import Bus, BusSettings, consume

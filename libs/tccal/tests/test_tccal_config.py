@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tccal import secrets
 from tccal.config import ConfigError, load_config
 from tccal.testing import repo_root

@@ -6,6 +6,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from tccal.grpckit import GrpcServer, client_metadata
 from trueconf.calendar.v1 import gateway_pb2, gateway_pb2_grpc
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from tccal.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from tccal.testing import short_tmpdir, wait_for
 
@@ -49,6 +50,7 @@ def test_sync_engine_readiness_follows_its_dependencies(tmp_path: Path, nats_ser
             "database": "postgres",
         },
         "nats": {"url": nats_server.url},
+        "productWhitelist": {"tcs": ["video.example.com#vcs"]},
         "grpc": {"services": {"sync-engine": {"grpcPort": grpc_port, "httpPort": http_port}}},
     }
     path = tmp_path / "config.json"

@@ -5,6 +5,7 @@ For the sandbox and the tests only; a production start takes its PostgreSQL and 
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -67,6 +68,8 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         if self._server is not None:
             self._server.cleanup()  # type: ignore[attr-defined]
+            # stopped already: its atexit hook would only log into closed streams at interpreter exit
+            atexit.unregister(self._server._cleanup)  # type: ignore[attr-defined]
             self._server = None
 
 

@@ -33,6 +33,7 @@ SERVICE_MODULES = {
     "licensing": "licensing",
 }
 _PR_SET_PDEATHSIG = 1
+SANDBOX_TCS_ID = "sandbox.trueconf.local#vcs"
 
 
 def _die_with_parent() -> None:
@@ -139,6 +140,7 @@ class Sandbox:
             "wsPort": ws_port,
             "dbConnectionConfig": db,
             "nats": {"url": nats_url},
+            "productWhitelist": {"tcs": [SANDBOX_TCS_ID]},
             "grpc": {"services": services},
             "telemetry": {"logLevel": "INFO", "logFormat": "json"},
         }

@@ -1,0 +1,110 @@
+"""Emulator configuration (JSON file): server version, accounts, mailboxes, delegates, optional seeding."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# name -> (MajorVersion, MinorVersion, MajorBuildNumber, MinorBuildNumber)
+SERVER_VERSIONS: dict[str, tuple[int, int, int, int]] = {
+    "Exchange2016": (15, 1, 2507, 39),
+    "Exchange2019": (15, 2, 1544, 4),
+    "ExchangeSE": (15, 2, 2562, 17),
+}
+SCHEMA_VERSION = "V2017_07_11"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class AccountSpec:
+    username: str
+    password: str
+    impersonation: bool = False
+    mailbox: str | None = None
+
+
+@dataclass
+class MailboxSpec:
+    email: str
+    display_name: str | None = None
+    password: str | None = None
+
+
+@dataclass
+class DelegateSpec:
+    owner: str
+    delegate: str
+    rights: str = "Editor"
+
+
+@dataclass
+class EmulatorConfig:
+    version: str = "Exchange2016"
+    domain: str = "EXAMPLE"
+    service_accounts: list[AccountSpec] = field(default_factory=list)
+    mailboxes: list[MailboxSpec] = field(default_factory=list)
+    delegates: list[DelegateSpec] = field(default_factory=list)
+    seed: dict[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> EmulatorConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
+        known = {"version", "domain", "service_accounts", "mailboxes", "delegates", "seed"}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys {sorted(unknown)}; expected some of {sorted(known)}")
+        cfg = cls()
+        version = data.get("version", "Exchange2016")
+        if version not in SERVER_VERSIONS:
+            raise ConfigError(f"config key 'version' is {version!r}; expected one of {sorted(SERVER_VERSIONS)}")
+        cfg.version = version
+        domain = data.get("domain", "EXAMPLE")
+        if not isinstance(domain, str) or not domain:
+            raise ConfigError(f"config key 'domain' must be a non-empty string, got {domain!r}")
+        cfg.domain = domain
+        for n, acc in enumerate(data.get("service_accounts", [])):
+            if not isinstance(acc, dict) or not acc.get("username") or not acc.get("password"):
+                raise ConfigError(f"service_accounts[{n}] needs 'username' and 'password', got {acc!r}")
+            cfg.service_accounts.append(
+                AccountSpec(
+                    str(acc["username"]),
+                    str(acc["password"]),
+                    bool(acc.get("impersonation", True)),
+                    acc.get("mailbox"),
+                )
+            )
+        for n, mbx in enumerate(data.get("mailboxes", [])):
+            if isinstance(mbx, str):
+                mbx = {"email": mbx}
+            if not isinstance(mbx, dict) or "@" not in str(mbx.get("email", "")):
+                raise ConfigError(f"mailboxes[{n}] needs an SMTP 'email', got {mbx!r}")
+            cfg.mailboxes.append(MailboxSpec(str(mbx["email"]), mbx.get("display_name"), mbx.get("password")))
+        for n, dlg in enumerate(data.get("delegates", [])):
+            if not isinstance(dlg, dict) or not dlg.get("owner") or not dlg.get("delegate"):
+                raise ConfigError(f"delegates[{n}] needs 'owner' and 'delegate', got {dlg!r}")
+            cfg.delegates.append(
+                DelegateSpec(str(dlg["owner"]), str(dlg["delegate"]), str(dlg.get("rights", "Editor")))
+            )
+        seed = data.get("seed")
+        if seed is not None and not isinstance(seed, dict):
+            raise ConfigError(f"config key 'seed' must be an object, got {seed!r}")
+        cfg.seed = seed
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path) -> EmulatorConfig:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid JSON: {exc}") from exc
+        return cls.from_json(data)

@@ -1,0 +1,1162 @@
+"""EWS operations. Each handler takes the request context and the SOAP Body's first child and returns the
+response element (m:<Operation>Response) that goes into the response Body."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import gzip
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .calendar import SEND_MODES_CREATE, SEND_MODES_UPDATE, Calendar
+from .calxml import (
+    FIND_ITEM_FORBIDDEN,
+    ItemError,
+    ParseContext,
+    Shape,
+    WriteContext,
+    apply_field,
+    ext_key,
+    normalize_times,
+    write_item,
+    write_item_id_only,
+)
+from .model import (
+    FOLDERS,
+    Account,
+    CalendarItem,
+    Event,
+    IdError,
+    Mailbox,
+    Store,
+    Subscription,
+    clone_item,
+    parse_folder_id,
+    parse_item_id,
+    parse_watermark,
+)
+from .xmlutil import (
+    NS_M,
+    NS_T,
+    NS_XSI,
+    UTC,
+    Element,
+    bool_text,
+    children,
+    el,
+    fmt_dt,
+    local,
+    m,
+    parse_bool,
+    parse_dt,
+    sub,
+    t,
+    text_of,
+)
+
+
+class SoapFaultError(Exception):
+    """An error Exchange answers with a SOAP fault (HTTP 500) instead of a response message."""
+
+    def __init__(self, code: str, text: str, values: dict[str, str] | None = None) -> None:
+        super().__init__(f"{code}: {text}")
+        self.code = code
+        self.text = text
+        self.values = values or {}
+
+
+@dataclass
+class Context:
+    store: Store
+    cal: Calendar
+    account: Account
+    acting: Mailbox | None
+    tz: dt.tzinfo | None
+    api_version: str
+    minute_seconds: float = 60.0
+    mailboxes_touched: set[str] = field(default_factory=set)
+    max_stream_events: int = 50
+
+    @property
+    def actor(self) -> str:
+        return self.acting.display_name if self.acting else self.account.username
+
+    def parse_ctx(self) -> ParseContext:
+        return ParseContext(self.store, self.tz)
+
+    def write_ctx(self, viewer: Mailbox, shape: Shape) -> WriteContext:
+        return WriteContext(self.store, viewer, shape, dt.date.today().year)
+
+
+# ------------------------------------------------------------------------------------------ response helpers
+
+
+def response_root(op: str) -> tuple[Element, Element]:
+    root = el(m(f"{op}Response"), nsmap={"m": NS_M, "t": NS_T})
+    msgs = sub(root, m("ResponseMessages"))
+    return root, msgs
+
+
+def add_message(msgs: Element, op: str, error: ItemError | None = None) -> Element:
+    msg = sub(msgs, m(f"{op}ResponseMessage"), ResponseClass="Error" if error else "Success")
+    if error is not None:
+        sub(msg, m("MessageText"), error.text)
+        sub(msg, m("ResponseCode"), error.code)
+        sub(msg, m("DescriptiveLinkKey"), "0")
+    else:
+        sub(msg, m("ResponseCode"), "NoError")
+    return msg
+
+
+# ------------------------------------------------------------------------------------------------- access
+
+
+def check_access(ctx: Context, mbx: Mailbox, write: bool = False, folder: str = "calendar") -> None:
+    ctx.mailboxes_touched.add(mbx.email)
+    if ctx.acting is mbx:
+        return
+    if ctx.acting is not None and folder == "calendar":
+        rights = mbx.delegates.get(ctx.acting.email)
+        if rights is not None and (not write or rights in ("Editor", "Author")):
+            return
+    raise ItemError("ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+
+
+def resolve_folder(ctx: Context, node: Element) -> tuple[Mailbox, str]:
+    name = local(node.tag)
+    if name == "DistinguishedFolderId":
+        folder = node.get("Id", "")
+        mbx_el = node.find(t("Mailbox"))
+        if mbx_el is not None:
+            email = text_of(mbx_el, t("EmailAddress")) or ""
+            mbx = ctx.store.mailbox(email)
+            if mbx is None:
+                raise ItemError(
+                    "ErrorNonExistentMailbox",
+                    f"The SMTP address has no mailbox associated with it. ({email})",
+                )
+        else:
+            if ctx.acting is None:
+                raise ItemError(
+                    "ErrorMissingEmailAddress",
+                    "When making a request as an account that does not "
+                    "have a mailbox, you must specify the mailbox primary SMTP address for any "
+                    "distinguished folder Ids.",
+                )
+            mbx = ctx.acting
+        if folder not in FOLDERS:
+            raise ItemError("ErrorFolderNotFound", f"The specified folder could not be found in the store. ({folder})")
+    elif name == "FolderId":
+        try:
+            mbx_no, folder = parse_folder_id(node.get("Id", ""))
+        except IdError as exc:
+            raise ItemError("ErrorInvalidIdMalformed", "Id is malformed.") from exc
+        found = ctx.store.by_no.get(mbx_no)
+        if found is None:
+            raise ItemError("ErrorFolderNotFound", "The specified folder could not be found in the store.")
+        mbx = found
+    else:
+        raise ItemError("ErrorInvalidIdMalformed", f"unsupported folder id element {name}")
+    check_access(ctx, mbx, folder=folder)
+    return mbx, folder
+
+
+def lookup_item(ctx: Context, id_value: str, write: bool = False) -> CalendarItem:
+    try:
+        parsed = parse_item_id(id_value)
+    except IdError as exc:
+        raise ItemError("ErrorInvalidIdMalformed", "Id is malformed.") from exc
+    mbx = ctx.store.by_no.get(parsed.mailbox_no)
+    if mbx is None:
+        raise ItemError("ErrorItemNotFound", "The specified object was not found in the store.")
+    check_access(ctx, mbx, write=write)
+    item = mbx.items.get(parsed.item_no) or mbx.exceptions.get(parsed.item_no)
+    if item is None:
+        raise ItemError("ErrorItemNotFound", "The specified object was not found in the store.")
+    if parsed.occurrence is None:
+        return item
+    if item.recurrence is None:
+        raise ItemError("ErrorItemNotFound", "The specified object was not found in the store.")
+    original = parsed.occurrence
+    if original in item.deleted:
+        raise ItemError(
+            "ErrorCalendarOccurrenceIsDeletedFromRecurrence",
+            "Occurrence has been deleted from the recurrence.",
+        )
+    if original not in item.exceptions and not item.has_occurrence(original):
+        raise ItemError("ErrorItemNotFound", "The specified object was not found in the store.")
+    return item.occurrence(original)
+
+
+def resolve_item_element(ctx: Context, node: Element, write: bool = False) -> CalendarItem:
+    name = local(node.tag)
+    if name == "ItemId":
+        return lookup_item(ctx, node.get("Id", ""), write)
+    if name == "OccurrenceItemId":
+        master = lookup_item(ctx, node.get("RecurringMasterId", ""), write)
+        if master.master is not None:
+            master = master.master
+        if master.recurrence is None:
+            raise ItemError("ErrorCalendarOccurrenceIndexIsOutOfRecurrenceRange", "The item is not a recurring master.")
+        index = int(node.get("InstanceIndex", "0"))
+        if index < 1:
+            raise ItemError(
+                "ErrorCalendarOccurrenceIndexIsOutOfRecurrenceRange",
+                f"InstanceIndex {index} is out of the recurrence range.",
+            )
+        for n, original in enumerate(master.occurrence_starts(), start=1):
+            if n == index:
+                if original in master.deleted:
+                    raise ItemError(
+                        "ErrorCalendarOccurrenceIsDeletedFromRecurrence",
+                        "Occurrence has been deleted from the recurrence.",
+                    )
+                return master.occurrence(original)
+        raise ItemError(
+            "ErrorCalendarOccurrenceIndexIsOutOfRecurrenceRange",
+            f"InstanceIndex {index} is out of the recurrence range.",
+        )
+    if name == "RecurringMasterItemId":
+        item = lookup_item(ctx, node.get("OccurrenceId", ""), write)
+        if item.master is None:
+            raise ItemError("ErrorItemNotFound", "The item is not an occurrence of a recurring series.")
+        return item.master
+    raise ItemError("ErrorInvalidIdMalformed", f"unsupported item id element {name}")
+
+
+# ------------------------------------------------------------------------------------------------- ConvertId
+
+ID_FORMATS = ("EwsLegacyId", "EwsId", "EntryId", "HexEntryId", "StoreId", "OwaId")
+
+
+def _id_bytes(fmt: str, value: str) -> bytes:
+    if fmt in ("EwsId", "EwsLegacyId", "OwaId"):
+        parse_item_id(value)
+        return base64.b64decode(value)
+    if fmt == "EntryId":
+        raw = base64.b64decode(value, validate=True)
+    elif fmt == "HexEntryId":
+        raw = binascii.unhexlify(value)
+    elif fmt == "StoreId":
+        raw = base64.b64decode(value, validate=True)
+        if not raw.startswith(b"ST"):
+            raise IdError("not a StoreId")
+        raw = raw[2:]
+    else:
+        raise IdError(f"unknown id format {fmt}")
+    full = b"\x00\x03\x24EMU" + raw
+    parse_item_id(base64.b64encode(full).decode())
+    return full
+
+
+def _id_text(fmt: str, raw: bytes) -> str:
+    if fmt in ("EwsId", "EwsLegacyId", "OwaId"):
+        return base64.b64encode(raw).decode()
+    body = raw[6:]
+    if fmt == "EntryId":
+        return base64.b64encode(body).decode()
+    if fmt == "HexEntryId":
+        return binascii.hexlify(body).decode().upper()
+    return base64.b64encode(b"ST" + body).decode()
+
+
+def op_convert_id(ctx: Context, req: Element) -> Element:
+    dest = req.get("DestinationFormat", "")
+    root, msgs = response_root("ConvertId")
+    source = req.find(m("SourceIds"))
+    for alt in children(source) if source is not None else []:
+        try:
+            if local(alt.tag) != "AlternateId":
+                raise ItemError("ErrorInvalidIdMalformed", "Only mailbox item ids can be converted.")
+            try:
+                raw = _id_bytes(alt.get("Format", ""), alt.get("Id", ""))
+            except (IdError, ValueError, binascii.Error) as exc:
+                raise ItemError("ErrorInvalidIdMalformed", "Id is malformed.") from exc
+            mailbox = alt.get("Mailbox", "")
+            mbx = ctx.store.mailbox(mailbox)
+            if mbx is None:
+                raise ItemError("ErrorNonExistentMailbox", "The SMTP address has no mailbox associated with it.")
+            msg = add_message(msgs, "ConvertId")
+            out = sub(msg, m("AlternateId"), Format=dest, Id=_id_text(dest, raw), Mailbox=mbx.email)
+            out.set(f"{{{NS_XSI}}}type", "t:AlternateIdType")
+        except ItemError as err:
+            add_message(msgs, "ConvertId", err)
+    return root
+
+
+# ---------------------------------------------------------------------------------------------- folders
+
+FOLDER_ELEMENT = {"calendar": "CalendarFolder", "contacts": "ContactsFolder", "tasks": "TasksFolder"}
+
+
+def _folder_children(name: str) -> list[str]:
+    return [f for f, (_, _, parent) in FOLDERS.items() if parent == name]
+
+
+def write_folder(parent: Element, mbx: Mailbox, name: str, shape_el: Element | None, own: bool = True) -> None:
+    base = text_of(shape_el, t("BaseShape")) if shape_el is not None else "Default"
+    wanted: set[str] = set()
+    if base in ("Default", "AllProperties"):
+        wanted = {
+            "folder:ParentFolderId",
+            "folder:FolderClass",
+            "folder:DisplayName",
+            "folder:TotalCount",
+            "folder:ChildFolderCount",
+            "folder:UnreadCount",
+        }
+        if base == "AllProperties":
+            wanted |= {"folder:EffectiveRights"}
+    props = shape_el.find(t("AdditionalProperties")) if shape_el is not None else None
+    if props is not None:
+        wanted |= {u.get("FieldURI", "") for u in children(props) if local(u.tag) == "FieldURI"}
+    node = sub(parent, t(FOLDER_ELEMENT.get(name, "Folder")))
+    sub(node, t("FolderId"), Id=mbx.folder_id(name), ChangeKey=mbx.folder_change_key())
+    display, folder_class, parent_name = FOLDERS[name]
+    if "folder:ParentFolderId" in wanted and parent_name is not None:
+        sub(node, t("ParentFolderId"), Id=mbx.folder_id(parent_name), ChangeKey=mbx.folder_change_key())
+    if "folder:FolderClass" in wanted and folder_class:
+        sub(node, t("FolderClass"), folder_class)
+    if "folder:DisplayName" in wanted:
+        sub(node, t("DisplayName"), display)
+    if "folder:TotalCount" in wanted:
+        sub(node, t("TotalCount"), str(len(mbx.items) if name == "calendar" else 0))
+    if "folder:ChildFolderCount" in wanted:
+        sub(node, t("ChildFolderCount"), str(len(_folder_children(name))))
+    if "folder:EffectiveRights" in wanted:
+        rights = sub(node, t("EffectiveRights"))
+        for r in (
+            "CreateAssociated",
+            "CreateContents",
+            "CreateHierarchy",
+            "Delete",
+            "Modify",
+            "Read",
+            "ViewPrivateItems",
+        ):
+            sub(rights, t(r), "true")
+    if "folder:DistinguishedFolderId" in wanted and own:
+        # Only for the caller's own mailbox: a shared folder keeps being addressed by its FolderId.
+        sub(node, t("DistinguishedFolderId"), name)
+    if "folder:UnreadCount" in wanted and FOLDER_ELEMENT.get(name, "Folder") in ("Folder",):
+        sub(node, t("UnreadCount"), "0")
+
+
+def op_get_folder(ctx: Context, req: Element) -> Element:
+    root, msgs = response_root("GetFolder")
+    shape_el = req.find(m("FolderShape"))
+    ids = req.find(m("FolderIds"))
+    for node in children(ids) if ids is not None else []:
+        try:
+            mbx, name = resolve_folder(ctx, node)
+            msg = add_message(msgs, "GetFolder")
+            write_folder(sub(msg, m("Folders")), mbx, name, shape_el, own=mbx is ctx.acting)
+        except ItemError as err:
+            add_message(msgs, "GetFolder", err)
+    return root
+
+
+def op_find_folder(ctx: Context, req: Element) -> Element:
+    root, msgs = response_root("FindFolder")
+    deep = req.get("Traversal", "Shallow") == "Deep"
+    shape_el = req.find(m("FolderShape"))
+    view = req.find(m("IndexedPageFolderView"))
+    offset = int(view.get("Offset", "0")) if view is not None else 0
+    max_entries = int(view.get("MaxEntriesReturned", "0") or 0) if view is not None else 0
+    ids = req.find(m("ParentFolderIds"))
+    for node in children(ids) if ids is not None else []:
+        try:
+            mbx, name = resolve_folder(ctx, node)
+            found: list[str] = []
+            stack = list(reversed(_folder_children(name)))
+            while stack:
+                cur = stack.pop()
+                found.append(cur)
+                if deep:
+                    stack.extend(reversed(_folder_children(cur)))
+            page = found[offset : offset + max_entries] if max_entries else found[offset:]
+            msg = add_message(msgs, "FindFolder")
+            last = offset + len(page) >= len(found)
+            rf = sub(
+                msg,
+                m("RootFolder"),
+                TotalItemsInView=str(len(found)),
+                IncludesLastItemInRange=bool_text(last),
+            )
+            if not last:
+                rf.set("IndexedPagingOffset", str(offset + len(page)))
+            folders = sub(rf, t("Folders"))
+            for f in page:
+                write_folder(folders, mbx, f, shape_el, own=mbx is ctx.acting)
+        except ItemError as err:
+            add_message(msgs, "FindFolder", err)
+    return root
+
+
+# ---------------------------------------------------------------------------------------------- GetItem
+
+
+def op_get_item(ctx: Context, req: Element) -> Element:
+    root, msgs = response_root("GetItem")
+    shape = Shape.parse(req.find(m("ItemShape")))
+    ids = req.find(m("ItemIds"))
+    for node in children(ids) if ids is not None else []:
+        try:
+            item = resolve_item_element(ctx, node)
+            msg = add_message(msgs, "GetItem")
+            write_item(sub(msg, m("Items")), item, ctx.write_ctx(item.mailbox, shape))
+        except ItemError as err:
+            msg = add_message(msgs, "GetItem", err)
+            sub(msg, m("Items"))
+    return root
+
+
+# --------------------------------------------------------------------------------------------- FindItem
+
+_GETTERS: dict[str, Callable[[CalendarItem], object]] = {
+    "item:Subject": lambda i: i.subject,
+    "item:Sensitivity": lambda i: i.sensitivity,
+    "item:Importance": lambda i: i.importance,
+    "item:DateTimeCreated": lambda i: i.created,
+    "item:DateTimeReceived": lambda i: i.created,
+    "item:LastModifiedTime": lambda i: i.modified,
+    "item:ItemClass": lambda i: "IPM.Appointment",
+    "item:Categories": lambda i: i.categories,
+    "calendar:UID": lambda i: i.uid,
+    "calendar:Start": lambda i: i.start,
+    "calendar:End": lambda i: i.end,
+    "calendar:Location": lambda i: i.location,
+    "calendar:IsAllDayEvent": lambda i: i.is_all_day,
+    "calendar:IsCancelled": lambda i: i.is_cancelled,
+    "calendar:IsMeeting": lambda i: i.is_meeting,
+    "calendar:IsRecurring": lambda i: i.master is not None,
+    "calendar:CalendarItemType": lambda i: i.item_type,
+    "calendar:MyResponseType": lambda i: i.my_response,
+    "calendar:LegacyFreeBusyStatus": lambda i: i.legacy_free_busy,
+    "calendar:AppointmentSequenceNumber": lambda i: i.sequence,
+    "calendar:Organizer": lambda i: i.organizer_email,
+}
+
+
+def _constant(value: str, sample: object) -> object:
+    if isinstance(sample, bool):
+        return parse_bool(value)
+    if isinstance(sample, int):
+        return int(value)
+    if isinstance(sample, dt.datetime):
+        return parse_dt(value)
+    return value
+
+
+def _path_getter(node: Element) -> Callable[[CalendarItem], object]:
+    for child in children(node):
+        if local(child.tag) == "FieldURI":
+            uri = child.get("FieldURI", "")
+            getter = _GETTERS.get(uri)
+            if getter is None:
+                raise ItemError("ErrorUnsupportedPathForQuery", f"The property {uri} can't be used in a restriction.")
+            return getter
+        if local(child.tag) == "ExtendedFieldURI":
+            key = ext_key(child)
+            return lambda i: i.ext[key].values[0] if key in i.ext and i.ext[key].values else None
+    raise ItemError("ErrorInvalidRestriction", "A restriction element has no property path.")
+
+
+def _compile(node: Element) -> Callable[[CalendarItem], bool]:
+    name = local(node.tag)
+    if name in ("And", "Or"):
+        parts = [_compile(c) for c in children(node)]
+        if name == "And":
+            return lambda i: all(p(i) for p in parts)
+        return lambda i: any(p(i) for p in parts)
+    if name == "Not":
+        inner = _compile(children(node)[0])
+        return lambda i: not inner(i)
+    if name == "Exists":
+        getter = _path_getter(node)
+        return lambda i: getter(i) not in (None, "", [])
+    if name == "Contains":
+        getter = _path_getter(node)
+        const = node.find(t("Constant"))
+        needle = const.get("Value", "") if const is not None else ""
+        mode = node.get("ContainmentMode", "Substring")
+        ignore_case = "IgnoreCase" in node.get("ContainmentComparison", "Exact")
+
+        def contains(i: CalendarItem) -> bool:
+            value = getter(i)
+            hay = [str(v) for v in value] if isinstance(value, list) else [str(value or "")]
+            n = needle.lower() if ignore_case else needle
+            for h in hay:
+                h = h.lower() if ignore_case else h
+                if (
+                    (mode == "FullString" and h == n)
+                    or (mode == "Prefixed" and h.startswith(n))
+                    or (mode in ("Substring", "PrefixOnWords", "ExactPhrase") and n in h)
+                ):
+                    return True
+            return False
+
+        return contains
+    ops: dict[str, Callable[[object, object], bool]] = {
+        "IsEqualTo": lambda a, b: a == b,
+        "IsNotEqualTo": lambda a, b: a != b,
+        "IsGreaterThan": lambda a, b: a > b,  # type: ignore[operator]
+        "IsGreaterThanOrEqualTo": lambda a, b: a >= b,  # type: ignore[operator]
+        "IsLessThan": lambda a, b: a < b,  # type: ignore[operator]
+        "IsLessThanOrEqualTo": lambda a, b: a <= b,  # type: ignore[operator]
+    }
+    if name in ops:
+        getter = _path_getter(node)
+        holder = node.find(t("FieldURIOrConstant"))
+        const = holder.find(t("Constant")) if holder is not None else None
+        if const is None:
+            raise ItemError("ErrorUnsupportedQueryFilter", "Only comparisons with a constant are supported.")
+        raw = const.get("Value", "")
+        op = ops[name]
+
+        def compare(i: CalendarItem) -> bool:
+            value = getter(i)
+            if value is None:
+                return False
+            try:
+                return op(value, _constant(raw, value))
+            except (TypeError, ValueError):
+                return False
+
+        return compare
+    raise ItemError("ErrorUnsupportedQueryFilter", f"Restriction element {name} is not supported.")
+
+
+def op_find_item(ctx: Context, req: Element) -> Element:
+    root, msgs = response_root("FindItem")
+    shape = Shape.parse(req.find(m("ItemShape")))
+    ids = req.find(m("ParentFolderIds"))
+    cal_view = req.find(m("CalendarView"))
+    page_view = req.find(m("IndexedPageItemView"))
+    restriction = req.find(m("Restriction"))
+    sort = req.find(m("SortOrder"))
+    for node in children(ids) if ids is not None else []:
+        try:
+            mbx, folder = resolve_folder(ctx, node)
+            bad = sorted(shape.fields & FIND_ITEM_FORBIDDEN)
+            if bad:
+                raise ItemError(
+                    "ErrorInvalidPropertyRequest",
+                    f"The property {bad[0]} can't be used in FindItem requests.",
+                )
+            items: list[CalendarItem] = []
+            source = list(mbx.items.values()) if folder == "calendar" else []
+            msg_extra: dict[str, str] = {}
+            if cal_view is not None:
+                if restriction is not None or sort is not None:
+                    raise ItemError(
+                        "ErrorInvalidRestriction",
+                        "Restrictions and sort order may not be specified for a CalendarView.",
+                    )
+                start = parse_dt(cal_view.get("StartDate", ""), ctx.tz)
+                end = parse_dt(cal_view.get("EndDate", ""), ctx.tz)
+                if end < start:
+                    raise ItemError("ErrorCalendarEndDateIsEarlierThanStartDate", "EndDate is earlier than StartDate")
+                for item in source:
+                    if item.recurrence is not None:
+                        items.extend(item.expand(start, end))
+                    elif (item.end > start and item.start < end) or (
+                        item.start == item.end and start <= item.start < end
+                    ):
+                        items.append(item)
+                items.sort(key=lambda i: (i.start, i.end, i.no))
+                total = len(items)
+                max_entries = int(cal_view.get("MaxEntriesReturned", "0") or 0)
+                page = items[:max_entries] if max_entries else items
+                last = len(page) == total
+            else:
+                if restriction is not None and len(restriction):
+                    pred = _compile(children(restriction)[0])
+                    source = [i for i in source if pred(i)]
+                if sort is not None and len(sort):
+                    for order in reversed(children(sort)):
+                        getter = _path_getter(order)
+                        source.sort(
+                            key=lambda i, g=getter: (g(i) is None, g(i)),  # type: ignore[misc]
+                            reverse=order.get("Order") == "Descending",
+                        )
+                else:
+                    source.sort(key=lambda i: (i.start, i.no))
+                total = len(source)
+                offset = 0
+                max_entries = 0
+                if page_view is not None:
+                    offset = int(page_view.get("Offset", "0"))
+                    max_entries = int(page_view.get("MaxEntriesReturned", "0") or 0)
+                    if page_view.get("BasePoint") == "End":
+                        offset = max(0, total - offset - (max_entries or total))
+                page = source[offset : offset + max_entries] if max_entries else source[offset:]
+                last = offset + len(page) >= total
+                if not last:
+                    msg_extra["IndexedPagingOffset"] = str(offset + len(page))
+            msg = add_message(msgs, "FindItem")
+            rf = sub(msg, m("RootFolder"), TotalItemsInView=str(total), IncludesLastItemInRange=bool_text(last))
+            for k, v in msg_extra.items():
+                rf.set(k, v)
+            container = sub(rf, t("Items"))
+            wctx = ctx.write_ctx(mbx, shape)
+            for item in page:
+                write_item(container, item, wctx)
+        except ItemError as err:
+            add_message(msgs, "FindItem", err)
+        except ValueError as exc:
+            add_message(msgs, "FindItem", ItemError("ErrorInvalidRequest", str(exc)))
+    return root
+
+
+# -------------------------------------------------------------------------------------- SyncFolderItems
+
+
+def encode_sync_state(mbx: Mailbox, folder: str, seq: int) -> str:
+    raw = b"EMUSYNC1" + struct.pack(">IQ", mbx.no, seq) + folder.encode()
+    return base64.b64encode(gzip.compress(raw, mtime=0)).decode()
+
+
+def decode_sync_state(value: str) -> tuple[int, str, int]:
+    try:
+        raw = gzip.decompress(base64.b64decode(value, validate=True))
+    except (ValueError, OSError, binascii.Error) as exc:
+        raise ItemError(
+            "ErrorInvalidSyncStateData", "Synchronization state data is corrupt or otherwise invalid."
+        ) from exc
+    if not raw.startswith(b"EMUSYNC1") or len(raw) < 20:
+        raise ItemError("ErrorInvalidSyncStateData", "Synchronization state data is corrupt or otherwise invalid.")
+    mbx_no, seq = struct.unpack(">IQ", raw[8:20])
+    return int(mbx_no), raw[20:].decode(), int(seq)
+
+
+def op_sync_folder_items(ctx: Context, req: Element) -> Element:
+    root, msgs = response_root("SyncFolderItems")
+    try:
+        shape = Shape.parse(req.find(m("ItemShape")))
+        folder_el = req.find(m("SyncFolderId"))
+        if folder_el is None or not len(folder_el):
+            raise ItemError("ErrorInvalidRequest", "SyncFolderId is required")
+        mbx, folder = resolve_folder(ctx, children(folder_el)[0])
+        state_text = (text_of(req, m("SyncState")) or "").strip()
+        since = 0
+        if state_text:
+            s_mbx, s_folder, since = decode_sync_state(state_text)
+            if s_mbx != mbx.no or s_folder != folder:
+                raise ItemError("ErrorInvalidSyncStateData", "The synchronization state belongs to another folder.")
+        max_changes = int(text_of(req, m("MaxChangesReturned")) or "0")
+        if not 1 <= max_changes <= 512:
+            raise ItemError("ErrorInvalidArgument", f"MaxChangesReturned must be 1..512, got {max_changes}")
+        ignore: set[int] = set()
+        ignore_el = req.find(m("Ignore"))
+        if ignore_el is not None:
+            for node in children(ignore_el):
+                try:
+                    ignore.add(parse_item_id(node.get("Id", "")).item_no)
+                except IdError as exc:
+                    raise ItemError("ErrorInvalidIdMalformed", "Id is malformed.") from exc
+        changes: list[tuple[str, int]] = []
+        new_seq = since
+        last = True
+        if folder == "calendar":
+            for seq, no in ctx.store.changes_since(mbx, since):
+                if no in ignore:
+                    new_seq = seq
+                    continue
+                created = mbx.created_seq.get(no, 0)
+                if no in mbx.tombstones:
+                    if created <= since:
+                        kind = "Delete"
+                    else:
+                        new_seq = seq
+                        continue
+                elif created > since:
+                    kind = "Create"
+                else:
+                    kind = "Update"
+                if len(changes) >= max_changes:
+                    last = False
+                    break
+                changes.append((kind, no))
+                new_seq = seq
+        msg = add_message(msgs, "SyncFolderItems")
+        sub(msg, m("SyncState"), encode_sync_state(mbx, folder, new_seq))
+        sub(msg, m("IncludesLastItemInRange"), bool_text(last))
+        container = sub(msg, m("Changes"))
+        wctx = ctx.write_ctx(mbx, shape)
+        for kind, no in changes:
+            node = sub(container, t(kind))
+            if kind == "Delete":
+                sub(node, t("ItemId"), Id=mbx.tombstones[no])
+            else:
+                item = mbx.items[no]
+                if shape.id_only and not shape.fields and not shape.ext:
+                    write_item_id_only(node, item)
+                else:
+                    write_item(node, item, wctx)
+    except ItemError as err:
+        msg = add_message(msgs, "SyncFolderItems", err)
+        sub(msg, m("SyncState"))
+        sub(msg, m("IncludesLastItemInRange"), "true")
+    return root
+
+
+# ------------------------------------------------------------------------------------------- CreateItem
+
+
+def _target_calendar(ctx: Context, req: Element) -> Mailbox:
+    saved = req.find(m("SavedItemFolderId"))
+    if saved is None or not len(saved):
+        if ctx.acting is None:
+            raise ItemError("ErrorMissingEmailAddress", "The request needs an impersonated or own mailbox.")
+        check_access(ctx, ctx.acting, write=True)
+        return ctx.acting
+    mbx, folder = resolve_folder(ctx, children(saved)[0])
+    if folder != "calendar":
+        raise ItemError(
+            "ErrorCannotCreateCalendarItemInNonCalendarFolder",
+            "Calendar items can only be created in a calendar folder.",
+        )
+    check_access(ctx, mbx, write=True)
+    return mbx
+
+
+def op_create_item(ctx: Context, req: Element) -> Element:
+    root, msgs = response_root("CreateItem")
+    send_mode = req.get("SendMeetingInvitations", "SendToAllAndSaveCopy")
+    disposition = req.get("MessageDisposition", "SaveOnly")
+    items_el = req.find(m("Items"))
+    for node in children(items_el) if items_el is not None else []:
+        kind = local(node.tag)
+        try:
+            if kind == "CalendarItem":
+                if send_mode not in SEND_MODES_CREATE:
+                    raise ItemError(
+                        "ErrorSendMeetingInvitationsRequired", f"invalid SendMeetingInvitations {send_mode!r}"
+                    )
+                target = _target_calendar(ctx, req)
+                item = CalendarItem(
+                    no=ctx.store.next_item_no(),
+                    mailbox=target,
+                    uid="",
+                    start=dt.datetime.now(UTC),
+                    end=dt.datetime.now(UTC),
+                )
+                seen = set()
+                for child in children(node):
+                    name = apply_field(item, child, ctx.parse_ctx())
+                    if name:
+                        seen.add(name)
+                if "Start" not in seen or "End" not in seen:
+                    raise ItemError("ErrorInvalidPropertySet", "A calendar item needs Start and End.")
+                if "EndTimeZone" not in seen and "StartTimeZone" in seen:
+                    item.end_tz, item.end_tz_name = item.start_tz, item.start_tz_name
+                normalize_times(item)
+                ctx.cal.create(target, item, send_mode, ctx.actor)
+                msg = add_message(msgs, "CreateItem")
+                write_item_id_only(sub(msg, m("Items")), item)
+            elif kind in ("AcceptItem", "TentativelyAcceptItem", "DeclineItem"):
+                ref = node.find(t("ReferenceItemId"))
+                if ref is None:
+                    raise ItemError("ErrorMissingInformationReferenceItemId", "ReferenceItemId is required.")
+                item = lookup_item(ctx, ref.get("Id", ""), write=True)
+                response = {
+                    "AcceptItem": "Accept",
+                    "TentativelyAcceptItem": "Tentative",
+                    "DeclineItem": "Decline",
+                }[kind]
+                ctx.cal.respond(item, response, disposition in ("SendOnly", "SendAndSaveCopy"), ctx.actor)
+                msg = add_message(msgs, "CreateItem")
+                sub(msg, m("Items"))
+            elif kind == "CancelCalendarItem":
+                ref = node.find(t("ReferenceItemId"))
+                if ref is None:
+                    raise ItemError("ErrorMissingInformationReferenceItemId", "ReferenceItemId is required.")
+                item = lookup_item(ctx, ref.get("Id", ""), write=True)
+                if item.master is not None:
+                    if item.original_start is None:
+                        raise ItemError("ErrorInvalidOperation", "occurrence without original start")
+                    ctx.cal.delete_occurrence(item.master, item.original_start, True, ctx.actor)
+                else:
+                    ctx.cal.cancel(item, ctx.actor)
+                msg = add_message(msgs, "CreateItem")
+                sub(msg, m("Items"))
+            else:
+                raise ItemError(
+                    "ErrorInvalidOperation",
+                    f"This server stores calendar items only; {kind} cannot be created.",
+                )
+        except ItemError as err:
+            msg = add_message(msgs, "CreateItem", err)
+            sub(msg, m("Items"))
+    return root
+
+
+# ------------------------------------------------------------------------------------------- UpdateItem
+
+_DELETABLE: dict[str, Callable[[CalendarItem], None]] = {
+    "item:Body": lambda i: setattr(i, "body", ""),
+    "item:Categories": lambda i: setattr(i, "categories", []),
+    "item:Subject": lambda i: setattr(i, "subject", ""),
+    "calendar:Location": lambda i: setattr(i, "location", ""),
+    "calendar:RequiredAttendees": lambda i: setattr(i, "required", []),
+    "calendar:OptionalAttendees": lambda i: setattr(i, "optional", []),
+    "calendar:Resources": lambda i: setattr(i, "resources", []),
+    "calendar:Recurrence": lambda i: setattr(i, "recurrence", None),
+    "item:ReminderMinutesBeforeStart": lambda i: setattr(i, "reminder_minutes", 15),
+    "calendar:ConferenceType": lambda i: setattr(i, "conference_type", 0),
+    "calendar:AllowNewTimeProposal": lambda i: setattr(i, "allow_new_time_proposal", True),
+    "calendar:IsResponseRequested": lambda i: setattr(i, "is_response_requested", True),
+    "item:Culture": lambda i: setattr(i, "culture", "en-US"),
+}
+_NOT_DELETABLE = {
+    "calendar:Start",
+    "calendar:End",
+    "calendar:UID",
+    "calendar:StartTimeZone",
+    "calendar:EndTimeZone",
+    "calendar:IsAllDayEvent",
+}
+
+
+def _apply_updates(ctx: Context, item: CalendarItem, updates: Element) -> None:
+    pctx = ctx.parse_ctx()
+    for upd in children(updates):
+        kind = local(upd.tag)
+        path = next(
+            (c for c in children(upd) if local(c.tag) in ("FieldURI", "IndexedFieldURI", "ExtendedFieldURI")),
+            None,
+        )
+        if path is None:
+            raise ItemError("ErrorInvalidRequest", f"{kind} has no property path")
+        if kind == "DeleteItemField":
+            if local(path.tag) == "ExtendedFieldURI":
+                item.ext.pop(ext_key(path), None)
+                continue
+            uri = path.get("FieldURI", "")
+            if uri in _NOT_DELETABLE:
+                raise ItemError("ErrorInvalidPropertyDelete", f"The property {uri} can't be deleted.")
+            deleter = _DELETABLE.get(uri)
+            if deleter is not None:
+                if uri == "calendar:Recurrence" and item.master is not None:
+                    raise ItemError("ErrorInvalidPropertyDelete", "An occurrence has no recurrence to delete.")
+                deleter(item)
+            continue
+        holder = next((c for c in children(upd) if c is not path), None)
+        if holder is None:
+            raise ItemError("ErrorInvalidRequest", f"{kind} has no item element")
+        if (
+            local(path.tag) == "FieldURI"
+            and path.get("FieldURI") in ("calendar:Recurrence", "calendar:UID")
+            and item.master is not None
+        ):
+            raise ItemError("ErrorInvalidPropertySet", f"{path.get('FieldURI')} can't be set on an occurrence.")
+        for child in children(holder):
+            apply_field(item, child, pctx, append=kind == "AppendToItemField")
+
+
+def op_update_item(ctx: Context, req: Element) -> Element:
+    root, msgs = response_root("UpdateItem")
+    send_mode = req.get("SendMeetingInvitationsOrCancellations", "SendToAllAndSaveCopy")
+    conflict = req.get("ConflictResolution", "AutoResolve")
+    changes = req.find(m("ItemChanges"))
+    for change in children(changes) if changes is not None else []:
+        try:
+            if send_mode not in SEND_MODES_UPDATE:
+                raise ItemError("ErrorInvalidRequest", f"invalid SendMeetingInvitationsOrCancellations {send_mode!r}")
+            id_node = next(
+                (
+                    c
+                    for c in children(change)
+                    if local(c.tag) in ("ItemId", "OccurrenceItemId", "RecurringMasterItemId")
+                ),
+                None,
+            )
+            if id_node is None:
+                raise ItemError("ErrorInvalidRequest", "ItemChange has no item id")
+            item = resolve_item_element(ctx, id_node, write=True)
+            ck = id_node.get("ChangeKey")
+            if conflict == "NeverOverwrite" and ck and local(id_node.tag) == "ItemId" and ck != item.change_key:
+                raise ItemError(
+                    "ErrorIrresolvableConflict",
+                    "The send or update operation could not be performed because the change key "
+                    "passed in the request does not match the current change key for the item.",
+                )
+            updates = change.find(t("Updates"))
+            if updates is None:
+                raise ItemError("ErrorInvalidRequest", "ItemChange has no Updates")
+            if item.occurrence_view:
+                master = item.master
+                if master is None or item.original_start is None:
+                    raise ItemError("ErrorItemNotFound", "occurrence without master")
+                before = master.occurrence_view_at(item.original_start)
+                work = clone_item(before, 0)
+            else:
+                before = clone_item(item, item.no)
+                work = clone_item(item, item.no)
+                work.exceptions = item.exceptions
+            _apply_updates(ctx, work, updates)
+            normalize_times(work)
+            if item.occurrence_view:
+                assert item.master is not None and item.original_start is not None
+                target = ctx.cal.make_exception(item.master, item.original_start)
+            else:
+                target = item
+            _copy_state(work, target)
+            ctx.cal.after_update(target, before, send_mode, ctx.actor)
+            msg = add_message(msgs, "UpdateItem")
+            write_item_id_only(sub(msg, m("Items")), target)
+            sub(msg, m("ConflictResults")).append(el(t("Count"), "0"))
+        except ItemError as err:
+            msg = add_message(msgs, "UpdateItem", err)
+            sub(msg, m("Items"))
+    return root
+
+
+_STATE_FIELDS = (
+    "uid",
+    "start",
+    "end",
+    "start_tz",
+    "end_tz",
+    "start_tz_name",
+    "end_tz_name",
+    "subject",
+    "body",
+    "body_type",
+    "location",
+    "is_all_day",
+    "sensitivity",
+    "importance",
+    "categories",
+    "legacy_free_busy",
+    "reminder_is_set",
+    "reminder_minutes",
+    "required",
+    "optional",
+    "resources",
+    "is_response_requested",
+    "allow_new_time_proposal",
+    "conference_type",
+    "recurrence",
+    "ext",
+    "culture",
+)
+
+
+def _copy_state(src: CalendarItem, dst: CalendarItem) -> None:
+    for name in _STATE_FIELDS:
+        setattr(dst, name, getattr(src, name))
+
+
+# ------------------------------------------------------------------------------------------- DeleteItem
+
+
+def op_delete_item(ctx: Context, req: Element) -> Element:
+    root, msgs = response_root("DeleteItem")
+    cancellations = req.get("SendMeetingCancellations", "SendToAllAndSaveCopy")
+    send = cancellations in ("SendOnlyToAll", "SendToAllAndSaveCopy")
+    ids = req.find(m("ItemIds"))
+    for node in children(ids) if ids is not None else []:
+        try:
+            item = resolve_item_element(ctx, node, write=True)
+            if item.master is not None:
+                if item.original_start is None:
+                    raise ItemError("ErrorItemNotFound", "occurrence without original start")
+                ctx.cal.delete_occurrence(item.master, item.original_start, send, ctx.actor)
+            else:
+                ctx.cal.delete(item, send, ctx.actor)
+            add_message(msgs, "DeleteItem")
+        except ItemError as err:
+            add_message(msgs, "DeleteItem", err)
+    return root
+
+
+# ------------------------------------------------------------------------------------ subscriptions
+
+EVENT_TYPES = {
+    "CopiedEvent",
+    "CreatedEvent",
+    "DeletedEvent",
+    "ModifiedEvent",
+    "MovedEvent",
+    "NewMailEvent",
+    "FreeBusyChangedEvent",
+}
+
+
+def op_subscribe(ctx: Context, req: Element) -> Element:
+    root, msgs = response_root("Subscribe")
+    try:
+        request = children(req)[0] if len(req) else None
+        if request is None:
+            raise ItemError("ErrorInvalidRequest", "Subscribe needs a subscription request")
+        kind = local(request.tag)
+        if kind == "PushSubscriptionRequest":
+            raise ItemError(
+                "ErrorInvalidPushSubscriptionUrl",
+                "Push subscriptions are not served by this server; use pull or streaming.",
+            )
+        folders: set[str] | None = None
+        mbx: Mailbox | None = ctx.acting
+        if not parse_bool(request.get("SubscribeToAllFolders")):
+            ids = request.find(t("FolderIds"))
+            folders = set()
+            for node in children(ids) if ids is not None else []:
+                fmbx, name = resolve_folder(ctx, node)
+                if mbx is not None and fmbx is not mbx and folders:
+                    raise ItemError(
+                        "ErrorInvalidSubscriptionRequest",
+                        "All folders in a subscription must belong to one mailbox.",
+                    )
+                mbx = fmbx
+                folders.add(name)
+        if mbx is None:
+            raise ItemError("ErrorMissingEmailAddress", "The subscription needs a mailbox.")
+        check_access(ctx, mbx)
+        types_el = request.find(t("EventTypes"))
+        event_types = {e.text or "" for e in types_el} if types_el is not None else set()
+        unknown = event_types - EVENT_TYPES
+        if unknown:
+            raise ItemError("ErrorInvalidRequest", f"unknown event types {sorted(unknown)}")
+        timeout = int(text_of(request, t("Timeout")) or "0")
+        sub_kind = "pull" if kind == "PullSubscriptionRequest" else "streaming"
+        if sub_kind == "pull" and not 1 <= timeout <= 1440:
+            raise ItemError("ErrorInvalidRequest", f"pull subscription Timeout must be 1..1440 minutes, got {timeout}")
+        subscription = ctx.store.subscribe(
+            mbx, ctx.account.key, sub_kind, folders, event_types, timeout if sub_kind == "pull" else 30
+        )
+        msg = add_message(msgs, "Subscribe")
+        sub(msg, m("SubscriptionId"), subscription.id)
+        if sub_kind == "pull":
+            sub(msg, m("Watermark"), subscription.watermark())
+    except ItemError as err:
+        add_message(msgs, "Subscribe", err)
+    return root
+
+
+def subscription_for(ctx: Context, sub_id: str, kind: str) -> Subscription:
+    subscription = ctx.store.subscriptions.get(sub_id)
+    if subscription is None or subscription.kind != kind:
+        raise ItemError("ErrorSubscriptionNotFound", "The specified subscription was not found.")
+    if subscription.creator != ctx.account.key:
+        raise ItemError(
+            "ErrorSubscriptionAccessDenied",
+            "The subscription can only be accessed by the account that created it.",
+        )
+    if not subscription.expired and not subscription.waiters:
+        # Pull subscriptions expire after their Timeout without GetEvents, streaming ones after 30 minutes
+        # without a connection.
+        idle = time.monotonic() - subscription.last_used
+        if idle > subscription.timeout_minutes * ctx.minute_seconds:
+            subscription.expired = True
+    if subscription.expired:
+        if kind == "pull":
+            raise ItemError("ErrorExpiredSubscription", "The subscription has expired.")
+        raise ItemError("ErrorSubscriptionNotFound", "The specified subscription was not found.")
+    ctx.mailboxes_touched.add(subscription.mailbox.email)
+    return subscription
+
+
+def write_event(parent: Element, ev: Event, watermark: str) -> None:
+    node = sub(parent, t(ev.kind))
+    sub(node, t("Watermark"), watermark)
+    sub(node, t("TimeStamp"), fmt_dt(ev.timestamp))
+    if ev.folder_id is not None:
+        sub(node, t("FolderId"), Id=ev.folder_id, ChangeKey=ev.parent_change_key)
+    elif ev.item_id is not None:
+        item_id = sub(node, t("ItemId"), Id=ev.item_id)
+        if ev.change_key:
+            item_id.set("ChangeKey", ev.change_key)
+    sub(node, t("ParentFolderId"), Id=ev.parent_folder_id, ChangeKey=ev.parent_change_key)
+    if ev.kind == "ModifiedEvent" and ev.folder_id is not None:
+        sub(node, t("UnreadCount"), "0")
+
+
+def write_notification(
+    parent: Element,
+    subscription: Subscription,
+    events: list[Event],
+    previous: str | None,
+    more: bool | None,
+    tag: str,
+) -> None:
+    node = sub(parent, tag)
+    sub(node, t("SubscriptionId"), subscription.id)
+    if previous is not None:
+        sub(node, t("PreviousWatermark"), previous)
+    if more is not None:
+        sub(node, t("MoreEvents"), bool_text(more))
+    if not events:
+        status = sub(node, t("StatusEvent"))
+        sub(status, t("Watermark"), subscription.watermark())
+        return
+    for ev in events:
+        write_event(node, ev, subscription.watermark(ev.seq))
+
+
+def op_get_events(ctx: Context, req: Element) -> Element:
+    root, msgs = response_root("GetEvents")
+    try:
+        subscription = subscription_for(ctx, (text_of(req, m("SubscriptionId")) or "").strip(), "pull")
+        try:
+            sub_no, seq = parse_watermark((text_of(req, m("Watermark")) or "").strip())
+        except IdError as exc:
+            raise ItemError("ErrorInvalidWatermark", "The watermark is invalid.") from exc
+        if sub_no != subscription.no or seq > subscription.seq:
+            raise ItemError("ErrorInvalidWatermark", "The watermark is invalid.")
+        subscription.last_used = time.monotonic()
+        while subscription.events and subscription.events[0].seq <= seq:
+            subscription.events.popleft()
+        start = seq
+        if seq == subscription.last_request_seq and subscription.more_pending:
+            start = max(seq, subscription.delivered_seq)
+        batch = [ev for ev in subscription.events if ev.seq > start][: ctx.max_stream_events]
+        more = bool(batch) and subscription.events[-1].seq > batch[-1].seq
+        subscription.last_request_seq = seq
+        subscription.more_pending = more
+        subscription.delivered_seq = batch[-1].seq if batch else start
+        msg = add_message(msgs, "GetEvents")
+        write_notification(msg, subscription, batch, subscription.watermark(seq), more, m("Notification"))
+    except ItemError as err:
+        add_message(msgs, "GetEvents", err)
+    return root
+
+
+def op_unsubscribe(ctx: Context, req: Element) -> Element:
+    root, msgs = response_root("Unsubscribe")
+    try:
+        sub_id = (text_of(req, m("SubscriptionId")) or "").strip()
+        subscription = ctx.store.subscriptions.get(sub_id)
+        if subscription is None:
+            raise ItemError("ErrorSubscriptionNotFound", "The specified subscription was not found.")
+        if subscription.creator != ctx.account.key:
+            raise ItemError(
+                "ErrorSubscriptionAccessDenied",
+                "The subscription can only be accessed by the account that created it.",
+            )
+        ctx.store.unsubscribe(subscription)
+        add_message(msgs, "Unsubscribe")
+    except ItemError as err:
+        add_message(msgs, "Unsubscribe", err)
+    return root
+
+
+OPERATIONS: dict[str, Callable[[Context, Element], Element]] = {
+    "ConvertId": op_convert_id,
+    "GetFolder": op_get_folder,
+    "FindFolder": op_find_folder,
+    "GetItem": op_get_item,
+    "FindItem": op_find_item,
+    "SyncFolderItems": op_sync_folder_items,
+    "CreateItem": op_create_item,
+    "UpdateItem": op_update_item,
+    "DeleteItem": op_delete_item,
+    "Subscribe": op_subscribe,
+    "GetEvents": op_get_events,
+    "Unsubscribe": op_unsubscribe,
+}

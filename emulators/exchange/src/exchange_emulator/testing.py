@@ -1,0 +1,248 @@
+"""Helpers for tests of other packages: run the emulator as a subprocess on a free port.
+
+Synchronous::
+
+    with running_emulator(config) as emu:
+        emu.ews_url, emu.service_account.username, emu.admin.add_mailbox("x@example.com")
+
+Asynchronous (pytest-asyncio friendly)::
+
+    async with emulator(config) as emu:
+        ...
+
+The handle's ``admin`` client talks to the JSON admin API; ``emu.assert_no_violations()`` fails when strict mode
+recorded schema violations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "service_accounts": [{"username": "svc-trueconf@example.com", "password": "Svc-Passw0rd", "impersonation": True}],
+    "mailboxes": [],
+}
+
+
+class EmulatorError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ServiceAccount:
+    username: str
+    password: str
+
+
+class AdminClient:
+    """Small blocking JSON client for /_emulator/ (safe to call from threads; use asyncio.to_thread in async code)."""
+
+    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            self.base_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise EmulatorError(f"{method} {path} -> HTTP {exc.code}: {exc.read().decode(errors='replace')}") from exc
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self.request("POST", path, body or {})
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)
+
+    # convenience wrappers
+    def info(self) -> dict[str, Any]:
+        return dict(self.get(""))
+
+    def add_mailbox(self, email: str, display_name: str | None = None, password: str | None = None) -> Any:
+        body: dict[str, Any] = {"email": email}
+        if display_name:
+            body["display_name"] = display_name
+        if password:
+            body["password"] = password
+        return self.post("/mailboxes", body)
+
+    def add_account(self, username: str, password: str, impersonation: bool = False, mailbox: str | None = None) -> Any:
+        return self.post(
+            "/accounts",
+            {"username": username, "password": password, "impersonation": impersonation, "mailbox": mailbox},
+        )
+
+    def add_delegate(self, owner: str, delegate: str, rights: str = "Editor") -> Any:
+        return self.post("/delegates", {"owner": owner, "delegate": delegate, "rights": rights})
+
+    def items(self, email: str) -> list[dict[str, Any]]:
+        return list(self.get(f"/mailboxes/{email}/items"))
+
+    def seed(self, **spec: Any) -> dict[str, Any]:
+        return dict(self.post("/seed", spec))
+
+    def requests(self) -> dict[str, Any]:
+        return dict(self.get("/requests"))
+
+    def violations(self) -> list[dict[str, Any]]:
+        return list(self.get("/violations"))
+
+    def subscriptions(self) -> list[dict[str, Any]]:
+        return list(self.get("/subscriptions"))
+
+    def add_fault(self, **spec: Any) -> dict[str, Any]:
+        return dict(self.post("/faults", spec))
+
+    def clear_faults(self) -> None:
+        self.delete("/faults")
+
+    def expire_subscriptions(self, subscription_ids: list[str] | None = None, mailbox: str | None = None) -> Any:
+        body: dict[str, Any] = {}
+        if subscription_ids is not None:
+            body["subscription_ids"] = subscription_ids
+        if mailbox is not None:
+            body["mailbox"] = mailbox
+        return self.post("/subscriptions/expire", body)
+
+    def drop_streams(self, mailbox: str | None = None) -> int:
+        return int(self.post("/streams/drop", {"mailbox": mailbox} if mailbox else {})["dropped"])
+
+    def reset(self) -> None:
+        self.post("/reset")
+
+
+@dataclass
+class EmulatorHandle:
+    ews_url: str
+    autodiscover_url: str
+    admin_url: str
+    host: str
+    port: int
+    service_account: ServiceAccount
+    mailboxes: list[str]
+    process: subprocess.Popen[bytes]
+    admin: AdminClient
+    ready: dict[str, Any] = field(default_factory=dict)
+    log_path: Path | None = None
+
+    def assert_no_violations(self) -> None:
+        violations = self.admin.violations()
+        if violations:
+            raise AssertionError(f"EWS schema violations recorded by the emulator: {json.dumps(violations, indent=1)}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+
+def _command(config_path: Path, ready: Path, strict: bool, extra_args: list[str]) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "exchange_emulator",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--config",
+        str(config_path),
+        "--ready-file",
+        str(ready),
+        "--strict" if strict else "--no-strict",
+    ]
+    return cmd + list(extra_args)
+
+
+@contextlib.contextmanager
+def running_emulator(
+    config: dict[str, Any] | None = None,
+    strict: bool = True,
+    extra_args: list[str] | None = None,
+    startup_timeout: float = 30.0,
+) -> Iterator[EmulatorHandle]:
+    """Start the emulator subprocess, wait for its ready-file, yield a handle, stop it (SIGTERM, then kill)."""
+    cfg = dict(DEFAULT_CONFIG if config is None else config)
+    with tempfile.TemporaryDirectory(prefix="exchange-emulator-") as tmp:
+        tmpdir = Path(tmp)
+        config_path = tmpdir / "config.json"
+        config_path.write_text(json.dumps(cfg), encoding="utf-8")
+        ready = tmpdir / "ready.json"
+        log_path = tmpdir / "emulator.log"
+        with open(log_path, "wb") as log_file:
+            proc = subprocess.Popen(
+                _command(config_path, ready, strict, extra_args or []),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ),
+            )
+        try:
+            deadline = time.monotonic() + startup_timeout
+            while not ready.exists():
+                if proc.poll() is not None:
+                    raise EmulatorError(f"emulator exited with {proc.returncode}: {log_path.read_text()}")
+                if time.monotonic() > deadline:
+                    raise EmulatorError(f"emulator not ready after {startup_timeout}s: {log_path.read_text()}")
+                time.sleep(0.05)
+            info = json.loads(ready.read_text(encoding="utf-8"))
+            svc = info.get("service_account") or {}
+            handle = EmulatorHandle(
+                ews_url=info["ews_url"],
+                autodiscover_url=info["autodiscover_url"],
+                admin_url=info["admin_url"],
+                host=info["host"],
+                port=int(info["port"]),
+                service_account=ServiceAccount(str(svc.get("username", "")), str(svc.get("password", ""))),
+                mailboxes=list(info.get("mailboxes", [])),
+                process=proc,
+                admin=AdminClient(info["admin_url"]),
+                ready=info,
+                log_path=log_path,
+            )
+            yield handle
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=10)
+
+
+@contextlib.asynccontextmanager
+async def emulator(
+    config: dict[str, Any] | None = None,
+    strict: bool = True,
+    extra_args: list[str] | None = None,
+    startup_timeout: float = 30.0,
+) -> AsyncIterator[EmulatorHandle]:
+    """Async variant of running_emulator (the blocking start and stop run in a worker thread)."""
+    cm = running_emulator(config, strict, extra_args, startup_timeout)
+    handle = await asyncio.to_thread(cm.__enter__)
+    try:
+        yield handle
+    except BaseException as exc:
+        if not await asyncio.to_thread(cm.__exit__, type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        await asyncio.to_thread(cm.__exit__, None, None, None)

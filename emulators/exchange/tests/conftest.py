@@ -1,0 +1,113 @@
+"""Shared fixtures: one strict emulator subprocess per test session, exchangelib accounts bound to it."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from exchangelib import BASIC, IMPERSONATION, NTLM, Account, Configuration, Credentials, FaultTolerance
+from exchangelib.protocol import close_connections
+
+from exchange_emulator.testing import EmulatorHandle, running_emulator
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from exchange_emulator_support import PLAIN_PASSWORD, PLAIN_USER, SERVICE_PASSWORD, SERVICE_USER
+
+CONFIG: dict[str, Any] = {
+    "version": "Exchange2016",
+    "domain": "EXAMPLE",
+    "service_accounts": [
+        {"username": SERVICE_USER, "password": SERVICE_PASSWORD, "impersonation": True},
+        {"username": PLAIN_USER, "password": PLAIN_PASSWORD, "impersonation": False},
+    ],
+    "mailboxes": [{"email": "alice@example.com", "display_name": "Alice Example"}],
+}
+
+_counter = itertools.count(1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "expect_violation: the test provokes a schema violation on purpose")
+
+
+@pytest.fixture(scope="session")
+def emu() -> Iterator[EmulatorHandle]:
+    # A short EWS "minute" keeps ConnectionTimeout and subscription timeouts testable.
+    with running_emulator(CONFIG, strict=True, extra_args=["--minute-seconds", "2", "--heartbeat-seconds", "0.5"]) as h:
+        yield h
+        close_connections()
+
+
+@pytest.fixture(autouse=True)
+def _no_schema_violations(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail any test during which the strict emulator recorded a schema violation."""
+    if "emu" not in request.fixturenames:
+        yield
+        return
+    handle: EmulatorHandle = request.getfixturevalue("emu")
+    before = len(handle.admin.violations())
+    yield
+    after = handle.admin.violations()
+    if len(after) > before and not request.node.get_closest_marker("expect_violation"):
+        pytest.fail(f"EWS schema violations during the test: {after[before:]}")
+
+
+def unique_domain() -> str:
+    return f"t{next(_counter)}-{uuid.uuid4().hex[:6]}.example.com"
+
+
+@pytest.fixture
+def mailboxes(emu: EmulatorHandle) -> Callable[..., list[str]]:
+    """Create fresh mailboxes (admin API) and return their addresses."""
+
+    def make(*names: str) -> list[str]:
+        domain = unique_domain()
+        out = []
+        for name in names:
+            email = f"{name}@{domain}"
+            emu.admin.add_mailbox(email, display_name=name.title())
+            out.append(email)
+        return out
+
+    return make
+
+
+@pytest.fixture
+def account(emu: EmulatorHandle) -> Iterator[Callable[..., Account]]:
+    """Factory of impersonating exchangelib accounts (NTLM by default); sessions closed at teardown."""
+    made: list[Account] = []
+
+    def make(
+        email: str,
+        auth_type: str = NTLM,
+        username: str = SERVICE_USER,
+        password: str = SERVICE_PASSWORD,
+        max_wait: float = 5,
+        retry_policy: Any = None,
+    ) -> Account:
+        config = Configuration(
+            service_endpoint=emu.ews_url,
+            credentials=Credentials(username, password),
+            auth_type=auth_type,
+            retry_policy=retry_policy or FaultTolerance(max_wait=max_wait),
+            max_connections=4,
+        )
+        acc = Account(email, config=config, access_type=IMPERSONATION, autodiscover=False)
+        # exchangelib caches one Protocol per (endpoint, credentials): make this account's retry policy current.
+        acc.protocol.config.retry_policy = config.retry_policy
+        made.append(acc)
+        return acc
+
+    yield make
+    for acc in made:
+        acc.protocol.close()
+    close_connections()
+
+
+__all__ = ["BASIC", "NTLM"]

@@ -1,0 +1,185 @@
+"""Pull subscriptions + GetEvents, streaming subscriptions + GetStreamingEvents (several subscriptions on one
+connection, ConnectionTimeout, expiry, dropped streams), Unsubscribe."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from typing import Any
+
+import pytest
+from exchange_emulator_support import wait_for
+from exchangelib import UTC, Attendee, CalendarItem, EWSDateTime
+from exchangelib.errors import ErrorExpiredSubscription, ErrorSubscriptionNotFound
+from exchangelib.properties import CreatedEvent, DeletedEvent, Mailbox, ModifiedEvent, StatusEvent
+
+from exchange_emulator.testing import EmulatorHandle
+
+
+class _Events:
+    def __init__(self, notes: list[Any]) -> None:
+        self.events = [e for n in notes for e in n.events]
+
+
+def _get_events(acc, sub_id: str, watermark: str) -> _Events:
+    return _Events(list(acc.calendar.get_events(sub_id, watermark)))
+
+
+def _save(acc, subject: str, **kw) -> CalendarItem:
+    start = EWSDateTime(2033, 2, 1, 9, tzinfo=UTC)
+    item = CalendarItem(
+        account=acc,
+        folder=acc.calendar,
+        subject=subject,
+        start=start,
+        end=start + dt.timedelta(hours=1),
+        **kw,
+    )
+    item.save(send_meeting_invitations="SendToAllAndSaveCopy")
+    return item
+
+
+def test_pull_subscription_and_get_events(emu: EmulatorHandle, account, mailboxes) -> None:
+    (owner,) = mailboxes("owner")
+    acc = account(owner)
+    sub_id, watermark = acc.calendar.subscribe_to_pull()
+    item = _save(acc, "pulled")
+    note = _get_events(acc, sub_id, watermark)
+    created = [e for e in note.events if isinstance(e, CreatedEvent)]
+    assert [e.item_id.id for e in created] == [item.id]
+    assert created[0].parent_folder_id.id == acc.calendar.id
+    assert any(isinstance(e, ModifiedEvent) and e.folder_id is not None for e in note.events)
+    watermark = note.events[-1].watermark
+    item.subject = "pulled again"
+    item.save(update_fields=["subject"])
+    item_id = item.id
+    item.delete()
+    note = _get_events(acc, sub_id, watermark)
+    kinds = [type(e) for e in note.events if getattr(e, "item_id", None) is not None]
+    assert kinds == [ModifiedEvent, DeletedEvent]
+    assert note.events[-1].watermark
+    quiet = _get_events(acc, sub_id, note.events[-1].watermark)
+    assert [type(e) for e in quiet.events] == [StatusEvent]
+    assert acc.calendar.unsubscribe(sub_id) is True
+    with pytest.raises(ErrorSubscriptionNotFound):
+        _get_events(acc, sub_id, quiet.events[-1].watermark)
+    assert item_id
+
+
+def test_pull_subscription_sees_invitation_in_attendee_mailbox(emu: EmulatorHandle, account, mailboxes) -> None:
+    org, bob = mailboxes("org", "bob")
+    a_org, a_bob = account(org), account(bob)
+    sub_id, watermark = a_bob.calendar.subscribe_to_pull(event_types=["CreatedEvent"])
+    _save(a_org, "invite", required_attendees=[Attendee(mailbox=Mailbox(email_address=bob))])
+    note = _get_events(a_bob, sub_id, watermark)
+    (event,) = note.events
+    assert isinstance(event, CreatedEvent)
+    copy = a_bob.calendar.get(id=event.item_id.id)
+    assert copy.subject == "invite" and copy.organizer.email_address == org
+
+
+def test_expired_pull_subscription(emu: EmulatorHandle, account, mailboxes) -> None:
+    (owner,) = mailboxes("owner")
+    acc = account(owner)
+    sub_id, watermark = acc.calendar.subscribe_to_pull()
+    emu.admin.expire_subscriptions(subscription_ids=[sub_id])
+    with pytest.raises(ErrorExpiredSubscription):
+        _get_events(acc, sub_id, watermark)
+
+
+def _stream(acc, ids: list[str], out: dict[str, Any], **kw: Any) -> threading.Thread:
+    def run() -> None:
+        try:
+            out["notifications"] = list(acc.calendar.get_streaming_events(ids, **kw))
+        except Exception as exc:  # recorded for the assertions in the test thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _streams_open(emu: EmulatorHandle, ids: list[str]) -> bool:
+    subs = {s["id"]: s for s in emu.admin.subscriptions()}
+    return all(subs[i]["streaming_connections"] >= 1 for i in ids)
+
+
+def test_streaming_many_subscriptions_one_connection(emu: EmulatorHandle, account, mailboxes) -> None:
+    first, second = mailboxes("first", "second")
+    a1, a2 = account(first), account(second)
+    s1 = a1.calendar.subscribe_to_streaming()
+    s2 = a2.calendar.subscribe_to_streaming(event_types=["CreatedEvent"])
+    out: dict[str, Any] = {}
+    thread = _stream(a1, [s1, s2], out, connection_timeout=1, max_notifications_returned=2)
+    wait_for(lambda: _streams_open(emu, [s1, s2]), what="streaming connection")
+    i1 = _save(a1, "stream one")
+    i2 = _save(a2, "stream two")
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+    assert "error" not in out, out.get("error")
+    notes = out["notifications"]
+    by_sub = {n.subscription_id: n for n in notes}
+    assert set(by_sub) == {s1, s2}
+    assert i1.id in {e.item_id.id for e in by_sub[s1].events if isinstance(e, CreatedEvent)}
+    assert [e.item_id.id for e in by_sub[s2].events] == [i2.id]
+
+
+def test_streaming_connection_timeout_closes(emu: EmulatorHandle, account, mailboxes) -> None:
+    (owner,) = mailboxes("owner")
+    acc = account(owner)
+    sub_id = acc.calendar.subscribe_to_streaming()
+    out: dict[str, Any] = {}
+    # the emulator runs with a 2-second EWS minute: ConnectionTimeout=1 closes the stream with status Closed
+    thread = _stream(acc, [sub_id], out, connection_timeout=1)
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert out == {"notifications": []}
+
+
+def test_streaming_subscription_expiry_is_reported(emu: EmulatorHandle, account, mailboxes) -> None:
+    (owner,) = mailboxes("owner")
+    acc = account(owner)
+    sub_id = acc.calendar.subscribe_to_streaming()
+    out: dict[str, Any] = {}
+    thread = _stream(acc, [sub_id], out, connection_timeout=5)
+    wait_for(lambda: _streams_open(emu, [sub_id]), what="streaming connection")
+    emu.admin.expire_subscriptions(subscription_ids=[sub_id])
+    thread.join(timeout=20)
+    assert isinstance(out.get("error"), ErrorSubscriptionNotFound)
+    with pytest.raises(ErrorSubscriptionNotFound):
+        list(acc.calendar.get_streaming_events([sub_id], connection_timeout=1))
+
+
+def test_dropped_stream(emu: EmulatorHandle, account, mailboxes) -> None:
+    (owner,) = mailboxes("owner")
+    acc = account(owner, max_wait=1)
+    sub_id = acc.calendar.subscribe_to_streaming()
+    out: dict[str, Any] = {}
+    thread = _stream(acc, [sub_id], out, connection_timeout=5, max_notifications_returned=1)
+    wait_for(lambda: _streams_open(emu, [sub_id]), what="streaming connection")
+    assert emu.admin.drop_streams(mailbox=owner) == 1
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    # The subscription itself survives a dropped connection: a new GetStreamingEvents gets later events.
+    out2: dict[str, Any] = {}
+    thread = _stream(acc, [sub_id], out2, connection_timeout=1, max_notifications_returned=1)
+    wait_for(lambda: _streams_open(emu, [sub_id]), what="second streaming connection")
+    item = _save(acc, "after drop")
+    thread.join(timeout=20)
+    assert "error" not in out2, out2.get("error")
+    assert item.id in {e.item_id.id for n in out2["notifications"] for e in n.events if getattr(e, "item_id", None)}
+
+
+def test_drop_streams_fault_rule(emu: EmulatorHandle, account, mailboxes) -> None:
+    (owner,) = mailboxes("owner")
+    acc = account(owner, max_wait=1)
+    sub_id = acc.calendar.subscribe_to_streaming()
+    rule = emu.admin.add_fault(kind="drop_streams", mailbox=owner, count=1, now=False)
+    assert rule["kind"] == "drop_streams"
+    out: dict[str, Any] = {}
+    thread = _stream(acc, [sub_id], out, connection_timeout=5)
+    wait_for(lambda: _streams_open(emu, [sub_id]), what="streaming connection")
+    _save(acc, "triggers the drop")
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert all(f["id"] != rule["id"] for f in emu.admin.get("/faults"))  # fired once

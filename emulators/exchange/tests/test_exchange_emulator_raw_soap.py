@@ -1,0 +1,156 @@
+"""Raw SOAP for what exchangelib does not send on its own: AppendToItemField, DeleteItemField, ConflictResolution,
+unknown FieldURIs in AdditionalProperties, PropertyTag extended properties, affinity cookie, TimeZoneContext."""
+
+from __future__ import annotations
+
+import base64
+
+import requests
+from exchange_emulator_support import SERVICE_PASSWORD, SERVICE_USER
+from lxml import etree
+
+from exchange_emulator.testing import EmulatorHandle
+
+M = "http://schemas.microsoft.com/exchange/services/2006/messages"
+T = "http://schemas.microsoft.com/exchange/services/2006/types"
+
+
+def soap(emu: EmulatorHandle, mailbox: str, body: str, headers: dict[str, str] | None = None) -> etree._Element:
+    envelope = (
+        '<?xml version="1.0" encoding="utf-8"?>'
+        '<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" '
+        f'xmlns:m="{M}" xmlns:t="{T}"><s:Header>'
+        '<t:RequestServerVersion Version="Exchange2016"/>'
+        f"<t:ExchangeImpersonation><t:ConnectingSID><t:PrimarySmtpAddress>{mailbox}</t:PrimarySmtpAddress>"
+        "</t:ConnectingSID></t:ExchangeImpersonation>"
+        '<t:TimeZoneContext><t:TimeZoneDefinition Id="W. Europe Standard Time"/></t:TimeZoneContext>'
+        f"</s:Header><s:Body>{body}</s:Body></s:Envelope>"
+    )
+    token = base64.b64encode(f"{SERVICE_USER}:{SERVICE_PASSWORD}".encode()).decode()
+    r = requests.post(
+        emu.ews_url,
+        data=envelope.encode(),
+        timeout=10,
+        headers={"Authorization": f"Basic {token}", "Content-Type": "text/xml; charset=utf-8", **(headers or {})},
+    )
+    assert r.status_code == 200, r.text
+    root = etree.fromstring(r.content)
+    root.set("_cookie", r.headers.get("Set-Cookie", ""))
+    return root
+
+
+def codes(root: etree._Element) -> list[str]:
+    return [e.text or "" for e in root.iter(f"{{{M}}}ResponseCode")]
+
+
+def create(emu: EmulatorHandle, mailbox: str) -> tuple[str, str]:
+    root = soap(
+        emu,
+        mailbox,
+        '<m:CreateItem SendMeetingInvitations="SendToNone"><m:SavedItemFolderId>'
+        '<t:DistinguishedFolderId Id="calendar"/></m:SavedItemFolderId><m:Items><t:CalendarItem>'
+        '<t:Subject>Raw</t:Subject><t:Body BodyType="Text">line one</t:Body>'
+        "<t:Categories><t:String>A</t:String></t:Categories>"
+        '<t:ExtendedProperty><t:ExtendedFieldURI PropertyTag="0x3A45" PropertyType="String"/>'
+        "<t:Value>tagged</t:Value></t:ExtendedProperty>"
+        "<t:Start>2035-05-05T10:00:00</t:Start><t:End>2035-05-05T11:00:00</t:End>"
+        "<t:Location>Here</t:Location>"
+        "</t:CalendarItem></m:Items></m:CreateItem>",
+    )
+    assert codes(root) == ["NoError"]
+    item_id = root.find(f".//{{{T}}}ItemId")
+    assert item_id is not None
+    return item_id.get("Id", ""), item_id.get("ChangeKey", "")
+
+
+def get(emu: EmulatorHandle, mailbox: str, item_id: str, extra: str = "") -> etree._Element:
+    root = soap(
+        emu,
+        mailbox,
+        "<m:GetItem><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape><t:BodyType>Text</t:BodyType>"
+        + (f"<t:AdditionalProperties>{extra}</t:AdditionalProperties>" if extra else "")
+        + "</m:ItemShape>"
+        + f'<m:ItemIds><t:ItemId Id="{item_id}"/></m:ItemIds></m:GetItem>',
+    )
+    assert codes(root) == ["NoError"]
+    item = root.find(f".//{{{T}}}CalendarItem")
+    assert item is not None
+    return item
+
+
+def test_naive_times_use_time_zone_context(emu: EmulatorHandle, mailboxes) -> None:
+    (owner,) = mailboxes("owner")
+    item_id, _ = create(emu, owner)
+    item = get(emu, owner, item_id)
+    assert item.findtext(f"{{{T}}}Start") == "2035-05-05T08:00:00Z"  # 10:00 CEST
+
+
+def test_append_delete_and_conflict_resolution(emu: EmulatorHandle, mailboxes) -> None:
+    (owner,) = mailboxes("owner")
+    item_id, ck = create(emu, owner)
+
+    def update(change_key: str, updates: str, conflict: str = "AutoResolve") -> etree._Element:
+        return soap(
+            emu,
+            owner,
+            f'<m:UpdateItem ConflictResolution="{conflict}" SendMeetingInvitationsOrCancellations="SendToNone">'
+            f'<m:ItemChanges><t:ItemChange><t:ItemId Id="{item_id}" ChangeKey="{change_key}"/>'
+            f"<t:Updates>{updates}</t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>",
+        )
+
+    appended = update(
+        ck,
+        '<t:AppendToItemField><t:FieldURI FieldURI="item:Body"/><t:CalendarItem>'
+        '<t:Body BodyType="Text"> and two</t:Body></t:CalendarItem></t:AppendToItemField>'
+        '<t:DeleteItemField><t:FieldURI FieldURI="calendar:Location"/></t:DeleteItemField>'
+        '<t:DeleteItemField><t:ExtendedFieldURI PropertyTag="0x3A45" PropertyType="String"/></t:DeleteItemField>',
+    )
+    assert codes(appended) == ["NoError"]
+    new_ck = appended.find(f".//{{{T}}}ItemId").get("ChangeKey")
+    assert new_ck != ck
+    item = get(emu, owner, item_id, '<t:ExtendedFieldURI PropertyTag="0x3A45" PropertyType="String"/>')
+    assert item.findtext(f"{{{T}}}Body") == "line one and two"
+    assert item.findtext(f"{{{T}}}Location") == ""
+    assert item.find(f"{{{T}}}ExtendedProperty") is None
+    stale = update(
+        ck,
+        '<t:SetItemField><t:FieldURI FieldURI="item:Subject"/><t:CalendarItem><t:Subject>x</t:Subject>'
+        "</t:CalendarItem></t:SetItemField>",
+        conflict="NeverOverwrite",
+    )
+    assert codes(stale) == ["ErrorIrresolvableConflict"]
+    forbidden = update(new_ck, '<t:DeleteItemField><t:FieldURI FieldURI="calendar:Start"/></t:DeleteItemField>')
+    assert codes(forbidden) == ["ErrorInvalidPropertyDelete"]
+
+
+def test_unknown_field_uris_ignored_and_property_tag_returned(emu: EmulatorHandle, mailboxes) -> None:
+    (owner,) = mailboxes("owner")
+    item_id, _ = create(emu, owner)
+    item = get(
+        emu,
+        owner,
+        item_id,
+        '<t:FieldURI FieldURI="message:IsRead"/><t:FieldURI FieldURI="contacts:Birthday"/>'
+        '<t:ExtendedFieldURI PropertyTag="0x3A45" PropertyType="String"/>'
+        '<t:ExtendedFieldURI DistinguishedPropertySetId="PublicStrings" PropertyName="absent" '
+        'PropertyType="String"/>',
+    )
+    props = item.findall(f"{{{T}}}ExtendedProperty")
+    assert len(props) == 1
+    assert props[0].findtext(f"{{{T}}}Value") == "tagged"
+    assert props[0].find(f"{{{T}}}ExtendedFieldURI").get("PropertyTag") == "0x3A45"
+    assert item.find(f"{{{T}}}IsRead") is None
+
+
+def test_affinity_cookie_on_subscribe(emu: EmulatorHandle, mailboxes) -> None:
+    (owner,) = mailboxes("owner")
+    root = soap(
+        emu,
+        owner,
+        "<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds>"
+        '<t:DistinguishedFolderId Id="calendar"/></t:FolderIds><t:EventTypes><t:EventType>CreatedEvent</t:EventType>'
+        "</t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>",
+        headers={"X-PreferServerAffinity": "True", "X-AnchorMailbox": owner},
+    )
+    assert codes(root) == ["NoError"]
+    assert "X-BackEndOverrideCookie=" in root.get("_cookie", "")
