@@ -197,8 +197,15 @@ class FakeGateway:
         conn = GatewayConnection(ws, len(self.connections) + 1)
         self.connections.append(conn)
         await self._notify()
+        peer_close_code: int | None = None
         try:
-            async for message in ws:
+            while True:
+                message = await ws.receive()
+                if message.type == aiohttp.WSMsgType.CLOSE:
+                    peer_close_code = int(message.data)  # the code the emulator sent, before any reply of ours
+                    break
+                if message.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                    break
                 if message.type != aiohttp.WSMsgType.TEXT:
                     continue
                 frame = json.loads(message.data)
@@ -213,7 +220,7 @@ class FakeGateway:
                 self._check(frame, f"{frame.get('method')}.request")
                 await self._on_request(conn, frame)
         finally:
-            conn.close_code = ws.close_code
+            conn.close_code = peer_close_code if peer_close_code is not None else ws.close_code
             conn.closed.set()
             await self._notify()
         return ws

@@ -21,14 +21,13 @@ from tccal import telemetry
 from tccal.bus import Bus, BusSettings
 from tccal.clock import Clock, SystemClock
 from tccal.config import Config, ConfigError, load_config
+from tccal.config.loader import CONFIG_ENV, EXIT_CONFIG
 from tccal.db import Database
 from tccal.grpckit import GrpcServer
 from tccal.probes import ProbeServer, Readiness
 from tccal.secrets import SecretError, reveal
 
 log = logging.getLogger(__name__)
-CONFIG_ENV = "TC_CALENDAR_CONFIG"
-EXIT_CONFIG = 2
 
 
 class ServiceApp:

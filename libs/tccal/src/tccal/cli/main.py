@@ -15,8 +15,8 @@ import click
 
 from tccal import secrets
 from tccal.config import ConfigError, load_config
+from tccal.config.loader import CONFIG_ENV, EXIT_CONFIG
 from tccal.config.schema import Config
-from tccal.service import CONFIG_ENV, EXIT_CONFIG
 
 LEGACY_FLAGS = {"--hash_pass": "hash-pass", "--register": "register", "--offline_reg": "offline-reg"}
 PLUGIN_GROUP = "tc_calendar.commands"

@@ -21,6 +21,8 @@ from tccal import secrets
 from tccal.config.schema import Config, iter_secrets
 
 ENV_PREFIX = "TC_CALENDAR__"
+CONFIG_ENV = "TC_CALENDAR_CONFIG"  # names config.json when --config is not given
+EXIT_CONFIG = 2  # exit code of every process refusing a bad config
 _HIDDEN_KEYS = {"password", "secret", "clientSecret", "adminToken", "token"}
 
 

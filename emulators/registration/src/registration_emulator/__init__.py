@@ -1,0 +1,1 @@
+"""Registration authority emulator for the TrueConf Calendar Connector."""

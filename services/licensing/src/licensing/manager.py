@@ -1,0 +1,314 @@
+"""The licensing use cases, shared by the gRPC API and the CLI: register, install, show, allocate, check."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from licensing.config import NOT_CONFIGURED, LicensingSettings
+from licensing.document import SignedLicense, format_timestamp
+from licensing.errors import (
+    FREE_OFFLINE_MESSAGE,
+    ForeignInstallationError,
+    FreeOfflineError,
+    KeyInUseError,
+    KeyRevokedError,
+    LicenseExpiredError,
+    LicensingError,
+    MalformedKeyError,
+    RegistrationProtocolError,
+    RegistrationUnreachableError,
+    TamperedLicenseError,
+    UnknownKeyError,
+)
+from licensing.fingerprint import fingerprint_of, short_fingerprint
+from licensing.keys import RegistrationKey, parse_key
+from licensing.offline import OfflineRequest, OfflineResponse
+from licensing.registration_client import RegistrationClient
+from licensing.seats import Allocation, SeatAsk, allocate, normalize_mailbox, refuse_all
+from licensing.status import CheckState, Evaluation, Status, evaluate
+from licensing.store import LicenseStore
+from licensing.tiers import FEATURE_MULTIPLE_PROVIDERS
+from tccal.clock import Clock
+
+log = logging.getLogger("licensing")
+
+# Answers of the registration server that refuse the license itself (no grace period for those).
+REFUSALS = (UnknownKeyError, KeyRevokedError, ForeignInstallationError, LicenseExpiredError, KeyInUseError)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The license in force, as of ``now``."""
+
+    now: datetime
+    install_id: uuid.UUID
+    fingerprint: str
+    signed: SignedLicense | None
+    check: CheckState
+    evaluation: Evaluation
+    seats_used: int
+
+
+class LicenseManager:
+    def __init__(
+        self,
+        store: LicenseStore,
+        settings: LicensingSettings,
+        clock: Clock,
+        client: RegistrationClient | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.client = client or RegistrationClient(settings.registration_url, timeout=settings.request_timeout)
+        self._identity: tuple[uuid.UUID, str] | None = None
+        self._verified: dict[str, SignedLicense | str] = {}
+        self._changed = asyncio.Event()
+        self._last_status: Status | None = None
+
+    # ----------------------------------------------------------------------------------------- identity
+
+    async def identity(self) -> tuple[uuid.UUID, str]:
+        if self._identity is None:
+            install_id = await self.store.install_id()
+            self._identity = (install_id, fingerprint_of(install_id))
+        return self._identity
+
+    # ----------------------------------------------------------------------------------------- installing
+
+    def _validate(
+        self, envelope: Any, fingerprint: str, *, offline: bool, key: RegistrationKey | None
+    ) -> SignedLicense:
+        """Signature, installation, tier, expiry — in that order, each with its own refusal."""
+        signed = self.settings.authorities().verify_envelope(envelope)
+        lic = signed.license
+        if lic.installation_fingerprint != fingerprint:
+            raise ForeignInstallationError(
+                f"this license ({lic.license_id}) was issued for installation "
+                f"{short_fingerprint(lic.installation_fingerprint)}, but this installation is "
+                f"{short_fingerprint(fingerprint)}; ask for a license with a request made here "
+                "(tc_calendar --register KEY)"
+            )
+        if offline and not lic.tier.offline_registration:
+            raise FreeOfflineError(FREE_OFFLINE_MESSAGE)
+        now = self.clock.now()
+        if lic.expires_at is not None and now >= lic.expires_at:
+            raise LicenseExpiredError(
+                f"the license {lic.license_id} ({lic.tier.label}) expired at {format_timestamp(lic.expires_at)}"
+            )
+        if key is not None and lic.key_sha256 != key.sha256:
+            raise RegistrationProtocolError(
+                "the registration server answered with a license for another key; nothing was installed"
+            )
+        return signed
+
+    async def register_online(self, key_text: str) -> SignedLicense:
+        key = parse_key(key_text)
+        self.settings.authorities()
+        _, fingerprint = await self.identity()
+        envelope = await self.client.register(key.text, fingerprint, self.settings.product_version)
+        try:
+            signed = self._validate(envelope, fingerprint, offline=False, key=key)
+        except TamperedLicenseError as exc:
+            raise TamperedLicenseError(f"the registration server's answer was refused: {exc.message}") from None
+        await self.store.install_license(signed, self.clock.now(), confirmed_online=True)
+        self._installed(signed, "online")
+        return signed
+
+    async def create_offline_request(self, key_text: str) -> OfflineRequest:
+        key = parse_key(key_text)
+        if not key.tier.offline_registration:
+            raise FreeOfflineError(FREE_OFFLINE_MESSAGE)
+        _, fingerprint = await self.identity()
+        request = OfflineRequest.new(key, fingerprint, self.clock.now(), self.settings.product_version)
+        log.info(
+            "offline registration request created",
+            extra={"request_id": request.request_id, "key": key.masked(), "installation": fingerprint[:16]},
+        )
+        return request
+
+    async def install_offline(self, data: bytes, what: str = "the registration file") -> SignedLicense:
+        response = OfflineResponse.decode(data, what)
+        _, fingerprint = await self.identity()
+        signed = self._validate(response.envelope, fingerprint, offline=True, key=None)
+        await self.store.install_license(signed, self.clock.now(), confirmed_online=False)
+        self._installed(signed, "offline")
+        return signed
+
+    def _installed(self, signed: SignedLicense, how: str) -> None:
+        lic = signed.license
+        log.info(
+            f"license {lic.license_id} installed ({how}): {lic.tier.label}, {lic.seats} seats",
+            extra={"license_id": lic.license_id, "tier": lic.tier.value, "seats": lic.seats},
+        )
+        self._changed.set()
+
+    # ----------------------------------------------------------------------------------------- state
+
+    def _verify_stored(self, envelope: str) -> SignedLicense | str:
+        """Verify the stored document (cached by its exact text, so any change to the row is re-verified)."""
+        cached = self._verified.get(envelope)
+        if cached is None:
+            try:
+                cached = self.settings.authorities().verify_envelope_text(envelope)
+            except LicensingError as exc:
+                cached = exc.message
+            self._verified = {envelope: cached}
+        return cached
+
+    async def snapshot(self) -> Snapshot:
+        install_id, fingerprint = await self.identity()
+        now = self.clock.now()
+        stored = await self.store.active_license()
+        signed: SignedLicense | None = None
+        check = CheckState()
+        if stored is None:
+            evaluation = evaluate(None, fingerprint, check, now, self.settings.grace_period, self.client.url)
+            if self.settings.trusted is None:
+                evaluation = Evaluation(Status.UNREGISTERED, NOT_CONFIGURED, None, 0)
+        else:
+            verified = self._verify_stored(stored.envelope)
+            if isinstance(verified, str):
+                evaluation = Evaluation(
+                    Status.SUSPENDED,
+                    f"the stored license {stored.license_id} failed verification ({verified}); register again",
+                    None,
+                    0,
+                )
+            else:
+                signed = verified
+                check = await self.store.check_state(signed.license.license_id)
+                evaluation = evaluate(signed, fingerprint, check, now, self.settings.grace_period, self.client.url)
+        seats_used = await self.store.seats_used(now)
+        return Snapshot(now, install_id, fingerprint, signed, check, evaluation, seats_used)
+
+    # ----------------------------------------------------------------------------------------- seats
+
+    async def allocate_seats(self, asks: Iterable[SeatAsk], providers: int) -> tuple[Allocation, Snapshot]:
+        configured_users = self.settings.configured_users
+        marked = [SeatAsk(a.mailbox, a.configured or normalize_mailbox(a.mailbox) in configured_users) for a in asks]
+        snap = await self.snapshot()
+        lic = snap.signed.license if snap.signed is not None else None
+        if not snap.evaluation.may_sync or lic is None:
+            return Allocation(refused=refuse_all(marked, snap.evaluation.reason)), snap
+        if providers > 1 and not lic.has_feature(FEATURE_MULTIPLE_PROVIDERS):
+            reason = (
+                f"{providers} Exchange providers are configured, but several providers need the feature "
+                f"'{FEATURE_MULTIPLE_PROVIDERS}' (Enterprise license); this {lic.tier.label} license does not "
+                "include it"
+            )
+            log.error(reason, extra={"providers": providers, "tier": lic.tier.value})
+            return Allocation(refused=refuse_all(marked, reason)), snap
+        async with self.store.seat_transaction() as tx:
+            before = await tx.holdings()
+            result = allocate(marked, before, snap.evaluation.seat_capacity, snap.now, self.settings.seat_lease)
+            await tx.replace(before, result.holdings)
+        if result.revoked:
+            log.warning(
+                "seats taken back from on-demand mailboxes for configured users",
+                extra={"revoked": ",".join(result.revoked)},
+            )
+        if result.refused:
+            log.info(
+                f"{len(result.refused)} mailbox(es) refused a seat: {result.refused[0].reason}",
+                extra={"granted": len(result.granted), "refused": len(result.refused)},
+            )
+        final = Snapshot(
+            snap.now, snap.install_id, snap.fingerprint, snap.signed, snap.check, snap.evaluation, result.seats_used
+        )
+        return result, final
+
+    # ----------------------------------------------------------------------------------------- online checks
+
+    async def check_online(self) -> Snapshot:
+        """Confirm a Free license with the registration server (no-op for other tiers); returns the state."""
+        snap = await self.snapshot()
+        signed = snap.signed
+        if signed is None or not signed.license.tier.requires_online_check:
+            return snap
+        if snap.evaluation.status is Status.EXPIRED or signed.license.installation_fingerprint != snap.fingerprint:
+            return snap
+        lic = signed.license
+        nonce = secrets.token_hex(16)
+        try:
+            answer = await self.client.check(lic.license_id, lic.key_sha256, snap.fingerprint, nonce)
+            receipt = self.settings.authorities().verify_receipt(answer)
+            if (receipt.nonce, receipt.license_id, receipt.installation_fingerprint) != (
+                nonce,
+                lic.license_id,
+                snap.fingerprint,
+            ):
+                raise RegistrationProtocolError("the registration server's check answer is for another question")
+        except REFUSALS as exc:
+            await self.store.record_check(lic.license_id, self.clock.now(), success=False, refusal=exc.message)
+        except (RegistrationUnreachableError, RegistrationProtocolError, MalformedKeyError) as exc:
+            await self.store.record_check(lic.license_id, self.clock.now(), success=False, error=exc.message)
+        else:
+            await self.store.record_check(lic.license_id, self.clock.now(), success=True)
+        return await self.snapshot()
+
+    def report(self, snap: Snapshot) -> None:
+        """Log a line whenever the license status changes (suspension and recovery are the ones that matter)."""
+        status = snap.evaluation.status
+        if status is self._last_status:
+            return
+        previous = self._last_status
+        self._last_status = status
+        extra = {"status": status.value, "reason": snap.evaluation.reason}
+        text = f"license {status.value}: {snap.evaluation.reason}"
+        if status is Status.SUSPENDED or status is Status.EXPIRED:
+            log.error(f"sync stopped — {text}", extra=extra)
+        elif status is Status.GRACE or status is Status.UNREGISTERED:
+            log.warning(text, extra=extra)
+        elif previous in (Status.SUSPENDED, Status.GRACE, Status.EXPIRED):
+            log.info(f"sync resumes — {text}", extra=extra)
+        else:
+            log.info(text, extra=extra)
+
+    def _next_delay(self, snap: Snapshot) -> timedelta:
+        signed = snap.signed
+        if signed is None or not signed.license.tier.requires_online_check or snap.evaluation.status is Status.VALID:
+            delay = self.settings.check_interval
+        else:
+            delay = self.settings.retry_interval
+        ends = [snap.evaluation.grace_until, signed.license.expires_at if signed else None]
+        for moment in ends:
+            if moment is not None and moment > snap.now:
+                delay = min(delay, moment - snap.now)
+        return max(delay, timedelta(seconds=1))
+
+    async def run_checks(self, stop: asyncio.Event) -> None:
+        """Background loop: online checks of a Free license, status changes logged, until ``stop``."""
+        while not stop.is_set():
+            self._changed.clear()
+            started = self.clock.now()
+            try:
+                snap = await self.check_online()
+            except LicensingError as exc:  # storage trouble: say so, try again soon
+                log.warning(f"license check skipped: {exc.message}")
+                delay = self.settings.retry_interval
+            else:
+                self.report(snap)
+                delay = self._next_delay(snap)
+            # The next round is due `delay` after this one started, however long this one took.
+            remaining = max((started + delay - self.clock.now()).total_seconds(), 0.0)
+            waiters = [
+                asyncio.ensure_future(stop.wait()),
+                asyncio.ensure_future(self._changed.wait()),
+                asyncio.ensure_future(self.clock.sleep(remaining)),
+            ]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await waiter

@@ -1,0 +1,216 @@
+"""Registration through the real `tc_calendar` CLI (guide §2.4), against the real registration emulator and the
+embedded PostgreSQL: every success and every refusal with its own reason and exit code.
+
+`installation.cli(...)` runs the installed `tc_calendar` program in a subprocess; `installation.run(...)` runs the
+same click application in this process (interpreter start-up is most of a subprocess's cost here). The guide's
+successes and one refusal of each kind of input go through the subprocess; the rest of the matrix in-process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from licensing.document import AuthoritySigner, License
+from licensing.fingerprint import fingerprint_of, new_install_id
+from licensing.keys import parse_key
+from licensing.offline import OfflineResponse, encode_crg
+from licensing.tiers import Tier
+from registration_emulator.testing import RunningEmulator
+from tccal.embedded import free_port
+
+REGISTERED = "Your product successfully registered. Now you can run tc_calendar"
+REGISTERED_OFFLINE = "Your product successfully registered offline. Now you can run tc_calendar"
+
+
+def unreachable(installation: Any) -> Any:
+    """The same installation, configured with a registration server nobody listens on."""
+    config = json.loads(installation.config.read_text())
+    config["license"]["registrationUrl"] = f"http://127.0.0.1:{free_port()}"
+    path = installation.config.with_name("config-offline.json")
+    path.write_text(json.dumps(config))
+    return type(installation)(path, installation.workdir)
+
+
+def sign(emulator: RunningEmulator, request: Path, response: Path, *extra: str) -> Path:
+    emulator.cli("sign-offline", str(request), "-o", str(response), *extra)
+    return response
+
+
+def register_elsewhere(emulator: RunningEmulator, key: str) -> None:
+    body = json.dumps({"key": key, "installation_fingerprint": fingerprint_of(new_install_id())}).encode()
+    request = urllib.request.Request(f"{emulator.url}/api/v1/register", data=body, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.status == 200
+
+
+def test_online_registration_of_each_paid_tier_and_free(installation: Any, emulator: RunningEmulator) -> None:
+    free = emulator.issue_key("free")
+    proc = installation.cli("--register", free)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == REGISTERED
+    shown = installation.license()
+    assert (shown["tier"], shown["seats"], shown["status"]) == ("free", 50, "valid")
+    checked = datetime.fromisoformat(shown["last_online_check"])
+    assert datetime.fromisoformat(shown["grace_until"]) == checked + timedelta(days=7)
+
+    # A newer key replaces the license in force; the installation (and its fingerprint) stays the same.
+    key = emulator.issue_key("enterprise", 700)
+    proc = installation.cli("--register", key)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == REGISTERED
+    again = installation.license()
+    assert again["tier"] == "enterprise" and again["seats"] == 700
+    assert again["features"] == ["multiple_providers", "offline_registration"]
+    assert again["expires_at"] is None and again["grace_until"] is None
+    assert again["installation_fingerprint"] == shown["installation_fingerprint"]
+    # The authority bound the key to exactly that fingerprint.
+    keys = json.loads(emulator.cli("list-keys").stdout)
+    record = next(k for k in keys if k["key"] == key)
+    assert list(record["activations"]) == [shown["installation_fingerprint"]]
+
+
+def test_offline_registration_round_trip(installation: Any, emulator: RunningEmulator) -> None:
+    offline = unreachable(installation)
+    key = emulator.issue_key("standard", 250)
+    proc = offline.cli("--register", key)
+    assert proc.returncode == 3, proc.stderr
+    request = installation.workdir / "regoffline.crg"
+    assert f"Offline registration request written to {request}" in proc.stdout
+    assert "is unreachable" in proc.stdout
+    assert request.exists()
+
+    sign(emulator, request, installation.workdir / "regoffline2.crg")
+    proc = offline.cli("--offline_reg", "regoffline2.crg")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == REGISTERED_OFFLINE
+    shown = offline.license()
+    assert (shown["tier"], shown["seats"], shown["status"]) == ("standard", 250, "valid")
+    # A paid license needs no registration server: it stays valid with the server unreachable.
+    assert shown["grace_until"] is None
+
+
+def test_online_refusals(installation: Any, emulator: RunningEmulator) -> None:
+    in_use = emulator.issue_key("standard", 5)
+    register_elsewhere(emulator, in_use)
+    revoked = emulator.issue_key("standard", 5)
+    emulator.cli("revoke-key", revoked)
+    cases = {
+        "MY-REG-KEY": (10, "malformed registration key 'MY-REG-KEY'"),
+        "TCCAL-STD-0123A-BCDEF-GHJKM-NPQRS-X74E": (11, "not known to this authority"),
+        in_use: (12, "already registered to another installation"),
+        revoked: (13, "revoked"),
+        emulator.issue_key("standard", 5, expires="-1d"): (17, "expired"),
+    }
+    results = {key: installation.run("--register", key) for key in cases}
+    results["MY-REG-KEY"] = installation.cli("--register", "MY-REG-KEY")
+    for key, (code, text) in cases.items():
+        proc = results[key]
+        assert (proc.returncode, proc.stdout) == (code, ""), (key, proc.stderr)
+        assert proc.stderr.startswith("Registration refused (")
+        assert text in proc.stderr, proc.stderr
+    assert installation.license()["status"] == "unregistered"
+
+
+def test_free_key_is_never_registered_offline(installation: Any, emulator: RunningEmulator) -> None:
+    free = emulator.issue_key("free")
+    offline = unreachable(installation)
+    unreachable_free = offline.cli("--register", free)
+    forced = installation.run("register", "--offline", free)
+    fingerprint = installation.license()["installation_fingerprint"]
+    for proc in (unreachable_free, forced):
+        assert proc.returncode == 14, proc.stderr
+        assert "A free license cannot be registered offline" in proc.stderr
+    assert "is unreachable" in unreachable_free.stderr
+    assert not (installation.workdir / "regoffline.crg").exists()
+
+    # Even a file signed by the authority is refused when it carries a free license.
+    signer = AuthoritySigner.from_pem((emulator.state_dir / "authority_ed25519.pem").read_bytes())
+    lic = License(
+        "lic-free-file", Tier.FREE, 50, (), fingerprint, datetime.now(UTC), None, parse_key(free).sha256, "offline"
+    )
+    path = installation.workdir / "free.crg"
+    path.write_bytes(OfflineResponse("r", signer.sign_license(lic).envelope()).encode())
+    proc = installation.run("--offline_reg", str(path))
+    assert proc.returncode == 14
+    assert "A free license cannot be registered offline" in proc.stderr
+
+
+def test_offline_file_refusals(installation: Any, other_installation: Any, emulator: RunningEmulator) -> None:
+    # Requests from this installation and from another one.
+    here = installation.run("register", "--offline", emulator.issue_key("standard", 10))
+    there = other_installation.run("register", "--offline", emulator.issue_key("standard", 10))
+    assert here.returncode == 3 and there.returncode == 3, (here.stderr, there.stderr)
+    good = sign(emulator, installation.workdir / "regoffline.crg", installation.workdir / "good.crg")
+    foreign = sign(emulator, other_installation.workdir / "regoffline.crg", installation.workdir / "foreign.crg")
+    expired_key = emulator.issue_key("standard", 10)
+    assert installation.run("register", "--offline", "--request-file", "exp.crg", expired_key).returncode == 3
+    expired = sign(emulator, installation.workdir / "exp.crg", installation.workdir / "expired.crg", "--expires", "-1d")
+
+    response = OfflineResponse.decode(good.read_bytes())
+    envelope: dict[str, Any] = json.loads(json.dumps(response.envelope))
+    envelope["license"]["seats"] = 100000
+    tampered = installation.workdir / "tampered.crg"
+    tampered.write_bytes(OfflineResponse(response.request_id, envelope).encode())
+    garbage = installation.workdir / "garbage.crg"
+    garbage.write_text("Dear manager, please find attached...")
+    wrong_format = installation.workdir / "future.crg"
+    wrong_format.write_bytes(encode_crg({"format": "tccal-offline-response/2"}))
+
+    cases = {
+        tampered.name: (15, "modified after the authority signed it"),
+        foreign.name: (16, "was issued for installation"),
+        expired.name: (17, "expired at"),
+        garbage.name: (18, "not a registration file"),
+        wrong_format.name: (18, "this version reads 'tccal-offline-response/1'"),
+        "regoffline.crg": (18, "is an offline registration request"),
+        "missing.crg": (18, "cannot read missing.crg"),
+    }
+    results = {name: installation.run("--offline_reg", name) for name in cases}
+    results[tampered.name] = installation.cli("--offline_reg", tampered.name)
+    for name, (code, text) in cases.items():
+        proc = results[name]
+        assert proc.returncode == code, (name, proc.stderr)
+        assert text in proc.stderr, (name, proc.stderr)
+        assert proc.stdout == ""
+    assert installation.license()["status"] == "unregistered"
+    # The untouched answer installs.
+    proc = installation.run("--offline_reg", good.name)
+    assert proc.returncode == 0 and proc.stdout.startswith(REGISTERED_OFFLINE)
+
+
+def test_configuration_and_database_problems(installation: Any, tmp_path: Path) -> None:
+    config = json.loads(installation.config.read_text())
+    config["license"]["authorityPublicKey"] = ""
+    no_key = tmp_path / "no-key.json"
+    no_key.write_text(json.dumps(config))
+    config["license"]["authorityPublicKey"] = "bm90IGEga2V5"
+    bad_key = tmp_path / "bad-key.json"
+    bad_key.write_text(json.dumps(config))
+    config = json.loads(installation.config.read_text())
+    config["dbConnectionConfig"] = {"host": "127.0.0.1", "port": free_port(), "user": "x", "database": "x"}
+    no_db = tmp_path / "no-db.json"
+    no_db.write_text(json.dumps(config))
+    key = "TCCAL-STD-0123A-BCDEF-GHJKM-NPQRS-X74E"
+    procs = [installation.run("--register", key, "--config", str(p)) for p in (no_key, bad_key, no_db)]
+    # No authority key: the connector runs but accepts no license, and says which key to set.
+    assert procs[0].returncode == 2 and "license.authorityPublicKey is not set" in procs[0].stderr
+    shown = installation.run("license", "--json", "--config", str(no_key))
+    assert shown.returncode == 0
+    assert json.loads(shown.stdout)["status"] == "unregistered"
+    assert "license.authorityPublicKey is not set" in json.loads(shown.stdout)["status_reason"]
+    assert procs[1].returncode == 2 and "license.authorityPublicKey: authority public key must be 32 bytes" in (
+        procs[1].stderr
+    )
+    assert procs[2].returncode == 4 and "cannot connect to PostgreSQL" in procs[2].stderr
+
+
+def test_cli_is_the_guides_spelling(installation: Any) -> None:
+    """`tc_calendar --register` without a key is a usage error, not a crash."""
+    proc = installation.run("--register")
+    assert proc.returncode == 2
+    assert "Missing argument 'KEY'" in proc.stderr
+    assert isinstance(proc, subprocess.CompletedProcess)
