@@ -230,7 +230,11 @@ async def consume(
                 log.warning("fetch failed", extra={"stream": stream, "durable": durable, "error": str(exc)})
                 await asyncio.sleep(0.5)
                 continue
-            for message in messages:
+            for index, message in enumerate(messages):
+                if stop.is_set():  # finish the message at hand, hand the rest back for redelivery
+                    for rest in messages[index:]:
+                        await rest.nak()
+                    break
                 context = telemetry.extract_context(message.headers)
                 with tracer.start_as_current_span(
                     f"consume {stream}", context=context, kind=trace.SpanKind.CONSUMER

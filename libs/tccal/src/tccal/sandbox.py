@@ -1,16 +1,20 @@
 """`tc-calendar sandbox`: the whole product on one machine.
 
-Starts embedded PostgreSQL and NATS (unless URLs are given), the emulators that are installed, and the four
-services as separate processes; waits until every one reports ready; writes the ready-file (DESIGN.md §8);
-stays up until SIGINT/SIGTERM, then stops everything it started, children first, leaving no process behind.
+Starts embedded PostgreSQL and NATS (unless URLs are given), the emulators that are installed (registration
+authority, Exchange, TrueConf Server), and the four services as separate processes; registers a license;
+waits until every one reports ready; writes the ready-file (DESIGN.md §8); stays up until SIGINT/SIGTERM, then
+stops everything it started, leaving no process behind. A part that is not installed is absent, never faked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
+import importlib.util
 import json
 import logging
 import os
+import secrets as pysecrets
 import signal
 import subprocess
 import sys
@@ -32,8 +36,17 @@ SERVICE_MODULES = {
     "tcs-gateway": "tcs_gateway",
     "licensing": "licensing",
 }
+SANDBOX_TCS_ID = "video.sandbox.test#vcs"
+SANDBOX_DOMAIN = "sandbox.test"
+# The demo organization: (local part, display name). dave is alice's assistant (delegate).
+DEMO_PEOPLE = [
+    ("alice", "Alice Archer"),
+    ("bob", "Bob Brown"),
+    ("carol", "Carol Chen"),
+    ("dave", "Dave Delegate"),
+    ("erin", "Erin Evans"),
+]
 _PR_SET_PDEATHSIG = 1
-SANDBOX_TCS_ID = "sandbox.trueconf.local#vcs"
 
 
 def _die_with_parent() -> None:
@@ -44,16 +57,25 @@ def _die_with_parent() -> None:
         return
 
 
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
 @dataclass
 class Child:
+    """One process of the sandbox, logging to its own file."""
+
     name: str
     argv: list[str]
     log_path: Path
     http: str | None = None
+    ready_file: Path | None = None
     process: subprocess.Popen[bytes] | None = None
 
     def start(self, env: dict[str, str]) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.ready_file is not None and self.ready_file.exists():
+            self.ready_file.unlink()
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 self.argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
@@ -65,6 +87,17 @@ class Child:
 
     def exited(self) -> int | None:
         return None if self.process is None else self.process.poll()
+
+    def is_ready(self) -> bool:
+        if self.ready_file is not None:
+            return self.ready_file.exists()
+        return self.http is not None and _http_ok(f"{self.http}/readyz")
+
+    def ready_data(self) -> dict[str, Any]:
+        if self.ready_file is None:
+            return {}
+        data: dict[str, Any] = json.loads(self.ready_file.read_text())
+        return data
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -80,30 +113,45 @@ class Sandbox:
     nats_url: str | None = None
     python: str = sys.executable
     children: list[Child] = field(default_factory=list)
+    ready: dict[str, Any] = field(default_factory=dict)
     _pg: EmbeddedPostgres | None = None
     _nats: EmbeddedNats | None = None
-    ready: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key_file(self) -> Path:
         return self.state_dir / "machine.key"
 
+    @property
+    def config_path(self) -> Path:
+        return self.state_dir / "config.json"
+
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["TC_CALENDAR_KEY_FILE"] = str(self.key_file)
         env.pop("TC_CALENDAR_KEY", None)
-        env["TC_CALENDAR_CONFIG"] = str(self.state_dir / "config.json")
+        env["TC_CALENDAR_CONFIG"] = str(self.config_path)
+        env["PYTHONUNBUFFERED"] = "1"
         return env
 
+    def encrypt(self, value: str) -> str:
+        previous = os.environ.get("TC_CALENDAR_KEY_FILE")
+        os.environ["TC_CALENDAR_KEY_FILE"] = str(self.key_file)
+        try:
+            return secrets.encrypt(value, secrets.load_key())
+        finally:
+            if previous is None:
+                os.environ.pop("TC_CALENDAR_KEY_FILE", None)
+            else:
+                os.environ["TC_CALENDAR_KEY_FILE"] = previous
+
+    # --- infrastructure -------------------------------------------------------------------------------
     def start_infrastructure(self) -> tuple[dict[str, Any], str]:
         """Start (or reuse) PostgreSQL and NATS; return the dbConnectionConfig section and the NATS URL."""
-        import asyncio
-
         if self.postgres_dsn is None:
             self._pg = EmbeddedPostgres(self.state_dir / "pg")
             admin = self._pg.start()
             asyncio.run(create_database(admin, "calendar"))
-            db = {
+            db: dict[str, Any] = {
                 "host": self._pg.socket_dir,
                 "port": self._pg.port,
                 "user": "postgres",
@@ -121,7 +169,7 @@ class Sandbox:
                 "database": (parsed.path or "/calendar").lstrip("/") or "calendar",
             }
             if parsed.password:
-                db["password"] = secrets.encrypt(parsed.password, secrets.load_key())
+                db["password"] = self.encrypt(parsed.password)
             self.ready["postgres"] = {"dsn": self.postgres_dsn}
         if self.nats_url is None:
             self._nats = EmbeddedNats(self.state_dir / "nats")
@@ -131,54 +179,249 @@ class Sandbox:
         self.ready["nats"] = {"url": url}
         return db, url
 
+    # --- emulators ------------------------------------------------------------------------------------
+    def start_emulators(self) -> None:
+        """The registration authority and Exchange first: the services' config needs their addresses."""
+        env = self.env()
+        if installed("registration_emulator"):
+            state = self.state_dir / "registration"
+            child = Child(
+                "registration-emulator",
+                [
+                    self.python,
+                    "-m",
+                    "registration_emulator",
+                    "--state-dir",
+                    str(state),
+                    "serve",
+                    "--port",
+                    "0",
+                    "--ready-file",
+                    str(state / "ready.json"),
+                ],
+                self.state_dir / "logs" / "registration-emulator.log",
+                ready_file=state / "ready.json",
+            )
+            child.start(env)
+            self.children.append(child)
+        if installed("exchange_emulator"):
+            emulator_dir = self.state_dir / "exchange"
+            emulator_dir.mkdir(parents=True, exist_ok=True)
+            password = self._stable_secret("exchange-service-password")
+            config = {
+                "version": "Exchange2019",
+                "domain": "SANDBOX",
+                "service_accounts": [
+                    {"username": f"svc-calendar@{SANDBOX_DOMAIN}", "password": password, "impersonation": True}
+                ],
+                "mailboxes": [
+                    {"email": f"{local}@{SANDBOX_DOMAIN}", "display_name": name, "password": f"{local}-password"}
+                    for local, name in DEMO_PEOPLE
+                ],
+                "delegates": [
+                    {"owner": f"alice@{SANDBOX_DOMAIN}", "delegate": f"dave@{SANDBOX_DOMAIN}", "rights": "Editor"}
+                ],
+            }
+            (emulator_dir / "config.json").write_text(json.dumps(config, indent=2))
+            child = Child(
+                "exchange-emulator",
+                [
+                    self.python,
+                    "-m",
+                    "exchange_emulator",
+                    "--config",
+                    str(emulator_dir / "config.json"),
+                    "--port",
+                    "0",
+                    "--ready-file",
+                    str(emulator_dir / "ready.json"),
+                ],
+                self.state_dir / "logs" / "exchange-emulator.log",
+                ready_file=emulator_dir / "ready.json",
+            )
+            child.start(env)
+            self.children.append(child)
+        self.wait_ready(60.0)
+        for child in self.children:
+            if child.name == "registration-emulator":
+                data = child.ready_data()
+                self.ready["registration"] = {"url": data["url"], "public_key": data["public_key"]}
+            elif child.name == "exchange-emulator":
+                data = child.ready_data()
+                self.ready["exchange"] = {
+                    "ews_url": data["ews_url"],
+                    "autodiscover_url": data["autodiscover_url"],
+                    "admin_url": data["admin_url"],
+                    "service_account": data["service_account"],
+                    "mailboxes": [m if isinstance(m, str) else m["email"] for m in data["mailboxes"]],
+                    "delegates": {f"alice@{SANDBOX_DOMAIN}": [f"dave@{SANDBOX_DOMAIN}"]},
+                }
+
+    def _stable_secret(self, name: str) -> str:
+        """A random secret made once per state dir (restarts of the sandbox keep working credentials)."""
+        path = self.state_dir / "secrets" / name
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.write_text(pysecrets.token_urlsafe(18))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def start_trueconf(self) -> None:
+        """TrueConf Server connects to the gateway's bridge (it reconnects until the gateway listens)."""
+        if not installed("trueconf_emulator"):
+            return
+        port = self.ready["trueconf"]["port"]
+        directory = self.state_dir / "trueconf"
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {
+            "server_id": SANDBOX_TCS_ID,
+            "secret": self._stable_secret("bridge-secret"),
+            "gateway_url": self.ready["services"]["tcs-gateway"]["ws"],
+            "users": [
+                {"id": local, "email": f"{local}@{SANDBOX_DOMAIN}", "display_name": name} for local, name in DEMO_PEOPLE
+            ],
+            "oauth": {"client_id": "tc-calendar-connector", "client_secret": self._stable_secret("oauth-secret")},
+            "port": port,
+            "ready_file": str(directory / "ready.json"),
+        }
+        (directory / "config.json").write_text(json.dumps(config, indent=2))
+        child = Child(
+            "trueconf-emulator",
+            [self.python, "-m", "trueconf_emulator", "--config", str(directory / "config.json")],
+            self.state_dir / "logs" / "trueconf-emulator.log",
+            ready_file=directory / "ready.json",
+        )
+        child.start(self.env())
+        self.children.append(child)
+
+    # --- config and services --------------------------------------------------------------------------
     def write_config(self, db: dict[str, Any], nats_url: str, extra: dict[str, Any] | None = None) -> Path:
-        services = {}
-        for name in SERVICE_NAMES:
-            services[name] = {"host": "127.0.0.1", "grpcPort": free_port(), "httpPort": free_port()}
+        services = {
+            name: {"host": "127.0.0.1", "grpcPort": free_port(), "httpPort": free_port()} for name in SERVICE_NAMES
+        }
         ws_port = free_port()
         config: dict[str, Any] = {
             "wsPort": ws_port,
             "dbConnectionConfig": db,
-            "nats": {"url": nats_url},
+            "launchConference": True,
+            "syncConferenceParticipants": True,
+            "temporalConfParticipantsMode": False,
+            "cache": {"autoSync": True, "backward": 1, "forward": 3},
             "productWhitelist": {"tcs": [SANDBOX_TCS_ID]},
+            "nats": {"url": nats_url},
             "grpc": {"services": services},
             "telemetry": {"logLevel": "INFO", "logFormat": "json"},
         }
-        config.update(extra or {})
-        path = self.state_dir / "config.json"
-        path.write_text(json.dumps(config, indent=2))
-        self.ready["config"] = str(path)
-        self.ready["services"] = {
-            name: {
-                "grpc": f"127.0.0.1:{s['grpcPort']}",
-                "http": f"http://127.0.0.1:{s['httpPort']}",
+        exchange = self.ready.get("exchange")
+        if exchange:
+            from urllib.parse import urlparse
+
+            ews = urlparse(exchange["ews_url"])
+            config["calendarProviders"] = [
+                {
+                    "host": ews.hostname,
+                    "port": ews.port,
+                    "path": ews.path,
+                    "scheme": ews.scheme,
+                    "auth": "ntlm",
+                    "credentials": [
+                        {
+                            "login": exchange["service_account"]["username"],
+                            "password": self.encrypt(exchange["service_account"]["password"]),
+                        }
+                    ],
+                    "users": exchange["mailboxes"],
+                }
+            ]
+        if installed("trueconf_emulator"):
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            self.ready["trueconf"] = {
+                "server_id": SANDBOX_TCS_ID,
+                "inspect_url": f"{base}/inspect",
+                "rest_url": f"{base}/api/v4",
+                "admin_url": f"{base}/admin",
+                "port": port,
             }
+            config["tcs"] = {
+                "servers": [
+                    {
+                        "id": SANDBOX_TCS_ID,
+                        "secret": self.encrypt(self._stable_secret("bridge-secret")),
+                        "restUrl": f"{base}/api/v4",
+                        "clientId": "tc-calendar-connector",
+                        "clientSecret": self.encrypt(self._stable_secret("oauth-secret")),
+                        "verifyTls": False,
+                    }
+                ]
+            }
+        registration = self.ready.get("registration")
+        if registration:
+            config["license"] = {
+                "authorityPublicKey": registration["public_key"],
+                "registrationUrl": registration["url"],
+            }
+        config.update(extra or {})
+        self.config_path.write_text(json.dumps(config, indent=2))
+        self.ready["config"] = str(self.config_path)
+        self.ready["services"] = {
+            name: {"grpc": f"127.0.0.1:{s['grpcPort']}", "http": f"http://127.0.0.1:{s['httpPort']}"}
             for name, s in services.items()
         }
         self.ready["services"]["tcs-gateway"]["ws"] = f"ws://127.0.0.1:{ws_port}/bridge/v1"
-        return path
+        return self.config_path
 
     def start_services(self) -> None:
         env = self.env()
         for name in SERVICE_NAMES:
             child = Child(
                 name,
-                [self.python, "-m", SERVICE_MODULES[name], "--config", str(self.state_dir / "config.json")],
+                [self.python, "-m", SERVICE_MODULES[name], "--config", str(self.config_path)],
                 self.state_dir / "logs" / f"{name}.log",
                 http=self.ready["services"][name]["http"],
             )
             child.start(env)
             self.children.append(child)
 
+    def register_license(self, tier: str = "standard", seats: int = 100) -> None:
+        """Issue a key at the registration authority and register it as the guide says (tc_calendar --register)."""
+        if "registration" not in self.ready or not installed("licensing"):
+            return
+        state = str(self.state_dir / "registration")
+        key = subprocess.run(
+            [
+                self.python,
+                "-m",
+                "registration_emulator",
+                "--state-dir",
+                state,
+                "issue-key",
+                "--tier",
+                tier,
+                "--seats",
+                str(seats),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=self.env(),
+        ).stdout.strip()
+        result = subprocess.run(
+            [self.python, "-m", "tccal.cli", "--register", key], capture_output=True, text=True, env=self.env()
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"license registration failed ({result.returncode}): {result.stderr or result.stdout}")
+        self.ready["license"] = {"key": key, "tier": tier, "seats": seats, "message": result.stdout.strip()}
+
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
-        pending = [c for c in self.children if c.http]
+        pending = list(self.children)
         while pending:
             for child in list(pending):
                 code = child.exited()
                 if code is not None:
                     raise RuntimeError(f"{child.name} exited with code {code}:\n{child.log_tail()}")
-                if _is_ready(f"{child.http}/readyz"):
+                if child.is_ready():
                     pending.remove(child)
             if pending and time.monotonic() > deadline:
                 names = ", ".join(c.name for c in pending)
@@ -192,6 +435,7 @@ class Sandbox:
         if self._nats is not None and self._nats.pid:
             self.ready["processes"]["nats-server"] = self._nats.pid
         self.ready["state_dir"] = str(self.state_dir)
+        self.ready["logs"] = str(self.state_dir / "logs")
         temporary = path.with_suffix(path.suffix + ".tmp")
         temporary.write_text(json.dumps(self.ready, indent=2))
         temporary.replace(path)
@@ -216,7 +460,7 @@ class Sandbox:
             self._pg.stop()
 
 
-def _is_ready(url: str) -> bool:
+def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
             return bool(response.status == 200)

@@ -1,0 +1,66 @@
+"""The engine's JetStream consumers: CALENDAR (calendar changes) and TCS_RESULTS (command results).
+
+Both are durable pull consumers with explicit ack (tccal.bus.consume): a message is acked only after its
+transaction committed. While PostgreSQL is unreachable the handler keeps retrying (telling JetStream the
+message is in progress) instead of failing it, so an outage never dead-letters a change. A message that
+cannot be parsed is logged and acked (it would never parse).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from google.protobuf.message import DecodeError
+from nats.aio.msg import Msg
+
+from sync_engine.engine import Engine
+from tccal.bus import CALENDAR, TCS_RESULTS, Bus, consume
+from trueconf.calendar.v1 import calendar_pb2, commands_pb2
+
+log = logging.getLogger(__name__)
+
+CALENDAR_DURABLE = "sync-engine-calendar"
+RESULTS_DURABLE = "sync-engine-results"
+#: Messages fetched at once; on SIGTERM the ones at hand are finished and acked.
+FETCH_BATCH = 8
+
+
+def _headers(message: Msg) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (message.headers or {}).items()}
+
+
+async def handle_calendar_message(engine: Engine, message: Msg, stop: asyncio.Event | None = None) -> None:
+    try:
+        change = calendar_pb2.CalendarChange.FromString(message.data)
+    except DecodeError as exc:
+        log.error("undecodable calendar change dropped", extra={"subject": message.subject, "error": str(exc)})
+        return
+
+    async def still_working() -> None:
+        await message.in_progress()
+
+    await engine.apply_change(change, _headers(message), stop=stop, on_wait=still_working)
+
+
+async def handle_result_message(engine: Engine, message: Msg, stop: asyncio.Event | None = None) -> None:
+    try:
+        result = commands_pb2.TcsCommandResult.FromString(message.data)
+    except DecodeError as exc:
+        log.error("undecodable command result dropped", extra={"subject": message.subject, "error": str(exc)})
+        return
+    await engine.apply_result(result, _headers(message), stop=stop)
+
+
+async def consume_calendar(engine: Engine, bus: Bus, stop: asyncio.Event) -> None:
+    async def handler(message: Msg) -> None:
+        await handle_calendar_message(engine, message, stop)
+
+    await consume(bus, CALENDAR, CALENDAR_DURABLE, handler, stop=stop, batch=FETCH_BATCH)
+
+
+async def consume_results(engine: Engine, bus: Bus, stop: asyncio.Event) -> None:
+    async def handler(message: Msg) -> None:
+        await handle_result_message(engine, message, stop)
+
+    await consume(bus, TCS_RESULTS, RESULTS_DURABLE, handler, stop=stop, batch=FETCH_BATCH)

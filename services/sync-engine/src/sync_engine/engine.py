@@ -1,0 +1,636 @@
+"""The sync-engine's transactions: apply a calendar change, apply a command result, launch due conferences,
+roll the cache window, clear a mailbox for a resync. Each is one PostgreSQL transaction whose decisions go to
+the outbox in that same transaction (the relay publishes them).
+
+Locking (no cycles): a change locks its mailbox row, then its item row, then the meetings it touches (advisory
+locks, sorted), and allocates per-user seqs last (users sorted). Results lock their outbox row, then the
+meeting. The scheduler takes due launch rows with FOR UPDATE SKIP LOCKED and only *tries* the meeting lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+import asyncpg
+from opentelemetry import trace
+
+from sync_engine.config import EngineSettings
+from sync_engine.ids import meeting_id as meeting_id_of
+from sync_engine.ids import to_datetime
+from sync_engine.metrics import METRICS
+from sync_engine.model import MAIN_KINDS, is_organizer_copy
+from sync_engine.outbox import (
+    FAILED,
+    OK,
+    RECOVERED,
+    RETRYING,
+    SUPERSEDED,
+    Cause,
+    CommandBatch,
+    run_target,
+)
+from sync_engine.reconcile import (
+    Moment,
+    delete_command,
+    lock_meetings,
+    next_conference_command,
+    reconcile_meeting,
+    run_command,
+    try_lock_meeting,
+)
+from sync_engine.window import cache_window, window_key
+from tccal import telemetry
+from tccal.bus import Bus, subject_token
+from tccal.clock import Clock
+from tccal.retry import backoff_delay
+from trueconf.calendar.v1 import calendar_pb2, commands_pb2, ingest_pb2
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RESYNC_SUBJECT_PREFIX = "calendar.v1.control.resync"
+ROLL_LOCK_KEY = int.from_bytes(b"tcsyncrl", "big") & 0x7FFF_FFFF_FFFF_FFFF
+#: Errors that mean "PostgreSQL is briefly unavailable or the transaction lost a race": retry it.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ConnectionError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.CannotConnectNowError,
+)
+
+
+def resync_subject(mailbox: str) -> str:
+    """Control subject asking ews-ingest to re-read a mailbox (core NATS; payload ResyncMailboxRequest)."""
+    return f"{RESYNC_SUBJECT_PREFIX}.{subject_token(mailbox)}"
+
+
+class Engine:
+    """The decisions of the sync-engine, over one PostgreSQL pool and one NATS connection."""
+
+    def __init__(self, settings: EngineSettings, pool: asyncpg.Pool, bus: Bus, clock: Clock) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.bus = bus
+        self.clock = clock
+        self.tracer = telemetry.tracer("sync_engine")
+
+    def moment(self) -> Moment:
+        now = self.clock.now()
+        return Moment(now=now, window=cache_window(now, self.settings))
+
+    def batch(self, cause: Cause) -> CommandBatch:
+        return CommandBatch(cause=cause, calendar_servers=self.settings.calendar_servers)
+
+    async def transaction(
+        self,
+        work: Callable[[asyncpg.Connection], Awaitable[T]],
+        *,
+        stop: asyncio.Event | None = None,
+        on_wait: Callable[[], Awaitable[None]] | None = None,
+    ) -> T:
+        """Run `work` in a transaction; transient failures (PostgreSQL down, deadlock) are retried with backoff
+        until it succeeds or `stop` is set (then the last error is raised)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self.pool.acquire() as connection, connection.transaction():
+                    return await work(connection)
+            except TRANSIENT_ERRORS as exc:
+                if stop is not None and stop.is_set():
+                    raise
+                if stop is None and attempt >= 8:
+                    raise
+                delay = backoff_delay(attempt, base=0.1, cap=5.0)
+                log.warning("transaction failed, retrying", extra={"attempt": attempt, "error": repr(exc)})
+                if on_wait is not None:
+                    await on_wait()
+                await asyncio.sleep(delay)
+
+    # -----------------------------------------------------------------------------------------------------
+    # Calendar changes
+    # -----------------------------------------------------------------------------------------------------
+
+    async def apply_change(
+        self,
+        change: calendar_pb2.CalendarChange,
+        headers: Mapping[str, str] | None = None,
+        *,
+        stop: asyncio.Event | None = None,
+        on_wait: Callable[[], Awaitable[None]] | None = None,
+    ) -> bool:
+        """Apply one change; True if it changed the state, False if it was stale (or malformed, and logged)."""
+        mailbox = change.mailbox.strip().lower()
+        item_id = change.item_id or change.event.item_id
+        if not mailbox or not item_id:
+            log.error(
+                "calendar change without mailbox or item id dropped",
+                extra={"change_id": change.change_id, "mailbox": change.mailbox, "item_id": item_id},
+            )
+            return False
+        if change.type not in (calendar_pb2.CHANGE_TYPE_UPSERT, calendar_pb2.CHANGE_TYPE_DELETE):
+            log.error(
+                "calendar change of unknown type dropped",
+                extra={"change_id": change.change_id, "type": int(change.type)},
+            )
+            return False
+        observed = to_datetime(change.observed_at) if change.HasField("observed_at") else self.clock.now()
+        cause = Cause(
+            created_at=observed,
+            traceparent=(headers or {}).get("traceparent", ""),
+            tracestate=(headers or {}).get("tracestate", ""),
+        )
+        with self.tracer.start_as_current_span("apply calendar change") as span:
+            span.set_attribute("calendar.mailbox", mailbox)
+            span.set_attribute("calendar.sequence", change.sequence)
+            applied = await self.transaction(
+                lambda connection: self._apply_change(connection, change, mailbox, item_id, cause),
+                stop=stop,
+                on_wait=on_wait,
+            )
+        if applied:
+            METRICS.changes_applied.add(1)
+        else:
+            METRICS.changes_stale.add(1)
+            log.info(
+                "stale calendar change ignored",
+                extra={"mailbox": mailbox, "item_id": item_id, "sequence": change.sequence},
+            )
+        return applied
+
+    async def _apply_change(
+        self,
+        connection: asyncpg.Connection,
+        change: calendar_pb2.CalendarChange,
+        mailbox: str,
+        item_id: str,
+        cause: Cause,
+    ) -> bool:
+        sequence = int(change.sequence)
+        new_mailbox = await connection.fetchval(
+            "INSERT INTO mailboxes (mailbox, provider, last_sequence) VALUES ($1, $2, 0)"
+            " ON CONFLICT (mailbox) DO NOTHING RETURNING true",
+            mailbox,
+            change.provider,
+        )
+        floor = await connection.fetchval("SELECT resync_floor FROM mailboxes WHERE mailbox = $1 FOR UPDATE", mailbox)
+        if sequence <= int(floor):
+            return False
+        item = await connection.fetchrow(
+            "SELECT meeting_id, sequence, deleted FROM items WHERE mailbox = $1 AND item_id = $2 FOR UPDATE",
+            mailbox,
+            item_id,
+        )
+        if item is not None and sequence <= int(item["sequence"]):
+            return False
+        await connection.execute(
+            "UPDATE mailboxes SET last_sequence = GREATEST(last_sequence, $2), provider = $3,"
+            " last_observed_at = GREATEST(last_observed_at, $4) WHERE mailbox = $1",
+            mailbox,
+            sequence,
+            change.provider,
+            cause.created_at,
+        )
+        affected: set[str] = set()
+        if change.type == calendar_pb2.CHANGE_TYPE_UPSERT:
+            event = change.event
+            uid = event.uid or f"{mailbox}/{item_id}"
+            meeting = meeting_id_of(uid)
+            kind = int(event.kind)
+            recurrence_id = to_datetime(event.recurrence_id) if event.HasField("recurrence_id") else None
+            was_organizer = kind in MAIN_KINDS and is_organizer_copy(mailbox, event)
+            await connection.execute(
+                "INSERT INTO meetings (meeting_id, uid) VALUES ($1, $2) ON CONFLICT (meeting_id) DO NOTHING",
+                meeting,
+                uid,
+            )
+            await connection.execute(
+                "INSERT INTO items (mailbox, item_id, uid, meeting_id, kind, recurrence_id, sequence, change_key,"
+                " deleted, was_organizer, observed_at, event)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false, $9, $10, $11)"
+                " ON CONFLICT (mailbox, item_id) DO UPDATE SET uid = EXCLUDED.uid, meeting_id = EXCLUDED.meeting_id,"
+                " kind = EXCLUDED.kind, recurrence_id = EXCLUDED.recurrence_id, sequence = EXCLUDED.sequence,"
+                " change_key = EXCLUDED.change_key, deleted = false, was_organizer = EXCLUDED.was_organizer,"
+                " observed_at = EXCLUDED.observed_at, event = EXCLUDED.event",
+                mailbox,
+                item_id,
+                uid,
+                meeting,
+                kind,
+                recurrence_id,
+                sequence,
+                event.change_key,
+                was_organizer,
+                cause.created_at,
+                event.SerializeToString(deterministic=True),
+            )
+            affected.add(meeting)
+            if item is not None and item["meeting_id"] and item["meeting_id"] != meeting:
+                affected.add(str(item["meeting_id"]))
+        elif item is None:
+            # A deletion of an item never seen: remember its sequence so an older upsert stays ignored.
+            await connection.execute(
+                "INSERT INTO items (mailbox, item_id, uid, meeting_id, kind, sequence, change_key, deleted,"
+                " was_organizer, observed_at) VALUES ($1, $2, '', '', 0, $3, '', true, false, $4)",
+                mailbox,
+                item_id,
+                sequence,
+                cause.created_at,
+            )
+        else:
+            await connection.execute(
+                "UPDATE items SET deleted = true, sequence = $3, change_key = '', observed_at = $4"
+                " WHERE mailbox = $1 AND item_id = $2",
+                mailbox,
+                item_id,
+                sequence,
+                cause.created_at,
+            )
+            if item["meeting_id"]:
+                affected.add(str(item["meeting_id"]))
+        if new_mailbox:
+            # A newly synced user: the meetings they take part in now show in their calendar too.
+            rows = await connection.fetch("SELECT meeting_id FROM meeting_people WHERE email = $1", mailbox)
+            affected.update(str(r["meeting_id"]) for r in rows)
+        await lock_meetings(connection, affected)
+        moment = self.moment()
+        batch = self.batch(cause)
+        for meeting in sorted(affected):
+            await reconcile_meeting(connection, self.settings, meeting, batch, moment)
+        await batch.flush(connection)
+        return True
+
+    # -----------------------------------------------------------------------------------------------------
+    # Command results
+    # -----------------------------------------------------------------------------------------------------
+
+    async def apply_result(
+        self,
+        result: commands_pb2.TcsCommandResult,
+        headers: Mapping[str, str] | None = None,
+        *,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        cause = Cause(
+            created_at=self.clock.now(),
+            traceparent=(headers or {}).get("traceparent", ""),
+            tracestate=(headers or {}).get("tracestate", ""),
+        )
+        METRICS.results.add(1, {"status": commands_pb2.CommandStatus.Name(result.status)})
+        with self.tracer.start_as_current_span("apply command result") as span:
+            span.set_attribute("tcs.command_id", result.command_id)
+            await self.transaction(lambda connection: self._apply_result(connection, result, cause), stop=stop)
+
+    async def _apply_result(
+        self, connection: asyncpg.Connection, result: commands_pb2.TcsCommandResult, cause: Cause
+    ) -> None:
+        row = await connection.fetchrow(
+            "SELECT id, command_id, server_id, kind, target, meeting_id, payload, attempt, chain_id, result_status"
+            " FROM outbox WHERE command_id = $1 FOR UPDATE",
+            result.command_id,
+        )
+        if row is None:
+            log.warning("result for an unknown command ignored", extra={"command_id": result.command_id})
+            return
+        if int(row["result_status"]) != 0:
+            return  # the same result delivered again
+        meeting = str(row["meeting_id"])
+        if meeting:
+            await lock_meetings(connection, [meeting])
+        completed = to_datetime(result.completed_at) if result.HasField("completed_at") else cause.created_at
+        kind = str(row["kind"])
+        command = commands_pb2.TcsCommand.FromString(bytes(row["payload"]))
+        chain = str(row["chain_id"])
+        batch = self.batch(cause)
+        status = result.status
+        error = result.error or commands_pb2.CommandStatus.Name(status)
+        if status == commands_pb2.COMMAND_STATUS_OK:
+            await self._set_status(connection, row["id"], OK, status, "", completed)
+            await connection.execute(
+                "UPDATE outbox SET status = $2 WHERE chain_id = $1 AND status = $3", chain, RECOVERED, RETRYING
+            )
+            if kind == "conference_upsert":
+                await self._conference_confirmed(connection, command, result, batch)
+            elif kind in ("conference_run", "invitations_sync"):
+                await connection.execute("UPDATE conferences SET last_error = '' WHERE meeting_id = $1", meeting)
+        elif status == commands_pb2.COMMAND_STATUS_RETRYABLE_ERROR:
+            await self._retry(connection, row, command, error, completed, batch)
+        else:
+            await self._set_status(connection, row["id"], FAILED, status, error, completed)
+            await connection.execute(
+                "UPDATE outbox SET status = 'retried' WHERE chain_id = $1 AND status = $2", chain, RETRYING
+            )
+            log.error(
+                "command failed permanently",
+                extra={"command_id": result.command_id, "kind": kind, "error": error},
+            )
+            if kind.startswith("conference") or kind == "invitations_sync":
+                await connection.execute("UPDATE conferences SET last_error = $2 WHERE meeting_id = $1", meeting, error)
+                if kind == "conference_upsert" and not command.conference_upsert.conference_id:
+                    await connection.execute(
+                        "UPDATE conferences SET state = 'failed' WHERE meeting_id = $1 AND state = 'pending'",
+                        meeting,
+                    )
+        await batch.flush(connection)
+
+    async def _set_status(
+        self, connection: asyncpg.Connection, row_id: int, status: str, result: int, error: str, at: datetime
+    ) -> None:
+        await connection.execute(
+            "UPDATE outbox SET status = $2, result_status = $3, last_error = $4, result_at = $5 WHERE id = $1",
+            row_id,
+            status,
+            result,
+            error,
+            at,
+        )
+
+    async def _conference_confirmed(
+        self,
+        connection: asyncpg.Connection,
+        command: commands_pb2.TcsCommand,
+        result: commands_pb2.TcsCommandResult,
+        batch: CommandBatch,
+    ) -> None:
+        upsert = command.conference_upsert
+        meeting = upsert.meeting_id
+        created_id = result.conference.id
+        conference = await connection.fetchrow(
+            "SELECT state, linked, conference_id, server_id FROM conferences WHERE meeting_id = $1", meeting
+        )
+        if conference is None:
+            return
+        if upsert.conference_id or not created_id:
+            await connection.execute("UPDATE conferences SET last_error = '' WHERE meeting_id = $1", meeting)
+            return
+        state = str(conference["state"])
+        if state in ("pending", "failed") and not conference["linked"]:
+            url = result.conference.url or f"https://{command.server_id.split('#', 1)[0]}/c/{created_id}"
+            await connection.execute(
+                "UPDATE conferences SET state = 'created', conference_id = $2, url = $3, last_error = ''"
+                " WHERE meeting_id = $1",
+                meeting,
+                created_id,
+                url,
+            )
+            # Every user's occurrences are pushed again, now with the conference (turquoise, Join).
+            await reconcile_meeting(connection, self.settings, meeting, batch, self.moment())
+        elif state == "created" and conference["conference_id"] == created_id:
+            return  # a retried create answered with the same conference
+        else:
+            # Created while the meeting stopped wanting it (cancelled, or linked elsewhere): delete it.
+            counter = await next_conference_command(connection, meeting)
+            batch.conference(
+                "conference_delete", command.server_id, meeting, counter, delete_command(meeting, created_id)
+            )
+
+    async def _retry(
+        self,
+        connection: asyncpg.Connection,
+        row: asyncpg.Record,
+        command: commands_pb2.TcsCommand,
+        error: str,
+        completed: datetime,
+        batch: CommandBatch,
+    ) -> None:
+        status = commands_pb2.COMMAND_STATUS_RETRYABLE_ERROR
+        kind = str(row["kind"])
+        chain = str(row["chain_id"])
+        attempt = int(row["attempt"])
+        newer = await connection.fetchval(
+            "SELECT command_id FROM outbox WHERE target = $1 AND server_id = $2 AND id > $3 ORDER BY id LIMIT 1",
+            row["target"],
+            row["server_id"],
+            row["id"],
+        )
+        meeting = str(row["meeting_id"])
+        if kind.startswith("conference") or kind == "invitations_sync":
+            await connection.execute("UPDATE conferences SET last_error = $2 WHERE meeting_id = $1", meeting, error)
+        if newer is not None:
+            await self._set_status(
+                connection, row["id"], SUPERSEDED, status, f"{error} (superseded by {newer})", completed
+            )
+            await connection.execute(
+                "UPDATE outbox SET status = $2 WHERE chain_id = $1 AND status = $3", chain, SUPERSEDED, RETRYING
+            )
+            log.info("failed command superseded by a newer one", extra={"command_id": row["command_id"]})
+            return
+        if attempt >= self.settings.max_attempts:
+            await self._set_status(
+                connection, row["id"], FAILED, status, f"{error} (gave up after {attempt} attempts)", completed
+            )
+            await connection.execute(
+                "UPDATE outbox SET status = 'retried' WHERE chain_id = $1 AND status = $2", chain, RETRYING
+            )
+            log.error("command failed after all attempts", extra={"command_id": row["command_id"], "error": error})
+            return
+        now = self.clock.now()
+        if kind == "conference_run":
+            still_on = await connection.fetchval(
+                "SELECT end_at > $2 FROM launches WHERE occurrence_id = $1", row["target"].split(":", 1)[1], now
+            )
+            if not still_on:
+                await self._set_status(
+                    connection, row["id"], FAILED, status, f"{error} (the occurrence is over; not retried)", completed
+                )
+                return
+        await connection.execute(
+            "UPDATE outbox SET status = 'retried' WHERE chain_id = $1 AND status = $2", chain, RETRYING
+        )
+        await self._set_status(connection, row["id"], RETRYING, status, error, completed)
+        retry = commands_pb2.TcsCommand()
+        retry.CopyFrom(command)
+        delay = backoff_delay(attempt, base=self.settings.retry_base_seconds, cap=self.settings.retry_cap_seconds)
+        batch.retry(
+            kind=kind,
+            server_id=str(row["server_id"]),
+            meeting_id=meeting,
+            target=str(row["target"]),
+            command=retry,
+            chain_id=chain,
+            attempt=attempt + 1,
+            available_at=now + timedelta(seconds=delay),
+        )
+        log.warning(
+            "command failed, retrying",
+            extra={"command_id": row["command_id"], "attempt": attempt + 1, "delay": delay, "error": error},
+        )
+
+    # -----------------------------------------------------------------------------------------------------
+    # launchConference and series re-pointing
+    # -----------------------------------------------------------------------------------------------------
+
+    async def launch_due(self) -> int:
+        """Launch every due occurrence (at most 100 per call); returns how many rows it settled."""
+        return await self.transaction(self._launch_due)
+
+    async def _launch_due(self, connection: asyncpg.Connection) -> int:
+        now = self.clock.now()
+        # Due rows whose conference exists (or that are over): one still waiting for its conference must not
+        # hold back the others.
+        rows = await connection.fetch(
+            "SELECT l.occurrence_id, l.meeting_id, l.start_at, l.end_at FROM launches l"
+            " LEFT JOIN conferences c ON c.meeting_id = l.meeting_id"
+            " WHERE l.state = 'planned' AND l.start_at <= $1"
+            " AND (l.end_at <= $1 OR (c.state = 'created' AND c.conference_id <> ''))"
+            " ORDER BY l.start_at, l.occurrence_id LIMIT 100 FOR UPDATE OF l SKIP LOCKED",
+            now,
+        )
+        settled = 0
+        batch = self.batch(Cause(created_at=now))
+        for row in rows:
+            occurrence = str(row["occurrence_id"])
+            meeting = str(row["meeting_id"])
+            if row["end_at"] <= now:
+                await connection.execute("UPDATE launches SET state = 'missed' WHERE occurrence_id = $1", occurrence)
+                METRICS.launches.add(1, {"outcome": "missed"})
+                log.warning("occurrence finished before it could be launched", extra={"occurrence_id": occurrence})
+                settled += 1
+                continue
+            if not await try_lock_meeting(connection, meeting):
+                continue  # being re-planned right now; looked at again on the next tick
+            conference = await connection.fetchrow(
+                "SELECT server_id, state, conference_id, run_invitations FROM conferences WHERE meeting_id = $1",
+                meeting,
+            )
+            if conference is None or conference["state"] != "created" or not conference["conference_id"]:
+                continue  # no conference yet: launched as soon as it exists, while the occurrence is on
+            counter = await next_conference_command(connection, meeting)
+            server = str(conference["server_id"])
+            command = run_command(
+                meeting,
+                str(conference["conference_id"]),
+                row["start_at"],
+                bytes(conference["run_invitations"]) if conference["run_invitations"] is not None else None,
+                self.settings.temporal_conf_participants_mode,
+            )
+            batch.conference("conference_run", server, meeting, counter, command, target=run_target(occurrence))
+            await connection.execute(
+                "UPDATE launches SET state = 'launched', launched_at = $2, command_id = $3 WHERE occurrence_id = $1",
+                occurrence,
+                now,
+                f"{server}/conference/{meeting}/{counter}",
+            )
+            await connection.execute("UPDATE conferences SET last_launch = $2 WHERE meeting_id = $1", meeting, now)
+            METRICS.launches.add(1, {"outcome": "launched"})
+            log.info("conference launched", extra={"occurrence_id": occurrence, "meeting_id": meeting})
+            settled += 1
+        await batch.flush(connection)
+        return settled
+
+    async def repoint_series(self) -> int:
+        """Point series conferences whose scheduled occurrence has passed at their next occurrence."""
+        now = self.clock.now()
+        async with self.pool.acquire() as connection:
+            rows = await connection.fetch(
+                "SELECT meeting_id FROM conferences WHERE repoint_at <= $1 AND state IN ('created', 'pending')"
+                " ORDER BY meeting_id LIMIT 100",
+                now,
+            )
+        for row in rows:
+            await self.reconcile(str(row["meeting_id"]), clear_repoint_before=now)
+        return len(rows)
+
+    async def reconcile(self, meeting: str, *, clear_repoint_before: datetime | None = None) -> None:
+        """Recompute one meeting in its own transaction (window roll, re-pointing)."""
+
+        async def work(connection: asyncpg.Connection) -> None:
+            await lock_meetings(connection, [meeting])
+            moment = self.moment()
+            batch = self.batch(Cause(created_at=moment.now))
+            await reconcile_meeting(connection, self.settings, meeting, batch, moment)
+            await batch.flush(connection)
+            if clear_repoint_before is not None:
+                await connection.execute(
+                    "UPDATE conferences SET repoint_at = NULL WHERE meeting_id = $1 AND repoint_at <= $2",
+                    meeting,
+                    clear_repoint_before,
+                )
+
+        await self.transaction(work)
+
+    # -----------------------------------------------------------------------------------------------------
+    # The daily window roll
+    # -----------------------------------------------------------------------------------------------------
+
+    async def roll_window(self) -> bool:
+        """When the cache window moved (a new day, or new cache settings), re-expand every meeting so that
+        occurrences entering the window are pushed and those leaving it are removed. True if it ran."""
+        moment = self.moment()
+        key = window_key(moment.window)
+        async with self.pool.acquire() as connection:
+            stored = await connection.fetchval("SELECT value FROM engine_state WHERE key = 'cache_window'")
+            if stored == key:
+                return False
+            if not await connection.fetchval("SELECT pg_try_advisory_lock($1)", ROLL_LOCK_KEY):
+                return False
+            try:
+                log.info("cache window moved; re-expanding meetings", extra={"window": key, "was": stored})
+                meetings = [
+                    str(r["meeting_id"])
+                    for r in await connection.fetch("SELECT meeting_id FROM meetings ORDER BY meeting_id")
+                ]
+                for meeting in meetings:
+                    await self.reconcile(meeting)
+                await connection.execute(
+                    "DELETE FROM launches WHERE end_at < $1 AND state <> 'planned'", moment.window.start
+                )
+                await connection.execute(
+                    "DELETE FROM outbox WHERE status IN ('ok', 'recovered', 'superseded', 'retried')"
+                    " AND created_at < $1",
+                    moment.window.start,
+                )
+                await connection.execute(
+                    "INSERT INTO engine_state (key, value) VALUES ('cache_window', $1)"
+                    " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    key,
+                )
+            finally:
+                await connection.execute("SELECT pg_advisory_unlock($1)", ROLL_LOCK_KEY)
+        return True
+
+    # -----------------------------------------------------------------------------------------------------
+    # Resync
+    # -----------------------------------------------------------------------------------------------------
+
+    async def resync_mailbox(self, mailbox: str) -> int:
+        """Forget the mailbox's stored items and ask ews-ingest to publish them again.
+
+        The live items are deleted (tombstones stay: they remember "this attendee deleted their copy") and
+        changes at or below the mailbox's last sequence are ignored from now on (older changes still in flight
+        cannot resurrect anything). Derived state — what users were shown, conferences, launches — is left as
+        it is, so nothing flickers and no conference is deleted: the resync's changes rebuild the items and only
+        real differences are pushed; an item the resync does not bring back is gone from the mailbox. The
+        request is a core NATS message on `calendar.v1.control.resync.<mailbox-key>` (tccal.bus.subject_token)
+        carrying a `trueconf.calendar.v1.ResyncMailboxRequest`. Returns the number of items cleared.
+        """
+        mailbox = mailbox.strip().lower()
+
+        async def work(connection: asyncpg.Connection) -> int:
+            await connection.execute("SELECT 1 FROM mailboxes WHERE mailbox = $1 FOR UPDATE", mailbox)
+            cleared = await connection.fetchval(
+                "WITH gone AS (DELETE FROM items WHERE mailbox = $1 AND NOT deleted RETURNING 1)"
+                " SELECT count(*) FROM gone",
+                mailbox,
+            )
+            await connection.execute("UPDATE mailboxes SET resync_floor = last_sequence WHERE mailbox = $1", mailbox)
+            return int(cleared)
+
+        with self.tracer.start_as_current_span("resync mailbox", kind=trace.SpanKind.PRODUCER) as span:
+            span.set_attribute("calendar.mailbox", mailbox)
+            cleared = await self.transaction(work)
+            headers: dict[str, str] = {}
+            telemetry.inject_context(headers)
+            request = ingest_pb2.ResyncMailboxRequest(mailbox=mailbox)
+            await self.bus.nc.publish(resync_subject(mailbox), request.SerializeToString(), headers=headers or None)
+            await self.bus.nc.flush(timeout=5)
+        log.info("mailbox resync requested", extra={"mailbox": mailbox, "items_cleared": cleared})
+        return cleared

@@ -1,0 +1,34 @@
+"""Deterministic identifiers and time conversions (replaying the streams must reproduce every id)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+
+def meeting_id(uid: str) -> str:
+    """Id of the meeting of an iCalendar UID: 32 hex digits of SHA-256(uid)."""
+    return hashlib.sha256(uid.encode("utf-8")).hexdigest()[:32]
+
+
+def occurrence_id(meeting: str, original_start: datetime | None) -> str:
+    """ "<meeting_id>" for a single meeting, "<meeting_id>@<original start, unix seconds>" in a series."""
+    if original_start is None:
+        return meeting
+    return f"{meeting}@{int(original_start.timestamp())}"
+
+
+def to_datetime(stamp: Timestamp) -> datetime:
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def to_timestamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment.astimezone(UTC))
+    return stamp
+
+
+def set_timestamp(stamp: Timestamp, moment: datetime) -> None:
+    stamp.FromDatetime(moment.astimezone(UTC))

@@ -1,0 +1,52 @@
+"""The sync-engine's metrics (OpenTelemetry; exported in Prometheus format at /metrics)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from tccal import telemetry
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        meter = telemetry.meter("sync_engine")
+        self.changes_applied = meter.create_counter(
+            "sync_engine_changes_applied", unit="1", description="Calendar changes applied to the state."
+        )
+        self.changes_stale = meter.create_counter(
+            "sync_engine_changes_stale",
+            unit="1",
+            description="Calendar changes ignored: older than (or equal to) what is stored, or redelivered.",
+        )
+        self.commands_emitted = meter.create_counter(
+            "sync_engine_commands_emitted", unit="1", description="Commands written to the outbox, by kind."
+        )
+        self.commands_published = meter.create_counter(
+            "sync_engine_commands_published", unit="1", description="Commands published to TCS_COMMANDS."
+        )
+        self.results = meter.create_counter(
+            "sync_engine_command_results", unit="1", description="Command results received, by status."
+        )
+        self.relay_lag = meter.create_histogram(
+            "sync_engine_relay_lag_seconds",
+            unit="s",
+            description="From the change (observed_at) or decision that caused a command to its publication.",
+        )
+        self.launches = meter.create_counter(
+            "sync_engine_launches", unit="1", description="Conference launches, by outcome (launched, missed)."
+        )
+        self.outbox_backlog = 0
+        meter.create_observable_gauge(
+            "sync_engine_outbox_backlog",
+            callbacks=[self._observe_backlog],
+            unit="1",
+            description="Commands waiting in the outbox for the relay.",
+        )
+
+    def _observe_backlog(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(self.outbox_backlog)]
+
+
+METRICS = _Metrics()

@@ -1,0 +1,284 @@
+"""Commands decided in a transaction, written to the `outbox` table in that same transaction.
+
+Command ids are deterministic (replaying the streams reproduces them):
+* calendar commands: ``<server id>/calendar/<user>/<seq>`` (``seq`` is the user's push sequence),
+* conference commands (upsert, delete, run, invitations): ``<server id>/conference/<meeting id>/<n>`` with
+  ``n`` the meeting's own command counter,
+* a retry: ``<first attempt's id>/attempt/<attempt>``.
+The relay publishes rows in id order with the command id as Nats-Msg-Id, so JetStream drops a re-publish.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import asyncpg
+
+from sync_engine.ids import set_timestamp
+from sync_engine.metrics import METRICS
+from trueconf.calendar.v1 import calendar_pb2, commands_pb2
+
+PENDING = "pending"
+PUBLISHED = "published"
+OK = "ok"
+RETRYING = "retrying"
+RECOVERED = "recovered"
+SUPERSEDED = "superseded"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Cause:
+    """What a transaction's decisions stem from: their time, and the trace to continue."""
+
+    created_at: datetime
+    traceparent: str = ""
+    tracestate: str = ""
+
+
+@dataclass
+class _ShownWrite:
+    user: str
+    occurrence_id: str
+    meeting_id: str
+    occurrence: calendar_pb2.Occurrence | None
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+@dataclass
+class _Planned:
+    kind: str
+    meeting_id: str
+    target: str
+    command: commands_pb2.TcsCommand
+    server_id: str = ""
+    user: str = ""
+    shown: _ShownWrite | None = None
+    counter: int = 0
+    command_id: str = ""
+    attempt: int = 1
+    chain_id: str = ""
+    available_at: datetime | None = None
+
+
+def calendar_target(user: str, occurrence_id: str) -> str:
+    return f"calendar:{user}:{occurrence_id}"
+
+
+def conference_target(meeting_id: str) -> str:
+    return f"conference:{meeting_id}"
+
+
+def run_target(occurrence_id: str) -> str:
+    return f"run:{occurrence_id}"
+
+
+@dataclass
+class CommandBatch:
+    """The commands of one transaction; `flush` numbers them and writes them (and `shown`) to the database."""
+
+    cause: Cause
+    calendar_servers: tuple[str, ...]
+    planned: list[_Planned] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.planned)
+
+    def upsert(self, user: str, occurrence: calendar_pb2.Occurrence, start: datetime, end: datetime) -> None:
+        command = commands_pb2.TcsCommand()
+        command.calendar_upsert.user = user
+        command.calendar_upsert.occurrence.CopyFrom(occurrence)
+        set_timestamp(command.calendar_upsert.occurrence.updated_at, self.cause.created_at)
+        shown = _ShownWrite(user, occurrence.id, occurrence.meeting_id, occurrence, start, end)
+        self._calendar("calendar_upsert", user, occurrence.id, occurrence.meeting_id, command, shown)
+
+    def cancel(self, user: str, occurrence: calendar_pb2.Occurrence, start: datetime, end: datetime) -> None:
+        command = commands_pb2.TcsCommand()
+        command.calendar_cancel.user = user
+        command.calendar_cancel.occurrence_id = occurrence.id
+        stamped = calendar_pb2.Occurrence()
+        stamped.CopyFrom(occurrence)
+        set_timestamp(stamped.updated_at, self.cause.created_at)
+        shown = _ShownWrite(user, occurrence.id, occurrence.meeting_id, stamped, start, end)
+        self._calendar("calendar_cancel", user, occurrence.id, occurrence.meeting_id, command, shown)
+
+    def delete(self, user: str, occurrence_id: str, meeting_id: str) -> None:
+        command = commands_pb2.TcsCommand()
+        command.calendar_delete.user = user
+        command.calendar_delete.occurrence_id = occurrence_id
+        shown = _ShownWrite(user, occurrence_id, meeting_id, None)
+        self._calendar("calendar_delete", user, occurrence_id, meeting_id, command, shown)
+
+    def _calendar(
+        self,
+        kind: str,
+        user: str,
+        occurrence_id: str,
+        meeting_id: str,
+        command: commands_pb2.TcsCommand,
+        shown: _ShownWrite,
+    ) -> None:
+        for index, server in enumerate(self.calendar_servers):
+            self.planned.append(
+                _Planned(
+                    kind=kind,
+                    meeting_id=meeting_id,
+                    target=calendar_target(user, occurrence_id),
+                    command=command,
+                    server_id=server,
+                    user=user,
+                    shown=shown if index == 0 else None,
+                )
+            )
+
+    def conference(
+        self,
+        kind: str,
+        server_id: str,
+        meeting_id: str,
+        counter: int,
+        command: commands_pb2.TcsCommand,
+        *,
+        target: str = "",
+    ) -> None:
+        """A conference command; `counter` is the meeting's command number (unique per meeting)."""
+        target = target or conference_target(meeting_id)
+        self.planned.append(
+            _Planned(
+                kind=kind,
+                meeting_id=meeting_id,
+                target=target,
+                command=command,
+                server_id=server_id,
+                counter=counter,
+                command_id=f"{server_id}/conference/{meeting_id}/{counter}",
+            )
+        )
+
+    def retry(
+        self,
+        *,
+        kind: str,
+        server_id: str,
+        meeting_id: str,
+        target: str,
+        command: commands_pb2.TcsCommand,
+        chain_id: str,
+        attempt: int,
+        available_at: datetime,
+    ) -> None:
+        """Another attempt of a failed command (a calendar command gets a fresh seq)."""
+        user = ""
+        which = command.WhichOneof("command")
+        if which in ("calendar_upsert", "calendar_cancel", "calendar_delete"):
+            user = getattr(command, which).user
+        self.planned.append(
+            _Planned(
+                kind=kind,
+                meeting_id=meeting_id,
+                target=target,
+                command=command,
+                server_id=server_id,
+                user=user,
+                command_id=f"{chain_id}/attempt/{attempt}",
+                attempt=attempt,
+                chain_id=chain_id,
+                available_at=available_at,
+            )
+        )
+
+    async def flush(self, connection: asyncpg.Connection) -> list[commands_pb2.TcsCommand]:
+        """Allocate per-user seqs (users in sorted order: no lock cycles), write shown rows and the outbox."""
+        if not self.planned:
+            return []
+        pushes: dict[str, list[_ShownWrite | None]] = {}
+        for planned in self.planned:
+            if planned.user and (planned.shown is not None or planned.attempt > 1):
+                pushes.setdefault(planned.user, []).append(planned.shown)
+        next_seq: dict[str, int] = {}
+        for user in sorted(pushes):
+            count = len(pushes[user])
+            last = await connection.fetchval(
+                "INSERT INTO user_seq (user_email, seq) VALUES ($1, $2) "
+                "ON CONFLICT (user_email) DO UPDATE SET seq = user_seq.seq + EXCLUDED.seq RETURNING seq",
+                user,
+                count,
+            )
+            next_seq[user] = int(last) - count + 1
+        current: dict[str, int] = {}
+        written: list[commands_pb2.TcsCommand] = []
+        for planned in self.planned:
+            command = commands_pb2.TcsCommand()
+            command.CopyFrom(planned.command)
+            if planned.user:
+                if planned.shown is not None or planned.attempt > 1:
+                    current[planned.user] = next_seq[planned.user]
+                    next_seq[planned.user] += 1
+                seq = current[planned.user]
+                which = command.WhichOneof("command")
+                assert which is not None
+                getattr(command, which).seq = seq
+                if planned.shown is not None:
+                    await _write_shown(connection, planned.shown, seq)
+                elif planned.attempt > 1:
+                    await connection.execute(
+                        "UPDATE shown SET seq = $3 WHERE user_email = $1 AND occurrence_id = $2",
+                        planned.user,
+                        planned.target.rsplit(":", 1)[-1],
+                        seq,
+                    )
+                if not planned.command_id:
+                    planned.command_id = f"{planned.server_id}/calendar/{planned.user}/{seq}"
+            command.command_id = planned.command_id
+            command.server_id = planned.server_id
+            command.attempt = planned.attempt
+            set_timestamp(command.created_at, self.cause.created_at)
+            available_at = planned.available_at or self.cause.created_at
+            await connection.execute(
+                "INSERT INTO outbox (command_id, server_id, kind, target, meeting_id, payload, traceparent,"
+                " tracestate, attempt, chain_id, status, available_at, created_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11, $12)",
+                planned.command_id,
+                planned.server_id,
+                planned.kind,
+                planned.target,
+                planned.meeting_id,
+                command.SerializeToString(deterministic=True),
+                self.cause.traceparent,
+                self.cause.tracestate,
+                planned.attempt,
+                planned.chain_id or planned.command_id,
+                available_at,
+                self.cause.created_at,
+            )
+            METRICS.commands_emitted.add(1, {"kind": planned.kind})
+            written.append(command)
+        await connection.execute("SELECT pg_notify('sync_engine_outbox', '')")
+        self.planned.clear()
+        return written
+
+
+async def _write_shown(connection: asyncpg.Connection, shown: _ShownWrite, seq: int) -> None:
+    if shown.occurrence is None:
+        await connection.execute(
+            "DELETE FROM shown WHERE user_email = $1 AND occurrence_id = $2", shown.user, shown.occurrence_id
+        )
+        return
+    assert shown.start is not None and shown.end is not None
+    await connection.execute(
+        "INSERT INTO shown (user_email, occurrence_id, meeting_id, start_at, end_at, cancelled, seq, occurrence)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        " ON CONFLICT (user_email, occurrence_id) DO UPDATE SET meeting_id = EXCLUDED.meeting_id,"
+        " start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at, cancelled = EXCLUDED.cancelled,"
+        " seq = EXCLUDED.seq, occurrence = EXCLUDED.occurrence",
+        shown.user,
+        shown.occurrence_id,
+        shown.meeting_id,
+        shown.start,
+        shown.end,
+        shown.occurrence.cancelled,
+        seq,
+        shown.occurrence.SerializeToString(deterministic=True),
+    )

@@ -1,0 +1,110 @@
+"""The outbox relay: publishes committed commands to TCS_COMMANDS, in order, exactly once in effect.
+
+One relay runs at a time across all engine replicas (a session advisory lock), so commands leave in the
+order they were decided. Each command is published with its command id as Nats-Msg-Id and marked published
+only after JetStream acknowledged it: a crash in between re-publishes the same id, which JetStream drops as a
+duplicate. The trace continues from the message that caused the command (its stored traceparent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+from opentelemetry import trace
+
+from sync_engine.metrics import METRICS
+from tccal import telemetry
+from tccal.bus import Bus, commands_subject
+from tccal.clock import Clock
+
+log = logging.getLogger(__name__)
+
+RELAY_LOCK_KEY = int.from_bytes(b"tcsyncrY", "big") & 0x7FFF_FFFF_FFFF_FFFF
+CHANNEL = "sync_engine_outbox"
+BATCH = 256
+
+
+class Relay:
+    def __init__(self, pool: asyncpg.Pool, bus: Bus, clock: Clock, *, poll_interval: float = 0.5) -> None:
+        self.pool = pool
+        self.bus = bus
+        self.clock = clock
+        self.poll_interval = poll_interval
+        self.tracer = telemetry.tracer("sync_engine.relay")
+        self._wake = asyncio.Event()
+
+    def _notified(self, *_args: object) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until `stop` is set; only the replica holding the relay lock publishes."""
+        while not stop.is_set():
+            try:
+                async with self.pool.acquire() as connection:
+                    await self._lead(connection, stop)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # PostgreSQL or NATS trouble: start over after a pause
+                log.warning("outbox relay interrupted, restarting", extra={"error": repr(exc)})
+                await _pause(stop, 1.0)
+
+    async def _lead(self, connection: asyncpg.Connection, stop: asyncio.Event) -> None:
+        while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
+            if await _pause(stop, 1.0):
+                return
+        await connection.add_listener(CHANNEL, self._notified)
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                published = await self.publish_pending(connection)
+                if published < BATCH:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+        finally:
+            await connection.remove_listener(CHANNEL, self._notified)
+            await connection.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK_KEY)
+
+    async def publish_pending(self, connection: asyncpg.Connection) -> int:
+        """Publish up to one batch of due pending commands; returns how many were published."""
+        now = self.clock.now()
+        rows = await connection.fetch(
+            "SELECT id, command_id, server_id, kind, payload, traceparent, tracestate, created_at FROM outbox"
+            " WHERE status = 'pending' AND available_at <= $1 ORDER BY id LIMIT $2",
+            now,
+            BATCH,
+        )
+        METRICS.outbox_backlog = len(rows)
+        done: list[int] = []
+        try:
+            for row in rows:
+                carrier = {"traceparent": str(row["traceparent"])} if row["traceparent"] else {}
+                if row["tracestate"]:
+                    carrier["tracestate"] = str(row["tracestate"])
+                context = telemetry.extract_context(carrier)
+                with self.tracer.start_as_current_span(
+                    "publish TCS_COMMANDS", context=context, kind=trace.SpanKind.PRODUCER
+                ) as span:
+                    span.set_attribute("tcs.command_id", str(row["command_id"]))
+                    span.set_attribute("tcs.command_kind", str(row["kind"]))
+                    await self.bus.publish(
+                        commands_subject(str(row["server_id"])), bytes(row["payload"]), msg_id=str(row["command_id"])
+                    )
+                done.append(int(row["id"]))
+                METRICS.commands_published.add(1, {"kind": str(row["kind"])})
+                METRICS.relay_lag.record(max(0.0, (self.clock.now() - row["created_at"]).total_seconds()))
+        finally:
+            if done:
+                await connection.execute(
+                    "UPDATE outbox SET status = 'published' WHERE id = ANY($1::bigint[]) AND status = 'pending'", done
+                )
+        return len(done)
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep `seconds` (real time) unless `stop` is set first; True when stopping."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()

@@ -1,0 +1,101 @@
+"""Everything one engine process runs, over a connected pool and bus: the two consumers, the outbox relay,
+the launch scheduler (with series re-pointing) and the daily window roll."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from sync_engine.bus import consume_calendar, consume_results
+from sync_engine.config import EngineSettings
+from sync_engine.engine import Engine
+from sync_engine.migrate import migrate
+from sync_engine.relay import Relay
+from tccal.bus import Bus
+from tccal.clock import Clock
+
+log = logging.getLogger(__name__)
+
+
+class SyncEngine:
+    """The engine's components; `run(stop)` runs them until `stop` is set."""
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        pool: asyncpg.Pool,
+        bus: Bus,
+        clock: Clock,
+        *,
+        tick: float = 0.5,
+        roll_check: float = 5.0,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.bus = bus
+        self.clock = clock
+        self.engine = Engine(settings, pool, bus, clock)
+        self.relay = Relay(pool, bus, clock)
+        self.tick = tick
+        self.roll_check = roll_check
+
+    async def migrate(self) -> None:
+        async with self.pool.acquire() as connection:
+            await migrate(connection)
+
+    def loops(self) -> list[Callable[[asyncio.Event], Awaitable[None]]]:
+        return [self.run_calendar, self.run_results, self.relay.run, self.run_scheduler, self.run_roll]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.gather(*(loop(stop) for loop in self.loops()))
+
+    async def run_calendar(self, stop: asyncio.Event) -> None:
+        await _forever(stop, "calendar consumer", lambda: consume_calendar(self.engine, self.bus, stop))
+
+    async def run_results(self, stop: asyncio.Event) -> None:
+        await _forever(stop, "results consumer", lambda: consume_results(self.engine, self.bus, stop))
+
+    async def run_scheduler(self, stop: asyncio.Event) -> None:
+        """Launch due occurrences and re-point series conferences; the app clock says what is due, and it is
+        looked at every `tick` seconds of real time (so a test's FakeClock drives it)."""
+        while not stop.is_set():
+            try:
+                while await self.engine.launch_due() and not stop.is_set():
+                    pass
+                await self.engine.repoint_series()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("launch scheduler tick failed")
+            await _pause(stop, self.tick)
+
+    async def run_roll(self, stop: asyncio.Event) -> None:
+        """Re-expand every meeting when the cache window moves (checked every `roll_check` seconds)."""
+        while not stop.is_set():
+            try:
+                await self.engine.roll_window()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("cache window roll failed")
+            await _pause(stop, self.roll_check)
+
+
+async def _forever(stop: asyncio.Event, name: str, run: Callable[[], Awaitable[None]]) -> None:
+    while not stop.is_set():
+        try:
+            await run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed; restarting", name)
+            await _pause(stop, 1.0)
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -1,0 +1,22 @@
+"""Fixtures of the sync-engine tests (helpers live in sync_engine_testkit.py next to this file)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from sync_engine_testkit import Harness
+
+
+@pytest.fixture
+async def harness(pg_dsn: str, nats_url: str) -> AsyncIterator[Harness]:
+    world = await Harness(pg_dsn, nats_url).open()
+    try:
+        yield world
+    finally:
+        await world.close()

@@ -1,0 +1,161 @@
+"""The engine as it runs in production: `python -m sync_engine --config config.json` (DESIGN.md §3, §9)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sync_engine_testkit import (
+    ANNA,
+    BOB,
+    EngineProcess,
+    Harness,
+    attendee,
+    config_dict,
+    event,
+    full_spec,
+    mid,
+    poll,
+    wait_ready,
+)
+
+from sync_engine.ids import to_timestamp
+from trueconf.calendar.v1 import ingest_pb2, sync_pb2, sync_pb2_grpc
+
+
+async def test_engine_process_serves_meetings_api_metrics_resync_and_stops_on_sigterm(
+    harness: Harness, tmp_path: Path
+) -> None:
+    document = config_dict(harness.pg_dsn, harness.nats_url)
+    document["grpc"]["adminToken"] = "s3cret-admin-token"
+    process = EngineProcess(document, tmp_path).start()
+    admin = [("authorization", "Bearer s3cret-admin-token")]
+    try:
+        await wait_ready(process)
+        start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+        harness.mailboxes.observed_at = datetime.now(UTC).replace(microsecond=0)
+        await harness.upsert(ANNA, event("proc-1", start=start, attendees=[attendee(BOB)], conference=full_spec()))
+        [create] = await harness.wait_command("conference_upsert", 1)
+        await harness.result(create, conference_id="4242")
+        await harness.wait_command("calendar_upsert", 2, occurrence__conference__id="4242")
+
+        async with grpc.aio.insecure_channel(process.grpc_address) as channel:
+            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            api = sync_pb2_grpc.SyncServiceStub(channel)
+            request = sync_pb2.ListEventsRequest(user=BOB)
+            getattr(request, "from").CopyFrom(to_timestamp(start - timedelta(hours=1)))
+            request.to.CopyFrom(to_timestamp(start + timedelta(hours=1)))
+
+            async def bob_sees_the_join_link() -> bool:
+                occurrences = (await api.ListEvents(request)).occurrences
+                return [o.conference.id for o in occurrences] == ["4242"]
+
+            await poll(bob_sees_the_join_link, "Bob's event with the conference")
+
+            # ResyncMailbox: a control message for ews-ingest, and the mailbox's items are cleared.
+            requests: list[ingest_pb2.ResyncMailboxRequest] = []
+
+            async def on_request(message: object) -> None:
+                requests.append(ingest_pb2.ResyncMailboxRequest.FromString(message.data))  # type: ignore[attr-defined]
+
+            subscription = await harness.bus.nc.subscribe("calendar.v1.control.resync.>", cb=on_request)
+            resync = sync_pb2.SyncResyncMailboxRequest(mailbox="Anna@Example.com")
+            with pytest.raises(grpc.aio.AioRpcError) as unauthenticated:
+                await api.ResyncMailbox(resync)  # an admin call without the bearer token
+            assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            response = await api.ResyncMailbox(resync, metadata=admin)
+            assert response.published == 1
+            await poll(lambda: _true(bool(requests)), "the resync request")
+            assert [r.mailbox for r in requests] == [ANNA]
+            await subscription.unsubscribe()
+            async with harness.connect() as connection:
+                assert await connection.fetchval("SELECT count(*) FROM items WHERE mailbox = $1", ANNA) == 0
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await api.ResyncMailbox(sync_pb2.SyncResyncMailboxRequest(mailbox="not-an-address"), metadata=admin)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+            # ews-ingest answers with the mailbox's items again: they are rebuilt, nothing is pushed twice.
+            before = len(harness.commands)
+            await harness.upsert(ANNA, event("proc-1", start=start, attendees=[attendee(BOB)], conference=full_spec()))
+
+            async def rebuilt() -> bool:
+                async with harness.connect() as connection:
+                    return bool(await connection.fetchval("SELECT count(*) FROM items WHERE mailbox = $1", ANNA))
+
+            await poll(rebuilt, "the resynced item")
+            await harness.settle()
+            assert len(harness.commands) == before
+            meeting = await api.GetMeeting(sync_pb2.GetMeetingRequest(meeting_id=mid("proc-1")))
+            assert meeting.conference.id == "4242" and meeting.mailboxes == [ANNA]
+
+        async with aiohttp.ClientSession() as session, session.get(process.http_url + "/metrics") as metrics:
+            text = await metrics.text()
+        assert "sync_engine_changes_applied" in text and "sync_engine_commands_emitted" in text
+        assert "sync_engine_relay_lag_seconds" in text
+    finally:
+        code = process.terminate()
+    assert code == 0, process.output()
+
+
+async def test_sigterm_finishes_the_messages_at_hand_and_nothing_is_lost(harness: Harness, tmp_path: Path) -> None:
+    document = config_dict(harness.pg_dsn, harness.nats_url)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=2)
+    process = EngineProcess(document, tmp_path).start()
+    await wait_ready(process)
+    uids = [f"burst-{n}" for n in range(40)]
+    for uid in uids:
+        await harness.upsert(ANNA, event(uid, start=start, attendees=[attendee(BOB)]))
+    await harness.wait_command("calendar_upsert", 2)
+    assert process.terminate() == 0, process.output()
+    again = EngineProcess(document, tmp_path).start()
+    try:
+        await wait_ready(again)
+        await harness.wait_command("calendar_upsert", 2 * len(uids))
+        await harness.settle()
+    finally:
+        assert again.terminate() == 0, again.output()
+    upserts = harness.of("calendar_upsert")
+    assert len(upserts) == 2 * len(uids)  # each meeting pushed once to each user: nothing twice, nothing lost
+    assert len({c.command_id for c in upserts}) == len(upserts)
+
+
+async def test_two_engine_processes_launch_an_occurrence_once(harness: Harness, tmp_path: Path) -> None:
+    first_config = config_dict(harness.pg_dsn, harness.nats_url)
+    second_config = config_dict(harness.pg_dsn, harness.nats_url)
+    first = EngineProcess(first_config, tmp_path).start()
+    second = EngineProcess(second_config, tmp_path).start()
+    try:
+        await asyncio.gather(wait_ready(first), wait_ready(second))
+        start = datetime.now(UTC) + timedelta(seconds=3)
+        await harness.upsert(
+            ANNA, event("proc-launch", start=start, duration=timedelta(minutes=20), conference=full_spec())
+        )
+        [create] = await harness.wait_command("conference_upsert", 1)
+        await harness.result(create, conference_id="77")
+        [run] = await harness.wait_command("conference_run", 1)
+        assert run.conference_run.conference_id == "77"
+
+        async def launched() -> bool:
+            async with harness.connect() as connection:
+                state = await connection.fetchval(
+                    "SELECT state FROM launches WHERE meeting_id = $1", mid("proc-launch")
+                )
+            return bool(state == "launched")
+
+        await poll(launched, "the launch recorded")
+        await asyncio.sleep(1.5)  # several scheduler ticks of both processes after the launch
+        await harness.settle()
+        assert len(harness.of("conference_run")) == 1
+    finally:
+        codes = (first.terminate(), second.terminate())
+    assert codes == (0, 0), first.output() + second.output()
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -1,0 +1,178 @@
+"""Every effect is idempotent (DESIGN.md §2, §4.2, §4.3): replaying the streams changes nothing, the state
+is a function of the stream, a change committed but not acked is not acted on twice, a command published but
+not marked is deduplicated by JetStream, and the trace continues from the change to the command."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from nats.js.api import AckPolicy, ConsumerConfig
+from sync_engine_testkit import (
+    ANNA,
+    BOB,
+    CAROL,
+    T0,
+    Harness,
+    as_attendee_copy,
+    attendee,
+    dump_database,
+    event,
+    full_spec,
+    weekly,
+)
+
+from sync_engine.bus import CALENDAR_DURABLE, RESULTS_DURABLE, handle_calendar_message
+from sync_engine.ids import to_timestamp
+from tccal.bus import CALENDAR, TCS_COMMANDS, TCS_RESULTS, commands_subject
+from tccal.embedded import EmbeddedPostgres, create_database
+from trueconf.calendar.v1 import calendar_pb2, common_pb2
+
+
+async def scenario(harness: Harness) -> None:
+    """A day of calendar traffic: meetings, answers, a series with an exception, a cancellation, deletions."""
+    organizer_copy = event(
+        "r-1", start=T0 + timedelta(days=1), attendees=[attendee(BOB), attendee(CAROL)], conference=full_spec()
+    )
+    await harness.upsert(ANNA, organizer_copy)
+    await harness.upsert(BOB, as_attendee_copy(organizer_copy, common_pb2.RESPONSE_TYPE_ACCEPT))
+    await harness.upsert(CAROL, as_attendee_copy(organizer_copy, common_pb2.RESPONSE_TYPE_DECLINE))
+    modified = common_pb2.ModifiedOccurrence(item_id="x", subject="Special")
+    modified.original_start.CopyFrom(to_timestamp(T0 + timedelta(days=7)))
+    modified.start.CopyFrom(to_timestamp(T0 + timedelta(days=7, hours=2)))
+    modified.end.CopyFrom(to_timestamp(T0 + timedelta(days=7, hours=3)))
+    await harness.upsert(
+        ANNA,
+        event(
+            "r-series",
+            start=T0,
+            kind=calendar_pb2.ITEM_KIND_RECURRING_MASTER,
+            recurrence=weekly([common_pb2.DAY_OF_WEEK_MONDAY], "2026-03-02", number_of_occurrences=6),
+            attendees=[attendee(BOB)],
+            modified=[modified],
+            deleted=[T0 + timedelta(days=14)],
+        ),
+    )
+    await harness.upsert(
+        ANNA, event("r-private", start=T0 + timedelta(days=2), sensitivity=common_pb2.SENSITIVITY_PRIVATE)
+    )
+    await harness.upsert(ANNA, event("r-cancel", start=T0 + timedelta(days=3), attendees=[attendee(BOB)]))
+    await harness.upsert(
+        ANNA, event("r-cancel", start=T0 + timedelta(days=3), attendees=[attendee(BOB)], cancelled=True, sequence=1)
+    )
+    await harness.upsert(BOB, event("r-bob", start=T0 + timedelta(days=4), organizer=BOB, attendees=[attendee(ANNA)]))
+    await harness.delete(BOB, "r-1")
+    await harness.upsert(
+        ANNA,
+        event(
+            "r-1",
+            start=T0 + timedelta(days=1, hours=1),
+            attendees=[attendee(BOB), attendee(CAROL)],
+            conference=full_spec(),
+            sequence=1,
+        ),
+    )
+
+
+async def drop_durables(harness: Harness) -> None:
+    for stream, durable in ((CALENDAR, CALENDAR_DURABLE), (TCS_RESULTS, RESULTS_DURABLE)):
+        await harness.bus.js.delete_consumer(stream, durable)
+
+
+async def test_replaying_the_stream_leaves_the_database_byte_for_byte_the_same(
+    harness: Harness, pg_server: EmbeddedPostgres
+) -> None:
+    engine = await harness.start_engine()
+    await scenario(harness)
+    await harness.wait_command(
+        "calendar_upsert", 1, occurrence__start__seconds=int((T0 + timedelta(days=1, hours=1)).timestamp())
+    )
+    await harness.settle()
+    original = await dump_database(harness.pg_dsn)
+    published = len(harness.commands)
+    assert original["outbox"] and original["shown"] and original["items"] and original["launches"]
+
+    # 1. Replay both streams from the start into the same database: nothing changes, nothing is sent.
+    await harness.stop_engine(engine)
+    await drop_durables(harness)
+    await harness.start_engine(api=False)
+    await harness.settle()
+    assert await dump_database(harness.pg_dsn) == original
+    assert len(harness.commands) == published
+
+    # 2. Replay the stream into an empty database: the same state, byte for byte (no wall clock, no random ids).
+    fresh = f"t_{uuid.uuid4().hex[:12]}"
+    await create_database(pg_server.dsn("postgres"), fresh)
+    for running in list(harness.engines):
+        await harness.stop_engine(running)
+    await drop_durables(harness)
+    config: dict[str, Any] = {"host": pg_server.socket_dir, "port": 5432, "user": "postgres", "database": fresh}
+    await harness.start_engine(api=False, dbConnectionConfig=config)
+    harness.pg_dsn = pg_server.dsn(fresh)
+    await harness.settle()
+    assert await dump_database(pg_server.dsn(fresh)) == original
+    assert len(harness.commands) == published  # JetStream dropped the re-published command ids
+
+
+async def test_change_committed_but_not_acked_is_not_acted_on_twice(harness: Harness) -> None:
+    """A crash between commit and ack: the change is redelivered and changes nothing."""
+    engine = await harness.start_engine(run=False)
+    await harness.upsert(ANNA, event("crash", start=T0 + timedelta(days=1), attendees=[attendee(BOB)]))
+    await harness.bus.js.add_consumer(
+        CALENDAR,
+        ConsumerConfig(durable_name=CALENDAR_DURABLE, ack_policy=AckPolicy.EXPLICIT, max_deliver=10, ack_wait=30),
+    )
+    subscription = await harness.bus.js.pull_subscribe_bind(CALENDAR_DURABLE, CALENDAR)
+    [message] = await subscription.fetch(1, timeout=5)
+    await handle_calendar_message(engine.engine, message)  # committed ...
+    await message.nak()  # ... and "crashed" before the ack: JetStream redelivers it
+    await subscription.unsubscribe()
+    async with harness.connect() as connection:
+        decided = await connection.fetchval("SELECT count(*) FROM outbox")
+    assert decided == 2  # Anna's and Bob's calendar_upsert
+
+    assert engine.sync is not None
+    engine.task = asyncio.create_task(engine.sync.run(engine.stop))
+    await harness.wait_command("calendar_upsert", 2)
+    await harness.settle()
+    info = await harness.bus.js.consumer_info(CALENDAR, CALENDAR_DURABLE)
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+    assert info.delivered.consumer_seq == 2  # the one change was delivered twice, and acked the second time
+    assert len(harness.commands) == 2
+    async with harness.connect() as connection:
+        assert await connection.fetchval("SELECT count(*) FROM outbox") == 2
+
+
+async def test_command_published_but_not_marked_is_deduplicated(harness: Harness) -> None:
+    """A crash between publish and marking the row published: the relay re-publishes the same id, once in effect."""
+    engine = await harness.start_engine(run=False)
+    change = harness.mailboxes.upsert(ANNA, event("dedupe", start=T0 + timedelta(days=1), attendees=[attendee(BOB)]))
+    assert await engine.engine.apply_change(change)
+    async with harness.connect() as connection:
+        row = await connection.fetchrow("SELECT server_id, command_id, payload FROM outbox ORDER BY id LIMIT 1")
+    assert row is not None
+    await harness.bus.publish(commands_subject(row["server_id"]), bytes(row["payload"]), msg_id=row["command_id"])
+    assert engine.sync is not None
+    engine.task = asyncio.create_task(engine.sync.run(engine.stop))
+    await harness.settle()
+    stream = await harness.bus.js.stream_info(TCS_COMMANDS)
+    assert stream.state.messages == 2
+    assert sorted(c.command.command_id for c in harness.commands) == sorted(
+        {c.command.command_id for c in harness.commands}
+    )
+
+
+async def test_trace_continues_from_the_change_to_the_command(harness: Harness) -> None:
+    from tccal import telemetry
+
+    telemetry.setup("sync-engine-test", log_format="text")
+    await harness.start_engine(api=False)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    change = harness.mailboxes.upsert(ANNA, event("traced", start=T0 + timedelta(days=1)))
+    await harness.publish(change, headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+    await harness.wait_command("calendar_upsert", 1)
+    [published] = harness.commands
+    assert published.headers["traceparent"].split("-")[1] == trace_id
+    assert published.headers["Nats-Msg-Id"] == published.command.command_id
