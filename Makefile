@@ -37,4 +37,4 @@ pytest: install
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) proto/gen .sandbox
+	rm -rf $(VENV) .venv-helm proto/gen .sandbox

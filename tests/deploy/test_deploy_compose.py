@@ -1,0 +1,382 @@
+"""docker-compose.yml, read as Compose reads it, checked against the code the containers run.
+
+Every environment variable a service sets must be one the code reads; the mounted config.json must pass the
+same validation the services run at start, its secrets must decrypt with the mounted machine key, and the
+sandbox emulators must be wired with flags they really have and credentials that match the config.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tccal import secrets
+from tccal.config import Config, load_config
+from tccal.config.loader import CONFIG_ENV, ENV_PREFIX, apply_env_overrides
+from tccal.config.schema import SERVICE_NAMES, iter_secrets
+
+from .conftest import CONNECTOR_SERVICES, EMULATORS, ROOT, interpolate
+
+BASE_SERVICES = {"postgres", "nats", *CONNECTOR_SERVICES}
+SANDBOX_SERVICES = {f"{name}-emulator" for name in EMULATORS}
+OBSERVABILITY_SERVICES = {"otel-collector", "jaeger"}
+
+
+def code_reads_env() -> set[str]:
+    """The environment variable names the shared library reads, taken from the code itself."""
+    telemetry_source = (ROOT / "libs/tccal/src/tccal/telemetry.py").read_text()
+    assert 'os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")' in telemetry_source
+    return {CONFIG_ENV, secrets.KEY_ENV, secrets.KEY_FILE_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT"}
+
+
+def json_or_text(raw: str) -> Any:
+    """How the loader reads an override's value: JSON where it parses, else the text."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def service_env(definition: dict[str, Any]) -> dict[str, str]:
+    raw = definition.get("environment") or {}
+    if isinstance(raw, list):
+        raw = dict(item.split("=", 1) if "=" in item else (item, "") for item in raw)
+    return {name: interpolate(str(value)) for name, value in raw.items()}
+
+
+def mount_source(definition: dict[str, Any], target: str) -> Path:
+    for volume in definition.get("volumes") or []:
+        source, _, rest = interpolate(volume).partition(":")
+        if rest.split(":")[0] == target:
+            return (ROOT / source).resolve()
+    raise AssertionError(f"nothing is mounted at {target}")
+
+
+def secret_file(compose: dict[str, Any], name: str) -> Path:
+    return (ROOT / interpolate(compose["secrets"][name]["file"])).resolve()
+
+
+def command_flags(definition: dict[str, Any]) -> dict[str, list[str]]:
+    """--flag value / --flag=value pairs of a service's command (repeatable flags keep every value)."""
+    args = [interpolate(str(a)) for a in definition.get("command") or []]
+    flags: dict[str, list[str]] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            if "=" in arg:
+                name, value = arg.split("=", 1)
+            else:
+                name, value = arg, args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else ""
+                i += 1 if value else 0
+            flags.setdefault(name, []).append(value)
+        i += 1
+    return flags
+
+
+@pytest.fixture(scope="module")
+def config_file(compose_services: dict[str, dict[str, Any]]) -> Path:
+    sources = {mount_source(compose_services[name], "/etc/tc-calendar/config.json") for name in CONNECTOR_SERVICES}
+    assert len(sources) == 1, f"the four services must share one config.json, they mount {sources}"
+    (path,) = sources
+    assert path.is_file(), path
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo_key(compose: dict[str, Any]) -> bytes:
+    key = base64.b64decode(secret_file(compose, "tc_calendar_machine_key").read_text().strip(), validate=True)
+    assert len(key) == secrets.KEY_SIZE
+    return key
+
+
+@pytest.fixture(scope="module")
+def config(config_file: Path, compose_services: dict[str, dict[str, Any]]) -> Config:
+    env = service_env(compose_services["ews-ingest"])
+    return load_config(config_file, environ=env, check_secrets=False)
+
+
+def reveal(value: str, key: bytes) -> str:
+    return secrets.decrypt(value, key)
+
+
+# ------------------------------------------------------------------------------------------------ structure
+
+
+def test_every_service_has_a_real_healthcheck(compose_services: dict[str, dict[str, Any]]) -> None:
+    for name, definition in compose_services.items():
+        check = definition.get("healthcheck")
+        assert check, f"{name} has no healthcheck"
+        assert not check.get("disable"), f"{name}: healthcheck disabled"
+        test = check.get("test")
+        assert isinstance(test, list) and test and test[0] in ("CMD", "CMD-SHELL"), f"{name}: healthcheck {test}"
+
+
+def test_profiles(compose_services: dict[str, dict[str, Any]]) -> None:
+    by_profile: dict[str, set[str]] = {}
+    for name, definition in compose_services.items():
+        for profile in definition.get("profiles") or ["(default)"]:
+            by_profile.setdefault(profile, set()).add(name)
+    assert by_profile == {
+        "(default)": BASE_SERVICES,
+        "sandbox": SANDBOX_SERVICES,
+        "observability": OBSERVABILITY_SERVICES,
+    }
+
+
+def test_depends_on_only_healthy_services(compose_services: dict[str, dict[str, Any]]) -> None:
+    for name, definition in compose_services.items():
+        depends = definition.get("depends_on") or {}
+        assert isinstance(depends, dict), f"{name}: depends_on must be a mapping with conditions"
+        for dependency, rule in depends.items():
+            assert dependency in compose_services, f"{name} depends on unknown service {dependency}"
+            assert rule.get("condition") == "service_healthy", f"{name} -> {dependency}: {rule}"
+            assert compose_services[dependency].get("healthcheck"), f"{dependency} has no healthcheck"
+            if not definition.get("profiles"):
+                assert not compose_services[dependency].get("profiles"), (
+                    f"{name} (always started) depends on {dependency}, which only a profile starts"
+                )
+    # no cycles: every service can be ordered after its dependencies
+    ordered: list[str] = []
+    pending = dict(compose_services)
+    while pending:
+        ready = [n for n, d in pending.items() if set(d.get("depends_on") or {}) <= set(ordered)]
+        assert ready, f"depends_on cycle among {sorted(pending)}"
+        ordered += ready
+        for n in ready:
+            del pending[n]
+
+
+def test_builds_point_at_existing_dockerfiles(compose_services: dict[str, dict[str, Any]]) -> None:
+    built = set()
+    for name, definition in compose_services.items():
+        build = definition.get("build")
+        if not build:
+            continue
+        context = (ROOT / interpolate(build["context"])).resolve()
+        assert context == ROOT, f"{name}: build context must be the repository root, is {context}"
+        dockerfile = context / interpolate(build["dockerfile"])
+        assert dockerfile.is_file(), f"{name}: {dockerfile} does not exist"
+        built.add(dockerfile.relative_to(ROOT).as_posix())
+    expected = {f"services/{s}/Dockerfile" for s in CONNECTOR_SERVICES} | {
+        f"emulators/{e}/Dockerfile" for e in EMULATORS
+    }
+    assert built == expected
+
+
+def test_infrastructure(compose: dict[str, Any], compose_services: dict[str, dict[str, Any]]) -> None:
+    postgres = compose_services["postgres"]
+    assert postgres["image"] == "postgres:16"
+    nats = compose_services["nats"]
+    assert nats["image"].startswith("nats:2.10")
+    command = nats["command"]
+    assert "-js" in command or "--jetstream" in command
+    store = command[command.index("--store_dir") + 1] if "--store_dir" in command else command[command.index("-sd") + 1]
+    named = set(compose["volumes"])
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in nats["volumes"]}
+    assert mounts.get(store) in named, f"JetStream store {store} must be on a named volume"
+    pg_mounts = {v.split(":")[1]: v.split(":")[0] for v in postgres["volumes"]}
+    assert pg_mounts.get("/var/lib/postgresql/data") in named
+
+
+def test_named_volumes_are_declared_and_used(
+    compose: dict[str, Any], compose_services: dict[str, dict[str, Any]]
+) -> None:
+    used = set()
+    for definition in compose_services.values():
+        for volume in definition.get("volumes") or []:
+            source = interpolate(volume).split(":")[0]
+            if not source.startswith((".", "/")):
+                used.add(source)
+            else:
+                assert (ROOT / source).exists(), f"bind mount source {source} does not exist"
+    assert used == set(compose.get("volumes") or {})
+    for name, secret in (compose.get("secrets") or {}).items():
+        assert (ROOT / interpolate(secret["file"])).is_file(), f"secret {name}: file missing"
+
+
+# ------------------------------------------------------------------------------------------ environment names
+
+
+def test_environment_names_are_read_by_the_code(compose_services: dict[str, dict[str, Any]], config_file: Path) -> None:
+    allowed = code_reads_env()
+    for name in CONNECTOR_SERVICES:
+        env = service_env(compose_services[name])
+        for variable, value in env.items():
+            if variable.startswith(ENV_PREFIX):
+                document = json.loads(config_file.read_text())
+                applied = apply_env_overrides(document, {variable: value})
+                (path,) = applied
+                Config.model_validate(document)  # an unknown key path fails here (extra keys are forbidden)
+                keys = [k for k in path.replace("[", ".").replace("]", "").split(".") if k]
+                node: Any = document
+                for key in keys:
+                    node = node[int(key)] if isinstance(node, list) else node[key]
+                assert node == json_or_text(value), f"{variable} did not land on {path}"
+            else:
+                assert variable in allowed, f"{name}: the code never reads {variable} (reads: {sorted(allowed)})"
+        assert env[CONFIG_ENV] == "/etc/tc-calendar/config.json"
+
+
+def test_unknown_override_would_be_caught(config_file: Path) -> None:
+    """The check above can fail: an override naming no config key is refused by the schema."""
+    document = json.loads(config_file.read_text())
+    apply_env_overrides(document, {"TC_CALENDAR__TELEMETRY__LOGLEVL": "INFO"})
+    with pytest.raises(ValueError, match=r"LOGLEVL"):
+        Config.model_validate(document)
+
+
+# -------------------------------------------------------------------------------------------------- config
+
+
+def test_mounted_config_validates(config_file: Path, compose_services: dict[str, dict[str, Any]]) -> None:
+    for name in CONNECTOR_SERVICES:
+        config = load_config(config_file, environ=service_env(compose_services[name]), check_secrets=False)
+        assert config.allow_plaintext_passwords is False
+
+
+def test_secrets_decrypt_with_the_mounted_key(
+    config_file: Path,
+    compose: dict[str, Any],
+    compose_services: dict[str, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in CONNECTOR_SERVICES:
+        env = service_env(compose_services[name])
+        assert env[secrets.KEY_FILE_ENV] == "/run/secrets/tc_calendar_machine_key"
+        assert "tc_calendar_machine_key" in compose_services[name]["secrets"]
+    monkeypatch.delenv(secrets.KEY_ENV, raising=False)
+    monkeypatch.setenv(secrets.KEY_FILE_ENV, str(secret_file(compose, "tc_calendar_machine_key")))
+    config = load_config(config_file, environ={}, check_secrets=True)
+    found = [path for path, value in iter_secrets(config) if value]
+    assert len(found) >= 5, found  # db password, EWS password, bridge secret, client secret, admin token
+
+
+def test_config_matches_the_compose_topology(
+    config: Config, compose: dict[str, Any], compose_services: dict[str, dict[str, Any]], demo_key: bytes
+) -> None:
+    for name in SERVICE_NAMES:
+        endpoint = config.grpc.endpoint(name)
+        assert endpoint.host == "0.0.0.0", f"{name} must bind beyond loopback inside its container"
+        assert endpoint.address == f"{name}:{endpoint.grpc_port}"
+        assert compose_services[name]["healthcheck"]["test"][-1] == name
+        published = {interpolate(p).rsplit(":", 1)[-1] for p in compose_services[name].get("ports") or []}
+        assert published <= {str(endpoint.grpc_port), str(endpoint.http_port), str(config.ws_port)}, name
+    gateway_ports = {interpolate(p).rsplit(":", 1)[-1] for p in compose_services["tcs-gateway"]["ports"]}
+    assert str(config.ws_port) in gateway_ports
+    assert config.grpc.admin_token, "services bind 0.0.0.0: an admin token is required"
+    db = config.db_connection_config
+    postgres_env = compose_services["postgres"]["environment"]
+    assert (db.host, db.port, db.user, db.database) == (
+        "postgres",
+        5432,
+        postgres_env["POSTGRES_USER"],
+        postgres_env["POSTGRES_DB"],
+    )
+    assert postgres_env["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    assert reveal(db.password, demo_key) == secret_file(compose, "postgres_password").read_text().strip()
+    assert urlsplit(config.nats.url).hostname == "nats"
+    from licensing.config import LicensingSettings
+
+    LicensingSettings.from_config(config)  # licensing starts with this config (authority key, registration URL)
+
+
+# ------------------------------------------------------------------------------------------------- sandbox
+
+
+def emulator_help(module: str, *args: str) -> str:
+    completed = subprocess.run(
+        [sys.executable, "-m", module, *args, "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert completed.returncode == 0, f"{module} --help failed: {completed.stderr}"
+    return completed.stdout
+
+
+def test_emulator_flags_exist(compose_services: dict[str, dict[str, Any]]) -> None:
+    for emulator, module in EMULATORS.items():
+        definition = compose_services[f"{emulator}-emulator"]
+        args = [interpolate(str(a)) for a in definition["command"]]
+        subcommand = [a for a in args if not a.startswith("-") and a == "serve"]
+        text = emulator_help(module) + (emulator_help(module, *subcommand) if subcommand else "")
+        for flag in command_flags(definition):
+            assert flag in text, f"{emulator} emulator has no {flag} flag (see python -m {module} --help)"
+
+
+def test_exchange_emulator_wiring(config: Config, compose_services: dict[str, dict[str, Any]], demo_key: bytes) -> None:
+    from exchange_emulator.config import EmulatorConfig
+
+    definition = compose_services["exchange-emulator"]
+    flags = command_flags(definition)
+    emulator = EmulatorConfig.load(mount_source(definition, flags["--config"][0]))
+    (provider,) = config.calendar_providers
+    assert (provider.host, provider.port, provider.scheme) == ("exchange-emulator", int(flags["--port"][0]), "http")
+    accounts = {a.username: a for a in emulator.service_accounts}
+    for credential in provider.credentials:
+        account = accounts[credential.login]
+        assert account.impersonation
+        assert account.password == reveal(credential.password, demo_key)
+    assert set(provider.users) <= {m.email for m in emulator.mailboxes}
+
+
+def test_trueconf_emulator_wiring(config: Config, compose_services: dict[str, dict[str, Any]], demo_key: bytes) -> None:
+    flags = command_flags(compose_services["trueconf-emulator"])
+    (server,) = config.tcs.servers
+    assert flags["--server-id"] == [server.id]
+    assert server.id in config.product_whitelist.tcs
+    assert flags["--secret"] == [reveal(server.secret, demo_key)]
+    assert flags["--client-id"] == [server.client_id]
+    assert flags["--client-secret"] == [reveal(server.client_secret, demo_key)]
+    gateway = urlsplit(flags["--gateway-url"][0])
+    assert (gateway.hostname, gateway.port, gateway.path) == ("tcs-gateway", config.ws_port, config.tcs.bridge_path)
+    rest = urlsplit(server.rest_url)
+    assert (rest.hostname, rest.port, rest.path) == ("trueconf-emulator", int(flags["--port"][0]), "/api/v4")
+    users = {u.split(":")[1] for u in flags["--user"]}
+    assert set(config.calendar_providers[0].users) <= users
+
+
+def test_registration_emulator_wiring(config: Config, compose_services: dict[str, dict[str, Any]]) -> None:
+    definition = compose_services["registration-emulator"]
+    args = [str(a) for a in definition["command"]]
+    state_dir = args[args.index("--state-dir") + 1]
+    port = int(args[args.index("--port") + 1])
+    url = urlsplit(config.license.registration_url)
+    assert (url.hostname, url.port) == ("registration-emulator", port)
+    private = mount_source(definition, f"{state_dir}/authority_ed25519.pem")
+    key = serialization.load_pem_private_key(private.read_bytes(), password=None)
+    assert isinstance(key, Ed25519PrivateKey)
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    assert config.license.authority_public_key == base64.b64encode(raw).decode()
+
+
+# ------------------------------------------------------------------------------------------- observability
+
+
+def test_observability_wiring(compose: dict[str, Any], compose_services: dict[str, dict[str, Any]]) -> None:
+    header = (ROOT / "docker-compose.yml").read_text().split("\nname:", 1)[0]
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT=http://otel-collector:4317" in header
+    for name in CONNECTOR_SERVICES:
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" in service_env(compose_services[name])
+    collector = compose_services["otel-collector"]
+    config_path = mount_source(collector, "/etc/otelcol/config.yaml")
+    otel = yaml.safe_load(config_path.read_text())
+    assert otel["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].endswith(":4317")
+    pipelines = otel["service"]["pipelines"]
+    assert {"traces", "metrics"} <= set(pipelines)
+    for pipeline in pipelines.values():
+        for kind in ("receivers", "processors", "exporters"):
+            for component in pipeline.get(kind, []):
+                assert component in otel[kind], f"{component} is not defined under {kind}"
+    jaeger_endpoint = otel["exporters"]["otlp/jaeger"]["endpoint"]
+    assert jaeger_endpoint.split(":")[0] in compose_services
+    assert "health_check" in otel["service"]["extensions"]
+    assert otel["extensions"]["health_check"]["endpoint"].endswith(":13133")

@@ -1,0 +1,352 @@
+"""The Helm chart: `helm lint` (helm-sdkpy), rendering (helm-python-sdk), strict Kubernetes schemas
+(kubernetes-validate), all run by tools/helm_check.py in its Python 3.12 venv; then the rendered manifests are
+checked here against the code: config.json validates with tccal exactly as a pod would load it (ConfigMap +
+environment + credentials Secret + machine key), ports and addresses agree, pods are locked down, and each
+NetworkPolicy opens only what its component needs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tccal import secrets
+from tccal.config import Config, load_config
+from tccal.config.schema import SECRET_KEYS, iter_secrets
+
+from .conftest import CONNECTOR_SERVICES, ROOT
+
+TOOL = ROOT / "tools" / "helm_check.py"
+CHART = ROOT / "deploy" / "helm" / "trueconf-calendar-connector"
+VALUES_DIR = Path(__file__).parent / "helm-values"
+GOOD = {"full": "full.yaml", "existing": "existing-secrets.yaml"}
+BAD = {
+    "plaintext": ("plaintext-secret.yaml", "does not match pattern '^dGNf"),
+    "secret-in-config": ("secret-in-config.yaml", "secrets go in credentials.values"),
+    "invalid-volume": ("invalid-volume.yaml", "'notAVolumeField' was unexpected"),
+    "chart-owned-key": ("chart-owned-key.yaml", "'not' failed"),
+}
+NAMESPACE = "calendar"
+MOUNT = {"config": "/etc/tc-calendar/config.json", "key": "/var/run/secrets/tc-calendar/machine.key"}
+FULL_PLAINTEXT = {  # what tests/deploy/helm-values/full.yaml's encrypted values hold
+    "grpc.adminToken": "test-admin-token",
+    "dbConnectionConfig.password": "test-db-password",
+    "nats.password": "test-nats-password",
+    "calendarProviders[0].credentials[0].password": "test-ews-password-1",
+    "calendarProviders[0].credentials[1].password": "test-ews-password-2",
+    "tcs.servers[0].secret": "test-bridge-secret",
+    "tcs.servers[0].clientSecret": "test-client-secret",
+}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("helm") / "report.json"
+    args = [sys.executable, str(TOOL), "--report", str(out)]
+    for name, file in {**GOOD, **{k: v[0] for k, v in BAD.items()}}.items():
+        args += ["--values", f"{name}={VALUES_DIR / file}"]
+    completed = subprocess.run(args, capture_output=True, text=True, timeout=900, check=False)
+    if completed.returncode == 3:
+        pytest.fail(f"the Helm checks cannot run: {completed.stderr.strip()}")
+    assert completed.returncode in (0, 1), completed.stderr
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def manifests(report: dict[str, Any], value_set: str, kind: str | None = None) -> list[dict[str, Any]]:
+    found = [m["manifest"] for m in report["value_sets"][value_set]["manifests"]]
+    return [m for m in found if kind is None or m["kind"] == kind]
+
+
+def by_component(report: dict[str, Any], value_set: str, kind: str) -> dict[str, dict[str, Any]]:
+    return {m["metadata"]["labels"]["app.kubernetes.io/component"]: m for m in manifests(report, value_set, kind)}
+
+
+def secret_data(secret: dict[str, Any]) -> dict[str, str]:
+    data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+    return {**data, **(secret.get("stringData") or {})}
+
+
+def pod_environment(report: dict[str, Any], value_set: str, deployment: dict[str, Any]) -> dict[str, str]:
+    """The environment the container gets: its env values, and every key of the Secrets it takes envFrom."""
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    rendered = {s["metadata"]["name"]: s for s in manifests(report, value_set, "Secret")}
+    for source in container.get("envFrom", []):
+        name = source["secretRef"]["name"]
+        if name in rendered:
+            env.update(secret_data(rendered[name]))
+    return env
+
+
+def rendered_config(report: dict[str, Any], value_set: str) -> tuple[Path, dict[str, Any]]:
+    (configmap,) = manifests(report, value_set, "ConfigMap")
+    text = configmap["data"]["config.json"]
+    return Path(MOUNT["config"]), json.loads(text)
+
+
+def load_as_pod(
+    report: dict[str, Any], value_set: str, deployment: dict[str, Any], tmp_path: Path, *, check_secrets: bool
+) -> Config:
+    _, document = rendered_config(report, value_set)
+    path = tmp_path / f"{deployment['metadata']['name']}.json"
+    path.write_text(json.dumps(document))
+    return load_config(path, environ=pod_environment(report, value_set, deployment), check_secrets=check_secrets)
+
+
+# ------------------------------------------------------------------------------------------- helm itself
+
+
+def test_helm_lint_passes(report: dict[str, Any]) -> None:
+    lint = report["helm_lint"]
+    assert lint["helm_sdkpy_version"] == "0.1.32"
+    assert lint["charts_linted"] == 1
+    assert lint["problems"] == []
+
+
+@pytest.mark.parametrize("value_set", ["default", *GOOD])
+def test_renders_clean_and_valid_against_kubernetes_schemas(report: dict[str, Any], value_set: str) -> None:
+    result = report["value_sets"][value_set]
+    assert result["problems"] == []
+    assert len(result["manifests"]) >= 15
+
+
+@pytest.mark.parametrize("value_set", sorted(BAD))
+def test_bad_values_are_refused(report: dict[str, Any], value_set: str) -> None:
+    problems = "\n".join(report["value_sets"][value_set]["problems"])
+    assert BAD[value_set][1] in problems
+
+
+def test_chart_defaults_match_the_config_schema_defaults() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    defaults = Config()
+    assert values["bridge"]["port"] == defaults.ws_port
+    keys = {
+        "ews-ingest": "ewsIngest",
+        "sync-engine": "syncEngine",
+        "tcs-gateway": "tcsGateway",
+        "licensing": "licensing",
+    }
+    for name, key in keys.items():
+        endpoint = defaults.grpc.endpoint(name)
+        component = values["components"][key]
+        assert (component["grpcPort"], component["httpPort"]) == (endpoint.grpc_port, endpoint.http_port)
+    assert set(keys) == set(CONNECTOR_SERVICES)
+
+
+# ---------------------------------------------------------------------------------------------- topology
+
+
+@pytest.mark.parametrize("value_set", ["default", *GOOD])
+def test_one_deployment_service_and_policy_per_component(report: dict[str, Any], value_set: str) -> None:
+    for kind in ("Deployment", "Service", "NetworkPolicy", "PodDisruptionBudget"):
+        found = by_component(report, value_set, kind)
+        if kind == "NetworkPolicy" and value_set == "existing":
+            assert found == {}
+            continue
+        expected = set(CONNECTOR_SERVICES)
+        if kind == "PodDisruptionBudget" and value_set == "full":
+            expected -= {"tcs-gateway"}  # pdb.enabled: false there
+        assert set(found) == expected, f"{value_set}: {kind}"
+    deployments = by_component(report, value_set, "Deployment")
+    for name, module in CONNECTOR_SERVICES.items():
+        (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
+        assert container["image"].split("/")[-1].startswith(f"{name}:")
+        assert "command" not in container and "args" not in container, f"{name}: the image runs python -m {module}"
+
+
+@pytest.mark.parametrize("value_set", ["default", *GOOD])
+def test_config_json_validates_as_each_pod_loads_it(report: dict[str, Any], value_set: str, tmp_path: Path) -> None:
+    for name, deployment in by_component(report, value_set, "Deployment").items():
+        env = pod_environment(report, value_set, deployment)
+        assert env["TC_CALENDAR_CONFIG"] == MOUNT["config"]
+        assert env[secrets.KEY_FILE_ENV] == MOUNT["key"]
+        config = load_as_pod(report, value_set, deployment, tmp_path, check_secrets=False)
+        assert config.grpc.endpoint(name).host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("value_set", ["default", *GOOD])
+def test_ports_and_addresses_agree(report: dict[str, Any], value_set: str) -> None:
+    _, document = rendered_config(report, value_set)
+    config = Config.model_validate({**document, "calendarProviders": [], "tcs": {}})
+    deployments = by_component(report, value_set, "Deployment")
+    services = {s["metadata"]["name"]: s for s in manifests(report, value_set, "Service")}
+    for name in CONNECTOR_SERVICES:
+        endpoint = config.grpc.endpoint(name)
+        (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert (ports["grpc"], ports["http"]) == (endpoint.grpc_port, endpoint.http_port)
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        host, port = (endpoint.address or "").rsplit(":", 1)
+        service_name, namespace, _ = host.split(".", 2)
+        assert namespace == NAMESPACE and int(port) == endpoint.grpc_port
+        service = services[service_name]
+        assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
+            "grpc": ports["grpc"],
+            "http": ports["http"],
+        }
+        assert (
+            service["spec"]["selector"].items() <= deployments[name]["spec"]["template"]["metadata"]["labels"].items()
+        )
+        if name == "tcs-gateway":
+            assert ports["bridge"] == config.ws_port
+    bridge = [s for n, s in services.items() if n.endswith("-bridge")]
+    assert len(bridge) == 1 and bridge[0]["spec"]["ports"][0]["targetPort"] == "bridge"
+
+
+def test_bridge_service_types(report: dict[str, Any]) -> None:
+    def bridge(value_set: str) -> dict[str, Any]:
+        (found,) = [s for s in manifests(report, value_set, "Service") if s["metadata"]["name"].endswith("-bridge")]
+        return dict(found["spec"])
+
+    assert bridge("default")["type"] == "ClusterIP"
+    full = bridge("full")
+    assert full["type"] == "LoadBalancer" and full["externalTrafficPolicy"] == "Local"
+    assert full["loadBalancerSourceRanges"] == ["203.0.113.0/24"] and full["ports"][0]["port"] == 443
+    existing = bridge("existing")
+    assert existing["type"] == "NodePort" and existing["ports"][0]["nodePort"] == 30415
+
+
+# ----------------------------------------------------------------------------------------------- secrets
+
+
+def test_every_secret_decrypts_with_the_rendered_machine_key(
+    report: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (key_secret,) = [s for s in manifests(report, "full", "Secret") if s["metadata"]["name"].endswith("-machine-key")]
+    key_text = secret_data(key_secret)["machine.key"]
+    monkeypatch.delenv(secrets.KEY_FILE_ENV, raising=False)
+    monkeypatch.setenv(secrets.KEY_ENV, key_text.strip())
+    for deployment in manifests(report, "full", "Deployment"):
+        config = load_as_pod(report, "full", deployment, tmp_path, check_secrets=True)
+        revealed = {path: secrets.decrypt(value) for path, value in iter_secrets(config) if value}
+        assert revealed == FULL_PLAINTEXT
+
+
+def test_config_map_holds_no_secret(report: dict[str, Any]) -> None:
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                assert not (key in SECRET_KEYS and value), f"{path}.{key} is a secret inside the ConfigMap"
+                walk(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+
+    for value_set in ("default", *GOOD):
+        walk(rendered_config(report, value_set)[1], "config.json")
+
+
+def test_credentials_secret_holds_only_overrides_of_secret_keys(report: dict[str, Any]) -> None:
+    (credentials,) = [s for s in manifests(report, "full", "Secret") if s["metadata"]["name"].endswith("-credentials")]
+    names = set(secret_data(credentials))
+    assert len(names) == len(FULL_PLAINTEXT)
+    for name in names:
+        assert name.startswith("TC_CALENDAR__")
+        last = name.split("__")[-1]
+        assert last.lower() in {k.lower() for k in SECRET_KEYS}, name
+
+
+def test_machine_key_secret(report: dict[str, Any]) -> None:
+    (generated,) = [s for s in manifests(report, "default", "Secret") if s["metadata"]["name"].endswith("-machine-key")]
+    assert generated["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    key = base64.b64decode(secret_data(generated)["machine.key"], validate=True)
+    assert len(key) == secrets.KEY_SIZE
+    assert not [s for s in manifests(report, "existing", "Secret")], "existing Secrets must not be rendered"
+    for deployment in manifests(report, "existing", "Deployment"):
+        spec = deployment["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["machine-key"]["secret"]["secretName"] == "tccal-machine-key"
+        assert spec["containers"][0]["envFrom"] == [{"secretRef": {"name": "tccal-credentials"}}]
+
+
+# ------------------------------------------------------------------------------------------------ hardening
+
+
+@pytest.mark.parametrize("value_set", ["default", *GOOD])
+def test_pods_are_locked_down(report: dict[str, Any], value_set: str) -> None:
+    for deployment in manifests(report, value_set, "Deployment"):
+        spec = deployment["spec"]["template"]["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert spec["automountServiceAccountToken"] is False
+        for container in spec["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"]["drop"] == ["ALL"] and "add" not in context["capabilities"]
+            assert not context.get("privileged")
+            assert container["resources"] or value_set == "full", "defaults must set resources"
+            mounts = {m["mountPath"] for m in container["volumeMounts"]}
+            assert "/tmp" in mounts, "a writable /tmp on a read-only root"
+
+
+def _egress_ports(policy: dict[str, Any]) -> dict[int, list[Any]]:
+    ports: dict[int, list[Any]] = {}
+    for rule in policy["spec"]["egress"]:
+        for port in rule["ports"]:
+            if port.get("protocol", "TCP") == "TCP" and port["port"] != 53:
+                ports.setdefault(port["port"], []).append(rule.get("to"))
+    return ports
+
+
+def test_network_policies_open_only_what_each_component_needs(report: dict[str, Any]) -> None:
+    policies = by_component(report, "full", "NetworkPolicy")
+    deployments = by_component(report, "full", "Deployment")
+    pg, nats, licensing, exchange, trueconf, registration, otlp = 5433, 4222, 50064, 8443, 9443, 4443, 4317
+    needs = {
+        "ews-ingest": {nats, licensing, exchange, otlp},
+        "sync-engine": {nats, pg, licensing, otlp},
+        "tcs-gateway": {nats, licensing, trueconf, otlp},
+        "licensing": {pg, registration, otlp},
+    }
+    for name, policy in policies.items():
+        labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
+        selector = policy["spec"]["podSelector"]["matchLabels"]
+        assert selector.items() <= labels.items()
+        for other, deployment in deployments.items():
+            if other != name:
+                assert not selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+        egress = _egress_ports(policy)
+        assert set(egress) == needs[name], f"{name} egress {sorted(egress)}"
+        assert all(peers for peers in egress.values()), f"{name}: full narrows every egress to peers"
+        (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
+        ingress = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+        assert ingress == {p["containerPort"] for p in container["ports"]}, f"{name} ingress {ingress}"
+    default = by_component(report, "default", "NetworkPolicy")
+    assert 5432 not in _egress_ports(default["ews-ingest"]) and 5432 in _egress_ports(default["sync-engine"])
+    assert 4310 in _egress_ports(default["licensing"])  # https://reg.trueconf.com:4310
+
+
+def test_notes_warn_about_what_stops_the_services(report: dict[str, Any]) -> None:
+    default = report["value_sets"]["default"]["notes"]
+    assert 'credentials.values["grpc.adminToken"] is not set' in default
+    assert "authorityPublicKey is empty" in default
+    full = report["value_sets"]["full"]["notes"]
+    assert "WARNING" not in full
+
+
+def test_missing_python_312_is_a_clear_failure(tmp_path: Path) -> None:
+    """Without a Python 3.12 the tool stops with exit code 3 and says what is missing (the fixture above
+    turns that into a test failure, never a skip)."""
+    for interpreter in (str(tmp_path / "no-such-python"), sys.executable):  # absent; a 3.11
+        completed = subprocess.run(
+            [sys.executable, str(TOOL), "--report", str(tmp_path / "report.json")],
+            env={**os.environ, "TCCAL_HELM_PYTHON": interpreter},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert completed.returncode == 3, completed.stderr
+        assert f"TCCAL_HELM_PYTHON={interpreter} is not a working Python 3.12 interpreter" in completed.stderr
+        assert not (tmp_path / "report.json").exists()
