@@ -53,8 +53,25 @@ def test_sandbox_up_ready_and_stopped_without_orphans() -> None:
             with grpc.insecure_channel(endpoints["grpc"]) as channel:
                 reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
+        assert ready["exchange"]["ews_url"].endswith("/EWS/Exchange.asmx")
+        assert "alice@sandbox.test" in ready["exchange"]["mailboxes"]
+        assert ready["exchange"]["service_account"]["password"]
+        assert ready["trueconf"]["server_id"] == "video.sandbox.test#vcs"
+        assert ready["trueconf"]["inspect_url"].endswith("/inspect")
+        assert ready["registration"]["url"].startswith("http://127.0.0.1:")
+        assert ready["license"]["message"].startswith("Your product successfully registered.")
         pids = ready["processes"]
-        assert {"ews-ingest", "sync-engine", "tcs-gateway", "licensing", "postgres", "nats-server"} <= set(pids)
+        assert {
+            "ews-ingest",
+            "sync-engine",
+            "tcs-gateway",
+            "licensing",
+            "postgres",
+            "nats-server",
+            "exchange-emulator",
+            "trueconf-emulator",
+            "registration-emulator",
+        } <= set(pids)
         assert all(alive(pid) for pid in pids.values())
 
         process.send_signal(signal.SIGTERM)
@@ -63,5 +80,9 @@ def test_sandbox_up_ready_and_stopped_without_orphans() -> None:
         assert not leftovers, f"still running after the sandbox stopped: {leftovers}"
         assert "sandbox stopped" in (process.stdout.read().decode() if process.stdout else "")
     finally:
-        if process.poll() is None:
-            process.kill()
+        if process.poll() is None:  # a failed assertion: still stop everything the sandbox started
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()

@@ -6,6 +6,7 @@ For the sandbox and the tests only; a production start takes its PostgreSQL and 
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import shutil
 import signal
@@ -16,6 +17,16 @@ import time
 from pathlib import Path
 
 import asyncpg
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child process (preexec_fn): get SIGTERM when the parent dies, so a crash orphans nothing."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        return
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -112,6 +123,7 @@ class EmbeddedNats:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         log_file.close()
         deadline = time.monotonic() + timeout

@@ -9,7 +9,6 @@ stops everything it started, leaving no process behind. A part that is not insta
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import importlib.util
 import json
 import logging
@@ -27,7 +26,7 @@ from typing import Any
 
 from tccal import secrets
 from tccal.config.schema import SERVICE_NAMES
-from tccal.embedded import EmbeddedNats, EmbeddedPostgres, create_database, free_port
+from tccal.embedded import EmbeddedNats, EmbeddedPostgres, create_database, die_with_parent, free_port
 
 log = logging.getLogger(__name__)
 SERVICE_MODULES = {
@@ -46,15 +45,6 @@ DEMO_PEOPLE = [
     ("dave", "Dave Delegate"),
     ("erin", "Erin Evans"),
 ]
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the sandbox itself dies, so nothing is orphaned."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        return
 
 
 def installed(module: str) -> bool:
@@ -78,7 +68,7 @@ class Child:
             self.ready_file.unlink()
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
-                self.argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+                self.argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent
             )
 
     @property
@@ -114,6 +104,9 @@ class Sandbox:
     python: str = sys.executable
     children: list[Child] = field(default_factory=list)
     ready: dict[str, Any] = field(default_factory=dict)
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+    extra_mailboxes: int = 0
+    configured_users: str = "all"
     _pg: EmbeddedPostgres | None = None
     _nats: EmbeddedNats | None = None
 
@@ -216,7 +209,7 @@ class Sandbox:
                 ],
                 "mailboxes": [
                     {"email": f"{local}@{SANDBOX_DOMAIN}", "display_name": name, "password": f"{local}-password"}
-                    for local, name in DEMO_PEOPLE
+                    for local, name in self.people()
                 ],
                 "delegates": [
                     {"owner": f"alice@{SANDBOX_DOMAIN}", "delegate": f"dave@{SANDBOX_DOMAIN}", "rights": "Editor"}
@@ -257,6 +250,11 @@ class Sandbox:
                     "delegates": {f"alice@{SANDBOX_DOMAIN}": [f"dave@{SANDBOX_DOMAIN}"]},
                 }
 
+    def people(self) -> list[tuple[str, str]]:
+        """The demo organization plus `extra_mailboxes` numbered users (user001 ...)."""
+        extra = [(f"user{i:03d}", f"User {i:03d}") for i in range(1, self.extra_mailboxes + 1)]
+        return DEMO_PEOPLE + extra
+
     def _stable_secret(self, name: str) -> str:
         """A random secret made once per state dir (restarts of the sandbox keep working credentials)."""
         path = self.state_dir / "secrets" / name
@@ -278,7 +276,8 @@ class Sandbox:
             "secret": self._stable_secret("bridge-secret"),
             "gateway_url": self.ready["services"]["tcs-gateway"]["ws"],
             "users": [
-                {"id": local, "email": f"{local}@{SANDBOX_DOMAIN}", "display_name": name} for local, name in DEMO_PEOPLE
+                {"id": local, "email": f"{local}@{SANDBOX_DOMAIN}", "display_name": name}
+                for local, name in self.people()
             ],
             "oauth": {"client_id": "tc-calendar-connector", "client_secret": self._stable_secret("oauth-secret")},
             "port": port,
@@ -330,7 +329,9 @@ class Sandbox:
                             "password": self.encrypt(exchange["service_account"]["password"]),
                         }
                     ],
-                    "users": exchange["mailboxes"],
+                    "users": exchange["mailboxes"]
+                    if self.configured_users == "all"
+                    else [f"{local}@{SANDBOX_DOMAIN}" for local, _ in DEMO_PEOPLE],
                 }
             ]
         if installed("trueconf_emulator"):
@@ -361,7 +362,8 @@ class Sandbox:
                 "authorityPublicKey": registration["public_key"],
                 "registrationUrl": registration["url"],
             }
-        config.update(extra or {})
+        deep_merge(config, extra or {})
+        deep_merge(config, self.config_overrides)
         self.config_path.write_text(json.dumps(config, indent=2))
         self.ready["config"] = str(self.config_path)
         self.ready["services"] = {
@@ -385,7 +387,7 @@ class Sandbox:
 
     def register_license(self, tier: str = "standard", seats: int = 100) -> None:
         """Issue a key at the registration authority and register it as the guide says (tc_calendar --register)."""
-        if "registration" not in self.ready or not installed("licensing"):
+        if tier == "none" or "registration" not in self.ready or not installed("licensing"):
             return
         state = str(self.state_dir / "registration")
         key = subprocess.run(
@@ -428,6 +430,18 @@ class Sandbox:
                 raise TimeoutError(f"not ready after {timeout:.0f}s: {names}")
             time.sleep(0.2)
 
+    def seed_demo(self) -> list[str]:
+        """The demo meetings, written through EWS as Outlook would (needs the Exchange emulator and ews-ingest)."""
+        exchange = self.ready.get("exchange")
+        if not exchange or not installed("ews_ingest"):
+            return []
+        from tccal.sandbox_demo import Ews, seed_demo
+
+        account = exchange["service_account"]
+        made = seed_demo(Ews(exchange["ews_url"], account["username"], account["password"]), SANDBOX_DOMAIN)
+        self.ready["demo"] = made
+        return made
+
     def write_ready_file(self, path: Path) -> None:
         self.ready["processes"] = {c.name: c.pid for c in self.children}
         if self._pg is not None and self._pg.pid:
@@ -458,6 +472,16 @@ class Sandbox:
             self._nats.stop()
         if self._pg is not None:
             self._pg.stop()
+
+
+def deep_merge(target: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Merge `extra` into `target` in place: objects key by key, anything else replaced."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            deep_merge(target[key], value)
+        else:
+            target[key] = value
+    return target
 
 
 def _http_ok(url: str) -> bool:

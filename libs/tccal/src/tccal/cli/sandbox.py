@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -82,8 +83,42 @@ def describe(ready: dict[str, Any], ready_path: Path) -> str:
 @click.option("--postgres-dsn", default=None, help="Use this PostgreSQL instead of an embedded one.")
 @click.option("--nats-url", default=None, help="Use this NATS (with JetStream) instead of an embedded one.")
 @click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for everything to be ready.")
+@click.option("--demo/--no-demo", default=True, show_default=True, help="Write the demo meetings through EWS.")
+@click.option(
+    "--license",
+    "license_tier",
+    type=click.Choice(["standard", "enterprise", "free", "none"]),
+    default="standard",
+    show_default=True,
+    help="License to register at start.",
+)
+@click.option("--seats", default=100, show_default=True, help="Seats of the registered license (not for free).")
+@click.option(
+    "--extra-mailboxes",
+    default=0,
+    show_default=True,
+    help="Numbered mailboxes (user001 ...) added to Exchange and TrueConf besides the demo people.",
+)
+@click.option(
+    "--configured-users",
+    type=click.Choice(["all", "demo"]),
+    default="all",
+    show_default=True,
+    help="Which mailboxes go into calendarProviders[].users (the rest are synced on demand).",
+)
+@click.option("--config-override", default="{}", help="JSON merged into the generated config.json.")
 def sandbox(
-    state_dir: str, ready_file: str | None, postgres_dsn: str | None, nats_url: str | None, timeout: float
+    state_dir: str,
+    ready_file: str | None,
+    postgres_dsn: str | None,
+    nats_url: str | None,
+    timeout: float,
+    demo: bool,
+    license_tier: str,
+    seats: int,
+    extra_mailboxes: int,
+    configured_users: str,
+    config_override: str,
 ) -> None:
     """Run the whole connector with emulated Exchange and TrueConf Server until interrupted (Ctrl+C)."""
     stop = threading.Event()
@@ -91,7 +126,20 @@ def sandbox(
         signal.signal(sig, lambda *_: stop.set())
     state = Path(state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
-    box = Sandbox(state, postgres_dsn=postgres_dsn, nats_url=nats_url)
+    try:
+        overrides = json.loads(config_override)
+    except ValueError as exc:
+        raise click.BadParameter(f"{config_override!r} is not JSON: {exc}", param_hint="--config-override") from exc
+    if not isinstance(overrides, dict):
+        raise click.BadParameter(f"{config_override!r} is not a JSON object", param_hint="--config-override")
+    box = Sandbox(
+        state,
+        postgres_dsn=postgres_dsn,
+        nats_url=nats_url,
+        config_overrides=overrides,
+        extra_mailboxes=extra_mailboxes,
+        configured_users=configured_users,
+    )
     try:
         db, url = box.start_infrastructure()
         box.start_emulators()
@@ -99,7 +147,9 @@ def sandbox(
         box.start_services()
         box.start_trueconf()
         box.wait_ready(timeout)
-        box.register_license()
+        box.register_license(license_tier, seats)
+        if demo:
+            box.seed_demo()
         ready_path = Path(ready_file) if ready_file else state / "ready.json"
         box.write_ready_file(ready_path)
         click.echo(describe(box.ready, ready_path))
@@ -111,8 +161,8 @@ def sandbox(
                     click.echo(child.log_tail(), err=True)
                     stop.set()
             stop.wait(0.5)
-    except (RuntimeError, TimeoutError, OSError) as exc:
-        click.echo(f"sandbox failed: {exc}", err=True)
+    except Exception as exc:  # whatever failed, stop what was started and say why
+        click.echo(f"sandbox failed: {type(exc).__name__}: {exc}", err=True)
         box.stop()
         sys.exit(1)
     box.stop()
