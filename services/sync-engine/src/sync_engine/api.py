@@ -57,7 +57,8 @@ class SyncApi(sync_pb2_grpc.SyncServiceServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"to ({end.isoformat()}) is before from ({start.isoformat()})"
             )
-        async with engine.pool.acquire() as connection:
+        async with engine.pool.acquire() as connection, connection.transaction(isolation="repeatable_read"):
+            # one snapshot: the list and the seq it is current at (a push with a higher seq is newer than it)
             rows = await connection.fetch(
                 "SELECT occurrence FROM shown WHERE user_email = $1"
                 " AND ((start_at < $3 AND end_at > $2) OR (start_at = end_at AND start_at >= $2 AND start_at < $3))"
@@ -66,7 +67,8 @@ class SyncApi(sync_pb2_grpc.SyncServiceServicer):
                 start,
                 end,
             )
-        response = sync_pb2.ListEventsResponse()
+            seq = await connection.fetchval("SELECT seq FROM user_seq WHERE user_email = $1", user)
+        response = sync_pb2.ListEventsResponse(seq=int(seq or 0))
         for row in rows:
             response.occurrences.append(calendar_pb2.Occurrence.FromString(bytes(row["occurrence"])))
         return response

@@ -101,6 +101,8 @@ class CommandBatch:
         stamped = calendar_pb2.Occurrence()
         stamped.CopyFrom(occurrence)
         set_timestamp(stamped.updated_at, self.cause.created_at)
+        command.calendar_cancel.occurrence.CopyFrom(stamped)
+        command.calendar_cancel.occurrence.cancelled = True
         shown = _ShownWrite(user, occurrence.id, occurrence.meeting_id, stamped, start, end)
         self._calendar("calendar_cancel", user, occurrence.id, occurrence.meeting_id, command, shown)
 

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+from tccal import telemetry
 from tccal.service import ServiceApp, run_service
-
-SERVICE = "tcs-gateway"
+from tcs_gateway.api import SERVICE_NAME, GatewayApi
+from tcs_gateway.config import SERVICE, GatewaySettings
+from tcs_gateway.gateway import Gateway
+from trueconf.calendar.v1 import gateway_pb2_grpc
 
 
 async def build(app: ServiceApp) -> None:
+    settings = GatewaySettings.from_config(app.config, app.secret)  # ValueError: exit code 2 naming the key
+    for server in settings.servers:
+        telemetry.register_secret(server.secret)
+        telemetry.register_secret(server.client_secret)
     bus = app.new_bus()
-    app.task(bus.connect)
+    gateway = Gateway(settings, bus, replicas=app.config.nats.replicas)
+    await gateway.start_listener()
+    app.grpc.add(gateway_pb2_grpc.add_GatewayServiceServicer_to_server, GatewayApi(gateway), SERVICE_NAME)
+
+    async def state_loaded() -> None:
+        if not gateway.started.is_set():
+            raise ConnectionError("served users not loaded from JetStream KV yet")
+
+    app.readiness.add("gateway-state", state_loaded)
+
+    async def run() -> None:
+        await gateway.run(app.stop_event)
+
+    app.task(run)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""The calendar bridge WebSocket (docs/bridge-protocol.md): server, sessions, frames, events, queue."""

@@ -1,0 +1,229 @@
+"""The event object of the bridge protocol (§5.1) built from a sync-engine `Occurrence`, push sequence numbers,
+and snapshot chunks.
+
+Sequence numbers (§4). The sync-engine numbers every calendar command per user (`CalendarUpsert.seq`, …) and
+`SyncService.ListEvents` tells the user's latest number `S` at the moment it read the list. A snapshot built
+from that list supersedes every push up to `S`, yet it needs a `seq` of its own that is above everything TCS
+has applied and below the next command's. So the wire `seq` is scaled: a command with engine number `n` is
+pushed with `n × SEQ_SCALE`, and the k-th snapshot taken at `S` gets `S × SEQ_SCALE + k` (k ≥ 1, remembered
+per server and user in the gateway's state, so it keeps growing across reconnects and restarts).
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tcs_gateway.bridge.framing import encoded_size, format_instant
+from trueconf.calendar.v1 import calendar_pb2, common_pb2
+
+SEQ_SCALE = 1_000_000
+MAX_SEQ = 9_007_199_254_740_991
+MAX_ENGINE_SEQ = MAX_SEQ // SEQ_SCALE - 1
+MAX_BODY = 65_536
+MAX_TEXT = 1024
+MAX_NAME = 256
+MAX_ATTENDEES = 2000
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+_ZONE = re.compile(r"^(UTC|[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)+)$")
+_CONFERENCE_ID = re.compile(r"^[A-Za-z0-9_]{1,128}$")
+_JOIN_URL = re.compile(r"^https://[^/\s?#]+/c/([A-Za-z0-9_]{1,128})$")
+
+_RESPONSES = {
+    common_pb2.RESPONSE_TYPE_ACCEPT: "accepted",
+    common_pb2.RESPONSE_TYPE_TENTATIVE: "tentative",
+    common_pb2.RESPONSE_TYPE_DECLINE: "declined",
+    common_pb2.RESPONSE_TYPE_ORGANIZER: "organizer",
+}
+_ROLES = {
+    common_pb2.ATTENDEE_ROLE_OPTIONAL: "optional",
+    common_pb2.ATTENDEE_ROLE_RESOURCE: "resource",
+}
+
+
+class EventError(ValueError):
+    """The occurrence cannot be shown (the message names the field and value)."""
+
+
+def push_seq(engine_seq: int) -> int:
+    if not 1 <= engine_seq <= MAX_ENGINE_SEQ:
+        raise EventError(f"seq {engine_seq} is outside 1..{MAX_ENGINE_SEQ}")
+    return engine_seq * SEQ_SCALE
+
+
+def list_seq(engine_seq: int, last_snapshot_seq: int) -> int:
+    """`seq` of a getCalendarList reply built from a list read at `engine_seq`."""
+    return max(min(engine_seq, MAX_ENGINE_SEQ) * SEQ_SCALE, last_snapshot_seq)
+
+
+def snapshot_seq(engine_seq: int, last_snapshot_seq: int) -> int:
+    """A fresh snapshot `seq` for a list read at `engine_seq`, above the previous snapshot's `last_snapshot_seq`."""
+    floor = min(engine_seq, MAX_ENGINE_SEQ) * SEQ_SCALE
+    candidate = max(floor, last_snapshot_seq) + 1
+    ceiling = floor + SEQ_SCALE - 1
+    if last_snapshot_seq < ceiling:
+        return min(candidate, ceiling)
+    # Either SEQ_SCALE - 1 snapshots were taken at this engine seq (then TCS ignores this one as a duplicate,
+    # which is harmless: nothing changed since), or the engine's numbering went backwards.
+    return min(candidate, MAX_SEQ)
+
+
+def _text(value: str, limit: int) -> str:
+    return value if len(value) <= limit else value[:limit]
+
+
+def _instant(stamp: Timestamp, fallback: datetime | None = None) -> datetime:
+    if stamp.seconds == 0 and stamp.nanos == 0 and fallback is not None:
+        return fallback
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def time_zone(name: str) -> str:
+    if name == "UTC" or not name:
+        return "UTC"
+    if not _ZONE.match(name) or len(name) > 64:
+        return "UTC"
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return "UTC"
+    return name
+
+
+def _email(value: str) -> str | None:
+    email = value.strip().lower()
+    if not email or len(email) > 254 or not _EMAIL.match(email):
+        return None
+    return email
+
+
+def _name(value: str) -> str | None:
+    return _text(value, MAX_NAME) if value else None
+
+
+def conference_of(link: common_pb2.ConferenceLink, server_host: str) -> dict[str, str] | None:
+    """The event's `conference`: the engine's join link when well-formed, else one built for `server_host`."""
+    if not link.id or not _CONFERENCE_ID.match(link.id):
+        return None
+    match = _JOIN_URL.match(link.url)
+    if match is not None and match.group(1) == link.id and len(link.url) <= 512:
+        return {"id": link.id, "url": link.url}
+    return {"id": link.id, "url": f"https://{server_host}/c/{link.id}"}
+
+
+def build_event(
+    occurrence: calendar_pb2.Occurrence, user: str, seq: int, *, server_host: str, cancelled: bool | None = None
+) -> dict[str, Any]:
+    """The protocol's event object for `user`'s calendar (every field present, private events masked)."""
+    user = user.lower()
+    if not occurrence.id:
+        raise EventError("occurrence.id is empty")
+    now = datetime.now(UTC)
+    start = _instant(occurrence.start, now)
+    end = _instant(occurrence.end, start)
+    if end < start:
+        end = start
+    private = bool(occurrence.private)
+    organizer_email = _email(occurrence.organizer.email)
+    organizer_name = _name(occurrence.organizer.name)
+    attendees: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    if organizer_email is None:
+        # Exchange did not say who organizes it: the event still shows, organized by "someone unknown".
+        organizer_email = "unknown-organizer@invalid"
+    attendees.append({"email": organizer_email, "name": organizer_name, "role": "required", "response": "organizer"})
+    seen.add(organizer_email)
+    for attendee in occurrence.attendees:
+        email = _email(attendee.person.email)
+        if email is None or email in seen:
+            continue
+        seen.add(email)
+        response = _RESPONSES.get(attendee.response, "none")
+        if response == "organizer":
+            response = "none"
+        attendees.append(
+            {
+                "email": email,
+                "name": _name(attendee.person.name),
+                "role": _ROLES.get(attendee.role, "required"),
+                "response": response,
+            }
+        )
+        if len(attendees) >= MAX_ATTENDEES:
+            break
+    if user == organizer_email:
+        my_response = "organizer"
+    else:
+        my_response = _RESPONSES.get(occurrence.my_response, "")
+        if my_response == "organizer":
+            my_response = "none"
+        mine = next((a for a in attendees if a["email"] == user), None)
+        if not my_response:
+            my_response = mine["response"] if mine is not None else "none"
+        elif mine is not None:
+            mine["response"] = my_response
+    return {
+        "id": _text(occurrence.id, 512),
+        "meetingId": _text(occurrence.meeting_id or occurrence.id, 512),
+        "uid": _text(occurrence.uid or occurrence.meeting_id or occurrence.id, 1024),
+        "subject": None if private else _text(occurrence.subject, MAX_TEXT),
+        "body": None if private else _text(occurrence.body, MAX_BODY),
+        "location": None if private else _text(occurrence.location, MAX_TEXT),
+        "start": format_instant(start),
+        "end": format_instant(end),
+        "allDay": bool(occurrence.all_day),
+        "timeZone": time_zone(occurrence.time_zone),
+        "cancelled": bool(occurrence.cancelled) if cancelled is None else cancelled,
+        "private": private,
+        "organizer": {"email": organizer_email, "name": organizer_name},
+        "attendees": [] if private else attendees,
+        "myResponse": my_response,
+        "recurring": bool(occurrence.recurring),
+        "conference": None if private else conference_of(occurrence.conference, server_host),
+        "updatedAt": format_instant(_instant(occurrence.updated_at, now)),
+        "seq": seq,
+    }
+
+
+def fit_event(event: dict[str, Any], budget: int, user: str) -> dict[str, Any]:
+    """Shrink an event that would not fit in `budget` bytes: fewer attendees (the organizer and the user stay),
+    then a shorter body."""
+    if encoded_size(event) <= budget:
+        return event
+    slim = dict(event)
+    keep = [a for a in event["attendees"] if a["response"] == "organizer" or a["email"] == user]
+    slim["attendees"] = keep
+    if encoded_size(slim) <= budget:
+        return slim
+    body = slim.get("body")
+    while isinstance(body, str) and body and encoded_size(slim) > budget:
+        body = body[: len(body) // 2]
+        slim["body"] = body
+    return slim
+
+
+def overlaps(event: dict[str, Any], window_from: datetime, window_to: datetime) -> bool:
+    start = datetime.fromisoformat(event["start"].replace("Z", "+00:00"))
+    end = datetime.fromisoformat(event["end"].replace("Z", "+00:00"))
+    if start == end:
+        return window_from <= start < window_to
+    return start < window_to and end > window_from
+
+
+def chunk_events(events: Iterable[dict[str, Any]], budget: int) -> list[list[dict[str, Any]]]:
+    """Split events into chunks whose JSON stays within `budget` bytes (an empty list is one empty chunk)."""
+    chunks: list[list[dict[str, Any]]] = [[]]
+    size = 2
+    for event in events:
+        length = encoded_size(event) + 1
+        if chunks[-1] and size + length > budget:
+            chunks.append([])
+            size = 2
+        chunks[-1].append(event)
+        size += length
+    return chunks

@@ -1,0 +1,1 @@
+"""TrueConf Server REST API v4: tokens, requests, users, conferences."""

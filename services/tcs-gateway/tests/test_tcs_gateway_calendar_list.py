@@ -1,0 +1,91 @@
+"""getCalendarList (docs/bridge-protocol.md §6.2): answered from SyncService; a mailbox not synced yet is asked
+for on `calendar.v1.control.ondemand.<mailbox-key>`; SyncService trouble is reported and snapshots wait for it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from nats.aio.msg import Msg
+from tcs_gateway_testkit import (
+    SERVER_ID,
+    World,
+    admin,
+    bridge_state,
+    calendar,
+    occurrence,
+    poll,
+    wait_connected,
+)
+
+from tcs_gateway.ondemand import ondemand_subject
+from trueconf.calendar.v1 import commands_pb2, ingest_pb2
+
+
+async def test_calendar_lists_and_on_demand_sync_requests(world: World) -> None:
+    requests: list[Msg] = []
+
+    async def collect(message: Msg) -> None:
+        requests.append(message)
+
+    await world.commands.bus.nc.subscribe("calendar.v1.control.ondemand.>", cb=collect)
+    world.sync.fake.shown["bob@example.test"] = {"l1": occurrence("l1", attendees=[("bob@example.test", 4)])}
+    world.sync.fake.seq["bob@example.test"] = 3
+    gateway, tcs = await world.pair(users=["carol@example.test"])
+
+    def mailboxes() -> list[str]:
+        return sorted(ingest_pb2.ResyncMailboxRequest.FromString(m.data).mailbox for m in requests)
+
+    async def alice_asked() -> bool:
+        return mailboxes() == ["alice@example.test"]
+
+    # alice has nothing yet (seq 0): asked for; bob is synced; carol is a configured user (synced anyway).
+    await poll(alice_asked, what="the on-demand request for alice")
+    assert requests[0].subject == ondemand_subject("alice@example.test")
+    assert requests[0].subject == "calendar.v1.control.ondemand.alice@example%2Etest"
+    assert requests[0].headers is not None and requests[0].headers["Tc-Server-Id"] == SERVER_ID
+    assert [e["id"] for e in await calendar(tcs, "bob@example.test")] == ["l1"]
+    reply: dict[str, Any] = (await admin(tcs, "POST", "/bridge/request-calendar", {"user": "dave@example.test"}))[
+        "reply"
+    ]
+    assert reply["errorCode"] == 0 and reply["events"] == [] and reply["seq"] == 0
+    await poll(lambda: _has(mailboxes, "dave@example.test"), what="the on-demand request for dave")
+    await admin(tcs, "POST", "/bridge/request-calendar", {"user": "dave@example.test"})
+    await asyncio.sleep(0.2)
+    assert mailboxes().count("dave@example.test") == 1  # asked once, not on every list
+    assert "dave@example.test" in gateway.gateway.store.asked_users(SERVER_ID)
+    assert gateway.gateway.server_statuses().servers[0].users == 4
+
+    # SyncService down: the list fails with INTERNAL_ERROR and a retry hint, the error is shown.
+    world.sync.fake.unavailable = True
+    failed = (await admin(tcs, "POST", "/bridge/request-calendar", {"user": "bob@example.test"}))["reply"]
+    assert failed["errorCode"] == 8 and failed["retryAfterMs"] == 1000
+    assert any("UNAVAILABLE" in e for e in gateway.gateway.server_statuses().servers[0].last_errors)
+    # A reconnect while it is down: snapshots (and bob's pushes) wait until it is back.
+    before = int((await bridge_state(tcs))["pushes_received"].get("calendar.snapshot", 0))
+    await admin(tcs, "POST", "/bridge/drop", {"mode": "close", "code": 1000})
+    await wait_connected(tcs, connections=2)
+    push = world.commands.upsert_command("bob@example.test", occurrence("l2", attendees=[("bob@example.test", 4)]))
+    await world.commands.publish(push)
+    await poll(lambda: _queued(gateway), what="bob's push held back")
+    assert int((await bridge_state(tcs))["pushes_received"].get("calendar.snapshot", 0)) == before
+    world.sync.fake.unavailable = False
+    result = await world.commands.result_of(push.command_id)
+    assert result.status == commands_pb2.COMMAND_STATUS_OK
+    await poll(lambda: _snapshots(tcs, before + 3), what="snapshots for alice, bob and carol")
+    assert sorted(e["id"] for e in await calendar(tcs, "bob@example.test")) == ["l1", "l2"]
+    # dave is served too (TCS asked for him), but this TrueConf Server has no such user: refused, and shown.
+    errors = gateway.gateway.server_statuses().servers[0].last_errors
+    assert any("snapshot of dave@example.test refused: 12" in e for e in errors)
+
+
+async def _has(mailboxes: Any, mailbox: str) -> bool:
+    return mailbox in mailboxes()
+
+
+async def _queued(gateway: Any) -> bool:
+    return len(gateway.server().queue) == 1
+
+
+async def _snapshots(tcs: Any, count: int) -> bool:
+    return int((await bridge_state(tcs))["pushes_received"].get("calendar.snapshot", 0)) >= count

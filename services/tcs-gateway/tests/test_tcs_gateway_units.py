@@ -1,0 +1,215 @@
+"""Pure parts of the gateway: event objects (checked by the schema and by the TrueConf emulator's own rules),
+sequence numbers, snapshot chunks, conference schedules, settings."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tccal.config import Config
+from tccal.config.loader import parse_config_text
+from tcs_gateway.bridge.events import (
+    SEQ_SCALE,
+    build_event,
+    list_seq,
+    push_seq,
+    snapshot_seq,
+)
+from tcs_gateway.bridge.framing import FrameValidator, encoded_size, request_frame
+from tcs_gateway.config import GatewaySettings, ServerSettings
+from tcs_gateway.rest.conferences import conference_id_for, schedule_body
+from tcs_gateway.rest.http import retry_after_seconds
+from tcs_gateway.snapshot import cache_window, events_for, snapshot_payloads
+from trueconf.calendar.v1 import calendar_pb2, commands_pb2, common_pb2
+from trueconf_emulator.calendar import check_event, check_event_list, check_window
+
+VALIDATOR = FrameValidator()
+RESPONSES = list(common_pb2.ResponseType.values())
+ROLES = list(common_pb2.AttendeeRole.values())
+EMAILS = st.sampled_from(["alice@x.test", "bob@x.test", "carol@x.test", "Dave@X.test", "", "not-an-address"])
+
+
+def _stamp(moment: datetime) -> calendar_pb2.Occurrence:
+    occurrence = calendar_pb2.Occurrence()
+    occurrence.start.FromDatetime(moment)
+    return occurrence
+
+
+@st.composite
+def occurrences(draw: st.DrawFn) -> calendar_pb2.Occurrence:
+    start = datetime(2025, 6, 1, tzinfo=UTC) + timedelta(minutes=draw(st.integers(0, 60 * 24 * 60)))
+    value = calendar_pb2.Occurrence(
+        id=draw(st.text(min_size=1, max_size=40)),
+        meeting_id=draw(st.text(max_size=10)),
+        uid=draw(st.text(max_size=10)),
+        subject=draw(st.text(max_size=30)),
+        body=draw(st.text(max_size=30)),
+        location=draw(st.text(max_size=10)),
+        time_zone=draw(st.sampled_from(["Europe/Moscow", "UTC", "", "W. Europe Standard Time", "Mars/Base"])),
+        all_day=draw(st.booleans()),
+        cancelled=draw(st.booleans()),
+        private=draw(st.booleans()),
+        recurring=draw(st.booleans()),
+        organizer=common_pb2.Person(email=draw(EMAILS), name=draw(st.text(max_size=5))),
+        my_response=draw(st.sampled_from(RESPONSES)),
+    )
+    value.start.FromDatetime(start)
+    value.end.FromDatetime(start + timedelta(minutes=draw(st.integers(-30, 600))))
+    for _ in range(draw(st.integers(0, 5))):
+        value.attendees.add(
+            person=common_pb2.Person(email=draw(EMAILS), name=draw(st.text(max_size=5))),
+            role=draw(st.sampled_from(ROLES)),
+            response=draw(st.sampled_from(RESPONSES)),
+        )
+    if draw(st.booleans()):
+        value.conference.id = draw(st.sampled_from(["561849261795", "tcc_ab", "bad id!"]))
+        value.conference.url = draw(st.sampled_from(["", "https://video.x.test/c/561849261795", "ftp://x"]))
+    return value
+
+
+@settings(max_examples=150, deadline=None)
+@given(occurrences(), st.sampled_from(["alice@x.test", "bob@x.test", "dave@x.test"]), st.integers(1, 10**6))
+def test_every_event_is_valid_for_the_schema_and_the_emulator(
+    occurrence: calendar_pb2.Occurrence, user: str, engine_seq: int
+) -> None:
+    seq = push_seq(engine_seq)
+    event = build_event(occurrence, user, seq, server_host="video.x.test")
+    method = "calendar.cancel" if event["cancelled"] else "calendar.upsert"
+    frame = request_frame(1, method, {"user": user, "seq": seq, "event": event})
+    problem = VALIDATOR.problem(frame, f"{method}.request")
+    assert problem is None, (problem, event)
+    assert check_event(event, user, "event") is None, event
+    if event["private"]:
+        assert event["subject"] is None and event["attendees"] == [] and event["conference"] is None
+    else:
+        assert event["attendees"][0]["response"] == "organizer"
+
+
+def test_my_response_and_organizer() -> None:
+    occurrence = _stamp(datetime(2025, 6, 28, 8, tzinfo=UTC))
+    occurrence.id = "m"
+    occurrence.organizer.email = "Postman@Trust1.loc"
+    occurrence.attendees.add(person=common_pb2.Person(email="mail_test169@trust1.loc"), response=4)
+    occurrence.attendees.add(person=common_pb2.Person(email="postman@trust1.loc"), response=2)
+    organizer = build_event(occurrence, "postman@trust1.loc", 5, server_host="h")
+    assert organizer["myResponse"] == "organizer"
+    assert [a["email"] for a in organizer["attendees"]] == ["postman@trust1.loc", "mail_test169@trust1.loc"]
+    attendee = build_event(occurrence, "MAIL_TEST169@trust1.loc", 5, server_host="h")
+    assert attendee["myResponse"] == "accepted"
+    occurrence.my_response = common_pb2.RESPONSE_TYPE_TENTATIVE  # the user's own copy knows better
+    attendee = build_event(occurrence, "mail_test169@trust1.loc", 5, server_host="h")
+    assert attendee["myResponse"] == "tentative" and attendee["attendees"][1]["response"] == "tentative"
+    occurrence.conference.id = "561849261795"
+    assert build_event(occurrence, "x@y.z", 5, server_host="video.x.test")["conference"] == {
+        "id": "561849261795",
+        "url": "https://video.x.test/c/561849261795",
+    }
+
+
+def test_sequence_numbers() -> None:
+    assert push_seq(1043) == 1043 * SEQ_SCALE
+    first = snapshot_seq(1043, 0)
+    second = snapshot_seq(1043, first)
+    assert push_seq(1043) < first < second < push_seq(1044)
+    assert snapshot_seq(1044, second) == push_seq(1044) + 1
+    assert snapshot_seq(0, 0) == 1  # a user with no push yet
+    assert list_seq(1043, second) == second and list_seq(1044, second) == push_seq(1044)
+    ceiling = push_seq(7) + SEQ_SCALE - 1
+    assert snapshot_seq(7, ceiling - 1) == ceiling and snapshot_seq(7, ceiling) == ceiling + 1
+    with pytest.raises(ValueError, match="outside"):
+        push_seq(0)
+
+
+def test_snapshots_are_chunked_within_the_frame_limit() -> None:
+    start = datetime(2025, 6, 2, 8, tzinfo=UTC)
+    occurrences = []
+    for index in range(40):
+        occurrence = _stamp(start + timedelta(hours=index))
+        occurrence.id = f"occ-{index}"
+        occurrence.end.FromDatetime(start + timedelta(hours=index, minutes=30))
+        occurrence.organizer.email = "alice@x.test"
+        occurrence.body = "x" * 500
+        occurrences.append(occurrence)
+    outside = _stamp(datetime(2030, 1, 1, tzinfo=UTC))
+    outside.id = "outside"
+    outside.end.FromDatetime(datetime(2030, 1, 1, 1, tzinfo=UTC))
+    occurrences.append(outside)
+    window = (datetime(2025, 6, 1, tzinfo=UTC), datetime(2025, 7, 1, tzinfo=UTC))
+    events = events_for(occurrences, "alice@x.test", 77, window, server_host="h", budget=8000)
+    payloads = snapshot_payloads("alice@x.test", 77, window, events, 8192)
+    assert len(payloads) > 3
+    assert [p["chunkIndex"] for p in payloads] == list(range(len(payloads)))
+    assert {p["chunkCount"] for p in payloads} == {len(payloads)}
+    assert [e["id"] for p in payloads for e in p["events"]] == [f"occ-{i}" for i in range(40)]
+    for payload in payloads:
+        frame = request_frame(9, "calendar.snapshot", payload)
+        assert encoded_size(frame) <= 8192
+        assert VALIDATOR.problem(frame, "calendar.snapshot.request") is None
+        assert check_event_list(payload["events"], "alice@x.test", window, "events") is None
+    empty = snapshot_payloads("alice@x.test", 78, window, [], 8192)
+    assert [(p["chunkIndex"], p["chunkCount"], p["events"]) for p in empty] == [(0, 1, [])]
+
+
+def test_cache_window_follows_the_guide() -> None:
+    start, end = cache_window(datetime(2025, 6, 28, 15, 30, tzinfo=UTC), 2, 3)
+    assert (start, end) == (datetime(2025, 4, 28, tzinfo=UTC), datetime(2025, 9, 28, tzinfo=UTC))
+    assert isinstance(check_window(start.strftime("%Y-%m-%dT%H:%M:%SZ"), end.strftime("%Y-%m-%dT%H:%M:%SZ")), tuple)
+    start, end = cache_window(datetime(2025, 6, 28, tzinfo=UTC), 0, 0)
+    assert end - start == timedelta(days=1)
+
+
+def test_schedules_ids_and_retry_after() -> None:
+    schedule = commands_pb2.ConferenceSchedule(type=commands_pb2.SCHEDULE_TYPE_ONCE, duration_seconds=24 * 3600)
+    schedule.start.FromDatetime(datetime(2025, 6, 30, 7, tzinfo=UTC))  # a Monday
+    assert schedule_body(schedule) == {"type": "once", "start_time": 1751266800, "duration": 86_399}
+    schedule.type = commands_pb2.SCHEDULE_TYPE_WEEK
+    schedule.duration_seconds = 0
+    assert schedule_body(schedule)["days"] == ["monday"] and schedule_body(schedule)["duration"] == 60
+    assert schedule_body(commands_pb2.ConferenceSchedule(type=commands_pb2.SCHEDULE_TYPE_ONCE)) == {"type": "none"}
+    identifier = conference_id_for("040000008200E00074C5B7101A82E008")
+    assert re.fullmatch(r"[A-Za-z0-9_]{1,128}", identifier) and identifier == conference_id_for(
+        "040000008200E00074C5B7101A82E008"
+    )
+    assert conference_id_for("a") != conference_id_for("b")
+    assert retry_after_seconds("3") == 3.0 and retry_after_seconds(None) == 1.0 and retry_after_seconds("soon") == 1.0
+    later = (datetime.now(UTC) + timedelta(seconds=30)).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    assert 25 <= retry_after_seconds(later) <= 31
+
+
+def test_settings_from_the_connector_config(tmp_path: Path) -> None:
+    guide = Path(__file__).resolve().parents[3] / "docs" / "examples" / "config.guide.json"
+    document = parse_config_text(guide.read_text(encoding="utf-8"), "config.guide.json")
+    document["allowPlaintextPasswords"] = True
+    document["tcs"] = {
+        "servers": [
+            {
+                "id": "server.trueconf.name#vcs",
+                "secret": "s",
+                "restUrl": "https://video.example.com/api/v4/",
+                "clientId": "c",
+                "clientSecret": "cs",
+            }
+        ]
+    }
+    config = Config.model_validate(document)
+    settings = GatewaySettings.from_config(config, lambda value: value)
+    assert settings.ws_port == 4315 and settings.bridge_path == "/bridge/v1"
+    assert settings.configured_users == ("name1@example.com", "name2@example.com", "name3@example.com")
+    assert [s.id for s in settings.served_servers()] == ["server.trueconf.name#vcs"]
+    server = settings.served_servers()[0]
+    assert server.token_url == "https://video.example.com/oauth2/v1/token"
+    assert server.host == "server.trueconf.name"
+    assert (settings.window_backward_months, settings.window_forward_months) == (2, 3)
+    document["tcs"]["tlsCertFile"] = str(tmp_path / "missing.pem")
+    with pytest.raises(ValueError, match="tlsCertFile"):
+        GatewaySettings.from_config(Config.model_validate(document), lambda value: value)
+    document["tcs"].pop("tlsCertFile")
+    document["tcs"]["servers"][0]["restUrl"] = "video.example.com"
+    with pytest.raises(ValueError, match=r"tcs.servers\[0\].restUrl"):
+        GatewaySettings.from_config(Config.model_validate(document), lambda value: value)
+    assert ServerSettings("a#vcs", "s", "http://h:1/x/api/v4", "c", "s").token_url == "http://h:1/x/oauth2/v1/token"
