@@ -1,0 +1,1 @@
+"""Exchange access: credentials and endpoints, one bounded pool per credential, error classes."""

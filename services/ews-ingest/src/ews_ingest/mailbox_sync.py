@@ -1,0 +1,356 @@
+"""One sync pass of one mailbox: SyncFolderItems page by page, GetItem in batches, publish, checkpoint.
+
+SyncFolderItems on the calendar folder is the source of truth (it reports masters and single items). Each page's
+created and updated items are fetched with GetItem in batches (masters' modified occurrences too, for the subject,
+location and body an exception overrides), normalized and published to CALENDAR; deletions become delete changes.
+Only when every change of a page is acked by JetStream is the page's SyncState written to the KV checkpoint, so a
+restart resumes after the last fully published page and never re-reads unchanged items.
+
+First pass of a mailbox: with cache.autoSync every item that has not ended before the window's start
+(today - cache.backward months) is published (origin INITIAL_LOAD); without it the pages are only walked to take the
+SyncState baseline (nothing published: only changes from now on). The forward bound is not applied here: an item
+beyond today + cache.forward months enters the window as days pass without changing, and Exchange would never
+report it again - the sync-engine materializes occurrences only inside its window, so publishing it costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dateutil.relativedelta import relativedelta
+from exchangelib import CalendarItem
+from exchangelib.errors import ErrorItemNotFound
+from exchangelib.fields import FieldPath
+from exchangelib.items import ID_ONLY
+from exchangelib.services import SyncFolderItems
+
+from ews_ingest.conference_marker import MarkerParser
+from ews_ingest.exchange.errors import describe
+from ews_ingest.exchange.pool import CredentialPool
+from ews_ingest.normalize import NormalizationError, normalize, plain_utc, timestamp
+from ews_ingest.state import Checkpoint, Quarantined, StateStore
+from trueconf.calendar.v1 import calendar_pb2
+
+log = logging.getLogger(__name__)
+#: Fields SyncFolderItems returns besides ItemId/ChangeKey: enough to keep the window without a GetItem.
+SYNC_FIELDS = ("start", "end", "type", "last_modified_time")
+QUARANTINED = "calendar item quarantined"
+
+
+@dataclass(frozen=True)
+class Window:
+    start: dt.datetime
+    end: dt.datetime
+
+    @classmethod
+    def around(cls, now: dt.datetime, backward_months: int, forward_months: int) -> Window:
+        today = dt.datetime(now.year, now.month, now.day, tzinfo=dt.UTC)
+        return cls(today - relativedelta(months=backward_months), today + relativedelta(months=forward_months))
+
+    def holds(self, start: Any, end: Any) -> bool:
+        """Whether [start, end] touches the window (dates count as whole UTC days)."""
+        if start is None or end is None:
+            return True
+        return _as_instant(end) >= self.start and _as_instant(start) <= self.end
+
+    def still_relevant(self, end: Any) -> bool:
+        """Whether something ending at `end` is in the window now or will be: it has not ended before its start."""
+        return end is None or _as_instant(end) >= self.start
+
+
+def _as_instant(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return plain_utc(value) if value.tzinfo else dt.datetime(*value.timetuple()[:6], tzinfo=dt.UTC)
+    return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+
+
+Publish = Callable[[calendar_pb2.CalendarChange, str], Awaitable[bool]]
+#: Told of every published change: (mailbox, item id, event or None for a deletion).
+Observer = Callable[[str, str, calendar_pb2.CalendarEvent | None], None]
+
+
+@dataclass
+class SyncResult:
+    published: int = 0
+    duplicates: int = 0
+    deleted: int = 0
+    quarantined: int = 0
+    pages: int = 0
+    fetched: int = 0
+    newest_modified: dt.datetime | None = None
+
+
+@dataclass
+class MailboxContext:
+    """What a sync of one mailbox works with (owned by the scheduler's entry for that mailbox)."""
+
+    provider: str
+    mailbox: str
+    pool: CredentialPool
+    store: StateStore
+    publish: Publish
+    marker: MarkerParser
+    checkpoint: Checkpoint
+    quarantine: dict[str, Quarantined] = field(default_factory=dict)
+    observers: list[Observer] = field(default_factory=list)
+
+
+class MailboxSync:
+    def __init__(
+        self,
+        ctx: MailboxContext,
+        *,
+        auto_sync: bool,
+        window: Window,
+        page_size: int,
+        batch_size: int,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.auto_sync = auto_sync
+        self.window = window
+        self.page_size = page_size
+        self.batch_size = batch_size
+        self.stop = stop
+        self.result = SyncResult()
+        self._quarantine_dirty = False
+
+    # ------------------------------------------------------------------ entry points
+    async def sync(self) -> SyncResult:
+        """Incremental sync from the checkpoint (or the first pass when there is none)."""
+        checkpoint = self.ctx.checkpoint
+        if checkpoint.initial_done:
+            origin = calendar_pb2.CHANGE_ORIGIN_SYNC
+            await self._walk(checkpoint.sync_state, origin, publish=True, in_window_only=False)
+        else:
+            origin = calendar_pb2.CHANGE_ORIGIN_INITIAL_LOAD
+            await self._walk(checkpoint.sync_state, origin, publish=self.auto_sync, in_window_only=True)
+        await self._save_quarantine()
+        return self.result
+
+    async def resync(self, since: dt.datetime | None, token: str) -> SyncResult:
+        """Read the whole mailbox again (fresh SyncState) and publish every item not ended before the window (or
+        those modified since `since`). Dedupe ids carry `token` so JetStream does not drop what it saw minutes ago."""
+        await self._walk(
+            None, calendar_pb2.CHANGE_ORIGIN_RESYNC, publish=True, in_window_only=True, since=since, token=token
+        )
+        await self._save_quarantine()
+        return self.result
+
+    # ------------------------------------------------------------------ the walk
+    async def _walk(
+        self,
+        sync_state: str | None,
+        origin: calendar_pb2.ChangeOrigin.ValueType,
+        *,
+        publish: bool,
+        in_window_only: bool,
+        since: dt.datetime | None = None,
+        token: str = "",
+    ) -> None:
+        ctx = self.ctx
+        calendar = await ctx.pool.call(ctx.mailbox, "GetFolder", lambda account: account.calendar)
+        fields = {FieldPath(field=CalendarItem.get_field_by_fieldname(name)) for name in SYNC_FIELDS}
+        page_size = self.page_size
+        while True:
+            before = sync_state
+
+            def page(account: Any, state: str | None = sync_state) -> tuple[list[tuple[str, Any]], str, bool]:
+                service = SyncFolderItems(account=account)
+                changes = list(
+                    service.call(
+                        folder=calendar,
+                        shape=ID_ONLY,
+                        additional_fields=fields,
+                        sync_state=state,
+                        ignore=None,
+                        max_changes_returned=page_size,
+                        sync_scope=None,
+                    )
+                )
+                return changes, service.sync_state, bool(service.includes_last_item_in_range)
+
+            changes, sync_state, last = await ctx.pool.call(ctx.mailbox, "SyncFolderItems", page)
+            self.result.pages += 1
+            if publish:
+                await self._publish_page(changes, origin, in_window_only=in_window_only, since=since, token=token)
+            unchanged = not changes and sync_state == before and ctx.checkpoint.initial_done
+            ctx.checkpoint.sync_state = sync_state
+            if last or sync_state == before:
+                ctx.checkpoint.initial_done = True
+            if not unchanged:  # a quiet mailbox costs no KV write
+                await ctx.store.save_checkpoint(ctx.checkpoint)
+            if last or sync_state == before:
+                return
+            if self.stop is not None and self.stop.is_set():
+                return  # shutting down: the next start resumes after this checkpointed page
+
+    async def _publish_page(
+        self,
+        changes: list[tuple[str, Any]],
+        origin: calendar_pb2.ChangeOrigin.ValueType,
+        *,
+        in_window_only: bool,
+        since: dt.datetime | None,
+        token: str,
+    ) -> None:
+        ordered: list[tuple[str, str, Any]] = []  # (kind, item_id, sync item) in Exchange's order
+        wanted: list[tuple[str, str]] = []
+        for kind, item in changes:
+            if kind == "delete":
+                ordered.append(("delete", item.id, None))
+                continue
+            if kind not in ("create", "update") or not isinstance(item, CalendarItem):
+                continue
+            if (
+                since is not None
+                and item.last_modified_time is not None
+                and _as_instant(item.last_modified_time) < since
+            ):
+                continue
+            if in_window_only and item.type != "RecurringMaster" and not self.window.still_relevant(item.end):
+                continue
+            ordered.append(("upsert", item.id, item))
+            wanted.append((item.id, item.changekey))
+        fetched = await self._fetch(wanted)
+        exceptions = await self._fetch_exceptions(fetched.values())
+        events: list[tuple[str, calendar_pb2.CalendarEvent | None]] = []
+        for kind, item_id, _ in ordered:
+            if kind == "delete":
+                events.append((item_id, None))
+                self._unquarantine(item_id)
+                continue
+            full = fetched.get(item_id)
+            if full is None:
+                continue  # gone between SyncFolderItems and GetItem: the next sync reports the deletion
+            if isinstance(full, Exception):
+                self._quarantine(item_id, "", describe(full))
+                continue
+            try:
+                normalized = normalize(full, marker=self.ctx.marker, exceptions=exceptions)
+            except NormalizationError as exc:
+                self._quarantine(item_id, full.changekey or "", str(exc))
+                continue
+            if (
+                in_window_only
+                and normalized.kind == calendar_pb2.ITEM_KIND_RECURRING_MASTER
+                and not self._series_in_window(full)
+            ):
+                continue
+            self._unquarantine(item_id)
+            modified = _as_instant(full.last_modified_time) if full.last_modified_time is not None else None
+            if modified is not None and (self.result.newest_modified is None or modified > self.result.newest_modified):
+                self.result.newest_modified = modified
+            events.append((item_id, normalized))
+        if not events:
+            return
+        checkpoint = self.ctx.checkpoint
+        if checkpoint.reserve(len(events)):
+            await self.ctx.store.save_checkpoint(checkpoint)
+        observed = timestamp(dt.datetime.now(dt.UTC))
+        for item_id, maybe in events:
+            change = self._change(item_id, maybe, origin, token)
+            change.sequence = checkpoint.next_sequence()
+            change.observed_at.CopyFrom(observed)
+            stored = await self.ctx.publish(change, change.change_id)
+            if stored:
+                self.result.published += 1
+                checkpoint.changes_published += 1
+            else:
+                self.result.duplicates += 1
+            if maybe is None:
+                self.result.deleted += 1
+            for observe in self.ctx.observers:
+                observe(self.ctx.mailbox, item_id, maybe)
+
+    def _change(
+        self,
+        item_id: str,
+        event: calendar_pb2.CalendarEvent | None,
+        origin: calendar_pb2.ChangeOrigin.ValueType,
+        token: str,
+    ) -> calendar_pb2.CalendarChange:
+        mailbox = self.ctx.mailbox
+        if event is None:
+            change_id = f"{mailbox}/{item_id}/deleted"
+            change = calendar_pb2.CalendarChange(type=calendar_pb2.CHANGE_TYPE_DELETE)
+        else:
+            change_id = f"{mailbox}/{item_id}/{event.change_key}"
+            change = calendar_pb2.CalendarChange(type=calendar_pb2.CHANGE_TYPE_UPSERT)
+            change.event.CopyFrom(event)
+        if token:
+            change_id = f"{change_id}/resync/{token}"
+        change.change_id = change_id
+        change.provider = self.ctx.provider
+        change.mailbox = mailbox
+        change.item_id = item_id
+        change.origin = origin
+        return change
+
+    def _series_in_window(self, master: Any) -> bool:
+        """Whether a series still has occurrences at or after the window's start."""
+        last = master.last_occurrence
+        if last is not None and last.end is not None and _as_instant(last.end) < self.window.start:
+            return False
+        boundary = getattr(master.recurrence, "boundary", None)
+        end_date = getattr(boundary, "end", None)
+        return not (end_date is not None and _as_instant(end_date) + dt.timedelta(days=1) < self.window.start)
+
+    # ------------------------------------------------------------------ GetItem
+    async def _fetch(self, wanted: list[tuple[str, str]]) -> dict[str, Any]:
+        """Full items by id, in batches; an item Exchange could not return maps to its error (not found: absent)."""
+        out: dict[str, Any] = {}
+        ctx = self.ctx
+        for start in range(0, len(wanted), self.batch_size):
+            batch = wanted[start : start + self.batch_size]
+
+            def get(account: Any, ids: list[tuple[str, str]] = batch) -> list[Any]:
+                return list(account.fetch(ids=ids, folder=account.calendar, chunk_size=len(ids)))
+
+            items = await ctx.pool.call(ctx.mailbox, "GetItem", get)
+            self.result.fetched += len(batch)
+            for (item_id, _), item in zip(batch, items, strict=True):
+                if isinstance(item, ErrorItemNotFound):
+                    continue
+                out[item_id] = item
+        return out
+
+    async def _fetch_exceptions(self, items: Iterable[Any]) -> dict[str, Any]:
+        wanted: list[tuple[str, str]] = []
+        for item in items:
+            if isinstance(item, Exception) or getattr(item, "type", None) != "RecurringMaster":
+                continue
+            for occurrence in item.modified_occurrences or []:
+                if occurrence.id:
+                    wanted.append((occurrence.id, occurrence.changekey))
+        if not wanted:
+            return {}
+        fetched = await self._fetch(wanted)
+        return {k: v for k, v in fetched.items() if not isinstance(v, Exception)}
+
+    # ------------------------------------------------------------------ quarantine
+    def _quarantine(self, item_id: str, change_key: str, reason: str) -> None:
+        self.result.quarantined += 1
+        known = self.ctx.quarantine.get(item_id)
+        if known is None or known.change_key != change_key or known.reason != reason:
+            self.ctx.quarantine[item_id] = Quarantined(change_key=change_key, reason=reason)
+            self._quarantine_dirty = True
+        log.error(
+            QUARANTINED,
+            extra={"mailbox": self.ctx.mailbox, "item_id": item_id, "change_key": change_key, "reason": reason},
+        )
+
+    def _unquarantine(self, item_id: str) -> None:
+        if self.ctx.quarantine.pop(item_id, None) is not None:
+            self._quarantine_dirty = True
+            log.info("calendar item left quarantine", extra={"mailbox": self.ctx.mailbox, "item_id": item_id})
+
+    async def _save_quarantine(self) -> None:
+        if self._quarantine_dirty:
+            await self.ctx.store.save_quarantine(self.ctx.mailbox, self.ctx.quarantine)
+            self._quarantine_dirty = False

@@ -1,0 +1,374 @@
+"""Which mailbox syncs when.
+
+Every mailbox ews-ingest knows has an entry: its provider, the credential serving it (mailboxes are spread over a
+provider's credentials, fewest mailboxes first), its seat, state and counters. A mailbox with a seat is synced
+when something says it changed (a streaming notification, a catch-up after a stream gap, a control message), when
+it gets its seat, and at the latest every `safety_sync_seconds` (every `poll_seconds` when no streaming connection
+had room for it). One sync of a mailbox runs at a time; a trigger during a sync runs another one right after.
+A failed sync logs `failed to getCalendarList` with the mailbox and the cause, marks the mailbox ERROR and is
+retried with jittered exponential back-off - the other mailboxes carry on (workers and EWS connections are shared,
+per-credential bounds are kept by the credential pools).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import itertools
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from opentelemetry import trace
+
+from ews_ingest.conference_marker import MarkerParser
+from ews_ingest.exchange.errors import describe
+from ews_ingest.exchange.pool import CredentialPool, random_jitter
+from ews_ingest.mailbox_sync import MailboxContext, MailboxSync, Observer, Publish, SyncResult, Window
+from ews_ingest.settings import IngestSettings
+from ews_ingest.state import StateStore
+from tccal import telemetry
+from tccal.retry import backoff_delay
+from trueconf.calendar.v1 import ingest_pb2
+
+log = logging.getLogger(__name__)
+CALENDAR_UNREADABLE = "failed to getCalendarList"
+PRIORITY = {
+    "notification": 0,
+    "resync": 0,
+    "on-demand": 0,
+    "seat": 1,
+    "catch-up": 1,
+    "safety": 2,
+    "poll": 2,
+    "retry": 2,
+}
+
+_meter = telemetry.meter("ews_ingest")
+_syncs = _meter.create_counter("ews_ingest_mailbox_syncs", description="Mailbox syncs by outcome")
+_published = _meter.create_counter("ews_ingest_changes_published", description="CalendarChanges stored in CALENDAR")
+_sync_seconds = _meter.create_histogram("ews_ingest_sync_seconds", unit="s", description="Duration of mailbox syncs")
+
+
+@dataclass
+class MailboxEntry:
+    mailbox: str
+    provider: str
+    configured: bool
+    pool: CredentialPool
+    state: ingest_pb2.MailboxState.ValueType = ingest_pb2.MAILBOX_STATE_PENDING
+    seat: bool = False
+    last_sync: dt.datetime | None = None
+    last_error: str = ""
+    last_error_at: dt.datetime | None = None
+    lag_seconds: float = 0.0
+    context: MailboxContext | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    queued: int | None = None  # priority it is queued with
+    dirty: bool = False
+    failures: int = 0
+    next_due: float = 0.0
+    noticed_at: float | None = None
+    streamed: bool = False
+    syncs: int = 0
+    sync_started: float = 0.0  # monotonic start of the latest sync
+
+    @property
+    def credential(self) -> str:
+        return self.pool.login
+
+    @property
+    def changes_published(self) -> int:
+        return self.context.checkpoint.changes_published if self.context else 0
+
+    def status(self) -> ingest_pb2.MailboxStatus:
+        status = ingest_pb2.MailboxStatus(
+            mailbox=self.mailbox,
+            provider=self.provider,
+            credential=self.credential,
+            state=self.state,
+            last_error=self.last_error,
+            lag_seconds=self.lag_seconds,
+            configured=self.configured,
+            changes_published=self.changes_published,
+        )
+        if self.last_sync is not None:
+            status.last_sync.FromDatetime(self.last_sync)
+        if self.last_error_at is not None:
+            status.last_error_at.FromDatetime(self.last_error_at)
+        return status
+
+
+class UnknownMailboxError(KeyError):
+    pass
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: IngestSettings,
+        pools: dict[str, list[CredentialPool]],
+        store: StateStore,
+        publish: Publish,
+        marker: MarkerParser,
+    ) -> None:
+        self.settings = settings
+        self.tuning = settings.tuning
+        self.pools = pools
+        self.store = store
+        self.publish = publish
+        self.marker = marker
+        self.entries: dict[str, MailboxEntry] = {}
+        self._queue: asyncio.PriorityQueue[tuple[int, int, str]] = asyncio.PriorityQueue()
+        self._order = itertools.count()
+        self._assigned: dict[int, int] = {}
+        self.on_activate: list[Callable[[MailboxEntry], None]] = []
+        self.on_deactivate: list[Callable[[MailboxEntry], None]] = []
+        self.after_sync: list[Callable[[MailboxEntry, SyncResult], Awaitable[None]]] = []
+        self.observers: list[Observer] = []
+        self.tracer = telemetry.tracer("ews_ingest")
+        self.workers = max(2, min(64, sum(p.sync_slots for group in pools.values() for p in group)))
+        self._stop: asyncio.Event | None = None
+
+    # ------------------------------------------------------------------ registry
+    def add(self, mailbox: str, provider: str, configured: bool) -> MailboxEntry:
+        mailbox = mailbox.strip().lower()
+        existing = self.entries.get(mailbox)
+        if existing is not None:
+            if configured and not existing.configured:
+                existing.configured = True
+            return existing
+        candidates = self.pools[provider]
+        pool = min(candidates, key=lambda p: (self._assigned.get(id(p), 0), candidates.index(p)))
+        self._assigned[id(pool)] = self._assigned.get(id(pool), 0) + 1
+        entry = MailboxEntry(mailbox=mailbox, provider=provider, configured=configured, pool=pool)
+        self.entries[mailbox] = entry
+        return entry
+
+    def get(self, mailbox: str) -> MailboxEntry:
+        entry = self.entries.get(mailbox.strip().lower())
+        if entry is None:
+            raise UnknownMailboxError(mailbox)
+        return entry
+
+    def set_seat(self, mailbox: str, granted: bool, reason: str = "") -> None:
+        entry = self.get(mailbox)
+        if granted and not entry.seat:
+            entry.seat = True
+            if entry.state == ingest_pb2.MAILBOX_STATE_NO_SEAT:
+                entry.state = ingest_pb2.MAILBOX_STATE_PENDING if entry.last_sync is None else entry.state
+                if entry.last_sync is not None:
+                    entry.state = ingest_pb2.MAILBOX_STATE_SYNCING
+                entry.last_error = ""
+            log.info("seat granted", extra={"mailbox": entry.mailbox, "provider": entry.provider})
+            for callback in self.on_activate:
+                callback(entry)
+            self.trigger(entry.mailbox, "seat")
+        elif not granted:
+            was = entry.seat
+            entry.seat = False
+            entry.state = ingest_pb2.MAILBOX_STATE_NO_SEAT
+            entry.last_error = reason or "licensing granted no seat"
+            entry.last_error_at = dt.datetime.now(dt.UTC)
+            if was:
+                log.warning("seat revoked", extra={"mailbox": entry.mailbox, "reason": entry.last_error})
+                for callback in self.on_deactivate:
+                    callback(entry)
+
+    def active(self) -> list[MailboxEntry]:
+        return [e for e in self.entries.values() if e.seat]
+
+    # ------------------------------------------------------------------ triggers
+    def trigger(self, mailbox: str, reason: str, noticed_at: float | None = None) -> bool:
+        entry = self.entries.get(mailbox)
+        if entry is None or not entry.seat:
+            return False
+        if noticed_at is not None and (entry.noticed_at is None or noticed_at < entry.noticed_at):
+            entry.noticed_at = noticed_at
+        entry.dirty = True
+        if entry.lock.locked():
+            return True  # syncing now: its worker runs it again right after (dirty)
+        priority = PRIORITY.get(reason, 1)
+        if entry.queued is None or priority < entry.queued:
+            entry.queued = priority
+            self._queue.put_nowait((priority, next(self._order), entry.mailbox))
+        return True
+
+    # ------------------------------------------------------------------ running
+    async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        workers = [asyncio.create_task(self._worker(stop), name=f"ews-sync-{i}") for i in range(self.workers)]
+        ticker = asyncio.create_task(self._ticker(stop), name="ews-sync-ticker")
+        try:
+            await stop.wait()
+        finally:
+            ticker.cancel()
+            for _ in workers:
+                self._queue.put_nowait((-1, -1, ""))
+            await asyncio.gather(*workers, return_exceptions=True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+
+    async def _ticker(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            now = time.monotonic()
+            for entry in self.entries.values():
+                if entry.seat and entry.queued is None and entry.next_due and entry.next_due <= now:
+                    if entry.state == ingest_pb2.MAILBOX_STATE_ERROR:
+                        reason = "retry"
+                    else:
+                        reason = "safety" if entry.streamed else "poll"
+                    self.trigger(entry.mailbox, reason)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+    async def _worker(self, stop: asyncio.Event) -> None:
+        while True:
+            _, _, mailbox = await self._queue.get()
+            if stop.is_set() or not mailbox:
+                return
+            entry = self.entries.get(mailbox)
+            if entry is None or entry.queued is None:
+                continue
+            entry.queued = None
+            if not entry.seat:
+                continue
+            async with entry.lock:
+                entry.dirty = False
+                await self._sync(entry)
+            if entry.dirty and entry.seat and not stop.is_set():
+                self.trigger(entry.mailbox, "notification")
+
+    async def context(self, entry: MailboxEntry) -> MailboxContext:
+        if entry.context is None:
+            checkpoint = await self.store.load_checkpoint(entry.provider, entry.mailbox)
+            quarantine = await self.store.load_quarantine(entry.mailbox)
+            entry.context = MailboxContext(
+                provider=entry.provider,
+                mailbox=entry.mailbox,
+                pool=entry.pool,
+                store=self.store,
+                publish=self.publish,
+                marker=self.marker,
+                checkpoint=checkpoint,
+                quarantine=quarantine,
+                observers=self.observers,
+            )
+        return entry.context
+
+    def _syncer(self, context: MailboxContext) -> MailboxSync:
+        return MailboxSync(
+            context,
+            auto_sync=self.settings.auto_sync,
+            window=Window.around(dt.datetime.now(dt.UTC), self.settings.backward_months, self.settings.forward_months),
+            page_size=self.tuning.sync_page_size,
+            batch_size=self.tuning.get_item_batch,
+            stop=self._stop,
+        )
+
+    async def _sync(self, entry: MailboxEntry) -> None:
+        noticed = entry.noticed_at
+        entry.noticed_at = None
+        started = entry.sync_started = time.monotonic()
+        with self.tracer.start_as_current_span("sync mailbox", kind=trace.SpanKind.INTERNAL) as span:
+            span.set_attribute("calendar.mailbox", entry.mailbox)
+            span.set_attribute("calendar.provider", entry.provider)
+            span.set_attribute("ews.credential", entry.credential)
+            try:
+                context = await self.context(entry)
+                result = await self._syncer(context).sync()
+            except Exception as exc:
+                self._failed(entry, exc, span)
+                _syncs.add(1, {"outcome": "error"})
+                return
+            finally:
+                _sync_seconds.record(time.monotonic() - started)
+            span.set_attribute("calendar.published", result.published)
+            span.set_attribute("ews.pages", result.pages)
+        _syncs.add(1, {"outcome": "ok"})
+        _published.add(result.published, {"provider": entry.provider})
+        self._succeeded(entry, result, noticed)
+        for callback in self.after_sync:
+            await callback(entry, result)
+
+    def _succeeded(self, entry: MailboxEntry, result: SyncResult, noticed: float | None) -> None:
+        entry.syncs += 1
+        entry.failures = 0
+        entry.state = ingest_pb2.MAILBOX_STATE_SYNCING
+        entry.last_sync = dt.datetime.now(dt.UTC)
+        interval = self.tuning.safety_sync_seconds if entry.streamed else self.tuning.poll_seconds
+        entry.next_due = time.monotonic() + random_jitter(interval)
+        if result.published:
+            if noticed is not None:
+                entry.lag_seconds = max(0.0, time.monotonic() - noticed)
+            elif result.newest_modified is not None:
+                entry.lag_seconds = max(0.0, (entry.last_sync - result.newest_modified).total_seconds())
+        quarantine = entry.context.quarantine if entry.context else {}
+        if quarantine:
+            item_id, info = next(iter(quarantine.items()))
+            entry.last_error = f"{len(quarantine)} item(s) quarantined; {item_id}: {info.reason}"
+            entry.last_error_at = entry.last_sync
+        else:
+            entry.last_error = ""
+        log.info(
+            "mailbox synced",
+            extra={
+                "mailbox": entry.mailbox,
+                "provider": entry.provider,
+                "published": result.published,
+                "deleted": result.deleted,
+                "quarantined": result.quarantined,
+                "pages": result.pages,
+            },
+        )
+
+    def _failed(self, entry: MailboxEntry, exc: Exception, span: trace.Span) -> None:
+        cause = describe(exc)
+        entry.failures += 1
+        entry.state = ingest_pb2.MAILBOX_STATE_ERROR
+        entry.last_error = cause
+        entry.last_error_at = dt.datetime.now(dt.UTC)
+        delay = backoff_delay(entry.failures, base=self.tuning.error_backoff_base_seconds,
+                              cap=self.tuning.error_backoff_cap_seconds)  # fmt: skip
+        entry.next_due = time.monotonic() + random.uniform(0.5, 1.0) * delay
+        if type(exc).__name__ in ("ErrorNonExistentMailbox", "ErrorImpersonateUserDenied", "AutoDiscoverFailed"):
+            entry.pool.forget(entry.mailbox)
+        span.record_exception(exc)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, cause))
+        log.error(
+            CALENDAR_UNREADABLE,
+            extra={
+                "mailbox": entry.mailbox,
+                "provider": entry.provider,
+                "credential": entry.credential,
+                "cause": cause,
+                "attempt": entry.failures,
+            },
+        )
+
+    # ------------------------------------------------------------------ resync
+    async def resync(self, mailbox: str, since: dt.datetime | None) -> int:
+        """Publish every item of the mailbox again (or those modified since `since`); returns how many."""
+        entry = self.get(mailbox)
+        if not entry.seat:
+            raise PermissionError(f"{entry.mailbox} has no seat: {entry.last_error or 'licensing granted none'}")
+        async with entry.lock:
+            with self.tracer.start_as_current_span("resync mailbox") as span:
+                span.set_attribute("calendar.mailbox", entry.mailbox)
+                try:
+                    context = await self.context(entry)
+                    result = await self._syncer(context).resync(since, uuid.uuid4().hex[:12])
+                except Exception as exc:
+                    self._failed(entry, exc, span)
+                    raise
+                span.set_attribute("calendar.published", result.published)
+        self._succeeded(entry, result, None)
+        if entry.dirty:
+            self.trigger(entry.mailbox, "notification")
+        _published.add(result.published, {"provider": entry.provider})
+        log.info("mailbox resynced", extra={"mailbox": entry.mailbox, "published": result.published})
+        return result.published

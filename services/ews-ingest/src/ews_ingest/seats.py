@@ -1,0 +1,129 @@
+"""Which mailboxes ews-ingest may sync: LicensingService.AllocateSeats.
+
+Every mailbox known (configured `users` first, in config order, then on-demand ones) is asked for at start, every
+`seat_refresh_seconds` (seats are leases of one hour, renewed by asking), whenever a mailbox is asked for on
+demand, and when a message arrives on `calendar.v1.control.seats`. A mailbox granted a seat starts syncing; one
+that loses it stops (state NO_SEAT, the refusal reason in last_error) - no restart either way.
+
+When licensing cannot be reached, the last answer (kept in KV `v1.seats`) stays in force for the lease time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from typing import Any
+
+import grpc
+
+from ews_ingest.scheduler import Scheduler
+from ews_ingest.state import StateStore
+from tccal.grpckit import client_metadata
+from tccal.retry import backoff_delay
+from trueconf.calendar.v1 import ingest_pb2, licensing_pb2, licensing_pb2_grpc
+
+log = logging.getLogger(__name__)
+LEASE = dt.timedelta(hours=1)
+
+
+class SeatKeeper:
+    def __init__(
+        self, scheduler: Scheduler, store: StateStore, address: str, *, providers: int, refresh_seconds: float
+    ) -> None:
+        self.scheduler = scheduler
+        self.store = store
+        self.address = address
+        self.providers = providers
+        self.refresh_seconds = refresh_seconds
+        self._wake = asyncio.Event()
+        self._channel: grpc.aio.Channel | None = None
+        self.answers = 0
+        self.last_error = ""
+        self.license: licensing_pb2.LicenseInfo | None = None
+        self._lock = asyncio.Lock()
+
+    def poke(self) -> None:
+        """Ask again now (a control message, an on-demand mailbox)."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self.restore()
+            failures = 0
+            while not stop.is_set():
+                self._wake.clear()
+                failures = 0 if await self.refresh() else failures + 1
+                # licensing may simply start later than ews-ingest: ask again soon while it does not answer
+                pause = self.refresh_seconds
+                if failures:
+                    pause = min(pause, backoff_delay(failures, base=1.0, cap=30.0))
+                waiter = asyncio.ensure_future(self._wake.wait())
+                stopper = asyncio.ensure_future(stop.wait())
+                try:
+                    await asyncio.wait({waiter, stopper}, timeout=pause, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                    stopper.cancel()
+        finally:
+            if self._channel is not None:
+                await self._channel.close(None)
+                self._channel = None
+
+    async def restore(self) -> None:
+        """Apply the last answer stored in KV while it is younger than a lease (licensing may be down)."""
+        saved = await self.store.load_seats()
+        if not saved:
+            return
+        try:
+            at = dt.datetime.fromisoformat(str(saved.get("at")))
+        except ValueError:
+            return
+        if dt.datetime.now(dt.UTC) - at > LEASE:
+            return
+        granted = {str(m) for m in saved.get("granted", [])}
+        refused = {str(k): str(v) for k, v in (saved.get("refused") or {}).items()}
+        self._apply(granted, refused)
+        log.info("last seat answer restored", extra={"granted": len(granted), "answered_at": at.isoformat()})
+
+    def _stub(self) -> Any:
+        """The aio stub (grpc-stubs types only the blocking one, hence Any)."""
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.address)
+        return licensing_pb2_grpc.LicensingServiceStub(self._channel)
+
+    async def refresh(self) -> bool:
+        async with self._lock:
+            entries = sorted(self.scheduler.entries.values(), key=lambda e: not e.configured)
+            if not entries:
+                return True
+            request = licensing_pb2.AllocateSeatsRequest(
+                mailboxes=[licensing_pb2.SeatRequest(mailbox=e.mailbox, configured=e.configured) for e in entries],
+                providers=self.providers,
+            )
+            try:
+                response = await self._stub().AllocateSeats(request, timeout=10, metadata=client_metadata())
+            except grpc.aio.AioRpcError as exc:
+                self.last_error = f"licensing at {self.address} unreachable: {exc.code().name}: {exc.details()}"
+                log.warning("seat request failed", extra={"error": self.last_error})
+                for entry in entries:
+                    if not entry.seat and entry.state != ingest_pb2.MAILBOX_STATE_NO_SEAT:
+                        entry.last_error = self.last_error
+                return False
+            self.answers += 1
+            self.last_error = ""
+            self.license = response.license
+            granted = {m.strip().lower() for m in response.granted}
+            refused = {r.mailbox.strip().lower(): r.reason for r in response.refused}
+            self._apply(granted, refused)
+            with contextlib.suppress(Exception):
+                await self.store.save_seats(sorted(granted), refused)
+            return True
+
+    def _apply(self, granted: set[str], refused: dict[str, str]) -> None:
+        for mailbox, entry in list(self.scheduler.entries.items()):
+            if mailbox in granted:
+                self.scheduler.set_seat(mailbox, True)
+            elif mailbox in refused or entry.seat:
+                self.scheduler.set_seat(mailbox, False, refused.get(mailbox, "licensing granted no seat"))

@@ -1,0 +1,423 @@
+"""Streaming notifications: hints that a mailbox changed.
+
+Per credential, mailboxes with a seat are grouped, at most `stream_group_size` (200) per group, and each group
+gets one GetStreamingEvents connection (ConnectionTimeout `stream_minutes`, 30) on one of the credential's stream
+slots. Affinity follows Microsoft's recipe for grouped subscriptions: every Subscribe of a group carries
+`X-AnchorMailbox: <the group's first mailbox>` and `X-PreferServerAffinity: true`; Exchange answers with an
+`X-BackEndOverrideCookie` that later Subscribe and GetStreamingEvents requests of the group send back. Both are
+hints: a wrong guess costs a proxy hop, never correctness.
+
+A notification only triggers a sync of its mailbox - SyncFolderItems decides what changed. After any gap the group's
+mailboxes are caught up with a sync: the stream was dropped or closed (every reconnect, also the 30-minute
+renewal), a subscription was lost (ErrorSubscriptionNotFound / expired: subscribed again first) or Exchange says
+events were missed. Mailboxes for which no stream slot is left are polled (`poll_seconds`) instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from exchangelib.errors import (
+    ErrorExpiredSubscription,
+    ErrorInvalidSubscription,
+    ErrorSubscriptionNotFound,
+)
+from exchangelib.services import GetStreamingEvents, SubscribeToStreaming
+
+from ews_ingest.exchange.errors import describe
+from ews_ingest.exchange.pool import CredentialPool
+from ews_ingest.scheduler import MailboxEntry, Scheduler
+from tccal.retry import backoff_delay
+
+log = logging.getLogger(__name__)
+EVENT_TYPES = ("CreatedEvent", "DeletedEvent", "ModifiedEvent", "MovedEvent", "CopiedEvent")
+LOST_SUBSCRIPTION = (ErrorSubscriptionNotFound, ErrorExpiredSubscription, ErrorInvalidSubscription)
+MISSED_EVENTS = "ErrorMissedNotificationEvents"
+RETRY_SUBSCRIBE_SECONDS = 60.0
+
+
+@dataclass
+class Affinity:
+    anchor: str
+    cookie: str | None = None
+
+
+class _AffinityMixin:
+    affinity: Affinity
+
+    def _extra_headers(self) -> dict[str, str]:
+        headers: dict[str, str] = super()._extra_headers()  # type: ignore[misc]
+        headers["X-AnchorMailbox"] = self.affinity.anchor
+        headers["X-PreferServerAffinity"] = "True"
+        if self.affinity.cookie:
+            headers["X-BackEndOverrideCookie"] = self.affinity.cookie
+        else:
+            headers.pop("X-BackEndOverrideCookie", None)
+        return headers
+
+    def _handle_response_cookies(self, session: Any) -> None:
+        for cookie in session.cookies:
+            if cookie.name == "X-BackEndOverrideCookie":
+                self.affinity.cookie = cookie.value
+                break
+
+
+class GroupSubscribe(_AffinityMixin, SubscribeToStreaming):  # type: ignore[misc]  # exchangelib is untyped
+    def __init__(self, *args: Any, affinity: Affinity, **kwargs: Any) -> None:
+        self.affinity = affinity
+        super().__init__(*args, **kwargs)
+
+
+class GroupStreamingEvents(_AffinityMixin, GetStreamingEvents):  # type: ignore[misc]
+    def __init__(self, *args: Any, affinity: Affinity, **kwargs: Any) -> None:
+        self.affinity = affinity
+        super().__init__(*args, **kwargs)
+
+
+@dataclass
+class StreamStats:
+    connections: int = 0
+    reconnects: int = 0
+    subscriptions: int = 0
+    resubscribes: int = 0
+    notifications: int = 0
+    catch_ups: int = 0
+
+
+@dataclass
+class Group:
+    pool: CredentialPool
+    number: int
+    members: list[str] = field(default_factory=list)
+    subscriptions: dict[str, str] = field(default_factory=dict)  # mailbox -> subscription id
+    failed: dict[str, str] = field(default_factory=dict)  # mailbox -> why its Subscribe failed
+    affinity: Affinity | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    service: Any = None
+    task: asyncio.Task[None] | None = None
+    stopping: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.pool.name}#{self.number}"
+
+
+class StreamManager:
+    def __init__(self, scheduler: Scheduler, *, group_size: int, minutes: int) -> None:
+        self.scheduler = scheduler
+        self.group_size = group_size
+        self.minutes = minutes
+        self.groups: dict[int, list[Group]] = {}  # id(pool) -> groups
+        self.stats = StreamStats()
+        self._numbers = 0
+        self._stop: asyncio.Event | None = None
+        self.overflow: dict[int, list[str]] = {}  # id(pool) -> polled mailboxes waiting for room on a stream
+        self._background: set[asyncio.Task[None]] = set()
+        scheduler.on_activate.append(self.add)
+        scheduler.on_deactivate.append(self.remove)
+        scheduler.after_sync.append(self._after_sync)
+
+    # ------------------------------------------------------------------ membership
+    def add(self, entry: MailboxEntry) -> None:
+        groups = self.groups.setdefault(id(entry.pool), [])
+        if any(entry.mailbox in g.members for g in groups):
+            return
+        group = next((g for g in groups if len(g.members) < self.group_size), None)
+        if group is None:
+            if len(groups) >= entry.pool.stream_slots:
+                entry.streamed = False
+                waiting = self.overflow.setdefault(id(entry.pool), [])
+                if entry.mailbox not in waiting:
+                    waiting.append(entry.mailbox)
+                log.warning(
+                    "no streaming connection left for mailbox: polling it",
+                    extra={"mailbox": entry.mailbox, "credential": entry.pool.name},
+                )
+                return
+            self._numbers += 1
+            group = Group(pool=entry.pool, number=self._numbers)
+            groups.append(group)
+            if self._stop is not None:
+                self._start(group)
+        group.members.append(entry.mailbox)
+        entry.streamed = False  # until its subscription exists
+        group.changed.set()
+
+    def remove(self, entry: MailboxEntry) -> None:
+        waiting = self.overflow.get(id(entry.pool), [])
+        if entry.mailbox in waiting:
+            waiting.remove(entry.mailbox)
+        freed = False
+        for group in self.groups.get(id(entry.pool), []):
+            if entry.mailbox in group.members:
+                group.members.remove(entry.mailbox)
+                group.failed.pop(entry.mailbox, None)
+                subscription = group.subscriptions.pop(entry.mailbox, None)
+                if subscription is not None:
+                    task = asyncio.get_running_loop().create_task(
+                        self._unsubscribe(group.pool, entry.mailbox, subscription)
+                    )
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+                if group.affinity is not None and group.affinity.anchor == entry.mailbox:
+                    group.affinity = None
+                group.changed.set()
+                freed = True
+        entry.streamed = False
+        if freed and waiting:  # room on a stream: the longest-polled mailbox takes it
+            promoted = self.scheduler.entries.get(waiting.pop(0))
+            if promoted is not None and promoted.seat:
+                self.add(promoted)
+
+    async def _after_sync(self, entry: MailboxEntry, result: object) -> None:
+        self.retry_failed(entry)
+
+    async def _unsubscribe(self, pool: CredentialPool, mailbox: str, subscription: str) -> None:
+        try:
+            await pool.call(mailbox, "Unsubscribe", lambda account: account.calendar.unsubscribe(subscription))
+        except Exception as exc:  # it expires on its own after 30 minutes
+            log.info("unsubscribe failed", extra={"mailbox": mailbox, "error": describe(exc)})
+
+    # ------------------------------------------------------------------ running
+    async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        for groups in self.groups.values():
+            for group in groups:
+                self._start(group)
+        await stop.wait()
+        every = [g for groups in self.groups.values() for g in groups]
+        for group in every:
+            group.stopping = True
+            group.changed.set()
+            self._close_stream(group)
+        tasks = [g.task for g in every if g.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+
+    def _start(self, group: Group) -> None:
+        group.task = asyncio.get_running_loop().create_task(self._run_group(group), name=f"ews-stream-{group.label}")
+
+    async def _run_group(self, group: Group) -> None:
+        stop = self._stop
+        assert stop is not None
+        failures = 0
+        gap = False  # the previous connection ended on its own or failed: members may have missed events
+        while not stop.is_set() and not group.stopping:
+            group.changed.clear()
+            if not group.members:
+                await self._idle(group, None)
+                continue
+            try:
+                fresh = await self._subscribe(group)
+                if gap:
+                    self._catch_up(group, [m for m in group.members if m in group.subscriptions], "reconnect")
+                else:
+                    self._catch_up(group, [m for m, at in fresh.items() if self._stale(m, at)], "subscribed")
+                gap = False
+                if not group.subscriptions:
+                    await self._idle(group, RETRY_SUBSCRIBE_SECONDS)
+                    continue
+                outcome = await self._stream(group)
+                failures = 0
+            except LOST_SUBSCRIPTION as exc:
+                log.warning(
+                    "streaming subscriptions lost, subscribing again",
+                    extra={"group": group.label, "error": describe(exc)},
+                )
+                group.subscriptions.clear()
+                self.stats.resubscribes += 1
+                gap = True
+                continue
+            except Exception as exc:
+                if group.stopping or stop.is_set():
+                    return
+                failures += 1
+                gap = True
+                delay = random.uniform(0.5, 1.0) * backoff_delay(failures, base=0.5, cap=30.0)
+                if MISSED_EVENTS in describe(exc):
+                    group.subscriptions.clear()
+                log.warning(
+                    "streaming connection failed, reconnecting",
+                    extra={"group": group.label, "error": describe(exc), "delay_s": round(delay, 2)},
+                )
+                self.stats.reconnects += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                continue
+            if outcome == "closed":
+                # ConnectionTimeout reached (or the server closed it): reconnect at once, and catch up to be safe.
+                self.stats.reconnects += 1
+                gap = True
+            # else: closed on purpose to take in new members; those already streaming missed nothing
+
+    async def _idle(self, group: Group, seconds: float | None) -> None:
+        """Wait until the group changes (or `seconds` pass, to retry failed subscriptions) or ews-ingest stops."""
+        stop = self._stop
+        assert stop is not None
+        changed = asyncio.ensure_future(group.changed.wait())
+        stopped = asyncio.ensure_future(stop.wait())
+        waiting: set[asyncio.Future[Any]] = {changed, stopped}
+        try:
+            await asyncio.wait(waiting, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            stopped.cancel()
+
+    def retry_failed(self, entry: MailboxEntry) -> None:
+        """A mailbox whose subscription failed synced fine now: give its group another try."""
+        for group in self.groups.get(id(entry.pool), []):
+            if entry.mailbox in group.failed:
+                group.changed.set()
+
+    def _stale(self, mailbox: str, subscribed_at: float) -> bool:
+        """Whether changes made before the subscription could be unseen: a sync began before it existed (a sync
+        that starts afterwards, e.g. one still queued, sees them anyway)."""
+        entry = self.scheduler.entries.get(mailbox)
+        return entry is not None and 0.0 < entry.sync_started < subscribed_at
+
+    def _catch_up(self, group: Group, mailboxes: list[str], why: str) -> None:
+        for mailbox in list(mailboxes):
+            if self.scheduler.trigger(mailbox, "catch-up"):
+                self.stats.catch_ups += 1
+        if mailboxes:
+            log.info(
+                "catching up after stream gap", extra={"group": group.label, "why": why, "mailboxes": len(mailboxes)}
+            )
+
+    async def _subscribe(self, group: Group) -> dict[str, float]:
+        """Subscribe every member without a subscription; returns the newly subscribed, with when.
+
+        A mailbox that cannot be subscribed (throttled, gone, no rights) is left out - polled instead - and tried
+        again after it synced fine; it never keeps the rest of its group off the stream.
+        """
+        fresh: dict[str, float] = {}  # mailbox -> when its subscription existed (monotonic)
+        for mailbox in list(group.members):
+            if mailbox in group.subscriptions:
+                continue
+            if group.affinity is None or group.affinity.anchor not in group.subscriptions:
+                group.affinity = Affinity(anchor=mailbox)  # the anchor must be a subscribed member
+            affinity = group.affinity
+
+            def subscribe(account: Any, affinity: Affinity = affinity) -> str:
+                service = GroupSubscribe(account=account, affinity=affinity)
+                (subscription,) = list(service.call(folders=[account.calendar], event_types=EVENT_TYPES))
+                if isinstance(subscription, Exception):
+                    raise subscription
+                return str(subscription)
+
+            try:
+                subscription = await group.pool.call(mailbox, "Subscribe", subscribe)
+            except Exception as exc:
+                group.failed[mailbox] = describe(exc)
+                self._set_streamed(mailbox, False)
+                log.warning(
+                    "streaming subscription failed: polling the mailbox",
+                    extra={"mailbox": mailbox, "group": group.label, "error": describe(exc)},
+                )
+                continue
+            if mailbox in group.members:
+                group.subscriptions[mailbox] = subscription
+                group.failed.pop(mailbox, None)
+                self._set_streamed(mailbox, True)
+                fresh[mailbox] = time.monotonic()
+                self.stats.subscriptions += 1
+        if group.affinity is not None and group.affinity.anchor not in group.subscriptions:
+            subscribed = [m for m in group.members if m in group.subscriptions]
+            group.affinity = Affinity(anchor=subscribed[0]) if subscribed else None
+        return fresh
+
+    def _set_streamed(self, mailbox: str, streamed: bool) -> None:
+        entry = self.scheduler.entries.get(mailbox)
+        if entry is not None:
+            entry.streamed = streamed
+
+    async def _stream(self, group: Group) -> str:
+        """One GetStreamingEvents connection until it closes, fails, or the group changes. Returns why it ended."""
+        stop = self._stop
+        assert stop is not None and group.affinity is not None
+        loop = asyncio.get_running_loop()
+        by_subscription = {sid: mailbox for mailbox, sid in group.subscriptions.items()}
+        ids = list(by_subscription)
+        affinity = group.affinity
+        anchor = affinity.anchor
+        ended = threading.Event()
+        self.stats.connections += 1
+
+        def notify(mailbox: str, noticed: float) -> None:
+            self.stats.notifications += 1
+            self.scheduler.trigger(mailbox, "notification", noticed_at=noticed)
+
+        def run() -> None:
+            account = group.pool.account(anchor)
+            service = GroupStreamingEvents(account=account, affinity=affinity)
+            group.service = service
+            try:
+                if ended.is_set():
+                    return
+                for notification in service.call(subscription_ids=ids, connection_timeout=self.minutes):
+                    if ended.is_set():
+                        break
+                    mailbox = by_subscription.get(notification.subscription_id)
+                    events = [e for e in notification.events if type(e).__name__ != "StatusEvent"]
+                    if mailbox is not None and events:
+                        loop.call_soon_threadsafe(notify, mailbox, time.monotonic())
+            finally:
+                group.service = None
+
+        future = group.pool.run_stream(run)
+        changed = asyncio.ensure_future(group.changed.wait())
+        stopped = asyncio.ensure_future(stop.wait())
+        waiting: set[asyncio.Future[Any]] = {future, changed, stopped}
+        try:
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            stopped.cancel()
+        if future in done:
+            future.result()  # raises what the stream raised
+            return "closed"
+        ended.set()
+        self._close_stream(group)
+        with contextlib.suppress(Exception):
+            await future
+        return "changed"
+
+    def _close_stream(self, group: Group) -> None:
+        """Abort a running GetStreamingEvents from outside its thread (shutdown, membership change).
+
+        Closing the response object does not wake a thread blocked reading the socket; shutting the socket down
+        does (the read returns at once and exchangelib's generator ends with an error we ignore).
+        """
+        service = group.service
+        response = getattr(service, "_streaming_response", None) if service is not None else None
+        if response is None:
+            return
+        raw = getattr(response, "raw", None)
+        candidates = [getattr(getattr(raw, "_connection", None), "sock", None)]
+        fp = getattr(getattr(raw, "_fp", None), "fp", None)
+        candidates.append(getattr(getattr(fp, "raw", None), "_sock", None))
+        for sock in candidates:
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                break
+        with contextlib.suppress(Exception):
+            response.close()
+
+
+def streaming_counts(manager: StreamManager) -> dict[str, int]:
+    return {
+        "groups": sum(len(g) for g in manager.groups.values()),
+        "streamed": sum(len(x.members) for g in manager.groups.values() for x in g),
+    }
+
+
+__all__ = ["StreamManager", "streaming_counts"]

@@ -1,0 +1,194 @@
+"""Seats from LicensingService (served by the test over a real gRPC socket) changing while ews-ingest runs, the
+control subjects (seats, on-demand, resync) and the IngestService gRPC API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import grpc
+import nats
+import pytest
+from ews_ingest_support import (
+    ChangeCollector,
+    FakeLicensing,
+    Outlook,
+    ingest_config,
+    new_mailboxes,
+    provider_section,
+    running_ingest,
+)
+
+from ews_ingest.api import ADMIN_METHODS, SERVICE_NAME, IngestApi
+from ews_ingest.state import key_token
+from exchange_emulator.testing import EmulatorHandle
+from tccal.bus import INGEST_STATE_BUCKET, subject_token
+from tccal.embedded import free_port
+from tccal.grpckit import GrpcServer
+from tccal.testing import wait_for_async
+from trueconf.calendar.v1 import calendar_pb2, ingest_pb2, ingest_pb2_grpc
+
+
+async def _state(h: object, mailbox: str, state: int) -> bool:
+    entries = h.scheduler.entries  # type: ignore[attr-defined]
+    return mailbox in entries and entries[mailbox].state == state
+
+
+async def test_seat_changes_take_effect_without_restart(
+    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing, collector: ChangeCollector, outlook: Outlook
+) -> None:
+    first, second = new_mailboxes(emu, "first", "second")
+    await outlook.do(outlook.meeting, second, "waiting for a seat")
+    licensing.capacity = 1
+    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [first, second])])
+    async with running_ingest(config) as h:
+        await collector.start()
+        await h.synced(first)
+        entry = h.scheduler.entries[second]
+        assert entry.state == ingest_pb2.MAILBOX_STATE_NO_SEAT
+        assert "seat limit reached" in entry.last_error
+        asked = licensing.requests[0]
+        assert [(m.mailbox, m.configured) for m in asked.mailboxes] == [(first, True), (second, True)]
+        assert asked.providers == 1
+        # a bigger license: told on the control subject, the second mailbox starts syncing
+        licensing.capacity = None
+        await h.bus.nc.publish("calendar.v1.control.seats", b"")
+        change = await collector.wait(lambda c: c.event.subject == "waiting for a seat", what="second mailbox synced")
+        assert change.mailbox == second
+        await h.streamed(first, second)
+        # the first loses its seat: it stops syncing, leaves its stream, says why
+        licensing.denied = {first}
+        await h.bus.nc.publish("calendar.v1.control.seats", b"")
+        await wait_for_async(lambda: _state(h, first, ingest_pb2.MAILBOX_STATE_NO_SEAT), what="seat revoked")
+        assert h.scheduler.entries[first].last_error == "refused by the test licensing"
+        assert all(first not in g.members for gs in h.runtime.streams.groups.values() for g in gs)
+        await outlook.do(outlook.meeting, first, "no seat, not published")
+        await outlook.do(outlook.meeting, second, "still synced")
+        await collector.wait(lambda c: c.event.subject == "still synced")
+        assert all(c.event.subject != "no seat, not published" for c in collector.of(first))
+
+
+async def test_licensing_starting_late(
+    emu: EmulatorHandle, nats_url: str, collector: ChangeCollector, outlook: Outlook
+) -> None:
+    (owner,) = new_mailboxes(emu, "owner")
+    await outlook.do(outlook.meeting, owner, "synced once licensing answers")
+    port = free_port()
+    config = ingest_config(nats_url, f"127.0.0.1:{port}", [provider_section(emu, [owner])])
+    async with running_ingest(config) as h:
+        await collector.start()
+        entry = h.scheduler.entries[owner]
+        await wait_for_async(lambda: _text(entry.last_error, "unreachable"), what="licensing unreachable")
+        assert entry.state == ingest_pb2.MAILBOX_STATE_PENDING and not entry.seat
+        late = FakeLicensing()
+        await late.start(port)
+        try:
+            await collector.wait(lambda c: c.event.subject == "synced once licensing answers", timeout=30)
+        finally:
+            await late.stop()
+
+
+async def _text(value: str, part: str) -> bool:
+    return part in value
+
+
+async def test_on_demand_mailbox(
+    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing, collector: ChangeCollector, outlook: Outlook
+) -> None:
+    (configured,) = new_mailboxes(emu, "configured")
+    domain = configured.split("@")[1]
+    visitor = f"visitor@{domain}"
+    emu.admin.add_mailbox(visitor, display_name="Visitor")
+    await outlook.do(outlook.meeting, visitor, "visitor's meeting")
+    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [configured])])
+    async with running_ingest(config) as h:
+        await collector.start()
+        await h.synced(configured)
+        subject = f"calendar.v1.control.ondemand.{subject_token(visitor)}"
+        reply = await h.bus.nc.request(subject, json.dumps({"mailbox": visitor}).encode(), timeout=15)
+        answer = json.loads(reply.data)
+        assert answer["accepted"] is True, answer
+        change = await collector.wait(lambda c: c.event.subject == "visitor's meeting", what="on-demand sync")
+        assert change.mailbox == visitor
+        entry = h.scheduler.entries[visitor]
+        assert not entry.configured
+        assert (visitor, False) in [(m.mailbox, m.configured) for m in licensing.requests[-1].mailboxes]
+        kv = await h.bus.key_value(INGEST_STATE_BUCKET)
+        stored = json.loads((await kv.get(f"v1.ondemand.{key_token(visitor)}")).value or b"{}")
+        assert stored["provider"] == "127.0.0.1"
+        # nobody by that name: refused, with the reason
+        stranger = f"stranger@{domain}"
+        reply = await h.bus.nc.request(f"calendar.v1.control.ondemand.{subject_token(stranger)}", b"", timeout=15)
+        answer = json.loads(reply.data)
+        assert answer["accepted"] is False and "ErrorNonExistentMailbox" in answer["detail"]
+    # after a restart the on-demand mailbox is remembered
+    async with running_ingest(config) as h:
+        await h.synced(configured, visitor)
+
+
+async def test_resync_by_control_subject_and_grpc(
+    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing, collector: ChangeCollector, outlook: Outlook
+) -> None:
+    owner, refused = new_mailboxes(emu, "owner", "refused")
+    await outlook.do(outlook.meeting, owner, "one")
+    await outlook.do(outlook.meeting, owner, "two")
+    licensing.denied = {refused}
+    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [owner, refused])])
+    async with running_ingest(config) as h:
+        await collector.start()
+        await h.synced(owner)
+        await collector.wait(lambda c: len(collector.of(owner)) == 2, what="initial load")
+        initial = collector.of(owner)
+        # what sync-engine sends: a core NATS message carrying ResyncMailboxRequest
+        request = ingest_pb2.ResyncMailboxRequest(mailbox=owner)
+        nc = await nats.connect(nats_url)
+        try:
+            await nc.publish(f"calendar.v1.control.resync.{subject_token(owner)}", request.SerializeToString())
+            await nc.flush()
+        finally:
+            await nc.close()
+
+        def resynced(c: calendar_pb2.CalendarChange) -> bool:
+            return c.mailbox == owner and c.origin == calendar_pb2.CHANGE_ORIGIN_RESYNC
+
+        await collector.wait(lambda c: len([x for x in collector.of(owner) if resynced(x)]) == 2, what="resync")
+        again = [c for c in collector.of(owner) if resynced(c)]
+        assert {c.item_id for c in again} == {c.item_id for c in initial}
+        assert min(c.sequence for c in again) > max(c.sequence for c in initial)
+        assert all("/resync/" in c.change_id for c in again)  # not swallowed by JetStream's dedupe window
+
+        # the gRPC API
+        server = GrpcServer("127.0.0.1", 0, admin_methods=ADMIN_METHODS)
+        server.add(ingest_pb2_grpc.add_IngestServiceServicer_to_server, IngestApi(h.scheduler), SERVICE_NAME)
+        port = await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = ingest_pb2_grpc.IngestServiceStub(channel)
+
+                async def counted() -> bool:  # the counter moves right after each publish is acked
+                    return bool(h.scheduler.entries[owner].changes_published == 4)
+
+                await wait_for_async(counted, what="four changes counted")
+                listed = await stub.ListMailboxes(ingest_pb2.ListMailboxesRequest())
+                states = {m.mailbox: m for m in listed.mailboxes}
+                assert states[owner].state == ingest_pb2.MAILBOX_STATE_SYNCING
+                assert states[owner].credential == "svc-trueconf@example.com" and states[owner].configured
+                assert states[owner].changes_published == 4 and states[owner].HasField("last_sync")
+                assert states[refused].state == ingest_pb2.MAILBOX_STATE_NO_SEAT
+                only = await stub.ListMailboxes(ingest_pb2.ListMailboxesRequest(filter="refused"))
+                assert [m.mailbox for m in only.mailboxes] == [refused]
+                everything = await stub.ResyncMailbox(ingest_pb2.ResyncMailboxRequest(mailbox=owner))
+                assert everything.published == 2
+                since = ingest_pb2.ResyncMailboxRequest(mailbox=owner)
+                since.since.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+                assert (await stub.ResyncMailbox(since)).published == 0
+                for mailbox, code in [
+                    ("nobody@example.com", grpc.StatusCode.NOT_FOUND),
+                    (refused, grpc.StatusCode.FAILED_PRECONDITION),
+                    ("", grpc.StatusCode.INVALID_ARGUMENT),
+                ]:
+                    with pytest.raises(grpc.aio.AioRpcError) as failure:
+                        await stub.ResyncMailbox(ingest_pb2.ResyncMailboxRequest(mailbox=mailbox))
+                    assert failure.value.code() == code
+        finally:
+            await server.stop(0)

@@ -1,0 +1,161 @@
+"""Streaming notifications: latency (measured and reported, never asserted), grouping of subscriptions on
+connections with affinity, catch-up after dropped streams and lost subscriptions, 30-minute connection renewal
+(here one emulated minute), and the trace context of a published change."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import statistics
+import time
+
+import pytest
+from ews_ingest_support import (
+    EMULATOR_CONFIG,
+    FAST,
+    ChangeCollector,
+    FakeLicensing,
+    Outlook,
+    ingest_config,
+    new_mailboxes,
+    provider_section,
+    running_ingest,
+)
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from exchange_emulator.testing import EmulatorHandle, running_emulator
+from tccal.testing import wait_for_async
+
+SPANS = InMemorySpanExporter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tracing() -> None:
+    """Record spans (the process-wide provider can be set once; later modules reuse it)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(SPANS))
+
+
+async def test_notification_latency(
+    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing, collector: ChangeCollector, outlook: Outlook
+) -> None:
+    (owner,) = new_mailboxes(emu, "owner")
+    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [owner])])
+    async with running_ingest(config) as h:
+        await collector.start()
+        await h.synced(owner)
+        await h.streamed()
+        latencies = []
+        for n in range(10):
+            subject = f"latency probe {n}"
+            await outlook.do(outlook.meeting, owner, subject)
+            saved = time.monotonic()  # CreateItem answered: the change exists in Exchange
+            await collector.wait(lambda c, s=subject: c.event.subject == s, what=subject)  # type: ignore[misc]
+            arrived = collector.received_for(lambda c, s=subject: c.event.subject == s)  # type: ignore[misc]
+            assert arrived is not None
+            latencies.append(arrived.at - saved)
+        assert h.runtime.streams.stats.notifications >= 10  # they came by notification, not by a periodic sync
+        report = {
+            "n": len(latencies),
+            "median_ms": round(statistics.median(latencies) * 1000, 1),
+            "max_ms": round(max(latencies) * 1000, 1),
+            "min_ms": round(min(latencies) * 1000, 1),
+        }
+        print(f"\nstreaming latency, Exchange save -> JetStream: {report}")
+        # the published change carries the trace of its mailbox sync
+        received = collector.received_for(lambda c: c.event.subject == "latency probe 9")
+        assert received is not None and received.headers.get("traceparent", "").startswith("00-")
+        trace_id = received.headers["traceparent"].split("-")[1]
+        syncs = [s for s in SPANS.get_finished_spans() if s.name == "sync mailbox"]
+        assert any(f"{s.context.trace_id:032x}" == trace_id for s in syncs)
+        assert all(s.attributes and s.attributes.get("calendar.mailbox") == owner for s in syncs)
+
+
+async def test_groups_affinity_and_overflow_polling(
+    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing, collector: ChangeCollector, outlook: Outlook
+) -> None:
+    mailboxes = new_mailboxes(emu, "m1", "m2", "m3", "m4", "m5")
+    tuning = dataclasses.replace(FAST, stream_group_size=2, streams_per_credential=2, poll_seconds=1.0)
+    config = ingest_config(nats_url, licensing.address, [provider_section(emu, mailboxes, max_concurrency=4)])
+    async with running_ingest(config, tuning) as h:
+        await collector.start()
+        await h.synced(*mailboxes)
+        await h.streamed(connections=2)
+        groups = [g for gs in h.runtime.streams.groups.values() for g in gs]
+        assert sorted(len(g.members) for g in groups) == [2, 2]  # at most two subscriptions per connection
+        for group in groups:
+            assert group.affinity is not None and group.affinity.anchor == group.members[0]
+            assert group.affinity.cookie  # X-BackEndOverrideCookie from Exchange, sent back by the group
+        subscriptions = {s["mailbox"]: s for s in await outlook.do(emu.admin.subscriptions)}
+        streamed = [m for g in groups for m in g.members]
+        assert all(subscriptions[m]["streaming_connections"] == 1 for m in streamed)
+        (polled,) = [m for m in mailboxes if m not in streamed]
+        assert not h.scheduler.entries[polled].streamed
+        for mailbox in mailboxes:  # every mailbox gets its change, the fifth one by polling
+            await outlook.do(outlook.meeting, mailbox, f"hello {mailbox}")
+        for mailbox in mailboxes:
+            await collector.wait(lambda c, m=mailbox: c.event.subject == f"hello {m}", what=mailbox)  # type: ignore[misc]
+        # a streamed mailbox loses its seat: the polled one takes its place on the stream
+        licensing.denied = {streamed[0]}
+        await h.bus.nc.publish("calendar.v1.control.seats", b"")
+        await h.streamed(polled)
+        assert h.scheduler.entries[polled].streamed and not h.scheduler.entries[streamed[0]].streamed
+
+
+async def test_catch_up_after_drop_and_lost_subscription(
+    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing, collector: ChangeCollector, outlook: Outlook
+) -> None:
+    (owner,) = new_mailboxes(emu, "owner")
+    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [owner])])
+    async with running_ingest(config) as h:
+        await collector.start()
+        await h.synced(owner)
+        await h.streamed()
+        stats = h.runtime.streams.stats
+        # a dropped connection: reconnect, and a sync catches up whatever happened meanwhile
+        catch_ups = stats.catch_ups
+        assert await outlook.do(emu.admin.drop_streams, owner) == 1
+        await wait_for_async(lambda: _at_least(stats.catch_ups, catch_ups + 1), what="catch-up after a drop")
+        # a lost subscription, and a change made while ews-ingest subscribes again (Subscribe is slowed down so the
+        # change surely happens before the new subscription exists: only the catch-up sync can find it)
+        await outlook.do(emu.admin.add_fault, kind="latency", operation="Subscribe", latency_ms=1500, count=1)
+        resubscribes = stats.resubscribes
+        await outlook.do(emu.admin.expire_subscriptions, None, owner)
+        await wait_for_async(lambda: _at_least(stats.resubscribes, resubscribes + 1), what="subscription lost")
+        await outlook.do(outlook.meeting, owner, "made during the gap")
+        await collector.wait(lambda c: c.event.subject == "made during the gap", what="caught-up change")
+        await h.streamed()
+        await outlook.do(outlook.meeting, owner, "after the gap")
+        await collector.wait(lambda c: c.event.subject == "after the gap", what="notifications flow again")
+
+
+async def _at_least(value: int, wanted: int) -> bool:
+    return value >= wanted
+
+
+async def test_connection_renewal(nats_url: str, licensing: FakeLicensing, collector: ChangeCollector) -> None:
+    # A 1-second emulated minute: a ConnectionTimeout of one minute closes the stream every second.
+    with running_emulator(EMULATOR_CONFIG, strict=True, extra_args=["--minute-seconds", "1"]) as emu:
+        outlook = Outlook(emu)
+        try:
+            (owner,) = new_mailboxes(emu, "owner")
+            tuning = dataclasses.replace(FAST, stream_minutes=1)
+            config = ingest_config(nats_url, licensing.address, [provider_section(emu, [owner])])
+            async with running_ingest(config, tuning) as h:
+                await collector.start()
+                await h.synced(owner)
+                stats = h.runtime.streams.stats
+                await wait_for_async(lambda: _at_least(stats.connections, 3), what="renewed connections")
+                assert stats.resubscribes == 0  # the subscription outlives its connections
+                await outlook.do(outlook.meeting, owner, "across renewals")
+                await collector.wait(lambda c: c.event.subject == "across renewals")
+            assert emu.admin.violations() == []
+        finally:
+            outlook.close()
+        await asyncio.sleep(0)

@@ -1,0 +1,175 @@
+"""Throttling and failures: ErrorServerBusy's BackOffMilliseconds honoured (calls counted by the emulator, waits
+measured by ews-ingest), transient errors retried, a broken mailbox never stalls the others, the guide's log lines
+(`failed to getCalendarList`, `Cant get free socket from pool`) with mailbox and cause, quarantine of a malformed
+item while the rest flows."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+import pytest
+from ews_ingest_support import (
+    FAST,
+    ChangeCollector,
+    FakeLicensing,
+    Outlook,
+    ingest_config,
+    new_mailboxes,
+    provider_section,
+    running_ingest,
+)
+
+from ews_ingest.conference_marker import register_marker_property
+from exchange_emulator.testing import EmulatorHandle
+from tccal.testing import wait_for_async
+from trueconf.calendar.v1 import ingest_pb2
+
+
+@pytest.fixture(autouse=True)
+def _clear_faults(emu: EmulatorHandle) -> None:
+    emu.admin.clear_faults()
+
+
+async def test_server_busy_back_off_is_honoured(
+    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing, collector: ChangeCollector, outlook: Outlook
+) -> None:
+    (owner,) = new_mailboxes(emu, "owner")
+    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [owner])])
+    async with running_ingest(config) as h:
+        await collector.start()
+        await h.synced(owner)
+        await h.streamed()
+        before = (await outlook.do(emu.admin.requests))["operations"].get("GetItem", 0)
+        await outlook.do(
+            emu.admin.add_fault, kind="server_busy", operation="GetItem", mailbox=owner, back_off_ms=700, count=2
+        )
+        await outlook.do(outlook.meeting, owner, "busy server")
+        await collector.wait(lambda c: c.event.subject == "busy server", what="the change despite the throttling")
+        after = (await outlook.do(emu.admin.requests))["operations"]["GetItem"]
+        assert after - before == 3  # two refused, the third answered
+        back_offs = [b for b in h.pool_of(owner).stats.back_offs if b.mailbox == owner]
+        assert [(b.operation, b.requested) for b in back_offs] == [("GetItem", 0.7), ("GetItem", 0.7)]
+        assert all(b.waited >= 0.7 for b in back_offs)  # each retry waited at least what Exchange asked
+        assert h.scheduler.entries[owner].state == ingest_pb2.MAILBOX_STATE_SYNCING
+
+
+async def test_transient_error_is_retried(
+    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing, collector: ChangeCollector, outlook: Outlook
+) -> None:
+    (owner,) = new_mailboxes(emu, "owner")
+    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [owner])])
+    async with running_ingest(config) as h:
+        await collector.start()
+        await h.synced(owner)
+        await h.streamed()
+        await outlook.do(emu.admin.add_fault, kind="http_503", operation="SyncFolderItems", mailbox=owner, count=1)
+        await outlook.do(outlook.meeting, owner, "after a 503")
+        await collector.wait(lambda c: c.event.subject == "after a 503")
+        assert h.pool_of(owner).stats.transient_retries >= 1
+
+
+async def test_broken_mailboxes_do_not_stall_the_others(
+    emu: EmulatorHandle,
+    nats_url: str,
+    licensing: FakeLicensing,
+    collector: ChangeCollector,
+    outlook: Outlook,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    good, throttled = new_mailboxes(emu, "good", "throttled")
+    missing = f"ghost@{good.split('@')[1]}"  # configured, but Exchange has no such mailbox
+    await outlook.do(emu.admin.add_fault, kind="server_busy", mailbox=throttled, back_off_ms=120_000)
+    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [good, throttled, missing])])
+    caplog.set_level(logging.INFO, logger="ews_ingest")
+    async with running_ingest(config) as h:
+        await collector.start()
+        await h.synced(good)
+        await h.streamed(good)
+        await outlook.do(outlook.meeting, good, "still flowing")
+        await collector.wait(lambda c: c.event.subject == "still flowing")
+        entries = h.scheduler.entries
+
+        async def both_failed() -> bool:
+            return all(entries[m].state == ingest_pb2.MAILBOX_STATE_ERROR for m in (throttled, missing))
+
+        await wait_for_async(both_failed, what="both broken mailboxes in ERROR")
+        assert "ErrorNonExistentMailbox" in entries[missing].last_error
+        assert "ErrorServerBusy" in entries[throttled].last_error
+        failures = {r.mailbox: r for r in caplog.records if r.getMessage() == "failed to getCalendarList"}  # type: ignore[attr-defined]
+        assert {missing, throttled} <= set(failures)
+        assert "ErrorNonExistentMailbox" in failures[missing].cause  # type: ignore[attr-defined]
+        assert good not in failures
+        # retried with back-off, not given up: the missing mailbox appears, and is then synced
+        await outlook.do(emu.admin.add_mailbox, missing)
+        await outlook.do(outlook.meeting, missing, "late mailbox")
+        await collector.wait(lambda c: c.event.subject == "late mailbox", timeout=30)
+
+
+async def test_pool_exhaustion_is_logged(
+    emu: EmulatorHandle,
+    nats_url: str,
+    licensing: FakeLicensing,
+    collector: ChangeCollector,
+    outlook: Outlook,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    slow, other = new_mailboxes(emu, "slow", "other")
+    # two connections for the credential: one streams, one is left for every other call
+    tuning = dataclasses.replace(FAST, pool_wait_warn_seconds=0.3)
+    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [slow, other], max_concurrency=2)])
+    caplog.set_level(logging.WARNING, logger="ews_ingest")
+    async with running_ingest(config, tuning) as h:
+        await collector.start()
+        await h.synced(slow, other)
+        await h.streamed()
+        assert h.pool_of(slow).sync_slots == 1 and h.pool_of(slow) is h.pool_of(other)
+        await outlook.do(
+            emu.admin.add_fault, kind="latency", operation="GetItem", mailbox=slow, latency_ms=1500, count=1
+        )
+        await outlook.do(outlook.meeting, slow, "slow one")
+        await outlook.do(outlook.meeting, other, "waits for a connection")
+        await collector.wait(lambda c: c.event.subject == "waits for a connection")
+        await collector.wait(lambda c: c.event.subject == "slow one")
+        warnings = [r for r in caplog.records if r.getMessage() == "Cant get free socket from pool"]
+        assert warnings, "no pool exhaustion logged"
+        assert "busy for" in warnings[0].cause  # type: ignore[attr-defined]
+        assert warnings[0].mailbox in (slow, other)  # type: ignore[attr-defined]
+
+
+async def test_malformed_item_is_quarantined_and_the_rest_flows(
+    emu: EmulatorHandle,
+    nats_url: str,
+    licensing: FakeLicensing,
+    collector: ChangeCollector,
+    outlook: Outlook,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    (owner,) = new_mailboxes(emu, "owner")
+    register_marker_property()
+    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [owner])])
+    caplog.set_level(logging.INFO, logger="ews_ingest")
+    async with running_ingest(config) as h:
+        await collector.start()
+        await h.synced(owner)
+        await h.streamed()
+        broken = await outlook.do(outlook.meeting, owner, "broken marker", trueconf_meeting_marker="{not json")
+        await outlook.do(outlook.meeting, owner, "fine meeting")
+        await collector.wait(lambda c: c.event.subject == "fine meeting")
+        entry = h.scheduler.entries[owner]
+        assert entry.state == ingest_pb2.MAILBOX_STATE_SYNCING
+        assert "quarantined" in entry.last_error and broken.id in entry.last_error
+        assert "not valid JSON" in entry.last_error
+        assert all(c.event.subject != "broken marker" for c in collector.of(owner))
+        logged = [r for r in caplog.records if r.getMessage() == "calendar item quarantined"]
+        assert logged and logged[0].item_id == broken.id  # type: ignore[attr-defined]
+        # fixed in Outlook: it leaves quarantine and is published
+        broken.trueconf_meeting_marker = json.dumps({"mode": "PxP"})
+        await outlook.do(broken.save, update_fields=["trueconf_meeting_marker"])
+        await collector.wait(lambda c: c.event.subject == "broken marker")
+        await wait_for_async(lambda: _cleared(entry), what="quarantine cleared")
+
+
+async def _cleared(entry: object) -> bool:
+    return not getattr(entry, "last_error", "x")
