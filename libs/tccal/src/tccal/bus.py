@@ -50,6 +50,31 @@ def subject_token(text: str) -> str:
     return "".join(_ESCAPED.get(ch, ch) for ch in text.lower())
 
 
+#: Core NATS subject: "the license changed, ask licensing for seats again now" (ews-ingest listens).
+SEATS_CONTROL_SUBJECT = "calendar.v1.control.seats"
+
+
+async def announce(url: str, subject: str, payload: bytes = b"{}", *, timeout: float = 2.0, **auth: str) -> bool:
+    """Best-effort core-NATS message from a short-lived process (a CLI); False when NATS is not reachable."""
+    try:
+        connection = await nats.connect(
+            servers=[u.strip() for u in url.split(",") if u.strip()],
+            connect_timeout=timeout,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            **{k: v for k, v in auth.items() if v},
+        )
+    except Exception as exc:  # nothing running to tell: the services ask again on their own schedule
+        log.debug("NATS not reachable for %s: %s", subject, exc)
+        return False
+    try:
+        await connection.publish(subject, payload)
+        await connection.flush(timeout=max(1, int(timeout)))
+    finally:
+        await connection.close()
+    return True
+
+
 def calendar_subject(provider: str, mailbox: str) -> str:
     return f"calendar.v1.changes.{subject_token(provider)}.{subject_token(mailbox)}"
 

@@ -400,8 +400,7 @@ class Sandbox:
                 "issue-key",
                 "--tier",
                 tier,
-                "--seats",
-                str(seats),
+                *([] if tier == "free" else ["--seats", str(seats)]),  # Free is always 50 accounts
             ],
             capture_output=True,
             text=True,
@@ -413,7 +412,12 @@ class Sandbox:
         )
         if result.returncode != 0:
             raise RuntimeError(f"license registration failed ({result.returncode}): {result.stderr or result.stdout}")
-        self.ready["license"] = {"key": key, "tier": tier, "seats": seats, "message": result.stdout.strip()}
+        self.ready["license"] = {
+            "key": key,
+            "tier": tier,
+            "seats": 50 if tier == "free" else seats,
+            "message": result.stdout.strip(),
+        }
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout

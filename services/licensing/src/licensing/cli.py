@@ -38,9 +38,11 @@ from licensing.keys import parse_key
 from licensing.manager import LicenseManager, Snapshot
 from licensing.offline import DEFAULT_REQUEST_FILENAME, DEFAULT_RESPONSE_FILENAME
 from licensing.store import LicenseStore
+from tccal import bus
 from tccal.clock import SystemClock
 from tccal.config import Config, ConfigError, load_config
 from tccal.db import create_pool
+from tccal.secrets import reveal
 
 REGISTERED = "Your product successfully registered. Now you can run tc_calendar"
 REGISTERED_OFFLINE = "Your product successfully registered offline. Now you can run tc_calendar"
@@ -69,7 +71,9 @@ def load_or_exit(config_path: str | None) -> Config:
         sys.exit(EXIT_CONFIG)
 
 
-def _run(config_path: str | None, operation: Operation, failure: str = "Registration refused") -> None:
+def _run(
+    config_path: str | None, operation: Operation, failure: str = "Registration refused", *, announce: bool = False
+) -> None:
     """Load the config, open the database, migrate, run ``operation``; exit with its code."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s")
     config = load_or_exit(config_path)
@@ -96,7 +100,21 @@ def _run(config_path: str | None, operation: Operation, failure: str = "Registra
     except LicensingError as exc:
         click.echo(f"{failure} ({exc.code}): {exc.message}", err=True)
         sys.exit(exc.exit_code)
+    if code == 0 and announce:
+        asyncio.run(_announce_license_change(config))
     sys.exit(code)
+
+
+async def _announce_license_change(config: Config) -> None:
+    """Tell a running ews-ingest to ask for seats now, so a new license syncs mailboxes without waiting."""
+    nats_config = config.nats
+    await bus.announce(
+        nats_config.url,
+        bus.SEATS_CONTROL_SUBJECT,
+        user=nats_config.user,
+        password=reveal(nats_config.password, allow_plaintext=config.allow_plaintext_passwords),
+        token=reveal(nats_config.token, allow_plaintext=config.allow_plaintext_passwords),
+    )
 
 
 def _describe(snap: Snapshot) -> str:
@@ -152,7 +170,7 @@ def register(key: str, config_path: str | None, request_file: Path, offline: boo
         )
         return EXIT_OFFLINE_REQUEST_WRITTEN
 
-    _run(config_path, operation)
+    _run(config_path, operation, announce=True)
 
 
 @click.command("offline-reg")
@@ -171,7 +189,7 @@ def offline_reg(file: Path, config_path: str | None) -> None:
         click.echo(_describe(await manager.snapshot()))
         return 0
 
-    _run(config_path, operation)
+    _run(config_path, operation, announce=True)
 
 
 @click.command("license")

@@ -32,7 +32,15 @@ SINGLE = calendar_pb2.ITEM_KIND_SINGLE
 MASTER = calendar_pb2.ITEM_KIND_RECURRING_MASTER
 MAIN_KINDS = frozenset({SINGLE, MASTER, calendar_pb2.ITEM_KIND_UNSPECIFIED})
 ORGANIZER = common_pb2.RESPONSE_TYPE_ORGANIZER
-_UNANSWERED = frozenset({common_pb2.RESPONSE_TYPE_UNSPECIFIED, common_pb2.RESPONSE_TYPE_UNKNOWN})
+#: Answers that say nothing: an attendee copy holding one does not override what the organizer's copy knows
+#: (Exchange records a decline in the organizer's list and removes the decliner's own copy).
+_UNANSWERED = frozenset(
+    {
+        common_pb2.RESPONSE_TYPE_UNSPECIFIED,
+        common_pb2.RESPONSE_TYPE_UNKNOWN,
+        common_pb2.RESPONSE_TYPE_NO_RESPONSE_RECEIVED,
+    }
+)
 #: How far past the cache window the next occurrence of a series is looked for (conference schedule).
 NEXT_OCCURRENCE_HORIZON = timedelta(days=800)
 

@@ -1,0 +1,172 @@
+"""Drive the whole product as its users do: Exchange through EWS (exchangelib), TrueConf through its emulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from tccal.sandbox_demo import Ews, shared_calendar
+from tccal.testing import short_tmpdir
+
+T = TypeVar("T")
+DOMAIN = "sandbox.test"
+SEND = "SendToAllAndSaveCopy"
+
+
+def email(who: str) -> str:
+    return who if "@" in who else f"{who}@{DOMAIN}"
+
+
+def http_json(url: str, method: str = "GET", body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"null")
+
+
+def wait_until(predicate: Callable[[], T | None], timeout: float = 60.0, what: str = "", interval: float = 0.3) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            value = predicate()
+        except (OSError, KeyError, IndexError) as exc:  # the product is still catching up
+            value, last = None, exc
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last error: {last!r}")
+        time.sleep(interval)
+
+
+@dataclass
+class Product:
+    """A running `tc-calendar sandbox` and handles on what it runs."""
+
+    ready: dict[str, Any]
+    state_dir: Path
+    process: subprocess.Popen[bytes]
+    _accounts: dict[str, Any] = field(default_factory=dict)
+
+    # Exchange, as Outlook writes to it
+    def ews(self) -> Ews:
+        account = self.ready["exchange"]["service_account"]
+        return Ews(self.ready["exchange"]["ews_url"], account["username"], account["password"])
+
+    def account(self, who: str) -> Any:
+        if who not in self._accounts:
+            self._accounts[who] = self.ews().account(email(who))
+        return self._accounts[who]
+
+    def delegate_calendar(self, delegate: str, owner: str) -> Any:
+        return shared_calendar(self.account(delegate), email(owner))
+
+    def copy_of(self, who: str, uid: str, *, timeout: float = 30.0) -> Any:
+        """`who`'s own copy of the meeting `uid` (as their Outlook shows it)."""
+
+        def find() -> Any:
+            for item in self.account(who).calendar.all():
+                if item.uid == uid:
+                    return item
+            return None
+
+        return wait_until(find, timeout, f"{who}'s copy of {uid}")
+
+    # TrueConf, as its apps show it
+    def calendar(self, who: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = http_json(f"{self.ready['trueconf']['inspect_url']}/calendars/{email(who)}")
+        return result
+
+    def events(self, who: str, subject: str) -> list[dict[str, Any]]:
+        return [e for e in self.calendar(who) if e.get("subject") == subject]
+
+    def wait_events(
+        self, who: str, subject: str, check: Callable[[list[dict[str, Any]]], bool] = bool, timeout: float = 60.0
+    ) -> list[dict[str, Any]]:
+        return wait_until(
+            lambda: (lambda found: found if found and check(found) else None)(self.events(who, subject)),
+            timeout,
+            f"'{subject}' in {who}'s TrueConf calendar",
+        )
+
+    def conferences(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = http_json(f"{self.ready['trueconf']['inspect_url']}/conferences")
+        return result
+
+    def conference(self, conference_id: str) -> dict[str, Any] | None:
+        return next((c for c in self.conferences() if c["id"] == conference_id), None)
+
+    def channel(self, service: str) -> grpc.Channel:
+        return grpc.insecure_channel(self.ready["services"][service]["grpc"])
+
+    def log(self, name: str) -> str:
+        return (self.state_dir / "logs" / f"{name}.log").read_text(errors="replace")
+
+
+@contextmanager
+def running_product(*args: str, env: dict[str, str] | None = None, timeout: float = 240.0) -> Iterator[Product]:
+    """Start `tc-calendar sandbox` with `args`, wait for its ready-file, stop it (SIGTERM) afterwards."""
+    state = short_tmpdir("tce2e")
+    ready_file = state / "ready.json"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tccal.cli",
+            "sandbox",
+            "--state-dir",
+            str(state),
+            "--ready-file",
+            str(ready_file),
+            "--no-demo",
+            *args,
+        ],
+        stdout=open(state / "sandbox.out", "wb"),  # noqa: SIM115 - owned by the child
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    try:
+
+        def started() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"sandbox exited: {(state / 'sandbox.out').read_text(errors='replace')[-3000:]}")
+            return ready_file.exists()
+
+        wait_until(started, timeout, "the sandbox to be ready")
+        yield Product(json.loads(ready_file.read_text()), state, process)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def local_time(days: int, hour: int, minute: int = 0, zone: str = "Europe/Berlin") -> Any:
+    """An exchangelib datetime `days` from today at hour:minute in `zone`."""
+    from exchangelib import EWSDateTime, EWSTimeZone
+
+    tz = EWSTimeZone(zone)
+    day = datetime.now(tz).date() + timedelta(days=days)
+    return EWSDateTime(day.year, day.month, day.day, hour, minute, tzinfo=tz)
+
+
+def iso_utc(value: Any) -> str:
+    """The inspection API's form of an instant: ISO 8601 UTC."""
+    from datetime import UTC
+
+    return str(value.astimezone(UTC).isoformat().replace("+00:00", "Z"))
