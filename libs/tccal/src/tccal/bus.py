@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 import nats
 from nats.aio.client import Client
@@ -55,23 +56,41 @@ SEATS_CONTROL_SUBJECT = "calendar.v1.control.seats"
 
 
 async def announce(url: str, subject: str, payload: bytes = b"{}", *, timeout: float = 2.0, **auth: str) -> bool:
-    """Best-effort core-NATS message from a short-lived process (a CLI); False when NATS is not reachable."""
-    try:
+    """Best-effort core-NATS message from a short-lived process (a CLI); False when NATS is not reachable.
+
+    Never retries and never logs connection noise: nothing running to tell is a normal case (the services
+    then ask again on their own schedule).
+    """
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+
+    async def quiet(exc: Exception) -> None:
+        log.debug("NATS not reachable for %s: %s", subject, exc)
+
+    async def send() -> None:
         connection = await nats.connect(
-            servers=[u.strip() for u in url.split(",") if u.strip()],
+            servers=servers,
             connect_timeout=timeout,
             allow_reconnect=False,
             max_reconnect_attempts=0,
+            error_cb=quiet,
             **{k: v for k, v in auth.items() if v},
         )
-    except Exception as exc:  # nothing running to tell: the services ask again on their own schedule
-        log.debug("NATS not reachable for %s: %s", subject, exc)
-        return False
+        try:
+            await connection.publish(subject, payload)
+            await connection.flush(timeout=max(1, int(timeout)))
+        finally:
+            await connection.close()
+
     try:
-        await connection.publish(subject, payload)
-        await connection.flush(timeout=max(1, int(timeout)))
-    finally:
-        await connection.close()
+        for server in servers:  # a refused port answers at once; nats-py would wait out its timeout instead
+            parsed = urlparse(server if "://" in server else f"nats://{server}")
+            _, writer = await asyncio.wait_for(asyncio.open_connection(parsed.hostname, parsed.port or 4222), timeout)
+            writer.close()
+            break
+        await asyncio.wait_for(send(), timeout * 2)
+    except Exception as exc:  # unreachable, refused, timed out: the message is only a hint
+        await quiet(exc)
+        return False
     return True
 
 
