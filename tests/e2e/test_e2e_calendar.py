@@ -113,7 +113,7 @@ def test_4_1_1_event_with_conference_each_mode_gets_conference_and_join_link(pro
     assert wait_until(lambda: product.conference(webinar["conference"]["id"]), 30, "webinar")["access"] == "public"
 
 
-def test_keyword_trueconf_in_location_creates_a_conference_with_defaults(product: Product) -> None:
+def test_4_1_1_keyword_trueconf_in_location_creates_a_conference_with_defaults(product: Product) -> None:
     meeting(product, "carol", "Standup", days=3, required=("bob",), location="@trueconf")
     (event,) = product.wait_events("bob", "Standup", lambda found: found[0]["conference"] is not None)
     conference = wait_until(lambda: product.conference(event["conference"]["id"]), 30, "conference")
@@ -145,7 +145,7 @@ def test_4_2_3_event_cancellation_shows_cancelled_and_deletes_conference(product
     wait_until(lambda: product.conference(conference_id) is None, 30, "the conference deleted on TrueConf Server")
 
 
-def test_attendee_deleting_own_copy_hides_it_only_for_them(product: Product) -> None:
+def test_4_2_3_attendee_deleting_own_copy_hides_it_only_for_them(product: Product) -> None:
     item = meeting(product, "erin", "Coffee chat", days=6, required=("bob", "carol"))
     product.wait_events("bob", "Coffee chat")
     product.wait_events("carol", "Coffee chat")
@@ -155,7 +155,7 @@ def test_attendee_deleting_own_copy_hides_it_only_for_them(product: Product) -> 
     assert product.events("erin", "Coffee chat")[0]["cancelled"] is False
 
 
-def test_answers_follow_in_real_time(product: Product) -> None:
+def test_1_3_answers_follow_in_real_time(product: Product) -> None:
     item = meeting(product, "alice", "Answers", days=7, required=("bob",), optional=("carol", "erin"))
     product.wait_events("alice", "Answers")
     product.copy_of("bob", item.uid).accept()
@@ -192,7 +192,7 @@ def test_4_1_2_delegation_owner_is_organizer_and_conference_owner(product: Produ
     assert "alice" in conference["owner"] and "dave" not in conference["owner"]
 
 
-def test_private_meeting_is_busy_without_details(product: Product) -> None:
+def test_4_1_private_meeting_is_busy_without_details(product: Product) -> None:
     meeting(
         product,
         "carol",
@@ -212,7 +212,7 @@ def test_private_meeting_is_busy_without_details(product: Product) -> None:
     assert event["body"] in (None, "") and event["location"] in (None, "")
 
 
-def test_participants_follow_the_attendees(product: Product) -> None:
+def test_3_1_2_sync_conference_participants_follow_the_attendees(product: Product) -> None:
     item = meeting(product, "bob", "Sprint demo", days=10, required=("alice",), marker={"mode": "S|L Auto"})
     (event,) = product.wait_events("alice", "Sprint demo", lambda f: f[0]["conference"] is not None)
     conference_id = event["conference"]["id"]
@@ -229,7 +229,7 @@ def test_participants_follow_the_attendees(product: Product) -> None:
     wait_until(lambda: "erin" not in invited() and "alice" in invited(), 30, "erin uninvited after declining")
 
 
-def test_launch_conference_runs_it_at_start(product: Product) -> None:
+def test_3_1_2_launch_conference_runs_it_at_start(product: Product) -> None:
     from exchangelib import EWSDateTime, EWSTimeZone
 
     account = product.account("alice")

@@ -217,7 +217,7 @@ class TraceCollector(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
-def test_one_exchange_change_is_one_trace_across_the_services() -> None:
+def test_1_1_1_one_exchange_change_is_one_trace_across_the_services() -> None:
     collector = TraceCollector()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)

@@ -120,7 +120,7 @@ def test_4_2_2_edited_and_deleted_occurrences(product: Product) -> None:
     assert starts[2].date() == (start + timedelta(weeks=3)).date()
 
 
-def test_cache_window_backward_and_forward(product: Product) -> None:
+def test_3_1_2_cache_window_backward_and_forward(product: Product) -> None:
     account = product.account("alice")
     for subject, days in (("Far future", 150), ("Recent past", -10), ("Long ago", -75), ("Soon", 3)):
         start = local_time(days, 14)
