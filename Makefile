@@ -10,7 +10,7 @@ PACKAGES := proto libs/tccal $(sort $(dir $(wildcard services/*/pyproject.toml e
 PKGS := $(sort $(notdir $(patsubst %/,%,$(dir $(wildcard libs/*/src/*/__init__.py services/*/src/*/__init__.py emulators/*/src/*/__init__.py)))))
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest clean
+.PHONY: install run test lint typecheck pytest clean bench bench-smoke
 
 install: $(STAMP)
 
@@ -35,6 +35,19 @@ pytest: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test: lint typecheck pytest
+
+# Benchmarks against their baselines (bench/README.md); ~20 min on 2 cores, results in bench/results/.
+bench: install
+	$(BIN)/python bench/bench.py live --mailboxes 50
+	$(BIN)/python bench/bench.py live --mailboxes 200
+	$(BIN)/python bench/bench.py idle --mailboxes 50
+	$(BIN)/python bench/bench.py initial-sync --mailboxes 50
+	$(BIN)/python bench/bench.py initial-sync --mailboxes 200
+	$(BIN)/python bench/bench_engine.py --changes 5000
+
+# The smallest run of each benchmark; `make test` runs it too (tests/bench/test_bench_smoke.py).
+bench-smoke: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/bench
 
 clean:
 	rm -rf $(VENV) .venv-helm proto/gen .sandbox
