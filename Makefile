@@ -10,7 +10,7 @@ PACKAGES := proto libs/tccal $(sort $(dir $(wildcard services/*/pyproject.toml e
 PKGS := $(sort $(notdir $(patsubst %/,%,$(dir $(wildcard libs/*/src/*/__init__.py services/*/src/*/__init__.py emulators/*/src/*/__init__.py)))))
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest clean bench bench-smoke
+.PHONY: install run test lint typecheck pytest faults clean bench bench-smoke
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ pytest: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test: lint typecheck pytest
+
+# The fault suite at the issue's size (10,000 changes per scenario); TC_FAULTS_LOAD / TC_FAULTS_CONVERGE_S override.
+faults: install
+	TC_FAULTS_LOAD=$${TC_FAULTS_LOAD:-10000} TC_FAULTS_REPORT=$${TC_FAULTS_REPORT:-faults-report.json} \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider -rxX -o timeout=7200 tests/faults
 
 # Benchmarks against their baselines (bench/README.md); ~20 min on 2 cores, results in bench/results/.
 bench: install

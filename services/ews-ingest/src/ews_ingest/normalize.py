@@ -146,6 +146,19 @@ def recurrence(value: Any) -> common_pb2.Recurrence:
     return result
 
 
+# TrueConf apps show a meeting's description, not a document: a body beyond this is cut (with a marker), so one
+# huge item can never push a CalendarChange past NATS max_payload (1 MiB) and stall its whole mailbox.
+MAX_BODY_CHARS = 64_000
+BODY_CUT_MARKER = "\n[…]"
+
+
+def shown_body(text: str) -> str:
+    """The body as published: at most MAX_BODY_CHARS characters (UTF-8 ≤ 4 bytes each, far below 1 MiB)."""
+    if len(text) <= MAX_BODY_CHARS:
+        return text
+    return text[: MAX_BODY_CHARS - len(BODY_CUT_MARKER)] + BODY_CUT_MARKER
+
+
 def plain_text(item: Any) -> str:
     """The body as plain text: TextBody when Exchange gave it, else the HTML body's text."""
     text = getattr(item, "text_body", None)
@@ -254,7 +267,7 @@ def normalize(
         uid=uid,
         kind=kind,
         subject=subject,
-        body=body,
+        body=shown_body(body),
         location=location,
         time_zone=iana,
         windows_time_zone=windows,
@@ -308,7 +321,7 @@ def _modified(occurrences: Iterable[Any], exceptions: Mapping[str, Any]) -> list
         if detail is not None:
             entry.subject = detail.subject or ""
             entry.location = detail.location or ""
-            entry.body = plain_text(detail)
+            entry.body = shown_body(plain_text(detail))
             entry.cancelled = bool(detail.is_cancelled)
         out.append(entry)
     return out

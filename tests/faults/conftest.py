@@ -1,0 +1,38 @@
+"""Fault suite fixtures: one product per module that needs only the default configuration; the result table."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from faults_support import RESULTS, FaultProduct, launch
+
+
+@pytest.fixture(scope="module")
+def fproduct() -> Iterator[FaultProduct]:
+    with launch() as running:
+        yield running
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not RESULTS:
+        return
+    terminalreporter.write_sep("=", "fault scenarios")
+    header = f"{'scenario':44} {'load':>5} {'lost':>5} {'dup':>4} {'wrong':>5} {'converge s':>10}  faults"
+    terminalreporter.write_line(header)
+    for row in RESULTS:
+        terminalreporter.write_line(
+            f"{row['scenario']:44} {row['load']:>5} {row['lost']:>5} {row['duplicated']:>4} {row['wrong']:>5} "
+            f"{row['converge_s'] if row['converge_s'] is not None else 'NO':>10}  {row['faults']}"
+        )
+    target = os.environ.get("TC_FAULTS_REPORT")
+    if target:
+        Path(target).write_text(json.dumps(RESULTS, indent=2))

@@ -1,0 +1,418 @@
+"""The whole product under faults: start it, load it through EWS, break a part, check what TrueConf holds.
+
+Builds on tests/e2e/e2e_support.py (same sandbox, same EWS and inspection helpers). The sandbox supervisor
+stops the whole product as soon as one of its children exits, so a test that kills a process first freezes
+the supervisor (SIGSTOP) and from then on restarts what it killed itself, with the argv read from
+/proc/<pid>/cmdline and the environment the sandbox gives its services (machine key and config in the state
+dir). Everything restarted here is stopped here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+
+from e2e_support import SEND, Product, email, http_json, wait_until
+
+from tccal import secrets
+from tccal.embedded import die_with_parent
+from tccal.testing import short_tmpdir
+
+LOAD = int(os.environ.get("TC_FAULTS_LOAD", "150"))  # changes per scenario; `make faults` raises it
+CONVERGE_S = float(os.environ.get("TC_FAULTS_CONVERGE_S", str(max(120.0, LOAD * 0.6))))
+SERVICE_MODULES = {"ews-ingest", "sync-engine", "tcs-gateway", "licensing"}
+RESULTS: list[dict[str, Any]] = []  # one row per scenario, printed at the end of the session
+ADMIN_TOKEN = "flt-admin-" + os.urandom(12).hex()  # the gRPC admin token of the guarded product (abuse tests)
+PAIRS = [("alice", "bob"), ("bob", "carol"), ("carol", "erin")]
+
+
+@dataclass
+class FaultProduct:
+    """A running sandbox (e2e Product) plus the processes this suite restarted in it."""
+
+    product: Product
+    frozen: bool = False
+    postgres_restarted: bool = False
+    restarted: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def ready(self) -> dict[str, Any]:
+        return self.product.ready
+
+    @property
+    def state_dir(self) -> Path:
+        return self.product.state_dir
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("TC_CALENDAR_KEY", None)
+        env["TC_CALENDAR_KEY_FILE"] = str(self.state_dir / "machine.key")
+        env["TC_CALENDAR_CONFIG"] = str(self.state_dir / "config.json")
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def freeze_supervisor(self) -> None:
+        """Stop the sandbox's own watchdog (it would tear everything down when a child dies)."""
+        if not self.frozen:
+            os.kill(self.product.process.pid, signal.SIGSTOP)
+            self.frozen = True
+
+    def kill9_and_restart(self, name: str, down_s: float = 1.0) -> None:
+        """kill -9 one of the four services and start it again with the same argv and environment."""
+        assert name in SERVICE_MODULES, name
+        self.freeze_supervisor()
+        pid = int(self.ready["processes"][name])
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not _alive(pid), 20, f"{name} ({pid}) gone after SIGKILL")
+        time.sleep(down_s)
+        log = open(self.state_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        process = subprocess.Popen(
+            [a.decode() for a in argv], stdout=log, stderr=subprocess.STDOUT, env=self.env(), preexec_fn=die_with_parent
+        )
+        log.close()
+        self.restarted.append(process)
+        self.ready["processes"][name] = process.pid
+        http = self.ready["services"][name]["http"]
+        wait_until(lambda: _http_ok(f"{http}/readyz"), 90, f"{name} ready again after restart")
+
+    def restart_nats(self, down_s: float = 2.0) -> None:
+        """kill -9 nats-server and start it again on the same port and store directory."""
+        self.freeze_supervisor()
+        pid = int(self.ready["processes"]["nats-server"])
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not _alive(pid), 20, "nats-server gone")
+        time.sleep(down_s)
+        log = open(self.state_dir / "nats" / "nats-server.log", "ab")  # noqa: SIM115
+        process = subprocess.Popen(
+            [a.decode() for a in argv], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        self.restarted.append(process)
+        self.ready["processes"]["nats-server"] = process.pid
+
+    def restart_postgres(self, down_s: float = 2.0) -> None:
+        """Crash-stop the embedded PostgreSQL (pg_ctl stop -m immediate) and start it on the same data dir."""
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
+
+        data = self.state_dir / "pg"
+        user = "pgserver" if os.geteuid() == 0 else None
+        pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=data, user=user, timeout=30)
+        time.sleep(down_s)
+        self.postgres_restarted = True
+        pg_ctl(
+            ["-w", "-o", '-h ""', "-o", f"-k {data}", "-l", str(data / "restart.log"), "start"],
+            pgdata=data,
+            user=user,
+            timeout=60,
+        )
+
+    def stop_restarted(self) -> None:
+        for process in reversed(self.restarted):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in reversed(self.restarted):
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    # fault injection in the emulators
+    def exchange_admin(self, method: str, path: str, body: Any = None) -> Any:
+        return http_json(f"{self.ready['exchange']['admin_url']}{path}", method, body)
+
+    def trueconf_admin(self, method: str, path: str, body: Any = None) -> Any:
+        return http_json(f"{self.ready['trueconf']['admin_url']}{path}", method, body)
+
+    def bridge(self) -> dict[str, Any]:
+        result: dict[str, Any] = http_json(f"{self.ready['trueconf']['inspect_url']}/bridge")
+        return result
+
+    def rest_log(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = http_json(f"{self.ready['trueconf']['inspect_url']}/rest-log")
+        return result
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+@contextmanager
+def launch(*args: str, admin_token: str | None = None, timeout: float = 240.0) -> Iterator[FaultProduct]:
+    """`tc-calendar sandbox --no-demo *args` in a fresh state dir; with `admin_token`, gRPC admin calls need it.
+
+    The machine key is made in the state dir first, so the token can be encrypted with the product's own key.
+    """
+    state = short_tmpdir("tcflt")
+    if admin_token is not None:
+        key_file = state / "machine.key"
+        previous = os.environ.get("TC_CALENDAR_KEY_FILE")
+        os.environ["TC_CALENDAR_KEY_FILE"] = str(key_file)
+        try:
+            encrypted = secrets.encrypt(admin_token, secrets.load_key(create=True))
+        finally:
+            if previous is None:
+                os.environ.pop("TC_CALENDAR_KEY_FILE", None)
+            else:
+                os.environ["TC_CALENDAR_KEY_FILE"] = previous
+        args = (*args, "--config-override", json.dumps({"grpc": {"adminToken": encrypted}}))
+    ready_file = state / "ready.json"
+    sandbox = [sys.executable, "-m", "tccal.cli", "sandbox", "--state-dir", str(state)]
+    process = subprocess.Popen(
+        [*sandbox, "--ready-file", str(ready_file), "--no-demo", *args],
+        stdout=open(state / "sandbox.out", "wb"),  # noqa: SIM115 - owned by the child
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    running = None
+    try:
+
+        def started() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"sandbox exited: {(state / 'sandbox.out').read_text(errors='replace')[-3000:]}")
+            return ready_file.exists()
+
+        wait_until(started, timeout, "the sandbox to be ready")
+        running = FaultProduct(Product(json.loads(ready_file.read_text()), state, process))
+        yield running
+    finally:
+        if running is not None:
+            running.stop_restarted()
+            if running.frozen:
+                os.kill(process.pid, signal.SIGCONT)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if running is not None and running.postgres_restarted and (state / "pg" / "postmaster.pid").exists():
+            stop_postgres(state / "pg")  # the one we started is not the sandbox's to stop
+        SECRET_SOURCES.append(state)
+
+
+def stop_postgres(data: Path) -> None:
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
+
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data, user="pgserver" if os.geteuid() == 0 else None, timeout=60)
+
+
+SECRET_SOURCES: list[Path] = []  # state dirs of every product this session started (for the secrets scan)
+
+
+# --- load -------------------------------------------------------------------------------------------------
+@dataclass
+class Meeting:
+    subject: str
+    organizer: str
+    attendee: str
+    start: datetime
+    conference: bool
+    item: Any = None
+    deleted: bool = False
+    launch: bool = False  # starts during the scenario: its conference must be run exactly once
+
+
+@dataclass
+class Load:
+    """`changes` EWS writes: creates, then reschedules (+1 h) of every third, then deletes of every tenth."""
+
+    tag: str
+    changes: int
+    meetings: list[Meeting] = field(default_factory=list)
+    written: int = 0
+
+    def plan(self) -> list[tuple[str, int]]:
+        creates = max(3, round(self.changes * 0.65))
+        ops: list[tuple[str, int]] = [("create", i) for i in range(creates)]
+        ops += [("move", i) for i in range(0, creates, 3)][: max(0, round(self.changes * 0.25))]
+        ops += [("delete", i) for i in range(1, creates, 10)][: max(0, self.changes - len(ops))]
+        return ops
+
+
+def write_load(fp: FaultProduct, load: Load, ops: list[tuple[str, int]]) -> None:
+    """Apply `ops` through EWS (bulk creates, item-by-item updates and deletes), as Outlook would."""
+    from exchangelib import CalendarItem, EWSDateTime
+    from exchangelib.properties import Attendee, Mailbox
+
+    product = fp.product
+    base = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=2)
+    creates: dict[str, list[Meeting]] = {}
+    for op, index in ops:
+        if op == "create":
+            organizer, attendee = PAIRS[index % len(PAIRS)]
+            start = base + timedelta(days=(index // 24) % 40, hours=index % 24 // 2, minutes=(index % 2) * 30)
+            meeting = Meeting(f"{load.tag}-{index:05d}", organizer, attendee, start, index % 5 == 0)
+            load.meetings.append(meeting)
+            creates.setdefault(organizer, []).append(meeting)
+    for organizer, meetings in creates.items():
+        account = product.account(organizer)
+        for chunk in range(0, len(meetings), 50):
+            batch = meetings[chunk : chunk + 50]
+            items = [
+                CalendarItem(
+                    account=account,
+                    folder=account.calendar,
+                    subject=m.subject,
+                    start=EWSDateTime.from_datetime(m.start),
+                    end=EWSDateTime.from_datetime(m.start + timedelta(minutes=25)),
+                    location="@trueconf" if m.conference else "Room 1",
+                    required_attendees=[Attendee(mailbox=Mailbox(email_address=email(m.attendee)))],
+                )
+                for m in batch
+            ]
+            results = account.bulk_create(folder=account.calendar, items=items, send_meeting_invitations=SEND)
+            for meeting, result in zip(batch, results, strict=True):
+                assert not isinstance(result, Exception), f"EWS refused {meeting.subject}: {result!r}"
+                meeting.item = result
+                load.written += 1
+    by_index = {int(m.subject.rsplit("-", 1)[1]): m for m in load.meetings if not m.launch}
+    for op, index in ops:
+        if op == "create":
+            continue
+        meeting = by_index[index]
+        item = product.account(meeting.organizer).calendar.get(id=meeting.item.id)
+        if op == "move":
+            meeting.start += timedelta(hours=1)
+            item.start = EWSDateTime.from_datetime(meeting.start)
+            item.end = EWSDateTime.from_datetime(meeting.start + timedelta(minutes=25))
+            item.save(update_fields=["start", "end"], send_meeting_invitations=SEND)
+        else:
+            item.delete(send_meeting_cancellations=SEND)
+            meeting.deleted = True
+        load.written += 1
+
+
+def write_soon(fp: FaultProduct, load: Load, count: int = 2, lead_s: float = 25.0) -> None:
+    """`count` conference meetings starting `lead_s` from now: the scheduler must launch each exactly once."""
+    from exchangelib import CalendarItem, EWSDateTime
+    from exchangelib.properties import Attendee, Mailbox
+
+    start = (datetime.now(UTC) + timedelta(seconds=lead_s)).replace(microsecond=0)
+    for index in range(count):
+        organizer, attendee = PAIRS[index % len(PAIRS)]
+        meeting = Meeting(f"{load.tag}-soon{index}", organizer, attendee, start, True, launch=True)
+        account = fp.product.account(organizer)
+        item = CalendarItem(
+            account=account,
+            folder=account.calendar,
+            subject=meeting.subject,
+            start=EWSDateTime.from_datetime(start),
+            end=EWSDateTime.from_datetime(start + timedelta(minutes=30)),
+            location="@trueconf",
+            required_attendees=[Attendee(mailbox=Mailbox(email_address=email(attendee)))],
+        )
+        item.save(send_meeting_invitations=SEND)
+        meeting.item = item
+        load.meetings.append(meeting)
+        load.written += 1
+
+
+def verdict(fp: FaultProduct, load: Load) -> dict[str, Any]:
+    """Compare what TrueConf shows with what was written: missing, duplicated, wrong, conference counts."""
+    product = fp.product
+    missing: list[str] = []
+    duplicated: list[str] = []
+    wrong: list[str] = []
+    conferences = [c for c in product.conferences() if str(c.get("topic", "")).startswith(load.tag + "-")]
+    topics: dict[str, list[dict[str, Any]]] = {}
+    for conference in conferences:
+        topics.setdefault(conference["topic"], []).append(conference)
+    calendars: dict[str, list[dict[str, Any]]] = {}
+    for who in {m.organizer for m in load.meetings} | {m.attendee for m in load.meetings}:
+        calendars[who] = [e for e in product.calendar(who) if str(e.get("subject", "")).startswith(load.tag + "-")]
+    for meeting in load.meetings:
+        for who in (meeting.organizer, meeting.attendee):
+            found = [e for e in calendars[who] if e["subject"] == meeting.subject]
+            live = [e for e in found if not e["cancelled"]]
+            if meeting.deleted:
+                if live:
+                    wrong.append(f"{meeting.subject} still live for {who}")
+                if len(found) > 1:
+                    duplicated.append(f"{meeting.subject} x{len(found)} for {who}")
+                continue
+            if not found:
+                missing.append(f"{meeting.subject} for {who}")
+            elif len(found) > 1:
+                duplicated.append(f"{meeting.subject} x{len(found)} for {who}")
+            elif datetime.fromisoformat(found[0]["start"].replace("Z", "+00:00")) != meeting.start:
+                wrong.append(f"{meeting.subject} for {who} starts {found[0]['start']}, expected {meeting.start}")
+            elif meeting.conference and found[0]["conference"] is None:
+                missing.append(f"join link of {meeting.subject} for {who}")
+        made = topics.get(meeting.subject, [])
+        if meeting.launch and datetime.now(UTC) < meeting.start + timedelta(seconds=5):
+            missing.append(f"launch of {meeting.subject} (not due yet)")
+        elif meeting.launch and made and made[0].get("state") != "running":
+            missing.append(f"launch of {meeting.subject} (state {made[0].get('state')})")
+        if meeting.conference and not meeting.deleted and not made:
+            missing.append(f"conference of {meeting.subject}")
+        if len(made) > 1:
+            duplicated.append(f"conference {meeting.subject} x{len(made)}")
+        if (not meeting.conference or meeting.deleted) and made:
+            wrong.append(f"conference of {meeting.subject} should not exist")
+    runs: dict[str, int] = {}
+    for entry in fp.rest_log():
+        path = str(entry.get("path", ""))
+        if entry.get("method") == "POST" and path.endswith("/run") and int(entry.get("status", 0)) < 300:
+            runs[path] = runs.get(path, 0) + 1
+    duplicated += [f"launch {p} x{n}" for p, n in runs.items() if n > 1]
+    return {"missing": missing, "duplicated": duplicated, "wrong": wrong, "conferences": len(conferences)}
+
+
+def converge(fp: FaultProduct, load: Load, started: float, scenario: str, faults: str) -> dict[str, Any]:
+    """Wait (bounded) until TrueConf shows exactly what was written; record and return the row."""
+    last: dict[str, Any] = {}
+
+    def clean() -> bool:
+        nonlocal last
+        last = verdict(fp, load)
+        return not (last["missing"] or last["duplicated"] or last["wrong"])
+
+    try:
+        wait_until(clean, CONVERGE_S, f"{scenario}: TrueConf to show every change exactly once", interval=2.0)
+        converged: float | None = time.monotonic() - started
+    except AssertionError:
+        converged = None
+    row = {
+        "scenario": scenario,
+        "load": load.written,
+        "faults": faults,
+        "lost": len(last.get("missing", [])),
+        "duplicated": len(last.get("duplicated", [])),
+        "wrong": len(last.get("wrong", [])),
+        "converge_s": None if converged is None else round(converged, 1),
+    }
+    RESULTS.append(row)
+    assert converged is not None, (
+        f"{scenario} did not converge within {CONVERGE_S:.0f}s: "
+        f"missing {last['missing'][:10]}, duplicated {last['duplicated'][:10]}, wrong {last['wrong'][:10]}"
+    )
+    return row
