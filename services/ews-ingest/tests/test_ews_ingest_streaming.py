@@ -151,8 +151,13 @@ async def test_connection_renewal(nats_url: str, licensing: FakeLicensing, colle
                 await collector.start()
                 await h.synced(owner)
                 stats = h.runtime.streams.stats
-                await wait_for_async(lambda: _at_least(stats.connections, 3), what="renewed connections")
+                await wait_for_async(lambda: _at_least(stats.renewals, 1), what="a first renewal")
+                catch_ups, syncs = stats.catch_ups, emu.admin.requests()["operations"].get("SyncFolderItems", 0)
+                await wait_for_async(lambda: _at_least(stats.renewals, 4), what="renewed connections")
                 assert stats.resubscribes == 0  # the subscription outlives its connections
+                # a renewal announced with ConnectionStatus "Closed" loses nothing: no catch-up sync, no EWS call
+                assert stats.catch_ups == catch_ups
+                assert emu.admin.requests()["operations"].get("SyncFolderItems", 0) == syncs
                 await outlook.do(outlook.meeting, owner, "across renewals")
                 await collector.wait(lambda c: c.event.subject == "across renewals")
             assert emu.admin.violations() == []

@@ -27,7 +27,7 @@ class Tuning:
     """Operational timings and sizes (environment: EWS_INGEST_<FIELD NAME IN CAPITALS>)."""
 
     #: Every mailbox is synced at least this often, whatever the notifications say (safety net).
-    safety_sync_seconds: float = 900.0
+    safety_sync_seconds: float = 172800.0
     #: Mailboxes that found no room on a streaming connection are polled this often.
     poll_seconds: float = 60.0
     #: AllocateSeats is asked again this often (seats are 1-hour leases).

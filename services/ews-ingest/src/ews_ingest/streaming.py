@@ -8,9 +8,11 @@ slots. Affinity follows Microsoft's recipe for grouped subscriptions: every Subs
 hints: a wrong guess costs a proxy hop, never correctness.
 
 A notification only triggers a sync of its mailbox - SyncFolderItems decides what changed. After any gap the group's
-mailboxes are caught up with a sync: the stream was dropped or closed (every reconnect, also the 30-minute
-renewal), a subscription was lost (ErrorSubscriptionNotFound / expired: subscribed again first) or Exchange says
-events were missed. Mailboxes for which no stream slot is left are polled (`poll_seconds`) instead.
+mailboxes are caught up with a sync: the stream ended without Exchange's ConnectionStatus "Closed" (dropped by the
+server or the network), it failed, a subscription was lost (ErrorSubscriptionNotFound / expired: subscribed again
+first) or Exchange says events were missed. The planned end of a connection at its ConnectionTimeout (the 30-minute
+renewal, announced with "Closed") needs no catch-up: the subscriptions live on and Exchange keeps their events for the
+next connection, which is opened at once. Mailboxes for which no stream slot is left are polled (`poll_seconds`).
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ class GroupStreamingEvents(_AffinityMixin, GetStreamingEvents):  # type: ignore[
 class StreamStats:
     connections: int = 0
     reconnects: int = 0
+    #: Connections that ended at their ConnectionTimeout with ConnectionStatus "Closed" (no catch-up needed).
+    renewals: int = 0
     subscriptions: int = 0
     resubscribes: int = 0
     notifications: int = 0
@@ -252,10 +256,12 @@ class StreamManager:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 continue
-            if outcome == "closed":
-                # ConnectionTimeout reached (or the server closed it): reconnect at once, and catch up to be safe.
+            if outcome in ("renewed", "closed"):
+                # Reconnect at once. Renewed (ConnectionTimeout reached, "Closed" announced): nothing was missed.
+                # Ended without "Closed" (the server or the network cut it): catch up to be safe.
                 self.stats.reconnects += 1
-                gap = True
+                self.stats.renewals += outcome == "renewed"
+                gap = outcome == "closed"
             # else: closed on purpose to take in new members; those already streaming missed nothing
 
     async def _idle(self, group: Group, seconds: float | None) -> None:
@@ -340,7 +346,9 @@ class StreamManager:
             entry.streamed = streamed
 
     async def _stream(self, group: Group) -> str:
-        """One GetStreamingEvents connection until it closes, fails, or the group changes. Returns why it ended."""
+        """One GetStreamingEvents connection until it closes, fails, or the group changes. Returns why it ended:
+        "renewed" (Exchange announced ConnectionStatus Closed: the ConnectionTimeout was reached), "closed" (the
+        response ended without it) or "changed" (closed by us to take in new members)."""
         stop = self._stop
         assert stop is not None and group.affinity is not None
         loop = asyncio.get_running_loop()
@@ -349,6 +357,7 @@ class StreamManager:
         affinity = group.affinity
         anchor = affinity.anchor
         ended = threading.Event()
+        status: list[str | None] = [None]
         self.stats.connections += 1
 
         def notify(mailbox: str, noticed: float) -> None:
@@ -369,6 +378,7 @@ class StreamManager:
                     events = [e for e in notification.events if type(e).__name__ != "StatusEvent"]
                     if mailbox is not None and events:
                         loop.call_soon_threadsafe(notify, mailbox, time.monotonic())
+                status[0] = service.connection_status
             finally:
                 group.service = None
 
@@ -383,7 +393,7 @@ class StreamManager:
             stopped.cancel()
         if future in done:
             future.result()  # raises what the stream raised
-            return "closed"
+            return "renewed" if status[0] == GroupStreamingEvents.CLOSED else "closed"
         ended.set()
         self._close_stream(group)
         with contextlib.suppress(Exception):
