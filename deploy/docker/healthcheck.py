@@ -1,6 +1,7 @@
 """Container health check of a connector service: GET /healthz on the service's HTTP side port.
 
-Usage (the images' HEALTHCHECK and docker-compose.yml): python /opt/tc-calendar/healthcheck.py SERVICE [PATH]
+Usage (the images' HEALTHCHECK and docker-compose.yml): python /opt/tc-calendar/healthcheck.py [SERVICE [PATH]]
+SERVICE defaults to $TCCAL_SERVICE, which the service images set (deploy/docker/Dockerfile, build arg NAME).
 
 The port and address come from the same config.json the service reads (TC_CALENDAR_CONFIG, with the
 TC_CALENDAR__* environment overrides applied), so a changed httpPort needs no change here. A service bound to
@@ -15,6 +16,7 @@ import sys
 import urllib.error
 import urllib.request
 
+SERVICE_ENV = "TCCAL_SERVICE"
 WILDCARDS = {"", "0.0.0.0", "::", "[::]"}
 TIMEOUT_SECONDS = 3.0
 
@@ -51,8 +53,10 @@ def check(service: str, path: str = "/healthz") -> str | None:
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) == 1 and os.environ.get(SERVICE_ENV):
+        argv = [argv[0], os.environ[SERVICE_ENV]]
     if len(argv) not in (2, 3):
-        print("usage: healthcheck.py SERVICE [PATH]", file=sys.stderr)
+        print(f"usage: healthcheck.py SERVICE [PATH] (SERVICE defaults to ${SERVICE_ENV})", file=sys.stderr)
         return 1
     problem = check(argv[1], argv[2] if len(argv) == 3 else "/healthz")
     if problem:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -158,6 +159,9 @@ def test_depends_on_only_healthy_services(compose_services: dict[str, dict[str, 
 
 
 def test_builds_point_at_existing_dockerfiles(compose_services: dict[str, dict[str, Any]]) -> None:
+    """Every image is built from the one Dockerfile, with a target stage it has and only build args it declares
+    (an undeclared arg is silently ignored by Docker); tests/deploy/test_deploy_dockerfiles.py checks each
+    image those args make."""
     built = set()
     for name, definition in compose_services.items():
         build = definition.get("build")
@@ -167,11 +171,15 @@ def test_builds_point_at_existing_dockerfiles(compose_services: dict[str, dict[s
         assert context == ROOT, f"{name}: build context must be the repository root, is {context}"
         dockerfile = context / interpolate(build["dockerfile"])
         assert dockerfile.is_file(), f"{name}: {dockerfile} does not exist"
-        built.add(dockerfile.relative_to(ROOT).as_posix())
-    expected = {f"services/{s}/Dockerfile" for s in CONNECTOR_SERVICES} | {
-        f"emulators/{e}/Dockerfile" for e in EMULATORS
-    }
-    assert built == expected
+        assert dockerfile.relative_to(ROOT).as_posix() == "deploy/docker/Dockerfile", name
+        text = dockerfile.read_text()
+        stages = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", text, re.MULTILINE | re.IGNORECASE))
+        assert build.get("target") in stages, f"{name}: target {build.get('target')} is not a stage of {dockerfile}"
+        declared = set(re.findall(r"^ARG\s+(\w+)", text, re.MULTILINE))
+        for arg in build.get("args") or {}:
+            assert arg in declared, f"{name}: build arg {arg} is not an ARG of {dockerfile}"
+        built.add(name)
+    assert built == set(CONNECTOR_SERVICES) | SANDBOX_SERVICES
 
 
 def test_infrastructure(compose: dict[str, Any], compose_services: dict[str, dict[str, Any]]) -> None:

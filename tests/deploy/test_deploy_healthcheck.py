@@ -95,3 +95,12 @@ async def test_bad_config_fails_with_the_reason(tmp_path: Path) -> None:
     code, stderr = await run_check({"TC_CALENDAR_CONFIG": str(config)}, "tcs-gateway")
     assert code == 1
     assert "wsPort" in stderr
+
+
+async def test_service_name_from_the_image_environment(probe: ProbeServer, tmp_path: Path) -> None:
+    """The service images run it without arguments: the name comes from TCCAL_SERVICE (their build arg NAME)."""
+    config = write_config(tmp_path / "config.json", "sync-engine", probe.port)
+    code, stderr = await run_check({"TC_CALENDAR_CONFIG": str(config), "TCCAL_SERVICE": "sync-engine"})
+    assert code == 0, stderr
+    code, stderr = await run_check({"TC_CALENDAR_CONFIG": str(config), "TCCAL_SERVICE": ""})
+    assert code == 1 and "usage:" in stderr

@@ -1,9 +1,48 @@
-"""Constants and frame builders of the calendar bridge protocol, version 1 (docs/bridge-protocol.md)."""
+"""Constants and frame builders of the calendar bridge protocol, version 1 (docs/bridge-protocol.md).
+
+The frame types, error and close codes and frame builders are the protocol's shared definition
+(tccal.bridge_protocol, which tcs-gateway uses too), re-exported here under the emulator's names.
+"""
 
 from __future__ import annotations
 
-import enum
 from typing import Any
+
+from tccal.bridge_protocol import (
+    MAX_SAFE_INT,
+    PUSH_METHODS,
+    REPLY,
+    REQUEST,
+    CloseCode,
+    ErrorCode,
+    reply_frame,
+    request_frame,
+)
+
+__all__ = [
+    "ALL_METHODS",
+    "AUTH_TIMEOUT_SEC",
+    "DEFAULT_MAX_IN_FLIGHT",
+    "DEFAULT_WS_PORT",
+    "MAX_FRAME_BYTES",
+    "MAX_SAFE_INT",
+    "MAX_WINDOW_DAYS",
+    "PING_INTERVAL_SEC",
+    "PROTOCOL_VERSION",
+    "PUSH_METHODS",
+    "REPLY",
+    "REPLY_TIMEOUT_SEC",
+    "REQUEST",
+    "SUPPORTED_VERSIONS",
+    "TCS_CALLED_METHODS",
+    "TCS_SERVED_METHODS",
+    "WS_PATH",
+    "CloseCode",
+    "ErrorCode",
+    "error_payload",
+    "reply_frame",
+    "request_frame",
+]
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
@@ -16,54 +55,10 @@ DEFAULT_MAX_IN_FLIGHT = 64
 PING_INTERVAL_SEC = 30
 REPLY_TIMEOUT_SEC = 30
 MAX_WINDOW_DAYS = 400
-MAX_SAFE_INT = 9_007_199_254_740_991
-
-REQUEST = 1
-REPLY = 2
-
-PUSH_METHODS = ("calendar.upsert", "calendar.cancel", "calendar.delete", "calendar.snapshot")
 # Methods a TrueConf Server serves (the gateway may call them) and methods it calls.
 TCS_SERVED_METHODS = (*PUSH_METHODS, "ping")
 TCS_CALLED_METHODS = ("auth", "getCalendarList", "ping")
 ALL_METHODS = ("auth", "getCalendarList", *PUSH_METHODS, "ping")
-
-
-class ErrorCode(enum.IntEnum):
-    OK = 0
-    MALFORMED_FRAME = 1
-    UNKNOWN_METHOD = 2
-    NOT_AUTHENTICATED = 3
-    SERVER_NOT_WHITELISTED = 4
-    BAD_SECRET = 5
-    INVALID_PAYLOAD = 6
-    FRAME_TOO_LARGE = 7
-    INTERNAL_ERROR = 8
-    OVERLOADED = 9
-    UNSUPPORTED_PROTOCOL_VERSION = 10
-    ALREADY_AUTHENTICATED = 11
-    UNKNOWN_USER = 12
-    NO_SEAT = 13
-
-
-class CloseCode(enum.IntEnum):
-    NORMAL = 1000
-    GOING_AWAY = 1001
-    UNSUPPORTED_DATA = 1003
-    AUTH_FAILED = 4001
-    NOT_WHITELISTED = 4003
-    REPLACED = 4005
-    AUTH_TIMEOUT = 4008
-    FRAME_TOO_LARGE = 4009
-    UNSUPPORTED_VERSION = 4010
-    TIMEOUT = 4011
-
-
-def request_frame(frame_id: int, method: str, payload: dict[str, Any]) -> dict[str, Any]:
-    return {"type": REQUEST, "id": frame_id, "method": method, "payload": payload}
-
-
-def reply_frame(frame_id: int, payload: dict[str, Any]) -> dict[str, Any]:
-    return {"type": REPLY, "id": frame_id, "payload": payload}
 
 
 def error_payload(
