@@ -108,3 +108,43 @@ async def test_unacked_message_is_redelivered_to_the_next_consumer(nats_url: str
     stop.set()
     await task
     await bus.close()
+
+
+async def test_batch_handler_takes_a_fetch_at_once_and_falls_back_one_by_one(nats_url: str) -> None:
+    """A fetched batch goes to the batch handler in one call; a batch it cannot handle is handled one message at
+    a time, so only the poison message is redelivered and dead-lettered, and every other is acked once."""
+    bus = await connected(nats_url, max_deliver=2)
+    subject = busmod.results_subject("batch#vcs")
+    for n in range(6):
+        await bus.publish(subject, f"m{n}".encode(), msg_id=f"b{n}")
+    await bus.publish(subject, b"poison", msg_id="b-poison")
+    batches: list[list[bytes]] = []
+    singles: list[bytes] = []
+
+    async def batch_handler(messages: list[Msg]) -> None:
+        batches.append([m.data for m in messages])
+        if any(m.data == b"poison" for m in messages):
+            raise RuntimeError("a poison message in the batch")
+
+    async def handler(msg: Msg) -> None:
+        singles.append(msg.data)
+        if msg.data == b"poison":
+            raise RuntimeError("cannot handle the poison message")
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        consume(bus, busmod.TCS_RESULTS, "batched", handler, stop=stop, batch=16, batch_handler=batch_handler)
+    )
+
+    async def dead_lettered() -> bool:
+        return (await bus.js.stream_info(busmod.DEADLETTER)).state.messages == 1
+
+    await wait_for_async(dead_lettered, timeout=30, what="the poison message dead-lettered")
+    stop.set()
+    await task
+    assert batches[0] == [f"m{n}".encode() for n in range(6)] + [b"poison"]  # one call for the whole fetch
+    assert sorted(set(singles)) == sorted([f"m{n}".encode() for n in range(6)] + [b"poison"])
+    assert singles.count(b"m0") == 1 and singles.count(b"poison") == 2  # the good ones acked once, in the fallback
+    consumer = await bus.js.consumer_info(busmod.TCS_RESULTS, "batched")
+    assert consumer.num_ack_pending == 0 and consumer.num_pending == 0
+    await bus.close()

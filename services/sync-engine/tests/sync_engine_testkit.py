@@ -501,8 +501,10 @@ def mid(uid: str) -> str:
     return meeting_id(uid)
 
 
-async def dump_database(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Every table of the public schema, every row, ordered by all columns."""
+async def dump_database(dsn: str, leave_out: Iterable[str] = ()) -> dict[str, list[tuple[Any, ...]]]:
+    """Every table of the public schema, every row, ordered by all columns; `leave_out` names tables ("outbox")
+    and columns ("shown.seq") not to dump."""
+    left_out = set(leave_out)
     connection = await asyncpg.connect(dsn)
     try:
         tables = [
@@ -511,6 +513,8 @@ async def dump_database(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
         ]
         dump: dict[str, list[tuple[Any, ...]]] = {}
         for table in tables:
+            if table in left_out:
+                continue
             columns = [
                 str(r["column_name"])
                 for r in await connection.fetch(
@@ -518,6 +522,7 @@ async def dump_database(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
                     " ORDER BY ordinal_position",
                     table,
                 )
+                if f"{table}.{r['column_name']}" not in left_out
             ]
             order = ", ".join(f'"{c}"' for c in columns)
             rows = await connection.fetch(f'SELECT {order} FROM "{table}" ORDER BY {order}')

@@ -245,6 +245,8 @@ async def ensure_consumer(
 
 
 Handler = Callable[[Msg], Awaitable[None]]
+#: Handles a whole fetched batch at once (e.g. in one database transaction); all are acked when it returns.
+BatchHandler = Callable[[list[Msg]], Awaitable[None]]
 
 
 async def consume(
@@ -258,8 +260,13 @@ async def consume(
     max_deliver: int | None = None,
     filter_subject: str | None = None,
     ack_wait: float = 30.0,
+    batch_handler: BatchHandler | None = None,
 ) -> None:
-    """Pull messages of `durable` until `stop` is set; ack after `handler` succeeded, else redeliver/dead-letter."""
+    """Pull messages of `durable` until `stop` is set; ack after `handler` succeeded, else redeliver/dead-letter.
+
+    With `batch_handler`, a fetch of several messages goes to it first, in one call; if it fails the messages are
+    handled one by one by `handler` (so a message that cannot be handled is redelivered and dead-lettered alone).
+    """
     limit = max_deliver or bus.settings.max_deliver
     await ensure_consumer(bus.js, stream, durable, filter_subject=filter_subject, max_deliver=limit, ack_wait=ack_wait)
     subscription = await bus.js.pull_subscribe_bind(durable, stream)
@@ -273,6 +280,13 @@ async def consume(
             except Exception as exc:  # connection trouble: the client reconnects; wait and fetch again
                 log.warning("fetch failed", extra={"stream": stream, "durable": durable, "error": str(exc)})
                 await asyncio.sleep(0.5)
+                continue
+            if (
+                batch_handler is not None
+                and len(messages) > 1
+                and not stop.is_set()
+                and await _handle_batch(stream, durable, batch_handler, messages)
+            ):
                 continue
             for index, message in enumerate(messages):
                 if stop.is_set():  # finish the message at hand, hand the rest back for redelivery
@@ -290,6 +304,35 @@ async def consume(
             await subscription.unsubscribe()
         except Exception as exc:  # connection already gone
             log.debug("unsubscribe failed", extra={"error": str(exc)})
+
+
+async def _handle_batch(stream: str, durable: str, batch_handler: BatchHandler, messages: list[Msg]) -> bool:
+    """Hand the batch to `batch_handler` (one consumer span per message); True if it succeeded and all were acked."""
+    tracer = telemetry.tracer("tccal.bus")
+    spans = []
+    for message in messages:
+        span = tracer.start_span(
+            f"consume {stream}", context=telemetry.extract_context(message.headers), kind=trace.SpanKind.CONSUMER
+        )
+        span.set_attribute("messaging.destination.name", message.subject)
+        span.set_attribute("messaging.batch.message_count", len(messages))
+        spans.append(span)
+    try:
+        with trace.use_span(spans[0], end_on_exit=False):
+            await batch_handler(messages)
+    except Exception as exc:
+        log.warning(
+            "batch failed, handling its messages one by one",
+            extra={"stream": stream, "durable": durable, "messages": len(messages), "error": repr(exc)},
+        )
+        for span in spans:
+            span.end()
+        return False
+    for span in spans:
+        span.end()
+    for message in messages:
+        await message.ack()
+    return True
 
 
 async def _handle_one(bus: Bus, stream: str, durable: str, handler: Handler, message: Msg, limit: int) -> None:

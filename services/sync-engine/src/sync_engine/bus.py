@@ -1,7 +1,9 @@
 """The engine's JetStream consumers: CALENDAR (calendar changes) and TCS_RESULTS (command results).
 
 Both are durable pull consumers with explicit ack (tccal.bus.consume): a message is acked only after its
-transaction committed. While PostgreSQL is unreachable the handler keeps retrying (telling JetStream the
+transaction committed. Calendar changes are fetched up to CALENDAR_BATCH at a time and applied in one transaction;
+if that transaction fails they are applied one by one, so a change that cannot be applied is retried and
+dead-lettered alone. While PostgreSQL is unreachable the handler keeps retrying (telling JetStream the
 message is in progress) instead of failing it, so an outage never dead-letters a change. A message that
 cannot be parsed is logged and acked (it would never parse).
 """
@@ -22,8 +24,10 @@ log = logging.getLogger(__name__)
 
 CALENDAR_DURABLE = "sync-engine-calendar"
 RESULTS_DURABLE = "sync-engine-results"
-#: Messages fetched at once; on SIGTERM the ones at hand are finished and acked.
-FETCH_BATCH = 8
+#: Calendar changes fetched at once and applied in one transaction (one by one if that fails).
+CALENDAR_BATCH = 128
+#: Command results fetched at once; on SIGTERM the ones at hand are finished and acked.
+RESULTS_BATCH = 8
 
 
 def _headers(message: Msg) -> dict[str, str]:
@@ -43,6 +47,21 @@ async def handle_calendar_message(engine: Engine, message: Msg, stop: asyncio.Ev
     await engine.apply_change(change, _headers(message), stop=stop, on_wait=still_working)
 
 
+async def handle_calendar_messages(engine: Engine, messages: list[Msg], stop: asyncio.Event | None = None) -> None:
+    """A fetched batch of calendar changes, applied in one transaction (undecodable ones are logged and dropped)."""
+    changes: list[tuple[calendar_pb2.CalendarChange, dict[str, str]]] = []
+    for message in messages:
+        try:
+            changes.append((calendar_pb2.CalendarChange.FromString(message.data), _headers(message)))
+        except DecodeError as exc:
+            log.error("undecodable calendar change dropped", extra={"subject": message.subject, "error": str(exc)})
+
+    async def still_working() -> None:
+        await asyncio.gather(*(message.in_progress() for message in messages))
+
+    await engine.apply_changes(changes, stop=stop, on_wait=still_working)
+
+
 async def handle_result_message(engine: Engine, message: Msg, stop: asyncio.Event | None = None) -> None:
     try:
         result = commands_pb2.TcsCommandResult.FromString(message.data)
@@ -56,11 +75,16 @@ async def consume_calendar(engine: Engine, bus: Bus, stop: asyncio.Event) -> Non
     async def handler(message: Msg) -> None:
         await handle_calendar_message(engine, message, stop)
 
-    await consume(bus, CALENDAR, CALENDAR_DURABLE, handler, stop=stop, batch=FETCH_BATCH)
+    async def batch_handler(messages: list[Msg]) -> None:
+        await handle_calendar_messages(engine, messages, stop)
+
+    await consume(
+        bus, CALENDAR, CALENDAR_DURABLE, handler, stop=stop, batch=CALENDAR_BATCH, batch_handler=batch_handler
+    )
 
 
 async def consume_results(engine: Engine, bus: Bus, stop: asyncio.Event) -> None:
     async def handler(message: Msg) -> None:
         await handle_result_message(engine, message, stop)
 
-    await consume(bus, TCS_RESULTS, RESULTS_DURABLE, handler, stop=stop, batch=FETCH_BATCH)
+    await consume(bus, TCS_RESULTS, RESULTS_DURABLE, handler, stop=stop, batch=RESULTS_BATCH)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -19,10 +19,9 @@ import asyncpg
 from opentelemetry import trace
 
 from sync_engine.config import EngineSettings
-from sync_engine.ids import meeting_id as meeting_id_of
 from sync_engine.ids import to_datetime
+from sync_engine.items import Incoming, ItemState, ItemWrites
 from sync_engine.metrics import METRICS
-from sync_engine.model import MAIN_KINDS, is_organizer_copy
 from sync_engine.outbox import (
     FAILED,
     OK,
@@ -43,6 +42,7 @@ from sync_engine.reconcile import (
     try_lock_meeting,
 )
 from sync_engine.window import cache_window, window_key
+from sync_engine.workspace import MeetingRows, Workspace
 from tccal import telemetry
 from tccal.bus import Bus, subject_token
 from tccal.clock import Clock
@@ -89,6 +89,9 @@ class Engine:
     def batch(self, cause: Cause) -> CommandBatch:
         return CommandBatch(cause=cause, calendar_servers=self.settings.calendar_servers)
 
+    def workspace(self, connection: asyncpg.Connection) -> Workspace:
+        return Workspace(connection, self.settings.configured_users)
+
     async def transaction(
         self,
         work: Callable[[asyncpg.Connection], Awaitable[T]],
@@ -128,6 +131,49 @@ class Engine:
         on_wait: Callable[[], Awaitable[None]] | None = None,
     ) -> bool:
         """Apply one change; True if it changed the state, False if it was stale (or malformed, and logged)."""
+        (applied,) = await self.apply_changes([(change, headers)], stop=stop, on_wait=on_wait)
+        return applied
+
+    async def apply_changes(
+        self,
+        changes: Sequence[tuple[calendar_pb2.CalendarChange, Mapping[str, str] | None]],
+        *,
+        stop: asyncio.Event | None = None,
+        on_wait: Callable[[], Awaitable[None]] | None = None,
+    ) -> list[bool]:
+        """Apply changes in stream order in one transaction; per change, True if it changed the state, False if
+        it was stale (or malformed, and logged). Every meeting they touch is reconciled once, after all of them."""
+        incoming: list[Incoming] = []
+        positions: list[int] = []
+        for position, (change, headers) in enumerate(changes):
+            checked = self._incoming(change, headers)
+            if checked is not None:
+                incoming.append(checked)
+                positions.append(position)
+        results = [False] * len(changes)
+        if not incoming:
+            return results
+        with self.tracer.start_as_current_span("apply calendar changes") as span:
+            span.set_attribute("calendar.changes", len(incoming))
+            if len(incoming) == 1:
+                span.set_attribute("calendar.mailbox", incoming[0].mailbox)
+                span.set_attribute("calendar.sequence", incoming[0].change.sequence)
+            applied = await self.transaction(
+                lambda connection: self._apply_changes(connection, incoming), stop=stop, on_wait=on_wait
+            )
+        for position, one, ok in zip(positions, incoming, applied, strict=True):
+            results[position] = ok
+            if ok:
+                METRICS.changes_applied.add(1)
+            else:
+                METRICS.changes_stale.add(1)
+                log.info(
+                    "stale calendar change ignored",
+                    extra={"mailbox": one.mailbox, "item_id": one.item_id, "sequence": one.change.sequence},
+                )
+        return results
+
+    def _incoming(self, change: calendar_pb2.CalendarChange, headers: Mapping[str, str] | None) -> Incoming | None:
         mailbox = change.mailbox.strip().lower()
         item_id = change.item_id or change.event.item_id
         if not mailbox or not item_id:
@@ -135,138 +181,97 @@ class Engine:
                 "calendar change without mailbox or item id dropped",
                 extra={"change_id": change.change_id, "mailbox": change.mailbox, "item_id": item_id},
             )
-            return False
+            return None
         if change.type not in (calendar_pb2.CHANGE_TYPE_UPSERT, calendar_pb2.CHANGE_TYPE_DELETE):
             log.error(
                 "calendar change of unknown type dropped",
                 extra={"change_id": change.change_id, "type": int(change.type)},
             )
-            return False
+            return None
         observed = to_datetime(change.observed_at) if change.HasField("observed_at") else self.clock.now()
         cause = Cause(
             created_at=observed,
             traceparent=(headers or {}).get("traceparent", ""),
             tracestate=(headers or {}).get("tracestate", ""),
         )
-        with self.tracer.start_as_current_span("apply calendar change") as span:
-            span.set_attribute("calendar.mailbox", mailbox)
-            span.set_attribute("calendar.sequence", change.sequence)
-            applied = await self.transaction(
-                lambda connection: self._apply_change(connection, change, mailbox, item_id, cause),
-                stop=stop,
-                on_wait=on_wait,
-            )
-        if applied:
-            METRICS.changes_applied.add(1)
-        else:
-            METRICS.changes_stale.add(1)
-            log.info(
-                "stale calendar change ignored",
-                extra={"mailbox": mailbox, "item_id": item_id, "sequence": change.sequence},
-            )
-        return applied
+        return Incoming(change, mailbox, item_id, cause)
 
-    async def _apply_change(
-        self,
-        connection: asyncpg.Connection,
-        change: calendar_pb2.CalendarChange,
-        mailbox: str,
-        item_id: str,
-        cause: Cause,
-    ) -> bool:
-        sequence = int(change.sequence)
-        new_mailbox = await connection.fetchval(
-            "INSERT INTO mailboxes (mailbox, provider, last_sequence) VALUES ($1, $2, 0)"
-            " ON CONFLICT (mailbox) DO NOTHING RETURNING true",
-            mailbox,
-            change.provider,
+    async def _apply_changes(self, connection: asyncpg.Connection, incoming: list[Incoming]) -> list[bool]:
+        """Lock the changes' mailboxes, then their items (both in key order), store what is not stale, then lock,
+        reconcile and write every meeting touched."""
+        providers = {one.mailbox: one.change.provider for one in incoming}
+        mailboxes = sorted(providers)
+        created = await connection.fetch(
+            "INSERT INTO mailboxes (mailbox, provider, last_sequence)"
+            " SELECT m, p, 0 FROM unnest($1::text[], $2::text[]) AS t (m, p) ORDER BY m"
+            " ON CONFLICT (mailbox) DO NOTHING RETURNING mailbox",
+            mailboxes,
+            [providers[m] for m in mailboxes],
         )
-        floor = await connection.fetchval("SELECT resync_floor FROM mailboxes WHERE mailbox = $1 FOR UPDATE", mailbox)
-        if sequence <= int(floor):
-            return False
-        item = await connection.fetchrow(
-            "SELECT meeting_id, sequence, deleted FROM items WHERE mailbox = $1 AND item_id = $2 FOR UPDATE",
-            mailbox,
-            item_id,
-        )
-        if item is not None and sequence <= int(item["sequence"]):
-            return False
-        await connection.execute(
-            "UPDATE mailboxes SET last_sequence = GREATEST(last_sequence, $2), provider = $3,"
-            " last_observed_at = GREATEST(last_observed_at, $4) WHERE mailbox = $1",
-            mailbox,
-            sequence,
-            change.provider,
-            cause.created_at,
-        )
-        affected: set[str] = set()
-        if change.type == calendar_pb2.CHANGE_TYPE_UPSERT:
-            event = change.event
-            uid = event.uid or f"{mailbox}/{item_id}"
-            meeting = meeting_id_of(uid)
-            kind = int(event.kind)
-            recurrence_id = to_datetime(event.recurrence_id) if event.HasField("recurrence_id") else None
-            was_organizer = kind in MAIN_KINDS and is_organizer_copy(mailbox, event)
-            await connection.execute(
-                "INSERT INTO meetings (meeting_id, uid) VALUES ($1, $2) ON CONFLICT (meeting_id) DO NOTHING",
-                meeting,
-                uid,
+        floors = {
+            str(r["mailbox"]): int(r["resync_floor"])
+            for r in await connection.fetch(
+                "SELECT mailbox, resync_floor FROM mailboxes WHERE mailbox = ANY($1::text[]) ORDER BY mailbox"
+                " FOR UPDATE",
+                mailboxes,
             )
-            await connection.execute(
-                "INSERT INTO items (mailbox, item_id, uid, meeting_id, kind, recurrence_id, sequence, change_key,"
-                " deleted, was_organizer, observed_at, event)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false, $9, $10, $11)"
-                " ON CONFLICT (mailbox, item_id) DO UPDATE SET uid = EXCLUDED.uid, meeting_id = EXCLUDED.meeting_id,"
-                " kind = EXCLUDED.kind, recurrence_id = EXCLUDED.recurrence_id, sequence = EXCLUDED.sequence,"
-                " change_key = EXCLUDED.change_key, deleted = false, was_organizer = EXCLUDED.was_organizer,"
-                " observed_at = EXCLUDED.observed_at, event = EXCLUDED.event",
-                mailbox,
-                item_id,
-                uid,
-                meeting,
-                kind,
-                recurrence_id,
-                sequence,
-                event.change_key,
-                was_organizer,
-                cause.created_at,
-                event.SerializeToString(deterministic=True),
+        }
+        keys = sorted({(one.mailbox, one.item_id) for one in incoming})
+        stored = {
+            (str(r["mailbox"]), str(r["item_id"])): ItemState(str(r["meeting_id"]), int(r["sequence"]))
+            for r in await connection.fetch(
+                "SELECT mailbox, item_id, meeting_id, sequence FROM items WHERE (mailbox, item_id) IN"
+                " (SELECT * FROM unnest($1::text[], $2::text[])) ORDER BY mailbox, item_id FOR UPDATE",
+                [m for m, _ in keys],
+                [i for _, i in keys],
             )
-            affected.add(meeting)
-            if item is not None and item["meeting_id"] and item["meeting_id"] != meeting:
-                affected.add(str(item["meeting_id"]))
-        elif item is None:
-            # A deletion of an item never seen: remember its sequence so an older upsert stays ignored.
-            await connection.execute(
-                "INSERT INTO items (mailbox, item_id, uid, meeting_id, kind, sequence, change_key, deleted,"
-                " was_organizer, observed_at) VALUES ($1, $2, '', '', 0, $3, '', true, false, $4)",
-                mailbox,
-                item_id,
-                sequence,
-                cause.created_at,
-            )
-        else:
-            await connection.execute(
-                "UPDATE items SET deleted = true, sequence = $3, change_key = '', observed_at = $4"
-                " WHERE mailbox = $1 AND item_id = $2",
-                mailbox,
-                item_id,
-                sequence,
-                cause.created_at,
-            )
-            if item["meeting_id"]:
-                affected.add(str(item["meeting_id"]))
-        if new_mailbox:
-            # A newly synced user: the meetings they take part in now show in their calendar too.
-            rows = await connection.fetch("SELECT meeting_id FROM meeting_people WHERE email = $1", mailbox)
-            affected.update(str(r["meeting_id"]) for r in rows)
-        await lock_meetings(connection, affected)
-        moment = self.moment()
-        batch = self.batch(cause)
-        for meeting in sorted(affected):
-            await reconcile_meeting(connection, self.settings, meeting, batch, moment)
-        await batch.flush(connection)
-        return True
+        }
+        writes = ItemWrites()
+        affected: dict[str, Cause] = {}
+        applied: list[bool] = []
+        for one in incoming:
+            key = (one.mailbox, one.item_id)
+            sequence = int(one.change.sequence)
+            item = stored.get(key)
+            if sequence <= floors.get(one.mailbox, 0) or (item is not None and sequence <= item.sequence):
+                applied.append(False)
+                continue
+            applied.append(True)
+            writes.touch_mailbox(one, sequence)
+            if one.change.type == calendar_pb2.CHANGE_TYPE_UPSERT:
+                meeting = writes.upsert(one, sequence)
+                affected[meeting] = one.cause
+                if item is not None and item.meeting_id and item.meeting_id != meeting:
+                    affected[item.meeting_id] = one.cause
+                stored[key] = ItemState(meeting, sequence)
+            else:
+                writes.delete(one, sequence, known=item is not None)
+                if item is not None and item.meeting_id:
+                    affected[item.meeting_id] = one.cause
+                stored[key] = ItemState(item.meeting_id if item is not None else "", sequence)
+        await writes.flush(connection)
+        new_mailboxes = sorted({str(r["mailbox"]) for r in created})
+        if new_mailboxes:
+            # Newly synced users: the meetings they take part in now show in their calendars too.
+            first_cause: dict[str, Cause] = {}
+            for one in incoming:
+                first_cause.setdefault(one.mailbox, one.cause)
+            for row in await connection.fetch(
+                "SELECT meeting_id, email FROM meeting_people WHERE email = ANY($1::text[])", new_mailboxes
+            ):
+                affected.setdefault(str(row["meeting_id"]), first_cause[str(row["email"])])
+        if affected:
+            await lock_meetings(connection, affected)
+            workspace = self.workspace(connection)
+            await workspace.load(affected)
+            moment = self.moment()
+            batch = self.batch(incoming[-1].cause)
+            for meeting in sorted(affected):
+                batch.cause = affected[meeting]
+                await reconcile_meeting(workspace, self.settings, meeting, batch, moment)
+            await workspace.flush()
+            await batch.flush(connection)
+        return applied
 
     # -----------------------------------------------------------------------------------------------------
     # Command results
@@ -303,8 +308,12 @@ class Engine:
         if int(row["result_status"]) != 0:
             return  # the same result delivered again
         meeting = str(row["meeting_id"])
+        workspace = self.workspace(connection)
         if meeting:
             await lock_meetings(connection, [meeting])
+            await workspace.load([meeting])
+        rows = workspace.meetings.get(meeting)
+        conference = rows.conference if rows is not None else None
         completed = to_datetime(result.completed_at) if result.HasField("completed_at") else cause.created_at
         kind = str(row["kind"])
         command = commands_pb2.TcsCommand.FromString(bytes(row["payload"]))
@@ -318,11 +327,12 @@ class Engine:
                 "UPDATE outbox SET status = $2 WHERE chain_id = $1 AND status = $3", chain, RECOVERED, RETRYING
             )
             if kind == "conference_upsert":
-                await self._conference_confirmed(connection, command, result, batch)
-            elif kind in ("conference_run", "invitations_sync"):
-                await connection.execute("UPDATE conferences SET last_error = '' WHERE meeting_id = $1", meeting)
+                await self._conference_confirmed(workspace, rows, command, result, batch)
+            elif kind in ("conference_run", "invitations_sync") and rows is not None and conference is not None:
+                conference.last_error = ""
+                workspace.conference_changed(rows)
         elif status == commands_pb2.COMMAND_STATUS_RETRYABLE_ERROR:
-            await self._retry(connection, row, command, error, completed, batch)
+            await self._retry(connection, workspace, row, command, error, completed, batch)
         else:
             await self._set_status(connection, row["id"], FAILED, status, error, completed)
             await connection.execute(
@@ -332,13 +342,12 @@ class Engine:
                 "command failed permanently",
                 extra={"command_id": result.command_id, "kind": kind, "error": error},
             )
-            if kind.startswith("conference") or kind == "invitations_sync":
-                await connection.execute("UPDATE conferences SET last_error = $2 WHERE meeting_id = $1", meeting, error)
+            if (kind.startswith("conference") or kind == "invitations_sync") and rows and conference is not None:
+                conference.last_error = error
                 if kind == "conference_upsert" and not command.conference_upsert.conference_id:
-                    await connection.execute(
-                        "UPDATE conferences SET state = 'failed' WHERE meeting_id = $1 AND state = 'pending'",
-                        meeting,
-                    )
+                    conference.state = "failed" if conference.state == "pending" else conference.state
+                workspace.conference_changed(rows)
+        await workspace.flush()
         await batch.flush(connection)
 
     async def _set_status(
@@ -355,46 +364,44 @@ class Engine:
 
     async def _conference_confirmed(
         self,
-        connection: asyncpg.Connection,
+        workspace: Workspace,
+        rows: MeetingRows | None,
         command: commands_pb2.TcsCommand,
         result: commands_pb2.TcsCommandResult,
         batch: CommandBatch,
     ) -> None:
         upsert = command.conference_upsert
-        meeting = upsert.meeting_id
         created_id = result.conference.id
-        conference = await connection.fetchrow(
-            "SELECT state, linked, conference_id, server_id FROM conferences WHERE meeting_id = $1", meeting
-        )
-        if conference is None:
+        conference = rows.conference if rows is not None else None
+        if rows is None or conference is None:
             return
         if upsert.conference_id or not created_id:
-            await connection.execute("UPDATE conferences SET last_error = '' WHERE meeting_id = $1", meeting)
+            conference.last_error = ""
+            workspace.conference_changed(rows)
             return
-        state = str(conference["state"])
-        if state in ("pending", "failed") and not conference["linked"]:
-            url = result.conference.url or f"https://{command.server_id.split('#', 1)[0]}/c/{created_id}"
-            await connection.execute(
-                "UPDATE conferences SET state = 'created', conference_id = $2, url = $3, last_error = ''"
-                " WHERE meeting_id = $1",
-                meeting,
-                created_id,
-                url,
-            )
+        if conference.state in ("pending", "failed") and not conference.linked:
+            conference.state, conference.conference_id, conference.last_error = "created", created_id, ""
+            conference.url = result.conference.url or f"https://{command.server_id.split('#', 1)[0]}/c/{created_id}"
+            workspace.conference_changed(rows)
             # Every user's occurrences are pushed again, now with the conference (turquoise, Join).
-            await reconcile_meeting(connection, self.settings, meeting, batch, self.moment())
-        elif state == "created" and conference["conference_id"] == created_id:
+            await reconcile_meeting(workspace, self.settings, upsert.meeting_id, batch, self.moment())
+        elif conference.state == "created" and conference.conference_id == created_id:
             return  # a retried create answered with the same conference
         else:
             # Created while the meeting stopped wanting it (cancelled, or linked elsewhere): delete it.
-            counter = await next_conference_command(connection, meeting)
+            counter = workspace.next_command(rows)
             batch.conference(
-                "conference_delete", command.server_id, meeting, counter, delete_command(meeting, created_id)
+                "conference_delete",
+                command.server_id,
+                upsert.meeting_id,
+                counter,
+                delete_command(upsert.meeting_id, created_id),
             )
 
     async def _retry(
         self,
         connection: asyncpg.Connection,
+        workspace: Workspace,
         row: asyncpg.Record,
         command: commands_pb2.TcsCommand,
         error: str,
@@ -412,8 +419,10 @@ class Engine:
             row["id"],
         )
         meeting = str(row["meeting_id"])
-        if kind.startswith("conference") or kind == "invitations_sync":
-            await connection.execute("UPDATE conferences SET last_error = $2 WHERE meeting_id = $1", meeting, error)
+        rows = workspace.meetings.get(meeting)
+        if (kind.startswith("conference") or kind == "invitations_sync") and rows and rows.conference is not None:
+            rows.conference.last_error = error
+            workspace.conference_changed(rows)
         if newer is not None:
             await self._set_status(
                 connection, row["id"], SUPERSEDED, status, f"{error} (superseded by {newer})", completed
@@ -544,16 +553,24 @@ class Engine:
 
         async def work(connection: asyncpg.Connection) -> None:
             await lock_meetings(connection, [meeting])
+            workspace = self.workspace(connection)
+            await workspace.load([meeting])
             moment = self.moment()
             batch = self.batch(Cause(created_at=moment.now))
-            await reconcile_meeting(connection, self.settings, meeting, batch, moment)
+            await reconcile_meeting(workspace, self.settings, meeting, batch, moment)
+            rows = workspace.meetings.get(meeting)
+            conference = rows.conference if rows is not None else None
+            if (
+                rows is not None
+                and conference is not None
+                and clear_repoint_before is not None
+                and conference.repoint_at is not None
+                and conference.repoint_at <= clear_repoint_before
+            ):
+                conference.repoint_at = None
+                workspace.conference_changed(rows)
+            await workspace.flush()
             await batch.flush(connection)
-            if clear_repoint_before is not None:
-                await connection.execute(
-                    "UPDATE conferences SET repoint_at = NULL WHERE meeting_id = $1 AND repoint_at <= $2",
-                    meeting,
-                    clear_repoint_before,
-                )
 
         await self.transaction(work)
 

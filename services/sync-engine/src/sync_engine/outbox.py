@@ -61,6 +61,7 @@ class _Planned:
     attempt: int = 1
     chain_id: str = ""
     available_at: datetime | None = None
+    cause: Cause | None = None
 
 
 def calendar_target(user: str, occurrence_id: str) -> str:
@@ -77,7 +78,11 @@ def run_target(occurrence_id: str) -> str:
 
 @dataclass
 class CommandBatch:
-    """The commands of one transaction; `flush` numbers them and writes them (and `shown`) to the database."""
+    """The commands of one transaction; `flush` numbers them and writes them (and `shown`) to the database.
+
+    `cause` is what the commands planned next stem from (a transaction applying several changes sets it before
+    the meetings of each): their time and trace.
+    """
 
     cause: Cause
     calendar_servers: tuple[str, ...]
@@ -85,6 +90,10 @@ class CommandBatch:
 
     def __len__(self) -> int:
         return len(self.planned)
+
+    def _plan(self, planned: _Planned) -> None:
+        planned.cause = self.cause
+        self.planned.append(planned)
 
     def upsert(self, user: str, occurrence: calendar_pb2.Occurrence, start: datetime, end: datetime) -> None:
         command = commands_pb2.TcsCommand()
@@ -123,7 +132,7 @@ class CommandBatch:
         shown: _ShownWrite,
     ) -> None:
         for index, server in enumerate(self.calendar_servers):
-            self.planned.append(
+            self._plan(
                 _Planned(
                     kind=kind,
                     meeting_id=meeting_id,
@@ -147,7 +156,7 @@ class CommandBatch:
     ) -> None:
         """A conference command; `counter` is the meeting's command number (unique per meeting)."""
         target = target or conference_target(meeting_id)
-        self.planned.append(
+        self._plan(
             _Planned(
                 kind=kind,
                 meeting_id=meeting_id,
@@ -176,7 +185,7 @@ class CommandBatch:
         which = command.WhichOneof("command")
         if which in ("calendar_upsert", "calendar_cancel", "calendar_delete"):
             user = getattr(command, which).user
-        self.planned.append(
+        self._plan(
             _Planned(
                 kind=kind,
                 meeting_id=meeting_id,
@@ -192,26 +201,31 @@ class CommandBatch:
         )
 
     async def flush(self, connection: asyncpg.Connection) -> list[commands_pb2.TcsCommand]:
-        """Allocate per-user seqs (users in sorted order: no lock cycles), write shown rows and the outbox."""
+        """Allocate per-user seqs (one statement, users in sorted order: no lock cycles), write the shown rows and
+        the outbox (one statement each, whatever the number of commands)."""
         if not self.planned:
             return []
-        pushes: dict[str, list[_ShownWrite | None]] = {}
+        pushes: dict[str, int] = {}
         for planned in self.planned:
             if planned.user and (planned.shown is not None or planned.attempt > 1):
-                pushes.setdefault(planned.user, []).append(planned.shown)
+                pushes[planned.user] = pushes.get(planned.user, 0) + 1
         next_seq: dict[str, int] = {}
-        for user in sorted(pushes):
-            count = len(pushes[user])
-            last = await connection.fetchval(
-                "INSERT INTO user_seq (user_email, seq) VALUES ($1, $2) "
-                "ON CONFLICT (user_email) DO UPDATE SET seq = user_seq.seq + EXCLUDED.seq RETURNING seq",
-                user,
-                count,
+        if pushes:
+            users = sorted(pushes)
+            rows = await connection.fetch(
+                "INSERT INTO user_seq (user_email, seq) SELECT * FROM unnest($1::text[], $2::bigint[]) ORDER BY 1"
+                " ON CONFLICT (user_email) DO UPDATE SET seq = user_seq.seq + EXCLUDED.seq RETURNING user_email, seq",
+                users,
+                [pushes[u] for u in users],
             )
-            next_seq[user] = int(last) - count + 1
+            next_seq = {str(r["user_email"]): int(r["seq"]) - pushes[str(r["user_email"])] + 1 for r in rows}
         current: dict[str, int] = {}
+        shown_rows: dict[tuple[str, str], tuple[_ShownWrite, int]] = {}
+        reseq: list[tuple[str, str, int]] = []
+        outbox: list[tuple[object, ...]] = []
         written: list[commands_pb2.TcsCommand] = []
         for planned in self.planned:
+            cause = planned.cause or self.cause
             command = commands_pb2.TcsCommand()
             command.CopyFrom(planned.command)
             if planned.user:
@@ -223,64 +237,81 @@ class CommandBatch:
                 assert which is not None
                 getattr(command, which).seq = seq
                 if planned.shown is not None:
-                    await _write_shown(connection, planned.shown, seq)
+                    shown_rows[(planned.shown.user, planned.shown.occurrence_id)] = (planned.shown, seq)
                 elif planned.attempt > 1:
-                    await connection.execute(
-                        "UPDATE shown SET seq = $3 WHERE user_email = $1 AND occurrence_id = $2",
-                        planned.user,
-                        planned.target.rsplit(":", 1)[-1],
-                        seq,
-                    )
+                    reseq.append((planned.user, planned.target.rsplit(":", 1)[-1], seq))
                 if not planned.command_id:
                     planned.command_id = f"{planned.server_id}/calendar/{planned.user}/{seq}"
             command.command_id = planned.command_id
             command.server_id = planned.server_id
             command.attempt = planned.attempt
-            set_timestamp(command.created_at, self.cause.created_at)
-            available_at = planned.available_at or self.cause.created_at
-            await connection.execute(
-                "INSERT INTO outbox (command_id, server_id, kind, target, meeting_id, payload, traceparent,"
-                " tracestate, attempt, chain_id, status, available_at, created_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11, $12)",
-                planned.command_id,
-                planned.server_id,
-                planned.kind,
-                planned.target,
-                planned.meeting_id,
-                command.SerializeToString(deterministic=True),
-                self.cause.traceparent,
-                self.cause.tracestate,
-                planned.attempt,
-                planned.chain_id or planned.command_id,
-                available_at,
-                self.cause.created_at,
+            set_timestamp(command.created_at, cause.created_at)
+            outbox.append(
+                (
+                    planned.command_id,
+                    planned.server_id,
+                    planned.kind,
+                    planned.target,
+                    planned.meeting_id,
+                    command.SerializeToString(deterministic=True),
+                    cause.traceparent,
+                    cause.tracestate,
+                    planned.attempt,
+                    planned.chain_id or planned.command_id,
+                    planned.available_at or cause.created_at,
+                    cause.created_at,
+                )
             )
             METRICS.commands_emitted.add(1, {"kind": planned.kind})
             written.append(command)
+        await _write_shown(connection, list(shown_rows.values()))
+        if reseq:
+            await connection.executemany(
+                "UPDATE shown SET seq = $3 WHERE user_email = $1 AND occurrence_id = $2", reseq
+            )
+        await connection.executemany(
+            "INSERT INTO outbox (command_id, server_id, kind, target, meeting_id, payload, traceparent,"
+            " tracestate, attempt, chain_id, status, available_at, created_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11, $12)",
+            outbox,
+        )
         await connection.execute("SELECT pg_notify('sync_engine_outbox', '')")
         self.planned.clear()
         return written
 
 
-async def _write_shown(connection: asyncpg.Connection, shown: _ShownWrite, seq: int) -> None:
-    if shown.occurrence is None:
+async def _write_shown(connection: asyncpg.Connection, writes: list[tuple[_ShownWrite, int]]) -> None:
+    """What each user's calendar now shows (the last write per user and occurrence)."""
+    gone = [(shown.user, shown.occurrence_id) for shown, _ in writes if shown.occurrence is None]
+    if gone:
         await connection.execute(
-            "DELETE FROM shown WHERE user_email = $1 AND occurrence_id = $2", shown.user, shown.occurrence_id
+            "DELETE FROM shown WHERE (user_email, occurrence_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [user for user, _ in gone],
+            [occurrence for _, occurrence in gone],
         )
-        return
-    assert shown.start is not None and shown.end is not None
-    await connection.execute(
-        "INSERT INTO shown (user_email, occurrence_id, meeting_id, start_at, end_at, cancelled, seq, occurrence)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-        " ON CONFLICT (user_email, occurrence_id) DO UPDATE SET meeting_id = EXCLUDED.meeting_id,"
-        " start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at, cancelled = EXCLUDED.cancelled,"
-        " seq = EXCLUDED.seq, occurrence = EXCLUDED.occurrence",
-        shown.user,
-        shown.occurrence_id,
-        shown.meeting_id,
-        shown.start,
-        shown.end,
-        shown.occurrence.cancelled,
-        seq,
-        shown.occurrence.SerializeToString(deterministic=True),
-    )
+    rows = []
+    for shown, seq in writes:
+        if shown.occurrence is None:
+            continue
+        assert shown.start is not None and shown.end is not None
+        rows.append(
+            (
+                shown.user,
+                shown.occurrence_id,
+                shown.meeting_id,
+                shown.start,
+                shown.end,
+                shown.occurrence.cancelled,
+                seq,
+                shown.occurrence.SerializeToString(deterministic=True),
+            )
+        )
+    if rows:
+        await connection.executemany(
+            "INSERT INTO shown (user_email, occurrence_id, meeting_id, start_at, end_at, cancelled, seq, occurrence)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " ON CONFLICT (user_email, occurrence_id) DO UPDATE SET meeting_id = EXCLUDED.meeting_id,"
+            " start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at, cancelled = EXCLUDED.cancelled,"
+            " seq = EXCLUDED.seq, occurrence = EXCLUDED.occurrence",
+            rows,
+        )

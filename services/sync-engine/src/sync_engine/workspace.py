@@ -1,0 +1,312 @@
+"""The rows of the meetings one transaction decides about: read in a few statements, written back in a few.
+
+A transaction that touches N meetings (a fetched batch of calendar changes, a command result, a re-expansion)
+loads all their rows at once (`Workspace.load`, one query per table), `reconcile` works on them in memory, and
+`flush` writes what changed with one statement per table and kind (asyncpg's pipelined executemany), so the
+number of round trips does not grow with the number of meetings. The meetings' advisory locks must be held
+while the workspace lives (`reconcile.lock_meetings`); nothing else may write these rows in the same
+transaction meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+
+import asyncpg
+
+from sync_engine.model import StoredItem
+from trueconf.calendar.v1 import calendar_pb2
+
+
+@dataclass
+class ConferenceRow:
+    """One row of `conferences` (columns in table order)."""
+
+    meeting_id: str
+    server_id: str
+    state: str
+    linked: bool = False
+    conference_id: str = ""
+    url: str = ""
+    topic: str = ""
+    owner: str = ""
+    sent: bytes | None = None
+    sent_invitations: bytes | None = None
+    run_invitations: bytes | None = None
+    repoint_at: datetime | None = None
+    commands: int = 0
+    last_error: str = ""
+    last_launch: datetime | None = None
+
+
+@dataclass
+class LaunchRow:
+    """One row of `launches`."""
+
+    occurrence_id: str
+    meeting_id: str
+    start_at: datetime
+    end_at: datetime
+    state: str
+    launched_at: datetime | None = None
+    command_id: str | None = None
+
+
+@dataclass
+class ShownRow:
+    """What a user's calendar shows of one occurrence (a row of `shown`, its occurrence parsed)."""
+
+    cancelled: bool
+    occurrence: calendar_pb2.Occurrence
+
+
+@dataclass
+class MeetingRows:
+    """Everything stored about one meeting."""
+
+    meeting_id: str
+    uid: str
+    snapshot: bytes | None
+    items: list[StoredItem] = field(default_factory=list)
+    conference: ConferenceRow | None = None
+    launches: dict[str, LaunchRow] = field(default_factory=dict)
+    shown: dict[tuple[str, str], ShownRow] = field(default_factory=dict)
+    occurrences: dict[str, bytes] = field(default_factory=dict)
+    people: set[str] = field(default_factory=set)
+
+
+CONFERENCE_COLUMNS = tuple(f.name for f in fields(ConferenceRow))
+LAUNCH_COLUMNS = tuple(f.name for f in fields(LaunchRow))
+
+
+def _upsert_sql(table: str, columns: tuple[str, ...], key: str) -> str:
+    values = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != key)
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) ON CONFLICT ({key}) DO UPDATE SET {updates}"
+
+
+UPSERT_CONFERENCE = _upsert_sql("conferences", CONFERENCE_COLUMNS, "meeting_id")
+UPSERT_LAUNCH = _upsert_sql("launches", LAUNCH_COLUMNS, "occurrence_id")
+UPSERT_OCCURRENCE = (
+    "INSERT INTO occurrences (occurrence_id, meeting_id, original_start, start_at, end_at, cancelled, occurrence)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (occurrence_id) DO UPDATE SET"
+    " original_start = EXCLUDED.original_start, start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at,"
+    " cancelled = EXCLUDED.cancelled, occurrence = EXCLUDED.occurrence"
+)
+
+
+def parse_item(row: asyncpg.Record) -> StoredItem:
+    return StoredItem(
+        mailbox=row["mailbox"],
+        item_id=row["item_id"],
+        kind=int(row["kind"]),
+        recurrence_id=row["recurrence_id"],
+        deleted=bool(row["deleted"]),
+        was_organizer=bool(row["was_organizer"]),
+        event=calendar_pb2.CalendarEvent.FromString(bytes(row["event"])) if row["event"] is not None else None,
+    )
+
+
+class Workspace:
+    """The loaded meetings of one transaction and the writes decided about them."""
+
+    def __init__(self, connection: asyncpg.Connection, configured_users: frozenset[str] | set[str]) -> None:
+        self.connection = connection
+        self.configured_users = configured_users
+        self.meetings: dict[str, MeetingRows] = {}
+        self._users: set[str] = set()  # synced mailboxes among the people looked up
+        self._looked_up: set[str] = set()
+        self._conferences: set[str] = set()
+        self._launches: dict[str, LaunchRow] = {}
+        self._launches_gone: set[str] = set()
+        self._snapshots: dict[str, tuple[bytes, bool, bool, datetime]] = {}
+        self._occurrences: dict[str, tuple[str, datetime, datetime, datetime, bool, bytes]] = {}
+        self._occurrences_gone: set[str] = set()
+        self._people_added: set[tuple[str, str]] = set()
+        self._people_gone: set[tuple[str, str]] = set()
+
+    # ------------------------------------------------------------------------------------------------- reading
+    async def load(self, meeting_ids: Iterable[str]) -> None:
+        """Read every row of these meetings (those already loaded are kept as they are)."""
+        wanted = sorted(set(meeting_ids) - set(self.meetings))
+        if not wanted:
+            return
+        c = self.connection
+        for row in await c.fetch("SELECT meeting_id, uid, snapshot FROM meetings WHERE meeting_id = ANY($1)", wanted):
+            snapshot = bytes(row["snapshot"]) if row["snapshot"] is not None else None
+            self.meetings[row["meeting_id"]] = MeetingRows(row["meeting_id"], row["uid"], snapshot)
+        found = sorted(set(wanted) & set(self.meetings))
+        if not found:
+            return
+        for row in await c.fetch(
+            "SELECT meeting_id, mailbox, item_id, kind, recurrence_id, deleted, was_organizer, event FROM items"
+            " WHERE meeting_id = ANY($1) ORDER BY meeting_id, mailbox, item_id",
+            found,
+        ):
+            self.meetings[row["meeting_id"]].items.append(parse_item(row))
+        for row in await c.fetch(
+            f"SELECT {', '.join(CONFERENCE_COLUMNS)} FROM conferences WHERE meeting_id = ANY($1)", found
+        ):
+            self.meetings[row["meeting_id"]].conference = ConferenceRow(**dict(row.items()))
+        for row in await c.fetch(f"SELECT {', '.join(LAUNCH_COLUMNS)} FROM launches WHERE meeting_id = ANY($1)", found):
+            self.meetings[row["meeting_id"]].launches[row["occurrence_id"]] = LaunchRow(**dict(row.items()))
+        for row in await c.fetch(
+            "SELECT meeting_id, user_email, occurrence_id, cancelled, occurrence FROM shown WHERE meeting_id = ANY($1)",
+            found,
+        ):
+            occurrence = calendar_pb2.Occurrence.FromString(bytes(row["occurrence"]))
+            occurrence.ClearField("updated_at")
+            shown = ShownRow(bool(row["cancelled"]), occurrence)
+            self.meetings[row["meeting_id"]].shown[(row["user_email"], row["occurrence_id"])] = shown
+        for row in await c.fetch(
+            "SELECT meeting_id, occurrence_id, occurrence FROM occurrences WHERE meeting_id = ANY($1)", found
+        ):
+            self.meetings[row["meeting_id"]].occurrences[row["occurrence_id"]] = bytes(row["occurrence"])
+        for row in await c.fetch("SELECT meeting_id, email FROM meeting_people WHERE meeting_id = ANY($1)", found):
+            self.meetings[row["meeting_id"]].people.add(row["email"])
+        await self._look_up(self._candidates(found))
+
+    def _candidates(self, meeting_ids: Iterable[str]) -> set[str]:
+        """Everyone who may take part in these meetings: the users to look up at once."""
+        people: set[str] = set()
+        for meeting in meeting_ids:
+            rows = self.meetings[meeting]
+            people |= rows.people
+            for item in rows.items:
+                people.add(item.mailbox)
+                if item.event is not None:
+                    people.add(item.event.organizer.email.lower())
+                    people.update(a.person.email.lower() for a in item.event.attendees)
+        people.discard("")
+        return people
+
+    async def _look_up(self, people: set[str]) -> None:
+        missing = sorted(people - self._looked_up)
+        if not missing:
+            return
+        rows = await self.connection.fetch("SELECT mailbox FROM mailboxes WHERE mailbox = ANY($1::text[])", missing)
+        self._users.update(str(r["mailbox"]) for r in rows)
+        self._looked_up.update(missing)
+
+    async def known_users(self, people: set[str]) -> set[str]:
+        """The people who are TrueConf users we serve: synced mailboxes and calendarProviders[].users."""
+        await self._look_up(people)
+        return (people & self._users) | (people & set(self.configured_users))
+
+    # ------------------------------------------------------------------------------------------------- writing
+    def conference_changed(self, rows: MeetingRows) -> None:
+        self._conferences.add(rows.meeting_id)
+
+    def ensure_conference(self, rows: MeetingRows, server_id: str) -> ConferenceRow:
+        if rows.conference is None:
+            rows.conference = ConferenceRow(meeting_id=rows.meeting_id, server_id=server_id, state="pending")
+            self.conference_changed(rows)
+        return rows.conference
+
+    def next_command(self, rows: MeetingRows) -> int:
+        """The meeting's next conference command number (command ids are deterministic)."""
+        if rows.conference is None:
+            raise LookupError(f"meeting {rows.meeting_id} has no conference row")
+        rows.conference.commands += 1
+        self.conference_changed(rows)
+        return rows.conference.commands
+
+    def put_launch(self, rows: MeetingRows, launch: LaunchRow) -> None:
+        rows.launches[launch.occurrence_id] = launch
+        self._launches[launch.occurrence_id] = launch
+        self._launches_gone.discard(launch.occurrence_id)
+
+    def drop_launch(self, rows: MeetingRows, occurrence_id: str) -> None:
+        rows.launches.pop(occurrence_id, None)
+        self._launches.pop(occurrence_id, None)
+        self._launches_gone.add(occurrence_id)
+
+    def put_snapshot(self, rows: MeetingRows, snapshot: bytes, cancelled: bool, recurring: bool, at: datetime) -> None:
+        rows.snapshot = snapshot
+        self._snapshots[rows.meeting_id] = (snapshot, cancelled, recurring, at)
+
+    def put_occurrence(
+        self,
+        rows: MeetingRows,
+        occurrence_id: str,
+        times: tuple[datetime, datetime, datetime],
+        cancelled: bool,
+        data: bytes,
+    ) -> None:
+        rows.occurrences[occurrence_id] = data
+        self._occurrences[occurrence_id] = (rows.meeting_id, *times, cancelled, data)
+        self._occurrences_gone.discard(occurrence_id)
+
+    def drop_occurrence(self, rows: MeetingRows, occurrence_id: str) -> None:
+        rows.occurrences.pop(occurrence_id, None)
+        self._occurrences.pop(occurrence_id, None)
+        self._occurrences_gone.add(occurrence_id)
+
+    def set_people(self, rows: MeetingRows, people: set[str]) -> None:
+        for email in people - rows.people:
+            self._people_added.add((rows.meeting_id, email))
+            self._people_gone.discard((rows.meeting_id, email))
+        for email in rows.people - people:
+            self._people_gone.add((rows.meeting_id, email))
+            self._people_added.discard((rows.meeting_id, email))
+        rows.people = set(people)
+
+    async def flush(self) -> None:
+        """Write every change decided since the last flush (a few statements, whatever the number of meetings)."""
+        c = self.connection
+        conferences = [
+            self.meetings[m].conference for m in sorted(self._conferences) if self.meetings[m].conference is not None
+        ]
+        if conferences:
+            await c.executemany(
+                UPSERT_CONFERENCE,
+                [tuple(getattr(row, name) for name in CONFERENCE_COLUMNS) for row in conferences if row is not None],
+            )
+        if self._launches_gone:
+            await c.execute(
+                "DELETE FROM launches WHERE occurrence_id = ANY($1::text[]) AND state = 'planned'",
+                sorted(self._launches_gone),
+            )
+        if self._launches:
+            await c.executemany(
+                UPSERT_LAUNCH,
+                [tuple(getattr(self._launches[k], name) for name in LAUNCH_COLUMNS) for k in sorted(self._launches)],
+            )
+        if self._snapshots:
+            await c.executemany(
+                "UPDATE meetings SET snapshot = $2, cancelled = $3, recurring = $4, updated_at = $5"
+                " WHERE meeting_id = $1",
+                [(m, *self._snapshots[m]) for m in sorted(self._snapshots)],
+            )
+        if self._occurrences_gone:
+            await c.execute(
+                "DELETE FROM occurrences WHERE occurrence_id = ANY($1::text[])", sorted(self._occurrences_gone)
+            )
+        if self._occurrences:
+            await c.executemany(UPSERT_OCCURRENCE, [(k, *self._occurrences[k]) for k in sorted(self._occurrences)])
+        if self._people_gone:
+            gone = sorted(self._people_gone)
+            await c.execute(
+                "DELETE FROM meeting_people WHERE (meeting_id, email) IN"
+                " (SELECT * FROM unnest($1::text[], $2::text[]))",
+                [m for m, _ in gone],
+                [e for _, e in gone],
+            )
+        if self._people_added:
+            added = sorted(self._people_added)
+            await c.execute(
+                "INSERT INTO meeting_people (meeting_id, email) SELECT * FROM unnest($1::text[], $2::text[])"
+                " ON CONFLICT DO NOTHING",
+                [m for m, _ in added],
+                [e for _, e in added],
+            )
+        self._conferences.clear()
+        self._launches.clear()
+        self._launches_gone.clear()
+        self._snapshots.clear()
+        self._occurrences.clear()
+        self._occurrences_gone.clear()
+        self._people_added.clear()
+        self._people_gone.clear()
