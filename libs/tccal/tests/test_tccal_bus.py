@@ -148,3 +148,16 @@ async def test_batch_handler_takes_a_fetch_at_once_and_falls_back_one_by_one(nat
     consumer = await bus.js.consumer_info(busmod.TCS_RESULTS, "batched")
     assert consumer.num_ack_pending == 0 and consumer.num_pending == 0
     await bus.close()
+
+
+async def test_pipelined_publish_keeps_the_order_and_counts_acknowledged(nats_url: str) -> None:
+    bus = await connected(nats_url)
+    subject = busmod.commands_subject("pipelined#vcs")
+    before = (await bus.js.stream_info(busmod.TCS_COMMANDS)).state.last_seq
+    messages = [(subject, f"p{n}".encode(), f"pipelined-{n}", {}) for n in range(5)]
+    messages.append((subject, b"p2 again", "pipelined-2", {}))  # a repeat: acknowledged as a duplicate, not stored
+    assert await bus.publish_pipelined(messages) == 6
+    stored = [(await bus.js.get_msg(busmod.TCS_COMMANDS, before + n)).data for n in range(1, 6)]
+    assert stored == [f"p{n}".encode() for n in range(5)]
+    assert (await bus.js.stream_info(busmod.TCS_COMMANDS)).state.last_seq == before + 5
+    await bus.close()

@@ -9,6 +9,7 @@ with the error in its headers, and acked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -195,6 +196,26 @@ class Bus:
         telemetry.inject_context(all_headers)
         ack = await self.js.publish(subject, payload, headers=all_headers)
         return not ack.duplicate
+
+    async def publish_pipelined(
+        self, messages: list[tuple[str, bytes, str, dict[str, str]]], *, timeout: float = 10.0
+    ) -> int:
+        """Publish (subject, payload, msg_id, headers) in order without waiting for each ack, then wait for all.
+
+        Returns how many of the messages, from the first, JetStream acknowledged (a duplicate counts) within
+        `timeout`; the rest must be published again (their ids make a repeat harmless).
+        """
+        futures: list[asyncio.Future[Any]] = []
+        for subject, payload, msg_id, headers in messages:
+            futures.append(await self.js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id, **headers}))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), timeout)
+        acknowledged = 0
+        for future in futures:
+            if not future.done() or future.cancelled() or future.exception() is not None:
+                break
+            acknowledged += 1
+        return acknowledged
 
     async def key_value(self, bucket: str = INGEST_STATE_BUCKET) -> KeyValue:
         return await self.js.key_value(bucket)

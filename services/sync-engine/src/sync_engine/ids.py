@@ -30,5 +30,11 @@ def to_timestamp(moment: datetime) -> Timestamp:
     return stamp
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def set_timestamp(stamp: Timestamp, moment: datetime) -> None:
-    stamp.FromDatetime(moment.astimezone(UTC))
+    """`stamp` = `moment` (an aware datetime); what Timestamp.FromDatetime does, without its slow path."""
+    delta = moment - EPOCH
+    stamp.seconds = delta.days * 86400 + delta.seconds
+    stamp.nanos = delta.microseconds * 1000

@@ -1,8 +1,9 @@
 """The outbox relay: publishes committed commands to TCS_COMMANDS, in order, exactly once in effect.
 
 One relay runs at a time across all engine replicas (a session advisory lock), so commands leave in the
-order they were decided. Each command is published with its command id as Nats-Msg-Id and marked published
-only after JetStream acknowledged it: a crash in between re-publishes the same id, which JetStream drops as a
+order they were decided: a batch is written in order on the one NATS connection and its acks awaited together.
+Each command is published with its command id as Nats-Msg-Id and marked published only after JetStream
+acknowledged it and every command before it: a crash in between re-publishes the same id, which JetStream drops as a
 duplicate. The trace continues from the message that caused the command (its stored traceparent).
 """
 
@@ -77,29 +78,36 @@ class Relay:
             BATCH,
         )
         METRICS.outbox_backlog = len(rows)
-        done: list[int] = []
-        try:
-            for row in rows:
-                carrier = {"traceparent": str(row["traceparent"])} if row["traceparent"] else {}
-                if row["tracestate"]:
-                    carrier["tracestate"] = str(row["tracestate"])
-                context = telemetry.extract_context(carrier)
-                with self.tracer.start_as_current_span(
-                    "publish TCS_COMMANDS", context=context, kind=trace.SpanKind.PRODUCER
-                ) as span:
-                    span.set_attribute("tcs.command_id", str(row["command_id"]))
-                    span.set_attribute("tcs.command_kind", str(row["kind"]))
-                    await self.bus.publish(
-                        commands_subject(str(row["server_id"])), bytes(row["payload"]), msg_id=str(row["command_id"])
-                    )
-                done.append(int(row["id"]))
-                METRICS.commands_published.add(1, {"kind": str(row["kind"])})
-                METRICS.relay_lag.record(max(0.0, (self.clock.now() - row["created_at"]).total_seconds()))
-        finally:
-            if done:
-                await connection.execute(
-                    "UPDATE outbox SET status = 'published' WHERE id = ANY($1::bigint[]) AND status = 'pending'", done
-                )
+        messages: list[tuple[str, bytes, str, dict[str, str]]] = []
+        for row in rows:
+            carrier = {"traceparent": str(row["traceparent"])} if row["traceparent"] else {}
+            if row["tracestate"]:
+                carrier["tracestate"] = str(row["tracestate"])
+            with self.tracer.start_as_current_span(
+                "publish TCS_COMMANDS", context=telemetry.extract_context(carrier), kind=trace.SpanKind.PRODUCER
+            ) as span:
+                span.set_attribute("tcs.command_id", str(row["command_id"]))
+                span.set_attribute("tcs.command_kind", str(row["kind"]))
+                headers: dict[str, str] = {}
+                telemetry.inject_context(headers)
+            messages.append(
+                (commands_subject(str(row["server_id"])), bytes(row["payload"]), str(row["command_id"]), headers)
+            )
+        # In order on the one connection, acks awaited together; rows are marked only up to the first unacked.
+        acknowledged = await self.bus.publish_pipelined(messages)
+        done = [int(row["id"]) for row in rows[:acknowledged]]
+        now = self.clock.now()
+        for row in rows[:acknowledged]:
+            METRICS.commands_published.add(1, {"kind": str(row["kind"])})
+            METRICS.relay_lag.record(max(0.0, (now - row["created_at"]).total_seconds()))
+        if done:
+            await connection.execute(
+                "UPDATE outbox SET status = 'published' WHERE id = ANY($1::bigint[]) AND status = 'pending'", done
+            )
+        if len(done) < len(rows):
+            raise ConnectionError(
+                f"JetStream acknowledged {len(done)} of {len(rows)} commands; publishing the rest again"
+            )
         return len(done)
 
 
