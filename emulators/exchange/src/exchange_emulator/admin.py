@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from lxml import etree
 
+from .calxml import ItemError, ParseContext, apply_field, normalize_times
 from .model import CalendarItem, Mailbox
 from .seeding import seed
-from .xmlutil import fmt_dt
+from .xmlutil import PARSER, children, fmt_dt, t
 
 if TYPE_CHECKING:
     from .server import Emulator
@@ -100,6 +103,19 @@ def mailbox_json(emu: Emulator, mbx: Mailbox) -> dict[str, Any]:
         "delegates": dict(mbx.delegates),
         "requests": emu.mailbox_counts.get(mbx.email, 0),
     }
+
+
+def raw_item(emu: Emulator, mbx: Mailbox, xml: str) -> CalendarItem:
+    node = etree.fromstring(xml.encode(), PARSER)
+    if node.tag != t("CalendarItem"):
+        raise ValueError("calendar_item must be a t:CalendarItem element in the EWS types namespace")
+    now = dt.datetime.now(dt.UTC)
+    item = CalendarItem(no=emu.store.next_item_no(), mailbox=mbx, uid="", start=now, end=now)
+    ctx = ParseContext(emu.store, None, validate=False)
+    for child in children(node):
+        apply_field(item, child, ctx)
+    normalize_times(item, validate=False)
+    return item
 
 
 def add_admin_routes(app: web.Application, emu: Emulator) -> None:
@@ -199,6 +215,21 @@ def add_admin_routes(app: web.Application, emu: Emulator) -> None:
         result["seconds"] = round(time.monotonic() - started, 3)
         return _json(result, 201)
 
+    async def put_raw_item(request: web.Request) -> web.Response:
+        """Store a CalendarItem given as EWS XML without CreateItem's checks (absurd recurrences stay as written):
+        what a broken or third-party server could hand out. Body: {calendar_item: "<t:CalendarItem ...>",
+        send_meeting_invitations?}."""
+        mbx = emu.store.mailbox(request.match_info["email"])
+        if mbx is None:
+            return _error("unknown mailbox", 404)
+        data = await _body(request)
+        try:
+            item = raw_item(emu, mbx, str(data.get("calendar_item", "")))
+            emu.cal.create(mbx, item, str(data.get("send_meeting_invitations", "SendToAllAndSaveCopy")), mbx.email)
+        except (ItemError, ValueError, etree.XMLSyntaxError) as exc:
+            return _error(f"{type(exc).__name__}: {exc}")
+        return _json(item_json(item), 201)
+
     async def requests_(request: web.Request) -> web.Response:
         return _json(
             {
@@ -290,6 +321,7 @@ def add_admin_routes(app: web.Application, emu: Emulator) -> None:
     r.add_post(PREFIX + "/mailboxes", add_mailbox)
     r.add_get(PREFIX + "/mailboxes/{email}", get_mailbox)
     r.add_get(PREFIX + "/mailboxes/{email}/items", mailbox_items)
+    r.add_post(PREFIX + "/mailboxes/{email}/items", put_raw_item)
     r.add_get(PREFIX + "/accounts", list_accounts)
     r.add_post(PREFIX + "/accounts", add_account)
     r.add_post(PREFIX + "/delegates", add_delegate)

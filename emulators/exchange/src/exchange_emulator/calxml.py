@@ -10,7 +10,16 @@ from lxml import html as lxml_html
 
 from .model import Attendee, CalendarItem, ExtKey, ExtValue, Mailbox, Store
 from .recurrence import Recurrence, RecurrenceError
-from .timezones import UnknownTimeZoneError, is_known, write_definition, write_meeting_timezone, zone_for
+from .timezones import (
+    CustomZone,
+    UnknownTimeZoneError,
+    is_known,
+    parse_definition,
+    write_custom_definition,
+    write_custom_meeting_timezone,
+    write_definition,
+    write_meeting_timezone,
+)
 from .xmlutil import (
     NS_T,
     UTC,
@@ -439,15 +448,24 @@ def _w_deleted(p: Element, i: CalendarItem, c: WriteContext) -> None:
 
 
 def _w_meeting_tz(p: Element, i: CalendarItem, c: WriteContext) -> None:
-    write_meeting_timezone(p, i.start_tz, c.year)
+    if i.start_tz_def is not None:
+        write_custom_meeting_timezone(p, i.start_tz_def)
+    else:
+        write_meeting_timezone(p, i.start_tz, c.year)
 
 
 def _w_start_tz(p: Element, i: CalendarItem, c: WriteContext) -> None:
-    write_definition(p, t("StartTimeZone"), i.start_tz, i.start_tz_name, c.year)
+    if i.start_tz_def is not None:
+        write_custom_definition(p, t("StartTimeZone"), i.start_tz_def)
+    else:
+        write_definition(p, t("StartTimeZone"), i.start_tz, i.start_tz_name, c.year)
 
 
 def _w_end_tz(p: Element, i: CalendarItem, c: WriteContext) -> None:
-    write_definition(p, t("EndTimeZone"), i.end_tz, i.end_tz_name, c.year)
+    if i.end_tz_def is not None:
+        write_custom_definition(p, t("EndTimeZone"), i.end_tz_def)
+    else:
+        write_definition(p, t("EndTimeZone"), i.end_tz, i.end_tz_name, c.year)
 
 
 def _simple(tag: str, getter: Callable[[CalendarItem], str | None]) -> Writer:
@@ -461,7 +479,7 @@ def _simple(tag: str, getter: Callable[[CalendarItem], str | None]) -> Writer:
 
 def _when(i: CalendarItem) -> str:
     local_start = i.local_start()
-    return local_start.strftime("%A, %B %d, %Y %I:%M %p-") + i.end.astimezone(zone_for(i.end_tz)).strftime("%I:%M %p")
+    return local_start.strftime("%A, %B %d, %Y %I:%M %p-") + i.end.astimezone(i.end_zone()).strftime("%I:%M %p")
 
 
 WRITERS: list[tuple[str, Writer]] = [
@@ -612,6 +630,7 @@ def write_item_id_only(parent: Element, item: CalendarItem) -> Element:
 class ParseContext:
     store: Store
     tz: dt.tzinfo | None  # request TimeZoneContext
+    validate: bool = True  # False: admin seeding keeps absurd recurrences (as a broken server would hand them out)
 
 
 def _parse_mailbox(el: Element) -> tuple[str, str]:
@@ -644,14 +663,25 @@ def _parse_attendees(el: Element, store: Store) -> list[Attendee]:
 
 
 def _set_tz(item: CalendarItem, which: str, el: Element) -> None:
+    """StartTimeZone/EndTimeZone: a known Windows id, or a full definition (Periods...) under any id.
+
+    Exchange takes a definition with Periods as given (Outlook's "Customized Time Zone", zones of other systems);
+    a bare id it does not know is refused with ErrorTimeZone.
+    """
     tz_id = el.get("Id") or el.get("Name") or ""
+    custom: CustomZone | None = None
     if not is_known(tz_id):
-        raise ItemError("ErrorTimeZone", f"The time zone {tz_id!r} is not a known Windows time zone id")
+        try:
+            custom = parse_definition(el)
+        except (UnknownTimeZoneError, ValueError) as exc:
+            raise ItemError("ErrorTimeZone", f"The time zone definition {tz_id!r} is invalid: {exc}") from exc
+        if custom is None:
+            raise ItemError("ErrorTimeZone", f"The time zone {tz_id!r} is not a known Windows time zone id")
     name = el.get("Name")
     if which == "start":
-        item.start_tz, item.start_tz_name = tz_id, name
+        item.start_tz, item.start_tz_name, item.start_tz_def = tz_id, name, custom
     else:
-        item.end_tz, item.end_tz_name = tz_id, name
+        item.end_tz, item.end_tz_name, item.end_tz_def = tz_id, name, custom
 
 
 def apply_field(item: CalendarItem, el: Element, ctx: ParseContext, append: bool = False) -> str | None:
@@ -714,7 +744,7 @@ def apply_field(item: CalendarItem, el: Element, ctx: ParseContext, append: bool
                 group = existing + [a for a in group if a.email.lower() not in known]
             setattr(item, attr, group)
         elif name == "Recurrence":
-            item.recurrence = Recurrence.from_xml(el)
+            item.recurrence = Recurrence.from_xml(el, validate=ctx.validate)
         elif name == "StartTimeZone":
             _set_tz(item, "start", el)
         elif name == "EndTimeZone":
@@ -748,17 +778,19 @@ def apply_field(item: CalendarItem, el: Element, ctx: ParseContext, append: bool
             return None
     except (ValueError, RecurrenceError) as exc:
         if isinstance(exc, RecurrenceError):
-            raise ItemError("ErrorInvalidRecurrence", str(exc)) from exc
+            raise ItemError("ErrorCalendarInvalidRecurrence", str(exc)) from exc
         raise ItemError("ErrorInvalidPropertySet", f"invalid value for {name}: {exc}") from exc
     return name
 
 
-def normalize_times(item: CalendarItem) -> None:
-    """Apply Exchange's rules after a create or update: all-day snapping, end >= start, series start."""
+def normalize_times(item: CalendarItem, validate: bool = True) -> None:
+    """Apply Exchange's rules after a create or update: all-day snapping, end >= start, series start.
+
+    `validate=False` (admin seeding) keeps a series without occurrences where it was put."""
     if item.end < item.start:
         raise ItemError("ErrorCalendarEndDateIsEarlierThanStartDate", "EndDate is earlier than StartDate")
     if item.is_all_day:
-        zone = zone_for(item.start_tz)
+        zone = item.start_zone()
         ls = item.start.astimezone(zone)
         le = item.end.astimezone(zone)
         start_local = dt.datetime.combine(ls.date(), dt.time(0))
@@ -772,8 +804,10 @@ def normalize_times(item: CalendarItem) -> None:
         local_start = item.local_start()
         rec = item.recurrence
         # Exchange moves the series start onto the first occurrence of the pattern.
-        first = next(iter(rec.starts_utc(local_start.time().replace(tzinfo=None), zone_for(item.start_tz))), None)
+        first = next(iter(rec.starts_utc(local_start.time().replace(tzinfo=None), item.start_zone())), None)
         if first is None:
+            if not validate:
+                return
             raise ItemError("ErrorRecurrenceHasNoOccurrence", "The recurrence pattern has no occurrence")
         item.start = first
         item.end = first + duration

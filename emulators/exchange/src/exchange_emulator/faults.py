@@ -8,7 +8,7 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
-FAULT_KINDS = ("server_busy", "http_503", "latency", "drop_streams")
+FAULT_KINDS = ("server_busy", "http_503", "latency", "drop_streams", "malformed_xml", "schema_invalid")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .recurrence import Recurrence
-from .timezones import zone_for
+from .timezones import CustomZone, zone_for
 from .xmlutil import UTC
 
 ITEM_PREFIX = b"\x00\x03\x24"  # base64 "AAMk", like Exchange item ids
@@ -186,6 +186,8 @@ class CalendarItem:
     end_tz: str = "UTC"
     start_tz_name: str | None = None
     end_tz_name: str | None = None
+    start_tz_def: CustomZone | None = None  # a client-supplied TimeZoneDefinition (custom id with Periods)
+    end_tz_def: CustomZone | None = None
     subject: str = ""
     body: str = ""
     body_type: str = "Text"
@@ -277,15 +279,21 @@ class CalendarItem:
     def duration(self) -> dt.timedelta:
         return self.end - self.start
 
+    def start_zone(self) -> dt.tzinfo:
+        return self.start_tz_def if self.start_tz_def is not None else zone_for(self.start_tz)
+
+    def end_zone(self) -> dt.tzinfo:
+        return self.end_tz_def if self.end_tz_def is not None else zone_for(self.end_tz)
+
     def local_start(self) -> dt.datetime:
-        return self.start.astimezone(zone_for(self.start_tz))
+        return self.start.astimezone(self.start_zone())
 
     def occurrence_starts(self, until: dt.datetime | None = None) -> Iterator[dt.datetime]:
         """Original starts (UTC) of every pattern occurrence, deleted ones included."""
         if self.recurrence is None:
             return
         local = self.local_start()
-        yield from self.recurrence.starts_utc(local.time().replace(tzinfo=None), zone_for(self.start_tz), until)
+        yield from self.recurrence.starts_utc(local.time().replace(tzinfo=None), self.start_zone(), until)
 
     def has_occurrence(self, original: dt.datetime) -> bool:
         return any(start == original for start in self.occurrence_starts(until=original))
@@ -358,6 +366,8 @@ def clone_item(src: CalendarItem, no: int, mailbox: Mailbox | None = None) -> Ca
         end_tz=src.end_tz,
         start_tz_name=src.start_tz_name,
         end_tz_name=src.end_tz_name,
+        start_tz_def=src.start_tz_def,
+        end_tz_def=src.end_tz_def,
         subject=src.subject,
         body=src.body,
         body_type=src.body_type,

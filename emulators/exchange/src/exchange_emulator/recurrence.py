@@ -10,7 +10,6 @@ import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
-from zoneinfo import ZoneInfo
 
 from dateutil import rrule
 
@@ -59,7 +58,8 @@ class Recurrence:
 
     # ---------------------------------------------------------------- XML
     @classmethod
-    def from_xml(cls, elem: Element) -> Recurrence:
+    def from_xml(cls, elem: Element, validate: bool = True) -> Recurrence:
+        """Parse a Recurrence; `validate=False` keeps absurd values (admin seeding of what a broken server serves)."""
         pattern_el: Element | None = None
         range_el: Element | None = None
         for child in children(elem):
@@ -78,7 +78,7 @@ class Recurrence:
         interval = text_of(pattern_el, t("Interval"))
         if interval is not None:
             rec.interval = int(interval)
-            if rec.interval < 1:
+            if rec.interval < 1 and validate:
                 raise RecurrenceError(f"recurrence Interval must be positive, got {interval!r}")
         days = text_of(pattern_el, t("DaysOfWeek"))
         if days:
@@ -97,9 +97,10 @@ class Recurrence:
         number = text_of(range_el, t("NumberOfOccurrences"))
         if number is not None:
             rec.number = int(number)
-            if rec.number < 1:
+            if rec.number < 1 and validate:
                 raise RecurrenceError(f"NumberOfOccurrences must be positive, got {number!r}")
-        rec.validate()
+        if validate:
+            rec.validate()
         return rec
 
     def validate(self) -> None:
@@ -213,13 +214,16 @@ class Recurrence:
     def local_starts(self, time_of_day: dt.time) -> Iterator[dt.datetime]:
         """All occurrence start times (naive local wall clock) of the pattern, in order."""
         dtstart = dt.datetime.combine(self.start_date, time_of_day)
+        if self.interval < 1:  # only an item seeded past validation (admin API) gets here: its first date only
+            yield dtstart
+            return
         for n, value in enumerate(self._rule(dtstart)):
             if n >= MAX_OCCURRENCES:
                 return
             yield value
 
     def starts_utc(
-        self, time_of_day: dt.time, zone: ZoneInfo, until: dt.datetime | None = None
+        self, time_of_day: dt.time, zone: dt.tzinfo, until: dt.datetime | None = None
     ) -> Iterator[dt.datetime]:
         """Occurrence starts as aware UTC datetimes; stops after `until` (UTC) when given."""
         for value in self.local_starts(time_of_day):

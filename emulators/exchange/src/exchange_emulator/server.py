@@ -263,6 +263,18 @@ class Emulator:
                 "The server cannot service this request right now. Try again later.",
                 {"BackOffMilliseconds": str(rule.back_off_ms)},
             )
+        if self.faults.pick("malformed_xml", op, anchor) is not None:
+            # HTTP 200 with a body cut off mid-element (a proxy or a failing backend truncating the answer)
+            cut = (
+                f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{NS_S}"><s:Body>'
+                f'<m:{op}Response xmlns:m="{NS_M}"><m:ResponseMessages><m:{op}Resp'
+            )
+            return web.Response(body=cut.encode(), content_type="text/xml", charset="utf-8")
+        if self.faults.pick("schema_invalid", op, anchor) is not None:
+            # well-formed XML that violates messages.xsd: the response element without ResponseMessages
+            bogus = el(m(f"{op}Response"), nsmap={"m": NS_M, "t": NS_T})
+            sub(bogus, m("Unexpected"), "schema-invalid answer injected by /_emulator/faults")
+            return web.Response(body=to_bytes(self.envelope(bogus)), content_type="text/xml", charset="utf-8")
         if op == "GetStreamingEvents":
             return await self.stream_events(request, ctx, op_el)
         handler = OPERATIONS.get(op)

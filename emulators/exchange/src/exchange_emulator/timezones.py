@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tzlocal.windows_tz import tz_win, win_tz
 
-from .xmlutil import Element, sub, t
+from .xmlutil import Element, local, sub, t
 
 UTC_IDS = {"UTC", "Coordinated Universal Time", "GMT Standard Time"}
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -201,4 +201,179 @@ def write_meeting_timezone(parent: Element, ms_id: str, year: int) -> Element:
             sub(rel, t("Month"), month)
             total = int(rule.time_of_day.total_seconds())
             sub(change, t("Time"), f"{total // 3600:02d}:{total % 3600 // 60:02d}:00")
+    return node
+
+
+# --------------------------------------------------------------------------------------------- custom definitions
+def _parse_duration(text: str) -> dt.timedelta:
+    """xs:duration as EWS writes it in time zone definitions (-PT1H, P0DT2H30M0.0S, PT0M)."""
+    import re
+
+    value = text.strip()
+    match = re.fullmatch(r"(-)?P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?", value)
+    if match is None or value in ("P", "-P", "PT", "-PT"):
+        raise UnknownTimeZoneError(f"bad duration {text!r} in a time zone definition")
+    sign, days, hours, minutes, seconds = match.groups()
+    total = dt.timedelta(
+        days=int(days or 0), hours=int(hours or 0), minutes=int(minutes or 0), seconds=float(seconds or 0)
+    )
+    return -total if sign else total
+
+
+def _nth_weekday(year: int, month: int, weekday: int, occurrence: int) -> dt.date:
+    if occurrence < 0:
+        last = dt.date(year + month // 12, month % 12 + 1, 1) - dt.timedelta(days=1)
+        return last - dt.timedelta(days=(last.weekday() - weekday) % 7)
+    first = dt.date(year, month, 1)
+    day = first + dt.timedelta(days=(weekday - first.weekday()) % 7 + 7 * (occurrence - 1))
+    while day.month != month:  # a 5th occurrence the month lacks: the last one
+        day -= dt.timedelta(days=7)
+    return day
+
+
+class CustomZone(dt.tzinfo):
+    """A client-supplied TimeZoneDefinition (Periods + one TransitionsGroup) as a tzinfo.
+
+    `standard`/`daylight` are UTC offsets; with DST, `to_daylight`/`to_standard` give the yearly rule (the wall time
+    is the local time before the transition). `source` keeps the definition element to return it as given.
+    """
+
+    def __init__(
+        self,
+        tz_id: str,
+        standard: dt.timedelta,
+        daylight: dt.timedelta | None = None,
+        to_daylight: DstRule | None = None,
+        to_standard: DstRule | None = None,
+        source: Element | None = None,
+    ) -> None:
+        self.tz_id = tz_id
+        self.standard = standard
+        self.daylight = daylight if to_daylight and to_standard else None
+        self.to_daylight = to_daylight
+        self.to_standard = to_standard
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"CustomZone({self.tz_id!r}, standard={self.standard}, daylight={self.daylight})"
+
+    def _switch_utc(self, year: int) -> tuple[dt.datetime, dt.datetime] | None:
+        if self.daylight is None or self.to_daylight is None or self.to_standard is None:
+            return None
+        on, off = self.to_daylight, self.to_standard
+        on_local = (
+            dt.datetime.combine(_nth_weekday(year, on.month, on.weekday, on.occurrence), dt.time()) + on.time_of_day
+        )
+        off_local = (
+            dt.datetime.combine(_nth_weekday(year, off.month, off.weekday, off.occurrence), dt.time()) + off.time_of_day
+        )
+        return on_local - self.standard, off_local - self.daylight
+
+    def _in_daylight_utc(self, naive_utc: dt.datetime) -> bool:
+        switch = self._switch_utc(naive_utc.year)
+        if switch is None:
+            return False
+        on, off = switch
+        return on <= naive_utc < off if on < off else not off <= naive_utc < on
+
+    def utcoffset(self, value: dt.datetime | None) -> dt.timedelta:
+        if value is None or self.daylight is None:
+            return self.standard
+        wall = value.replace(tzinfo=None)
+        # a wall time is daylight when read as standard time it falls into daylight (gap times count as daylight)
+        return self.daylight if self._in_daylight_utc(wall - self.standard) else self.standard
+
+    def dst(self, value: dt.datetime | None) -> dt.timedelta:
+        return self.utcoffset(value) - self.standard
+
+    def tzname(self, value: dt.datetime | None) -> str:
+        return self.tz_id
+
+    def fromutc(self, value: dt.datetime) -> dt.datetime:
+        naive = value.replace(tzinfo=None)
+        offset = self.daylight if self.daylight is not None and self._in_daylight_utc(naive) else self.standard
+        return (naive + offset).replace(tzinfo=self)
+
+
+def parse_definition(node: Element) -> CustomZone | None:
+    """The zone a TimeZoneDefinition with Periods defines (None when it carries no Periods: an id reference).
+
+    Understands what Outlook and the EWS Managed API send: Periods with Bias, a TransitionsGroup of one Transition
+    (fixed offset) or two RecurringDayTransitions (yearly DST), Transitions pointing at the group in force.
+    Raises UnknownTimeZoneError naming the id when the definition is inconsistent.
+    """
+    tz_id = node.get("Id") or node.get("Name") or ""
+    periods_el = node.find(t("Periods"))
+    if periods_el is None or not len(periods_el):
+        return None
+    periods: dict[str, tuple[str, dt.timedelta]] = {}
+    for period_el in periods_el.findall(t("Period")):
+        periods[period_el.get("Id", "")] = (period_el.get("Name", ""), -_parse_duration(period_el.get("Bias", "")))
+    groups: dict[str, list[Element]] = {}
+    groups_el = node.find(t("TransitionsGroups"))
+    for group in groups_el.findall(t("TransitionsGroup")) if groups_el is not None else []:
+        groups[group.get("Id", "")] = list(group)
+    group_id = "0" if "0" in groups else next(iter(groups), None)
+    transitions_el = node.find(t("Transitions"))
+    if transitions_el is not None:
+        for transition in transitions_el:  # the last one whose date has come (absolute ones are dated)
+            when = transition.findtext(t("DateTime"))
+            target = transition.find(t("To"))
+            if target is None or target.get("Kind") != "Group":
+                continue
+            if when is not None and when[:10] > dt.date.today().isoformat():
+                continue
+            group_id = (target.text or "").strip()
+    rules = groups.get(group_id or "", [])
+
+    def period(target: Element | None) -> tuple[str, dt.timedelta]:
+        key = (target.text or "").strip() if target is not None else ""
+        if key not in periods:
+            raise UnknownTimeZoneError(f"time zone definition {tz_id!r} names an unknown Period {key!r}")
+        return periods[key]
+
+    recurring = [r for r in rules if local(r.tag) == "RecurringDayTransition"]
+    if len(recurring) == 2:
+        parsed: list[tuple[tuple[str, dt.timedelta], DstRule]] = []
+        for rule in recurring:
+            day = rule.findtext(t("DayOfWeek")) or ""
+            if day not in WEEKDAYS:
+                raise UnknownTimeZoneError(f"time zone definition {tz_id!r}: bad DayOfWeek {day!r}")
+            occurrence = int(rule.findtext(t("Occurrence")) or "1")
+            dst_rule = DstRule(
+                int(rule.findtext(t("Month")) or "0"),
+                WEEKDAYS.index(day),
+                -1 if occurrence < 0 or occurrence > 4 else occurrence,
+                _parse_duration(rule.findtext(t("TimeOffset")) or "PT0M"),
+            )
+            if not 1 <= dst_rule.month <= 12:
+                raise UnknownTimeZoneError(f"time zone definition {tz_id!r}: bad Month {dst_rule.month}")
+            parsed.append((period(rule.find(t("To"))), dst_rule))
+        (p1, r1), (p2, r2) = parsed
+        if p1[1] == p2[1]:
+            return CustomZone(tz_id, p1[1], source=node)
+        (std, to_std), (dst_, to_dst) = ((p1, r1), (p2, r2)) if p1[1] < p2[1] else ((p2, r2), (p1, r1))
+        return CustomZone(tz_id, std[1], dst_[1], to_dst, to_std, source=node)
+    if rules:
+        return CustomZone(tz_id, period(rules[0].find(t("To")))[1], source=node)
+    standard = next((offset for name, offset in periods.values() if name == "Standard"), None)
+    if standard is None:
+        standard = next(iter(periods.values()))[1]
+    return CustomZone(tz_id, standard, source=node)
+
+
+def write_custom_definition(parent: Element, tag: str, zone: CustomZone) -> Element:
+    """Return a client-supplied definition as it was given (Exchange keeps the definition it was sent)."""
+    import copy
+
+    assert zone.source is not None
+    node = copy.deepcopy(zone.source)
+    node.tag = tag
+    parent.append(node)
+    return node
+
+
+def write_custom_meeting_timezone(parent: Element, zone: CustomZone) -> Element:
+    node = sub(parent, t("MeetingTimeZone"), TimeZoneName=zone.tz_id)
+    sub(node, t("BaseOffset"), _bias(zone.standard))
     return node

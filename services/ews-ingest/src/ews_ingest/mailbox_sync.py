@@ -24,7 +24,7 @@ from typing import Any
 
 from dateutil.relativedelta import relativedelta
 from exchangelib import CalendarItem
-from exchangelib.errors import ErrorItemNotFound
+from exchangelib.errors import ErrorItemNotFound, MalformedResponseError
 from exchangelib.fields import FieldPath
 from exchangelib.items import ID_ONLY
 from exchangelib.services import SyncFolderItems
@@ -310,7 +310,10 @@ class MailboxSync:
             batch = wanted[start : start + self.batch_size]
 
             def get(account: Any, ids: list[tuple[str, str]] = batch) -> list[Any]:
-                return list(account.fetch(ids=ids, folder=account.calendar, chunk_size=len(ids)))
+                items = list(account.fetch(ids=ids, folder=account.calendar, chunk_size=len(ids)))
+                if len(items) != len(ids):  # exchangelib yields nothing for a body it could not parse
+                    raise MalformedResponseError(f"GetItem answered {len(items)} items for {len(ids)} ids")
+                return items
 
             items = await ctx.pool.call(ctx.mailbox, "GetItem", get)
             self.result.fetched += len(batch)

@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from lxml import html as lxml_html
 
 from ews_ingest.conference_marker import MARKER_FIELD, MarkerError, MarkerParser
+from ews_ingest.normalize_tz import install as install_time_zone_definitions
 from trueconf.calendar.v1 import calendar_pb2, common_pb2
 
 RESPONSES: dict[str, common_pb2.ResponseType.ValueType] = {
@@ -46,6 +47,10 @@ WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturd
 WEEK_NAMES = ("First", "Second", "Third", "Fourth", "Last")
 MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
                "November", "December")  # fmt: skip
+
+
+# Custom TimeZoneDefinitions (Outlook's "Customized Time Zone") become IANA zones instead of being dropped.
+install_time_zone_definitions()
 
 
 class NormalizationError(ValueError):

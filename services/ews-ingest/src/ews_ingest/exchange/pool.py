@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from exchangelib import IMPERSONATION, UTC, Account, Configuration
+from exchangelib.errors import MalformedResponseError
 
 from ews_ingest.exchange.auth import PoolCredentials, forget_protocol, make_configuration, make_protocol
 from ews_ingest.exchange.endpoint import EndpointResolver
@@ -34,6 +35,8 @@ from tccal import telemetry
 from tccal.retry import backoff_delay
 
 log = logging.getLogger(__name__)
+#: What exchangelib raises while reading a response it does not understand (beyond its own parse errors).
+UNREADABLE_RESPONSE = (AttributeError, KeyError, IndexError, TypeError)
 T = TypeVar("T")
 POOL_EXHAUSTED = "Cant get free socket from pool"
 
@@ -147,7 +150,7 @@ class CredentialPool:
                     pending = None
                 self.stats.calls += 1
                 try:
-                    result = await loop.run_in_executor(self._executor, self._run, mailbox, fn)
+                    result = await loop.run_in_executor(self._executor, self._run, mailbox, operation, fn)
                 except Exception as exc:
                     failure: Exception = exc
                 else:
@@ -196,8 +199,13 @@ class CredentialPool:
                 continue
             raise failure
 
-    def _run(self, mailbox: str, fn: Callable[[Account], T]) -> T:
-        return fn(self.account(mailbox))
+    def _run(self, mailbox: str, operation: str, fn: Callable[[Account], T]) -> T:
+        try:
+            return fn(self.account(mailbox))
+        except UNREADABLE_RESPONSE as exc:
+            # exchangelib trips over a response it cannot read (cut off, or elements missing) with whatever
+            # Python error the parser hits; name it for what it is, so it is logged clearly and retried.
+            raise MalformedResponseError(f"{operation}: unreadable EWS response ({type(exc).__name__}: {exc})") from exc
 
     async def _wait_backoff(self, mailbox: str) -> None:
         until = self._busy_until.get(mailbox)
