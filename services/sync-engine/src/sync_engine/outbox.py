@@ -132,6 +132,10 @@ class CommandBatch:
         shown: _ShownWrite,
     ) -> None:
         for index, server in enumerate(self.calendar_servers):
+            if index > 0:  # every planned command is its own message: flush numbers it in place
+                copy = commands_pb2.TcsCommand()
+                copy.CopyFrom(command)
+                command = copy
             self._plan(
                 _Planned(
                     kind=kind,
@@ -224,10 +228,10 @@ class CommandBatch:
         reseq: list[tuple[str, str, int]] = []
         outbox: list[tuple[object, ...]] = []
         written: list[commands_pb2.TcsCommand] = []
+        emitted: dict[str, int] = {}
         for planned in self.planned:
             cause = planned.cause or self.cause
-            command = commands_pb2.TcsCommand()
-            command.CopyFrom(planned.command)
+            command = planned.command
             if planned.user:
                 if planned.shown is not None or planned.attempt > 1:
                     current[planned.user] = next_seq[planned.user]
@@ -262,7 +266,7 @@ class CommandBatch:
                     cause.created_at,
                 )
             )
-            METRICS.commands_emitted.add(1, {"kind": planned.kind})
+            emitted[planned.kind] = emitted.get(planned.kind, 0) + 1
             written.append(command)
         await _write_shown(connection, list(shown_rows.values()))
         if reseq:
@@ -276,6 +280,8 @@ class CommandBatch:
             outbox,
         )
         await connection.execute("SELECT pg_notify('sync_engine_outbox', '')")
+        for kind, count in emitted.items():
+            METRICS.commands_emitted.add(count, {"kind": kind})
         self.planned.clear()
         return written
 
