@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -19,7 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 from tccal.sandbox_demo import Ews, shared_calendar
-from tccal.testing import short_tmpdir
+from tccal.testing import running_sandbox
 
 T = TypeVar("T")
 DOMAIN = "sandbox.test"
@@ -119,41 +116,8 @@ class Product:
 @contextmanager
 def running_product(*args: str, env: dict[str, str] | None = None, timeout: float = 240.0) -> Iterator[Product]:
     """Start `tc-calendar sandbox` with `args`, wait for its ready-file, stop it (SIGTERM) afterwards."""
-    state = short_tmpdir("tce2e")
-    ready_file = state / "ready.json"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tccal.cli",
-            "sandbox",
-            "--state-dir",
-            str(state),
-            "--ready-file",
-            str(ready_file),
-            "--no-demo",
-            *args,
-        ],
-        stdout=open(state / "sandbox.out", "wb"),  # noqa: SIM115 - owned by the child
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )
-    try:
-
-        def started() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"sandbox exited: {(state / 'sandbox.out').read_text(errors='replace')[-3000:]}")
-            return ready_file.exists()
-
-        wait_until(started, timeout, "the sandbox to be ready")
-        yield Product(json.loads(ready_file.read_text()), state, process)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    with running_sandbox("--no-demo", *args, prefix="tce2e", env=env, timeout=timeout) as sandbox:
+        yield Product(sandbox.ready, sandbox.state_dir, sandbox.process)
 
 
 def local_time(days: int, hour: int, minute: int = 0, zone: str = "Europe/Berlin") -> Any:

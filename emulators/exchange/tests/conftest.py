@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
+import functools
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import pytest
 from exchangelib import BASIC, IMPERSONATION, NTLM, Account, Configuration, Credentials, FaultTolerance
 from exchangelib.protocol import close_connections
 
-from exchange_emulator.testing import EmulatorHandle, running_emulator
+from exchange_emulator.testing import EmulatorHandle, fail_on_new_violations, new_mailboxes, running_emulator
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -28,8 +27,6 @@ CONFIG: dict[str, Any] = {
     ],
     "mailboxes": [{"email": "alice@example.com", "display_name": "Alice Example"}],
 }
-
-_counter = itertools.count(1)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -46,36 +43,14 @@ def emu() -> Iterator[EmulatorHandle]:
 
 @pytest.fixture(autouse=True)
 def _no_schema_violations(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail any test during which the strict emulator recorded a schema violation."""
-    if "emu" not in request.fixturenames:
-        yield
-        return
-    handle: EmulatorHandle = request.getfixturevalue("emu")
-    before = len(handle.admin.violations())
-    yield
-    after = handle.admin.violations()
-    if len(after) > before and not request.node.get_closest_marker("expect_violation"):
-        pytest.fail(f"EWS schema violations during the test: {after[before:]}")
-
-
-def unique_domain() -> str:
-    return f"t{next(_counter)}-{uuid.uuid4().hex[:6]}.example.com"
+    """Fail any test during which the strict emulator recorded a schema violation (unless marked expect_violation)."""
+    yield from fail_on_new_violations(request, allowed_by="expect_violation")
 
 
 @pytest.fixture
 def mailboxes(emu: EmulatorHandle) -> Callable[..., list[str]]:
     """Create fresh mailboxes (admin API) and return their addresses."""
-
-    def make(*names: str) -> list[str]:
-        domain = unique_domain()
-        out = []
-        for name in names:
-            email = f"{name}@{domain}"
-            emu.admin.add_mailbox(email, display_name=name.title())
-            out.append(email)
-        return out
-
-    return make
+    return functools.partial(new_mailboxes, emu)
 
 
 @pytest.fixture

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tccal.testing import short_tmpdir, wait_for
+from tccal.testing import running_sandbox
 
 
 def alive(pid: int) -> bool:
@@ -25,26 +21,8 @@ def alive(pid: int) -> bool:
 
 
 def test_sandbox_up_ready_and_stopped_without_orphans() -> None:
-    state = short_tmpdir("tcsbx")
-    ready_file = state / "ready.json"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tccal.cli",
-            "sandbox",
-            "--state-dir",
-            str(state),
-            "--ready-file",
-            str(ready_file),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        wait_for(ready_file.exists, timeout=150, what="the ready-file")
-        ready = json.loads(ready_file.read_text())
+    with running_sandbox(prefix="tcsbx", timeout=150) as sandbox:
+        ready, process = sandbox.ready, sandbox.process
         assert set(ready["services"]) == {"ews-ingest", "sync-engine", "tcs-gateway", "licensing"}
         assert ready["services"]["tcs-gateway"]["ws"].startswith("ws://127.0.0.1:")
         assert ready["nats"]["url"].startswith("nats://127.0.0.1:")
@@ -78,11 +56,4 @@ def test_sandbox_up_ready_and_stopped_without_orphans() -> None:
         assert process.wait(timeout=60) == 0
         leftovers = {name: pid for name, pid in pids.items() if alive(pid)}
         assert not leftovers, f"still running after the sandbox stopped: {leftovers}"
-        assert "sandbox stopped" in (process.stdout.read().decode() if process.stdout else "")
-    finally:
-        if process.poll() is None:  # a failed assertion: still stop everything the sandbox started
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        assert "sandbox stopped" in sandbox.output()

@@ -1,8 +1,10 @@
 """Fixtures of the ews-ingest tests: a strict Exchange emulator process per module, a LicensingService served by
-the test over a real gRPC socket, a JetStream collector of CalendarChanges, and Outlook-like exchangelib access."""
+the test over a real gRPC socket, a JetStream collector of CalendarChanges, Outlook-like exchangelib access, and
+ews-ingest running over fresh mailboxes until they are synced and streaming."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -10,11 +12,23 @@ from pathlib import Path
 import pytest
 from exchangelib.protocol import close_connections
 
-from exchange_emulator.testing import EmulatorHandle, running_emulator
+from ews_ingest.settings import Tuning
+from exchange_emulator.testing import EmulatorHandle, fail_on_new_violations, running_emulator
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ews_ingest_support import EMULATOR_CONFIG, ChangeCollector, FakeLicensing, Outlook
+from ews_ingest_support import (
+    EMULATOR_CONFIG,
+    FAST,
+    ChangeCollector,
+    FakeLicensing,
+    Harness,
+    Outlook,
+    StreamingIngest,
+    ingest_config,
+    provider_section,
+    running_ingest,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +42,7 @@ def emu() -> Iterator[EmulatorHandle]:
 @pytest.fixture(autouse=True)
 def _no_schema_violations(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail any test during which a strict emulator recorded an EWS schema violation."""
-    if "emu" not in request.fixturenames:
-        yield
-        return
-    handle: EmulatorHandle = request.getfixturevalue("emu")
-    before = len(handle.admin.violations())
-    yield
-    after = handle.admin.violations()
-    if len(after) > before:
-        pytest.fail(f"EWS schema violations during the test: {after[before:]}")
+    yield from fail_on_new_violations(request)
 
 
 @pytest.fixture
@@ -59,3 +65,25 @@ def outlook(emu: EmulatorHandle) -> Iterator[Outlook]:
     client = Outlook(emu)
     yield client
     client.close()
+
+
+@pytest.fixture
+def streaming_ingest(
+    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing, collector: ChangeCollector
+) -> StreamingIngest:
+    """`async with streaming_ingest(*mailboxes) as h`: ews-ingest over those mailboxes of `emu` (one provider,
+    `max_concurrency` connections per credential), publishing to `nats_url` with seats from `licensing`; inside, the
+    collector is started, every mailbox has had its first sync and the streams (at least `connections`) are open."""
+
+    @contextlib.asynccontextmanager
+    async def run(
+        *mailboxes: str, tuning: Tuning = FAST, connections: int = 1, max_concurrency: int = 4
+    ) -> AsyncIterator[Harness]:
+        section = provider_section(emu, list(mailboxes), max_concurrency=max_concurrency)
+        async with running_ingest(ingest_config(nats_url, licensing.address, [section]), tuning) as h:
+            await collector.start()
+            await h.synced(*mailboxes)
+            await h.streamed(connections=connections)
+            yield h
+
+    return run

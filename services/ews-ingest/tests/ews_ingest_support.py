@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import itertools
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -28,6 +26,7 @@ from exchangelib.properties import Mailbox
 from ews_ingest.runtime import IngestRuntime
 from ews_ingest.settings import IngestSettings, Tuning
 from exchange_emulator.testing import EmulatorHandle
+from exchange_emulator.testing import new_mailboxes as new_mailboxes
 from tccal.bus import Bus, BusSettings
 from tccal.config import Config
 from tccal.secrets import reveal
@@ -41,7 +40,6 @@ SVC2_USER = "svc-second@example.com"
 SVC2_PASSWORD = "Svc2-Passw0rd"
 TCS_ID = "video.example.com#vcs"
 TCS_HOST = "video.example.com"
-_domains = itertools.count(1)
 
 EMULATOR_CONFIG: dict[str, Any] = {
     "version": "Exchange2016",
@@ -62,20 +60,6 @@ FAST = Tuning(
     error_backoff_cap_seconds=2.0,
     max_busy_wait_seconds=30.0,
 )
-
-
-def unique_domain() -> str:
-    return f"d{next(_domains)}-{uuid.uuid4().hex[:6]}.example.com"
-
-
-def new_mailboxes(emu: EmulatorHandle, *names: str) -> list[str]:
-    domain = unique_domain()
-    out = []
-    for name in names:
-        email = f"{name}@{domain}"
-        emu.admin.add_mailbox(email, display_name=name.title())
-        out.append(email)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- licensing
@@ -376,6 +360,10 @@ async def running_ingest(config: dict[str, Any], tuning: Tuning = FAST) -> Async
         stop.set()
         await asyncio.wait_for(task, 60)
         await bus.close()
+
+
+# the type of the `streaming_ingest` fixture (conftest.py): `async with streaming_ingest(*mailboxes, ...) as h`
+StreamingIngest = Callable[..., contextlib.AbstractAsyncContextManager[Harness]]
 
 
 async def _started(runtime: IngestRuntime, task: asyncio.Task[None]) -> bool:

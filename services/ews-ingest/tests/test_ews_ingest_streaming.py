@@ -16,6 +16,7 @@ from ews_ingest_support import (
     ChangeCollector,
     FakeLicensing,
     Outlook,
+    StreamingIngest,
     ingest_config,
     new_mailboxes,
     provider_section,
@@ -43,14 +44,10 @@ def _tracing() -> None:
 
 
 async def test_notification_latency(
-    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing, collector: ChangeCollector, outlook: Outlook
+    emu: EmulatorHandle, collector: ChangeCollector, outlook: Outlook, streaming_ingest: StreamingIngest
 ) -> None:
     (owner,) = new_mailboxes(emu, "owner")
-    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [owner])])
-    async with running_ingest(config) as h:
-        await collector.start()
-        await h.synced(owner)
-        await h.streamed()
+    async with streaming_ingest(owner) as h:
         latencies = []
         for n in range(10):
             subject = f"latency probe {n}"
@@ -78,15 +75,15 @@ async def test_notification_latency(
 
 
 async def test_groups_affinity_and_overflow_polling(
-    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing, collector: ChangeCollector, outlook: Outlook
+    emu: EmulatorHandle,
+    licensing: FakeLicensing,
+    collector: ChangeCollector,
+    outlook: Outlook,
+    streaming_ingest: StreamingIngest,
 ) -> None:
     mailboxes = new_mailboxes(emu, "m1", "m2", "m3", "m4", "m5")
     tuning = dataclasses.replace(FAST, stream_group_size=2, streams_per_credential=2, poll_seconds=1.0)
-    config = ingest_config(nats_url, licensing.address, [provider_section(emu, mailboxes, max_concurrency=4)])
-    async with running_ingest(config, tuning) as h:
-        await collector.start()
-        await h.synced(*mailboxes)
-        await h.streamed(connections=2)
+    async with streaming_ingest(*mailboxes, tuning=tuning, connections=2, max_concurrency=4) as h:
         groups = [g for gs in h.runtime.streams.groups.values() for g in gs]
         assert sorted(len(g.members) for g in groups) == [2, 2]  # at most two subscriptions per connection
         for group in groups:
@@ -109,14 +106,10 @@ async def test_groups_affinity_and_overflow_polling(
 
 
 async def test_catch_up_after_drop_and_lost_subscription(
-    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing, collector: ChangeCollector, outlook: Outlook
+    emu: EmulatorHandle, collector: ChangeCollector, outlook: Outlook, streaming_ingest: StreamingIngest
 ) -> None:
     (owner,) = new_mailboxes(emu, "owner")
-    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [owner])])
-    async with running_ingest(config) as h:
-        await collector.start()
-        await h.synced(owner)
-        await h.streamed()
+    async with streaming_ingest(owner) as h:
         stats = h.runtime.streams.stats
         # a dropped connection: reconnect, and a sync catches up whatever happened meanwhile
         catch_ups = stats.catch_ups

@@ -15,6 +15,7 @@ from ews_ingest_support import (
     ChangeCollector,
     FakeLicensing,
     Outlook,
+    StreamingIngest,
     ingest_config,
     new_mailboxes,
     provider_section,
@@ -33,14 +34,10 @@ def _clear_faults(emu: EmulatorHandle) -> None:
 
 
 async def test_server_busy_back_off_is_honoured(
-    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing, collector: ChangeCollector, outlook: Outlook
+    emu: EmulatorHandle, collector: ChangeCollector, outlook: Outlook, streaming_ingest: StreamingIngest
 ) -> None:
     (owner,) = new_mailboxes(emu, "owner")
-    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [owner])])
-    async with running_ingest(config) as h:
-        await collector.start()
-        await h.synced(owner)
-        await h.streamed()
+    async with streaming_ingest(owner) as h:
         before = (await outlook.do(emu.admin.requests))["operations"].get("GetItem", 0)
         await outlook.do(
             emu.admin.add_fault, kind="server_busy", operation="GetItem", mailbox=owner, back_off_ms=700, count=2
@@ -56,14 +53,10 @@ async def test_server_busy_back_off_is_honoured(
 
 
 async def test_transient_error_is_retried(
-    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing, collector: ChangeCollector, outlook: Outlook
+    emu: EmulatorHandle, collector: ChangeCollector, outlook: Outlook, streaming_ingest: StreamingIngest
 ) -> None:
     (owner,) = new_mailboxes(emu, "owner")
-    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [owner])])
-    async with running_ingest(config) as h:
-        await collector.start()
-        await h.synced(owner)
-        await h.streamed()
+    async with streaming_ingest(owner) as h:
         await outlook.do(emu.admin.add_fault, kind="http_503", operation="SyncFolderItems", mailbox=owner, count=1)
         await outlook.do(outlook.meeting, owner, "after a 503")
         await collector.wait(lambda c: c.event.subject == "after a 503")
@@ -109,21 +102,16 @@ async def test_broken_mailboxes_do_not_stall_the_others(
 
 async def test_pool_exhaustion_is_logged(
     emu: EmulatorHandle,
-    nats_url: str,
-    licensing: FakeLicensing,
     collector: ChangeCollector,
     outlook: Outlook,
+    streaming_ingest: StreamingIngest,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     slow, other = new_mailboxes(emu, "slow", "other")
-    # two connections for the credential: one streams, one is left for every other call
     tuning = dataclasses.replace(FAST, pool_wait_warn_seconds=0.3)
-    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [slow, other], max_concurrency=2)])
     caplog.set_level(logging.WARNING, logger="ews_ingest")
-    async with running_ingest(config, tuning) as h:
-        await collector.start()
-        await h.synced(slow, other)
-        await h.streamed()
+    # two connections for the credential: one streams, one is left for every other call
+    async with streaming_ingest(slow, other, tuning=tuning, max_concurrency=2) as h:
         assert h.pool_of(slow).sync_slots == 1 and h.pool_of(slow) is h.pool_of(other)
         await outlook.do(
             emu.admin.add_fault, kind="latency", operation="GetItem", mailbox=slow, latency_ms=1500, count=1
@@ -140,20 +128,15 @@ async def test_pool_exhaustion_is_logged(
 
 async def test_malformed_item_is_quarantined_and_the_rest_flows(
     emu: EmulatorHandle,
-    nats_url: str,
-    licensing: FakeLicensing,
     collector: ChangeCollector,
     outlook: Outlook,
+    streaming_ingest: StreamingIngest,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     (owner,) = new_mailboxes(emu, "owner")
     register_marker_property()
-    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [owner])])
     caplog.set_level(logging.INFO, logger="ews_ingest")
-    async with running_ingest(config) as h:
-        await collector.start()
-        await h.synced(owner)
-        await h.streamed()
+    async with streaming_ingest(owner) as h:
         broken = await outlook.do(outlook.meeting, owner, "broken marker", trueconf_meeting_marker="{not json")
         await outlook.do(outlook.meeting, owner, "fine meeting")
         await collector.wait(lambda c: c.event.subject == "fine meeting")

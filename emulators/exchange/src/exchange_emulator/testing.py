@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -27,15 +28,20 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pytest
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "service_accounts": [{"username": "svc-trueconf@example.com", "password": "Svc-Passw0rd", "impersonation": True}],
     "mailboxes": [],
 }
+_domains = itertools.count(1)
 
 
 class EmulatorError(RuntimeError):
@@ -251,3 +257,34 @@ async def emulator(
             raise
     else:
         await asyncio.to_thread(cm.__exit__, None, None, None)
+
+
+def new_mailboxes(emu: EmulatorHandle, *names: str) -> list[str]:
+    """Create the mailboxes `name@<a domain of this call alone>` (display name: the name, titled) through the admin
+    API, so that every test has mailboxes of its own; returns their addresses in the order of `names`."""
+    domain = f"t{next(_domains)}-{uuid.uuid4().hex[:6]}.example.com"
+    out = []
+    for name in names:
+        email = f"{name}@{domain}"
+        emu.admin.add_mailbox(email, display_name=name.title())
+        out.append(email)
+    return out
+
+
+def fail_on_new_violations(
+    request: pytest.FixtureRequest, *, fixture: str = "emu", allowed_by: str | None = None
+) -> Iterator[None]:
+    """The body of an autouse pytest fixture (`yield from fail_on_new_violations(request)`): fail every test during
+    which the strict emulator of the `fixture` fixture recorded an EWS schema violation, unless the test is marked
+    `allowed_by`. Tests that do not use `fixture` are left alone."""
+    if fixture not in request.fixturenames:
+        yield
+        return
+    handle: EmulatorHandle = request.getfixturevalue(fixture)
+    before = len(handle.admin.violations())
+    yield
+    after = handle.admin.violations()
+    if len(after) > before and not (allowed_by and request.node.get_closest_marker(allowed_by)):
+        import pytest
+
+        pytest.fail(f"EWS schema violations during the test: {after[before:]}")

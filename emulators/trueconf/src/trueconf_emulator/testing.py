@@ -26,7 +26,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 DEFAULT_USERS: tuple[dict[str, str], ...] = (
     {"id": "alice", "email": "alice@example.test", "display_name": "Alice Archer"},
@@ -77,6 +77,30 @@ def _request(method: str, url: str, body: Any = None, headers: Mapping[str, str]
     return json.loads(text) if text else None
 
 
+class _ReadyValue:
+    """A read-only string attribute of `EmulatorProcess`: one entry of its ready-file, by its path of keys."""
+
+    def __init__(self, *keys: str) -> None:
+        self._keys = keys
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any]) -> _ReadyValue: ...
+
+    @overload
+    def __get__(self, instance: EmulatorProcess, owner: type[Any]) -> str: ...
+
+    def __get__(self, instance: EmulatorProcess | None, owner: type[Any]) -> _ReadyValue | str:
+        if instance is None:
+            return self
+        value: Any = instance.ready
+        for key in self._keys:
+            value = value[key]
+        return str(value)
+
+    def __set__(self, instance: EmulatorProcess, value: object) -> None:
+        raise AttributeError("read from the ready-file; not settable")
+
+
 @dataclass
 class EmulatorProcess:
     """A running emulator subprocess and the URLs from its ready-file."""
@@ -88,37 +112,14 @@ class EmulatorProcess:
     config: dict[str, Any]
     _owns_workdir: bool = field(default=True, repr=False)
 
-    @property
-    def base_url(self) -> str:
-        return str(self.ready["base_url"])
-
-    @property
-    def rest_url(self) -> str:
-        return str(self.ready["rest_url"])
-
-    @property
-    def token_url(self) -> str:
-        return str(self.ready["token_url"])
-
-    @property
-    def inspect_url(self) -> str:
-        return str(self.ready["inspect_url"])
-
-    @property
-    def admin_url(self) -> str:
-        return str(self.ready["admin_url"])
-
-    @property
-    def server_id(self) -> str:
-        return str(self.ready["server_id"])
-
-    @property
-    def client_id(self) -> str:
-        return str(self.ready["oauth"]["client_id"])
-
-    @property
-    def client_secret(self) -> str:
-        return str(self.ready["oauth"]["client_secret"])
+    base_url = _ReadyValue("base_url")
+    rest_url = _ReadyValue("rest_url")
+    token_url = _ReadyValue("token_url")
+    inspect_url = _ReadyValue("inspect_url")
+    admin_url = _ReadyValue("admin_url")
+    server_id = _ReadyValue("server_id")
+    client_id = _ReadyValue("oauth", "client_id")
+    client_secret = _ReadyValue("oauth", "client_secret")
 
     def log_text(self) -> str:
         try:
@@ -252,6 +253,20 @@ def _fail_start(handle: EmulatorProcess, timeout: float) -> EmulatorStartError:
     return EmulatorStartError(f"emulator not ready within {timeout} s:\n{log_text[-4000:]}")
 
 
+def _begin(
+    config: Mapping[str, Any] | None,
+    config_options: Mapping[str, Any],
+    workdir: Path | None,
+    env: Mapping[str, str] | None,
+    startup_timeout: float,
+) -> tuple[EmulatorProcess, float]:
+    """Launch the emulator for `start_emulator(_async)`; returns its handle and the deadline of its ready-file."""
+    if config is not None and config_options:
+        raise TypeError("pass either a config object or build_config keyword options, not both")
+    handle = _launch(config if config is not None else build_config(**config_options), workdir, env)
+    return handle, time.monotonic() + startup_timeout
+
+
 def start_emulator(
     config: Mapping[str, Any] | None = None,
     *,
@@ -264,10 +279,7 @@ def start_emulator(
 
     Pass a full config object, or keyword options for `build_config` (gateway_url, server_id, secret,
     users, client_id, client_secret, token_lifetime, reconnect_initial, reconnect_max, extra)."""
-    if config is not None and config_options:
-        raise TypeError("pass either a config object or build_config keyword options, not both")
-    handle = _launch(config if config is not None else build_config(**config_options), workdir, env)
-    deadline = time.monotonic() + startup_timeout
+    handle, deadline = _begin(config, config_options, workdir, env, startup_timeout)
     while time.monotonic() < deadline:
         if _poll_ready(handle):
             return handle
@@ -284,10 +296,7 @@ async def start_emulator_async(
     **config_options: Any,
 ) -> EmulatorProcess:
     """`start_emulator` for asyncio code: waits without blocking the event loop."""
-    if config is not None and config_options:
-        raise TypeError("pass either a config object or build_config keyword options, not both")
-    handle = _launch(config if config is not None else build_config(**config_options), workdir, env)
-    deadline = time.monotonic() + startup_timeout
+    handle, deadline = _begin(config, config_options, workdir, env, startup_timeout)
     while time.monotonic() < deadline:
         if _poll_ready(handle):
             return handle

@@ -1,18 +1,25 @@
 """pytest plugin for the whole repo (loaded with `-p tccal.testing`): embedded PostgreSQL and NATS, free ports,
-an isolated machine key, and a bounded wait helper. Nothing here mocks PostgreSQL or NATS.
+an isolated machine key, a bounded wait helper, and `tc-calendar sandbox` as a subprocess. Nothing here mocks
+PostgreSQL or NATS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -50,6 +57,56 @@ async def wait_for_async(
 def short_tmpdir(prefix: str) -> Path:
     """A short path (Unix socket paths are limited to ~100 bytes)."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+@dataclass
+class SandboxProcess:
+    """A running `tc-calendar sandbox`: its state directory, its process and what its ready-file says."""
+
+    state_dir: Path
+    process: subprocess.Popen[bytes]
+    ready: dict[str, Any]
+
+    def output(self) -> str:
+        """What the sandbox wrote to stdout and stderr so far."""
+        return (self.state_dir / "sandbox.out").read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def running_sandbox(
+    *args: str, prefix: str = "tcsbx", env: Mapping[str, str] | None = None, timeout: float = 240.0
+) -> Iterator[SandboxProcess]:
+    """Start `tc-calendar sandbox` with `args` and its state in a new short temporary directory (`prefix`), wait for
+    its ready-file (failing at once if the sandbox exits first), and stop it (SIGTERM, then kill) afterwards unless
+    it has stopped already."""
+    state = short_tmpdir(prefix)
+    ready_file = state / "ready.json"
+    command = [sys.executable, "-m", "tccal.cli", "sandbox", "--state-dir", str(state), "--ready-file", str(ready_file)]
+    with open(state / "sandbox.out", "wb") as output:
+        process = subprocess.Popen(
+            [*command, *args],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+    sandbox = SandboxProcess(state, process, {})
+    try:
+
+        def started() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"sandbox exited: {sandbox.output()[-3000:]}")
+            return ready_file.exists()
+
+        wait_for(started, timeout, interval=0.3, what="the sandbox to be ready")
+        sandbox.ready = json.loads(ready_file.read_text())
+        yield sandbox
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 @pytest.fixture(autouse=True)
