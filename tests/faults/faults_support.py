@@ -28,7 +28,7 @@ from e2e_support import SEND, Product, email, http_json, wait_until
 
 from tccal import secrets
 from tccal.embedded import die_with_parent
-from tccal.testing import short_tmpdir
+from tccal.testing import running_sandbox, short_tmpdir
 
 LOAD = int(os.environ.get("TC_FAULTS_LOAD", "150"))  # changes per scenario; `make faults` raises it
 CONVERGE_S = float(os.environ.get("TC_FAULTS_CONVERGE_S", str(max(120.0, LOAD * 0.6))))
@@ -184,36 +184,17 @@ def launch(*args: str, admin_token: str | None = None, timeout: float = 240.0) -
             else:
                 os.environ["TC_CALENDAR_KEY_FILE"] = previous
         args = (*args, "--config-override", json.dumps({"grpc": {"adminToken": encrypted}}))
-    ready_file = state / "ready.json"
-    sandbox = [sys.executable, "-m", "tccal.cli", "sandbox", "--state-dir", str(state)]
-    process = subprocess.Popen(
-        [*sandbox, "--ready-file", str(ready_file), "--no-demo", *args],
-        stdout=open(state / "sandbox.out", "wb"),  # noqa: SIM115 - owned by the child
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    running = None
+    running: FaultProduct | None = None
     try:
-
-        def started() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"sandbox exited: {(state / 'sandbox.out').read_text(errors='replace')[-3000:]}")
-            return ready_file.exists()
-
-        wait_until(started, timeout, "the sandbox to be ready")
-        running = FaultProduct(Product(json.loads(ready_file.read_text()), state, process))
-        yield running
-    finally:
-        if running is not None:
-            running.stop_restarted()
-            if running.frozen:
-                os.kill(process.pid, signal.SIGCONT)
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        with running_sandbox("--no-demo", *args, state_dir=state, timeout=timeout) as sandbox:
+            running = FaultProduct(Product(sandbox.ready, state, sandbox.process))
             try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+                yield running
+            finally:
+                running.stop_restarted()
+                if running.frozen:
+                    os.kill(sandbox.process.pid, signal.SIGCONT)
+    finally:
         if running is not None and running.postgres_restarted and (state / "pg" / "postmaster.pid").exists():
             stop_postgres(state / "pg")  # the one we started is not the sandbox's to stop
         SECRET_SOURCES.append(state)

@@ -74,12 +74,16 @@ class SandboxProcess:
 
 @contextlib.contextmanager
 def running_sandbox(
-    *args: str, prefix: str = "tcsbx", env: Mapping[str, str] | None = None, timeout: float = 240.0
+    *args: str,
+    prefix: str = "tcsbx",
+    env: Mapping[str, str] | None = None,
+    timeout: float = 240.0,
+    state_dir: Path | None = None,
 ) -> Iterator[SandboxProcess]:
-    """Start `tc-calendar sandbox` with `args` and its state in a new short temporary directory (`prefix`), wait for
-    its ready-file (failing at once if the sandbox exits first), and stop it (SIGTERM, then kill) afterwards unless
-    it has stopped already."""
-    state = short_tmpdir(prefix)
+    """Start `tc-calendar sandbox` with `args` and its state in `state_dir` (default: a new short temporary
+    directory named after `prefix`), wait for its ready-file (failing at once if the sandbox exits first), and stop
+    it (SIGTERM, then kill) afterwards unless it has stopped already."""
+    state = state_dir or short_tmpdir(prefix)
     ready_file = state / "ready.json"
     command = [sys.executable, "-m", "tccal.cli", "sandbox", "--state-dir", str(state), "--ready-file", str(ready_file)]
     with open(state / "sandbox.out", "wb") as output:
