@@ -224,7 +224,8 @@ class Meeting:
 
 @dataclass
 class Load:
-    """`changes` EWS writes: creates, then reschedules (+1 h) of every third, then deletes of every tenth."""
+    """Exactly `changes` EWS writes: 65 % creates, then 25 % reschedules (+1 h, even-numbered meetings), then
+    deletes (odd-numbered) for the rest."""
 
     tag: str
     changes: int
@@ -234,8 +235,8 @@ class Load:
     def plan(self) -> list[tuple[str, int]]:
         creates = max(3, round(self.changes * 0.65))
         ops: list[tuple[str, int]] = [("create", i) for i in range(creates)]
-        ops += [("move", i) for i in range(0, creates, 3)][: max(0, round(self.changes * 0.25))]
-        ops += [("delete", i) for i in range(1, creates, 10)][: max(0, self.changes - len(ops))]
+        ops += [("move", i) for i in range(0, creates, 2)][: max(0, round(self.changes * 0.25))]
+        ops += [("delete", i) for i in range(1, creates, 2)][: max(0, self.changes - len(ops))]
         return ops
 
 
