@@ -4,10 +4,13 @@ validation names the failing field, choosing a reply's oneOf branch as each end 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,3 +93,48 @@ def test_a_reply_can_be_judged_by_its_error_code() -> None:
     by_code = FrameValidator(schema, by_error_code=True).problem(frame, "reply")
     assert by_code is not None and by_code.field == "errorName", by_code
     assert FrameValidator(schema, by_error_code=True).problem({"errorCode": 5, "errorName": "X"}, "reply") is None
+
+
+EXAMPLE = re.compile(r"<!-- example: ([A-Za-z.]+)\.(request|reply) -->\n```json\n(.*?)\n```", re.S)
+ODD_VALUES: list[Any] = [None, True, False, 0, 1, -1, 1.5, 2**60, "", "x" * 5000, "not-a-date", [], {}, [1], {"a": 1}]
+
+
+def _mutations(frame: Any) -> Iterator[Any]:
+    """The frame with, at every place in it, the value replaced by each odd value, a key dropped or one added."""
+    yield frame
+    if isinstance(frame, dict):
+        yield {**frame, "unexpectedKey": 1}
+        for key, value in frame.items():
+            yield {k: v for k, v in frame.items() if k != key}
+            for odd in ODD_VALUES:
+                yield {**frame, key: odd}
+            for inner in _mutations(value):
+                yield {**frame, key: inner}
+    elif isinstance(frame, list):
+        yield frame + frame[:1]
+        for index, value in enumerate(frame):
+            for inner in _mutations(value):
+                yield [*frame[:index], inner, *frame[index + 1 :]]
+
+
+def test_the_compiled_validator_agrees_with_jsonschema_on_every_example_and_its_mutations() -> None:
+    """The fast path may only answer what jsonschema would: on the document's examples and ~thousands of frames
+    broken from them (wrong types, missing and unexpected keys, bools for numbers), both give the same verdict."""
+    document = (REPO / "docs" / "bridge-protocol.md").read_text("utf-8")
+    examples = [(f"{m.group(1)}.{m.group(2)}", json.loads(m.group(3))) for m in EXAMPLE.finditer(document)]
+    assert len(examples) >= 10
+    validator = FrameValidator()
+    envelope = {"request": "requestFrame", "reply": "replyFrame"}
+    checked = disagreements = 0
+    failures: list[str] = []
+    for definition, example in examples:
+        for frame in _mutations(example):
+            for target in (definition, envelope[definition.rsplit(".", 1)[1]]):
+                full = validator._validator(target).is_valid(frame)
+                checked += 1
+                if validator.is_valid(frame, target) != full:
+                    disagreements += 1
+                    failures.append(f"{target}: compiled {not full}, jsonschema {full}: {json.dumps(frame)[:300]}")
+                assert (validator.problem(frame, target) is None) == full
+    assert checked > 2000
+    assert not failures, f"{disagreements} of {checked} disagree:\n" + "\n".join(failures[:20])

@@ -2,6 +2,10 @@
 error and close codes, the schema (docs/bridge-protocol.schema.json) and validation of a frame against one of
 its definitions, with the failure named as a path into the payload.
 
+Every frame both ends exchange is validated, so validation is on the hot path of every push: a definition is
+first checked by a validator fastjsonschema compiled to Python code (≈ 50× faster than walking the schema), and
+only a frame it rejects is walked again by jsonschema, which names the failing field (and has the last word).
+
 tcs-gateway (the server end) and the TrueConf emulator (the client end) import it. The schema is read from the
 copy packaged next to this module (a test keeps it equal to the document's), so it is there in a wheel and in
 an image, where docs/ is not. Needs jsonschema (a dependency of both users).
@@ -14,11 +18,12 @@ import enum
 import importlib.resources
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fastjsonschema
 import jsonschema
 import jsonschema.exceptions
 
@@ -26,6 +31,7 @@ SCHEMA_FILE = "bridge-protocol.schema.json"
 REQUEST = 1
 REPLY = 2
 MAX_SAFE_INT = 9_007_199_254_740_991
+DRAFT_2019_09 = "https://json-schema.org/draft/2019-09/schema"
 PUSH_METHODS = ("calendar.upsert", "calendar.cancel", "calendar.delete", "calendar.snapshot")
 
 
@@ -155,6 +161,7 @@ class FrameValidator:
         self._by_error_code = by_error_code
         self._defs: dict[str, Any] = self.schema.get("$defs", {})
         self._validators: dict[str, jsonschema.Draft202012Validator] = {}
+        self._compiled: dict[str, Callable[[Any], Any]] = {}
 
     def has_definition(self, definition: str) -> bool:
         return definition in self._defs
@@ -168,8 +175,30 @@ class FrameValidator:
             self._validators[definition] = validator
         return validator
 
+    def _compiled_check(self, definition: str) -> Callable[[Any], Any]:
+        check = self._compiled.get(definition)
+        if check is None:
+            if definition not in self._defs:
+                raise KeyError(f"the bridge schema has no definition {definition!r}")
+            # The keywords the schema uses mean the same in draft 2019-09 (fastjsonschema's newest) and 2020-12.
+            check = fastjsonschema.compile(
+                {"$schema": DRAFT_2019_09, "$ref": f"#/$defs/{definition}", "$defs": self._defs}
+            )
+            self._compiled[definition] = check
+        return check
+
+    def is_valid(self, frame: Any, definition: str) -> bool:
+        """The compiled validator's verdict alone (tests hold it equal to jsonschema's)."""
+        try:
+            self._compiled_check(definition)(frame)
+        except fastjsonschema.JsonSchemaException:
+            return False
+        return True
+
     def problem(self, frame: Any, definition: str, *, relative_to_payload: bool = True) -> Problem | None:
         """None when `frame` is valid for `definition`, else the most specific problem."""
+        if self.is_valid(frame, definition):
+            return None
         errors = list(self._validator(definition).iter_errors(frame))
         if not errors:
             return None
