@@ -12,7 +12,9 @@ from typing import Any
 
 from exchangelib import BASIC, NTLM, Build, Configuration, Credentials, FailFast, Version
 from exchangelib.errors import SessionPoolMinSizeReached
-from exchangelib.protocol import NoVerifyHTTPAdapter, Protocol
+from exchangelib.protocol import Protocol
+
+from ews_ingest.exchange.http import IngestHTTPAdapter, NoVerifyIngestHTTPAdapter
 
 AUTH_TYPES = {"ntlm": NTLM, "basic": BASIC}
 # RequestServerVersion Exchange 2016 and later accept (exchangelib's names), with a matching build.
@@ -33,7 +35,10 @@ class PoolCredentials(Credentials):  # type: ignore[misc]  # exchangelib is unty
 
 class IngestProtocol(Protocol):  # type: ignore[misc]
     """exchangelib's Protocol whose session pool never shrinks: ews-ingest bounds concurrency itself, and a pool
-    shrunk below the streaming connections it holds would starve every other call."""
+    shrunk below the streaming connections it holds would starve every other call. Its responses give the XML
+    parser a body already read in one piece (ews_ingest.exchange.http)."""
+
+    HTTP_ADAPTER_CLS = IngestHTTPAdapter
 
     def decrease_poolsize(self) -> None:
         raise SessionPoolMinSizeReached("ews-ingest keeps its session pool size")
@@ -42,7 +47,7 @@ class IngestProtocol(Protocol):  # type: ignore[misc]
 class NoVerifyIngestProtocol(IngestProtocol):
     """The same without TLS certificate verification (calendarProviders[].verifyTls = false)."""
 
-    HTTP_ADAPTER_CLS = NoVerifyHTTPAdapter
+    HTTP_ADAPTER_CLS = NoVerifyIngestHTTPAdapter
 
 
 def version_of(name: str | None) -> Version | None:
