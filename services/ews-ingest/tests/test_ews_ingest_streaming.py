@@ -105,6 +105,28 @@ async def test_groups_affinity_and_overflow_polling(
         assert h.scheduler.entries[polled].streamed and not h.scheduler.entries[streamed[0]].streamed
 
 
+async def test_streams_are_a_budget_apart_from_max_concurrency(
+    emu: EmulatorHandle, collector: ChangeCollector, outlook: Outlook, streaming_ingest: StreamingIngest
+) -> None:
+    """Ten mailboxes in groups of two on a credential with maxConcurrency 2: five streaming connections, none of
+    them taken from the two for ordinary calls, and no mailbox left to polling."""
+    mailboxes = new_mailboxes(emu, *(f"b{i}" for i in range(10)))
+    tuning = dataclasses.replace(FAST, stream_group_size=2)
+    async with streaming_ingest(*mailboxes, tuning=tuning, connections=5, max_concurrency=2) as h:
+        pool = h.pool_of(mailboxes[0])
+        assert pool.sync_slots == 2 and pool.stream_slots >= 5
+        groups = [g for gs in h.runtime.streams.groups.values() for g in gs]
+        assert sorted(len(g.members) for g in groups) == [2] * 5
+        assert all(h.scheduler.entries[m].streamed for m in mailboxes)
+        subscriptions = {s["mailbox"]: s for s in await outlook.do(emu.admin.subscriptions)}
+        assert all(subscriptions[m]["streaming_connections"] == 1 for m in mailboxes)
+        for mailbox in mailboxes:
+            await outlook.do(outlook.meeting, mailbox, f"streamed {mailbox}")
+        for mailbox in mailboxes:
+            await collector.wait(lambda c, m=mailbox: c.event.subject == f"streamed {m}", what=mailbox)  # type: ignore[misc]
+        assert h.runtime.streams.stats.notifications >= len(mailboxes)
+
+
 async def test_catch_up_after_drop_and_lost_subscription(
     emu: EmulatorHandle, collector: ChangeCollector, outlook: Outlook, streaming_ingest: StreamingIngest
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 
 import pytest
 from ews_ingest_support import (
@@ -107,23 +108,39 @@ async def test_pool_exhaustion_is_logged(
     streaming_ingest: StreamingIngest,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    slow, other = new_mailboxes(emu, "slow", "other")
+    slow1, slow2, other = new_mailboxes(emu, "slow1", "slow2", "other")
     tuning = dataclasses.replace(FAST, pool_wait_warn_seconds=0.3)
     caplog.set_level(logging.WARNING, logger="ews_ingest")
-    # two connections for the credential: one streams, one is left for every other call
-    async with streaming_ingest(slow, other, tuning=tuning, max_concurrency=2) as h:
-        assert h.pool_of(slow).sync_slots == 1 and h.pool_of(slow) is h.pool_of(other)
-        await outlook.do(
-            emu.admin.add_fault, kind="latency", operation="GetItem", mailbox=slow, latency_ms=1500, count=1
-        )
-        await outlook.do(outlook.meeting, slow, "slow one")
-        await outlook.do(outlook.meeting, other, "waits for a connection")
-        await collector.wait(lambda c: c.event.subject == "waits for a connection")
-        await collector.wait(lambda c: c.event.subject == "slow one")
+    # two connections for the credential's ordinary calls (its streaming connection is a budget of its own)
+    async with streaming_ingest(slow1, slow2, other, tuning=tuning, max_concurrency=2) as h:
+        pool = h.pool_of(slow1)
+        assert pool.sync_slots == 2 and pool is h.pool_of(slow2) is h.pool_of(other)
+        for slow in (slow1, slow2):
+            await outlook.do(
+                emu.admin.add_fault, kind="latency", operation="GetItem", mailbox=slow, latency_ms=4000, count=1
+            )
+            await outlook.do(outlook.meeting, slow, f"slow one {slow}")
+        # both connections hold a slow GetItem (busy for half a second on end, not two quick calls at once): a call
+        # for another mailbox (as on-demand probes make) waits
+        busy_since: list[float] = []
+
+        async def held() -> bool:
+            if not pool.exhausted:
+                busy_since.clear()
+                return False
+            busy_since.append(time.monotonic())
+            return busy_since[-1] - busy_since[0] >= 0.5
+
+        await wait_for_async(held, timeout=10, what="both connections busy")
+        assert await pool.call(other, "GetFolder", lambda account: account.calendar.id)
+        await outlook.do(outlook.meeting, other, "after the slow ones")
+        await collector.wait(lambda c: c.event.subject == "after the slow ones")
+        for slow in (slow1, slow2):
+            await collector.wait(lambda c, s=slow: c.event.subject == f"slow one {s}")  # type: ignore[misc]
         warnings = [r for r in caplog.records if r.getMessage() == "Cant get free socket from pool"]
         assert warnings, "no pool exhaustion logged"
-        assert "busy for" in warnings[0].cause  # type: ignore[attr-defined]
-        assert warnings[0].mailbox in (slow, other)  # type: ignore[attr-defined]
+        assert "all 2 EWS connections" in warnings[0].cause and "busy for" in warnings[0].cause  # type: ignore[attr-defined]
+        assert warnings[0].mailbox == other  # type: ignore[attr-defined]
 
 
 async def test_malformed_item_is_quarantined_and_the_rest_flows(

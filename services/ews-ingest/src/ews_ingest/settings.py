@@ -17,8 +17,10 @@ from tccal.config import Config
 from tccal.config.schema import ConferenceDefaults
 from tccal.secrets import SecretError
 
-#: A credential always gets at least this many connections: one may be held by a streaming call.
+#: A credential always gets at least this many connections for ordinary calls.
 MIN_CONNECTIONS = 2
+#: Streaming connections per credential when not set: 200 subscriptions each, room for 10,000 mailboxes.
+MAX_STREAMS_PER_CREDENTIAL = 50
 ENV_PREFIX = "EWS_INGEST_"
 
 
@@ -36,7 +38,7 @@ class Tuning:
     stream_minutes: int = 30
     #: Subscriptions per GetStreamingEvents connection (Exchange allows 200).
     stream_group_size: int = 200
-    #: Streaming connections per credential; 0 = a quarter of its connections (at least one).
+    #: Streaming connections per credential, besides maxConcurrency; 0 = MAX_STREAMS_PER_CREDENTIAL (opened as needed).
     streams_per_credential: int = 0
     #: Waiting longer than this for a free EWS connection logs "Cant get free socket from pool".
     pool_wait_warn_seconds: float = 30.0

@@ -1,9 +1,12 @@
 """One bounded pool of EWS connections per impersonation account.
 
 exchangelib blocks, so every call runs in this pool's worker threads and the event loop only awaits it. At most
-`connections` calls of one credential are on the wire at any time: `sync_slots` for ordinary calls (an asyncio
-semaphore in front of as many threads) and `stream_slots` for GetStreamingEvents, which holds its connection for
-up to 30 minutes. exchangelib's own session pool has exactly `connections` sessions, so it never waits.
+`sync_slots` (= maxConcurrency) ordinary calls of one credential are on the wire at any time (an asyncio semaphore
+in front of as many threads), plus up to `stream_slots` GetStreamingEvents, each holding its connection for up to
+30 minutes. Streaming connections are a budget of their own: Exchange counts them apart from EWSMaxConcurrency, and
+with impersonation each one is charged to the mailbox it is anchored on (X-AnchorMailbox, its group's first
+member), so the per-account HangingConnectionLimit does not cap them; 2,000 mailboxes need 10. exchangelib's own
+session pool holds `sync_slots + stream_slots` sessions (made as they are first needed), so it never waits.
 
 Throttling: ErrorServerBusy's BackOffMilliseconds is honoured for the mailbox the answer was about (with
 impersonation Exchange charges the budget to the impersonated mailbox), so one throttled or broken mailbox never
@@ -30,7 +33,7 @@ from exchangelib.errors import MalformedResponseError
 from ews_ingest.exchange.auth import PoolCredentials, forget_protocol, make_configuration, make_protocol
 from ews_ingest.exchange.endpoint import EndpointResolver
 from ews_ingest.exchange.errors import classify, describe
-from ews_ingest.settings import CredentialSettings, ProviderSettings, Tuning
+from ews_ingest.settings import MAX_STREAMS_PER_CREDENTIAL, CredentialSettings, ProviderSettings, Tuning
 from tccal import telemetry
 from tccal.retry import backoff_delay
 
@@ -73,10 +76,9 @@ class CredentialPool:
         self.provider = provider
         self.login = credential.login
         self.tuning = tuning
-        self.connections = provider.connections
-        wanted = tuning.streams_per_credential or max(1, self.connections // 4)
-        self.stream_slots = max(1, min(wanted, self.connections - 1))
-        self.sync_slots = max(1, self.connections - self.stream_slots)
+        self.sync_slots = provider.connections
+        self.stream_slots = tuning.streams_per_credential or MAX_STREAMS_PER_CREDENTIAL
+        self.connections = self.sync_slots + self.stream_slots
         self.credentials = PoolCredentials(credential.login, credential.password)
         telemetry.register_secret(credential.password)
         label = f"{provider.name}-{index}"
@@ -95,6 +97,11 @@ class CredentialPool:
     @property
     def name(self) -> str:
         return f"{self.provider.name}/{self.login}"
+
+    @property
+    def exhausted(self) -> bool:
+        """Every connection for ordinary calls is in use: the next call waits."""
+        return self._semaphore.locked()
 
     # ------------------------------------------------------------------ accounts (worker threads only)
     def account(self, mailbox: str) -> Account:
