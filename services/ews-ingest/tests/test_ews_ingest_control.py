@@ -3,6 +3,7 @@ control subjects (seats, on-demand, resync) and the IngestService gRPC API."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 
@@ -124,6 +125,31 @@ async def test_on_demand_mailbox(
     # after a restart the on-demand mailbox is remembered
     async with running_ingest(config) as h:
         await h.synced(configured, visitor)
+
+
+async def test_a_burst_of_on_demand_mailboxes_shares_its_seat_requests(
+    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing, collector: ChangeCollector, outlook: Outlook
+) -> None:
+    """TrueConf asks for 12 new users at once: every one is synced, with a few AllocateSeats, not twelve."""
+    (configured,) = new_mailboxes(emu, "burst-configured")
+    domain = configured.split("@")[1]
+    visitors = [f"burst-visitor{i}@{domain}" for i in range(12)]
+    for visitor in visitors:
+        emu.admin.add_mailbox(visitor, display_name=visitor)
+        await outlook.do(outlook.meeting, visitor, f"meeting of {visitor}")
+    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [configured])])
+    async with running_ingest(config) as h:
+        await collector.start()
+        await h.synced(configured)
+        before = licensing.calls
+        replies = await asyncio.gather(
+            *(h.bus.nc.request(f"calendar.v1.control.ondemand.{subject_token(v)}", b"", timeout=30) for v in visitors)
+        )
+        assert all(json.loads(r.data)["accepted"] for r in replies), [r.data for r in replies]
+        assert 1 <= licensing.calls - before <= 3, licensing.calls - before
+        assert set(visitors) <= {m.mailbox for m in licensing.requests[-1].mailboxes}
+        for visitor in visitors:
+            await collector.wait(lambda c, v=visitor: c.event.subject == f"meeting of {v}", what=visitor)  # type: ignore[misc]
 
 
 async def test_resync_by_control_subject_and_grpc(

@@ -26,6 +26,8 @@ from trueconf.calendar.v1 import ingest_pb2, licensing_pb2, licensing_pb2_grpc
 
 log = logging.getLogger(__name__)
 LEASE = dt.timedelta(hours=1)
+#: A seat request waits this long for others to join it (TrueConf asks for new users in bursts).
+GATHER_SECONDS = 0.1
 
 
 class SeatKeeper:
@@ -43,6 +45,9 @@ class SeatKeeper:
         self.last_error = ""
         self.license: licensing_pb2.LicenseInfo | None = None
         self._lock = asyncio.Lock()
+        self._asked = 0  # refresh() calls so far
+        self._covered = 0  # the calls the newest answered request covers (it began after them)
+        self._covered_ok = True
 
     def poke(self) -> None:
         """Ask again now (a control message, an on-demand mailbox)."""
@@ -94,32 +99,47 @@ class SeatKeeper:
         return licensing_pb2_grpc.LicensingServiceStub(self._channel)
 
     async def refresh(self) -> bool:
+        """Ask licensing for every known mailbox. A request waits GATHER_SECONDS first, and calls that arrive
+        meanwhile or while it runs share it or the next one, which begins after all of them and so covers every
+        mailbox they added: a burst of N on-demand mailboxes costs a few AllocateSeats, not N (each listing every
+        mailbox, which made a burst of 2,000 quadratic)."""
+        self._asked += 1
+        mine = self._asked
         async with self._lock:
-            entries = sorted(self.scheduler.entries.values(), key=lambda e: not e.configured)
-            if not entries:
-                return True
-            request = licensing_pb2.AllocateSeatsRequest(
-                mailboxes=[licensing_pb2.SeatRequest(mailbox=e.mailbox, configured=e.configured) for e in entries],
-                providers=self.providers,
-            )
-            try:
-                response = await self._stub().AllocateSeats(request, timeout=10, metadata=client_metadata())
-            except grpc.aio.AioRpcError as exc:
-                self.last_error = f"licensing at {self.address} unreachable: {exc.code().name}: {exc.details()}"
-                log.warning("seat request failed", extra={"error": self.last_error})
-                for entry in entries:
-                    if not entry.seat and entry.state != ingest_pb2.MAILBOX_STATE_NO_SEAT:
-                        entry.last_error = self.last_error
-                return False
-            self.answers += 1
-            self.last_error = ""
-            self.license = response.license
-            granted = {m.strip().lower() for m in response.granted}
-            refused = {r.mailbox.strip().lower(): r.reason for r in response.refused}
-            self._apply(granted, refused)
-            with contextlib.suppress(Exception):
-                await self.store.save_seats(sorted(granted), refused)
+            if self._covered >= mine:
+                return self._covered_ok
+            await asyncio.sleep(GATHER_SECONDS)
+            covers = self._asked
+            ok = await self._request()
+            self._covered, self._covered_ok = covers, ok
+            return ok
+
+    async def _request(self) -> bool:
+        entries = sorted(self.scheduler.entries.values(), key=lambda e: not e.configured)
+        if not entries:
             return True
+        request = licensing_pb2.AllocateSeatsRequest(
+            mailboxes=[licensing_pb2.SeatRequest(mailbox=e.mailbox, configured=e.configured) for e in entries],
+            providers=self.providers,
+        )
+        try:
+            response = await self._stub().AllocateSeats(request, timeout=10, metadata=client_metadata())
+        except grpc.aio.AioRpcError as exc:
+            self.last_error = f"licensing at {self.address} unreachable: {exc.code().name}: {exc.details()}"
+            log.warning("seat request failed", extra={"error": self.last_error})
+            for entry in entries:
+                if not entry.seat and entry.state != ingest_pb2.MAILBOX_STATE_NO_SEAT:
+                    entry.last_error = self.last_error
+            return False
+        self.answers += 1
+        self.last_error = ""
+        self.license = response.license
+        granted = {m.strip().lower() for m in response.granted}
+        refused = {r.mailbox.strip().lower(): r.reason for r in response.refused}
+        self._apply(granted, refused)
+        with contextlib.suppress(Exception):
+            await self.store.save_seats(sorted(granted), refused)
+        return True
 
     def _apply(self, granted: set[str], refused: dict[str, str]) -> None:
         for mailbox, entry in list(self.scheduler.entries.items()):
