@@ -90,7 +90,7 @@ class Emulator:
         self.validator = FrameValidator(load_schema(config.schema_path))
         self.store = CalendarStore()
         self.rest = RestState(config)
-        self.bridge = BridgeClient(config, self.validator, self.store, self.rest.directory.emails)
+        self.bridge = BridgeClient(config, self.validator, self.store, self.rest.directory)
         self.app = web.Application(middlewares=[rest_middleware(self.rest)])
         self.app["rest_state"] = self.rest
         add_routes(self.app)

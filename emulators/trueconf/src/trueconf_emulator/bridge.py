@@ -16,7 +16,6 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -24,6 +23,7 @@ from typing import Any, Literal
 import aiohttp
 
 from .calendar import CalendarStore, check_event, check_event_list, check_window, format_instant
+from .conferences import Directory
 from .config import EmulatorConfig
 from .protocol import (
     MAX_WINDOW_DAYS,
@@ -105,12 +105,12 @@ class BridgeClient:
         config: EmulatorConfig,
         validator: FrameValidator,
         store: CalendarStore,
-        directory_emails: Callable[[], list[str]],
+        directory: Directory,
     ) -> None:
         self._config = config
         self._validator = validator
         self._store = store
-        self._directory_emails = directory_emails
+        self._directory = directory
         self._url = config.gateway_url
         self._server_id = config.server_id
         self._secret = config.secret
@@ -567,7 +567,7 @@ class BridgeClient:
             return
         payload: dict[str, Any] = frame["payload"]
         user = payload["user"].lower()
-        if user not in {email.lower() for email in self._directory_emails()}:
+        if not self._directory.has_email(user):
             description = f"user {user!r} is not a user of TrueConf Server {self._server_id}"
             self._protocol_error("gateway", "unknown_user", description)
             await self._reply(conn, method, frame_id, error_payload(ErrorCode.UNKNOWN_USER, description, field="user"))
@@ -669,7 +669,7 @@ class BridgeClient:
                 with contextlib.suppress(ConnectionClosedError):
                     await self._list_calendar(conn, email, window_from, window_to)
 
-        await asyncio.gather(*(one(email.lower()) for email in self._directory_emails()))
+        await asyncio.gather(*(one(email.lower()) for email in self._directory.emails()))
 
     async def _list_calendar(self, conn: _Connection, user: str, window_from: str, window_to: str) -> dict[str, Any]:
         window = check_window(window_from, window_to)

@@ -106,6 +106,9 @@ class Directory:
     def __init__(self, users: list[User], server_host: str) -> None:
         self._server_host = server_host
         self._users: list[User] = []
+        # Indexes: every pushed event is checked against the directory, which holds thousands in the benchmarks.
+        self._by_id: dict[str, User] = {}
+        self._by_email: dict[str, User] = {}
         for user in users:
             self.add(user)
 
@@ -115,6 +118,8 @@ class Directory:
         if self.by_email(user.email) is not None:
             raise ValueError(f"user e-mail {user.email!r} already exists")
         self._users.append(user)
+        self._by_id[user.id] = user
+        self._by_email[user.email.lower()] = user
 
     def all(self) -> list[User]:
         return list(self._users)
@@ -122,18 +127,14 @@ class Directory:
     def emails(self) -> list[str]:
         return [user.email for user in self._users]
 
+    def has_email(self, email: str) -> bool:
+        return email.lower() in self._by_email
+
     def by_id(self, user_id: str) -> User | None:
-        for user in self._users:
-            if user.id == user_id:
-                return user
-        return None
+        return self._by_id.get(user_id)
 
     def by_email(self, email: str) -> User | None:
-        email = email.lower()
-        for user in self._users:
-            if user.email == email:
-                return user
-        return None
+        return self._by_email.get(email.lower())
 
     def uid(self, user: User) -> str:
         return f"{user.id}@{self._server_host}"
