@@ -201,7 +201,7 @@ class Engine:
         reconcile and write every meeting touched."""
         providers = {one.mailbox: one.change.provider for one in incoming}
         mailboxes = sorted(providers)
-        created = await connection.fetch(
+        new_rows = await connection.fetch(
             "INSERT INTO mailboxes (mailbox, provider, last_sequence)"
             " SELECT m, p, 0 FROM unnest($1::text[], $2::text[]) AS t (m, p) ORDER BY m"
             " ON CONFLICT (mailbox) DO NOTHING RETURNING mailbox",
@@ -249,8 +249,8 @@ class Engine:
                 if item is not None and item.meeting_id:
                     affected[item.meeting_id] = one.cause
                 stored[key] = ItemState(item.meeting_id if item is not None else "", sequence)
-        await writes.flush(connection)
-        new_mailboxes = sorted({str(r["mailbox"]) for r in created})
+        created = await writes.flush(connection)
+        new_mailboxes = sorted({str(r["mailbox"]) for r in new_rows})
         if new_mailboxes:
             # Newly synced users: the meetings they take part in now show in their calendars too.
             first_cause: dict[str, Cause] = {}
@@ -263,6 +263,8 @@ class Engine:
         if affected:
             await lock_meetings(connection, affected)
             workspace = self.workspace(connection)
+            for meeting, (uid, items) in writes.stored(created).items():
+                workspace.adopt(meeting, uid, items)
             await workspace.load(affected)
             moment = self.moment()
             batch = self.batch(incoming[-1].cause)
