@@ -161,16 +161,19 @@ class Engine:
             applied = await self.transaction(
                 lambda connection: self._apply_changes(connection, incoming), stop=stop, on_wait=on_wait
             )
+        stale = 0
         for position, one, ok in zip(positions, incoming, applied, strict=True):
             results[position] = ok
-            if ok:
-                METRICS.changes_applied.add(1)
-            else:
-                METRICS.changes_stale.add(1)
+            if not ok:
+                stale += 1
                 log.info(
                     "stale calendar change ignored",
                     extra={"mailbox": one.mailbox, "item_id": one.item_id, "sequence": one.change.sequence},
                 )
+        if len(applied) > stale:
+            METRICS.changes_applied.add(len(applied) - stale)
+        if stale:
+            METRICS.changes_stale.add(stale)
         return results
 
     def _incoming(self, change: calendar_pb2.CalendarChange, headers: Mapping[str, str] | None) -> Incoming | None:
