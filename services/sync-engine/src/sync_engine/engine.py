@@ -2,8 +2,9 @@
 roll the cache window, clear a mailbox for a resync. Each is one PostgreSQL transaction whose decisions go to
 the outbox in that same transaction (the relay publishes them).
 
-Locking (no cycles): a change locks its mailbox row, then its item row, then the meetings it touches (advisory
-locks, sorted), and allocates per-user seqs last (users sorted). Results lock their outbox row, then the
+Locking (no cycles): a batch of changes takes the mailbox-set lock (exclusive if it adds mailboxes, else shared),
+locks its mailbox rows, then its item rows, then the meetings it touches (advisory locks, sorted), and allocates
+per-user seqs last (users sorted). Results lock their outbox row, then the
 meeting. The scheduler takes due launch rows with FOR UPDATE SKIP LOCKED and only *tries* the meeting lock.
 """
 
@@ -53,6 +54,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RESYNC_SUBJECT_PREFIX = "calendar.v1.control.resync"
+#: Taken first by every batch of calendar changes: exclusively by one that adds mailboxes, shared by the others.
+#: A batch that adds mailbox X shows X the meetings it takes part in (meeting_people); a concurrent batch writing
+#: a new meeting of X, not seeing X yet, would leave it out, and the first would not see that meeting: so a batch
+#: adding mailboxes runs alone, and every other sees the mailboxes it added.
+MAILBOX_SET_LOCK_KEY = int.from_bytes(b"tcsyncmb", "big") & 0x7FFF_FFFF_FFFF_FFFF
+LOCK_MAILBOX_SET = (
+    "SELECT CASE WHEN (SELECT count(*) FROM mailboxes WHERE mailbox = ANY($1::text[])) < cardinality($1::text[])"
+    " THEN (SELECT 'exclusive' FROM pg_advisory_xact_lock($2))"
+    " ELSE (SELECT 'shared' FROM pg_advisory_xact_lock_shared($2)) END"
+)
 ROLL_LOCK_KEY = int.from_bytes(b"tcsyncrl", "big") & 0x7FFF_FFFF_FFFF_FFFF
 #: Errors that mean "PostgreSQL is briefly unavailable or the transaction lost a race": retry it.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -204,6 +215,7 @@ class Engine:
         reconcile and write every meeting touched."""
         providers = {one.mailbox: one.change.provider for one in incoming}
         mailboxes = sorted(providers)
+        await connection.execute(LOCK_MAILBOX_SET, mailboxes, MAILBOX_SET_LOCK_KEY)
         new_rows = await connection.fetch(
             "INSERT INTO mailboxes (mailbox, provider, last_sequence)"
             " SELECT m, p, 0 FROM unnest($1::text[], $2::text[]) AS t (m, p) ORDER BY m"
