@@ -284,6 +284,7 @@ async def consume(
     ack_wait: float = 30.0,
     batch_handler: BatchHandler | None = None,
     lanes: int = 1,
+    prefetch: bool = False,
 ) -> None:
     """Pull messages of `durable` until `stop` is set; ack after `handler` succeeded, else redeliver/dead-letter.
 
@@ -291,20 +292,24 @@ async def consume(
     handled one by one by `handler` (so a message that cannot be handled is redelivered and dead-lettered alone).
     With `lanes` > 1 a fetch is split by subject (`lane_of`) and its lanes are handled concurrently, each as above:
     messages of one subject stay in one lane, in stream order, and the next fetch waits for every lane.
+    With `prefetch` the next fetch is requested while a fetch is handled (handled after it, in order); on stop,
+    messages fetched ahead are handed back (nak) for redelivery.
     """
     limit = max_deliver or bus.settings.max_deliver
     await ensure_consumer(bus.js, stream, durable, filter_subject=filter_subject, max_deliver=limit, ack_wait=ack_wait)
     subscription = await bus.js.pull_subscribe_bind(durable, stream)
+    ahead: asyncio.Task[list[Msg]] | None = None
     try:
         while not stop.is_set():
-            try:
-                messages = await subscription.fetch(batch, timeout=1.0)
-            except NatsTimeoutError:
+            if ahead is not None:
+                fetched, ahead = ahead, None
+                messages = await fetched
+            else:
+                messages = await _fetch(subscription, batch, stream, durable)
+            if not messages:
                 continue
-            except Exception as exc:  # connection trouble: the client reconnects; wait and fetch again
-                log.warning("fetch failed", extra={"stream": stream, "durable": durable, "error": str(exc)})
-                await asyncio.sleep(0.5)
-                continue
+            if prefetch and not stop.is_set():  # the next fetch's round trip overlaps the handling of this one
+                ahead = asyncio.create_task(_fetch(subscription, batch, stream, durable))
             groups = split_lanes(messages, lanes)
             if len(groups) == 1:
                 await _handle_fetched(bus, stream, durable, handler, batch_handler, groups[0], stop, limit)
@@ -313,10 +318,25 @@ async def consume(
                     *(_handle_fetched(bus, stream, durable, handler, batch_handler, g, stop, limit) for g in groups)
                 )
     finally:
+        if ahead is not None:  # fetched but not handled: handed back for redelivery at once
+            for message in await ahead:
+                await message.nak()
         try:
             await subscription.unsubscribe()
         except Exception as exc:  # connection already gone
             log.debug("unsubscribe failed", extra={"error": str(exc)})
+
+
+async def _fetch(subscription: JetStreamContext.PullSubscription, batch: int, stream: str, durable: str) -> list[Msg]:
+    """Up to `batch` messages; none after a second without any, or when the fetch failed (logged, after a pause)."""
+    try:
+        return await subscription.fetch(batch, timeout=1.0)
+    except NatsTimeoutError:
+        return []
+    except Exception as exc:  # connection trouble: the client reconnects; wait and fetch again
+        log.warning("fetch failed", extra={"stream": stream, "durable": durable, "error": str(exc)})
+        await asyncio.sleep(0.5)
+        return []
 
 
 def lane_of(subject: str, lanes: int) -> int:

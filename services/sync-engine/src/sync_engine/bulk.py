@@ -8,10 +8,14 @@ cannot touch a row twice), which every caller guarantees by collecting its rows 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncpg
+
+_PARAMETER = re.compile(r"\$(\d+)")
 
 
 @dataclass(frozen=True)
@@ -67,3 +71,35 @@ async def write(connection: asyncpg.Connection, sql: str, rows: Sequence[Sequenc
     """Run a statement made by this module on `rows` (nothing when there are none)."""
     if rows:
         await connection.execute(sql, *transpose(rows, width))
+
+
+@dataclass(frozen=True)
+class Statement:
+    sql: str
+    args: list[object]
+
+
+def statement(sql: str, rows: Sequence[Sequence[object]], width: int) -> Statement | None:
+    """A statement made by this module bound to `rows`; None when there are none."""
+    return Statement(sql, list(transpose(rows, width))) if rows else None
+
+
+def combined(parts: Mapping[str, Statement | None], final: str = "SELECT 1") -> Statement:
+    """One statement (one round trip) running every part as a data-modifying CTE named after its key, then `final`.
+
+    PostgreSQL runs each part once and to completion, all on the same snapshot: the parts must touch different
+    rows (no row written by two of them) and none may read what another writes; `final` may read their RETURNING.
+    """
+    ctes: list[str] = []
+    args: list[object] = []
+    for name, part in parts.items():
+        if part is None:
+            continue
+        sql = _PARAMETER.sub(functools.partial(_shifted, offset=len(args)), part.sql)
+        ctes.append(f"{name} AS ({sql})")
+        args.extend(part.args)
+    return Statement(f"WITH {', '.join(ctes)} {final}" if ctes else final, args)
+
+
+def _shifted(match: re.Match[str], *, offset: int) -> str:
+    return f"${int(match.group(1)) + offset}"

@@ -94,6 +94,7 @@ async def consume_calendar(engine: Engine, bus: Bus, stop: asyncio.Event) -> Non
         batch=CALENDAR_BATCH * CALENDAR_LANES,
         batch_handler=batch_handler,
         lanes=CALENDAR_LANES,
+        prefetch=True,
     )
 
 

@@ -145,16 +145,24 @@ class ItemWrites:
         return found
 
     async def flush(self, connection: asyncpg.Connection) -> set[str]:
-        """Write the batch's items, mailboxes and meetings; returns the meetings this created (nothing is stored
-        about them yet but these items: meetings rows are never deleted, and everything else hangs off one)."""
-        rows = [(m, *self.mailboxes[m]) for m in sorted(self.mailboxes)]
-        await bulk.write(connection, TOUCH_MAILBOXES, rows, len(MAILBOX_COLUMNS))
-        created: set[str] = set()
+        """Write the batch's items, mailboxes and meetings (one statement); returns the meetings this created
+        (nothing is stored about them yet but these items: meetings rows are never deleted, and everything else
+        hangs off one). The parts touch different rows: deletions are of items not among the upserted rows."""
         meetings = sorted({(row[3], row[2]) for row in self.rows.values() if row[3]})
-        if meetings:
-            records = await connection.fetch(INSERT_MEETINGS, *bulk.transpose(meetings, len(MEETING_COLUMNS)))
-            created = {str(r["meeting_id"]) for r in records}
-        deletions = [self.deletions[k] for k in sorted(self.deletions)]
-        await bulk.write(connection, DELETE_ITEMS, deletions, len(DELETION_COLUMNS))
-        await bulk.write(connection, UPSERT_ITEMS, [self.rows[k] for k in sorted(self.rows)], len(ITEM_COLUMNS))
-        return created
+        parts = {
+            "touched": bulk.statement(
+                TOUCH_MAILBOXES, [(m, *self.mailboxes[m]) for m in sorted(self.mailboxes)], len(MAILBOX_COLUMNS)
+            ),
+            "gone": bulk.statement(
+                DELETE_ITEMS, [self.deletions[k] for k in sorted(self.deletions)], len(DELETION_COLUMNS)
+            ),
+            "stored": bulk.statement(UPSERT_ITEMS, [self.rows[k] for k in sorted(self.rows)], len(ITEM_COLUMNS)),
+            "created": bulk.statement(INSERT_MEETINGS, meetings, len(MEETING_COLUMNS)),
+        }
+        final = (
+            "SELECT meeting_id FROM created" if parts["created"] is not None else "SELECT '' AS meeting_id WHERE false"
+        )
+        write = bulk.combined(parts, final)
+        if not write.args:
+            return set()
+        return {str(r["meeting_id"]) for r in await connection.fetch(write.sql, *write.args)}

@@ -35,6 +35,11 @@ SHOWN_COLUMNS = bulk.columns(
     " cancelled boolean, seq bigint, occurrence bytea"
 )
 UPSERT_SHOWN = bulk.upsert_sql("shown", SHOWN_COLUMNS, ("user_email", "occurrence_id"))
+SHOWN_KEY_COLUMNS = bulk.columns("user_email text, occurrence_id text")
+DROP_SHOWN = (
+    "DELETE FROM shown WHERE (user_email, occurrence_id) IN"
+    f" (SELECT user_email, occurrence_id FROM {bulk.unnest(SHOWN_KEY_COLUMNS)})"
+)
 RESEQ_COLUMNS = bulk.columns("user_email text, occurrence_id text, seq bigint")
 RESEQ_SHOWN = bulk.update_sql("shown", RESEQ_COLUMNS, ("user_email", "occurrence_id"), "seq = u.seq")
 
@@ -287,25 +292,28 @@ class CommandBatch:
             )
             emitted[planned.kind] = emitted.get(planned.kind, 0) + 1
             written.append(command)
-        await _write_shown(connection, list(shown_rows.values()))
+        # One round trip: what users are shown, the commands, the relay's wake-up (delivered at commit). A retry's
+        # new seq is written after it (the same shown row may be pushed again in this batch: the retry's seq wins,
+        # as it did row by row).
+        gone, shown = _shown_parts(list(shown_rows.values()))
+        parts = {
+            "shown_gone": gone,
+            "shown_put": shown,
+            "commands": bulk.statement(INSERT_OUTBOX, outbox, len(OUTBOX_COLUMNS)),
+        }
+        write = bulk.combined(parts, "SELECT pg_notify('sync_engine_outbox', '')")
+        await connection.execute(write.sql, *write.args)
         await bulk.write(connection, RESEQ_SHOWN, [(*k, v) for k, v in reseq.items()], len(RESEQ_COLUMNS))
-        await bulk.write(connection, INSERT_OUTBOX, outbox, len(OUTBOX_COLUMNS))
-        await connection.execute("SELECT pg_notify('sync_engine_outbox', '')")
         for kind, count in emitted.items():
             METRICS.commands_emitted.add(count, {"kind": kind})
         self.planned.clear()
         return written
 
 
-async def _write_shown(connection: asyncpg.Connection, writes: list[tuple[_ShownWrite, int]]) -> None:
-    """What each user's calendar now shows (the last write per user and occurrence)."""
+def _shown_parts(writes: list[tuple[_ShownWrite, int]]) -> tuple[bulk.Statement | None, bulk.Statement | None]:
+    """What each user's calendar now shows (the last write per user and occurrence): the rows removed, the rows
+    put (different keys)."""
     gone = [(shown.user, shown.occurrence_id) for shown, _ in writes if shown.occurrence is None]
-    if gone:
-        await connection.execute(
-            "DELETE FROM shown WHERE (user_email, occurrence_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
-            [user for user, _ in gone],
-            [occurrence for _, occurrence in gone],
-        )
     rows = []
     for shown, seq in writes:
         if shown.occurrence is None:
@@ -323,4 +331,6 @@ async def _write_shown(connection: asyncpg.Connection, writes: list[tuple[_Shown
                 shown.occurrence.SerializeToString(deterministic=True),
             )
         )
-    await bulk.write(connection, UPSERT_SHOWN, rows, len(SHOWN_COLUMNS))
+    return bulk.statement(DROP_SHOWN, gone, len(SHOWN_KEY_COLUMNS)), bulk.statement(
+        UPSERT_SHOWN, rows, len(SHOWN_COLUMNS)
+    )

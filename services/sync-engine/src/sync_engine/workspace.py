@@ -1,11 +1,11 @@
 """The rows of the meetings one transaction decides about: read in a few statements, written back in a few.
 
 A transaction that touches N meetings (a fetched batch of calendar changes, a command result, a re-expansion)
-loads all their rows at once (`Workspace.load`, one query per table), `reconcile` works on them in memory, and
-`flush` writes what changed with one statement per table and kind (rows unnested from arrays: bulk.py), so the
-number of round trips does not grow with the number of meetings. The meetings' advisory locks must be held
-while the workspace lives (`reconcile.lock_meetings`); nothing else may write these rows in the same
-transaction meanwhile.
+loads all their rows at once (`Workspace.load`, one query per table; nothing for meetings it created: `adopt`),
+`reconcile` works on them in memory, and `flush` writes what changed in one statement (a data-modifying CTE per
+table and kind, rows unnested from arrays: bulk.py), so the number of round trips does not grow with the number
+of meetings. The meetings' advisory locks must be held while the workspace lives (`reconcile.lock_meetings`);
+nothing else may write these rows in the same transaction meanwhile.
 """
 
 from __future__ import annotations
@@ -103,6 +103,14 @@ assert tuple(c.name for c in LAUNCH_SQL_COLUMNS) == LAUNCH_COLUMNS
 UPSERT_CONFERENCES = bulk.upsert_sql("conferences", CONFERENCE_SQL_COLUMNS, ("meeting_id",))
 UPSERT_LAUNCHES = bulk.upsert_sql("launches", LAUNCH_SQL_COLUMNS, ("occurrence_id",))
 UPSERT_OCCURRENCES = bulk.upsert_sql("occurrences", OCCURRENCE_COLUMNS, ("occurrence_id",))
+PEOPLE_COLUMNS = bulk.columns("meeting_id text, email text")
+DROP_LAUNCHES = "DELETE FROM launches WHERE occurrence_id = ANY($1::text[]) AND state = 'planned'"
+DROP_OCCURRENCES = "DELETE FROM occurrences WHERE occurrence_id = ANY($1::text[])"
+DROP_PEOPLE = (
+    "DELETE FROM meeting_people WHERE (meeting_id, email) IN"
+    f" (SELECT meeting_id, email FROM {bulk.unnest(PEOPLE_COLUMNS)})"
+)
+ADD_PEOPLE = bulk.upsert_sql("meeting_people", PEOPLE_COLUMNS, ("meeting_id", "email"), update=False)
 UPDATE_SNAPSHOTS = bulk.update_sql(
     "meetings",
     SNAPSHOT_COLUMNS,
@@ -278,44 +286,32 @@ class Workspace:
         rows.people = set(people)
 
     async def flush(self) -> None:
-        """Write every change decided since the last flush (a few statements, whatever the number of meetings)."""
-        c = self.connection
-        conferences = [
-            self.meetings[m].conference for m in sorted(self._conferences) if self.meetings[m].conference is not None
-        ]
+        """Write every change decided since the last flush, in one statement whatever the number of meetings (its
+        parts touch different rows: a launch, occurrence or person is either put or dropped)."""
+        conferences = [self.meetings[m].conference for m in sorted(self._conferences)]
         conference_rows = [tuple(getattr(row, n) for n in CONFERENCE_COLUMNS) for row in conferences if row is not None]
-        await bulk.write(c, UPSERT_CONFERENCES, conference_rows, len(CONFERENCE_COLUMNS))
-        if self._launches_gone:
-            await c.execute(
-                "DELETE FROM launches WHERE occurrence_id = ANY($1::text[]) AND state = 'planned'",
-                sorted(self._launches_gone),
-            )
         launches = [tuple(getattr(self._launches[k], n) for n in LAUNCH_COLUMNS) for k in sorted(self._launches)]
-        await bulk.write(c, UPSERT_LAUNCHES, launches, len(LAUNCH_COLUMNS))
-        snapshots = [(m, *self._snapshots[m]) for m in sorted(self._snapshots)]
-        await bulk.write(c, UPDATE_SNAPSHOTS, snapshots, len(SNAPSHOT_COLUMNS))
-        if self._occurrences_gone:
-            await c.execute(
-                "DELETE FROM occurrences WHERE occurrence_id = ANY($1::text[])", sorted(self._occurrences_gone)
-            )
-        occurrences = [(k, *self._occurrences[k]) for k in sorted(self._occurrences)]
-        await bulk.write(c, UPSERT_OCCURRENCES, occurrences, len(OCCURRENCE_COLUMNS))
-        if self._people_gone:
-            gone = sorted(self._people_gone)
-            await c.execute(
-                "DELETE FROM meeting_people WHERE (meeting_id, email) IN"
-                " (SELECT * FROM unnest($1::text[], $2::text[]))",
-                [m for m, _ in gone],
-                [e for _, e in gone],
-            )
-        if self._people_added:
-            added = sorted(self._people_added)
-            await c.execute(
-                "INSERT INTO meeting_people (meeting_id, email) SELECT * FROM unnest($1::text[], $2::text[])"
-                " ON CONFLICT DO NOTHING",
-                [m for m, _ in added],
-                [e for _, e in added],
-            )
+        people_gone = sorted(self._people_gone)
+        people_added = sorted(self._people_added)
+        parts = {
+            "conferences_put": bulk.statement(UPSERT_CONFERENCES, conference_rows, len(CONFERENCE_COLUMNS)),
+            "launches_gone": bulk.statement(DROP_LAUNCHES, [(k,) for k in sorted(self._launches_gone)], 1),
+            "launches_put": bulk.statement(UPSERT_LAUNCHES, launches, len(LAUNCH_COLUMNS)),
+            "snapshots_put": bulk.statement(
+                UPDATE_SNAPSHOTS, [(m, *self._snapshots[m]) for m in sorted(self._snapshots)], len(SNAPSHOT_COLUMNS)
+            ),
+            "occurrences_gone": bulk.statement(DROP_OCCURRENCES, [(k,) for k in sorted(self._occurrences_gone)], 1),
+            "occurrences_put": bulk.statement(
+                UPSERT_OCCURRENCES,
+                [(k, *self._occurrences[k]) for k in sorted(self._occurrences)],
+                len(OCCURRENCE_COLUMNS),
+            ),
+            "people_gone": bulk.statement(DROP_PEOPLE, people_gone, len(PEOPLE_COLUMNS)),
+            "people_put": bulk.statement(ADD_PEOPLE, people_added, len(PEOPLE_COLUMNS)),
+        }
+        write = bulk.combined(parts)
+        if write.args:
+            await self.connection.execute(write.sql, *write.args)
         self._conferences.clear()
         self._launches.clear()
         self._launches_gone.clear()
