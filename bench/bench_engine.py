@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "services" / "sync-engine" / "tests"))
@@ -48,6 +49,24 @@ def start_engine(state: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+
+
+def cpu_seconds(pids: dict[str, int | None]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each named process and its live children (PostgreSQL's backends)."""
+    used: dict[str, float] = {}
+    for name, pid in pids.items():
+        if pid is None:
+            continue
+        try:
+            root = psutil.Process(pid)
+            total = 0.0
+            for process in [root, *root.children(recursive=True)]:
+                times = process.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:
+            continue
+        used[name] = total
+    return used
 
 
 async def pending(bus: Bus) -> int | None:
@@ -101,6 +120,8 @@ async def run(args: argparse.Namespace) -> Path:
         if args.profile:  # py-spy (pinned, see bench/README.md) samples the engine for the whole drain
             profiler = start_profiler(process.pid, args.profile)
         samples: list[tuple[float, int]] = []
+        pids = {"sync-engine": process.pid, "postgresql": postgres.pid, "nats": nats.pid}
+        cpu_first: dict[str, float] = {}
         deadline = time.monotonic() + args.timeout
         first: float | None = None
         while True:
@@ -111,6 +132,7 @@ async def run(args: argparse.Namespace) -> Path:
             if left is not None:
                 if first is None and left < k:
                     first = now  # the first change was taken
+                    cpu_first = cpu_seconds(pids)
                 samples.append((now, left))
                 if left == 0:
                     break
@@ -118,6 +140,8 @@ async def run(args: argparse.Namespace) -> Path:
                 raise TimeoutError(f"{left} changes still pending after {args.timeout:.0f}s")
             await asyncio.sleep(0.05)
         t_done = time.monotonic()
+        cpu_done = cpu_seconds(pids)
+        cpu_drain = {name: round(cpu_done[name] - cpu_first.get(name, 0.0), 2) for name in cpu_done}
         ready_s = first - t_start if first else None
         drain_s = t_done - (first or t_start)
         rates = [(b[1] - a[1]) * -1 / (b[0] - a[0]) for a, b in itertools.pairwise(samples) if b[0] > a[0]]
@@ -161,6 +185,7 @@ async def run(args: argparse.Namespace) -> Path:
             "engine_drain_s": round(drain_s, 2),
             "engine_changes_per_s": round(engine_rate, 1),
             "engine_interval_rates": percentiles(rates),
+            "drain_cpu_s": cpu_drain,
             "rows_written": row_counts,
             "raw_asyncpg_s": round(raw_s, 2),
             "raw_changes_per_s": round(raw_rate, 1),
@@ -188,6 +213,8 @@ async def run(args: argparse.Namespace) -> Path:
                 f"| {result['raw_batched_changes_per_s']} | 1 | |",
                 f"| raw asyncpg, same rows, {k} transactions (one per change) | {result['raw_asyncpg_s']} "
                 f"| {result['raw_changes_per_s']} | {result['ratio_to_raw_per_change_commits']} (engine/this) | |",
+                "",
+                f"CPU seconds used during the drain: {cpu_drain}",
                 "",
                 f"Rows written by the engine: {row_counts}",
                 "",

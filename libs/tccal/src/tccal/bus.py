@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -282,49 +283,105 @@ async def consume(
     filter_subject: str | None = None,
     ack_wait: float = 30.0,
     batch_handler: BatchHandler | None = None,
+    lanes: int = 1,
+    prefetch: bool = False,
 ) -> None:
     """Pull messages of `durable` until `stop` is set; ack after `handler` succeeded, else redeliver/dead-letter.
 
     With `batch_handler`, a fetch of several messages goes to it first, in one call; if it fails the messages are
     handled one by one by `handler` (so a message that cannot be handled is redelivered and dead-lettered alone).
+    With `lanes` > 1 a fetch is split by subject (`lane_of`) and its lanes are handled concurrently, each as above:
+    messages of one subject stay in one lane, in stream order, and the next fetch waits for every lane.
+    With `prefetch` the next fetch is requested while a fetch is handled (handled after it, in order); on stop,
+    messages fetched ahead are handed back (nak) for redelivery.
     """
     limit = max_deliver or bus.settings.max_deliver
     await ensure_consumer(bus.js, stream, durable, filter_subject=filter_subject, max_deliver=limit, ack_wait=ack_wait)
     subscription = await bus.js.pull_subscribe_bind(durable, stream)
-    tracer = telemetry.tracer("tccal.bus")
+    ahead: asyncio.Task[list[Msg]] | None = None
     try:
         while not stop.is_set():
-            try:
-                messages = await subscription.fetch(batch, timeout=1.0)
-            except NatsTimeoutError:
+            if ahead is not None:
+                fetched, ahead = ahead, None
+                messages = await fetched
+            else:
+                messages = await _fetch(subscription, batch, stream, durable)
+            if not messages:
                 continue
-            except Exception as exc:  # connection trouble: the client reconnects; wait and fetch again
-                log.warning("fetch failed", extra={"stream": stream, "durable": durable, "error": str(exc)})
-                await asyncio.sleep(0.5)
-                continue
-            if (
-                batch_handler is not None
-                and len(messages) > 1
-                and not stop.is_set()
-                and await _handle_batch(stream, durable, batch_handler, messages)
-            ):
-                continue
-            for index, message in enumerate(messages):
-                if stop.is_set():  # finish the message at hand, hand the rest back for redelivery
-                    for rest in messages[index:]:
-                        await rest.nak()
-                    break
-                context = telemetry.extract_context(message.headers)
-                with tracer.start_as_current_span(
-                    f"consume {stream}", context=context, kind=trace.SpanKind.CONSUMER
-                ) as span:
-                    span.set_attribute("messaging.destination.name", message.subject)
-                    await _handle_one(bus, stream, durable, handler, message, limit)
+            if prefetch and not stop.is_set():  # the next fetch's round trip overlaps the handling of this one
+                ahead = asyncio.create_task(_fetch(subscription, batch, stream, durable))
+            groups = split_lanes(messages, lanes)
+            if len(groups) == 1:
+                await _handle_fetched(bus, stream, durable, handler, batch_handler, groups[0], stop, limit)
+            else:
+                await asyncio.gather(
+                    *(_handle_fetched(bus, stream, durable, handler, batch_handler, g, stop, limit) for g in groups)
+                )
     finally:
+        if ahead is not None:  # fetched but not handled: handed back for redelivery at once
+            for message in await ahead:
+                await message.nak()
         try:
             await subscription.unsubscribe()
         except Exception as exc:  # connection already gone
             log.debug("unsubscribe failed", extra={"error": str(exc)})
+
+
+async def _fetch(subscription: JetStreamContext.PullSubscription, batch: int, stream: str, durable: str) -> list[Msg]:
+    """Up to `batch` messages; none after a second without any, or when the fetch failed (logged, after a pause)."""
+    try:
+        return await subscription.fetch(batch, timeout=1.0)
+    except NatsTimeoutError:
+        return []
+    except Exception as exc:  # connection trouble: the client reconnects; wait and fetch again
+        log.warning("fetch failed", extra={"stream": stream, "durable": durable, "error": str(exc)})
+        await asyncio.sleep(0.5)
+        return []
+
+
+def lane_of(subject: str, lanes: int) -> int:
+    """The lane of a subject (stable across processes: CRC-32, not Python's salted hash)."""
+    return zlib.crc32(subject.encode()) % lanes
+
+
+def split_lanes(messages: list[Msg], lanes: int) -> list[list[Msg]]:
+    """The fetched messages by lane (`lane_of` their subject), each lane in fetch order; empty lanes left out."""
+    if lanes <= 1 or len(messages) <= 1:
+        return [messages]
+    groups: list[list[Msg]] = [[] for _ in range(lanes)]
+    for message in messages:
+        groups[lane_of(message.subject, lanes)].append(message)
+    return [group for group in groups if group]
+
+
+async def _handle_fetched(
+    bus: Bus,
+    stream: str,
+    durable: str,
+    handler: Handler,
+    batch_handler: BatchHandler | None,
+    messages: list[Msg],
+    stop: asyncio.Event,
+    limit: int,
+) -> None:
+    """Handle messages of one fetch (or of one lane of it): as a batch if possible, else one by one in order."""
+    if (
+        batch_handler is not None
+        and len(messages) > 1
+        and not stop.is_set()
+        and await _handle_batch(stream, durable, batch_handler, messages)
+    ):
+        return
+    tracer = telemetry.tracer("tccal.bus")
+    for index, message in enumerate(messages):
+        if stop.is_set():  # finish the message at hand, hand the rest back for redelivery
+            for rest in messages[index:]:
+                await rest.nak()
+            break
+        context = telemetry.extract_context(message.headers)
+        with tracer.start_as_current_span(f"consume {stream}", context=context, kind=trace.SpanKind.CONSUMER) as span:
+            span.set_attribute("messaging.destination.name", message.subject)
+            await _handle_one(bus, stream, durable, handler, message, limit)
 
 
 async def _handle_batch(stream: str, durable: str, batch_handler: BatchHandler, messages: list[Msg]) -> bool:

@@ -1,8 +1,9 @@
 """The engine's JetStream consumers: CALENDAR (calendar changes) and TCS_RESULTS (command results).
 
 Both are durable pull consumers with explicit ack (tccal.bus.consume): a message is acked only after its
-transaction committed. Calendar changes are fetched up to CALENDAR_BATCH at a time and applied in one transaction;
-if that transaction fails they are applied one by one, so a change that cannot be applied is retried and
+transaction committed. Calendar changes are fetched up to CALENDAR_BATCH × CALENDAR_LANES at a time, split by
+mailbox into CALENDAR_LANES lanes applied concurrently, each lane in one transaction; if a lane's transaction fails
+its changes are applied one by one, so a change that cannot be applied is retried and
 dead-lettered alone. While PostgreSQL is unreachable the handler keeps retrying (telling JetStream the
 message is in progress) instead of failing it, so an outage never dead-letters a change. A message that
 cannot be parsed is logged and acked (it would never parse).
@@ -24,8 +25,14 @@ log = logging.getLogger(__name__)
 
 CALENDAR_DURABLE = "sync-engine-calendar"
 RESULTS_DURABLE = "sync-engine-results"
-#: Calendar changes fetched at once and applied in one transaction (one by one if that fails).
+#: Calendar changes per lane of a fetch, applied in one transaction (one by one if that fails); a lane holds more
+#: when a fetch comes from few mailboxes.
 CALENDAR_BATCH = 128
+#: Transactions in flight at once: a fetch of CALENDAR_BATCH × CALENDAR_LANES changes is split by mailbox (subject)
+#: into this many lanes, applied side by side (each mailbox's changes in one lane, in stream order); while one
+#: waits for PostgreSQL the other runs its Python. Lanes that meet on a meeting or a user wait for each other's
+#: locks (engine.py), as replicas do.
+CALENDAR_LANES = 2
 #: Command results fetched at once; on SIGTERM the ones at hand are finished and acked.
 RESULTS_BATCH = 8
 
@@ -79,7 +86,15 @@ async def consume_calendar(engine: Engine, bus: Bus, stop: asyncio.Event) -> Non
         await handle_calendar_messages(engine, messages, stop)
 
     await consume(
-        bus, CALENDAR, CALENDAR_DURABLE, handler, stop=stop, batch=CALENDAR_BATCH, batch_handler=batch_handler
+        bus,
+        CALENDAR,
+        CALENDAR_DURABLE,
+        handler,
+        stop=stop,
+        batch=CALENDAR_BATCH * CALENDAR_LANES,
+        batch_handler=batch_handler,
+        lanes=CALENDAR_LANES,
+        prefetch=True,
     )
 
 

@@ -2,8 +2,9 @@
 roll the cache window, clear a mailbox for a resync. Each is one PostgreSQL transaction whose decisions go to
 the outbox in that same transaction (the relay publishes them).
 
-Locking (no cycles): a change locks its mailbox row, then its item row, then the meetings it touches (advisory
-locks, sorted), and allocates per-user seqs last (users sorted). Results lock their outbox row, then the
+Locking (no cycles): a batch of changes takes the mailbox-set lock (exclusive if it adds mailboxes, else shared),
+locks its mailbox rows, then its item rows, then the meetings it touches (advisory locks, sorted), and allocates
+per-user seqs last (users sorted). Results lock their outbox row, then the
 meeting. The scheduler takes due launch rows with FOR UPDATE SKIP LOCKED and only *tries* the meeting lock.
 """
 
@@ -53,6 +54,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RESYNC_SUBJECT_PREFIX = "calendar.v1.control.resync"
+#: Taken first by every batch of calendar changes: exclusively by one that adds mailboxes, shared by the others.
+#: A batch that adds mailbox X shows X the meetings it takes part in (meeting_people); a concurrent batch writing
+#: a new meeting of X, not seeing X yet, would leave it out, and the first would not see that meeting: so a batch
+#: adding mailboxes runs alone, and every other sees the mailboxes it added.
+MAILBOX_SET_LOCK_KEY = int.from_bytes(b"tcsyncmb", "big") & 0x7FFF_FFFF_FFFF_FFFF
+LOCK_MAILBOX_SET = (
+    "SELECT CASE WHEN (SELECT count(*) FROM mailboxes WHERE mailbox = ANY($1::text[])) < cardinality($1::text[])"
+    " THEN (SELECT 'exclusive' FROM pg_advisory_xact_lock($2))"
+    " ELSE (SELECT 'shared' FROM pg_advisory_xact_lock_shared($2)) END"
+)
 ROLL_LOCK_KEY = int.from_bytes(b"tcsyncrl", "big") & 0x7FFF_FFFF_FFFF_FFFF
 #: Errors that mean "PostgreSQL is briefly unavailable or the transaction lost a race": retry it.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -161,16 +172,19 @@ class Engine:
             applied = await self.transaction(
                 lambda connection: self._apply_changes(connection, incoming), stop=stop, on_wait=on_wait
             )
+        stale = 0
         for position, one, ok in zip(positions, incoming, applied, strict=True):
             results[position] = ok
-            if ok:
-                METRICS.changes_applied.add(1)
-            else:
-                METRICS.changes_stale.add(1)
+            if not ok:
+                stale += 1
                 log.info(
                     "stale calendar change ignored",
                     extra={"mailbox": one.mailbox, "item_id": one.item_id, "sequence": one.change.sequence},
                 )
+        if len(applied) > stale:
+            METRICS.changes_applied.add(len(applied) - stale)
+        if stale:
+            METRICS.changes_stale.add(stale)
         return results
 
     def _incoming(self, change: calendar_pb2.CalendarChange, headers: Mapping[str, str] | None) -> Incoming | None:
@@ -201,7 +215,8 @@ class Engine:
         reconcile and write every meeting touched."""
         providers = {one.mailbox: one.change.provider for one in incoming}
         mailboxes = sorted(providers)
-        created = await connection.fetch(
+        await connection.execute(LOCK_MAILBOX_SET, mailboxes, MAILBOX_SET_LOCK_KEY)
+        new_rows = await connection.fetch(
             "INSERT INTO mailboxes (mailbox, provider, last_sequence)"
             " SELECT m, p, 0 FROM unnest($1::text[], $2::text[]) AS t (m, p) ORDER BY m"
             " ON CONFLICT (mailbox) DO NOTHING RETURNING mailbox",
@@ -249,8 +264,8 @@ class Engine:
                 if item is not None and item.meeting_id:
                     affected[item.meeting_id] = one.cause
                 stored[key] = ItemState(item.meeting_id if item is not None else "", sequence)
-        await writes.flush(connection)
-        new_mailboxes = sorted({str(r["mailbox"]) for r in created})
+        created = await writes.flush(connection)
+        new_mailboxes = sorted({str(r["mailbox"]) for r in new_rows})
         if new_mailboxes:
             # Newly synced users: the meetings they take part in now show in their calendars too.
             first_cause: dict[str, Cause] = {}
@@ -263,6 +278,8 @@ class Engine:
         if affected:
             await lock_meetings(connection, affected)
             workspace = self.workspace(connection)
+            for meeting, (uid, items) in writes.stored(created).items():
+                workspace.adopt(meeting, uid, items)
             await workspace.load(affected)
             moment = self.moment()
             batch = self.batch(incoming[-1].cause)

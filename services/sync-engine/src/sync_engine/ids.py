@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def meeting_id(uid: str) -> str:
@@ -20,7 +22,15 @@ def occurrence_id(meeting: str, original_start: datetime | None) -> str:
     return f"{meeting}@{int(original_start.timestamp())}"
 
 
+#: The instants a Timestamp may hold (0001-01-01 … 9999-12-31); outside them ToDatetime reports the error.
+_FIRST_SECOND, _LAST_SECOND = -62135596800, 253402300799
+
+
 def to_datetime(stamp: Timestamp) -> datetime:
+    """The aware UTC datetime of `stamp`: what Timestamp.ToDatetime(tzinfo=UTC) returns, without its slow path."""
+    seconds, nanos = stamp.seconds, stamp.nanos
+    if _FIRST_SECOND <= seconds <= _LAST_SECOND and 0 <= nanos < 1_000_000_000:
+        return EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
     return stamp.ToDatetime(tzinfo=UTC)
 
 
@@ -28,9 +38,6 @@ def to_timestamp(moment: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(moment.astimezone(UTC))
     return stamp
-
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def set_timestamp(stamp: Timestamp, moment: datetime) -> None:

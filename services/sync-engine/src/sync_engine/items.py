@@ -12,24 +12,37 @@ from datetime import datetime
 
 import asyncpg
 
+from sync_engine import bulk
 from sync_engine.ids import meeting_id as meeting_id_of
 from sync_engine.ids import to_datetime
-from sync_engine.model import MAIN_KINDS, is_organizer_copy
+from sync_engine.model import MAIN_KINDS, StoredItem, is_organizer_copy
 from sync_engine.outbox import Cause
 from trueconf.calendar.v1 import calendar_pb2
 
-UPSERT_ITEM = (
-    "INSERT INTO items (mailbox, item_id, uid, meeting_id, kind, recurrence_id, sequence, change_key,"
-    " deleted, was_organizer, observed_at, event)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-    " ON CONFLICT (mailbox, item_id) DO UPDATE SET uid = EXCLUDED.uid, meeting_id = EXCLUDED.meeting_id,"
-    " kind = EXCLUDED.kind, recurrence_id = EXCLUDED.recurrence_id, sequence = EXCLUDED.sequence,"
-    " change_key = EXCLUDED.change_key, deleted = EXCLUDED.deleted, was_organizer = EXCLUDED.was_organizer,"
-    " observed_at = EXCLUDED.observed_at, event = EXCLUDED.event"
+ITEM_COLUMNS = bulk.columns(
+    "mailbox text, item_id text, uid text, meeting_id text, kind smallint, recurrence_id timestamptz,"
+    " sequence bigint, change_key text, deleted boolean, was_organizer boolean, observed_at timestamptz, event bytea"
 )
-DELETE_ITEM = (
-    "UPDATE items SET deleted = true, sequence = $3, change_key = '', observed_at = $4"
-    " WHERE mailbox = $1 AND item_id = $2"
+UPSERT_ITEMS = bulk.upsert_sql("items", ITEM_COLUMNS, ("mailbox", "item_id"))
+DELETION_COLUMNS = bulk.columns("mailbox text, item_id text, sequence bigint, observed_at timestamptz")
+DELETE_ITEMS = bulk.update_sql(
+    "items",
+    DELETION_COLUMNS,
+    ("mailbox", "item_id"),
+    "deleted = true, sequence = u.sequence, change_key = '', observed_at = u.observed_at",
+)
+MAILBOX_COLUMNS = bulk.columns("mailbox text, last_sequence bigint, provider text, last_observed_at timestamptz")
+TOUCH_MAILBOXES = bulk.update_sql(
+    "mailboxes",
+    MAILBOX_COLUMNS,
+    ("mailbox",),
+    "last_sequence = GREATEST(t.last_sequence, u.last_sequence), provider = u.provider,"
+    " last_observed_at = GREATEST(t.last_observed_at, u.last_observed_at)",
+)
+MEETING_COLUMNS = bulk.columns("meeting_id text, uid text")
+INSERT_MEETINGS = (
+    f"INSERT INTO meetings (meeting_id, uid) SELECT meeting_id, uid FROM {bulk.unnest(MEETING_COLUMNS)}"
+    " ON CONFLICT (meeting_id) DO NOTHING RETURNING meeting_id"
 )
 
 
@@ -59,6 +72,8 @@ class ItemWrites:
     rows: dict[tuple[str, str], Row] = field(default_factory=dict)
     deletions: dict[tuple[str, str], tuple[str, str, int, datetime]] = field(default_factory=dict)
     mailboxes: dict[str, tuple[int, str, datetime]] = field(default_factory=dict)
+    #: The event of each row in `rows` (the change's own message; None for a tombstone of an unknown item).
+    events: dict[tuple[str, str], calendar_pb2.CalendarEvent | None] = field(default_factory=dict)
 
     def touch_mailbox(self, one: Incoming, sequence: int) -> None:
         last, _, observed = self.mailboxes.get(one.mailbox, (0, "", one.cause.created_at))
@@ -74,6 +89,7 @@ class ItemWrites:
         was_organizer = kind in MAIN_KINDS and is_organizer_copy(one.mailbox, event)
         key = (one.mailbox, one.item_id)
         self.deletions.pop(key, None)
+        self.events[key] = event
         self.rows[key] = (
             one.mailbox,
             one.item_id,
@@ -114,24 +130,39 @@ class ItemWrites:
         elif known:
             self.deletions[key] = (one.mailbox, one.item_id, sequence, observed)
         else:
+            self.events[key] = None
             self.rows[key] = (one.mailbox, one.item_id, "", "", 0, None, sequence, "", True, False, observed, None)
 
-    async def flush(self, connection: asyncpg.Connection) -> None:
-        if self.mailboxes:
-            await connection.executemany(
-                "UPDATE mailboxes SET last_sequence = GREATEST(last_sequence, $2), provider = $3,"
-                " last_observed_at = GREATEST(last_observed_at, $4) WHERE mailbox = $1",
-                [(m, *self.mailboxes[m]) for m in sorted(self.mailboxes)],
-            )
+    def stored(self, meetings: set[str]) -> dict[str, tuple[str, list[StoredItem]]]:
+        """(uid, items) of these meetings as written by this batch, items in (mailbox, item id) order."""
+        found: dict[str, tuple[str, list[StoredItem]]] = {}
+        for key in sorted(self.rows):
+            mailbox, item_id, uid, meeting, kind, recurrence_id, _, _, deleted, was_organizer, _, _ = self.rows[key]
+            if meeting not in meetings:
+                continue
+            item = StoredItem(mailbox, item_id, kind, recurrence_id, deleted, was_organizer, self.events[key])
+            found.setdefault(meeting, (uid, []))[1].append(item)
+        return found
+
+    async def flush(self, connection: asyncpg.Connection) -> set[str]:
+        """Write the batch's items, mailboxes and meetings (one statement); returns the meetings this created
+        (nothing is stored about them yet but these items: meetings rows are never deleted, and everything else
+        hangs off one). The parts touch different rows: deletions are of items not among the upserted rows."""
         meetings = sorted({(row[3], row[2]) for row in self.rows.values() if row[3]})
-        if meetings:
-            await connection.execute(
-                "INSERT INTO meetings (meeting_id, uid) SELECT * FROM unnest($1::text[], $2::text[])"
-                " ON CONFLICT (meeting_id) DO NOTHING",
-                [m for m, _ in meetings],
-                [u for _, u in meetings],
-            )
-        if self.deletions:
-            await connection.executemany(DELETE_ITEM, [self.deletions[k] for k in sorted(self.deletions)])
-        if self.rows:
-            await connection.executemany(UPSERT_ITEM, [self.rows[k] for k in sorted(self.rows)])
+        parts = {
+            "touched": bulk.statement(
+                TOUCH_MAILBOXES, [(m, *self.mailboxes[m]) for m in sorted(self.mailboxes)], len(MAILBOX_COLUMNS)
+            ),
+            "gone": bulk.statement(
+                DELETE_ITEMS, [self.deletions[k] for k in sorted(self.deletions)], len(DELETION_COLUMNS)
+            ),
+            "stored": bulk.statement(UPSERT_ITEMS, [self.rows[k] for k in sorted(self.rows)], len(ITEM_COLUMNS)),
+            "created": bulk.statement(INSERT_MEETINGS, meetings, len(MEETING_COLUMNS)),
+        }
+        final = (
+            "SELECT meeting_id FROM created" if parts["created"] is not None else "SELECT '' AS meeting_id WHERE false"
+        )
+        write = bulk.combined(parts, final)
+        if not write.args:
+            return set()
+        return {str(r["meeting_id"]) for r in await connection.fetch(write.sql, *write.args)}

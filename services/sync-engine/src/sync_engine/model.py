@@ -410,12 +410,41 @@ def occurrence_message(
     return occurrence
 
 
+class OccurrenceMessages:
+    """The Occurrences of one view and conference link, each (occurrence, answer) built once and then shared:
+    whoever uses one must not modify it (the outbox copies what it sends)."""
+
+    def __init__(self, view: MeetingView, conference: common_pb2.ConferenceLink | None) -> None:
+        self.view = view
+        self.conference = conference
+        self._built: dict[tuple[str, int], calendar_pb2.Occurrence] = {}
+        self._any: dict[str, calendar_pb2.Occurrence] = {}
+
+    def get(self, core: OccurrenceCore, my_response: int) -> calendar_pb2.Occurrence:
+        key = (core.id, my_response)
+        found = self._built.get(key)
+        if found is not None:
+            return found
+        other = self._any.get(core.id)
+        if other is None:
+            found = occurrence_message(self.view, core, my_response, self.conference)
+            self._any[core.id] = found
+        else:  # the same occurrence with another answer: a copy is cheaper than building it again
+            found = calendar_pb2.Occurrence()
+            found.CopyFrom(other)
+            found.my_response = common_pb2.ResponseType.ValueType(my_response)
+        self._built[key] = found
+        return found
+
+
 def shown_occurrences(
     view: MeetingView,
     known_users: set[str] | frozenset[str],
     conference: common_pb2.ConferenceLink | None,
+    messages: OccurrenceMessages | None = None,
 ) -> dict[tuple[str, str], calendar_pb2.Occurrence]:
-    """(user, occurrence id) -> the Occurrence that user's TrueConf apps should show."""
+    """(user, occurrence id) -> the Occurrence that user's TrueConf apps should show (shared messages: read only)."""
+    built = messages if messages is not None else OccurrenceMessages(view, conference)
     desired: dict[tuple[str, str], calendar_pb2.Occurrence] = {}
     for user, answer in viewers(view, known_users).items():
         hidden = view.hidden_occurrences.get(user, set())
@@ -426,7 +455,7 @@ def shown_occurrences(
         for core in view.occurrences:
             if core.recurring and core.original_start in hidden:
                 continue
-            desired[(user, core.id)] = occurrence_message(view, core, answer, conference)
+            desired[(user, core.id)] = built.get(core, answer)
     return desired
 
 

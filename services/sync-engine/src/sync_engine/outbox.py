@@ -15,9 +15,33 @@ from datetime import datetime
 
 import asyncpg
 
+from sync_engine import bulk
 from sync_engine.ids import set_timestamp
 from sync_engine.metrics import METRICS
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2
+
+OUTBOX_COLUMNS = bulk.columns(
+    "command_id text, server_id text, kind text, target text, meeting_id text, payload bytea, traceparent text,"
+    " tracestate text, attempt integer, chain_id text, available_at timestamptz, created_at timestamptz"
+)
+_OUTBOX_NAMES = ", ".join(c.name for c in OUTBOX_COLUMNS)
+#: Ids follow the order commands were planned in (the relay publishes in id order).
+INSERT_OUTBOX = (
+    f"INSERT INTO outbox ({_OUTBOX_NAMES}, status) SELECT {_OUTBOX_NAMES}, 'pending'"
+    f" FROM {bulk.unnest(OUTBOX_COLUMNS, ordered=True)} ORDER BY n"
+)
+SHOWN_COLUMNS = bulk.columns(
+    "user_email text, occurrence_id text, meeting_id text, start_at timestamptz, end_at timestamptz,"
+    " cancelled boolean, seq bigint, occurrence bytea"
+)
+UPSERT_SHOWN = bulk.upsert_sql("shown", SHOWN_COLUMNS, ("user_email", "occurrence_id"))
+SHOWN_KEY_COLUMNS = bulk.columns("user_email text, occurrence_id text")
+DROP_SHOWN = (
+    "DELETE FROM shown WHERE (user_email, occurrence_id) IN"
+    f" (SELECT user_email, occurrence_id FROM {bulk.unnest(SHOWN_KEY_COLUMNS)})"
+)
+RESEQ_COLUMNS = bulk.columns("user_email text, occurrence_id text, seq bigint")
+RESEQ_SHOWN = bulk.update_sql("shown", RESEQ_COLUMNS, ("user_email", "occurrence_id"), "seq = u.seq")
 
 PENDING = "pending"
 PUBLISHED = "published"
@@ -225,7 +249,7 @@ class CommandBatch:
             next_seq = {str(r["user_email"]): int(r["seq"]) - pushes[str(r["user_email"])] + 1 for r in rows}
         current: dict[str, int] = {}
         shown_rows: dict[tuple[str, str], tuple[_ShownWrite, int]] = {}
-        reseq: list[tuple[str, str, int]] = []
+        reseq: dict[tuple[str, str], int] = {}
         outbox: list[tuple[object, ...]] = []
         written: list[commands_pb2.TcsCommand] = []
         emitted: dict[str, int] = {}
@@ -243,7 +267,7 @@ class CommandBatch:
                 if planned.shown is not None:
                     shown_rows[(planned.shown.user, planned.shown.occurrence_id)] = (planned.shown, seq)
                 elif planned.attempt > 1:
-                    reseq.append((planned.user, planned.target.rsplit(":", 1)[-1], seq))
+                    reseq[(planned.user, planned.target.rsplit(":", 1)[-1])] = seq
                 if not planned.command_id:
                     planned.command_id = f"{planned.server_id}/calendar/{planned.user}/{seq}"
             command.command_id = planned.command_id
@@ -268,33 +292,28 @@ class CommandBatch:
             )
             emitted[planned.kind] = emitted.get(planned.kind, 0) + 1
             written.append(command)
-        await _write_shown(connection, list(shown_rows.values()))
-        if reseq:
-            await connection.executemany(
-                "UPDATE shown SET seq = $3 WHERE user_email = $1 AND occurrence_id = $2", reseq
-            )
-        await connection.executemany(
-            "INSERT INTO outbox (command_id, server_id, kind, target, meeting_id, payload, traceparent,"
-            " tracestate, attempt, chain_id, status, available_at, created_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11, $12)",
-            outbox,
-        )
-        await connection.execute("SELECT pg_notify('sync_engine_outbox', '')")
+        # One round trip: what users are shown, the commands, the relay's wake-up (delivered at commit). A retry's
+        # new seq is written after it (the same shown row may be pushed again in this batch: the retry's seq wins,
+        # as it did row by row).
+        gone, shown = _shown_parts(list(shown_rows.values()))
+        parts = {
+            "shown_gone": gone,
+            "shown_put": shown,
+            "commands": bulk.statement(INSERT_OUTBOX, outbox, len(OUTBOX_COLUMNS)),
+        }
+        write = bulk.combined(parts, "SELECT pg_notify('sync_engine_outbox', '')")
+        await connection.execute(write.sql, *write.args)
+        await bulk.write(connection, RESEQ_SHOWN, [(*k, v) for k, v in reseq.items()], len(RESEQ_COLUMNS))
         for kind, count in emitted.items():
             METRICS.commands_emitted.add(count, {"kind": kind})
         self.planned.clear()
         return written
 
 
-async def _write_shown(connection: asyncpg.Connection, writes: list[tuple[_ShownWrite, int]]) -> None:
-    """What each user's calendar now shows (the last write per user and occurrence)."""
+def _shown_parts(writes: list[tuple[_ShownWrite, int]]) -> tuple[bulk.Statement | None, bulk.Statement | None]:
+    """What each user's calendar now shows (the last write per user and occurrence): the rows removed, the rows
+    put (different keys)."""
     gone = [(shown.user, shown.occurrence_id) for shown, _ in writes if shown.occurrence is None]
-    if gone:
-        await connection.execute(
-            "DELETE FROM shown WHERE (user_email, occurrence_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
-            [user for user, _ in gone],
-            [occurrence for _, occurrence in gone],
-        )
     rows = []
     for shown, seq in writes:
         if shown.occurrence is None:
@@ -312,12 +331,6 @@ async def _write_shown(connection: asyncpg.Connection, writes: list[tuple[_Shown
                 shown.occurrence.SerializeToString(deterministic=True),
             )
         )
-    if rows:
-        await connection.executemany(
-            "INSERT INTO shown (user_email, occurrence_id, meeting_id, start_at, end_at, cancelled, seq, occurrence)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-            " ON CONFLICT (user_email, occurrence_id) DO UPDATE SET meeting_id = EXCLUDED.meeting_id,"
-            " start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at, cancelled = EXCLUDED.cancelled,"
-            " seq = EXCLUDED.seq, occurrence = EXCLUDED.occurrence",
-            rows,
-        )
+    return bulk.statement(DROP_SHOWN, gone, len(SHOWN_KEY_COLUMNS)), bulk.statement(
+        UPSERT_SHOWN, rows, len(SHOWN_COLUMNS)
+    )

@@ -27,6 +27,7 @@ from sync_engine.model import (
     DesiredConference,
     LinkedConference,
     MeetingView,
+    OccurrenceMessages,
     OwnedConference,
     Untouched,
     Window,
@@ -34,7 +35,6 @@ from sync_engine.model import (
     conference_upsert,
     desired_conference,
     invitee_messages,
-    occurrence_message,
     shown_occurrences,
 )
 from sync_engine.outbox import CommandBatch
@@ -95,8 +95,9 @@ async def reconcile_meeting(
     desired = desired_conference(view, settings, moment.now)
     _reconcile_launches(workspace, rows, settings, view, desired, moment)
     link = _reconcile_conference(workspace, rows, settings, view, desired, batch)
-    _reconcile_shown(rows, view, known, link, batch)
-    _store_meeting(workspace, rows, view, link, batch.cause.created_at)
+    messages = OccurrenceMessages(view, link)
+    _reconcile_shown(rows, view, known, messages, batch)
+    _store_meeting(workspace, rows, view, messages, batch.cause.created_at)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -108,10 +109,10 @@ def _reconcile_shown(
     rows: MeetingRows,
     view: MeetingView,
     known: set[str],
-    link: common_pb2.ConferenceLink | None,
+    messages: OccurrenceMessages,
     batch: CommandBatch,
 ) -> None:
-    desired = shown_occurrences(view, known, link)
+    desired = shown_occurrences(view, known, messages.conference, messages)
     spans = {core.id: (core.start, core.end) for core in view.occurrences}
     current = rows.shown
     for key in sorted(desired):
@@ -371,16 +372,16 @@ def _store_meeting(
     workspace: Workspace,
     rows: MeetingRows,
     view: MeetingView,
-    link: common_pb2.ConferenceLink | None,
+    messages: OccurrenceMessages,
     changed_at: datetime,
 ) -> None:
-    snapshot = _serialize(_snapshot(view, link))
+    snapshot = _serialize(_snapshot(view, messages.conference))
     if rows.snapshot != snapshot:
         workspace.put_snapshot(rows, snapshot, view.cancelled, view.recurring, changed_at)
     # Occurrences in the window, as the organizer sees them.
     wanted: set[str] = set()
     for core in view.occurrences:
-        message = occurrence_message(view, core, common_pb2.RESPONSE_TYPE_ORGANIZER, link)
+        message = messages.get(core, common_pb2.RESPONSE_TYPE_ORGANIZER)
         data = _serialize(message)
         wanted.add(core.id)
         if rows.occurrences.get(core.id) != data:

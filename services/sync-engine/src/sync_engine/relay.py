@@ -15,6 +15,7 @@ import logging
 
 import asyncpg
 from opentelemetry import trace
+from opentelemetry.context import Context
 
 from sync_engine.metrics import METRICS
 from tccal import telemetry
@@ -80,11 +81,15 @@ class Relay:
         METRICS.outbox_backlog = len(rows)
         messages: list[tuple[str, bytes, str, dict[str, str]]] = []
         for row in rows:
-            carrier = {"traceparent": str(row["traceparent"])} if row["traceparent"] else {}
-            if row["tracestate"]:
-                carrier["tracestate"] = str(row["tracestate"])
+            # No stored trace: a new one starts here (the empty context extract_context gives for no headers).
+            context = Context()
+            if row["traceparent"]:
+                carrier = {"traceparent": str(row["traceparent"])}
+                if row["tracestate"]:
+                    carrier["tracestate"] = str(row["tracestate"])
+                context = telemetry.extract_context(carrier)
             with self.tracer.start_as_current_span(
-                "publish TCS_COMMANDS", context=telemetry.extract_context(carrier), kind=trace.SpanKind.PRODUCER
+                "publish TCS_COMMANDS", context=context, kind=trace.SpanKind.PRODUCER
             ) as span:
                 span.set_attribute("tcs.command_id", str(row["command_id"]))
                 span.set_attribute("tcs.command_kind", str(row["kind"]))
@@ -97,9 +102,12 @@ class Relay:
         acknowledged = await self.bus.publish_pipelined(messages)
         done = [int(row["id"]) for row in rows[:acknowledged]]
         now = self.clock.now()
+        kinds: dict[str, int] = {}
         for row in rows[:acknowledged]:
-            METRICS.commands_published.add(1, {"kind": str(row["kind"])})
+            kinds[str(row["kind"])] = kinds.get(str(row["kind"]), 0) + 1
             METRICS.relay_lag.record(max(0.0, (now - row["created_at"]).total_seconds()))
+        for kind, count in kinds.items():
+            METRICS.commands_published.add(count, {"kind": kind})
         if done:
             await connection.execute(
                 "UPDATE outbox SET status = 'published' WHERE id = ANY($1::bigint[]) AND status = 'pending'", done

@@ -1,11 +1,11 @@
 """The rows of the meetings one transaction decides about: read in a few statements, written back in a few.
 
 A transaction that touches N meetings (a fetched batch of calendar changes, a command result, a re-expansion)
-loads all their rows at once (`Workspace.load`, one query per table), `reconcile` works on them in memory, and
-`flush` writes what changed with one statement per table and kind (asyncpg's pipelined executemany), so the
-number of round trips does not grow with the number of meetings. The meetings' advisory locks must be held
-while the workspace lives (`reconcile.lock_meetings`); nothing else may write these rows in the same
-transaction meanwhile.
+loads all their rows at once (`Workspace.load`, one query per table; nothing for meetings it created: `adopt`),
+`reconcile` works on them in memory, and `flush` writes what changed in one statement (a data-modifying CTE per
+table and kind, rows unnested from arrays: bulk.py), so the number of round trips does not grow with the number
+of meetings. The meetings' advisory locks must be held while the workspace lives (`reconcile.lock_meetings`);
+nothing else may write these rows in the same transaction meanwhile.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from datetime import datetime
 
 import asyncpg
 
+from sync_engine import bulk
 from sync_engine.model import StoredItem
 from trueconf.calendar.v1 import calendar_pb2
 
@@ -81,19 +82,40 @@ CONFERENCE_COLUMNS = tuple(f.name for f in fields(ConferenceRow))
 LAUNCH_COLUMNS = tuple(f.name for f in fields(LaunchRow))
 
 
-def _upsert_sql(table: str, columns: tuple[str, ...], key: str) -> str:
-    values = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != key)
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) ON CONFLICT ({key}) DO UPDATE SET {updates}"
-
-
-UPSERT_CONFERENCE = _upsert_sql("conferences", CONFERENCE_COLUMNS, "meeting_id")
-UPSERT_LAUNCH = _upsert_sql("launches", LAUNCH_COLUMNS, "occurrence_id")
-UPSERT_OCCURRENCE = (
-    "INSERT INTO occurrences (occurrence_id, meeting_id, original_start, start_at, end_at, cancelled, occurrence)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (occurrence_id) DO UPDATE SET"
-    " original_start = EXCLUDED.original_start, start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at,"
-    " cancelled = EXCLUDED.cancelled, occurrence = EXCLUDED.occurrence"
+CONFERENCE_SQL_COLUMNS = bulk.columns(
+    "meeting_id text, server_id text, state text, linked boolean, conference_id text, url text, topic text,"
+    " owner text, sent bytea, sent_invitations bytea, run_invitations bytea, repoint_at timestamptz,"
+    " commands integer, last_error text, last_launch timestamptz"
+)
+LAUNCH_SQL_COLUMNS = bulk.columns(
+    "occurrence_id text, meeting_id text, start_at timestamptz, end_at timestamptz, state text,"
+    " launched_at timestamptz, command_id text"
+)
+OCCURRENCE_COLUMNS = bulk.columns(
+    "occurrence_id text, meeting_id text, original_start timestamptz, start_at timestamptz, end_at timestamptz,"
+    " cancelled boolean, occurrence bytea"
+)
+SNAPSHOT_COLUMNS = bulk.columns(
+    "meeting_id text, snapshot bytea, cancelled boolean, recurring boolean, updated_at timestamptz"
+)
+assert tuple(c.name for c in CONFERENCE_SQL_COLUMNS) == CONFERENCE_COLUMNS
+assert tuple(c.name for c in LAUNCH_SQL_COLUMNS) == LAUNCH_COLUMNS
+UPSERT_CONFERENCES = bulk.upsert_sql("conferences", CONFERENCE_SQL_COLUMNS, ("meeting_id",))
+UPSERT_LAUNCHES = bulk.upsert_sql("launches", LAUNCH_SQL_COLUMNS, ("occurrence_id",))
+UPSERT_OCCURRENCES = bulk.upsert_sql("occurrences", OCCURRENCE_COLUMNS, ("occurrence_id",))
+PEOPLE_COLUMNS = bulk.columns("meeting_id text, email text")
+DROP_LAUNCHES = "DELETE FROM launches WHERE occurrence_id = ANY($1::text[]) AND state = 'planned'"
+DROP_OCCURRENCES = "DELETE FROM occurrences WHERE occurrence_id = ANY($1::text[])"
+DROP_PEOPLE = (
+    "DELETE FROM meeting_people WHERE (meeting_id, email) IN"
+    f" (SELECT meeting_id, email FROM {bulk.unnest(PEOPLE_COLUMNS)})"
+)
+ADD_PEOPLE = bulk.upsert_sql("meeting_people", PEOPLE_COLUMNS, ("meeting_id", "email"), update=False)
+UPDATE_SNAPSHOTS = bulk.update_sql(
+    "meetings",
+    SNAPSHOT_COLUMNS,
+    ("meeting_id",),
+    "snapshot = u.snapshot, cancelled = u.cancelled, recurring = u.recurring, updated_at = u.updated_at",
 )
 
 
@@ -118,6 +140,7 @@ class Workspace:
         self.meetings: dict[str, MeetingRows] = {}
         self._users: set[str] = set()  # synced mailboxes among the people looked up
         self._looked_up: set[str] = set()
+        self._adopted: list[str] = []
         self._conferences: set[str] = set()
         self._launches: dict[str, LaunchRow] = {}
         self._launches_gone: set[str] = set()
@@ -128,18 +151,27 @@ class Workspace:
         self._people_gone: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------------------------------------- reading
+    def adopt(self, meeting_id: str, uid: str, items: list[StoredItem]) -> None:
+        """A meeting this transaction created: nothing is stored about it but `items`, so there is nothing to read
+        (its people are looked up with the next `load`)."""
+        self.meetings[meeting_id] = MeetingRows(meeting_id, uid, None, items)
+        self._adopted.append(meeting_id)
+
     async def load(self, meeting_ids: Iterable[str]) -> None:
-        """Read every row of these meetings (those already loaded are kept as they are)."""
+        """Read every row of these meetings (those already loaded or adopted are kept as they are)."""
         wanted = sorted(set(meeting_ids) - set(self.meetings))
-        if not wanted:
-            return
+        found = await self._read(wanted) if wanted else []
+        adopted, self._adopted = self._adopted, []
+        await self._look_up(self._candidates([*found, *adopted]))
+
+    async def _read(self, wanted: list[str]) -> list[str]:
         c = self.connection
         for row in await c.fetch("SELECT meeting_id, uid, snapshot FROM meetings WHERE meeting_id = ANY($1)", wanted):
             snapshot = bytes(row["snapshot"]) if row["snapshot"] is not None else None
             self.meetings[row["meeting_id"]] = MeetingRows(row["meeting_id"], row["uid"], snapshot)
         found = sorted(set(wanted) & set(self.meetings))
         if not found:
-            return
+            return found
         for row in await c.fetch(
             "SELECT meeting_id, mailbox, item_id, kind, recurrence_id, deleted, was_organizer, event FROM items"
             " WHERE meeting_id = ANY($1) ORDER BY meeting_id, mailbox, item_id",
@@ -166,7 +198,7 @@ class Workspace:
             self.meetings[row["meeting_id"]].occurrences[row["occurrence_id"]] = bytes(row["occurrence"])
         for row in await c.fetch("SELECT meeting_id, email FROM meeting_people WHERE meeting_id = ANY($1)", found):
             self.meetings[row["meeting_id"]].people.add(row["email"])
-        await self._look_up(self._candidates(found))
+        return found
 
     def _candidates(self, meeting_ids: Iterable[str]) -> set[str]:
         """Everyone who may take part in these meetings: the users to look up at once."""
@@ -254,54 +286,32 @@ class Workspace:
         rows.people = set(people)
 
     async def flush(self) -> None:
-        """Write every change decided since the last flush (a few statements, whatever the number of meetings)."""
-        c = self.connection
-        conferences = [
-            self.meetings[m].conference for m in sorted(self._conferences) if self.meetings[m].conference is not None
-        ]
-        if conferences:
-            await c.executemany(
-                UPSERT_CONFERENCE,
-                [tuple(getattr(row, name) for name in CONFERENCE_COLUMNS) for row in conferences if row is not None],
-            )
-        if self._launches_gone:
-            await c.execute(
-                "DELETE FROM launches WHERE occurrence_id = ANY($1::text[]) AND state = 'planned'",
-                sorted(self._launches_gone),
-            )
-        if self._launches:
-            await c.executemany(
-                UPSERT_LAUNCH,
-                [tuple(getattr(self._launches[k], name) for name in LAUNCH_COLUMNS) for k in sorted(self._launches)],
-            )
-        if self._snapshots:
-            await c.executemany(
-                "UPDATE meetings SET snapshot = $2, cancelled = $3, recurring = $4, updated_at = $5"
-                " WHERE meeting_id = $1",
-                [(m, *self._snapshots[m]) for m in sorted(self._snapshots)],
-            )
-        if self._occurrences_gone:
-            await c.execute(
-                "DELETE FROM occurrences WHERE occurrence_id = ANY($1::text[])", sorted(self._occurrences_gone)
-            )
-        if self._occurrences:
-            await c.executemany(UPSERT_OCCURRENCE, [(k, *self._occurrences[k]) for k in sorted(self._occurrences)])
-        if self._people_gone:
-            gone = sorted(self._people_gone)
-            await c.execute(
-                "DELETE FROM meeting_people WHERE (meeting_id, email) IN"
-                " (SELECT * FROM unnest($1::text[], $2::text[]))",
-                [m for m, _ in gone],
-                [e for _, e in gone],
-            )
-        if self._people_added:
-            added = sorted(self._people_added)
-            await c.execute(
-                "INSERT INTO meeting_people (meeting_id, email) SELECT * FROM unnest($1::text[], $2::text[])"
-                " ON CONFLICT DO NOTHING",
-                [m for m, _ in added],
-                [e for _, e in added],
-            )
+        """Write every change decided since the last flush, in one statement whatever the number of meetings (its
+        parts touch different rows: a launch, occurrence or person is either put or dropped)."""
+        conferences = [self.meetings[m].conference for m in sorted(self._conferences)]
+        conference_rows = [tuple(getattr(row, n) for n in CONFERENCE_COLUMNS) for row in conferences if row is not None]
+        launches = [tuple(getattr(self._launches[k], n) for n in LAUNCH_COLUMNS) for k in sorted(self._launches)]
+        people_gone = sorted(self._people_gone)
+        people_added = sorted(self._people_added)
+        parts = {
+            "conferences_put": bulk.statement(UPSERT_CONFERENCES, conference_rows, len(CONFERENCE_COLUMNS)),
+            "launches_gone": bulk.statement(DROP_LAUNCHES, [(k,) for k in sorted(self._launches_gone)], 1),
+            "launches_put": bulk.statement(UPSERT_LAUNCHES, launches, len(LAUNCH_COLUMNS)),
+            "snapshots_put": bulk.statement(
+                UPDATE_SNAPSHOTS, [(m, *self._snapshots[m]) for m in sorted(self._snapshots)], len(SNAPSHOT_COLUMNS)
+            ),
+            "occurrences_gone": bulk.statement(DROP_OCCURRENCES, [(k,) for k in sorted(self._occurrences_gone)], 1),
+            "occurrences_put": bulk.statement(
+                UPSERT_OCCURRENCES,
+                [(k, *self._occurrences[k]) for k in sorted(self._occurrences)],
+                len(OCCURRENCE_COLUMNS),
+            ),
+            "people_gone": bulk.statement(DROP_PEOPLE, people_gone, len(PEOPLE_COLUMNS)),
+            "people_put": bulk.statement(ADD_PEOPLE, people_added, len(PEOPLE_COLUMNS)),
+        }
+        write = bulk.combined(parts)
+        if write.args:
+            await self.connection.execute(write.sql, *write.args)
         self._conferences.clear()
         self._launches.clear()
         self._launches_gone.clear()
