@@ -36,6 +36,8 @@ from tccal.retry import backoff_delay
 from trueconf.calendar.v1 import ingest_pb2
 
 log = logging.getLogger(__name__)
+#: Concurrent mailbox syncs per EWS connection for ordinary calls.
+SYNCS_PER_CONNECTION = 2
 CALENDAR_UNREADABLE = "failed to getCalendarList"
 PRIORITY = {
     "notification": 0,
@@ -131,7 +133,10 @@ class Scheduler:
         self.after_sync: list[Callable[[MailboxEntry, SyncResult], Awaitable[None]]] = []
         self.observers: list[Observer] = []
         self.tracer = telemetry.tracer("ews_ingest")
-        self.workers = max(2, min(64, sum(p.sync_slots for group in pools.values() for p in group)))
+        # A mailbox sync holds an EWS connection only during its calls; publishing its changes and writing its
+        # checkpoint take no connection. Twice as many syncs as connections keep every connection busy (the pool's
+        # semaphore still bounds the calls): at 8 per sync the 2,000-mailbox initial sync left EWS idle half the time.
+        self.workers = max(2, min(128, SYNCS_PER_CONNECTION * sum(p.sync_slots for g in pools.values() for p in g)))
         self._stop: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ registry
