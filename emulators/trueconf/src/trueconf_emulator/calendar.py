@@ -306,7 +306,7 @@ class CalendarStore:
         calendar = self._users.get(email.lower())
         if calendar is None:
             return []
-        rows = [_event_view(event) for event in calendar.events.values() if event["subject"].startswith(prefix)]
+        rows = [_event_view(e) for e in calendar.events.values() if (e["subject"] or "").startswith(prefix)]
         rows.sort(key=lambda row: (parse_instant(row["start"]), row["id"]))
         return rows
 
