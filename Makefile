@@ -36,9 +36,11 @@ pytest: install
 
 test: lint typecheck pytest
 
-# The fault suite at the issue's size (10,000 changes per scenario); TC_FAULTS_LOAD / TC_FAULTS_CONVERGE_S override.
+# The fault suite at the issue's size (10,000 changes per scenario, ~1 h on 2 cores); TC_FAULTS_LOAD /
+# TC_FAULTS_CONVERGE_S override; the table goes to tests/faults/results/faults-<load>-<utc>.json and .md.
 faults: install
-	TC_FAULTS_LOAD=$${TC_FAULTS_LOAD:-10000} TC_FAULTS_REPORT=$${TC_FAULTS_REPORT:-faults-report.json} \
+	load=$${TC_FAULTS_LOAD:-10000}; TC_FAULTS_LOAD=$$load \
+	  TC_FAULTS_REPORT=$${TC_FAULTS_REPORT:-tests/faults/results/faults-$$load-$$(date -u +%Y%m%dT%H%M%SZ).json} \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider -rxX -o timeout=7200 tests/faults
 
 # Benchmarks against their baselines at the sizes of issue #8 (bench/README.md); ~30 min on 2 cores,

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from faults_support import RESULTS, FaultProduct, launch
+from faults_support import RESULTS, FaultProduct, launch, markdown_of, report_of
 
 
 @pytest.fixture(scope="module")
@@ -35,4 +35,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         )
     target = os.environ.get("TC_FAULTS_REPORT")
     if target:
-        Path(target).write_text(json.dumps(RESULTS, indent=2))
+        report = report_of(RESULTS)
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_text(json.dumps(report, indent=2) + "\n")
+        Path(target).with_suffix(".md").write_text(markdown_of(report))
+        terminalreporter.write_line(f"report: {target} and {Path(target).with_suffix('.md')}")

@@ -392,6 +392,8 @@ async def test_upsert_cancel_delete_are_applied_and_acknowledged(gateway: FakeGa
     [row] = await calendar(tcs, BOB)
     assert row["subject"] == "Kick-off (moved)" and row["start"] == moved["start"] and row["conference"] is None
     assert row["my_response"] == "tentative"
+    assert await http("GET", f"{tcs.inspect_url}/calendars/{BOB}?prefix=Kick") == [row]
+    assert await http("GET", f"{tcs.inspect_url}/calendars/{BOB}?prefix=Other") == []
 
     seq = gateway.next_seq(BOB)
     cancelled = {**moved, "cancelled": True, "seq": seq}

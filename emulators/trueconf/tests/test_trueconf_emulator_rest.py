@@ -303,6 +303,9 @@ def test_external_id_makes_creation_idempotent(tcs: EmulatorProcess, token: str)
     other = create(tcs, token, full_conference(external_id="meeting-43"))
     assert other["id"] != first["id"]
     assert len(tcs.inspect("/conferences")) == 2
+    topic = body["topic"]
+    assert [c["id"] for c in tcs.inspect(f"/conferences?prefix={topic[:3]}")] == [first["id"], other["id"]]
+    assert tcs.inspect("/conferences?prefix=Sales") == []
 
     status, _, _ = call(tcs, "DELETE", f"/conferences/{first['id']}", token=token)
     assert status == 200

@@ -4,11 +4,13 @@ for on `calendar.v1.control.ondemand.<mailbox-key>`; SyncService trouble is repo
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.msg import Msg
 from tcs_gateway_testkit import (
     SERVER_ID,
+    SyncServer,
     World,
     admin,
     bridge_state,
@@ -19,6 +21,7 @@ from tcs_gateway_testkit import (
 )
 
 from tcs_gateway.ondemand import ondemand_subject
+from tcs_gateway.snapshot import EventSource, cache_window
 from trueconf.calendar.v1 import commands_pb2, ingest_pb2
 
 
@@ -89,3 +92,22 @@ async def _queued(gateway: Any) -> bool:
 
 async def _snapshots(tcs: Any, count: int) -> bool:
     return int((await bridge_state(tcs))["pushes_received"].get("calendar.snapshot", 0)) >= count
+
+
+async def test_a_list_larger_than_grpc_default_4_mib_is_taken(sync: SyncServer) -> None:
+    """10,000 occurrences in one user's window (~5 MiB): the 10,000-change fault run found every list and
+    snapshot of such a user refused (RESOURCE_EXHAUSTED, 4 MiB) on every try, so the calendar never converged."""
+    user = "bob@example.test"
+    sync.fake.shown[user] = {
+        f"m{n}": occurrence(f"m{n}", attendees=[(user, 4)], occurrence_id=f"m{n}") for n in range(10_000)
+    }
+    for shown in sync.fake.shown[user].values():
+        shown.body = "Agenda. " * 60  # a real meeting body, as the engine keeps it
+    sync.fake.seq[user] = 7
+    assert sum(o.ByteSize() for o in sync.fake.shown[user].values()) > 4 * 1024 * 1024
+    source = EventSource(sync.address, timeout=60)
+    try:
+        listed = await source.list_events(user, *cache_window(datetime.now(UTC), 1, 3))
+    finally:
+        await source.close()
+    assert len(listed.occurrences) == 10_000 and listed.seq == 7

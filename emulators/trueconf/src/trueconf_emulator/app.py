@@ -39,8 +39,8 @@ ADMIN_ENDPOINTS = {
 }
 INSPECT_ENDPOINTS = {
     "GET /inspect/calendars": "users with calendars: {email: {events, last_seq}}",
-    "GET /inspect/calendars/{email}": "the events that user's TrueConf apps show, sorted by start",
-    "GET /inspect/conferences": "every conference",
+    "GET /inspect/calendars/{email}": "the events that user's TrueConf apps show, sorted by start (?prefix=<subject>)",
+    "GET /inspect/conferences": "every conference (?prefix=<topic>)",
     "GET /inspect/conferences/{id}": "one conference",
     "GET /inspect/bridge": "bridge connection state and counters",
     "GET /inspect/rest-log": "every REST call: method, path, status (?since=<seq>)",
@@ -153,10 +153,17 @@ class Emulator:
             return web.json_response(self.store.summary())
 
         async def calendar(request: web.Request) -> web.Response:
-            return web.json_response(self.store.view(request.match_info["email"]))
+            return web.json_response(self.store.view(request.match_info["email"], request.query.get("prefix", "")))
 
         async def conferences(request: web.Request) -> web.Response:
-            return web.json_response([self.rest.view(conference) for conference in self.rest.conferences.values()])
+            prefix = request.query.get("prefix", "")
+            return web.json_response(
+                [
+                    self.rest.view(conference)
+                    for conference in self.rest.conferences.values()
+                    if conference.topic.startswith(prefix)
+                ]
+            )
 
         async def conference(request: web.Request) -> web.Response:
             found = self.rest.conferences.get(request.match_info["conference_id"])

@@ -301,12 +301,12 @@ class CalendarStore:
         calendar.last_seq = seq
         calendar.seen.append(seq)
 
-    def view(self, email: str) -> list[dict[str, Any]]:
-        """The inspection shape of DESIGN.md §8 (plus extra fields), sorted by start."""
+    def view(self, email: str, prefix: str = "") -> list[dict[str, Any]]:
+        """The inspection shape of DESIGN.md §8 (plus extra fields), sorted by start; only subjects with `prefix`."""
         calendar = self._users.get(email.lower())
         if calendar is None:
             return []
-        rows = [_event_view(event) for event in calendar.events.values()]
+        rows = [_event_view(e) for e in calendar.events.values() if (e["subject"] or "").startswith(prefix)]
         rows.sort(key=lambda row: (parse_instant(row["start"]), row["id"]))
         return rows
 

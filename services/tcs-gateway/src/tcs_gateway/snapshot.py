@@ -24,6 +24,11 @@ from trueconf.calendar.v1 import calendar_pb2, sync_pb2, sync_pb2_grpc
 #: Room left in a frame for the envelope and the snapshot's own fields.
 _ENVELOPE_ROOM = 2048
 
+#: Largest ListEvents answer taken. A user's whole cache window comes in one answer (~500 bytes an occurrence),
+#: and gRPC's default of 4 MiB refused every list of a user with more than ~8,000 occurrences in the window
+#: (RESOURCE_EXHAUSTED on each try): that user's calendar could never be listed or snapshotted again.
+MAX_LIST_BYTES = 256 * 1024 * 1024
+
 
 class SyncUnavailableError(RuntimeError):
     """SyncService could not answer (the message says why)."""
@@ -62,7 +67,9 @@ class EventSource:
 
     def _ensure(self) -> sync_pb2_grpc.SyncServiceAsyncStub:
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.address)
+            self._channel = grpc.aio.insecure_channel(
+                self.address, options=[("grpc.max_receive_message_length", MAX_LIST_BYTES)]
+            )
             self._stub = sync_pb2_grpc.SyncServiceStub(self._channel)
         return self._stub
 
