@@ -4,6 +4,7 @@ for on `calendar.v1.control.ondemand.<mailbox-key>`; SyncService trouble is repo
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -80,6 +81,29 @@ async def test_calendar_lists_and_on_demand_sync_requests(world: World) -> None:
     # dave is served too (TCS asked for him), but this TrueConf Server has no such user: refused, and shown.
     errors = gateway.gateway.server_statuses().servers[0].last_errors
     assert any("snapshot of dave@example.test refused: 12" in e for e in errors)
+
+
+async def test_an_on_demand_request_waits_for_ews_ingest_to_subscribe(world: World) -> None:
+    """TrueConf asks for alice's calendar before ews-ingest listens (start-up, restart): NATS has no responder, so
+    the request is sent again until one subscribes, and its answer ends it (a core message would be lost)."""
+    gateway, _tcs = await world.pair()
+    ondemand = gateway.gateway.ondemand
+    await poll(lambda: _true(ondemand.resent >= 1), what="a request resent for want of a responder")
+    received: list[str] = []
+
+    async def answer(message: Msg) -> None:
+        mailbox = ingest_pb2.ResyncMailboxRequest.FromString(message.data).mailbox
+        received.append(mailbox)
+        await message.respond(json.dumps({"mailbox": mailbox, "accepted": True, "detail": "syncing"}).encode())
+
+    await world.commands.bus.nc.subscribe("calendar.v1.control.ondemand.>", cb=answer)
+    await poll(lambda: _true("alice@example.test" in received), timeout=15, what="the request reaching ews-ingest")
+    await poll(lambda: _true(not ondemand._deliveries), what="the delivery ended by the answer")
+    assert received.count("alice@example.test") == 1
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def _has(mailboxes: Any, mailbox: str) -> bool:

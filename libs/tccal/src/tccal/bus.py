@@ -334,7 +334,8 @@ async def _fetch(subscription: JetStreamContext.PullSubscription, batch: int, st
     except NatsTimeoutError:
         return []
     except Exception as exc:  # connection trouble: the client reconnects; wait and fetch again
-        log.warning("fetch failed", extra={"stream": stream, "durable": durable, "error": str(exc)})
+        error = f"{type(exc).__name__}: {exc}"  # a timeout's str() is empty
+        log.warning("fetch failed", extra={"stream": stream, "durable": durable, "error": error})
         await asyncio.sleep(0.5)
         return []
 

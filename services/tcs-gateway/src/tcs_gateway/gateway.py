@@ -152,6 +152,7 @@ class Gateway:
             await asyncio.sleep(0.05)
         await self.bridge.close_all(CloseCode.GOING_AWAY, "gateway shutting down")
         await self.bridge.stop()
+        await self.ondemand.close()
         for state in self.servers.values():
             await state.drain_completions(5.0)
         released = 0

@@ -5,12 +5,22 @@ subjects: tccal.bus.subject_token of the lower-cased address), payload `trueconf
 with `mailbox` set and `since` unset, headers `traceparent`, `Tc-Server-Id` (the asking TrueConf Server) and
 `Tc-Requested-By: tcs-gateway`. ews-ingest starts syncing the mailbox while seats remain (licensing decides).
 A mailbox is asked for at most once per `ondemand_interval` by this gateway.
+
+The request is a core NATS request (ews-ingest answers `{"mailbox", "accepted", "detail"}`), sent in the
+background. While nobody subscribes (ews-ingest not started yet, or restarting: NATS answers "no responders") it
+is sent again with back-off for up to `ondemand_interval`; a core message would be lost, and TrueConf Server asks
+for a user's calendar once, when it connects. A request received but not answered in time counts as delivered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from typing import Any
+
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from tccal import telemetry
 from tccal.bus import Bus, subject_token
@@ -18,6 +28,8 @@ from trueconf.calendar.v1 import ingest_pb2
 
 log = logging.getLogger(__name__)
 SUBJECT_PREFIX = "calendar.v1.control.ondemand"
+#: How long one request waits for ews-ingest's answer (it answers after an EWS probe and the seat check).
+ANSWER_TIMEOUT = 30.0
 
 
 def ondemand_subject(mailbox: str) -> str:
@@ -31,6 +43,8 @@ class OnDemandRequests:
         self.configured = frozenset(user.lower() for user in configured)
         self._last: dict[str, float] = {}
         self.published = 0
+        self.resent = 0
+        self._deliveries: set[asyncio.Task[None]] = set()
 
     async def request(self, mailbox: str, server_id: str) -> bool:
         """Ask for `mailbox` to be synced; False when not sent (configured user, asked recently, no NATS)."""
@@ -47,12 +61,49 @@ class OnDemandRequests:
         headers = {"Tc-Server-Id": server_id, "Tc-Requested-By": "tcs-gateway"}
         telemetry.inject_context(headers)
         request = ingest_pb2.ResyncMailboxRequest(mailbox=mailbox)
-        try:
-            await self.bus.nc.publish(ondemand_subject(mailbox), request.SerializeToString(), headers=headers)
-        except Exception as exc:  # NATS trouble: TCS asks again on its next getCalendarList
-            log.warning("on-demand sync request failed", extra={"mailbox": mailbox, "error": repr(exc)})
-            return False
         self._last[mailbox] = now
         self.published += 1
         log.info("on-demand sync requested", extra={"mailbox": mailbox, "server": server_id})
+        task = asyncio.get_running_loop().create_task(self._deliver(mailbox, request.SerializeToString(), headers))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
         return True
+
+    async def _deliver(self, mailbox: str, data: bytes, headers: dict[str, str]) -> None:
+        deadline = time.monotonic() + self.interval
+        attempt = 0
+        while True:
+            try:
+                reply: Any = await self.bus.nc.request(
+                    ondemand_subject(mailbox), data, timeout=ANSWER_TIMEOUT, headers=headers
+                )
+            except NoRespondersError:
+                attempt += 1
+                pause = min(0.25 * 2**attempt, 10.0)
+                if time.monotonic() + pause > deadline:
+                    log.warning(
+                        "on-demand sync request not delivered: nobody serves it (is ews-ingest running?)",
+                        extra={"mailbox": mailbox, "attempts": attempt},
+                    )
+                    self._last.pop(mailbox, None)  # TrueConf's next list asks again
+                    return
+                self.resent += 1
+                await asyncio.sleep(pause)
+                continue
+            except NatsTimeoutError:
+                return  # received, not answered in time: ews-ingest is at work on it
+            except Exception as exc:  # NATS trouble: TCS's next getCalendarList asks again
+                log.warning("on-demand sync request failed", extra={"mailbox": mailbox, "error": repr(exc)})
+                self._last.pop(mailbox, None)
+                return
+            log.info(
+                "on-demand sync answered",
+                extra={"mailbox": mailbox, "answer": reply.data[:300].decode(errors="replace")},
+            )
+            return
+
+    async def close(self) -> None:
+        for task in list(self._deliveries):
+            task.cancel()
+        if self._deliveries:
+            await asyncio.gather(*self._deliveries, return_exceptions=True)
