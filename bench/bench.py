@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -90,29 +90,34 @@ def rss(ready: dict[str, Any]) -> dict[str, float]:
     return found
 
 
-def cpu_seconds(ready: dict[str, Any]) -> dict[str, float]:
-    """CPU seconds (user + system) so far of every process in the ready-file and of this benchmark process.
-
-    PostgreSQL includes its backends (live ones, plus those it has reaped); diff two readings for a phase.
-    """
-    found: dict[str, float] = {}
-    named = {**ready.get("processes", {}), "bench (baseline client)": os.getpid()}
-    for name, pid in named.items():
+def cpu_seconds(pids: Mapping[str, int | None], with_children: Collection[str] = ()) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each named process; for the names in `with_children` also by
+    its children, live and reaped (PostgreSQL's backends). Diff two readings for a phase."""
+    used: dict[str, float] = {}
+    for name, pid in pids.items():
+        if pid is None:
+            continue
         try:
             process = psutil.Process(pid)
             times = process.cpu_times()
             total = times.user + times.system
-            if name == "postgres":
+            if name in with_children:
                 total += times.children_user + times.children_system
                 total += sum(sum(c.cpu_times()[:2]) for c in process.children(recursive=True))
-            found[name] = total
         except psutil.Error:
             continue
-    return found
+        used[name] = total
+    return used
+
+
+def product_cpu_seconds(ready: dict[str, Any]) -> dict[str, float]:
+    """cpu_seconds of every process in the ready-file and of this benchmark process (the baselines' client)."""
+    return cpu_seconds({**ready.get("processes", {}), "bench (baseline client)": os.getpid()}, {"postgres"})
 
 
 def cpu_delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    return {k: round(after[k] - before.get(k, 0.0), 2) for k in after if round(after[k] - before.get(k, 0.0), 2) > 0}
+    used = {name: round(seconds - before.get(name, 0.0), 2) for name, seconds in after.items()}
+    return {name: seconds for name, seconds in used.items() if seconds > 0}
 
 
 def write_result(name: str, result: dict[str, Any], table: str, out_dir: Path) -> Path:
@@ -623,7 +628,7 @@ def initial_sync_in(ready: dict[str, Any], args: argparse.Namespace) -> Path:
     # Baseline: raw exchangelib read of the same items (FindItem + GetItem of every field), same concurrency.
     config = ews_config(ready, args.concurrency)
     before = ews_requests(ready)
-    cpu_before = cpu_seconds(ready)
+    cpu_before = product_cpu_seconds(ready)
     t0 = time.monotonic()
 
     def read(mailbox: str) -> int:
@@ -632,7 +637,7 @@ def initial_sync_in(ready: dict[str, Any], args: argparse.Namespace) -> Path:
     with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
         counts = list(pool.map(read, mailboxes))
     raw_s = time.monotonic() - t0
-    raw_cpu = cpu_delta(cpu_seconds(ready), cpu_before)
+    raw_cpu = cpu_delta(product_cpu_seconds(ready), cpu_before)
     raw_ops = op_delta(ews_requests(ready), before)
     product_ops = {"Subscribe", "SyncFolderItems", "GetStreamingEvents"} & set(raw_ops)
     if product_ops:  # the connector was already at work: the baseline was not measured alone
@@ -653,7 +658,7 @@ def initial_sync_in(ready: dict[str, Any], args: argparse.Namespace) -> Path:
             )
         )
     before = ews_requests(ready)
-    cpu_before = cpu_seconds(ready)
+    cpu_before = product_cpu_seconds(ready)
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda mb: http_json(f"{tc_admin}/bridge/request-calendar", "POST", {"user": mb}), mailboxes))
@@ -670,7 +675,7 @@ def initial_sync_in(ready: dict[str, Any], args: argparse.Namespace) -> Path:
 
     wait_until(complete, args.timeout, "every seeded meeting in TrueConf", 0.5)
     connector_s = time.monotonic() - t0
-    connector_cpu = cpu_delta(cpu_seconds(ready), cpu_before)
+    connector_cpu = cpu_delta(product_cpu_seconds(ready), cpu_before)
     connector_ops = op_delta(ews_requests(ready), before)
     result = {
         "benchmark": "initial-sync",

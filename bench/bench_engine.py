@@ -24,14 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "services" / "sync-engine" / "tests"))
 
 from sync_engine_testkit import Mailboxes, attendee, config_dict, event
 
-from bench import RESULTS, machine, percentiles, write_result
+from bench import RESULTS, cpu_delta, cpu_seconds, machine, percentiles, write_result
 from sync_engine.bus import CALENDAR_BATCH
 from tccal.bus import CALENDAR, Bus, BusSettings, calendar_subject, ensure_topology
 from tccal.embedded import EmbeddedNats, EmbeddedPostgres
@@ -49,24 +48,6 @@ def start_engine(state: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-
-
-def cpu_seconds(pids: dict[str, int | None]) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by each named process and its live children (PostgreSQL's backends)."""
-    used: dict[str, float] = {}
-    for name, pid in pids.items():
-        if pid is None:
-            continue
-        try:
-            root = psutil.Process(pid)
-            total = 0.0
-            for process in [root, *root.children(recursive=True)]:
-                times = process.cpu_times()
-                total += times.user + times.system
-        except psutil.Error:
-            continue
-        used[name] = total
-    return used
 
 
 async def pending(bus: Bus) -> int | None:
@@ -132,7 +113,7 @@ async def run(args: argparse.Namespace) -> Path:
             if left is not None:
                 if first is None and left < k:
                     first = now  # the first change was taken
-                    cpu_first = cpu_seconds(pids)
+                    cpu_first = cpu_seconds(pids, {"postgresql"})
                 samples.append((now, left))
                 if left == 0:
                     break
@@ -140,8 +121,7 @@ async def run(args: argparse.Namespace) -> Path:
                 raise TimeoutError(f"{left} changes still pending after {args.timeout:.0f}s")
             await asyncio.sleep(0.05)
         t_done = time.monotonic()
-        cpu_done = cpu_seconds(pids)
-        cpu_drain = {name: round(cpu_done[name] - cpu_first.get(name, 0.0), 2) for name in cpu_done}
+        cpu_drain = cpu_delta(cpu_seconds(pids, {"postgresql"}), cpu_first)
         ready_s = first - t_start if first else None
         drain_s = t_done - (first or t_start)
         rates = [(b[1] - a[1]) * -1 / (b[0] - a[0]) for a, b in itertools.pairwise(samples) if b[0] > a[0]]
