@@ -352,7 +352,6 @@ def verdict(fp: FaultProduct, load: Load) -> dict[str, Any]:
     duplicated: list[str] = []
     wrong: list[str] = []
     conferences: list[dict[str, Any]] = http_json(f"{inspect}/conferences?prefix={prefix}")
-    conferences = [c for c in conferences if str(c.get("topic", "")).startswith(load.tag + "-")]
     topics: dict[str, list[dict[str, Any]]] = {}
     for conference in conferences:
         topics.setdefault(conference["topic"], []).append(conference)
@@ -360,8 +359,7 @@ def verdict(fp: FaultProduct, load: Load) -> dict[str, Any]:
     for who in {m.organizer for m in load.meetings} | {m.attendee for m in load.meetings}:
         by_subject: dict[str, list[dict[str, Any]]] = {}
         for event in http_json(f"{inspect}/calendars/{quote(email(who))}?prefix={prefix}"):
-            if str(event.get("subject", "")).startswith(load.tag + "-"):
-                by_subject.setdefault(event["subject"], []).append(event)
+            by_subject.setdefault(event["subject"], []).append(event)
         calendars[who] = by_subject
     for meeting in load.meetings:
         for who in (meeting.organizer, meeting.attendee):

@@ -567,7 +567,7 @@ class BridgeClient:
             return
         payload: dict[str, Any] = frame["payload"]
         user = payload["user"].lower()
-        if not self._directory.has_email(user):
+        if self._directory.by_email(user) is None:
             description = f"user {user!r} is not a user of TrueConf Server {self._server_id}"
             self._protocol_error("gateway", "unknown_user", description)
             await self._reply(conn, method, frame_id, error_payload(ErrorCode.UNKNOWN_USER, description, field="user"))

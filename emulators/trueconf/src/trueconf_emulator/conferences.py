@@ -127,9 +127,6 @@ class Directory:
     def emails(self) -> list[str]:
         return [user.email for user in self._users]
 
-    def has_email(self, email: str) -> bool:
-        return email.lower() in self._by_email
-
     def by_id(self, user_id: str) -> User | None:
         return self._by_id.get(user_id)
 
