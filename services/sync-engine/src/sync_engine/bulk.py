@@ -67,12 +67,6 @@ def transpose(rows: Sequence[Sequence[object]], width: int) -> list[list[object]
     return [list(column) for column in zip(*rows, strict=True)]
 
 
-async def write(connection: asyncpg.Connection, sql: str, rows: Sequence[Sequence[object]], width: int) -> None:
-    """Run a statement made by this module on `rows` (nothing when there are none)."""
-    if rows:
-        await connection.execute(sql, *transpose(rows, width))
-
-
 @dataclass(frozen=True)
 class Statement:
     sql: str
@@ -82,6 +76,13 @@ class Statement:
 def statement(sql: str, rows: Sequence[Sequence[object]], width: int) -> Statement | None:
     """A statement made by this module bound to `rows`; None when there are none."""
     return Statement(sql, list(transpose(rows, width))) if rows else None
+
+
+async def write(connection: asyncpg.Connection, sql: str, rows: Sequence[Sequence[object]], width: int) -> None:
+    """Run a statement made by this module on `rows` (nothing when there are none)."""
+    bound = statement(sql, rows, width)
+    if bound is not None:
+        await connection.execute(bound.sql, *bound.args)
 
 
 def combined(parts: Mapping[str, Statement | None], final: str = "SELECT 1") -> Statement:
