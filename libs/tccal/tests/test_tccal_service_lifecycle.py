@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -14,7 +15,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tccal.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from tccal.embedded import EmbeddedNats, EmbeddedPostgres, free_port, free_ports
 from tccal.testing import short_tmpdir, wait_for
 
 
@@ -91,3 +92,13 @@ def test_sync_engine_readiness_follows_its_dependencies(tmp_path: Path, nats_ser
         postgres.stop()
         restarted.stop()
         shutil.rmtree(pg_dir, ignore_errors=True)
+
+
+def test_free_ports_are_all_different_and_bindable() -> None:
+    """The sandbox takes its services' ports in one call: one port handed out twice once put licensing and the
+    sync-engine on the same gRPC port (gRPC binds with SO_REUSEPORT, so both started)."""
+    ports = free_ports(64)
+    assert len(set(ports)) == 64
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))

@@ -26,7 +26,7 @@ from typing import Any
 
 from tccal import secrets
 from tccal.config.schema import SERVICE_NAMES
-from tccal.embedded import EmbeddedNats, EmbeddedPostgres, create_database, die_with_parent, free_port
+from tccal.embedded import EmbeddedNats, EmbeddedPostgres, create_database, die_with_parent, free_ports
 
 log = logging.getLogger(__name__)
 SERVICE_MODULES = {
@@ -295,10 +295,11 @@ class Sandbox:
 
     # --- config and services --------------------------------------------------------------------------
     def write_config(self, db: dict[str, Any], nats_url: str, extra: dict[str, Any] | None = None) -> Path:
+        ports = iter(free_ports(2 * len(SERVICE_NAMES) + 2))  # all different, the TrueConf emulator's included
         services = {
-            name: {"host": "127.0.0.1", "grpcPort": free_port(), "httpPort": free_port()} for name in SERVICE_NAMES
+            name: {"host": "127.0.0.1", "grpcPort": next(ports), "httpPort": next(ports)} for name in SERVICE_NAMES
         }
-        ws_port = free_port()
+        ws_port = next(ports)
         config: dict[str, Any] = {
             "wsPort": ws_port,
             "dbConnectionConfig": db,
@@ -335,7 +336,7 @@ class Sandbox:
                 }
             ]
         if installed("trueconf_emulator"):
-            port = free_port()
+            port = next(ports)
             base = f"http://127.0.0.1:{port}"
             self.ready["trueconf"] = {
                 "server_id": SANDBOX_TCS_ID,
