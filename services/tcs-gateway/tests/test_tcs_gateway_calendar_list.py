@@ -102,6 +102,37 @@ async def test_an_on_demand_request_waits_for_ews_ingest_to_subscribe(world: Wor
     assert received.count("alice@example.test") == 1
 
 
+async def test_a_refused_request_is_sent_again_when_a_license_is_announced(world: World) -> None:
+    """ews-ingest refuses alice (no license installed yet); TrueConf Server will not ask for her again, so the
+    registration's announcement on `calendar.v1.control.seats` sends the request again at once - not after
+    `ondemand_interval` (60 s) - and an accepted one is not sent again."""
+    answers = {"alice@example.test": [False, True]}
+    received: list[str] = []
+
+    async def answer(message: Msg) -> None:
+        mailbox = ingest_pb2.ResyncMailboxRequest.FromString(message.data).mailbox
+        received.append(mailbox)
+        accepted = answers[mailbox].pop(0) if answers.get(mailbox) else True
+        detail = "syncing" if accepted else "no license is installed"
+        await message.respond(json.dumps({"mailbox": mailbox, "accepted": accepted, "detail": detail}).encode())
+
+    await world.commands.bus.nc.subscribe("calendar.v1.control.ondemand.>", cb=answer)
+    gateway, _tcs = await world.pair()
+    ondemand = gateway.gateway.ondemand
+    assert ondemand.interval >= 60
+    await poll(lambda: _true("alice@example.test" in ondemand.refused), what="alice refused")
+    assert received.count("alice@example.test") == 1
+    await world.commands.bus.nc.publish("calendar.v1.control.seats", b"")
+    await poll(lambda: _true(received.count("alice@example.test") == 2), what="alice asked again")
+    await poll(lambda: _true(not ondemand._deliveries), what="the second answer")
+    assert ondemand.refused == {} and ondemand.asked_again == 1
+    others = len(received) - 2  # the other users of the TrueConf Server, accepted at once
+    await world.commands.bus.nc.publish("calendar.v1.control.seats", b"")
+    await asyncio.sleep(0.3)
+    assert received.count("alice@example.test") == 2  # accepted: not asked a third time
+    assert len(received) - 2 == others
+
+
 async def _true(value: bool) -> bool:
     return value
 

@@ -114,6 +114,7 @@ class Gateway:
                         await asyncio.wait_for(stop.wait(), 1.0)
                     if stop.is_set():
                         return
+            await self.ondemand.listen_for_license_changes()
             for consumer in self.consumers.values():
                 self._consumer_tasks.append(
                     asyncio.get_running_loop().create_task(self._consume(consumer), name=consumer.durable)

@@ -10,11 +10,17 @@ The request is a core NATS request (ews-ingest answers `{"mailbox", "accepted", 
 background. While nobody subscribes (ews-ingest not started yet, or restarting: NATS answers "no responders") it
 is sent again with back-off for up to `ondemand_interval`; a core message would be lost, and TrueConf Server asks
 for a user's calendar once, when it connects. A request received but not answered in time counts as delivered.
+
+A request ews-ingest refused (`"accepted": false`: no license installed yet, no seat left) is sent again as soon as
+a license change is announced on `calendar.v1.control.seats` (licensing's CLI after a registration), not after
+`ondemand_interval`: TrueConf Server will not ask for that user again on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
 from typing import Any
@@ -23,7 +29,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from tccal import telemetry
-from tccal.bus import Bus, subject_token
+from tccal.bus import SEATS_CONTROL_SUBJECT, Bus, subject_token
 from trueconf.calendar.v1 import ingest_pb2
 
 log = logging.getLogger(__name__)
@@ -44,7 +50,25 @@ class OnDemandRequests:
         self._last: dict[str, float] = {}
         self.published = 0
         self.resent = 0
+        #: mailbox -> the TrueConf Server that asked, for requests ews-ingest answered `"accepted": false`.
+        self.refused: dict[str, str] = {}
+        self.asked_again = 0
         self._deliveries: set[asyncio.Task[None]] = set()
+        self._seats_subscription: Any = None
+
+    async def listen_for_license_changes(self) -> None:
+        """Subscribe to `calendar.v1.control.seats`: each announcement sends every refused request again."""
+        if self._seats_subscription is None:
+            self._seats_subscription = await self.bus.nc.subscribe(SEATS_CONTROL_SUBJECT, cb=self._on_seats)
+
+    async def _on_seats(self, _msg: Any) -> None:
+        refused, self.refused = self.refused, {}
+        if refused:
+            log.info("license change announced: asking again for refused mailboxes", extra={"mailboxes": len(refused)})
+        for mailbox, server_id in refused.items():
+            self._last.pop(mailbox, None)
+            if await self.request(mailbox, server_id):
+                self.asked_again += 1
 
     async def request(self, mailbox: str, server_id: str) -> bool:
         """Ask for `mailbox` to be synced; False when not sent (configured user, asked recently, no NATS)."""
@@ -64,12 +88,14 @@ class OnDemandRequests:
         self._last[mailbox] = now
         self.published += 1
         log.info("on-demand sync requested", extra={"mailbox": mailbox, "server": server_id})
-        task = asyncio.get_running_loop().create_task(self._deliver(mailbox, request.SerializeToString(), headers))
+        task = asyncio.get_running_loop().create_task(
+            self._deliver(mailbox, server_id, request.SerializeToString(), headers)
+        )
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
         return True
 
-    async def _deliver(self, mailbox: str, data: bytes, headers: dict[str, str]) -> None:
+    async def _deliver(self, mailbox: str, server_id: str, data: bytes, headers: dict[str, str]) -> None:
         deadline = time.monotonic() + self.interval
         attempt = 0
         while True:
@@ -100,10 +126,24 @@ class OnDemandRequests:
                 "on-demand sync answered",
                 extra={"mailbox": mailbox, "answer": reply.data[:300].decode(errors="replace")},
             )
+            if not _accepted(reply.data):
+                self.refused[mailbox] = server_id
             return
 
     async def close(self) -> None:
+        if self._seats_subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._seats_subscription.unsubscribe()
+            self._seats_subscription = None
         for task in list(self._deliveries):
             task.cancel()
         if self._deliveries:
             await asyncio.gather(*self._deliveries, return_exceptions=True)
+
+
+def _accepted(answer: bytes) -> bool:
+    """ews-ingest's answer `{"mailbox", "accepted", "detail"}`; an unreadable one counts as accepted (not retried)."""
+    try:
+        return bool(json.loads(answer).get("accepted", True))
+    except (ValueError, AttributeError):
+        return True
