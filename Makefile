@@ -9,16 +9,24 @@ PACKAGES := proto libs/tccal $(sort $(dir $(wildcard services/*/pyproject.toml e
 # Our import packages (libs/*/src/<pkg>, services/*/src/<pkg>, emulators/*/src/<pkg>), type-checked strictly.
 PKGS := $(sort $(notdir $(patsubst %/,%,$(dir $(wildcard libs/*/src/*/__init__.py services/*/src/*/__init__.py emulators/*/src/*/__init__.py)))))
 STAMP := $(VENV)/.installed
+# An independent EWS client (ews-javascript-api, npm) that drives the Exchange emulator in the tests.
+EWS_JS := tests/interop/ews-js
+EWS_JS_STAMP := $(EWS_JS)/node_modules/.installed
 
 .PHONY: install run test lint typecheck pytest faults clean bench bench-smoke
 
-install: $(STAMP)
+install: $(STAMP) $(EWS_JS_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt $(wildcard */pyproject.toml */*/pyproject.toml) $(wildcard proto/trueconf/calendar/v1/*.proto)
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is needed, this is {sys.version}"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --constraint constraints.txt --reinstall-package tc-calendar-contracts $(foreach p,$(PACKAGES),-e $(p))
+	touch $@
+
+$(EWS_JS_STAMP): $(EWS_JS)/package.json $(EWS_JS)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm (Node.js 18+) is needed for the EWS interop tests: apt-get install nodejs npm" >&2; exit 1; }
+	npm ci --prefix $(EWS_JS) --no-audit --no-fund --loglevel=error
 	touch $@
 
 run: install
@@ -56,4 +64,4 @@ bench-smoke: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/bench
 
 clean:
-	rm -rf $(VENV) .venv-helm proto/gen .sandbox
+	rm -rf $(VENV) .venv-helm proto/gen .sandbox $(EWS_JS)/node_modules

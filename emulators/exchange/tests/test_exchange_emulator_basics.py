@@ -141,8 +141,14 @@ def test_strict_mode_rejects_invalid_request(emu: EmulatorHandle) -> None:
     assert violations[-1]["operation"] == "GetFolder" and violations[-1]["direction"] == "request"
 
 
-def test_wsdl_is_served(emu: EmulatorHandle) -> None:
-    r = requests.get(emu.ews_url + "?wsdl", timeout=10)
+def test_wsdl_is_served_to_an_authenticated_client_only(emu: EmulatorHandle) -> None:
+    """IIS guards the whole /EWS virtual directory: the WSDL and schemas need a logon too."""
+    for path in ("?wsdl", "/../Services.wsdl", "/../types.xsd"):
+        r = requests.get(emu.ews_url + path, timeout=10)
+        assert r.status_code == 401, path
+        assert "NTLM" in r.headers["WWW-Authenticate"], path  # requests joins repeated headers with ", "
+    token = base64.b64encode(f"{SERVICE_USER}:{SERVICE_PASSWORD}".encode()).decode()
+    r = requests.get(emu.ews_url + "?wsdl", timeout=10, headers={"Authorization": f"Basic {token}"})
     assert r.status_code == 200 and b"ExchangeServicePortType" in r.content
 
 

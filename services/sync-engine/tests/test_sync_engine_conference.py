@@ -77,6 +77,7 @@ async def test_meeting_with_conference_creates_it_and_turns_turquoise(harness: H
     assert upsert.schedule.type == commands_pb2.SCHEDULE_TYPE_ONCE
     assert to_datetime(upsert.schedule.start) == START
     assert upsert.schedule.duration_seconds == 3600
+    assert upsert.schedule.time_zone == "Europe/Berlin"  # the meeting's zone: TrueConf's special_time_offset
     assert upsert.sync_invitations
     assert invitation_emails(upsert.invitations) == [BOB, DAVE]  # not the decliner, the organizer or the room
     grey = await harness.wait_command("calendar_upsert", 2)

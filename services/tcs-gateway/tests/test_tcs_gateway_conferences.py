@@ -196,6 +196,54 @@ async def test_token_expiry_mid_run_and_refresh_before_expiry(world: World) -> N
     assert calls(log, "POST", "/oauth2/v1/token")
 
 
+async def test_trueconf_server_as_its_own_clients_show_it(world: World) -> None:
+    """What TrueConf's published clients (trueconf-eraser, trueconf-server-mcp) show the real server does: the
+    token endpoint under /api/v4, a bad token answered 403, a taken id answered 400 uniqueValueAlreadyInUse,
+    and a schedule that needs `time` and special_time_offset (the meeting's zone) and is answered without `time`."""
+    tcs = await rest_world(world)
+    # The documented token endpoint is missing on this server: the one under the API is used from then on.
+    await admin(tcs, "POST", "/faults", {"path": "/oauth2/v1/token", "status": 404, "reason": "routeNotFound"})
+    command = upsert("meeting-moscow", start=today_at(10))
+    command.conference_upsert.schedule.time_zone = "Europe/Moscow"
+    result = await run_command(world, command)
+    assert result.status == OK, result.error
+    log = await rest_log(tcs)
+    assert [e["status"] for e in calls(log, "POST", "/oauth2/v1/token")] == [404]
+    assert [e["status"] for e in calls(log, "POST", "/api/v4/oauth2/token")] == [200]
+    held = await conference(tcs, conference_id_for("meeting-moscow"))
+    assert held["schedule"]["special_time_offset"] == 180 and "time" not in held["schedule"]
+    assert held["schedule"]["start_time"] == int(today_at(10).timestamp())
+    # A token refused with 403 invalidToken is replaced once, like a 401.
+    await admin(tcs, "POST", "/tokens/expire")
+    await admin(tcs, "DELETE", "/faults")
+    path = f"/api/v4/conferences/{conference_id_for('meeting-moscow')}"
+    await admin(
+        tcs, "POST", "/faults", {"method": "GET", "path": path, "status": 403, "reason": "invalidToken", "count": 1}
+    )
+    since = (await rest_log(tcs))[-1]["seq"]
+    result = await run_command(world, upsert("meeting-moscow", topic="After a 403"))
+    assert result.status == OK, result.error
+    statuses = [(e["method"], e["path"], e["status"]) for e in await rest_log(tcs, since)]
+    assert statuses[:3] == [("GET", path, 403), ("POST", "/api/v4/oauth2/token", 200), ("GET", path, 200)]
+    # Created meanwhile by someone else: the create answers 400 uniqueValueAlreadyInUse, and the conference
+    # is brought up to date instead of the command failing.
+    await admin(tcs, "DELETE", "/faults")
+    await admin(
+        tcs,
+        "POST",
+        "/faults",
+        {"method": "GET", "path": path, "status": 404, "reason": "conferenceNotFound", "count": 1},
+    )
+    since = (await rest_log(tcs))[-1]["seq"]
+    result = await run_command(world, upsert("meeting-moscow", topic="Taken id"))
+    assert result.status == OK, result.error
+    log = await rest_log(tcs, since)
+    [create] = calls(log, "POST", "/api/v4/conferences")
+    assert create["status"] == 400
+    assert (await conference(tcs, conference_id_for("meeting-moscow")))["topic"] == "Taken id"
+    assert len(await inspect(tcs, "/conferences")) == 1
+
+
 def _later(seconds: float) -> Any:
     import time
 

@@ -22,7 +22,7 @@ from tcs_gateway.bridge.events import (
 )
 from tcs_gateway.bridge.framing import FrameValidator, encoded_size, request_frame
 from tcs_gateway.config import GatewaySettings, ServerSettings
-from tcs_gateway.rest.conferences import conference_id_for, schedule_body
+from tcs_gateway.rest.conferences import conference_id_for, parse_timestamp, schedule_body
 from tcs_gateway.rest.http import retry_after_seconds
 from tcs_gateway.snapshot import cache_window, events_for, snapshot_payloads
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2, common_pb2
@@ -166,7 +166,14 @@ def test_cache_window_follows_the_guide() -> None:
 def test_schedules_ids_and_retry_after() -> None:
     schedule = commands_pb2.ConferenceSchedule(type=commands_pb2.SCHEDULE_TYPE_ONCE, duration_seconds=24 * 3600)
     schedule.start.FromDatetime(datetime(2025, 6, 30, 7, tzinfo=UTC))  # a Monday
-    assert schedule_body(schedule) == {"type": "once", "start_time": 1751266800, "duration": 86_399}
+    once = {"type": "once", "start_time": 1751266800, "duration": 86_399, "time": "07:00", "special_time_offset": 0}
+    assert schedule_body(schedule) == once
+    schedule.time_zone = "Europe/Moscow"  # UTC+3: TrueConf shows 10:00; `time` stays the UTC wall clock
+    assert schedule_body(schedule) == {**once, "special_time_offset": 180}
+    schedule.time_zone = "America/New_York"  # summer: UTC-4
+    assert schedule_body(schedule)["special_time_offset"] == -240
+    schedule.time_zone = "Mars/Olympus_Mons"  # unknown: UTC, not a refused command
+    assert schedule_body(schedule)["special_time_offset"] == 0
     schedule.type = commands_pb2.SCHEDULE_TYPE_WEEK
     schedule.duration_seconds = 0
     assert schedule_body(schedule)["days"] == ["monday"] and schedule_body(schedule)["duration"] == 60
@@ -179,6 +186,16 @@ def test_schedules_ids_and_retry_after() -> None:
     assert retry_after_seconds("3") == 3.0 and retry_after_seconds(None) == 1.0 and retry_after_seconds("soon") == 1.0
     later = (datetime.now(UTC) + timedelta(seconds=30)).strftime("%a, %d %b %Y %H:%M:%S GMT")
     assert 25 <= retry_after_seconds(later) <= 31
+
+
+def test_timestamps_in_answers_are_numbers_or_strings() -> None:
+    """TrueConf answers timestamps as unix seconds, numeric strings or ISO 8601 (its own clients accept all)."""
+    moment = 1751266800
+    for value in (moment, float(moment), "1751266800", "2025-06-30T07:00:00Z", "2025-06-30T10:00:00+03:00"):
+        assert parse_timestamp(value) == moment, value
+    assert parse_timestamp("2025-06-30T07:00:00") == moment  # naive: UTC
+    for bad in (None, True, "", "soon", {"t": 1}):
+        assert parse_timestamp(bad) is None, bad
 
 
 def test_settings_from_the_connector_config(tmp_path: Path) -> None:

@@ -198,6 +198,8 @@ class Shape:
     ext: list[Element] = field(default_factory=list)  # requested ExtendedFieldURI elements
     body_type: str = "Best"
     id_only: bool = False
+    #: The FieldURIs named in AdditionalProperties (FindItem refuses some of them; BaseShape alone never fails).
+    explicit: set[str] = field(default_factory=set)
 
     @classmethod
     def parse(cls, shape_el: Element | None) -> Shape:
@@ -218,6 +220,7 @@ class Shape:
                 name = local(uri.tag)
                 if name == "FieldURI":
                     shape.fields.add(uri.get("FieldURI", ""))
+                    shape.explicit.add(uri.get("FieldURI", ""))
                 elif name == "ExtendedFieldURI":
                     ext_key(uri)
                     shape.ext.append(uri)

@@ -35,6 +35,7 @@ from .model import (
     Store,
     Subscription,
     clone_item,
+    item_id,
     parse_folder_id,
     parse_item_id,
     parse_watermark,
@@ -542,12 +543,16 @@ def op_find_item(ctx: Context, req: Element) -> Element:
     for node in children(ids) if ids is not None else []:
         try:
             mbx, folder = resolve_folder(ctx, node)
-            bad = sorted(shape.fields & FIND_ITEM_FORBIDDEN)
+            # Only a property named in AdditionalProperties is refused; BaseShape AllProperties simply leaves
+            # out what FindItem cannot return (attendees, body, occurrence lists: "FindItem operation", and the
+            # EWS Managed API's FindAppointments, which asks for AllProperties, works against Exchange).
+            bad = sorted(shape.explicit & FIND_ITEM_FORBIDDEN)
             if bad:
                 raise ItemError(
                     "ErrorInvalidPropertyRequest",
                     f"The property {bad[0]} can't be used in FindItem requests.",
                 )
+            shape.fields -= FIND_ITEM_FORBIDDEN
             items: list[CalendarItem] = []
             source = list(mbx.items.values()) if folder == "calendar" else []
             msg_extra: dict[str, str] = {}
@@ -771,7 +776,7 @@ def op_create_item(ctx: Context, req: Element) -> Element:
                 }[kind]
                 ctx.cal.respond(item, response, disposition in ("SendOnly", "SendAndSaveCopy"), ctx.actor)
                 msg = add_message(msgs, "CreateItem")
-                sub(msg, m("Items"))
+                _saved_message(ctx, sub(msg, m("Items")), item, "MeetingResponse", disposition)
             elif kind == "CancelCalendarItem":
                 ref = node.find(t("ReferenceItemId"))
                 if ref is None:
@@ -784,7 +789,7 @@ def op_create_item(ctx: Context, req: Element) -> Element:
                 else:
                     ctx.cal.cancel(item, ctx.actor)
                 msg = add_message(msgs, "CreateItem")
-                sub(msg, m("Items"))
+                _saved_message(ctx, sub(msg, m("Items")), item, "MeetingCancellation", disposition)
             else:
                 raise ItemError(
                     "ErrorInvalidOperation",
@@ -794,6 +799,18 @@ def op_create_item(ctx: Context, req: Element) -> Element:
             msg = add_message(msgs, "CreateItem", err)
             sub(msg, m("Items"))
     return root
+
+
+def _saved_message(ctx: Context, items: Element, about: CalendarItem, kind: str, disposition: str) -> None:
+    """A response object (a meeting response or cancellation) is a message: with SaveOnly or SendAndSaveCopy,
+    Exchange keeps a copy (Drafts, Sent Items) and answers its ItemId in Items; SendOnly keeps none and answers
+    an empty Items ("CreateItem operation", MessageDisposition). The EWS Managed API reads that item
+    (CalendarActionResults). This emulator keeps calendars only: the id is well-formed, the copy is not kept."""
+    if disposition not in ("SaveOnly", "SendAndSaveCopy"):
+        return
+    node = sub(items, t(kind))
+    copy_no = ctx.store.next_item_no()
+    sub(node, t("ItemId"), Id=item_id(about.mailbox.no, copy_no), ChangeKey=f"CQAAABYA{copy_no:08d}")
 
 
 # ------------------------------------------------------------------------------------------- UpdateItem

@@ -193,12 +193,20 @@ class Emulator:
         return errors
 
     # ----------------------------------------------------------------------------------- handlers
-    async def handle_wsdl(self, request: web.Request) -> web.Response:
-        return web.FileResponse(schema_dir() / "Services.wsdl")  # type: ignore[return-value]
+    async def handle_wsdl(self, request: web.Request) -> web.StreamResponse:
+        # IIS guards the whole /EWS virtual directory (anonymous access is off; Windows and Basic auth on):
+        # the WSDL and schemas too. Clients such as ews-javascript-api start their NTLM handshake with a GET.
+        auth = self.auth.authenticate(request)
+        if isinstance(auth, web.Response):
+            return auth
+        return web.FileResponse(schema_dir() / "Services.wsdl")
 
-    async def handle_xsd(self, request: web.Request) -> web.Response:
+    async def handle_xsd(self, request: web.Request) -> web.StreamResponse:
+        auth = self.auth.authenticate(request)
+        if isinstance(auth, web.Response):
+            return auth
         name = request.path.rsplit("/", 1)[-1]
-        return web.FileResponse(schema_dir() / name)  # type: ignore[return-value]
+        return web.FileResponse(schema_dir() / name)
 
     def _parse(self, body: bytes) -> tuple[Element | None, Element]:
         root = etree.fromstring(body, PARSER)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -103,12 +104,16 @@ class Emulator:
     async def start(self) -> dict[str, Any]:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        context: ssl.SSLContext | None = None
+        if self.config.tls_cert_file and self.config.tls_key_file:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, ssl_context=context)
         await site.start()
         addresses = self._runner.addresses
         port = addresses[0][1] if addresses else self.config.port
         host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
-        self.base_url = f"http://{host}:{port}"
+        self.base_url = f"{'https' if context else 'http'}://{host}:{port}"
         await self.bridge.start()
         ready = self.ready_info(port)
         if self.config.ready_file:

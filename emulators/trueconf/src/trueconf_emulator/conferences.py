@@ -205,6 +205,8 @@ class Conference:
     created_at: int = field(default_factory=lambda: int(time.time()))
     updated_at: int = field(default_factory=lambda: int(time.time()))
     runs: int = 0
+    #: Unix time the running session started (None while stopped).
+    session_started_at: int | None = None
 
     def view(self, server_host: str) -> dict[str, Any]:
         return {
@@ -235,9 +237,16 @@ class Conference:
             "external_id": self.external_id,
             "url": join_url(server_host, self.id),
             "session_id": self.session_id,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
+            # Strings, as TrueConf Server answers them: trueconf-server-mcp's ConferenceOutput types created_at
+            # as `str` (a number would fail its validation); schedule.start_time stays unix seconds.
+            "created_at": timestamp_text(self.created_at),
+            "updated_at": timestamp_text(self.updated_at),
         }
+
+
+def timestamp_text(seconds: int) -> str:
+    """A timestamp in a response: ISO 8601 UTC with a `Z` (what trueconf-eraser's parse_timestamp reads)."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def join_url(server_host: str, conference_id: str) -> str:
@@ -325,30 +334,29 @@ def validate_schedule(raw: Any, location: str = "schedule") -> dict[str, Any]:
     if kind == "week":
         allowed.add("days")
     _unknown(raw, allowed, f"{location}.")
-    for required in sorted(allowed - {"type", "time", "special_time_offset"}):
+    # TrueConf Server demands the full field set per type (trueconf-server-mcp, schedule_utils.py: "once -
+    # start_time, time, special_time_offset, duration; week - plus non-empty days").
+    for required in sorted(allowed - {"type"}):
         if required not in raw:
             raise bad(f"{location}.{required}", f"required for schedule type {kind!r}", "required")
     start_time = _integer(raw["start_time"], f"{location}.start_time", minimum=1, maximum=MAX_START_TIME)
     duration = _integer(raw["duration"], f"{location}.duration", minimum=MIN_DURATION, maximum=MAX_DURATION)
-    offset = 0
-    if "special_time_offset" in raw:
-        offset = _integer(raw["special_time_offset"], f"{location}.special_time_offset", minimum=-720, maximum=840)
-    start_utc = datetime.fromtimestamp(start_time, UTC)
-    derived_time = start_utc.strftime("%H:%M")
-    if "time" in raw:
-        value = _string(raw["time"], f"{location}.time", minimum=5, maximum=5)
-        if not TIME_RE.match(value):
-            raise bad(f"{location}.time", f"{value!r} is not HH:MM")
-        if value != derived_time:
-            raise bad(
-                f"{location}.time",
-                f"{value!r} (UTC) disagrees with start_time {start_time}, which is {derived_time} UTC",
-            )
+    offset = _integer(raw["special_time_offset"], f"{location}.special_time_offset", minimum=-720, maximum=840)
+    derived_time = datetime.fromtimestamp(start_time, UTC).strftime("%H:%M")
+    value = _string(raw["time"], f"{location}.time", minimum=5, maximum=5)
+    if not TIME_RE.match(value):
+        raise bad(f"{location}.time", f"{value!r} is not HH:MM")
+    if value != derived_time:
+        raise bad(
+            f"{location}.time",
+            f"{value!r} (UTC) disagrees with start_time {start_time}, which is {derived_time} UTC",
+        )
+    # `time` is not stored: the server answers start_time (UTC) and special_time_offset only (schedule_utils.py,
+    # _recover_local_time: "The server response keeps start_time (UTC) and special_time_offset but no time").
     schedule: dict[str, Any] = {
         "type": kind,
         "start_time": start_time,
         "duration": duration,
-        "time": derived_time,
         "special_time_offset": offset,
     }
     if kind == "week":
@@ -538,7 +546,8 @@ def validate_create(body: Any, directory: Directory, limits: dict[str, ModeLimit
     if conference_id is None:
         conference.id = new_conference_id(taken_ids)
     elif conference_id in taken_ids:
-        raise ApiError(409, f"id: conference {conference_id!r} already exists", "conferenceAlreadyExists", "id")
+        # A taken id is a unique-value violation: 400 uniqueValueAlreadyInUse, as TrueConf Server answers it.
+        raise ApiError(400, f"id: conference {conference_id!r} already exists", "uniqueValueAlreadyInUse", "id")
     return conference
 
 

@@ -71,6 +71,9 @@ class EmulatorConfig:
     port: int = 0
     ready_file: str | None = None
     schema_path: str | None = None
+    #: PEM certificate and key: serve https:// (TrueConf Server is reached over HTTPS; some clients insist).
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
     window_days_back: int = 60
     window_days_forward: int = 90
     reconnect_initial: float = 1.0
@@ -188,6 +191,8 @@ _KNOWN_KEYS = {
     "port",
     "ready_file",
     "schema_path",
+    "tls_cert_file",
+    "tls_key_file",
     "calendar_window",
     "reconnect",
     "ping_interval",
@@ -261,6 +266,17 @@ def build_config(file_data: dict[str, Any] | None, overrides: dict[str, Any]) ->
     for key in ("ready_file", "schema_path"):
         if flat.get(key) is not None:
             setattr(config, key, _string(flat, key))
+    for key in ("tls_cert_file", "tls_key_file"):
+        if flat.get(key) is not None:
+            path = _string(flat, key)
+            _expect(Path(path).is_file(), key, path, "an existing PEM file")
+            setattr(config, key, path)
+    _expect(
+        (config.tls_cert_file is None) == (config.tls_key_file is None),
+        "tls_key_file" if config.tls_cert_file else "tls_cert_file",
+        None,
+        "set together with its pair (tls_cert_file and tls_key_file)",
+    )
     if "users" in flat:
         users_raw = flat["users"]
         _expect(isinstance(users_raw, list), "users", users_raw, "a list of user objects")

@@ -24,6 +24,8 @@ class FaultRule:
     latency_ms: int
     count: int | None
     rate: float | None
+    #: The error reason of the injected answer (e.g. `invalidToken` with 403); None: the status's usual one.
+    reason: str | None = None
     matched: int = 0
     injected: int = 0
     _accumulator: float = field(default=0.0, repr=False)
@@ -61,6 +63,7 @@ class FaultRule:
             "latency_ms": self.latency_ms,
             "count": self.count,
             "rate": self.rate,
+            "reason": self.reason,
             "matched": self.matched,
             "injected": self.injected,
             "remaining": None if self.count is None else max(self.count - self.injected, 0),
@@ -73,6 +76,7 @@ class FaultDecision:
     retry_after: int | None
     latency_ms: int
     rule_ids: tuple[int, ...]
+    reason: str | None = None
 
 
 class FaultInjector:
@@ -83,7 +87,7 @@ class FaultInjector:
     def add(self, raw: Any) -> FaultRule:
         if not isinstance(raw, dict):
             raise FaultRuleError("a fault rule is a JSON object")
-        allowed = {"method", "path", "status", "retry_after", "latency_ms", "count", "rate"}
+        allowed = {"method", "path", "status", "retry_after", "latency_ms", "count", "rate", "reason"}
         unknown = sorted(set(raw) - allowed)
         if unknown:
             raise FaultRuleError(f"unknown field {unknown[0]!r}; allowed: {sorted(allowed)}")
@@ -114,6 +118,9 @@ class FaultInjector:
             isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < float(rate) <= 1
         ):
             raise FaultRuleError(f"rate {rate!r} must be a fraction in (0, 1]")
+        reason = raw.get("reason")
+        if reason is not None and (not isinstance(reason, str) or not reason.isidentifier() or status is None):
+            raise FaultRuleError(f"reason {reason!r} must be an error reason word (e.g. invalidToken) with a status")
         self._next_id += 1
         rule = FaultRule(
             id=self._next_id,
@@ -124,6 +131,7 @@ class FaultInjector:
             latency_ms=latency,
             count=count,
             rate=None if rate is None else float(rate),
+            reason=reason,
         )
         self._rules.append(rule)
         return rule
@@ -142,6 +150,7 @@ class FaultInjector:
     def decide(self, method: str, path: str) -> FaultDecision:
         status: int | None = None
         retry_after: int | None = None
+        reason: str | None = None
         latency = 0
         fired: list[int] = []
         for rule in self._rules:
@@ -154,7 +163,10 @@ class FaultInjector:
             if status is None and rule.status is not None:
                 status = rule.status
                 retry_after = rule.retry_after
-        return FaultDecision(status=status, retry_after=retry_after, latency_ms=latency, rule_ids=tuple(fired))
+                reason = rule.reason
+        return FaultDecision(
+            status=status, retry_after=retry_after, latency_ms=latency, rule_ids=tuple(fired), reason=reason
+        )
 
 
 def _is_int(value: Any) -> bool:

@@ -22,6 +22,7 @@ from .conferences import (
     Conference,
     Directory,
     Invitation,
+    timestamp_text,
     validate_create,
     validate_invitation,
     validate_patch,
@@ -128,6 +129,10 @@ def _redacted_body(text: str, content_type: str) -> Any:
 
 
 # ------------------------------------------------------------------------------ middleware
+#: Where a token is asked for: TrueConf's API reference and, under the API, where its own clients ask.
+TOKEN_PATHS = frozenset({"/oauth2/v1/token", "/api/v4/oauth2/token"})
+
+
 def rest_middleware(state: RestState) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -176,13 +181,14 @@ def _fault_response(decision: FaultDecision) -> web.Response:
         504: ("Gateway Timeout", "gatewayTimeout"),
     }
     message, reason = reasons.get(status, ("Injected error", "injectedError"))
+    reason = decision.reason or reason
     headers = {"Retry-After": str(decision.retry_after)} if decision.retry_after is not None else None
     return _api_error(ApiError(status, message, reason), headers)
 
 
 async def _dispatch(state: RestState, request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        if request.path.startswith("/api/"):
+        if request.path.startswith("/api/") and request.path not in TOKEN_PATHS:
             _authorize(state, request)
         return await handler(request)
     except ApiError as error:
@@ -378,6 +384,7 @@ async def run_conference(request: web.Request) -> web.StreamResponse:
     conference.state = "running"
     conference.runs += 1
     conference.session_id = f"{secrets.token_hex(8)}@{state.config.server_host}#vcs"
+    conference.session_started_at = int(time.time())
     return _json({"state": "running"})
 
 
@@ -390,7 +397,40 @@ async def stop_conference(request: web.Request) -> web.StreamResponse:
         )
     conference.state = "stopped"
     conference.session_id = None
+    conference.session_started_at = None
     return _json({"state": "stopped"})
+
+
+async def list_participants(request: web.Request) -> web.StreamResponse:
+    """Who is connected to a conference's session: `{"list": [...], "cnt": n}` (trueconf-server-mcp's
+    ParticipantListOutput; trueconf-eraser reads `list`). Nobody joins an emulated conference, so the list is
+    empty; an unknown conference is 404 like every conference route."""
+    state: RestState = request.app["rest_state"]
+    state.conference(request.match_info["conference_id"])
+    return _json({"list": [], "cnt": 0})
+
+
+async def list_sessions(request: web.Request) -> web.StreamResponse:
+    """Running conference sessions: `{"conference_sessions": [{"id", "conference_id", "start_time"}]}`, the
+    shape trueconf-eraser's build_session_start_map reads (start_time as an ISO 8601 string)."""
+    state: RestState = request.app["rest_state"]
+    sessions = [
+        {
+            "id": conference.session_id,
+            "conference_id": conference.id,
+            "start_time": timestamp_text(conference.session_started_at or conference.updated_at),
+        }
+        for conference in state.conferences.values()
+        if conference.state == "running"
+    ]
+    return _json({"conference_sessions": sessions})
+
+
+async def get_server(request: web.Request) -> web.StreamResponse:
+    """`GET /api/v4/server`: trueconf-server-mcp's health check calls it and needs only a 2xx answer."""
+    state: RestState = request.app["rest_state"]
+    config = state.config
+    return _json({"server": {"id": config.server_id, "name": config.server_host, "version": config.server_version}})
 
 
 # ------------------------------------------------------------------------------ invitations
@@ -412,7 +452,7 @@ async def list_invitations(request: web.Request) -> web.StreamResponse:
 async def add_invitation(request: web.Request) -> web.StreamResponse:
     state: RestState = request.app["rest_state"]
     conference = state.conference(request.match_info["conference_id"])
-    body = await _body(request)
+    body = _unwrapped(await _body(request), "invitation")
     if isinstance(body, dict):
         # TrueConf's InvitationAddEntity has id and display_name only; is_moderator is accepted and dropped.
         body = {key: value for key, value in body.items() if key != "is_moderator"}
@@ -444,7 +484,7 @@ async def update_invitation(request: web.Request) -> web.StreamResponse:
     state: RestState = request.app["rest_state"]
     conference = state.conference(request.match_info["conference_id"])
     invitation = _require_invitation(state, conference, request.match_info["participant_id"])
-    body = await _body(request)
+    body = _unwrapped(await _body(request), "invitation")
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", "invalidBody", "body")
     for key in body:
@@ -467,6 +507,14 @@ async def delete_invitation(request: web.Request) -> web.StreamResponse:
     return _json({"invitation": invitation.view()})
 
 
+def _unwrapped(body: Any, envelope: str) -> Any:
+    """trueconf-server-mcp sends invitations as `{"invitation": {...}}`, TrueConf's API reference as the bare
+    object; no public document settles which the server wants, so both are accepted (README, REST API v4)."""
+    if isinstance(body, dict) and set(body) == {envelope} and isinstance(body[envelope], dict):
+        return body[envelope]
+    return body
+
+
 def _require_invitation(state: RestState, conference: Conference, reference: str) -> Invitation:
     invitation = _find_invitation(state, conference, reference)
     if invitation is None:
@@ -482,7 +530,10 @@ def _require_invitation(state: RestState, conference: Conference, reference: str
 
 def add_routes(app: web.Application) -> None:
     router = app.router
-    router.add_post("/oauth2/v1/token", token_endpoint)
+    for path in sorted(TOKEN_PATHS):  # the second is where trueconf-eraser and trueconf-server-mcp ask
+        router.add_post(path, token_endpoint)
+    router.add_get("/api/v4/server", get_server)
+    router.add_get("/api/v4/sessions", list_sessions)
     router.add_get("/api/v4/users", list_users)
     router.add_get("/api/v4/users/{user_id}", get_user)
     router.add_get("/api/v4/conferences", list_conferences)
@@ -492,6 +543,7 @@ def add_routes(app: web.Application) -> None:
     router.add_delete("/api/v4/conferences/{conference_id}", delete_conference)
     router.add_post("/api/v4/conferences/{conference_id}/run", run_conference)
     router.add_post("/api/v4/conferences/{conference_id}/stop", stop_conference)
+    router.add_get("/api/v4/conferences/{conference_id}/participants", list_participants)
     router.add_get("/api/v4/conferences/{conference_id}/invitations", list_invitations)
     router.add_post("/api/v4/conferences/{conference_id}/invitations", add_invitation)
     router.add_get("/api/v4/conferences/{conference_id}/invitations/{participant_id}", get_invitation)

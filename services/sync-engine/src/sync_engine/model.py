@@ -494,6 +494,8 @@ class OwnedConference:
     spec: common_pb2.ConferenceSpec
     schedule_start: datetime
     duration: timedelta
+    #: IANA zone the meeting is shown in (TrueConf's schedule.special_time_offset is taken from it).
+    time_zone: str
     invitations: tuple[tuple[str, str], ...]
     #: Series: the end of the occurrence the schedule points at (re-point once it has passed).
     repoint_at: datetime | None
@@ -547,6 +549,7 @@ def desired_conference(view: MeetingView, settings: EngineSettings, now: datetim
         spec=settings.with_defaults(spec),
         schedule_start=start,
         duration=max(end - start, timedelta(0)),
+        time_zone=view.time_zone,
         invitations=invitees(view),
         repoint_at=repoint,
     )
@@ -589,6 +592,7 @@ def conference_upsert(
     upsert.schedule.type = commands_pb2.SCHEDULE_TYPE_ONCE
     set_timestamp(upsert.schedule.start, desired.schedule_start)
     upsert.schedule.duration_seconds = int(desired.duration.total_seconds())
+    upsert.schedule.time_zone = desired.time_zone
     if settings.sync_conference_participants and not settings.temporal_conf_participants_mode:
         upsert.sync_invitations = True
         upsert.invitations.extend(invitee_messages(desired.invitations))

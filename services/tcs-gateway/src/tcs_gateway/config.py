@@ -62,6 +62,12 @@ class ServerSettings:
                 path = path[: -len(suffix)]
         return urlunsplit((parts.scheme, parts.netloc, f"{path}/oauth2/v1/token", "", ""))
 
+    @property
+    def api_token_url(self) -> str:
+        """The token endpoint under the API, `https://<server>/api/v4/oauth2/token`, where TrueConf's own clients
+        (trueconf-eraser, trueconf-server-mcp) ask; used when `token_url` answers 404."""
+        return f"{self.rest_url.rstrip('/')}/oauth2/token"
+
 
 @dataclass(frozen=True)
 class GatewaySettings:

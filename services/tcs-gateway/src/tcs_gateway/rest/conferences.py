@@ -3,7 +3,8 @@
 Idempotency: a meeting's conference has a deterministic id (`conference_id_for(meeting_id)`), and every
 create first asks `GET /conferences/{id}`: a command delivered twice finds the conference the first delivery
 made and only brings it up to date (real TrueConf Servers have no idempotency key; a client-chosen id is one,
-since a second create with the same id is refused with 409, which is handled the same way).
+since a second create with the same id is refused - 409, or 400 `uniqueValueAlreadyInUse` as TrueConf Server
+answers - which is handled the same way).
 Updates send only the fields that differ, so an unchanged conference is never touched.
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tcs_gateway.config import GatewaySettings, ServerSettings
 from tcs_gateway.rest.http import Response, RestClient, RestError
@@ -60,24 +62,82 @@ class Invitation:
 
 
 def schedule_body(schedule: commands_pb2.ConferenceSchedule) -> dict[str, Any]:
+    """TrueConf's `schedule`: the full field set it demands per type - start_time (unix s), `time` (its UTC
+    HH:MM), special_time_offset (the meeting zone's UTC offset in minutes at the start), duration, and `days` for
+    a weekly one (trueconf-server-mcp's schedule_utils: the server refuses a schedule missing any of them)."""
     if schedule.type == commands_pb2.SCHEDULE_TYPE_NONE or not schedule.HasField("start"):
         return {"type": "none"}
     start = int(schedule.start.seconds)
     if not 1 <= start <= MAX_START_TIME:
         return {"type": "none"}
     duration = max(MIN_DURATION, min(MAX_DURATION, int(schedule.duration_seconds)))
-    body: dict[str, Any] = {"type": "once", "start_time": start, "duration": duration}
+    moment = datetime.fromtimestamp(start, UTC)
+    body: dict[str, Any] = {
+        "type": "once",
+        "start_time": start,
+        "duration": duration,
+        "time": moment.strftime("%H:%M"),
+        "special_time_offset": utc_offset_minutes(schedule.time_zone, moment),
+    }
     if schedule.type == commands_pb2.SCHEDULE_TYPE_WEEK:
         body["type"] = "week"
-        body["days"] = [WEEKDAYS[datetime.fromtimestamp(start, UTC).weekday()]]
+        body["days"] = [WEEKDAYS[moment.weekday()]]
     return body
 
 
+def utc_offset_minutes(zone_name: str, moment: datetime) -> int:
+    """The UTC offset of `zone_name` at `moment`, in minutes (0 for UTC, an empty or an unknown zone)."""
+    if not zone_name:
+        return 0
+    try:
+        offset = ZoneInfo(zone_name).utcoffset(moment)
+    except (ZoneInfoNotFoundError, ValueError):
+        log.warning("unknown time zone for a conference schedule; UTC is used", extra={"time_zone": zone_name})
+        return 0
+    return int(offset.total_seconds() // 60) if offset is not None else 0
+
+
+def parse_timestamp(value: Any) -> int | None:
+    """A TrueConf timestamp as unix seconds: answers carry them as numbers, numeric strings or ISO 8601 strings
+    (trueconf-eraser's parse_timestamp and trueconf-server-mcp's parse_schedule_output_time accept all three);
+    None when it is none of them."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return int(value)
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        return int(float(text))
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp())
+
+
 def _same_schedule(current: Any, desired: dict[str, Any]) -> bool:
-    if not isinstance(current, dict):
+    """Whether the server's schedule already is `desired`. The server answers no `time` (start_time carries it)
+    and may answer start_time as a string."""
+    if not isinstance(current, dict) or current.get("type") != desired["type"]:
         return False
-    keys = ("type", "start_time", "duration", "days") if desired["type"] != "none" else ("type",)
+    if desired["type"] == "none":
+        return True
+    if parse_timestamp(current.get("start_time")) != desired["start_time"]:
+        return False
+    keys = ("duration", "days", "special_time_offset")
     return all(current.get(key) == desired.get(key) for key in keys)
+
+
+def _already_exists(response: Response) -> bool:
+    """A create refused because the id (or invitee) is taken: 409, or TrueConf Server's 400
+    `uniqueValueAlreadyInUse` (the emulator answers the latter, as the real server does; both are accepted)."""
+    return response.status == 409 or _is(response, 400, "uniqueValueAlreadyInUse")
 
 
 class ConferenceService:
@@ -197,7 +257,7 @@ class ConferenceService:
             if response.status == 200:
                 log.info("conference created", extra={"server": self.server.id, "conference": conference_id})
                 return conference_id
-            if response.status != 409:
+            if not _already_exists(response):
                 raise response.failure(f"creating conference {conference_id}")
             current = await self._require(conference_id)  # created meanwhile: bring it up to date
         changes = self._changes(current, desired)
@@ -248,7 +308,7 @@ class ConferenceService:
             added = await self.client.request(
                 "POST", path, route="/conferences/{id}/invitations", body=invitation.body()
             )
-            if added.status not in (200, 201, 409):
+            if added.status not in (200, 201) and not _already_exists(added):
                 raise added.failure(f"inviting {invitation.id} to conference {conference_id}")
 
     async def run(self, run: commands_pb2.ConferenceRun) -> str:

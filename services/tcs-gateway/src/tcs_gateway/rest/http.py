@@ -1,7 +1,9 @@
 """HTTP core for TrueConf Server REST API v4: OAuth2 client-credentials tokens and retried requests.
 
-- A token is fetched from `https://<server>/oauth2/v1/token` and refreshed before it expires (10 % of its
-  lifetime, at most 60 s, ahead); a 401 is retried once with a fresh token.
+- A token is fetched from `https://<server>/oauth2/v1/token` (TrueConf's API reference) or, where that path is
+  404, from `https://<server>/api/v4/oauth2/token` (where TrueConf's own clients ask), and refreshed before it
+  expires (10 % of its lifetime, at most 60 s, ahead). A 401, or a 403 naming the token (`invalidToken`,
+  `tokenExpired`, `invalid_token`: some servers answer a bad token so), is retried once with a fresh token.
 - 429 (after its Retry-After) and 5xx, timeouts and connection errors are retried with the shared backoff
   helper (tccal.retry); when the attempts are used up the error is `retryable`.
 - Every other answer is returned to the caller, which decides what 400/404/409 mean for its operation.
@@ -18,6 +20,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from opentelemetry import trace
@@ -116,6 +119,19 @@ async def _read_body(response: aiohttp.ClientResponse) -> Any:
         return text[:2000]
 
 
+#: 403 reasons that mean "this token", not "this client may not": refreshed like a 401.
+TOKEN_REASONS = frozenset({"invalidToken", "tokenExpired", "invalid_token", "authorizationRequired"})
+
+
+def _token_refused(answer: Response) -> bool:
+    if answer.status == 401:
+        return True
+    if answer.status != 403:
+        return False
+    error = answer.body.get("error") if isinstance(answer.body, dict) else None
+    return answer.reason in TOKEN_REASONS or (isinstance(error, str) and error in TOKEN_REASONS)
+
+
 class TokenManager:
     """OAuth2 client-credentials token of one server, shared by every request to it."""
 
@@ -127,6 +143,8 @@ class TokenManager:
         self._refresh_at = 0.0
         self._lock = asyncio.Lock()
         self.fetched = 0
+        #: The token endpoint that answered last (the documented one first; TrueConf's clients' one on its 404).
+        self.url = server.token_url
 
     async def token(self) -> str:
         async with self._lock:
@@ -139,13 +157,24 @@ class TokenManager:
             self._token = None
 
     async def _fetch(self) -> str:
-        url = self.server.token_url
+        try:
+            return await self._fetch_from(self.url)
+        except RestError as exc:
+            if exc.status != 404:
+                raise
+            other = next(u for u in (self.server.token_url, self.server.api_token_url) if u != self.url)
+            log.info("token endpoint not found; trying the other one", extra={"url": self.url, "other": other})
+            self.url = other
+            return await self._fetch_from(other)
+
+    async def _fetch_from(self, url: str) -> str:
+        path = urlsplit(url).path
         form = {
             "grant_type": "client_credentials",
             "client_id": self.server.client_id,
             "client_secret": self.server.client_secret,
         }
-        with _tracer.start_as_current_span("POST /oauth2/v1/token", kind=trace.SpanKind.CLIENT) as span:
+        with _tracer.start_as_current_span(f"POST {path}", kind=trace.SpanKind.CLIENT) as span:
             span.set_attribute("http.request.method", "POST")
             span.set_attribute("server.address", self.server.id)
             try:
@@ -162,7 +191,7 @@ class TokenManager:
                 raise _RetryableError(f"token endpoint {url} unreachable: {exc!r}") from exc
             span.set_attribute("http.response.status_code", status)
         _REQUESTS.add(1, {"server": self.server.id, "status": str(status), "endpoint": "token"})
-        answer = Response(status, body, "POST", "/oauth2/v1/token")
+        answer = Response(status, body, "POST", path)
         if status == 429:
             await asyncio.sleep(min(retry_after, MAX_RETRY_AFTER))
             raise _RetryableError(f"token endpoint {url} answered 429", status=status)
@@ -210,11 +239,11 @@ class RestClient:
         async def attempt() -> Response:
             token = await self.tokens.token()
             response = await self._send(method, path, route or path, token, body, params)
-            if response[0].status == 401:
+            if _token_refused(response[0]):
                 self.tokens.invalidate(token)
                 token = await self.tokens.token()
                 response = await self._send(method, path, route or path, token, body, params)
-                if response[0].status == 401:
+                if _token_refused(response[0]):
                     raise response[0].failure("rejected even with a fresh token")
             answer, retry_after = response
             if answer.status == 429:
