@@ -18,7 +18,7 @@ import json5
 from pydantic import BaseModel, ValidationError
 
 from tccal import secrets
-from tccal.config.schema import Config, iter_secrets
+from tccal.config.schema import SERVICE_NAMES, Config, iter_secrets
 
 ENV_PREFIX = "TC_CALENDAR__"
 CONFIG_ENV = "TC_CALENDAR_CONFIG"  # names config.json when --config is not given
@@ -153,16 +153,24 @@ def _set_path(document: dict[str, Any], keys: list[str], value: Any) -> str:
 
 
 def _match_key(node: dict[str, Any], key: str) -> str:
+    """The key of config.json that an environment variable's `key` names: case-insensitively, and with `_` for
+    `-` (POSIX shells allow no dash in a variable name: TC_CALENDAR__GRPC__SERVICES__EWS_INGEST__GRPCPORT)."""
+    wanted = _key_form(key)
     for existing in node:
-        if existing.lower() == key.lower():
+        if _key_form(existing) == wanted:
             return existing
     for known in _known_keys():
-        if known.lower() == key.lower():
+        if _key_form(known) == wanted:
             return known
     return key
 
 
+def _key_form(key: str) -> str:
+    return key.lower().replace("-", "_")
+
+
 def _known_keys() -> Iterable[str]:
+    yield from SERVICE_NAMES  # keys of grpc.services (a mapping, so not among the fields below)
     seen: set[str] = set()
     stack: list[type[BaseModel]] = [Config]
     while stack:
