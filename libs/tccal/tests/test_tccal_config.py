@@ -200,3 +200,25 @@ def test_service_refuses_to_start_on_a_bad_config(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert 'wsPort: "x" is not a port (1-65535)' in result.stderr
+
+
+def test_a_mis_shaped_section_never_shows_its_password(tmp_path: Path) -> None:
+    """`credentials` written as an object instead of a list: the error shows the object, without its password."""
+    text = '{"calendarProviders": [{"host": "mail", "credentials": {"login": "svc", "password": "PlainSecret123"}}]}'
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert str(caught.value) == (
+        'calendarProviders[0].credentials: {"login": "svc", "password": "(hidden)"} is not a list'
+    )
+
+
+def test_absurdly_nested_json_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    for depth in (40, 100_000):
+        with pytest.raises(ConfigError) as caught:
+            load_config(write(tmp_path, '{"a":' * depth + "1" + "}" * depth))
+        [problem] = caught.value.problems
+        assert "nests" in problem.message and "deep" in problem.message, problem
+    result = subprocess.run(
+        [*CLI, "config", "check", str(write(tmp_path, "[" * 100_000 + "]" * 100_000))], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr

@@ -24,6 +24,18 @@ ENV_PREFIX = "TC_CALENDAR__"
 CONFIG_ENV = "TC_CALENDAR_CONFIG"  # names config.json when --config is not given
 EXIT_CONFIG = 2  # exit code of every process refusing a bad config
 _HIDDEN_KEYS = {"password", "secret", "clientSecret", "adminToken", "token"}
+#: config.json is at most 5 levels deep; anything far deeper is not a config file (and would exhaust recursion).
+MAX_DEPTH = 32
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level)
+    return level
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,11 @@ def parse_config_text(text: str, source: str = "config") -> dict[str, Any]:
         document = json5.loads(text)
     except ValueError as exc:
         raise ConfigError(source, [ConfigProblem("", f"{source} is not valid JSON: {exc}")]) from exc
+    except RecursionError as exc:  # the parser recurses per level: thousands of nested [ or { exhaust the stack
+        raise ConfigError(source, [ConfigProblem("", f"{source} nests too deeply to be a config file")]) from exc
+    depth = _depth(document)
+    if depth > MAX_DEPTH:
+        raise ConfigError(source, [ConfigProblem("", f"{source} nests {depth} levels deep (at most {MAX_DEPTH})")])
     if not isinstance(document, dict):
         raise ConfigError(source, [ConfigProblem("", f"{source} must hold a JSON object at the top")])
     return document
@@ -262,5 +279,15 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
 
 
 def _show(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False)
+    text = json.dumps(_masked(value), ensure_ascii=False)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _masked(value: Any) -> Any:
+    """`value` with every secret key's value hidden, at any depth: an object put where a list belongs (a
+    mis-shaped `credentials`) is shown in the error, and its password must not be."""
+    if isinstance(value, dict):
+        return {k: "(hidden)" if str(k) in _HIDDEN_KEYS else _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(item) for item in value]
+    return value
