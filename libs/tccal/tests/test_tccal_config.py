@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +118,25 @@ def test_environment_overrides_every_level(tmp_path: Path) -> None:
     assert config.nats.url == "nats://nats:4222"
 
 
+def test_environment_overrides_name_services_as_shells_can(tmp_path: Path) -> None:
+    """Service names have a dash, which POSIX shells do not allow in a variable name: `_` stands for it, and case
+    does not matter (`TC_CALENDAR__GRPC__SERVICES__EWS_INGEST__GRPCPORT` and the spelling with the dash alike)."""
+    environ = {
+        "TC_CALENDAR__GRPC__SERVICES__EWS_INGEST__GRPCPORT": "51061",
+        "TC_CALENDAR__GRPC__SERVICES__SYNC-ENGINE__HOST": "0.0.0.0",
+        "TC_CALENDAR__GRPC__SERVICES__Tcs_Gateway__HTTPPORT": "9063",
+        "TC_CALENDAR__GRPC__ADMINTOKEN": secrets.encrypt("admin-token"),
+    }
+    config = load_config(guide_config(tmp_path), environ=environ)
+    assert config.grpc.services["ews-ingest"].grpc_port == 51061
+    assert config.grpc.services["sync-engine"].host == "0.0.0.0"
+    assert config.grpc.services["tcs-gateway"].http_port == 9063
+    assert config.grpc.endpoint("licensing").grpc_port == 50064  # untouched: the default
+    with pytest.raises(ConfigError) as caught:
+        load_config(guide_config(tmp_path), environ={"TC_CALENDAR__GRPC__SERVICES__MAIL_INGEST__GRPCPORT": "1"})
+    assert "MAIL_INGEST" in str(caught.value)
+
+
 def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(guide_config(tmp_path), environ={"TC_CALENDAR__WSPORT": "port"})
@@ -131,9 +152,37 @@ def test_broken_json_is_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_config_check_command(tmp_path: Path) -> None:
-    good = subprocess.run([*CLI, "config", "check", str(guide_config(tmp_path))], capture_output=True, text=True)
+    # The guide's file whitelists a TrueConf Server but (being the original product's) has no tcs.servers entry
+    # for it: every service starts, but that server cannot connect - a warning, exit code 1.
+    guide = guide_config(tmp_path)
+    usable = subprocess.run([*CLI, "config", "check", str(guide)], capture_output=True, text=True)
+    assert usable.returncode == 1, usable.stderr
+    assert "usable, with 2 warning(s) (1 calendar provider(s), 3 user(s), wsPort 4315)" in usable.stdout
+    assert usable.stderr.splitlines() == [
+        f"{guide}: warning: productWhitelist.tcs[0]: 'server.trueconf.name#vcs' has no tcs.servers entry "
+        "(bridge secret, REST API client): that TrueConf Server cannot connect",
+        f"{guide}: warning: productWhitelist.tcs: no TrueConf Server can connect: none is both whitelisted and in "
+        "tcs.servers",
+    ]
+    server = {
+        "id": "server.trueconf.name#vcs",
+        "secret": secrets.encrypt("bridge"),
+        "restUrl": "https://server.trueconf.name/api/v4",
+        "clientId": "connector",
+        "clientSecret": secrets.encrypt("client"),
+    }
+    environ = {**os.environ, "TC_CALENDAR__TCS__SERVERS": json.dumps([server])}
+    good = subprocess.run([*CLI, "config", "check", str(guide)], capture_output=True, text=True, env=environ)
     assert good.returncode == 0, good.stderr
     assert "OK (1 calendar provider(s), 3 user(s), wsPort 4315)" in good.stdout
+    # A service bound beyond loopback without an admin token refuses to start: so does the check.
+    exposed = {**environ, "TC_CALENDAR__GRPC__SERVICES__SYNC_ENGINE__HOST": "0.0.0.0"}
+    refused = subprocess.run([*CLI, "config", "check", str(guide)], capture_output=True, text=True, env=exposed)
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines() == [
+        f"{guide}: grpc.services.sync-engine.host: '0.0.0.0' is beyond loopback, so grpc.adminToken must be set "
+        "(the service refuses to start without it: admin calls would be open to the network)"
+    ]
     bad = write(tmp_path, '{"wsPort": "x", "cache": {"backward": -1}, "nope": 1}')
     result = subprocess.run([*CLI, "config", "check", str(bad)], capture_output=True, text=True)
     assert result.returncode == 2
@@ -151,3 +200,25 @@ def test_service_refuses_to_start_on_a_bad_config(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert 'wsPort: "x" is not a port (1-65535)' in result.stderr
+
+
+def test_a_mis_shaped_section_never_shows_its_password(tmp_path: Path) -> None:
+    """`credentials` written as an object instead of a list: the error shows the object, without its password."""
+    text = '{"calendarProviders": [{"host": "mail", "credentials": {"login": "svc", "password": "PlainSecret123"}}]}'
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert str(caught.value) == (
+        'calendarProviders[0].credentials: {"login": "svc", "password": "(hidden)"} is not a list'
+    )
+
+
+def test_absurdly_nested_json_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    for depth in (40, 100_000):
+        with pytest.raises(ConfigError) as caught:
+            load_config(write(tmp_path, '{"a":' * depth + "1" + "}" * depth))
+        [problem] = caught.value.problems
+        assert "nests" in problem.message and "deep" in problem.message, problem
+    result = subprocess.run(
+        [*CLI, "config", "check", str(write(tmp_path, "[" * 100_000 + "]" * 100_000))], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr

@@ -1,10 +1,18 @@
-"""JSON logs with trace ids; no secret reaches a log line."""
+"""JSON logs with trace ids; no secret reaches a log line or a span; durations in buckets that show 1 s."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
+import urllib.parse
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Status, StatusCode
 
 from tccal import secrets, telemetry
 from tccal.config import load_config
@@ -57,3 +65,56 @@ def test_revealed_secrets_never_reach_a_log(tmp_path) -> None:  # type: ignore[n
     output = stream.getvalue()
     assert password not in output
     assert output.count("***") >= 3
+
+
+def test_a_secret_is_redacted_in_every_spelling_a_log_gives_it() -> None:
+    """A secret with a quote, a backslash or URL-special characters is escaped in a JSON log line, a repr or a
+    URL: each spelling is redacted, not only the raw one."""
+    secret = 'pa"ss\\word&key=1/2 x'
+    telemetry.register_secret(secret)
+    logger, stream = capture("svc")
+    logger.info("raw %s", secret)
+    logger.info("in a url https://h/token?client_secret=%s", urllib.parse.quote(secret, safe=""))
+    logger.info("form body %s", urllib.parse.urlencode({"client_secret": secret}))
+    logger.info("repr %r", secret)
+    logger.info("in extra", extra={"detail": f"failed with {secret!r}"})
+    text = stream.getvalue()
+    assert text.count("***") >= 5, text
+    for spelling in (secret, json.dumps(secret)[1:-1], repr(secret)[1:-1], urllib.parse.quote(secret, safe="")):
+        assert spelling not in text, spelling
+    assert urllib.parse.quote_plus(secret, safe="") not in text
+
+
+def test_spans_are_redacted_before_they_leave_the_process() -> None:
+    secret = "span-secret-4711"
+    telemetry.register_secret(secret)
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(telemetry.RedactingSpanExporter(exported)))
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span(f"POST /token?secret={secret}") as span:
+        span.set_attribute("url.full", f"https://h/?client_secret={secret}")
+        span.set_attribute("tags", [secret, "plain"])
+        span.set_attribute("items", 3)
+        span.add_event("retry", {"error": f"refused {secret}"})
+        span.set_status(Status(StatusCode.ERROR, f"token {secret} rejected"))
+    [done] = exported.get_finished_spans()
+    text = repr((done.name, dict(done.attributes or {}), [e.attributes for e in done.events], done.status.description))
+    assert secret not in text, text
+    assert done.attributes is not None and done.attributes["items"] == 3 and done.attributes["tags"][1] == "plain"
+    assert done.context == span.get_span_context()  # the same span, only redacted
+
+
+def test_durations_have_buckets_from_5_ms_to_60_s() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], views=[telemetry.latency_view()])
+    histogram = provider.get_meter("t").create_histogram("x_sync_seconds", unit="s")
+    for value in (0.004, 0.2, 0.9, 45.0):
+        histogram.record(value)
+    data = reader.get_metrics_data()
+    assert data is not None
+    [point] = data.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points  # type: ignore[attr-defined]
+    assert tuple(point.explicit_bounds) == telemetry.LATENCY_BUCKETS_S
+    assert point.explicit_bounds[0] == 0.005 and point.explicit_bounds[-1] == 60.0
+    counts = dict(zip([*point.explicit_bounds, float("inf")], point.bucket_counts, strict=True))
+    assert counts[0.005] == 1 and counts[0.25] == 1 and counts[1.0] == 1 and counts[60.0] == 1

@@ -11,18 +11,21 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Mapping, MutableMapping
+import urllib.parse
+from collections.abc import Mapping, MutableMapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Status
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
@@ -32,11 +35,29 @@ _tracer_provider: TracerProvider | None = None
 _meter_provider: MeterProvider | None = None
 
 
+#: Histogram buckets of every duration (unit "s"): 5 ms to 60 s, so that "within a second" can be watched
+#: (OpenTelemetry's default buckets start at 5 s and put every sync in the first one).
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
 def register_secret(value: str) -> None:
-    """Never let `value` reach a log line again (short values are too common to redact safely)."""
-    if len(value) >= 4:
-        with _secrets_lock:
-            _secrets.add(value)
+    """Never let `value` reach a log line or a span again - as written, and as a JSON string, a Python repr or a
+    URL would spell it (a secret with `"`, `\\` or `&` is escaped there). Short values are too common to redact."""
+    if len(value) < 4:
+        return
+    forms = {
+        value,
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        json.dumps(value)[1:-1],
+        repr(value)[1:-1],
+        urllib.parse.quote(value, safe=""),
+        urllib.parse.quote_plus(value, safe=""),
+        urllib.parse.quote(value),
+    }
+    with _secrets_lock:
+        _secrets.update(form for form in forms if len(form) >= 4)
 
 
 def redact(text: str) -> str:
@@ -46,6 +67,55 @@ def redact(text: str) -> str:
         if value in text:
             text = text.replace(value, _REDACTED)
     return text
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, tuple | list):
+        return type(value)(_redact_value(item) for item in value)
+    return value
+
+
+def _redact_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {key: _redact_value(value) for key, value in (attributes or {}).items()}
+
+
+class RedactingSpanExporter(SpanExporter):
+    """Hands spans on with every registered secret redacted from attributes, events and the status text: a
+    span attribute or an exception message is as public as a log line once it is in a tracing backend."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self.inner.export([redacted_span(span) for span in spans])
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+def redacted_span(span: ReadableSpan) -> ReadableSpan:
+    status = span.status
+    if status.description:
+        status = Status(status.status_code, redact(status.description))
+    return ReadableSpan(
+        name=redact(span.name),
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=_redact_attributes(span.attributes),
+        events=[Event(e.name, _redact_attributes(e.attributes), e.timestamp) for e in span.events],
+        links=span.links,
+        kind=span.kind,
+        status=status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
 
 
 class JsonFormatter(logging.Formatter):
@@ -63,7 +133,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "service": self.service,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         span = trace.get_current_span().get_span_context()
         if span.is_valid:
@@ -71,9 +141,10 @@ class JsonFormatter(logging.Formatter):
             entry["span_id"] = f"{span.span_id:016x}"
         for key, value in record.__dict__.items():
             if key not in self._standard and not key.startswith("_"):
-                entry[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+                entry[key] = value if isinstance(value, (int, float, bool, type(None))) else redact(str(value))
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = redact(self.formatException(record.exc_info))
+        # Each field is redacted as text first (a secret inside a repr or a URL), then the line as JSON spells it.
         return redact(json.dumps(entry, ensure_ascii=False))
 
 
@@ -111,13 +182,21 @@ def setup(service: str, *, otlp_endpoint: str | None = None, log_level: str = "I
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         insecure = endpoint.startswith("http://")
-        _tracer_provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=insecure), schedule_delay_millis=500)
-        )
+        exporter = RedactingSpanExporter(OTLPSpanExporter(endpoint=endpoint, insecure=insecure))
+        _tracer_provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=endpoint, insecure=insecure), 15000))
     trace.set_tracer_provider(_tracer_provider)
-    _meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    _meter_provider = MeterProvider(resource=resource, metric_readers=readers, views=[latency_view()])
     metrics.set_meter_provider(_meter_provider)
+
+
+def latency_view() -> View:
+    """Every histogram in seconds gets LATENCY_BUCKETS_S."""
+    return View(
+        instrument_type=Histogram,
+        instrument_unit="s",
+        aggregation=ExplicitBucketHistogramAggregation(boundaries=LATENCY_BUCKETS_S),
+    )
 
 
 def shutdown() -> None:

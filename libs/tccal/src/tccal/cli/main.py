@@ -20,6 +20,8 @@ from tccal.config.schema import Config
 
 LEGACY_FLAGS = {"--hash_pass": "hash-pass", "--register": "register", "--offline_reg": "offline-reg"}
 PLUGIN_GROUP = "tc_calendar.commands"
+#: `config check`: the file works for the services, but no (or not every) TrueConf Server can connect.
+EXIT_WARNINGS = 1
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,9 +57,12 @@ def config_group() -> None:
 def config_check(file: str | None, no_decrypt: bool) -> None:
     """Validate FILE (default: $TC_CALENDAR_CONFIG) exactly as the services do at start; starts nothing.
 
-    Exit code 0 when the file is usable, 2 with one line per problem otherwise.
+    Exit code 0 when the file is usable; 1 when every service starts but no (or not every) TrueConf Server can
+    connect, with one warning line each; 2 with one line per problem when a service would refuse it.
     """
     import os
+
+    from tccal.config.checks import startup_problems, trueconf_warnings
 
     path = file or os.environ.get(CONFIG_ENV)
     if not path:
@@ -68,9 +73,21 @@ def config_check(file: str | None, no_decrypt: bool) -> None:
         for problem in exc.problems:
             click.echo(f"{exc.source}: {problem}", err=True)
         sys.exit(EXIT_CONFIG)
+    problems = startup_problems(config)
+    for problem in problems:
+        click.echo(f"{path}: {problem}", err=True)
+    if problems:
+        sys.exit(EXIT_CONFIG)
+    warnings = trueconf_warnings(config)
+    for warning in warnings:
+        click.echo(f"{path}: warning: {warning}", err=True)
     providers = len(config.calendar_providers)
     users = sum(len(p.users) for p in config.calendar_providers)
-    click.echo(f"{path}: OK ({providers} calendar provider(s), {users} user(s), wsPort {config.ws_port})")
+    summary = f"{providers} calendar provider(s), {users} user(s), wsPort {config.ws_port}"
+    if warnings:
+        click.echo(f"{path}: usable, with {len(warnings)} warning(s) ({summary})")
+        sys.exit(EXIT_WARNINGS)
+    click.echo(f"{path}: OK ({summary})")
 
 
 @config_group.command("schema")

@@ -18,12 +18,24 @@ import json5
 from pydantic import BaseModel, ValidationError
 
 from tccal import secrets
-from tccal.config.schema import Config, iter_secrets
+from tccal.config.schema import SERVICE_NAMES, Config, iter_secrets
 
 ENV_PREFIX = "TC_CALENDAR__"
 CONFIG_ENV = "TC_CALENDAR_CONFIG"  # names config.json when --config is not given
 EXIT_CONFIG = 2  # exit code of every process refusing a bad config
 _HIDDEN_KEYS = {"password", "secret", "clientSecret", "adminToken", "token"}
+#: config.json is at most 5 levels deep; anything far deeper is not a config file (and would exhaust recursion).
+MAX_DEPTH = 32
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level)
+    return level
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,11 @@ def parse_config_text(text: str, source: str = "config") -> dict[str, Any]:
         document = json5.loads(text)
     except ValueError as exc:
         raise ConfigError(source, [ConfigProblem("", f"{source} is not valid JSON: {exc}")]) from exc
+    except RecursionError as exc:  # the parser recurses per level: thousands of nested [ or { exhaust the stack
+        raise ConfigError(source, [ConfigProblem("", f"{source} nests too deeply to be a config file")]) from exc
+    depth = _depth(document)
+    if depth > MAX_DEPTH:
+        raise ConfigError(source, [ConfigProblem("", f"{source} nests {depth} levels deep (at most {MAX_DEPTH})")])
     if not isinstance(document, dict):
         raise ConfigError(source, [ConfigProblem("", f"{source} must hold a JSON object at the top")])
     return document
@@ -153,16 +170,24 @@ def _set_path(document: dict[str, Any], keys: list[str], value: Any) -> str:
 
 
 def _match_key(node: dict[str, Any], key: str) -> str:
+    """The key of config.json that an environment variable's `key` names: case-insensitively, and with `_` for
+    `-` (POSIX shells allow no dash in a variable name: TC_CALENDAR__GRPC__SERVICES__EWS_INGEST__GRPCPORT)."""
+    wanted = _key_form(key)
     for existing in node:
-        if existing.lower() == key.lower():
+        if _key_form(existing) == wanted:
             return existing
     for known in _known_keys():
-        if known.lower() == key.lower():
+        if _key_form(known) == wanted:
             return known
     return key
 
 
+def _key_form(key: str) -> str:
+    return key.lower().replace("-", "_")
+
+
 def _known_keys() -> Iterable[str]:
+    yield from SERVICE_NAMES  # keys of grpc.services (a mapping, so not among the fields below)
     seen: set[str] = set()
     stack: list[type[BaseModel]] = [Config]
     while stack:
@@ -254,5 +279,15 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
 
 
 def _show(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False)
+    text = json.dumps(_masked(value), ensure_ascii=False)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _masked(value: Any) -> Any:
+    """`value` with every secret key's value hidden, at any depth: an object put where a list belongs (a
+    mis-shaped `credentials`) is shown in the error, and its password must not be."""
+    if isinstance(value, dict):
+        return {k: "(hidden)" if str(k) in _HIDDEN_KEYS else _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(item) for item in value]
+    return value

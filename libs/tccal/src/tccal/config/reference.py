@@ -40,7 +40,10 @@ def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str]]:
                 rows.append((path, "list of objects", field.description or ""))
             rows.extend(_rows(nested[0], child))
             continue
-        if field.default is not PydanticUndefined:
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if "defaultText" in extra:
+            default = str(extra["defaultText"])
+        elif field.default is not PydanticUndefined:
             default = json.dumps(field.default, ensure_ascii=False)
         elif field.default_factory is not None:
             value = field.default_factory()  # type: ignore[call-arg]

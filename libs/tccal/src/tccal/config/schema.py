@@ -120,26 +120,43 @@ class ServiceEndpoint(_Section):
     host: str = Field("127.0.0.1", description="Address the service's gRPC and HTTP servers bind to.")
     grpc_port: PortOrZero = Field(
         description="gRPC port (0: pick a free one); defaults 50061-50064 "
-        "(ews-ingest, sync-engine, tcs-gateway, licensing)."
+        "(ews-ingest, sync-engine, tcs-gateway, licensing).",
+        json_schema_extra={"defaultText": "50061-50064"},
     )
     http_port: PortOrZero = Field(
-        description="HTTP port for /healthz, /readyz, /metrics; defaults 8061-8064 in the same order."
+        description="HTTP port for /healthz, /readyz, /metrics; defaults 8061-8064 in the same order.",
+        json_schema_extra={"defaultText": "8061-8064"},
     )
     address: str | None = Field(None, description="host:port other services use to reach its gRPC.")
 
 
+def _default_ports(service: str) -> dict[str, int]:
+    index = SERVICE_NAMES.index(service)
+    return {"grpcPort": 50061 + index, "httpPort": 8061 + index}
+
+
 def _default_endpoints() -> dict[ServiceName, ServiceEndpoint]:
-    return {
-        name: ServiceEndpoint.model_validate({"grpcPort": 50061 + i, "httpPort": 8061 + i})
-        for i, name in enumerate(SERVICE_NAMES)
-    }
+    return {name: ServiceEndpoint.model_validate(_default_ports(name)) for name in SERVICE_NAMES}
+
+
+def _with_default_ports(services: Any) -> Any:
+    """A service entry that leaves out a port keeps that service's default (`grpc.services.sync-engine.host`
+    alone, e.g. from TC_CALENDAR__GRPC__SERVICES__SYNC_ENGINE__HOST, moves only the address)."""
+    if not isinstance(services, dict):
+        return services
+    filled: dict[Any, Any] = {}
+    for name, entry in services.items():
+        if name in SERVICE_NAMES and isinstance(entry, dict):
+            entry = {**_default_ports(name), **entry}
+        filled[name] = entry
+    return filled
 
 
 class GrpcConfig(_Section):
     admin_token: Secret = Field(
         "", description="Bearer token for admin calls (required when a service binds beyond loopback)."
     )
-    services: dict[ServiceName, ServiceEndpoint] = Field(
+    services: Annotated[dict[ServiceName, ServiceEndpoint], BeforeValidator(_with_default_ports)] = Field(
         default_factory=_default_endpoints, description="Where each service listens."
     )
 

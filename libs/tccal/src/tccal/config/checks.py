@@ -1,0 +1,62 @@
+"""What `config check` finds beyond the schema: a file every service would accept that still cannot work.
+
+* problems - a service would refuse to start with this file (a gRPC address beyond loopback without
+  `grpc.adminToken`, the rule of tccal.grpckit.AdminServer);
+* warnings - everything starts, but no TrueConf Server can use it (no whitelisted server with its `tcs.servers`
+  entry, or an entry on one side only).
+"""
+
+from __future__ import annotations
+
+from tccal.config.loader import ConfigProblem
+from tccal.config.schema import SERVICE_NAMES, Config
+from tccal.grpckit import is_loopback
+
+
+def startup_problems(config: Config) -> list[ConfigProblem]:
+    """Problems that stop a service at start although the file is valid."""
+    problems: list[ConfigProblem] = []
+    if config.grpc.admin_token:
+        return problems
+    for service in SERVICE_NAMES:
+        host = config.grpc.endpoint(service).host
+        if not is_loopback(host):
+            problems.append(
+                ConfigProblem(
+                    f"grpc.services.{service}.host",
+                    f"{host!r} is beyond loopback, so grpc.adminToken must be set (the service refuses to start "
+                    "without it: admin calls would be open to the network)",
+                )
+            )
+    return problems
+
+
+def trueconf_warnings(config: Config) -> list[ConfigProblem]:
+    """Why no (or not every) TrueConf Server can connect with this file."""
+    whitelisted = {server.lower(): index for index, server in enumerate(config.product_whitelist.tcs)}
+    configured = {server.id.lower(): index for index, server in enumerate(config.tcs.servers)}
+    warnings: list[ConfigProblem] = []
+    for server, index in whitelisted.items():
+        if server not in configured:
+            warnings.append(
+                ConfigProblem(
+                    f"productWhitelist.tcs[{index}]",
+                    f"{config.product_whitelist.tcs[index]!r} has no tcs.servers entry (bridge secret, REST API "
+                    "client): that TrueConf Server cannot connect",
+                )
+            )
+    for server, index in configured.items():
+        if server not in whitelisted:
+            warnings.append(
+                ConfigProblem(
+                    f"tcs.servers[{index}].id",
+                    f"{config.tcs.servers[index].id!r} is not in productWhitelist.tcs: its connections are refused",
+                )
+            )
+    if not any(server in configured for server in whitelisted):
+        warnings.append(
+            ConfigProblem(
+                "productWhitelist.tcs", "no TrueConf Server can connect: none is both whitelisted and in tcs.servers"
+            )
+        )
+    return warnings
