@@ -3,12 +3,14 @@ connection, ConnectionTimeout, expiry, dropped streams), Unsubscribe."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import threading
 from typing import Any
 
 import pytest
-from exchange_emulator_support import wait_for
+import requests
+from exchange_emulator_support import SERVICE_PASSWORD, SERVICE_USER, wait_for
 from exchangelib import UTC, Attendee, CalendarItem, EWSDateTime
 from exchangelib.errors import ErrorExpiredSubscription, ErrorSubscriptionNotFound
 from exchangelib.properties import CreatedEvent, DeletedEvent, Mailbox, ModifiedEvent, StatusEvent
@@ -106,6 +108,7 @@ def _streams_open(emu: EmulatorHandle, ids: list[str]) -> bool:
 
 def test_streaming_many_subscriptions_one_connection(emu: EmulatorHandle, account, mailboxes) -> None:
     first, second = mailboxes("first", "second")
+    emu.admin.move_mailbox(second, emu.admin.mailbox(first)["server"])  # one connection serves one server
     a1, a2 = account(first), account(second)
     s1 = a1.calendar.subscribe_to_streaming()
     s2 = a2.calendar.subscribe_to_streaming(event_types=["CreatedEvent"])
@@ -183,3 +186,72 @@ def test_drop_streams_fault_rule(emu: EmulatorHandle, account, mailboxes) -> Non
     thread.join(timeout=30)
     assert not thread.is_alive()
     assert all(f["id"] != rule["id"] for f in emu.admin.get("/faults"))  # fired once
+
+
+def _raw_stream(emu: EmulatorHandle, as_mailbox: str, ids: list[str], **headers: str) -> requests.Response:
+    """GetStreamingEvents as raw SOAP with exactly the routing headers given (no client cookie jar)."""
+    subscription_ids = "".join(f"<t:SubscriptionId>{i}</t:SubscriptionId>" for i in ids)
+    envelope = (
+        '<?xml version="1.0" encoding="utf-8"?>'
+        '<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" '
+        'xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" '
+        'xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types">'
+        '<s:Header><t:RequestServerVersion Version="Exchange2016"/><t:ExchangeImpersonation><t:ConnectingSID>'
+        f"<t:PrimarySmtpAddress>{as_mailbox}</t:PrimarySmtpAddress></t:ConnectingSID></t:ExchangeImpersonation>"
+        f"</s:Header><s:Body><m:GetStreamingEvents><m:SubscriptionIds>{subscription_ids}</m:SubscriptionIds>"
+        "<m:ConnectionTimeout>1</m:ConnectionTimeout></m:GetStreamingEvents></s:Body></s:Envelope>"
+    )
+    token = base64.b64encode(f"{SERVICE_USER}:{SERVICE_PASSWORD}".encode()).decode()
+    return requests.post(
+        emu.ews_url,
+        data=envelope.encode(),
+        timeout=30,
+        headers={"Authorization": f"Basic {token}", "Content-Type": "text/xml; charset=utf-8", **headers},
+    )
+
+
+def _other_server(emu: EmulatorHandle, mailbox: str) -> str:
+    return "EMU-MBX02" if emu.admin.mailbox(mailbox)["server"] == "EMU-MBX01" else "EMU-MBX01"
+
+
+def test_a_subscription_is_found_only_on_its_mailbox_server(emu: EmulatorHandle, account, mailboxes) -> None:
+    """Two mailboxes on two servers streamed behind one anchor - a group that ignored GroupingInformation - get
+    ErrorSubscriptionNotFound for the other server's subscription, as on a multi-server Exchange; each streams
+    from its own server, reached by its anchor or by the X-BackEndOverrideCookie its server set."""
+    here, there = mailboxes("here", "there")
+    emu.admin.move_mailbox(there, _other_server(emu, here))
+    s_here = account(here).calendar.subscribe_to_streaming()
+    s_there = account(there).calendar.subscribe_to_streaming()
+    mixed = _raw_stream(emu, here, [s_here, s_there], **{"X-AnchorMailbox": here})
+    assert b"ErrorSubscriptionNotFound" in mixed.content and s_there.encode() in mixed.content
+    for mailbox, sub_id in ((here, s_here), (there, s_there)):
+        alone = _raw_stream(emu, mailbox, [sub_id], **{"X-AnchorMailbox": mailbox, "X-PreferServerAffinity": "true"})
+        assert b"ErrorSubscriptionNotFound" not in alone.content and b"Closed" in alone.content, alone.content
+        cookie = alone.cookies["X-BackEndOverrideCookie"]
+        assert cookie.split("~")[0] == emu.admin.mailbox(mailbox)["server"]
+        # The cookie wins over the anchor: the other mailbox's anchor with this server's cookie still finds it.
+        other = there if mailbox == here else here
+        pinned = _raw_stream(
+            emu, mailbox, [sub_id], **{"X-AnchorMailbox": other, "Cookie": f"X-BackEndOverrideCookie={cookie}"}
+        )
+        assert b"ErrorSubscriptionNotFound" not in pinned.content, pinned.content
+
+
+def test_an_anchor_that_is_no_mailbox_is_refused(emu: EmulatorHandle, account, mailboxes) -> None:
+    (owner,) = mailboxes("owner")
+    sub_id = account(owner).calendar.subscribe_to_streaming()
+    answer = _raw_stream(emu, owner, [sub_id], **{"X-AnchorMailbox": "nobody@nowhere.test"})
+    assert answer.status_code == 500 and b"ErrorNonExistentMailbox" in answer.content
+
+
+def test_a_moved_mailbox_loses_its_subscriptions(emu: EmulatorHandle, account, mailboxes) -> None:
+    (owner,) = mailboxes("owner")
+    acc = account(owner)
+    sub_id = acc.calendar.subscribe_to_streaming()
+    before = emu.admin.mailbox(owner)["server"]
+    moved = emu.admin.move_mailbox(owner, _other_server(emu, owner))
+    assert moved["server"] != before and moved["subscriptions_ended"] == 1
+    gone = _raw_stream(emu, owner, [sub_id], **{"X-AnchorMailbox": owner})
+    assert b"ErrorSubscriptionNotFound" in gone.content
+    fresh = acc.calendar.subscribe_to_streaming()  # a new one, on the new server, works
+    assert b"ErrorSubscriptionNotFound" not in _raw_stream(emu, owner, [fresh], **{"X-AnchorMailbox": owner}).content

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import statistics
 import time
+from typing import Any
 
 import pytest
 from ews_ingest_support import (
@@ -108,15 +109,20 @@ async def test_groups_affinity_and_overflow_polling(
 async def test_streams_are_a_budget_apart_from_max_concurrency(
     emu: EmulatorHandle, collector: ChangeCollector, outlook: Outlook, streaming_ingest: StreamingIngest
 ) -> None:
-    """Ten mailboxes in groups of two on a credential with maxConcurrency 2: five streaming connections, none of
-    them taken from the two for ordinary calls, and no mailbox left to polling."""
+    """Ten mailboxes on the emulator's two mailbox servers (five each), in groups of two on a credential with
+    maxConcurrency 2: the groups follow autodiscover's GroupingInformation - every group's members on one server,
+    so three groups a server - six streaming connections, none of them taken from the two for ordinary calls, and
+    no mailbox left to polling."""
     mailboxes = new_mailboxes(emu, *(f"b{i}" for i in range(10)))
     tuning = dataclasses.replace(FAST, stream_group_size=2)
-    async with streaming_ingest(*mailboxes, tuning=tuning, connections=5, max_concurrency=2) as h:
+    async with streaming_ingest(*mailboxes, tuning=tuning, connections=6, max_concurrency=2) as h:
         pool = h.pool_of(mailboxes[0])
-        assert pool.sync_slots == 2 and pool.stream_slots >= 5
+        assert pool.sync_slots == 2 and pool.stream_slots >= 6
         groups = [g for gs in h.runtime.streams.groups.values() for g in gs]
-        assert sorted(len(g.members) for g in groups) == [2] * 5
+        assert sorted(len(g.members) for g in groups) == [1, 1, 2, 2, 2, 2]
+        for group in groups:
+            servers = {(await outlook.do(emu.admin.mailbox, m))["server"] for m in group.members}
+            assert len(servers) == 1 and group.key.startswith(f"{servers.pop()}|"), group.label
         assert all(h.scheduler.entries[m].streamed for m in mailboxes)
         subscriptions = {s["mailbox"]: s for s in await outlook.do(emu.admin.subscriptions)}
         assert all(subscriptions[m]["streaming_connections"] == 1 for m in mailboxes)
@@ -179,3 +185,35 @@ async def test_connection_renewal(nats_url: str, licensing: FakeLicensing, colle
         finally:
             outlook.close()
         await asyncio.sleep(0)
+
+
+async def test_a_mailbox_moved_to_another_server_changes_group_and_keeps_streaming(
+    emu: EmulatorHandle, collector: ChangeCollector, outlook: Outlook, streaming_ingest: StreamingIngest
+) -> None:
+    """A mailbox moves to another mailbox server (a database move): its subscription is gone there, the group
+    subscribes again, autodiscover names the new server, the mailbox joins that server's group, is caught up and
+    its later changes still arrive by notification."""
+    mailboxes = new_mailboxes(emu, "mv1", "mv2", "mv3", "mv4")
+    async with streaming_ingest(*mailboxes, connections=2) as h:  # one group per mailbox server
+
+        def group_of(mailbox: str) -> Any:
+            return next(g for gs in h.runtime.streams.groups.values() for g in gs if mailbox in g.members)
+
+        mover = mailboxes[0]
+        before = group_of(mover).key
+        target = "EMU-MBX02" if before.startswith("EMU-MBX01|") else "EMU-MBX01"
+        moved = await outlook.do(emu.admin.move_mailbox, mover, target)
+        assert moved["subscriptions_ended"] == 1
+        await outlook.do(outlook.meeting, mover, "made right after the move")
+        await collector.wait(lambda c: c.event.subject == "made right after the move", what="the catch-up")
+
+        async def relocated() -> bool:
+            group = next((g for gs in h.runtime.streams.groups.values() for g in gs if mover in g.members), None)
+            return group is not None and group.key.startswith(f"{target}|") and mover in group.subscriptions
+
+        await wait_for_async(relocated, timeout=20, what="the mover in its new server's group")
+        await h.streamed(mover)
+        before_notes = h.runtime.streams.stats.notifications
+        await outlook.do(outlook.meeting, mover, "made on the new server")
+        await collector.wait(lambda c: c.event.subject == "made on the new server", what="the streamed change")
+        assert h.runtime.streams.stats.notifications > before_notes

@@ -100,6 +100,7 @@ def mailbox_json(emu: Emulator, mbx: Mailbox) -> dict[str, Any]:
         "sid": mbx.sid,
         "items": len(mbx.items),
         "subscriptions": len(mbx.subscriptions),
+        "server": emu.store.server_name(mbx.server),
         "delegates": dict(mbx.delegates),
         "requests": emu.mailbox_counts.get(mbx.email, 0),
     }
@@ -258,6 +259,7 @@ def add_admin_routes(app: web.Application, emu: Emulator) -> None:
                     "pending_events": len(x.events),
                     "folders": sorted(x.folders) if x.folders else None,
                     "streaming_connections": len(x.waiters),
+                    "server": emu.store.server_name(x.server),
                 }
                 for x in emu.store.subscriptions.values()
             ]
@@ -277,6 +279,19 @@ def add_admin_routes(app: web.Application, emu: Emulator) -> None:
             x.wake()
             expired.append(x.id)
         return _json({"expired": expired})
+
+    async def move_mailbox(request: web.Request) -> web.Response:
+        """Move a mailbox to another mailbox server (New-MoveRequest to a database there)."""
+        mbx = emu.store.mailbox(request.match_info["email"])
+        if mbx is None:
+            return _error(f"no mailbox {request.match_info['email']!r}", 404)
+        data = await _body(request)
+        target = emu.store.server_index(str(data.get("server", "")))
+        if target is None:
+            names = [emu.store.server_name(i) for i in range(emu.store.servers)]
+            return _error(f"'server' must name a mailbox server ({', '.join(names)}), got {data.get('server')!r}")
+        ended = emu.store.move_mailbox(mbx, target)
+        return _json({**mailbox_json(emu, mbx), "subscriptions_ended": ended})
 
     async def reset(request: web.Request) -> web.Response:
         emu.op_counts.clear()
@@ -322,6 +337,7 @@ def add_admin_routes(app: web.Application, emu: Emulator) -> None:
     r.add_get(PREFIX + "/mailboxes/{email}", get_mailbox)
     r.add_get(PREFIX + "/mailboxes/{email}/items", mailbox_items)
     r.add_post(PREFIX + "/mailboxes/{email}/items", put_raw_item)
+    r.add_post(PREFIX + "/mailboxes/{email}/move", move_mailbox)
     r.add_get(PREFIX + "/accounts", list_accounts)
     r.add_post(PREFIX + "/accounts", add_account)
     r.add_post(PREFIX + "/delegates", add_delegate)

@@ -50,12 +50,14 @@ class EmulatorConfig:
     mailboxes: list[MailboxSpec] = field(default_factory=list)
     delegates: list[DelegateSpec] = field(default_factory=list)
     seed: dict[str, Any] | None = None
+    #: Mailbox servers the mailboxes are spread over (Exchange 2016/2019/SE: a DAG has several).
+    mailbox_servers: int = 2
 
     @classmethod
     def from_json(cls, data: Any) -> EmulatorConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
-        known = {"version", "domain", "service_accounts", "mailboxes", "delegates", "seed"}
+        known = {"version", "domain", "service_accounts", "mailboxes", "delegates", "seed", "mailbox_servers"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown config keys {sorted(unknown)}; expected some of {sorted(known)}")
@@ -68,6 +70,10 @@ class EmulatorConfig:
         if not isinstance(domain, str) or not domain:
             raise ConfigError(f"config key 'domain' must be a non-empty string, got {domain!r}")
         cfg.domain = domain
+        servers = data.get("mailbox_servers", 2)
+        if isinstance(servers, bool) or not isinstance(servers, int) or not 1 <= servers <= 16:
+            raise ConfigError(f"config key 'mailbox_servers' must be a whole number 1..16, got {servers!r}")
+        cfg.mailbox_servers = servers
         for n, acc in enumerate(data.get("service_accounts", [])):
             if not isinstance(acc, dict) or not acc.get("username") or not acc.get("password"):
                 raise ConfigError(f"service_accounts[{n}] needs 'username' and 'password', got {acc!r}")

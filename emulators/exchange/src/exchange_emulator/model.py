@@ -434,6 +434,9 @@ class Subscription:
     folders: set[str] | None  # folder names, None = all folders
     event_types: set[str]
     timeout_minutes: int = 0
+    #: The mailbox server holding it: only a request routed to that server finds it (Exchange keeps a
+    #: subscription on one backend; "Maintain affinity between a group of subscriptions and the Mailbox server").
+    server: int = 0
     last_used: float = field(default_factory=time.monotonic)
     expired: bool = False
     events: collections.deque[Event] = field(default_factory=collections.deque)
@@ -476,6 +479,8 @@ class Mailbox:
     exceptions: dict[int, CalendarItem] = field(default_factory=dict)  # exception items by their own number
     by_uid: dict[str, int] = field(default_factory=dict)
     delegates: dict[str, str] = field(default_factory=dict)  # delegate address -> calendar rights
+    #: Index of the mailbox server (database) that hosts it; see Store.server_name.
+    server: int = 0
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
     # change log of the calendar folder
     log_seq: list[int] = field(default_factory=list)
@@ -505,8 +510,12 @@ class Mailbox:
 class Store:
     """All state of the emulator."""
 
-    def __init__(self, domain: str = "EXAMPLE") -> None:
+    def __init__(self, domain: str = "EXAMPLE", servers: int = 2) -> None:
+        if servers < 1:
+            raise ValueError(f"an Exchange organization has at least one mailbox server, got {servers}")
         self.domain = domain
+        #: Mailbox servers, each its own subscription group (GroupingInformation); mailboxes are spread over them.
+        self.servers = servers
         self.accounts: dict[str, Account] = {}
         self.mailboxes: dict[str, Mailbox] = {}
         self.by_no: dict[int, Mailbox] = {}
@@ -541,7 +550,7 @@ class Store:
             return existing
         no = next(self._mailbox_no)
         name = display_name or key.split("@", 1)[0].replace(".", " ").title()
-        mbx = Mailbox(no=no, email=key, display_name=name)
+        mbx = Mailbox(no=no, email=key, display_name=name, server=(no - 1) % self.servers)
         self.mailboxes[key] = mbx
         self.by_no[no] = mbx
         self.by_sid[mbx.sid] = mbx
@@ -557,6 +566,30 @@ class Store:
 
     def mailbox(self, email: str) -> Mailbox | None:
         return self.mailboxes.get(email.strip().lower())
+
+    def server_name(self, index: int) -> str:
+        """A mailbox server's name, also its GroupingInformation and the X-BackEndOverrideCookie it sets."""
+        return f"EMU-MBX{index + 1:02d}"
+
+    def server_index(self, name: str) -> int | None:
+        for index in range(self.servers):
+            if self.server_name(index).lower() == name.strip().lower():
+                return index
+        return None
+
+    def move_mailbox(self, mbx: Mailbox, server: int) -> int:
+        """Move `mbx` to another mailbox server (a database move, New-MoveRequest): its subscriptions do not
+        survive it - later requests for them are answered ErrorSubscriptionNotFound. Returns how many ended."""
+        if not 0 <= server < self.servers:
+            raise ValueError(f"server must be 0..{self.servers - 1}, got {server}")
+        mbx.server = server
+        ended = 0
+        for subscription in list(mbx.subscriptions.values()):
+            if not subscription.expired:
+                subscription.expired = True
+                subscription.wake()
+                ended += 1
+        return ended
 
     def find_account(self, username: str) -> Account | None:
         return self.accounts.get(normalize_username(username))
@@ -670,6 +703,7 @@ class Store:
             folders=folders,
             event_types=event_types,
             timeout_minutes=timeout_minutes,
+            server=mbx.server,
         )
         mbx.subscriptions[sub_id] = sub
         self.subscriptions[sub_id] = sub

@@ -81,6 +81,8 @@ class Context:
     minute_seconds: float = 60.0
     mailboxes_touched: set[str] = field(default_factory=set)
     max_stream_events: int = 50
+    #: The mailbox server the request was routed to (X-BackEndOverrideCookie, X-AnchorMailbox, the mailbox).
+    server: int = 0
 
     @property
     def actor(self) -> str:
@@ -1058,7 +1060,8 @@ def op_subscribe(ctx: Context, req: Element) -> Element:
 
 def subscription_for(ctx: Context, sub_id: str, kind: str) -> Subscription:
     subscription = ctx.store.subscriptions.get(sub_id)
-    if subscription is None or subscription.kind != kind:
+    if subscription is None or subscription.kind != kind or subscription.server != ctx.server:
+        # A subscription lives on one mailbox server: a request routed to another one does not find it.
         raise ItemError("ErrorSubscriptionNotFound", "The specified subscription was not found.")
     if subscription.creator != ctx.account.key:
         raise ItemError(
@@ -1149,7 +1152,7 @@ def op_unsubscribe(ctx: Context, req: Element) -> Element:
     try:
         sub_id = (text_of(req, m("SubscriptionId")) or "").strip()
         subscription = ctx.store.subscriptions.get(sub_id)
-        if subscription is None:
+        if subscription is None or subscription.server != ctx.server:
             raise ItemError("ErrorSubscriptionNotFound", "The specified subscription was not found.")
         if subscription.creator != ctx.account.key:
             raise ItemError(

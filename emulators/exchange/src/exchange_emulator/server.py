@@ -89,7 +89,7 @@ class Emulator:
     def __init__(self, config: EmulatorConfig, settings: Settings | None = None) -> None:
         self.config = config
         self.settings = settings or Settings()
-        self.store = Store(domain=config.domain)
+        self.store = Store(domain=config.domain, servers=config.mailbox_servers)
         self.cal = Calendar(self.store)
         self.faults = Faults()
         self.validator = SchemaValidator() if self.settings.strict else None
@@ -248,6 +248,7 @@ class Emulator:
             )
         try:
             ctx = self._context(account, header)
+            ctx.server = self._route(request, ctx)
         except SoapFaultError as sf:
             return self.fault(sf.code, sf.text, sf.values)
         anchor = ctx.acting.email if ctx.acting else request.headers.get("X-AnchorMailbox", "")
@@ -302,20 +303,37 @@ class Emulator:
                 self.mailbox_counts[email] += 1
         self.validate("response", op, response)
         resp = web.Response(body=to_bytes(self.envelope(response)), content_type="text/xml", charset="utf-8")
-        self._affinity(request, resp, anchor)
+        self._affinity(request, resp, ctx.server)
         return resp
 
-    def _affinity(self, request: web.Request, response: web.StreamResponse, anchor: str) -> None:
-        """Exchange answers X-PreferServerAffinity with a backend cookie that pins later requests."""
-        if request.headers.get("X-PreferServerAffinity", "").lower() == "true" and anchor:
+    def _route(self, request: web.Request, ctx: Context) -> int:
+        """The mailbox server a request reaches, as Exchange's front end routes it ("Maintain affinity between a
+        group of subscriptions and the Mailbox server in Exchange"): the server an X-BackEndOverrideCookie names,
+        else the X-AnchorMailbox's server (an anchor that is no mailbox is refused), else the mailbox acted for."""
+        # exchangelib sends the cookie back as a header of that name, browsers and the EWS Managed API as a cookie.
+        cookie = request.headers.get("X-BackEndOverrideCookie") or request.cookies.get("X-BackEndOverrideCookie", "")
+        server = self.store.server_index(cookie.split("~", 1)[0]) if cookie else None
+        if server is not None:
+            return server
+        anchor = request.headers.get("X-AnchorMailbox", "").strip()
+        if anchor:
             mbx = self.store.mailbox(anchor)
-            if mbx is not None:
-                response.set_cookie(
-                    "X-BackEndOverrideCookie",
-                    f"EMU-MBX01.{self.config.domain.lower()}~{mbx.no}",
-                    httponly=True,
-                    path="/",
+            if mbx is None:
+                raise SoapFaultError(
+                    "ErrorNonExistentMailbox",
+                    f"The SMTP address in X-AnchorMailbox has no mailbox associated with it: {anchor}",
                 )
+            return mbx.server
+        return ctx.acting.server if ctx.acting is not None else 0
+
+    def _affinity(self, request: web.Request, response: web.StreamResponse, server: int) -> None:
+        """Exchange answers X-PreferServerAffinity with a cookie naming the backend that served the request; a
+        client that sends it back reaches that server again, wherever its anchor mailbox is."""
+        if request.headers.get("X-PreferServerAffinity", "").lower() == "true":
+            name = self.store.server_name(server)
+            response.set_cookie(
+                "X-BackEndOverrideCookie", f"{name}~{SERVER_VERSIONS[self.config.version][2]}", httponly=True, path="/"
+            )
 
     def _context(self, account: Account, header: Element | None) -> Context:
         api_version = "Exchange2007_SP1"
@@ -396,7 +414,7 @@ class Emulator:
 
             return web.Response(body=self._stream_doc(ctx, error_msgs), content_type="text/xml", charset="utf-8")
         response = web.StreamResponse(status=200, headers={"Content-Type": XML_CONTENT_TYPE})
-        self._affinity(request, response, ctx.acting.email if ctx.acting else "")
+        self._affinity(request, response, ctx.server)
         response.enable_chunked_encoding()
         await response.prepare(request)
         waiter = asyncio.Event()
@@ -571,6 +589,9 @@ class Emulator:
             "Exchange2010_SP2, Exchange2013, Exchange2013_SP1, Exchange2015, Exchange2016",
             "InternalEwsUrl": self.ews_url,
             "ExternalEwsUrl": self.ews_url,
+            # Mailboxes with the same GroupingInformation and ExternalEwsUrl may share a subscription group
+            # (at most 200): here every mailbox server is a group of its own.
+            "GroupingInformation": self.store.server_name(mbx.server),
             "ExternalEwsVersion": f"{major}.{minor:02d}.{build:04d}.{rev:03d}",
             "AutoDiscoverSMTPAddress": mbx.email,
             "InternalWebClientUrls": self.base_url + "/owa/",

@@ -136,6 +136,15 @@ class AdminClient:
             body["mailbox"] = mailbox
         return self.post("/subscriptions/expire", body)
 
+    def move_mailbox(self, email: str, server: str) -> dict[str, Any]:
+        """Move a mailbox to another mailbox server (e.g. "EMU-MBX02"): its subscriptions end."""
+        result: dict[str, Any] = self.post(f"/mailboxes/{email}/move", {"server": server})
+        return result
+
+    def mailbox(self, email: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.get(f"/mailboxes/{email}")
+        return result
+
     def drop_streams(self, mailbox: str | None = None) -> int:
         return int(self.post("/streams/drop", {"mailbox": mailbox} if mailbox else {})["dropped"])
 

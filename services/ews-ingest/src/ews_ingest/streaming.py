@@ -1,8 +1,12 @@
 """Streaming notifications: hints that a mailbox changed.
 
-Per credential, mailboxes with a seat are grouped, at most `stream_group_size` (200) per group, and each group
-gets one GetStreamingEvents connection (ConnectionTimeout `stream_minutes`, 30) on one of the credential's stream
-slots. Affinity follows Microsoft's recipe for grouped subscriptions: every Subscribe of a group carries
+Per credential, mailboxes with a seat are grouped by what autodiscover says of them - GroupingInformation and
+ExternalEwsUrl, Microsoft's recipe ("Maintain affinity between a group of subscriptions and the Mailbox server in
+Exchange": a subscription lives on one mailbox server, so only mailboxes of one group may share a connection) - at
+most `stream_group_size` (200) per group, and each group gets one GetStreamingEvents connection (ConnectionTimeout
+`stream_minutes`, 30) on one of the credential's stream slots. Where autodiscover does not answer, mailboxes are
+grouped by credential alone. A group whose subscriptions are lost (a mailbox moved to another server) asks
+autodiscover again and moves members whose group changed. Every Subscribe of a group carries
 `X-AnchorMailbox: <the group's first mailbox>` and `X-PreferServerAffinity: true`; Exchange answers with an
 `X-BackEndOverrideCookie` that later Subscribe and GetStreamingEvents requests of the group send back. Both are
 hints: a wrong guess costs a proxy hop, never correctness.
@@ -66,10 +70,13 @@ class _AffinityMixin:
         return headers
 
     def _handle_response_cookies(self, session: Any) -> None:
-        for cookie in session.cookies:
+        """Keep the group's cookie with the group, and out of the HTTP session: sessions are shared by every group
+        of a credential, and a cookie left in the session's jar would route another group's requests to this
+        group's server (where its subscriptions are not)."""
+        for cookie in list(session.cookies):
             if cookie.name == "X-BackEndOverrideCookie":
                 self.affinity.cookie = cookie.value
-                break
+                session.cookies.clear(cookie.domain, cookie.path, cookie.name)
 
 
 class GroupSubscribe(_AffinityMixin, SubscribeToStreaming):  # type: ignore[misc]  # exchangelib is untyped
@@ -100,6 +107,8 @@ class StreamStats:
 class Group:
     pool: CredentialPool
     number: int
+    #: "GroupingInformation|ExternalEwsUrl" of every member ("" when autodiscover did not say).
+    key: str = ""
     members: list[str] = field(default_factory=list)
     subscriptions: dict[str, str] = field(default_factory=dict)  # mailbox -> subscription id
     failed: dict[str, str] = field(default_factory=dict)  # mailbox -> why its Subscribe failed
@@ -111,7 +120,8 @@ class Group:
 
     @property
     def label(self) -> str:
-        return f"{self.pool.name}#{self.number}"
+        grouping = self.key.split("|", 1)[0]
+        return f"{self.pool.name}#{self.number}" + (f"@{grouping}" if grouping else "")
 
 
 class StreamManager:
@@ -125,6 +135,7 @@ class StreamManager:
         self._stop: asyncio.Event | None = None
         self.overflow: dict[int, list[str]] = {}  # id(pool) -> polled mailboxes waiting for room on a stream
         self._background: set[asyncio.Task[None]] = set()
+        self._locating: set[str] = set()  # mailboxes whose group autodiscover is being asked for
         scheduler.on_activate.append(self.add)
         scheduler.on_deactivate.append(self.remove)
         scheduler.after_sync.append(self._after_sync)
@@ -132,9 +143,31 @@ class StreamManager:
     # ------------------------------------------------------------------ membership
     def add(self, entry: MailboxEntry) -> None:
         groups = self.groups.setdefault(id(entry.pool), [])
-        if any(entry.mailbox in g.members for g in groups):
+        if any(entry.mailbox in g.members for g in groups) or entry.mailbox in self._locating:
             return
-        group = next((g for g in groups if len(g.members) < self.group_size), None)
+        entry.streamed = False  # until its subscription exists
+        key = entry.pool.cached_grouping(entry.mailbox)
+        if key is None:
+            self._locating.add(entry.mailbox)
+            self._spawn(self._locate_then_add(entry))
+            return
+        self._place(entry, key)
+
+    async def _locate_then_add(self, entry: MailboxEntry) -> None:
+        try:
+            key = await entry.pool.grouping(entry.mailbox)
+        except Exception as exc:  # EndpointResolver.grouping answers "" itself; a closed pool lands here
+            log.info("streaming group unknown", extra={"mailbox": entry.mailbox, "error": describe(exc)})
+            key = ""
+        if entry.mailbox not in self._locating:
+            return  # removed (no seat any more) while autodiscover answered
+        self._locating.discard(entry.mailbox)
+        if self.scheduler.entries.get(entry.mailbox) is entry and entry.seat:
+            self._place(entry, key)
+
+    def _place(self, entry: MailboxEntry, key: str) -> None:
+        groups = self.groups.setdefault(id(entry.pool), [])
+        group = next((g for g in groups if g.key == key and len(g.members) < self.group_size), None)
         if group is None:
             if len(groups) >= entry.pool.stream_slots:
                 entry.streamed = False
@@ -147,7 +180,7 @@ class StreamManager:
                 )
                 return
             self._numbers += 1
-            group = Group(pool=entry.pool, number=self._numbers)
+            group = Group(pool=entry.pool, number=self._numbers, key=key)
             groups.append(group)
             if self._stop is not None:
                 self._start(group)
@@ -155,7 +188,13 @@ class StreamManager:
         entry.streamed = False  # until its subscription exists
         group.changed.set()
 
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def remove(self, entry: MailboxEntry) -> None:
+        self._locating.discard(entry.mailbox)
         waiting = self.overflow.get(id(entry.pool), [])
         if entry.mailbox in waiting:
             waiting.remove(entry.mailbox)
@@ -166,11 +205,7 @@ class StreamManager:
                 group.failed.pop(entry.mailbox, None)
                 subscription = group.subscriptions.pop(entry.mailbox, None)
                 if subscription is not None:
-                    task = asyncio.get_running_loop().create_task(
-                        self._unsubscribe(group.pool, entry.mailbox, subscription)
-                    )
-                    self._background.add(task)
-                    task.add_done_callback(self._background.discard)
+                    self._spawn(self._unsubscribe(group.pool, entry.mailbox, subscription))
                 if group.affinity is not None and group.affinity.anchor == entry.mailbox:
                     group.affinity = None
                 group.changed.set()
@@ -239,6 +274,7 @@ class StreamManager:
                 group.subscriptions.clear()
                 self.stats.resubscribes += 1
                 gap = True
+                await self._relocate(group)
                 continue
             except Exception as exc:
                 if group.stopping or stop.is_set():
@@ -263,6 +299,29 @@ class StreamManager:
                 self.stats.renewals += outcome == "renewed"
                 gap = outcome == "closed"
             # else: closed on purpose to take in new members; those already streaming missed nothing
+
+    async def _relocate(self, group: Group) -> None:
+        """Subscriptions lost: a member may have moved to another mailbox server. Ask autodiscover again and move
+        every member whose group changed (its subscription would never be found on this group's server)."""
+        for mailbox in list(group.members):
+            group.pool.forget(mailbox)
+            try:
+                key = await group.pool.grouping(mailbox)
+            except Exception:  # the pool is closing
+                return
+            entry = self.scheduler.entries.get(mailbox)
+            if key == group.key or entry is None or mailbox not in group.members:
+                continue
+            log.info(
+                "mailbox moved to another streaming group",
+                extra={"mailbox": mailbox, "from": group.label, "to": key.split("|", 1)[0] or "(none)"},
+            )
+            group.members.remove(mailbox)
+            group.failed.pop(mailbox, None)
+            if group.affinity is not None and group.affinity.anchor == mailbox:
+                group.affinity = None
+            self._place(entry, key)
+            self.scheduler.trigger(mailbox, "catch-up")
 
     async def _idle(self, group: Group, seconds: float | None) -> None:
         """Wait until the group changes (or `seconds` pass, to retry failed subscriptions) or ews-ingest stops."""
@@ -351,6 +410,8 @@ class StreamManager:
         response ended without it) or "changed" (closed by us to take in new members)."""
         stop = self._stop
         assert stop is not None and group.affinity is not None
+        if group.changed.is_set():  # members came (autodiscover answered) while subscribing: take them in first
+            return "changed"
         loop = asyncio.get_running_loop()
         by_subscription = {sid: mailbox for mailbox, sid in group.subscriptions.items()}
         ids = list(by_subscription)
@@ -395,9 +456,12 @@ class StreamManager:
             future.result()  # raises what the stream raised
             return "renewed" if status[0] == GroupStreamingEvents.CLOSED else "closed"
         ended.set()
-        self._close_stream(group)
+        # The thread may still be sending its request (no response to shut yet): close until it has ended.
+        while not future.done():
+            self._close_stream(group)
+            await asyncio.wait({future}, timeout=0.1)
         with contextlib.suppress(Exception):
-            await future
+            future.result()
         return "changed"
 
     def _close_stream(self, group: Group) -> None:

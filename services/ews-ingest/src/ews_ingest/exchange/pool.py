@@ -134,6 +134,17 @@ class CredentialPool:
             self._accounts[mailbox] = account
         return account
 
+    def cached_grouping(self, mailbox: str) -> str | None:
+        """The streaming group key of `mailbox` if known (EndpointResolver.grouping), else None."""
+        return self._resolver.cached_grouping(mailbox)
+
+    async def grouping(self, mailbox: str) -> str:
+        """The streaming group key of `mailbox`, asking autodiscover in a worker thread when not known yet."""
+        known = self._resolver.cached_grouping(mailbox)
+        if known is not None:
+            return known
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._resolver.grouping, mailbox)
+
     def forget(self, mailbox: str) -> None:
         """Drop the cached account (after ErrorNonExistentMailbox or a move, autodiscover is asked again)."""
         with self._lock:
