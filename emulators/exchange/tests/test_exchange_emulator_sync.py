@@ -77,6 +77,37 @@ def test_sync_state_is_validated(emu: EmulatorHandle, account, mailboxes) -> Non
         list(acc.calendar.sync_items(sync_state="bm90IGEgc3luYyBzdGF0ZQ=="))
 
 
+def test_a_sync_state_dies_with_a_mailbox_move_or_another_store(emu: EmulatorHandle, account, mailboxes) -> None:
+    """Exchange refuses a SyncState from before a move between databases, and so does the emulator; one that
+    looks valid but belongs to another store (another emulator instance: another mailbox GUID) or points past the
+    newest change is refused too. A fresh sync (no state) works at once."""
+    import base64
+    import gzip
+    import struct
+    import uuid
+
+    import pytest
+
+    (owner,) = mailboxes("owner")
+    acc = account(owner)
+    _item(acc, "before the move").save()
+    list(acc.calendar.sync_items())
+    state = acc.calendar.item_sync_state
+    assert list(acc.calendar.sync_items(sync_state=state)) == []  # valid: nothing new
+    raw = gzip.decompress(base64.b64decode(state))
+    other_store = raw[:24] + uuid.uuid4().bytes + raw[40:]
+    future = raw[:12] + struct.pack(">Q", struct.unpack(">Q", raw[12:20])[0] + 1000) + raw[20:]
+    for forged in (other_store, future):
+        with pytest.raises(ErrorInvalidSyncStateData):
+            list(acc.calendar.sync_items(sync_state=base64.b64encode(gzip.compress(forged, mtime=0)).decode()))
+    server = emu.admin.mailbox(owner)["server"]
+    emu.admin.move_mailbox(owner, "EMU-MBX02" if server == "EMU-MBX01" else "EMU-MBX01")
+    with pytest.raises(ErrorInvalidSyncStateData):
+        list(acc.calendar.sync_items(sync_state=state))
+    acc.calendar.item_sync_state = None
+    assert [(k, i.subject) for k, i in acc.calendar.sync_items()] == [("create", "before the move")]
+
+
 def test_attendee_sees_organizer_changes_in_sync(emu: EmulatorHandle, account, mailboxes) -> None:
     org, bob = mailboxes("org", "bob")
     a_org, a_bob = account(org), account(bob)

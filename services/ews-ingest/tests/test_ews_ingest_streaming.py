@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from exchange_emulator.testing import EmulatorHandle, running_emulator
 from tccal.testing import wait_for_async
+from trueconf.calendar.v1 import calendar_pb2, ingest_pb2
 
 SPANS = InMemorySpanExporter()
 
@@ -217,3 +218,28 @@ async def test_a_mailbox_moved_to_another_server_changes_group_and_keeps_streami
         await outlook.do(outlook.meeting, mover, "made on the new server")
         await collector.wait(lambda c: c.event.subject == "made on the new server", what="the streamed change")
         assert h.runtime.streams.stats.notifications > before_notes
+
+
+async def test_a_sync_state_lost_in_a_move_is_replaced_and_the_mailbox_read_again(
+    emu: EmulatorHandle, collector: ChangeCollector, outlook: Outlook, streaming_ingest: StreamingIngest
+) -> None:
+    """After a move Exchange refuses the mailbox's SyncState (ErrorInvalidSyncStateData) - ews-ingest used to
+    stop the mailbox until an admin resync. Now it starts again without one: the mailbox is read whole and
+    published (origin RESYNC; the engine keeps what it has), later changes flow again, nothing is left failed."""
+    (owner,) = new_mailboxes(emu, "state-mover")
+    await outlook.do(outlook.meeting, owner, "there before the move")
+    async with streaming_ingest(owner) as h:
+        await collector.wait(lambda c: c.event.subject == "there before the move", what="the first sync")
+        server = (await outlook.do(emu.admin.mailbox, owner))["server"]
+        await outlook.do(emu.admin.move_mailbox, owner, "EMU-MBX02" if server == "EMU-MBX01" else "EMU-MBX01")
+        await outlook.do(outlook.meeting, owner, "made after the move")
+        await collector.wait(lambda c: c.event.subject == "made after the move", what="the change after the move")
+        await collector.wait(
+            lambda c: c.event.subject == "there before the move" and c.origin == calendar_pb2.CHANGE_ORIGIN_RESYNC,
+            what="the mailbox read again whole",
+        )
+        entry = h.scheduler.entries[owner]
+        assert entry.last_error == "" and entry.state != ingest_pb2.MAILBOX_STATE_ERROR
+        assert entry.context is not None and entry.context.checkpoint.sync_state
+        await outlook.do(outlook.meeting, owner, "and later still")
+        await collector.wait(lambda c: c.event.subject == "and later still", what="an ordinary change afterwards")

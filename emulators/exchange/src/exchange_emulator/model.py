@@ -481,6 +481,8 @@ class Mailbox:
     delegates: dict[str, str] = field(default_factory=dict)  # delegate address -> calendar rights
     #: Index of the mailbox server (database) that hosts it; see Store.server_name.
     server: int = 0
+    #: Incremented by every move: SyncStates from before a move are refused (ErrorInvalidSyncStateData).
+    generation: int = 0
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
     # change log of the calendar folder
     log_seq: list[int] = field(default_factory=list)
@@ -502,6 +504,10 @@ class Mailbox:
 
     def folder_id(self, name: str) -> str:
         return folder_id(self.no, name)
+
+    def change_seq(self) -> int:
+        """The newest change of the calendar folder (0: none yet)."""
+        return self.log_seq[-1] if self.log_seq else 0
 
     def folder_change_key(self) -> str:
         return folder_change_key(self.no, self.folder_version)
@@ -583,6 +589,7 @@ class Store:
         if not 0 <= server < self.servers:
             raise ValueError(f"server must be 0..{self.servers - 1}, got {server}")
         mbx.server = server
+        mbx.generation += 1
         ended = 0
         for subscription in list(mbx.subscriptions.values()):
             if not subscription.expired:

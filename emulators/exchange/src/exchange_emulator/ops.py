@@ -9,6 +9,7 @@ import datetime as dt
 import gzip
 import struct
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -624,21 +625,32 @@ def op_find_item(ctx: Context, req: Element) -> Element:
 
 
 def encode_sync_state(mbx: Mailbox, folder: str, seq: int) -> str:
-    raw = b"EMUSYNC1" + struct.pack(">IQ", mbx.no, seq) + folder.encode()
+    """Opaque like Exchange's: bound to the mailbox's store (its GUID, which a new emulator instance does not share)
+    and its placement (the generation a move increments), so a state from another instance or from before a move is
+    refused with ErrorInvalidSyncStateData - as Exchange refuses one after a mailbox move between databases
+    ("Synchronize items by using EWS in Exchange": a client must then start again with no SyncState)."""
+    raw = b"EMUSYNC2" + struct.pack(">IQI", mbx.no, seq, mbx.generation) + uuid.UUID(mbx.guid).bytes + folder.encode()
     return base64.b64encode(gzip.compress(raw, mtime=0)).decode()
 
 
-def decode_sync_state(value: str) -> tuple[int, str, int]:
+_INVALID_STATE = "Synchronization state data is corrupt or otherwise invalid."
+
+
+def decode_sync_state(value: str, mbx: Mailbox, folder: str) -> int:
+    """The change sequence a SyncState of `mbx`'s `folder` stands for; ErrorInvalidSyncStateData otherwise."""
     try:
         raw = gzip.decompress(base64.b64decode(value, validate=True))
     except (ValueError, OSError, binascii.Error) as exc:
-        raise ItemError(
-            "ErrorInvalidSyncStateData", "Synchronization state data is corrupt or otherwise invalid."
-        ) from exc
-    if not raw.startswith(b"EMUSYNC1") or len(raw) < 20:
-        raise ItemError("ErrorInvalidSyncStateData", "Synchronization state data is corrupt or otherwise invalid.")
-    mbx_no, seq = struct.unpack(">IQ", raw[8:20])
-    return int(mbx_no), raw[20:].decode(), int(seq)
+        raise ItemError("ErrorInvalidSyncStateData", _INVALID_STATE) from exc
+    if not raw.startswith(b"EMUSYNC2") or len(raw) < 40:
+        raise ItemError("ErrorInvalidSyncStateData", _INVALID_STATE)
+    mbx_no, seq, generation = struct.unpack(">IQI", raw[8:24])
+    guid, state_folder = raw[24:40], raw[40:].decode(errors="replace")
+    if mbx_no != mbx.no or state_folder != folder:
+        raise ItemError("ErrorInvalidSyncStateData", "The synchronization state belongs to another folder.")
+    if guid != uuid.UUID(mbx.guid).bytes or generation != mbx.generation or seq > mbx.change_seq():
+        raise ItemError("ErrorInvalidSyncStateData", _INVALID_STATE)
+    return int(seq)
 
 
 def op_sync_folder_items(ctx: Context, req: Element) -> Element:
@@ -650,11 +662,7 @@ def op_sync_folder_items(ctx: Context, req: Element) -> Element:
             raise ItemError("ErrorInvalidRequest", "SyncFolderId is required")
         mbx, folder = resolve_folder(ctx, children(folder_el)[0])
         state_text = (text_of(req, m("SyncState")) or "").strip()
-        since = 0
-        if state_text:
-            s_mbx, s_folder, since = decode_sync_state(state_text)
-            if s_mbx != mbx.no or s_folder != folder:
-                raise ItemError("ErrorInvalidSyncStateData", "The synchronization state belongs to another folder.")
+        since = decode_sync_state(state_text, mbx, folder) if state_text else 0
         max_changes = int(text_of(req, m("MaxChangesReturned")) or "0")
         if not 1 <= max_changes <= 512:
             raise ItemError("ErrorInvalidArgument", f"MaxChangesReturned must be 1..512, got {max_changes}")

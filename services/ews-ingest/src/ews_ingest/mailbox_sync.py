@@ -24,7 +24,7 @@ from typing import Any
 
 from dateutil.relativedelta import relativedelta
 from exchangelib import CalendarItem
-from exchangelib.errors import ErrorItemNotFound, MalformedResponseError
+from exchangelib.errors import ErrorInvalidSyncStateData, ErrorItemNotFound, MalformedResponseError
 from exchangelib.fields import FieldPath
 from exchangelib.items import ID_ONLY
 from exchangelib.services import SyncFolderItems
@@ -82,6 +82,8 @@ class SyncResult:
     quarantined: int = 0
     pages: int = 0
     fetched: int = 0
+    #: Times Exchange refused the SyncState and the mailbox was read again from none.
+    state_resets: int = 0
     newest_modified: dt.datetime | None = None
 
 
@@ -122,14 +124,30 @@ class MailboxSync:
 
     # ------------------------------------------------------------------ entry points
     async def sync(self) -> SyncResult:
-        """Incremental sync from the checkpoint (or the first pass when there is none)."""
+        """Incremental sync from the checkpoint (or the first pass when there is none).
+
+        Exchange refuses a SyncState it no longer knows - after a mailbox moved to another database, or from
+        another store - with ErrorInvalidSyncStateData ("Synchronize items by using EWS in Exchange": start again
+        without one). The checkpoint is then dropped and the mailbox read again whole and published, like an
+        admin resync: the engine keeps what it already has and takes what changed, so nothing is doubled."""
         checkpoint = self.ctx.checkpoint
-        if checkpoint.initial_done:
-            origin = calendar_pb2.CHANGE_ORIGIN_SYNC
-            await self._walk(checkpoint.sync_state, origin, publish=True, in_window_only=False)
-        else:
-            origin = calendar_pb2.CHANGE_ORIGIN_INITIAL_LOAD
-            await self._walk(checkpoint.sync_state, origin, publish=self.auto_sync, in_window_only=True)
+        try:
+            if checkpoint.initial_done:
+                origin = calendar_pb2.CHANGE_ORIGIN_SYNC
+                await self._walk(checkpoint.sync_state, origin, publish=True, in_window_only=False)
+            else:
+                origin = calendar_pb2.CHANGE_ORIGIN_INITIAL_LOAD
+                await self._walk(checkpoint.sync_state, origin, publish=self.auto_sync, in_window_only=True)
+        except ErrorInvalidSyncStateData as exc:
+            log.warning(
+                "Exchange no longer knows the mailbox's sync state (moved?): reading it again whole",
+                extra={"mailbox": self.ctx.mailbox, "error": describe(exc)},
+            )
+            checkpoint.sync_state = None
+            await self.ctx.store.save_checkpoint(checkpoint)
+            self.result.state_resets += 1
+            token = f"state-reset-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S%f')}"
+            await self._walk(None, calendar_pb2.CHANGE_ORIGIN_RESYNC, publish=True, in_window_only=True, token=token)
         await self._save_quarantine()
         return self.result
 
