@@ -14,10 +14,11 @@ import click
 from aiohttp import web
 
 from .config import SERVER_VERSIONS, ConfigError, EmulatorConfig
+from .persistence import keep_saved, load_store
 from .server import Emulator, Settings
 
 
-async def _serve(emu: Emulator, host: str, port: int, ready_file: Path | None) -> None:
+async def _serve(emu: Emulator, host: str, port: int, ready_file: Path | None, state_file: Path | None) -> None:
     app = emu.app()
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
@@ -56,8 +57,11 @@ async def _serve(emu: Emulator, host: str, port: int, ready_file: Path | None) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    saver = asyncio.ensure_future(keep_saved(emu.store, state_file, stop)) if state_file is not None else None
     await stop.wait()
     await runner.cleanup()
+    if saver is not None:
+        await saver
 
 
 @click.command()
@@ -101,6 +105,11 @@ async def _serve(emu: Emulator, host: str, port: int, ready_file: Path | None) -
     help="Interval of ConnectionStatus OK keep-alives on streaming connections.",
 )
 @click.option(
+    "--state-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Keep the mailboxes in this file: loaded at start when it exists, written after changes and at exit.",
+)
+@click.option(
     "--log-level", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
 )
 def main(
@@ -112,6 +121,7 @@ def main(
     server_version: str | None,
     minute_seconds: float,
     heartbeat_seconds: float,
+    state_file: Path | None,
     log_level: str,
 ) -> None:
     """Exchange Web Services (EWS) emulator for the TrueConf calendar connector."""
@@ -129,13 +139,17 @@ def main(
     if minute_seconds <= 0 or heartbeat_seconds <= 0:
         raise click.UsageError("--minute-seconds and --heartbeat-seconds must be positive")
     try:
+        store = load_store(state_file) if state_file is not None else None
         emu = Emulator(
             config,
             Settings(strict=strict, minute_seconds=minute_seconds, heartbeat_seconds=heartbeat_seconds),
+            store=store,
         )
-    except ValueError as exc:
+    except ValueError as exc:  # StateFileError included
         raise click.UsageError(str(exc)) from exc
-    asyncio.run(_serve(emu, host, port, ready_file))
+    if store is not None:
+        logging.getLogger("exchange_emulator").info("mailboxes restored from %s", state_file)
+    asyncio.run(_serve(emu, host, port, ready_file, state_file))
 
 
 if __name__ == "__main__":

@@ -509,6 +509,11 @@ class Mailbox:
         """The newest change of the calendar folder (0: none yet)."""
         return self.log_seq[-1] if self.log_seq else 0
 
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state["subscriptions"] = {}  # notification state lives in memory only (persistence.py)
+        return state
+
     def folder_change_key(self) -> str:
         return folder_change_key(self.no, self.folder_version)
 
@@ -531,6 +536,8 @@ class Store:
         self._item_no = itertools.count(1)
         self._change_seq = itertools.count(1)
         self._sub_no = itertools.count(1)
+        #: Bumped by every change worth keeping (persistence.keep_saved writes the store when it moved).
+        self.version = 0
 
     # ------------------------------------------------------------------ setup
     def add_account(
@@ -545,6 +552,7 @@ class Store:
             mailbox=mailbox.lower() if mailbox else None,
         )
         self.accounts[acc.key] = acc
+        self.version += 1
         return acc
 
     def add_mailbox(self, email: str, display_name: str | None = None) -> Mailbox:
@@ -557,6 +565,7 @@ class Store:
         no = next(self._mailbox_no)
         name = display_name or key.split("@", 1)[0].replace(".", " ").title()
         mbx = Mailbox(no=no, email=key, display_name=name, server=(no - 1) % self.servers)
+        self.version += 1
         self.mailboxes[key] = mbx
         self.by_no[no] = mbx
         self.by_sid[mbx.sid] = mbx
@@ -569,6 +578,7 @@ class Store:
         if rights not in ("Reviewer", "Author", "Editor"):
             raise ValueError(f"delegate calendar rights must be Reviewer, Author or Editor, got {rights!r}")
         mbx.delegates[delegate.strip().lower()] = rights
+        self.version += 1
 
     def mailbox(self, email: str) -> Mailbox | None:
         return self.mailboxes.get(email.strip().lower())
@@ -590,6 +600,7 @@ class Store:
             raise ValueError(f"server must be 0..{self.servers - 1}, got {server}")
         mbx.server = server
         mbx.generation += 1
+        self.version += 1
         ended = 0
         for subscription in list(mbx.subscriptions.values()):
             if not subscription.expired:
@@ -628,9 +639,25 @@ class Store:
         return mbx, item, parsed.occurrence
 
     # -------------------------------------------------------------- change log
+    def __getstate__(self) -> dict[str, object]:
+        """Picklable state: the counters as their next values, without subscriptions (persistence.py)."""
+        state = dict(self.__dict__)
+        state["subscriptions"] = {}
+        for name in ("_mailbox_no", "_item_no", "_change_seq", "_sub_no"):
+            value = next(getattr(self, name))
+            setattr(self, name, itertools.count(value))  # the peek took nothing away
+            state[name] = value
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        for name in ("_mailbox_no", "_item_no", "_change_seq", "_sub_no"):
+            state[name] = itertools.count(int(state[name]))  # type: ignore[call-overload]
+        self.__dict__.update(state)
+
     def record(self, mbx: Mailbox, item: CalendarItem, kind: str) -> None:
         """Record a change of a calendar item (kind: created, modified, deleted) and notify subscriptions."""
         top = item.master if item.master is not None else item
+        self.version += 1
         seq = next(self._change_seq)
         mbx.log_seq.append(seq)
         mbx.log_item.append(top.no)

@@ -86,10 +86,13 @@ class StreamHandle:
 
 
 class Emulator:
-    def __init__(self, config: EmulatorConfig, settings: Settings | None = None) -> None:
+    def __init__(self, config: EmulatorConfig, settings: Settings | None = None, store: Store | None = None) -> None:
+        """`store`: a world kept from an earlier run (persistence.py); the config's accounts, mailboxes and
+        delegates are added to it where missing, and it is not seeded again."""
         self.config = config
         self.settings = settings or Settings()
-        self.store = Store(domain=config.domain, servers=config.mailbox_servers)
+        restored = store is not None
+        self.store = store if store is not None else Store(domain=config.domain, servers=config.mailbox_servers)
         self.cal = Calendar(self.store)
         self.faults = Faults()
         self.validator = SchemaValidator() if self.settings.strict else None
@@ -107,7 +110,7 @@ class Emulator:
         for dlg in config.delegates:
             self.store.add_delegate(dlg.owner, dlg.delegate, dlg.rights)
         self.auth = Authenticator(self.store)
-        if config.seed:
+        if config.seed and not restored:
             seed(self.store, self.cal, config.seed)
 
     # ------------------------------------------------------------------------------------------ app

@@ -107,6 +107,8 @@ class Sandbox:
     config_overrides: dict[str, Any] = field(default_factory=dict)
     extra_mailboxes: int = 0
     configured_users: str = "all"
+    #: The Exchange emulator found its mailboxes from an earlier run in the state dir (no demo written again).
+    exchange_restored: bool = False
     _pg: EmbeddedPostgres | None = None
     _nats: EmbeddedNats | None = None
 
@@ -216,6 +218,9 @@ class Sandbox:
                 ],
             }
             (emulator_dir / "config.json").write_text(json.dumps(config, indent=2))
+            # The mailboxes live in the state dir like PostgreSQL's and NATS's data: a restart finds them again.
+            state_file = emulator_dir / "mailboxes.pickle"
+            self.exchange_restored = state_file.exists()
             child = Child(
                 "exchange-emulator",
                 [
@@ -228,6 +233,8 @@ class Sandbox:
                     "0",
                     "--ready-file",
                     str(emulator_dir / "ready.json"),
+                    "--state-file",
+                    str(state_file),
                 ],
                 self.state_dir / "logs" / "exchange-emulator.log",
                 ready_file=emulator_dir / "ready.json",
@@ -439,6 +446,8 @@ class Sandbox:
         """The demo meetings, written through EWS as Outlook would (needs the Exchange emulator and ews-ingest)."""
         exchange = self.ready.get("exchange")
         if not exchange or not installed("ews_ingest"):
+            return []
+        if self.exchange_restored:  # written on the first run of this state dir, and still there
             return []
         from tccal.sandbox_demo import Ews, seed_demo
 

@@ -85,6 +85,7 @@ def running_sandbox(
     it (SIGTERM, then kill) afterwards unless it has stopped already."""
     state = state_dir or short_tmpdir(prefix)
     ready_file = state / "ready.json"
+    ready_file.unlink(missing_ok=True)  # a restart on the same state: wait for the new run's file, not the last
     command = [sys.executable, "-m", "tccal.cli", "sandbox", "--state-dir", str(state), "--ready-file", str(ready_file)]
     with open(state / "sandbox.out", "wb") as output:
         process = subprocess.Popen(

@@ -140,6 +140,8 @@ def sandbox(
         extra_mailboxes=extra_mailboxes,
         configured_users=configured_users,
     )
+    ready_path = Path(ready_file) if ready_file else state / "ready.json"
+    ready_path.unlink(missing_ok=True)
     try:
         db, url = box.start_infrastructure()
         box.start_emulators()
@@ -150,7 +152,6 @@ def sandbox(
         box.register_license(license_tier, seats)
         if demo:
             box.seed_demo()
-        ready_path = Path(ready_file) if ready_file else state / "ready.json"
         box.write_ready_file(ready_path)
         click.echo(describe(box.ready, ready_path))
         while not stop.is_set():
@@ -166,4 +167,5 @@ def sandbox(
         box.stop()
         sys.exit(1)
     box.stop()
+    ready_path.unlink(missing_ok=True)  # nothing it names is running any more
     click.echo("sandbox stopped")
