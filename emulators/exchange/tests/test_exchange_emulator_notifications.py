@@ -255,3 +255,35 @@ def test_a_moved_mailbox_loses_its_subscriptions(emu: EmulatorHandle, account, m
     assert b"ErrorSubscriptionNotFound" in gone.content
     fresh = acc.calendar.subscribe_to_streaming()  # a new one, on the new server, works
     assert b"ErrorSubscriptionNotFound" not in _raw_stream(emu, owner, [fresh], **{"X-AnchorMailbox": owner}).content
+
+
+def test_missed_events_end_the_subscription_with_error_missed_notification_events(
+    emu: EmulatorHandle, account, mailboxes
+) -> None:
+    """An overflowing queue drops events and says so ("Handling notification-related errors in EWS"): on a pull
+    subscription the next GetEvents, on an open stream at once; the subscription is gone afterwards."""
+    from exchangelib.errors import ErrorMissedNotificationEvents
+
+    (owner,) = mailboxes("overflow")
+    acc = account(owner)
+    pull_id, watermark = acc.calendar.subscribe_to_pull()
+    bulk = acc.bulk_create(folder=acc.calendar, items=[_save_later(acc, f"flood {n}") for n in range(1001)])
+    assert len(bulk) == 1001
+    with pytest.raises(ErrorMissedNotificationEvents):
+        _get_events(acc, pull_id, watermark)
+    with pytest.raises((ErrorExpiredSubscription, ErrorSubscriptionNotFound)):
+        _get_events(acc, pull_id, watermark)
+    stream_id = acc.calendar.subscribe_to_streaming()
+    out: dict[str, Any] = {}
+    thread = _stream(acc, [stream_id], out, connection_timeout=5)
+    wait_for(lambda: _streams_open(emu, [stream_id]), what="streaming connection")
+    assert emu.admin.miss_events(subscription_ids=[stream_id]) == [stream_id]
+    thread.join(timeout=20)
+    assert isinstance(out.get("error"), ErrorMissedNotificationEvents), out
+
+
+def _save_later(acc, subject: str) -> CalendarItem:
+    start = EWSDateTime(2033, 3, 1, 9, tzinfo=UTC)
+    return CalendarItem(
+        account=acc, folder=acc.calendar, subject=subject, start=start, end=start + dt.timedelta(hours=1)
+    )

@@ -243,3 +243,29 @@ async def test_a_sync_state_lost_in_a_move_is_replaced_and_the_mailbox_read_agai
         assert entry.context is not None and entry.context.checkpoint.sync_state
         await outlook.do(outlook.meeting, owner, "and later still")
         await collector.wait(lambda c: c.event.subject == "and later still", what="an ordinary change afterwards")
+
+
+async def test_missed_notification_events_bring_a_catch_up_and_a_new_subscription(
+    emu: EmulatorHandle, collector: ChangeCollector, outlook: Outlook, streaming_ingest: StreamingIngest
+) -> None:
+    """Exchange drops a subscription's events and answers ErrorMissedNotificationEvents (driven through the
+    emulator's overflow): the group subscribes again and catches the mailbox up with a sync, so a change whose
+    notification was dropped still arrives, and later ones stream as before."""
+    (owner,) = new_mailboxes(emu, "missed-events")
+    async with streaming_ingest(owner) as h:
+        stats = h.runtime.streams.stats
+        catch_ups, resubscribed = stats.catch_ups, stats.subscriptions
+        group = next(g for gs in h.runtime.streams.groups.values() for g in gs if owner in g.members)
+        old = group.subscriptions[owner]
+        await outlook.do(outlook.meeting, owner, "its notification is dropped")
+        assert await outlook.do(emu.admin.miss_events, [old]) == [old]
+        await collector.wait(lambda c: c.event.subject == "its notification is dropped", what="the dropped change")
+
+        async def subscribed_again() -> bool:
+            return group.subscriptions.get(owner) not in (None, old) and stats.catch_ups > catch_ups
+
+        await wait_for_async(subscribed_again, timeout=20, what="a new subscription and a catch-up")
+        assert stats.subscriptions > resubscribed
+        await h.streamed(owner)
+        await outlook.do(outlook.meeting, owner, "streams again")
+        await collector.wait(lambda c: c.event.subject == "streams again", what="a change after the new subscription")

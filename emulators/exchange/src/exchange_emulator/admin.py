@@ -293,6 +293,24 @@ def add_admin_routes(app: web.Application, emu: Emulator) -> None:
         ended = emu.store.move_mailbox(mbx, target)
         return _json({**mailbox_json(emu, mbx), "subscriptions_ended": ended})
 
+    async def miss_events(request: web.Request) -> web.Response:
+        """Drop the queued events of subscriptions as an overflowing queue does: their next GetEvents or
+        GetStreamingEvents answers ErrorMissedNotificationEvents (open streams get it at once)."""
+        data = await _body(request)
+        ids = data.get("subscription_ids")
+        mailbox = data.get("mailbox")
+        missed = []
+        for x in list(emu.store.subscriptions.values()):
+            if x.expired or (ids is not None and x.id not in ids):
+                continue
+            if mailbox is not None and x.mailbox.email != str(mailbox).lower():
+                continue
+            x.events.clear()
+            x.missed = True
+            x.wake()
+            missed.append(x.id)
+        return _json({"missed": missed})
+
     async def reset(request: web.Request) -> web.Response:
         emu.op_counts.clear()
         emu.mailbox_counts.clear()
@@ -346,6 +364,7 @@ def add_admin_routes(app: web.Application, emu: Emulator) -> None:
     r.add_get(PREFIX + "/violations", violations)
     r.add_get(PREFIX + "/subscriptions", subscriptions)
     r.add_post(PREFIX + "/subscriptions/expire", expire_subscriptions)
+    r.add_post(PREFIX + "/subscriptions/miss", miss_events)
     r.add_post(PREFIX + "/reset", reset)
     r.add_get(PREFIX + "/faults", list_faults)
     r.add_post(PREFIX + "/faults", add_fault)

@@ -52,12 +52,23 @@ class EmulatorConfig:
     seed: dict[str, Any] | None = None
     #: Mailbox servers the mailboxes are spread over (Exchange 2016/2019/SE: a DAG has several).
     mailbox_servers: int = 2
+    #: Undelivered events one subscription keeps; beyond, they are dropped: ErrorMissedNotificationEvents.
+    max_queued_events: int = 1000
 
     @classmethod
     def from_json(cls, data: Any) -> EmulatorConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
-        known = {"version", "domain", "service_accounts", "mailboxes", "delegates", "seed", "mailbox_servers"}
+        known = {
+            "version",
+            "domain",
+            "service_accounts",
+            "mailboxes",
+            "delegates",
+            "seed",
+            "mailbox_servers",
+            "max_queued_events",
+        }
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown config keys {sorted(unknown)}; expected some of {sorted(known)}")
@@ -74,6 +85,10 @@ class EmulatorConfig:
         if isinstance(servers, bool) or not isinstance(servers, int) or not 1 <= servers <= 16:
             raise ConfigError(f"config key 'mailbox_servers' must be a whole number 1..16, got {servers!r}")
         cfg.mailbox_servers = servers
+        queued = data.get("max_queued_events", 1000)
+        if isinstance(queued, bool) or not isinstance(queued, int) or not 1 <= queued <= 1_000_000:
+            raise ConfigError(f"config key 'max_queued_events' must be a whole number 1..1000000, got {queued!r}")
+        cfg.max_queued_events = queued
         for n, acc in enumerate(data.get("service_accounts", [])):
             if not isinstance(acc, dict) or not acc.get("username") or not acc.get("password"):
                 raise ConfigError(f"service_accounts[{n}] needs 'username' and 'password', got {acc!r}")

@@ -439,6 +439,9 @@ class Subscription:
     server: int = 0
     last_used: float = field(default_factory=time.monotonic)
     expired: bool = False
+    #: Events were dropped (queue overflow): the next GetEvents / GetStreamingEvents gets
+    #: ErrorMissedNotificationEvents and the subscription ends.
+    missed: bool = False
     events: collections.deque[Event] = field(default_factory=collections.deque)
     seq: int = 0
     waiters: set[asyncio.Event] = field(default_factory=set)
@@ -538,6 +541,8 @@ class Store:
         self._sub_no = itertools.count(1)
         #: Bumped by every change worth keeping (persistence.keep_saved writes the store when it moved).
         self.version = 0
+        #: Undelivered events a subscription keeps before they are dropped (ErrorMissedNotificationEvents).
+        self.max_queued_events = 1000
 
     # ------------------------------------------------------------------ setup
     def add_account(
@@ -704,6 +709,12 @@ class Store:
                             pck,
                         )
                     )
+                if len(sub.events) > self.max_queued_events:
+                    # The queue of undelivered events is bounded: Exchange drops them and tells the client with
+                    # ErrorMissedNotificationEvents ("Handling notification-related errors in EWS in Exchange":
+                    # catch up with a sync and subscribe again).
+                    sub.events.clear()
+                    sub.missed = True
                 sub.wake()
 
     def changes_since(self, mbx: Mailbox, since: int) -> Iterator[tuple[int, int]]:

@@ -1086,8 +1086,19 @@ def subscription_for(ctx: Context, sub_id: str, kind: str) -> Subscription:
         if kind == "pull":
             raise ItemError("ErrorExpiredSubscription", "The subscription has expired.")
         raise ItemError("ErrorSubscriptionNotFound", "The specified subscription was not found.")
+    if subscription.missed:
+        raise missed_events(subscription)
     ctx.mailboxes_touched.add(subscription.mailbox.email)
     return subscription
+
+
+def missed_events(subscription: Subscription) -> ItemError:
+    """The answer for a subscription whose events were dropped; it ends with it (a new one must be made)."""
+    subscription.expired = True
+    return ItemError(
+        "ErrorMissedNotificationEvents",
+        "Notification events were missed: the subscription's queue overflowed. Synchronize and subscribe again.",
+    )
 
 
 def write_event(parent: Element, ev: Event, watermark: str) -> None:

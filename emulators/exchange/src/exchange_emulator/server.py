@@ -26,6 +26,7 @@ from .ops import (
     Context,
     SoapFaultError,
     add_message,
+    missed_events,
     response_root,
     subscription_for,
     write_notification,
@@ -93,6 +94,7 @@ class Emulator:
         self.settings = settings or Settings()
         restored = store is not None
         self.store = store if store is not None else Store(domain=config.domain, servers=config.mailbox_servers)
+        self.store.max_queued_events = config.max_queued_events
         self.cal = Calendar(self.store)
         self.faults = Faults()
         self.validator = SchemaValidator() if self.settings.strict else None
@@ -439,6 +441,10 @@ class Emulator:
         try:
             await response.write(self._stream_doc(ctx, status_msgs("OK")))
             while True:
+                missed = [x for x in subs if x.missed and not x.expired]
+                if missed:
+                    await response.write(self._stream_doc(ctx, functools.partial(_missed_msgs, missed)))
+                    break
                 expired = [x for x in subs if x.expired]
                 if expired:
                     await response.write(self._stream_doc(ctx, functools.partial(_expired_msgs, expired)))
@@ -612,6 +618,15 @@ def _expired_msgs(expired: list[Subscription], msgs: Element) -> None:
     msg = add_message(msgs, "GetStreamingEvents", gone)
     errs = sub(msg, m("ErrorSubscriptionIds"))
     for x in expired:
+        sub(errs, t("SubscriptionId"), x.id)
+    sub(msg, m("ConnectionStatus"), "Closed")
+
+
+def _missed_msgs(missed: list[Subscription], msgs: Element) -> None:
+    msg = add_message(msgs, "GetStreamingEvents", missed_events(missed[0]))
+    errs = sub(msg, m("ErrorSubscriptionIds"))
+    for x in missed:
+        missed_events(x)
         sub(errs, t("SubscriptionId"), x.id)
     sub(msg, m("ConnectionStatus"), "Closed")
 

@@ -145,6 +145,15 @@ class AdminClient:
         result: dict[str, Any] = self.get(f"/mailboxes/{email}")
         return result
 
+    def miss_events(self, subscription_ids: list[str] | None = None, mailbox: str | None = None) -> list[str]:
+        """Make subscriptions miss events (their next read answers ErrorMissedNotificationEvents)."""
+        body: dict[str, Any] = {}
+        if subscription_ids is not None:
+            body["subscription_ids"] = subscription_ids
+        if mailbox is not None:
+            body["mailbox"] = mailbox
+        return list(self.post("/subscriptions/miss", body)["missed"])
+
     def drop_streams(self, mailbox: str | None = None) -> int:
         return int(self.post("/streams/drop", {"mailbox": mailbox} if mailbox else {})["dropped"])
 
