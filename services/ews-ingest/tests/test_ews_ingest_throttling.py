@@ -21,6 +21,7 @@ from ews_ingest_support import (
     new_mailboxes,
     provider_section,
     running_ingest,
+    soon,
 )
 
 from ews_ingest.conference_marker import register_marker_property
@@ -173,3 +174,45 @@ async def test_malformed_item_is_quarantined_and_the_rest_flows(
 
 async def _cleared(entry: object) -> bool:
     return not getattr(entry, "last_error", "x")
+
+
+async def test_a_spent_exchange_time_budget_is_waited_out(
+    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing, collector: ChangeCollector, outlook: Outlook
+) -> None:
+    """No injected fault: the emulator's own time budget (EwsMaxBurst / EwsRechargeRate, shrunk) runs dry during the
+    first sync, Exchange answers ErrorServerBusy with the time the budget needs, and ews-ingest waits that long and
+    goes on - nothing lost, nothing in ERROR."""
+    mailboxes = new_mailboxes(emu, "spend1", "spend2", "spend3")
+    for mailbox in mailboxes:
+        for n in range(3):
+            await outlook.do(outlook.meeting, mailbox, f"budgeted {mailbox} #{n}", start=soon(days=1 + n))
+    defaults = await outlook.do(emu.admin.throttling)
+    # every call costs 100 ms of a 300 ms burst that earns 200 ms a second back: the fourth call of a mailbox is
+    # refused with a back-off of a few hundred ms
+    await outlook.do(
+        emu.admin.throttling, call_cost_ms=100, max_burst_ms=300, recharge_rate_ms=720_000, cutoff_balance_ms=0
+    )
+    try:
+        config = ingest_config(nats_url, licensing.address, [provider_section(emu, mailboxes)])
+        async with running_ingest(config) as h:
+            await collector.start()
+            await h.synced(*mailboxes, timeout=60)
+
+            async def all_nine() -> bool:
+                return len(_budgeted(collector)) >= 9
+
+            await wait_for_async(all_nine, timeout=60, what="every meeting despite the spent budgets")
+            refused = (await outlook.do(emu.admin.throttling))["refused"]
+            assert refused.get("ErrorServerBusy", 0) >= 1, refused
+            back_offs = [b for m in mailboxes for b in h.pool_of(m).stats.back_offs if b.mailbox in mailboxes]
+            assert back_offs, "the refusals were not honoured as back-offs"
+            assert all(0 < b.requested <= 1.0 and b.waited >= b.requested for b in back_offs), back_offs
+            assert all(h.scheduler.entries[m].state == ingest_pb2.MAILBOX_STATE_SYNCING for m in mailboxes)
+            subjects = _budgeted(collector)
+            assert len(subjects) == len(set(subjects)) == 9  # each published once
+    finally:
+        await outlook.do(emu.admin.throttling, **{k: v for k, v in defaults.items() if k != "refused"})
+
+
+def _budgeted(collector: ChangeCollector) -> list[str]:
+    return [r.change.event.subject for r in collector.received if r.change.event.subject.startswith("budgeted")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -11,6 +12,7 @@ from aiohttp import web
 from lxml import etree
 
 from .calxml import ItemError, ParseContext, apply_field, normalize_times
+from .config import ConfigError, Throttling
 from .model import CalendarItem, Mailbox
 from .seeding import seed
 from .xmlutil import PARSER, children, fmt_dt, t
@@ -311,10 +313,26 @@ def add_admin_routes(app: web.Application, emu: Emulator) -> None:
             missed.append(x.id)
         return _json({"missed": missed})
 
+    async def get_throttling(request: web.Request) -> web.Response:
+        limits = emu.config.throttling
+        return _json({**dataclasses.asdict(limits), "refused": dict(emu.throttled)})
+
+    async def set_throttling(request: web.Request) -> web.Response:
+        """Change the throttling policy (Set-ThrottlingPolicy): the given keys replace theirs; budgets start full."""
+        data = await _body(request)
+        try:
+            limits = Throttling.from_json({**dataclasses.asdict(emu.config.throttling), **data})
+        except ConfigError as exc:
+            return _error(str(exc))
+        emu.config.throttling = limits
+        emu.budgets.clear()
+        return _json(dataclasses.asdict(limits))
+
     async def reset(request: web.Request) -> web.Response:
         emu.op_counts.clear()
         emu.mailbox_counts.clear()
         emu.violations.clear()
+        emu.throttled.clear()
         return _json({"reset": True})
 
     async def list_faults(request: web.Request) -> web.Response:
@@ -365,6 +383,8 @@ def add_admin_routes(app: web.Application, emu: Emulator) -> None:
     r.add_get(PREFIX + "/subscriptions", subscriptions)
     r.add_post(PREFIX + "/subscriptions/expire", expire_subscriptions)
     r.add_post(PREFIX + "/subscriptions/miss", miss_events)
+    r.add_get(PREFIX + "/throttling", get_throttling)
+    r.add_post(PREFIX + "/throttling", set_throttling)
     r.add_post(PREFIX + "/reset", reset)
     r.add_get(PREFIX + "/faults", list_faults)
     r.add_post(PREFIX + "/faults", add_fault)

@@ -43,6 +43,52 @@ class DelegateSpec:
 
 
 @dataclass
+class Throttling:
+    """Exchange's default EWS throttling policy ("EWS throttling in Exchange"; "Handling notification-related
+    errors in EWS in Exchange"): 27 concurrent calls (EWSMaxConcurrency), 3 open streaming connections
+    (HangingConnectionLimit of Exchange on-premises) and 5,000 subscriptions (EWSMaxSubscriptions), each charged
+    to the impersonated mailbox (or the account acting for itself)."""
+
+    max_concurrency: int = 27
+    hanging_connection_limit: int = 3
+    max_subscriptions: int = 5000
+    #: EwsMaxBurst, EwsRechargeRate (per hour) and EwsCutoffBalance of the time budget, in ms (budget.py).
+    max_burst_ms: int = 300_000
+    recharge_rate_ms: int = 900_000
+    cutoff_balance_ms: int = 3_000_000
+    #: Server time every call is charged on top of what it took: the emulator answers in about a millisecond,
+    #: where Exchange takes tens; raising it makes the budget reachable in a test.
+    call_cost_ms: int = 0
+
+    @classmethod
+    def from_json(cls, data: Any) -> Throttling:
+        if not isinstance(data, dict):
+            raise ConfigError(f"config key 'throttling' must be an object, got {data!r}")
+        known = {
+            "max_concurrency",
+            "hanging_connection_limit",
+            "max_subscriptions",
+            "max_burst_ms",
+            "recharge_rate_ms",
+            "cutoff_balance_ms",
+            "call_cost_ms",
+        }
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown throttling keys {sorted(unknown)}; expected some of {sorted(known)}")
+        values = cls()
+        for key in known & set(data):
+            value = data[key]
+            low = 0 if key in ("cutoff_balance_ms", "call_cost_ms") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 1_000_000_000:
+                raise ConfigError(
+                    f"config key 'throttling.{key}' must be a whole number {low}..1000000000, got {value!r}"
+                )
+            setattr(values, key, value)
+        return values
+
+
+@dataclass
 class EmulatorConfig:
     version: str = "Exchange2016"
     domain: str = "EXAMPLE"
@@ -54,6 +100,7 @@ class EmulatorConfig:
     mailbox_servers: int = 2
     #: Undelivered events one subscription keeps; beyond, they are dropped: ErrorMissedNotificationEvents.
     max_queued_events: int = 1000
+    throttling: Throttling = field(default_factory=lambda: Throttling())
 
     @classmethod
     def from_json(cls, data: Any) -> EmulatorConfig:
@@ -68,6 +115,7 @@ class EmulatorConfig:
             "seed",
             "mailbox_servers",
             "max_queued_events",
+            "throttling",
         }
         unknown = set(data) - known
         if unknown:
@@ -89,6 +137,7 @@ class EmulatorConfig:
         if isinstance(queued, bool) or not isinstance(queued, int) or not 1 <= queued <= 1_000_000:
             raise ConfigError(f"config key 'max_queued_events' must be a whole number 1..1000000, got {queued!r}")
         cfg.max_queued_events = queued
+        cfg.throttling = Throttling.from_json(data.get("throttling", {}))
         for n, acc in enumerate(data.get("service_accounts", [])):
             if not isinstance(acc, dict) or not acc.get("username") or not acc.get("password"):
                 raise ConfigError(f"service_accounts[{n}] needs 'username' and 'password', got {acc!r}")

@@ -84,6 +84,8 @@ class Context:
     max_stream_events: int = 50
     #: The mailbox server the request was routed to (X-BackEndOverrideCookie, X-AnchorMailbox, the mailbox).
     server: int = 0
+    #: EWSMaxSubscriptions, charged to the subscribed mailbox.
+    max_subscriptions: int = 5000
 
     @property
     def actor(self) -> str:
@@ -1054,6 +1056,12 @@ def op_subscribe(ctx: Context, req: Element) -> Element:
         sub_kind = "pull" if kind == "PullSubscriptionRequest" else "streaming"
         if sub_kind == "pull" and not 1 <= timeout <= 1440:
             raise ItemError("ErrorInvalidRequest", f"pull subscription Timeout must be 1..1440 minutes, got {timeout}")
+        live = sum(1 for x in mbx.subscriptions.values() if not x.expired)
+        if live >= ctx.max_subscriptions:
+            raise ItemError(
+                "ErrorExceededSubscriptionCount",
+                f"You have exceeded the maximum number of subscriptions ({ctx.max_subscriptions}) for this mailbox.",
+            )
         subscription = ctx.store.subscribe(
             mbx, ctx.account.key, sub_kind, folders, event_types, timeout if sub_kind == "pull" else 30
         )

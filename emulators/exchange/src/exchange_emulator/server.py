@@ -16,6 +16,7 @@ from aiohttp import web
 from lxml import etree
 
 from .auth import Authenticator
+from .budget import TimeBudget
 from .calendar import Calendar
 from .calxml import ItemError
 from .config import SCHEMA_VERSION, SERVER_VERSIONS, EmulatorConfig
@@ -102,6 +103,12 @@ class Emulator:
         self.op_counts: collections.Counter[str] = collections.Counter()
         self.mailbox_counts: collections.Counter[str] = collections.Counter()
         self.streams: set[StreamHandle] = set()
+        #: Throttling: calls in progress and open streaming connections, by charged principal.
+        self.in_flight: collections.Counter[str] = collections.Counter()
+        self.open_streams: collections.Counter[str] = collections.Counter()
+        self.budgets: dict[str, TimeBudget] = {}
+        #: Calls refused by a throttling budget, by response code.
+        self.throttled: collections.Counter[str] = collections.Counter()
         self.base_url = ""
         for acc in config.service_accounts:
             self.store.add_account(acc.username, acc.password, acc.impersonation, acc.mailbox)
@@ -259,6 +266,60 @@ class Emulator:
         anchor = ctx.acting.email if ctx.acting else request.headers.get("X-AnchorMailbox", "")
         if anchor:
             self.mailbox_counts[anchor.lower()] += 1
+        principal = ctx.acting.email if ctx.acting is not None else account.key
+        limits = self.config.throttling
+        budget = self._budget(principal)
+        back_off = budget.back_off_ms()
+        if back_off:
+            self.throttled["ErrorServerBusy"] += 1
+            return self.fault(
+                "ErrorServerBusy",
+                "The server cannot service this request right now. Try again later.",
+                {"BackOffMilliseconds": str(back_off)},
+            )
+        if op == "GetStreamingEvents":
+            # A hanging connection is charged as one call: its waiting is not server time.
+            if self.open_streams[principal] >= limits.hanging_connection_limit:
+                return self._over_budget("HangingConnectionLimit", limits.hanging_connection_limit)
+            budget.spend(limits.call_cost_ms)
+            self.open_streams[principal] += 1
+            try:
+                return await self._answer(request, ctx, op, op_el, anchor)
+            finally:
+                self.open_streams[principal] -= 1
+        if self.in_flight[principal] >= limits.max_concurrency:
+            return self._over_budget("MaxConcurrency", limits.max_concurrency)
+        self.in_flight[principal] += 1
+        started = time.monotonic()
+        try:
+            return await self._answer(request, ctx, op, op_el, anchor)
+        finally:
+            self.in_flight[principal] -= 1
+            budget.spend((time.monotonic() - started) * 1000.0 + limits.call_cost_ms)
+
+    def _budget(self, principal: str) -> TimeBudget:
+        budget = self.budgets.get(principal)
+        if budget is None:
+            limits = self.config.throttling
+            budget = TimeBudget(limits.max_burst_ms, limits.recharge_rate_ms, limits.cutoff_balance_ms)
+            self.budgets[principal] = budget
+        return budget
+
+    def _over_budget(self, policy: str, limit: int) -> web.Response:
+        """A throttling budget is spent ("EWS throttling in Exchange"): concurrent calls (EWSMaxConcurrency, 27)
+        and open streaming connections (HangingConnectionLimit) are charged to the impersonated mailbox, or to the
+        account that logged on when it acts for itself."""
+        self.throttled["ErrorExceededConnectionCount"] += 1
+        return self.fault(
+            "ErrorExceededConnectionCount",
+            "You have exceeded the available concurrent connections for your account. Try again once your other "
+            "requests have completed.",
+            {"Policy": policy, "MaxConcurrencyLimit": str(limit)},
+        )
+
+    async def _answer(
+        self, request: web.Request, ctx: Context, op: str, op_el: Element, anchor: str
+    ) -> web.StreamResponse:
         # fault injection
         rule = self.faults.pick("latency", op, anchor)
         if rule is not None:
@@ -386,6 +447,7 @@ class Emulator:
             api_version,
             self.settings.minute_seconds,
             max_stream_events=self.settings.max_events_per_notification,
+            max_subscriptions=self.config.throttling.max_subscriptions,
         )
 
     # -------------------------------------------------------------------------------- streaming

@@ -141,6 +141,12 @@ class AdminClient:
         result: dict[str, Any] = self.post(f"/mailboxes/{email}/move", {"server": server})
         return result
 
+    def throttling(self, **limits: int) -> dict[str, Any]:
+        """Change the throttling policy (keys of config `throttling`); without arguments, read it and the refusals
+        so far (`refused`: {response code: calls})."""
+        result: dict[str, Any] = self.post("/throttling", limits) if limits else self.get("/throttling")
+        return result
+
     def mailbox(self, email: str) -> dict[str, Any]:
         result: dict[str, Any] = self.get(f"/mailboxes/{email}")
         return result
