@@ -154,3 +154,47 @@ def test_affinity_cookie_on_subscribe(emu: EmulatorHandle, mailboxes) -> None:
     )
     assert codes(root) == ["NoError"]
     assert "X-BackEndOverrideCookie=" in root.get("_cookie", "")
+
+
+def test_unknown_request_server_version_is_refused(emu: EmulatorHandle, mailboxes) -> None:
+    (owner,) = mailboxes("owner")
+    envelope = (
+        '<?xml version="1.0" encoding="utf-8"?>'
+        f'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:m="{M}" xmlns:t="{T}">'
+        '<s:Header><t:RequestServerVersion Version="Exchange2099"/>'
+        f"<t:ExchangeImpersonation><t:ConnectingSID><t:PrimarySmtpAddress>{owner}</t:PrimarySmtpAddress>"
+        "</t:ConnectingSID></t:ExchangeImpersonation></s:Header><s:Body>"
+        "<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape>"
+        '<m:FolderIds><t:DistinguishedFolderId Id="calendar"/></m:FolderIds></m:GetFolder></s:Body></s:Envelope>'
+    )
+    token = base64.b64encode(f"{SERVICE_USER}:{SERVICE_PASSWORD}".encode()).decode()
+    r = requests.post(
+        emu.ews_url,
+        data=envelope.encode(),
+        timeout=10,
+        headers={"Authorization": f"Basic {token}", "Content-Type": "text/xml; charset=utf-8"},
+    )
+    assert r.status_code == 500
+    root = etree.fromstring(r.content)
+    assert root.findtext(".//faultcode") == "a:ErrorInvalidServerVersion"
+    assert [e.text for e in root.iter("{http://schemas.microsoft.com/exchange/services/2006/errors}ResponseCode")] == [
+        "ErrorInvalidServerVersion"
+    ]
+
+
+def test_subject_is_cut_at_255_characters(emu: EmulatorHandle, mailboxes) -> None:
+    """exchangelib refuses a longer subject itself; other clients send one and Exchange keeps 255 characters."""
+    (owner,) = mailboxes("owner")
+    long_subject = "".join(chr(ord("a") + n % 26) for n in range(300))
+    root = soap(
+        emu,
+        owner,
+        '<m:CreateItem SendMeetingInvitations="SendToNone"><m:SavedItemFolderId>'
+        '<t:DistinguishedFolderId Id="calendar"/></m:SavedItemFolderId><m:Items><t:CalendarItem>'
+        f"<t:Subject>{long_subject}</t:Subject>"
+        "<t:Start>2035-05-06T10:00:00</t:Start><t:End>2035-05-06T11:00:00</t:End>"
+        "</t:CalendarItem></m:Items></m:CreateItem>",
+    )
+    assert codes(root) == ["NoError"]
+    (stored,) = [i for i in emu.admin.items(owner) if i["subject"].startswith("abc")]
+    assert stored["subject"] == long_subject[:255]

@@ -687,6 +687,11 @@ def _set_tz(item: CalendarItem, which: str, el: Element) -> None:
         item.end_tz, item.end_tz_name, item.end_tz_def = tz_id, name, custom
 
 
+#: Exchange keeps at most 255 characters of a subject and cuts the rest ("Subject", EWS reference:
+#: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/subject).
+SUBJECT_MAX = 255
+
+
 def apply_field(item: CalendarItem, el: Element, ctx: ParseContext, append: bool = False) -> str | None:
     """Apply one CalendarItem child element to the item. Returns the field URI it set (None when ignored)."""
     name = local(el.tag)
@@ -695,7 +700,7 @@ def apply_field(item: CalendarItem, el: Element, ctx: ParseContext, append: bool
     text = el.text or ""
     try:
         if name == "Subject":
-            item.subject = text
+            item.subject = text[:SUBJECT_MAX]
         elif name == "Body":
             btype = el.get("BodyType", "Text")
             if append:

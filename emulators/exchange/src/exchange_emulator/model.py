@@ -319,7 +319,8 @@ class CalendarItem:
         return view
 
     def expand(self, window_start: dt.datetime, window_end: dt.datetime) -> list[CalendarItem]:
-        """Occurrences and exceptions of a master overlapping [window_start, window_end)."""
+        """Occurrences and exceptions of a master in a CalendarView from window_start to window_end (see
+        in_calendar_view)."""
         out: list[CalendarItem] = []
         duration = self.duration()
         for original in self.occurrence_starts(until=window_end):
@@ -330,10 +331,10 @@ class CalendarItem:
                 continue
             if original >= window_end:
                 continue
-            if original + duration > window_start or (duration.total_seconds() == 0 and original >= window_start):
+            if in_calendar_view(original, original + duration, window_start, window_end):
                 out.append(self.occurrence_view_at(original))
         for exc in self.exceptions.values():
-            if exc.end > window_start and exc.start < window_end:
+            if in_calendar_view(exc.start, exc.end, window_start, window_end):
                 out.append(exc)
         return out
 
@@ -353,6 +354,13 @@ class CalendarItem:
         if self.recurrence is not None and not self.recurrence.is_bounded():
             last = None
         return first, last
+
+
+def in_calendar_view(start: dt.datetime, end: dt.datetime, view_start: dt.datetime, view_end: dt.datetime) -> bool:
+    """Whether an item or occurrence is in a CalendarView: Exchange leaves out only what ends before StartDate and
+    what starts on or after EndDate - an item ending exactly at StartDate is returned ("CalendarView", EWS
+    reference, https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/calendarview)."""
+    return not (end < view_start or start >= view_end)
 
 
 def clone_item(src: CalendarItem, no: int, mailbox: Mailbox | None = None) -> CalendarItem:

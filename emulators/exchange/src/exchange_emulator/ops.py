@@ -36,6 +36,7 @@ from .model import (
     Store,
     Subscription,
     clone_item,
+    in_calendar_view,
     item_id,
     parse_folder_id,
     parse_item_id,
@@ -574,9 +575,7 @@ def op_find_item(ctx: Context, req: Element) -> Element:
                 for item in source:
                     if item.recurrence is not None:
                         items.extend(item.expand(start, end))
-                    elif (item.end > start and item.start < end) or (
-                        item.start == item.end and start <= item.start < end
-                    ):
+                    elif in_calendar_view(item.start, item.end, start, end):
                         items.append(item)
                 items.sort(key=lambda i: (i.start, i.end, i.no))
                 total = len(items)

@@ -63,6 +63,32 @@ AUTODISCOVER_PATH = "/autodiscover/autodiscover.svc"
 XML_CONTENT_TYPE = "text/xml; charset=utf-8"
 
 
+#: RequestServerVersion values of the ExchangeVersionType enumeration in the served types.xsd.
+REQUEST_VERSIONS = frozenset(
+    {
+        "Exchange2007",
+        "Exchange2007_SP1",
+        "Exchange2009",
+        "Exchange2010",
+        "Exchange2010_SP1",
+        "Exchange2010_SP2",
+        "Exchange2012",
+        "Exchange2013",
+        "Exchange2013_SP1",
+        "Exchange2015",
+        "Exchange2016",
+        "V2015_10_05",
+        "V2016_01_06",
+        "V2016_04_13",
+        "V2016_07_13",
+        "V2016_10_10",
+        "V2017_01_07",
+        "V2017_04_14",
+        "V2017_07_11",
+    }
+)
+
+
 @dataclass
 class Settings:
     strict: bool = True
@@ -409,6 +435,11 @@ class Emulator:
             rsv = header.find(t("RequestServerVersion"))
             if rsv is not None:
                 api_version = rsv.get("Version", api_version)
+                if api_version not in REQUEST_VERSIONS:
+                    # What Exchange answers a version it does not know (clients such as exchangelib then try the
+                    # next one): ErrorInvalidServerVersion ("ResponseCode", EWS reference,
+                    # https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/responsecode).
+                    raise SoapFaultError("ErrorInvalidServerVersion", "The specified server version is invalid.")
             imp = header.find(t("ExchangeImpersonation"))
             if imp is not None:
                 sid_el = imp.find(t("ConnectingSID"))
