@@ -60,6 +60,9 @@ def test_1_1_a_restarted_sandbox_syncs_a_new_meeting_like_the_first_run() -> Non
         print(f"new meeting after the restart reached TrueConf with its conference in {took:.2f} s")
         subjects = Counter(e["subject"] for e in product.calendar("alice"))
         assert subjects["Before the restart"] == 1  # kept, not doubled
+        # and TrueConf still has the conference its event points at
+        (before,) = product.events("alice", "Before the restart")
+        assert before["conference"] and product.conference(before["conference"]["id"]) is not None
         assert all(subjects[name] <= 1 for name in demo if not name.lower().startswith("weekly")), subjects
         account = product.account("bob")
         assert {"Before the restart", "After the restart"} <= {i.subject for i in account.calendar.all()}

@@ -537,3 +537,24 @@ def test_rest_log_pages_with_since(tcs: EmulatorProcess, token: str) -> None:
     later = tcs.inspect(f"/rest-log?since={first[0]['seq']}")
     assert [entry["path"] for entry in later] == ["/api/v4/users/alice"]
     assert later[0]["status"] == 200
+
+
+def test_conferences_survive_a_restart_with_a_state_file(tmp_path: Any) -> None:
+    """A real TrueConf Server keeps its conferences across a restart; with `state_file` the emulator does too, and
+    a killed process leaves the last complete file (written through after every changing /api/ request)."""
+    state = tmp_path / "conferences.pickle"
+    first = start_emulator(extra={"state_file": str(state)})
+    try:
+        status, _, created = call(first, "POST", "/conferences", full_conference(), token=first.token())
+        assert status == 200, created
+        conference_id = created["conference"]["id"]
+        first.process.kill()  # no orderly stop: the write-through must already hold it
+        first.process.wait(10)
+    finally:
+        first.stop()
+    second = start_emulator(extra={"state_file": str(state)})
+    try:
+        status, _, kept = call(second, "GET", f"/conferences/{conference_id}", token=second.token())
+        assert status == 200 and kept["conference"]["topic"] == "Marketing department meeting", kept
+    finally:
+        second.stop()

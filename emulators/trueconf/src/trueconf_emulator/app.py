@@ -123,6 +123,7 @@ class Emulator:
 
     async def stop(self) -> None:
         await self.bridge.shutdown()
+        self.rest.save()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.config.ready_file:
@@ -359,6 +360,7 @@ class Emulator:
             if body.get("conferences", True):
                 self.rest.conferences.clear()
                 self.rest.external_ids.clear()
+                self.rest.save()
             if body.get("rest_log", True):
                 self.rest.log.clear()
             if body.get("faults", True):

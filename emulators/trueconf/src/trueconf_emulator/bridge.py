@@ -396,8 +396,10 @@ class BridgeClient:
             if conn.tasks:
                 await asyncio.gather(*conn.tasks, return_exceptions=True)
             if not conn.ws.closed:
+                # A close of ours may be under way (an admin drop wakes the reader first): send its code, not 1000.
+                code = conn.closed_by_us[0] if conn.closed_by_us and conn.closed_by_us[0] != 1006 else 1000
                 with contextlib.suppress(Exception):
-                    await conn.ws.close()
+                    await conn.ws.close(code=code)
 
     # ----------------------------------------------------------------- sending
     async def _send(self, conn: _Connection, frame: dict[str, Any], definition: str) -> None:
@@ -454,6 +456,10 @@ class BridgeClient:
         ws = conn.ws
         silence = 2 * self._config.ping_interval
         while True:
+            if conn.closed_by_us is not None:
+                # A close of ours is under way: receive() on a closing socket would close it again with 1000
+                # before our own code is sent.
+                return
             try:
                 message = await ws.receive(timeout=silence)
             except TimeoutError:

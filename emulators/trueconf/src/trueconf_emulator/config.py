@@ -74,6 +74,7 @@ class EmulatorConfig:
     #: PEM certificate and key: serve https:// (TrueConf Server is reached over HTTPS; some clients insist).
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    state_file: str | None = None  # conferences kept across restarts (persistence.py)
     window_days_back: int = 60
     window_days_forward: int = 90
     reconnect_initial: float = 1.0
@@ -193,6 +194,7 @@ _KNOWN_KEYS = {
     "schema_path",
     "tls_cert_file",
     "tls_key_file",
+    "state_file",
     "calendar_window",
     "reconnect",
     "ping_interval",
@@ -263,7 +265,7 @@ def build_config(file_data: dict[str, Any] | None, overrides: dict[str, Any]) ->
         path = _string(flat, "gateway_ca_file")
         _expect(Path(path).is_file(), "gateway_ca_file", path, "an existing PEM file")
         config.gateway_ca_file = path
-    for key in ("ready_file", "schema_path"):
+    for key in ("ready_file", "schema_path", "state_file"):
         if flat.get(key) is not None:
             setattr(config, key, _string(flat, key))
     for key in ("tls_cert_file", "tls_key_file"):

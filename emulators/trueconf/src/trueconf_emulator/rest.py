@@ -12,6 +12,7 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -29,6 +30,7 @@ from .conferences import (
 )
 from .config import EmulatorConfig
 from .faults import FaultDecision, FaultInjector
+from .persistence import ConferenceFile
 
 SCOPES = (
     "conferences conferences:read conferences:write conferences.invitations conferences.participants users users:read"
@@ -48,6 +50,16 @@ class RestState:
         self.faults = FaultInjector()
         self.log: list[dict[str, Any]] = []
         self._log_seq = 0
+        self.state_file = ConferenceFile(Path(config.state_file)) if config.state_file else None
+        saved = self.state_file.load() if self.state_file else None
+        if saved is not None:
+            self.conferences.update(saved["conferences"])
+            self.external_ids.update(saved["external_ids"])
+
+    def save(self) -> None:
+        """Write the conferences through to the state file (when there is one)."""
+        if self.state_file is not None:
+            self.state_file.save(self.conferences, self.external_ids)
 
     # ------------------------------------------------------------------ tokens
     def issue_token(self) -> tuple[str, int]:
@@ -152,6 +164,8 @@ def rest_middleware(state: RestState) -> Middleware:
             response = _fault_response(decision)
         else:
             response = await _dispatch(state, request, handler)
+            if request.method != "GET" and path.startswith("/api/"):
+                state.save()
         state.record(
             {
                 "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),

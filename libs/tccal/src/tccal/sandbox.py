@@ -289,6 +289,7 @@ class Sandbox:
             "oauth": {"client_id": "tc-calendar-connector", "client_secret": self._stable_secret("oauth-secret")},
             "port": port,
             "ready_file": str(directory / "ready.json"),
+            "state_file": str(directory / "conferences.pickle"),
         }
         (directory / "config.json").write_text(json.dumps(config, indent=2))
         child = Child(
