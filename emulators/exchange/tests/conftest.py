@@ -26,6 +26,9 @@ CONFIG: dict[str, Any] = {
         {"username": PLAIN_USER, "password": PLAIN_PASSWORD, "impersonation": False},
     ],
     "mailboxes": [{"email": "alice@example.com", "display_name": "Alice Example"}],
+    # Calendar semantics are checked with meeting messages delivered before the call returns; their travel
+    # through transport (later, out of order) has its own module, test_exchange_emulator_transport.py.
+    "meeting_delivery": {"delay_ms": 0, "jitter_ms": 0},
 }
 
 

@@ -198,3 +198,35 @@ def test_subject_is_cut_at_255_characters(emu: EmulatorHandle, mailboxes) -> Non
     assert codes(root) == ["NoError"]
     (stored,) = [i for i in emu.admin.items(owner) if i["subject"].startswith("abc")]
     assert stored["subject"] == long_subject[:255]
+
+
+def test_categories_restrictions_compare_each_value(emu: EmulatorHandle) -> None:
+    mailbox = emu.admin.add_mailbox("categories@example.com")["email"]
+    create(emu, mailbox)  # Categories: ["A"]
+
+    def found(expression: str) -> int:
+        root = soap(
+            emu,
+            mailbox,
+            "<m:FindItem Traversal='Shallow'><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape>"
+            f"<m:Restriction>{expression}</m:Restriction>"
+            '<m:ParentFolderIds><t:DistinguishedFolderId Id="calendar"/></m:ParentFolderIds></m:FindItem>',
+        )
+        assert codes(root) == ["NoError"], etree.tostring(root)
+        return len(root.findall(f".//{{{T}}}CalendarItem"))
+
+    def equal(op: str, value: str) -> str:
+        return (
+            f'<t:{op}><t:FieldURI FieldURI="item:Categories"/>'
+            f'<t:FieldURIOrConstant><t:Constant Value="{value}"/></t:FieldURIOrConstant></t:{op}>'
+        )
+
+    assert found(equal("IsEqualTo", "A")) == 1
+    assert found(equal("IsEqualTo", "B")) == 0
+    assert found(equal("IsNotEqualTo", "A")) == 0
+    assert found(equal("IsNotEqualTo", "B")) == 1
+    contains = (
+        '<t:Contains ContainmentMode="FullString" ContainmentComparison="IgnoreCase">'
+        '<t:FieldURI FieldURI="item:Categories"/><t:Constant Value="a"/></t:Contains>'
+    )
+    assert found(contains) == 1

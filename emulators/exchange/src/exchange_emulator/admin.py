@@ -136,6 +136,11 @@ def add_admin_routes(app: web.Application, emu: Emulator) -> None:
                 "subscriptions": len(emu.store.subscriptions),
                 "open_streams": len(emu.streams),
                 "violations": len(emu.violations),
+                "meeting_messages": {
+                    "in_transit": emu.transport.in_transit,
+                    "delivered": emu.transport.delivered,
+                    "out_of_date": emu.transport.out_of_date,
+                },
             }
         )
 
@@ -212,7 +217,7 @@ def add_admin_routes(app: web.Application, emu: Emulator) -> None:
         data = await _body(request)
         started = time.monotonic()
         try:
-            result = seed(emu.store, emu.cal, data)
+            result = seed(emu.store, emu.cal.seeding(), data)
         except (ValueError, TypeError) as exc:
             return _error(str(exc))
         result["seconds"] = round(time.monotonic() - started, 3)

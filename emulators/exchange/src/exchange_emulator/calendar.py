@@ -9,10 +9,12 @@ everywhere, and a delegate writing into an owner's calendar makes the owner the 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 
 from .calxml import ItemError
 from .model import CalendarItem, Mailbox, Store, clone_item, utcnow
+from .transport import Transport
 
 SEND_MODES_CREATE = ("SendToNone", "SendOnlyToAll", "SendToAllAndSaveCopy")
 SEND_MODES_UPDATE = (
@@ -58,8 +60,38 @@ def new_uid() -> str:
 
 
 class Calendar:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, transport: Transport | None = None) -> None:
+        """`transport`: how meeting messages reach other mailboxes (transport.py); none delivers at once."""
         self.store = store
+        self.transport = transport or Transport(0, 0)
+
+    def seeding(self) -> Calendar:
+        """The same calendars with messages delivered at once: a seeded world is one whose mail has arrived."""
+        return Calendar(self.store)
+
+    # ------------------------------------------------------------- transport
+    def _snapshot(self, org: CalendarItem) -> CalendarItem:
+        """The organizer's item as a meeting message carries it: later changes of the item do not alter it."""
+        snap = clone_item(org, org.no, org.mailbox)
+        for original, exc in org.exceptions.items():
+            mine = clone_item(exc, exc.no, org.mailbox)
+            mine.master = snap
+            snap.exceptions[original] = mine
+        return snap
+
+    def _send_requests(self, org: CalendarItem, mailboxes: list[Mailbox]) -> None:
+        """A meeting request or update to each attendee mailbox; it creates or refreshes their copy on arrival."""
+        snap = self._snapshot(org)
+        for mbx in mailboxes:
+            self.transport.send((mbx.email, org.uid), functools.partial(self._deliver, snap, mbx), whole=True)
+
+    def _send_cancellation(self, org: CalendarItem, mbx: Mailbox) -> None:
+        def arrive() -> None:
+            copy = self.copy_of(mbx, org.uid)
+            if copy is not None:
+                self._cancel_copy(copy, org.organizer_name)
+
+        self.transport.send((mbx.email, org.uid), arrive)
 
     # ----------------------------------------------------------------- helpers
     def _register(self, mbx: Mailbox, item: CalendarItem) -> None:
@@ -123,8 +155,7 @@ class Calendar:
                 att.response = "NoResponseReceived" if att.response == "Unknown" else att.response
         self._register(target, item)
         if item.meeting_request_was_sent:
-            for mbx in self.attendee_mailboxes(item):
-                self._deliver(item, mbx)
+            self._send_requests(item, self.attendee_mailboxes(item))
         return item
 
     def _deliver(self, org: CalendarItem, mbx: Mailbox) -> CalendarItem:
@@ -223,16 +254,13 @@ class Calendar:
         before_top = before if item is top else None
         old_emails = {a.email.lower() for _, a in before_top.attendees()} if before_top is not None else None
         new_emails = {a.email.lower() for _, a in top.attendees()}
-        for mbx_att in self.attendee_mailboxes(top):
-            self._deliver(top, mbx_att)
+        self._send_requests(top, self.attendee_mailboxes(top))
         if old_emails is not None:
             for removed in old_emails - new_emails:
                 mbx_rm = self.store.mailbox(removed)
                 if mbx_rm is None or mbx_rm is mbx:
                     continue
-                copy = self.copy_of(mbx_rm, top.uid)
-                if copy is not None:
-                    self._cancel_copy(copy, top.organizer_name)
+                self._send_cancellation(top, mbx_rm)
 
     # ---------------------------------------------------------- occurrences
     def make_exception(self, master: CalendarItem, original: dt.datetime) -> CalendarItem:
@@ -262,25 +290,34 @@ class Calendar:
         master.bump(actor)
         self.store.record(mbx, master, "modified")
         if master.is_organizer and master.is_meeting and send_cancellations:
+            snap = self._snapshot(master)
             for att_mbx in self.attendee_mailboxes(master):
-                copy = self.copy_of(att_mbx, master.uid)
-                if copy is None or copy.recurrence is None:
-                    continue
-                cexc = copy.exceptions.pop(original, None)
-                if cexc is not None:
-                    att_mbx.exceptions.pop(cexc.no, None)
-                copy.deleted.add(original)
-                copy.bump(master.organizer_name)
-                self.store.record(att_mbx, copy, "modified")
+                topic = (att_mbx.email, master.uid)
+                self.transport.send(topic, functools.partial(self._occurrence_cancelled, snap, att_mbx, original))
+
+    def _occurrence_cancelled(self, snap: CalendarItem, att_mbx: Mailbox, original: dt.datetime) -> None:
+        """An occurrence's cancellation arrives. Before the series itself (its request still in transit, and now
+        out of date): the series arrives with it, as the organizer has it now."""
+        copy = self.copy_of(att_mbx, snap.uid)
+        if copy is None:
+            if self.transport.pending_for((att_mbx.email, snap.uid)):
+                self._deliver(snap, att_mbx)
+            return
+        if copy.recurrence is None:
+            return
+        cexc = copy.exceptions.pop(original, None)
+        if cexc is not None:
+            att_mbx.exceptions.pop(cexc.no, None)
+        copy.deleted.add(original)
+        copy.bump(snap.organizer_name)
+        self.store.record(att_mbx, copy, "modified")
 
     # ----------------------------------------------------------------- delete
     def delete(self, item: CalendarItem, send_cancellations: bool, actor: str) -> None:
         mbx = item.mailbox
         if item.is_organizer and item.is_meeting and send_cancellations and not item.is_cancelled:
             for att_mbx in self.attendee_mailboxes(item):
-                copy = self.copy_of(att_mbx, item.uid)
-                if copy is not None:
-                    self._cancel_copy(copy, item.organizer_name)
+                self._send_cancellation(item, att_mbx)
         self._remove(mbx, item)
 
     def cancel(self, item: CalendarItem, actor: str) -> None:
@@ -304,6 +341,31 @@ class Calendar:
         self.store.record(copy.mailbox, copy, "modified")
 
     # ---------------------------------------------------------------- respond
+    def _response_arrives(
+        self,
+        organizer: str,
+        uid: str,
+        original: dt.datetime | None,
+        mbx: Mailbox,
+        response: str,
+        at: dt.datetime,
+    ) -> None:
+        """The attendee's answer reaches the organizer's calendar: the attendee's response is tracked there."""
+        org_mbx = self.store.mailbox(organizer)
+        org = self.copy_of(org_mbx, uid) if org_mbx is not None else None
+        if org is None or not org.is_organizer:
+            return
+        org_target = org.exceptions.get(original, org) if original is not None else org
+        att = org_target.find_attendee(mbx.email)
+        if att is None:
+            return
+        att.response = response
+        att.last_response_time = at
+        org_target.bump(mbx.display_name)
+        if org_target is not org:
+            org.bump(mbx.display_name)
+        self.store.record(org.mailbox, org, "modified")
+
     def respond(self, item: CalendarItem, response: str, send: bool, actor: str) -> CalendarItem | None:
         """An attendee answers (Accept / Tentative / Decline). Returns the attendee's item (None if removed)."""
         top = item.master if item.master is not None else item
@@ -320,20 +382,13 @@ class Calendar:
             for exc in top.exceptions.values():
                 exc.my_response = response
                 exc.reply_time = now
-        if send:
-            org = self.organizer_item(top)
-            if org is not None:
-                org_target = org
-                if target is not top and target.original_start is not None:
-                    org_target = org.exceptions.get(target.original_start, org)
-                att = org_target.find_attendee(mbx.email)
-                if att is not None:
-                    att.response = response
-                    att.last_response_time = now
-                    org_target.bump(mbx.display_name)
-                    if org_target is not org:
-                        org.bump(mbx.display_name)
-                    self.store.record(org.mailbox, org, "modified")
+        if send and top.organizer_email:
+            original = target.original_start if target is not top else None
+            topic = (top.organizer_email.lower(), top.uid, mbx.email, original.isoformat() if original else "")
+            arrive = functools.partial(
+                self._response_arrives, top.organizer_email, top.uid, original, mbx, response, now
+            )
+            self.transport.send(topic, arrive)
         if response == "Decline" and target is top:
             # Declining removes the meeting from the attendee's calendar (it goes to Deleted Items).
             self._remove(mbx, top)

@@ -89,6 +89,33 @@ class Throttling:
 
 
 @dataclass
+class MeetingDelivery:
+    """Meeting requests, updates, cancellations and responses arrive `delay_ms` + 0..`jitter_ms` after they are sent
+    (transport.py); both 0 delivers before the sender's call returns."""
+
+    delay_ms: int = 200
+    jitter_ms: int = 800
+
+    @classmethod
+    def from_json(cls, data: Any) -> MeetingDelivery:
+        if not isinstance(data, dict):
+            raise ConfigError(f"config key 'meeting_delivery' must be an object, got {data!r}")
+        unknown = set(data) - {"delay_ms", "jitter_ms"}
+        if unknown:
+            raise ConfigError(f"unknown meeting_delivery keys {sorted(unknown)}; expected delay_ms, jitter_ms")
+        values = cls()
+        for key in ("delay_ms", "jitter_ms"):
+            if key in data:
+                value = data[key]
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 3_600_000:
+                    raise ConfigError(
+                        f"config key 'meeting_delivery.{key}' must be a whole number of ms 0..3600000, got {value!r}"
+                    )
+                setattr(values, key, value)
+        return values
+
+
+@dataclass
 class EmulatorConfig:
     version: str = "Exchange2016"
     domain: str = "EXAMPLE"
@@ -101,6 +128,7 @@ class EmulatorConfig:
     #: Undelivered events one subscription keeps; beyond, they are dropped: ErrorMissedNotificationEvents.
     max_queued_events: int = 1000
     throttling: Throttling = field(default_factory=lambda: Throttling())
+    meeting_delivery: MeetingDelivery = field(default_factory=lambda: MeetingDelivery())
 
     @classmethod
     def from_json(cls, data: Any) -> EmulatorConfig:
@@ -116,6 +144,7 @@ class EmulatorConfig:
             "mailbox_servers",
             "max_queued_events",
             "throttling",
+            "meeting_delivery",
         }
         unknown = set(data) - known
         if unknown:
@@ -138,6 +167,7 @@ class EmulatorConfig:
             raise ConfigError(f"config key 'max_queued_events' must be a whole number 1..1000000, got {queued!r}")
         cfg.max_queued_events = queued
         cfg.throttling = Throttling.from_json(data.get("throttling", {}))
+        cfg.meeting_delivery = MeetingDelivery.from_json(data.get("meeting_delivery", {}))
         for n, acc in enumerate(data.get("service_accounts", [])):
             if not isinstance(acc, dict) or not acc.get("username") or not acc.get("password"):
                 raise ConfigError(f"service_accounts[{n}] needs 'username' and 'password', got {acc!r}")

@@ -31,6 +31,7 @@ from .model import (
     Account,
     CalendarItem,
     Event,
+    ExtKey,
     IdError,
     Mailbox,
     Store,
@@ -469,7 +470,14 @@ def _path_getter(node: Element) -> Callable[[CalendarItem], object]:
             return getter
         if local(child.tag) == "ExtendedFieldURI":
             key = ext_key(child)
-            return lambda i: i.ext[key].values[0] if key in i.ext and i.ext[key].values else None
+
+            def extended(i: CalendarItem, key: ExtKey = key) -> object:
+                value = i.ext.get(key)
+                if value is None or not value.values:
+                    return None
+                return list(value.values) if value.multi else value.values[0]
+
+            return extended
     raise ItemError("ErrorInvalidRestriction", "A restriction element has no property path.")
 
 
@@ -525,14 +533,25 @@ def _compile(node: Element) -> Callable[[CalendarItem], bool]:
         raw = const.get("Value", "")
         op = ops[name]
 
-        def compare(i: CalendarItem) -> bool:
-            value = getter(i)
-            if value is None:
-                return False
+        def matches(value: object) -> bool:
             try:
                 return op(value, _constant(raw, value))
             except (TypeError, ValueError):
                 return False
+
+        def compare(i: CalendarItem) -> bool:
+            value = getter(i)
+            if value is None:
+                return False
+            if isinstance(value, list):
+                # A multi-valued property (Categories, a multi-valued extended property) is compared value by
+                # value, as the store evaluates a property restriction on a multi-valued property ([MS-OXCDATA]
+                # 2.12, multivalued properties in restrictions): it matches when one of its values does, and
+                # IsNotEqualTo when none is equal.
+                if name == "IsNotEqualTo":
+                    return not any(_constant(raw, v) == v for v in value)
+                return any(matches(v) for v in value)
+            return matches(value)
 
         return compare
     raise ItemError("ErrorUnsupportedQueryFilter", f"Restriction element {name} is not supported.")

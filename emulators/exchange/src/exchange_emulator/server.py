@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -35,6 +36,7 @@ from .ops import (
 from .schema import SchemaValidator, schema_dir
 from .seeding import seed
 from .timezones import UnknownTimeZoneError, zone_for
+from .transport import Transport
 from .xmlutil import (
     NS_A,
     NS_E,
@@ -122,7 +124,10 @@ class Emulator:
         restored = store is not None
         self.store = store if store is not None else Store(domain=config.domain, servers=config.mailbox_servers)
         self.store.max_queued_events = config.max_queued_events
-        self.cal = Calendar(self.store)
+        delivery = config.meeting_delivery
+        self.transport = Transport(delivery.delay_ms, delivery.jitter_ms)
+        self.cal = Calendar(self.store, self.transport)
+        self._transport_task: asyncio.Task[None] | None = None
         self.faults = Faults()
         self.validator = SchemaValidator() if self.settings.strict else None
         self.violations: list[Violation] = []
@@ -146,7 +151,7 @@ class Emulator:
             self.store.add_delegate(dlg.owner, dlg.delegate, dlg.rights)
         self.auth = Authenticator(self.store)
         if config.seed and not restored:
-            seed(self.store, self.cal, config.seed)
+            seed(self.store, self.cal.seeding(), config.seed)
 
     # ------------------------------------------------------------------------------------------ app
     def app(self) -> web.Application:
@@ -162,10 +167,19 @@ class Emulator:
         from .admin import add_admin_routes
 
         add_admin_routes(app, self)
+        app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app
 
+    async def _on_startup(self, app: web.Application) -> None:
+        self._transport_task = asyncio.get_running_loop().create_task(self.transport.run())
+
     async def _on_shutdown(self, app: web.Application) -> None:
+        if self._transport_task is not None:
+            self._transport_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._transport_task
+        self.transport.flush()  # what was sent is delivered: transport queues survive on Exchange
         for handle in list(self.streams):
             transport = handle.request.transport
             if transport is not None:
