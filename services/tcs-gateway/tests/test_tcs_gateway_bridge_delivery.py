@@ -354,3 +354,20 @@ async def test_a_window_of_one_still_gets_snapshots_and_pushes(world: World) -> 
         [push] = await one_at_a_time(1)
         assert push["method"] == "calendar.upsert" and push["payload"]["event"]["id"] == "three"
         assert (await world.commands.result_of(later.command_id)).status == commands_pb2.COMMAND_STATUS_OK
+
+
+async def test_a_bare_acknowledgement_completes_a_push(world: World) -> None:
+    """TrueConf's published chatbot client shows the server acknowledging with {"type": 2, "id": N} and no payload;
+    the gateway reads it as success instead of waiting out the reply timeout (docs/bridge-protocol.md §2)."""
+    gateway = await world.gateway(gateway_settings(world.sync, [server_settings()]))
+    command = world.commands.upsert_command(BOB, occurrence("bare", start=today_at(9), attendees=[(BOB, ACCEPT)]))
+    async with RawBridgeClient(gateway.url) as tcs:
+        assert (await tcs.auth())["payload"]["errorCode"] == 0
+        await world.commands.publish(command)
+        push = await tcs.frame()
+        assert push["method"] == "calendar.upsert"
+        await tcs.send({"type": 2, "id": push["id"]})
+        await poll(lambda: _results_ok(world, [command.command_id]), what="the push done")
+        # nothing is resent, and the connection stays open past the push
+        assert (await tcs.call("ping", {}))["payload"]["errorCode"] == 0
+        assert not [f for f in tcs.received if f.get("method") == "calendar.upsert" and f is not push]

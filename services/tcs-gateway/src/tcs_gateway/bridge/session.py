@@ -317,6 +317,11 @@ class Session:
         await self._reply(frame_id, error_payload(ErrorCode.NOT_AUTHENTICATED, f"{method} before a successful auth"))
 
     def _on_reply(self, frame: dict[str, Any]) -> None:
+        bare = set(frame) == {"type", "id"}
+        if bare:
+            # A bare acknowledgement, {"type": 2, "id": N}: what TrueConf's own chatbot client library shows the
+            # server answering; read as success (docs/bridge-protocol.md §2, "Bare acknowledgement").
+            frame = {**frame, "payload": {"errorCode": 0}}
         problem = self.context.validator.problem(frame, "replyFrame", relative_to_payload=False)
         raw_id = frame.get("id")
         entry = self._outstanding.get(raw_id) if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
@@ -329,7 +334,7 @@ class Session:
             return
         assert isinstance(raw_id, int) and isinstance(payload, dict)
         del self._outstanding[raw_id]
-        if problem is None and self.context.validator.has(f"{entry.method}.reply"):
+        if problem is None and not bare and self.context.validator.has(f"{entry.method}.reply"):
             detail = self.context.validator.problem(frame, f"{entry.method}.reply")
             if detail is not None:
                 log.warning(
@@ -756,10 +761,12 @@ class Session:
         assert server is not None
         code = payload.get("errorCode")
         if code == 0:
-            applied = bool(payload.get("applied"))
-            span.set_attribute("tcs.applied", applied)
+            applied = payload.get("applied")
+            outcome = "acknowledged" if applied is None else "applied" if applied else "ignored"
+            if applied is not None:
+                span.set_attribute("tcs.applied", bool(applied))
             span.end()
-            _PUSHES.add(1, {"method": item.method, "outcome": "applied" if applied else "ignored"})
+            _PUSHES.add(1, {"method": item.method, "outcome": outcome})
             server.finish(item, commands_pb2.COMMAND_STATUS_OK)
             return
         description = str(payload.get("errorDescription", "no description"))
