@@ -10,9 +10,14 @@ import pytest
 import requests
 from exchange_emulator_support import PLAIN_PASSWORD, PLAIN_USER, SERVICE_PASSWORD, SERVICE_USER
 from exchangelib import BASIC, IMPERSONATION, NTLM, Account, Configuration, Credentials, FailFast
-from exchangelib.errors import ErrorImpersonateUserDenied, ErrorNonExistentMailbox, UnauthorizedError
+from exchangelib.errors import (
+    ErrorImpersonateUserDenied,
+    ErrorInvalidIdMalformed,
+    ErrorNonExistentMailbox,
+    UnauthorizedError,
+)
 from exchangelib.folders import Calendar, Folder, SingleFolderQuerySet
-from exchangelib.properties import EWS_ID, HEX_ENTRY_ID, AlternateId
+from exchangelib.properties import ENTRY_ID, EWS_ID, HEX_ENTRY_ID, AlternateId
 from exchangelib.version import EXCHANGE_2016, Version
 
 from exchange_emulator.schema import SCHEMA_FILES, schema_dir
@@ -114,6 +119,21 @@ def test_convert_id_round_trip(emu: EmulatorHandle, account, mailboxes) -> None:
     assert hex_ids[0].format == HEX_ENTRY_ID and hex_ids[0].id != item.id
     back = list(acc.protocol.convert_ids([AlternateId(id=hex_ids[0].id, format=HEX_ENTRY_ID, mailbox=owner)], EWS_ID))
     assert back[0].id == item.id
+
+
+def test_convert_id_converts_folder_ids(emu: EmulatorHandle, account, mailboxes) -> None:
+    """ConvertId converts folder ids as well as item ids ("ConvertId operation"): Outlook add-ins and REST-era
+    clients hand out the calendar's id in EntryId / HexEntryId form."""
+    (owner,) = mailboxes("folders")
+    acc = account(owner)
+    calendar_id = acc.calendar.id
+    for fmt in (HEX_ENTRY_ID, ENTRY_ID):
+        (converted,) = acc.protocol.convert_ids([AlternateId(id=calendar_id, format=EWS_ID, mailbox=owner)], fmt)
+        assert isinstance(converted, AlternateId) and converted.id != calendar_id, converted
+        (back,) = acc.protocol.convert_ids([AlternateId(id=converted.id, format=fmt, mailbox=owner)], EWS_ID)
+        assert isinstance(back, AlternateId) and back.id == calendar_id
+    (garbage,) = acc.protocol.convert_ids([AlternateId(id="00FF", format=HEX_ENTRY_ID, mailbox=owner)], EWS_ID)
+    assert isinstance(garbage, ErrorInvalidIdMalformed)
 
 
 @pytest.mark.expect_violation

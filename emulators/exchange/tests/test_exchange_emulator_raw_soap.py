@@ -230,3 +230,63 @@ def test_categories_restrictions_compare_each_value(emu: EmulatorHandle) -> None
         '<t:FieldURI FieldURI="item:Categories"/><t:Constant Value="a"/></t:Contains>'
     )
     assert found(contains) == 1
+
+
+def test_mapi_properties_every_appointment_has(emu: EmulatorHandle) -> None:
+    import binascii
+
+    mailbox = emu.admin.add_mailbox("mapi@example.com")["email"]
+    item_id, _ = create(emu, mailbox)
+    uid = emu.admin.items(mailbox)[0]["uid"]
+    wanted = (
+        '<t:ExtendedFieldURI DistinguishedPropertySetId="Meeting" PropertyId="3" PropertyType="Binary"/>'
+        '<t:ExtendedFieldURI PropertySetId="6ED8DA90-450B-101B-98DA-00AA003F1305" PropertyId="35" '
+        'PropertyType="Binary"/>'
+        '<t:ExtendedFieldURI DistinguishedPropertySetId="Appointment" PropertyId="33315" PropertyType="Boolean"/>'
+        '<t:ExtendedFieldURI PropertyTag="0x3008" PropertyType="SystemTime"/>'
+    )
+    item = get(emu, mailbox, item_id, extra=wanted)
+    values = [p.findtext(f"{{{T}}}Value") for p in item.findall(f"{{{T}}}ExtendedProperty")]
+    assert len(values) == 4, etree.tostring(item)
+    goid, clean, recurring, modified = values
+    assert goid == clean  # a single item: no instance date
+    assert binascii.hexlify(base64.b64decode(goid or "")).decode().upper() == uid  # Outlook's UID is the GOID
+    assert recurring == "false"
+    assert modified and modified.endswith("Z")
+
+
+def test_global_object_id_of_occurrences_and_foreign_uids() -> None:
+    import datetime as dt
+
+    from exchange_emulator.mapi import GOID_PREFIX, global_object_id
+
+    outlook_uid = "040000008200E00074C5B7101A82E008" + "00" * 20 + "10000000" + "0123456789ABCDEF0123456789ABCDEF"
+    occurrence = global_object_id(outlook_uid, dt.date(2031, 3, 4))
+    assert occurrence[16:20] == bytes([0x07, 0xEF, 3, 4])  # year big-endian, month, day ([MS-OXOCAL] 2.2.1.27)
+    assert occurrence[:16] + bytes(4) + occurrence[20:] == global_object_id(outlook_uid)
+    foreign = global_object_id("event-17@caldav.example.org")  # an iCalendar import's UID
+    assert foreign.startswith(GOID_PREFIX) and b"vCal-Uid\x01\x00\x00\x00event-17@caldav.example.org\x00" in foreign
+
+
+def test_calendar_folder_local_commit_time_max_moves_with_changes(emu: EmulatorHandle) -> None:
+    mailbox = emu.admin.add_mailbox("committime@example.com")["email"]
+
+    def commit_time() -> str:
+        root = soap(
+            emu,
+            mailbox,
+            "<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties>"
+            '<t:ExtendedFieldURI PropertyTag="0x670A" PropertyType="SystemTime"/>'
+            "</t:AdditionalProperties></m:FolderShape>"
+            '<m:FolderIds><t:DistinguishedFolderId Id="calendar"/></m:FolderIds></m:GetFolder>',
+        )
+        assert codes(root) == ["NoError"], etree.tostring(root)
+        value = root.findtext(f".//{{{T}}}ExtendedProperty/{{{T}}}Value")
+        assert value, etree.tostring(root)
+        return value
+
+    before = commit_time()
+    create(emu, mailbox)
+    after = commit_time()
+    assert after > before
+    assert commit_time() == after  # reading changes nothing

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from lxml import html as lxml_html
 
+from .mapi import computed
 from .model import Attendee, CalendarItem, ExtKey, ExtValue, Mailbox, Store
 from .recurrence import Recurrence, RecurrenceError
 from .timezones import (
@@ -359,7 +360,8 @@ def _w_display_cc(p: Element, i: CalendarItem, c: WriteContext) -> None:
 def _w_ext(p: Element, i: CalendarItem, c: WriteContext) -> None:
     source = i.master if (i.occurrence_view and i.master is not None) else i
     for uri in c.shape.ext:
-        value = source.ext.get(ext_key(uri))
+        key = ext_key(uri)
+        value = source.ext.get(key) or computed(key, i)
         if value is None:
             continue
         node = sub(p, t("ExtendedProperty"))

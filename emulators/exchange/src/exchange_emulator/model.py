@@ -499,6 +499,8 @@ class Mailbox:
     log_seq: list[int] = field(default_factory=list)
     log_item: list[int] = field(default_factory=list)
     latest: dict[int, int] = field(default_factory=dict)  # item no -> seq of its latest change
+    #: When the calendar last changed: its PR_LOCAL_COMMIT_TIME_MAX (None until the first change).
+    commit_time_max: dt.datetime | None = None
     created_seq: dict[int, int] = field(default_factory=dict)
     tombstones: dict[int, str] = field(default_factory=dict)  # item no -> item id of a deleted item
     folder_version: int = 1
@@ -671,6 +673,7 @@ class Store:
         """Record a change of a calendar item (kind: created, modified, deleted) and notify subscriptions."""
         top = item.master if item.master is not None else item
         self.version += 1
+        mbx.commit_time_max = utcnow()
         seq = next(self._change_seq)
         mbx.log_seq.append(seq)
         mbx.log_item.append(top.no)

@@ -27,6 +27,7 @@ from .calxml import (
     write_item_id_only,
 )
 from .model import (
+    FOLDER_PREFIX,
     FOLDERS,
     Account,
     CalendarItem,
@@ -241,9 +242,17 @@ def resolve_item_element(ctx: Context, node: Element, write: bool = False) -> Ca
 ID_FORMATS = ("EwsLegacyId", "EwsId", "EntryId", "HexEntryId", "StoreId", "OwaId")
 
 
+def _parse_any_id(value: str) -> None:
+    """An item id or a folder id: ConvertId converts both ("ConvertId operation", EWS reference)."""
+    try:
+        parse_item_id(value)
+    except IdError:
+        parse_folder_id(value)
+
+
 def _id_bytes(fmt: str, value: str) -> bytes:
     if fmt in ("EwsId", "EwsLegacyId", "OwaId"):
-        parse_item_id(value)
+        _parse_any_id(value)
         return base64.b64decode(value)
     if fmt == "EntryId":
         raw = base64.b64decode(value, validate=True)
@@ -256,8 +265,9 @@ def _id_bytes(fmt: str, value: str) -> bytes:
         raw = raw[2:]
     else:
         raise IdError(f"unknown id format {fmt}")
-    full = b"\x00\x03\x24EMU" + raw
-    parse_item_id(base64.b64encode(full).decode())
+    # the store's own part of a folder id is 7 bytes (mailbox, folder, padding); an item's 13 or 21
+    full = (FOLDER_PREFIX + b"EMF" if len(raw) == 7 else b"\x00\x03\x24EMU") + raw
+    _parse_any_id(base64.b64encode(full).decode())
     return full
 
 
@@ -279,7 +289,7 @@ def op_convert_id(ctx: Context, req: Element) -> Element:
     for alt in children(source) if source is not None else []:
         try:
             if local(alt.tag) != "AlternateId":
-                raise ItemError("ErrorInvalidIdMalformed", "Only mailbox item ids can be converted.")
+                raise ItemError("ErrorInvalidIdMalformed", "Only mailbox item and folder ids can be converted.")
             try:
                 raw = _id_bytes(alt.get("Format", ""), alt.get("Id", ""))
             except (IdError, ValueError, binascii.Error) as exc:
@@ -303,6 +313,11 @@ FOLDER_ELEMENT = {"calendar": "CalendarFolder", "contacts": "ContactsFolder", "t
 
 def _folder_children(name: str) -> list[str]:
     return [f for f, (_, _, parent) in FOLDERS.items() if parent == name]
+
+
+PR_LOCAL_COMMIT_TIME_MAX = 0x670A
+#: When a calendar that never changed says it last changed (the emulator keeps no folder creation times).
+_NEVER_CHANGED = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
 
 
 def write_folder(parent: Element, mbx: Mailbox, name: str, shape_el: Element | None, own: bool = True) -> None:
@@ -335,6 +350,22 @@ def write_folder(parent: Element, mbx: Mailbox, name: str, shape_el: Element | N
         sub(node, t("TotalCount"), str(len(mbx.items) if name == "calendar" else 0))
     if "folder:ChildFolderCount" in wanted:
         sub(node, t("ChildFolderCount"), str(len(_folder_children(name))))
+    for uri in children(props) if props is not None else []:
+        if local(uri.tag) != "ExtendedFieldURI":
+            continue
+        if (
+            int(uri.get("PropertyTag", "0"), 0) == PR_LOCAL_COMMIT_TIME_MAX
+            and uri.get("PropertyType") == "SystemTime"
+            and name == "calendar"
+        ):
+            # PR_LOCAL_COMMIT_TIME_MAX ([MS-OXPROPS] 2.773): when the folder's contents last changed - what
+            # sync clients compare to decide whether a folder needs reading at all.
+            changed = mbx.commit_time_max or _NEVER_CHANGED
+            prop = sub(node, t("ExtendedProperty"))
+            field_uri = sub(prop, t("ExtendedFieldURI"))
+            for key, value in uri.attrib.items():
+                field_uri.set(key, value)
+            sub(prop, t("Value"), fmt_dt(changed))
     if "folder:EffectiveRights" in wanted:
         rights = sub(node, t("EffectiveRights"))
         for r in (
