@@ -13,6 +13,7 @@ from exchangelib import BASIC, IMPERSONATION, NTLM, Account, Configuration, Cred
 from exchangelib.errors import (
     ErrorImpersonateUserDenied,
     ErrorInvalidIdMalformed,
+    ErrorItemNotFound,
     ErrorNonExistentMailbox,
     UnauthorizedError,
 )
@@ -176,3 +177,19 @@ def test_version_reported_by_server(emu: EmulatorHandle, account) -> None:
     acc = account("alice@example.com")
     assert isinstance(acc.version, Version)
     assert str(acc.version.build) == "15.1.2507.39"
+
+
+def test_calendar_user_configurations(emu: EmulatorHandle, account, mailboxes) -> None:
+    """GetUserConfiguration of the calendar folder: the Calendar dictionary (calendar processing) and Outlook's
+    WorkHours XML; a configuration the folder does not hold is ErrorItemNotFound ("GetUserConfiguration operation")."""
+    (owner,) = mailboxes("userconfig")
+    calendar = account(owner).calendar
+    processing = calendar.get_user_configuration(name="Calendar")
+    assert processing.dictionary["AutomateProcessing"] == "AutoUpdate"
+    assert processing.dictionary["AddNewRequestsTentatively"] is True
+    assert processing.id
+    work_hours = calendar.get_user_configuration(name="WorkHours")
+    assert b"<WorkDays>Monday Tuesday Wednesday Thursday Friday</WorkDays>" in work_hours.xml_data
+    assert work_hours.dictionary is None
+    with pytest.raises(ErrorItemNotFound):
+        calendar.get_user_configuration(name="NoSuchConfiguration")

@@ -37,6 +37,7 @@ from .model import (
     Mailbox,
     Store,
     Subscription,
+    change_key,
     clone_item,
     in_calendar_view,
     item_id,
@@ -383,6 +384,78 @@ def write_folder(parent: Element, mbx: Mailbox, name: str, shape_el: Element | N
         sub(node, t("DistinguishedFolderId"), name)
     if "folder:UnreadCount" in wanted and FOLDER_ELEMENT.get(name, "Folder") in ("Folder",):
         sub(node, t("UnreadCount"), "0")
+
+
+# ------------------------------------------------------------------------------------- user configuration
+
+#: The folder-associated configuration objects an Exchange calendar folder holds ("GetUserConfiguration
+#: operation"; the Calendar dictionary is what Set-CalendarProcessing writes, WorkHours is Outlook's XML):
+#: name -> (dictionary entries (key, type, value), XmlData).
+_WORK_HOURS = (
+    '<?xml version="1.0"?><Root xmlns="WorkingHours.xsd"><WorkHoursVersion1><TimeZone><Bias>0</Bias>'
+    "<Standard><Bias>0</Bias><ChangeDate><Time>00:00:00</Time><Date>0000/00/00</Date><DayOfWeek>0</DayOfWeek>"
+    "</ChangeDate></Standard><DaylightSavings><Bias>0</Bias><ChangeDate><Time>00:00:00</Time>"
+    "<Date>0000/00/00</Date><DayOfWeek>0</DayOfWeek></ChangeDate></DaylightSavings><Name>UTC</Name></TimeZone>"
+    "<TimeSlot><Start>09:00:00</Start><End>18:00:00</End></TimeSlot>"
+    "<WorkDays>Monday Tuesday Wednesday Thursday Friday</WorkDays></WorkHoursVersion1></Root>"
+)
+USER_CONFIGURATIONS: dict[tuple[str, str], tuple[list[tuple[str, str, str]], str | None]] = {
+    ("calendar", "Calendar"): (
+        [
+            ("AutomateProcessing", "String", "AutoUpdate"),
+            ("AddNewRequestsTentatively", "Boolean", "true"),
+            ("ProcessExternalMeetingMessages", "Boolean", "false"),
+            ("RemoveOldMeetingMessages", "Boolean", "true"),
+            ("piRemindDefault", "Integer32", "15"),
+        ],
+        None,
+    ),
+    ("calendar", "WorkHours"): ([], _WORK_HOURS),
+}
+
+
+def op_get_user_configuration(ctx: Context, req: Element) -> Element:
+    root, msgs = response_root("GetUserConfiguration")
+    try:
+        name_el = req.find(m("UserConfigurationName"))
+        folder_el = children(name_el)[0] if name_el is not None and len(children(name_el)) else None
+        if name_el is None or folder_el is None:
+            raise ItemError("ErrorInvalidRequest", "UserConfigurationName needs a folder id.")
+        mbx, folder = resolve_folder(ctx, folder_el)
+        name = name_el.get("Name", "")
+        known = USER_CONFIGURATIONS.get((folder, name))
+        if known is None:
+            raise ItemError("ErrorItemNotFound", f"The specified object was not found in the store. ({name})")
+        wanted = set((text_of(req, m("UserConfigurationProperties")) or "").split())
+        if "All" in wanted:
+            wanted |= {"Id", "Dictionary", "XmlData", "BinaryData"}
+        entries, xml_data = known
+        msg = add_message(msgs, "GetUserConfiguration")
+        config = sub(msg, m("UserConfiguration"))
+        config_name = sub(config, t("UserConfigurationName"), Name=name)
+        sub(config_name, t("FolderId"), Id=mbx.folder_id(folder), ChangeKey=mbx.folder_change_key())
+        if "Id" in wanted:
+            number = list(USER_CONFIGURATIONS).index((folder, name))
+            sub(config, t("ItemId"), Id=item_id(mbx.no, CONFIGURATION_ITEM_NO + number), ChangeKey=change_key(0, 1))
+        if "Dictionary" in wanted and entries:
+            dictionary = sub(config, t("Dictionary"))
+            for key, value_type, value in entries:
+                entry = sub(dictionary, t("DictionaryEntry"))
+                key_el = sub(entry, t("DictionaryKey"))
+                sub(key_el, t("Type"), "String")
+                sub(key_el, t("Value"), key)
+                value_el = sub(entry, t("DictionaryValue"))
+                sub(value_el, t("Type"), value_type)
+                sub(value_el, t("Value"), value)
+        if "XmlData" in wanted and xml_data is not None:
+            sub(config, t("XmlData"), base64.b64encode(xml_data.encode("utf-8")).decode("ascii"))
+    except ItemError as err:
+        add_message(msgs, "GetUserConfiguration", err)
+    return root
+
+
+#: Item numbers of configuration objects (never given to calendar items, which count up from 1).
+CONFIGURATION_ITEM_NO = 0x7FFF_FFFF_0000
 
 
 def op_get_folder(ctx: Context, req: Element) -> Element:
@@ -1245,6 +1318,7 @@ def op_unsubscribe(ctx: Context, req: Element) -> Element:
 OPERATIONS: dict[str, Callable[[Context, Element], Element]] = {
     "ConvertId": op_convert_id,
     "GetFolder": op_get_folder,
+    "GetUserConfiguration": op_get_user_configuration,
     "FindFolder": op_find_folder,
     "GetItem": op_get_item,
     "FindItem": op_find_item,
