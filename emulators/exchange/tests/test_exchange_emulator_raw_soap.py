@@ -290,3 +290,39 @@ def test_calendar_folder_local_commit_time_max_moves_with_changes(emu: EmulatorH
     after = commit_time()
     assert after > before
     assert commit_time() == after  # reading changes nothing
+
+
+def test_create_item_imports_an_icalendar_event(emu: EmulatorHandle) -> None:
+    """CreateItem with nothing but MimeContent, as an iCalendar import or a CalDAV gateway sends it."""
+    mailbox = emu.admin.add_mailbox("mimeimport@example.com")["email"]
+    ics = (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//CalDAV gateway//EN\r\nBEGIN:VEVENT\r\n"
+        "UID:event-17@caldav.example.org\r\nDTSTAMP:20310101T000000Z\r\n"
+        "DTSTART;TZID=Europe/Berlin:20310507T100000\r\nDTEND;TZID=Europe/Berlin:20310507T110000\r\n"
+        "SUMMARY:Imported from CalDAV\r\nLOCATION:Berlin\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+
+    def create_from(text: str) -> etree._Element:
+        content = base64.b64encode(text.encode()).decode()
+        return soap(
+            emu,
+            mailbox,
+            '<m:CreateItem SendMeetingInvitations="SendToNone"><m:SavedItemFolderId>'
+            '<t:DistinguishedFolderId Id="calendar"/></m:SavedItemFolderId><m:Items><t:CalendarItem>'
+            f'<t:MimeContent CharacterSet="UTF-8">{content}</t:MimeContent>'
+            "</t:CalendarItem></m:Items></m:CreateItem>",
+        )
+
+    assert codes(create_from(ics)) == ["NoError"]
+    (item,) = emu.admin.items(mailbox)
+    assert (item["subject"], item["location"], item["uid"]) == (
+        "Imported from CalDAV",
+        "Berlin",
+        "event-17@caldav.example.org",
+    )
+    assert item["start"].startswith("2031-05-07T08:00:00")  # 10:00 in Berlin (CEST) is 08:00 UTC
+    recurring = ics.replace("END:VEVENT", "RRULE:FREQ=DAILY;COUNT=2\r\nEND:VEVENT").replace("event-17", "event-18")
+    refused = create_from(recurring)
+    assert codes(refused) == ["ErrorCalendarInvalidRecurrence"]
+    assert "RRULE" in (refused.findtext(f".//{{{M}}}MessageText") or "")
+    assert codes(create_from("not a calendar")) == ["ErrorMimeContentConversionFailed"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -611,8 +612,13 @@ KNOWN_FIELDS = frozenset(uri for uri, _ in WRITERS)
 
 def write_item(parent: Element, item: CalendarItem, ctx: WriteContext) -> Element:
     node = sub(parent, t("CalendarItem"))
-    sub(node, t("ItemId"), Id=item.item_id, ChangeKey=item.change_key)
     wanted = ctx.shape.fields
+    if "item:MimeContent" in wanted:
+        from .mime import to_icalendar  # mime reads items and raises ItemError: imported here, not at the top
+
+        content = base64.b64encode(to_icalendar(item)).decode("ascii")
+        sub(node, t("MimeContent"), content, CharacterSet="UTF-8")
+    sub(node, t("ItemId"), Id=item.item_id, ChangeKey=item.change_key)
     for uri, writer in WRITERS:
         if uri == "#ext":
             if ctx.shape.ext:
@@ -701,6 +707,16 @@ def apply_field(item: CalendarItem, el: Element, ctx: ParseContext, append: bool
         return None
     text = el.text or ""
     try:
+        if name == "MimeContent":
+            from .mime import from_icalendar
+
+            try:
+                content = base64.b64decode(text, validate=True)
+            except ValueError as exc:
+                raise ItemError("ErrorMimeContentInvalidBase64String", "MimeContent is not base64") from exc
+            for key, value in from_icalendar(content).items():
+                setattr(item, key, value[:SUBJECT_MAX] if key == "subject" else value)
+            return "item:MimeContent"
         if name == "Subject":
             item.subject = text[:SUBJECT_MAX]
         elif name == "Body":

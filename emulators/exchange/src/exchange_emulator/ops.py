@@ -890,7 +890,7 @@ def op_create_item(ctx: Context, req: Element) -> Element:
                     name = apply_field(item, child, ctx.parse_ctx())
                     if name:
                         seen.add(name)
-                if "Start" not in seen or "End" not in seen:
+                if ("Start" not in seen or "End" not in seen) and "item:MimeContent" not in seen:
                     raise ItemError("ErrorInvalidPropertySet", "A calendar item needs Start and End.")
                 if "EndTimeZone" not in seen and "StartTimeZone" in seen:
                     item.end_tz, item.end_tz_name = item.start_tz, item.start_tz_name
