@@ -4,11 +4,15 @@ delegate, initial load (cache.autoSync) and the window."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 from collections.abc import Callable
 
+import requests
 from ews_ingest_support import (
+    SVC_PASSWORD,
+    SVC_USER,
     TCS_HOST,
     ChangeCollector,
     FakeLicensing,
@@ -279,3 +283,47 @@ async def test_without_auto_sync_only_changes_from_now(
         await outlook.do(before.save, update_fields=["subject"])
         await collector.wait(upsert(owner, lambda e: e.subject == "Existing, now edited"))
         assert [c.event.subject for c in collector.of(owner)] == ["Made after start", "Existing, now edited"]
+
+
+async def test_an_icalendar_import_reaches_the_bus_like_any_meeting(
+    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing, collector: ChangeCollector, outlook: Outlook
+) -> None:
+    """An item made by a CalDAV gateway or a .ics import: CreateItem with MimeContent alone and a UID that is not
+    Outlook's. ews-ingest reads it like any other, attendees and UID included."""
+    org, guest = new_mailboxes(emu, "icsorg", "icsguest")
+    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [org, guest])])
+    day = soon(days=4)
+    ics = (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//CalDAV gateway//EN\r\nBEGIN:VEVENT\r\n"
+        "UID:ics-import-1@caldav.example.org\r\nDTSTAMP:20300101T000000Z\r\n"
+        f"DTSTART:{day:%Y%m%d}T100000Z\r\nDTEND:{day:%Y%m%d}T110000Z\r\nSUMMARY:From a .ics file\r\n"
+        f"ATTENDEE;ROLE=REQ-PARTICIPANT;CN=Guest:mailto:{guest}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+    envelope = (
+        '<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" '
+        'xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" '
+        'xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><s:Header>'
+        '<t:RequestServerVersion Version="Exchange2016"/><t:ExchangeImpersonation><t:ConnectingSID>'
+        f"<t:PrimarySmtpAddress>{org}</t:PrimarySmtpAddress></t:ConnectingSID></t:ExchangeImpersonation>"
+        '</s:Header><s:Body><m:CreateItem SendMeetingInvitations="SendToAllAndSaveCopy"><m:SavedItemFolderId>'
+        '<t:DistinguishedFolderId Id="calendar"/></m:SavedItemFolderId><m:Items><t:CalendarItem>'
+        f'<t:MimeContent CharacterSet="UTF-8">{base64.b64encode(ics.encode()).decode()}</t:MimeContent>'
+        "</t:CalendarItem></m:Items></m:CreateItem></s:Body></s:Envelope>"
+    )
+    async with running_ingest(config) as h:
+        await collector.start()
+        await h.synced(org, guest)
+        await h.streamed()
+        answer = await outlook.do(
+            requests.post,
+            emu.ews_url,
+            data=envelope.encode(),
+            auth=(SVC_USER, SVC_PASSWORD),
+            headers={"Content-Type": "text/xml; charset=utf-8"},
+            timeout=10,
+        )
+        assert answer.status_code == 200 and b'ResponseClass="Success"' in answer.content, answer.text
+        for mailbox in (org, guest):  # the guest's copy arrives through transport, later
+            change = await collector.wait(upsert(mailbox, lambda e: e.subject == "From a .ics file"), timeout=30)
+            assert change.event.uid == "ics-import-1@caldav.example.org"
+            assert guest in {a.person.email for a in change.event.attendees}
