@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 
-import requests
-from exchange_emulator_support import SERVICE_PASSWORD, SERVICE_USER
 from lxml import etree
 
 from exchange_emulator.testing import EmulatorHandle
@@ -16,23 +14,7 @@ T = "http://schemas.microsoft.com/exchange/services/2006/types"
 
 
 def soap(emu: EmulatorHandle, mailbox: str, body: str, headers: dict[str, str] | None = None) -> etree._Element:
-    envelope = (
-        '<?xml version="1.0" encoding="utf-8"?>'
-        '<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" '
-        f'xmlns:m="{M}" xmlns:t="{T}"><s:Header>'
-        '<t:RequestServerVersion Version="Exchange2016"/>'
-        f"<t:ExchangeImpersonation><t:ConnectingSID><t:PrimarySmtpAddress>{mailbox}</t:PrimarySmtpAddress>"
-        "</t:ConnectingSID></t:ExchangeImpersonation>"
-        '<t:TimeZoneContext><t:TimeZoneDefinition Id="W. Europe Standard Time"/></t:TimeZoneContext>'
-        f"</s:Header><s:Body>{body}</s:Body></s:Envelope>"
-    )
-    token = base64.b64encode(f"{SERVICE_USER}:{SERVICE_PASSWORD}".encode()).decode()
-    r = requests.post(
-        emu.ews_url,
-        data=envelope.encode(),
-        timeout=10,
-        headers={"Authorization": f"Basic {token}", "Content-Type": "text/xml; charset=utf-8", **(headers or {})},
-    )
+    r = emu.post_soap(body, mailbox=mailbox, time_zone="W. Europe Standard Time", headers=headers)
     assert r.status_code == 200, r.text
     root = etree.fromstring(r.content)
     root.set("_cookie", r.headers.get("Set-Cookie", ""))
@@ -158,21 +140,11 @@ def test_affinity_cookie_on_subscribe(emu: EmulatorHandle, mailboxes) -> None:
 
 def test_unknown_request_server_version_is_refused(emu: EmulatorHandle, mailboxes) -> None:
     (owner,) = mailboxes("owner")
-    envelope = (
-        '<?xml version="1.0" encoding="utf-8"?>'
-        f'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:m="{M}" xmlns:t="{T}">'
-        '<s:Header><t:RequestServerVersion Version="Exchange2099"/>'
-        f"<t:ExchangeImpersonation><t:ConnectingSID><t:PrimarySmtpAddress>{owner}</t:PrimarySmtpAddress>"
-        "</t:ConnectingSID></t:ExchangeImpersonation></s:Header><s:Body>"
+    r = emu.post_soap(
         "<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape>"
-        '<m:FolderIds><t:DistinguishedFolderId Id="calendar"/></m:FolderIds></m:GetFolder></s:Body></s:Envelope>'
-    )
-    token = base64.b64encode(f"{SERVICE_USER}:{SERVICE_PASSWORD}".encode()).decode()
-    r = requests.post(
-        emu.ews_url,
-        data=envelope.encode(),
-        timeout=10,
-        headers={"Authorization": f"Basic {token}", "Content-Type": "text/xml; charset=utf-8"},
+        '<m:FolderIds><t:DistinguishedFolderId Id="calendar"/></m:FolderIds></m:GetFolder>',
+        mailbox=owner,
+        version="Exchange2099",
     )
     assert r.status_code == 500
     root = etree.fromstring(r.content)

@@ -5,13 +5,11 @@ defaults are Exchange's."""
 
 from __future__ import annotations
 
-import base64
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import requests
 from exchange_emulator_support import SERVICE_PASSWORD, SERVICE_USER, wait_for
 from exchangelib import IMPERSONATION, NTLM, Account, Configuration, Credentials, FailFast
 from exchangelib.errors import (
@@ -24,7 +22,7 @@ from exchangelib.protocol import close_connections
 from lxml import etree
 
 from exchange_emulator.config import EmulatorConfig
-from exchange_emulator.testing import DEFAULT_CONFIG, EmulatorHandle, running_emulator
+from exchange_emulator.testing import DEFAULT_CONFIG, EmulatorHandle, SoapAnswer, running_emulator
 
 LIMITS = {"max_concurrency": 3, "hanging_connection_limit": 2, "max_subscriptions": 4}
 
@@ -60,30 +58,17 @@ def test_exchange_defaults() -> None:
     assert (limits.max_concurrency, limits.hanging_connection_limit, limits.max_subscriptions) == (27, 3, 5000)
 
 
-def _get_root(emu: EmulatorHandle, mailbox: str) -> requests.Response:
+def _get_root(emu: EmulatorHandle, mailbox: str) -> SoapAnswer:
     """One raw GetFolder: exchangelib answers ErrorExceededConnectionCount by shrinking its own pool and trying
     again, so the budget itself is seen only on the wire."""
-    envelope = (
-        '<?xml version="1.0" encoding="utf-8"?>'
-        '<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" '
-        'xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" '
-        'xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><s:Header>'
-        '<t:RequestServerVersion Version="Exchange2016"/>'
-        f"<t:ExchangeImpersonation><t:ConnectingSID><t:PrimarySmtpAddress>{mailbox}</t:PrimarySmtpAddress>"
-        "</t:ConnectingSID></t:ExchangeImpersonation></s:Header><s:Body>"
+    return emu.post_soap(
         "<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape>"
-        '<m:FolderIds><t:DistinguishedFolderId Id="root"/></m:FolderIds></m:GetFolder></s:Body></s:Envelope>'
-    )
-    token = base64.b64encode(f"{SERVICE_USER}:{SERVICE_PASSWORD}".encode()).decode()
-    return requests.post(
-        emu.ews_url,
-        data=envelope.encode(),
-        timeout=30,
-        headers={"Authorization": f"Basic {token}", "Content-Type": "text/xml; charset=utf-8"},
+        '<m:FolderIds><t:DistinguishedFolderId Id="root"/></m:FolderIds></m:GetFolder>',
+        mailbox=mailbox,
     )
 
 
-def _verdict(response: requests.Response) -> str:
+def _verdict(response: SoapAnswer) -> str:
     if response.status_code == 200 and b"NoError" in response.content:
         return "ok"
     if b"ErrorExceededConnectionCount" in response.content and b"MaxConcurrency" in response.content:

@@ -9,10 +9,7 @@ import datetime as dt
 import json
 from collections.abc import Callable
 
-import requests
 from ews_ingest_support import (
-    SVC_PASSWORD,
-    SVC_USER,
     TCS_HOST,
     ChangeCollector,
     FakeLicensing,
@@ -299,29 +296,17 @@ async def test_an_icalendar_import_reaches_the_bus_like_any_meeting(
         f"DTSTART:{day:%Y%m%d}T100000Z\r\nDTEND:{day:%Y%m%d}T110000Z\r\nSUMMARY:From a .ics file\r\n"
         f"ATTENDEE;ROLE=REQ-PARTICIPANT;CN=Guest:mailto:{guest}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
     )
-    envelope = (
-        '<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" '
-        'xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" '
-        'xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><s:Header>'
-        '<t:RequestServerVersion Version="Exchange2016"/><t:ExchangeImpersonation><t:ConnectingSID>'
-        f"<t:PrimarySmtpAddress>{org}</t:PrimarySmtpAddress></t:ConnectingSID></t:ExchangeImpersonation>"
-        '</s:Header><s:Body><m:CreateItem SendMeetingInvitations="SendToAllAndSaveCopy"><m:SavedItemFolderId>'
+    create_from_ics = (
+        '<m:CreateItem SendMeetingInvitations="SendToAllAndSaveCopy"><m:SavedItemFolderId>'
         '<t:DistinguishedFolderId Id="calendar"/></m:SavedItemFolderId><m:Items><t:CalendarItem>'
         f'<t:MimeContent CharacterSet="UTF-8">{base64.b64encode(ics.encode()).decode()}</t:MimeContent>'
-        "</t:CalendarItem></m:Items></m:CreateItem></s:Body></s:Envelope>"
+        "</t:CalendarItem></m:Items></m:CreateItem>"
     )
     async with running_ingest(config) as h:
         await collector.start()
         await h.synced(org, guest)
         await h.streamed()
-        answer = await outlook.do(
-            requests.post,
-            emu.ews_url,
-            data=envelope.encode(),
-            auth=(SVC_USER, SVC_PASSWORD),
-            headers={"Content-Type": "text/xml; charset=utf-8"},
-            timeout=10,
-        )
+        answer = await outlook.do(emu.post_soap, create_from_ics, mailbox=org)
         assert answer.status_code == 200 and b'ResponseClass="Success"' in answer.content, answer.text
         for mailbox in (org, guest):  # the guest's copy arrives through transport, later
             change = await collector.wait(upsert(mailbox, lambda e: e.subject == "From a .ics file"), timeout=30)

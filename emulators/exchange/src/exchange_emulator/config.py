@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 # name -> (MajorVersion, MinorVersion, MajorBuildNumber, MinorBuildNumber)
 SERVER_VERSIONS: dict[str, tuple[int, int, int, int]] = {
@@ -62,30 +63,9 @@ class Throttling:
 
     @classmethod
     def from_json(cls, data: Any) -> Throttling:
-        if not isinstance(data, dict):
-            raise ConfigError(f"config key 'throttling' must be an object, got {data!r}")
-        known = {
-            "max_concurrency",
-            "hanging_connection_limit",
-            "max_subscriptions",
-            "max_burst_ms",
-            "recharge_rate_ms",
-            "cutoff_balance_ms",
-            "call_cost_ms",
-        }
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown throttling keys {sorted(unknown)}; expected some of {sorted(known)}")
-        values = cls()
-        for key in known & set(data):
-            value = data[key]
-            low = 0 if key in ("cutoff_balance_ms", "call_cost_ms") else 1
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 1_000_000_000:
-                raise ConfigError(
-                    f"config key 'throttling.{key}' must be a whole number {low}..1000000000, got {value!r}"
-                )
-            setattr(values, key, value)
-        return values
+        return _numbers_section(
+            cls(), "throttling", data, 1_000_000_000, zero_allowed={"cutoff_balance_ms", "call_cost_ms"}
+        )
 
 
 @dataclass
@@ -98,21 +78,29 @@ class MeetingDelivery:
 
     @classmethod
     def from_json(cls, data: Any) -> MeetingDelivery:
-        if not isinstance(data, dict):
-            raise ConfigError(f"config key 'meeting_delivery' must be an object, got {data!r}")
-        unknown = set(data) - {"delay_ms", "jitter_ms"}
-        if unknown:
-            raise ConfigError(f"unknown meeting_delivery keys {sorted(unknown)}; expected delay_ms, jitter_ms")
-        values = cls()
-        for key in ("delay_ms", "jitter_ms"):
-            if key in data:
-                value = data[key]
-                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 3_600_000:
-                    raise ConfigError(
-                        f"config key 'meeting_delivery.{key}' must be a whole number of ms 0..3600000, got {value!r}"
-                    )
-                setattr(values, key, value)
-        return values
+        return _numbers_section(cls(), "meeting_delivery", data, 3_600_000, zero_allowed={"delay_ms", "jitter_ms"})
+
+
+_Section = TypeVar("_Section", "Throttling", "MeetingDelivery")
+
+
+def _whole_number(key: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"config key {key!r} must be a whole number {low}..{high}, got {value!r}")
+    return value
+
+
+def _numbers_section(defaults: _Section, name: str, data: Any, high: int, zero_allowed: set[str]) -> _Section:
+    """A config object of whole-number settings: its keys replace `defaults`' fields; unknown keys are refused."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key {name!r} must be an object, got {data!r}")
+    known = {f.name for f in dataclasses.fields(defaults)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"unknown {name} keys {sorted(unknown)}; expected some of {sorted(known)}")
+    for key in sorted(set(data)):
+        setattr(defaults, key, _whole_number(f"{name}.{key}", data[key], 0 if key in zero_allowed else 1, high))
+    return defaults
 
 
 @dataclass
@@ -158,14 +146,8 @@ class EmulatorConfig:
         if not isinstance(domain, str) or not domain:
             raise ConfigError(f"config key 'domain' must be a non-empty string, got {domain!r}")
         cfg.domain = domain
-        servers = data.get("mailbox_servers", 2)
-        if isinstance(servers, bool) or not isinstance(servers, int) or not 1 <= servers <= 16:
-            raise ConfigError(f"config key 'mailbox_servers' must be a whole number 1..16, got {servers!r}")
-        cfg.mailbox_servers = servers
-        queued = data.get("max_queued_events", 1000)
-        if isinstance(queued, bool) or not isinstance(queued, int) or not 1 <= queued <= 1_000_000:
-            raise ConfigError(f"config key 'max_queued_events' must be a whole number 1..1000000, got {queued!r}")
-        cfg.max_queued_events = queued
+        cfg.mailbox_servers = _whole_number("mailbox_servers", data.get("mailbox_servers", 2), 1, 16)
+        cfg.max_queued_events = _whole_number("max_queued_events", data.get("max_queued_events", 1000), 1, 1_000_000)
         cfg.throttling = Throttling.from_json(data.get("throttling", {}))
         cfg.meeting_delivery = MeetingDelivery.from_json(data.get("meeting_delivery", {}))
         for n, acc in enumerate(data.get("service_accounts", [])):

@@ -17,6 +17,7 @@ recorded schema violations.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -167,6 +168,17 @@ class AdminClient:
         self.post("/reset")
 
 
+@dataclass(frozen=True)
+class SoapAnswer:
+    status_code: int
+    content: bytes
+    headers: dict[str, str]
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+
 @dataclass
 class EmulatorHandle:
     ews_url: str
@@ -180,6 +192,47 @@ class EmulatorHandle:
     admin: AdminClient
     ready: dict[str, Any] = field(default_factory=dict)
     log_path: Path | None = None
+
+    def post_soap(
+        self,
+        body: str,
+        *,
+        mailbox: str | None = None,
+        time_zone: str | None = None,
+        headers: dict[str, str] | None = None,
+        version: str = "Exchange2016",
+    ) -> SoapAnswer:
+        """One raw EWS request as the service account (Basic), impersonating `mailbox`: for what no EWS client
+        library sends (MimeContent alone, hand-made restrictions) and for answers a library would retry itself."""
+        header = f'<t:RequestServerVersion Version="{version}"/>'
+        if mailbox is not None:
+            header += (
+                f"<t:ExchangeImpersonation><t:ConnectingSID><t:PrimarySmtpAddress>{mailbox}</t:PrimarySmtpAddress>"
+                "</t:ConnectingSID></t:ExchangeImpersonation>"
+            )
+        if time_zone is not None:
+            header += f'<t:TimeZoneContext><t:TimeZoneDefinition Id="{time_zone}"/></t:TimeZoneContext>'
+        envelope = (
+            '<?xml version="1.0" encoding="utf-8"?>'
+            '<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" '
+            'xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" '
+            'xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types">'
+            f"<s:Header>{header}</s:Header><s:Body>{body}</s:Body></s:Envelope>"
+        )
+        account = self.service_account
+        token = base64.b64encode(f"{account.username}:{account.password}".encode()).decode()
+        request = urllib.request.Request(self.ews_url, data=envelope.encode(), method="POST")
+        for name, value in {
+            "Authorization": f"Basic {token}",
+            "Content-Type": "text/xml; charset=utf-8",
+            **(headers or {}),
+        }.items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return SoapAnswer(response.status, response.read(), dict(response.headers))
+        except urllib.error.HTTPError as exc:  # SOAP faults come with HTTP 500
+            return SoapAnswer(exc.code, exc.read(), dict(exc.headers))
 
     def assert_no_violations(self) -> None:
         violations = self.admin.violations()
