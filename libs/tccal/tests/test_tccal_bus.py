@@ -7,7 +7,7 @@ import asyncio
 from nats.aio.msg import Msg
 
 from tccal import bus as busmod
-from tccal import telemetry
+from tccal import subjects, telemetry
 from tccal.bus import Bus, BusSettings, consume
 from tccal.testing import wait_for_async
 
@@ -21,7 +21,7 @@ async def connected(url: str, max_deliver: int = 3) -> Bus:
 async def test_topology_is_declared_idempotently(nats_url: str) -> None:
     bus = await connected(nats_url)
     await busmod.ensure_topology(bus.js)  # a second service starting declares it again
-    for stream, subject in busmod.STREAM_SUBJECTS.items():
+    for stream, subject in subjects.STREAM_SUBJECTS.items():
         info = await bus.js.stream_info(stream)
         assert info.config.subjects == [subject]
         assert info.config.duplicate_window == busmod.DUPLICATE_WINDOW_SECONDS
@@ -34,14 +34,14 @@ async def test_topology_is_declared_idempotently(nats_url: str) -> None:
 async def test_publish_dedupes_on_msg_id_and_carries_traceparent(nats_url: str) -> None:
     telemetry.setup("test-bus")
     bus = await connected(nats_url)
-    subject = busmod.calendar_subject("exchange.example.com", "anna@example.com")
+    subject = subjects.calendar_subject("exchange.example.com", "anna@example.com")
     assert subject == "calendar.v1.changes.exchange%2Eexample%2Ecom.anna@example%2Ecom"
     with telemetry.tracer("test").start_as_current_span("read"):
         assert await bus.publish(subject, b"one", msg_id="anna/1/ck1") is True
         assert await bus.publish(subject, b"one again", msg_id="anna/1/ck1") is False
-    info = await bus.js.stream_info(busmod.CALENDAR)
+    info = await bus.js.stream_info(subjects.CALENDAR)
     assert info.state.messages == 1
-    message = await bus.js.get_msg(busmod.CALENDAR, 1)
+    message = await bus.js.get_msg(subjects.CALENDAR, 1)
     assert message.headers is not None
     assert message.headers["Nats-Msg-Id"] == "anna/1/ck1"
     assert message.headers["traceparent"].startswith("00-")
@@ -50,7 +50,7 @@ async def test_publish_dedupes_on_msg_id_and_carries_traceparent(nats_url: str) 
 
 async def test_ack_only_after_success_then_dead_letter(nats_url: str) -> None:
     bus = await connected(nats_url, max_deliver=3)
-    subject = busmod.commands_subject("server.trueconf.name#vcs")
+    subject = subjects.commands_subject("server.trueconf.name#vcs")
     await bus.publish(subject, b"good", msg_id="c1")
     await bus.publish(subject, b"flaky", msg_id="c2")
     await bus.publish(subject, b"poison", msg_id="c3")
@@ -64,10 +64,10 @@ async def test_ack_only_after_success_then_dead_letter(nats_url: str) -> None:
         done.append(msg.data)
 
     stop = asyncio.Event()
-    task = asyncio.create_task(consume(bus, busmod.TCS_COMMANDS, "test-durable", handler, stop=stop, batch=10))
+    task = asyncio.create_task(consume(bus, subjects.TCS_COMMANDS, "test-durable", handler, stop=stop, batch=10))
 
     async def dead_lettered() -> bool:
-        info = await bus.js.stream_info(busmod.DEADLETTER)
+        info = await bus.js.stream_info(subjects.DEADLETTER)
         return info.state.messages == 1
 
     await wait_for_async(dead_lettered, timeout=30, what="poison message in the dead-letter stream")
@@ -75,9 +75,9 @@ async def test_ack_only_after_success_then_dead_letter(nats_url: str) -> None:
     await task
     assert sorted(done) == [b"flaky", b"good"]
     assert [n for data, n in seen if data == b"poison"] == [1, 2, 3]
-    consumer = await bus.js.consumer_info(busmod.TCS_COMMANDS, "test-durable")
+    consumer = await bus.js.consumer_info(subjects.TCS_COMMANDS, "test-durable")
     assert consumer.num_ack_pending == 0 and consumer.num_pending == 0
-    dead = await bus.js.get_msg(busmod.DEADLETTER, 1)
+    dead = await bus.js.get_msg(subjects.DEADLETTER, 1)
     assert dead.data == b"poison"
     assert dead.headers is not None and "cannot handle" in dead.headers["Tc-Dlq-Error"]
     assert dead.headers["Tc-Dlq-Subject"] == subject
@@ -87,10 +87,10 @@ async def test_ack_only_after_success_then_dead_letter(nats_url: str) -> None:
 async def test_unacked_message_is_redelivered_to_the_next_consumer(nats_url: str) -> None:
     """A consumer that dies before its handler finished leaves the message for the next one."""
     bus = await connected(nats_url)
-    subject = busmod.results_subject("s#vcs")
+    subject = subjects.results_subject("s#vcs")
     await bus.publish(subject, b"r1", msg_id="r1")
-    await busmod.ensure_consumer(bus.js, busmod.TCS_RESULTS, "results", ack_wait=1.0)
-    first = await bus.js.pull_subscribe_bind("results", busmod.TCS_RESULTS)
+    await busmod.ensure_consumer(bus.js, subjects.TCS_RESULTS, "results", ack_wait=1.0)
+    first = await bus.js.pull_subscribe_bind("results", subjects.TCS_RESULTS)
     (msg,) = await first.fetch(1, timeout=5)
     assert msg.data == b"r1"  # taken, never acked: the process "crashed"
     got: list[bytes] = []
@@ -99,7 +99,7 @@ async def test_unacked_message_is_redelivered_to_the_next_consumer(nats_url: str
         got.append(m.data)
 
     stop = asyncio.Event()
-    task = asyncio.create_task(consume(bus, busmod.TCS_RESULTS, "results", handler, stop=stop, ack_wait=1.0))
+    task = asyncio.create_task(consume(bus, subjects.TCS_RESULTS, "results", handler, stop=stop, ack_wait=1.0))
 
     async def redelivered() -> bool:
         return got == [b"r1"]
@@ -114,7 +114,7 @@ async def test_batch_handler_takes_a_fetch_at_once_and_falls_back_one_by_one(nat
     """A fetched batch goes to the batch handler in one call; a batch it cannot handle is handled one message at
     a time, so only the poison message is redelivered and dead-lettered, and every other is acked once."""
     bus = await connected(nats_url, max_deliver=2)
-    subject = busmod.results_subject("batch#vcs")
+    subject = subjects.results_subject("batch#vcs")
     for n in range(6):
         await bus.publish(subject, f"m{n}".encode(), msg_id=f"b{n}")
     await bus.publish(subject, b"poison", msg_id="b-poison")
@@ -133,11 +133,11 @@ async def test_batch_handler_takes_a_fetch_at_once_and_falls_back_one_by_one(nat
 
     stop = asyncio.Event()
     task = asyncio.create_task(
-        consume(bus, busmod.TCS_RESULTS, "batched", handler, stop=stop, batch=16, batch_handler=batch_handler)
+        consume(bus, subjects.TCS_RESULTS, "batched", handler, stop=stop, batch=16, batch_handler=batch_handler)
     )
 
     async def dead_lettered() -> bool:
-        return (await bus.js.stream_info(busmod.DEADLETTER)).state.messages == 1
+        return (await bus.js.stream_info(subjects.DEADLETTER)).state.messages == 1
 
     await wait_for_async(dead_lettered, timeout=30, what="the poison message dead-lettered")
     stop.set()
@@ -145,19 +145,19 @@ async def test_batch_handler_takes_a_fetch_at_once_and_falls_back_one_by_one(nat
     assert batches[0] == [f"m{n}".encode() for n in range(6)] + [b"poison"]  # one call for the whole fetch
     assert sorted(set(singles)) == sorted([f"m{n}".encode() for n in range(6)] + [b"poison"])
     assert singles.count(b"m0") == 1 and singles.count(b"poison") == 2  # the good ones acked once, in the fallback
-    consumer = await bus.js.consumer_info(busmod.TCS_RESULTS, "batched")
+    consumer = await bus.js.consumer_info(subjects.TCS_RESULTS, "batched")
     assert consumer.num_ack_pending == 0 and consumer.num_pending == 0
     await bus.close()
 
 
 async def test_pipelined_publish_keeps_the_order_and_counts_acknowledged(nats_url: str) -> None:
     bus = await connected(nats_url)
-    subject = busmod.commands_subject("pipelined#vcs")
-    before = (await bus.js.stream_info(busmod.TCS_COMMANDS)).state.last_seq
+    subject = subjects.commands_subject("pipelined#vcs")
+    before = (await bus.js.stream_info(subjects.TCS_COMMANDS)).state.last_seq
     messages = [(subject, f"p{n}".encode(), f"pipelined-{n}", {}) for n in range(5)]
     messages.append((subject, b"p2 again", "pipelined-2", {}))  # a repeat: acknowledged as a duplicate, not stored
     assert await bus.publish_pipelined(messages) == 6
-    stored = [(await bus.js.get_msg(busmod.TCS_COMMANDS, before + n)).data for n in range(1, 6)]
+    stored = [(await bus.js.get_msg(subjects.TCS_COMMANDS, before + n)).data for n in range(1, 6)]
     assert stored == [f"p{n}".encode() for n in range(5)]
-    assert (await bus.js.stream_info(busmod.TCS_COMMANDS)).state.last_seq == before + 5
+    assert (await bus.js.stream_info(subjects.TCS_COMMANDS)).state.last_seq == before + 5
     await bus.close()

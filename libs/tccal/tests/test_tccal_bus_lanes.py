@@ -9,14 +9,14 @@ import asyncio
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
-from tccal import bus as busmod
+from tccal import subjects
 from tccal.bus import Bus, BusSettings, consume, lane_of
 from tccal.testing import wait_for_async
 
 LANES = 2
 PROVIDER = "lanes-test.example"
 #: Only this test's subjects (the streams are shared by the whole session).
-LANES_FILTER = busmod.calendar_subject(PROVIDER, "x").rsplit(".", 1)[0] + ".>"
+LANES_FILTER = subjects.calendar_subject(PROVIDER, "x").rsplit(".", 1)[0] + ".>"
 
 
 async def connected(url: str) -> Bus:
@@ -29,7 +29,7 @@ def subjects_in_every_lane(per_lane: int) -> list[str]:
     found: dict[int, list[str]] = {lane: [] for lane in range(LANES)}
     n = 0
     while any(len(subjects) < per_lane for subjects in found.values()):
-        subject = busmod.calendar_subject(PROVIDER, f"box{n}@example.com")
+        subject = subjects.calendar_subject(PROVIDER, f"box{n}@example.com")
         lane = lane_of(subject, LANES)
         if len(found[lane]) < per_lane:
             found[lane].append(subject)
@@ -67,7 +67,7 @@ async def test_lanes_run_side_by_side_keep_each_subject_in_order_and_ack_once(na
     task = asyncio.create_task(
         consume(
             bus,
-            busmod.CALENDAR,
+            subjects.CALENDAR,
             "lanes",
             handler,
             stop=stop,
@@ -87,7 +87,7 @@ async def test_lanes_run_side_by_side_keep_each_subject_in_order_and_ack_once(na
     await task
     assert handled == published  # each subject in stream order, each message once
     assert all(len(lanes) == 1 for lanes in calls) and len(calls) > LANES  # several fetches, one lane per call
-    consumer = await bus.js.consumer_info(busmod.CALENDAR, "lanes")
+    consumer = await bus.js.consumer_info(subjects.CALENDAR, "lanes")
     assert consumer.num_ack_pending == 0 and consumer.num_pending == 0
     assert consumer.delivered.consumer_seq == total  # nothing redelivered
     await bus.close()
@@ -95,7 +95,7 @@ async def test_lanes_run_side_by_side_keep_each_subject_in_order_and_ack_once(na
 
 async def test_messages_fetched_ahead_are_handed_back_on_stop(nats_url: str) -> None:
     bus = await connected(nats_url)
-    subject = busmod.results_subject("ahead#vcs")
+    subject = subjects.results_subject("ahead#vcs")
     sent = [f"a{n}".encode() for n in range(12)]
     for n, data in enumerate(sent):
         await bus.publish(subject, data, msg_id=f"ahead/{n}")
@@ -112,7 +112,7 @@ async def test_messages_fetched_ahead_are_handed_back_on_stop(nats_url: str) -> 
     async def run(stop: asyncio.Event) -> None:
         await consume(
             bus,
-            busmod.TCS_RESULTS,
+            subjects.TCS_RESULTS,
             "ahead",
             handler,
             stop=stop,
@@ -127,7 +127,7 @@ async def test_messages_fetched_ahead_are_handed_back_on_stop(nats_url: str) -> 
 
     async def fetched_ahead() -> bool:
         try:
-            info = await bus.js.consumer_info(busmod.TCS_RESULTS, "ahead")
+            info = await bus.js.consumer_info(subjects.TCS_RESULTS, "ahead")
         except NotFoundError:  # consume has not declared it yet
             return False
         return int(info.num_ack_pending) == 8  # the fetch at hand and the one ahead

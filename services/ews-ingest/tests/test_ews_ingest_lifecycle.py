@@ -27,7 +27,7 @@ from exchangelib.recurrence import Recurrence, WeeklyPattern
 
 from ews_ingest.conference_marker import register_marker_property
 from exchange_emulator.testing import EmulatorHandle
-from tccal.bus import calendar_subject
+from tccal.subjects import calendar_subject
 from trueconf.calendar.v1 import calendar_pb2, common_pb2
 
 Change = calendar_pb2.CalendarChange

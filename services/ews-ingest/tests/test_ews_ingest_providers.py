@@ -20,7 +20,7 @@ from ews_ingest_support import (
 )
 
 from exchange_emulator.testing import EmulatorHandle, emulator
-from tccal.bus import calendar_subject
+from tccal.subjects import calendar_subject
 
 
 async def test_two_providers_and_several_credentials(

@@ -19,7 +19,7 @@ from ews_ingest_support import (
 
 from ews_ingest.state import mailbox_key
 from exchange_emulator.testing import EmulatorHandle
-from tccal.bus import INGEST_STATE_BUCKET
+from tccal.subjects import INGEST_STATE_BUCKET
 
 ITEMS_PER_MAILBOX = 5
 

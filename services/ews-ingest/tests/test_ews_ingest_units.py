@@ -6,14 +6,14 @@ import datetime as dt
 
 import pytest
 
-from ews_ingest.bus import ControlError, parse_control, unescape_token
+from ews_ingest.bus import ControlError, parse_control
 from ews_ingest.conference_marker import MarkerParser, find_join_link, has_keyword, parse_property
 from ews_ingest.mailbox_sync import Window
 from ews_ingest.settings import IngestSettings, Tuning
 from ews_ingest.state import Checkpoint, key_token, mailbox_key
-from tccal.bus import subject_token
 from tccal.config import Config
 from tccal.config.schema import ConferenceDefaults
+from tccal.subjects import subject_token, unescape_token
 from trueconf.calendar.v1 import common_pb2, ingest_pb2
 
 HOSTS = frozenset({"video.example.com"})

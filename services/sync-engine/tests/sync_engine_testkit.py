@@ -25,11 +25,12 @@ from sync_engine.api import ADMIN_METHODS, SERVICE_NAME, SyncApi
 from sync_engine.config import EngineSettings
 from sync_engine.ids import meeting_id, to_datetime, to_timestamp
 from sync_engine.runtime import SyncEngine
-from tccal.bus import CALENDAR, Bus, BusSettings, calendar_subject, results_subject
+from tccal.bus import Bus, BusSettings
 from tccal.clock import FakeClock
 from tccal.config import Config
 from tccal.db import Database
 from tccal.grpckit import GrpcServer
+from tccal.subjects import CALENDAR, calendar_subject, results_subject
 from tccal.testing import free_port
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2, common_pb2, sync_pb2, sync_pb2_grpc
 

@@ -11,7 +11,8 @@ from sync_engine_testkit import ANNA, BOB, PROVIDER, T0, Harness, as_attendee_co
 
 from sync_engine.bus import CALENDAR_BATCH, CALENDAR_DURABLE, CALENDAR_LANES
 from sync_engine.engine import MAILBOX_SET_LOCK_KEY
-from tccal.bus import CALENDAR, calendar_subject, lane_of
+from tccal.bus import lane_of
+from tccal.subjects import CALENDAR, calendar_subject
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2, common_pb2
 
 ACCEPT = common_pb2.RESPONSE_TYPE_ACCEPT

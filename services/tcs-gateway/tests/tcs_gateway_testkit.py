@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tccal.bus import TCS_RESULTS, Bus, BusSettings, commands_subject
+from tccal.bus import Bus, BusSettings
 from tccal.embedded import free_port
+from tccal.subjects import TCS_RESULTS, commands_subject
 from tcs_gateway.config import GatewaySettings, ServerSettings
 from tcs_gateway.gateway import Gateway
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2, common_pb2, sync_pb2, sync_pb2_grpc

@@ -24,7 +24,7 @@ from tcs_gateway_testkit import (
     wait_connected,
 )
 
-from tccal.bus import TCS_COMMANDS
+from tccal.subjects import TCS_COMMANDS
 from tcs_gateway.bridge.events import SEQ_SCALE
 from tcs_gateway.bridge.framing import FrameValidator
 from tcs_gateway.commands import durable_name

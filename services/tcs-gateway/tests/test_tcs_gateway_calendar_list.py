@@ -21,8 +21,9 @@ from tcs_gateway_testkit import (
     wait_connected,
 )
 
+from tccal.cache_window import cache_window
 from tcs_gateway.ondemand import ondemand_subject
-from tcs_gateway.snapshot import EventSource, cache_window
+from tcs_gateway.snapshot import EventSource
 from trueconf.calendar.v1 import commands_pb2, ingest_pb2
 
 
@@ -162,7 +163,8 @@ async def test_a_list_larger_than_grpc_default_4_mib_is_taken(sync: SyncServer) 
     assert sum(o.ByteSize() for o in sync.fake.shown[user].values()) > 4 * 1024 * 1024
     source = EventSource(sync.address, timeout=60)
     try:
-        listed = await source.list_events(user, *cache_window(datetime.now(UTC), 1, 3))
+        window = cache_window(datetime.now(UTC), 1, 3)
+        listed = await source.list_events(user, window.start, window.end)
     finally:
         await source.close()
     assert len(listed.occurrences) == 10_000 and listed.seq == 7

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from tcs_gateway_testkit import World, occurrence, poll
 
 from tccal import telemetry
-from tccal.bus import TCS_RESULTS
+from tccal.subjects import TCS_RESULTS
 from trueconf.calendar.v1 import commands_pb2, common_pb2
 
 EXPORTER = InMemorySpanExporter()

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tccal.cache_window import CacheWindow, cache_window
 from tccal.config import Config
 from tccal.config.loader import parse_config_text
 from tcs_gateway.bridge.events import (
@@ -24,7 +25,7 @@ from tcs_gateway.bridge.framing import FrameValidator, encoded_size, request_fra
 from tcs_gateway.config import GatewaySettings, ServerSettings
 from tcs_gateway.rest.conferences import conference_id_for, parse_timestamp, schedule_body
 from tcs_gateway.rest.http import retry_after_seconds
-from tcs_gateway.snapshot import cache_window, events_for, snapshot_payloads
+from tcs_gateway.snapshot import events_for, snapshot_payloads
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2, common_pb2
 from trueconf_emulator.calendar import check_event, check_event_list, check_window
 
@@ -139,7 +140,7 @@ def test_snapshots_are_chunked_within_the_frame_limit() -> None:
     outside.id = "outside"
     outside.end.FromDatetime(datetime(2030, 1, 1, 1, tzinfo=UTC))
     occurrences.append(outside)
-    window = (datetime(2025, 6, 1, tzinfo=UTC), datetime(2025, 7, 1, tzinfo=UTC))
+    window = CacheWindow(datetime(2025, 6, 1, tzinfo=UTC), datetime(2025, 7, 1, tzinfo=UTC))
     events = events_for(occurrences, "alice@x.test", 77, window, server_host="h", budget=8000)
     payloads = snapshot_payloads("alice@x.test", 77, window, events, 8192)
     assert len(payloads) > 3
@@ -156,11 +157,13 @@ def test_snapshots_are_chunked_within_the_frame_limit() -> None:
 
 
 def test_cache_window_follows_the_guide() -> None:
-    start, end = cache_window(datetime(2025, 6, 28, 15, 30, tzinfo=UTC), 2, 3)
-    assert (start, end) == (datetime(2025, 4, 28, tzinfo=UTC), datetime(2025, 9, 28, tzinfo=UTC))
-    assert isinstance(check_window(start.strftime("%Y-%m-%dT%H:%M:%SZ"), end.strftime("%Y-%m-%dT%H:%M:%SZ")), tuple)
-    start, end = cache_window(datetime(2025, 6, 28, tzinfo=UTC), 0, 0)
-    assert end - start == timedelta(days=1)
+    window = cache_window(datetime(2025, 6, 28, 15, 30, tzinfo=UTC), 2, 3)
+    # the day 3 months ahead is in the window all day long: it ends at the next midnight (tccal.cache_window)
+    assert (window.start, window.end) == (datetime(2025, 4, 28, tzinfo=UTC), datetime(2025, 9, 29, tzinfo=UTC))
+    start, end = (moment.strftime("%Y-%m-%dT%H:%M:%SZ") for moment in (window.start, window.end))
+    assert isinstance(check_window(start, end), tuple)
+    today = cache_window(datetime(2025, 6, 28, tzinfo=UTC), 0, 0)
+    assert today.end - today.start == timedelta(days=1)
 
 
 def test_schedules_ids_and_retry_after() -> None:

@@ -73,8 +73,18 @@ def reply_frame(frame_id: int, payload: dict[str, Any]) -> dict[str, Any]:
     return {"type": REPLY, "id": frame_id, "payload": payload}
 
 
-def schema_path() -> Path:
-    """docs/bridge-protocol.schema.json: the copy inside the built wheel, or the repository's (editable install)."""
+class SchemaNotFoundError(FileNotFoundError):
+    """The schema file asked for (or the packaged one) does not exist; the message names the path."""
+
+
+def schema_path(explicit: str | Path | None = None) -> Path:
+    """The schema file: `explicit` when given, else docs/bridge-protocol.schema.json as the built wheel carries
+    it, or the repository's (editable install). Every user of the schema finds it here."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise SchemaNotFoundError(f"bridge protocol schema {str(path)!r} does not exist")
+        return path
     packaged = importlib.resources.files("tccal").joinpath(SCHEMA_FILE)
     if packaged.is_file():
         return Path(str(packaged))
@@ -82,14 +92,18 @@ def schema_path() -> Path:
     repository = Path(__file__).resolve().parents[4] / "docs" / SCHEMA_FILE
     if repository.is_file():
         return repository
-    raise FileNotFoundError(f"{SCHEMA_FILE} is neither in the tccal package nor at {str(repository)!r}")
+    raise SchemaNotFoundError(f"{SCHEMA_FILE} is neither in the tccal package nor at {str(repository)!r}")
 
 
-def load_schema() -> dict[str, Any]:
-    """The protocol's schema as a dict."""
-    loaded = json.loads(schema_path().read_text(encoding="utf-8"))
+def load_schema(explicit: str | Path | None = None, *, check: bool = False) -> dict[str, Any]:
+    """The protocol's schema as a dict (from `schema_path(explicit)`); `check` also verifies that it is a valid
+    draft 2020-12 schema (slow: for a schema given by hand)."""
+    path = schema_path(explicit)
+    loaded = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(loaded, dict):
-        raise ValueError(f"{SCHEMA_FILE} does not hold a JSON object")
+        raise SchemaNotFoundError(f"{str(path)!r} does not hold a JSON object")
+    if check:
+        jsonschema.Draft202012Validator.check_schema(loaded)
     return loaded
 
 

@@ -1,9 +1,9 @@
 """NATS JetStream: connection with reconnect, the connector's streams and KV bucket, publish and consume.
 
-Streams (DESIGN.md §4.2) are declared idempotently by every service that starts. Messages carry Nats-Msg-Id
-(dedupe) and traceparent. A consumed message is acked only after its handler returned; a failing message is
-redelivered with backoff up to `max_deliver` times, then copied to the dead-letter subject dlq.<stream>.<durable>
-with the error in its headers, and acked.
+Streams (names and subjects: tccal.subjects) are declared idempotently by every service that starts. Messages
+carry Nats-Msg-Id (dedupe) and traceparent. A consumed message is acked only after its handler returned; a
+failing message is redelivered with backoff up to `max_deliver` times, then copied to the dead-letter subject
+dlq.<stream>.<durable> with the error in its headers, and acked.
 """
 
 from __future__ import annotations
@@ -29,32 +29,11 @@ from opentelemetry import trace
 
 from tccal import telemetry
 from tccal.retry import backoff_delay
+from tccal.subjects import DEADLETTER, INGEST_STATE_BUCKET, STREAM_SUBJECTS, deadletter_subject
 
 log = logging.getLogger(__name__)
 
-CALENDAR = "CALENDAR"
-TCS_COMMANDS = "TCS_COMMANDS"
-TCS_RESULTS = "TCS_RESULTS"
-DEADLETTER = "DEADLETTER"
-INGEST_STATE_BUCKET = "INGEST_STATE"
-
-STREAM_SUBJECTS = {
-    CALENDAR: "calendar.v1.changes.>",
-    TCS_COMMANDS: "tcs.v1.commands.>",
-    TCS_RESULTS: "tcs.v1.results.>",
-    DEADLETTER: "dlq.>",
-}
 DUPLICATE_WINDOW_SECONDS = 600.0
-_ESCAPED = {".": "%2E", "*": "%2A", ">": "%3E", " ": "%20", "%": "%25", "\t": "%09"}
-
-
-def subject_token(text: str) -> str:
-    """Make `text` (an e-mail, a server id) one NATS subject token: '.', '*', '>', '%' and blanks escaped."""
-    return "".join(_ESCAPED.get(ch, ch) for ch in text.lower())
-
-
-#: Core NATS subject: "the license changed, ask licensing for seats again now" (ews-ingest listens).
-SEATS_CONTROL_SUBJECT = "calendar.v1.control.seats"
 
 
 async def announce(url: str, subject: str, payload: bytes = b"{}", *, timeout: float = 2.0, **auth: str) -> bool:
@@ -94,18 +73,6 @@ async def announce(url: str, subject: str, payload: bytes = b"{}", *, timeout: f
         await quiet(exc)
         return False
     return True
-
-
-def calendar_subject(provider: str, mailbox: str) -> str:
-    return f"calendar.v1.changes.{subject_token(provider)}.{subject_token(mailbox)}"
-
-
-def commands_subject(server_id: str) -> str:
-    return f"tcs.v1.commands.{subject_token(server_id)}"
-
-
-def results_subject(server_id: str) -> str:
-    return f"tcs.v1.results.{subject_token(server_id)}"
 
 
 @dataclass(frozen=True)
@@ -453,4 +420,4 @@ async def _dead_letter(bus: Bus, stream: str, durable: str, message: Msg, exc: E
             "Tc-Dlq-Error": repr(exc)[:1000],
         }
     )
-    await bus.js.publish(f"dlq.{stream.lower()}.{subject_token(durable)}", message.data, headers=headers)
+    await bus.js.publish(deadletter_subject(stream, durable), message.data, headers=headers)

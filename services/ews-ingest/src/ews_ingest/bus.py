@@ -1,6 +1,6 @@
 """ews-ingest on NATS: CalendarChange producer (stream CALENDAR) and the control subjects other services use.
 
-Control subjects are plain NATS core subjects (no JetStream); `<mailbox-key>` is tccal.bus.subject_token(mailbox):
+Control subjects are plain NATS core subjects (no JetStream); `<mailbox-key>` is tccal.subjects.subject_token(mailbox):
 
 * `calendar.v1.control.resync.<mailbox-key>` - re-read the mailbox and publish every item again (sync-engine's
   ResyncMailbox). Payload: JSON `{"mailbox": "...", "since": "2026-01-01T00:00:00Z"}` (`since` optional) or a
@@ -23,34 +23,11 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from tccal.bus import Bus, calendar_subject
+from tccal.bus import Bus
+from tccal.subjects import calendar_subject, unescape_token
 from trueconf.calendar.v1 import calendar_pb2, ingest_pb2
 
 log = logging.getLogger(__name__)
-CONTROL_PREFIX = "calendar.v1.control"
-RESYNC_SUBJECTS = f"{CONTROL_PREFIX}.resync.*"
-ONDEMAND_SUBJECTS = f"{CONTROL_PREFIX}.ondemand.*"
-SEATS_SUBJECT = f"{CONTROL_PREFIX}.seats"
-_UNESCAPED = {"%2E": ".", "%2A": "*", "%3E": ">", "%20": " ", "%25": "%", "%09": "\t"}
-
-
-def unescape_token(token: str) -> str:
-    """Inverse of tccal.bus.subject_token."""
-    out: list[str] = []
-    i = 0
-    while i < len(token):
-        piece = token[i : i + 3].upper()
-        if token[i] == "%" and piece in _UNESCAPED:
-            out.append(_UNESCAPED[piece])
-            i += 3
-        else:
-            out.append(token[i])
-            i += 1
-    return "".join(out)
-
-
-def control_subject(kind: str, mailbox_key: str) -> str:
-    return f"{CONTROL_PREFIX}.{kind}.{mailbox_key}"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dateutil.relativedelta import relativedelta
 from exchangelib import CalendarItem
 from exchangelib.errors import ErrorInvalidSyncStateData, ErrorItemNotFound, MalformedResponseError
 from exchangelib.fields import FieldPath
@@ -34,6 +33,7 @@ from ews_ingest.exchange.errors import describe
 from ews_ingest.exchange.pool import CredentialPool
 from ews_ingest.normalize import NormalizationError, normalize, plain_utc, timestamp
 from ews_ingest.state import Checkpoint, Quarantined, StateStore
+from tccal.cache_window import cache_window
 from trueconf.calendar.v1 import calendar_pb2
 
 log = logging.getLogger(__name__)
@@ -49,14 +49,14 @@ class Window:
 
     @classmethod
     def around(cls, now: dt.datetime, backward_months: int, forward_months: int) -> Window:
-        today = dt.datetime(now.year, now.month, now.day, tzinfo=dt.UTC)
-        return cls(today - relativedelta(months=backward_months), today + relativedelta(months=forward_months))
+        window = cache_window(now, backward_months, forward_months)
+        return cls(window.start, window.end)
 
     def holds(self, start: Any, end: Any) -> bool:
-        """Whether [start, end] touches the window (dates count as whole UTC days)."""
+        """Whether [start, end] touches the window [self.start, self.end) (dates count as whole UTC days)."""
         if start is None or end is None:
             return True
-        return _as_instant(end) >= self.start and _as_instant(start) <= self.end
+        return _as_instant(end) >= self.start and _as_instant(start) < self.end
 
     def still_relevant(self, end: Any) -> bool:
         """Whether something ending at `end` is in the window now or will be: it has not ended before its start."""

@@ -23,14 +23,7 @@ from exchangelib.errors import (
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from ews_ingest.bus import (
-    ONDEMAND_SUBJECTS,
-    RESYNC_SUBJECTS,
-    SEATS_SUBJECT,
-    ChangePublisher,
-    ControlError,
-    parse_control,
-)
+from ews_ingest.bus import ChangePublisher, ControlError, parse_control
 from ews_ingest.conference_marker import MarkerParser, register_marker_property
 from ews_ingest.exchange.errors import describe
 from ews_ingest.exchange.pool import CredentialPool, any_recent_success
@@ -41,6 +34,7 @@ from ews_ingest.state import StateStore
 from ews_ingest.streaming import StreamManager
 from ews_ingest.writeback import JoinLinkWriter
 from tccal.bus import Bus
+from tccal.subjects import ONDEMAND_SUBJECTS, RESYNC_SUBJECTS, SEATS_SUBJECT
 
 log = logging.getLogger(__name__)
 NOT_HERE = (ErrorNonExistentMailbox, ErrorImpersonateUserDenied, ErrorAccessDenied, AutoDiscoverFailed)

@@ -23,7 +23,8 @@ from nats.aio.msg import Msg
 
 from ews_ingest.exchange.errors import describe
 from ews_ingest.scheduler import Scheduler
-from tccal.bus import TCS_RESULTS, Bus, consume
+from tccal.bus import Bus, consume
+from tccal.subjects import TCS_RESULTS
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2, common_pb2
 
 log = logging.getLogger(__name__)

@@ -43,6 +43,7 @@ from tccal.clock import SystemClock
 from tccal.config import Config, ConfigError, load_config
 from tccal.db import create_pool
 from tccal.secrets import reveal
+from tccal.subjects import SEATS_SUBJECT
 
 REGISTERED = "Your product successfully registered. Now you can run tc_calendar"
 REGISTERED_OFFLINE = "Your product successfully registered offline. Now you can run tc_calendar"
@@ -110,7 +111,7 @@ async def _announce_license_change(config: Config) -> None:
     nats_config = config.nats
     await bus.announce(
         nats_config.url,
-        bus.SEATS_CONTROL_SUBJECT,
+        SEATS_SUBJECT,
         user=nats_config.user,
         password=reveal(nats_config.password, allow_plaintext=config.allow_plaintext_passwords),
         token=reveal(nats_config.token, allow_plaintext=config.allow_plaintext_passwords),

@@ -18,7 +18,8 @@ from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 
 from sync_engine.engine import Engine
-from tccal.bus import CALENDAR, TCS_RESULTS, Bus, consume
+from tccal.bus import Bus, consume
+from tccal.subjects import CALENDAR, TCS_RESULTS
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2
 
 log = logging.getLogger(__name__)

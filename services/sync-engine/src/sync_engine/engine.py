@@ -45,15 +45,15 @@ from sync_engine.reconcile import (
 from sync_engine.window import cache_window, window_key
 from sync_engine.workspace import MeetingRows, Workspace
 from tccal import telemetry
-from tccal.bus import Bus, subject_token
+from tccal.bus import Bus
 from tccal.clock import Clock
 from tccal.retry import backoff_delay
+from tccal.subjects import resync_subject
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2, ingest_pb2
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-RESYNC_SUBJECT_PREFIX = "calendar.v1.control.resync"
 #: Taken first by every batch of calendar changes: exclusively by one that adds mailboxes, shared by the others.
 #: A batch that adds mailbox X shows X the meetings it takes part in (meeting_people); a concurrent batch writing
 #: a new meeting of X, not seeing X yet, would leave it out, and the first would not see that meeting: so a batch
@@ -76,11 +76,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.CannotConnectNowError,
 )
-
-
-def resync_subject(mailbox: str) -> str:
-    """Control subject asking ews-ingest to re-read a mailbox (core NATS; payload ResyncMailboxRequest)."""
-    return f"{RESYNC_SUBJECT_PREFIX}.{subject_token(mailbox)}"
 
 
 class Engine:
@@ -643,7 +638,7 @@ class Engine:
         cannot resurrect anything). Derived state — what users were shown, conferences, launches — is left as
         it is, so nothing flickers and no conference is deleted: the resync's changes rebuild the items and only
         real differences are pushed; an item the resync does not bring back is gone from the mailbox. The
-        request is a core NATS message on `calendar.v1.control.resync.<mailbox-key>` (tccal.bus.subject_token)
+        request is a core NATS message on `calendar.v1.control.resync.<mailbox-key>` (tccal.subjects.subject_token)
         carrying a `trueconf.calendar.v1.ResyncMailboxRequest`. Returns the number of items cleared.
         """
         mailbox = mailbox.strip().lower()

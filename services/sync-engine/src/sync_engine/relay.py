@@ -19,8 +19,9 @@ from opentelemetry.context import Context
 
 from sync_engine.metrics import METRICS
 from tccal import telemetry
-from tccal.bus import Bus, commands_subject
+from tccal.bus import Bus
 from tccal.clock import Clock
+from tccal.subjects import commands_subject
 
 log = logging.getLogger(__name__)
 

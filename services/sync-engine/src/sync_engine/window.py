@@ -1,24 +1,18 @@
-"""The cache window: [today − cache.backward months, today + cache.forward months], today in UTC."""
+"""The engine's cache window: tccal.cache_window with the engine's settings, and the key it is stored under."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
-
-from dateutil.relativedelta import relativedelta
+from datetime import datetime
 
 from sync_engine.config import EngineSettings
 from sync_engine.model import Window
+from tccal import cache_window as contract
 
 
 def cache_window(now: datetime, settings: EngineSettings) -> Window:
     """Midnight (UTC) of today − backward months up to the end of the day today + forward months."""
-    today = now.astimezone(UTC).date()
-    first = today - relativedelta(months=settings.backward_months)
-    last = today + relativedelta(months=settings.forward_months)
-    return Window(
-        start=datetime.combine(first, time(0), tzinfo=UTC),
-        end=datetime.combine(last + timedelta(days=1), time(0), tzinfo=UTC),
-    )
+    window = contract.cache_window(now, settings.backward_months, settings.forward_months)
+    return Window(start=window.start, end=window.end)
 
 
 def window_key(window: Window) -> str:

@@ -32,15 +32,17 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from tccal import telemetry
-from tccal.bus import TCS_COMMANDS, Bus, commands_subject, ensure_consumer, results_subject
+from tccal.bus import Bus, ensure_consumer
+from tccal.cache_window import cache_window
 from tccal.retry import backoff_delay
+from tccal.subjects import TCS_COMMANDS, commands_subject, results_subject
 from tcs_gateway.bridge.events import EventError, build_event, fit_event, push_seq
 from tcs_gateway.bridge.queue import PendingPush
 from tcs_gateway.config import GatewaySettings
 from tcs_gateway.rest.conferences import ConferenceService, conference_id_for
 from tcs_gateway.rest.http import RestError
 from tcs_gateway.servers import ServerState
-from tcs_gateway.snapshot import EventSource, SyncUnavailableError, cache_window, event_budget
+from tcs_gateway.snapshot import EventSource, SyncUnavailableError, event_budget
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2
 
 log = logging.getLogger(__name__)
@@ -285,7 +287,7 @@ class CommandConsumer:
         window = cache_window(
             datetime.now(UTC), self.settings.window_backward_months, self.settings.window_forward_months
         )
-        listed = await self.source.list_events(user, *window)
+        listed = await self.source.list_events(user, window.start, window.end)
         for occurrence in listed.occurrences:
             if occurrence.id == occurrence_id:
                 return occurrence

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from tccal.config import Config
+from tccal.subjects import GATEWAY_STATE_BUCKET
 
 SERVICE = "tcs-gateway"
 PROTOCOL_VERSION = 1
@@ -23,7 +24,7 @@ SUPPORTED_VERSIONS = (1,)
 MAX_FRAME_BYTES = 1_048_576
 DEFAULT_MAX_IN_FLIGHT = 64
 MAX_IN_FLIGHT_CAP = 1024
-STATE_BUCKET = "TCS_GATEWAY"
+STATE_BUCKET = GATEWAY_STATE_BUCKET
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """On-demand sync requests: TCS asked for the calendar of a mailbox the connector has not synced yet.
 
 Published as a core NATS message on `calendar.v1.control.ondemand.<mailbox-key>` (mailbox-key as in the CALENDAR
-subjects: tccal.bus.subject_token of the lower-cased address), payload `trueconf.calendar.v1.ResyncMailboxRequest`
+subjects: tccal.subjects.subject_token of the lower-cased address), payload `trueconf.calendar.v1.ResyncMailboxRequest`
 with `mailbox` set and `since` unset, headers `traceparent`, `Tc-Server-Id` (the asking TrueConf Server) and
 `Tc-Requested-By: tcs-gateway`. ews-ingest starts syncing the mailbox while seats remain (licensing decides).
 A mailbox is asked for at most once per `ondemand_interval` by this gateway.
@@ -29,17 +29,13 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from tccal import telemetry
-from tccal.bus import SEATS_CONTROL_SUBJECT, Bus, subject_token
+from tccal.bus import Bus
+from tccal.subjects import SEATS_SUBJECT, ondemand_subject
 from trueconf.calendar.v1 import ingest_pb2
 
 log = logging.getLogger(__name__)
-SUBJECT_PREFIX = "calendar.v1.control.ondemand"
 #: How long one request waits for ews-ingest's answer (it answers after an EWS probe and the seat check).
 ANSWER_TIMEOUT = 30.0
-
-
-def ondemand_subject(mailbox: str) -> str:
-    return f"{SUBJECT_PREFIX}.{subject_token(mailbox)}"
 
 
 class OnDemandRequests:
@@ -59,7 +55,7 @@ class OnDemandRequests:
     async def listen_for_license_changes(self) -> None:
         """Subscribe to `calendar.v1.control.seats`: each announcement sends every refused request again."""
         if self._seats_subscription is None:
-            self._seats_subscription = await self.bus.nc.subscribe(SEATS_CONTROL_SUBJECT, cb=self._on_seats)
+            self._seats_subscription = await self.bus.nc.subscribe(SEATS_SUBJECT, cb=self._on_seats)
 
     async def _on_seats(self, _msg: Any) -> None:
         refused, self.refused = self.refused, {}

@@ -9,13 +9,13 @@ the wire `seq` is drawn from it).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from dateutil.relativedelta import relativedelta
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from tccal.cache_window import CacheWindow
 from tccal.grpckit import client_metadata
 from tcs_gateway.bridge.events import build_event, chunk_events, fit_event, overlaps
 from tcs_gateway.bridge.framing import encoded_size, format_instant
@@ -32,16 +32,6 @@ MAX_LIST_BYTES = 256 * 1024 * 1024
 
 class SyncUnavailableError(RuntimeError):
     """SyncService could not answer (the message says why)."""
-
-
-def cache_window(now: datetime, backward_months: int, forward_months: int) -> tuple[datetime, datetime]:
-    """[today − backward months, today + forward months), today = UTC midnight (docs/bridge-protocol.md §6.1)."""
-    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    start = today - relativedelta(months=backward_months)
-    end = today + relativedelta(months=forward_months)
-    if end <= start:
-        end = start + timedelta(days=1)
-    return start, end
 
 
 def _stamp(moment: datetime) -> Timestamp:
@@ -95,7 +85,7 @@ def events_for(
     occurrences: list[calendar_pb2.Occurrence],
     user: str,
     seq: int,
-    window: tuple[datetime, datetime],
+    window: CacheWindow,
     *,
     server_host: str,
     budget: int,
@@ -104,7 +94,7 @@ def events_for(
     found: dict[str, dict[str, Any]] = {}
     for occurrence in occurrences:
         event = fit_event(build_event(occurrence, user, seq, server_host=server_host), budget, user)
-        if overlaps(event, *window):
+        if overlaps(event, window.start, window.end):
             found[event["id"]] = event
     return sorted(found.values(), key=lambda e: (e["start"], e["id"]))
 
@@ -112,7 +102,7 @@ def events_for(
 def snapshot_payloads(
     user: str,
     seq: int,
-    window: tuple[datetime, datetime],
+    window: CacheWindow,
     events: list[dict[str, Any]],
     max_frame_bytes: int,
 ) -> list[dict[str, Any]]:
@@ -123,8 +113,8 @@ def snapshot_payloads(
         {
             "user": user,
             "seq": seq,
-            "from": format_instant(window[0]),
-            "to": format_instant(window[1]),
+            "from": format_instant(window.start),
+            "to": format_instant(window.end),
             "chunkIndex": index,
             "chunkCount": len(chunks),
             "events": chunk,

@@ -29,6 +29,7 @@ from aiohttp import web
 from opentelemetry import trace
 
 from tccal import telemetry
+from tccal.cache_window import CacheWindow, cache_window
 from tcs_gateway.bridge.events import list_seq, snapshot_seq
 from tcs_gateway.bridge.framing import (
     MAX_ID,
@@ -57,7 +58,6 @@ from tcs_gateway.servers import ServerState
 from tcs_gateway.snapshot import (
     EventSource,
     SyncUnavailableError,
-    cache_window,
     event_budget,
     events_for,
     snapshot_payloads,
@@ -412,7 +412,7 @@ class Session:
         self.authenticated = True
         self.server = state
         await state.attach(self)
-        window_from, window_to = cache_window(
+        window = cache_window(
             datetime.now(UTC), self.settings.window_backward_months, self.settings.window_forward_months
         )
         await self._reply(
@@ -428,7 +428,7 @@ class Session:
                     "pingIntervalSec": max(1, round(self.settings.ping_interval)),
                     "replyTimeoutSec": max(1, round(self.settings.reply_timeout)),
                 },
-                "window": {"from": format_instant(window_from), "to": format_instant(window_to)},
+                "window": {"from": format_instant(window.start), "to": format_instant(window.end)},
             },
         )
         log.info(
@@ -514,7 +514,7 @@ class Session:
             listed.occurrences,
             user,
             seq,
-            (window_from, window_to),
+            CacheWindow(window_from, window_to),
             server_host=server.server.host,
             budget=event_budget(self.settings.max_frame_bytes),
         )
@@ -589,7 +589,7 @@ class Session:
                 datetime.now(UTC), self.settings.window_backward_months, self.settings.window_forward_months
             )
             try:
-                listed = await self.context.source.list_events(user, *window)
+                listed = await self.context.source.list_events(user, window.start, window.end)
                 break
             except SyncUnavailableError as exc:
                 server.record_error(f"snapshot of {user}: {exc}")
