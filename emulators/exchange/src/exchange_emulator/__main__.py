@@ -124,7 +124,7 @@ def main(
     state_file: Path | None,
     log_level: str,
 ) -> None:
-    """Exchange Web Services (EWS) emulator for the TrueConf calendar connector."""
+    """Exchange Web Services (EWS) emulator for the TrueConf Calendar Connector."""
     logging.basicConfig(
         level=log_level,
         stream=sys.stderr,

@@ -124,15 +124,6 @@ class Calendar:
         no = mbx.by_uid.get(uid)
         return mbx.items.get(no) if no is not None else None
 
-    def organizer_item(self, item: CalendarItem) -> CalendarItem | None:
-        org = self.store.mailbox(item.organizer_email) if item.organizer_email else None
-        if org is None:
-            return None
-        found = self.copy_of(org, item.uid)
-        if found is None or not found.is_organizer:
-            return None
-        return found
-
     # ------------------------------------------------------------------ create
     def create(self, target: Mailbox, item: CalendarItem, send_mode: str, actor: str) -> CalendarItem:
         """Save a new calendar item in target's calendar and process invitations."""

@@ -642,17 +642,6 @@ class Store:
     def next_item_no(self) -> int:
         return next(self._item_no)
 
-    def item_by_id(self, value: str) -> tuple[Mailbox, CalendarItem, dt.datetime | None]:
-        """Resolve an item id to (mailbox, item-or-master, occurrence original start)."""
-        parsed = parse_item_id(value)
-        mbx = self.by_no.get(parsed.mailbox_no)
-        if mbx is None:
-            raise KeyError(value)
-        item = mbx.items.get(parsed.item_no) or mbx.exceptions.get(parsed.item_no)
-        if item is None:
-            raise KeyError(value)
-        return mbx, item, parsed.occurrence
-
     # -------------------------------------------------------------- change log
     def __getstate__(self) -> dict[str, object]:
         """Picklable state: the counters as their next values, without subscriptions (persistence.py)."""

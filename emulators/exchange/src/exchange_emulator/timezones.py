@@ -12,7 +12,7 @@ import functools
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from tzlocal.windows_tz import tz_win, win_tz
+from tzlocal.windows_tz import win_tz
 
 from .xmlutil import Element, local, sub, t
 
@@ -39,15 +39,6 @@ def zone_for(ms_id: str) -> ZoneInfo:
         return ZoneInfo(iana_for(ms_id))
     except ZoneInfoNotFoundError as exc:
         raise UnknownTimeZoneError(f"no tzdata for Windows time zone id {ms_id!r}") from exc
-
-
-def ms_id_for_iana(iana: str) -> str:
-    if iana in ("UTC", "Etc/UTC"):
-        return "UTC"
-    ms = tz_win.get(iana)
-    if ms is None:
-        raise UnknownTimeZoneError(f"no Windows time zone id for IANA zone {iana!r}")
-    return ms
 
 
 def is_known(ms_id: str) -> bool:

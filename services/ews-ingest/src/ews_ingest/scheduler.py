@@ -184,9 +184,6 @@ class Scheduler:
                 for callback in self.on_deactivate:
                     callback(entry)
 
-    def active(self) -> list[MailboxEntry]:
-        return [e for e in self.entries.values() if e.seat]
-
     # ------------------------------------------------------------------ triggers
     def trigger(self, mailbox: str, reason: str, noticed_at: float | None = None) -> bool:
         entry = self.entries.get(mailbox)
