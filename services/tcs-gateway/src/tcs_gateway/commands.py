@@ -38,10 +38,10 @@ from tccal.retry import backoff_delay
 from tccal.subjects import TCS_COMMANDS, commands_subject, results_subject
 from tcs_gateway.bridge.events import EventError, build_event, fit_event, push_seq
 from tcs_gateway.bridge.queue import PendingPush
-from tcs_gateway.config import GatewaySettings
 from tcs_gateway.rest.conferences import ConferenceService, conference_id_for
 from tcs_gateway.rest.http import RestError
 from tcs_gateway.servers import ServerState
+from tcs_gateway.settings import GatewaySettings
 from tcs_gateway.snapshot import EventSource, SyncUnavailableError, event_budget
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2
 

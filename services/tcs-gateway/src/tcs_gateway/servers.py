@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from tcs_gateway.bridge.queue import PendingPush, PushQueue
-from tcs_gateway.config import GatewaySettings, ServerSettings
+from tcs_gateway.settings import GatewaySettings, ServerSettings
 from tcs_gateway.state import StateStore
 from trueconf.calendar.v1 import commands_pb2
 

@@ -47,14 +47,14 @@ from tcs_gateway.bridge.framing import (
     request_frame,
 )
 from tcs_gateway.bridge.queue import PendingPush
-from tcs_gateway.config import (
+from tcs_gateway.servers import ServerState
+from tcs_gateway.settings import (
     DEFAULT_MAX_IN_FLIGHT,
     MAX_IN_FLIGHT_CAP,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     GatewaySettings,
 )
-from tcs_gateway.servers import ServerState
 from tcs_gateway.snapshot import (
     EventSource,
     SyncUnavailableError,
