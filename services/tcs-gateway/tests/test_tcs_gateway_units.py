@@ -151,7 +151,7 @@ def test_snapshots_are_chunked_within_the_frame_limit() -> None:
         frame = request_frame(9, "calendar.snapshot", payload)
         assert encoded_size(frame) <= 8192
         assert VALIDATOR.problem(frame, "calendar.snapshot.request") is None
-        assert check_event_list(payload["events"], "alice@x.test", window, "events") is None
+        assert check_event_list(payload["events"], "alice@x.test", (window.start, window.end), "events") is None
     empty = snapshot_payloads("alice@x.test", 78, window, [], 8192)
     assert [(p["chunkIndex"], p["chunkCount"], p["events"]) for p in empty] == [(0, 1, [])]
 
