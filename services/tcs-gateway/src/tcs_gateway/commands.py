@@ -37,12 +37,14 @@ from tccal.cache_window import cache_window
 from tccal.retry import backoff_delay
 from tccal.subjects import TCS_COMMANDS, commands_subject, results_subject
 from tcs_gateway.bridge.events import EventError, build_event, fit_event, push_seq
+from tcs_gateway.bridge.payloads import event_budget
+from tcs_gateway.bridge.ports import SyncUnavailableError
 from tcs_gateway.bridge.queue import PendingPush
+from tcs_gateway.bridge.servers import ServerState
 from tcs_gateway.rest.conferences import ConferenceService, conference_id_for
 from tcs_gateway.rest.http import RestError
-from tcs_gateway.servers import ServerState
 from tcs_gateway.settings import GatewaySettings
-from tcs_gateway.snapshot import EventSource, SyncUnavailableError, event_budget
+from tcs_gateway.sync_client import EventSource
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2
 
 log = logging.getLogger(__name__)

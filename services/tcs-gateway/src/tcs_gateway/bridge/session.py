@@ -46,8 +46,10 @@ from tcs_gateway.bridge.framing import (
     reply_frame,
     request_frame,
 )
+from tcs_gateway.bridge.payloads import event_budget, events_for, snapshot_payloads
+from tcs_gateway.bridge.ports import CalendarSource, SyncUnavailableError, UserStateStore
 from tcs_gateway.bridge.queue import PendingPush
-from tcs_gateway.servers import ServerState
+from tcs_gateway.bridge.servers import ServerState
 from tcs_gateway.settings import (
     DEFAULT_MAX_IN_FLIGHT,
     MAX_IN_FLIGHT_CAP,
@@ -55,14 +57,6 @@ from tcs_gateway.settings import (
     SUPPORTED_VERSIONS,
     GatewaySettings,
 )
-from tcs_gateway.snapshot import (
-    EventSource,
-    SyncUnavailableError,
-    event_budget,
-    events_for,
-    snapshot_payloads,
-)
-from tcs_gateway.state import StateStore
 from trueconf.calendar.v1 import commands_pb2
 
 log = logging.getLogger(__name__)
@@ -107,8 +101,8 @@ class SessionContext:
 
     settings: GatewaySettings
     servers: dict[str, ServerState]
-    store: StateStore
-    source: EventSource
+    store: UserStateStore
+    source: CalendarSource
     validator: FrameValidator
     on_list: ListHook | None = None
     sessions: set[Session] = field(default_factory=set)
