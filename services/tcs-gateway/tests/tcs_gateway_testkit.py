@@ -22,8 +22,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from tccal.bus import Bus, BusSettings
 from tccal.embedded import free_port
 from tccal.subjects import TCS_RESULTS, commands_subject
-from tcs_gateway.config import GatewaySettings, ServerSettings
-from tcs_gateway.gateway import Gateway
+from tcs_gateway.runtime import Gateway
+from tcs_gateway.settings import GatewaySettings, ServerSettings
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2, common_pb2, sync_pb2, sync_pb2_grpc
 from trueconf_emulator.testing import EmulatorProcess, build_config, start_emulator_async
 
