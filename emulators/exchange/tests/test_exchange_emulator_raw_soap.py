@@ -293,8 +293,77 @@ def test_create_item_imports_an_icalendar_event(emu: EmulatorHandle) -> None:
         "event-17@caldav.example.org",
     )
     assert item["start"].startswith("2031-05-07T08:00:00")  # 10:00 in Berlin (CEST) is 08:00 UTC
-    recurring = ics.replace("END:VEVENT", "RRULE:FREQ=DAILY;COUNT=2\r\nEND:VEVENT").replace("event-17", "event-18")
-    refused = create_from(recurring)
-    assert codes(refused) == ["ErrorCalendarInvalidRecurrence"]
-    assert "RRULE" in (refused.findtext(f".//{{{M}}}MessageText") or "")
     assert codes(create_from("not a calendar")) == ["ErrorMimeContentConversionFailed"]
+
+
+def _import(emu: EmulatorHandle, mailbox: str, uid: str, lines: str) -> etree._Element:
+    ics = (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//CalDAV gateway//EN\r\nBEGIN:VEVENT\r\n"
+        f"UID:{uid}\r\nDTSTAMP:20310101T000000Z\r\n"
+        "DTSTART;TZID=Europe/Berlin:20310506T100000\r\nDTEND;TZID=Europe/Berlin:20310506T110000\r\n"
+        f"SUMMARY:Series {uid}\r\n{lines}END:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+    content = base64.b64encode(ics.encode()).decode()
+    return soap(
+        emu,
+        mailbox,
+        '<m:CreateItem SendMeetingInvitations="SendToNone"><m:SavedItemFolderId>'
+        '<t:DistinguishedFolderId Id="calendar"/></m:SavedItemFolderId><m:Items><t:CalendarItem>'
+        f'<t:MimeContent CharacterSet="UTF-8">{content}</t:MimeContent>'
+        "</t:CalendarItem></m:Items></m:CreateItem>",
+    )
+
+
+def test_a_recurring_icalendar_event_becomes_the_ews_pattern_that_means_the_same(emu: EmulatorHandle) -> None:
+    """RRULE → Recurrence ("Recurrence patterns and time zones in EWS"), TZID → the item's Windows time zone,
+    EXDATE → a deleted occurrence; what EWS has no pattern for is refused naming the part."""
+    mailbox = emu.admin.add_mailbox("mimeseries@example.com")["email"]
+    weekly = _import(
+        emu,
+        mailbox,
+        "weekly",
+        "RRULE:FREQ=WEEKLY;INTERVAL=2;BYDAY=TU,TH;COUNT=4;WKST=MO\r\nEXDATE;TZID=Europe/Berlin:20310508T100000\r\n",
+    )
+    assert codes(weekly) == ["NoError"]
+    item_id = weekly.find(f".//{{{T}}}ItemId")
+    assert item_id is not None
+    item = get(
+        emu,
+        mailbox,
+        item_id.get("Id", ""),
+        '<t:FieldURI FieldURI="calendar:Recurrence"/><t:FieldURI FieldURI="calendar:DeletedOccurrences"/>',
+    )
+    pattern = item.find(f"{{{T}}}Recurrence/{{{T}}}WeeklyRecurrence")
+    assert pattern is not None
+    assert pattern.findtext(f"{{{T}}}Interval") == "2"
+    assert pattern.findtext(f"{{{T}}}DaysOfWeek") == "Tuesday Thursday"
+    assert item.findtext(f"{{{T}}}Recurrence/{{{T}}}NumberedRecurrence/{{{T}}}NumberOfOccurrences") == "4"
+    assert item.findtext(f"{{{T}}}Recurrence/{{{T}}}NumberedRecurrence/{{{T}}}StartDate", "").startswith("2031-05-06")
+    zone = item.find(f"{{{T}}}StartTimeZone")
+    assert zone is not None and zone.get("Id") == "W. Europe Standard Time"
+    deleted = item.findall(f"{{{T}}}DeletedOccurrences/{{{T}}}DeletedOccurrence/{{{T}}}Start")
+    assert [(d.text or "")[:19] for d in deleted] == ["2031-05-08T08:00:00"]  # 10:00 in Berlin
+
+    monthly = _import(emu, mailbox, "monthly", "RRULE:FREQ=MONTHLY;BYDAY=MO,TU,WE,TH,FR;BYSETPOS=-1\r\n")
+    assert codes(monthly) == ["NoError"]
+    monthly_id = monthly.find(f".//{{{T}}}ItemId")
+    assert monthly_id is not None
+    relative = get(emu, mailbox, monthly_id.get("Id", ""), '<t:FieldURI FieldURI="calendar:Recurrence"/>').find(
+        f"{{{T}}}Recurrence/{{{T}}}RelativeMonthlyRecurrence"
+    )
+    assert relative is not None
+    assert (relative.findtext(f"{{{T}}}DaysOfWeek"), relative.findtext(f"{{{T}}}DayOfWeekIndex")) == (
+        "Weekday",
+        "Last",
+    )
+
+    for rule, named in (
+        ("RRULE:FREQ=HOURLY;COUNT=3", "FREQ=HOURLY"),
+        ("RRULE:FREQ=MONTHLY;BYMONTHDAY=1,15", "one day of the month"),
+        ("RRULE:FREQ=MONTHLY;BYDAY=5MO", "position 5"),
+        ("RRULE:FREQ=DAILY;BYHOUR=9,17", "BYHOUR"),
+    ):
+        refused = _import(emu, mailbox, "refused", rule + "\r\n")
+        assert codes(refused) == ["ErrorCalendarInvalidRecurrence"], rule
+        assert named in (refused.findtext(f".//{{{M}}}MessageText") or ""), rule
+    assert len(emu.admin.items(mailbox)) == 2  # nothing of a refused import was kept
