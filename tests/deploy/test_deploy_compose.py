@@ -294,7 +294,7 @@ def test_config_matches_the_compose_topology(
     assert postgres_env["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
     assert reveal(db.password, demo_key) == secret_file(compose, "postgres_password").read_text().strip()
     assert urlsplit(config.nats.url).hostname == "nats"
-    from licensing.config import LicensingSettings
+    from licensing.settings import LicensingSettings
 
     LicensingSettings.from_config(config)  # licensing starts with this config (authority key, registration URL)
 

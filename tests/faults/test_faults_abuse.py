@@ -496,6 +496,7 @@ def test_config_with_every_key_wrong_is_refused_naming_keys(guarded: FaultProduc
 
 def test_tampered_license_is_refused_and_the_license_in_force_stays(guarded: FaultProduct) -> None:
     from licensing.offline import OfflineResponse
+    from registration_emulator.offline import write_response
     from tccal.embedded import free_port
 
     work = guarded.state_dir / "tamper"
@@ -521,7 +522,7 @@ def test_tampered_license_is_refused_and_the_license_in_force_stays(guarded: Fau
     response = OfflineResponse.decode((work / "regoffline2.crg").read_bytes())
     envelope: dict[str, Any] = json.loads(json.dumps(response.envelope))
     envelope["license"]["seats"] = 100000
-    (work / "tampered.crg").write_bytes(OfflineResponse(response.request_id, envelope).encode())
+    (work / "tampered.crg").write_bytes(write_response(response.request_id, envelope))
     with guarded.product.channel("licensing") as channel:
         before = licensing_pb2_grpc.LicensingServiceStub(channel).GetLicense(licensing_pb2.GetLicenseRequest())
     refused = subprocess.run(

@@ -14,12 +14,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from licensing.document import AuthoritySigner, License
 from licensing.fingerprint import fingerprint_of, new_install_id
 from licensing.keys import parse_key
 from licensing.offline import OfflineResponse, encode_crg
-from licensing.tiers import Tier
-from registration_emulator.testing import RunningEmulator
+from registration_emulator.document import LicenseTerms
+from registration_emulator.offline import write_response
+from registration_emulator.testing import RunningEmulator, authority_key
+from registration_emulator.tiers import Tier
 from tccal.embedded import free_port
 
 REGISTERED = "Your product successfully registered. Now you can run tc_calendar"
@@ -128,12 +129,12 @@ def test_free_key_is_never_registered_offline(installation: Any, emulator: Runni
     assert not (installation.workdir / "regoffline.crg").exists()
 
     # Even a file signed by the authority is refused when it carries a free license.
-    signer = AuthoritySigner.from_pem((emulator.state_dir / "authority_ed25519.pem").read_bytes())
-    lic = License(
+    signer = authority_key(emulator.state_dir)
+    lic = LicenseTerms(
         "lic-free-file", Tier.FREE, 50, (), fingerprint, datetime.now(UTC), None, parse_key(free).sha256, "offline"
     )
     path = installation.workdir / "free.crg"
-    path.write_bytes(OfflineResponse("r", signer.sign_license(lic).envelope()).encode())
+    path.write_bytes(write_response("r", signer.sign_license(lic)))
     proc = installation.run("--offline_reg", str(path))
     assert proc.returncode == 14
     assert "A free license cannot be registered offline" in proc.stderr
@@ -154,7 +155,7 @@ def test_offline_file_refusals(installation: Any, other_installation: Any, emula
     envelope: dict[str, Any] = json.loads(json.dumps(response.envelope))
     envelope["license"]["seats"] = 100000
     tampered = installation.workdir / "tampered.crg"
-    tampered.write_bytes(OfflineResponse(response.request_id, envelope).encode())
+    tampered.write_bytes(write_response(response.request_id, envelope))
     garbage = installation.workdir / "garbage.crg"
     garbage.write_text("Dear manager, please find attached...")
     wrong_format = installation.workdir / "future.crg"

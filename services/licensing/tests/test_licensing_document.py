@@ -1,4 +1,5 @@
-"""License documents: canonical form, Ed25519 signature, verification refusals, fixed test vectors."""
+"""License documents: canonical form, Ed25519 signature, verification refusals, fixed test vectors
+(docs/license-format.md §12). Signed documents come from the registration emulator, the authority's side."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from licensing.document import (
-    AuthoritySigner,
     CheckReceipt,
     License,
     TrustedAuthorities,
@@ -24,6 +24,8 @@ from licensing.document import (
 )
 from licensing.errors import RegistrationProtocolError, TamperedLicenseError
 from licensing.tiers import Tier
+from registration_emulator.document import AuthorityKey, LicenseTerms
+from registration_emulator.tiers import Tier as AuthorityTier
 
 SEED = bytes(range(32))
 PUBLIC_KEY_TEXT = "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="
@@ -37,24 +39,34 @@ CANONICAL = (
 SIGNATURE = "uOJBRLhgnhpMFpwM9AttG6pYsGPN68srDcy0Lq9mo9rwhlXotHd7u2zlrqJX0wvY6V6Nmb0WYdiG/599YG5oBQ=="
 
 
-def fixed_signer() -> AuthoritySigner:
-    return AuthoritySigner(Ed25519PrivateKey.from_private_bytes(SEED))
+FIXED_FIELDS: dict[str, Any] = dict(
+    license_id="lic-0001",
+    seats=200,
+    features=("offline_registration",),
+    installation_fingerprint="ab" * 32,
+    issued_at=datetime(2026, 1, 31, 10, 0, tzinfo=UTC),
+    expires_at=datetime(2027, 1, 31, tzinfo=UTC),
+    key_sha256="cd" * 32,
+    registration="online",
+)
+
+
+def fixed_signer() -> AuthorityKey:
+    """The authority of the test vector, as the registration emulator holds it."""
+    return AuthorityKey(Ed25519PrivateKey.from_private_bytes(SEED))
 
 
 def fixed_license(**changes: Any) -> License:
-    fields: dict[str, Any] = dict(
-        license_id="lic-0001",
-        tier=Tier.STANDARD,
-        seats=200,
-        features=("offline_registration",),
-        installation_fingerprint="ab" * 32,
-        issued_at=datetime(2026, 1, 31, 10, 0, tzinfo=UTC),
-        expires_at=datetime(2027, 1, 31, tzinfo=UTC),
-        key_sha256="cd" * 32,
-        registration="online",
-    )
-    fields.update(changes)
-    return License(**fields)
+    return License(**{**FIXED_FIELDS, "tier": Tier.STANDARD, **changes})
+
+
+def fixed_terms() -> LicenseTerms:
+    """The same license as the authority writes it."""
+    return LicenseTerms(**FIXED_FIELDS, tier=AuthorityTier.STANDARD)
+
+
+def fixed_envelope() -> dict[str, Any]:
+    return fixed_signer().sign_license(fixed_terms())
 
 
 def test_fixed_vector_canonical_bytes_and_signature() -> None:
@@ -63,8 +75,9 @@ def test_fixed_vector_canonical_bytes_and_signature() -> None:
     assert signer.key_id == KEY_ID
     lic = fixed_license()
     assert canonical_json(lic.to_json()) == CANONICAL
-    signed = signer.sign_license(lic)
-    assert signed.envelope()["signature"] == {"alg": "Ed25519", "key_id": KEY_ID, "value": SIGNATURE}
+    envelope = signer.sign_license(fixed_terms())
+    assert envelope["signature"] == {"alg": "Ed25519", "key_id": KEY_ID, "value": SIGNATURE}
+    assert TrustedAuthorities.from_config(PUBLIC_KEY_TEXT).verify_envelope(envelope).envelope() == envelope
     # The signature is over the documented prefix + canonical bytes, checked with the raw public key alone.
     raw_public = Ed25519PublicKey.from_public_bytes(base64.b64decode(PUBLIC_KEY_TEXT))
     raw_public.verify(base64.b64decode(SIGNATURE), b"TCCAL-LICENSE/1\x00" + CANONICAL)
@@ -72,7 +85,8 @@ def test_fixed_vector_canonical_bytes_and_signature() -> None:
 
 def test_verification_round_trip_through_text_ignores_whitespace() -> None:
     trusted = TrustedAuthorities.from_config(PUBLIC_KEY_TEXT)
-    signed = fixed_signer().sign_license(fixed_license())
+    signed = trusted.verify_envelope(fixed_envelope())
+    assert signed.license == fixed_license()
     text = signed.to_text()
     compact = json.dumps(json.loads(text), separators=(",", ":"))
     for form in (text, compact):
@@ -96,7 +110,7 @@ def test_verification_round_trip_through_text_ignores_whitespace() -> None:
 )
 def test_any_changed_field_breaks_the_signature(field: str, value: Any) -> None:
     trusted = TrustedAuthorities.from_config(PUBLIC_KEY_TEXT)
-    envelope = fixed_signer().sign_license(fixed_license()).envelope()
+    envelope = fixed_envelope()
     tampered = copy.deepcopy(envelope)
     tampered["license"][field] = value
     with pytest.raises(TamperedLicenseError, match="modified after the authority signed it") as info:
@@ -108,25 +122,25 @@ def test_any_changed_field_breaks_the_signature(field: str, value: Any) -> None:
 @given(seats=st.integers(min_value=0, max_value=10**9).filter(lambda s: s != 200))
 def test_no_seat_count_but_the_signed_one_verifies(seats: int) -> None:
     trusted = TrustedAuthorities.from_config(PUBLIC_KEY_TEXT)
-    envelope = fixed_signer().sign_license(fixed_license()).envelope()
+    envelope = fixed_envelope()
     envelope["license"]["seats"] = seats
     with pytest.raises(TamperedLicenseError):
         trusted.verify_envelope(envelope)
 
 
 def test_a_license_from_another_authority_is_refused_naming_both_keys() -> None:
-    other = AuthoritySigner.generate()
+    other = AuthorityKey.generate()
     trusted = TrustedAuthorities.from_config(PUBLIC_KEY_TEXT)
     with pytest.raises(TamperedLicenseError) as info:
-        trusted.verify_envelope(other.sign_license(fixed_license()).envelope())
+        trusted.verify_envelope(other.sign_license(fixed_terms()))
     assert other.key_id in info.value.message
     assert KEY_ID in info.value.message
     assert "license.authorityPublicKey" in info.value.message
 
 
 def test_a_forged_key_id_does_not_help() -> None:
-    other = AuthoritySigner.generate()
-    envelope = other.sign_license(fixed_license()).envelope()
+    other = AuthorityKey.generate()
+    envelope = other.sign_license(fixed_terms())
     envelope["signature"]["key_id"] = KEY_ID
     with pytest.raises(TamperedLicenseError, match="does not verify"):
         TrustedAuthorities.from_config(PUBLIC_KEY_TEXT).verify_envelope(envelope)
@@ -143,7 +157,7 @@ def test_a_forged_key_id_does_not_help() -> None:
     ],
 )
 def test_damaged_envelopes_are_refused_with_the_reason(mutate: Any, expected: str) -> None:
-    envelope = fixed_signer().sign_license(fixed_license()).envelope()
+    envelope = fixed_envelope()
     mutate(envelope)
     with pytest.raises(TamperedLicenseError, match=expected):
         TrustedAuthorities.from_config(PUBLIC_KEY_TEXT).verify_envelope(envelope)
@@ -203,8 +217,9 @@ def test_floats_are_not_canonical() -> None:
 
 def test_public_key_forms() -> None:
     pem = (
-        fixed_signer()
-        .public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        Ed25519PrivateKey.from_private_bytes(SEED)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
     assert TrustedAuthorities.from_config([pem]).key_ids == [KEY_ID]
@@ -221,14 +236,14 @@ def test_check_receipts_verify_and_refuse_forgeries() -> None:
     signer = fixed_signer()
     trusted = TrustedAuthorities.from_config(PUBLIC_KEY_TEXT)
     receipt = CheckReceipt("lic-0001", "ab" * 32, "n" * 32, datetime(2026, 2, 1, tzinfo=UTC))
-    answer = signer.sign_receipt(receipt)
+    answer = signer.sign_receipt("lic-0001", "ab" * 32, "n" * 32, datetime(2026, 2, 1, tzinfo=UTC))
     assert trusted.verify_receipt(answer) == receipt
     forged = copy.deepcopy(answer)
     forged["receipt"]["nonce"] = "m" * 32
     with pytest.raises(RegistrationProtocolError, match="bad signature"):
         trusted.verify_receipt(forged)
     # A license signature cannot be replayed as a receipt (different signing prefix).
-    lic_sig = signer.sign_license(fixed_license()).envelope()["signature"]
+    lic_sig = signer.sign_license(fixed_terms())["signature"]
     with pytest.raises(RegistrationProtocolError):
         trusted.verify_receipt({"receipt": answer["receipt"], "signature": lic_sig})
 

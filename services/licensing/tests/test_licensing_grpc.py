@@ -13,11 +13,12 @@ import asyncpg
 import grpc
 import pytest
 
-from licensing.document import AuthoritySigner, License
 from licensing.keys import parse_key
 from licensing.offline import OfflineResponse
-from licensing.tiers import Tier
-from registration_emulator.testing import RunningEmulator
+from registration_emulator.document import LicenseTerms
+from registration_emulator.offline import write_response
+from registration_emulator.testing import RunningEmulator, authority_key
+from registration_emulator.tiers import Tier
 from trueconf.calendar.v1 import licensing_pb2 as pb
 from trueconf.calendar.v1 import licensing_pb2_grpc
 
@@ -89,18 +90,18 @@ def test_offline_registration_and_every_refusal(
     envelope = json.loads(json.dumps(response.envelope))
     envelope["license"]["tier"] = "enterprise"
     envelope["license"]["seats"] = 5000
-    tampered = OfflineResponse(response.request_id, envelope).encode()
-    signer = AuthoritySigner.from_pem((emulator.state_dir / "authority_ed25519.pem").read_bytes())
+    tampered = write_response(response.request_id, envelope)
+    signer = authority_key(emulator.state_dir)
     fingerprint = stub.GetLicense(pb.GetLicenseRequest(), timeout=30).installation_id
     free_key = emulator.issue_key("free")
-    free_file = OfflineResponse(
+    free_file = write_response(
         "r",
         signer.sign_license(
-            License(
+            LicenseTerms(
                 "lic-f", Tier.FREE, 50, (), fingerprint, datetime.now(UTC), None, parse_key(free_key).sha256, "offline"
             )
-        ).envelope(),
-    ).encode()
+        ),
+    )
 
     expected = {
         "tampered": (tampered, grpc.StatusCode.INVALID_ARGUMENT, "tampered_license"),

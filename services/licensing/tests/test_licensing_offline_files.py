@@ -9,12 +9,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from licensing.document import AuthoritySigner, License
 from licensing.errors import InvalidRegistrationFileError
 from licensing.fingerprint import fingerprint_of, new_install_id, short_fingerprint
 from licensing.keys import parse_key
 from licensing.offline import OfflineRequest, OfflineResponse, encode_crg
-from licensing.tiers import Tier
+from registration_emulator.document import AuthorityKey, LicenseTerms
+from registration_emulator.offline import write_response
+from registration_emulator.tiers import Tier
 
 KEY = parse_key("TCCAL-STD-0123A-BCDEF-GHJKM-NPQRS-X74E")
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -43,10 +44,12 @@ def test_request_round_trip_and_layout() -> None:
 
 
 def test_response_round_trip() -> None:
-    signer = AuthoritySigner.generate()
-    lic = License("lic-1", Tier.STANDARD, 10, ("offline_registration",), "ab" * 32, NOW, None, KEY.sha256, "offline")
-    envelope = signer.sign_license(lic).envelope()
-    data = OfflineResponse("req-1", envelope).encode()
+    signer = AuthorityKey.generate()  # the authority's side: the registration emulator
+    terms = LicenseTerms(
+        "lic-1", Tier.STANDARD, 10, ("offline_registration",), "ab" * 32, NOW, None, KEY.sha256, "offline"
+    )
+    envelope = signer.sign_license(terms)
+    data = write_response("req-1", envelope)
     again = OfflineResponse.decode(data)
     assert again.request_id == "req-1"
     assert again.envelope == envelope

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from licensing.document import AuthoritySigner, License, SignedLicense
+from licensing.document import SignedLicense, TrustedAuthorities
 from licensing.status import CheckState, Status, evaluate
 from licensing.tiers import Tier
+from registration_emulator.document import AuthorityKey, LicenseTerms
+from registration_emulator.tiers import Tier as AuthorityTier
 
 FP = "ab" * 32
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 GRACE = timedelta(days=7)
 URL = "http://127.0.0.1:1"
-SIGNER = AuthoritySigner.generate()
+SIGNER = AuthorityKey.generate()  # the registration emulator's side of the format
+TRUSTED = TrustedAuthorities.from_config(SIGNER.public_text)
 
 
 def signed(tier: Tier, seats: int = 100, expires_at: datetime | None = None, fp: str = FP) -> SignedLicense:
-    lic = License("lic-1", tier, seats, tier.default_features, fp, T0, expires_at, "cd" * 32, "online")
-    return SIGNER.sign_license(lic)
+    granted = AuthorityTier(tier.value)
+    terms = LicenseTerms("lic-1", granted, seats, granted.default_features, fp, T0, expires_at, "cd" * 32, "online")
+    return TRUSTED.verify_envelope(SIGNER.sign_license(terms))
 
 
 def test_no_license_is_unregistered_and_says_how_to_register() -> None:

@@ -1,6 +1,7 @@
-"""What the registration authority does: issue keys, register installations, sign offline requests, confirm.
+"""What the registration authority does: issue keys, register installations, sign offline requests, confirm
+(docs/license-format.md §10).
 
-Every refusal is an :class:`AuthorityRefusalError` with the error code and HTTP status of the online API.
+Every refusal is an :class:`AuthorityRefusalError` with the error code and HTTP status of the online API (§10).
 """
 
 from __future__ import annotations
@@ -10,20 +11,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from licensing.document import (
-    AuthoritySigner,
-    CheckReceipt,
-    License,
-    SignedLicense,
+from registration_emulator.document import (
+    AuthorityKey,
+    LicenseTerms,
     format_timestamp,
     new_license_id,
     parse_timestamp,
 )
-from licensing.errors import FREE_OFFLINE_MESSAGE, MalformedKeyError
-from licensing.keys import RegistrationKey, generate_key, parse_key
-from licensing.offline import OfflineRequest
-from licensing.tiers import FREE_SEATS, Tier
+from registration_emulator.keys import KeyFormatError, RegistrationKey, generate_key, parse_key
+from registration_emulator.offline import OfflineRequest
 from registration_emulator.state import StateDir
+from registration_emulator.tiers import FREE_OFFLINE_MESSAGE, FREE_SEATS, Tier
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -50,7 +48,7 @@ def utcnow() -> datetime:
 
 
 class Authority:
-    def __init__(self, state: StateDir, signer: AuthoritySigner) -> None:
+    def __init__(self, state: StateDir, signer: AuthorityKey) -> None:
         self.state = state
         self.signer = signer
 
@@ -111,7 +109,7 @@ class Authority:
     def _parse_key(key_text: str) -> RegistrationKey:
         try:
             return parse_key(key_text)
-        except MalformedKeyError as exc:
+        except KeyFormatError as exc:
             raise AuthorityRefusalError(400, "malformed_key", exc.message) from None
 
     def _activate(
@@ -122,7 +120,8 @@ class Authority:
         now: datetime,
         expires_override: datetime | None = None,
         allow_expired: bool = False,
-    ) -> SignedLicense:
+    ) -> dict[str, Any]:
+        """§10 register / offline signing: the signed envelope (§6)."""
         key = self._parse_key(key_text)
         if not isinstance(fingerprint, str) or not _HEX64.match(fingerprint):
             raise AuthorityRefusalError(
@@ -165,7 +164,7 @@ class Authority:
                 )
             previous = activations.get(fingerprint)
             license_id = previous["license_id"] if previous else new_license_id()
-            lic = License(
+            terms = LicenseTerms(
                 license_id=license_id,
                 tier=tier,
                 seats=int(record["seats"]),
@@ -184,9 +183,9 @@ class Authority:
                 "last_check": None,
             }
             data["licenses"][license_id] = {"key_sha256": key.sha256, "installation_fingerprint": fingerprint}
-        return self.signer.sign_license(lic)
+        return self.signer.sign_license(terms)
 
-    def register_online(self, key_text: str, fingerprint: str, now: datetime | None = None) -> SignedLicense:
+    def register_online(self, key_text: str, fingerprint: str, now: datetime | None = None) -> dict[str, Any]:
         return self._activate(key_text, fingerprint, "online", now or utcnow())
 
     def sign_offline(
@@ -194,7 +193,7 @@ class Authority:
         request: OfflineRequest,
         now: datetime | None = None,
         expires_override: datetime | None = None,
-    ) -> SignedLicense:
+    ) -> dict[str, Any]:
         """Answer an offline request. ``expires_override`` lets the manager give this license its own term
         (even one already over: that is how the connector's refusal of an expired file is exercised)."""
         return self._activate(
@@ -228,7 +227,4 @@ class Authority:
             if expires_raw is not None and moment >= parse_timestamp(expires_raw, "expires_at"):
                 raise AuthorityRefusalError(410, "key_expired", f"license {license_id} expired at {expires_raw}")
             activation["last_check"] = format_timestamp(moment)
-        receipt = CheckReceipt(
-            license_id=license_id, installation_fingerprint=fingerprint, nonce=nonce, checked_at=moment
-        )
-        return self.signer.sign_receipt(receipt)
+        return self.signer.sign_receipt(license_id, fingerprint, nonce, moment)

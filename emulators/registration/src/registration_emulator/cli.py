@@ -17,11 +17,10 @@ from pathlib import Path
 
 import click
 
-from licensing.errors import LicensingError
-from licensing.offline import OfflineRequest, OfflineResponse
-from licensing.tiers import Tier, parse_tier
 from registration_emulator.authority import Authority, AuthorityRefusalError, utcnow
+from registration_emulator.offline import RequestFileError, read_request, write_response
 from registration_emulator.state import StateDir, StateError
+from registration_emulator.tiers import Tier, parse_tier
 
 DEFAULT_STATE_DIR = "registration-state"
 _RELATIVE = re.compile(r"^([+-]?)(\d+)d$")
@@ -167,17 +166,17 @@ def sign_offline(ctx: Context, request_file: Path, output: Path, expires: str | 
         if override <= now:
             click.echo(f"warning: the license is already expired ({override.isoformat()})", err=True)
     try:
-        request = OfflineRequest.decode(request_file.read_bytes(), f"the request {request_file}")
-        signed = authority.sign_offline(request, now=now, expires_override=override)
-    except LicensingError as exc:
+        request = read_request(request_file.read_bytes(), f"the request {request_file}")
+        envelope = authority.sign_offline(request, now=now, expires_override=override)
+    except RequestFileError as exc:
         raise click.ClickException(exc.message) from None
     except AuthorityRefusalError as exc:
         raise click.ClickException(f"{exc.message} ({exc.code})") from None
-    output.write_bytes(OfflineResponse(request.request_id, signed.envelope()).encode())
-    lic = signed.license
+    output.write_bytes(write_response(request.request_id, envelope))
+    lic = envelope["license"]
     click.echo(
-        f"signed license {lic.license_id} ({lic.tier.value}, {lic.seats} seats) "
-        f"for installation {lic.installation_fingerprint[:16]} → {output}"
+        f"signed license {lic['license_id']} ({lic['tier']}, {lic['seats']} seats) "
+        f"for installation {lic['installation_fingerprint'][:16]} → {output}"
     )
 
 

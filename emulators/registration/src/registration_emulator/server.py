@@ -1,4 +1,4 @@
-"""The online registration API (aiohttp).
+"""The online registration API (aiohttp), docs/license-format.md §10.
 
 * ``POST /api/v1/register`` ``{"key", "installation_fingerprint", "product_version"}``
   → ``{"license": envelope}``
@@ -60,15 +60,16 @@ async def refusals(request: web.Request, handler: Handler) -> web.StreamResponse
 async def register(request: web.Request) -> web.Response:
     authority = request.app[AUTHORITY_KEY]
     body = await _body(request, ("key", "installation_fingerprint"))
-    signed = await asyncio.to_thread(authority.register_online, body["key"], body["installation_fingerprint"])
+    envelope = await asyncio.to_thread(authority.register_online, body["key"], body["installation_fingerprint"])
+    lic = envelope["license"]
     log.info(
         "registered license %s (%s, %d seats) for installation %s",
-        signed.license.license_id,
-        signed.license.tier.value,
-        signed.license.seats,
-        signed.license.installation_fingerprint[:16],
+        lic["license_id"],
+        lic["tier"],
+        lic["seats"],
+        lic["installation_fingerprint"][:16],
     )
-    return web.json_response({"license": signed.envelope()})
+    return web.json_response({"license": envelope})
 
 
 async def check(request: web.Request) -> web.Response:

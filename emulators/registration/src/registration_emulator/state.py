@@ -1,6 +1,6 @@
 """The authority's state directory.
 
-``authority_ed25519.pem``  private key (PKCS#8 PEM, mode 0600)
+``authority_ed25519.pem``  private key (PKCS#8 PEM, mode 0600; docs/license-format.md §4)
 ``authority_ed25519.pub``  the public key as the connector's ``license.authorityPublicKey`` takes it
 ``keys.json``              issued keys, their activations and the licenses signed for them
 ``state.lock``             ``flock`` lock serialising every read-modify-write of ``keys.json``
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from licensing.document import AuthoritySigner
+from registration_emulator.document import AuthorityKey
 
 STATE_FORMAT = "tccal-registration-state/1"
 PRIVATE_KEY_FILE = "authority_ed25519.pem"
@@ -46,7 +46,7 @@ class StateDir:
     def has_authority_key(self) -> bool:
         return self.private_key_path.exists()
 
-    def create_authority_key(self, force: bool = False) -> AuthoritySigner:
+    def create_authority_key(self, force: bool = False) -> AuthorityKey:
         self.path.mkdir(parents=True, exist_ok=True)
         if self.has_authority_key() and not force:
             existing = self.load_authority_key()
@@ -55,7 +55,7 @@ class StateDir:
                 f"(public key {existing.public_text}); use --force to replace it — licenses signed with the "
                 "old key will no longer verify"
             )
-        signer = AuthoritySigner.generate()
+        signer = AuthorityKey.generate()
         tmp = self.private_key_path.with_suffix(".pem.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
@@ -64,7 +64,7 @@ class StateDir:
         self._write_text(self.public_key_path, signer.public_text + "\n")
         return signer
 
-    def load_authority_key(self) -> AuthoritySigner:
+    def load_authority_key(self) -> AuthorityKey:
         try:
             data = self.private_key_path.read_bytes()
         except FileNotFoundError:
@@ -73,11 +73,11 @@ class StateDir:
                 f"`python -m registration_emulator --state-dir {self.path} keygen` first"
             ) from None
         try:
-            return AuthoritySigner.from_pem(data)
+            return AuthorityKey.from_pem(data)
         except ValueError as exc:
             raise StateError(f"the authority key {self.private_key_path} is unreadable: {exc}") from None
 
-    def load_or_create_authority_key(self) -> tuple[AuthoritySigner, bool]:
+    def load_or_create_authority_key(self) -> tuple[AuthorityKey, bool]:
         with self.locked():
             if self.has_authority_key():
                 return self.load_authority_key(), False

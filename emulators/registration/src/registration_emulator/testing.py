@@ -1,4 +1,5 @@
-"""Run the emulator as a real process (tests, sandbox): ``start_emulator(state_dir)``."""
+"""Run the emulator as a real process (tests, sandbox): ``start_emulator(state_dir)``; ``authority_key(state_dir)``
+for tests that must sign a document the authority would refuse to issue (a Free license in an offline file)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from registration_emulator.document import AuthorityKey
+from registration_emulator.state import StateDir
 
 
 @dataclass
@@ -44,6 +48,11 @@ class RunningEmulator:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+
+
+def authority_key(state_dir: Path) -> AuthorityKey:
+    """The authority key of an emulator state directory (docs/license-format.md §4)."""
+    return StateDir(state_dir).load_authority_key()
 
 
 def run_cli(state_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -23,7 +23,6 @@ from pathlib import Path
 import asyncpg
 import click
 
-from licensing.config import LicensingSettings
 from licensing.document import format_timestamp
 from licensing.errors import (
     FREE_OFFLINE_MESSAGE,
@@ -37,6 +36,7 @@ from licensing.fingerprint import short_fingerprint
 from licensing.keys import parse_key
 from licensing.manager import LicenseManager, Snapshot
 from licensing.offline import DEFAULT_REQUEST_FILENAME, DEFAULT_RESPONSE_FILENAME
+from licensing.settings import LicensingSettings
 from licensing.store import LicenseStore
 from tccal import bus
 from tccal.clock import SystemClock

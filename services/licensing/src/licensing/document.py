@@ -1,4 +1,8 @@
-"""The signed license document, its canonical serialization, and Ed25519 signing/verification.
+"""The signed license document: parsing, canonical serialization and Ed25519 verification
+(docs/license-format.md §1, §4–§7).
+
+Licensing only reads and verifies; signing is the registration authority's (emulators/registration implements
+it from the same page, without sharing this code).
 
 A license (``format: tccal-license/1``) is a flat JSON object::
 
@@ -30,7 +34,6 @@ import binascii
 import hashlib
 import json
 import re
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,9 +41,9 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from licensing.errors import InvalidRegistrationFileError, RegistrationProtocolError, TamperedLicenseError
+from licensing.errors import RegistrationProtocolError, TamperedLicenseError
 from licensing.tiers import Tier
 
 LICENSE_FORMAT = "tccal-license/1"
@@ -96,10 +99,6 @@ def parse_timestamp(text: str, what: str) -> datetime:
 
 def truncate_to_second(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(microsecond=0)
-
-
-def new_license_id() -> str:
-    return f"lic-{uuid.uuid4().hex}"
 
 
 def _field(obj: Mapping[str, Any], name: str, kind: type, what: str) -> Any:
@@ -250,9 +249,6 @@ class License:
     def seat_capacity(self) -> int:
         return self.tier.seat_capacity(self.seats)
 
-    def signing_bytes(self) -> bytes:
-        return LICENSE_SIGNING_PREFIX + canonical_json(self.to_json())
-
 
 @dataclass(frozen=True)
 class SignedLicense:
@@ -283,16 +279,6 @@ class CheckReceipt:
     checked_at: datetime
     status: str = "valid"
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": RECEIPT_FORMAT,
-            "license_id": self.license_id,
-            "installation_fingerprint": self.installation_fingerprint,
-            "nonce": self.nonce,
-            "checked_at": format_timestamp(self.checked_at),
-            "status": self.status,
-        }
-
     @classmethod
     def from_json(cls, obj: Any) -> CheckReceipt:
         what = "check receipt"
@@ -309,9 +295,6 @@ class CheckReceipt:
             status=_field(obj, "status", str, what),
         )
 
-    def signing_bytes(self) -> bytes:
-        return RECEIPT_SIGNING_PREFIX + canonical_json(self.to_json())
-
 
 # --------------------------------------------------------------------------------------------- keys
 
@@ -319,11 +302,6 @@ class CheckReceipt:
 def key_id_of(public_key: Ed25519PublicKey) -> str:
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
-
-
-def public_key_text(public_key: Ed25519PublicKey) -> str:
-    """The form ``license.authorityPublicKey`` takes: base64 of the raw 32-byte key."""
-    return b64encode(public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
 
 
 def parse_public_key(text: str) -> Ed25519PublicKey:
@@ -346,48 +324,6 @@ def parse_public_key(text: str) -> Ed25519PublicKey:
     if len(raw) != 32:
         raise ValueError(f"authority public key must be 32 bytes once base64-decoded, got {len(raw)} bytes")
     return Ed25519PublicKey.from_public_bytes(raw)
-
-
-class AuthoritySigner:
-    """The registration authority's private key (held by the emulator / the real authority)."""
-
-    def __init__(self, private_key: Ed25519PrivateKey) -> None:
-        self._key = private_key
-        self.public_key = private_key.public_key()
-        self.key_id = key_id_of(self.public_key)
-
-    @classmethod
-    def generate(cls) -> AuthoritySigner:
-        return cls(Ed25519PrivateKey.generate())
-
-    @classmethod
-    def from_pem(cls, data: bytes) -> AuthoritySigner:
-        key = serialization.load_pem_private_key(data, password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"authority private key must be Ed25519, got {type(key).__name__}")
-        return cls(key)
-
-    def private_pem(self) -> bytes:
-        return self._key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-
-    @property
-    def public_text(self) -> str:
-        return public_key_text(self.public_key)
-
-    def sign_license(self, lic: License) -> SignedLicense:
-        return SignedLicense(license=lic, key_id=self.key_id, signature=self._key.sign(lic.signing_bytes()))
-
-    def sign_receipt(self, receipt: CheckReceipt) -> dict[str, Any]:
-        return {
-            "receipt": receipt.to_json(),
-            "signature": {
-                "alg": SIGNATURE_ALG,
-                "key_id": self.key_id,
-                "value": b64encode(self._key.sign(receipt.signing_bytes())),
-            },
-        }
 
 
 class TrustedAuthorities:
@@ -480,13 +416,3 @@ class TrustedAuthorities:
                 "the registration server's check answer has a bad signature (not the trusted authority?)"
             ) from None
         return receipt
-
-
-def load_json_object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRegistrationFileError(f"{what} is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise InvalidRegistrationFileError(f"{what} must hold a JSON object")
-    return obj

@@ -1,4 +1,4 @@
-"""Registration keys: ``TCCAL-<TIER>-XXXXX-XXXXX-XXXXX-XXXXX-CCCC``.
+"""Registration keys: ``TCCAL-<TIER>-XXXXX-XXXXX-XXXXX-XXXXX-CCCC`` (docs/license-format.md §2).
 
 * ``<TIER>`` is ``FREE``, ``STD`` or ``ENT``; it is advisory (the signed license decides the tier) but lets
   the connector refuse a free key for offline registration before anything is written.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import secrets
 from dataclasses import dataclass
 
 from licensing.errors import MalformedKeyError
@@ -84,11 +83,3 @@ def parse_key(text: str) -> RegistrationKey:
             "(a typo?); check the key you received"
         )
     return RegistrationKey(text=norm, tier=_CODE_TIERS[code])
-
-
-def generate_key(tier: Tier) -> RegistrationKey:
-    """A new random key of ``tier`` (used by the registration authority)."""
-    body = _encode_bits(secrets.randbits(100), 20)
-    groups = "-".join(body[i : i + 5] for i in range(0, 20, 5))
-    prefix = f"TCCAL-{_TIER_CODES[tier]}-{groups}"
-    return RegistrationKey(text=f"{prefix}-{_checksum(prefix)}", tier=tier)

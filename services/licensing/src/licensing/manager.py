@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from licensing.config import NOT_CONFIGURED, LicensingSettings
 from licensing.document import SignedLicense, format_timestamp
 from licensing.errors import (
     FREE_OFFLINE_MESSAGE,
@@ -33,6 +32,7 @@ from licensing.keys import RegistrationKey, parse_key
 from licensing.offline import OfflineRequest, OfflineResponse
 from licensing.registration_client import RegistrationClient
 from licensing.seats import Allocation, SeatAsk, allocate, normalize_mailbox, refuse_all
+from licensing.settings import NOT_CONFIGURED, LicensingSettings
 from licensing.status import CheckState, Evaluation, Status, evaluate
 from licensing.store import LicenseStore
 from licensing.tiers import FEATURE_MULTIPLE_PROVIDERS

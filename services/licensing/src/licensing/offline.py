@@ -1,4 +1,5 @@
-"""Offline registration files (``.crg``): base64 of a versioned JSON object, wrapped at 76 columns.
+"""Offline registration files (``.crg``): base64 of a versioned JSON object, wrapped at 76 columns
+(docs/license-format.md §9). Licensing writes requests and reads responses; the authority does the reverse.
 
 Request, written by the connector (``regoffline.crg``)::
 
@@ -133,12 +134,6 @@ class OfflineRequest:
 class OfflineResponse:
     request_id: str
     envelope: dict[str, Any]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"format": RESPONSE_FORMAT, "request_id": self.request_id, "license": self.envelope}
-
-    def encode(self) -> bytes:
-        return encode_crg(self.to_json())
 
     @classmethod
     def decode(cls, data: bytes, what: str = "the registration file") -> OfflineResponse:

@@ -1,4 +1,4 @@
-"""License tiers and what each one allows (DESIGN.md §7)."""
+"""License tiers and what each one allows (DESIGN.md §7; docs/license-format.md §3)."""
 
 from __future__ import annotations
 
@@ -28,24 +28,8 @@ class Tier(enum.StrEnum):
     def offline_registration(self) -> bool:
         return self is not Tier.FREE
 
-    @property
-    def default_features(self) -> tuple[str, ...]:
-        """The features the authority grants with each tier."""
-        if self is Tier.FREE:
-            return ()
-        if self is Tier.STANDARD:
-            return (FEATURE_OFFLINE_REGISTRATION,)
-        return (FEATURE_MULTIPLE_PROVIDERS, FEATURE_OFFLINE_REGISTRATION)
-
     def seat_capacity(self, licensed_seats: int) -> int:
         """Accounts that may be synced: 50 for Free whatever the document says, else the licensed seats."""
         if self is Tier.FREE:
             return min(licensed_seats, FREE_SEATS)
         return licensed_seats
-
-
-def parse_tier(text: str) -> Tier:
-    try:
-        return Tier(text.strip().lower())
-    except ValueError:
-        raise ValueError(f"unknown license tier {text!r}: expected free, standard or enterprise") from None

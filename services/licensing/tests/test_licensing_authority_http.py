@@ -1,4 +1,6 @@
-"""The online registration API, served by the real emulator process (plain HTTP and HTTPS)."""
+"""The online registration API, served by the real emulator process (plain HTTP and HTTPS), read by licensing's
+own client and verifier (docs/license-format.md §10). Moved from emulators/registration/tests, which no longer
+import licensing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""The authority's commands: keygen, public-key, issue-key, revoke-key, list-keys, sign-offline."""
+"""The authority's commands: keygen, public-key, issue-key, revoke-key, list-keys, sign-offline.
+
+The registration emulator is licensing's peer: what its commands write (keys, public keys, signed offline
+answers) is read here with licensing's own parsing and verification, so the two agree through
+docs/license-format.md and not through shared code. (Moved from emulators/registration/tests, which no longer
+import licensing.)"""
 
 from __future__ import annotations
 
@@ -14,6 +19,13 @@ from licensing.keys import parse_key
 from licensing.offline import OfflineRequest, OfflineResponse
 from licensing.tiers import Tier
 from registration_emulator.testing import run_cli
+
+# docs/license-format.md §3: the features the authority grants with each tier.
+GRANTED_FEATURES = {
+    "free": [],
+    "standard": ["offline_registration"],
+    "enterprise": ["multiple_providers", "offline_registration"],
+}
 
 
 @pytest.fixture
@@ -49,7 +61,7 @@ def test_issue_key_of_each_tier(state: Path, tier: str, seats: int | None) -> No
     key = parse_key(info["key"])
     assert key.tier is Tier(tier)
     assert info["seats"] == (seats or 50)
-    assert info["features"] == list(Tier(tier).default_features)
+    assert info["features"] == GRANTED_FEATURES[tier]
     assert info["expires_at"] is None
     listed = json.loads(run_cli(state, "list-keys").stdout)
     assert [k["key"] for k in listed] == [key.text]
