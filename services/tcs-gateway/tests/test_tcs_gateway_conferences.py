@@ -1,5 +1,5 @@
-"""Conferences through TrueConf Server REST API v4 (docs/architecture.md §4.4): every field, idempotency, tokens, backoff,
-invitations, run/stop, permanent and retryable failures — against the TrueConf emulator's REST API."""
+"""Conferences through TrueConf Server REST API v4 (docs/architecture.md §4.4): every field, idempotency, tokens,
+backoff, invitations, run/stop, permanent and retryable failures — against the TrueConf emulator's REST API."""
 
 from __future__ import annotations
 

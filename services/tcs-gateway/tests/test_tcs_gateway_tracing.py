@@ -1,5 +1,6 @@
-"""One trace from the command message to the WebSocket push and the REST calls (docs/architecture.md §9): the consumption
-span continues the `traceparent` of the message, pushes and REST calls are its children, results carry it on."""
+"""One trace from the command message to the WebSocket push and the REST calls (docs/architecture.md §9): the
+consumption span continues the `traceparent` of the message, pushes and REST calls are its children, results carry
+it on."""
 
 from __future__ import annotations
 

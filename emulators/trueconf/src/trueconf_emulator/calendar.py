@@ -302,7 +302,8 @@ class CalendarStore:
         calendar.seen.append(seq)
 
     def view(self, email: str, prefix: str = "") -> list[dict[str, Any]]:
-        """The inspection shape of docs/architecture.md §8 (plus extra fields), sorted by start; only subjects with `prefix`."""
+        """The inspection shape of docs/architecture.md §8 (plus extra fields), sorted by start; only subjects
+        with `prefix`."""
         calendar = self._users.get(email.lower())
         if calendar is None:
             return []
