@@ -7,8 +7,8 @@ import contextlib
 import gc
 
 from sync_engine.api import ADMIN_METHODS, SERVICE_NAME, SyncApi
-from sync_engine.config import EngineSettings
 from sync_engine.runtime import SyncEngine
+from sync_engine.settings import EngineSettings
 from tccal.service import ServiceApp, run_service
 from trueconf.calendar.v1 import sync_pb2_grpc
 

@@ -19,7 +19,6 @@ from typing import TypeVar
 import asyncpg
 from opentelemetry import trace
 
-from sync_engine.config import EngineSettings
 from sync_engine.ids import to_datetime
 from sync_engine.items import Incoming, ItemState, ItemWrites
 from sync_engine.metrics import METRICS
@@ -42,6 +41,7 @@ from sync_engine.reconcile import (
     run_command,
     try_lock_meeting,
 )
+from sync_engine.settings import EngineSettings
 from sync_engine.window import cache_window, window_key
 from sync_engine.workspace import MeetingRows, Workspace
 from tccal import telemetry

@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from sync_engine.bus import consume_calendar, consume_results
-from sync_engine.config import EngineSettings
 from sync_engine.engine import Engine
 from sync_engine.migrate import migrate
 from sync_engine.relay import Relay
+from sync_engine.settings import EngineSettings
 from tccal.bus import Bus
 from tccal.clock import Clock
 
