@@ -1,6 +1,6 @@
-"""The sync-engine's transactions, one object for the consumers, the scheduler loops and the API. Each
-transaction is one PostgreSQL transaction whose decisions go to the outbox in that same transaction (the relay
-publishes them); each lives in the module of its responsibility:
+"""The sync-engine's transactions (and the API's reads), one object for the consumers, the scheduler loops and
+the API. Each transaction is one PostgreSQL transaction whose decisions go to the outbox in that same transaction
+(the relay publishes them); each lives in the module of its responsibility:
 
 | part | module | does |
 |---|---|---|
@@ -9,6 +9,7 @@ publishes them); each lives in the module of its responsibility:
 | `scheduler` | `scheduler` | launch due conferences; re-point series conferences (`recompute`) |
 | `roll` | `roll` | the daily cache window roll (`recompute` of every meeting) |
 | `resync` | `resync` | clear a mailbox for a resync and ask ews-ingest for its items |
+| `queries` | `queries` | the reads SyncService answers from (no transaction of the engine's own) |
 
 All share one `context.EngineContext` (settings, pool, bus, clock, tracer, the retrying transaction runner).
 
@@ -27,6 +28,7 @@ import asyncpg
 
 from sync_engine.changes import ChangeApplier
 from sync_engine.context import EngineContext
+from sync_engine.queries import ReadQueries
 from sync_engine.results import ResultApplier
 from sync_engine.resync import MailboxResync
 from sync_engine.roll import WindowRoll
@@ -51,6 +53,7 @@ class Engine:
         self.scheduler = LaunchScheduler(self.context)
         self.roll = WindowRoll(self.context)
         self.resync = MailboxResync(self.context)
+        self.queries = ReadQueries(pool)
 
     async def apply_change(
         self,
