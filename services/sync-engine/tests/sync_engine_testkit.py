@@ -22,9 +22,9 @@ import asyncpg
 import grpc
 
 from sync_engine.api import ADMIN_METHODS, SERVICE_NAME, SyncApi
-from sync_engine.config import EngineSettings
 from sync_engine.ids import meeting_id, to_datetime, to_timestamp
 from sync_engine.runtime import SyncEngine
+from sync_engine.settings import EngineSettings
 from tccal.bus import Bus, BusSettings
 from tccal.clock import FakeClock
 from tccal.config import Config

@@ -10,7 +10,7 @@ from datetime import timedelta
 from sync_engine_testkit import ANNA, BOB, PROVIDER, T0, Harness, as_attendee_copy, attendee, event, mid
 
 from sync_engine.bus import CALENDAR_BATCH, CALENDAR_DURABLE, CALENDAR_LANES
-from sync_engine.engine import MAILBOX_SET_LOCK_KEY
+from sync_engine.changes import MAILBOX_SET_LOCK_KEY
 from tccal.bus import lane_of
 from tccal.subjects import CALENDAR, calendar_subject
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2, common_pb2

@@ -32,7 +32,7 @@ CALENDAR_BATCH = 128
 #: Transactions in flight at once: a fetch of CALENDAR_BATCH × CALENDAR_LANES changes is split by mailbox (subject)
 #: into this many lanes, applied side by side (each mailbox's changes in one lane, in stream order); while one
 #: waits for PostgreSQL the other runs its Python. Lanes that meet on a meeting or a user wait for each other's
-#: locks (engine.py), as replicas do.
+#: locks (changes.py), as replicas do.
 CALENDAR_LANES = 2
 #: Command results fetched at once; on SIGTERM the ones at hand are finished and acked.
 RESULTS_BATCH = 8

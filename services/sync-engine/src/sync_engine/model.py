@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sync_engine.config import EngineSettings
 from sync_engine.ids import occurrence_id, set_timestamp, to_datetime
 from sync_engine.recurrence import ExpandedOccurrence, RecurrenceError, expand_event
+from sync_engine.settings import EngineSettings
 from sync_engine.timezones import UnknownTimeZoneError, resolve_zone
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2, common_pb2
 

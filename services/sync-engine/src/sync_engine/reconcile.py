@@ -20,7 +20,6 @@ from datetime import datetime
 
 import asyncpg
 
-from sync_engine.config import EngineSettings
 from sync_engine.ids import set_timestamp
 from sync_engine.model import (
     Absent,
@@ -38,6 +37,7 @@ from sync_engine.model import (
     shown_occurrences,
 )
 from sync_engine.outbox import CommandBatch
+from sync_engine.settings import EngineSettings
 from sync_engine.workspace import LaunchRow, MeetingRows, ShownRow, Workspace
 from trueconf.calendar.v1 import commands_pb2, common_pb2, sync_pb2
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sync_engine.config import EngineSettings
 from sync_engine.model import Window
+from sync_engine.settings import EngineSettings
 from tccal import cache_window as contract
 
 
