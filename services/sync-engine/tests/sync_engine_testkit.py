@@ -99,7 +99,7 @@ def attendee(
 
 
 def full_spec() -> common_pb2.ConferenceSpec:
-    """The add-in's settings with every field set (DESIGN.md §4.5 a)."""
+    """The add-in's settings with every field set (docs/architecture.md §4.5 a)."""
     return common_pb2.ConferenceSpec(
         source=common_pb2.CONFERENCE_SOURCE_EXTENDED_PROPERTY,
         mode=common_pb2.CONFERENCE_MODE_MODERATED,

@@ -1,5 +1,5 @@
 """What TrueConf users see of Exchange meetings (admin guide §4.1 "Creating events", §4.1.2 "Delegation",
-§4.2.3 "Event cancellation"; DESIGN.md §5), proven by publishing CalendarChanges to CALENDAR and reading
+§4.2.3 "Event cancellation"; docs/architecture.md §5.2), proven by publishing CalendarChanges to CALENDAR and reading
 TcsCommands from TCS_COMMANDS and the SyncService API."""
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ async def test_meeting_is_shown_to_its_organizer_and_synced_attendees_with_their
 
 
 async def test_attendee_deleting_their_copy_hides_it_only_for_them(harness: Harness) -> None:
-    """DESIGN.md §5: an attendee deleting their copy hides the meeting only for them."""
+    """docs/architecture.md §5.2: an attendee deleting their copy hides the meeting only for them."""
     await harness.start_engine()
     organizer_copy = event("uid-del", start=T0 + timedelta(days=1), attendees=[attendee(BOB), attendee(CAROL)])
     await harness.upsert(ANNA, organizer_copy)
@@ -150,7 +150,7 @@ async def test_cancelled_meeting_shows_cancelled_for_everyone(harness: Harness) 
 
 
 async def test_organizer_deleting_the_meeting_cancels_it_for_everyone(harness: Harness) -> None:
-    """DESIGN.md §5: cancel = organizer cancels *or deletes*; attendees see it cancelled."""
+    """docs/architecture.md §5.2: cancel = organizer cancels *or deletes*; attendees see it cancelled."""
     await harness.start_engine()
     organizer_copy = event("uid-orgdel", start=T0 + timedelta(days=1), attendees=[attendee(BOB), attendee(DAVE)])
     await harness.upsert(ANNA, organizer_copy)
@@ -170,7 +170,7 @@ async def test_organizer_deleting_the_meeting_cancels_it_for_everyone(harness: H
 
 
 async def test_private_meeting_is_shown_without_details(harness: Harness) -> None:
-    """DESIGN.md §5: private meetings show as busy without details (Sensitivity PRIVATE)."""
+    """docs/architecture.md §5.2: private meetings show as busy without details (Sensitivity PRIVATE)."""
     await harness.start_engine()
     await harness.upsert(
         ANNA,
@@ -218,7 +218,8 @@ async def test_delegate_made_meeting_has_the_owner_as_organizer_and_conference_o
 
 
 async def test_out_of_order_and_stale_changes_are_ignored(harness: Harness) -> None:
-    """DESIGN.md §4.2: a change older than what is stored is dropped; a late change of another item is not."""
+    """docs/architecture.md §4.2: a change older than what is stored is dropped; a late change of another item is
+    not."""
     await harness.start_engine()
     newer = event("uid-ooo", start=T0 + timedelta(days=1), subject="New subject")
     older = event("uid-ooo", start=T0 + timedelta(days=1), subject="Old subject")

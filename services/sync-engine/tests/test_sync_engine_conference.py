@@ -1,5 +1,5 @@
 """Conferences of meetings (guide §4.1.1 "Event with a conference", §3.1.2 "Conference Setup",
-§4.2.1 "How to reschedule events", §4.2.3 "Event cancellation"; DESIGN.md §4.4, §5)."""
+§4.2.1 "How to reschedule events", §4.2.3 "Event cancellation"; docs/architecture.md §4.4, §5.2)."""
 
 from __future__ import annotations
 
@@ -107,7 +107,8 @@ async def test_meeting_with_conference_creates_it_and_turns_turquoise(harness: H
 
 
 async def test_reschedule_moves_event_conference_schedule_and_launch(harness: Harness) -> None:
-    """Guide §4.2.1 / DESIGN.md §5: rescheduling moves the event, the conference schedule and the launch."""
+    """Guide §4.2.1 / docs/architecture.md §5.2: rescheduling moves the event, the conference schedule and the
+    launch."""
     engine = await harness.start_engine()
     await create_conference(harness)
     moved_start = START + timedelta(days=1, hours=2)
@@ -132,7 +133,8 @@ async def test_reschedule_moves_event_conference_schedule_and_launch(harness: Ha
 
 
 async def test_cancel_and_delete_remove_the_conference_and_its_launch(harness: Harness) -> None:
-    """Guide §4.2.3 / DESIGN.md §5: cancelling shows "Cancelled" and deletes the conference; never launched."""
+    """Guide §4.2.3 / docs/architecture.md §5.2: cancelling shows "Cancelled" and deletes the conference; never
+    launched."""
     engine = await harness.start_engine()
     await create_conference(harness)
     await harness.upsert(ANNA, meeting_with_conference("uid-conf", cancelled=True, sequence=1))
@@ -161,7 +163,8 @@ async def test_cancel_and_delete_remove_the_conference_and_its_launch(harness: H
 
 
 async def test_conference_commands_follow_the_join_link_host(harness: Harness) -> None:
-    """DESIGN.md §4.4/§4.5: calendar commands go to every server; a join link selects the conference's server;
+    """docs/architecture.md §4.4/§4.5: calendar commands go to every server; a join link selects the conference's
+    server;
     a linked conference is shown at once and never created or deleted by the connector."""
     servers = [
         {

@@ -1,4 +1,5 @@
-"""launchConference (guide §3.1.2: "sends a request to TrueConf Server when an event starts"; DESIGN.md §5):
+"""launchConference (guide §3.1.2: "sends a request to TrueConf Server when an event starts"; docs/architecture.md
+§5.2):
 launched at start, after a restart while still on, never when cancelled or finished, once with two engines."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The engine as it runs in production: `python -m sync_engine --config config.json` (DESIGN.md §3, §9)."""
+"""The engine as it runs in production: `python -m sync_engine --config config.json` (docs/architecture.md §3, §9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every effect is idempotent (DESIGN.md §2, §4.2, §4.3): replaying the streams changes nothing, the state
+"""Every effect is idempotent (docs/architecture.md §2, §4.2, §4.3): replaying the streams changes nothing, the state
 is a function of the stream (what is shown; not how many intermediate pushes it took), a change committed but
 not acked is not acted on twice, a command published but not marked is deduplicated by JetStream, and the trace
 continues from the change to the command."""

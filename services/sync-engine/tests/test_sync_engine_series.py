@@ -1,4 +1,4 @@
-"""Recurring meetings at the engine level (guide §4.2.2 "Repeating event", §3.1.2 "cache"; DESIGN.md §5):
+"""Recurring meetings at the engine level (guide §4.2.2 "Repeating event", §3.1.2 "cache"; docs/architecture.md §5.3):
 the occurrences users see, the series' conference pointing at the next occurrence, every occurrence launched,
 and the cache window rolling forward."""
 
@@ -136,7 +136,8 @@ async def test_recurrence_patterns_show_the_right_occurrences(harness: Harness) 
 async def test_series_conference_points_at_the_next_occurrence_and_every_occurrence_is_launched(
     harness: Harness,
 ) -> None:
-    """DESIGN.md §5: one conference per series, its schedule at the next occurrence; every occurrence launched."""
+    """docs/architecture.md §5.2: one conference per series, its schedule at the next occurrence; every occurrence
+    launched."""
     await harness.start_engine()
     first = berlin(date(2026, 3, 2))  # 08:00 UTC, one hour after T0
     await harness.upsert(

@@ -1,4 +1,4 @@
-"""Recurrence expansion (DESIGN.md §5 "Recurrence"): patterns, ranges, DST, all-day, exceptions, validation.
+"""Recurrence expansion (docs/architecture.md §5.3): patterns, ranges, DST, all-day, exceptions, validation.
 
 Expected dates are hand-checked against a printed calendar.
 """

@@ -1,4 +1,4 @@
-"""Property tests of the recurrence expansion against two oracles (DESIGN.md §5 "Recurrence").
+"""Property tests of the recurrence expansion against two oracles (docs/architecture.md §5.3).
 
 1. The same series written as an iCalendar VEVENT (RRULE, EXDATE for deleted occurrences, RECURRENCE-ID
    components for modified ones) with ``icalendar`` and expanded by ``recurring-ical-events``.

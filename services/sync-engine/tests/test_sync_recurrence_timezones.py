@@ -1,4 +1,4 @@
-"""Windows time-zone ids (as Exchange gives them) resolved to IANA zones (DESIGN.md §5 "Recurrence")."""
+"""Windows time-zone ids (as Exchange gives them) resolved to IANA zones (docs/architecture.md §5.3)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The meeting model: from the stored copies of one iCalendar UID to what every user sees and what the
 meeting's conference should be. Pure functions: no I/O, no clock (times are passed in).
 
-Rules (DESIGN.md §4.3, §5):
+Rules (docs/architecture.md §4.3, §5.2):
 * The organizer's copy rules the meeting (subject, time, attendees, recurrence, conference). Without it,
   the best attendee copy stands in (highest AppointmentSequenceNumber, then LastModified, then mailbox).
   If the organizer deleted their copy, the meeting is cancelled (its last known state is kept for display).

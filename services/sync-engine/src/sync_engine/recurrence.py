@@ -2,7 +2,7 @@
 
 A recurring master arrives as a :class:`~trueconf.calendar.v1.calendar_pb2.CalendarEvent` whose
 ``recurrence`` is one EWS pattern plus one range (``common.proto``). This module turns it into the
-occurrences that overlap a window ``[window_start, window_end)`` of UTC instants (DESIGN.md §4.3, §5):
+occurrences that overlap a window ``[window_start, window_end)`` of UTC instants (docs/architecture.md §5.3, §5.4):
 
 * Rules are evaluated by python-dateutil (:class:`dateutil.rrule.rrule`) in the series' own IANA zone
   with **wall-clock** semantics: a 09:00 Europe/Berlin meeting stays at 09:00 local across DST, so its

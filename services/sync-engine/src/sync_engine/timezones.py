@@ -2,7 +2,7 @@
 
 Exchange names a meeting's zone with a Windows time-zone id (EWS ``StartTimeZone/@Id``,
 ``MeetingTimeZone/@TimeZoneName``), e.g. ``"W. Europe Standard Time"``. Recurrences are expanded in
-the zone's IANA equivalent (DESIGN.md §5), found through the maintained CLDR ``windowsZones`` table
+the zone's IANA equivalent (docs/architecture.md §5.3), found through the maintained CLDR ``windowsZones`` table
 that ``tzlocal`` ships (``tzlocal.windows_tz.win_tz``, the zone of the "001" territory). Names that
 already are IANA keys (``"Europe/Berlin"``) are accepted as given.
 
