@@ -33,9 +33,9 @@ from sync_engine_testkit import Mailboxes, attendee, config_dict, event
 from bench import RESULTS, cpu_delta, cpu_seconds, machine, percentiles, write_result
 from sync_engine.bus import CALENDAR_BATCH
 from tccal.bus import Bus, BusSettings, ensure_topology
-from tccal.embedded import EmbeddedNats, EmbeddedPostgres
 from tccal.subjects import CALENDAR, calendar_subject
-from tccal.testing import short_tmpdir
+from tccal_sandbox.embedded import EmbeddedNats, EmbeddedPostgres
+from tccal_sandbox.testing import short_tmpdir
 
 DURABLE = "sync-engine-calendar"
 

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from tccal.sandbox_demo import Ews, shared_calendar
-from tccal.testing import running_sandbox
+from tccal_sandbox.demo import Ews, shared_calendar
+from tccal_sandbox.testing import running_sandbox
 
 T = TypeVar("T")
 DOMAIN = "sandbox.test"

@@ -20,7 +20,7 @@ from licensing.keys import parse_key
 from licensing.offline import OfflineResponse, encode_crg
 from licensing.tiers import Tier
 from registration_emulator.testing import RunningEmulator
-from tccal.embedded import free_port
+from tccal_sandbox.embedded import free_port
 
 REGISTERED = "Your product successfully registered. Now you can run tc_calendar"
 REGISTERED_OFFLINE = "Your product successfully registered offline. Now you can run tc_calendar"

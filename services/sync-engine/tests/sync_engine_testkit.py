@@ -31,7 +31,7 @@ from tccal.config import Config
 from tccal.db import Database
 from tccal.grpckit import GrpcServer
 from tccal.subjects import CALENDAR, calendar_subject, results_subject
-from tccal.testing import free_port
+from tccal_sandbox.testing import free_port
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2, common_pb2, sync_pb2, sync_pb2_grpc
 
 SERVER = "video.example.com#vcs"

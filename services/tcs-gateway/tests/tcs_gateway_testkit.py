@@ -20,8 +20,8 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tccal.bus import Bus, BusSettings
-from tccal.embedded import free_port
 from tccal.subjects import TCS_RESULTS, commands_subject
+from tccal_sandbox.embedded import free_port
 from tcs_gateway.config import GatewaySettings, ServerSettings
 from tcs_gateway.gateway import Gateway
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2, common_pb2, sync_pb2, sync_pb2_grpc

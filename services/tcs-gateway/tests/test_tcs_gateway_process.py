@@ -25,7 +25,7 @@ from tcs_gateway_testkit import (
     wait_connected,
 )
 
-from tccal.embedded import free_port
+from tccal_sandbox.embedded import free_port
 from trueconf.calendar.v1 import commands_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc
 
 BOB = "bob@example.test"
