@@ -24,10 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "services" / "sync-engine" / "tests"))
-
 from sync_engine_testkit import Mailboxes, attendee, config_dict, event
 
 from bench import RESULTS, cpu_delta, cpu_seconds, machine, percentiles, write_result
