@@ -23,8 +23,8 @@ from tccal.bus import Bus, BusSettings
 from tccal.subjects import TCS_RESULTS, commands_subject
 from tccal_sandbox.embedded import free_port
 from tccal_sandbox.testing import wait_for_async
-from tcs_gateway.config import GatewaySettings, ServerSettings
-from tcs_gateway.gateway import Gateway
+from tcs_gateway.runtime import Gateway
+from tcs_gateway.settings import GatewaySettings, ServerSettings
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2, common_pb2, sync_pb2, sync_pb2_grpc
 from trueconf_emulator.testing import EmulatorProcess, build_config, start_emulator_async
 

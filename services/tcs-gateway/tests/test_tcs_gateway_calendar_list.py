@@ -23,7 +23,7 @@ from tcs_gateway_testkit import (
 from tccal.cache_window import cache_window
 from tccal_sandbox.testing import wait_for_async
 from tcs_gateway.ondemand import ondemand_subject
-from tcs_gateway.snapshot import EventSource
+from tcs_gateway.sync_client import EventSource
 from trueconf.calendar.v1 import commands_pb2, ingest_pb2
 
 

@@ -22,10 +22,10 @@ from tcs_gateway.bridge.events import (
     snapshot_seq,
 )
 from tcs_gateway.bridge.framing import FrameValidator, encoded_size, request_frame
-from tcs_gateway.config import GatewaySettings, ServerSettings
+from tcs_gateway.bridge.payloads import events_for, snapshot_payloads
 from tcs_gateway.rest.conferences import conference_id_for, parse_timestamp, schedule_body
 from tcs_gateway.rest.http import retry_after_seconds
-from tcs_gateway.snapshot import events_for, snapshot_payloads
+from tcs_gateway.settings import GatewaySettings, ServerSettings
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2, common_pb2
 from trueconf_emulator.calendar import check_event, check_event_list, check_window
 

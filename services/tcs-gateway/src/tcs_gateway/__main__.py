@@ -5,8 +5,8 @@ from __future__ import annotations
 from tccal import telemetry
 from tccal.service import ServiceApp, run_service
 from tcs_gateway.api import SERVICE_NAME, GatewayApi
-from tcs_gateway.config import SERVICE, GatewaySettings
-from tcs_gateway.gateway import Gateway
+from tcs_gateway.runtime import Gateway
+from tcs_gateway.settings import SERVICE, GatewaySettings
 from trueconf.calendar.v1 import gateway_pb2_grpc
 
 

@@ -9,7 +9,7 @@ import grpc
 from trueconf.calendar.v1 import gateway_pb2, gateway_pb2_grpc
 
 if TYPE_CHECKING:
-    from tcs_gateway.gateway import Gateway
+    from tcs_gateway.runtime import Gateway
 
 SERVICE_NAME = "trueconf.calendar.v1.GatewayService"
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import logging
 import re
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,12 +37,14 @@ from tccal.cache_window import cache_window
 from tccal.retry import backoff_delay
 from tccal.subjects import TCS_COMMANDS, commands_subject, results_subject
 from tcs_gateway.bridge.events import EventError, build_event, fit_event, push_seq
+from tcs_gateway.bridge.payloads import event_budget
+from tcs_gateway.bridge.ports import SyncUnavailableError
 from tcs_gateway.bridge.queue import PendingPush
-from tcs_gateway.config import GatewaySettings
-from tcs_gateway.rest.conferences import ConferenceService, conference_id_for
-from tcs_gateway.rest.http import RestError
-from tcs_gateway.servers import ServerState
-from tcs_gateway.snapshot import EventSource, SyncUnavailableError, event_budget
+from tcs_gateway.bridge.servers import ServerState
+from tcs_gateway.conference_commands import ConferenceCommands
+from tcs_gateway.rest.conferences import ConferenceService
+from tcs_gateway.settings import GatewaySettings
+from tcs_gateway.sync_client import EventSource
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2
 
 log = logging.getLogger(__name__)
@@ -62,27 +64,6 @@ def durable_name(server_id: str) -> str:
     return f"tcs-gateway-{readable}-{digest}"
 
 
-class _MeetingLocks:
-    """FIFO lock per meeting, forgotten when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, meeting: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(meeting, (asyncio.Lock(), 0))
-        self._locks[meeting] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[meeting]
-            if users <= 1:
-                del self._locks[meeting]
-            else:
-                self._locks[meeting] = (lock, users - 1)
-
-
 class CommandConsumer:
     def __init__(
         self,
@@ -100,13 +81,7 @@ class CommandConsumer:
         self.server_id = state.id
         self.durable = durable_name(state.id)
         self.stop = asyncio.Event()
-        self._rest_running = 0
-        self._rest_space = asyncio.Event()
-        self._rest_space.set()
-        self._rest_slots = asyncio.Semaphore(settings.rest_concurrency)
-        self._rest_tasks: set[asyncio.Task[None]] = set()
-        self._rest_messages: dict[str, list[Msg]] = {}
-        self._meetings = _MeetingLocks()
+        self._conference = ConferenceCommands(state, conferences, settings, self._publish_and_ack)
         self.consumed = 0
         state.on_push_done = self.finish_push
 
@@ -128,10 +103,10 @@ class CommandConsumer:
         log.info("consuming commands", extra={"server": self.server_id, "subject": subject, "durable": self.durable})
         try:
             while not self.stop.is_set():
-                room = min(self.state.queue.free, self.settings.rest_backlog - self._rest_running)
+                room = min(self.state.queue.free, self.settings.rest_backlog - self._conference.running)
                 if room <= 0:
                     # Backpressure: a full queue (slow or absent server) or too many REST calls pending.
-                    waiters = [self.state.queue.space.wait(), self._rest_space.wait(), self.stop.wait()]
+                    waiters = [self.state.queue.space.wait(), self._conference.space.wait(), self.stop.wait()]
                     await _first(waiters, timeout=1.0)
                     continue
                 try:
@@ -166,7 +141,7 @@ class CommandConsumer:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
             held = [m for item in self.state.queue.items() for m in item.messages()]
-            held += [m for messages in self._rest_messages.values() for m in messages]
+            held += self._conference.held_messages()
             for message in held:
                 try:
                     await message.in_progress()
@@ -207,7 +182,7 @@ class CommandConsumer:
             with trace.use_span(span, end_on_exit=True):
                 await self._calendar(message, command, kind)
         elif kind in CONFERENCE_KINDS:
-            self._start_rest(message, command, kind, span)
+            self._conference.start(message, command, kind, span)
         else:
             with trace.use_span(span, end_on_exit=True):
                 await self._publish_and_ack(
@@ -317,71 +292,6 @@ class CommandConsumer:
             if token is not None:
                 otel_context.detach(token)
 
-    # ------------------------------------------------------------------ conference commands
-    def _start_rest(self, message: Msg, command: commands_pb2.TcsCommand, kind: str, span: trace.Span) -> None:
-        held = self._rest_messages.get(command.command_id)
-        if held is not None:
-            held.append(message)  # the same command again while it runs: acked together
-            span.end()
-            return
-        self._rest_messages[command.command_id] = [message]
-        self._rest_running += 1
-        if self._rest_running >= self.settings.rest_backlog:
-            self._rest_space.clear()
-        task = asyncio.get_running_loop().create_task(self._rest(command, kind, span), name=f"rest-{kind}")
-        self._rest_tasks.add(task)
-        task.add_done_callback(self._rest_tasks.discard)
-
-    async def _rest(self, command: commands_pb2.TcsCommand, kind: str, span: trace.Span) -> None:
-        body = getattr(command, kind)
-        meeting: str = body.meeting_id
-        conference_id = ""
-        try:
-            async with self._meetings.hold(meeting or command.command_id), self._rest_slots:
-                with trace.use_span(span, end_on_exit=True):
-                    status: commands_pb2.CommandStatus.ValueType = commands_pb2.COMMAND_STATUS_OK
-                    error = ""
-                    try:
-                        if kind == "conference_upsert":
-                            conference_id = await self.conferences.upsert(command.conference_upsert)
-                        elif kind == "conference_delete":
-                            conference_id = await self.conferences.delete(command.conference_delete)
-                        elif kind == "conference_run":
-                            conference_id = await self.conferences.run(command.conference_run)
-                        else:
-                            conference_id = await self.conferences.invitations(command.invitations_sync)
-                    except RestError as exc:
-                        status = (
-                            commands_pb2.COMMAND_STATUS_RETRYABLE_ERROR
-                            if exc.retryable
-                            else commands_pb2.COMMAND_STATUS_PERMANENT_ERROR
-                        )
-                        error = str(exc)
-                    except Exception as exc:  # unexpected: report it, the engine retries
-                        log.exception("conference command failed", extra={"server": self.server_id, "kind": kind})
-                        status = commands_pb2.COMMAND_STATUS_RETRYABLE_ERROR
-                        error = f"{kind} failed in the gateway: {exc!r}"
-                    if status != commands_pb2.COMMAND_STATUS_OK:
-                        span.set_status(trace.Status(trace.StatusCode.ERROR, error[:200]))
-                        self.state.record_error(f"{kind} {meeting}: {error}")
-                        log.warning(
-                            "conference command failed",
-                            extra={"server": self.server_id, "kind": kind, "meeting": meeting, "error": error},
-                        )
-                    messages = self._rest_messages.get(command.command_id, [])
-                    await self._publish_and_ack(
-                        command,
-                        messages,
-                        status,
-                        error,
-                        conference_id=conference_id or (body.conference_id or conference_id_for(meeting)),
-                    )
-        finally:
-            self._rest_messages.pop(command.command_id, None)
-            self._rest_running -= 1
-            if self._rest_running < self.settings.rest_backlog:
-                self._rest_space.set()
-
     # ------------------------------------------------------------------ results
     async def _publish(self, result: commands_pb2.TcsCommandResult, kind: str) -> None:
         await self.bus.publish(results_subject(self.server_id), result.SerializeToString(), msg_id=result.command_id)
@@ -427,9 +337,7 @@ class CommandConsumer:
 
     # ------------------------------------------------------------------ shutdown
     async def wait_rest(self, timeout: float) -> None:
-        if self._rest_tasks:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*list(self._rest_tasks), return_exceptions=True), timeout)
+        await self._conference.wait(timeout)
 
     async def release_held(self) -> int:
         """Shutdown: hand the queued pushes' messages back to JetStream now (instead of after ack_wait)."""

@@ -19,9 +19,9 @@ from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from tcs_gateway.config import GatewaySettings, ServerSettings
 from tcs_gateway.rest.http import Response, RestClient, RestError
 from tcs_gateway.rest.users import UserDirectory
+from tcs_gateway.settings import GatewaySettings, ServerSettings
 from trueconf.calendar.v1 import commands_pb2, common_pb2
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from opentelemetry import trace
 
 from tccal import telemetry
 from tccal.retry import retry_async
-from tcs_gateway.config import GatewaySettings, ServerSettings
+from tcs_gateway.settings import GatewaySettings, ServerSettings
 
 log = logging.getLogger(__name__)
 _tracer = telemetry.tracer("tcs_gateway.rest")

@@ -11,9 +11,9 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from tcs_gateway.bridge.ports import UserStateStore
 from tcs_gateway.bridge.queue import PendingPush, PushQueue
-from tcs_gateway.config import GatewaySettings, ServerSettings
-from tcs_gateway.state import StateStore
+from tcs_gateway.settings import GatewaySettings, ServerSettings
 from trueconf.calendar.v1 import commands_pb2
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ PushDone = Callable[[PendingPush, "commands_pb2.CommandStatus.ValueType", str], 
 
 
 class ServerState:
-    def __init__(self, server: ServerSettings, settings: GatewaySettings, store: StateStore) -> None:
+    def __init__(self, server: ServerSettings, settings: GatewaySettings, store: UserStateStore) -> None:
         self.server = server
         self.settings = settings
         self.store = store

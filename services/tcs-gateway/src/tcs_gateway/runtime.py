@@ -15,16 +15,16 @@ import aiohttp
 from tccal.bus import Bus
 from tcs_gateway.bridge.framing import CloseCode, FrameValidator
 from tcs_gateway.bridge.server import BridgeServer
+from tcs_gateway.bridge.servers import ServerState
 from tcs_gateway.bridge.session import SessionContext
 from tcs_gateway.commands import CommandConsumer
-from tcs_gateway.config import GatewaySettings
 from tcs_gateway.ondemand import OnDemandRequests
 from tcs_gateway.rest.conferences import ConferenceService
 from tcs_gateway.rest.http import RestClient
 from tcs_gateway.rest.users import UserDirectory
-from tcs_gateway.servers import ServerState
-from tcs_gateway.snapshot import EventSource
+from tcs_gateway.settings import GatewaySettings
 from tcs_gateway.state import StateStore
+from tcs_gateway.sync_client import EventSource
 from trueconf.calendar.v1 import gateway_pb2
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,130 @@
+"""`auth` (docs/bridge-protocol.md §3): protocol version, then whitelist, then secret — in that order, each
+refusal answered and the connection closed with its code — then the hello reply, and delivery starts."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from tccal.cache_window import cache_window
+from tcs_gateway.bridge.channel import log
+from tcs_gateway.bridge.framing import CloseCode, ErrorCode, error_payload, format_instant
+from tcs_gateway.settings import DEFAULT_MAX_IN_FLIGHT, MAX_IN_FLIGHT_CAP, PROTOCOL_VERSION, SUPPORTED_VERSIONS
+
+if TYPE_CHECKING:
+    from tcs_gateway.bridge.session import Session
+
+
+class Authenticator:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.settings = session.settings
+
+    async def handle(self, frame: dict[str, Any]) -> None:
+        session = self.session
+        channel = session.channel
+        frame_id: int = frame["id"]
+        if session.authenticated:
+            await channel.reply(
+                frame_id,
+                error_payload(
+                    ErrorCode.ALREADY_AUTHENTICATED,
+                    f"this connection is already authenticated as {session.server_id()}",
+                ),
+            )
+            return
+        problem = channel.validator.problem(frame, "auth.request")
+        if problem is not None:
+            await channel.reply(
+                frame_id, error_payload(ErrorCode.INVALID_PAYLOAD, problem.message, field=problem.field)
+            )
+            return
+        payload: dict[str, Any] = frame["payload"]
+        server_id: str = payload["serverId"]
+        version: int = payload["protocolVersion"]
+        if version not in SUPPORTED_VERSIONS:
+            await self._refuse(
+                frame_id,
+                error_payload(
+                    ErrorCode.UNSUPPORTED_PROTOCOL_VERSION,
+                    f"protocolVersion {version} is not supported",
+                    supported_versions=SUPPORTED_VERSIONS,
+                ),
+                CloseCode.UNSUPPORTED_VERSION,
+                server_id,
+            )
+            return
+        if not self.settings.is_whitelisted(server_id):
+            await self._refuse(
+                frame_id,
+                error_payload(
+                    ErrorCode.SERVER_NOT_WHITELISTED, f"server id {server_id} is not listed in productWhitelist.tcs"
+                ),
+                CloseCode.NOT_WHITELISTED,
+                server_id,
+            )
+            return
+        state = session.context.servers.get(server_id.lower())
+        expected = state.server.secret if state is not None else ""
+        presented = str(payload["secret"])
+        matches = hmac.compare_digest(presented.encode("utf-8"), (expected or "\x00" * 16).encode("utf-8"))
+        if state is None or not expected or not matches:
+            description = (
+                f"secret for {server_id} does not match"
+                if state is not None
+                else f"no secret is configured for {server_id} (tcs.servers)"
+            )
+            await self._refuse(
+                frame_id, error_payload(ErrorCode.BAD_SECRET, description), CloseCode.AUTH_FAILED, server_id
+            )
+            return
+        announced = payload.get("maxInFlight", DEFAULT_MAX_IN_FLIGHT)
+        session.max_in_flight = max(1, min(int(announced), MAX_IN_FLIGHT_CAP))
+        session.slots = asyncio.Semaphore(session.max_in_flight)
+        session.authenticated = True
+        session.server = state
+        await state.attach(session)
+        window = cache_window(
+            datetime.now(UTC), self.settings.window_backward_months, self.settings.window_forward_months
+        )
+        await channel.reply(
+            frame_id,
+            {
+                "errorCode": 0,
+                "protocolVersion": PROTOCOL_VERSION,
+                "sessionId": session.session_id,
+                "gatewayId": self.settings.gateway_id,
+                "limits": {
+                    "maxFrameBytes": self.settings.max_frame_bytes,
+                    "maxInFlight": session.max_in_flight,
+                    "pingIntervalSec": max(1, round(self.settings.ping_interval)),
+                    "replyTimeoutSec": max(1, round(self.settings.reply_timeout)),
+                },
+                "window": {"from": format_instant(window.start), "to": format_instant(window.end)},
+            },
+        )
+        log.info(
+            "TrueConf Server authenticated",
+            extra={
+                "server": state.id,
+                "peer": session.peer,
+                "session": session.session_id,
+                "server_version": str(payload.get("serverVersion", "")),
+                "max_in_flight": session.max_in_flight,
+            },
+        )
+        session.start_delivery()
+
+    async def _refuse(self, frame_id: int, payload: dict[str, Any], code: CloseCode, server_id: str) -> None:
+        session = self.session
+        log.warning(
+            "TrueConf Server refused",
+            extra={"peer": session.peer, "server": server_id, "error": payload["errorDescription"], "code": int(code)},
+        )
+        known = session.context.servers.get(server_id.lower())
+        if known is not None:
+            known.record_error(f"auth from {session.peer} refused: {payload['errorDescription']}")
+        await session.channel.reply(frame_id, payload)
+        await session.close(code, str(payload.get("errorName", "refused")))

@@ -1,0 +1,55 @@
+"""What the bridge needs from the rest of the gateway, stated here so that bridge/ imports nothing of
+tcs_gateway outside itself but `tcs_gateway.settings` (README.md, "Import rule").
+
+The gateway hands in the implementations through `SessionContext`: `tcs_gateway.sync_client.EventSource`
+(SyncService.ListEvents over gRPC) as `CalendarSource`, `tcs_gateway.state.StateStore` (JetStream KV) as
+`UserStateStore`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from trueconf.calendar.v1 import calendar_pb2
+
+
+class SyncUnavailableError(RuntimeError):
+    """SyncService could not answer (the message says why)."""
+
+
+@dataclass(frozen=True)
+class UserList:
+    """A user's occurrences in a window and `seq`, the user's latest push number when the list was read."""
+
+    occurrences: list[calendar_pb2.Occurrence]
+    seq: int
+
+
+class CalendarSource(Protocol):
+    """The users' calendars (the sync-engine's SyncService.ListEvents)."""
+
+    async def list_events(self, user: str, window_from: datetime, window_to: datetime) -> UserList:
+        """The user's occurrences in `[window_from, window_to)`; SyncUnavailableError when it cannot answer."""
+        ...
+
+
+class UserStateStore(Protocol):
+    """Per server and user, kept across restarts: whether TCS asked for the user, the last snapshot seq."""
+
+    @property
+    def loaded(self) -> asyncio.Event:
+        """Set once the stored state is read."""
+        ...
+
+    def asked_users(self, server_id: str) -> list[str]: ...
+
+    def mark_asked(self, server_id: str, user: str) -> bool:
+        """Remember that `server_id` asked for `user`; True when this is new."""
+        ...
+
+    def snapshot_seq(self, server_id: str, user: str) -> int: ...
+
+    def set_snapshot_seq(self, server_id: str, user: str, seq: int) -> None: ...

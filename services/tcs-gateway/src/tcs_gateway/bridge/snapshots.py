@@ -1,0 +1,193 @@
+"""Snapshots of one connection: after `auth` every served user's, later any user's whose pushes cannot go out
+in order (docs/bridge-protocol.md §4).
+
+While a user's snapshot is being built (from the moment SyncService is asked until its frames are written)
+the user is blocked: no push of that user is sent. A written snapshot covers the pushes up to the engine seq
+it was read at; they stay queued until it is acknowledged (then they are done) or refused (then a new
+snapshot, or they go out after all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+
+from tccal import telemetry
+from tccal.cache_window import cache_window
+from tcs_gateway.bridge.channel import ConnectionClosedError, log, retry_delay
+from tcs_gateway.bridge.events import snapshot_seq
+from tcs_gateway.bridge.framing import ErrorCode
+from tcs_gateway.bridge.payloads import event_budget, events_for, snapshot_payloads
+from tcs_gateway.bridge.ports import SyncUnavailableError
+from tcs_gateway.bridge.pushes import PUSHES
+
+if TYPE_CHECKING:
+    from tcs_gateway.bridge.servers import ServerState
+    from tcs_gateway.bridge.session import Session
+
+_tracer = telemetry.tracer("tcs_gateway.bridge")
+
+
+@dataclass
+class _SnapshotTracker:
+    user: str
+    engine_seq: int
+    seq: int
+    chunks: int
+    span: trace.Span
+    acked: int = 0
+    failed: bool = False
+
+
+class SnapshotSender:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.settings = session.settings
+        self._blocked: set[str] = set()
+        #: Engine seq per user that a snapshot written on this connection covers (its ack is awaited).
+        self._sent_cover: dict[str, int] = {}
+        self._pending: set[str] = set()
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        #: Set once every served user's snapshot is requested; pushes start after that.
+        self.catchup_ready = asyncio.Event()
+
+    def _server(self) -> ServerState:
+        server = self.session.server
+        assert server is not None
+        return server
+
+    def request(self, user: str) -> None:
+        """Send `user` a fresh snapshot; the user's pushes wait until its frames are written."""
+        session = self.session
+        if session.closing or not session.authenticated or user in self._pending:
+            return
+        self._pending.add(user)
+        self._blocked.add(user)
+        self._queue.put_nowait(user)
+
+    def is_blocked(self, user: str) -> bool:
+        return user in self._blocked
+
+    def covered_by_sent_snapshot(self, user: str) -> int:
+        return self._sent_cover.get(user, 0)
+
+    async def catch_up(self) -> None:
+        await self.session.context.store.loaded.wait()
+        server = self._server()
+        users = server.served_users()
+        for user in users:
+            self.request(user)
+        self.catchup_ready.set()
+        log.info("sending snapshots", extra={"server": server.id, "users": len(users)})
+
+    async def worker(self) -> None:
+        server = self._server()
+        while not self.session.closing:
+            user = await self._queue.get()
+            try:
+                await self._snapshot(user)
+            except ConnectionClosedError:
+                return
+            except Exception as exc:  # one user's snapshot must not stop the others
+                log.exception("snapshot failed", extra={"server": server.id, "user": user})
+                server.record_error(f"snapshot of {user} failed: {exc!r}")
+            finally:
+                self._pending.discard(user)
+                self._blocked.discard(user)
+                server.queue.changed.set()
+
+    async def _snapshot(self, user: str) -> None:
+        session = self.session
+        server = self._server()
+        delay = 0.5
+        while True:
+            if session.closing:
+                raise ConnectionClosedError("connection closing")
+            window = cache_window(
+                datetime.now(UTC), self.settings.window_backward_months, self.settings.window_forward_months
+            )
+            try:
+                listed = await session.context.source.list_events(user, window.start, window.end)
+                break
+            except SyncUnavailableError as exc:
+                server.record_error(f"snapshot of {user}: {exc}")
+                log.warning("failed to getCalendarList", extra={"server": server.id, "user": user, "error": str(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        store = session.context.store
+        seq = snapshot_seq(listed.seq, store.snapshot_seq(server.id, user))
+        store.set_snapshot_seq(server.id, user, seq)
+        events = events_for(
+            listed.occurrences,
+            user,
+            seq,
+            window,
+            server_host=server.server.host,
+            budget=event_budget(self.settings.max_frame_bytes),
+        )
+        payloads = snapshot_payloads(user, seq, window, events, self.settings.max_frame_bytes)
+        span = _tracer.start_span(
+            "bridge snapshot",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={"tcs.server": server.id, "tcs.user": user, "tcs.seq": seq, "tcs.events": len(events)},
+        )
+        tracker = _SnapshotTracker(user, listed.seq, seq, len(payloads), span)
+        for payload in payloads:
+            await session.slots.acquire()
+            try:
+                await session.channel.request(
+                    "calendar.snapshot",
+                    payload,
+                    functools.partial(self._reply, tracker),
+                    on_lost=functools.partial(self._lost, tracker),
+                )
+            except BaseException:
+                session.slots.release()
+                raise
+            PUSHES.add(1, {"method": "calendar.snapshot", "outcome": "sent"})
+        if not tracker.failed and listed.seq > self._sent_cover.get(user, 0):
+            # Pushes up to listed.seq need not go out: the snapshot just written holds them. They stay queued
+            # until it is acknowledged (then they are done) or refused (then a new snapshot, or they go out).
+            self._sent_cover[user] = listed.seq
+
+    def _lost(self, tracker: _SnapshotTracker) -> None:
+        self.session.slots.release()
+        if not tracker.failed:
+            tracker.failed = True
+            tracker.span.set_status(trace.Status(trace.StatusCode.ERROR, "connection lost"))
+            tracker.span.end()
+
+    def _reply(self, tracker: _SnapshotTracker, payload: dict[str, Any]) -> None:
+        self.session.slots.release()
+        server = self._server()
+        if tracker.failed:
+            return
+        code = payload.get("errorCode")
+        if code == 0:
+            tracker.acked += 1
+            if tracker.acked == tracker.chunks:
+                superseded = server.supersede(tracker.user, tracker.engine_seq)
+                tracker.span.set_attribute("tcs.superseded_pushes", superseded)
+                tracker.span.end()
+            return
+        tracker.failed = True
+        description = str(payload.get("errorDescription", ""))
+        tracker.span.set_status(trace.Status(trace.StatusCode.ERROR, f"{code} {description}"))
+        tracker.span.end()
+        if code in (ErrorCode.OVERLOADED, ErrorCode.INTERNAL_ERROR):
+            delay = retry_delay(payload, 1)
+            asyncio.get_running_loop().call_later(delay, self.request, tracker.user)
+            return
+        if self._sent_cover.get(tracker.user, 0) <= tracker.engine_seq:
+            self._sent_cover.pop(tracker.user, None)  # the queued pushes go out after all
+            server.queue.changed.set()
+        server.record_error(f"snapshot of {tracker.user} refused: {code} {description}")
+        log.error(
+            "TrueConf Server refused a snapshot",
+            extra={"server": server.id, "user": tracker.user, "code": code, "error": description},
+        )
