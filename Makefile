@@ -5,9 +5,10 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
-PACKAGES := proto libs/tccal $(sort $(dir $(wildcard services/*/pyproject.toml emulators/*/pyproject.toml))) .
-# Our import packages (libs/*/src/<pkg>, services/*/src/<pkg>, emulators/*/src/<pkg>), type-checked strictly.
-PKGS := $(sort $(notdir $(patsubst %/,%,$(dir $(wildcard libs/*/src/*/__init__.py services/*/src/*/__init__.py emulators/*/src/*/__init__.py)))))
+PACKAGES := proto libs/tccal $(sort $(dir $(wildcard services/*/pyproject.toml emulators/*/pyproject.toml))) sandbox .
+# Our import packages (libs/*/src/<pkg>, services/*/src/<pkg>, emulators/*/src/<pkg>, sandbox/src/<pkg>), type-checked
+# strictly.
+PKGS := $(sort $(notdir $(patsubst %/,%,$(dir $(wildcard libs/*/src/*/__init__.py services/*/src/*/__init__.py emulators/*/src/*/__init__.py sandbox/src/*/__init__.py)))))
 STAMP := $(VENV)/.installed
 # An independent EWS client (ews-javascript-api, npm) that drives the Exchange emulator in the tests.
 EWS_JS := tests/interop/ews-js

@@ -30,6 +30,8 @@ from typing import Any
 
 import psutil
 
+from tccal_sandbox.testing import wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOMAIN = "sandbox.test"
@@ -42,17 +44,6 @@ def http_json(url: str, method: str = "GET", body: Any = None, timeout: float = 
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read() or b"null")
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def percentiles(values: list[float]) -> dict[str, float | int | None]:
@@ -177,7 +168,7 @@ def sandbox(
             return ready_file.exists()
 
         t0 = time.monotonic()
-        wait_until(started, timeout, "the sandbox to be ready", 0.5)
+        wait_for(started, timeout, 0.5, "the sandbox to be ready")
         ready = json.loads(ready_file.read_text())
         ready["_startup_s"] = round(time.monotonic() - t0, 1)
         yield ready
@@ -311,7 +302,7 @@ def wait_synced(ready: dict[str, Any], mailboxes: list[str], timeout: float) -> 
         subscribed = {s["mailbox"].lower() for s in subs if not s.get("expired")}
         return all(counts.get(m, 0) >= 2 for m in mailboxes) and all(m in subscribed for m in mailboxes)
 
-    wait_until(done, timeout, "every mailbox to be synced and subscribed", 1.0)
+    wait_for(done, timeout, 1.0, "every mailbox to be synced and subscribed")
 
 
 def run_live(args: argparse.Namespace) -> Path:
@@ -396,7 +387,7 @@ def live_in(ready: dict[str, Any], args: argparse.Namespace) -> Path:
 
     watcher = threading.Thread(target=watch, name="watch", daemon=True)
     watcher.start()
-    wait_until(lambda: not pending, 60 + n * 0.5, "the created meetings in TrueConf", 0.2)
+    wait_for(lambda: not pending, 60 + n * 0.5, 0.2, "the created meetings in TrueConf")
 
     baseline = PollingBaseline(config, mailboxes, args.poll_period, args.concurrency)
 
@@ -430,7 +421,7 @@ def live_in(ready: dict[str, Any], args: argparse.Namespace) -> Path:
         k += 1
         if not rss_load and time.monotonic() - t_begin > args.duration / 2:
             rss_load = rss(ready)
-    wait_until(lambda: not pending, 60, "the last updates in TrueConf", 0.2)
+    wait_for(lambda: not pending, 60, 0.2, "the last updates in TrueConf")
     stop_watch.set()
     watcher.join(5)
     # let the baseline make one more poll after the last update so that every update it can see is seen
@@ -673,7 +664,7 @@ def initial_sync_in(ready: dict[str, Any], args: argparse.Namespace) -> Path:
             missing.discard(mb)
         return True
 
-    wait_until(complete, args.timeout, "every seeded meeting in TrueConf", 0.5)
+    wait_for(complete, args.timeout, 0.5, "every seeded meeting in TrueConf")
     connector_s = time.monotonic() - t0
     connector_cpu = cpu_delta(product_cpu_seconds(ready), cpu_before)
     connector_ops = op_delta(ews_requests(ready), before)

@@ -24,18 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "services" / "sync-engine" / "tests"))
-
 from sync_engine_testkit import Mailboxes, attendee, config_dict, event
 
 from bench import RESULTS, cpu_delta, cpu_seconds, machine, percentiles, write_result
 from sync_engine.bus import CALENDAR_BATCH
 from tccal.bus import Bus, BusSettings, ensure_topology
-from tccal.embedded import EmbeddedNats, EmbeddedPostgres
 from tccal.subjects import CALENDAR, calendar_subject
-from tccal.testing import short_tmpdir
+from tccal_sandbox.embedded import EmbeddedNats, EmbeddedPostgres
+from tccal_sandbox.testing import short_tmpdir
 
 DURABLE = "sync-engine-calendar"
 

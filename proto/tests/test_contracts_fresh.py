@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import trueconf.calendar.v1 as generated
-from tccal.testing import repo_root
+from tccal_sandbox.testing import repo_root
 
 PROTO_ROOT = repo_root() / "proto"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tccal.embedded import free_port
 from tccal.probes import ProbeServer, Readiness
+from tccal_sandbox.embedded import free_port
 
 from .conftest import ROOT
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,8 +14,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from tccal.sandbox_demo import Ews, shared_calendar
-from tccal.testing import running_sandbox
+from tccal_sandbox.demo import Ews, shared_calendar
+from tccal_sandbox.testing import running_sandbox, wait_for
 
 T = TypeVar("T")
 DOMAIN = "sandbox.test"
@@ -34,19 +33,13 @@ def http_json(url: str, method: str = "GET", body: Any = None) -> Any:
         return json.loads(response.read() or b"null")
 
 
+#: What a predicate over the running product raises while the product is still catching up: "not yet".
+CATCHING_UP = (OSError, KeyError, IndexError)
+
+
 def wait_until(predicate: Callable[[], T | None], timeout: float = 60.0, what: str = "", interval: float = 0.3) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            value = predicate()
-        except (OSError, KeyError, IndexError) as exc:  # the product is still catching up
-            value, last = None, exc
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last error: {last!r}")
-        time.sleep(interval)
+    """The shared `wait_for` with the end-to-end defaults: a minute, every 0.3 s, tolerating `CATCHING_UP`."""
+    return wait_for(predicate, timeout, interval, what, tolerate=CATCHING_UP)
 
 
 @dataclass

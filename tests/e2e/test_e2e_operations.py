@@ -21,7 +21,7 @@ from exchangelib.properties import Attendee, Mailbox
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from tccal import secrets
-from tccal.embedded import free_port
+from tccal_sandbox.embedded import free_port
 from trueconf.calendar.v1 import (
     gateway_pb2,
     gateway_pb2_grpc,

@@ -11,7 +11,7 @@ from collections import Counter
 from e2e_support import Product, email, wait_until
 from exchangelib import IMPERSONATION, NTLM, Account, CalendarItem, Configuration, Credentials, EWSDateTime, EWSTimeZone
 
-from tccal.testing import running_sandbox, short_tmpdir
+from tccal_sandbox.testing import running_sandbox, short_tmpdir
 
 
 def readme_snippet(ready: dict, subject: str) -> None:  # type: ignore[type-arg]

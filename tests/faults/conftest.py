@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from faults_support import RESULTS, FaultProduct, launch, markdown_of, report_of
+
+#: The secrets scan reads the logs of every product the session's fault tests started (faults_support.SECRET_SOURCES),
+#: so it must run after all of them: it is ordered last here, whatever the file names and the collection order.
+SCANS_EVERY_LOG = "test_faults_secrets.py"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Move the secrets scan after every other collected test (a stable partition keeps the rest in order)."""
+    last = [item for item in items if item.path.name == SCANS_EVERY_LOG]
+    if last:
+        items[:] = [item for item in items if item.path.name != SCANS_EVERY_LOG] + last
 
 
 @pytest.fixture(scope="module")

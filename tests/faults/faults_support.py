@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,13 +21,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-
 from e2e_support import SEND, Product, email, http_json, wait_until
 
 from tccal import secrets
-from tccal.embedded import die_with_parent
-from tccal.testing import running_sandbox, short_tmpdir
+from tccal_sandbox.embedded import die_with_parent
+from tccal_sandbox.testing import running_sandbox, short_tmpdir
 
 LOAD = int(os.environ.get("TC_FAULTS_LOAD", "150"))  # changes per scenario; `make faults` raises it
 CONVERGE_S = float(os.environ.get("TC_FAULTS_CONVERGE_S", str(max(120.0, LOAD * 0.06))))  # after the last write

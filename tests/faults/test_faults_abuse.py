@@ -497,7 +497,7 @@ def test_config_with_every_key_wrong_is_refused_naming_keys(guarded: FaultProduc
 def test_tampered_license_is_refused_and_the_license_in_force_stays(guarded: FaultProduct) -> None:
     from licensing.offline import OfflineResponse
     from registration_emulator.offline import write_response
-    from tccal.embedded import free_port
+    from tccal_sandbox.embedded import free_port
 
     work = guarded.state_dir / "tamper"
     work.mkdir()

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from exchange_emulator_support import PLAIN_PASSWORD, PLAIN_USER, SERVICE_PASSWORD, SERVICE_USER
 from exchangelib import BASIC, IMPERSONATION, NTLM, Account, Configuration, Credentials, FaultTolerance
 from exchangelib.protocol import close_connections
 
 from exchange_emulator.testing import EmulatorHandle, fail_on_new_violations, new_mailboxes, running_emulator
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from exchange_emulator_support import PLAIN_PASSWORD, PLAIN_USER, SERVICE_PASSWORD, SERVICE_USER
 
 CONFIG: dict[str, Any] = {
     "version": "Exchange2016",

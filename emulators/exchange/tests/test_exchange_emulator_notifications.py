@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 import requests
-from exchange_emulator_support import SERVICE_PASSWORD, SERVICE_USER, wait_for
+from exchange_emulator_support import SERVICE_PASSWORD, SERVICE_USER
 from exchangelib import UTC, Attendee, CalendarItem, EWSDateTime
 from exchangelib.errors import ErrorExpiredSubscription, ErrorSubscriptionNotFound
 from exchangelib.properties import CreatedEvent, DeletedEvent, Mailbox, ModifiedEvent, StatusEvent
 
 from exchange_emulator.testing import EmulatorHandle
+from tccal_sandbox.testing import wait_for
 
 
 class _Events:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from exchange_emulator_support import SERVICE_PASSWORD, SERVICE_USER, wait_for
+from exchange_emulator_support import SERVICE_PASSWORD, SERVICE_USER
 from exchangelib import IMPERSONATION, NTLM, Account, Configuration, Credentials, FailFast
 from exchangelib.errors import (
     ErrorExceededConnectionCount,
@@ -23,6 +23,7 @@ from lxml import etree
 
 from exchange_emulator.config import EmulatorConfig
 from exchange_emulator.testing import DEFAULT_CONFIG, EmulatorHandle, SoapAnswer, running_emulator
+from tccal_sandbox.testing import wait_for
 
 LIMITS = {"max_concurrency": 3, "hanging_connection_limit": 2, "max_subscriptions": 4}
 

@@ -8,12 +8,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from exchange_emulator_support import SERVICE_PASSWORD, SERVICE_USER, wait_for
+from exchange_emulator_support import SERVICE_PASSWORD, SERVICE_USER
 from exchangelib import IMPERSONATION, NTLM, UTC, Account, Attendee, CalendarItem, Configuration, Credentials
 from exchangelib import Mailbox as EwsMailbox
 
 from exchange_emulator.testing import DEFAULT_CONFIG, EmulatorHandle, running_emulator
 from exchange_emulator.transport import Transport
+from tccal_sandbox.testing import wait_for
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,9 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from tccal_sandbox.testing import wait_for_async
 from trueconf_emulator.schema import FrameValidator, load_schema
-from trueconf_emulator.testing import EmulatorProcess, start_emulator_async, wait_until
+from trueconf_emulator.testing import EmulatorProcess, start_emulator_async
 
 pytestmark = pytest.mark.asyncio
 
@@ -350,7 +351,7 @@ async def test_auth_first_then_calendar_lists_for_every_directory_user(
         lists = state["calendar_lists"]
         return bool(lists["applied"] == 2 and lists["errors"] == 1)
 
-    await wait_until(lists_done, message="getCalendarList answered for alice, bob and carol")
+    await wait_for_async(lists_done, what="getCalendarList answered for alice, bob and carol")
     asked = sorted(frame["payload"]["user"] for frame in conn.requests_of("getCalendarList"))
     assert asked == [ALICE, BOB, CAROL]
     window = conn.requests_of("getCalendarList")[0]["payload"]
@@ -441,7 +442,7 @@ async def test_snapshot_in_chunks_replaces_the_window_only_when_complete(
     gateway: FakeGateway, tcs: EmulatorProcess
 ) -> None:
     conn = await gateway.authenticated_connection(1)
-    await wait_until(lambda: _has_events(tcs, ALICE, 3), message="alice's initial list")
+    await wait_for_async(lambda: _has_events(tcs, ALICE, 3), what="alice's initial list")
     seq = gateway.next_seq(ALICE)
     window = {"from": iso(DAY - timedelta(days=1)), "to": iso(DAY + timedelta(days=10))}
     first = {
@@ -511,7 +512,7 @@ async def test_invalid_frames_get_the_documented_error_codes(gateway: FakeGatewa
     assert reply["errorCode"] == 0 and "ts" in reply
 
     await conn.send_raw("{not json")
-    await wait_until(lambda: any(f.get("id") == 0 for f in conn.frames), message="reply to the malformed frame")
+    await wait_for_async(lambda: any(f.get("id") == 0 for f in conn.frames), what="reply to the malformed frame")
     malformed = next(frame for frame in conn.frames if frame.get("id") == 0)
     assert malformed["payload"]["errorCode"] == 1
 
@@ -537,7 +538,7 @@ async def test_delayed_acks_and_the_in_flight_window(gateway: FakeGateway, tcs: 
         state = await bridge_state(tcs)
         return bool(state["pushes_applied"] == 1 and state["acks_pending"] == 1)
 
-    await wait_until(applied_but_unacknowledged, message="push applied with its ack held back")
+    await wait_for_async(applied_but_unacknowledged, what="push applied with its ack held back")
     assert frame_id not in conn.replies
     assert (await conn.reply(frame_id))["applied"] is True
 
@@ -586,7 +587,7 @@ async def test_withheld_ack_then_drop_reconnect_snapshot_and_resend(gateway: Fak
         state = await bridge_state(tcs)
         return bool(state["acks_withheld"] == 1 and state["pushes_applied"] == 1)
 
-    await wait_until(withheld, message="push applied, acknowledgement withheld")
+    await wait_for_async(withheld, what="push applied, acknowledgement withheld")
     await http("PUT", f"{tcs.admin_url}/bridge/acks", {"mode": "normal"})
 
     snapshot_seq: dict[str, int] = {}
@@ -649,7 +650,7 @@ async def test_close_drop_auth_failure_stay_away_and_resume(gateway: FakeGateway
         state = await bridge_state(tcs)
         return bool(state["auth_failures"] >= 2)
 
-    await wait_until(refused_twice, message="two refused auth attempts")
+    await wait_for_async(refused_twice, what="two refused auth attempts")
     state = await bridge_state(tcs)
     refused = [close for close in state["close_history"] if close["code"] == 4001]
     assert refused and refused[0]["initiator"] == "gateway"
@@ -679,7 +680,7 @@ async def test_oversized_frame_closes_4009_and_silence_closes_4011(gateway: Fake
         assert conn.close_code == 4009
 
         second = await gateway.authenticated_connection(2)
-        await wait_until(lambda: bool(second.requests_of("ping")), message="the emulator pings an idle gateway")
+        await wait_for_async(lambda: bool(second.requests_of("ping")), what="the emulator pings an idle gateway")
         gateway.answer_pings = False  # now the gateway stays silent: the emulator closes with 4011
         await asyncio.wait_for(second.closed.wait(), 10)
         assert second.close_code == 4011
@@ -691,7 +692,7 @@ async def test_oversized_frame_closes_4009_and_silence_closes_4011(gateway: Fake
 
 async def test_admin_request_calendar_asks_the_gateway_now(gateway: FakeGateway, tcs: EmulatorProcess) -> None:
     conn = await gateway.authenticated_connection(1)
-    await wait_until(lambda: len(conn.requests_of("getCalendarList")) == 3, message="initial lists")
+    await wait_for_async(lambda: len(conn.requests_of("getCalendarList")) == 3, what="initial lists")
     gateway.mailboxes.add(CAROL)
     gateway.set_events(CAROL, [make_event("c1", CAROL, seq=7, subject="On demand")])
     result = await http(

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from trueconf_emulator.testing import EmulatorProcess, HttpError, start_emulator, wait_until_sync
+from tccal_sandbox.testing import wait_for
+from trueconf_emulator.testing import EmulatorProcess, HttpError, start_emulator
 
 START = 1_893_484_800  # 2030-01-01T08:00:00Z
 
@@ -170,7 +171,7 @@ def test_token_expires_after_its_lifetime(tcs: EmulatorProcess) -> None:
             status, _, reply = call(tcs, "GET", "/users", token=short)
             return status == 401 and reply["error"]["errors"][0]["reason"] == "tokenExpired"
 
-        wait_until_sync(expired, timeout=15, message="the 1-second token expires")
+        wait_for(expired, timeout=15, what="the 1-second token expires")
     finally:
         tcs.admin("PUT", "/oauth", {"token_lifetime": 3600})
     assert call(tcs, "GET", "/users", token=long_lived)[0] == 200

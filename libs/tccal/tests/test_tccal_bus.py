@@ -9,7 +9,7 @@ from nats.aio.msg import Msg
 from tccal import bus as busmod
 from tccal import subjects, telemetry
 from tccal.bus import Bus, BusSettings, consume
-from tccal.testing import wait_for_async
+from tccal_sandbox.testing import wait_for_async
 
 
 async def connected(url: str, max_deliver: int = 3) -> Bus:

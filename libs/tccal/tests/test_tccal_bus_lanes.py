@@ -11,7 +11,7 @@ from nats.js.errors import NotFoundError
 
 from tccal import subjects
 from tccal.bus import Bus, BusSettings, consume, lane_of
-from tccal.testing import wait_for_async
+from tccal_sandbox.testing import wait_for_async
 
 LANES = 2
 PROVIDER = "lanes-test.example"

@@ -12,7 +12,7 @@ import pytest
 
 from tccal import secrets
 from tccal.config import ConfigError, load_config
-from tccal.testing import repo_root
+from tccal_sandbox.testing import repo_root
 
 GUIDE = repo_root() / "docs" / "examples" / "config.guide.json"
 CLI = [sys.executable, "-m", "tccal.cli"]

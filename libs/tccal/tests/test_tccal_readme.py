@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tccal.config.reference import BEGIN, END, markdown
-from tccal.testing import repo_root
+from tccal_sandbox.testing import repo_root
 
 
 def test_readme_config_reference_is_generated_from_the_schema() -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tccal.embedded import EmbeddedNats, EmbeddedPostgres, free_port, free_ports
-from tccal.testing import short_tmpdir, wait_for
+from tccal_sandbox.embedded import EmbeddedNats, EmbeddedPostgres, free_port, free_ports
+from tccal_sandbox.testing import short_tmpdir, wait_for
 
 
 def readyz(port: int) -> tuple[int, dict[str, object]]:

@@ -5,18 +5,9 @@ ews-ingest running over fresh mailboxes until they are synced and streaming."""
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
-from exchangelib.protocol import close_connections
-
-from ews_ingest.settings import Tuning
-from exchange_emulator.testing import EmulatorHandle, fail_on_new_violations, running_emulator
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from ews_ingest_support import (
     EMULATOR_CONFIG,
     FAST,
@@ -29,6 +20,10 @@ from ews_ingest_support import (
     provider_section,
     running_ingest,
 )
+from exchangelib.protocol import close_connections
+
+from ews_ingest.settings import Tuning
+from exchange_emulator.testing import EmulatorHandle, fail_on_new_violations, running_emulator
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from exchange_emulator.testing import new_mailboxes as new_mailboxes
 from tccal.bus import Bus, BusSettings
 from tccal.config import Config
 from tccal.secrets import reveal
-from tccal.testing import wait_for_async
+from tccal_sandbox.testing import wait_for_async
 from trueconf.calendar.v1 import calendar_pb2, licensing_pb2, licensing_pb2_grpc
 
 T = TypeVar("T")

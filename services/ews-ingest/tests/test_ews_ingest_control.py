@@ -23,10 +23,10 @@ from ews_ingest_support import (
 from ews_ingest.api import ADMIN_METHODS, SERVICE_NAME, IngestApi
 from ews_ingest.state import key_token
 from exchange_emulator.testing import EmulatorHandle
-from tccal.embedded import free_port
 from tccal.grpckit import GrpcServer
 from tccal.subjects import INGEST_STATE_BUCKET, subject_token
-from tccal.testing import wait_for_async
+from tccal_sandbox.embedded import free_port
+from tccal_sandbox.testing import wait_for_async
 from trueconf.calendar.v1 import calendar_pb2, ingest_pb2, ingest_pb2_grpc
 
 

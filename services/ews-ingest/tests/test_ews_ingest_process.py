@@ -24,8 +24,8 @@ from ews_ingest_support import (
 )
 
 from exchange_emulator.testing import EmulatorHandle
-from tccal.embedded import free_port
-from tccal.testing import wait_for_async
+from tccal_sandbox.embedded import free_port
+from tccal_sandbox.testing import wait_for_async
 from trueconf.calendar.v1 import ingest_pb2, ingest_pb2_grpc
 
 

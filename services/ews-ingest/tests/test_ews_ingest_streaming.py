@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from exchange_emulator.testing import EmulatorHandle, running_emulator
-from tccal.testing import wait_for_async
+from tccal_sandbox.testing import wait_for_async
 from trueconf.calendar.v1 import calendar_pb2, ingest_pb2
 
 SPANS = InMemorySpanExporter()

@@ -27,7 +27,7 @@ from ews_ingest_support import (
 
 from ews_ingest.conference_marker import register_marker_property
 from exchange_emulator.testing import EmulatorHandle
-from tccal.testing import wait_for_async
+from tccal_sandbox.testing import wait_for_async
 from trueconf.calendar.v1 import ingest_pb2
 
 

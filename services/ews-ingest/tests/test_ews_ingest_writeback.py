@@ -19,7 +19,7 @@ from ews_ingest_support import (
 from ews_ingest.writeback import meeting_id
 from exchange_emulator.testing import EmulatorHandle
 from tccal.subjects import results_subject
-from tccal.testing import wait_for_async
+from tccal_sandbox.testing import wait_for_async
 from trueconf.calendar.v1 import commands_pb2, common_pb2
 
 

@@ -23,8 +23,8 @@ from click.testing import CliRunner
 
 from registration_emulator.testing import RunningEmulator, start_emulator
 from tccal.cli.main import main as tc_calendar_main
-from tccal.embedded import EmbeddedPostgres, create_database, free_port
-from tccal.testing import wait_for
+from tccal_sandbox.embedded import EmbeddedPostgres, create_database, free_port
+from tccal_sandbox.testing import wait_for
 from trueconf.calendar.v1 import licensing_pb2_grpc
 
 ADMIN_TOKEN = "licensing-test-admin-token"

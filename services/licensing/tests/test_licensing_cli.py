@@ -21,7 +21,7 @@ from registration_emulator.document import LicenseTerms
 from registration_emulator.offline import write_response
 from registration_emulator.testing import RunningEmulator, authority_key
 from registration_emulator.tiers import Tier
-from tccal.embedded import free_port
+from tccal_sandbox.embedded import free_port
 
 REGISTERED = "Your product successfully registered. Now you can run tc_calendar"
 REGISTERED_OFFLINE = "Your product successfully registered offline. Now you can run tc_calendar"

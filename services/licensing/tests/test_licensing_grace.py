@@ -20,9 +20,9 @@ from licensing.api import ADMIN_METHODS
 from registration_emulator.testing import RunningEmulator, start_emulator
 from tccal.clock import FakeClock
 from tccal.config import load_config
-from tccal.embedded import free_port
 from tccal.service import ServiceApp
-from tccal.testing import wait_for_async
+from tccal_sandbox.embedded import free_port
+from tccal_sandbox.testing import wait_for_async
 from trueconf.calendar.v1 import licensing_pb2 as pb
 from trueconf.calendar.v1 import licensing_pb2_grpc
 

@@ -22,7 +22,7 @@ from licensing.errors import (
 from licensing.fingerprint import fingerprint_of, new_install_id
 from licensing.registration_client import RegistrationClient
 from registration_emulator.testing import RunningEmulator, start_emulator
-from tccal.testing import free_port
+from tccal_sandbox.testing import free_port
 
 
 @pytest.fixture(scope="module")

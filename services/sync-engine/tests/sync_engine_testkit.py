@@ -10,8 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,7 +30,7 @@ from tccal.config import Config
 from tccal.db import Database
 from tccal.grpckit import GrpcServer
 from tccal.subjects import CALENDAR, calendar_subject, results_subject
-from tccal.testing import free_port
+from tccal_sandbox.testing import free_port, wait_for_async
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2, common_pb2, sync_pb2, sync_pb2_grpc
 
 SERVER = "video.example.com#vcs"
@@ -396,15 +395,12 @@ class Harness:
         return found
 
     async def wait_for(self, predicate: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                kinds = [p.command.WhichOneof("command") for p in self.commands]
-                raise AssertionError(f"timed out waiting for {what}; commands so far: {kinds}")
-            await asyncio.sleep(0.02)
+        """`wait_for_async`, and on a timeout the kinds of the commands published so far."""
+        try:
+            return await wait_for_async(predicate, timeout=timeout, interval=0.02, what=what)
+        except AssertionError as timed_out:
+            kinds = [p.command.WhichOneof("command") for p in self.commands]
+            raise AssertionError(f"{timed_out}; commands so far: {kinds}") from None
 
     async def wait_command(self, kind: str, count: int = 1, **match: Any) -> list[commands_pb2.TcsCommand]:
         found: list[commands_pb2.TcsCommand] = await self.wait_for(
@@ -430,16 +426,8 @@ class Harness:
                 published = await connection.fetchval("SELECT count(*) FROM outbox WHERE status <> 'pending'")
             return int(pending) == 0 and len(self.commands) >= int(published)
 
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if await idle():
-                    return
-            except Exception:  # the durable consumer may not exist yet
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("the engine did not settle")
-            await asyncio.sleep(0.05)
+        # the durable consumer may not exist yet: any error means "not yet"
+        await wait_for_async(idle, timeout=30, what="the engine to settle", tolerate=(Exception,))
 
     def connect(self) -> _Connection:
         return _Connection(self.pg_dsn)
@@ -589,29 +577,18 @@ class EngineProcess:
 async def wait_ready(process: EngineProcess, timeout: float = 40) -> None:
     import aiohttp
 
-    deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
-        while True:
+
+        async def ready() -> bool:
             assert process.process is not None
             if process.process.poll() is not None:
                 raise AssertionError(f"sync-engine exited with {process.process.returncode}:\n{process.output()}")
-            try:
-                async with session.get(process.http_url + "/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"sync-engine not ready after {timeout}s:\n{process.output()}")
-            await asyncio.sleep(0.1)
+            async with session.get(process.http_url + "/readyz") as response:
+                return response.status == 200
 
-
-async def poll(predicate: Callable[[], Awaitable[Any]], what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+        try:
+            await wait_for_async(ready, timeout, 0.1, "sync-engine ready", tolerate=(aiohttp.ClientError,))
+        except AssertionError as failed:
+            if process.process.poll() is not None:  # exited: `ready` said so, with the log
+                raise
+            raise AssertionError(f"{failed}:\n{process.output()}") from None

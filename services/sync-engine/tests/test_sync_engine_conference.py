@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -26,6 +24,7 @@ from sync_engine_testkit import (
 )
 
 from sync_engine.ids import to_datetime
+from tccal_sandbox.testing import wait_for_async
 from trueconf.calendar.v1 import commands_pb2, common_pb2, sync_pb2
 
 ACCEPT = common_pb2.RESPONSE_TYPE_ACCEPT
@@ -308,11 +307,9 @@ async def test_retryable_failure_is_retried_and_permanent_failure_is_listed(harn
 
 
 async def poll_failed(harness: Harness, count: int) -> list[sync_pb2.CommandInfo]:
-    deadline = time.monotonic() + 20
-    while True:
+    async def enough() -> list[sync_pb2.CommandInfo] | None:
         failed = await harness.listed_commands(sync_pb2.COMMAND_FILTER_FAILED)
-        if len(failed) >= count:
-            return failed
-        if time.monotonic() > deadline:
-            raise AssertionError(f"expected {count} failed commands, have {failed}")
-        await asyncio.sleep(0.05)
+        return failed if len(failed) >= count else None
+
+    found: list[sync_pb2.CommandInfo] = await wait_for_async(enough, timeout=20, what=f"{count} failed commands")
+    return found

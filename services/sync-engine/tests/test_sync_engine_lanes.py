@@ -13,6 +13,7 @@ from sync_engine.bus import CALENDAR_BATCH, CALENDAR_DURABLE, CALENDAR_LANES
 from sync_engine.changes import MAILBOX_SET_LOCK_KEY
 from tccal.bus import lane_of
 from tccal.subjects import CALENDAR, calendar_subject
+from tccal_sandbox.testing import wait_for_async
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2, common_pb2
 
 ACCEPT = common_pb2.RESPONSE_TYPE_ACCEPT
@@ -157,30 +158,30 @@ def _provider(users: list[str]) -> dict[str, object]:
 async def _until_adding_waits(harness: Harness) -> None:
     """Poll pg_locks (bounded) until a transaction waits for the mailbox-set lock exclusively."""
     async with harness.connect() as connection:
-        for _ in range(1000):
+
+        async def one_waits() -> bool:
             waiting = await connection.fetchval(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND mode = 'ExclusiveLock'"
                 " AND ((classid::bigint << 32) | objid::bigint) = $1",
                 MAILBOX_SET_LOCK_KEY,
             )
-            if int(waiting) == 1:
-                return
-            await asyncio.sleep(0.02)
-    raise AssertionError("no transaction waited for the mailbox-set lock")
+            return int(waiting) == 1
+
+        await wait_for_async(one_waits, 20.0, 0.02, "a transaction waiting for the mailbox-set lock")
 
 
 async def _until_waiting(harness: Harness, count: int) -> None:
     """Poll pg_locks (bounded) until `count` transactions of this database wait for a lock."""
     async with harness.connect() as connection:
-        for _ in range(1000):
+
+        async def all_wait() -> bool:
             waiting = await connection.fetchval(
                 "SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
                 " WHERE NOT l.granted AND a.datname = current_database()"
             )
-            if int(waiting) == count:
-                return
-            await asyncio.sleep(0.02)
-    raise AssertionError(f"{count} transactions did not both wait")
+            return int(waiting) == count
+
+        await wait_for_async(all_wait, 20.0, 0.02, f"{count} transactions waiting for a lock")
 
 
 async def _outbox(harness: Harness) -> list[commands_pb2.TcsCommand]:

@@ -20,11 +20,11 @@ from sync_engine_testkit import (
     event,
     full_spec,
     mid,
-    poll,
     wait_ready,
 )
 
 from sync_engine.ids import to_timestamp
+from tccal_sandbox.testing import wait_for_async
 from trueconf.calendar.v1 import ingest_pb2, sync_pb2, sync_pb2_grpc
 
 
@@ -56,7 +56,7 @@ async def test_engine_process_serves_meetings_api_metrics_resync_and_stops_on_si
                 occurrences = (await api.ListEvents(request)).occurrences
                 return [o.conference.id for o in occurrences] == ["4242"]
 
-            await poll(bob_sees_the_join_link, "Bob's event with the conference")
+            await wait_for_async(bob_sees_the_join_link, what="Bob's event with the conference")
 
             # ResyncMailbox: a control message for ews-ingest, and the mailbox's items are cleared.
             requests: list[ingest_pb2.ResyncMailboxRequest] = []
@@ -71,7 +71,7 @@ async def test_engine_process_serves_meetings_api_metrics_resync_and_stops_on_si
             assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
             response = await api.ResyncMailbox(resync, metadata=admin)
             assert response.published == 1
-            await poll(lambda: _true(bool(requests)), "the resync request")
+            await wait_for_async(lambda: _true(bool(requests)), what="the resync request")
             assert [r.mailbox for r in requests] == [ANNA]
             await subscription.unsubscribe()
             async with harness.connect() as connection:
@@ -88,7 +88,7 @@ async def test_engine_process_serves_meetings_api_metrics_resync_and_stops_on_si
                 async with harness.connect() as connection:
                     return bool(await connection.fetchval("SELECT count(*) FROM items WHERE mailbox = $1", ANNA))
 
-            await poll(rebuilt, "the resynced item")
+            await wait_for_async(rebuilt, what="the resynced item")
             await harness.settle()
             assert len(harness.commands) == before
             meeting = await api.GetMeeting(sync_pb2.GetMeetingRequest(meeting_id=mid("proc-1")))
@@ -148,7 +148,7 @@ async def test_two_engine_processes_launch_an_occurrence_once(harness: Harness, 
                 )
             return bool(state == "launched")
 
-        await poll(launched, "the launch recorded")
+        await wait_for_async(launched, what="the launch recorded")
         await asyncio.sleep(1.5)  # several scheduler ticks of both processes after the launch
         await harness.settle()
         assert len(harness.of("conference_run")) == 1

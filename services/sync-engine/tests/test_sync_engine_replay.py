@@ -27,8 +27,8 @@ from sync_engine_testkit import (
 
 from sync_engine.bus import CALENDAR_DURABLE, RESULTS_DURABLE, handle_calendar_message
 from sync_engine.ids import to_timestamp
-from tccal.embedded import EmbeddedPostgres, create_database
 from tccal.subjects import CALENDAR, TCS_COMMANDS, TCS_RESULTS, commands_subject
+from tccal_sandbox.embedded import EmbeddedPostgres, create_database
 from trueconf.calendar.v1 import calendar_pb2, common_pb2
 
 

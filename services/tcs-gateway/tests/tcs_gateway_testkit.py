@@ -12,7 +12,7 @@ import dataclasses
 import itertools
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -20,8 +20,9 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tccal.bus import Bus, BusSettings
-from tccal.embedded import free_port
 from tccal.subjects import TCS_RESULTS, commands_subject
+from tccal_sandbox.embedded import free_port
+from tccal_sandbox.testing import wait_for_async
 from tcs_gateway.runtime import Gateway
 from tcs_gateway.settings import GatewaySettings, ServerSettings
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2, common_pb2, sync_pb2, sync_pb2_grpc
@@ -43,18 +44,6 @@ def stamp(moment: datetime) -> Timestamp:
 def today_at(hour: int, days: int = 1) -> datetime:
     base = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     return base + timedelta(days=days, hours=hour)
-
-
-async def poll(predicate: Callable[[], Awaitable[T | None]], *, timeout: float = 20.0, what: str = "condition") -> T:
-    """Wait until `predicate()` returns something truthy (bounded)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 # --------------------------------------------------------------------------------------------- SyncService
@@ -330,7 +319,7 @@ class CommandClient:
                     return result
             return None
 
-        return await poll(find, timeout=timeout, what=f"the result of {command_id}")
+        return await wait_for_async(find, timeout=timeout, what=f"the result of {command_id}")
 
 
 # --------------------------------------------------------------------------------------------- emulator
@@ -376,7 +365,9 @@ async def wait_connected(
         )
         return state if ok else None
 
-    return await poll(check, timeout=timeout, what=f"TCS connected ({connections} connections, lists answered)")
+    return await wait_for_async(
+        check, timeout=timeout, what=f"TCS connected ({connections} connections, lists answered)"
+    )
 
 
 async def calendar(tcs: EmulatorProcess, user: str) -> list[dict[str, Any]]:

@@ -19,10 +19,11 @@ from tcs_gateway_testkit import (
     bridge_state,
     gateway_protocol_errors,
     gateway_settings,
-    poll,
     server_settings,
     wait_connected,
 )
+
+from tccal_sandbox.testing import wait_for_async
 
 
 async def test_only_whitelisted_servers_with_the_right_secret_get_in(world: World) -> None:
@@ -42,8 +43,8 @@ async def test_only_whitelisted_servers_with_the_right_secret_get_in(world: Worl
             close["code"] == code and close["initiator"] == "gateway" for close in state["close_history"]
         )
 
-    await poll(lambda: refused(stranger, 4003), what="the non-whitelisted server closed with 4003")
-    await poll(lambda: refused(wrong_secret, 4001), what="the wrong secret closed with 4001")
+    await wait_for_async(lambda: refused(stranger, 4003), what="the non-whitelisted server closed with 4003")
+    await wait_for_async(lambda: refused(wrong_secret, 4001), what="the wrong secret closed with 4001")
     stranger_state = await bridge_state(stranger)
     assert "SERVER_NOT_WHITELISTED" in stranger_state["last_error"]
     assert stranger_state["authenticated_connections"] == 0

@@ -18,13 +18,13 @@ from tcs_gateway_testkit import (
     gateway_protocol_errors,
     gateway_settings,
     occurrence,
-    poll,
     server_settings,
     today_at,
     wait_connected,
 )
 
 from tccal.subjects import TCS_COMMANDS
+from tccal_sandbox.testing import wait_for_async
 from tcs_gateway.bridge.events import SEQ_SCALE
 from tcs_gateway.bridge.framing import FrameValidator
 from tcs_gateway.commands import durable_name
@@ -64,7 +64,7 @@ async def test_unacknowledged_pushes_are_resent_after_reconnect(world: World) ->
         assert [f["payload"] for f in resent] == [f["payload"] for f in pushed]  # same pushes, same seq
         for frame in resent:
             await second.ack(frame)
-        await poll(lambda: _results_ok(world, [c.command_id for c in commands]), what="3 OK results")
+        await wait_for_async(lambda: _results_ok(world, [c.command_id for c in commands]), what="3 OK results")
     results = [r for r in await world.commands.results() if r.command_id in {c.command_id for c in commands}]
     assert len(results) == 3
     consumer = await world.commands.bus.js.consumer_info(TCS_COMMANDS, durable_name(SERVER_ID))
@@ -86,11 +86,13 @@ async def test_dropped_connection_loses_and_doubles_nothing(world: World) -> Non
     async def withheld() -> bool:
         return int((await bridge_state(tcs))["acks_withheld"]) == 5
 
-    await poll(withheld, what="5 pushes applied without acknowledgement")
+    await wait_for_async(withheld, what="5 pushes applied without acknowledgement")
     assert gateway.gateway.server_statuses().servers[0].queue_depth == 5
     await admin(tcs, "PUT", "/bridge/acks", {"mode": "normal"})
     await admin(tcs, "POST", "/bridge/drop", {"mode": "abort"})
-    await poll(lambda: _results_ok(world, [c.command_id for c in commands]), what="5 OK results after reconnect")
+    await wait_for_async(
+        lambda: _results_ok(world, [c.command_id for c in commands]), what="5 OK results after reconnect"
+    )
     state = await wait_connected(tcs, connections=2)
     events = await calendar(tcs, BOB)
     assert sorted(e["id"] for e in events) == [f"d{i}" for i in range(5)]
@@ -127,7 +129,7 @@ async def test_every_reconnect_starts_with_a_snapshot_of_the_window(world: World
     # While TCS is away: one change arrives as a command, one never does (a lost push) — the snapshot has both.
     moved = world.commands.upsert_command(BOB, occurrence("s1", start=today_at(14), attendees=[(BOB, ACCEPT)]))
     await world.commands.publish(moved)
-    await poll(lambda: _queued(gateway, 1), what="the push queued for the absent server")
+    await wait_for_async(lambda: _queued(gateway, 1), what="the push queued for the absent server")
     renamed = occurrence("s2", start=today_at(11), subject="Renamed", attendees=[(BOB, ACCEPT)])
     fake.shown[BOB]["s2"] = renamed
     fake.seq[BOB] += 1
@@ -173,7 +175,7 @@ async def test_emulator_receives_snapshots_and_applies_them(world: World) -> Non
         current = await bridge_state(tcs)
         return int(current["pushes_received"].get("calendar.snapshot", 0)) == 3
 
-    await poll(snapshots_applied, what="a snapshot per served user after the reconnect")
+    await wait_for_async(snapshots_applied, what="a snapshot per served user after the reconnect")
     assert [e["id"] for e in await calendar(tcs, BOB)] == ["late"]
     assert gateway_protocol_errors(await bridge_state(tcs)) == []
     del state
@@ -199,7 +201,7 @@ async def test_slow_server_backpressure_window_and_bounded_queue(world: World) -
             info = await world.commands.bus.js.consumer_info(TCS_COMMANDS, durable_name(SERVER_ID))
             return len(gateway.server().queue) == 4 and info.num_pending == 6
 
-        await poll(full, what="a full queue (4) and 6 commands left in the stream")
+        await wait_for_async(full, what="a full queue (4) and 6 commands left in the stream")
         received = list(first)
         for frame in first:
             await tcs.ack(frame)
@@ -208,7 +210,7 @@ async def test_slow_server_backpressure_window_and_bounded_queue(world: World) -
             if frame["type"] == 1 and frame["method"] == "calendar.upsert":
                 received.append(frame)
                 await tcs.ack(frame)
-        await poll(lambda: _results_ok(world, [c.command_id for c in commands]), what="10 OK results")
+        await wait_for_async(lambda: _results_ok(world, [c.command_id for c in commands]), what="10 OK results")
     assert [f["payload"]["event"]["id"] for f in received] == [f"b{i}" for i in range(10)]
 
 
@@ -223,7 +225,7 @@ async def test_emulator_window_is_respected(world: World) -> None:
     ]
     for command in commands:
         await world.commands.publish(command)
-    await poll(lambda: _results_ok(world, [c.command_id for c in commands]), what="8 OK results")
+    await wait_for_async(lambda: _results_ok(world, [c.command_id for c in commands]), what="8 OK results")
     state = await bridge_state(tcs)
     assert state["window_rejections"] == 0
     assert len(await calendar(tcs, BOB)) == 8
@@ -241,7 +243,7 @@ async def test_refused_pushes_are_retried_or_reported(world: World) -> None:
     async def refused_once() -> bool:
         return int((await bridge_state(tcs))["acks_refused"]) >= 1
 
-    await poll(refused_once, what="the push refused with OVERLOADED")
+    await wait_for_async(refused_once, what="the push refused with OVERLOADED")
     await admin(tcs, "PUT", "/bridge/acks", {"mode": "normal"})
     assert (await world.commands.result_of(busy.command_id)).status == commands_pb2.COMMAND_STATUS_OK
     assert [e["id"] for e in await calendar(tcs, BOB)] == ["r1"]
@@ -288,7 +290,7 @@ async def test_two_servers_at_once(world: World) -> None:
     to_two = world.commands.upsert_command(BOB, occurrence("t2", attendees=[(BOB, ACCEPT)]), server_id=second_id)
     await world.commands.publish(to_one)
     await world.commands.publish(to_two)
-    await poll(lambda: _results_ok(world, [to_one.command_id, to_two.command_id]), what="both results")
+    await wait_for_async(lambda: _results_ok(world, [to_one.command_id, to_two.command_id]), what="both results")
     assert [e["id"] for e in await calendar(tcs_one, BOB)] == ["t1"]
     assert [e["id"] for e in await calendar(tcs_two, BOB)] == ["t2"]
     statuses = {s.server_id: s for s in gateway.gateway.server_statuses().servers}
@@ -297,15 +299,17 @@ async def test_two_servers_at_once(world: World) -> None:
     assert statuses[SERVER_ID].users == 3 and statuses[second_id].users == 3
     # One server going away does not hold back the other.
     await admin(tcs_two, "POST", "/bridge/disconnect")
-    await poll(lambda: _disconnected(gateway, second_id), what="the second server gone")
+    await wait_for_async(lambda: _disconnected(gateway, second_id), what="the second server gone")
     late_two = world.commands.upsert_command(BOB, occurrence("t3", attendees=[(BOB, ACCEPT)]), server_id=second_id)
     late_one = world.commands.upsert_command(BOB, occurrence("t4", attendees=[(BOB, ACCEPT)]))
     await world.commands.publish(late_two)
     await world.commands.publish(late_one)
-    await poll(lambda: _results_ok(world, [late_one.command_id]), what="the first server's result")
-    await poll(lambda: _queued_for(gateway, second_id), what="the second server's push queued")
+    await wait_for_async(lambda: _results_ok(world, [late_one.command_id]), what="the first server's result")
+    await wait_for_async(lambda: _queued_for(gateway, second_id), what="the second server's push queued")
     await admin(tcs_two, "POST", "/bridge/connect")
-    await poll(lambda: _results_ok(world, [late_two.command_id]), what="the second server's result after it is back")
+    await wait_for_async(
+        lambda: _results_ok(world, [late_two.command_id]), what="the second server's result after it is back"
+    )
     # The reconnect's snapshot brings bob's whole calendar as the engine shows it, pushed elsewhere or not.
     assert sorted(e["id"] for e in await calendar(tcs_two, BOB)) == ["t1", "t2", "t3", "t4"]
 
@@ -324,7 +328,7 @@ async def test_a_window_of_one_still_gets_snapshots_and_pushes(world: World) -> 
     gateway = await world.gateway(gateway_settings(world.sync, [server_settings()], users=[BOB, "carol@example.test"]))
     queued = world.commands.upsert_command(BOB, occurrence("two", attendees=[(BOB, ACCEPT)]))
     await world.commands.publish(queued)  # waiting before TCS even connects
-    await poll(lambda: _queued(gateway, 1), what="the push queued")
+    await wait_for_async(lambda: _queued(gateway, 1), what="the push queued")
     async with RawBridgeClient(gateway.url) as tcs:
         assert (await tcs.auth(maxInFlight=1))["payload"]["limits"]["maxInFlight"] == 1
 
@@ -367,7 +371,7 @@ async def test_a_bare_acknowledgement_completes_a_push(world: World) -> None:
         push = await tcs.frame()
         assert push["method"] == "calendar.upsert"
         await tcs.send({"type": 2, "id": push["id"]})
-        await poll(lambda: _results_ok(world, [command.command_id]), what="the push done")
+        await wait_for_async(lambda: _results_ok(world, [command.command_id]), what="the push done")
         # nothing is resent, and the connection stays open past the push
         assert (await tcs.call("ping", {}))["payload"]["errorCode"] == 0
         assert not [f for f in tcs.received if f.get("method") == "calendar.upsert" and f is not push]

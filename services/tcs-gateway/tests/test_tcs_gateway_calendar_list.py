@@ -17,11 +17,11 @@ from tcs_gateway_testkit import (
     bridge_state,
     calendar,
     occurrence,
-    poll,
     wait_connected,
 )
 
 from tccal.cache_window import cache_window
+from tccal_sandbox.testing import wait_for_async
 from tcs_gateway.ondemand import ondemand_subject
 from tcs_gateway.sync_client import EventSource
 from trueconf.calendar.v1 import commands_pb2, ingest_pb2
@@ -45,7 +45,7 @@ async def test_calendar_lists_and_on_demand_sync_requests(world: World) -> None:
         return mailboxes() == ["alice@example.test"]
 
     # alice has nothing yet (seq 0): asked for; bob is synced; carol is a configured user (synced anyway).
-    await poll(alice_asked, what="the on-demand request for alice")
+    await wait_for_async(alice_asked, what="the on-demand request for alice")
     assert requests[0].subject == ondemand_subject("alice@example.test")
     assert requests[0].subject == "calendar.v1.control.ondemand.alice@example%2Etest"
     assert requests[0].headers is not None and requests[0].headers["Tc-Server-Id"] == SERVER_ID
@@ -54,7 +54,7 @@ async def test_calendar_lists_and_on_demand_sync_requests(world: World) -> None:
         "reply"
     ]
     assert reply["errorCode"] == 0 and reply["events"] == [] and reply["seq"] == 0
-    await poll(lambda: _has(mailboxes, "dave@example.test"), what="the on-demand request for dave")
+    await wait_for_async(lambda: _has(mailboxes, "dave@example.test"), what="the on-demand request for dave")
     await admin(tcs, "POST", "/bridge/request-calendar", {"user": "dave@example.test"})
     await asyncio.sleep(0.2)
     assert mailboxes().count("dave@example.test") == 1  # asked once, not on every list
@@ -72,12 +72,12 @@ async def test_calendar_lists_and_on_demand_sync_requests(world: World) -> None:
     await wait_connected(tcs, connections=2)
     push = world.commands.upsert_command("bob@example.test", occurrence("l2", attendees=[("bob@example.test", 4)]))
     await world.commands.publish(push)
-    await poll(lambda: _queued(gateway), what="bob's push held back")
+    await wait_for_async(lambda: _queued(gateway), what="bob's push held back")
     assert int((await bridge_state(tcs))["pushes_received"].get("calendar.snapshot", 0)) == before
     world.sync.fake.unavailable = False
     result = await world.commands.result_of(push.command_id)
     assert result.status == commands_pb2.COMMAND_STATUS_OK
-    await poll(lambda: _snapshots(tcs, before + 3), what="snapshots for alice, bob and carol")
+    await wait_for_async(lambda: _snapshots(tcs, before + 3), what="snapshots for alice, bob and carol")
     assert sorted(e["id"] for e in await calendar(tcs, "bob@example.test")) == ["l1", "l2"]
     # dave is served too (TCS asked for him), but this TrueConf Server has no such user: refused, and shown.
     errors = gateway.gateway.server_statuses().servers[0].last_errors
@@ -89,7 +89,7 @@ async def test_an_on_demand_request_waits_for_ews_ingest_to_subscribe(world: Wor
     the request is sent again until one subscribes, and its answer ends it (a core message would be lost)."""
     gateway, _tcs = await world.pair()
     ondemand = gateway.gateway.ondemand
-    await poll(lambda: _true(ondemand.resent >= 1), what="a request resent for want of a responder")
+    await wait_for_async(lambda: _true(ondemand.resent >= 1), what="a request resent for want of a responder")
     received: list[str] = []
 
     async def answer(message: Msg) -> None:
@@ -98,8 +98,10 @@ async def test_an_on_demand_request_waits_for_ews_ingest_to_subscribe(world: Wor
         await message.respond(json.dumps({"mailbox": mailbox, "accepted": True, "detail": "syncing"}).encode())
 
     await world.commands.bus.nc.subscribe("calendar.v1.control.ondemand.>", cb=answer)
-    await poll(lambda: _true("alice@example.test" in received), timeout=15, what="the request reaching ews-ingest")
-    await poll(lambda: _true(not ondemand._deliveries), what="the delivery ended by the answer")
+    await wait_for_async(
+        lambda: _true("alice@example.test" in received), timeout=15, what="the request reaching ews-ingest"
+    )
+    await wait_for_async(lambda: _true(not ondemand._deliveries), what="the delivery ended by the answer")
     assert received.count("alice@example.test") == 1
 
 
@@ -121,11 +123,11 @@ async def test_a_refused_request_is_sent_again_when_a_license_is_announced(world
     gateway, _tcs = await world.pair()
     ondemand = gateway.gateway.ondemand
     assert ondemand.interval >= 60
-    await poll(lambda: _true("alice@example.test" in ondemand.refused), what="alice refused")
+    await wait_for_async(lambda: _true("alice@example.test" in ondemand.refused), what="alice refused")
     assert received.count("alice@example.test") == 1
     await world.commands.bus.nc.publish("calendar.v1.control.seats", b"")
-    await poll(lambda: _true(received.count("alice@example.test") == 2), what="alice asked again")
-    await poll(lambda: _true(not ondemand._deliveries), what="the second answer")
+    await wait_for_async(lambda: _true(received.count("alice@example.test") == 2), what="alice asked again")
+    await wait_for_async(lambda: _true(not ondemand._deliveries), what="the second answer")
     assert ondemand.refused == {} and ondemand.asked_again == 1
     others = len(received) - 2  # the other users of the TrueConf Server, accepted at once
     await world.commands.bus.nc.publish("calendar.v1.control.seats", b"")

@@ -12,13 +12,13 @@ from tcs_gateway_testkit import (
     admin,
     gateway_settings,
     inspect,
-    poll,
     rest_log,
     server_settings,
     stamp,
     today_at,
 )
 
+from tccal_sandbox.testing import wait_for_async
 from tcs_gateway.rest.conferences import conference_id_for
 from trueconf.calendar.v1 import commands_pb2, common_pb2
 
@@ -162,7 +162,7 @@ async def test_a_command_delivered_twice_creates_one_conference(world: World) ->
         results = [r for r in await world.commands.results() if r.command_id == command.command_id]
         return len(results) == 1 and results[0].status == OK
 
-    await poll(both, what="the result of the twice-delivered command")
+    await wait_for_async(both, what="the result of the twice-delivered command")
     conferences = await inspect(tcs, "/conferences")
     assert [c["id"] for c in conferences] == [conference_id_for("meeting-twice")]
     log = await rest_log(tcs)
@@ -189,7 +189,7 @@ async def test_token_expiry_mid_run_and_refresh_before_expiry(world: World) -> N
     await admin(tcs, "POST", "/tokens/expire")
     assert (await run_command(world, upsert("meeting-token", topic="Short token"))).status == OK
     since = (await rest_log(tcs))[-1]["seq"]
-    await poll(_later(2.3), what="the short token to near its end")
+    await wait_for_async(_later(2.3), what="the short token to near its end")
     assert (await run_command(world, upsert("meeting-token", topic="Refreshed"))).status == OK
     log = await rest_log(tcs, since)
     assert [e for e in log if e["status"] == 401] == []

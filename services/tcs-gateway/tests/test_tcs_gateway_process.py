@@ -21,11 +21,11 @@ from tcs_gateway_testkit import (
     bridge_state,
     calendar,
     occurrence,
-    poll,
     wait_connected,
 )
 
-from tccal.embedded import free_port
+from tccal_sandbox.embedded import free_port
+from tccal_sandbox.testing import wait_for_async
 from trueconf.calendar.v1 import commands_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc
 
 BOB = "bob@example.test"
@@ -114,7 +114,7 @@ async def test_the_gateway_process_serves_drains_and_remembers(world: World, tmp
     write_config(config, world, ws_port, grpc_port, http_port, tcs.rest_url)
     process = start(config, log)
     try:
-        await poll(lambda: asyncio.to_thread(ready, http_port), timeout=30, what=f"/readyz\n{log}")
+        await wait_for_async(lambda: asyncio.to_thread(ready, http_port), timeout=30, what=f"/readyz\n{log}")
         await wait_connected(tcs)
         meeting = occurrence("p1", attendees=[(BOB, common_pb2.RESPONSE_TYPE_ACCEPT)])
         push = world.commands.upsert_command(BOB, meeting)
@@ -133,7 +133,7 @@ async def test_the_gateway_process_serves_drains_and_remembers(world: World, tmp
             listed = await list_servers(grpc_port)
             return listed if listed.servers[0].users == 3 else None
 
-        listed = await poll(three_users, what="3 users asked for")
+        listed = await wait_for_async(three_users, what="3 users asked for")
         status = listed.servers[0]
         assert status.server_id == SERVER_ID and status.connected and status.peer.startswith("127.0.0.1:")
         assert status.HasField("connected_since") and status.HasField("last_seen")
@@ -148,7 +148,7 @@ async def test_the_gateway_process_serves_drains_and_remembers(world: World, tmp
         late = world.commands.upsert_command(BOB, occurrence("p2", attendees=[(BOB, common_pb2.RESPONSE_TYPE_ACCEPT)]))
         await world.commands.publish(late)  # while no gateway runs: it waits in the stream
         process = start(config, log)
-        await poll(lambda: asyncio.to_thread(ready, http_port), timeout=30, what="/readyz after the restart")
+        await wait_for_async(lambda: asyncio.to_thread(ready, http_port), timeout=30, what="/readyz after the restart")
         listed = await list_servers(grpc_port)
         assert listed.servers[0].users == 3  # remembered (JetStream KV), TCS has not asked again yet
         assert not listed.servers[0].connected
@@ -161,7 +161,7 @@ async def test_the_gateway_process_serves_drains_and_remembers(world: World, tmp
             received = int((await bridge_state(tcs))["pushes_received"].get("calendar.snapshot", 0))
             return received - snapshots_before == 3  # alice and bob (asked before the restart), carol (users)
 
-        await poll(snapshots, what="a snapshot for every remembered user")
+        await wait_for_async(snapshots, what="a snapshot for every remembered user")
         assert await stop(process, log) == 0
     finally:
         if process.poll() is None:

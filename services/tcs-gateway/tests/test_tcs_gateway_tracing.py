@@ -11,10 +11,11 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from tcs_gateway_testkit import World, occurrence, poll
+from tcs_gateway_testkit import World, occurrence
 
 from tccal import telemetry
 from tccal.subjects import TCS_RESULTS
+from tccal_sandbox.testing import wait_for_async
 from trueconf.calendar.v1 import commands_pb2, common_pb2
 
 EXPORTER = InMemorySpanExporter()
@@ -66,7 +67,7 @@ async def test_command_trace_continues_into_push_and_rest(world: World, spans: I
         wanted = {"command calendar_upsert", "command conference_upsert", "bridge push calendar.upsert"}
         return found if wanted <= names else None
 
-    traced = await poll(complete, what="the spans of both commands")
+    traced = await wait_for_async(complete, what="the spans of both commands")
     by_name = {s.name: s for s in traced}
     consume_push = by_name["command calendar_upsert"]
     consume_rest = by_name["command conference_upsert"]

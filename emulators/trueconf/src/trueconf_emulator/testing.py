@@ -25,7 +25,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -337,33 +337,3 @@ async def start_emulator_async(
             return handle
         await asyncio.sleep(0.05)
     raise _fail_start(handle, startup_timeout)
-
-
-async def wait_until(
-    predicate: Callable[[], Awaitable[bool] | bool],
-    *,
-    timeout: float = 10.0,
-    interval: float = 0.05,
-    message: str = "condition",
-) -> None:
-    """Poll `predicate` (sync or async) until it is true; AssertionError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        outcome = predicate()
-        if not isinstance(outcome, bool):
-            outcome = await outcome
-        if outcome:
-            return
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{message} did not hold within {timeout} s")
-        await asyncio.sleep(interval)
-
-
-def wait_until_sync(
-    predicate: Callable[[], bool], *, timeout: float = 10.0, interval: float = 0.05, message: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{message} did not hold within {timeout} s")
-        time.sleep(interval)

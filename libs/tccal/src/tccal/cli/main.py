@@ -1,8 +1,8 @@
 """`tc-calendar`: administration of the connector.
 
 Subcommands of other packages are discovered through the entry-point group `tc_calendar.commands`
-(e.g. licensing adds `register` and `offline-reg`). The guide's spellings are accepted as they are written:
-`tc_calendar --hash_pass p1 p2`, `--register KEY`, `--offline_reg FILE`.
+(e.g. licensing adds `register` and `offline-reg`, the sandbox package `sandbox`). The guide's spellings are
+accepted as they are written: `tc_calendar --hash_pass p1 p2`, `--register KEY`, `--offline_reg FILE`.
 """
 
 from __future__ import annotations
@@ -122,7 +122,5 @@ def translate_legacy(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from tccal.cli import sandbox  # noqa: F401  (registers the sandbox command)
-
     _load_plugins()
     cli.main(args=translate_legacy(list(sys.argv[1:] if argv is None else argv)), prog_name="tc-calendar")

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tccal.testing import running_sandbox
+from tccal_sandbox.testing import running_sandbox
 
 
 def alive(pid: int) -> bool:

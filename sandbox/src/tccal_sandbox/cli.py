@@ -1,4 +1,6 @@
-"""`tc-calendar sandbox`."""
+"""`tc-calendar sandbox`: a plugin command of `tc-calendar`, registered through the entry-point group
+`tc_calendar.commands` (sandbox/pyproject.toml), as licensing registers `register` and `offline-reg`.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +13,7 @@ from typing import Any
 
 import click
 
-from tccal.cli.main import cli
-from tccal.sandbox import Sandbox
+from tccal_sandbox.runner import Sandbox
 
 
 def describe(ready: dict[str, Any], ready_path: Path) -> str:
@@ -66,7 +67,7 @@ def describe(ready: dict[str, Any], ready_path: Path) -> str:
     return "\n".join(lines)
 
 
-@cli.command("sandbox")
+@click.command("sandbox")
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False),

@@ -1,12 +1,14 @@
-"""pytest plugin for the whole repo (loaded with `-p tccal.testing`): embedded PostgreSQL and NATS, free ports,
-an isolated machine key, a bounded wait helper, and `tc-calendar sandbox` as a subprocess. Nothing here mocks
-PostgreSQL or NATS.
+"""pytest plugin for the whole repo (loaded with `-p tccal_sandbox.testing` from the root pyproject.toml) and the
+test helpers every package's tests share: embedded PostgreSQL and NATS, free ports, an isolated machine key, the
+one bounded wait helper (`wait_for`, and `wait_for_async` for asyncio code), and `tc-calendar sandbox` as a
+subprocess. Nothing here mocks PostgreSQL or NATS.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import shutil
@@ -23,34 +25,79 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tccal.embedded import EmbeddedNats, EmbeddedPostgres, create_database, free_port
+from tccal_sandbox.embedded import EmbeddedNats, EmbeddedPostgres, create_database, free_port
 
 T = TypeVar("T")
 __all__ = ["free_port", "wait_for", "wait_for_async"]
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> T:
-    """Poll `predicate` until it returns something truthy; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+class _Waiting:
+    """The bookkeeping of one bounded wait: its deadline, the last tolerated error, and the failure it ends in."""
+
+    def __init__(self, predicate: object, timeout: float, what: str, tolerate: tuple[type[Exception], ...]) -> None:
+        self.deadline = time.monotonic() + timeout
+        self.timeout = timeout
+        self.what = what or repr(predicate)
+        self.tolerate = tolerate
+        self.last: Exception | None = None
+
+    def expired(self) -> bool:
+        return time.monotonic() > self.deadline
+
+    def failure(self) -> AssertionError:
+        last = f"; last error: {self.last!r}" if self.tolerate else ""
+        return AssertionError(f"timed out after {self.timeout}s waiting for {self.what}{last}")
+
+
+def wait_for(
+    predicate: Callable[[], T | None],
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    what: str = "",
+    *,
+    tolerate: tuple[type[Exception], ...] = (),
+) -> T:
+    """Poll `predicate` until it returns something truthy and return that; AssertionError after `timeout` seconds.
+
+    An exception of a `tolerate` type counts as "not yet" (a product still catching up) and the last one is named
+    in the failure; any other exception propagates at once.
+    """
+    waiting = _Waiting(predicate, timeout, what, tolerate)
     while True:
-        value = predicate()
+        value: T | None = None
+        try:
+            value = predicate()
+        except tolerate as exc:
+            waiting.last = exc
         if value:
             return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        if waiting.expired():
+            raise waiting.failure()
         time.sleep(interval)
 
 
 async def wait_for_async(
-    predicate: Callable[[], Awaitable[T]], timeout: float = 20.0, interval: float = 0.05, what: str = ""
+    predicate: Callable[[], Awaitable[T | None] | T | None],
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    what: str = "",
+    *,
+    tolerate: tuple[type[Exception], ...] = (),
 ) -> T:
-    deadline = time.monotonic() + timeout
+    """`wait_for` for asyncio code: `predicate` may be a coroutine function or a plain function; the event loop runs
+    between polls."""
+    waiting = _Waiting(predicate, timeout, what, tolerate)
     while True:
-        value = await predicate()
+        value: T | None = None
+        try:
+            outcome = predicate()
+            value = await outcome if inspect.isawaitable(outcome) else outcome
+        except tolerate as exc:
+            waiting.last = exc
         if value:
             return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        if waiting.expired():
+            raise waiting.failure()
         await asyncio.sleep(interval)
 
 

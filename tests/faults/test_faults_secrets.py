@@ -1,8 +1,9 @@
 """No secret ever reaches a log: every line every product of this session wrote is scanned.
 
-Runs last (file name). The secrets: the Exchange service account password, the bridge secret and the OAuth
-client secret (state_dir/secrets/*), the machine key (raw and base64), and the gRPC admin token. When run on
-its own it first starts a product and drives it (meetings, refused admin calls, a bridge drop) to make logs.
+Runs last: tests/faults/conftest.py moves it after every other test of the session. The secrets: the Exchange
+service account password, the bridge secret and the OAuth client secret (state_dir/secrets/*), the machine key
+(raw and base64), and the gRPC admin token. When run on its own it first starts a product and drives it
+(meetings, refused admin calls, a bridge drop) to make logs.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from typing import Any
 
 from tccal import secrets
 from tccal.config.schema import SERVICE_NAMES
-from tccal.embedded import EmbeddedNats, EmbeddedPostgres, create_database, die_with_parent, free_ports
+from tccal_sandbox.embedded import EmbeddedNats, EmbeddedPostgres, create_database, die_with_parent, free_ports
 
 log = logging.getLogger(__name__)
 SERVICE_MODULES = {
@@ -450,7 +450,7 @@ class Sandbox:
             return []
         if self.exchange_restored:  # written on the first run of this state dir, and still there
             return []
-        from tccal.sandbox_demo import Ews, seed_demo
+        from tccal_sandbox.demo import Ews, seed_demo
 
         account = exchange["service_account"]
         made = seed_demo(Ews(exchange["ews_url"], account["username"], account["password"]), SANDBOX_DOMAIN)
