@@ -2,8 +2,9 @@
 
 Starts embedded PostgreSQL and NATS (unless URLs are given), the emulators that are installed (registration
 authority, Exchange, TrueConf Server), and the four services as separate processes; registers a license;
-waits until every one reports ready; writes the ready-file (DESIGN.md §8); stays up until SIGINT/SIGTERM, then
-stops everything it started, leaving no process behind. A part that is not installed is absent, never faked.
+waits until every one reports ready; writes the ready-file (docs/architecture.md §8); stays up until
+SIGINT/SIGTERM, then stops everything it started, leaving no process behind. A part that is not installed is
+absent, never faked.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The conference marker of DESIGN.md §4.5: does a meeting ask for a TrueConf conference, and with what settings?
+"""The conference marker of docs/architecture.md §4.5: does a meeting ask for a TrueConf conference, and with what
+settings?
 
 (a) Extended property `TrueConfMeeting` in the PublicStrings namespace of our property set
     {MARKER_PROPERTY_SET_ID}, type String, holding a JSON object (README.md documents the keys);

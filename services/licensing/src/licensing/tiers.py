@@ -1,4 +1,4 @@
-"""License tiers and what each one allows (DESIGN.md §7; docs/license-format.md §3)."""
+"""License tiers and what each one allows (docs/architecture.md §7; docs/license-format.md §3)."""
 
 from __future__ import annotations
 
