@@ -242,9 +242,6 @@ class License:
     def has_feature(self, feature: str) -> bool:
         return feature in self.features
 
-    def is_expired(self, now: datetime) -> bool:
-        return self.expires_at is not None and now >= self.expires_at
-
     @property
     def seat_capacity(self) -> int:
         return self.tier.seat_capacity(self.seats)

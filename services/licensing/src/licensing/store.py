@@ -125,13 +125,6 @@ class LicenseStore:
 
         return await self._run("migrate the licensing schema", run)
 
-    async def schema_version(self) -> int:
-        async def run(conn: asyncpg.Connection) -> int:
-            value = await conn.fetchval(f"SELECT max(version) FROM {SCHEMA}.schema_migrations")
-            return int(value or 0)
-
-        return await self._run("read the licensing schema version", run)
-
     # ----------------------------------------------------------------------------------------- installation
 
     async def install_id(self) -> uuid.UUID:
