@@ -264,6 +264,19 @@ def test_calendar_folder_local_commit_time_max_moves_with_changes(emu: EmulatorH
     assert commit_time() == after  # reading changes nothing
 
 
+def create_from_mime(emu: EmulatorHandle, mailbox: str, text: str) -> etree._Element:
+    """CreateItem of a CalendarItem made of nothing but MimeContent (`text`, base64-encoded)."""
+    content = base64.b64encode(text.encode()).decode()
+    return soap(
+        emu,
+        mailbox,
+        '<m:CreateItem SendMeetingInvitations="SendToNone"><m:SavedItemFolderId>'
+        '<t:DistinguishedFolderId Id="calendar"/></m:SavedItemFolderId><m:Items><t:CalendarItem>'
+        f'<t:MimeContent CharacterSet="UTF-8">{content}</t:MimeContent>'
+        "</t:CalendarItem></m:Items></m:CreateItem>",
+    )
+
+
 def test_create_item_imports_an_icalendar_event(emu: EmulatorHandle) -> None:
     """CreateItem with nothing but MimeContent, as an iCalendar import or a CalDAV gateway sends it."""
     mailbox = emu.admin.add_mailbox("mimeimport@example.com")["email"]
@@ -274,18 +287,7 @@ def test_create_item_imports_an_icalendar_event(emu: EmulatorHandle) -> None:
         "SUMMARY:Imported from CalDAV\r\nLOCATION:Berlin\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
     )
 
-    def create_from(text: str) -> etree._Element:
-        content = base64.b64encode(text.encode()).decode()
-        return soap(
-            emu,
-            mailbox,
-            '<m:CreateItem SendMeetingInvitations="SendToNone"><m:SavedItemFolderId>'
-            '<t:DistinguishedFolderId Id="calendar"/></m:SavedItemFolderId><m:Items><t:CalendarItem>'
-            f'<t:MimeContent CharacterSet="UTF-8">{content}</t:MimeContent>'
-            "</t:CalendarItem></m:Items></m:CreateItem>",
-        )
-
-    assert codes(create_from(ics)) == ["NoError"]
+    assert codes(create_from_mime(emu, mailbox, ics)) == ["NoError"]
     (item,) = emu.admin.items(mailbox)
     assert (item["subject"], item["location"], item["uid"]) == (
         "Imported from CalDAV",
@@ -293,7 +295,7 @@ def test_create_item_imports_an_icalendar_event(emu: EmulatorHandle) -> None:
         "event-17@caldav.example.org",
     )
     assert item["start"].startswith("2031-05-07T08:00:00")  # 10:00 in Berlin (CEST) is 08:00 UTC
-    assert codes(create_from("not a calendar")) == ["ErrorMimeContentConversionFailed"]
+    assert codes(create_from_mime(emu, mailbox, "not a calendar")) == ["ErrorMimeContentConversionFailed"]
 
 
 def _import(emu: EmulatorHandle, mailbox: str, uid: str, lines: str) -> etree._Element:
@@ -303,15 +305,7 @@ def _import(emu: EmulatorHandle, mailbox: str, uid: str, lines: str) -> etree._E
         "DTSTART;TZID=Europe/Berlin:20310506T100000\r\nDTEND;TZID=Europe/Berlin:20310506T110000\r\n"
         f"SUMMARY:Series {uid}\r\n{lines}END:VEVENT\r\nEND:VCALENDAR\r\n"
     )
-    content = base64.b64encode(ics.encode()).decode()
-    return soap(
-        emu,
-        mailbox,
-        '<m:CreateItem SendMeetingInvitations="SendToNone"><m:SavedItemFolderId>'
-        '<t:DistinguishedFolderId Id="calendar"/></m:SavedItemFolderId><m:Items><t:CalendarItem>'
-        f'<t:MimeContent CharacterSet="UTF-8">{content}</t:MimeContent>'
-        "</t:CalendarItem></m:Items></m:CreateItem>",
-    )
+    return create_from_mime(emu, mailbox, ics)
 
 
 def test_a_recurring_icalendar_event_becomes_the_ews_pattern_that_means_the_same(emu: EmulatorHandle) -> None:
