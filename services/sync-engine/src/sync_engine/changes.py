@@ -126,7 +126,13 @@ class ChangeApplier:
     def _incoming(self, change: calendar_pb2.CalendarChange, headers: Mapping[str, str] | None) -> Incoming | None:
         mailbox = change.mailbox.strip().lower()
         item_id = change.item_id or change.event.item_id
-        if change.type in MARKERS and mailbox and change.resync.token:
+        if change.type in MARKERS:
+            if not mailbox or not change.resync.token:
+                log.error(
+                    "mailbox re-read marker without mailbox or token dropped",
+                    extra={"change_id": change.change_id, "mailbox": change.mailbox},
+                )
+                return None
             item_id = ""  # a marker names no item
         elif not mailbox or not item_id:
             log.error(
@@ -134,7 +140,7 @@ class ChangeApplier:
                 extra={"change_id": change.change_id, "mailbox": change.mailbox, "item_id": item_id},
             )
             return None
-        if change.type not in (calendar_pb2.CHANGE_TYPE_UPSERT, calendar_pb2.CHANGE_TYPE_DELETE):
+        if change.type not in (calendar_pb2.CHANGE_TYPE_UPSERT, calendar_pb2.CHANGE_TYPE_DELETE, *MARKERS):
             log.error(
                 "calendar change of unknown type dropped",
                 extra={"change_id": change.change_id, "type": int(change.type)},
