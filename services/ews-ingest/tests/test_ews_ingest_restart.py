@@ -115,3 +115,35 @@ async def test_a_mailbox_moved_while_down_is_read_again_as_a_snapshot(
     assert {c.origin for c in (begin, *items, end)} == {calendar_pb2.CHANGE_ORIGIN_RESYNC}
     assert sorted(c.event.subject for c in items) == ["changed in the gap, later", "stays"]
     assert {c.item_id for c in items} == {stays.id, changed.id}  # nothing of the deleted meeting
+
+
+async def test_a_whole_reread_cut_short_is_started_again_until_it_ends(
+    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing, collector: ChangeCollector, outlook: Outlook
+) -> None:
+    """A whole re-read that fails after its MAILBOX_RESYNC_BEGIN (here Exchange answers its SyncFolderItems with
+    garbage) publishes no END; the checkpoint remembers it, and the next sync reads the mailbox again whole under a
+    new BEGIN - so an END, which lets the engine delete what Exchange no longer has, always follows."""
+    begin_type, end_type = calendar_pb2.CHANGE_TYPE_MAILBOX_RESYNC_BEGIN, calendar_pb2.CHANGE_TYPE_MAILBOX_RESYNC_END
+    (owner,) = new_mailboxes(emu, "cut")
+    await outlook.do(outlook.meeting, owner, "one", start=soon(days=2))
+    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [owner])])
+    async with running_ingest(config) as h:
+        await collector.start()
+        await h.synced(owner)
+        await collector.wait(lambda c: len(collector.of(owner)) == 1, what="initial load")
+        await outlook.do(emu.admin.add_fault, kind="malformed_xml", operation="SyncFolderItems")
+        try:
+            await h.scheduler.resync(owner, None)
+        except Exception:  # the cut is the point; the checks below say what it left
+            pass
+        else:
+            raise AssertionError(f"the re-read did not fail; published {[c.type for c in collector.of(owner)]}")
+        assert [c.type for c in collector.of(owner)][1:] == [begin_type]
+        assert (await h.runtime.store.load_checkpoint("127.0.0.1", owner)).reread != ""
+        await outlook.do(emu.admin.clear_faults)
+        end = await collector.wait(lambda c: c.mailbox == owner and c.type == end_type, what="the END")
+        begins = [c for c in collector.of(owner) if c.type == begin_type]
+        assert len(begins) >= 2 and end.resync.token == begins[-1].resync.token != begins[0].resync.token
+        framed = collector.of(owner)[collector.of(owner).index(begins[-1]) :]
+        assert [c.event.subject for c in framed[1:-1]] == ["one"] and framed[-1] == end
+        assert (await h.runtime.store.load_checkpoint("127.0.0.1", owner)).reread == ""

@@ -21,7 +21,8 @@ reported as deletions otherwise. Items the re-read saw but did not publish are n
 quarantined or unreadable items, series that ended before the window); single items that ended before the window
 are not named (a mailbox's history would not fit one message) - END carries the window's start instead and the
 engine does not judge stored items that ended before it. A re-read cut short (shutdown, failure) publishes no END,
-so nothing is deleted.
+so nothing is deleted; its token stays in the checkpoint (`reread`) and the next sync starts the re-read again
+(a new BEGIN replaces the open one), so an END always follows.
 """
 
 from __future__ import annotations
@@ -147,6 +148,15 @@ class MailboxSync:
         (MAILBOX_RESYNC_BEGIN ... END, like an admin resync): the engine keeps what it already has, takes what
         changed, and deletes what the re-read did not bring back - items deleted while the state was lost."""
         checkpoint = self.ctx.checkpoint
+        if checkpoint.reread:
+            log.warning(
+                "a whole re-read of the mailbox was cut short: reading it again whole",
+                extra={"mailbox": self.ctx.mailbox, "token": checkpoint.reread},
+            )
+            checkpoint.sync_state = None
+            await self._reread(None, _token("restart"))
+            await self._save_quarantine()
+            return self.result
         try:
             if checkpoint.initial_done:
                 origin = calendar_pb2.CHANGE_ORIGIN_SYNC
@@ -162,8 +172,7 @@ class MailboxSync:
             checkpoint.sync_state = None
             await self.ctx.store.save_checkpoint(checkpoint)
             self.result.state_resets += 1
-            token = f"state-reset-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S%f')}"
-            await self._reread(None, token)
+            await self._reread(None, _token("state-reset"))
         await self._save_quarantine()
         return self.result
 
@@ -179,13 +188,19 @@ class MailboxSync:
     async def _reread(self, since: dt.datetime | None, token: str) -> None:
         snapshot = since is None
         self._kept = set()
+        checkpoint = self.ctx.checkpoint
         if snapshot:
+            # Saved before BEGIN goes out: whatever cuts the walk short, the next sync starts it again (sync()).
+            checkpoint.reread = token
+            await self.ctx.store.save_checkpoint(checkpoint)
             await self._publish_marker(calendar_pb2.CHANGE_TYPE_MAILBOX_RESYNC_BEGIN, token)
         complete = await self._walk(
             None, calendar_pb2.CHANGE_ORIGIN_RESYNC, publish=True, in_window_only=True, since=since, token=token
         )
         if snapshot and complete:
             await self._publish_marker(calendar_pb2.CHANGE_TYPE_MAILBOX_RESYNC_END, token)
+            checkpoint.reread = ""
+            await self.ctx.store.save_checkpoint(checkpoint)
             self.result.snapshots += 1
 
     async def _publish_marker(self, kind: calendar_pb2.ChangeType.ValueType, token: str) -> None:
@@ -247,6 +262,12 @@ class MailboxSync:
                         sync_scope=None,
                     )
                 )
+                if not service.sync_state:
+                    # Every SyncFolderItems answer carries a SyncState ("SyncFolderItemsResponseMessage": SyncState,
+                    # IncludesLastItemInRange, Changes). Without one the answer was cut short (a proxy, a failing
+                    # backend) and exchangelib yields nothing: taken as "no changes, last page", a whole re-read
+                    # would end here with nothing brought back and the engine would delete the whole mailbox.
+                    raise MalformedResponseError("SyncFolderItems answered without a SyncState (truncated answer?)")
                 return changes, service.sync_state, bool(service.includes_last_item_in_range)
 
             changes, sync_state, last = await ctx.pool.call(ctx.mailbox, "SyncFolderItems", page)
@@ -434,3 +455,8 @@ class MailboxSync:
         if self._quarantine_dirty:
             await self.ctx.store.save_quarantine(self.ctx.mailbox, self.ctx.quarantine)
             self._quarantine_dirty = False
+
+
+def _token(reason: str) -> str:
+    """A re-read's token: why, and when (distinct per re-read, also the dedupe ids' suffix)."""
+    return f"{reason}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S%f')}"
