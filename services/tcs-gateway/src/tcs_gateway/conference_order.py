@@ -3,7 +3,7 @@
 conference_delete that ran.
 
 JetStream redelivers a message that was not acknowledged within the consumer's AckWait - also one that was
-acknowledged when the server lost its consumer state (a kill -9 of nats-server loses the acknowledgements it had not
+acknowledged when the server lost its consumer state (a kill -9 of the NATS server loses the acknowledgements it had not
 written yet) - and it does so behind messages published since: a meeting's create can come back after its delete
 ran. Running it then would make a deleted meeting's conference again (or, the other way round, delete a conference
 that a newer command made). So a conference_upsert or conference_delete older than the fence is not run.
