@@ -309,6 +309,9 @@ async def test_guessing_the_secret_backs_the_address_off(world: World, caplog: p
     port, path = gateway.gateway.bridge.port, settings.bridge_path
     guard = _guard(gateway)
     answers: dict[str, int] = {}
+    # A connection from the guesser's address, upgraded before the guessing starts and keeping its auth for later.
+    early_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(HOSTILE, 0)))
+    early = await early_session.ws_connect(f"ws://127.0.0.1:{port}{path}", autoclose=False)
     with _bridge_log(caplog) as records:
         started = time.monotonic()
         attempts = 0
@@ -319,7 +322,18 @@ async def test_guessing_the_secret_backs_the_address_off(world: World, caplog: p
         guessing_seconds = time.monotonic() - started
         # While it is backed off, even the right secret from that address is refused without being compared.
         assert guard.backed_off(HOSTILE) > 0
-        assert await _guess(port, path, SECRET, HOSTILE) in ("HTTP 429", "errorCode 9")
+        assert await _guess(port, path, SECRET, HOSTILE) == "HTTP 429"
+        try:
+            frame = {"type": 1, "id": 1, "method": "auth"}
+            frame["payload"] = {"serverId": SERVER_ID, "secret": SECRET, "protocolVersion": 1}
+            await early.send_str(json.dumps(frame))
+            reply = json.loads((await early.receive(timeout=10)).data)["payload"]
+            assert reply["errorCode"] == 9 and reply["retryAfterMs"] > 0, reply
+            assert (await early.receive(timeout=10)).type == aiohttp.WSMsgType.CLOSE
+            assert early.close_code == 1013
+        finally:
+            await early.close()
+            await early_session.close()
         # The right secret from another address works at once.
         legit_started = time.monotonic()
         async with RawBridgeClient(gateway.url) as tcs:

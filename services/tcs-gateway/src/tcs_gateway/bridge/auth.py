@@ -19,9 +19,6 @@ from tcs_gateway.bridge.framing import CloseCode, ErrorCode, error_payload, form
 from tcs_gateway.bridge.guard import BACKED_OFF, BAD_SECRET, NOT_WHITELISTED
 from tcs_gateway.settings import DEFAULT_MAX_IN_FLIGHT, MAX_IN_FLIGHT_CAP, PROTOCOL_VERSION, SUPPORTED_VERSIONS
 
-#: IANA WebSocket close code registry (RFC 6455 §11.7): "Try Again Later".
-TRY_AGAIN_LATER = 1013
-
 if TYPE_CHECKING:
     from tcs_gateway.bridge.session import Session
 
@@ -65,7 +62,7 @@ class Authenticator:
                     retry_after_ms=max(1, round(backed_off * 1000)),
                 ),
             )
-            await session.close(TRY_AGAIN_LATER, "too many failed auths from this address")
+            await session.close(CloseCode.TRY_AGAIN_LATER, "too many failed auths from this address")
             return
         if version not in SUPPORTED_VERSIONS:
             await self._refuse(
