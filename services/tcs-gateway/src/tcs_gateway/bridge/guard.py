@@ -1,7 +1,9 @@
 """What a peer of the bridge may cost before it authenticates (docs/bridge-protocol.md §11, tcs.bridgeLimits).
 
 Everything is counted per remote address (the IP address of the TCP peer), so one address cannot use up what
-another needs:
+another needs — as RFC 6455 §4.1 foresees: "Servers can refuse to accept connections from hosts/IP addresses
+with an excessive number of existing connections or disconnect resource-hogging connections when suffering high
+load."
 
 - **Unauthenticated connections.** A TCP connection counts from the moment it is accepted (before its HTTP
   upgrade request has arrived, so a slowloris counts too) until it authenticates or ends. One address may hold

@@ -5,13 +5,15 @@ refused while being read — before they are buffered — and the connection is 
 connection is closed with 1001 (going away).
 
 Unauthenticated peers (guard.py, docs/bridge-protocol.md §11): every accepted TCP connection is counted against
-its remote address until it authenticates; one over a cap is closed at once. The whole upgrade request must
-arrive within `handshake_timeout`: that is aiohttp's `keepalive_timeout`, which aiohttp arms when a connection
-is accepted and which closes it if no complete request has arrived by then (a slowloris trickling its headers
-included); after the response it is the idle time of a keep-alive connection, which refusals do not keep
-(they send `Connection: close`, RFC 9112 §9.6). A backed-off address gets 429 with Retry-After (RFC 6585 §4,
-RFC 9110 §10.2.3) before the upgrade (RFC 6455 §4.2.2 lets the server answer the opening handshake with any
-HTTP status instead of 101).
+its remote address until it authenticates; one over a cap is closed at once — RFC 6455 §4.1 (note on
+simultaneous connections): "Servers can refuse to accept connections from hosts/IP addresses with an excessive
+number of existing connections". The whole upgrade request must arrive within `handshake_timeout` (an inactive
+connection's timeout, RFC 9112 §9.5): that is aiohttp's `keepalive_timeout`, which aiohttp arms when a
+connection is accepted and which closes it if no complete request has arrived by then (a slowloris trickling
+its headers included); after a response it is the idle time of a keep-alive connection, which refusals do not
+keep (they send `Connection: close`, RFC 9112 §9.6). A backed-off address gets 429 with Retry-After (RFC 6585 §4,
+RFC 9110 §10.2.3) instead of the upgrade: a server that does not accept a connection answers the opening
+handshake with an HTTP error status (RFC 6455 §4.2.2), which the client handles per HTTP (§4.1).
 """
 
 from __future__ import annotations
