@@ -458,10 +458,30 @@ def _configuration_name(ctx: Context, name_el: Element | None, write: bool) -> t
     return mbx, folder, name
 
 
+_INTEGER_TYPES = ("Byte", "Integer32", "UnsignedInteger32", "Integer64", "UnsignedInteger64")
+
+
+def _canonical(value_type: str, text: str) -> str:
+    """A dictionary value as Exchange keeps it: typed, so it answers the canonical form of what was sent - an
+    xs:boolean "1" comes back "true" (XML Schema Part 2, 3.2.2: canonical {true, false}), an integer without
+    leading zeros or "+". Text that does not parse as its type is kept as sent (what Exchange answers for it is not
+    documented)."""
+    value = text.strip()
+    if value_type == "Boolean" and value in ("true", "1", "false", "0"):
+        return "true" if value in ("true", "1") else "false"
+    if value_type in _INTEGER_TYPES:
+        try:
+            return str(int(value))
+        except ValueError:
+            return text
+    return text
+
+
 def _dictionary_object(node: Element | None) -> DictionaryObject | None:
     if node is None or node.get(f"{{{NS_XSI}}}nil") in ("true", "1"):
         return None
-    return DictionaryObject(text_of(node, t("Type")) or "String", [v.text or "" for v in node.findall(t("Value"))])
+    value_type = text_of(node, t("Type")) or "String"
+    return DictionaryObject(value_type, [_canonical(value_type, v.text or "") for v in node.findall(t("Value"))])
 
 
 def _read_configuration(config: UserConfiguration, node: Element) -> None:
@@ -470,15 +490,11 @@ def _read_configuration(config: UserConfiguration, node: Element) -> None:
     dictionary = node.find(t("Dictionary"))
     if dictionary is not None:
         entries: list[tuple[DictionaryObject, DictionaryObject | None]] = []
-        seen: set[tuple[str, tuple[str, ...]]] = set()
         for entry in dictionary.findall(t("DictionaryEntry")):
+            # DictionaryKey is not nillable in UserConfigurationDictionaryEntryType, DictionaryValue is (types.xsd).
             key = _dictionary_object(entry.find(t("DictionaryKey")))
             if key is None:
                 raise ItemError("ErrorInvalidRequest", "A DictionaryKey cannot be nil.")
-            identity = (key.type, tuple(key.values))
-            if identity in seen:
-                raise ItemError("ErrorItemSave", f"The dictionary holds the key {key.values!r} twice.")
-            seen.add(identity)
             entries.append((key, _dictionary_object(entry.find(t("DictionaryValue")))))
         config.dictionary = entries
     for tag, attr in (("XmlData", "xml_data"), ("BinaryData", "binary_data")):
