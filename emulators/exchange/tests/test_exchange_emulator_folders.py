@@ -115,6 +115,25 @@ def test_secondary_calendar_keeps_its_items_apart(emu: EmulatorHandle, account, 
     second.save(update_fields=["subject"])
     assert list(acc.calendar.sync_items(sync_state=main_state)) == []
     assert [i.subject for i in team.all()] == ["renamed"]
+    window = (START - dt.timedelta(days=1), START + dt.timedelta(days=1))
+    assert [i.subject for i in team.view(*window)] == ["renamed"]  # CalendarView of that folder alone
+    assert [i.subject for i in acc.calendar.view(*window)] == ["in the main calendar"]
+    # ConvertId takes a created folder's id like any other.
+    converted = _soap(
+        emu,
+        owner,
+        f'<m:ConvertId DestinationFormat="HexEntryId"><m:SourceIds><t:AlternateId Format="EwsId" Id="{team.id}" '
+        f'Mailbox="{owner}"/></m:SourceIds></m:ConvertId>',
+    )
+    hex_id = converted.find(f".//{{{M}}}AlternateId")
+    assert _codes(converted) == ["NoError"] and hex_id is not None
+    back = _soap(
+        emu,
+        owner,
+        f'<m:ConvertId DestinationFormat="EwsId"><m:SourceIds><t:AlternateId Format="HexEntryId" '
+        f'Id="{hex_id.get("Id")}" Mailbox="{owner}"/></m:SourceIds></m:ConvertId>',
+    )
+    assert back.find(f".//{{{M}}}AlternateId").get("Id") == team.id
     # A SyncState of one folder is refused by the other.
     from exchangelib.errors import ErrorInvalidSyncStateData
 
@@ -147,6 +166,8 @@ def test_create_folder_refusals(emu: EmulatorHandle, account, mailboxes) -> None
         "<t:CalendarFolder><t:FolderClass>IPF.Note</t:FolderClass><t:DisplayName>x</t:DisplayName></t:CalendarFolder>",
     )
     assert _codes(root) == ["ErrorNoFolderClassOverride"]
+    root = _create_folder(emu, owner, raw_parent, "<t:SearchFolder><t:DisplayName>s</t:DisplayName></t:SearchFolder>")
+    assert _codes(root) == ["ErrorInvalidFolderTypeForOperation"]
     root = _create_folder(emu, owner, raw_parent, "<t:Folder><t:FolderClass>IPF.Note</t:FolderClass></t:Folder>")
     assert _codes(root) == ["ErrorFolderSavePropertyError"]
     root = _create_folder(
