@@ -314,6 +314,28 @@ def test_folder_events_reach_subscriptions_of_the_parent(emu: EmulatorHandle, ac
     acc.calendar.unsubscribe(sub_id)
 
 
+def test_a_subscription_on_a_created_calendar_hears_its_items_only(emu: EmulatorHandle, account, mailboxes) -> None:
+    (owner,) = mailboxes("owner")
+    acc = account(owner)
+    team = Calendar(parent=acc.calendar, name="Team").save()
+    sub_id, watermark = team.subscribe_to_pull(event_types=["CreatedEvent", "DeletedEvent"])
+    _item(acc, acc.calendar, "main")
+    item = _item(acc, team, "team")
+    item_id = item.id
+    item.delete()
+    events = [e for n in team.get_events(sub_id, watermark) for e in n.events]
+    assert [(type(e), e.item_id.id, e.parent_folder_id.id) for e in events] == [
+        (CreatedEvent, item_id, team.id),
+        (DeletedEvent, item_id, team.id),
+    ]
+    team_id = team.id
+    # Deleting the folder is heard on its parent; subscriptions on it just hear nothing more.
+    parent_sub, parent_mark = acc.calendar.subscribe_to_pull(event_types=["DeletedEvent"])
+    team.delete()
+    (deleted,) = [e for n in acc.calendar.get_events(parent_sub, parent_mark) for e in n.events]
+    assert isinstance(deleted, DeletedEvent) and deleted.folder_id.id == team_id
+
+
 # ------------------------------------------------------------------------------------------ user configurations
 
 
@@ -429,3 +451,15 @@ def test_user_configuration_raw_parts_and_rights(emu: EmulatorHandle, account, m
     with pytest.raises(ErrorAccessDenied):
         shared.delete_user_configuration(name="Shared")
     assert account(boss).calendar.get_user_configuration(name="Shared").xml_data is None  # unchanged
+
+
+@pytest.mark.expect_violation
+def test_an_empty_configuration_name_fails_schema_validation(emu: EmulatorHandle, mailboxes) -> None:
+    (owner,) = mailboxes("owner")
+    r = emu.post_soap(
+        '<m:CreateUserConfiguration><m:UserConfiguration><t:UserConfigurationName Name="">'
+        '<t:DistinguishedFolderId Id="calendar"/></t:UserConfigurationName><t:XmlData>PGEvPg==</t:XmlData>'
+        "</m:UserConfiguration></m:CreateUserConfiguration>",
+        mailbox=owner,
+    )
+    assert r.status_code == 500 and "ErrorSchemaValidation" in r.text  # Name is a t:NonEmptyStringType

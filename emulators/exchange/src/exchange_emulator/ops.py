@@ -449,7 +449,7 @@ def _configuration_name(ctx: Context, name_el: Element | None, write: bool) -> t
     name = name_el.get("Name", "")
     if not name:
         # UserConfigurationNameType: Name is a t:NonEmptyStringType (types.xsd) - what schema validation refuses.
-        raise ItemError("ErrorSchemaValidation", "The UserConfigurationName Name attribute must not be empty.")
+        raise SoapFaultError("ErrorSchemaValidation", "The request failed schema validation: Name must not be empty.")
     mbx, folder = resolve_folder(ctx, folder_el)
     if write and ctx.acting is not mbx:
         # Configuration objects are folder associated items: a delegate's calendar rights (Reviewer, Author,

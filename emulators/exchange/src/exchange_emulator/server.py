@@ -754,8 +754,6 @@ KNOWN_UNSERVED = {
     "SendItem",
     "MoveItem",
     "CopyItem",
-    "CreateFolder",
-    "DeleteFolder",
     "UpdateFolder",
     "EmptyFolder",
     "GetAttachment",
