@@ -14,7 +14,9 @@ from exchangelib.properties import Mailbox
 from exchange_emulator.testing import EmulatorHandle
 from trueconf.calendar.v1 import ingest_pb2
 
-SECONDARY = "Team calendar"
+#: Named like the default folder itself (allowed: it has another parent), so that a client finding "the calendar" by
+#: name instead of by DistinguishedFolderId would pick the wrong one.
+SECONDARY = "Calendar"
 
 
 def _secondary_calendar(outlook: Outlook, owner: str) -> Calendar:
