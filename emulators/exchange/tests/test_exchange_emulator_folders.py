@@ -463,3 +463,80 @@ def test_an_empty_configuration_name_fails_schema_validation(emu: EmulatorHandle
         mailbox=owner,
     )
     assert r.status_code == 500 and "ErrorSchemaValidation" in r.text  # Name is a t:NonEmptyStringType
+
+
+# ------------------------------------------------------------------------------------------ SyncFolderHierarchy
+
+
+def _names(changes) -> list[tuple[str, str]]:
+    return [(kind, f.name if hasattr(f, "name") else f.id) for kind, f in changes]
+
+
+def test_sync_folder_hierarchy_reports_created_moved_and_deleted_folders(
+    emu: EmulatorHandle, account, mailboxes
+) -> None:
+    (owner,) = mailboxes("owner")
+    acc = account(owner)
+    tois = acc.root.tois
+    initial = list(tois.sync_hierarchy())
+    assert ("create", "Calendar") in _names(initial) and ("create", "Deleted Items") in _names(initial)
+    state = tois.folder_sync_state
+    assert list(tois.sync_hierarchy(sync_state=state)) == []  # nothing changed since
+    team = Calendar(parent=acc.calendar, name="Team").save()
+    sub_folder = Calendar(parent=team, name="Sub").save()
+    gone = Messages(parent=acc.inbox, name="Gone").save()
+    gone_id = gone.id
+    gone.delete()  # created and deleted since the state: not reported at all
+    created = list(tois.sync_hierarchy(sync_state=state))
+    assert _names(created) == [("create", "Team"), ("create", "Sub")]  # parents first
+    assert (created[0][1].folder_class, created[0][1].parent_folder_id.id) == ("IPF.Appointment", acc.calendar.id)
+    state = tois.folder_sync_state
+    team_id, sub_id = team.id, sub_folder.id
+    team.delete(delete_type="MoveToDeletedItems")  # still below the top of the store: updated
+    moved = list(tois.sync_hierarchy(sync_state=state))
+    assert [(k, f.id) for k, f in moved] == [("update", team_id), ("update", sub_id)]
+    # Synced from Calendar alone, the move takes them out: deleted there.
+    cal_state_changes = list(acc.calendar.sync_hierarchy())
+    assert cal_state_changes == []  # Calendar has no subfolders any more
+    state = tois.folder_sync_state
+    moved_team = SingleFolderQuerySet(account=acc, folder=Calendar(root=acc.root, id=team_id)).resolve()
+    moved_team.delete()  # HardDelete, with its subfolder
+    deleted = list(tois.sync_hierarchy(sync_state=state))
+    assert sorted((k, f.id) for k, f in deleted) == sorted([("delete", team_id), ("delete", sub_id)])
+    assert gone_id not in {f.id for _, f in deleted}
+
+
+def test_sync_folder_hierarchy_of_a_subtree_and_a_foreign_state(emu: EmulatorHandle, account, mailboxes) -> None:
+    owner, other = mailboxes("owner", "other")
+    acc = account(owner)
+    assert list(acc.calendar.sync_hierarchy()) == []
+    cal_state = acc.calendar.folder_sync_state
+    team = Calendar(parent=acc.calendar, name="Team").save()
+    Messages(parent=acc.inbox, name="Elsewhere").save()
+    assert _names(acc.calendar.sync_hierarchy(sync_state=cal_state)) == [("create", "Team")]
+    cal_state_2 = acc.calendar.folder_sync_state
+    team_id = team.id
+    team.delete(delete_type="MoveToDeletedItems")  # out of Calendar's subtree: a Delete there
+    assert [(k, f.id) for k, f in acc.calendar.sync_hierarchy(sync_state=cal_state_2)] == [("delete", team_id)]
+    # A hierarchy state belongs to its folder and mailbox (and is no item SyncState).
+    for body_folder, state, mailbox in (
+        ('<t:DistinguishedFolderId Id="inbox"/>', cal_state, owner),
+        ('<t:DistinguishedFolderId Id="calendar"/>', cal_state, other),
+    ):
+        root = _soap(
+            emu,
+            mailbox,
+            "<m:SyncFolderHierarchy><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape>"
+            f"<m:SyncFolderId>{body_folder}</m:SyncFolderId><m:SyncState>{state}</m:SyncState>"
+            "</m:SyncFolderHierarchy>",
+        )
+        assert _codes(root) == ["ErrorInvalidSyncStateData"]
+    list(acc.calendar.sync_items())
+    root = _soap(
+        emu,
+        owner,
+        "<m:SyncFolderHierarchy><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape>"
+        '<m:SyncFolderId><t:DistinguishedFolderId Id="calendar"/></m:SyncFolderId>'
+        f"<m:SyncState>{acc.calendar.item_sync_state}</m:SyncState></m:SyncFolderHierarchy>",
+    )
+    assert _codes(root) == ["ErrorInvalidSyncStateData"]

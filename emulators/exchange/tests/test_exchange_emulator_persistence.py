@@ -102,16 +102,17 @@ def test_a_restart_keeps_created_folders_their_items_and_user_configurations(tmp
 
 
 def test_a_state_file_from_before_created_folders_still_loads() -> None:
-    """A Mailbox pickled before `folders`, `last_folder_no` and `configurations` existed gets their defaults."""
+    """A Mailbox pickled before `folders`, `last_folder_no`, `configurations` and `hierarchy` existed gets their
+    defaults."""
     import pickle
 
     from exchange_emulator.model import Mailbox
 
     state = Mailbox(no=1, email="old@example.com", display_name="Old").__getstate__()
-    for name in ("folders", "last_folder_no", "configurations"):
+    for name in ("folders", "last_folder_no", "configurations", "hierarchy"):
         del state[name]
     old = Mailbox.__new__(Mailbox)
     old.__setstate__(state)
     loaded = pickle.loads(pickle.dumps(old))
-    assert (loaded.folders, loaded.last_folder_no, loaded.configurations) == ({}, 0, None)
+    assert (loaded.folders, loaded.last_folder_no, loaded.configurations, loaded.hierarchy) == ({}, 0, None, [])
     assert loaded.email == "old@example.com" and loaded.child_folders("calendar") == []

@@ -608,6 +608,9 @@ class Mailbox:
     #: User configuration objects by (folder name, lower-case configuration name); None until first used (then it
     #: holds the calendar's own Calendar and WorkHours objects too).
     configurations: dict[tuple[str, str], UserConfiguration] | None = None
+    #: Hierarchy changes of created folders, for SyncFolderHierarchy: (change seq, folder name, its ancestors after
+    #: the change - nearest first - or None once it is deleted). Distinguished folders never change.
+    hierarchy: list[tuple[int, str, tuple[str, ...] | None]] = field(default_factory=list)
 
     @property
     def sid(self) -> str:
@@ -682,6 +685,26 @@ class Mailbox:
         for child in self.child_folders(name):
             out.extend(self.subtree(child))
         return out
+
+    def folder_ancestors(self, name: str) -> tuple[str, ...]:
+        out: list[str] = []
+        parent = self.folder_parent(name)
+        while parent is not None:
+            out.append(parent)
+            parent = self.folder_parent(parent)
+        return tuple(out)
+
+    def folder_ancestors_at(self, name: str, seq: int) -> tuple[str, ...] | None:
+        """Where a folder was after change `seq`: its ancestors, or None when it did not exist then."""
+        if not is_created_folder(name):
+            return self.folder_ancestors(name)
+        found: tuple[str, ...] | None = None
+        for change_seq, changed, ancestors in self.hierarchy:
+            if change_seq > seq:
+                break
+            if changed == name:
+                found = ancestors
+        return found
 
     def items_in(self, name: str) -> list[CalendarItem]:
         return [i for i in self.items.values() if i.folder == name]
@@ -927,6 +950,13 @@ class Store:
                     )
             self._bound(sub)
             sub.wake()
+
+    def record_hierarchy(self, mbx: Mailbox, names: list[str]) -> None:
+        """Folders were created, moved or deleted (SyncFolderHierarchy reports them)."""
+        self.version += 1
+        for name in names:
+            alive = mbx.has_folder(name)
+            mbx.hierarchy.append((next(self._change_seq), name, mbx.folder_ancestors(name) if alive else None))
 
     def changes_since(self, log: ChangeLog, since: int) -> Iterator[tuple[int, int]]:
         """(seq, item no) of the latest change of every item of a folder changed after `since`, in seq order."""

@@ -734,6 +734,7 @@ def op_create_folder(ctx: Context, req: Element) -> Element:
             except ValueError as exc:
                 raise ItemError("ErrorFolderSave", str(exc)) from exc
             mbx.folders[name] = Folder(name=name, display_name=display, folder_class=folder_class, parent=parent)
+            ctx.store.record_hierarchy(mbx, [name])
             ctx.store.record_folder(mbx, "CreatedEvent", name, parent)
             msg = add_message(msgs, "CreateFolder")
             out = sub(sub(msg, m("Folders")), t(folder_element_for(folder_class)))
@@ -790,12 +791,15 @@ def op_delete_folder(ctx: Context, req: Element) -> Element:
                 old_parent = folder.parent
                 folder.parent = "deleteditems"
                 folder.folder_version += 1
+                ctx.store.record_hierarchy(mbx, mbx.subtree(name))  # their ancestors changed
                 ctx.store.record_folder(mbx, "MovedEvent", name, "deleteditems", old_parent)
             else:
                 # HardDelete, SoftDelete, or MoveToDeletedItems of a folder already in Deleted Items (which
                 # deletes it, as Outlook's delete does there).
                 parent = folder.parent
-                _drop_folder_contents(ctx, mbx, mbx.subtree(name))
+                gone = mbx.subtree(name)
+                _drop_folder_contents(ctx, mbx, gone)
+                ctx.store.record_hierarchy(mbx, gone)
                 ctx.store.record_folder(mbx, "DeletedEvent", name, parent)
             add_message(msgs, "DeleteFolder")
         except ItemError as err:
@@ -1043,32 +1047,37 @@ def op_find_item(ctx: Context, req: Element) -> Element:
 # -------------------------------------------------------------------------------------- SyncFolderItems
 
 
-def encode_sync_state(mbx: Mailbox, folder: str, seq: int) -> str:
+def encode_sync_state(mbx: Mailbox, folder: str, seq: int, magic: bytes = b"EMUSYNC2") -> str:
     """Opaque like Exchange's: bound to the mailbox's store (its GUID, which a new emulator instance does not share)
     and its placement (the generation a move increments), so a state from another instance or from before a move is
     refused with ErrorInvalidSyncStateData - as Exchange refuses one after a mailbox move between databases
     ("Synchronize items by using EWS in Exchange": a client must then start again with no SyncState)."""
-    raw = b"EMUSYNC2" + struct.pack(">IQI", mbx.no, seq, mbx.generation) + uuid.UUID(mbx.guid).bytes + folder.encode()
+    raw = magic + struct.pack(">IQI", mbx.no, seq, mbx.generation) + uuid.UUID(mbx.guid).bytes + folder.encode()
     return base64.b64encode(gzip.compress(raw, mtime=0)).decode()
 
 
 _INVALID_STATE = "Synchronization state data is corrupt or otherwise invalid."
 
 
-def decode_sync_state(value: str, mbx: Mailbox, folder: str) -> int:
-    """The change sequence a SyncState of `mbx`'s `folder` stands for; ErrorInvalidSyncStateData otherwise."""
+def decode_sync_state(
+    value: str, mbx: Mailbox, folder: str, magic: bytes = b"EMUSYNC2", newest: int | None = None
+) -> int:
+    """The change sequence a SyncState of `mbx`'s `folder` stands for; ErrorInvalidSyncStateData otherwise. `magic`
+    tells item states (SyncFolderItems) from hierarchy states (SyncFolderHierarchy); `newest`: the newest change the
+    state may claim (default: of the folder's items)."""
     try:
         raw = gzip.decompress(base64.b64decode(value, validate=True))
     except (ValueError, OSError, binascii.Error) as exc:
         raise ItemError("ErrorInvalidSyncStateData", _INVALID_STATE) from exc
-    if not raw.startswith(b"EMUSYNC2") or len(raw) < 40:
+    if not raw.startswith(magic) or len(raw) < 40:
         raise ItemError("ErrorInvalidSyncStateData", _INVALID_STATE)
     mbx_no, seq, generation = struct.unpack(">IQI", raw[8:24])
     guid, state_folder = raw[24:40], raw[40:].decode(errors="replace")
     if mbx_no != mbx.no or state_folder != folder:
         raise ItemError("ErrorInvalidSyncStateData", "The synchronization state belongs to another folder.")
-    log = mbx.log_of(folder)
-    newest = log.log_seq[-1] if log is not None and log.log_seq else 0
+    if newest is None:
+        log = mbx.log_of(folder)
+        newest = log.log_seq[-1] if log is not None and log.log_seq else 0
     if guid != uuid.UUID(mbx.guid).bytes or generation != mbx.generation or seq > newest:
         raise ItemError("ErrorInvalidSyncStateData", _INVALID_STATE)
     return int(seq)
@@ -1139,6 +1148,64 @@ def op_sync_folder_items(ctx: Context, req: Element) -> Element:
         msg = add_message(msgs, "SyncFolderItems", err)
         sub(msg, m("SyncState"))
         sub(msg, m("IncludesLastItemInRange"), "true")
+    return root
+
+
+# --------------------------------------------------------------------------------------- SyncFolderHierarchy
+
+_HIERARCHY_STATE = b"EMUHIER1"
+
+
+def op_sync_folder_hierarchy(ctx: Context, req: Element) -> Element:
+    """ "SyncFolderHierarchy operation", "Synchronize folders by using EWS in Exchange": without a SyncState, a Create
+    for every folder below SyncFolderId (msgfolderroot when left out), parents first; with one, what changed since:
+    Create for a folder made (or moved in) since, Update for one moved within, Delete (FolderId only) for one deleted
+    or moved out. Counts changing are no change ("does not return folders when UnreadCount or TotalCount have
+    changed"). A state of another folder, mailbox or emulator instance → ErrorInvalidSyncStateData, as the page's
+    error example answers."""
+    root, msgs = response_root("SyncFolderHierarchy")
+    try:
+        shape_el = req.find(m("FolderShape"))
+        folder_el = req.find(m("SyncFolderId"))
+        if folder_el is not None and len(folder_el):
+            mbx, top = resolve_folder(ctx, children(folder_el)[0])
+        else:
+            if ctx.acting is None:
+                raise ItemError("ErrorMissingEmailAddress", "The request needs an impersonated or own mailbox.")
+            mbx, top = ctx.acting, "msgfolderroot"
+            check_access(ctx, mbx, folder=top)
+        newest = mbx.hierarchy[-1][0] if mbx.hierarchy else 0
+        state_text = (text_of(req, m("SyncState")) or "").strip()
+        since = decode_sync_state(state_text, mbx, top, _HIERARCHY_STATE, newest) if state_text else None
+        below = mbx.subtree(top)[1:]
+        changes: list[tuple[str, str]] = []  # (Create|Update|Delete, folder name)
+        if since is None:
+            changes = [("Create", name) for name in below]
+        else:
+            changed = {name for seq, name, _ in mbx.hierarchy if seq > since}
+            now = set(below)
+            for name in below:  # parents before children
+                if name in changed:
+                    was = mbx.folder_ancestors_at(name, since)
+                    changes.append(("Update" if was is not None and top in was else "Create", name))
+            for name in sorted(changed - now):
+                was = mbx.folder_ancestors_at(name, since)
+                if was is not None and top in was:
+                    changes.append(("Delete", name))
+        msg = add_message(msgs, "SyncFolderHierarchy")
+        sub(msg, m("SyncState"), encode_sync_state(mbx, top, newest, _HIERARCHY_STATE))
+        sub(msg, m("IncludesLastFolderInRange"), "true")
+        container = sub(msg, m("Changes"))
+        for kind, name in changes:
+            node = sub(container, t(kind))
+            if kind == "Delete":
+                sub(node, t("FolderId"), Id=mbx.folder_id(name))
+            else:
+                write_folder(node, mbx, name, shape_el, own=mbx is ctx.acting)
+    except ItemError as err:
+        msg = add_message(msgs, "SyncFolderHierarchy", err)
+        sub(msg, m("SyncState"))
+        sub(msg, m("IncludesLastFolderInRange"), "true")
     return root
 
 
@@ -1637,6 +1704,7 @@ OPERATIONS: dict[str, Callable[[Context, Element], Element]] = {
     "GetItem": op_get_item,
     "FindItem": op_find_item,
     "SyncFolderItems": op_sync_folder_items,
+    "SyncFolderHierarchy": op_sync_folder_hierarchy,
     "CreateItem": op_create_item,
     "UpdateItem": op_update_item,
     "DeleteItem": op_delete_item,

@@ -759,7 +759,6 @@ KNOWN_UNSERVED = {
     "GetAttachment",
     "CreateAttachment",
     "DeleteAttachment",
-    "SyncFolderHierarchy",
     "GetDelegate",
     "AddDelegate",
     "RemoveDelegate",
