@@ -32,7 +32,7 @@ from licensing.keys import RegistrationKey, parse_key
 from licensing.offline import OfflineRequest, OfflineResponse
 from licensing.registration_client import RegistrationClient
 from licensing.seats import Allocation, SeatAsk, allocate, normalize_mailbox, refuse_all
-from licensing.settings import NOT_CONFIGURED, LicensingSettings
+from licensing.settings import LicensingSettings
 from licensing.status import CheckState, Evaluation, Status, evaluate
 from licensing.store import LicenseStore
 from licensing.tiers import FEATURE_MULTIPLE_PROVIDERS
@@ -112,7 +112,6 @@ class LicenseManager:
 
     async def register_online(self, key_text: str) -> SignedLicense:
         key = parse_key(key_text)
-        self.settings.authorities()
         _, fingerprint = await self.identity()
         envelope = await self.client.register(key.text, fingerprint, self.settings.product_version)
         try:
@@ -172,8 +171,6 @@ class LicenseManager:
         check = CheckState()
         if stored is None:
             evaluation = evaluate(None, fingerprint, check, now, self.settings.grace_period, self.client.url)
-            if self.settings.trusted is None:
-                evaluation = Evaluation(Status.UNREGISTERED, NOT_CONFIGURED, None, 0)
         else:
             verified = self._verify_stored(stored.envelope)
             if isinstance(verified, str):
