@@ -8,6 +8,7 @@ successes and one refusal of each kind of input go through the subprocess; the r
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -15,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from licensing.authority import AUTHORITY_KEY_ID
-from licensing.fingerprint import fingerprint_of, new_install_id
+from licensing.fingerprint import new_install_id
 from licensing.keys import parse_key
 from licensing.offline import OfflineResponse, encode_crg
+from licensing.sealing import Sealer
 from registration_emulator.document import LicenseTerms
 from registration_emulator.offline import write_response
 from registration_emulator.testing import RunningEmulator, authority_key
@@ -43,7 +45,7 @@ def sign(emulator: RunningEmulator, request: Path, response: Path, *extra: str) 
 
 
 def register_elsewhere(emulator: RunningEmulator, key: str) -> None:
-    body = json.dumps({"key": key, "installation_fingerprint": fingerprint_of(new_install_id())}).encode()
+    body = json.dumps({"key": key, "installation_fingerprint": random_fingerprint()}).encode()
     request = urllib.request.Request(f"{emulator.url}/api/v1/register", data=body, method="POST")
     with urllib.request.urlopen(request, timeout=10) as resp:
         assert resp.status == 200
@@ -222,3 +224,8 @@ def test_cli_is_the_guides_spelling(installation: Any) -> None:
     assert proc.returncode == 2
     assert "Missing argument 'KEY'" in proc.stderr
     assert isinstance(proc, subprocess.CompletedProcess)
+
+
+def random_fingerprint() -> str:
+    """The fingerprint of some other installation (its own install id and machine key)."""
+    return Sealer(os.urandom(32)).fingerprint(new_install_id())

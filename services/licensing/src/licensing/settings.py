@@ -13,6 +13,10 @@ Keys read (defaults from tccal.config.schema.LicenseConfig):
 * ``calendarProviders[].users``: configured mailboxes, treated as whitelisted in seat allocation even when a
   caller forgets to flag them.
 
+The machine key (``tccal.secrets``: ``TC_CALENDAR_KEY``, ``TC_CALENDAR_KEY_FILE`` or
+``~/.config/tc-calendar/machine.key``) is read too: the installation's fingerprint and the seals of the licensing
+rows are derived from it (``licensing.sealing``).
+
 Fixed here (no config key yet): a failed check is retried every 5 minutes (or the check interval if shorter),
 a seat lease lasts 1 hour, a call to the registration server times out after 10 seconds, and the registration
 server's TLS certificate is verified against the system CA store (``SSL_CERT_FILE`` selects another bundle).
@@ -28,6 +32,7 @@ from licensing.document import TrustedAuthorities
 from licensing.registration_client import validate_url
 from licensing.seats import normalize_mailbox
 from tccal.config import Config
+from tccal.secrets import SecretError, load_key
 
 PRODUCT_VERSION = "1.0.0"
 RETRY_INTERVAL = timedelta(minutes=5)
@@ -38,6 +43,7 @@ REQUEST_TIMEOUT_SECONDS = 10.0
 @dataclass(frozen=True)
 class LicensingSettings:
     trusted: TrustedAuthorities
+    machine_key: bytes
     registration_url: str
     grace_period: timedelta
     check_interval: timedelta
@@ -63,6 +69,10 @@ class LicensingSettings:
         except ValueError as exc:
             raise ValueError(f"{TEST_KEY_SETTING}: {exc}") from None
         try:
+            machine_key = load_key()
+        except (SecretError, OSError) as exc:
+            raise ValueError(f"the machine key (TC_CALENDAR_KEY / TC_CALENDAR_KEY_FILE): {exc}") from None
+        try:
             url = validate_url(lic.registration_url)
         except ValueError as exc:
             raise ValueError(f"license.registrationUrl: {exc}") from None
@@ -70,6 +80,7 @@ class LicensingSettings:
         users = frozenset(normalize_mailbox(u) for p in config.calendar_providers for u in p.users)
         return cls(
             trusted=trusted,
+            machine_key=machine_key,
             registration_url=url,
             grace_period=timedelta(days=lic.grace_period_days),
             check_interval=check_interval,
