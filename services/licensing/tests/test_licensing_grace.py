@@ -334,3 +334,35 @@ async def test_setting_the_clock_back_does_not_revive_an_expired_license(
     edited = await svc.status()
     assert edited.status == pb.LICENSE_STATUS_SUSPENDED
     assert "not written by this installation" in edited.status_reason
+
+
+async def test_an_older_sealed_check_record_put_back_does_not_revive_a_revoked_free_license(
+    in_process: InProcessService, grace_emulator: RunningEmulator, pg_dsn: str
+) -> None:
+    """The replay: the check record saved while the license was valid (its seal verifies: this installation
+    wrote it) put back after the revocation. Records only move forward, so the service sees an older one."""
+    svc = in_process
+    key = await asyncio.to_thread(grace_emulator.issue_key, "free")
+    await svc.stub.RegisterOnline(pb.RegisterOnlineRequest(key=key), metadata=ADMIN, timeout=30)
+    t0 = svc.clock.now()
+    svc.clock.advance(timedelta(hours=12))
+    confirmed = await wait_for_async(lambda: _last_check_after(svc, t0), timeout=30, what="a successful check")
+    assert confirmed is not None and confirmed.status == pb.LICENSE_STATUS_VALID
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        saved = dict(await conn.fetchrow("SELECT * FROM licensing.online_check"))
+        assert saved["last_attempt"] == t0 + timedelta(hours=12) and saved["refusal"] is None
+        await asyncio.to_thread(grace_emulator.cli, "revoke-key", key)
+        svc.clock.advance(timedelta(hours=12))
+        revoked = await svc.wait_status(pb.LICENSE_STATUS_SUSPENDED)
+        assert "revoked" in revoked.status_reason
+        columns = [c for c in saved if c != "singleton"]
+        await conn.execute(
+            "UPDATE licensing.online_check SET " + ", ".join(f"{c} = ${i + 1}" for i, c in enumerate(columns)),
+            *(saved[c] for c in columns),
+        )
+    finally:
+        await conn.close()
+    info = await svc.status()
+    assert info.status == pb.LICENSE_STATUS_SUSPENDED, info
+    assert "an older copy of it was put back" in info.status_reason

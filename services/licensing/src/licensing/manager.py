@@ -75,6 +75,10 @@ class LicenseManager:
         self.clock = clock
         self.client = client or RegistrationClient(settings.registration_url, timeout=settings.request_timeout)
         self._rollback_reported = False
+        # What this process has seen (its own writes included). Rows only move forward, so an older one read
+        # later was put back from an earlier copy (a sealed row replayed): the seal alone cannot tell.
+        self._high_water_seen: datetime | None = None
+        self._check_seen: dict[str, datetime] = {}
         self._verified: dict[str, SignedLicense | str] = {}
         self._changed = asyncio.Event()
         self._last_status: Status | None = None
@@ -95,20 +99,23 @@ class LicenseManager:
     async def _time(self) -> tuple[datetime, InstallationRow, str | None]:
         clock_now = self.clock.now()
         row = await self.store.installation(clock_now)
-        if clock_now >= row.high_water + HIGH_WATER_STEP:
+        mark = max(row.high_water, self._high_water_seen or row.high_water)
+        if clock_now >= mark + HIGH_WATER_STEP:
             await self.store.advance_high_water(row.install_id, clock_now)
-        if clock_now >= row.high_water - CLOCK_TOLERANCE:
+            mark = clock_now
+        self._high_water_seen = mark
+        if clock_now >= mark - CLOCK_TOLERANCE:
             self._rollback_reported = False
             return clock_now, row, None
         note = (
             f"the system clock reads {format_timestamp(clock_now)}, earlier than the latest time this installation "
-            f"has seen, {format_timestamp(row.high_water)}: the clock was set back, so licensing goes by "
-            f"{format_timestamp(row.high_water)}"
+            f"has seen, {format_timestamp(mark)}: the clock was set back, so licensing goes by "
+            f"{format_timestamp(mark)}"
         )
         if not self._rollback_reported:
             self._rollback_reported = True
-            log.error(note, extra={"clock": clock_now.isoformat(), "high_water": row.high_water.isoformat()})
-        return row.high_water, row, note
+            log.error(note, extra={"clock": clock_now.isoformat(), "high_water": mark.isoformat()})
+        return mark, row, note
 
     # ----------------------------------------------------------------------------------------- installing
 
@@ -228,16 +235,28 @@ class LicenseManager:
             else:
                 signed = verified
                 lic = signed.license
-                check, check_sealed = await self.store.check_state(lic.license_id)
+                record = await self.store.check_state(lic.license_id)
+                check = record.state
+                seen = self._check_seen.get(lic.license_id)
+                # (Replicas' clocks may differ by up to CLOCK_TOLERANCE; a copy put back is older than that.)
+                attempt = record.last_attempt
+                replayed = seen is not None and attempt is not None and attempt < seen - CLOCK_TOLERANCE
+                if record.sealed and not replayed and record.last_attempt is not None:
+                    self._check_seen[lic.license_id] = max(record.last_attempt, seen or record.last_attempt)
                 evaluation = evaluate(signed, fingerprint, check, now, self.settings.grace_period, self.client.url)
-                if lic.tier.requires_online_check and not check_sealed and evaluation.may_sync:
+                if lic.tier.requires_online_check and (replayed or not record.sealed) and evaluation.may_sync:
                     # A revoked Free license revived by editing its check record: the next check asks again.
                     check = CheckState()
                     evaluation = Evaluation(
                         Status.SUSPENDED,
                         f"the online check record of the Free license {lic.license_id} was changed outside the "
-                        "connector (its seal does not verify with this installation's machine key); sync is "
-                        "stopped until the registration server confirms the license again",
+                        "connector ("
+                        + (
+                            "an older copy of it was put back"
+                            if replayed
+                            else "its seal does not verify with this installation's machine key"
+                        )
+                        + "); sync is stopped until the registration server confirms the license again",
                         None,
                         0,
                     )

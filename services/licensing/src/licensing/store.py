@@ -67,6 +67,13 @@ class StoredLicense:
 
 
 @dataclass(frozen=True)
+class CheckRecord:
+    state: CheckState
+    last_attempt: datetime | None
+    sealed: bool  # the row's seal verifies (True when there is no row)
+
+
+@dataclass(frozen=True)
 class InstallationRow:
     install_id: uuid.UUID
     high_water: datetime
@@ -277,24 +284,25 @@ class LicenseStore:
                 _check_seal(self.sealer, lic.license_id, state, state.last_success),
             )
 
-    async def check_state(self, license_id: str) -> tuple[CheckState, bool]:
+    async def check_state(self, license_id: str) -> CheckRecord:
         """The online-check record of ``license_id`` and whether its seal verifies (an edited record does not)."""
 
-        async def run(conn: asyncpg.Connection) -> tuple[CheckState, bool]:
+        async def run(conn: asyncpg.Connection) -> CheckRecord:
             return await self._check_row(conn, license_id, lock=False)
 
         return await self._run("read the online check state", run)
 
-    async def _check_row(self, conn: asyncpg.Connection, license_id: str, *, lock: bool) -> tuple[CheckState, bool]:
+    async def _check_row(self, conn: asyncpg.Connection, license_id: str, *, lock: bool) -> CheckRecord:
         row = await conn.fetchrow(
             f"SELECT last_success, last_attempt, failing_since, last_error, refusal, seal FROM {SCHEMA}.online_check "
             "WHERE license_id = $1" + (" FOR UPDATE" if lock else ""),
             license_id,
         )
         if row is None:
-            return CheckState(), True
+            return CheckRecord(CheckState(), None, True)
         state = CheckState(row["last_success"], row["failing_since"], row["last_error"], row["refusal"])
-        return state, self.sealer.verify(row["seal"], "online_check", license_id, *_check_values(state, row))
+        sealed = self.sealer.verify(row["seal"], "online_check", license_id, *_check_values(state, row))
+        return CheckRecord(state, row["last_attempt"], sealed)
 
     async def record_check(
         self,
@@ -311,9 +319,8 @@ class LicenseStore:
         failure then starts from nothing confirmed)."""
 
         async with self._transaction("record the online check") as conn:
-            before, sealed = await self._check_row(conn, license_id, lock=True)
-            if not sealed:
-                before = CheckState()
+            record = await self._check_row(conn, license_id, lock=True)
+            before = record.state if record.sealed else CheckState()
             if success:
                 after = CheckState(last_success=now)
             elif refusal is not None:
