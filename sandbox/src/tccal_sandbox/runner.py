@@ -372,7 +372,7 @@ class Sandbox:
         registration = self.ready.get("registration")
         if registration:
             config["license"] = {
-                "authorityPublicKey": registration["public_key"],
+                "testAuthorityPublicKey": registration["public_key"],  # the emulator signs: a test-only key
                 "registrationUrl": registration["url"],
             }
         deep_merge(config, extra or {})

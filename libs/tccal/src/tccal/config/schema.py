@@ -240,8 +240,10 @@ class TelemetryConfig(_Section):
 
 
 class LicenseConfig(_Section):
-    authority_public_key: str = Field(
-        "", description="Registration authority's Ed25519 public key (base64 raw or PEM)."
+    test_authority_public_key: str = Field(
+        "",
+        description="TEST ONLY: trust this Ed25519 key (base64 raw or PEM) besides the built-in authority key, "
+        "e.g. the registration emulator's; refused when TC_CALENDAR_PRODUCTION=1 (the product images).",
     )
     registration_url: str = Field("https://reg.trueconf.com:4310", description="Registration server.")
     grace_period_days: int = Field(7, ge=0, le=90, description="Free tier: days of work without the server.")
