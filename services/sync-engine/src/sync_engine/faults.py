@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import logging
 import time
@@ -92,6 +93,8 @@ class DatabaseHealth:
         self.total_retries = 0  # retries since the process started
         self.waits = 0  # waits that ended (PostgreSQL took writes again)
         self.last_wait_s = 0.0
+        #: Retries since the process started by SQLSTATE (or exception type, for errors not from PostgreSQL).
+        self.by_cause: collections.Counter[str] = collections.Counter()
         self._logged = 0.0
         self._failing: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()  # a task that ended no longer waits
         METRICS.database_waiting = self.waited_s
@@ -114,7 +117,9 @@ class DatabaseHealth:
             self._failing.add(task)
         self.total_retries += 1
         self.reason = _describe(exc)
-        METRICS.database_retries.add(1, {"fault": fault.value, "sqlstate": sqlstate_of(exc) or type(exc).__name__})
+        cause = sqlstate_of(exc) or type(exc).__name__
+        self.by_cause[cause] += 1
+        METRICS.database_retries.add(1, {"fault": fault.value, "sqlstate": cause})
         if began:
             self.waiting_since = now
             self.retries = 1
