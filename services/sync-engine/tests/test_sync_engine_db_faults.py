@@ -222,3 +222,34 @@ async def test_a_change_the_database_refuses_for_its_data_is_dead_lettered_witho
     assert not engine.sync.health.waiting and engine.sync.health.total_retries == 0
     await harness.upsert(ANNA, _meeting("uid-fine", 2))
     await harness.wait_command("calendar_upsert", 2, occurrence__meeting_id=mid("uid-fine"))
+
+
+async def test_a_retry_that_hangs_keeps_telling_jetstream_the_messages_are_in_progress(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry can take longer than JetStream's ack wait (a connect to an unreachable host times out after
+    60 s): meanwhile the messages are kept in progress, or JetStream would redeliver them and count deliveries."""
+    import asyncio
+
+    from sync_engine import context
+
+    monkeypatch.setattr(context, "IN_PROGRESS_EVERY", 0.01)
+    engine = await harness.start_engine(run=False)
+    calls: list[int] = []
+    kept = asyncio.Event()
+
+    async def still_working() -> None:
+        calls.append(1)
+        if len(calls) >= 4:  # one before the pause, three while the retry hangs
+            kept.set()
+
+    async def work(connection: asyncpg.Connection) -> str:
+        if not calls:
+            raise asyncpg.ReadOnlySQLTransactionError("cannot execute INSERT in a read-only transaction")
+        await kept.wait()  # hangs until the retry has been kept in progress
+        return str(await connection.fetchval("SELECT 'applied'"))
+
+    stop = asyncio.Event()
+    assert await engine.engine.context.transaction(work, stop=stop, on_wait=still_working) == "applied"
+    assert len(calls) >= 4
+    assert not engine.engine.health.waiting

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
@@ -77,8 +77,16 @@ class EngineContext:
         while True:
             attempt += 1
             try:
-                async with self.pool.acquire() as connection, connection.transaction():
-                    result = await work(connection)
+                if attempt == 1 or on_wait is None:
+                    async with self.pool.acquire() as connection, connection.transaction():
+                        result = await work(connection)
+                else:  # a retry may hang longer than JetStream's ack wait (a connect timing out): keep telling it
+                    async with (
+                        _in_progress_meanwhile(on_wait),
+                        self.pool.acquire() as connection,
+                        connection.transaction(),
+                    ):
+                        result = await work(connection)
             except Exception as exc:
                 fault = classify(exc)
                 if fault is Fault.DATA:
@@ -105,3 +113,26 @@ class EngineContext:
                 continue
             self.health.succeeded()
             return result
+
+
+#: While a retry runs, the messages' ack wait (30 s) is extended this often.
+IN_PROGRESS_EVERY = 10.0
+
+
+@contextlib.asynccontextmanager
+async def _in_progress_meanwhile(on_wait: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+    async def keep() -> None:
+        while True:
+            await asyncio.sleep(IN_PROGRESS_EVERY)
+            try:
+                await on_wait()
+            except Exception as error:  # NATS away too: the message is redelivered, never lost
+                log.debug("could not extend the messages' ack wait", extra={"error": repr(error)})
+
+    keeper = asyncio.create_task(keep())
+    try:
+        yield
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
