@@ -253,3 +253,39 @@ async def test_a_retry_that_hangs_keeps_telling_jetstream_the_messages_are_in_pr
     assert await engine.engine.context.transaction(work, stop=stop, on_wait=still_working) == "applied"
     assert len(calls) >= 4
     assert not engine.engine.health.waiting
+
+
+async def test_the_engine_waits_while_any_task_waits_and_not_after_it_ended() -> None:
+    """DatabaseHealth: a success elsewhere (the scheduler reading while the disk is full) does not end the wait of
+    a change that still cannot be written; a task that ended (stopped, or an API call that gave up) waits no more."""
+    import asyncio
+
+    from sync_engine.faults import DatabaseHealth
+
+    health = DatabaseHealth()
+    disk_full = asyncpg.DiskFullError("could not extend file")
+    release = asyncio.Event()
+
+    async def lane() -> None:
+        health.failed(disk_full)
+        await release.wait()
+        health.succeeded()
+
+    waiting_lane = asyncio.create_task(lane())
+    await asyncio.sleep(0)
+    assert health.waiting
+    health.succeeded()  # this task never failed: the lane still waits
+    assert health.waiting
+    with pytest.raises(ConnectionError, match="53100"):
+        await health.check()
+    release.set()
+    await waiting_lane
+    assert not health.waiting and health.waits == 1 and health.by_cause["53100"] == 1
+    await health.check()
+
+    async def gives_up() -> None:
+        health.failed(disk_full)
+
+    ended = asyncio.create_task(gives_up())  # still referenced, as a finished task often is
+    await ended
+    assert ended.done() and not health.waiting  # it ended; nothing waits

@@ -101,6 +101,9 @@ class DatabaseHealth:
 
     @property
     def waiting(self) -> bool:
+        for task in list(self._failing):
+            if task.done():  # stopped while waiting (SIGTERM, an API call that gave up): waits no longer
+                self._failing.discard(task)
         if not self._failing:
             self.waiting_since = None
         return self.waiting_since is not None

@@ -77,6 +77,7 @@ class SyncEngine:
                 while await self.engine.launch_due() and not stop.is_set():
                     pass
                 await self.engine.repoint_series()
+                self.health.succeeded()  # a tick that failed on PostgreSQL before went through now
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -88,6 +89,7 @@ class SyncEngine:
         while not stop.is_set():
             try:
                 await self.engine.roll_window()
+                self.health.succeeded()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
