@@ -68,6 +68,11 @@ async def test_dead_letters_are_listed_and_replayed_to_where_they_came_from(harn
     await harness.upsert(ANNA, _meeting("uid-fine", 3))
     await harness.wait_command("calendar_upsert", 2, occurrence__meeting_id=mid("uid-fine"))
     await _make_dead_letters(harness)
+    other = await harness.bus.js.publish(  # another service's dead letter: neither listed nor replayed here
+        "dlq.tcs_results.ews-ingest-writeback",
+        b"\x0a\x03cmd",
+        headers={"Tc-Dlq-Stream": "TCS_RESULTS", "Tc-Dlq-Subject": "tcs.v1.results.video%2Eexample%2Ecom#vcs"},
+    )
 
     listed: sync_pb2.ListDeadLettersResponse = await harness.api.ListDeadLetters(sync_pb2.ListDeadLettersRequest())
     assert listed.total == 2
@@ -86,7 +91,11 @@ async def test_dead_letters_are_listed_and_replayed_to_where_they_came_from(harn
         await harness.api.ReplayDeadLetters(sync_pb2.ReplayDeadLettersRequest(ids=[refused.id, 999]))
     assert refused_call.value.code() == grpc.StatusCode.NOT_FOUND
     assert "no dead letter with id 999" in str(refused_call.value.details())
-    assert await _count(harness) == 2
+    assert await _count(harness) == 3
+    with pytest.raises(grpc.aio.AioRpcError) as not_ours:
+        await harness.api.ReplayDeadLetters(sync_pb2.ReplayDeadLettersRequest(ids=[other.seq]))
+    assert not_ours.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "ews-ingest-writeback, not sync-engine's" in str(not_ours.value.details())
     with pytest.raises(grpc.aio.AioRpcError) as neither:
         await harness.api.ReplayDeadLetters(sync_pb2.ReplayDeadLettersRequest())
     assert neither.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -37,8 +37,12 @@ _DLQ_HEADERS = ("Tc-Dlq-Stream", "Tc-Dlq-Durable", "Tc-Dlq-Subject", "Tc-Dlq-Err
 class UnknownDeadLetterError(LookupError):
     """An id that is not a dead letter of the engine's consumers (never was, or replayed already)."""
 
-    def __init__(self, dead_letter_id: int) -> None:
-        super().__init__(f"no dead letter with id {dead_letter_id} (list them with `tc-calendar dead-letters list`)")
+    def __init__(self, dead_letter_id: int, owner: str = "") -> None:
+        what = f"is a dead letter of {owner}, not sync-engine's" if owner else "is not there"
+        super().__init__(
+            f"no dead letter with id {dead_letter_id}: {dead_letter_id} {what}"
+            " (list them with `tc-calendar dead-letters list`)"
+        )
         self.dead_letter_id = dead_letter_id
 
 
@@ -87,7 +91,7 @@ class DeadLetters:
         except NotFoundError:
             raise UnknownDeadLetterError(dead_letter_id) from None
         if raw.subject not in ENGINE_SUBJECTS:  # another service's dead letter: not the engine's to replay
-            raise UnknownDeadLetterError(dead_letter_id)
+            raise UnknownDeadLetterError(dead_letter_id, str(raw.subject))
         return _letter(raw)
 
     async def replay(self, ids: list[int] | None) -> list[DeadLetter]:
