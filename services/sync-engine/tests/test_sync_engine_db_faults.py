@@ -172,7 +172,7 @@ def _meeting(uid: str, day: int) -> Any:
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 async def test_a_change_made_while_postgresql_cannot_write_waits_unacked_and_is_applied_after(
-    harness: Harness, fault: str
+    harness: Harness, fault: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine: EngineUnderTest = await harness.start_engine(max_deliver=2)
     assert engine.sync is not None
@@ -195,6 +195,9 @@ async def test_a_change_made_while_postgresql_cannot_write_waits_unacked_and_is_
         assert consumer.num_ack_pending == 1  # held, un-acked ...
         assert consumer.num_redelivered == 0  # ... not nak'd and redelivered
         assert harness.of("calendar_upsert", occurrence__meeting_id=mid("uid-during")) == []
+        # the wait is logged when it begins and every 10 s, not once per retry
+        waits_logged = [r for r in caplog.records if r.name == "sync_engine.faults" and r.levelname == "WARNING"]
+        assert 1 <= len(waits_logged) <= 2 < health.total_retries, [r.getMessage() for r in waits_logged]
         # reads are unharmed: what TrueConf asks for is still answered
         assert [o.id for o in await harness.events(ANNA)] == [mid("uid-before")]
 
