@@ -465,3 +465,111 @@ def markdown_of(report: dict[str, Any]) -> str:
             f"{'did not converge' if converged is None else converged} |"
         )
     return "\n".join(lines) + "\n"
+
+
+# --- PostgreSQL that cannot take writes (issue #17) ----------------------------------------------------------
+#: How long PostgreSQL refuses writes in the read-only and disk-full scenarios: 60 s at the issue's size
+#: (`make faults`), 10 s at `make test`'s; TC_FAULTS_PG_FAULT_S overrides.
+PG_FAULT_S = float(os.environ.get("TC_FAULTS_PG_FAULT_S", "60" if LOAD >= 1000 else "10"))
+#: nats.maxDeliver of the product these scenarios run: with the old nak-and-redeliver a change refused 3 times
+#: (about 2 s of backoff) was dead-lettered, so even the 10 s fault of `make test` would lose changes.
+PG_FAULT_MAX_DELIVER = 3
+
+DISK_FULL_FUNCTION = """
+CREATE OR REPLACE FUNCTION tc_fault_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION USING ERRCODE = 'disk_full',
+    MESSAGE = format('could not extend file "base/%s/%s": No space left on device',
+                     (SELECT oid FROM pg_database WHERE datname = current_database()), TG_RELID),
+    HINT = 'Check free disk space.';
+END $$
+"""
+
+
+def pg_execute(fp: FaultProduct, *statements: str) -> list[Any]:
+    """Run statements on the product's PostgreSQL (its own database), each outside a transaction block; the
+    session is made read-write first, so the statements that end read-only mode run in read-only mode too."""
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> list[Any]:
+        connection = await asyncpg.connect(fp.ready["postgres"]["dsn"])
+        try:
+            await connection.execute("SET default_transaction_read_only = off")
+            return [await connection.fetch(statement) for statement in statements]
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())
+
+
+def set_read_only(fp: FaultProduct, on: bool) -> None:
+    """The whole PostgreSQL server read-only (or not) for every session, as a hot standby is: ALTER SYSTEM and a
+    reload; sessions already open take the new default at their next statement (checked: 25006 at once)."""
+    change = "SET default_transaction_read_only = on" if on else "RESET default_transaction_read_only"
+    pg_execute(fp, f"ALTER SYSTEM {change}", "SELECT pg_reload_conf()")
+
+
+def set_disk_full(fp: FaultProduct, on: bool) -> None:
+    """Every write to the engine's tables answered with what PostgreSQL sends when its disk is full: an
+    ErrorResponse with SQLSTATE 53100 disk_full, 'could not extend file "base/<db>/<rel>": No space left on
+    device', HINT 'Check free disk space.' — raised by PostgreSQL itself from a statement trigger on each table
+    (tests/faults/README.md says why not a real full disk)."""
+    (tables,) = pg_execute(fp, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
+    names = [str(row["tablename"]) for row in tables]
+    if on:
+        pg_execute(
+            fp,
+            DISK_FULL_FUNCTION,
+            *(
+                f'CREATE TRIGGER tc_fault_disk_full BEFORE INSERT OR UPDATE OR DELETE ON "{name}"'
+                " FOR EACH STATEMENT EXECUTE FUNCTION tc_fault_disk_full()"
+                for name in names
+            ),
+        )
+    else:
+        pg_execute(fp, *(f'DROP TRIGGER IF EXISTS tc_fault_disk_full ON "{name}"' for name in names))
+
+
+def readiness(fp: FaultProduct, service: str) -> dict[str, Any]:
+    """The service's /readyz answer (503 included)."""
+    import urllib.error
+    import urllib.request
+
+    url = f"{fp.ready['services'][service]['http']}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body: dict[str, Any] = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        body = json.loads(error.read())
+    return body
+
+
+def metric(fp: FaultProduct, service: str, name: str) -> float:
+    """Sum of a Prometheus metric's samples (all label sets) on the service's /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{fp.ready['services'][service]['http']}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#") and line[len(name)] in " {":
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def dead_letters(fp: FaultProduct) -> dict[str, Any]:
+    """`tc-calendar dead-letters list --json` against the product, as an administrator runs it."""
+    import sys
+
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "tc-calendar"), "dead-letters", "list", "--json"],
+        env=fp.env(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"tc-calendar dead-letters list failed: {result.stderr.decode()}"
+    listed: dict[str, Any] = json.loads(result.stdout)
+    return listed

@@ -236,11 +236,11 @@ def weekly(days: Iterable[int], start_date: str, **range_: Any) -> common_pb2.Re
 class EngineUnderTest:
     """One engine process's components, run in-process (own pool, own NATS connection)."""
 
-    def __init__(self, config: Config, clock: FakeClock) -> None:
+    def __init__(self, config: Config, clock: FakeClock, *, max_deliver: int = 10) -> None:
         self.config = config
         self.clock = clock
         self.database = Database(config)
-        self.bus = Bus(BusSettings(url=config.nats.url, name="sync-engine-test"))
+        self.bus = Bus(BusSettings(url=config.nats.url, name="sync-engine-test", max_deliver=max_deliver))
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.sync: SyncEngine | None = None
@@ -310,8 +310,12 @@ class Harness:
     def config(self, **overrides: Any) -> Config:
         return make_config(self.pg_dsn, self.nats_url, **overrides)
 
-    async def start_engine(self, *, api: bool = True, run: bool = True, **overrides: Any) -> EngineUnderTest:
-        engine = await EngineUnderTest(self.config(**overrides), self.clock).start(run=run)
+    async def start_engine(
+        self, *, api: bool = True, run: bool = True, max_deliver: int = 10, **overrides: Any
+    ) -> EngineUnderTest:
+        """An engine in-process; `max_deliver` is nats.maxDeliver (deliveries before a failing change is
+        dead-lettered)."""
+        engine = await EngineUnderTest(self.config(**overrides), self.clock, max_deliver=max_deliver).start(run=run)
         self.engines.append(engine)
         if api and self.grpc is None:
             self.grpc = GrpcServer("127.0.0.1", 0, admin_methods=ADMIN_METHODS)

@@ -21,6 +21,7 @@ async def build(app: ServiceApp) -> None:
     app.task(database.connect)
     service = SyncEngineService(settings, database, bus, app.clock, api)
     app.readiness.add("schema", service.schema_ready)
+    app.readiness.add("postgres-writes", service.health.check)
 
     async def run() -> None:
         await service.run(app.stop_event)

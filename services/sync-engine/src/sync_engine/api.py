@@ -1,5 +1,6 @@
-"""SyncService (sync.proto): what TrueConf apps show, meetings, conferences, commands; ResyncMailbox (admin).
-Validates each request and answers it from `queries.ReadQueries` (reads) or `Engine.resync_mailbox`."""
+"""SyncService (sync.proto): what TrueConf apps show, meetings, conferences, commands; ResyncMailbox,
+ListDeadLetters and ReplayDeadLetters (admin). Validates each request and answers it from `queries.ReadQueries`
+(reads), `Engine.resync_mailbox` or `deadletters.DeadLetters`."""
 
 from __future__ import annotations
 
@@ -11,15 +12,18 @@ import asyncpg
 import grpc
 import nats.errors
 
+from sync_engine.deadletters import DeadLetter, DeadLetters, UnknownDeadLetterError
 from sync_engine.engine import Engine
 from sync_engine.ids import meeting_id as meeting_id_of
-from sync_engine.ids import to_datetime
+from sync_engine.ids import to_datetime, to_timestamp
 from trueconf.calendar.v1 import sync_pb2, sync_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "trueconf.calendar.v1.SyncService"
-ADMIN_METHODS = frozenset({f"/{SERVICE_NAME}/ResyncMailbox"})
+ADMIN_METHODS = frozenset(
+    f"/{SERVICE_NAME}/{method}" for method in ("ResyncMailbox", "ListDeadLetters", "ReplayDeadLetters")
+)
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -103,3 +107,49 @@ class SyncApi(sync_pb2_grpc.SyncServiceServicer):
         except (OSError, asyncpg.PostgresError, ConnectionError, RuntimeError, nats.errors.Error) as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"resync of {mailbox} could not be requested: {exc}")
         return sync_pb2.SyncResyncMailboxResponse(published=1)
+
+    async def ListDeadLetters(  # noqa: N802 - gRPC method name
+        self, request: sync_pb2.ListDeadLettersRequest, context: Context
+    ) -> sync_pb2.ListDeadLettersResponse:
+        engine = await self._engine(context)
+        if request.limit < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"limit must not be negative, got {request.limit}")
+        try:
+            letters, total = await DeadLetters(engine.bus).listing(min(request.limit or DEFAULT_LIMIT, MAX_LIMIT))
+        except (OSError, RuntimeError, nats.errors.Error) as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"dead letters could not be read from NATS: {exc!r}")
+            raise AssertionError("unreachable") from exc
+        return sync_pb2.ListDeadLettersResponse(dead_letters=[_dead_letter(one) for one in letters], total=total)
+
+    async def ReplayDeadLetters(  # noqa: N802 - gRPC method name
+        self, request: sync_pb2.ReplayDeadLettersRequest, context: Context
+    ) -> sync_pb2.ReplayDeadLettersResponse:
+        engine = await self._engine(context)
+        if request.all and request.ids:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give ids or all, not both")
+        if not request.all and not request.ids:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give the ids to replay, or all")
+        try:
+            replayed = await DeadLetters(engine.bus).replay(None if request.all else list(request.ids))
+        except UnknownDeadLetterError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            raise AssertionError("unreachable") from exc
+        except (OSError, RuntimeError, nats.errors.Error) as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"dead letters could not be replayed: {exc!r}")
+            raise AssertionError("unreachable") from exc
+        return sync_pb2.ReplayDeadLettersResponse(replayed=[_dead_letter(one) for one in replayed])
+
+
+def _dead_letter(letter: DeadLetter) -> sync_pb2.DeadLetter:
+    message = sync_pb2.DeadLetter(
+        id=letter.id,
+        stream=letter.stream,
+        durable=letter.durable,
+        subject=letter.subject,
+        mailbox=letter.mailbox,
+        reason=letter.reason,
+        message_id=letter.message_id,
+    )
+    if letter.at is not None:
+        message.dead_lettered_at.CopyFrom(to_timestamp(letter.at))
+    return message

@@ -4,9 +4,11 @@ Both are durable pull consumers with explicit ack (tccal.bus.consume): a message
 transaction committed. Calendar changes are fetched up to CALENDAR_BATCH × CALENDAR_LANES at a time, split by
 mailbox into CALENDAR_LANES lanes applied concurrently, each lane in one transaction; if a lane's transaction fails
 its changes are applied one by one, so a change that cannot be applied is retried and
-dead-lettered alone. While PostgreSQL is unreachable the handler keeps retrying (telling JetStream the
-message is in progress) instead of failing it, so an outage never dead-letters a change. A message that
-cannot be parsed is logged and acked (it would never parse).
+dead-lettered alone. While PostgreSQL cannot take writes — unreachable, read-only, full: an infrastructure fault
+(`faults.classify`) — the handler keeps retrying (telling JetStream the message is in progress) instead of
+failing it, so an outage never dead-letters a change or a result; only a change the database refuses for its
+data is failed, redelivered and dead-lettered. A message that cannot be parsed is logged and acked (it would
+never parse).
 """
 
 from __future__ import annotations
@@ -76,7 +78,11 @@ async def handle_result_message(engine: Engine, message: Msg, stop: asyncio.Even
     except DecodeError as exc:
         log.error("undecodable command result dropped", extra={"subject": message.subject, "error": str(exc)})
         return
-    await engine.apply_result(result, _headers(message), stop=stop)
+
+    async def still_working() -> None:
+        await message.in_progress()
+
+    await engine.apply_result(result, _headers(message), stop=stop, on_wait=still_working)
 
 
 async def consume_calendar(engine: Engine, bus: Bus, stop: asyncio.Event) -> None:

@@ -28,6 +28,7 @@ import asyncpg
 
 from sync_engine.changes import ChangeApplier
 from sync_engine.context import EngineContext
+from sync_engine.faults import DatabaseHealth
 from sync_engine.queries import ReadQueries
 from sync_engine.results import ResultApplier
 from sync_engine.resync import MailboxResync
@@ -42,8 +43,16 @@ from trueconf.calendar.v1 import calendar_pb2, commands_pb2
 class Engine:
     """The decisions of the sync-engine, over one PostgreSQL pool and one NATS connection."""
 
-    def __init__(self, settings: EngineSettings, pool: asyncpg.Pool, bus: Bus, clock: Clock) -> None:
-        self.context = EngineContext(settings, pool, bus, clock)
+    def __init__(
+        self,
+        settings: EngineSettings,
+        pool: asyncpg.Pool,
+        bus: Bus,
+        clock: Clock,
+        health: DatabaseHealth | None = None,
+    ) -> None:
+        self.context = EngineContext(settings, pool, bus, clock, health)
+        self.health = self.context.health
         self.settings = settings
         self.pool = pool
         self.bus = bus
@@ -82,8 +91,9 @@ class Engine:
         headers: Mapping[str, str] | None = None,
         *,
         stop: asyncio.Event | None = None,
+        on_wait: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        await self.results.apply_result(result, headers, stop=stop)
+        await self.results.apply_result(result, headers, stop=stop, on_wait=on_wait)
 
     async def launch_due(self) -> int:
         """Launch every due occurrence (at most 100 per call); returns how many rows it settled."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
@@ -44,6 +44,24 @@ class _Metrics:
             unit="1",
             description="Commands waiting in the outbox for the relay.",
         )
+
+        self.database_retries = meter.create_counter(
+            "sync_engine_database_retries",
+            unit="1",
+            description="Transactions retried because PostgreSQL could not take them (read-only, full, unreachable)"
+            " or they lost a race, by fault and SQLSTATE.",
+        )
+        #: How long the engine has been waiting for PostgreSQL to take writes (set by faults.DatabaseHealth).
+        self.database_waiting: Callable[[], float] = lambda: 0.0
+        meter.create_observable_gauge(
+            "sync_engine_database_waiting_seconds",
+            callbacks=[self._observe_waiting],
+            unit="s",
+            description="Seconds PostgreSQL has not taken the engine's writes (0 when it does); not ready meanwhile.",
+        )
+
+    def _observe_waiting(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(self.database_waiting())]
 
     def _observe_backlog(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self.outbox_backlog)]

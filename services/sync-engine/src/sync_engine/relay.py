@@ -17,10 +17,12 @@ import asyncpg
 from opentelemetry import trace
 from opentelemetry.context import Context
 
+from sync_engine.faults import DatabaseHealth, Fault, classify
 from sync_engine.metrics import METRICS
 from tccal import telemetry
 from tccal.bus import Bus
 from tccal.clock import Clock
+from tccal.retry import backoff_delay
 from tccal.subjects import commands_subject
 
 log = logging.getLogger(__name__)
@@ -31,13 +33,23 @@ BATCH = 256
 
 
 class Relay:
-    def __init__(self, pool: asyncpg.Pool, bus: Bus, clock: Clock, *, poll_interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        bus: Bus,
+        clock: Clock,
+        *,
+        poll_interval: float = 0.5,
+        health: DatabaseHealth | None = None,
+    ) -> None:
         self.pool = pool
+        self.health = health or DatabaseHealth()
         self.bus = bus
         self.clock = clock
         self.poll_interval = poll_interval
         self.tracer = telemetry.tracer("sync_engine.relay")
         self._wake = asyncio.Event()
+        self._failures = 0  # rounds failed in a row
 
     def _notified(self, *_args: object) -> None:
         self._wake.set()
@@ -51,8 +63,15 @@ class Relay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # PostgreSQL or NATS trouble: start over after a pause
-                log.warning("outbox relay interrupted, restarting", extra={"error": repr(exc)})
-                await _pause(stop, 1.0)
+                self._failures += 1
+                if classify(exc) is Fault.INFRASTRUCTURE and not isinstance(exc, RelayIncompleteError):
+                    # PostgreSQL cannot take the marks: published commands are published again on the next
+                    # round (duplicates of the window are dropped), so back off instead of re-sending every second
+                    self.health.failed(exc)
+                    await _pause(stop, backoff_delay(self._failures, base=1.0, cap=10.0))
+                else:
+                    log.warning("outbox relay interrupted, restarting", extra={"error": repr(exc)})
+                    await _pause(stop, 1.0)
 
     async def _lead(self, connection: asyncpg.Connection, stop: asyncio.Event) -> None:
         while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
@@ -63,6 +82,8 @@ class Relay:
             while not stop.is_set():
                 self._wake.clear()
                 published = await self.publish_pending(connection)
+                self._failures = 0
+                self.health.succeeded()  # the marks were written: a wait of the relay, if any, is over
                 if published < BATCH:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.poll_interval)
@@ -114,10 +135,14 @@ class Relay:
                 "UPDATE outbox SET status = 'published' WHERE id = ANY($1::bigint[]) AND status = 'pending'", done
             )
         if len(done) < len(rows):
-            raise ConnectionError(
+            raise RelayIncompleteError(
                 f"JetStream acknowledged {len(done)} of {len(rows)} commands; publishing the rest again"
             )
         return len(done)
+
+
+class RelayIncompleteError(ConnectionError):
+    """JetStream did not acknowledge every command of a batch (NATS trouble, not PostgreSQL's)."""
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -39,6 +39,7 @@ class ResultApplier:
         headers: Mapping[str, str] | None = None,
         *,
         stop: asyncio.Event | None = None,
+        on_wait: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         cause = Cause(
             created_at=self.context.clock.now(),
@@ -48,7 +49,9 @@ class ResultApplier:
         METRICS.results.add(1, {"status": commands_pb2.CommandStatus.Name(result.status)})
         with self.context.tracer.start_as_current_span("apply command result") as span:
             span.set_attribute("tcs.command_id", result.command_id)
-            await self.context.transaction(lambda connection: self._apply_result(connection, result, cause), stop=stop)
+            await self.context.transaction(
+                lambda connection: self._apply_result(connection, result, cause), stop=stop, on_wait=on_wait
+            )
 
     async def _apply_result(
         self, connection: asyncpg.Connection, result: commands_pb2.TcsCommandResult, cause: Cause

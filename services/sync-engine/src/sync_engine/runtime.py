@@ -18,6 +18,7 @@ import asyncpg
 from sync_engine.api import SyncApi
 from sync_engine.bus import consume_calendar, consume_results
 from sync_engine.engine import Engine
+from sync_engine.faults import DatabaseHealth, Fault, classify
 from sync_engine.migrate import migrate
 from sync_engine.relay import Relay
 from sync_engine.settings import EngineSettings
@@ -40,13 +41,15 @@ class SyncEngine:
         *,
         tick: float = 0.5,
         roll_check: float = 5.0,
+        health: DatabaseHealth | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.bus = bus
         self.clock = clock
-        self.engine = Engine(settings, pool, bus, clock)
-        self.relay = Relay(pool, bus, clock)
+        self.health = health or DatabaseHealth()
+        self.engine = Engine(settings, pool, bus, clock, self.health)
+        self.relay = Relay(pool, bus, clock, health=self.health)
         self.tick = tick
         self.roll_check = roll_check
 
@@ -74,10 +77,11 @@ class SyncEngine:
                 while await self.engine.launch_due() and not stop.is_set():
                     pass
                 await self.engine.repoint_series()
+                self.health.succeeded()  # a tick that failed on PostgreSQL before went through now
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("launch scheduler tick failed")
+            except Exception as exc:
+                self._failed(exc, "launch scheduler tick failed")
             await _pause(stop, self.tick)
 
     async def run_roll(self, stop: asyncio.Event) -> None:
@@ -85,11 +89,20 @@ class SyncEngine:
         while not stop.is_set():
             try:
                 await self.engine.roll_window()
+                self.health.succeeded()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("cache window roll failed")
+            except Exception as exc:
+                self._failed(exc, "cache window roll failed")
             await _pause(stop, self.roll_check)
+
+    def _failed(self, exc: Exception, what: str) -> None:
+        """A loop's tick failed: PostgreSQL's trouble is reported by `health` (once per interval, not per tick);
+        anything else is logged with its stack."""
+        if classify(exc) is Fault.INFRASTRUCTURE:
+            self.health.failed(exc)
+        else:
+            log.exception(what)
 
 
 class SyncEngineService:
@@ -103,6 +116,8 @@ class SyncEngineService:
         self.clock = clock
         self.api = api
         self.migrated = asyncio.Event()
+        #: Readiness "postgres-writes": red while PostgreSQL cannot take the engine's writes (faults.py).
+        self.health = DatabaseHealth()
 
     async def schema_ready(self) -> None:
         if not self.migrated.is_set():
@@ -114,7 +129,7 @@ class SyncEngineService:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.1)
-        engine = SyncEngine(self.settings, self.database.pool, self.bus, self.clock)
+        engine = SyncEngine(self.settings, self.database.pool, self.bus, self.clock, health=self.health)
         await engine.migrate()
         # Everything built so far (modules, config, clients) lives as long as the process: kept out of the cyclic
         # collector, whose full passes otherwise re-scan it while batches allocate (a quarter of a batch's CPU).
