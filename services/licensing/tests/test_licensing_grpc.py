@@ -19,6 +19,8 @@ from registration_emulator.document import LicenseTerms
 from registration_emulator.offline import write_response
 from registration_emulator.testing import RunningEmulator, authority_key
 from registration_emulator.tiers import Tier
+from tccal.grpckit import service_token
+from tccal_sandbox.testing import authorized
 from trueconf.calendar.v1 import licensing_pb2 as pb
 from trueconf.calendar.v1 import licensing_pb2_grpc
 
@@ -42,15 +44,23 @@ def seat_asks(prefix: str, n: int, configured: bool) -> list[pb.SeatRequest]:
     return [pb.SeatRequest(mailbox=f"{prefix}{i:03d}@corp.example", configured=configured) for i in range(n)]
 
 
-def test_online_registration_and_admin_guard(stub: Stub, admin: Metadata, emulator: RunningEmulator) -> None:
+def test_online_registration_and_admin_guard(
+    stub: Stub, admin: Metadata, service: Any, emulator: RunningEmulator
+) -> None:
     info = stub.GetLicense(pb.GetLicenseRequest(), timeout=30)
     assert (info.tier, info.status) == (pb.LICENSE_TIER_NONE, pb.LICENSE_STATUS_UNREGISTERED)
     assert re.fullmatch(r"[0-9a-f]{64}", info.installation_id)
     assert "--register KEY" in info.status_reason
 
     key = emulator.issue_key("standard", 120, expires="2099-01-31")
-    error = refusal(stub.RegisterOnline, pb.RegisterOnlineRequest(key=key))
-    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    with grpc.insecure_channel(service.address) as channel:  # no token: every call of ours is refused
+        bare = Stub(channel)
+        for call, request in (
+            (bare.RegisterOnline, pb.RegisterOnlineRequest(key=key)),
+            (bare.GetLicense, pb.GetLicenseRequest()),
+            (bare.AllocateSeats, pb.AllocateSeatsRequest(mailboxes=seat_asks("x", 1, True), providers=1)),
+        ):
+            assert refusal(call, request).code() == grpc.StatusCode.UNAUTHENTICATED
 
     registered = stub.RegisterOnline(pb.RegisterOnlineRequest(key=key), metadata=admin, timeout=30)
     assert (registered.tier, registered.status, registered.seats) == (
@@ -179,18 +189,18 @@ def test_seats_whitelist_first_and_a_new_license_without_restart(
 
 
 async def test_installation_survives_restarts_and_stored_licenses_are_reverified(
-    make_service: Any, admin: Metadata, emulator: RunningEmulator, pg_dsn: str
+    make_service: Any, admin: Metadata, admin_token: str, emulator: RunningEmulator, pg_dsn: str
 ) -> None:
     first = make_service("first")
     with grpc.insecure_channel(first.address) as channel:
-        registered = Stub(channel).RegisterOnline(
+        registered = Stub(authorized(channel, admin_token)).RegisterOnline(
             pb.RegisterOnlineRequest(key=emulator.issue_key("standard", 30)), metadata=admin, timeout=30
         )
     first.stop()
     # A new process with a new config directory (a re-created container) on the same database.
     second = make_service("second")
     with grpc.insecure_channel(second.address) as channel:
-        stub = Stub(channel)
+        stub = Stub(authorized(channel, admin_token))
         again = stub.GetLicense(pb.GetLicenseRequest(), timeout=30)
         assert again.installation_id == registered.installation_id
         assert (again.license_id, again.status) == (registered.license_id, pb.LICENSE_STATUS_VALID)

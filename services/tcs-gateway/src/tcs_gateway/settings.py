@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from tccal.config import Config
+from tccal.grpckit import GrpcCaller
 from tccal.subjects import GATEWAY_STATE_BUCKET
 
 SERVICE = "tcs-gateway"
@@ -110,6 +111,8 @@ class GatewaySettings:
     # SyncService (sync-engine)
     sync_address: str = "127.0.0.1:50062"
     sync_timeout: float = 15.0
+    #: How SyncService.ListEvents is called: tcs-gateway's token (derived from grpc.adminToken) and grpc.tls.
+    sync_caller: GrpcCaller = field(default_factory=GrpcCaller)
     snapshot_concurrency: int = 4
     ondemand_interval: float = 60.0
     # Identity
@@ -187,5 +190,6 @@ class GatewaySettings:
                 mode=config.conference_defaults.mode, access=config.conference_defaults.access
             ),
             sync_address=config.grpc.address_of("sync-engine"),
+            sync_caller=GrpcCaller.for_service(config, SERVICE, reveal),
             gateway_id=(os.environ.get("HOSTNAME") or f"tcs-gateway-{socket.gethostname()}")[:128],
         )
