@@ -188,6 +188,33 @@ def test_seats_whitelist_first_and_a_new_license_without_restart(
     assert len(several.granted) == 65
 
 
+def test_allocate_seats_is_ews_ingests_and_a_callers_configured_flag_takes_no_seat(
+    stub: Stub, service: Any, admin_token: str, emulator: RunningEmulator
+) -> None:
+    """Issue #17: three made-up mailboxes flagged `configured` took a configured user's seat. Now only ews-ingest's
+    identity may ask, and even it cannot move a mailbox ahead: who is configured is licensing's own config."""
+    stub.RegisterOnline(pb.RegisterOnlineRequest(key=emulator.issue_key("standard", 2)), timeout=30)
+    fakes = seat_asks("fake", 3, True)
+    request = pb.AllocateSeatsRequest(mailboxes=fakes, providers=1)
+    with grpc.insecure_channel(service.address) as channel:
+        bare = Stub(channel)
+        assert refusal(bare.AllocateSeats, request).code() == grpc.StatusCode.UNAUTHENTICATED
+        gateway = (("authorization", f"Bearer {service_token(admin_token, 'tcs-gateway')}"),)
+        assert refusal(bare.AllocateSeats, request, metadata=gateway).code() == grpc.StatusCode.PERMISSION_DENIED
+        ingest = Stub(authorized(channel, service_token(admin_token, "ews-ingest")))
+        # the fakes get the two free seats (nobody else asks yet), as on-demand mailboxes
+        first = ingest.AllocateSeats(request, timeout=30)
+        assert sorted(first.granted) == ["fake000@corp.example", "fake001@corp.example"]
+        # ews-ingest asks for two configured users, flagging neither: they take the seats back from the fakes
+        real = pb.AllocateSeatsRequest(mailboxes=[*seat_asks("cfg", 2, False), *fakes], providers=1)
+        second = ingest.AllocateSeats(real, timeout=30)
+        assert sorted(second.granted) == ["cfg000@corp.example", "cfg001@corp.example"]
+        assert {r.mailbox for r in second.refused} == {f"fake{i:03d}@corp.example" for i in range(3)}
+        # and the fakes flagged `configured` asking again change nothing
+        third = ingest.AllocateSeats(request, timeout=30)
+        assert not third.granted and third.license.seats_used == 2
+
+
 async def test_installation_survives_restarts_and_stored_licenses_are_reverified(
     make_service: Any, admin: Metadata, admin_token: str, emulator: RunningEmulator, pg_dsn: str
 ) -> None:

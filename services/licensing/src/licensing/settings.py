@@ -8,8 +8,8 @@ Keys read (defaults from tccal.config.schema.LicenseConfig):
 * ``license.registrationUrl`` (``https://reg.trueconf.com:4310``): the registration server.
 * ``license.gracePeriodDays`` (7): Free tier — days of work while the registration server is unreachable.
 * ``license.checkIntervalHours`` (12): Free tier — how often the license is confirmed online.
-* ``calendarProviders[].users``: configured mailboxes, treated as whitelisted in seat allocation even when a
-  caller forgets to flag them.
+* ``calendarProviders[].users``: the configured mailboxes, first in line for seats; the only source of that
+  priority (AllocateSeats' ``configured`` flag is the caller's word and is ignored).
 
 Fixed here (no config key yet): a failed check is retried every 5 minutes (or the check interval if shorter),
 a seat lease lasts 1 hour, a call to the registration server times out after 10 seconds, and the registration
