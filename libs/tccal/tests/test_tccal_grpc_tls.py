@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-import ipaddress
+import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,3 +188,35 @@ def test_tls_settings_are_read_from_files_and_bad_ones_name_the_key(pki: dict[st
         TlsMaterial.from_config(
             GrpcTlsConfig.model_validate({"certFile": cert, "keyFile": key, "requireClientCert": True})
         )
+
+
+async def test_the_cli_calls_as_admin_over_mtls_as_the_config_says(pki: dict[str, Pem], tmp_path: Path) -> None:
+    """`tc-calendar grpc`: the admin token and grpc.tls from config.json (client certificate, CA, server name)."""
+    service = pki["service"]
+    tls = TlsMaterial(cert=service.cert, key=service.key, ca=pki["ca"].cert, require_client_cert=True)
+    server = await started(tls, token=TOKEN)
+    for name, data in (("cert.pem", service.cert), ("key.pem", service.key), ("ca.pem", pki["ca"].cert)):
+        (tmp_path / name).write_bytes(data)
+    files = {"certFile": "cert.pem", "keyFile": "key.pem", "caFile": "ca.pem"}
+    tls_section = {key: str(tmp_path / name) for key, name in files.items()}
+    endpoint = {"tcs-gateway": {"address": f"127.0.0.1:{server.port}"}}
+
+    def run(token: str, tls_config: dict[str, object]) -> subprocess.CompletedProcess[str]:
+        config = tmp_path / "config.json"
+        document = {
+            "grpc": {"adminToken": token, "services": endpoint, "tls": tls_config},
+            "allowPlaintextPasswords": True,
+        }
+        config.write_text(json.dumps(document))
+        command = [sys.executable, "-m", "tccal.cli", "grpc", "tcs-gateway", "ListServers", "--config", str(config)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    named = {**tls_section, "serverName": SERVICE_HOST}
+    answer = await asyncio.to_thread(run, TOKEN, named)
+    assert answer.returncode == 0, answer.stderr
+    assert json.loads(answer.stdout)["servers"][0]["server_id"] == "tls#vcs"
+    wrong = await asyncio.to_thread(run, "not-the-token", named)
+    assert wrong.returncode == 1 and "UNAUTHENTICATED" in wrong.stderr
+    no_cert = await asyncio.to_thread(run, TOKEN, {"caFile": tls_section["caFile"], "serverName": SERVICE_HOST})
+    assert no_cert.returncode == 1 and "UNAVAILABLE" in no_cert.stderr
+    await server.stop(0)
