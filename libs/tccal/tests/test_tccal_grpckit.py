@@ -136,3 +136,14 @@ def test_service_tokens_are_per_service_and_per_admin_token() -> None:
     assert service_token(TOKEN, "ews-ingest") == service_token(TOKEN, "ews-ingest")
     assert service_token(TOKEN, "ews-ingest") != service_token(TOKEN + "x", "ews-ingest")
     assert service_token(TOKEN, "ews-ingest").startswith("ews-ingest.")
+
+
+def test_the_refusal_log_stays_bounded_under_a_scan_of_made_up_methods(caplog: pytest.LogCaptureFixture) -> None:
+    refusals = RefusalLog(interval=3600)
+    caplog.set_level(logging.WARNING, logger="tccal.grpckit")
+    for n in range(3 * RefusalLog.MAX_KEYS):
+        refusals.refused(f"/scan.Service/M{n}", "unknown", grpc.StatusCode.UNAUTHENTICATED, "missing token")
+    assert len(refusals._last) <= RefusalLog.MAX_KEYS and len(refusals._since) <= RefusalLog.MAX_KEYS
+    last = f"/scan.Service/M{3 * RefusalLog.MAX_KEYS - 1}"
+    refusals.refused(last, "unknown", grpc.StatusCode.UNAUTHENTICATED, "missing token")
+    assert len(caplog.records) == 3 * RefusalLog.MAX_KEYS  # one line per new method, none for a recent repeat

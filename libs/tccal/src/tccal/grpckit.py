@@ -84,8 +84,11 @@ def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler[Any, Any
 
 
 class RefusalLog:
-    """One warning per (method, caller, reason) and `interval` seconds, with the count of refusals it stands
-    for: a client retrying a refused call in a loop must not flood the log."""
+    """One warning per (method, caller, status) and `interval` seconds, with the count of refusals it stands
+    for: a client retrying a refused call in a loop must not flood the log. At most `MAX_KEYS` are remembered
+    (a scan of made-up method names must not grow it without end)."""
+
+    MAX_KEYS = 1024
 
     def __init__(self, interval: float = 60.0) -> None:
         self.interval = interval
@@ -95,6 +98,8 @@ class RefusalLog:
     def refused(self, method: str, caller: str, code: grpc.StatusCode, reason: str) -> None:
         key = (method, caller, code.name)
         now = time.monotonic()
+        if key not in self._last and len(self._last) >= self.MAX_KEYS:
+            self._forget(now)
         self._since[key] = self._since.get(key, 0) + 1
         last = self._last.get(key)
         if last is not None and now - last < self.interval:
@@ -106,6 +111,15 @@ class RefusalLog:
             reason,
             extra={"method": method, "caller": caller, "code": code.name, "refusals": count},
         )
+
+    def _forget(self, now: float) -> None:
+        """Drop what is older than an interval; if that frees nothing, start over (a few lines logged twice)."""
+        for key in [k for k, last in self._last.items() if now - last >= self.interval]:
+            del self._last[key]
+            self._since.pop(key, None)
+        if len(self._last) >= self.MAX_KEYS:
+            self._last.clear()
+            self._since.clear()
 
 
 class CallerAuthInterceptor(_Interceptor):

@@ -23,7 +23,7 @@ from tccal.clock import Clock, SystemClock
 from tccal.config import Config, ConfigError, load_config
 from tccal.config.loader import CONFIG_ENV, EXIT_CONFIG
 from tccal.db import Database
-from tccal.grpckit import AccessPolicy, GrpcCaller, GrpcServer, TlsMaterial
+from tccal.grpckit import AccessPolicy, GrpcServer, TlsMaterial
 from tccal.probes import ProbeServer, Readiness
 from tccal.secrets import SecretError, reveal
 
@@ -47,8 +47,6 @@ class ServiceApp:
             admin_token=self.secret(config.grpc.admin_token),
             tls=TlsMaterial.from_config(config.grpc.tls),
         )
-        #: How this service calls the others (its own token, TLS per grpc.tls).
-        self.caller = GrpcCaller.for_service(config, name, self.secret)
         self.probes = ProbeServer(name, endpoint.host, endpoint.http_port, self.readiness)
         self._tasks: list[Callable[[], Awaitable[None]]] = []
         self._cleanups: list[Callable[[], Awaitable[None]]] = []
