@@ -345,7 +345,10 @@ class GrpcCaller:
     def for_service(cls, config: Config, service: str, reveal: Callable[[str], str]) -> GrpcCaller:
         """`service` calling others: its derived token when grpc.adminToken is set."""
         admin = reveal(config.grpc.admin_token)
-        return cls(service_token(admin, service) if admin else "", TlsMaterial.from_config(config.grpc.tls))
+        token = service_token(admin, service) if admin else ""
+        if token:
+            telemetry.register_secret(token)  # redacted from log lines like the admin token itself
+        return cls(token, TlsMaterial.from_config(config.grpc.tls))
 
     @classmethod
     def for_admin(cls, config: Config, reveal: Callable[[str], str]) -> GrpcCaller:
