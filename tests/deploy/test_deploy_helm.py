@@ -32,6 +32,7 @@ BAD = {
     "secret-in-config": ("secret-in-config.yaml", "secrets go in credentials.values"),
     "invalid-volume": ("invalid-volume.yaml", "'notAVolumeField' was unexpected"),
     "chart-owned-key": ("chart-owned-key.yaml", "'not' failed"),
+    "grpc-tls-without-secret": ("grpc-tls-without-secret.yaml", "at '/grpcTls/secretName': minLength"),
 }
 NAMESPACE = "calendar"
 MOUNT = {"config": "/etc/tc-calendar/config.json", "key": "/var/run/secrets/tc-calendar/machine.key"}
@@ -287,6 +288,32 @@ def test_pods_are_locked_down(report: dict[str, Any], value_set: str) -> None:
             assert container["resources"] or value_set == "full", "defaults must set resources"
             mounts = {m["mountPath"] for m in container["volumeMounts"]}
             assert "/tmp" in mounts, "a writable /tmp on a read-only root"
+
+
+def test_grpc_tls_mounts_its_secret_and_the_config_points_at_it(report: dict[str, Any], tmp_path: Path) -> None:
+    """grpcTls on (full.yaml): every pod mounts the Secret's three files read-only where config.json's grpc.tls
+    names them; off (the default): plaintext, nothing mounted."""
+    _, document = rendered_config(report, "full")
+    directory = "/var/run/secrets/tc-calendar-grpc"
+    assert document["grpc"]["tls"] == {
+        "certFile": f"{directory}/tls.crt",
+        "keyFile": f"{directory}/tls.key",
+        "caFile": f"{directory}/ca.crt",
+        "requireClientCert": True,
+    }
+    for deployment in manifests(report, "full", "Deployment"):
+        spec = deployment["spec"]["template"]["spec"]
+        (volume,) = [v for v in spec["volumes"] if v["name"] == "grpc-tls"]
+        assert volume["secret"]["secretName"] == "tccal-grpc-tls"
+        assert {i["path"] for i in volume["secret"]["items"]} == {"tls.crt", "tls.key", "ca.crt"}
+        (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "grpc-tls"]
+        assert mount == {"name": "grpc-tls", "mountPath": directory, "readOnly": True}
+        config = load_as_pod(report, "full", deployment, tmp_path, check_secrets=False)
+        assert config.grpc.tls.require_client_cert and config.grpc.tls.ca_file == f"{directory}/ca.crt"
+    _, default = rendered_config(report, "default")
+    assert "tls" not in default["grpc"]
+    for deployment in manifests(report, "default", "Deployment"):
+        assert all(v["name"] != "grpc-tls" for v in deployment["spec"]["template"]["spec"]["volumes"])
 
 
 def _egress_ports(policy: dict[str, Any]) -> dict[int, list[Any]]:

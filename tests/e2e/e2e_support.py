@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import grpc
 
 from tccal_sandbox.demo import Ews, shared_calendar
+from tccal_sandbox.testing import authorized as with_token
 from tccal_sandbox.testing import running_sandbox, wait_for
 
 T = TypeVar("T")
@@ -99,8 +100,12 @@ class Product:
     def conference(self, conference_id: str) -> dict[str, Any] | None:
         return next((c for c in self.conferences() if c["id"] == conference_id), None)
 
-    def channel(self, service: str) -> grpc.Channel:
-        return grpc.insecure_channel(self.ready["services"][service]["grpc"])
+    def channel(self, service: str, *, authorized: bool = True) -> grpc.Channel:
+        """A channel to `service`'s gRPC; `authorized`: as an administrator (the ready-file's admin token on every
+        call that names no authorization itself), else bare."""
+        channel = grpc.insecure_channel(self.ready["services"][service]["grpc"])
+        token = self.ready.get("grpc", {}).get("admin_token", "")
+        return with_token(channel, token) if authorized and token else channel
 
     def log(self, name: str) -> str:
         return (self.state_dir / "logs" / f"{name}.log").read_text(errors="replace")

@@ -110,6 +110,22 @@ def test_1_2_free_license_syncs_50_accounts_users_first() -> None:
         with product.channel("licensing") as channel:
             info = licensing_pb2_grpc.LicensingServiceStub(channel).GetLicense(licensing_pb2.GetLicenseRequest())
         assert info.tier == licensing_pb2.LICENSE_TIER_FREE and info.seats == 50
+        # the sandbox runs guarded: the seats above came through ews-ingest's own token at licensing, and a
+        # caller without one learns nothing and takes no seat (issue #17)
+        with product.channel("licensing", authorized=False) as bare:
+            stub = licensing_pb2_grpc.LicensingServiceStub(bare)
+            for call, request in (
+                (stub.GetLicense, licensing_pb2.GetLicenseRequest()),
+                (
+                    stub.AllocateSeats,
+                    licensing_pb2.AllocateSeatsRequest(
+                        mailboxes=[licensing_pb2.SeatRequest(mailbox=email("mallory"), configured=True)], providers=1
+                    ),
+                ),
+            ):
+                with pytest.raises(grpc.RpcError) as refused:
+                    call(request, timeout=10)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_2_4_2_offline_registration_then_sync_starts() -> None:

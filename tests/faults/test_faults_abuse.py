@@ -155,7 +155,7 @@ def seed_raw_item(
 # --- gRPC ---------------------------------------------------------------------------------------------------
 def test_grpc_admin_calls_without_token_are_refused(guarded: FaultProduct) -> None:
     product = guarded.product
-    with product.channel("ews-ingest") as channel:
+    with product.channel("ews-ingest", authorized=False) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         for metadata in ((), (("authorization", "Bearer wrong"),), (("authorization", ADMIN_TOKEN),)):
             with pytest.raises(grpc.RpcError) as refused:
@@ -169,14 +169,19 @@ def test_grpc_admin_calls_without_token_are_refused(guarded: FaultProduct) -> No
             metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),),
             timeout=30,
         )
-        assert stub.ListMailboxes(ingest_pb2.ListMailboxesRequest(), timeout=10).mailboxes, "queries need no token"
-    with product.channel("licensing") as channel:
+        # queries reveal mailboxes and their errors: they take the token too (issue #17)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ListMailboxes(ingest_pb2.ListMailboxesRequest(), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        admin = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+        assert stub.ListMailboxes(ingest_pb2.ListMailboxesRequest(), metadata=admin, timeout=10).mailboxes
+    with product.channel("licensing", authorized=False) as channel:
         licensing = licensing_pb2_grpc.LicensingServiceStub(channel)
-        before = licensing.GetLicense(licensing_pb2.GetLicenseRequest(), timeout=10)
+        before = licensing.GetLicense(licensing_pb2.GetLicenseRequest(), metadata=admin, timeout=10)
         with pytest.raises(grpc.RpcError) as refused:
             licensing.RegisterOnline(licensing_pb2.RegisterOnlineRequest(key="FREE-ANYTHING"), timeout=10)
         assert refused.value.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
-        after = licensing.GetLicense(licensing_pb2.GetLicenseRequest(), timeout=10)
+        after = licensing.GetLicense(licensing_pb2.GetLicenseRequest(), metadata=admin, timeout=10)
         assert (after.tier, after.seats) == (before.tier, before.seats), "the refused call changed the license"
 
 

@@ -181,7 +181,14 @@ def test_config_check_command(tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert refused.stderr.splitlines() == [
         f"{guide}: grpc.services.sync-engine.host: '0.0.0.0' is beyond loopback, so grpc.adminToken must be set "
-        "(the service refuses to start without it: admin calls would be open to the network)"
+        "(the service refuses to start without it: its calls would be open to the network)"
+    ]
+    # gRPC TLS files the services could not read stop them too
+    no_ca = {**environ, "TC_CALENDAR__GRPC__TLS__CAFILE": str(tmp_path / "missing-ca.pem")}
+    refused = subprocess.run([*CLI, "config", "check", str(guide)], capture_output=True, text=True, env=no_ca)
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines() == [
+        f"{guide}: grpc.tls.caFile: cannot read {tmp_path / 'missing-ca.pem'}: No such file or directory"
     ]
     bad = write(tmp_path, '{"wsPort": "x", "cache": {"backward": -1}, "nope": 1}')
     result = subprocess.run([*CLI, "config", "check", str(bad)], capture_output=True, text=True)

@@ -1,16 +1,20 @@
-"""gRPC kit over a real socket: health, reflection, admin bearer token, loopback rule."""
+"""gRPC kit over a real socket: health, reflection, the caller guard (admin and service tokens), loopback rule."""
 
 from __future__ import annotations
+
+import asyncio
+import logging
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tccal.grpckit import GrpcServer, client_metadata
+from tccal.grpckit import AccessPolicy, GrpcCaller, GrpcServer, RefusalLog, client_metadata, service_token
 from trueconf.calendar.v1 import gateway_pb2, gateway_pb2_grpc
 
-ADMIN = "/trueconf.calendar.v1.GatewayService/ListServers"
+METHOD = "/trueconf.calendar.v1.GatewayService/ListServers"
+TOKEN = "s3cret-token"
 
 
 class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
@@ -20,8 +24,10 @@ class Gateway(gateway_pb2_grpc.GatewayServiceServicer):
         return gateway_pb2.ListServersResponse(servers=[gateway_pb2.ServerStatus(server_id="a#vcs")])
 
 
-async def started(token: str = "") -> GrpcServer:
-    server = GrpcServer("127.0.0.1", 0, admin_methods={ADMIN}, admin_token=token)
+async def started(
+    token: str = "", policy: AccessPolicy | None = None, refusals: RefusalLog | None = None
+) -> GrpcServer:
+    server = GrpcServer("127.0.0.1", 0, policy=policy, admin_token=token, refusals=refusals)
     server.add(
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server,
         Gateway(),
@@ -29,6 +35,25 @@ async def started(token: str = "") -> GrpcServer:
     )
     await server.start()
     return server
+
+
+async def list_servers(channel: grpc.aio.Channel, token: str | None) -> grpc.StatusCode:
+    """The status of one ListServers call sending `token` (None: no authorization header)."""
+    metadata = client_metadata(token) if token is not None else []
+    try:
+        reply = await gateway_pb2_grpc.GatewayServiceStub(channel).ListServers(
+            gateway_pb2.ListServersRequest(), metadata=metadata, timeout=10
+        )
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    assert reply.servers[0].server_id == "a#vcs"
+    return grpc.StatusCode.OK
+
+
+async def reflection_lists(channel: grpc.aio.Channel) -> set[str]:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    return {s.name async for r in responses for s in r.list_services_response.service}
 
 
 async def test_health_follows_readiness_and_reflection_lists_services() -> None:
@@ -40,35 +65,85 @@ async def test_health_follows_readiness_and_reflection_lists_services() -> None:
         await server.set_serving(True)
         reply = await health.Check(health_pb2.HealthCheckRequest(service="trueconf.calendar.v1.GatewayService"))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
-        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
-        names = {s.name async for r in responses for s in r.list_services_response.service}
-        assert {"trueconf.calendar.v1.GatewayService", "grpc.health.v1.Health"} <= names
-        # loopback without a token configured: admin calls are open to local administrators
-        reply2 = await gateway_pb2_grpc.GatewayServiceStub(channel).ListServers(gateway_pb2.ListServersRequest())
-        assert reply2.servers[0].server_id == "a#vcs"
+        assert {"trueconf.calendar.v1.GatewayService", "grpc.health.v1.Health"} <= await reflection_lists(channel)
+        # loopback without a token configured: the guard is off, calls are open to local administrators
+        assert await list_servers(channel, None) == grpc.StatusCode.OK
     await server.stop(0)
 
 
-async def test_admin_calls_need_the_bearer_token_when_one_is_set() -> None:
-    server = await started(token="s3cret-token")
+async def test_with_a_token_set_an_undeclared_method_is_for_the_admin_only() -> None:
+    """The default policy opens nothing: a method nobody wrote down takes the admin token and nothing else, while
+    health and reflection stay open."""
+    server = await started(token=TOKEN)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as denied:
-            await stub.ListServers(gateway_pb2.ListServersRequest())
-        assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert "Bearer" in (denied.value.details() or "")
-        with pytest.raises(grpc.aio.AioRpcError) as wrong:
-            await stub.ListServers(gateway_pb2.ListServersRequest(), metadata=client_metadata("nope"))
-        assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        reply = await stub.ListServers(gateway_pb2.ListServersRequest(), metadata=client_metadata("s3cret-token"))
-        assert reply.servers[0].server_id == "a#vcs"
-        # health stays open for probes
+        assert await list_servers(channel, None) == grpc.StatusCode.UNAUTHENTICATED
+        assert await list_servers(channel, "nope") == grpc.StatusCode.UNAUTHENTICATED
+        assert await list_servers(channel, service_token("another-installation", "tcs-gateway")) == (
+            grpc.StatusCode.UNAUTHENTICATED
+        )
+        # a real service identity, but nobody allowed it here
+        assert await list_servers(channel, service_token(TOKEN, "tcs-gateway")) == grpc.StatusCode.PERMISSION_DENIED
+        assert await list_servers(channel, TOKEN) == grpc.StatusCode.OK
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert "trueconf.calendar.v1.GatewayService" in await reflection_lists(channel)
+    await server.stop(0)
+
+
+async def test_a_method_given_to_a_service_takes_that_service_token_and_the_admin_token() -> None:
+    policy = AccessPolicy(callers={METHOD: frozenset({"tcs-gateway"})})
+    server = await started(token=TOKEN, policy=policy)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        assert await list_servers(channel, service_token(TOKEN, "tcs-gateway")) == grpc.StatusCode.OK
+        assert await list_servers(channel, TOKEN) == grpc.StatusCode.OK
+        assert await list_servers(channel, service_token(TOKEN, "ews-ingest")) == grpc.StatusCode.PERMISSION_DENIED
+        forged = service_token(TOKEN, "tcs-gateway")[:-1] + "0"
+        assert await list_servers(channel, forged) == grpc.StatusCode.UNAUTHENTICATED
+        caller = GrpcCaller(token=service_token(TOKEN, "tcs-gateway"))
+        async with caller.aio_channel(f"127.0.0.1:{server.port}") as own:
+            reply = await gateway_pb2_grpc.GatewayServiceStub(own).ListServers(
+                gateway_pb2.ListServersRequest(), metadata=caller.metadata()
+            )
+            assert reply.servers[0].server_id == "a#vcs"
+    await server.stop(0)
+
+
+async def test_refusals_are_logged_once_per_interval_not_per_call(caplog: pytest.LogCaptureFixture) -> None:
+    server = await started(token=TOKEN, refusals=RefusalLog(interval=1.0))
+    caplog.set_level(logging.WARNING, logger="tccal.grpckit")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        for _ in range(25):
+            assert await list_servers(channel, "nope") == grpc.StatusCode.UNAUTHENTICATED
+        refused = [r for r in caplog.records if r.getMessage().startswith("gRPC call refused")]
+        assert len(refused) == 1, [r.getMessage() for r in refused]
+        assert refused[0].__dict__["method"] == METHOD and refused[0].__dict__["refusals"] == 1
+        await asyncio.sleep(1.1)
+        assert await list_servers(channel, "nope") == grpc.StatusCode.UNAUTHENTICATED
+        refused = [r for r in caplog.records if r.getMessage().startswith("gRPC call refused")]
+        assert len(refused) == 2
+        assert refused[1].__dict__["refusals"] == 25  # the 24 not logged and this one
     await server.stop(0)
 
 
 def test_binding_beyond_loopback_without_a_token_is_refused() -> None:
     with pytest.raises(ValueError, match=r"grpc\.adminToken must be set"):
-        GrpcServer("0.0.0.0", 0, admin_methods={ADMIN})
+        GrpcServer("0.0.0.0", 0)
+
+
+def test_service_tokens_are_per_service_and_per_admin_token() -> None:
+    tokens = {service_token(TOKEN, s) for s in ("ews-ingest", "sync-engine", "tcs-gateway", "licensing")}
+    assert len(tokens) == 4 and TOKEN not in tokens
+    assert service_token(TOKEN, "ews-ingest") == service_token(TOKEN, "ews-ingest")
+    assert service_token(TOKEN, "ews-ingest") != service_token(TOKEN + "x", "ews-ingest")
+    assert service_token(TOKEN, "ews-ingest").startswith("ews-ingest.")
+
+
+def test_the_refusal_log_stays_bounded_under_a_scan_of_made_up_methods(caplog: pytest.LogCaptureFixture) -> None:
+    refusals = RefusalLog(interval=3600)
+    caplog.set_level(logging.WARNING, logger="tccal.grpckit")
+    for n in range(3 * RefusalLog.MAX_KEYS):
+        refusals.refused(f"/scan.Service/M{n}", "unknown", grpc.StatusCode.UNAUTHENTICATED, "missing token")
+    assert len(refusals._last) <= RefusalLog.MAX_KEYS and len(refusals._since) <= RefusalLog.MAX_KEYS
+    last = f"/scan.Service/M{3 * RefusalLog.MAX_KEYS - 1}"
+    refusals.refused(last, "unknown", grpc.StatusCode.UNAUTHENTICATED, "missing token")
+    assert len(caplog.records) == 3 * RefusalLog.MAX_KEYS  # one line per new method, none for a recent repeat

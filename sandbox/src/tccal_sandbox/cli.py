@@ -53,13 +53,21 @@ def describe(ready: dict[str, Any], ready_path: Path) -> str:
     gateway = ready["services"]["tcs-gateway"]["grpc"]
     licensing = ready["services"]["licensing"]["grpc"]
     api = "trueconf.calendar.v1"
+    guarded = bool(ready.get("grpc", {}).get("admin_token"))
+    auth = '-H "authorization: Bearer $TOKEN" ' if guarded else ""
+    token_line = (
+        [f'  TOKEN=$(python3 -c \'import json; print(json.load(open("{ready_path}"))["grpc"]["admin_token"])\')']
+        if guarded
+        else []
+    )
     lines += [
         "",
-        "Try",
+        "Try (every call but health and reflection takes the admin token, grpc.adminToken)",
+        *token_line,
         f"  grpcurl -plaintext {sync} list",
-        f'  grpcurl -plaintext -d \'{{"user": "alice@sandbox.test"}}\' {sync} {api}.SyncService/ListEvents',
-        f"  grpcurl -plaintext {gateway} {api}.GatewayService/ListServers",
-        f"  grpcurl -plaintext {licensing} {api}.LicensingService/GetLicense",
+        f'  grpcurl -plaintext {auth}-d \'{{"user": "alice@sandbox.test"}}\' {sync} {api}.SyncService/ListEvents',
+        f"  grpcurl -plaintext {auth}{gateway} {api}.GatewayService/ListServers",
+        f"  grpcurl -plaintext {auth}{licensing} {api}.LicensingService/GetLicense",
         "",
         f"Every endpoint and credential: {ready_path}   Logs: {ready.get('logs', '')}",
         "Press Ctrl+C to stop.",

@@ -10,6 +10,7 @@ absent, never faked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import logging
@@ -21,6 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,10 +132,19 @@ class Sandbox:
         return env
 
     def encrypt(self, value: str) -> str:
+        with self._own_key():
+            return secrets.encrypt(value, secrets.load_key())
+
+    def reveal(self, value: str, *, allow_plaintext: bool) -> str:
+        with self._own_key():
+            return secrets.reveal(value, allow_plaintext=allow_plaintext)
+
+    @contextlib.contextmanager
+    def _own_key(self) -> Iterator[None]:
         previous = os.environ.get("TC_CALENDAR_KEY_FILE")
         os.environ["TC_CALENDAR_KEY_FILE"] = str(self.key_file)
         try:
-            return secrets.encrypt(value, secrets.load_key())
+            yield
         finally:
             if previous is None:
                 os.environ.pop("TC_CALENDAR_KEY_FILE", None)
@@ -321,7 +332,9 @@ class Sandbox:
             "cache": {"autoSync": True, "backward": 1, "forward": 3},
             "productWhitelist": {"tcs": [SANDBOX_TCS_ID]},
             "nats": {"url": nats_url},
-            "grpc": {"services": services},
+            # The guard is on as in production: every call but health and reflection takes a token; the services
+            # call each other with tokens derived from this one, administrators (and tests) use it as is.
+            "grpc": {"services": services, "adminToken": self.encrypt(self._stable_secret("grpc-admin-token"))},
             "telemetry": {"logLevel": "INFO", "logFormat": "json"},
         }
         exchange = self.ready.get("exchange")
@@ -379,6 +392,11 @@ class Sandbox:
         deep_merge(config, self.config_overrides)
         self.config_path.write_text(json.dumps(config, indent=2))
         self.ready["config"] = str(self.config_path)
+        self.ready["grpc"] = {
+            "admin_token": self.reveal(
+                str(config["grpc"].get("adminToken", "")), allow_plaintext=bool(config.get("allowPlaintextPasswords"))
+            )
+        }
         self.ready["services"] = {
             name: {"grpc": f"127.0.0.1:{s['grpcPort']}", "http": f"http://127.0.0.1:{s['httpPort']}"}
             for name, s in services.items()

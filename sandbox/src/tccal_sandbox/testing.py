@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import pytest
 
 from tccal_sandbox.embedded import EmbeddedNats, EmbeddedPostgres, create_database, free_port
 
 T = TypeVar("T")
-__all__ = ["free_port", "wait_for", "wait_for_async"]
+__all__ = ["authorized", "bearer", "free_port", "wait_for", "wait_for_async"]
 
 
 class _Waiting:
@@ -99,6 +100,41 @@ async def wait_for_async(
         if waiting.expired():
             raise waiting.failure()
         await asyncio.sleep(interval)
+
+
+def _with_token(metadata: Any, token: str) -> list[tuple[str, str | bytes]]:
+    pairs = list(metadata or ())
+    if not any(key == "authorization" for key, _ in pairs):
+        pairs.append(("authorization", f"Bearer {token}"))
+    return pairs
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(details._replace(metadata=_with_token(details.metadata, self.token)), request)
+
+
+class _AioBearer(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        metadata = grpc.aio.Metadata(*_with_token(details.metadata, self.token))
+        return await continuation(details._replace(metadata=metadata), request)
+
+
+def authorized(channel: grpc.Channel, token: str) -> grpc.Channel:
+    """`channel` sending `authorization: Bearer <token>` on every unary call that names no authorization itself
+    (the tests' administrator: every RPC of ours is guarded once grpc.adminToken is set)."""
+    return grpc.intercept_channel(channel, _Bearer(token))
+
+
+def bearer(token: str) -> Any:
+    """The same for grpc.aio: `grpc.aio.insecure_channel(address, interceptors=[bearer(token)])`."""
+    return _AioBearer(token)
 
 
 def short_tmpdir(prefix: str) -> Path:

@@ -29,6 +29,7 @@ from exchange_emulator.testing import EmulatorHandle
 from exchange_emulator.testing import new_mailboxes as new_mailboxes
 from tccal.bus import Bus, BusSettings
 from tccal.config import Config
+from tccal.grpckit import AccessPolicy, GrpcServer
 from tccal.secrets import reveal
 from tccal_sandbox.testing import wait_for_async
 from trueconf.calendar.v1 import calendar_pb2, licensing_pb2, licensing_pb2_grpc
@@ -72,7 +73,7 @@ class FakeLicensing(licensing_pb2_grpc.LicensingServiceServicer):
         self.calls = 0
         self.requests: list[licensing_pb2.AllocateSeatsRequest] = []
         self.address = ""
-        self._server: grpc.aio.Server | None = None
+        self._server: GrpcServer | None = None
 
     async def AllocateSeats(  # noqa: N802 - gRPC method name
         self, request: licensing_pb2.AllocateSeatsRequest, context: Any
@@ -112,11 +113,16 @@ class FakeLicensing(licensing_pb2_grpc.LicensingServiceServicer):
     async def GetLicense(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC method name
         return await self._not_here(context)
 
-    async def start(self, port: int = 0) -> str:
-        server = grpc.aio.server()
-        licensing_pb2_grpc.add_LicensingServiceServicer_to_server(self, server)
-        port = server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
+    async def start(self, port: int = 0, *, admin_token: str = "") -> str:
+        """Serve on loopback; with `admin_token`, guarded as licensing is: AllocateSeats for ews-ingest's token."""
+        policy = AccessPolicy(
+            callers={"/trueconf.calendar.v1.LicensingService/AllocateSeats": frozenset({"ews-ingest"})}
+        )
+        server = GrpcServer("127.0.0.1", port, policy=policy, admin_token=admin_token)
+        server.add(
+            licensing_pb2_grpc.add_LicensingServiceServicer_to_server, self, "trueconf.calendar.v1.LicensingService"
+        )
+        port = await server.start()
         self._server = server
         self.address = f"127.0.0.1:{port}"
         return self.address

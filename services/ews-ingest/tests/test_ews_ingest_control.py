@@ -20,7 +20,7 @@ from ews_ingest_support import (
     running_ingest,
 )
 
-from ews_ingest.api import ADMIN_METHODS, SERVICE_NAME, IngestApi
+from ews_ingest.api import POLICY, SERVICE_NAME, IngestApi
 from ews_ingest.state import key_token
 from exchange_emulator.testing import EmulatorHandle
 from tccal.grpckit import GrpcServer
@@ -190,7 +190,7 @@ async def test_resync_by_control_subject_and_grpc(
         assert all("/resync" in c.change_id for c in framed)  # not swallowed by JetStream's dedupe window
 
         # the gRPC API
-        server = GrpcServer("127.0.0.1", 0, admin_methods=ADMIN_METHODS)
+        server = GrpcServer("127.0.0.1", 0, policy=POLICY)
         server.add(ingest_pb2_grpc.add_IngestServiceServicer_to_server, IngestApi(h.scheduler), SERVICE_NAME)
         port = await server.start()
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from ews_ingest_support import (
     ChangeCollector,
     FakeLicensing,
@@ -25,8 +26,10 @@ from ews_ingest_support import (
 
 from exchange_emulator.testing import EmulatorHandle
 from tccal_sandbox.embedded import free_port
-from tccal_sandbox.testing import wait_for_async
+from tccal_sandbox.testing import bearer, wait_for_async
 from trueconf.calendar.v1 import ingest_pb2, ingest_pb2_grpc
+
+ADMIN_TOKEN = "ingest-process-admin-token"
 
 
 def _ready(url: str) -> bool:
@@ -55,7 +58,11 @@ async def test_real_process(
     (owner,) = new_mailboxes(emu, "owner")
     await outlook.do(outlook.meeting, owner, "before the process")
     grpc_port, http_port = free_port(), free_port()
+    # licensing guarded as in production: the seats (and so the sync) come only with ews-ingest's own token
+    await licensing.stop()
+    await licensing.start(admin_token=ADMIN_TOKEN)
     config: dict[str, Any] = ingest_config(nats_url, licensing.address, [provider_section(emu, [owner])])
+    config["grpc"]["adminToken"] = ADMIN_TOKEN
     config["grpc"]["services"]["ews-ingest"] = {"host": "127.0.0.1", "grpcPort": grpc_port, "httpPort": http_port}
     config["telemetry"] = {"logLevel": "INFO", "logFormat": "json"}
     path = tmp_path / "config.json"
@@ -73,7 +80,7 @@ async def test_real_process(
         await wait_for_async(ready, timeout=30, what="/readyz")
         await collector.start()
         await collector.wait(lambda c: c.event.subject == "before the process", what="initial load")
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}", interceptors=[bearer(ADMIN_TOKEN)]) as channel:
             stub = ingest_pb2_grpc.IngestServiceStub(channel)
 
             async def syncing() -> bool:
@@ -87,6 +94,15 @@ async def test_real_process(
             assert received is not None and received.headers.get("traceparent", "").startswith("00-")
             answer = await stub.ResyncMailbox(ingest_pb2.ResyncMailboxRequest(mailbox=owner))
             assert answer.published == 2
+        assert licensing.requests, "ews-ingest asked licensing for seats with its token"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as bare:  # no token: mailboxes stay private
+            for call, ask in (
+                (ingest_pb2_grpc.IngestServiceStub(bare).ListMailboxes, ingest_pb2.ListMailboxesRequest()),
+                (ingest_pb2_grpc.IngestServiceStub(bare).ResyncMailbox, ingest_pb2.ResyncMailboxRequest(mailbox=owner)),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call(ask)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         process.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(process.wait, 30)
         assert code == 0, log_path.read_text()

@@ -24,10 +24,13 @@ from click.testing import CliRunner
 from registration_emulator.testing import RunningEmulator, start_emulator
 from tccal.cli.main import main as tc_calendar_main
 from tccal_sandbox.embedded import EmbeddedPostgres, create_database, free_port
-from tccal_sandbox.testing import wait_for
+from tccal_sandbox.testing import authorized, wait_for
 from trueconf.calendar.v1 import licensing_pb2_grpc
 
 ADMIN_TOKEN = "licensing-test-admin-token"
+#: The configured `users` of the test installation (calendarProviders[].users): licensing's own list of who is
+#: first in line for seats.
+CONFIGURED_USERS = [f"cfg{i:03d}@corp.example" for i in range(45)]
 TC_CALENDAR = str(Path(sys.executable).parent / "tc_calendar")
 
 
@@ -61,6 +64,13 @@ def write_config(
             "adminToken": ADMIN_TOKEN,
             "services": {"licensing": {"grpcPort": grpc_port, "httpPort": http_port}},
         },
+        "calendarProviders": [
+            {
+                "host": "mail.corp.example",
+                "credentials": [{"login": "svc-calendar@corp.example", "password": "not-used-here"}],
+                "users": CONFIGURED_USERS,
+            }
+        ],
         "telemetry": {"logFormat": "json"},
         "allowPlaintextPasswords": True,
     }
@@ -187,8 +197,14 @@ def service(tmp_path: Path, pg_dsn: str, emulator: RunningEmulator) -> Iterator[
 
 @pytest.fixture
 def stub(service: ServiceProcess) -> Iterator[licensing_pb2_grpc.LicensingServiceStub]:
+    """An administrator's stub (the admin token on every call that names no authorization itself)."""
     with grpc.insecure_channel(service.address) as channel:
-        yield licensing_pb2_grpc.LicensingServiceStub(channel)
+        yield licensing_pb2_grpc.LicensingServiceStub(authorized(channel, ADMIN_TOKEN))
+
+
+@pytest.fixture
+def admin_token() -> str:
+    return ADMIN_TOKEN
 
 
 @pytest.fixture

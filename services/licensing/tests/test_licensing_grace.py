@@ -21,13 +21,13 @@ import grpc
 import pytest
 
 from licensing.__main__ import build
-from licensing.api import ADMIN_METHODS
+from licensing.api import POLICY
 from registration_emulator.testing import RunningEmulator, start_emulator
 from tccal.clock import FakeClock
 from tccal.config import load_config
 from tccal.service import ServiceApp
 from tccal_sandbox.embedded import free_port
-from tccal_sandbox.testing import wait_for_async
+from tccal_sandbox.testing import bearer, wait_for_async
 from trueconf.calendar.v1 import licensing_pb2 as pb
 from trueconf.calendar.v1 import licensing_pb2_grpc
 
@@ -73,7 +73,7 @@ async def in_process(
         http_port=http_port,
         extra={"grpc": {"adminToken": "grace-admin-token"}},
     )
-    app = ServiceApp("licensing", load_config(path), admin_methods=ADMIN_METHODS)
+    app = ServiceApp("licensing", load_config(path), policy=POLICY)
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
     app.clock = clock
     await build(app)
@@ -90,7 +90,9 @@ async def in_process(
             return False
 
     await wait_for_async(ready, timeout=30, what="licensing ready")
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{grpc_port}", interceptors=[bearer("grace-admin-token")]
+    ) as channel:
         yield InProcessService(app, clock, licensing_pb2_grpc.LicensingServiceStub(channel))
     app.stop_event.set()
     await asyncio.wait_for(running, 30)

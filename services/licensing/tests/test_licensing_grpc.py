@@ -19,6 +19,8 @@ from registration_emulator.document import LicenseTerms
 from registration_emulator.offline import write_response
 from registration_emulator.testing import RunningEmulator, authority_key
 from registration_emulator.tiers import Tier
+from tccal.grpckit import service_token
+from tccal_sandbox.testing import authorized
 from trueconf.calendar.v1 import licensing_pb2 as pb
 from trueconf.calendar.v1 import licensing_pb2_grpc
 
@@ -42,15 +44,23 @@ def seat_asks(prefix: str, n: int, configured: bool) -> list[pb.SeatRequest]:
     return [pb.SeatRequest(mailbox=f"{prefix}{i:03d}@corp.example", configured=configured) for i in range(n)]
 
 
-def test_online_registration_and_admin_guard(stub: Stub, admin: Metadata, emulator: RunningEmulator) -> None:
+def test_online_registration_and_admin_guard(
+    stub: Stub, admin: Metadata, service: Any, emulator: RunningEmulator
+) -> None:
     info = stub.GetLicense(pb.GetLicenseRequest(), timeout=30)
     assert (info.tier, info.status) == (pb.LICENSE_TIER_NONE, pb.LICENSE_STATUS_UNREGISTERED)
     assert re.fullmatch(r"[0-9a-f]{64}", info.installation_id)
     assert "--register KEY" in info.status_reason
 
     key = emulator.issue_key("standard", 120, expires="2099-01-31")
-    error = refusal(stub.RegisterOnline, pb.RegisterOnlineRequest(key=key))
-    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    with grpc.insecure_channel(service.address) as channel:  # no token: every call of ours is refused
+        bare = Stub(channel)
+        for call, request in (
+            (bare.RegisterOnline, pb.RegisterOnlineRequest(key=key)),
+            (bare.GetLicense, pb.GetLicenseRequest()),
+            (bare.AllocateSeats, pb.AllocateSeatsRequest(mailboxes=seat_asks("x", 1, True), providers=1)),
+        ):
+            assert refusal(call, request).code() == grpc.StatusCode.UNAUTHENTICATED
 
     registered = stub.RegisterOnline(pb.RegisterOnlineRequest(key=key), metadata=admin, timeout=30)
     assert (registered.tier, registered.status, registered.seats) == (
@@ -178,19 +188,46 @@ def test_seats_whitelist_first_and_a_new_license_without_restart(
     assert len(several.granted) == 65
 
 
+def test_allocate_seats_is_ews_ingests_and_a_callers_configured_flag_takes_no_seat(
+    stub: Stub, service: Any, admin_token: str, emulator: RunningEmulator
+) -> None:
+    """Issue #17: three made-up mailboxes flagged `configured` took a configured user's seat. Now only ews-ingest's
+    identity may ask, and even it cannot move a mailbox ahead: who is configured is licensing's own config."""
+    stub.RegisterOnline(pb.RegisterOnlineRequest(key=emulator.issue_key("standard", 2)), timeout=30)
+    fakes = seat_asks("fake", 3, True)
+    request = pb.AllocateSeatsRequest(mailboxes=fakes, providers=1)
+    with grpc.insecure_channel(service.address) as channel:
+        bare = Stub(channel)
+        assert refusal(bare.AllocateSeats, request).code() == grpc.StatusCode.UNAUTHENTICATED
+        gateway = (("authorization", f"Bearer {service_token(admin_token, 'tcs-gateway')}"),)
+        assert refusal(bare.AllocateSeats, request, metadata=gateway).code() == grpc.StatusCode.PERMISSION_DENIED
+        ingest = Stub(authorized(channel, service_token(admin_token, "ews-ingest")))
+        # the fakes get the two free seats (nobody else asks yet), as on-demand mailboxes
+        first = ingest.AllocateSeats(request, timeout=30)
+        assert sorted(first.granted) == ["fake000@corp.example", "fake001@corp.example"]
+        # ews-ingest asks for two configured users, flagging neither: they take the seats back from the fakes
+        real = pb.AllocateSeatsRequest(mailboxes=[*seat_asks("cfg", 2, False), *fakes], providers=1)
+        second = ingest.AllocateSeats(real, timeout=30)
+        assert sorted(second.granted) == ["cfg000@corp.example", "cfg001@corp.example"]
+        assert {r.mailbox for r in second.refused} == {f"fake{i:03d}@corp.example" for i in range(3)}
+        # and the fakes flagged `configured` asking again change nothing
+        third = ingest.AllocateSeats(request, timeout=30)
+        assert not third.granted and third.license.seats_used == 2
+
+
 async def test_installation_survives_restarts_and_stored_licenses_are_reverified(
-    make_service: Any, admin: Metadata, emulator: RunningEmulator, pg_dsn: str
+    make_service: Any, admin: Metadata, admin_token: str, emulator: RunningEmulator, pg_dsn: str
 ) -> None:
     first = make_service("first")
     with grpc.insecure_channel(first.address) as channel:
-        registered = Stub(channel).RegisterOnline(
+        registered = Stub(authorized(channel, admin_token)).RegisterOnline(
             pb.RegisterOnlineRequest(key=emulator.issue_key("standard", 30)), metadata=admin, timeout=30
         )
     first.stop()
     # A new process with a new config directory (a re-created container) on the same database.
     second = make_service("second")
     with grpc.insecure_channel(second.address) as channel:
-        stub = Stub(channel)
+        stub = Stub(authorized(channel, admin_token))
         again = stub.GetLicense(pb.GetLicenseRequest(), timeout=30)
         assert again.installation_id == registered.installation_id
         assert (again.license_id, again.status) == (registered.license_id, pb.LICENSE_STATUS_VALID)

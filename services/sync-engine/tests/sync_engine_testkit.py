@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlparse
 import asyncpg
 import grpc
 
-from sync_engine.api import ADMIN_METHODS, SERVICE_NAME, SyncApi
+from sync_engine.api import POLICY, SERVICE_NAME, SyncApi
 from sync_engine.ids import meeting_id, to_datetime, to_timestamp
 from sync_engine.runtime import SyncEngine
 from sync_engine.settings import EngineSettings
@@ -318,7 +318,7 @@ class Harness:
         engine = await EngineUnderTest(self.config(**overrides), self.clock, max_deliver=max_deliver).start(run=run)
         self.engines.append(engine)
         if api and self.grpc is None:
-            self.grpc = GrpcServer("127.0.0.1", 0, admin_methods=ADMIN_METHODS)
+            self.grpc = GrpcServer("127.0.0.1", 0, policy=POLICY)
             self.grpc.add(sync_pb2_grpc.add_SyncServiceServicer_to_server, SyncApi(engine.engine), SERVICE_NAME)
             port = await self.grpc.start()
             self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 from sync_engine_testkit import ANNA, BOB, T0, Harness, attendee, config_dict, event, mid
 
-from sync_engine.api import ADMIN_METHODS, SERVICE_NAME, SyncApi
+from sync_engine.api import POLICY, SERVICE_NAME, SyncApi
 from sync_engine.cli import dead_letters
 from tccal.grpckit import GrpcServer
 from tccal.subjects import CALENDAR, DEADLETTER
@@ -131,7 +131,7 @@ async def _listed_ids(harness: Harness, accept: Any) -> Any:
 async def test_cli_lists_and_replays_with_the_admin_token_of_config_json(harness: Harness, tmp_path: Path) -> None:
     engine = await harness.start_engine(max_deliver=2, api=False)
     token = "dl-admin-token"
-    server = GrpcServer("127.0.0.1", 0, admin_methods=ADMIN_METHODS, admin_token=token)
+    server = GrpcServer("127.0.0.1", 0, policy=POLICY, admin_token=token)
     server.add(sync_pb2_grpc.add_SyncServiceServicer_to_server, SyncApi(engine.engine), SERVICE_NAME)
     port = await server.start()
     harness.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

@@ -24,6 +24,7 @@ from sync_engine_testkit import (
 )
 
 from sync_engine.ids import to_timestamp
+from tccal.grpckit import service_token
 from tccal_sandbox.testing import wait_for_async
 from trueconf.calendar.v1 import ingest_pb2, sync_pb2, sync_pb2_grpc
 
@@ -52,11 +53,39 @@ async def test_engine_process_serves_meetings_api_metrics_resync_and_stops_on_si
             getattr(request, "from").CopyFrom(to_timestamp(start - timedelta(hours=1)))
             request.to.CopyFrom(to_timestamp(start + timedelta(hours=1)))
 
+            # tcs-gateway's identity lists a user's events (its snapshots), the admin too; nobody else
+            gateway = [("authorization", f"Bearer {service_token('s3cret-admin-token', 'tcs-gateway')}")]
+
             async def bob_sees_the_join_link() -> bool:
-                occurrences = (await api.ListEvents(request)).occurrences
+                occurrences = (await api.ListEvents(request, metadata=gateway)).occurrences
                 return [o.conference.id for o in occurrences] == ["4242"]
 
             await wait_for_async(bob_sees_the_join_link, what="Bob's event with the conference")
+            assert [o.conference.id for o in (await api.ListEvents(request, metadata=admin)).occurrences] == ["4242"]
+            ingest = [("authorization", f"Bearer {service_token('s3cret-admin-token', 'ews-ingest')}")]
+            for metadata, code in (
+                ([], grpc.StatusCode.UNAUTHENTICATED),
+                ([("authorization", "Bearer guessed")], grpc.StatusCode.UNAUTHENTICATED),
+                (ingest, grpc.StatusCode.PERMISSION_DENIED),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as denied:
+                    await api.ListEvents(request, metadata=metadata)
+                assert denied.value.code() == code
+            # meetings, conferences (links, PINs) and commands are the admin's, not the gateway's
+            for call, ask in (
+                (api.GetMeeting, sync_pb2.GetMeetingRequest(meeting_id=mid("proc-1"))),
+                (api.ListConferences, sync_pb2.ListConferencesRequest()),
+                (api.ListCommands, sync_pb2.ListCommandsRequest()),
+            ):
+                for metadata, code in (
+                    ([], grpc.StatusCode.UNAUTHENTICATED),
+                    (gateway, grpc.StatusCode.PERMISSION_DENIED),
+                ):
+                    with pytest.raises(grpc.aio.AioRpcError) as denied:
+                        await call(ask, metadata=metadata)
+                    assert denied.value.code() == code
+            conferences = await api.ListConferences(sync_pb2.ListConferencesRequest(), metadata=admin)
+            assert conferences.conferences
 
             # ResyncMailbox: a control message for ews-ingest; the mailbox's items stay until the re-read judges them.
             requests: list[ingest_pb2.ResyncMailboxRequest] = []
@@ -94,7 +123,7 @@ async def test_engine_process_serves_meetings_api_metrics_resync_and_stops_on_si
             await wait_for_async(rebuilt, what="the resynced item")
             await harness.settle()
             assert len(harness.commands) == before
-            meeting = await api.GetMeeting(sync_pb2.GetMeetingRequest(meeting_id=mid("proc-1")))
+            meeting = await api.GetMeeting(sync_pb2.GetMeetingRequest(meeting_id=mid("proc-1")), metadata=admin)
             assert meeting.conference.id == "4242" and meeting.mailboxes == [ANNA]
 
         async with aiohttp.ClientSession() as session, session.get(process.http_url + "/metrics") as metrics:

@@ -20,6 +20,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tccal.bus import Bus, BusSettings
+from tccal.grpckit import AccessPolicy, GrpcCaller, GrpcServer, service_token
 from tccal.subjects import TCS_RESULTS, commands_subject
 from tccal_sandbox.embedded import free_port
 from tccal_sandbox.testing import wait_for_async
@@ -102,11 +103,18 @@ class FakeSync(sync_pb2_grpc.SyncServiceServicer):
         raise AssertionError("unreachable")
 
 
+#: grpc.adminToken of the tests' installation: SyncServer is guarded with it as the sync-engine is, and the gateway
+#: under test calls it with tcs-gateway's token derived from it (GATEWAY_CALLER).
+ADMIN_TOKEN = "gateway-tests-admin-token"
+GATEWAY_CALLER = GrpcCaller(service_token(ADMIN_TOKEN, "tcs-gateway"))
+
+
 class SyncServer:
     def __init__(self) -> None:
         self.fake = FakeSync()
-        self.server = grpc.aio.server()
-        sync_pb2_grpc.add_SyncServiceServicer_to_server(self.fake, self.server)
+        policy = AccessPolicy(callers={"/trueconf.calendar.v1.SyncService/ListEvents": frozenset({"tcs-gateway"})})
+        self.server = GrpcServer("127.0.0.1", 0, policy=policy, admin_token=ADMIN_TOKEN)
+        self.server.add(sync_pb2_grpc.add_SyncServiceServicer_to_server, self.fake, "trueconf.calendar.v1.SyncService")
         self.port = 0
 
     @property
@@ -114,12 +122,11 @@ class SyncServer:
         return f"127.0.0.1:{self.port}"
 
     async def start(self) -> SyncServer:
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        await self.server.start()
+        self.port = await self.server.start()
         return self
 
     async def stop(self) -> None:
-        await self.server.stop(grace=None)
+        await self.server.stop(grace=0)
 
 
 # --------------------------------------------------------------------------------------------- occurrences
@@ -197,6 +204,7 @@ def gateway_settings(
         servers=tuple(listed),
         configured_users=tuple(users),
         sync_address=sync.address,
+        sync_caller=GATEWAY_CALLER,
         rest_backoff_base=0.05,
         rest_backoff_cap=0.5,
         heartbeat_interval=2.0,

@@ -8,8 +8,11 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from nats.aio.msg import Msg
 from tcs_gateway_testkit import (
+    ADMIN_TOKEN,
+    GATEWAY_CALLER,
     SERVER_ID,
     SyncServer,
     World,
@@ -21,7 +24,9 @@ from tcs_gateway_testkit import (
 )
 
 from tccal.cache_window import cache_window
+from tccal.grpckit import GrpcCaller, service_token
 from tccal_sandbox.testing import wait_for_async
+from tcs_gateway.bridge.ports import SyncUnavailableError
 from tcs_gateway.ondemand import ondemand_subject
 from tcs_gateway.sync_client import EventSource
 from trueconf.calendar.v1 import commands_pb2, ingest_pb2
@@ -163,10 +168,32 @@ async def test_a_list_larger_than_grpc_default_4_mib_is_taken(sync: SyncServer) 
         shown.body = "Agenda. " * 60  # a real meeting body, as the engine keeps it
     sync.fake.seq[user] = 7
     assert sum(o.ByteSize() for o in sync.fake.shown[user].values()) > 4 * 1024 * 1024
-    source = EventSource(sync.address, timeout=60)
+    source = EventSource(sync.address, timeout=60, caller=GATEWAY_CALLER)
     try:
         window = cache_window(datetime.now(UTC), 1, 3)
         listed = await source.list_events(user, window.start, window.end)
     finally:
         await source.close()
     assert len(listed.occurrences) == 10_000 and listed.seq == 7
+
+
+async def test_lists_are_asked_with_the_gateways_own_token(sync: SyncServer) -> None:
+    """SyncService.ListEvents reveals a user's calendar: without tcs-gateway's token (or with another service's)
+    the sync-engine refuses, and the gateway names the refusal."""
+    user = "bob@example.test"
+    sync.fake.shown[user] = {"m1": occurrence("m1", attendees=[(user, 4)], occurrence_id="m1")}
+    window = cache_window(datetime.now(UTC), 1, 3)
+    for caller, refused in (
+        (GrpcCaller(), "UNAUTHENTICATED"),
+        (GrpcCaller(service_token(ADMIN_TOKEN, "ews-ingest")), "PERMISSION_DENIED"),
+        (GATEWAY_CALLER, None),
+    ):
+        source = EventSource(sync.address, timeout=10, caller=caller)
+        try:
+            if refused is None:
+                assert [o.id for o in (await source.list_events(user, window.start, window.end)).occurrences] == ["m1"]
+            else:
+                with pytest.raises(SyncUnavailableError, match=refused):
+                    await source.list_events(user, window.start, window.end)
+        finally:
+            await source.close()

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from tcs_gateway_testkit import (
+    ADMIN_TOKEN,
     SERVER_ID,
     World,
     admin,
@@ -25,7 +27,7 @@ from tcs_gateway_testkit import (
 )
 
 from tccal_sandbox.embedded import free_port
-from tccal_sandbox.testing import wait_for_async
+from tccal_sandbox.testing import bearer, wait_for_async
 from trueconf.calendar.v1 import commands_pb2, common_pb2, gateway_pb2, gateway_pb2_grpc
 
 BOB = "bob@example.test"
@@ -45,10 +47,13 @@ def write_config(path: Path, world: World, ws_port: int, grpc_port: int, http_po
         ],
         "nats": {"url": world.nats_url},
         "grpc": {
+            # the installation's token: the process calls the (guarded) SyncServer with tcs-gateway's token
+            # derived from it, and its own GatewayService takes it from administrators
+            "adminToken": ADMIN_TOKEN,
             "services": {
                 "tcs-gateway": {"host": "127.0.0.1", "grpcPort": grpc_port, "httpPort": http_port},
                 "sync-engine": {"grpcPort": 1, "httpPort": 2, "address": world.sync.address},
-            }
+            },
         },
         "tcs": {
             "servers": [
@@ -90,7 +95,7 @@ def ready(http_port: int) -> bool:
 
 
 async def list_servers(grpc_port: int) -> gateway_pb2.ListServersResponse:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}", interceptors=[bearer(ADMIN_TOKEN)]) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         response: gateway_pb2.ListServersResponse = await stub.ListServers(gateway_pb2.ListServersRequest(), timeout=5)
         return response
@@ -138,12 +143,16 @@ async def test_the_gateway_process_serves_drains_and_remembers(world: World, tmp
         assert status.server_id == SERVER_ID and status.connected and status.peer.startswith("127.0.0.1:")
         assert status.HasField("connected_since") and status.HasField("last_seen")
         assert status.queue_depth == 0
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as bare:  # the servers' state is the admin's
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await gateway_pb2_grpc.GatewayServiceStub(bare).ListServers(gateway_pb2.ListServersRequest())
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert await stop(process, log) == 0
         closes = (await bridge_state(tcs))["close_history"]
         assert {"code": 1001, "initiator": "gateway"}.items() <= closes[-1].items()
         text = log.read_text()
         assert "TrueConf Server authenticated" in text
-        assert "bridge-secret" not in text and "connector-secret" not in text
+        assert "bridge-secret" not in text and "connector-secret" not in text and ADMIN_TOKEN not in text
         await admin(tcs, "POST", "/bridge/disconnect")
         late = world.commands.upsert_command(BOB, occurrence("p2", attendees=[(BOB, common_pb2.RESPONSE_TYPE_ACCEPT)]))
         await world.commands.publish(late)  # while no gateway runs: it waits in the stream

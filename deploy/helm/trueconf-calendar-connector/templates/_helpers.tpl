@@ -118,7 +118,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/*
 config.json: .Values.config with the keys the chart owns set from their own values (wsPort from bridge.port,
-dbConnectionConfig from postgresql, nats from nats, grpc.services from components). Secrets never appear
+dbConnectionConfig from postgresql, nats from nats, grpc.services from components, grpc.tls from grpcTls). Secrets never appear
 here: they come from the credentials Secret as TC_CALENDAR__* environment overrides.
 */}}
 {{- define "tccal.config" -}}
@@ -143,7 +143,16 @@ here: they come from the credentials Secret as TC_CALENDAR__* environment overri
 {{- $values := index $root.Values.components $key }}
 {{- $_ := set $services $component.name (dict "host" $root.Values.bindAddress "grpcPort" (int $values.grpcPort) "httpPort" (int $values.httpPort) "address" (include "tccal.grpcAddress" (dict "root" $root "component" $component.name "values" $values))) }}
 {{- end }}
-{{- $_ := set $cfg "grpc" (dict "services" $services) }}
+{{- $grpc := dict "services" $services }}
+{{- if .Values.grpcTls.enabled }}
+{{- $dir := "/var/run/secrets/tc-calendar-grpc" }}
+{{- $tls := dict "certFile" (printf "%s/tls.crt" $dir) "keyFile" (printf "%s/tls.key" $dir) "caFile" (printf "%s/ca.crt" $dir) "requireClientCert" .Values.grpcTls.requireClientCert }}
+{{- if .Values.grpcTls.serverName }}
+{{- $_ := set $tls "serverName" .Values.grpcTls.serverName }}
+{{- end }}
+{{- $_ := set $grpc "tls" $tls }}
+{{- end }}
+{{- $_ := set $cfg "grpc" $grpc }}
 {{- $cfg | toPrettyJson }}
 {{- end }}
 

@@ -1,11 +1,16 @@
-"""gRPC server kit: health, reflection, bearer-token guard for admin calls, trace context, graceful stop."""
+"""gRPC kit: servers with health, reflection, the caller guard (bearer tokens per caller, docs/architecture.md
+§4.1), optional TLS/mTLS (`grpc.tls`), trace context, graceful stop; and `GrpcCaller`, the client side."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -15,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 
 from tccal import telemetry
+from tccal.config.schema import SERVICE_NAMES, Config, GrpcTlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +39,114 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _deny(message: str) -> grpc.RpcMethodHandler[Any, Any]:
+#: Identity of a caller holding `grpc.adminToken` itself (administrators, the CLI).
+ADMIN = "admin"
+#: Methods every server leaves open: probes and grpcurl's discovery reveal nothing of a calendar.
+ALWAYS_OPEN_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+_TOKEN_CONTEXT = b"tc-calendar grpc caller v1:"
+
+
+def service_token(admin_token: str, service: str) -> str:
+    """The bearer token `service` sends: `<service>.<hex HMAC-SHA256(adminToken, context + service)>`.
+
+    Every service reads the same config.json, so each can derive any other's token: the tokens keep out whoever
+    reaches the ports without the config (other hosts on the network), not a compromised service.
+    """
+    digest = hmac.new(admin_token.encode(), _TOKEN_CONTEXT + service.encode(), hashlib.sha256).hexdigest()
+    return f"{service}.{digest}"
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Who may call what. Everything not declared open is guarded and callable by `ADMIN`; `callers` adds the
+    service identities allowed to call a method besides. A method added to a service is therefore admin-only
+    until somebody writes it down here."""
+
+    open_methods: frozenset[str] = frozenset()
+    callers: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def is_open(self, method: str) -> bool:
+        return method in self.open_methods or method.startswith(ALWAYS_OPEN_PREFIXES)
+
+    def allowed(self, method: str) -> frozenset[str]:
+        return frozenset({ADMIN}) | self.callers.get(method, frozenset())
+
+
+def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler[Any, Any]:
     async def deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(code, message)
 
     return grpc.unary_unary_rpc_method_handler(deny)
 
 
-class AdminAuthInterceptor(_Interceptor):
-    """Admin methods need `authorization: Bearer <token>` when a token is required."""
+class RefusalLog:
+    """One warning per (method, caller, status) and `interval` seconds, with the count of refusals it stands
+    for: a client retrying a refused call in a loop must not flood the log. At most `MAX_KEYS` are remembered
+    (a scan of made-up method names must not grow it without end)."""
 
-    def __init__(self, admin_methods: Iterable[str], token: str, required: bool) -> None:
-        self.admin_methods = frozenset(admin_methods)
-        self.token = token
+    MAX_KEYS = 1024
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self._last: dict[tuple[str, str, str], float] = {}
+        self._since: dict[tuple[str, str, str], int] = {}
+
+    def refused(self, method: str, caller: str, code: grpc.StatusCode, reason: str) -> None:
+        key = (method, caller, code.name)
+        now = time.monotonic()
+        if key not in self._last and len(self._last) >= self.MAX_KEYS:
+            self._forget(now)
+        self._since[key] = self._since.get(key, 0) + 1
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            return
+        self._last[key] = now
+        count = self._since.pop(key)
+        log.warning(
+            "gRPC call refused: %s",
+            reason,
+            extra={"method": method, "caller": caller, "code": code.name, "refusals": count},
+        )
+
+    def _forget(self, now: float) -> None:
+        """Drop what is older than an interval; if that frees nothing, start over (a few lines logged twice)."""
+        for key in [k for k, last in self._last.items() if now - last >= self.interval]:
+            del self._last[key]
+            self._since.pop(key, None)
+        if len(self._last) >= self.MAX_KEYS:
+            self._last.clear()
+            self._since.clear()
+
+
+class CallerAuthInterceptor(_Interceptor):
+    """Every call but the open ones needs `authorization: Bearer <token>` when the guard is on; the token says
+    who calls (the admin token, or a service token from `service_token`), the policy whether that caller may."""
+
+    def __init__(
+        self, policy: AccessPolicy, admin_token: str, required: bool, refusals: RefusalLog | None = None
+    ) -> None:
+        self.policy = policy
         self.required = required
+        self.refusals = refusals or RefusalLog()
+        self._tokens: dict[bytes, str] = {}
+        if admin_token:
+            self._tokens[admin_token.encode()] = ADMIN
+            for service in SERVICE_NAMES:
+                self._tokens[service_token(admin_token, service).encode()] = service
+
+    def identify(self, presented: str) -> str | None:
+        if not presented.startswith("Bearer "):
+            return None
+        token = presented[len("Bearer ") :].strip().encode()
+        found = None
+        for known, identity in self._tokens.items():  # compare with each, in constant time
+            if hmac.compare_digest(token, known):
+                found = identity
+        return found
 
     async def intercept_service(
         self,
@@ -54,13 +154,22 @@ class AdminAuthInterceptor(_Interceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         method = handler_call_details.method
-        if self.required and method in self.admin_methods:
+        if self.required and not self.policy.is_open(method):
             metadata = dict(handler_call_details.invocation_metadata or ())
-            presented = str(metadata.get("authorization", ""))
-            expected = f"Bearer {self.token}"
-            if not self.token or not hmac.compare_digest(presented.encode(), expected.encode()):
-                log.warning("admin call refused: missing or wrong bearer token", extra={"method": method})
-                return _deny(f"{method} is an admin call: send 'authorization: Bearer <grpc.adminToken>'")
+            caller = self.identify(str(metadata.get("authorization", "")))
+            if caller is None:
+                code = grpc.StatusCode.UNAUTHENTICATED
+                self.refusals.refused(method, "unknown", code, "missing or wrong bearer token")
+                return _deny(
+                    code,
+                    f"{method} needs 'authorization: Bearer <token>' (grpc.adminToken, or the calling "
+                    "service's token derived from it)",
+                )
+            allowed = self.policy.allowed(method)
+            if caller not in allowed:
+                code = grpc.StatusCode.PERMISSION_DENIED
+                self.refusals.refused(method, caller, code, f"{caller} may not call it")
+                return _deny(code, f"{caller} may not call {method} (allowed: {', '.join(sorted(allowed))})")
         return await continuation(handler_call_details)
 
 
@@ -92,21 +201,99 @@ class TracingInterceptor(_Interceptor):
         )
 
 
+@dataclass(frozen=True)
+class TlsMaterial:
+    """`grpc.tls` read from disk: PEM bytes and what to do with them."""
+
+    cert: bytes | None = None
+    key: bytes | None = None
+    ca: bytes | None = None
+    require_client_cert: bool = False
+    server_name: str | None = None
+
+    @property
+    def serves(self) -> bool:
+        """Servers speak TLS (a certificate is configured)."""
+        return self.cert is not None
+
+    @classmethod
+    def from_config(cls, tls: GrpcTlsConfig) -> TlsMaterial | None:
+        """None when `grpc.tls` asks for nothing (plaintext). ValueError names the key of a missing file or of a
+        combination that cannot work."""
+        if not (tls.cert_file or tls.key_file or tls.ca_file or tls.require_client_cert):
+            return None
+        if bool(tls.cert_file) != bool(tls.key_file):
+            raise ValueError("grpc.tls: certFile and keyFile go together (the certificate and its private key)")
+        if tls.require_client_cert and not (tls.ca_file and tls.cert_file):
+            raise ValueError(
+                "grpc.tls.requireClientCert: needs certFile/keyFile (the services' own certificate) and caFile "
+                "(the CA client certificates must be signed by)"
+            )
+
+        def read(key: str, path: str | None) -> bytes | None:
+            if not path:
+                return None
+            try:
+                return Path(path).read_bytes()
+            except OSError as exc:
+                raise ValueError(f"grpc.tls.{key}: cannot read {path}: {exc.strerror}") from None
+
+        return cls(
+            cert=read("certFile", tls.cert_file),
+            key=read("keyFile", tls.key_file),
+            ca=read("caFile", tls.ca_file),
+            require_client_cert=tls.require_client_cert,
+            server_name=tls.server_name or None,
+        )
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        assert self.cert is not None and self.key is not None
+        return grpc.ssl_server_credentials(
+            [(self.key, self.cert)],
+            root_certificates=self.ca if self.require_client_cert else None,
+            require_client_auth=self.require_client_cert,
+        )
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """Verify the server against caFile (system roots without one); present our certificate when we have
+        one (servers that require client certificates ask for it)."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
+
+    def channel_options(self) -> list[tuple[str, Any]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
+def guard_required(host: str, admin_token: str) -> bool:
+    """The guard is on when a token is set or the service binds beyond loopback (then a token is required)."""
+    return bool(admin_token) or not is_loopback(host)
+
+
 class GrpcServer:
     """A grpc.aio server with health and reflection; `add` registers a service implementation."""
 
-    def __init__(self, host: str, port: int, *, admin_methods: Iterable[str] = (), admin_token: str = "") -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        policy: AccessPolicy | None = None,
+        admin_token: str = "",
+        tls: TlsMaterial | None = None,
+        refusals: RefusalLog | None = None,
+    ) -> None:
         self.host = host
         self.requested_port = port
         self.port = 0
-        required = bool(admin_token) or not is_loopback(host)
+        self.tls = tls if tls is not None and tls.serves else None
+        required = guard_required(host, admin_token)
         if required and not admin_token:
             raise ValueError(
-                f"gRPC binds {host} beyond loopback: grpc.adminToken must be set so admin calls are protected"
+                f"gRPC binds {host} beyond loopback: grpc.adminToken must be set so its calls are protected"
             )
-        self.server = grpc.aio.server(
-            interceptors=[TracingInterceptor(), AdminAuthInterceptor(admin_methods, admin_token, required)]
-        )
+        self.auth = CallerAuthInterceptor(policy or AccessPolicy(), admin_token, required, refusals)
+        self.server = grpc.aio.server(interceptors=[TracingInterceptor(), self.auth])
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._service_names: list[str] = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
@@ -117,7 +304,11 @@ class GrpcServer:
 
     async def start(self) -> int:
         reflection.enable_server_reflection([*self._service_names, reflection.SERVICE_NAME], self.server)
-        self.port = self.server.add_insecure_port(f"{self.host}:{self.requested_port}")
+        address = f"{self.host}:{self.requested_port}"
+        if self.tls is not None:
+            self.port = self.server.add_secure_port(address, self.tls.server_credentials())
+        else:
+            self.port = self.server.add_insecure_port(address)
         await self.server.start()
         await self.set_serving(False)
         return self.port
@@ -132,11 +323,52 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
-def client_metadata(admin_token: str = "") -> list[tuple[str, str]]:
-    """Metadata for a call to another service: trace context, plus the admin token when given."""
+def client_metadata(token: str = "") -> list[tuple[str, str]]:
+    """Metadata for a call to another service: trace context, plus the bearer token when given."""
     carrier: dict[str, str] = {}
     telemetry.inject_context(carrier)
     metadata = list(carrier.items())
-    if admin_token:
-        metadata.append(("authorization", f"Bearer {admin_token}"))
+    if token:
+        metadata.append(("authorization", f"Bearer {token}"))
     return metadata
+
+
+@dataclass(frozen=True)
+class GrpcCaller:
+    """How one of our processes calls a service: who it says it is (its bearer token) and over what channel
+    (plaintext, or TLS per `grpc.tls`). The default is plaintext without a token (loopback, no admin token)."""
+
+    token: str = ""
+    tls: TlsMaterial | None = None
+
+    @classmethod
+    def for_service(cls, config: Config, service: str, reveal: Callable[[str], str]) -> GrpcCaller:
+        """`service` calling others: its derived token when grpc.adminToken is set."""
+        admin = reveal(config.grpc.admin_token)
+        token = service_token(admin, service) if admin else ""
+        if token:
+            telemetry.register_secret(token)  # redacted from log lines like the admin token itself
+        return cls(token, TlsMaterial.from_config(config.grpc.tls))
+
+    @classmethod
+    def for_admin(cls, config: Config, reveal: Callable[[str], str]) -> GrpcCaller:
+        """An administrator (the CLI): the admin token itself."""
+        return cls(reveal(config.grpc.admin_token), TlsMaterial.from_config(config.grpc.tls))
+
+    def metadata(self) -> list[tuple[str, str]]:
+        return client_metadata(self.token)
+
+    def aio_channel(self, address: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+        if self.tls is None:
+            return grpc.aio.insecure_channel(address, options=list(options))
+        return grpc.aio.secure_channel(
+            address, self.tls.channel_credentials(), options=[*options, *self.tls.channel_options()]
+        )
+
+    def channel(self, address: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+        """A blocking channel (CLI, tests)."""
+        if self.tls is None:
+            return grpc.insecure_channel(address, options=list(options))
+        return grpc.secure_channel(
+            address, self.tls.channel_credentials(), options=[*options, *self.tls.channel_options()]
+        )

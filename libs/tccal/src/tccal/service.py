@@ -23,7 +23,7 @@ from tccal.clock import Clock, SystemClock
 from tccal.config import Config, ConfigError, load_config
 from tccal.config.loader import CONFIG_ENV, EXIT_CONFIG
 from tccal.db import Database
-from tccal.grpckit import GrpcServer
+from tccal.grpckit import AccessPolicy, GrpcServer, TlsMaterial
 from tccal.probes import ProbeServer, Readiness
 from tccal.secrets import SecretError, reveal
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 class ServiceApp:
     """Everything one service process runs, started and stopped in order."""
 
-    def __init__(self, name: str, config: Config, *, admin_methods: frozenset[str] = frozenset()) -> None:
+    def __init__(self, name: str, config: Config, *, policy: AccessPolicy | None = None) -> None:
         self.name = name
         self.config = config
         self.clock: Clock = SystemClock()
@@ -43,8 +43,9 @@ class ServiceApp:
         self.grpc = GrpcServer(
             endpoint.host,
             endpoint.grpc_port,
-            admin_methods=admin_methods,
+            policy=policy,
             admin_token=self.secret(config.grpc.admin_token),
+            tls=TlsMaterial.from_config(config.grpc.tls),
         )
         self.probes = ProbeServer(name, endpoint.host, endpoint.http_port, self.readiness)
         self._tasks: list[Callable[[], Awaitable[None]]] = []
@@ -154,7 +155,7 @@ def run_service(
     name: str,
     build: Callable[[ServiceApp], Awaitable[None]],
     *,
-    admin_methods: frozenset[str] = frozenset(),
+    policy: AccessPolicy | None = None,
     argv: list[str] | None = None,
 ) -> NoReturn:
     """Entry point of `python -m <service>`."""
@@ -170,7 +171,7 @@ def run_service(
             log_format=config.telemetry.log_format,
         )
         try:
-            asyncio.run(_main(name, config, build, admin_methods))
+            asyncio.run(_main(name, config, build, policy))
         except SecretError as exc:
             click.echo(f"{name}: a configured secret is unusable: {exc}", err=True)
             sys.exit(EXIT_CONFIG)
@@ -183,8 +184,8 @@ def run_service(
 
 
 async def _main(
-    name: str, config: Config, build: Callable[[ServiceApp], Awaitable[None]], admin_methods: frozenset[str]
+    name: str, config: Config, build: Callable[[ServiceApp], Awaitable[None]], policy: AccessPolicy | None
 ) -> None:
-    app = ServiceApp(name, config, admin_methods=admin_methods)
+    app = ServiceApp(name, config, policy=policy)
     await build(app)
     await app.run()

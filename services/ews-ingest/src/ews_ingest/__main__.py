@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ews_ingest.api import ADMIN_METHODS, SERVICE_NAME, IngestApi
+from ews_ingest.api import POLICY, SERVICE_NAME, IngestApi
 from ews_ingest.runtime import IngestRuntime
 from ews_ingest.settings import IngestSettings
 from tccal.service import ServiceApp, run_service
@@ -25,7 +25,7 @@ async def build(app: ServiceApp) -> None:
 
 
 def main() -> None:
-    run_service(SERVICE, build, admin_methods=ADMIN_METHODS)
+    run_service(SERVICE, build, policy=POLICY)
 
 
 if __name__ == "__main__":

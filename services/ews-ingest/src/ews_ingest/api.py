@@ -1,4 +1,4 @@
-"""IngestService (gRPC): the mailboxes ews-ingest knows with their state, and resync (admin)."""
+"""IngestService (gRPC): the mailboxes ews-ingest knows with their state, and resync; administrators only."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import grpc
 
 from ews_ingest.exchange.errors import describe
 from ews_ingest.scheduler import Scheduler, UnknownMailboxError
+from tccal.grpckit import AccessPolicy
 from trueconf.calendar.v1 import ingest_pb2, ingest_pb2_grpc
 
 SERVICE_NAME = "trueconf.calendar.v1.IngestService"
-ADMIN_METHODS = frozenset({f"/{SERVICE_NAME}/ResyncMailbox"})
+#: Who may call what (docs/architecture.md §4.1): nothing is open, no other service calls IngestService - every
+#: method is for administrators (mailboxes, their errors, resync).
+POLICY = AccessPolicy()
 
 
 class IngestApi(ingest_pb2_grpc.IngestServiceServicer):

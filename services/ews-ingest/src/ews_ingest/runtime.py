@@ -59,6 +59,7 @@ class IngestRuntime:
             self.scheduler,
             self.store,
             settings.licensing_address,
+            caller=settings.licensing_caller,
             providers=len(settings.providers),
             refresh_seconds=tuning.seat_refresh_seconds,
         )

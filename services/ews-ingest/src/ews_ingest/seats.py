@@ -20,7 +20,7 @@ import grpc
 
 from ews_ingest.scheduler import Scheduler
 from ews_ingest.state import StateStore
-from tccal.grpckit import client_metadata
+from tccal.grpckit import GrpcCaller
 from tccal.retry import backoff_delay
 from trueconf.calendar.v1 import ingest_pb2, licensing_pb2, licensing_pb2_grpc
 
@@ -32,11 +32,19 @@ GATHER_SECONDS = 0.1
 
 class SeatKeeper:
     def __init__(
-        self, scheduler: Scheduler, store: StateStore, address: str, *, providers: int, refresh_seconds: float
+        self,
+        scheduler: Scheduler,
+        store: StateStore,
+        address: str,
+        *,
+        providers: int,
+        refresh_seconds: float,
+        caller: GrpcCaller | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.store = store
         self.address = address
+        self.caller = caller or GrpcCaller()
         self.providers = providers
         self.refresh_seconds = refresh_seconds
         self._wake = asyncio.Event()
@@ -95,7 +103,7 @@ class SeatKeeper:
     def _stub(self) -> Any:
         """The aio stub (grpc-stubs types only the blocking one, hence Any)."""
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.address)
+            self._channel = self.caller.aio_channel(self.address)
         return licensing_pb2_grpc.LicensingServiceStub(self._channel)
 
     async def refresh(self) -> bool:
@@ -123,7 +131,7 @@ class SeatKeeper:
             providers=self.providers,
         )
         try:
-            response = await self._stub().AllocateSeats(request, timeout=10, metadata=client_metadata())
+            response = await self._stub().AllocateSeats(request, timeout=10, metadata=self.caller.metadata())
         except grpc.aio.AioRpcError as exc:
             self.last_error = f"licensing at {self.address} unreachable: {exc.code().name}: {exc.details()}"
             log.warning("seat request failed", extra={"error": self.last_error})

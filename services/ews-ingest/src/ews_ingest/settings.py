@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 from tccal.config import Config
 from tccal.config.schema import ConferenceDefaults
+from tccal.grpckit import GrpcCaller
 from tccal.secrets import SecretError
 
 #: A credential always gets at least this many connections for ordinary calls.
@@ -142,6 +143,8 @@ class IngestSettings:
     write_back_join_link: bool
     licensing_address: str
     tuning: Tuning = field(default_factory=Tuning)
+    #: How AllocateSeats is called: ews-ingest's token (derived from grpc.adminToken) and grpc.tls.
+    licensing_caller: GrpcCaller = field(default_factory=GrpcCaller)
 
     @classmethod
     def from_config(cls, config: Config, reveal: Callable[[str], str], tuning: Tuning | None = None) -> IngestSettings:
@@ -194,6 +197,7 @@ class IngestSettings:
             write_back_join_link=config.write_back_join_link,
             licensing_address=config.grpc.address_of("licensing"),
             tuning=tuning or Tuning.from_env(),
+            licensing_caller=GrpcCaller.for_service(config, "ews-ingest", reveal),
         )
 
     def provider(self, name: str) -> ProviderSettings:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from licensing.api import ADMIN_METHODS, SERVICE_NAME, LicensingServicer
+from licensing.api import POLICY, SERVICE_NAME, LicensingServicer
 from licensing.runtime import LicensingRuntime
 from licensing.settings import LicensingSettings
 from tccal.service import ServiceApp, run_service
@@ -25,7 +25,7 @@ async def build(app: ServiceApp) -> None:
 
 
 def main() -> None:
-    run_service(SERVICE, build, admin_methods=ADMIN_METHODS)
+    run_service(SERVICE, build, policy=POLICY)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """gRPC ``trueconf.calendar.v1.LicensingService``.
 
 Refusals are gRPC errors whose message starts with the refusal code: ``[unknown_key] ...`` (codes and statuses
-in README.md). RegisterOnline, CreateOfflineRequest and InstallOfflineResponse are admin calls.
+in README.md). AllocateSeats is ews-ingest's; every other call is an administrator's (POLICY). Which mailboxes
+are configured `users` licensing reads from its own config, never from the caller.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ from licensing.manager import LicenseManager, Snapshot
 from licensing.seats import SeatAsk
 from licensing.status import Status
 from licensing.tiers import Tier
+from tccal.grpckit import AccessPolicy
 from trueconf.calendar.v1 import licensing_pb2, licensing_pb2_grpc
 
 log = logging.getLogger("licensing")
 
 SERVICE_NAME = "trueconf.calendar.v1.LicensingService"
-ADMIN_METHODS = frozenset(
-    f"/{SERVICE_NAME}/{method}" for method in ("RegisterOnline", "CreateOfflineRequest", "InstallOfflineResponse")
-)
+#: Who may call what (docs/architecture.md §4.1): AllocateSeats is ews-ingest's (and administrators'); registration
+#: and GetLicense are for administrators.
+POLICY = AccessPolicy(callers={f"/{SERVICE_NAME}/AllocateSeats": frozenset({"ews-ingest"})})
 
 _TIERS = {
     Tier.FREE: licensing_pb2.LICENSE_TIER_FREE,

@@ -8,7 +8,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -273,8 +273,11 @@ class LicenseManager:
     # ----------------------------------------------------------------------------------------- seats
 
     async def allocate_seats(self, asks: Iterable[SeatAsk], providers: int) -> tuple[Allocation, Snapshot]:
+        # Configured users come first for seats. Which mailboxes are configured is this service's own config
+        # (calendarProviders[].users), never the caller's `configured` flag: a caller flagging made-up mailboxes
+        # as configured took real users' seats (issue #17).
         configured_users = self.settings.configured_users
-        marked = [SeatAsk(a.mailbox, a.configured or normalize_mailbox(a.mailbox) in configured_users) for a in asks]
+        marked = [SeatAsk(a.mailbox, normalize_mailbox(a.mailbox) in configured_users) for a in asks]
         snap = await self.snapshot()
         lic = snap.signed.license if snap.signed is not None else None
         if not snap.evaluation.may_sync or lic is None:
@@ -289,7 +292,9 @@ class LicenseManager:
             return Allocation(refused=refuse_all(marked, reason)), snap
         async with self.store.seat_transaction() as tx:
             before = await tx.holdings()
-            result = allocate(marked, before, snap.evaluation.seat_capacity, snap.now, self.settings.seat_lease)
+            # a holder's stored flag is re-read from the config too (it may come from a caller's flag of old)
+            held = {m: replace(h, configured=m in configured_users) for m, h in before.items()}
+            result = allocate(marked, held, snap.evaluation.seat_capacity, snap.now, self.settings.seat_lease)
             await tx.replace(before, result.holdings)
         if result.revoked:
             log.warning(

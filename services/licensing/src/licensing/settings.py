@@ -10,8 +10,8 @@ Keys read (defaults from tccal.config.schema.LicenseConfig):
 * ``license.registrationUrl`` (``https://reg.trueconf.com:4310``): the registration server.
 * ``license.gracePeriodDays`` (7): Free tier — days of work while the registration server is unreachable.
 * ``license.checkIntervalHours`` (12): Free tier — how often the license is confirmed online.
-* ``calendarProviders[].users``: configured mailboxes, treated as whitelisted in seat allocation even when a
-  caller forgets to flag them.
+* ``calendarProviders[].users``: the configured mailboxes, first in line for seats; the only source of that
+  priority (AllocateSeats' ``configured`` flag is the caller's word and is ignored).
 
 The machine key (``tccal.secrets``: ``TC_CALENDAR_KEY``, ``TC_CALENDAR_KEY_FILE`` or
 ``~/.config/tc-calendar/machine.key``) is read too: the installation's fingerprint and the seals of the licensing

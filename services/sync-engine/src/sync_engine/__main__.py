@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sync_engine.api import ADMIN_METHODS, SERVICE_NAME, SyncApi
+from sync_engine.api import POLICY, SERVICE_NAME, SyncApi
 from sync_engine.runtime import SyncEngineService
 from sync_engine.settings import EngineSettings
 from tccal.service import ServiceApp, run_service
@@ -30,7 +30,7 @@ async def build(app: ServiceApp) -> None:
 
 
 def main() -> None:
-    run_service(SERVICE, build, admin_methods=ADMIN_METHODS)
+    run_service(SERVICE, build, policy=POLICY)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,16 @@ from sync_engine.deadletters import DeadLetter, DeadLetters, UnknownDeadLetterEr
 from sync_engine.engine import Engine
 from sync_engine.ids import meeting_id as meeting_id_of
 from sync_engine.ids import to_datetime, to_timestamp
+from tccal.grpckit import AccessPolicy
 from trueconf.calendar.v1 import sync_pb2, sync_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "trueconf.calendar.v1.SyncService"
-ADMIN_METHODS = frozenset(
-    f"/{SERVICE_NAME}/{method}" for method in ("ResyncMailbox", "ListDeadLetters", "ReplayDeadLetters")
-)
+#: Who may call what (docs/architecture.md §4.1): nothing is open; tcs-gateway may list a user's events (snapshots,
+#: getCalendarList); everything else - meetings, conferences with their links and PINs, commands, resync - is for
+#: administrators.
+POLICY = AccessPolicy(callers={f"/{SERVICE_NAME}/ListEvents": frozenset({"tcs-gateway"})})
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

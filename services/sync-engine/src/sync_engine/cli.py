@@ -19,8 +19,7 @@ from typing import Any
 import click
 import grpc
 
-from tccal.config import Config
-from tccal.grpckit import client_metadata
+from tccal.grpckit import GrpcCaller
 from tccal.secrets import SecretError, reveal
 from tccal.service import load_or_exit
 from trueconf.calendar.v1 import sync_pb2, sync_pb2_grpc
@@ -82,12 +81,19 @@ def replay_command(config_path: str | None, ids: tuple[int, ...], replay_all: bo
 def _call(config_path: str | None, method: str, request: Any) -> Any:
     config = load_or_exit(config_path)
     address = config.grpc.address_of("sync-engine")
-    token = _admin_token(config)
+    try:
+        caller = GrpcCaller.for_admin(
+            config, lambda value: reveal(value, allow_plaintext=config.allow_plaintext_passwords)
+        )
+    except SecretError as exc:
+        raise click.ClickException(f"grpc.adminToken cannot be decrypted: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
 
     async def call() -> Any:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with caller.aio_channel(address) as channel:
             stub = sync_pb2_grpc.SyncServiceStub(channel)
-            return await getattr(stub, method)(request, timeout=30, metadata=tuple(client_metadata(token)))
+            return await getattr(stub, method)(request, timeout=30, metadata=tuple(caller.metadata()))
 
     try:
         return asyncio.run(call())
@@ -96,13 +102,6 @@ def _call(config_path: str | None, method: str, request: Any) -> Any:
         if exc.code() == grpc.StatusCode.UNAVAILABLE and not details.startswith("dead letters"):
             raise click.ClickException(f"sync-engine at {address} cannot be reached: {details}") from None
         raise click.ClickException(details) from None
-
-
-def _admin_token(config: Config) -> str:
-    try:
-        return reveal(config.grpc.admin_token, allow_plaintext=config.allow_plaintext_passwords)
-    except SecretError as exc:
-        raise click.ClickException(f"grpc.adminToken cannot be decrypted: {exc}") from None
 
 
 def _as_dict(letter: sync_pb2.DeadLetter) -> dict[str, Any]:

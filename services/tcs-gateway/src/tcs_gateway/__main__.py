@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tccal import telemetry
 from tccal.service import ServiceApp, run_service
-from tcs_gateway.api import SERVICE_NAME, GatewayApi
+from tcs_gateway.api import POLICY, SERVICE_NAME, GatewayApi
 from tcs_gateway.runtime import Gateway
 from tcs_gateway.settings import SERVICE, GatewaySettings
 from trueconf.calendar.v1 import gateway_pb2_grpc
@@ -33,7 +33,7 @@ async def build(app: ServiceApp) -> None:
 
 
 def main() -> None:
-    run_service(SERVICE, build)
+    run_service(SERVICE, build, policy=POLICY)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,15 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from tccal.grpckit import AccessPolicy
 from trueconf.calendar.v1 import gateway_pb2, gateway_pb2_grpc
 
 if TYPE_CHECKING:
     from tcs_gateway.runtime import Gateway
 
 SERVICE_NAME = "trueconf.calendar.v1.GatewayService"
+#: Who may call what (docs/architecture.md §4.1): ListServers is for administrators.
+POLICY = AccessPolicy()
 Context = grpc.aio.ServicerContext[Any, Any]
 
 

@@ -37,7 +37,7 @@ class Gateway:
         self.bus = bus
         self.store = StateStore(settings.state_bucket, replicas=replicas)
         self.replicas = replicas
-        self.source = EventSource(settings.sync_address, settings.sync_timeout)
+        self.source = EventSource(settings.sync_address, settings.sync_timeout, settings.sync_caller)
         self.servers: dict[str, ServerState] = {
             server.key: ServerState(server, settings, self.store) for server in settings.served_servers()
         }

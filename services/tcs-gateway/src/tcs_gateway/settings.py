@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from tccal.config import Config
+from tccal.grpckit import GrpcCaller
 from tccal.subjects import GATEWAY_STATE_BUCKET
 
 SERVICE = "tcs-gateway"
@@ -121,6 +122,8 @@ class GatewaySettings:
     # SyncService (sync-engine)
     sync_address: str = "127.0.0.1:50062"
     sync_timeout: float = 15.0
+    #: How SyncService.ListEvents is called: tcs-gateway's token (derived from grpc.adminToken) and grpc.tls.
+    sync_caller: GrpcCaller = field(default_factory=GrpcCaller)
     snapshot_concurrency: int = 4
     ondemand_interval: float = 60.0
     # Identity
@@ -207,5 +210,6 @@ class GatewaySettings:
             auth_backoff_max=max(limits.backoff_max_sec, limits.backoff_initial_sec),
             refusal_log_interval=limits.log_interval_sec,
             sync_address=config.grpc.address_of("sync-engine"),
+            sync_caller=GrpcCaller.for_service(config, SERVICE, reveal),
             gateway_id=(os.environ.get("HOSTNAME") or f"tcs-gateway-{socket.gethostname()}")[:128],
         )

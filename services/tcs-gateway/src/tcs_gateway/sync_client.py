@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tccal.grpckit import client_metadata
+from tccal.grpckit import GrpcCaller
 from tcs_gateway.bridge.ports import SyncUnavailableError, UserList
 from trueconf.calendar.v1 import sync_pb2, sync_pb2_grpc
 
@@ -31,15 +31,16 @@ def _stamp(moment: datetime) -> Timestamp:
 class EventSource:
     """SyncService of the sync-engine, reached over gRPC; the caller's trace continues in the call."""
 
-    def __init__(self, address: str, timeout: float) -> None:
+    def __init__(self, address: str, timeout: float, caller: GrpcCaller | None = None) -> None:
         self.address = address
+        self.caller = caller or GrpcCaller()
         self.timeout = timeout
         self._channel: grpc.aio.Channel | None = None
         self._stub: sync_pb2_grpc.SyncServiceAsyncStub | None = None
 
     def _ensure(self) -> sync_pb2_grpc.SyncServiceAsyncStub:
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(
+            self._channel = self.caller.aio_channel(
                 self.address, options=[("grpc.max_receive_message_length", MAX_LIST_BYTES)]
             )
             self._stub = sync_pb2_grpc.SyncServiceStub(self._channel)
@@ -55,7 +56,9 @@ class EventSource:
         request = sync_pb2.ListEventsRequest(user=user, to=_stamp(window_to))
         getattr(request, "from").CopyFrom(_stamp(window_from))
         try:
-            response = await self._ensure().ListEvents(request, timeout=self.timeout, metadata=tuple(client_metadata()))
+            response = await self._ensure().ListEvents(
+                request, timeout=self.timeout, metadata=tuple(self.caller.metadata())
+            )
         except grpc.aio.AioRpcError as exc:
             raise SyncUnavailableError(
                 f"SyncService.ListEvents({user}) at {self.address} failed: {exc.code().name} {exc.details()}"

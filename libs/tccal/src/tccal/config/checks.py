@@ -1,7 +1,8 @@
 """What `config check` finds beyond the schema: a file every service would accept that still cannot work.
 
 * problems - a service would refuse to start with this file (a gRPC address beyond loopback without
-  `grpc.adminToken`, the rule of tccal.grpckit.AdminServer);
+  `grpc.adminToken`, the rule of tccal.grpckit.GrpcServer; `grpc.tls` files that cannot be read or do not go
+  together);
 * warnings - everything starts, but no TrueConf Server can use it (no whitelisted server with its `tcs.servers`
   entry, or an entry on one side only).
 """
@@ -10,12 +11,17 @@ from __future__ import annotations
 
 from tccal.config.loader import ConfigProblem
 from tccal.config.schema import SERVICE_NAMES, Config
-from tccal.grpckit import is_loopback
+from tccal.grpckit import TlsMaterial, is_loopback
 
 
 def startup_problems(config: Config) -> list[ConfigProblem]:
     """Problems that stop a service at start although the file is valid."""
     problems: list[ConfigProblem] = []
+    try:
+        TlsMaterial.from_config(config.grpc.tls)
+    except ValueError as exc:
+        key, _, message = str(exc).partition(": ")
+        problems.append(ConfigProblem(key, message))
     if config.grpc.admin_token:
         return problems
     for service in SERVICE_NAMES:
@@ -25,7 +31,7 @@ def startup_problems(config: Config) -> list[ConfigProblem]:
                 ConfigProblem(
                     f"grpc.services.{service}.host",
                     f"{host!r} is beyond loopback, so grpc.adminToken must be set (the service refuses to start "
-                    "without it: admin calls would be open to the network)",
+                    "without it: its calls would be open to the network)",
                 )
             )
     return problems

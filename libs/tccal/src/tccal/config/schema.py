@@ -152,10 +152,35 @@ def _with_default_ports(services: Any) -> Any:
     return filled
 
 
+class GrpcTlsConfig(_Section):
+    cert_file: str | None = Field(
+        None,
+        description="PEM certificate of the gRPC servers, also their client certificate for mTLS; "
+        "set: gRPC is served over TLS.",
+    )
+    key_file: str | None = Field(None, description="PEM private key of certFile.")
+    ca_file: str | None = Field(
+        None,
+        description="PEM CA bundle clients verify the servers with (and servers the client certificates); "
+        "set alone: a client (the CLI) speaks TLS.",
+    )
+    require_client_cert: bool = Field(
+        False, description="mTLS: servers refuse clients without a certificate signed by caFile."
+    )
+    server_name: str | None = Field(
+        None,
+        description="Name clients expect in the servers' certificate instead of the address's host (IP-only setups).",
+    )
+
+
 class GrpcConfig(_Section):
     admin_token: Secret = Field(
-        "", description="Bearer token for admin calls (required when a service binds beyond loopback)."
+        "",
+        description="Bearer token of administrators; every gRPC call but health and reflection needs it or a "
+        "service token derived from it whenever it is set or a service binds beyond loopback "
+        "(required then).",
     )
+    tls: GrpcTlsConfig = Field(default_factory=GrpcTlsConfig)
     services: Annotated[dict[ServiceName, ServiceEndpoint], BeforeValidator(_with_default_ports)] = Field(
         default_factory=_default_endpoints, description="Where each service listens."
     )
