@@ -158,7 +158,7 @@ async def test_cli_lists_and_replays_with_the_admin_token_of_config_json(harness
         assert table.exit_code == 0 and "2 dead letter(s)" in table.output and BOB in table.output
 
         unauthenticated = await _cli("list", "--config", str(wrong))
-        assert unauthenticated.exit_code == 1 and "admin call" in unauthenticated.output
+        assert unauthenticated.exit_code == 1 and "authorization: Bearer" in unauthenticated.output
 
         unknown = await _cli("replay", "--id", "4242", "--config", str(good))
         assert unknown.exit_code == 1 and "no dead letter with id 4242" in unknown.output
