@@ -42,7 +42,6 @@ from tccal import bus
 from tccal.clock import SystemClock
 from tccal.config import Config, ConfigError, load_config
 from tccal.db import create_pool
-from tccal.secrets import reveal
 from tccal.subjects import SEATS_SUBJECT
 
 REGISTERED = "Your product successfully registered. Now you can run tc_calendar"
@@ -108,14 +107,8 @@ def _run(
 
 async def _announce_license_change(config: Config) -> None:
     """Tell a running ews-ingest to ask for seats now, so a new license syncs mailboxes without waiting."""
-    nats_config = config.nats
-    await bus.announce(
-        nats_config.url,
-        SEATS_SUBJECT,
-        user=nats_config.user,
-        password=reveal(nats_config.password, allow_plaintext=config.allow_plaintext_passwords),
-        token=reveal(nats_config.token, allow_plaintext=config.allow_plaintext_passwords),
-    )
+    # as licensing's NATS identity: it may publish this subject and nothing else (tccal.nats_auth)
+    await bus.announce(bus.BusSettings.from_config(config, "licensing"), SEATS_SUBJECT)
 
 
 def _describe(snap: Snapshot) -> str:
