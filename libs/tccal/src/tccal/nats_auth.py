@@ -1,6 +1,6 @@
-"""Who may do what on NATS: one identity per service, least privilege, in nats-server's own terms.
+"""Who may do what on NATS: one identity per service, least privilege, in NATS server's own terms.
 
-Every name comes from tccal.subjects. Each identity is a nats-server user (user + password, in the
+Every name comes from tccal.subjects. Each identity is a NATS server user (user + password, in the
 `authorization { users = [...] }` block) with publish/subscribe allow-lists (docs/architecture.md §4.6):
 
 * its own reply inbox only: a service connects with the inbox prefix `_INBOX.<identity>` (`inbox_prefix`) and
@@ -11,7 +11,7 @@ Every name comes from tccal.subjects. Each identity is a nats-server user (user 
 * the dead-letter subject of its own consumers only.
 
 `admin` is the operator's identity (the `nats` CLI, reading dead letters, the tests' harness): everything.
-`server_authorization()` renders the block nats-server reads; the sandbox, docker-compose and the Helm chart
+`server_authorization()` renders the block NATS server reads; the sandbox, docker-compose and the Helm chart
 serve it (tests/deploy checks that the files they ship say the same).
 """
 
@@ -52,7 +52,7 @@ class Identity:
     name: str
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
-    #: May answer requests it received (nats-server `allow_responses`): ews-ingest answering on-demand requests.
+    #: May answer requests it received (NATS server `allow_responses`): ews-ingest answering on-demand requests.
     allow_responses: bool = False
     #: Streams it declares (creates or updates) at connect: those it publishes to or consumes from.
     streams: tuple[str, ...] = ()
@@ -64,7 +64,7 @@ class Identity:
         return inbox_prefix(self.name)
 
     def permissions(self) -> dict[str, object]:
-        """The `permissions` object of this user in nats-server's configuration."""
+        """The `permissions` object of this user in NATS server's configuration."""
         granted: dict[str, object] = {
             "publish": {"allow": list(self.publish)},
             "subscribe": {"allow": list(self.subscribe)},
@@ -186,12 +186,12 @@ def identity(name: str) -> Identity:
 
 
 def _quote(value: str) -> str:
-    """A nats-server config string (JSON string syntax is a subset it reads)."""
+    """A NATS server config string (JSON string syntax is a subset it reads)."""
     return json.dumps(value)
 
 
 def server_authorization(passwords: Mapping[str, str], *, indent: str = "") -> str:
-    """The `authorization { users = [...] }` block for nats-server: one user per identity in `passwords`.
+    """The `authorization { users = [...] }` block for NATS server: one user per identity in `passwords`.
 
     No `no_auth_user`: a client without credentials is refused at connect.
     """
