@@ -16,6 +16,7 @@ import pytest
 from nats.errors import Error as NatsError
 
 from tccal.nats_auth import IDENTITIES
+from tccal.subjects import ondemand_subject
 from tccal_sandbox.testing import connect_nats, running_sandbox, short_tmpdir, wait_for
 
 
@@ -29,6 +30,17 @@ async def connects(ready: dict[str, Any], identity: str) -> bool:
     connection = await connect_nats(ready, identity)
     await connection.close()
     return True
+
+
+async def ask_on_demand(ready: dict[str, Any], mailbox: str) -> dict[str, Any]:
+    """What tcs-gateway does for a user TrueConf asked for: a request ews-ingest answers (allow_responses)."""
+    connection = await connect_nats(ready, "tcs-gateway")
+    try:
+        reply = await connection.request(ondemand_subject(mailbox), json.dumps({"mailbox": mailbox}).encode(), 10)
+    finally:
+        await connection.close()
+    answer: dict[str, Any] = json.loads(reply.data)
+    return answer
 
 
 async def anonymous(url: str) -> None:
@@ -58,6 +70,8 @@ def test_sandbox_nats_has_users_keeps_them_and_the_product_stays_within_its_perm
             120,
             what="a demo meeting with its conference in alice's TrueConf calendar",
         )
+        # request/reply across identities: tcs-gateway's inbox, ews-ingest allowed to answer only that request
+        assert asyncio.run(ask_on_demand(ready, "bob@sandbox.test"))["mailbox"] == "bob@sandbox.test"
         log = Path(ready["nats"]["server_config"]).parent / "nats-server.log"
         text = log.read_text(errors="replace")
         assert "Violation" not in text, [line for line in text.splitlines() if "Violation" in line][:10]
