@@ -108,7 +108,12 @@ def _run(
 async def _announce_license_change(config: Config) -> None:
     """Tell a running ews-ingest to ask for seats now, so a new license syncs mailboxes without waiting."""
     # as licensing's NATS identity: it may publish this subject and nothing else (tccal.nats_auth)
-    await bus.announce(bus.BusSettings.from_config(config, "licensing"), SEATS_SUBJECT)
+    try:
+        settings = bus.BusSettings.from_config(config, "licensing")
+    except ValueError as exc:  # an unreadable nats.passwordFile: ews-ingest then asks on its own schedule
+        click.echo(f"warning: the running services were not told about the new license: {exc}", err=True)
+        return
+    await bus.announce(settings, SEATS_SUBJECT)
 
 
 def _describe(snap: Snapshot) -> str:
