@@ -19,7 +19,7 @@ from nats.errors import Error as NatsError
 from tccal import secrets
 from tccal.bus import AnonymousNatsError, Bus, BusSettings, accepts_anonymous, consume
 from tccal.config import Config
-from tccal.nats_auth import IDENTITIES, SERVICE_IDENTITIES, server_authorization
+from tccal.nats_auth import IDENTITIES, SERVICE_IDENTITIES, password_variable, server_authorization
 from tccal.service import ServiceApp
 from tccal.subjects import (
     CALENDAR,
@@ -33,7 +33,7 @@ from tccal.subjects import (
     results_subject,
     resync_subject,
 )
-from tccal_sandbox.embedded import EmbeddedNats, free_ports
+from tccal_sandbox.embedded import EmbeddedNats, free_ports, nats_server_binary
 from tccal_sandbox.testing import connect_nats, nats_settings, short_tmpdir, wait_for, wait_for_async
 
 MAILBOX = "alice@example.com"
@@ -328,3 +328,34 @@ async def _has_stream(server: EmbeddedNats, stream: str) -> bool:
     finally:
         await connection.close()
     return True
+
+
+def test_the_cli_block_takes_passwords_from_the_servers_environment(tmp_path: Path) -> None:
+    """`tc-calendar nats-auth` for an administrator's own NATS: passwords are environment variables of the server."""
+    printed = subprocess.run(
+        [sys.executable, "-m", "tccal.cli", "nats-auth"], capture_output=True, text=True, check=True
+    ).stdout
+    (port,) = free_ports(1)
+    config = tmp_path / "nats.conf"
+    config.write_text(f"listen: 127.0.0.1:{port}\n{printed}")
+    passwords = {name: f"pw-{name}-{port}" for name in IDENTITIES}
+    env = {password_variable(name): password for name, password in passwords.items()}
+    process = subprocess.Popen([nats_server_binary(), "-c", str(config)], env=env)
+    url = f"nats://127.0.0.1:{port}"
+
+    async def connects(user: str, password: str) -> bool:
+        try:
+            connection = await connect_nats(BusSettings(url=url, user=user, password=password))
+        except (NatsError, OSError):
+            return False
+        await connection.close()
+        return True
+
+    try:
+        wait_for(lambda: process.poll() is not None or asyncio.run(connects("ews-ingest", passwords["ews-ingest"])), 20)
+        assert process.poll() is None, "nats-server refused the printed block"
+        assert not asyncio.run(accepts_anonymous(BusSettings(url=url)))
+        assert not asyncio.run(connects("ews-ingest", passwords["admin"]))  # another identity's password
+    finally:
+        process.terminate()
+        process.wait(20)

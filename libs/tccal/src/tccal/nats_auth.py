@@ -190,8 +190,9 @@ def _quote(value: str) -> str:
     return json.dumps(value)
 
 
-def server_authorization(passwords: Mapping[str, str], *, indent: str = "") -> str:
-    """The `authorization { users = [...] }` block for NATS server: one user per identity in `passwords`.
+def server_authorization(passwords: Mapping[str, str], *, indent: str = "", variables: bool = False) -> str:
+    """The `authorization { users = [...] }` block for NATS server: one user per identity in `passwords` (with
+    `variables`, each value is the name of a variable or environment variable holding the password).
 
     No `no_auth_user`: a client without credentials is refused at connect.
     """
@@ -199,9 +200,21 @@ def server_authorization(passwords: Mapping[str, str], *, indent: str = "") -> s
     for name, password in passwords.items():
         who = identity(name)
         permissions = json.dumps(who.permissions(), indent=None)
-        lines.append(f"{indent}    {{user: {_quote(name)}, password: {_quote(password)}, permissions: {permissions}}}")
+        secret = f"${password}" if variables else _quote(password)
+        lines.append(f"{indent}    {{user: {_quote(name)}, password: {secret}, permissions: {permissions}}}")
     lines += [f"{indent}  ]", f"{indent}}}"]
     return "\n".join(lines) + "\n"
+
+
+def password_variable(identity: str) -> str:
+    """The environment variable a NATS server configuration may take `identity`'s password from."""
+    return "TCCAL_NATS_" + identity.upper().replace("-", "_") + "_PASSWORD"
+
+
+def server_authorization_from_environment(identities: Iterable[str] = IDENTITIES) -> str:
+    """The `authorization` block with each password a reference to an environment variable of the NATS server
+    (`password_variable`): nats-server resolves `$NAME` from its environment, so no password is written down."""
+    return server_authorization({name: password_variable(name) for name in identities}, variables=True)
 
 
 def permission_table() -> list[tuple[str, str, str]]:
