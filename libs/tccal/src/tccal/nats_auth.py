@@ -213,7 +213,7 @@ def password_variable(identity: str) -> str:
 
 def server_authorization_from_environment(identities: Iterable[str] = IDENTITIES) -> str:
     """The `authorization` block with each password a reference to an environment variable of the NATS server
-    (`password_variable`): nats-server resolves `$NAME` from its environment, so no password is written down."""
+    (`password_variable`): the NATS server resolves `$NAME` from its environment, so no password is written down."""
     return server_authorization({name: password_variable(name) for name in identities}, variables=True)
 
 
