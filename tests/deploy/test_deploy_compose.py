@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 from urllib.parse import urlsplit
 
 import pytest
@@ -21,6 +23,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from licensing.authority import PRODUCTION_ENV, TEST_KEY_SETTING
 from tccal import secrets
 from tccal.config import Config, load_config
 from tccal.config.loader import CONFIG_ENV, ENV_PREFIX, apply_env_overrides
@@ -37,7 +40,7 @@ def code_reads_env() -> set[str]:
     """The environment variable names the shared library reads, taken from the code itself."""
     telemetry_source = (ROOT / "libs/tccal/src/tccal/telemetry.py").read_text()
     assert 'os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")' in telemetry_source
-    return {CONFIG_ENV, secrets.KEY_ENV, secrets.KEY_FILE_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT"}
+    return {CONFIG_ENV, secrets.KEY_ENV, secrets.KEY_FILE_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT", PRODUCTION_ENV}
 
 
 def json_or_text(raw: str) -> Any:
@@ -376,7 +379,30 @@ def test_registration_emulator_wiring(config: Config, compose_services: dict[str
     key = serialization.load_pem_private_key(private.read_bytes(), password=None)
     assert isinstance(key, Ed25519PrivateKey)
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    assert config.license.authority_public_key == base64.b64encode(raw).decode()
+    assert config.license.test_authority_public_key == base64.b64encode(raw).decode()
+
+
+def test_only_the_demo_lifts_the_images_refusal_of_the_test_authority_key(
+    config: Config, compose_services: dict[str, dict[str, Any]]
+) -> None:
+    """The demo config trusts the emulator through the test-only key; the licensing image refuses it unless
+    Compose lifts the refusal, which it does only while TCCAL_PRODUCTION is not set to 1."""
+    from licensing.settings import LicensingSettings
+
+    assert config.license.test_authority_public_key, "the demo config trusts the registration emulator"
+    raw = compose_services["licensing"]["environment"][PRODUCTION_ENV]
+    for environ, expected in (({}, "0"), ({"TCCAL_PRODUCTION": "1"}, "1")):
+        value = interpolate(str(raw), environ)
+        assert value == expected, (environ, value)
+        with patch.dict(os.environ, {PRODUCTION_ENV: value}):
+            if expected == "1":
+                with pytest.raises(ValueError, match=re.escape(TEST_KEY_SETTING)):
+                    LicensingSettings.from_config(config)
+            else:
+                LicensingSettings.from_config(config)
+    for name in CONNECTOR_SERVICES:
+        if name != "licensing":
+            assert PRODUCTION_ENV not in service_env(compose_services[name]), f"{name} keeps the image's setting"
 
 
 # ------------------------------------------------------------------------------------------- observability

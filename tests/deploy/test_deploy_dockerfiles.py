@@ -15,6 +15,7 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import json
+import os
 import re
 import shlex
 import shutil
@@ -25,6 +26,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 import yaml
@@ -33,6 +35,8 @@ from dockerfile_parse.parser import image_from
 from dockerfile_parse.util import Context, WordSplitter
 from packaging.requirements import Requirement
 
+from licensing.authority import AUTHORITY_PUBLIC_KEY, PRODUCTION_ENV, TEST_KEY_SETTING, is_production
+from licensing.settings import LicensingSettings
 from tccal.config.schema import Config
 
 from .conftest import COMPOSE_FILE, CONNECTOR_SERVICES, EMULATORS, ROOT
@@ -322,12 +326,35 @@ def check_healthcheck_ports_and_entrypoint(image: Image) -> None:
         assert str(port) in default, f"{name}: {default} does not listen on the exposed port {port}"
 
 
+def check_service_images_refuse_test_settings(image: Image) -> None:
+    """A product image sets TC_CALENDAR_PRODUCTION=1, and with it licensing refuses a test authority key."""
+    env = image.final.env
+    if not image.package_dir.startswith("services/"):
+        return
+    name = image.compose_name
+    value = env.get(PRODUCTION_ENV)
+    assert value is not None and is_production_value(value), f"{name}: {PRODUCTION_ENV}={value!r} in the image"
+    if name == "licensing":
+        config = Config.model_validate({"license": {"testAuthorityPublicKey": AUTHORITY_PUBLIC_KEY}})
+        with (
+            patch.dict(os.environ, {PRODUCTION_ENV: value}),
+            pytest.raises(ValueError, match=re.escape(TEST_KEY_SETTING)),
+        ):
+            LicensingSettings.from_config(config)
+
+
+def is_production_value(value: str) -> bool:
+    with patch.dict(os.environ, {PRODUCTION_ENV: value}):
+        return is_production()
+
+
 CHECKS = [
     check_multi_stage_on_slim_python_311,
     check_final_stage_runs_unprivileged_without_build_tools,
     check_builder_installs_pinned_wheels,
     check_copy_sources_exist_in_the_context,
     check_healthcheck_ports_and_entrypoint,
+    check_service_images_refuse_test_settings,
 ]
 
 
@@ -384,6 +411,8 @@ def test_checks_fail_on_wrong_build_args(compose_name: str, change: dict[str, st
         ("licensing", 'ARG ARGS=""', 'ARG ARGS="--verbose"', "default arguments"),
         ("sync-engine", "HEALTHCHECK --interval=30s", "RUN true", "no HEALTHCHECK"),
         ("licensing", "CONFIG=/etc/tc-calendar/config.json", "CONFIG=/x", "TC_CALENDAR_CONFIG=/x"),
+        ("licensing", "TC_CALENDAR_PRODUCTION=1", "TC_CALENDAR_PRODUCTION=0", "TC_CALENDAR_PRODUCTION='0'"),
+        ("ews-ingest", " \\\n    TC_CALENDAR_PRODUCTION=1", "", "TC_CALENDAR_PRODUCTION=None"),
         ("licensing", "healthcheck.py /opt/", "healthcheck.py /usr/", "/usr/tc-calendar"),
         ("sync-engine", 'exec python -m \\"$TCCAL_ENTRY_MODULE\\"', "exec python -m sync_engine", "entry script"),
     ],

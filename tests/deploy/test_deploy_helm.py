@@ -332,9 +332,11 @@ def test_network_policies_open_only_what_each_component_needs(report: dict[str, 
 def test_notes_warn_about_what_stops_the_services(report: dict[str, Any]) -> None:
     default = report["value_sets"]["default"]["notes"]
     assert 'credentials.values["grpc.adminToken"] is not set' in default
-    assert "authorityPublicKey is empty" in default
+    assert "AuthorityPublicKey" not in default  # the authority key is built in: nothing to set
     full = report["value_sets"]["full"]["notes"]
     assert "WARNING" not in full
+    test_key = report["value_sets"]["existing"]["notes"]
+    assert "config.license.testAuthorityPublicKey is a test-only setting" in test_key
 
 
 def test_missing_python_312_is_a_clear_failure(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -68,8 +68,9 @@ class FaultProduct:
             os.kill(self.product.process.pid, signal.SIGSTOP)
             self.frozen = True
 
-    def kill9_and_restart(self, name: str, down_s: float = 1.0) -> None:
-        """kill -9 one of the four services and start it again with the same argv and environment."""
+    def kill9_and_restart(self, name: str, down_s: float = 1.0, while_down: Callable[[], None] | None = None) -> None:
+        """kill -9 one of the four services and start it again with the same argv and environment (after
+        `down_s`, and after `while_down` ran)."""
         assert name in SERVICE_MODULES, name
         self.freeze_supervisor()
         pid = int(self.ready["processes"][name])
@@ -77,6 +78,8 @@ class FaultProduct:
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not _alive(pid), 20, f"{name} ({pid}) gone after SIGKILL")
         time.sleep(down_s)
+        if while_down is not None:
+            while_down()
         log = open(self.state_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         process = subprocess.Popen(
             [a.decode() for a in argv], stdout=log, stderr=subprocess.STDOUT, env=self.env(), preexec_fn=die_with_parent

@@ -61,3 +61,58 @@ def test_a_damaged_state_file_is_named_not_ignored(tmp_path: Path) -> None:
         running_emulator(DEFAULT_CONFIG, extra_args=["--state-file", str(state_file)]),
     ):
         pass
+
+
+def test_a_restart_keeps_created_folders_their_items_and_user_configurations(tmp_path: Path) -> None:
+    from exchangelib.folders import Calendar, SingleFolderQuerySet
+
+    args = ["--state-file", str(tmp_path / "exchange-state.pickle")]
+    start = EWSDateTime(2034, 3, 1, 9, tzinfo=UTC)
+    with running_emulator(DEFAULT_CONFIG, extra_args=args) as emu:
+        owner = emu.admin.add_mailbox("folders@example.com")["email"]
+        acc = _account(emu, owner)
+        team = Calendar(parent=acc.calendar, name="Team").save()
+        team_id = team.id
+        CalendarItem(account=acc, folder=team, subject="team", start=start, end=start + dt.timedelta(hours=1)).save()
+        list(team.sync_items())
+        team_state = team.item_sync_state
+        team.create_user_configuration(name="View", dictionary={"mode": "week"}, xml_data=b"<v/>")
+        acc.calendar.update_user_configuration(name="WorkHours", xml_data=b"<WorkHours/>")
+        acc.protocol.close()
+    close_connections()
+    with running_emulator(DEFAULT_CONFIG, extra_args=args) as emu:
+        acc = _account(emu, owner)
+        acc.root.clear_cache()
+        kept = acc.calendar / "Team"
+        assert kept.id == team_id
+        assert [i.subject for i in kept.all()] == ["team"]
+        assert [i.subject for i in acc.calendar.all()] == []
+        assert list(kept.sync_items(sync_state=team_state)) == []  # its SyncState is still valid
+        config = kept.get_user_configuration(name="View")
+        assert (config.dictionary, config.xml_data) == ({"mode": "week"}, b"<v/>")
+        assert acc.calendar.get_user_configuration(name="WorkHours").xml_data == b"<WorkHours/>"
+        kept.delete()
+        again = Calendar(parent=acc.calendar, name="Team").save()
+        assert again.id != team_id  # a folder id is never given twice, restart or not
+        assert isinstance(
+            SingleFolderQuerySet(account=acc, folder=Calendar(root=acc.root, id=team_id)).resolve(), Exception
+        )
+        acc.protocol.close()
+    close_connections()
+
+
+def test_a_state_file_from_before_created_folders_still_loads() -> None:
+    """A Mailbox pickled before `folders`, `last_folder_no`, `configurations` and `hierarchy` existed gets their
+    defaults."""
+    import pickle
+
+    from exchange_emulator.model import Mailbox
+
+    state = Mailbox(no=1, email="old@example.com", display_name="Old").__getstate__()
+    for name in ("folders", "last_folder_no", "configurations", "hierarchy"):
+        del state[name]
+    old = Mailbox.__new__(Mailbox)
+    old.__setstate__(state)
+    loaded = pickle.loads(pickle.dumps(old))
+    assert (loaded.folders, loaded.last_folder_no, loaded.configurations, loaded.hierarchy) == ({}, 0, None, [])
+    assert loaded.email == "old@example.com" and loaded.child_folders("calendar") == []

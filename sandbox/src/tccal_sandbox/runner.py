@@ -304,6 +304,9 @@ class Sandbox:
                 for local, name in self.people()
             ],
             "oauth": {"client_id": "tc-calendar-connector", "client_secret": self._stable_secret("oauth-secret")},
+            # It starts before the gateway listens, and its back-off doubles on every short-lived connection
+            # (reset after 60 s connected): on one machine a dropped bridge should be back in seconds, not minutes.
+            "reconnect": {"initial_delay": 0.5, "max_delay": 5.0},
             "port": port,
             "ready_file": str(directory / "ready.json"),
             "state_file": str(directory / "conferences.pickle"),
@@ -385,7 +388,7 @@ class Sandbox:
         registration = self.ready.get("registration")
         if registration:
             config["license"] = {
-                "authorityPublicKey": registration["public_key"],
+                "testAuthorityPublicKey": registration["public_key"],  # the emulator signs: a test-only key
                 "registrationUrl": registration["url"],
             }
         # config.json is what the CLI reads: licensing's identity (tc_calendar --register announces the new seats)

@@ -177,11 +177,17 @@ async def test_resync_by_control_subject_and_grpc(
         def resynced(c: calendar_pb2.CalendarChange) -> bool:
             return c.mailbox == owner and c.origin == calendar_pb2.CHANGE_ORIGIN_RESYNC
 
-        await collector.wait(lambda c: len([x for x in collector.of(owner) if resynced(x)]) == 2, what="resync")
-        again = [c for c in collector.of(owner) if resynced(c)]
+        await collector.wait(lambda c: c.type == calendar_pb2.CHANGE_TYPE_MAILBOX_RESYNC_END, what="resync")
+        framed = [c for c in collector.of(owner) if resynced(c)]
+        # a snapshot: BEGIN, every item, END with BEGIN's token (the engine deletes what it does not bring back)
+        begin, *again, end = framed
+        assert begin.type == calendar_pb2.CHANGE_TYPE_MAILBOX_RESYNC_BEGIN
+        assert end.resync.token == begin.resync.token != "" and list(end.resync.kept_item_ids) == []
+        assert [c.sequence for c in framed] == sorted(c.sequence for c in framed)
+        assert {c.type for c in again} == {calendar_pb2.CHANGE_TYPE_UPSERT}
         assert {c.item_id for c in again} == {c.item_id for c in initial}
-        assert min(c.sequence for c in again) > max(c.sequence for c in initial)
-        assert all("/resync/" in c.change_id for c in again)  # not swallowed by JetStream's dedupe window
+        assert min(c.sequence for c in framed) > max(c.sequence for c in initial)
+        assert all("/resync" in c.change_id for c in framed)  # not swallowed by JetStream's dedupe window
 
         # the gRPC API
         server = GrpcServer("127.0.0.1", 0, admin_methods=ADMIN_METHODS)

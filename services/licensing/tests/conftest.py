@@ -56,7 +56,7 @@ def write_config(
 ) -> Path:
     config: dict[str, Any] = {
         "dbConnectionConfig": db_section(dsn),
-        "license": {"authorityPublicKey": public_key, "registrationUrl": emulator_url},
+        "license": {"testAuthorityPublicKey": public_key, "registrationUrl": emulator_url},
         "grpc": {
             "adminToken": ADMIN_TOKEN,
             "services": {"licensing": {"grpcPort": grpc_port, "httpPort": http_port}},

@@ -8,15 +8,17 @@ import licensing.)"""
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from licensing.document import TrustedAuthorities
-from licensing.fingerprint import fingerprint_of, new_install_id
+from licensing.fingerprint import new_install_id
 from licensing.keys import parse_key
 from licensing.offline import OfflineRequest, OfflineResponse
+from licensing.sealing import Sealer
 from licensing.tiers import Tier
 from registration_emulator.testing import run_cli
 
@@ -94,7 +96,7 @@ def test_expiry_forms(state: Path) -> None:
 
 
 def _request(tmp_path: Path, key: str, name: str = "regoffline.crg") -> tuple[Path, str]:
-    fingerprint = fingerprint_of(new_install_id())
+    fingerprint = Sealer(os.urandom(32)).fingerprint(new_install_id())
     path = tmp_path / name
     path.write_bytes(OfflineRequest.new(parse_key(key), fingerprint, datetime.now(UTC), "1.0.0").encode())
     return path, fingerprint

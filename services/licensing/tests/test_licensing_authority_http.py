@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +22,9 @@ from cryptography.x509.oid import NameOID
 
 from licensing.document import TrustedAuthorities
 from licensing.errors import RegistrationUnreachableError
-from licensing.fingerprint import fingerprint_of, new_install_id
+from licensing.fingerprint import new_install_id
 from licensing.registration_client import RegistrationClient
+from licensing.sealing import Sealer
 from registration_emulator.testing import RunningEmulator, start_emulator
 
 
@@ -39,7 +41,7 @@ async def post(url: str, body: Any) -> tuple[int, dict[str, Any]]:
 
 
 def fp() -> str:
-    return fingerprint_of(new_install_id())
+    return Sealer(os.urandom(32)).fingerprint(new_install_id())
 
 
 async def test_register_returns_a_license_signed_by_the_authority(emulator: RunningEmulator) -> None:

@@ -8,15 +8,18 @@ successes and one refusal of each kind of input go through the subprocess; the r
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from licensing.fingerprint import fingerprint_of, new_install_id
+from licensing.authority import AUTHORITY_KEY_ID
+from licensing.fingerprint import new_install_id
 from licensing.keys import parse_key
 from licensing.offline import OfflineResponse, encode_crg
+from licensing.sealing import Sealer
 from registration_emulator.document import LicenseTerms
 from registration_emulator.offline import write_response
 from registration_emulator.testing import RunningEmulator, authority_key
@@ -42,7 +45,7 @@ def sign(emulator: RunningEmulator, request: Path, response: Path, *extra: str) 
 
 
 def register_elsewhere(emulator: RunningEmulator, key: str) -> None:
-    body = json.dumps({"key": key, "installation_fingerprint": fingerprint_of(new_install_id())}).encode()
+    body = json.dumps({"key": key, "installation_fingerprint": random_fingerprint()}).encode()
     request = urllib.request.Request(f"{emulator.url}/api/v1/register", data=body, method="POST")
     with urllib.request.urlopen(request, timeout=10) as resp:
         assert resp.status == 200
@@ -183,30 +186,36 @@ def test_offline_file_refusals(installation: Any, other_installation: Any, emula
     assert proc.returncode == 0 and proc.stdout.startswith(REGISTERED_OFFLINE)
 
 
-def test_configuration_and_database_problems(installation: Any, tmp_path: Path) -> None:
+def test_configuration_and_database_problems(installation: Any, tmp_path: Path, emulator: RunningEmulator) -> None:
     config = json.loads(installation.config.read_text())
-    config["license"]["authorityPublicKey"] = ""
+    del config["license"]["testAuthorityPublicKey"]
     no_key = tmp_path / "no-key.json"
     no_key.write_text(json.dumps(config))
-    config["license"]["authorityPublicKey"] = "bm90IGEga2V5"
+    config["license"]["testAuthorityPublicKey"] = "bm90IGEga2V5"
     bad_key = tmp_path / "bad-key.json"
     bad_key.write_text(json.dumps(config))
+    del config["license"]["testAuthorityPublicKey"]
+    config["license"]["authorityPublicKey"] = emulator.public_key  # the setting that let anyone pick the authority
+    old_setting = tmp_path / "old-setting.json"
+    old_setting.write_text(json.dumps(config))
     config = json.loads(installation.config.read_text())
     config["dbConnectionConfig"] = {"host": "127.0.0.1", "port": free_port(), "user": "x", "database": "x"}
     no_db = tmp_path / "no-db.json"
     no_db.write_text(json.dumps(config))
-    key = "TCCAL-STD-0123A-BCDEF-GHJKM-NPQRS-X74E"
-    procs = [installation.run("--register", key, "--config", str(p)) for p in (no_key, bad_key, no_db)]
-    # No authority key: the connector runs but accepts no license, and says which key to set.
-    assert procs[0].returncode == 2 and "license.authorityPublicKey is not set" in procs[0].stderr
+    key = emulator.issue_key("standard", 5)
+    procs = [installation.run("--register", key, "--config", str(p)) for p in (no_key, bad_key, old_setting, no_db)]
+    # Without the test key only the built-in authority key is trusted: the emulator's license is refused.
+    assert procs[0].returncode == 15, procs[0].stderr
+    assert "not signed by the registration authority" in procs[0].stderr and AUTHORITY_KEY_ID in procs[0].stderr
     shown = installation.run("license", "--json", "--config", str(no_key))
     assert shown.returncode == 0
     assert json.loads(shown.stdout)["status"] == "unregistered"
-    assert "license.authorityPublicKey is not set" in json.loads(shown.stdout)["status_reason"]
-    assert procs[1].returncode == 2 and "license.authorityPublicKey: authority public key must be 32 bytes" in (
+    assert procs[1].returncode == 2 and "license.testAuthorityPublicKey: authority public key must be 32 bytes" in (
         procs[1].stderr
     )
-    assert procs[2].returncode == 4 and "cannot connect to PostgreSQL" in procs[2].stderr
+    # The old setting is gone: a config that names its own authority key is refused, not obeyed.
+    assert procs[2].returncode == 2 and "authorityPublicKey" in procs[2].stderr, procs[2].stderr
+    assert procs[3].returncode == 4 and "cannot connect to PostgreSQL" in procs[3].stderr
 
 
 def test_cli_is_the_guides_spelling(installation: Any) -> None:
@@ -215,3 +224,8 @@ def test_cli_is_the_guides_spelling(installation: Any) -> None:
     assert proc.returncode == 2
     assert "Missing argument 'KEY'" in proc.stderr
     assert isinstance(proc, subprocess.CompletedProcess)
+
+
+def random_fingerprint() -> str:
+    """The fingerprint of some other installation (its own install id and machine key)."""
+    return Sealer(os.urandom(32)).fingerprint(new_install_id())

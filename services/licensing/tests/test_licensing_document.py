@@ -135,7 +135,7 @@ def test_a_license_from_another_authority_is_refused_naming_both_keys() -> None:
         trusted.verify_envelope(other.sign_license(fixed_terms()))
     assert other.key_id in info.value.message
     assert KEY_ID in info.value.message
-    assert "license.authorityPublicKey" in info.value.message
+    assert "not signed by the registration authority" in info.value.message
 
 
 def test_a_forged_key_id_does_not_help() -> None:
@@ -255,3 +255,16 @@ def test_constructed_licenses_are_validated_too() -> None:
     assert lic.features == ("multiple_providers", "offline_registration")
     assert fixed_license(tier=Tier.FREE, seats=500).seat_capacity == 50
     assert fixed_license(seats=500).seat_capacity == 500
+
+
+def test_the_built_in_authority_key_is_the_documented_one() -> None:
+    """docs/license-format.md §4 names the key the product trusts; no configuration replaces it."""
+    from licensing.authority import AUTHORITY_KEY_ID, AUTHORITY_PUBLIC_KEY
+    from licensing.document import key_id_of, parse_public_key
+    from tccal_sandbox.testing import repo_root
+
+    assert key_id_of(parse_public_key(AUTHORITY_PUBLIC_KEY)) == AUTHORITY_KEY_ID
+    page = (repo_root() / "docs" / "license-format.md").read_text()
+    assert f"`{AUTHORITY_PUBLIC_KEY}`, `key_id` `{AUTHORITY_KEY_ID}`" in page
+    # The test vector's key (whose private seed is public) is not trusted by default.
+    assert TrustedAuthorities.from_config(AUTHORITY_PUBLIC_KEY).key_ids == [AUTHORITY_KEY_ID] != [KEY_ID]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ from licensing.errors import (
     RegistrationProtocolError,
     TamperedLicenseError,
 )
-from licensing.fingerprint import fingerprint_of, new_install_id
+from licensing.fingerprint import new_install_id
 from licensing.keys import ALPHABET, parse_key
 from licensing.offline import OfflineRequest, OfflineResponse
+from licensing.sealing import Sealer
 from licensing.tiers import Tier
 from registration_emulator import document as authority_document
 from registration_emulator.authority import Authority
@@ -48,7 +50,7 @@ def terms(**changes: Any) -> LicenseTerms:
         tier=AuthorityTier.ENTERPRISE,
         seats=300,
         features=FEATURES,
-        installation_fingerprint=fingerprint_of(new_install_id()),
+        installation_fingerprint=random_fingerprint(),
         issued_at=NOW,
         expires_at=NOW + timedelta(days=365),
         key_sha256=generate_key(AuthorityTier.ENTERPRISE).sha256,
@@ -204,7 +206,7 @@ def authority(tmp_path: Path) -> Authority:
 
 def test_an_offline_request_from_licensing_is_answered_by_the_authority_and_installed(authority: Authority) -> None:
     issued = authority.issue_key(AuthorityTier.STANDARD, 25, None)
-    fingerprint = fingerprint_of(new_install_id())
+    fingerprint = random_fingerprint()
     written = OfflineRequest.new(parse_key(issued.key.text), fingerprint, NOW, "1.0.0")
 
     read = read_request(written.encode())
@@ -230,7 +232,7 @@ def test_a_free_request_from_licensing_is_refused_by_the_authority_with_the_guid
     from registration_emulator.authority import AuthorityRefusalError
 
     issued = authority.issue_key(AuthorityTier.FREE, None, None)
-    written = OfflineRequest.new(parse_key(issued.key.text), fingerprint_of(new_install_id()), NOW, "1.0.0")
+    written = OfflineRequest.new(parse_key(issued.key.text), random_fingerprint(), NOW, "1.0.0")
     with pytest.raises(AuthorityRefusalError) as info:
         authority.sign_offline(read_request(written.encode()), now=NOW)
     assert (info.value.http_status, info.value.code) == (403, "free_offline_refused")
@@ -239,7 +241,7 @@ def test_a_free_request_from_licensing_is_refused_by_the_authority_with_the_guid
 
 def test_files_in_the_wrong_direction_are_refused_on_both_sides(authority: Authority) -> None:
     issued = authority.issue_key(AuthorityTier.ENTERPRISE, 10, None)
-    request = OfflineRequest.new(parse_key(issued.key.text), fingerprint_of(new_install_id()), NOW, "1.0.0").encode()
+    request = OfflineRequest.new(parse_key(issued.key.text), random_fingerprint(), NOW, "1.0.0").encode()
     answer = write_response("r", authority.sign_offline(read_request(request), now=NOW))
     with pytest.raises(InvalidRegistrationFileError, match="not the authority's answer"):
         OfflineResponse.decode(request)
@@ -248,3 +250,8 @@ def test_files_in_the_wrong_direction_are_refused_on_both_sides(authority: Autho
     # A bare signed envelope pasted as plain JSON is a response licensing accepts (§9).
     envelope = json.loads(json.dumps(OfflineResponse.decode(answer).envelope))
     assert TRUSTED.verify_envelope(OfflineResponse.decode(json.dumps(envelope).encode()).envelope).license.seats == 10
+
+
+def random_fingerprint() -> str:
+    """The fingerprint of some other installation (its own install id and machine key)."""
+    return Sealer(os.urandom(32)).fingerprint(new_install_id())

@@ -5,13 +5,18 @@ real gRPC, real PostgreSQL and the real emulator process, with an injected clock
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import grpc
 import pytest
 
@@ -185,3 +190,179 @@ async def _log_line(caplog: pytest.LogCaptureFixture, level: int, text: str) -> 
 def _issue_offline_capable_key(emulator: RunningEmulator) -> str:
     """Issued while the server is down: the command works on the state directory, not over HTTP."""
     return emulator.issue_key("standard", 10)
+
+
+# ------------------------------------------------------------------------------ tampering (issue #17, finding 5)
+
+
+async def test_editing_the_check_record_does_not_revive_a_revoked_free_license(
+    in_process: InProcessService, grace_emulator: RunningEmulator, pg_dsn: str
+) -> None:
+    """The attack: one UPDATE of licensing.online_check (refusal cleared, last success now) made a revoked Free
+    license valid again. The record is sealed now: the edit is seen and the license stays suspended."""
+    svc = in_process
+    key = await asyncio.to_thread(grace_emulator.issue_key, "free")
+    await svc.stub.RegisterOnline(pb.RegisterOnlineRequest(key=key), metadata=ADMIN, timeout=30)
+    await asyncio.to_thread(grace_emulator.cli, "revoke-key", key)
+    svc.clock.advance(timedelta(hours=12))
+    revoked = await svc.wait_status(pb.LICENSE_STATUS_SUSPENDED)
+    assert "revoked" in revoked.status_reason
+
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        edited = await conn.execute(
+            "UPDATE licensing.online_check SET refusal = NULL, last_error = NULL, failing_since = NULL, "
+            "last_success = $1",
+            svc.clock.now(),
+        )
+        assert edited == "UPDATE 1"
+    finally:
+        await conn.close()
+    info = await svc.status()
+    assert info.status == pb.LICENSE_STATUS_SUSPENDED, info
+    assert "online check record of the Free license" in info.status_reason
+    assert "changed outside the connector" in info.status_reason
+    refused = await svc.stub.AllocateSeats(
+        pb.AllocateSeatsRequest(mailboxes=[pb.SeatRequest(mailbox="a@corp.example")], providers=1), timeout=30
+    )
+    assert not refused.granted and "changed outside the connector" in refused.refused[0].reason
+
+    # The next real check asks the authority again, which still refuses: a sealed refusal, suspended as revoked.
+    svc.clock.advance(timedelta(minutes=5))
+
+    async def refused_again() -> pb.LicenseInfo | None:
+        current = await svc.status()
+        return current if "revoked" in current.status_reason else None
+
+    again = await wait_for_async(refused_again, timeout=30, what="the authority's refusal recorded again")
+    assert again is not None and again.status == pb.LICENSE_STATUS_SUSPENDED
+
+
+async def test_a_confirmed_free_license_survives_its_own_check_records(
+    in_process: InProcessService, grace_emulator: RunningEmulator, pg_dsn: str
+) -> None:
+    """Normal work: records written by the service itself (registration, successful and failed checks) verify."""
+    svc = in_process
+    key = await asyncio.to_thread(grace_emulator.issue_key, "free")
+    await svc.stub.RegisterOnline(pb.RegisterOnlineRequest(key=key), metadata=ADMIN, timeout=30)
+    t0 = svc.clock.now()
+    svc.clock.advance(timedelta(hours=12))
+    confirmed = await wait_for_async(lambda: _last_check_after(svc, t0), timeout=30, what="a successful check")
+    assert confirmed is not None and confirmed.status == pb.LICENSE_STATUS_VALID
+    await asyncio.to_thread(grace_emulator.stop)
+    svc.clock.advance(timedelta(hours=12))
+    grace = await svc.wait_status(pb.LICENSE_STATUS_GRACE)
+    assert "changed outside" not in grace.status_reason
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM licensing.online_check WHERE seal IS NOT NULL") == 1
+    finally:
+        await conn.close()
+
+
+async def test_setting_the_clock_back_does_not_revive_an_expired_license(
+    in_process: InProcessService, grace_emulator: RunningEmulator, tmp_path: Path, pg_dsn: str
+) -> None:
+    """The attack: an expired license was valid again once the system clock was set before its expiry. The
+    service keeps a sealed high-water mark of the time it has seen and goes by it when the clock lags."""
+    svc, clock = in_process, in_process.clock
+    key = await asyncio.to_thread(grace_emulator.issue_key, "standard", 10, "+2d")
+    info = await svc.stub.RegisterOnline(pb.RegisterOnlineRequest(key=key), metadata=ADMIN, timeout=30)
+    assert info.status == pb.LICENSE_STATUS_VALID
+    expires = info.expires_at.ToDatetime(UTC)
+
+    # A small step back (an NTP correction, a replica's clock) is within the tolerance: nothing changes.
+    clock.advance(timedelta(minutes=-2))
+    small = await svc.status()
+    assert small.status == pb.LICENSE_STATUS_VALID and "set back" not in small.status_reason
+
+    clock.advance(timedelta(days=3))
+    expired = await svc.wait_status(pb.LICENSE_STATUS_EXPIRED)
+    assert "expired at" in expired.status_reason
+
+    # The clock is set back to a day before the expiry: the license stays expired, and the reason says why.
+    clock.advance(timedelta(days=-2))
+    assert clock.now() < expires
+    rolled = await svc.status()
+    assert rolled.status == pb.LICENSE_STATUS_EXPIRED, rolled
+    assert "the clock was set back" in rolled.status_reason
+    refused = await svc.stub.AllocateSeats(
+        pb.AllocateSeatsRequest(mailboxes=[pb.SeatRequest(mailbox="a@corp.example")], providers=1), timeout=30
+    )
+    assert not refused.granted
+    # Installing a license is judged by the high-water mark too: an offline answer whose term ends between the
+    # rolled-back clock and the mark is refused as expired.
+    paid = await asyncio.to_thread(grace_emulator.issue_key, "standard", 10)
+    request = await svc.stub.CreateOfflineRequest(pb.CreateOfflineRequestRequest(key=paid), metadata=ADMIN, timeout=30)
+    (tmp_path / "regoffline.crg").write_bytes(request.request)
+    term = (clock.now() + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    await asyncio.to_thread(
+        grace_emulator.cli,
+        "sign-offline",
+        str(tmp_path / "regoffline.crg"),
+        "-o",
+        str(tmp_path / "regoffline2.crg"),
+        "--expires",
+        term,
+    )
+    answer = pb.InstallOfflineResponseRequest(response=(tmp_path / "regoffline2.crg").read_bytes())
+    with pytest.raises(grpc.aio.AioRpcError) as late:
+        await svc.stub.InstallOfflineResponse(answer, metadata=ADMIN, timeout=30)
+    assert str(late.value.details()).startswith("[license_expired]"), late.value.details()
+
+    # The mark is in the database, sealed: another process (the CLI, on the real clock, now three days behind
+    # the service's) sees it too.
+    cli = await asyncio.to_thread(
+        subprocess.run,
+        [str(Path(sys.executable).parent / "tc_calendar"), "license", "--json"],
+        env={**os.environ, "TC_CALENDAR_CONFIG": str(tmp_path / "etc" / "config.json")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert cli.returncode == 0, cli.stderr
+    shown = json.loads(cli.stdout)
+    assert shown["status"] == "expired" and "the clock was set back" in shown["status_reason"]
+
+    # Moving the mark back by hand breaks its seal: no license is accepted at all.
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute("UPDATE licensing.installation SET high_water = high_water - interval '10 days'")
+    finally:
+        await conn.close()
+    edited = await svc.status()
+    assert edited.status == pb.LICENSE_STATUS_SUSPENDED
+    assert "not written by this installation" in edited.status_reason
+
+
+async def test_an_older_sealed_check_record_put_back_does_not_revive_a_revoked_free_license(
+    in_process: InProcessService, grace_emulator: RunningEmulator, pg_dsn: str
+) -> None:
+    """The replay: the check record saved while the license was valid (its seal verifies: this installation
+    wrote it) put back after the revocation. Records only move forward, so the service sees an older one."""
+    svc = in_process
+    key = await asyncio.to_thread(grace_emulator.issue_key, "free")
+    await svc.stub.RegisterOnline(pb.RegisterOnlineRequest(key=key), metadata=ADMIN, timeout=30)
+    t0 = svc.clock.now()
+    svc.clock.advance(timedelta(hours=12))
+    confirmed = await wait_for_async(lambda: _last_check_after(svc, t0), timeout=30, what="a successful check")
+    assert confirmed is not None and confirmed.status == pb.LICENSE_STATUS_VALID
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        saved = dict(await conn.fetchrow("SELECT * FROM licensing.online_check"))
+        assert saved["last_attempt"] == t0 + timedelta(hours=12) and saved["refusal"] is None
+        await asyncio.to_thread(grace_emulator.cli, "revoke-key", key)
+        svc.clock.advance(timedelta(hours=12))
+        revoked = await svc.wait_status(pb.LICENSE_STATUS_SUSPENDED)
+        assert "revoked" in revoked.status_reason
+        columns = [c for c in saved if c != "singleton"]
+        await conn.execute(
+            "UPDATE licensing.online_check SET " + ", ".join(f"{c} = ${i + 1}" for i, c in enumerate(columns)),
+            *(saved[c] for c in columns),
+        )
+    finally:
+        await conn.close()
+    info = await svc.status()
+    assert info.status == pb.LICENSE_STATUS_SUSPENDED, info
+    assert "an older copy of it was put back" in info.status_reason

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import uuid
 from datetime import UTC, datetime
@@ -10,9 +12,10 @@ from datetime import UTC, datetime
 import pytest
 
 from licensing.errors import InvalidRegistrationFileError
-from licensing.fingerprint import fingerprint_of, new_install_id, short_fingerprint
+from licensing.fingerprint import new_install_id, short_fingerprint
 from licensing.keys import parse_key
 from licensing.offline import OfflineRequest, OfflineResponse, encode_crg
+from licensing.sealing import Sealer
 from registration_emulator.document import AuthorityKey, LicenseTerms
 from registration_emulator.offline import write_response
 from registration_emulator.tiers import Tier
@@ -21,12 +24,19 @@ KEY = parse_key("TCCAL-STD-0123A-BCDEF-GHJKM-NPQRS-X74E")
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def test_fingerprint_is_a_stable_function_of_the_install_id() -> None:
-    install_id = uuid.UUID("12345678-1234-5678-1234-567812345678")
-    assert fingerprint_of(install_id) == "4a6ae0a9162673ea0ca733ac1cff97e50ab4896fc2c40d0d38a7df9b80fa7c8d"
-    assert fingerprint_of(install_id) == fingerprint_of(uuid.UUID(str(install_id)))
-    assert fingerprint_of(new_install_id()) != fingerprint_of(new_install_id())
-    assert short_fingerprint(fingerprint_of(install_id)) == "4a6a-e0a9-1626-73ea"
+def test_fingerprint_is_the_machine_keyed_hmac_of_the_install_id() -> None:
+    """docs/license-format.md §8 vector, recomputed here from RFC 5869 / RFC 2104 by hand."""
+    machine_key, install_id = bytes(range(32)), uuid.UUID("00000000-0000-4000-8000-000000000000")
+    prk = hmac.new(b"\x00" * 32, machine_key, hashlib.sha256).digest()
+    okm = hmac.new(prk, b"tccal-installation/2\x01", hashlib.sha256).digest()
+    by_hand = hmac.new(okm, f"tccal-installation/2:{install_id}".encode(), hashlib.sha256).hexdigest()
+    fingerprint = Sealer(machine_key).fingerprint(install_id)
+    assert fingerprint == by_hand == "5353c31e5e8b704b61d4446791825a2573b4cb358e6ac145391f88267efea791"
+    assert short_fingerprint(fingerprint) == "5353-c31e-5e8b-704b"
+    # Stable for one installation; another install id or another machine key is another installation.
+    assert Sealer(machine_key).fingerprint(uuid.UUID(str(install_id))) == fingerprint
+    assert Sealer(machine_key).fingerprint(new_install_id()) != fingerprint
+    assert Sealer(bytes(32)).fingerprint(install_id) != fingerprint
 
 
 def test_request_round_trip_and_layout() -> None:

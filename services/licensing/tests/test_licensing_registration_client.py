@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,8 +20,9 @@ from licensing.errors import (
     RegistrationUnreachableError,
     UnknownKeyError,
 )
-from licensing.fingerprint import fingerprint_of, new_install_id
+from licensing.fingerprint import new_install_id
 from licensing.registration_client import RegistrationClient
+from licensing.sealing import Sealer
 from registration_emulator.testing import RunningEmulator, start_emulator
 from tccal_sandbox.testing import free_port
 
@@ -33,7 +35,7 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEmulat
 
 
 def fp() -> str:
-    return fingerprint_of(new_install_id())
+    return Sealer(os.urandom(32)).fingerprint(new_install_id())
 
 
 async def test_register_and_check(emulator: RunningEmulator) -> None:

@@ -313,3 +313,32 @@ async def poll_failed(harness: Harness, count: int) -> list[sync_pb2.CommandInfo
 
     found: list[sync_pb2.CommandInfo] = await wait_for_async(enough, timeout=20, what=f"{count} failed commands")
     return found
+
+
+async def test_conference_commands_carry_their_order_and_a_superseded_one_is_not_retried(harness: Harness) -> None:
+    """Each conference command carries the meeting's command number (the gateway's fence, commands.proto
+    TcsCommand.conference_order), retries keep it; a command the gateway answers SUPERSEDED is neither retried nor
+    listed as failed, and changes nothing the newer command decided."""
+    await harness.start_engine()
+    create = await create_conference(harness)
+    await harness.upsert(ANNA, meeting_with_conference("uid-conf", cancelled=True, sequence=1))
+    [delete] = await harness.wait_command("conference_delete", 1)
+    assert 0 < create.conference_order < delete.conference_order
+    await harness.result(delete, commands_pb2.COMMAND_STATUS_RETRYABLE_ERROR, error="HTTP 503")
+    await poll_failed(harness, 1)
+    harness.clock.advance(timedelta(minutes=1))
+    [_, retry] = await harness.wait_command("conference_delete", 2)
+    assert retry.attempt == 2 and retry.conference_order == delete.conference_order
+    await harness.result(retry)
+    await harness.settle()
+
+    await harness.upsert(ANNA, meeting_with_conference("uid-other"))
+    [other] = await harness.wait_command("conference_upsert", 1, meeting_id=mid("uid-other"))
+    await harness.result(other, commands_pb2.COMMAND_STATUS_SUPERSEDED, error="not run: command 9 ran after it")
+    await harness.settle()
+    harness.clock.advance(timedelta(hours=1))
+    await harness.settle()
+    assert len(harness.of("conference_upsert", meeting_id=mid("uid-other"))) == 1
+    assert await harness.listed_commands(sync_pb2.COMMAND_FILTER_FAILED) == []
+    [info] = [c for c in await harness.conferences() if c.meeting_id == mid("uid-conf")]
+    assert info.state == sync_pb2.CONFERENCE_STATE_DELETED

@@ -28,8 +28,15 @@ from tccal_sandbox.testing import wait_for_async
 
 async def test_only_whitelisted_servers_with_the_right_secret_get_in(world: World) -> None:
     other = server_settings(server_id="other.example.test#vcs", secret="other-secret")
+    # All three emulators connect from 127.0.0.1: the address's back-off after failed auths (tested in
+    # test_tcs_gateway_bridge_flood.py) is kept out of the way so that each refusal is seen with its own code.
     gateway = await world.gateway(
-        gateway_settings(world.sync, [server_settings(), other], whitelist=[SERVER_ID])  # `other` not whitelisted
+        gateway_settings(
+            world.sync,
+            [server_settings(), other],
+            whitelist=[SERVER_ID],  # `other` not whitelisted
+            auth_failures_before_backoff=1000,
+        )
     )
     good = await world.tcs(gateway.url)
     stranger = await world.tcs(gateway.url, server_id="other.example.test#vcs", secret="other-secret")

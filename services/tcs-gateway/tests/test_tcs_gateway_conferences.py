@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from tcs_gateway_testkit import (
+    SERVER_ID,
     CommandClient,
     World,
     admin,
@@ -18,7 +19,9 @@ from tcs_gateway_testkit import (
     today_at,
 )
 
+from tccal.subjects import TCS_COMMANDS
 from tccal_sandbox.testing import wait_for_async
+from tcs_gateway.commands import durable_name
 from tcs_gateway.rest.conferences import conference_id_for
 from trueconf.calendar.v1 import commands_pb2, common_pb2
 
@@ -358,3 +361,48 @@ async def test_run_stop_and_delete(world: World) -> None:
     failed = await run_command(world, missing)
     assert failed.status == PERMANENT
     assert "404" in failed.error
+
+
+async def test_a_create_redelivered_after_the_meetings_delete_ran_is_not_run(world: World) -> None:
+    """JetStream redelivers an unacknowledged command after its AckWait, behind newer ones (also one acknowledged
+    just before nats-server was killed: it loses acknowledgements it had not written). The meeting's create coming
+    back after its delete ran must not make the deleted meeting's conference again (conference_order.py)."""
+    tcs = await rest_world(world)
+    conference_id = conference_id_for("meeting-fenced")
+    create = upsert("meeting-fenced", invitees=[])
+    create.conference_order = 1
+    assert (await run_command(world, create)).status == OK
+    delete = CommandClient.conference_command("conference_delete", "meeting-fenced")
+    delete.conference_delete.conference_id = conference_id
+    delete.conference_order = 2
+    assert (await run_command(world, delete)).status == OK
+    assert await inspect(tcs, "/conferences") == []
+
+    await world.commands.publish(create, msg_id="the-create-delivered-again")
+    consumer = durable_name(SERVER_ID)
+
+    async def idle() -> bool:
+        info = await world.commands.bus.js.consumer_info(TCS_COMMANDS, consumer)
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    await wait_for_async(idle, what="the gateway to have handled the redelivered create")
+    assert await inspect(tcs, "/conferences") == [], "the deleted meeting's conference was made again"
+    log = await rest_log(tcs)
+    assert len(calls(log, "POST", "/api/v4/conferences")) == 1
+
+    # A retry of the newest command (same order, next attempt) still runs; so does an unnumbered command.
+    retry = CommandClient.conference_command("conference_delete", "meeting-fenced")
+    retry.conference_delete.conference_id = conference_id
+    retry.conference_order, retry.attempt = 2, 2
+    assert (await run_command(world, retry)).status == OK
+    unnumbered = upsert("meeting-unnumbered", invitees=[])
+    assert (await run_command(world, unnumbered)).status == OK
+    assert [c["id"] for c in await inspect(tcs, "/conferences")] == [conference_id_for("meeting-unnumbered")]
+
+    # A stale command whose result was never published (the first try's publish failed) is answered SUPERSEDED.
+    stale = upsert("meeting-fenced", topic="Decided before the delete")
+    stale.conference_order = 1
+    result = await run_command(world, stale)
+    assert result.status == commands_pb2.COMMAND_STATUS_SUPERSEDED, result
+    assert "command 2" in result.error
+    assert [c["id"] for c in await inspect(tcs, "/conferences")] == [conference_id_for("meeting-unnumbered")]

@@ -3,6 +3,7 @@ sequence numbers, snapshot chunks, conference schedules, settings."""
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from tccal.cache_window import CacheWindow, cache_window
 from tccal.config import Config
@@ -22,6 +24,7 @@ from tcs_gateway.bridge.events import (
     snapshot_seq,
 )
 from tcs_gateway.bridge.framing import FrameValidator, encoded_size, request_frame
+from tcs_gateway.bridge.guard import BAD_SECRET, OVER_ADDRESS_CAP, OVER_TOTAL_CAP, BridgeGuard
 from tcs_gateway.bridge.payloads import events_for, snapshot_payloads
 from tcs_gateway.rest.conferences import conference_id_for, parse_timestamp, schedule_body
 from tcs_gateway.rest.http import retry_after_seconds
@@ -225,6 +228,31 @@ def test_settings_from_the_connector_config(tmp_path: Path) -> None:
     assert server.token_url == "https://video.example.com/oauth2/v1/token"
     assert server.host == "server.trueconf.name"
     assert (settings.window_backward_months, settings.window_forward_months) == (2, 3)
+    # tcs.bridgeLimits: defaults, and every key reaching the gateway's settings.
+    assert (settings.handshake_timeout, settings.auth_timeout) == (5.0, 10.0)
+    assert (settings.max_unauthenticated_per_address, settings.max_unauthenticated) == (8, 256)
+    assert (settings.auth_failures_before_backoff, settings.auth_backoff_initial) == (3, 1.0)
+    assert (settings.auth_backoff_max, settings.refusal_log_interval) == (60.0, 60.0)
+    limits = {
+        "handshakeTimeoutSec": 2,
+        "authTimeoutSec": 4.5,
+        "maxUnauthenticatedPerAddress": 2,
+        "maxUnauthenticated": 20,
+        "authFailuresBeforeBackoff": 5,
+        "backoffInitialSec": 0.5,
+        "backoffMaxSec": 30,
+        "logIntervalSec": 10,
+    }
+    tuned = GatewaySettings.from_config(
+        Config.model_validate({**document, "tcs": {**document["tcs"], "bridgeLimits": limits}}), lambda value: value
+    )
+    assert (tuned.handshake_timeout, tuned.auth_timeout) == (2.0, 4.5)
+    assert (tuned.max_unauthenticated_per_address, tuned.max_unauthenticated) == (2, 20)
+    assert (tuned.auth_failures_before_backoff, tuned.auth_backoff_initial) == (5, 0.5)
+    assert (tuned.auth_backoff_max, tuned.refusal_log_interval) == (30.0, 10.0)
+    bad = {"maxUnauthenticatedPerAddress": 0}
+    with pytest.raises(ValidationError, match="maxUnauthenticatedPerAddress"):
+        Config.model_validate({**document, "tcs": {**document["tcs"], "bridgeLimits": bad}})
     document["tcs"]["tlsCertFile"] = str(tmp_path / "missing.pem")
     with pytest.raises(ValueError, match="tlsCertFile"):
         GatewaySettings.from_config(Config.model_validate(document), lambda value: value)
@@ -233,3 +261,52 @@ def test_settings_from_the_connector_config(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"tcs.servers\[0\].restUrl"):
         GatewaySettings.from_config(Config.model_validate(document), lambda value: value)
     assert ServerSettings("a#vcs", "s", "http://h:1/x/api/v4", "c", "s").token_url == "http://h:1/x/oauth2/v1/token"
+
+
+def test_the_guard_backs_off_exponentially_and_logs_once_per_address_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [1000.0]
+    settings = GatewaySettings(
+        max_unauthenticated_per_address=2,
+        max_unauthenticated=3,
+        auth_failures_before_backoff=2,
+        auth_backoff_initial=1.0,
+        auth_backoff_max=8.0,
+        refusal_log_interval=60.0,
+    )
+    guard = BridgeGuard(settings, clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="tcs_gateway.bridge.guard")
+    # Caps: two per address, three in all, and an address that authenticated is held only to its own cap.
+    assert guard.admit("10.0.0.1") is None and guard.admit("10.0.0.1") is None
+    assert guard.admit("10.0.0.1") == OVER_ADDRESS_CAP
+    assert guard.admit("10.0.0.2") is None
+    assert guard.admit("10.0.0.3") == OVER_TOTAL_CAP
+    guard.auth_succeeded("10.0.0.3")
+    assert guard.admit("10.0.0.3") is None
+    guard.release("10.0.0.1")
+    assert guard.pending_total == 3
+    # Back-off: none for the first failure, then 1, 2, 4, 8, 8 s; a success clears it.
+    backoffs = []
+    for _ in range(6):
+        guard.auth_failed("10.0.0.9", BAD_SECRET)
+        backoffs.append(guard.backed_off("10.0.0.9"))
+    assert backoffs == [0.0, 1.0, 2.0, 4.0, 8.0, 8.0]
+    now[0] += 8.5
+    assert guard.backed_off("10.0.0.9") == 0.0
+    guard.auth_failed("10.0.0.9", BAD_SECRET)
+    assert guard.backed_off("10.0.0.9") == 8.0
+    guard.auth_succeeded("10.0.0.9")
+    assert guard.backed_off("10.0.0.9") == 0.0
+    # Logging: the first refusal of an address is written at once; the rest of its interval is one summary line.
+    lines = [r for r in caplog.records if getattr(r, "address", "") == "10.0.0.9"]
+    assert len(lines) == 1 and lines[0].refused == 1  # type: ignore[attr-defined]
+    guard.flush()
+    assert len([r for r in caplog.records if getattr(r, "address", "") == "10.0.0.9"]) == 1
+    now[0] += 60
+    guard.flush()
+    lines = [r for r in caplog.records if getattr(r, "address", "") == "10.0.0.9"]
+    assert len(lines) == 2 and lines[1].refused == 6  # type: ignore[attr-defined]
+    now[0] += 600
+    guard.flush()
+    assert len([r for r in caplog.records if getattr(r, "address", "") == "10.0.0.9"]) == 2  # nothing new to say

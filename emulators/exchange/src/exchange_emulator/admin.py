@@ -172,7 +172,7 @@ def add_admin_routes(app: web.Application, emu: Emulator) -> None:
         mbx = emu.store.mailbox(request.match_info["email"])
         if mbx is None:
             return _error(f"no mailbox {request.match_info['email']!r}", 404)
-        return _json([item_json(i) for i in sorted(mbx.items.values(), key=lambda i: (i.start, i.no))])
+        return _json([item_json(i) for i in sorted(mbx.items_in("calendar"), key=lambda i: (i.start, i.no))])
 
     async def add_account(request: web.Request) -> web.Response:
         data = await _body(request)

@@ -13,7 +13,7 @@ import functools
 import uuid
 
 from .calxml import ItemError
-from .model import CalendarItem, Mailbox, Store, clone_item, utcnow
+from .model import CalendarItem, ChangeLog, Mailbox, Store, clone_item, utcnow
 from .transport import Transport
 
 SEND_MODES_CREATE = ("SendToNone", "SendOnlyToAll", "SendToAllAndSaveCopy")
@@ -94,17 +94,28 @@ class Calendar:
         self.transport.send((mbx.email, org.uid), arrive)
 
     # ----------------------------------------------------------------- helpers
+    @staticmethod
+    def _log(mbx: Mailbox, item: CalendarItem) -> ChangeLog:
+        log = mbx.log_of(item.folder)
+        if log is None:
+            raise ItemError(
+                "ErrorCannotCreateCalendarItemInNonCalendarFolder",
+                "Calendar items can only be created in a calendar folder.",
+            )
+        return log
+
     def _register(self, mbx: Mailbox, item: CalendarItem) -> None:
         mbx.items[item.no] = item
-        mbx.by_uid[item.uid] = item.no
+        self._log(mbx, item).by_uid[item.uid] = item.no
         self.store.record(mbx, item, "created")
 
     def _remove(self, mbx: Mailbox, item: CalendarItem) -> None:
         mbx.items.pop(item.no, None)
         for exc in item.exceptions.values():
             mbx.exceptions.pop(exc.no, None)
-        if mbx.by_uid.get(item.uid) == item.no:
-            del mbx.by_uid[item.uid]
+        log = self._log(mbx, item)
+        if log.by_uid.get(item.uid) == item.no:
+            del log.by_uid[item.uid]
         self.store.record(mbx, item, "deleted")
 
     def attendee_mailboxes(self, item: CalendarItem, emails: set[str] | None = None) -> list[Mailbox]:
@@ -121,6 +132,8 @@ class Calendar:
         return out
 
     def copy_of(self, mbx: Mailbox, uid: str) -> CalendarItem | None:
+        """The meeting with `uid` in mbx's default Calendar: the only calendar the Calendar Attendant processes
+        (invitations, updates and responses never touch a calendar a client created; see README)."""
         no = mbx.by_uid.get(uid)
         return mbx.items.get(no) if no is not None else None
 
@@ -129,7 +142,7 @@ class Calendar:
         """Save a new calendar item in target's calendar and process invitations."""
         item.mailbox = target
         item.uid = item.uid or new_uid()
-        if item.uid in target.by_uid:
+        if item.uid in self._log(target, item).by_uid:
             raise ItemError("ErrorItemSave", f"An item with UID {item.uid!r} already exists in this calendar")
         item.organizer_email = target.email
         item.organizer_name = target.display_name
@@ -158,6 +171,7 @@ class Calendar:
             self.store.record(mbx, existing, "modified")
             return existing
         copy = clone_item(org, self.store.next_item_no(), mbx)
+        copy.folder = "calendar"  # the organizer may keep it in a calendar of their own making
         copy.my_response = "NoResponseReceived"
         copy.reply_time = None
         copy.meeting_request_was_sent = False
@@ -223,8 +237,9 @@ class Calendar:
             item.exceptions = {}
             item.deleted = set()
         if before.uid != item.uid:
-            mbx.by_uid.pop(before.uid, None)
-            mbx.by_uid[item.uid] = top.no
+            log = self._log(mbx, top)
+            log.by_uid.pop(before.uid, None)
+            log.by_uid[item.uid] = top.no
         item.bump(actor)
         if item is not top:
             top.bump(actor)

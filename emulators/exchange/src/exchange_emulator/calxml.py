@@ -335,7 +335,7 @@ Writer = Callable[[Element, CalendarItem, WriteContext], None]
 
 
 def _w_parent(p: Element, i: CalendarItem, c: WriteContext) -> None:
-    sub(p, t("ParentFolderId"), Id=i.mailbox.folder_id(i.folder), ChangeKey=i.mailbox.folder_change_key())
+    sub(p, t("ParentFolderId"), Id=i.mailbox.folder_id(i.folder), ChangeKey=i.mailbox.folder_change_key(i.folder))
 
 
 def _w_body(p: Element, i: CalendarItem, c: WriteContext) -> None:

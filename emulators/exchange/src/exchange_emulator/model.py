@@ -18,7 +18,8 @@ import struct
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Protocol
 
 from .recurrence import Recurrence
 from .timezones import CustomZone, zone_for
@@ -50,6 +51,10 @@ FOLDERS: dict[str, tuple[str, str, str | None]] = {
 }
 FOLDER_CODES = {name: n for n, name in enumerate(FOLDERS)}
 FOLDER_NAMES = {n: name for name, n in FOLDER_CODES.items()}
+#: The folder code of a folder a client created (CreateFolder): its number follows in the id's last two bytes, and the
+#: emulator names it "#<number>" (a distinguished folder is named by its DistinguishedFolderId).
+CREATED_FOLDER_CODE = 0xFE
+MAX_CREATED_FOLDERS = 0xFFFF
 
 
 def _b64(data: bytes) -> str:
@@ -96,7 +101,13 @@ def parse_item_id(value: str) -> ParsedItemId:
     raise IdError(f"Id is malformed: {value!r}")
 
 
+def is_created_folder(name: str) -> bool:
+    return name.startswith("#")
+
+
 def folder_id(mailbox_no: int, name: str) -> str:
+    if is_created_folder(name):
+        return _b64(FOLDER_PREFIX + b"EMF" + struct.pack(">IBH", mailbox_no, CREATED_FOLDER_CODE, int(name[1:])))
     return _b64(FOLDER_PREFIX + b"EMF" + struct.pack(">IB", mailbox_no, FOLDER_CODES[name]) + b"\x00\x00")
 
 
@@ -107,8 +118,10 @@ def parse_folder_id(value: str) -> tuple[int, str]:
         raise IdError(f"Id is malformed: {value!r}") from exc
     if not raw.startswith(FOLDER_PREFIX + b"EMF") or len(raw) != 13:
         raise IdError(f"Id is malformed: {value!r}")
-    mbx, code = struct.unpack(">IB", raw[6:11])
-    if code not in FOLDER_NAMES:
+    mbx, code, number = struct.unpack(">IBH", raw[6:13])
+    if code == CREATED_FOLDER_CODE and number:
+        return mbx, f"#{number}"
+    if code not in FOLDER_NAMES or number:
         raise IdError(f"Id is malformed: {value!r}")
     return mbx, FOLDER_NAMES[code]
 
@@ -414,6 +427,7 @@ def clone_item(src: CalendarItem, no: int, mailbox: Mailbox | None = None) -> Ca
         original_start=src.original_start,
         culture=src.culture,
         last_modified_name=src.last_modified_name,
+        folder=src.folder,
     )
 
 
@@ -430,6 +444,8 @@ class Event:
     folder_id: str | None  # for folder events
     parent_folder_id: str
     parent_change_key: str
+    #: MovedEvent of a folder: where it was (OldFolderId is its own id, a folder keeps its id when moved).
+    old_parent_folder_id: str | None = None
 
 
 @dataclass(eq=False)
@@ -477,6 +493,88 @@ def parse_watermark(value: str) -> tuple[int, int]:
     return int(sub_no), int(seq)
 
 
+# --------------------------------------------------------------------------------------------------- folders
+
+
+class ChangeLog(Protocol):
+    """What a folder holding calendar items keeps: its items by UID and its append-only change log (the mailbox
+    itself for its default Calendar, a Folder for a calendar a client created)."""
+
+    by_uid: dict[str, int]
+    log_seq: list[int]
+    log_item: list[int]
+    latest: dict[int, int]
+    commit_time_max: dt.datetime | None
+    created_seq: dict[int, int]
+    tombstones: dict[int, str]
+    folder_version: int
+
+
+#: The folder element Exchange answers for a folder class ("Folders and items in EWS in Exchange": the element is
+#: chosen by the folder's class; IPF.Appointment.* is a calendar folder, and so on).
+FOLDER_ELEMENTS = (
+    ("IPF.Appointment", "CalendarFolder"),
+    ("IPF.Contact", "ContactsFolder"),
+    ("IPF.Task", "TasksFolder"),
+)
+
+
+def folder_element_for(folder_class: str) -> str:
+    for prefix, element in FOLDER_ELEMENTS:
+        if folder_class == prefix or folder_class.startswith(prefix + "."):
+            return element
+    return "Folder"
+
+
+@dataclass(eq=False)
+class Folder:
+    """A folder a client created with CreateFolder (a secondary calendar, a folder under Inbox, ...)."""
+
+    name: str  # "#<number>", also in its FolderId
+    display_name: str
+    folder_class: str
+    parent: str  # the parent's name: a distinguished folder id or "#<number>"
+    by_uid: dict[str, int] = field(default_factory=dict)
+    log_seq: list[int] = field(default_factory=list)
+    log_item: list[int] = field(default_factory=list)
+    latest: dict[int, int] = field(default_factory=dict)
+    commit_time_max: dt.datetime | None = None
+    created_seq: dict[int, int] = field(default_factory=dict)
+    tombstones: dict[int, str] = field(default_factory=dict)
+    folder_version: int = 1
+
+    @property
+    def element(self) -> str:
+        return folder_element_for(self.folder_class)
+
+    @property
+    def is_calendar(self) -> bool:
+        return self.element == "CalendarFolder"
+
+
+@dataclass(eq=False)
+class DictionaryObject:
+    """A UserConfiguration dictionary key or value: its type and its Value elements, as written
+    ("UserConfigurationDictionaryObjectType": a StringArray or ByteArray has several Values)."""
+
+    type: str
+    values: list[str]
+
+
+@dataclass(eq=False)
+class UserConfiguration:
+    """A user configuration object (folder associated item "IPM.Configuration.<name>"; "Persistent application
+    settings in EWS in Exchange"): a dictionary, XML data and binary data, any of them absent."""
+
+    folder: str
+    name: str
+    no: int  # item number, for its ItemId
+    dictionary: list[tuple[DictionaryObject, DictionaryObject | None]] | None = None
+    xml_data: bytes | None = None
+    binary_data: bytes | None = None
+    version: int = 1
+
+
 # --------------------------------------------------------------------------------------------------- mailbox
 
 
@@ -504,6 +602,15 @@ class Mailbox:
     created_seq: dict[int, int] = field(default_factory=dict)
     tombstones: dict[int, str] = field(default_factory=dict)  # item no -> item id of a deleted item
     folder_version: int = 1
+    #: Folders clients created, by name ("#<number>"); numbers are never given twice in a mailbox.
+    folders: dict[str, Folder] = field(default_factory=dict)
+    last_folder_no: int = 0
+    #: User configuration objects by (folder name, lower-case configuration name); None until first used (then it
+    #: holds the calendar's own Calendar and WorkHours objects too).
+    configurations: dict[tuple[str, str], UserConfiguration] | None = None
+    #: Hierarchy changes of created folders, for SyncFolderHierarchy: (change seq, folder name, its ancestors after
+    #: the change - nearest first - or None once it is deleted). Distinguished folders never change.
+    hierarchy: list[tuple[int, str, tuple[str, ...] | None]] = field(default_factory=list)
 
     @property
     def sid(self) -> str:
@@ -527,8 +634,86 @@ class Mailbox:
         state["subscriptions"] = {}  # notification state lives in memory only (persistence.py)
         return state
 
-    def folder_change_key(self) -> str:
+    def __setstate__(self, state: dict[str, object]) -> None:
+        """A state file written before a field existed gets the field's default (folders, configurations, ...)."""
+        for f in fields(self):
+            if f.name not in state:
+                if f.default_factory is not MISSING:
+                    state[f.name] = f.default_factory()
+                elif f.default is not MISSING:
+                    state[f.name] = f.default
+        self.__dict__.update(state)
+
+    def folder_change_key(self, name: str = "calendar") -> str:
+        created = self.folders.get(name)
+        if created is not None:
+            return folder_change_key(self.no, (int(name[1:]) << 16) + created.folder_version)
         return folder_change_key(self.no, self.folder_version)
+
+    # ------------------------------------------------------------------ folders
+    def has_folder(self, name: str) -> bool:
+        return name in FOLDERS or name in self.folders
+
+    def log_of(self, name: str) -> ChangeLog | None:
+        """The change log of a folder holding calendar items (None: the folder holds none)."""
+        if name == "calendar":
+            return self
+        created = self.folders.get(name)
+        return created if created is not None and created.is_calendar else None
+
+    def folder_parent(self, name: str) -> str | None:
+        created = self.folders.get(name)
+        return created.parent if created is not None else FOLDERS[name][2]
+
+    def folder_display_name(self, name: str) -> str:
+        created = self.folders.get(name)
+        return created.display_name if created is not None else FOLDERS[name][0]
+
+    def folder_class(self, name: str) -> str:
+        created = self.folders.get(name)
+        return created.folder_class if created is not None else FOLDERS[name][1]
+
+    def child_folders(self, name: str) -> list[str]:
+        """Distinguished children first, then created ones in the order they were made."""
+        out = [f for f, (_, _, parent) in FOLDERS.items() if parent == name]
+        out.extend(f.name for f in self.folders.values() if f.parent == name)
+        return out
+
+    def subtree(self, name: str) -> list[str]:
+        """`name` and every folder below it, parents before children."""
+        out = [name]
+        for child in self.child_folders(name):
+            out.extend(self.subtree(child))
+        return out
+
+    def folder_ancestors(self, name: str) -> tuple[str, ...]:
+        out: list[str] = []
+        parent = self.folder_parent(name)
+        while parent is not None:
+            out.append(parent)
+            parent = self.folder_parent(parent)
+        return tuple(out)
+
+    def folder_ancestors_at(self, name: str, seq: int) -> tuple[str, ...] | None:
+        """Where a folder was after change `seq`: its ancestors, or None when it did not exist then."""
+        if not is_created_folder(name):
+            return self.folder_ancestors(name)
+        found: tuple[str, ...] | None = None
+        for change_seq, changed, ancestors in self.hierarchy:
+            if change_seq > seq:
+                break
+            if changed == name:
+                found = ancestors
+        return found
+
+    def items_in(self, name: str) -> list[CalendarItem]:
+        return [i for i in self.items.values() if i.folder == name]
+
+    def new_folder_name(self) -> str:
+        if self.last_folder_no >= MAX_CREATED_FOLDERS:
+            raise ValueError("this mailbox has had as many created folders as the emulator numbers")
+        self.last_folder_no += 1
+        return f"#{self.last_folder_no}"
 
 
 class Store:
@@ -661,25 +846,29 @@ class Store:
     def record(self, mbx: Mailbox, item: CalendarItem, kind: str) -> None:
         """Record a change of a calendar item (kind: created, modified, deleted) and notify subscriptions."""
         top = item.master if item.master is not None else item
+        log = mbx.log_of(top.folder)
+        if log is None:
+            raise ValueError(f"{top.folder} holds no calendar items")
         self.version += 1
-        mbx.commit_time_max = utcnow()
+        log.commit_time_max = utcnow()
         seq = next(self._change_seq)
-        mbx.log_seq.append(seq)
-        mbx.log_item.append(top.no)
-        mbx.latest[top.no] = seq
+        log.log_seq.append(seq)
+        log.log_item.append(top.no)
+        log.latest[top.no] = seq
         if kind == "created":
-            mbx.created_seq[top.no] = seq
-            mbx.tombstones.pop(top.no, None)
+            log.created_seq[top.no] = seq
+            log.tombstones.pop(top.no, None)
         elif kind == "deleted":
-            mbx.tombstones[top.no] = top.item_id
-        mbx.folder_version += 1 if kind != "modified" else 0
+            log.tombstones[top.no] = top.item_id
+        log.folder_version += 1 if kind != "modified" else 0
         event_kind = {"created": "CreatedEvent", "modified": "ModifiedEvent", "deleted": "DeletedEvent"}[kind]
         if mbx.subscriptions:
             now = utcnow()
-            parent = mbx.folder_id("calendar")
-            pck = mbx.folder_change_key()
+            parent = mbx.folder_id(top.folder)
+            pck = mbx.folder_change_key(top.folder)
+            grandparent = mbx.folder_parent(top.folder) or "root"
             for sub in mbx.subscriptions.values():
-                if sub.expired or (sub.folders is not None and "calendar" not in sub.folders):
+                if sub.expired or (sub.folders is not None and top.folder not in sub.folders):
                     continue
                 if event_kind in sub.event_types:
                     sub.seq += 1
@@ -705,25 +894,77 @@ class Store:
                             None,
                             None,
                             parent,
-                            mbx.folder_id("msgfolderroot"),
+                            mbx.folder_id(grandparent),
                             pck,
                         )
                     )
-                if len(sub.events) > self.max_queued_events:
-                    # The queue of undelivered events is bounded: Exchange drops them and tells the client with
-                    # ErrorMissedNotificationEvents ("Handling notification-related errors in EWS in Exchange":
-                    # catch up with a sync and subscribe again).
-                    sub.events.clear()
-                    sub.missed = True
+                self._bound(sub)
                 sub.wake()
 
-    def changes_since(self, mbx: Mailbox, since: int) -> Iterator[tuple[int, int]]:
-        """(seq, item no) of the latest change of every item changed after `since`, in seq order."""
-        start = bisect.bisect_right(mbx.log_seq, since)
-        for idx in range(start, len(mbx.log_seq)):
-            seq = mbx.log_seq[idx]
-            no = mbx.log_item[idx]
-            if mbx.latest.get(no) == seq:
+    def _bound(self, sub: Subscription) -> None:
+        if len(sub.events) > self.max_queued_events:
+            # The queue of undelivered events is bounded: Exchange drops them and tells the client with
+            # ErrorMissedNotificationEvents ("Handling notification-related errors in EWS in Exchange": catch up
+            # with a sync and subscribe again).
+            sub.events.clear()
+            sub.missed = True
+
+    def record_folder(self, mbx: Mailbox, kind: str, name: str, parent: str, old_parent: str | None = None) -> None:
+        """A folder was created, deleted or moved (kind: CreatedEvent, DeletedEvent, MovedEvent): subscriptions on
+        its parent folder (the old and the new one for a move) or on all folders hear of it, followed by a
+        ModifiedEvent of each parent whose child count changed ("Notification subscriptions, mailbox events, and EWS
+        in Exchange": folder events are reported to subscriptions on the folder's parent)."""
+        self.version += 1
+        if not mbx.subscriptions:
+            return
+        now = utcnow()
+        own_id = mbx.folder_id(name)
+        parents = [parent] + ([old_parent] if old_parent is not None else [])
+        for sub in mbx.subscriptions.values():
+            if sub.expired:
+                continue
+            watched = [p for p in parents if sub.folders is None or p in sub.folders]
+            if not watched:
+                continue
+            if kind in sub.event_types:
+                sub.seq += 1
+                old = mbx.folder_id(old_parent) if old_parent is not None else None
+                sub.events.append(
+                    Event(sub.seq, kind, now, None, None, own_id, mbx.folder_id(parent), "", old_parent_folder_id=old)
+                )
+            if "ModifiedEvent" in sub.event_types:
+                for changed in watched:
+                    sub.seq += 1
+                    above = mbx.folder_parent(changed) or "root"
+                    sub.events.append(
+                        Event(
+                            sub.seq,
+                            "ModifiedEvent",
+                            now,
+                            None,
+                            None,
+                            mbx.folder_id(changed),
+                            mbx.folder_id(above),
+                            mbx.folder_change_key(changed),
+                        )
+                    )
+            self._bound(sub)
+            sub.wake()
+
+    def record_hierarchy(self, mbx: Mailbox, names: list[str]) -> None:
+        """Folders were created, moved or deleted (SyncFolderHierarchy reports them)."""
+        self.version += 1
+        for name in names:
+            alive = mbx.has_folder(name)
+            mbx.hierarchy.append((next(self._change_seq), name, mbx.folder_ancestors(name) if alive else None))
+
+    def changes_since(self, log: ChangeLog, since: int) -> Iterator[tuple[int, int]]:
+        """(seq, item no) of the latest change of every item of a folder changed after `since`, in seq order."""
+        start = bisect.bisect_right(log.log_seq, since)
+        for idx in range(start, len(log.log_seq)):
+            seq = log.log_seq[idx]
+            no = log.log_item[idx]
+            if log.latest.get(no) == seq:
                 yield seq, no
 
     # ----------------------------------------------------------- subscriptions

@@ -31,15 +31,20 @@ from .model import (
     FOLDERS,
     Account,
     CalendarItem,
+    DictionaryObject,
     Event,
     ExtKey,
+    Folder,
     IdError,
     Mailbox,
     Store,
     Subscription,
+    UserConfiguration,
     change_key,
     clone_item,
+    folder_element_for,
     in_calendar_view,
+    is_created_folder,
     item_id,
     parse_folder_id,
     parse_item_id,
@@ -166,7 +171,9 @@ def resolve_folder(ctx: Context, node: Element) -> tuple[Mailbox, str]:
         except IdError as exc:
             raise ItemError("ErrorInvalidIdMalformed", "Id is malformed.") from exc
         found = ctx.store.by_no.get(mbx_no)
-        if found is None:
+        if found is None or not found.has_folder(folder):
+            # A well-formed id of no folder (one deleted since): "ErrorFolderNotFound - the folder ID that was
+            # specified does not correspond to a valid folder" ("ResponseCode", EWS reference).
             raise ItemError("ErrorFolderNotFound", "The specified folder could not be found in the store.")
         mbx = found
     else:
@@ -309,13 +316,6 @@ def op_convert_id(ctx: Context, req: Element) -> Element:
 
 # ---------------------------------------------------------------------------------------------- folders
 
-FOLDER_ELEMENT = {"calendar": "CalendarFolder", "contacts": "ContactsFolder", "tasks": "TasksFolder"}
-
-
-def _folder_children(name: str) -> list[str]:
-    return [f for f, (_, _, parent) in FOLDERS.items() if parent == name]
-
-
 PR_LOCAL_COMMIT_TIME_MAX = 0x670A
 #: When a calendar that never changed says it last changed (the emulator keeps no folder creation times).
 _NEVER_CHANGED = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
@@ -338,30 +338,33 @@ def write_folder(parent: Element, mbx: Mailbox, name: str, shape_el: Element | N
     props = shape_el.find(t("AdditionalProperties")) if shape_el is not None else None
     if props is not None:
         wanted |= {u.get("FieldURI", "") for u in children(props) if local(u.tag) == "FieldURI"}
-    node = sub(parent, t(FOLDER_ELEMENT.get(name, "Folder")))
-    sub(node, t("FolderId"), Id=mbx.folder_id(name), ChangeKey=mbx.folder_change_key())
-    display, folder_class, parent_name = FOLDERS[name]
+    folder_class = mbx.folder_class(name)
+    element = folder_element_for(folder_class) if name not in ("root", "msgfolderroot") else "Folder"
+    log = mbx.log_of(name)
+    node = sub(parent, t(element))
+    sub(node, t("FolderId"), Id=mbx.folder_id(name), ChangeKey=mbx.folder_change_key(name))
+    parent_name = mbx.folder_parent(name)
     if "folder:ParentFolderId" in wanted and parent_name is not None:
-        sub(node, t("ParentFolderId"), Id=mbx.folder_id(parent_name), ChangeKey=mbx.folder_change_key())
+        sub(node, t("ParentFolderId"), Id=mbx.folder_id(parent_name), ChangeKey=mbx.folder_change_key(parent_name))
     if "folder:FolderClass" in wanted and folder_class:
         sub(node, t("FolderClass"), folder_class)
     if "folder:DisplayName" in wanted:
-        sub(node, t("DisplayName"), display)
+        sub(node, t("DisplayName"), mbx.folder_display_name(name))
     if "folder:TotalCount" in wanted:
-        sub(node, t("TotalCount"), str(len(mbx.items) if name == "calendar" else 0))
+        sub(node, t("TotalCount"), str(len(mbx.items_in(name)) if log is not None else 0))
     if "folder:ChildFolderCount" in wanted:
-        sub(node, t("ChildFolderCount"), str(len(_folder_children(name))))
+        sub(node, t("ChildFolderCount"), str(len(mbx.child_folders(name))))
     for uri in children(props) if props is not None else []:
         if local(uri.tag) != "ExtendedFieldURI":
             continue
         if (
             int(uri.get("PropertyTag", "0"), 0) == PR_LOCAL_COMMIT_TIME_MAX
             and uri.get("PropertyType") == "SystemTime"
-            and name == "calendar"
+            and log is not None
         ):
             # PR_LOCAL_COMMIT_TIME_MAX ([MS-OXPROPS] 2.773): when the folder's contents last changed - what
             # sync clients compare to decide whether a folder needs reading at all.
-            changed = mbx.commit_time_max or _NEVER_CHANGED
+            changed = log.commit_time_max or _NEVER_CHANGED
             prop = sub(node, t("ExtendedProperty"))
             field_uri = sub(prop, t("ExtendedFieldURI"))
             for key, value in uri.attrib.items():
@@ -379,10 +382,10 @@ def write_folder(parent: Element, mbx: Mailbox, name: str, shape_el: Element | N
             "ViewPrivateItems",
         ):
             sub(rights, t(r), "true")
-    if "folder:DistinguishedFolderId" in wanted and own:
+    if "folder:DistinguishedFolderId" in wanted and own and not is_created_folder(name):
         # Only for the caller's own mailbox: a shared folder keeps being addressed by its FolderId.
         sub(node, t("DistinguishedFolderId"), name)
-    if "folder:UnreadCount" in wanted and FOLDER_ELEMENT.get(name, "Folder") in ("Folder",):
+    if "folder:UnreadCount" in wanted and element == "Folder":
         sub(node, t("UnreadCount"), "0")
 
 
@@ -399,8 +402,9 @@ _WORK_HOURS = (
     "<TimeSlot><Start>09:00:00</Start><End>18:00:00</End></TimeSlot>"
     "<WorkDays>Monday Tuesday Wednesday Thursday Friday</WorkDays></WorkHoursVersion1></Root>"
 )
-USER_CONFIGURATIONS: dict[tuple[str, str], tuple[list[tuple[str, str, str]], str | None]] = {
-    ("calendar", "Calendar"): (
+#: name -> (dictionary entries (key, type, value), XmlData) of the configuration objects every calendar folder has.
+BUILT_IN_CONFIGURATIONS: dict[str, tuple[list[tuple[str, str, str]], str | None]] = {
+    "Calendar": (
         [
             ("AutomateProcessing", "String", "AutoUpdate"),
             ("AddNewRequestsTentatively", "Boolean", "true"),
@@ -410,52 +414,207 @@ USER_CONFIGURATIONS: dict[tuple[str, str], tuple[list[tuple[str, str, str]], str
         ],
         None,
     ),
-    ("calendar", "WorkHours"): ([], _WORK_HOURS),
+    "WorkHours": ([], _WORK_HOURS),
 }
+
+#: Item numbers of configuration objects (never given to calendar items, which count up from 1).
+CONFIGURATION_ITEM_NO = 0x7FFF_FFFF_0000
+
+
+def configurations(mbx: Mailbox) -> dict[tuple[str, str], UserConfiguration]:
+    """The mailbox's user configuration objects, the default Calendar's Calendar and WorkHours among them (kept as
+    they were first read, with the ids they always had, and changed or deleted like any other)."""
+    if mbx.configurations is None:
+        mbx.configurations = {}
+        for number, (name, (entries, xml_data)) in enumerate(BUILT_IN_CONFIGURATIONS.items()):
+            dictionary: list[tuple[DictionaryObject, DictionaryObject | None]] = [
+                (DictionaryObject("String", [key]), DictionaryObject(value_type, [value]))
+                for key, value_type, value in entries
+            ]
+            mbx.configurations[("calendar", name.lower())] = UserConfiguration(
+                folder="calendar",
+                name=name,
+                no=CONFIGURATION_ITEM_NO + number,
+                dictionary=dictionary or None,
+                xml_data=xml_data.encode("utf-8") if xml_data is not None else None,
+            )
+    return mbx.configurations
+
+
+def _configuration_name(ctx: Context, name_el: Element | None, write: bool) -> tuple[Mailbox, str, str]:
+    """(mailbox, folder, name) a UserConfigurationName addresses."""
+    folder_el = children(name_el)[0] if name_el is not None and len(children(name_el)) else None
+    if name_el is None or folder_el is None:
+        raise ItemError("ErrorInvalidRequest", "UserConfigurationName needs a folder id.")
+    name = name_el.get("Name", "")
+    if not name:
+        # UserConfigurationNameType: Name is a t:NonEmptyStringType (types.xsd) - what schema validation refuses.
+        raise SoapFaultError("ErrorSchemaValidation", "The request failed schema validation: Name must not be empty.")
+    mbx, folder = resolve_folder(ctx, folder_el)
+    if write and ctx.acting is not mbx:
+        # Configuration objects are folder associated items: a delegate's calendar rights (Reviewer, Author,
+        # Editor) do not include creating or changing them ("ErrorAccessDenied", "ResponseCode").
+        raise ItemError("ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+    return mbx, folder, name
+
+
+_INTEGER_TYPES = ("Byte", "Integer32", "UnsignedInteger32", "Integer64", "UnsignedInteger64")
+
+
+def _canonical(value_type: str, text: str) -> str:
+    """A dictionary value as Exchange keeps it: typed, so it answers the canonical form of what was sent - an
+    xs:boolean "1" comes back "true" (XML Schema Part 2, 3.2.2: canonical {true, false}), an integer without
+    leading zeros or "+". Text that does not parse as its type is kept as sent (what Exchange answers for it is not
+    documented)."""
+    value = text.strip()
+    if value_type == "Boolean" and value in ("true", "1", "false", "0"):
+        return "true" if value in ("true", "1") else "false"
+    if value_type in _INTEGER_TYPES:
+        try:
+            return str(int(value))
+        except ValueError:
+            return text
+    return text
+
+
+def _dictionary_object(node: Element | None) -> DictionaryObject | None:
+    if node is None or node.get(f"{{{NS_XSI}}}nil") in ("true", "1"):
+        return None
+    value_type = text_of(node, t("Type")) or "String"
+    return DictionaryObject(value_type, [_canonical(value_type, v.text or "") for v in node.findall(t("Value"))])
+
+
+def _read_configuration(config: UserConfiguration, node: Element) -> None:
+    """Take the Dictionary, XmlData and BinaryData `node` holds; a part left out stays as it was (the EWS Managed
+    API's UserConfiguration.Update sends only the parts that changed)."""
+    dictionary = node.find(t("Dictionary"))
+    if dictionary is not None:
+        entries: list[tuple[DictionaryObject, DictionaryObject | None]] = []
+        for entry in dictionary.findall(t("DictionaryEntry")):
+            # DictionaryKey is not nillable in UserConfigurationDictionaryEntryType, DictionaryValue is (types.xsd).
+            key = _dictionary_object(entry.find(t("DictionaryKey")))
+            if key is None:
+                raise ItemError("ErrorInvalidRequest", "A DictionaryKey cannot be nil.")
+            entries.append((key, _dictionary_object(entry.find(t("DictionaryValue")))))
+        config.dictionary = entries
+    for tag, attr in (("XmlData", "xml_data"), ("BinaryData", "binary_data")):
+        data = node.find(t(tag))
+        if data is not None:
+            try:
+                setattr(config, attr, base64.b64decode((data.text or "").strip(), validate=True))
+            except (ValueError, binascii.Error) as exc:
+                raise ItemError("ErrorInvalidRequest", f"{tag} is not base64.") from exc
+
+
+def _write_dictionary_object(parent: Element, tag: str, obj: DictionaryObject | None) -> None:
+    node = sub(parent, t(tag))
+    if obj is None:
+        node.set(f"{{{NS_XSI}}}nil", "true")
+        return
+    sub(node, t("Type"), obj.type)
+    for value in obj.values:
+        sub(node, t("Value"), value)
 
 
 def op_get_user_configuration(ctx: Context, req: Element) -> Element:
     root, msgs = response_root("GetUserConfiguration")
     try:
-        name_el = req.find(m("UserConfigurationName"))
-        folder_el = children(name_el)[0] if name_el is not None and len(children(name_el)) else None
-        if name_el is None or folder_el is None:
-            raise ItemError("ErrorInvalidRequest", "UserConfigurationName needs a folder id.")
-        mbx, folder = resolve_folder(ctx, folder_el)
-        name = name_el.get("Name", "")
-        known = USER_CONFIGURATIONS.get((folder, name))
-        if known is None:
+        mbx, folder, name = _configuration_name(ctx, req.find(m("UserConfigurationName")), write=False)
+        config = configurations(mbx).get((folder, name.lower()))
+        if config is None:
+            # "GetUserConfiguration operation": a name the folder does not hold is ErrorItemNotFound.
             raise ItemError("ErrorItemNotFound", f"The specified object was not found in the store. ({name})")
         wanted = set((text_of(req, m("UserConfigurationProperties")) or "").split())
         if "All" in wanted:
             wanted |= {"Id", "Dictionary", "XmlData", "BinaryData"}
-        entries, xml_data = known
         msg = add_message(msgs, "GetUserConfiguration")
-        config = sub(msg, m("UserConfiguration"))
-        config_name = sub(config, t("UserConfigurationName"), Name=name)
-        sub(config_name, t("FolderId"), Id=mbx.folder_id(folder), ChangeKey=mbx.folder_change_key())
+        node = sub(msg, m("UserConfiguration"))
+        config_name = sub(node, t("UserConfigurationName"), Name=config.name)
+        sub(config_name, t("FolderId"), Id=mbx.folder_id(folder), ChangeKey=mbx.folder_change_key(folder))
         if "Id" in wanted:
-            number = list(USER_CONFIGURATIONS).index((folder, name))
-            sub(config, t("ItemId"), Id=item_id(mbx.no, CONFIGURATION_ITEM_NO + number), ChangeKey=change_key(0, 1))
-        if "Dictionary" in wanted and entries:
-            dictionary = sub(config, t("Dictionary"))
-            for key, value_type, value in entries:
+            sub(node, t("ItemId"), Id=item_id(mbx.no, config.no), ChangeKey=change_key(config.no, config.version))
+        if "Dictionary" in wanted and config.dictionary:
+            dictionary = sub(node, t("Dictionary"))
+            for key, value in config.dictionary:
                 entry = sub(dictionary, t("DictionaryEntry"))
-                key_el = sub(entry, t("DictionaryKey"))
-                sub(key_el, t("Type"), "String")
-                sub(key_el, t("Value"), key)
-                value_el = sub(entry, t("DictionaryValue"))
-                sub(value_el, t("Type"), value_type)
-                sub(value_el, t("Value"), value)
-        if "XmlData" in wanted and xml_data is not None:
-            sub(config, t("XmlData"), base64.b64encode(xml_data.encode("utf-8")).decode("ascii"))
+                _write_dictionary_object(entry, "DictionaryKey", key)
+                _write_dictionary_object(entry, "DictionaryValue", value)
+        if "XmlData" in wanted and config.xml_data is not None:
+            sub(node, t("XmlData"), base64.b64encode(config.xml_data).decode("ascii"))
+        if "BinaryData" in wanted and config.binary_data is not None:
+            sub(node, t("BinaryData"), base64.b64encode(config.binary_data).decode("ascii"))
     except ItemError as err:
         add_message(msgs, "GetUserConfiguration", err)
     return root
 
 
-#: Item numbers of configuration objects (never given to calendar items, which count up from 1).
-CONFIGURATION_ITEM_NO = 0x7FFF_FFFF_0000
+def op_create_user_configuration(ctx: Context, req: Element) -> Element:
+    """ "CreateUserConfiguration operation": a new configuration object on a folder. One that exists already is
+    ErrorItemSave ("ResponseCode": the item could not be saved - what Exchange answers, as exchangelib's own test
+    suite, run against Exchange, expects in test_user_configuration)."""
+    root, msgs = response_root("CreateUserConfiguration")
+    try:
+        node = req.find(m("UserConfiguration"))
+        if node is None:
+            raise ItemError("ErrorInvalidRequest", "CreateUserConfiguration needs a UserConfiguration.")
+        mbx, folder, name = _configuration_name(ctx, node.find(t("UserConfigurationName")), write=True)
+        existing = configurations(mbx)
+        if (folder, name.lower()) in existing:
+            raise ItemError("ErrorItemSave", f"The user configuration object {name!r} already exists on this folder.")
+        config = UserConfiguration(folder=folder, name=name, no=ctx.store.next_item_no())
+        _read_configuration(config, node)
+        existing[(folder, name.lower())] = config
+        ctx.store.version += 1
+        add_message(msgs, "CreateUserConfiguration")
+    except ItemError as err:
+        add_message(msgs, "CreateUserConfiguration", err)
+    return root
+
+
+def op_update_user_configuration(ctx: Context, req: Element) -> Element:
+    """ "UpdateUserConfiguration operation": the parts sent replace the object's; an object that does not exist is
+    ErrorItemNotFound."""
+    root, msgs = response_root("UpdateUserConfiguration")
+    try:
+        node = req.find(m("UserConfiguration"))
+        if node is None:
+            raise ItemError("ErrorInvalidRequest", "UpdateUserConfiguration needs a UserConfiguration.")
+        mbx, folder, name = _configuration_name(ctx, node.find(t("UserConfigurationName")), write=True)
+        config = configurations(mbx).get((folder, name.lower()))
+        if config is None:
+            raise ItemError("ErrorItemNotFound", f"The specified object was not found in the store. ({name})")
+        work = UserConfiguration(
+            config.folder,
+            config.name,
+            config.no,
+            config.dictionary,
+            config.xml_data,
+            config.binary_data,
+            config.version,
+        )
+        _read_configuration(work, node)  # nothing changes when a part is refused
+        config.dictionary, config.xml_data, config.binary_data = work.dictionary, work.xml_data, work.binary_data
+        config.version += 1
+        ctx.store.version += 1
+        add_message(msgs, "UpdateUserConfiguration")
+    except ItemError as err:
+        add_message(msgs, "UpdateUserConfiguration", err)
+    return root
+
+
+def op_delete_user_configuration(ctx: Context, req: Element) -> Element:
+    """ "DeleteUserConfiguration operation": the object goes (to the dumpster); one that does not exist is
+    ErrorItemNotFound."""
+    root, msgs = response_root("DeleteUserConfiguration")
+    try:
+        mbx, folder, name = _configuration_name(ctx, req.find(m("UserConfigurationName")), write=True)
+        if configurations(mbx).pop((folder, name.lower()), None) is None:
+            raise ItemError("ErrorItemNotFound", f"The specified object was not found in the store. ({name})")
+        ctx.store.version += 1
+        add_message(msgs, "DeleteUserConfiguration")
+    except ItemError as err:
+        add_message(msgs, "DeleteUserConfiguration", err)
+    return root
 
 
 def op_get_folder(ctx: Context, req: Element) -> Element:
@@ -484,12 +643,12 @@ def op_find_folder(ctx: Context, req: Element) -> Element:
         try:
             mbx, name = resolve_folder(ctx, node)
             found: list[str] = []
-            stack = list(reversed(_folder_children(name)))
+            stack = list(reversed(mbx.child_folders(name)))
             while stack:
                 cur = stack.pop()
                 found.append(cur)
                 if deep:
-                    stack.extend(reversed(_folder_children(cur)))
+                    stack.extend(reversed(mbx.child_folders(cur)))
             page = found[offset : offset + max_entries] if max_entries else found[offset:]
             msg = add_message(msgs, "FindFolder")
             last = offset + len(page) >= len(found)
@@ -506,6 +665,145 @@ def op_find_folder(ctx: Context, req: Element) -> Element:
                 write_folder(folders, mbx, f, shape_el, own=mbx is ctx.acting)
         except ItemError as err:
             add_message(msgs, "FindFolder", err)
+    return root
+
+
+# ------------------------------------------------------------------------------------ CreateFolder / DeleteFolder
+
+#: The class a typed folder element implies ("ErrorNoFolderClassOverride", "ResponseCode": for typed folders such as
+#: CalendarFolder and TasksFolder the folder class is implied).
+_IMPLIED_CLASS = {"CalendarFolder": "IPF.Appointment", "ContactsFolder": "IPF.Contact", "TasksFolder": "IPF.Task"}
+#: What a generic t:Folder without FolderClass becomes: a mail folder.
+_GENERIC_CLASS = "IPF.Note"
+
+
+def _check_hierarchy_rights(ctx: Context, mbx: Mailbox) -> None:
+    """Creating and deleting folders needs the owner (or an impersonating account acting as the owner): the calendar
+    rights of a delegate (Reviewer, Author, Editor) do not include creating subfolders."""
+    if ctx.acting is not mbx:
+        raise ItemError("ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+
+
+def op_create_folder(ctx: Context, req: Element) -> Element:
+    """ "CreateFolder operation": folders, calendar, contacts and tasks folders under ParentFolderId, one response
+    message per folder. A display name another folder of the same parent has (case-insensitively, as the store
+    compares folder names) is ErrorFolderExists ("A folder with the specified name already exists."); a FolderClass
+    on a typed folder that is not its own class is ErrorNoFolderClassOverride; a custom class needs a generic t:Folder
+    with FolderClass ("CreateFolder operation"). Search folders are not served (ErrorInvalidFolderTypeForOperation)."""
+    root, msgs = response_root("CreateFolder")
+    parent_el = req.find(m("ParentFolderId"))
+    folders_el = req.find(m("Folders"))
+    parent_error: ItemError | None = None
+    mbx: Mailbox | None = None
+    parent = ""
+    try:
+        target = children(parent_el)[0] if parent_el is not None and len(parent_el) else None
+        if target is None:
+            raise ItemError("ErrorParentFolderIdRequired", "Parent folder id is required for the operation.")
+        mbx, parent = resolve_folder(ctx, target)
+        _check_hierarchy_rights(ctx, mbx)
+    except ItemError as err:
+        parent_error = err
+    for node in children(folders_el) if folders_el is not None else []:
+        try:
+            if parent_error is not None:
+                raise parent_error
+            assert mbx is not None
+            kind = local(node.tag)
+            if kind == "SearchFolder":
+                raise ItemError("ErrorInvalidFolderTypeForOperation", "This server does not serve search folders.")
+            display = (text_of(node, t("DisplayName")) or "").strip()
+            if not display:
+                raise ItemError("ErrorFolderSavePropertyError", "A folder needs a DisplayName.")
+            given_class = text_of(node, t("FolderClass"))
+            implied = _IMPLIED_CLASS.get(kind)
+            if implied is not None:
+                if given_class and given_class != implied and not given_class.startswith(implied + "."):
+                    raise ItemError(
+                        "ErrorNoFolderClassOverride",
+                        f"A {kind} has the folder class {implied}; use a generic Folder for class {given_class}.",
+                    )
+                folder_class = given_class or implied
+            else:
+                folder_class = given_class or _GENERIC_CLASS
+            taken = {mbx.folder_display_name(f).lower() for f in mbx.child_folders(parent)}
+            if display.lower() in taken:
+                raise ItemError("ErrorFolderExists", "A folder with the specified name already exists.")
+            try:
+                name = mbx.new_folder_name()
+            except ValueError as exc:
+                raise ItemError("ErrorFolderSave", str(exc)) from exc
+            mbx.folders[name] = Folder(name=name, display_name=display, folder_class=folder_class, parent=parent)
+            ctx.store.record_hierarchy(mbx, [name])
+            ctx.store.record_folder(mbx, "CreatedEvent", name, parent)
+            msg = add_message(msgs, "CreateFolder")
+            out = sub(sub(msg, m("Folders")), t(folder_element_for(folder_class)))
+            sub(out, t("FolderId"), Id=mbx.folder_id(name), ChangeKey=mbx.folder_change_key(name))
+        except ItemError as err:
+            msg = add_message(msgs, "CreateFolder", err)
+            sub(msg, m("Folders"))
+    return root
+
+
+_DELETE_TYPES = ("HardDelete", "SoftDelete", "MoveToDeletedItems")
+
+
+def _drop_folder_contents(ctx: Context, mbx: Mailbox, names: list[str]) -> None:
+    """The folders `names` and everything in them leave the mailbox (their items, exceptions, configurations)."""
+    gone = set(names)
+    for no, item in list(mbx.items.items()):
+        if item.folder in gone:
+            del mbx.items[no]
+            for exc in item.exceptions.values():
+                mbx.exceptions.pop(exc.no, None)
+    store_configs = configurations(mbx)
+    for key in [k for k in store_configs if k[0] in gone]:
+        del store_configs[key]
+    for name in names:
+        mbx.folders.pop(name, None)
+    ctx.store.version += 1
+
+
+def op_delete_folder(ctx: Context, req: Element) -> Element:
+    """ "DeleteFolder operation" and "DeleteFolder" (DeleteType): HardDelete removes the folder for good, SoftDelete
+    moves it to the dumpster (gone from the hierarchy EWS shows), MoveToDeletedItems moves it under Deleted Items
+    (with its items and subfolders, keeping its id); a distinguished folder is refused with
+    ErrorDeleteDistinguishedFolder ("The DeleteFolder operation cannot be used on distinguished folders"); a folder
+    that is not there (deleted already) is ErrorItemNotFound, as in the operation page's error example."""
+    root, msgs = response_root("DeleteFolder")
+    delete_type = req.get("DeleteType", "")
+    ids = req.find(m("FolderIds"))
+    for node in children(ids) if ids is not None else []:
+        try:
+            if delete_type not in _DELETE_TYPES:
+                raise ItemError("ErrorInvalidRequest", f"DeleteType must be one of {', '.join(_DELETE_TYPES)}.")
+            try:
+                mbx, name = resolve_folder(ctx, node)
+            except ItemError as err:
+                if err.code == "ErrorFolderNotFound" and local(node.tag) == "FolderId":
+                    raise ItemError("ErrorItemNotFound", "The specified object was not found in the store.") from err
+                raise
+            if not is_created_folder(name):
+                raise ItemError("ErrorDeleteDistinguishedFolder", "Distinguished folders cannot be deleted.")
+            _check_hierarchy_rights(ctx, mbx)
+            folder = mbx.folders[name]
+            if delete_type == "MoveToDeletedItems" and folder.parent != "deleteditems":
+                old_parent = folder.parent
+                folder.parent = "deleteditems"
+                folder.folder_version += 1
+                ctx.store.record_hierarchy(mbx, mbx.subtree(name))  # their ancestors changed
+                ctx.store.record_folder(mbx, "MovedEvent", name, "deleteditems", old_parent)
+            else:
+                # HardDelete, SoftDelete, or MoveToDeletedItems of a folder already in Deleted Items (which
+                # deletes it, as Outlook's delete does there).
+                parent = folder.parent
+                gone = mbx.subtree(name)
+                _drop_folder_contents(ctx, mbx, gone)
+                ctx.store.record_hierarchy(mbx, gone)
+                ctx.store.record_folder(mbx, "DeletedEvent", name, parent)
+            add_message(msgs, "DeleteFolder")
+        except ItemError as err:
+            add_message(msgs, "DeleteFolder", err)
     return root
 
 
@@ -683,7 +981,8 @@ def op_find_item(ctx: Context, req: Element) -> Element:
                 )
             shape.fields -= FIND_ITEM_FORBIDDEN
             items: list[CalendarItem] = []
-            source = list(mbx.items.values()) if folder == "calendar" else []
+            # Only the items of the folder asked about: a calendar a client created keeps its own.
+            source = mbx.items_in(folder) if mbx.log_of(folder) is not None else []
             msg_extra: dict[str, str] = {}
             if cal_view is not None:
                 if restriction is not None or sort is not None:
@@ -748,31 +1047,38 @@ def op_find_item(ctx: Context, req: Element) -> Element:
 # -------------------------------------------------------------------------------------- SyncFolderItems
 
 
-def encode_sync_state(mbx: Mailbox, folder: str, seq: int) -> str:
+def encode_sync_state(mbx: Mailbox, folder: str, seq: int, magic: bytes = b"EMUSYNC2") -> str:
     """Opaque like Exchange's: bound to the mailbox's store (its GUID, which a new emulator instance does not share)
     and its placement (the generation a move increments), so a state from another instance or from before a move is
     refused with ErrorInvalidSyncStateData - as Exchange refuses one after a mailbox move between databases
     ("Synchronize items by using EWS in Exchange": a client must then start again with no SyncState)."""
-    raw = b"EMUSYNC2" + struct.pack(">IQI", mbx.no, seq, mbx.generation) + uuid.UUID(mbx.guid).bytes + folder.encode()
+    raw = magic + struct.pack(">IQI", mbx.no, seq, mbx.generation) + uuid.UUID(mbx.guid).bytes + folder.encode()
     return base64.b64encode(gzip.compress(raw, mtime=0)).decode()
 
 
 _INVALID_STATE = "Synchronization state data is corrupt or otherwise invalid."
 
 
-def decode_sync_state(value: str, mbx: Mailbox, folder: str) -> int:
-    """The change sequence a SyncState of `mbx`'s `folder` stands for; ErrorInvalidSyncStateData otherwise."""
+def decode_sync_state(
+    value: str, mbx: Mailbox, folder: str, magic: bytes = b"EMUSYNC2", newest: int | None = None
+) -> int:
+    """The change sequence a SyncState of `mbx`'s `folder` stands for; ErrorInvalidSyncStateData otherwise. `magic`
+    tells item states (SyncFolderItems) from hierarchy states (SyncFolderHierarchy); `newest`: the newest change the
+    state may claim (default: of the folder's items)."""
     try:
         raw = gzip.decompress(base64.b64decode(value, validate=True))
     except (ValueError, OSError, binascii.Error) as exc:
         raise ItemError("ErrorInvalidSyncStateData", _INVALID_STATE) from exc
-    if not raw.startswith(b"EMUSYNC2") or len(raw) < 40:
+    if not raw.startswith(magic) or len(raw) < 40:
         raise ItemError("ErrorInvalidSyncStateData", _INVALID_STATE)
     mbx_no, seq, generation = struct.unpack(">IQI", raw[8:24])
     guid, state_folder = raw[24:40], raw[40:].decode(errors="replace")
     if mbx_no != mbx.no or state_folder != folder:
         raise ItemError("ErrorInvalidSyncStateData", "The synchronization state belongs to another folder.")
-    if guid != uuid.UUID(mbx.guid).bytes or generation != mbx.generation or seq > mbx.change_seq():
+    if newest is None:
+        log = mbx.log_of(folder)
+        newest = log.log_seq[-1] if log is not None and log.log_seq else 0
+    if guid != uuid.UUID(mbx.guid).bytes or generation != mbx.generation or seq > newest:
         raise ItemError("ErrorInvalidSyncStateData", _INVALID_STATE)
     return int(seq)
 
@@ -801,13 +1107,14 @@ def op_sync_folder_items(ctx: Context, req: Element) -> Element:
         changes: list[tuple[str, int]] = []
         new_seq = since
         last = True
-        if folder == "calendar":
-            for seq, no in ctx.store.changes_since(mbx, since):
+        log = mbx.log_of(folder)
+        if log is not None:
+            for seq, no in ctx.store.changes_since(log, since):
                 if no in ignore:
                     new_seq = seq
                     continue
-                created = mbx.created_seq.get(no, 0)
-                if no in mbx.tombstones:
+                created = log.created_seq.get(no, 0)
+                if no in log.tombstones:
                     if created <= since:
                         kind = "Delete"
                     else:
@@ -829,8 +1136,8 @@ def op_sync_folder_items(ctx: Context, req: Element) -> Element:
         wctx = ctx.write_ctx(mbx, shape)
         for kind, no in changes:
             node = sub(container, t(kind))
-            if kind == "Delete":
-                sub(node, t("ItemId"), Id=mbx.tombstones[no])
+            if kind == "Delete" and log is not None:
+                sub(node, t("ItemId"), Id=log.tombstones[no])
             else:
                 item = mbx.items[no]
                 if shape.id_only and not shape.fields and not shape.ext:
@@ -844,24 +1151,84 @@ def op_sync_folder_items(ctx: Context, req: Element) -> Element:
     return root
 
 
+# --------------------------------------------------------------------------------------- SyncFolderHierarchy
+
+_HIERARCHY_STATE = b"EMUHIER1"
+
+
+def op_sync_folder_hierarchy(ctx: Context, req: Element) -> Element:
+    """ "SyncFolderHierarchy operation", "Synchronize folders by using EWS in Exchange": without a SyncState, a Create
+    for every folder below SyncFolderId (msgfolderroot when left out), parents first; with one, what changed since:
+    Create for a folder made (or moved in) since, Update for one moved within, Delete (FolderId only) for one deleted
+    or moved out. Counts changing are no change ("does not return folders when UnreadCount or TotalCount have
+    changed"). A state of another folder, mailbox or emulator instance → ErrorInvalidSyncStateData, as the page's
+    error example answers."""
+    root, msgs = response_root("SyncFolderHierarchy")
+    try:
+        shape_el = req.find(m("FolderShape"))
+        folder_el = req.find(m("SyncFolderId"))
+        if folder_el is not None and len(folder_el):
+            mbx, top = resolve_folder(ctx, children(folder_el)[0])
+        else:
+            if ctx.acting is None:
+                raise ItemError("ErrorMissingEmailAddress", "The request needs an impersonated or own mailbox.")
+            mbx, top = ctx.acting, "msgfolderroot"
+            check_access(ctx, mbx, folder=top)
+        newest = mbx.hierarchy[-1][0] if mbx.hierarchy else 0
+        state_text = (text_of(req, m("SyncState")) or "").strip()
+        since = decode_sync_state(state_text, mbx, top, _HIERARCHY_STATE, newest) if state_text else None
+        below = mbx.subtree(top)[1:]
+        changes: list[tuple[str, str]] = []  # (Create|Update|Delete, folder name)
+        if since is None:
+            changes = [("Create", name) for name in below]
+        else:
+            changed = {name for seq, name, _ in mbx.hierarchy if seq > since}
+            now = set(below)
+            for name in below:  # parents before children
+                if name in changed:
+                    was = mbx.folder_ancestors_at(name, since)
+                    changes.append(("Update" if was is not None and top in was else "Create", name))
+            for name in sorted(changed - now):
+                was = mbx.folder_ancestors_at(name, since)
+                if was is not None and top in was:
+                    changes.append(("Delete", name))
+        msg = add_message(msgs, "SyncFolderHierarchy")
+        sub(msg, m("SyncState"), encode_sync_state(mbx, top, newest, _HIERARCHY_STATE))
+        sub(msg, m("IncludesLastFolderInRange"), "true")
+        container = sub(msg, m("Changes"))
+        for kind, name in changes:
+            node = sub(container, t(kind))
+            if kind == "Delete":
+                sub(node, t("FolderId"), Id=mbx.folder_id(name))
+            else:
+                write_folder(node, mbx, name, shape_el, own=mbx is ctx.acting)
+    except ItemError as err:
+        msg = add_message(msgs, "SyncFolderHierarchy", err)
+        sub(msg, m("SyncState"))
+        sub(msg, m("IncludesLastFolderInRange"), "true")
+    return root
+
+
 # ------------------------------------------------------------------------------------------- CreateItem
 
 
-def _target_calendar(ctx: Context, req: Element) -> Mailbox:
+def _target_calendar(ctx: Context, req: Element) -> tuple[Mailbox, str]:
     saved = req.find(m("SavedItemFolderId"))
     if saved is None or not len(saved):
         if ctx.acting is None:
             raise ItemError("ErrorMissingEmailAddress", "The request needs an impersonated or own mailbox.")
         check_access(ctx, ctx.acting, write=True)
-        return ctx.acting
+        return ctx.acting, "calendar"
     mbx, folder = resolve_folder(ctx, children(saved)[0])
-    if folder != "calendar":
+    if mbx.log_of(folder) is None:
+        # The default Calendar or a calendar folder a client created (class IPF.Appointment; "CreateFolder
+        # operation"); anything else: "ErrorCannotCreateCalendarItemInNonCalendarFolder" ("ResponseCode").
         raise ItemError(
             "ErrorCannotCreateCalendarItemInNonCalendarFolder",
             "Calendar items can only be created in a calendar folder.",
         )
-    check_access(ctx, mbx, write=True)
-    return mbx
+    check_access(ctx, mbx, write=True, folder=folder)
+    return mbx, folder
 
 
 def op_create_item(ctx: Context, req: Element) -> Element:
@@ -877,13 +1244,14 @@ def op_create_item(ctx: Context, req: Element) -> Element:
                     raise ItemError(
                         "ErrorSendMeetingInvitationsRequired", f"invalid SendMeetingInvitations {send_mode!r}"
                     )
-                target = _target_calendar(ctx, req)
+                target, target_folder = _target_calendar(ctx, req)
                 item = CalendarItem(
                     no=ctx.store.next_item_no(),
                     mailbox=target,
                     uid="",
                     start=dt.datetime.now(UTC),
                     end=dt.datetime.now(UTC),
+                    folder=target_folder,
                 )
                 seen = set()
                 for child in children(node):
@@ -1236,12 +1604,20 @@ def write_event(parent: Element, ev: Event, watermark: str) -> None:
     sub(node, t("Watermark"), watermark)
     sub(node, t("TimeStamp"), fmt_dt(ev.timestamp))
     if ev.folder_id is not None:
-        sub(node, t("FolderId"), Id=ev.folder_id, ChangeKey=ev.parent_change_key)
+        folder = sub(node, t("FolderId"), Id=ev.folder_id)
+        if ev.parent_change_key:
+            folder.set("ChangeKey", ev.parent_change_key)
     elif ev.item_id is not None:
         item_id = sub(node, t("ItemId"), Id=ev.item_id)
         if ev.change_key:
             item_id.set("ChangeKey", ev.change_key)
-    sub(node, t("ParentFolderId"), Id=ev.parent_folder_id, ChangeKey=ev.parent_change_key)
+    parent_id = sub(node, t("ParentFolderId"), Id=ev.parent_folder_id)
+    if ev.parent_change_key:
+        parent_id.set("ChangeKey", ev.parent_change_key)
+    if ev.kind in ("MovedEvent", "CopiedEvent") and ev.folder_id is not None and ev.old_parent_folder_id is not None:
+        # MovedCopiedEventType: a folder keeps its id when moved, so OldFolderId is its id.
+        sub(node, t("OldFolderId"), Id=ev.folder_id)
+        sub(node, t("OldParentFolderId"), Id=ev.old_parent_folder_id)
     if ev.kind == "ModifiedEvent" and ev.folder_id is not None:
         sub(node, t("UnreadCount"), "0")
 
@@ -1318,11 +1694,17 @@ def op_unsubscribe(ctx: Context, req: Element) -> Element:
 OPERATIONS: dict[str, Callable[[Context, Element], Element]] = {
     "ConvertId": op_convert_id,
     "GetFolder": op_get_folder,
+    "CreateFolder": op_create_folder,
+    "DeleteFolder": op_delete_folder,
     "GetUserConfiguration": op_get_user_configuration,
+    "CreateUserConfiguration": op_create_user_configuration,
+    "UpdateUserConfiguration": op_update_user_configuration,
+    "DeleteUserConfiguration": op_delete_user_configuration,
     "FindFolder": op_find_folder,
     "GetItem": op_get_item,
     "FindItem": op_find_item,
     "SyncFolderItems": op_sync_folder_items,
+    "SyncFolderHierarchy": op_sync_folder_hierarchy,
     "CreateItem": op_create_item,
     "UpdateItem": op_update_item,
     "DeleteItem": op_delete_item,

@@ -79,7 +79,7 @@ def main(ctx: click.Context, state_dir: Path) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing authority key.")
 @pass_ctx
 def keygen(ctx: Context, force: bool) -> None:
-    """Create the authority's Ed25519 key pair; prints the public key for license.authorityPublicKey."""
+    """Create the authority's Ed25519 key pair; prints the public key for license.testAuthorityPublicKey."""
     try:
         with ctx.state.locked():
             signer = ctx.state.create_authority_key(force=force)

@@ -131,7 +131,7 @@ class AuthorityKey:
 
     @property
     def public_text(self) -> str:
-        """§4: base64 of the raw 32-byte public key (the connector's ``license.authorityPublicKey``)."""
+        """§4: base64 of the raw 32-byte public key (the connector's test-only ``license.testAuthorityPublicKey``)."""
         return _b64(self._public_raw)
 
     def _signature(self, prefix: bytes, obj: dict[str, Any]) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """The authority's state directory.
 
 ``authority_ed25519.pem``  private key (PKCS#8 PEM, mode 0600; docs/license-format.md §4)
-``authority_ed25519.pub``  the public key as the connector's ``license.authorityPublicKey`` takes it
+``authority_ed25519.pub``  the public key as the connector's test-only ``license.testAuthorityPublicKey`` takes it
 ``keys.json``              issued keys, their activations and the licenses signed for them
 ``state.lock``             ``flock`` lock serialising every read-modify-write of ``keys.json``
 

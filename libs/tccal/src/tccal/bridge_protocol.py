@@ -56,6 +56,8 @@ class CloseCode(enum.IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
     UNSUPPORTED_DATA = 1003
+    #: "Try Again Later" in the IANA WebSocket close code registry (RFC 6455 §11.7): auth from a backed-off address.
+    TRY_AGAIN_LATER = 1013
     AUTH_FAILED = 4001
     NOT_WHITELISTED = 4003
     REPLACED = 4005

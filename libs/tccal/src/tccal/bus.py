@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DUPLICATE_WINDOW_SECONDS = 600.0
+#: How long the streams keep a message: also how long one can be (re)delivered.
+STREAM_MAX_AGE_S = 30 * 24 * 3600.0
+DEADLETTER_MAX_AGE_S = 90 * 24 * 3600.0
 
 
 async def announce(settings: BusSettings, subject: str, payload: bytes = b"{}", *, timeout: float = 2.0) -> bool:
@@ -351,7 +354,7 @@ async def ensure_topology(
             storage=StorageType.FILE,
             num_replicas=replicas,
             duplicate_window=DUPLICATE_WINDOW_SECONDS,
-            max_age=30 * 24 * 3600.0 if name != DEADLETTER else 90 * 24 * 3600.0,
+            max_age=STREAM_MAX_AGE_S if name != DEADLETTER else DEADLETTER_MAX_AGE_S,
         )
         try:
             await js.add_stream(config)

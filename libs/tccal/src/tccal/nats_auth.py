@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from tccal.subjects import (
     CALENDAR,
+    CONFERENCE_ORDER_BUCKET,
     DEADLETTER,
     GATEWAY_STATE_BUCKET,
     INGEST_STATE_BUCKET,
@@ -169,7 +170,7 @@ IDENTITIES: dict[str, Identity] = {
         publish=[_subjects(TCS_RESULTS), ONDEMAND_SUBJECTS],
         subscribe=[SEATS_SUBJECT],
         streams=(TCS_COMMANDS, TCS_RESULTS),
-        buckets=(GATEWAY_STATE_BUCKET,),
+        buckets=(GATEWAY_STATE_BUCKET, CONFERENCE_ORDER_BUCKET),
     ),
     # licensing's CLI only: "the license changed" after --register / --offline_reg.
     "licensing": _service("licensing", publish=[SEATS_SUBJECT]),

@@ -41,6 +41,8 @@ STREAM_SUBJECTS = {
 INGEST_STATE_BUCKET = "INGEST_STATE"
 #: KV bucket of tcs-gateway's per-server state (tcs_gateway.state).
 GATEWAY_STATE_BUCKET = "TCS_GATEWAY"
+#: KV bucket of tcs-gateway's conference command order fence (tcs_gateway.conference_order).
+CONFERENCE_ORDER_BUCKET = "TCS_CONFERENCE_ORDER"
 
 #: Core subjects ews-ingest subscribes to: re-read a mailbox, sync a mailbox TrueConf asked for, ask for seats.
 RESYNC_SUBJECTS = f"{_CONTROL}.resync.*"

@@ -11,6 +11,18 @@ First pass of a mailbox: with cache.autoSync every item that has not ended befor
 SyncState baseline (nothing published: only changes from now on). The forward bound is not applied here: an item
 beyond today + cache.forward months enters the window as days pass without changing, and Exchange would never
 report it again - the sync-engine materializes occurrences only inside its window, so publishing it costs nothing.
+
+A whole-mailbox re-read (Exchange refused the SyncState, or an administrator's resync without `since`) is a
+snapshot: it is framed by a CHANGE_TYPE_MAILBOX_RESYNC_BEGIN marker, published before the first page, and a
+MAILBOX_RESYNC_END with the same token after the last page, both on the mailbox's own subject (so they keep their
+place in the engine's lane) and with sequences of their own. The engine deletes, on END, every live item of the
+mailbox whose last change is older than BEGIN: items deleted in Exchange while the SyncState was lost are never
+reported as deletions otherwise. Items the re-read saw but did not publish are named in END (`kept_item_ids`:
+quarantined or unreadable items, series that ended before the window); single items that ended before the window
+are not named (a mailbox's history would not fit one message) - END carries the window's start instead and the
+engine does not judge stored items that ended before it. A re-read cut short (shutdown, failure) publishes no END,
+so nothing is deleted; its token stays in the checkpoint (`reread`) and the next sync starts the re-read again
+(a new BEGIN replaces the open one), so an END always follows.
 """
 
 from __future__ import annotations
@@ -84,6 +96,8 @@ class SyncResult:
     fetched: int = 0
     #: Times Exchange refused the SyncState and the mailbox was read again from none.
     state_resets: int = 0
+    #: Whole-mailbox re-reads that reached their last page and published MAILBOX_RESYNC_END.
+    snapshots: int = 0
     newest_modified: dt.datetime | None = None
 
 
@@ -121,6 +135,8 @@ class MailboxSync:
         self.stop = stop
         self.result = SyncResult()
         self._quarantine_dirty = False
+        #: Items a whole re-read saw but did not publish (they exist: the engine must keep them).
+        self._kept: set[str] = set()
 
     # ------------------------------------------------------------------ entry points
     async def sync(self) -> SyncResult:
@@ -128,9 +144,19 @@ class MailboxSync:
 
         Exchange refuses a SyncState it no longer knows - after a mailbox moved to another database, or from
         another store - with ErrorInvalidSyncStateData ("Synchronize items by using EWS in Exchange": start again
-        without one). The checkpoint is then dropped and the mailbox read again whole and published, like an
-        admin resync: the engine keeps what it already has and takes what changed, so nothing is doubled."""
+        without one). The checkpoint is then dropped and the mailbox read again whole and published as a snapshot
+        (MAILBOX_RESYNC_BEGIN ... END, like an admin resync): the engine keeps what it already has, takes what
+        changed, and deletes what the re-read did not bring back - items deleted while the state was lost."""
         checkpoint = self.ctx.checkpoint
+        if checkpoint.reread:
+            log.warning(
+                "a whole re-read of the mailbox was cut short: reading it again whole",
+                extra={"mailbox": self.ctx.mailbox, "token": checkpoint.reread},
+            )
+            checkpoint.sync_state = None
+            await self._reread(None, _token("restart"))
+            await self._save_quarantine()
+            return self.result
         try:
             if checkpoint.initial_done:
                 origin = calendar_pb2.CHANGE_ORIGIN_SYNC
@@ -146,19 +172,63 @@ class MailboxSync:
             checkpoint.sync_state = None
             await self.ctx.store.save_checkpoint(checkpoint)
             self.result.state_resets += 1
-            token = f"state-reset-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S%f')}"
-            await self._walk(None, calendar_pb2.CHANGE_ORIGIN_RESYNC, publish=True, in_window_only=True, token=token)
+            await self._reread(None, _token("state-reset"))
         await self._save_quarantine()
         return self.result
 
     async def resync(self, since: dt.datetime | None, token: str) -> SyncResult:
         """Read the whole mailbox again (fresh SyncState) and publish every item not ended before the window (or
-        those modified since `since`). Dedupe ids carry `token` so JetStream does not drop what it saw minutes ago."""
-        await self._walk(
-            None, calendar_pb2.CHANGE_ORIGIN_RESYNC, publish=True, in_window_only=True, since=since, token=token
-        )
+        those modified since `since`). Dedupe ids carry `token` so JetStream does not drop what it saw minutes ago.
+        Without `since` the re-read is a snapshot (MAILBOX_RESYNC_BEGIN ... END): what it does not bring back is
+        deleted by the engine. With `since` it is not (it leaves out what did not change), so no markers."""
+        await self._reread(since, token)
         await self._save_quarantine()
         return self.result
+
+    async def _reread(self, since: dt.datetime | None, token: str) -> None:
+        snapshot = since is None
+        self._kept = set()
+        checkpoint = self.ctx.checkpoint
+        if snapshot:
+            # Saved before BEGIN goes out: whatever cuts the walk short, the next sync starts it again (sync()).
+            checkpoint.reread = token
+            await self.ctx.store.save_checkpoint(checkpoint)
+            await self._publish_marker(calendar_pb2.CHANGE_TYPE_MAILBOX_RESYNC_BEGIN, token)
+        complete = await self._walk(
+            None, calendar_pb2.CHANGE_ORIGIN_RESYNC, publish=True, in_window_only=True, since=since, token=token
+        )
+        if snapshot and complete:
+            await self._publish_marker(calendar_pb2.CHANGE_TYPE_MAILBOX_RESYNC_END, token)
+            checkpoint.reread = ""
+            await self.ctx.store.save_checkpoint(checkpoint)
+            self.result.snapshots += 1
+
+    async def _publish_marker(self, kind: calendar_pb2.ChangeType.ValueType, token: str) -> None:
+        """Publish a MAILBOX_RESYNC marker with a sequence of its own (END names the items kept, the window)."""
+        mailbox = self.ctx.mailbox
+        name = "begin" if kind == calendar_pb2.CHANGE_TYPE_MAILBOX_RESYNC_BEGIN else "end"
+        change = calendar_pb2.CalendarChange(
+            change_id=f"{mailbox}/resync-{name}/{token}",
+            provider=self.ctx.provider,
+            mailbox=mailbox,
+            type=kind,
+            origin=calendar_pb2.CHANGE_ORIGIN_RESYNC,
+        )
+        change.resync.token = token
+        if kind == calendar_pb2.CHANGE_TYPE_MAILBOX_RESYNC_END:
+            change.resync.window_start.CopyFrom(timestamp(self.window.start))
+            change.resync.kept_item_ids.extend(sorted(self._kept))
+        checkpoint = self.ctx.checkpoint
+        if checkpoint.reserve(1):
+            await self.ctx.store.save_checkpoint(checkpoint)
+        change.sequence = checkpoint.next_sequence()
+        change.observed_at.CopyFrom(timestamp(dt.datetime.now(dt.UTC)))
+        if not await self.ctx.publish(change, change.change_id):
+            self.result.duplicates += 1
+        log.info(
+            "mailbox re-read marker published",
+            extra={"mailbox": mailbox, "marker": name, "token": token, "sequence": change.sequence},
+        )
 
     # ------------------------------------------------------------------ the walk
     async def _walk(
@@ -170,7 +240,8 @@ class MailboxSync:
         in_window_only: bool,
         since: dt.datetime | None = None,
         token: str = "",
-    ) -> None:
+    ) -> bool:
+        """Walk the pages from `sync_state`; True when the last page was reached (False: stopped for shutdown)."""
         ctx = self.ctx
         calendar = await ctx.pool.call(ctx.mailbox, "GetFolder", lambda account: account.calendar)
         fields = {FieldPath(field=CalendarItem.get_field_by_fieldname(name)) for name in SYNC_FIELDS}
@@ -191,6 +262,12 @@ class MailboxSync:
                         sync_scope=None,
                     )
                 )
+                if not service.sync_state:
+                    # Every SyncFolderItems answer carries a SyncState ("SyncFolderItemsResponseMessage": SyncState,
+                    # IncludesLastItemInRange, Changes). Without one the answer was cut short (a proxy, a failing
+                    # backend) and exchangelib yields nothing: taken as "no changes, last page", a whole re-read
+                    # would end here with nothing brought back and the engine would delete the whole mailbox.
+                    raise MalformedResponseError("SyncFolderItems answered without a SyncState (truncated answer?)")
                 return changes, service.sync_state, bool(service.includes_last_item_in_range)
 
             changes, sync_state, last = await ctx.pool.call(ctx.mailbox, "SyncFolderItems", page)
@@ -204,9 +281,9 @@ class MailboxSync:
             if not unchanged:  # a quiet mailbox costs no KV write
                 await ctx.store.save_checkpoint(ctx.checkpoint)
             if last or sync_state == before:
-                return
+                return True
             if self.stop is not None and self.stop.is_set():
-                return  # shutting down: the next start resumes after this checkpointed page
+                return False  # shutting down: the next start resumes after this checkpointed page
 
     async def _publish_page(
         self,
@@ -248,17 +325,20 @@ class MailboxSync:
                 continue  # gone between SyncFolderItems and GetItem: the next sync reports the deletion
             if isinstance(full, Exception):
                 self._quarantine(item_id, "", describe(full))
+                self._kept.add(item_id)
                 continue
             try:
                 normalized = normalize(full, marker=self.ctx.marker, exceptions=exceptions)
             except NormalizationError as exc:
                 self._quarantine(item_id, full.changekey or "", str(exc))
+                self._kept.add(item_id)
                 continue
             if (
                 in_window_only
                 and normalized.kind == calendar_pb2.ITEM_KIND_RECURRING_MASTER
                 and not self._series_in_window(full)
             ):
+                self._kept.add(item_id)  # a series that ended before the window: it exists, the engine keeps it
                 continue
             self._unquarantine(item_id)
             modified = _as_instant(full.last_modified_time) if full.last_modified_time is not None else None
@@ -375,3 +455,8 @@ class MailboxSync:
         if self._quarantine_dirty:
             await self.ctx.store.save_quarantine(self.ctx.mailbox, self.ctx.quarantine)
             self._quarantine_dirty = False
+
+
+def _token(reason: str) -> str:
+    """A re-read's token: why, and when (distinct per re-read, also the dedupe ids' suffix)."""
+    return f"{reason}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S%f')}"

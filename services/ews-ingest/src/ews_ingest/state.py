@@ -60,6 +60,9 @@ class Checkpoint:
     sequence_ceiling: int = 0
     changes_published: int = 0
     last_sync: str | None = None
+    #: Token of a whole-mailbox re-read (MAILBOX_RESYNC_BEGIN published) that has not published its END yet - cut
+    #: short by a stop, a crash or an error. The next sync starts the re-read again, so an END always follows.
+    reread: str = ""
 
     def reserve(self, count: int) -> bool:
         """Make room for `count` more sequences; True when the ceiling moved (save before publishing)."""

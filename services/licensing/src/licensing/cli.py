@@ -36,6 +36,7 @@ from licensing.fingerprint import short_fingerprint
 from licensing.keys import parse_key
 from licensing.manager import LicenseManager, Snapshot
 from licensing.offline import DEFAULT_REQUEST_FILENAME, DEFAULT_RESPONSE_FILENAME
+from licensing.sealing import Sealer
 from licensing.settings import LicensingSettings
 from licensing.store import LicenseStore
 from tccal import bus
@@ -89,7 +90,7 @@ def _run(
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StorageError(f"cannot connect to PostgreSQL (dbConnectionConfig): {exc}") from None
         try:
-            store = LicenseStore(lambda: pool)
+            store = LicenseStore(lambda: pool, Sealer(settings.machine_key))
             await store.migrate()
             return await operation(LicenseManager(store, settings, SystemClock()))
         finally:

@@ -324,7 +324,8 @@ def parse_public_key(text: str) -> Ed25519PublicKey:
 
 
 class TrustedAuthorities:
-    """The authority public keys an installation trusts (``license.authorityPublicKey``)."""
+    """The authority public keys an installation trusts: the built-in one (``licensing.authority``) and, in tests
+    and the sandbox only, ``license.testAuthorityPublicKey``."""
 
     def __init__(self, keys: Sequence[Ed25519PublicKey]) -> None:
         if not keys:
@@ -345,7 +346,7 @@ class TrustedAuthorities:
         if key is None:
             raise TamperedLicenseError(
                 f"{what} is signed by authority key {key_id!r}, which this installation does not trust "
-                f"(trusted: {', '.join(self.key_ids)}); check license.authorityPublicKey"
+                f"(trusted: {', '.join(self.key_ids)}): it was not signed by the registration authority"
             )
         return key
 

@@ -38,7 +38,7 @@ class RegistrationUnreachableError(LicensingError):
 
 
 class NotConfiguredError(LicensingError):
-    """``license.authorityPublicKey`` is not set: no license can be verified, so none is accepted."""
+    """No longer raised: the authority key is built in (``licensing.authority``). Kept so the code stays taken."""
 
     code = "not_configured"
     exit_code = 2

@@ -1,25 +1,20 @@
-"""The installation fingerprint a license is bound to.
+"""The installation fingerprint a license is bound to (docs/license-format.md §8).
 
 An installation is identified by a random *install id* (UUID4) created once and kept with the data, in the
-``licensing.installation`` table of PostgreSQL: it survives restarts and container re-creation, and a copy of
-the database is the same installation. The fingerprint is ``sha256("tccal-installation/1:" + install_id)`` in
-lower-case hex; only the fingerprint leaves the installation (in requests and in licenses).
+``licensing.installation`` table of PostgreSQL, and by its machine key (``tccal.secrets``), which is not in the
+database. The fingerprint is an HMAC of the install id under a key derived from the machine key
+(``licensing.sealing.Sealer.fingerprint``): it survives restarts, new containers and new config directories, but
+a copy of the database used with another machine key is another installation. Only the fingerprint leaves the
+installation (in requests and in licenses).
 """
 
 from __future__ import annotations
 
-import hashlib
 import uuid
-
-FINGERPRINT_DOMAIN = "tccal-installation/1"
 
 
 def new_install_id() -> uuid.UUID:
     return uuid.uuid4()
-
-
-def fingerprint_of(install_id: uuid.UUID) -> str:
-    return hashlib.sha256(f"{FINGERPRINT_DOMAIN}:{install_id}".encode("ascii")).hexdigest()
 
 
 def short_fingerprint(fingerprint: str) -> str:

@@ -27,18 +27,23 @@ from licensing.errors import (
     TamperedLicenseError,
     UnknownKeyError,
 )
-from licensing.fingerprint import fingerprint_of, short_fingerprint
+from licensing.fingerprint import short_fingerprint
 from licensing.keys import RegistrationKey, parse_key
 from licensing.offline import OfflineRequest, OfflineResponse
 from licensing.registration_client import RegistrationClient
 from licensing.seats import Allocation, SeatAsk, allocate, normalize_mailbox, refuse_all
-from licensing.settings import NOT_CONFIGURED, LicensingSettings
+from licensing.settings import LicensingSettings
 from licensing.status import CheckState, Evaluation, Status, evaluate
-from licensing.store import LicenseStore
+from licensing.store import InstallationRow, LicenseStore
 from licensing.tiers import FEATURE_MULTIPLE_PROVIDERS
 from tccal.clock import Clock
 
 log = logging.getLogger("licensing")
+
+# The system clock may lag the high-water mark by this much (replicas, NTP steps) before licensing distrusts it.
+CLOCK_TOLERANCE = timedelta(minutes=5)
+# The high-water mark is written at most this often (it is kept in memory in between).
+HIGH_WATER_STEP = timedelta(minutes=1)
 
 # Answers of the registration server that refuse the license itself (no grace period for those).
 REFUSALS = (UnknownKeyError, KeyRevokedError, ForeignInstallationError, LicenseExpiredError, KeyInUseError)
@@ -69,7 +74,11 @@ class LicenseManager:
         self.settings = settings
         self.clock = clock
         self.client = client or RegistrationClient(settings.registration_url, timeout=settings.request_timeout)
-        self._identity: tuple[uuid.UUID, str] | None = None
+        self._rollback_reported = False
+        # What this process has seen (its own writes included). Rows only move forward, so an older one read
+        # later was put back from an earlier copy (a sealed row replayed): the seal alone cannot tell.
+        self._high_water_seen: datetime | None = None
+        self._check_seen: dict[str, datetime] = {}
         self._verified: dict[str, SignedLicense | str] = {}
         self._changed = asyncio.Event()
         self._last_status: Status | None = None
@@ -77,15 +86,41 @@ class LicenseManager:
     # ----------------------------------------------------------------------------------------- identity
 
     async def identity(self) -> tuple[uuid.UUID, str]:
-        if self._identity is None:
-            install_id = await self.store.install_id()
-            self._identity = (install_id, fingerprint_of(install_id))
-        return self._identity
+        """Install id and fingerprint; ``ForeignInstallationError`` when the installation record is not ours."""
+        row = await self.store.installation(self.clock.now())
+        return row.install_id, self.store.sealer.fingerprint(row.install_id)
+
+    async def now(self) -> datetime:
+        """The time licensing decides by: the clock, unless it is earlier than the high-water mark (the latest
+        time this installation has seen, kept sealed in the database) by more than CLOCK_TOLERANCE — then the
+        high-water mark. Setting the clock back does not bring an expired license or a grace period back."""
+        return (await self._time())[0]
+
+    async def _time(self) -> tuple[datetime, InstallationRow, str | None]:
+        clock_now = self.clock.now()
+        row = await self.store.installation(clock_now)
+        mark = max(row.high_water, self._high_water_seen or row.high_water)
+        if clock_now >= mark + HIGH_WATER_STEP:
+            await self.store.advance_high_water(row.install_id, clock_now)
+            mark = clock_now
+        self._high_water_seen = mark
+        if clock_now >= mark - CLOCK_TOLERANCE:
+            self._rollback_reported = False
+            return clock_now, row, None
+        note = (
+            f"the system clock reads {format_timestamp(clock_now)}, earlier than the latest time this installation "
+            f"has seen, {format_timestamp(mark)}: the clock was set back, so licensing goes by "
+            f"{format_timestamp(mark)}"
+        )
+        if not self._rollback_reported:
+            self._rollback_reported = True
+            log.error(note, extra={"clock": clock_now.isoformat(), "high_water": mark.isoformat()})
+        return mark, row, note
 
     # ----------------------------------------------------------------------------------------- installing
 
     def _validate(
-        self, envelope: Any, fingerprint: str, *, offline: bool, key: RegistrationKey | None
+        self, envelope: Any, fingerprint: str, now: datetime, *, offline: bool, key: RegistrationKey | None
     ) -> SignedLicense:
         """Signature, installation, tier, expiry — in that order, each with its own refusal."""
         signed = self.settings.authorities().verify_envelope(envelope)
@@ -99,7 +134,6 @@ class LicenseManager:
             )
         if offline and not lic.tier.offline_registration:
             raise FreeOfflineError(FREE_OFFLINE_MESSAGE)
-        now = self.clock.now()
         if lic.expires_at is not None and now >= lic.expires_at:
             raise LicenseExpiredError(
                 f"the license {lic.license_id} ({lic.tier.label}) expired at {format_timestamp(lic.expires_at)}"
@@ -112,14 +146,14 @@ class LicenseManager:
 
     async def register_online(self, key_text: str) -> SignedLicense:
         key = parse_key(key_text)
-        self.settings.authorities()
         _, fingerprint = await self.identity()
         envelope = await self.client.register(key.text, fingerprint, self.settings.product_version)
+        now = await self.now()
         try:
-            signed = self._validate(envelope, fingerprint, offline=False, key=key)
+            signed = self._validate(envelope, fingerprint, now, offline=False, key=key)
         except TamperedLicenseError as exc:
             raise TamperedLicenseError(f"the registration server's answer was refused: {exc.message}") from None
-        await self.store.install_license(signed, self.clock.now(), confirmed_online=True)
+        await self.store.install_license(signed, now, confirmed_online=True)
         self._installed(signed, "online")
         return signed
 
@@ -128,7 +162,7 @@ class LicenseManager:
         if not key.tier.offline_registration:
             raise FreeOfflineError(FREE_OFFLINE_MESSAGE)
         _, fingerprint = await self.identity()
-        request = OfflineRequest.new(key, fingerprint, self.clock.now(), self.settings.product_version)
+        request = OfflineRequest.new(key, fingerprint, await self.now(), self.settings.product_version)
         log.info(
             "offline registration request created",
             extra={"request_id": request.request_id, "key": key.masked(), "installation": fingerprint[:16]},
@@ -138,8 +172,9 @@ class LicenseManager:
     async def install_offline(self, data: bytes, what: str = "the registration file") -> SignedLicense:
         response = OfflineResponse.decode(data, what)
         _, fingerprint = await self.identity()
-        signed = self._validate(response.envelope, fingerprint, offline=True, key=None)
-        await self.store.install_license(signed, self.clock.now(), confirmed_online=False)
+        now = await self.now()
+        signed = self._validate(response.envelope, fingerprint, now, offline=True, key=None)
+        await self.store.install_license(signed, now, confirmed_online=False)
         self._installed(signed, "offline")
         return signed
 
@@ -165,15 +200,18 @@ class LicenseManager:
         return cached
 
     async def snapshot(self) -> Snapshot:
-        install_id, fingerprint = await self.identity()
-        now = self.clock.now()
+        try:
+            now, row, clock_note = await self._time()
+        except ForeignInstallationError as exc:
+            now = self.clock.now()
+            evaluation = Evaluation(Status.SUSPENDED, exc.message, None, 0)
+            return Snapshot(now, uuid.UUID(int=0), "", None, CheckState(), evaluation, await self.store.seats_used(now))
+        install_id, fingerprint = row.install_id, self.store.sealer.fingerprint(row.install_id)
         stored = await self.store.active_license()
         signed: SignedLicense | None = None
         check = CheckState()
         if stored is None:
             evaluation = evaluate(None, fingerprint, check, now, self.settings.grace_period, self.client.url)
-            if self.settings.trusted is None:
-                evaluation = Evaluation(Status.UNREGISTERED, NOT_CONFIGURED, None, 0)
         else:
             verified = self._verify_stored(stored.envelope)
             if isinstance(verified, str):
@@ -183,10 +221,52 @@ class LicenseManager:
                     None,
                     0,
                 )
+            elif verified.license.installation_fingerprint == fingerprint and not stored.sealed:
+                # Signed by the authority for this installation, but the row around it was edited (another
+                # license of ours made active again, its columns changed): not the license this installation
+                # installed.
+                evaluation = Evaluation(
+                    Status.SUSPENDED,
+                    f"the stored license row of {stored.license_id} was changed outside the connector (its seal "
+                    "does not verify with this installation's machine key); register again",
+                    None,
+                    0,
+                )
             else:
                 signed = verified
-                check = await self.store.check_state(signed.license.license_id)
+                lic = signed.license
+                record = await self.store.check_state(lic.license_id)
+                check = record.state
+                seen = self._check_seen.get(lic.license_id)
+                # (Replicas' clocks may differ by up to CLOCK_TOLERANCE; a copy put back is older than that.)
+                attempt = record.last_attempt
+                replayed = seen is not None and attempt is not None and attempt < seen - CLOCK_TOLERANCE
+                if record.sealed and not replayed and record.last_attempt is not None:
+                    self._check_seen[lic.license_id] = max(record.last_attempt, seen or record.last_attempt)
                 evaluation = evaluate(signed, fingerprint, check, now, self.settings.grace_period, self.client.url)
+                if lic.tier.requires_online_check and (replayed or not record.sealed) and evaluation.may_sync:
+                    # A revoked Free license revived by editing its check record: the next check asks again.
+                    check = CheckState()
+                    evaluation = Evaluation(
+                        Status.SUSPENDED,
+                        f"the online check record of the Free license {lic.license_id} was changed outside the "
+                        "connector ("
+                        + (
+                            "an older copy of it was put back"
+                            if replayed
+                            else "its seal does not verify with this installation's machine key"
+                        )
+                        + "); sync is stopped until the registration server confirms the license again",
+                        None,
+                        0,
+                    )
+        if clock_note is not None:
+            evaluation = Evaluation(
+                evaluation.status,
+                f"{evaluation.reason} ({clock_note})",
+                evaluation.grace_until,
+                evaluation.seat_capacity,
+            )
         seats_used = await self.store.seats_used(now)
         return Snapshot(now, install_id, fingerprint, signed, check, evaluation, seats_used)
 
@@ -248,11 +328,11 @@ class LicenseManager:
             ):
                 raise RegistrationProtocolError("the registration server's check answer is for another question")
         except REFUSALS as exc:
-            await self.store.record_check(lic.license_id, self.clock.now(), success=False, refusal=exc.message)
+            await self.store.record_check(lic.license_id, await self.now(), success=False, refusal=exc.message)
         except (RegistrationUnreachableError, RegistrationProtocolError, MalformedKeyError) as exc:
-            await self.store.record_check(lic.license_id, self.clock.now(), success=False, error=exc.message)
+            await self.store.record_check(lic.license_id, await self.now(), success=False, error=exc.message)
         else:
-            await self.store.record_check(lic.license_id, self.clock.now(), success=True)
+            await self.store.record_check(lic.license_id, await self.now(), success=True)
         return await self.snapshot()
 
     def report(self, snap: Snapshot) -> None:

@@ -7,8 +7,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
+from licensing.errors import ForeignInstallationError
 from licensing.manager import LicenseManager
+from licensing.sealing import Sealer
 from licensing.settings import LicensingSettings
 from licensing.store import LicenseStore
 from tccal.clock import Clock
@@ -18,7 +21,7 @@ from tccal.db import Database
 class LicensingRuntime:
     def __init__(self, settings: LicensingSettings, database: Database, clock: Clock) -> None:
         self.database = database
-        self.store = LicenseStore(lambda: database.pool)
+        self.store = LicenseStore(lambda: database.pool, Sealer(settings.machine_key))
         self.manager = LicenseManager(self.store, settings, clock)
         self._migrated = False
 
@@ -28,9 +31,12 @@ class LicensingRuntime:
             raise ConnectionError("licensing schema not migrated yet")
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Connect, migrate, create the install id, then confirm the license online until ``stop``."""
+        """Connect, migrate, create the (sealed) installation record, then confirm the license online until ``stop``."""
         await self.database.connect()
         await self.store.migrate()
-        await self.manager.identity()
+        try:
+            await self.manager.identity()
+        except ForeignInstallationError as exc:  # the service runs, suspended, and says why (GetLicense, logs)
+            logging.getLogger("licensing").error(f"no license is accepted: {exc.message}")
         self._migrated = True
         await self.manager.run_checks(stop)

@@ -2,14 +2,20 @@
 
 Keys read (defaults from tccal.config.schema.LicenseConfig):
 
-* ``license.authorityPublicKey`` (default empty): the registration authority's Ed25519 public key, base64 of
-  the raw 32 bytes or a PEM block. Empty: the service runs but accepts no license (status UNREGISTERED, and
-  registration is refused naming the key); a value that is not such a key stops the service (exit code 2).
+* ``license.testAuthorityPublicKey`` (default empty, TEST ONLY): an Ed25519 public key (base64 of the raw 32
+  bytes or a PEM block) trusted besides the authority key built into the product (``licensing.authority``) —
+  the registration emulator's, in tests and the sandbox. Refused (exit code 2, naming the setting) when
+  ``TC_CALENDAR_PRODUCTION`` is set, as in the product images; a value that is not such a key stops the
+  service too.
 * ``license.registrationUrl`` (``https://reg.trueconf.com:4310``): the registration server.
 * ``license.gracePeriodDays`` (7): Free tier — days of work while the registration server is unreachable.
 * ``license.checkIntervalHours`` (12): Free tier — how often the license is confirmed online.
 * ``calendarProviders[].users``: configured mailboxes, treated as whitelisted in seat allocation even when a
   caller forgets to flag them.
+
+The machine key (``tccal.secrets``: ``TC_CALENDAR_KEY``, ``TC_CALENDAR_KEY_FILE`` or
+``~/.config/tc-calendar/machine.key``) is read too: the installation's fingerprint and the seals of the licensing
+rows are derived from it (``licensing.sealing``).
 
 Fixed here (no config key yet): a failed check is retried every 5 minutes (or the check interval if shorter),
 a seat lease lasts 1 hour, a call to the registration server times out after 10 seconds, and the registration
@@ -21,17 +27,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from licensing.authority import AUTHORITY_PUBLIC_KEY, TEST_KEY_SETTING, refuse_test_key_in_production
 from licensing.document import TrustedAuthorities
-from licensing.errors import NotConfiguredError
 from licensing.registration_client import validate_url
 from licensing.seats import normalize_mailbox
 from tccal.config import Config
+from tccal.secrets import SecretError, load_key
 
 PRODUCT_VERSION = "1.0.0"
-NOT_CONFIGURED = (
-    "license.authorityPublicKey is not set, so no license can be verified: set it to the registration "
-    "authority's public key (base64 of the raw Ed25519 key, or PEM)"
-)
 RETRY_INTERVAL = timedelta(minutes=5)
 SEAT_LEASE = timedelta(hours=1)
 REQUEST_TIMEOUT_SECONDS = 10.0
@@ -39,7 +42,8 @@ REQUEST_TIMEOUT_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class LicensingSettings:
-    trusted: TrustedAuthorities | None
+    trusted: TrustedAuthorities
+    machine_key: bytes
     registration_url: str
     grace_period: timedelta
     check_interval: timedelta
@@ -50,20 +54,24 @@ class LicensingSettings:
     product_version: str = PRODUCT_VERSION
 
     def authorities(self) -> TrustedAuthorities:
-        if self.trusted is None:
-            raise NotConfiguredError(NOT_CONFIGURED)
         return self.trusted
 
     @classmethod
     def from_config(cls, config: Config) -> LicensingSettings:
         """Raises ``ValueError`` naming the key and the bad value (the service then exits with code 2)."""
         lic = config.license
-        trusted = None
-        if lic.authority_public_key.strip():
-            try:
-                trusted = TrustedAuthorities.from_config(lic.authority_public_key)
-            except ValueError as exc:
-                raise ValueError(f"license.authorityPublicKey: {exc}") from None
+        keys = [AUTHORITY_PUBLIC_KEY]
+        if lic.test_authority_public_key.strip():
+            refuse_test_key_in_production()
+            keys.append(lic.test_authority_public_key)
+        try:
+            trusted = TrustedAuthorities.from_config(keys)
+        except ValueError as exc:
+            raise ValueError(f"{TEST_KEY_SETTING}: {exc}") from None
+        try:
+            machine_key = load_key()
+        except (SecretError, OSError) as exc:
+            raise ValueError(f"the machine key (TC_CALENDAR_KEY / TC_CALENDAR_KEY_FILE): {exc}") from None
         try:
             url = validate_url(lic.registration_url)
         except ValueError as exc:
@@ -72,6 +80,7 @@ class LicensingSettings:
         users = frozenset(normalize_mailbox(u) for p in config.calendar_providers for u in p.users)
         return cls(
             trusted=trusted,
+            machine_key=machine_key,
             registration_url=url,
             grace_period=timedelta(days=lic.grace_period_days),
             check_interval=check_interval,

@@ -10,18 +10,19 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
 from licensing.document import SignedLicense
-from licensing.errors import StorageError
+from licensing.errors import ForeignInstallationError, StorageError
 from licensing.fingerprint import new_install_id
+from licensing.sealing import Sealer
 from licensing.seats import Holding
 from licensing.status import CheckState
 
@@ -62,13 +63,66 @@ class StoredLicense:
     registration: str
     envelope: str
     installed_at: datetime
+    sealed: bool  # the row's seal verifies: it was written by this installation and not edited since
+
+
+@dataclass(frozen=True)
+class CheckRecord:
+    state: CheckState
+    last_attempt: datetime | None
+    sealed: bool  # the row's seal verifies (True when there is no row)
+
+
+@dataclass(frozen=True)
+class InstallationRow:
+    install_id: uuid.UUID
+    high_water: datetime
+
+
+INSTALLATION_NOT_OURS = (
+    "the licensing data in this database was not written by this installation: the seal of its installation "
+    "record does not verify with this machine key (TC_CALENDAR_KEY / TC_CALENDAR_KEY_FILE). The database was "
+    "copied from another installation, or edited, or the machine key changed. No license is accepted; if this "
+    "installation's machine key really changed, delete the record (DELETE FROM licensing.installation) and "
+    "register again (tc_calendar --register KEY)"
+)
+
+
+_LICENSE_SEALED = ("id", "license_id", "tier", "registration", "envelope", "installed_at")
+
+
+def _license_seal(sealer: Sealer, row: Mapping[str, Any], active: bool) -> str:
+    return sealer.seal("license", *(row[k] for k in _LICENSE_SEALED), active)
+
+
+def _license_sealed(sealer: Sealer, row: Mapping[str, Any]) -> bool:
+    return sealer.verify(row["seal"], "license", *(row[k] for k in _LICENSE_SEALED), row["active"])
+
+
+def _check_seal(sealer: Sealer, license_id: str, state: CheckState, last_attempt: datetime | None) -> str:
+    return sealer.seal(
+        "online_check",
+        license_id,
+        state.last_success,
+        last_attempt,
+        state.failing_since,
+        state.last_error,
+        state.refusal,
+    )
+
+
+def _check_values(
+    state: CheckState, row: Mapping[str, Any]
+) -> tuple[datetime | None, datetime | None, datetime | None, str | None, str | None]:
+    return (state.last_success, row["last_attempt"], state.failing_since, state.last_error, state.refusal)
 
 
 class LicenseStore:
     """All SQL of the service. ``pool`` is a callable so the service can hand in its lazily connected pool."""
 
-    def __init__(self, pool: Callable[[], asyncpg.Pool]) -> None:
+    def __init__(self, pool: Callable[[], asyncpg.Pool], sealer: Sealer) -> None:
         self._pool = pool
+        self.sealer = sealer
 
     def pool(self) -> asyncpg.Pool:
         try:
@@ -127,31 +181,68 @@ class LicenseStore:
 
     # ----------------------------------------------------------------------------------------- installation
 
-    async def install_id(self) -> uuid.UUID:
-        """This installation's id, created on first use and kept with the data."""
+    async def installation(self, now: datetime) -> InstallationRow:
+        """This installation's id and high-water mark, created (sealed) on first use and kept with the data.
 
-        async def run(conn: asyncpg.Connection) -> uuid.UUID:
+        A record without a seal (written before schema version 2) is replaced by a new one: a new install id,
+        so a new fingerprint. A record whose seal does not verify raises ``ForeignInstallationError``.
+        """
+
+        async def run(conn: asyncpg.Connection) -> InstallationRow:
+            query = f"SELECT install_id, high_water, seal FROM {SCHEMA}.installation"
+            row = await conn.fetchrow(query)
+            if row is None or row["seal"] is None:
+                install_id = new_install_id()
+                seal = self.sealer.seal("installation", install_id, now)
+                await conn.execute(
+                    f"INSERT INTO {SCHEMA}.installation (singleton, install_id, high_water, seal) "
+                    "VALUES (true, $1, $2, $3) ON CONFLICT (singleton) DO UPDATE SET install_id = $1, "
+                    "high_water = $2, seal = $3, created_at = now() WHERE installation.seal IS NULL",
+                    install_id,
+                    now,
+                    seal,
+                )
+                if row is not None:
+                    log.warning(
+                        "the installation record had no seal (written before licensing schema version 2): this "
+                        "installation has a new install id and fingerprint; register again "
+                        "(tc_calendar --register KEY)"
+                    )
+                row = await conn.fetchrow(query)
+            found = uuid.UUID(str(row["install_id"]))
+            if not self.sealer.verify(row["seal"], "installation", found, row["high_water"]):
+                raise ForeignInstallationError(INSTALLATION_NOT_OURS)
+            return InstallationRow(found, row["high_water"])
+
+        return await self._run("read the installation record", run)
+
+    async def advance_high_water(self, install_id: uuid.UUID, moment: datetime) -> None:
+        """Move the high-water mark forward to ``moment`` (never back: several processes may race)."""
+
+        async def run(conn: asyncpg.Connection) -> None:
             await conn.execute(
-                f"INSERT INTO {SCHEMA}.installation (singleton, install_id) VALUES (true, $1) "
-                "ON CONFLICT (singleton) DO NOTHING",
-                new_install_id(),
+                f"UPDATE {SCHEMA}.installation SET high_water = $2, seal = $3 "
+                "WHERE install_id = $1 AND high_water < $2",
+                install_id,
+                moment,
+                self.sealer.seal("installation", install_id, moment),
             )
-            value = await conn.fetchval(f"SELECT install_id FROM {SCHEMA}.installation")
-            return uuid.UUID(str(value))
 
-        return await self._run("read the installation id", run)
+        await self._run("record the time seen", run)
 
     # ----------------------------------------------------------------------------------------- licenses
 
     async def active_license(self) -> StoredLicense | None:
         async def run(conn: asyncpg.Connection) -> StoredLicense | None:
             row = await conn.fetchrow(
-                f"SELECT id, license_id, registration, envelope, installed_at FROM {SCHEMA}.licenses WHERE active"
+                "SELECT id, license_id, tier, registration, envelope, installed_at, active, seal "
+                f"FROM {SCHEMA}.licenses WHERE active"
             )
             if row is None:
                 return None
+            sealed = _license_sealed(self.sealer, row)
             return StoredLicense(
-                row["id"], row["license_id"], row["registration"], row["envelope"], row["installed_at"]
+                row["id"], row["license_id"], row["registration"], row["envelope"], row["installed_at"], sealed
             )
 
         return await self._run("read the license", run)
@@ -160,36 +251,58 @@ class LicenseStore:
         """Make ``signed`` the active license and restart its online-check record."""
         lic = signed.license
         async with self._transaction("store the license") as conn:
-            await conn.execute(f"UPDATE {SCHEMA}.licenses SET active = false WHERE active")
-            await conn.execute(
-                f"INSERT INTO {SCHEMA}.licenses (license_id, tier, registration, envelope, installed_at) "
-                "VALUES ($1, $2, $3, $4, $5)",
-                lic.license_id,
-                lic.tier.value,
-                lic.registration,
-                signed.to_text(),
-                now,
+            # The license it replaces is resealed as inactive: a row made active again by hand does not verify.
+            for old in await conn.fetch(f"SELECT * FROM {SCHEMA}.licenses WHERE active FOR UPDATE"):
+                await conn.execute(
+                    f"UPDATE {SCHEMA}.licenses SET active = false, seal = $2 WHERE id = $1",
+                    old["id"],
+                    _license_seal(self.sealer, old, False) if _license_sealed(self.sealer, old) else None,
+                )
+            row: dict[str, Any] = dict(
+                id=await conn.fetchval(f"SELECT nextval(pg_get_serial_sequence('{SCHEMA}.licenses', 'id'))"),
+                license_id=lic.license_id,
+                tier=lic.tier.value,
+                registration=lic.registration,
+                envelope=signed.to_text(),
+                installed_at=now,
             )
             await conn.execute(
-                f"INSERT INTO {SCHEMA}.online_check (singleton, license_id, last_success, last_attempt) "
-                "VALUES (true, $1, $2, $2) ON CONFLICT (singleton) DO UPDATE SET license_id = $1, "
-                "last_success = $2, last_attempt = $2, failing_since = NULL, last_error = NULL, refusal = NULL",
+                f"INSERT INTO {SCHEMA}.licenses (id, license_id, tier, registration, envelope, installed_at, active, "
+                "seal) VALUES ($1, $2, $3, $4, $5, $6, true, $7)",
+                *row.values(),
+                _license_seal(self.sealer, row, True),
+            )
+            state = CheckState(last_success=now if confirmed_online else None)
+            await conn.execute(
+                f"INSERT INTO {SCHEMA}.online_check (singleton, license_id, last_success, last_attempt, seal) "
+                "VALUES (true, $1, $2, $3, $4) ON CONFLICT (singleton) DO UPDATE SET license_id = $1, "
+                "last_success = $2, last_attempt = $3, failing_since = NULL, last_error = NULL, refusal = NULL, "
+                "seal = $4",
                 lic.license_id,
-                now if confirmed_online else None,
+                state.last_success,
+                state.last_success,
+                _check_seal(self.sealer, lic.license_id, state, state.last_success),
             )
 
-    async def check_state(self, license_id: str) -> CheckState:
-        async def run(conn: asyncpg.Connection) -> CheckState:
-            row = await conn.fetchrow(
-                f"SELECT last_success, failing_since, last_error, refusal FROM {SCHEMA}.online_check "
-                "WHERE license_id = $1",
-                license_id,
-            )
-            if row is None:
-                return CheckState()
-            return CheckState(row["last_success"], row["failing_since"], row["last_error"], row["refusal"])
+    async def check_state(self, license_id: str) -> CheckRecord:
+        """The online-check record of ``license_id`` and whether its seal verifies (an edited record does not)."""
+
+        async def run(conn: asyncpg.Connection) -> CheckRecord:
+            return await self._check_row(conn, license_id, lock=False)
 
         return await self._run("read the online check state", run)
+
+    async def _check_row(self, conn: asyncpg.Connection, license_id: str, *, lock: bool) -> CheckRecord:
+        row = await conn.fetchrow(
+            f"SELECT last_success, last_attempt, failing_since, last_error, refusal, seal FROM {SCHEMA}.online_check "
+            "WHERE license_id = $1" + (" FOR UPDATE" if lock else ""),
+            license_id,
+        )
+        if row is None:
+            return CheckRecord(CheckState(), None, True)
+        state = CheckState(row["last_success"], row["failing_since"], row["last_error"], row["refusal"])
+        sealed = self.sealer.verify(row["seal"], "online_check", license_id, *_check_values(state, row))
+        return CheckRecord(state, row["last_attempt"], sealed)
 
     async def record_check(
         self,
@@ -200,34 +313,36 @@ class LicenseStore:
         error: str | None = None,
         refusal: str | None = None,
     ) -> None:
-        """Record one online check: success, failure to reach the server (``error``), or a ``refusal``."""
+        """Record one online check: success, failure to reach the server (``error``), or a ``refusal``.
 
-        async def run(conn: asyncpg.Connection) -> None:
+        The record is read, changed and sealed again; a record whose seal did not verify is not built upon (a
+        failure then starts from nothing confirmed)."""
+
+        async with self._transaction("record the online check") as conn:
+            record = await self._check_row(conn, license_id, lock=True)
+            before = record.state if record.sealed else CheckState()
             if success:
-                await conn.execute(
-                    f"UPDATE {SCHEMA}.online_check SET last_success = $2, last_attempt = $2, failing_since = NULL,"
-                    " last_error = NULL, refusal = NULL WHERE license_id = $1",
-                    license_id,
-                    now,
-                )
+                after = CheckState(last_success=now)
             elif refusal is not None:
-                await conn.execute(
-                    f"UPDATE {SCHEMA}.online_check SET last_attempt = $2, refusal = $3, last_error = NULL,"
-                    " failing_since = NULL WHERE license_id = $1",
-                    license_id,
-                    now,
-                    refusal,
-                )
+                after = CheckState(last_success=before.last_success, refusal=refusal)
             else:
-                await conn.execute(
-                    f"UPDATE {SCHEMA}.online_check SET last_attempt = $2, last_error = $3,"
-                    " failing_since = coalesce(failing_since, $2) WHERE license_id = $1",
-                    license_id,
-                    now,
-                    error or "unknown error",
+                after = CheckState(
+                    last_success=before.last_success,
+                    failing_since=before.failing_since or now,
+                    last_error=error or "unknown error",
+                    refusal=before.refusal,
                 )
-
-        await self._run("record the online check", run)
+            await conn.execute(
+                f"UPDATE {SCHEMA}.online_check SET last_success = $2, last_attempt = $3, failing_since = $4,"
+                " last_error = $5, refusal = $6, seal = $7 WHERE license_id = $1",
+                license_id,
+                after.last_success,
+                now,
+                after.failing_since,
+                after.last_error,
+                after.refusal,
+                _check_seal(self.sealer, license_id, after, now),
+            )
 
     # ----------------------------------------------------------------------------------------- seats
 

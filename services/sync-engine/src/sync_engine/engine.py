@@ -97,6 +97,6 @@ class Engine:
         """Re-expand every meeting when the cache window moved; True if it ran."""
         return await self.roll.roll_window()
 
-    async def resync_mailbox(self, mailbox: str) -> int:
-        """Forget the mailbox's stored items and ask ews-ingest to publish them again (see MailboxResync)."""
-        return await self.resync.resync_mailbox(mailbox)
+    async def resync_mailbox(self, mailbox: str) -> None:
+        """Ask ews-ingest to read the mailbox again whole, as a snapshot (see MailboxResync)."""
+        await self.resync.resync_mailbox(mailbox)

@@ -273,6 +273,8 @@ class CommandBatch:
             command.command_id = planned.command_id
             command.server_id = planned.server_id
             command.attempt = planned.attempt
+            if planned.counter:  # a retry keeps its command's order (its payload carries it)
+                command.conference_order = planned.counter
             set_timestamp(command.created_at, cause.created_at)
             outbox.append(
                 (

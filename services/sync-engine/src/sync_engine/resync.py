@@ -1,11 +1,17 @@
-"""Resync of a mailbox (the ResyncMailbox admin call): its stored items are forgotten and ews-ingest is asked to
-publish them again."""
+"""Resync of a mailbox (the ResyncMailbox admin call): ews-ingest is asked to read the mailbox again whole.
+
+Nothing is cleared here. ews-ingest publishes the re-read as a snapshot on the mailbox's subject - a
+CHANGE_TYPE_MAILBOX_RESYNC_BEGIN marker, every item (with sequences above everything before), a MAILBOX_RESYNC_END -
+and the engine applies it like any other changes (changes.py): items that come back unchanged change nothing
+(no flicker, no conference recreated), changed ones are updated, and on END the items the re-read did not bring
+back are deleted as a DELETE change would delete them, with their effects (users stop seeing them, an organizer's
+meeting gets its conference deleted).
+"""
 
 from __future__ import annotations
 
 import logging
 
-import asyncpg
 from opentelemetry import trace
 
 from sync_engine.context import EngineContext
@@ -17,37 +23,19 @@ log = logging.getLogger(__name__)
 
 
 class MailboxResync:
-    """Clears a mailbox's items and publishes the resync request."""
+    """Publishes the resync request."""
 
     def __init__(self, context: EngineContext) -> None:
         self.context = context
 
-    async def resync_mailbox(self, mailbox: str) -> int:
-        """Forget the mailbox's stored items and ask ews-ingest to publish them again.
+    async def resync_mailbox(self, mailbox: str) -> None:
+        """Ask ews-ingest to read the mailbox again whole and publish it as a snapshot (see the module docstring).
 
-        The live items are deleted (tombstones stay: they remember "this attendee deleted their copy") and
-        changes at or below the mailbox's last sequence are ignored from now on (older changes still in flight
-        cannot resurrect anything). Derived state — what users were shown, conferences, launches — is left as
-        it is, so nothing flickers and no conference is deleted: the resync's changes rebuild the items and only
-        real differences are pushed; an item the resync does not bring back is gone from the mailbox. The
-        request is a core NATS message on `calendar.v1.control.resync.<mailbox-key>` (tccal.subjects.subject_token)
-        carrying a `trueconf.calendar.v1.ResyncMailboxRequest`. Returns the number of items cleared.
-        """
+        The request is a core NATS message on `calendar.v1.control.resync.<mailbox-key>`
+        (tccal.subjects.subject_token) carrying a `trueconf.calendar.v1.ResyncMailboxRequest`."""
         mailbox = mailbox.strip().lower()
-
-        async def work(connection: asyncpg.Connection) -> int:
-            await connection.execute("SELECT 1 FROM mailboxes WHERE mailbox = $1 FOR UPDATE", mailbox)
-            cleared = await connection.fetchval(
-                "WITH gone AS (DELETE FROM items WHERE mailbox = $1 AND NOT deleted RETURNING 1)"
-                " SELECT count(*) FROM gone",
-                mailbox,
-            )
-            await connection.execute("UPDATE mailboxes SET resync_floor = last_sequence WHERE mailbox = $1", mailbox)
-            return int(cleared)
-
         with self.context.tracer.start_as_current_span("resync mailbox", kind=trace.SpanKind.PRODUCER) as span:
             span.set_attribute("calendar.mailbox", mailbox)
-            cleared = await self.context.transaction(work)
             headers: dict[str, str] = {}
             telemetry.inject_context(headers)
             request = ingest_pb2.ResyncMailboxRequest(mailbox=mailbox)
@@ -55,5 +43,4 @@ class MailboxResync:
                 resync_subject(mailbox), request.SerializeToString(), headers=headers or None
             )
             await self.context.bus.nc.flush(timeout=5)
-        log.info("mailbox resync requested", extra={"mailbox": mailbox, "items_cleared": cleared})
-        return cleared
+        log.info("mailbox resync requested", extra={"mailbox": mailbox})

@@ -42,6 +42,7 @@ from tcs_gateway.bridge.ports import SyncUnavailableError
 from tcs_gateway.bridge.queue import PendingPush
 from tcs_gateway.bridge.servers import ServerState
 from tcs_gateway.conference_commands import ConferenceCommands
+from tcs_gateway.conference_order import ConferenceOrder
 from tcs_gateway.rest.conferences import ConferenceService
 from tcs_gateway.settings import GatewaySettings
 from tcs_gateway.sync_client import EventSource
@@ -72,6 +73,7 @@ class CommandConsumer:
         conferences: ConferenceService,
         source: EventSource,
         settings: GatewaySettings,
+        order: ConferenceOrder,
     ) -> None:
         self.bus = bus
         self.state = state
@@ -81,7 +83,7 @@ class CommandConsumer:
         self.server_id = state.id
         self.durable = durable_name(state.id)
         self.stop = asyncio.Event()
-        self._conference = ConferenceCommands(state, conferences, settings, self._publish_and_ack)
+        self._conference = ConferenceCommands(state, conferences, settings, self._publish_and_ack, order)
         self.consumed = 0
         state.on_push_done = self.finish_push
 

@@ -1,7 +1,9 @@
 """Conference commands of one TrueConf Server (conference_upsert/delete/run, invitations_sync) run against REST
 API v4: in order per meeting, at most `rest_concurrency` at a time, at most `rest_backlog` pending (the command
 consumer stops pulling beyond that). Each command's messages are held (kept alive by the consumer's heartbeat)
-until its result is published; the same command arriving again while it runs is acked with it."""
+until its result is published; the same command arriving again while it runs is acked with it. A
+conference_upsert or conference_delete older than one that already ran for its meeting is not run and is answered
+COMMAND_STATUS_SUPERSEDED (conference_order.py says why)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from nats.aio.msg import Msg
 from opentelemetry import trace
 
 from tcs_gateway.bridge.servers import ServerState
+from tcs_gateway.conference_order import FENCED_KINDS, ConferenceOrder
 from tcs_gateway.rest.conferences import ConferenceService, conference_id_for
 from tcs_gateway.rest.http import RestError
 from tcs_gateway.settings import GatewaySettings
@@ -64,9 +67,11 @@ class ConferenceCommands:
         conferences: ConferenceService,
         settings: GatewaySettings,
         publish_and_ack: PublishAndAck,
+        order: ConferenceOrder,
     ) -> None:
         self.state = state
         self.conferences = conferences
+        self.order = order
         self.settings = settings
         self.server_id = state.id
         self._publish_and_ack = publish_and_ack
@@ -106,8 +111,21 @@ class ConferenceCommands:
                 with trace.use_span(span, end_on_exit=True):
                     status: commands_pb2.CommandStatus.ValueType = commands_pb2.COMMAND_STATUS_OK
                     error = ""
+                    fenced = kind in FENCED_KINDS and meeting != ""
                     try:
-                        if kind == "conference_upsert":
+                        newer = (
+                            await self.order.superseded_by(self.server_id, meeting, command.conference_order)
+                            if fenced
+                            else 0
+                        )
+                        if newer:
+                            status = commands_pb2.COMMAND_STATUS_SUPERSEDED
+                            error = f"not run: command {newer} of the meeting ran after it was decided"
+                            log.info(
+                                "conference command older than one that ran: not run",
+                                extra={"server": self.server_id, "kind": kind, "meeting": meeting, "newer": newer},
+                            )
+                        elif kind == "conference_upsert":
                             conference_id = await self.conferences.upsert(command.conference_upsert)
                         elif kind == "conference_delete":
                             conference_id = await self.conferences.delete(command.conference_delete)
@@ -115,6 +133,8 @@ class ConferenceCommands:
                             conference_id = await self.conferences.run(command.conference_run)
                         else:
                             conference_id = await self.conferences.invitations(command.invitations_sync)
+                        if fenced and status == commands_pb2.COMMAND_STATUS_OK:
+                            await self.order.ran(self.server_id, meeting, command.conference_order)
                     except RestError as exc:
                         status = (
                             commands_pb2.COMMAND_STATUS_RETRYABLE_ERROR
@@ -126,7 +146,7 @@ class ConferenceCommands:
                         log.exception("conference command failed", extra={"server": self.server_id, "kind": kind})
                         status = commands_pb2.COMMAND_STATUS_RETRYABLE_ERROR
                         error = f"{kind} failed in the gateway: {exc!r}"
-                    if status != commands_pb2.COMMAND_STATUS_OK:
+                    if status not in (commands_pb2.COMMAND_STATUS_OK, commands_pb2.COMMAND_STATUS_SUPERSEDED):
                         span.set_status(trace.Status(trace.StatusCode.ERROR, error[:200]))
                         self.state.record_error(f"{kind} {meeting}: {error}")
                         log.warning(

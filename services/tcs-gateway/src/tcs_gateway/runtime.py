@@ -18,6 +18,7 @@ from tcs_gateway.bridge.server import BridgeServer
 from tcs_gateway.bridge.servers import ServerState
 from tcs_gateway.bridge.session import SessionContext
 from tcs_gateway.commands import CommandConsumer
+from tcs_gateway.conference_order import ConferenceOrder
 from tcs_gateway.ondemand import OnDemandRequests
 from tcs_gateway.rest.conferences import ConferenceService
 from tcs_gateway.rest.http import RestClient
@@ -35,6 +36,7 @@ class Gateway:
         self.settings = settings
         self.bus = bus
         self.store = StateStore(settings.state_bucket, replicas=replicas)
+        self.replicas = replicas
         self.source = EventSource(settings.sync_address, settings.sync_timeout)
         self.servers: dict[str, ServerState] = {
             server.key: ServerState(server, settings, self.store) for server in settings.served_servers()
@@ -88,11 +90,12 @@ class Gateway:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect NATS, load the state, consume every served server's commands until `stop`, then shut down."""
         self._http = aiohttp.ClientSession()
+        order = ConferenceOrder(self.bus, replicas=self.replicas)
         for key, state in self.servers.items():
             client = RestClient(state.server, self.settings, self._http)
             users = UserDirectory(client, self.settings.user_cache_ttl, self.settings.user_cache_negative_ttl)
             conferences = ConferenceService(state.server, self.settings, client, users)
-            self.consumers[key] = CommandConsumer(self.bus, state, conferences, self.source, self.settings)
+            self.consumers[key] = CommandConsumer(self.bus, state, conferences, self.source, self.settings, order)
         try:
             connect = asyncio.ensure_future(self.bus.connect())
             stopped = asyncio.ensure_future(stop.wait())

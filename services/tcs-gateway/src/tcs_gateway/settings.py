@@ -3,7 +3,9 @@
 Nothing here adds configuration keys: the bridge listens on `wsPort` (TLS with `tcs.tlsCertFile`/`tlsKeyFile`),
 at `tcs.bridgePath`, on the host of `grpc.services.tcs-gateway`; servers come from `productWhitelist.tcs` and
 `tcs.servers`; served users start with every provider's `users`. The protocol limits are those of
-docs/bridge-protocol.md §9. Tests shorten timers with `dataclasses.replace`.
+docs/bridge-protocol.md §9; what an unauthenticated peer may cost (handshake and auth timeouts, per-address and
+total caps, back-off after failed auths, refusal logging) comes from `tcs.bridgeLimits` (§11). Tests shorten
+timers with `dataclasses.replace`.
 """
 
 from __future__ import annotations
@@ -91,7 +93,16 @@ class GatewaySettings:
     auth_timeout: float = 10.0
     ping_interval: float = 30.0
     reply_timeout: float = 30.0
-    max_unauthenticated: int = 64
+    # Unauthenticated peers (tcs.bridgeLimits; docs/bridge-protocol.md §11)
+    handshake_timeout: float = 5.0
+    max_unauthenticated: int = 256
+    max_unauthenticated_per_address: int = 8
+    auth_failures_before_backoff: int = 3
+    auth_backoff_initial: float = 1.0
+    auth_backoff_max: float = 60.0
+    refusal_log_interval: float = 60.0
+    #: An address that authenticated this recently is not held to `max_unauthenticated` (only to its own cap).
+    known_address_ttl: float = 86_400.0
     # Outbound queue and JetStream consumption
     queue_capacity: int = 512
     fetch_batch: int = 32
@@ -172,6 +183,7 @@ class GatewaySettings:
                 if user not in users:
                     users.append(user.lower())
         endpoint = config.grpc.endpoint(SERVICE)
+        limits = tcs.bridge_limits
         return cls(
             ws_host=endpoint.host,
             ws_port=config.ws_port,
@@ -186,6 +198,14 @@ class GatewaySettings:
             conference_defaults=ConferenceDefaultsSettings(
                 mode=config.conference_defaults.mode, access=config.conference_defaults.access
             ),
+            auth_timeout=limits.auth_timeout_sec,
+            handshake_timeout=limits.handshake_timeout_sec,
+            max_unauthenticated=limits.max_unauthenticated,
+            max_unauthenticated_per_address=limits.max_unauthenticated_per_address,
+            auth_failures_before_backoff=limits.auth_failures_before_backoff,
+            auth_backoff_initial=limits.backoff_initial_sec,
+            auth_backoff_max=max(limits.backoff_max_sec, limits.backoff_initial_sec),
+            refusal_log_interval=limits.log_interval_sec,
             sync_address=config.grpc.address_of("sync-engine"),
             gateway_id=(os.environ.get("HOSTNAME") or f"tcs-gateway-{socket.gethostname()}")[:128],
         )

@@ -207,11 +207,43 @@ class TcsServer(_Section):
     verify_tls: bool = Field(True, description="Verify the server's TLS certificate.")
 
 
+class BridgeLimits(_Section):
+    """What a connection to wsPort may cost before it authenticates (docs/bridge-protocol.md §9, §11)."""
+
+    handshake_timeout_sec: float = Field(
+        5.0, ge=0.1, le=120, description="Seconds a new connection has to send its whole WebSocket upgrade request."
+    )
+    auth_timeout_sec: float = Field(
+        10.0, ge=0.1, le=300, description="Seconds from the upgrade to a successful auth, else close 4008."
+    )
+    max_unauthenticated_per_address: int = Field(
+        8, ge=1, le=10000, description="Connections one remote address may hold open before it authenticates."
+    )
+    max_unauthenticated: int = Field(
+        256,
+        ge=1,
+        le=100000,
+        description="Unauthenticated connections from all addresses together; an address that authenticated "
+        "in the last 24 h is not held to it.",
+    )
+    auth_failures_before_backoff: int = Field(
+        3, ge=1, le=1000, description="Failed auths from one address before that address is backed off."
+    )
+    backoff_initial_sec: float = Field(
+        1.0, ge=0.01, le=3600, description="First back-off of an address; doubles with every further failure."
+    )
+    backoff_max_sec: float = Field(60.0, ge=0.01, le=86400, description="Longest back-off of an address.")
+    log_interval_sec: float = Field(
+        60.0, ge=0.1, le=86400, description="At most one log line per remote address per interval about refusals."
+    )
+
+
 class TcsConfig(_Section):
     servers: list[TcsServer] = Field(default_factory=list, description="TrueConf Servers served.")
     bridge_path: UrlPath = Field("/bridge/v1", description="WebSocket path of the calendar bridge.")
     tls_cert_file: str | None = Field(None, description="PEM certificate for wss:// on wsPort.")
     tls_key_file: str | None = Field(None, description="PEM key for wss:// on wsPort.")
+    bridge_limits: BridgeLimits = Field(default_factory=BridgeLimits)
 
 
 class TelemetryConfig(_Section):
@@ -223,8 +255,10 @@ class TelemetryConfig(_Section):
 
 
 class LicenseConfig(_Section):
-    authority_public_key: str = Field(
-        "", description="Registration authority's Ed25519 public key (base64 raw or PEM)."
+    test_authority_public_key: str = Field(
+        "",
+        description="TEST ONLY: trust this Ed25519 key (base64 raw or PEM) besides the built-in authority key, "
+        "e.g. the registration emulator's; refused when TC_CALENDAR_PRODUCTION=1 (the product images).",
     )
     registration_url: str = Field("https://reg.trueconf.com:4310", description="Registration server.")
     grace_period_days: int = Field(7, ge=0, le=90, description="Free tier: days of work without the server.")

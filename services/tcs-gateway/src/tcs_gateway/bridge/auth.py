@@ -1,5 +1,10 @@
 """`auth` (docs/bridge-protocol.md §3): protocol version, then whitelist, then secret — in that order, each
-refusal answered and the connection closed with its code — then the hello reply, and delivery starts."""
+refusal answered and the connection closed with its code — then the hello reply, and delivery starts.
+
+Before any of that: an address backed off after failed auths (guard.py, §11) is refused at once — OVERLOADED
+with `retryAfterMs`, close 1013 "Try Again Later" (IANA WebSocket close code registry, RFC 6455 §11.7) — without
+its secret being looked at. A refused server id or secret counts as a failed auth of the address; refusals are
+logged by the guard, at most one line per address per interval, not one per attempt."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from tccal.cache_window import cache_window
 from tcs_gateway.bridge.channel import log
 from tcs_gateway.bridge.framing import CloseCode, ErrorCode, error_payload, format_instant
+from tcs_gateway.bridge.guard import BACKED_OFF, BAD_SECRET, NOT_WHITELISTED
 from tcs_gateway.settings import DEFAULT_MAX_IN_FLIGHT, MAX_IN_FLIGHT_CAP, PROTOCOL_VERSION, SUPPORTED_VERSIONS
 
 if TYPE_CHECKING:
@@ -44,6 +50,20 @@ class Authenticator:
         payload: dict[str, Any] = frame["payload"]
         server_id: str = payload["serverId"]
         version: int = payload["protocolVersion"]
+        guard = session.context.guard
+        backed_off = guard.backed_off(session.address) if guard is not None else 0.0
+        if guard is not None and backed_off > 0:
+            guard.note(session.address, BACKED_OFF)
+            await channel.reply(
+                frame_id,
+                error_payload(
+                    ErrorCode.OVERLOADED,
+                    "too many failed auths from this address",
+                    retry_after_ms=max(1, round(backed_off * 1000)),
+                ),
+            )
+            await session.close(CloseCode.TRY_AGAIN_LATER, "too many failed auths from this address")
+            return
         if version not in SUPPORTED_VERSIONS:
             await self._refuse(
                 frame_id,
@@ -84,7 +104,12 @@ class Authenticator:
         session.max_in_flight = max(1, min(int(announced), MAX_IN_FLIGHT_CAP))
         session.slots = asyncio.Semaphore(session.max_in_flight)
         session.authenticated = True
+        channel.authenticated = True
         session.server = state
+        if guard is not None:
+            guard.auth_succeeded(session.address)
+        if session.on_authenticated is not None:
+            session.on_authenticated()
         await state.attach(session)
         window = cache_window(
             datetime.now(UTC), self.settings.window_backward_months, self.settings.window_forward_months
@@ -119,10 +144,19 @@ class Authenticator:
 
     async def _refuse(self, frame_id: int, payload: dict[str, Any], code: CloseCode, server_id: str) -> None:
         session = self.session
-        log.warning(
-            "TrueConf Server refused",
-            extra={"peer": session.peer, "server": server_id, "error": payload["errorDescription"], "code": int(code)},
-        )
+        guard = session.context.guard
+        if guard is not None and code in (CloseCode.NOT_WHITELISTED, CloseCode.AUTH_FAILED):
+            guard.auth_failed(session.address, NOT_WHITELISTED if code == CloseCode.NOT_WHITELISTED else BAD_SECRET)
+        else:
+            log.warning(
+                "TrueConf Server refused",
+                extra={
+                    "peer": session.peer,
+                    "server": server_id,
+                    "error": payload["errorDescription"],
+                    "code": int(code),
+                },
+            )
         known = session.context.servers.get(server_id.lower())
         if known is not None:
             known.record_error(f"auth from {session.peer} refused: {payload['errorDescription']}")

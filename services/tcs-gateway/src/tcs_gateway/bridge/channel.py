@@ -45,6 +45,9 @@ class Channel:
         self.validator = validator
         #: The close code once closing started (by either side).
         self.close_code: int | None = None
+        #: Until the peer authenticated, what it sends wrong is logged at DEBUG only (one unauthenticated peer
+        #: must not be able to write a log line per frame; docs/bridge-protocol.md §11).
+        self.authenticated = False
         self._next_id = 0
         self._outstanding: dict[int, Outstanding] = {}
         self._send_lock = asyncio.Lock()
@@ -101,7 +104,11 @@ class Channel:
         entry = self._outstanding.get(raw_id) if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
         payload = frame.get("payload")
         if problem is not None and (entry is None or not isinstance(payload, dict)):
-            log.warning("malformed reply ignored", extra={"peer": self.peer, "problem": problem.message})
+            log.log(
+                logging.WARNING if self.authenticated else logging.DEBUG,
+                "malformed reply ignored",
+                extra={"peer": self.peer, "problem": problem.message},
+            )
             return
         if entry is None:
             log.debug("reply to no open request ignored", extra={"peer": self.peer, "id": raw_id})

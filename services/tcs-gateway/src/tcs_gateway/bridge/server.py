@@ -1,8 +1,19 @@
 """The bridge's WebSocket server on `wsPort` (ws:// or, with tcs.tlsCertFile/tlsKeyFile, wss://).
 
-Only the bridge path upgrades (anything else is 404). Frames larger than maxFrameBytes are refused while being
-read — before they are buffered — and the connection is closed with 4009. At shutdown every connection is
-closed with 1001 (going away).
+Only the bridge path upgrades (anything else is 404, other methods 405). Frames larger than maxFrameBytes are
+refused while being read — before they are buffered — and the connection is closed with 4009. At shutdown every
+connection is closed with 1001 (going away).
+
+Unauthenticated peers (guard.py, docs/bridge-protocol.md §11): every accepted TCP connection is counted against
+its remote address until it authenticates; one over a cap is closed at once — RFC 6455 §4.1 (note on
+simultaneous connections): "Servers can refuse to accept connections from hosts/IP addresses with an excessive
+number of existing connections". The whole upgrade request must arrive within `handshake_timeout` (an inactive
+connection's timeout, RFC 9112 §9.5): that is aiohttp's `keepalive_timeout`, which aiohttp arms when a
+connection is accepted and which closes it if no complete request has arrived by then (a slowloris trickling
+its headers included); after a response it is the idle time of a keep-alive connection, which refusals do not
+keep (they send `Connection: close`, RFC 9112 §9.6). A backed-off address gets 429 with Retry-After (RFC 6585 §4,
+RFC 9110 §10.2.3) instead of the upgrade: a server that does not accept a connection answers the opening
+handshake with an HTTP error status (RFC 6455 §4.2.2), which the client handles per HTTP (§4.1).
 """
 
 from __future__ import annotations
@@ -10,11 +21,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import ssl
+from typing import Any
 
 from aiohttp import WSCloseCode, web
+from aiohttp.web_protocol import RequestHandler
 
 from tcs_gateway.bridge.framing import CloseCode
+from tcs_gateway.bridge.guard import BACKED_OFF, BridgeGuard
 from tcs_gateway.bridge.session import Session, SessionContext
 
 log = logging.getLogger(__name__)
@@ -30,11 +45,54 @@ class BridgeSocket(web.WebSocketResponse):
         return await super().close(code=code, message=message, drain=drain)
 
 
+def peer_address(transport: asyncio.BaseTransport | None) -> tuple[str, str]:
+    """(address, "address:port") of a connection's remote end; ("unknown", "unknown") when it has none."""
+    if transport is not None:
+        name = transport.get_extra_info("peername")
+        if isinstance(name, tuple) and len(name) >= 2:
+            return str(name[0]), f"{name[0]}:{name[1]}"
+    return "unknown", "unknown"
+
+
+class GuardedServer(web.Server):
+    """aiohttp's low-level server, counting every accepted connection against its address (BridgeGuard.admit)
+    until `promote` (authenticated) or its end; a connection over a cap is closed as it is accepted, before aiohttp
+    reads a byte of it."""
+
+    def __init__(self, handler: Any, guard: BridgeGuard, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.guard = guard
+        self._unauthenticated: dict[RequestHandler, str] = {}
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        address, _ = peer_address(transport)
+        if self.guard.admit(address) is not None:
+            transport.abort()
+            return
+        self._unauthenticated[handler] = address
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        self.promote(handler)
+        super().connection_lost(handler, exc)
+
+    def promote(self, handler: RequestHandler) -> None:
+        """The connection authenticated (or ended): it no longer counts as unauthenticated."""
+        address = self._unauthenticated.pop(handler, None)
+        if address is not None:
+            self.guard.release(address)
+
+
 class BridgeServer:
     def __init__(self, context: SessionContext) -> None:
         self.context = context
         self.settings = context.settings
-        self._runner: web.AppRunner | None = None
+        if context.guard is None:
+            context.guard = BridgeGuard(context.settings)
+        self.guard: BridgeGuard = context.guard
+        self._runner: web.ServerRunner | None = None
+        self._server: GuardedServer | None = None
+        self._guard_task: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self.port = 0
         self.accepting = True
@@ -56,10 +114,13 @@ class BridgeServer:
         return context
 
     async def start(self) -> int:
-        app = web.Application()
-        app.router.add_get(self.settings.bridge_path, self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        # keepalive_timeout doubles as the handshake timeout: see the module's docstring.
+        self._server = GuardedServer(
+            self._handle, self.guard, access_log=None, keepalive_timeout=self.settings.handshake_timeout
+        )
+        self._runner = web.ServerRunner(self._server, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
+        self._guard_task = asyncio.get_running_loop().create_task(self.guard.run(), name="bridge-guard")
         site = web.TCPSite(self._runner, self.settings.ws_host, self.settings.ws_port, ssl_context=self._ssl_context())
         await site.start()
         addresses = self._runner.addresses
@@ -67,25 +128,35 @@ class BridgeServer:
         log.info("calendar bridge listening", extra={"url": self.url})
         return self.port
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        peer = f"{request.remote}" if request.remote else "unknown"
-        if request.transport is not None:
-            address = request.transport.get_extra_info("peername")
-            if isinstance(address, tuple) and len(address) >= 2:
-                peer = f"{address[0]}:{address[1]}"
+    @staticmethod
+    def _refusal(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
+        response = web.Response(status=status, text=text, headers=headers)
+        response.force_close()  # Connection: close — a refused peer does not keep the connection
+        return response
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        address, peer = peer_address(request.transport)
+        if request.path != self.settings.bridge_path:
+            return self._refusal(404, "not found")
+        if request.method not in ("GET", "HEAD"):
+            return self._refusal(405, f"{self.settings.bridge_path} is a WebSocket endpoint", {"Allow": "GET"})
         if not self.accepting:
-            return web.Response(status=503, text="the gateway is shutting down")
-        unauthenticated = sum(1 for s in self.context.sessions if not s.authenticated)
-        if unauthenticated >= self.settings.max_unauthenticated:
-            log.warning("too many unauthenticated bridge connections; refusing", extra={"peer": peer})
-            return web.Response(status=503, text="too many unauthenticated connections")
+            return self._refusal(503, "the gateway is shutting down")
+        backed_off = self.guard.backed_off(address)
+        if backed_off > 0:
+            self.guard.note(address, BACKED_OFF)
+            retry = str(max(1, math.ceil(backed_off)))
+            return self._refusal(429, "too many failed auths from this address", {"Retry-After": retry})
         ws = BridgeSocket(max_msg_size=self.settings.max_frame_bytes + 1, compress=False, autoping=True, heartbeat=None)
         if not ws.can_prepare(request).ok:
-            return web.Response(status=400, text=f"{self.settings.bridge_path} is a WebSocket endpoint")
+            return self._refusal(400, f"{self.settings.bridge_path} is a WebSocket endpoint")
         await ws.prepare(request)
-        session = Session(ws, peer, self.context)
+        session = Session(ws, peer, self.context, address=address)
+        server, handler = self._server, request.protocol
+        if server is not None:
+            session.on_authenticated = lambda: server.promote(handler)
         self.context.sessions.add(session)
-        log.info("bridge connection opened", extra={"peer": peer, "session": session.session_id})
+        log.debug("bridge connection opened", extra={"peer": peer, "session": session.session_id})
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)
@@ -106,6 +177,12 @@ class BridgeServer:
 
     async def stop(self) -> None:
         await self.close_all()
+        if self._guard_task is not None:
+            self._guard_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._guard_task
+            self._guard_task = None
+            self.guard.flush()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

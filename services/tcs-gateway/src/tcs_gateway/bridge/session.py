@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -40,6 +41,7 @@ from tcs_gateway.bridge.framing import (
     FrameValidator,
     error_payload,
 )
+from tcs_gateway.bridge.guard import NO_AUTH, BridgeGuard
 from tcs_gateway.bridge.liveness import Liveness
 from tcs_gateway.bridge.ports import CalendarSource, UserStateStore
 from tcs_gateway.bridge.pushes import PushSender
@@ -63,12 +65,20 @@ class SessionContext:
     validator: FrameValidator
     on_list: ListHook | None = None
     sessions: set[Session] = field(default_factory=set)
+    #: Limits on unauthenticated peers; the BridgeServer makes one when none is given.
+    guard: BridgeGuard | None = None
 
 
 class Session:
-    def __init__(self, ws: web.WebSocketResponse, peer: str, context: SessionContext) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, peer: str, context: SessionContext, *, address: str | None = None
+    ) -> None:
         self.ws = ws
         self.peer = peer
+        #: The remote IP address (peer without the port): what guard.py counts and backs off.
+        self.address = address if address is not None else peer.rsplit(":", 1)[0]
+        #: Called once when `auth` succeeds (the server stops counting the connection as unauthenticated).
+        self.on_authenticated: Callable[[], None] | None = None
         self.context = context
         self.settings = context.settings
         self.session_id = str(uuid.uuid4())
@@ -122,7 +132,11 @@ class Session:
                     await self.close(CloseCode.UNSUPPORTED_DATA, "binary frames are not part of the protocol")
                     break
                 elif message.type == aiohttp.WSMsgType.ERROR:
-                    log.info("bridge connection error", extra={"peer": self.peer, "error": repr(self.ws.exception())})
+                    log.log(
+                        logging.INFO if self.authenticated else logging.DEBUG,
+                        "bridge connection error",
+                        extra={"peer": self.peer, "error": repr(self.ws.exception())},
+                    )
                     break
                 else:
                     break
@@ -144,7 +158,9 @@ class Session:
         if self.channel.closing:
             return
         self.channel.close_code = int(code)
-        log.info(
+        # An unauthenticated connection is not logged line by line (guard.py counts and summarises refusals).
+        log.log(
+            logging.INFO if self.authenticated else logging.DEBUG,
             "closing bridge connection",
             extra={
                 "peer": self.peer,
@@ -179,7 +195,10 @@ class Session:
                 self.server.record_error(f"connection from {self.peer} closed with {code}")
         self.context.sessions.discard(self)
         self.finished.set()
-        log.info(
+        if self.server is None and self.channel.close_code == CloseCode.AUTH_TIMEOUT and self.context.guard:
+            self.context.guard.note(self.address, NO_AUTH)
+        log.log(
+            logging.INFO if self.server is not None else logging.DEBUG,
             "bridge connection ended",
             extra={"peer": self.peer, "server": self.server.id if self.server else "", "code": self.channel.close_code},
         )
