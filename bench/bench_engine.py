@@ -29,6 +29,7 @@ from sync_engine_testkit import Mailboxes, attendee, config_dict, event
 from bench import RESULTS, cpu_delta, cpu_seconds, machine, percentiles, write_result
 from sync_engine.bus import CALENDAR_BATCH
 from tccal.bus import Bus, BusSettings, ensure_topology
+from tccal.nats_auth import ADMIN
 from tccal.subjects import CALENDAR, calendar_subject
 from tccal_sandbox.embedded import EmbeddedNats, EmbeddedPostgres
 from tccal_sandbox.testing import short_tmpdir
@@ -61,7 +62,7 @@ async def run(args: argparse.Namespace) -> Path:
     postgres.start()
     nats.start()
     process: subprocess.Popen[bytes] | None = None
-    bus = Bus(BusSettings(url=nats.url, name="bench-engine"))
+    bus = Bus(BusSettings(url=nats.url_for(ADMIN), name="bench-engine"))  # publishes as ews-ingest would
     try:
         dsn = postgres.create_database("bench")
         await bus.connect(attempts=20)
@@ -88,7 +89,7 @@ async def run(args: argparse.Namespace) -> Path:
                 headers={"Nats-Msg-Id": change.change_id},
             )
         publish_s = time.monotonic() - t_pub
-        config = config_dict(dsn, nats.url)
+        config = config_dict(dsn, nats.url_for("sync-engine"))  # the engine as its own NATS user
         config["calendarProviders"][0]["users"] = boxes
         state = short_tmpdir("tcbe")
         (state / "config.json").write_text(json.dumps(config))

@@ -58,11 +58,24 @@ def service_env(definition: dict[str, Any]) -> dict[str, str]:
     return {name: interpolate(str(value)) for name, value in raw.items()}
 
 
-def mount_source(definition: dict[str, Any], target: str) -> Path:
+def mounts(definition: dict[str, Any]) -> list[dict[str, Any]]:
+    """A service's volumes in Compose's long syntax (short `source:target[:mode]` strings converted)."""
+    found = []
     for volume in definition.get("volumes") or []:
+        if isinstance(volume, dict):
+            found.append({**volume, "source": interpolate(str(volume["source"]))})
+            continue
         source, _, rest = interpolate(volume).partition(":")
-        if rest.split(":")[0] == target:
-            return (ROOT / source).resolve()
+        target, _, mode = rest.partition(":")
+        kind = "bind" if source.startswith((".", "/")) else "volume"
+        found.append({"type": kind, "source": source, "target": target, "read_only": mode == "ro"})
+    return found
+
+
+def mount_source(definition: dict[str, Any], target: str) -> Path:
+    for mount in mounts(definition):
+        if mount["target"] == target:
+            return (ROOT / mount["source"]).resolve()
     raise AssertionError(f"nothing is mounted at {target}")
 
 
@@ -194,8 +207,8 @@ def test_infrastructure(compose: dict[str, Any], compose_services: dict[str, dic
     assert "-js" in command or "--jetstream" in command
     store = command[command.index("--store_dir") + 1] if "--store_dir" in command else command[command.index("-sd") + 1]
     named = set(compose["volumes"])
-    mounts = {v.split(":")[1]: v.split(":")[0] for v in nats["volumes"]}
-    assert mounts.get(store) in named, f"JetStream store {store} must be on a named volume"
+    nats_mounts = {m["target"]: m["source"] for m in mounts(nats)}
+    assert nats_mounts.get(store) in named, f"JetStream store {store} must be on a named volume"
     pg_mounts = {v.split(":")[1]: v.split(":")[0] for v in postgres["volumes"]}
     assert pg_mounts.get("/var/lib/postgresql/data") in named
 
@@ -205,9 +218,9 @@ def test_named_volumes_are_declared_and_used(
 ) -> None:
     used = set()
     for definition in compose_services.values():
-        for volume in definition.get("volumes") or []:
-            source = interpolate(volume).split(":")[0]
-            if not source.startswith((".", "/")):
+        for mount in mounts(definition):
+            source = mount["source"]
+            if mount["type"] == "volume":
                 used.add(source)
             else:
                 assert (ROOT / source).exists(), f"bind mount source {source} does not exist"

@@ -7,6 +7,7 @@ NetworkPolicy opens only what its component needs."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ import yaml
 from tccal import secrets
 from tccal.config import Config, load_config
 from tccal.config.schema import SECRET_KEYS, iter_secrets
+from tccal.nats_auth import IDENTITIES
 
 from .conftest import CONNECTOR_SERVICES, ROOT
 
@@ -33,13 +35,13 @@ BAD = {
     "invalid-volume": ("invalid-volume.yaml", "'notAVolumeField' was unexpected"),
     "chart-owned-key": ("chart-owned-key.yaml", "'not' failed"),
     "grpc-tls-without-secret": ("grpc-tls-without-secret.yaml", "at '/grpcTls/secretName': minLength"),
+    "shared-nats-password": ("shared-nats-password.yaml", "'not' failed"),
 }
 NAMESPACE = "calendar"
 MOUNT = {"config": "/etc/tc-calendar/config.json", "key": "/var/run/secrets/tc-calendar/machine.key"}
 FULL_PLAINTEXT = {  # what tests/deploy/helm-values/full.yaml's encrypted values hold
     "grpc.adminToken": "test-admin-token",
     "dbConnectionConfig.password": "test-db-password",
-    "nats.password": "test-nats-password",
     "calendarProviders[0].credentials[0].password": "test-ews-password-1",
     "calendarProviders[0].credentials[1].password": "test-ews-password-2",
     "tcs.servers[0].secret": "test-bridge-secret",
@@ -379,3 +381,125 @@ def test_missing_python_312_is_a_clear_failure(tmp_path: Path) -> None:
         assert completed.returncode == 3, completed.stderr
         assert f"TCCAL_HELM_PYTHON={interpreter} is not a working Python 3.12 interpreter" in completed.stderr
         assert not (tmp_path / "report.json").exists()
+
+
+# ------------------------------------------------------------------------------------------------ NATS users
+
+
+def _nats_auth_secret(report: dict[str, Any], value_set: str) -> dict[str, str]:
+    (found,) = [s for s in manifests(report, value_set, "Secret") if s["metadata"]["name"].endswith("-nats-auth")]
+    return secret_data(found)
+
+
+def test_nats_auth_secret_has_a_password_per_identity_and_lookup_keeps_them(report: dict[str, Any]) -> None:
+    data = _nats_auth_secret(report, "default")
+    passwords = {name: data[name] for name in IDENTITIES}
+    assert set(data) == {*IDENTITIES, "nats-auth.conf"}
+    assert len(set(passwords.values())) == len(passwords) and all(len(p) >= 32 for p in passwords.values())
+    # re-rendering must not rotate them: an existing Secret is read back (offline rendering has no cluster, so
+    # the template is checked for it)
+    template = (CHART / "templates" / "nats-auth.yaml").read_text()
+    assert 'lookup "v1" "Secret" .Release.Namespace $name' in template
+    assert "index $existing.data $identity | b64dec" in template
+
+
+def test_each_pod_connects_to_nats_as_itself_with_only_its_own_password(report: dict[str, Any], tmp_path: Path) -> None:
+    for value_set, secret_name in (
+        ("default", "tccal-trueconf-calendar-connector-nats-auth"),
+        ("existing", "tccal-nats-auth"),
+    ):
+        for name, deployment in by_component(report, value_set, "Deployment").items():
+            config = load_as_pod(report, value_set, deployment, tmp_path, check_secrets=False)
+            assert config.nats.user == name
+            assert config.nats.password == "" and config.nats.password_file
+            spec = deployment["spec"]["template"]["spec"]
+            volume = next(v for v in spec["volumes"] if v["name"] == "nats-password")
+            assert volume["secret"]["secretName"] == secret_name
+            assert volume["secret"]["items"] == [{"key": name, "path": "password"}], "its own key only"
+            (container,) = spec["containers"]
+            mount = next(m for m in container["volumeMounts"] if m["name"] == "nats-password")
+            assert Path(config.nats.password_file) == Path(mount["mountPath"]) / "password"
+
+
+def test_nats_tls_files_reach_the_pods(report: dict[str, Any], tmp_path: Path) -> None:
+    for name, deployment in by_component(report, "full", "Deployment").items():
+        config = load_as_pod(report, "full", deployment, tmp_path, check_secrets=False)
+        spec = deployment["spec"]["template"]["spec"]
+        volume = next(v for v in spec["volumes"] if v["name"] == "nats-tls")
+        assert volume["secret"]["secretName"] == "nats-client-tls"
+        (container,) = spec["containers"]
+        mount = Path(next(m for m in container["volumeMounts"] if m["name"] == "nats-tls")["mountPath"])
+        assert (config.nats.tls_ca_file, config.nats.tls_cert_file, config.nats.tls_key_file) == (
+            str(mount / "ca.crt"),
+            str(mount / "tls.crt"),
+            str(mount / "tls.key"),
+        ), name
+        assert config.nats.tls_verify is True
+    default = next(iter(by_component(report, "default", "Deployment").values()))
+    assert load_as_pod(report, "default", default, tmp_path, check_secrets=False).nats.tls_ca_file is None
+
+
+def test_the_rendered_authorization_runs_in_nats_server(report: dict[str, Any]) -> None:
+    """nats-auth.conf, included by a real nats-server: each service gets in with its password, nobody without."""
+    import asyncio
+
+    import nats
+    from nats.errors import Error as NatsError
+
+    from tccal.bus import BusSettings
+    from tccal.nats_auth import inbox_prefix
+    from tccal.subjects import SEATS_SUBJECT, calendar_subject
+    from tccal_sandbox.embedded import free_port, nats_server_binary
+    from tccal_sandbox.testing import connect_nats, short_tmpdir, wait_for
+
+    data = _nats_auth_secret(report, "default")
+    directory = short_tmpdir("tchelmn")
+    (directory / "nats-auth.conf").write_text(data["nats-auth.conf"])
+    port = free_port()
+    (directory / "nats.conf").write_text(f"listen: 127.0.0.1:{port}\ninclude nats-auth.conf\n")
+    process = subprocess.Popen([nats_server_binary(), "-c", str(directory / "nats.conf")])
+    try:
+        import socket
+
+        def listening() -> bool:
+            assert process.poll() is None, "nats-server refused the rendered configuration"
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+            return False
+
+        wait_for(listening, 20)
+
+        async def publish(identity: str, subject: str) -> list[str]:
+            errors: list[str] = []
+
+            async def record(exc: Exception) -> None:
+                errors.append(str(exc).lower())
+
+            settings = BusSettings(
+                url=f"nats://127.0.0.1:{port}",
+                user=identity,
+                password=data[identity],
+                inbox_prefix=inbox_prefix(identity),
+            )
+            connection = await connect_nats(settings, error_cb=record)
+            await connection.publish(subject, b"x")
+            await connection.flush()
+            await asyncio.sleep(0.3)
+            await connection.close()
+            return errors
+
+        assert asyncio.run(publish("ews-ingest", calendar_subject("ews", "a@b.c"))) == []
+        assert any("permissions violation" in e for e in asyncio.run(publish("ews-ingest", SEATS_SUBJECT)))
+        assert any(
+            "permissions violation" in e for e in asyncio.run(publish("tcs-gateway", calendar_subject("e", "a")))
+        )
+
+        async def anonymous() -> None:
+            connection = await nats.connect(f"nats://127.0.0.1:{port}", allow_reconnect=False, max_reconnect_attempts=0)
+            await connection.close()
+
+        with pytest.raises((NatsError, OSError)):
+            asyncio.run(anonymous())
+    finally:
+        process.terminate()
+        process.wait(20)

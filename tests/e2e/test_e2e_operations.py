@@ -22,6 +22,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from tccal import secrets
 from tccal_sandbox.embedded import free_port
+from tccal_sandbox.testing import connect_nats
 from trueconf.calendar.v1 import (
     gateway_pb2,
     gateway_pb2_grpc,
@@ -54,10 +55,9 @@ def tc_calendar(product: Product, *args: str, cwd: Path | None = None, **env: st
 
 def ask_for_seats_now(product: Product) -> None:
     """What an administrator's `license` change does for a running ews-ingest: the seats control subject."""
-    import nats
 
     async def publish() -> None:
-        connection = await nats.connect(product.ready["nats"]["url"])
+        connection = await connect_nats(product.ready, "licensing")  # as licensing's CLI does
         await connection.publish("calendar.v1.control.seats", b"{}")
         await connection.drain()
 

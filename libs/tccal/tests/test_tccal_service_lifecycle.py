@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tccal_sandbox.embedded import EmbeddedNats, EmbeddedPostgres, free_port, free_ports
-from tccal_sandbox.testing import short_tmpdir, wait_for
+from tccal_sandbox.testing import nats_config, short_tmpdir, wait_for
 
 
 def readyz(port: int) -> tuple[int, dict[str, object]]:
@@ -50,7 +50,7 @@ def test_sync_engine_readiness_follows_its_dependencies(tmp_path: Path, nats_ser
             "user": "postgres",
             "database": "postgres",
         },
-        "nats": {"url": nats_server.url},
+        "nats": nats_config(nats_server, "sync-engine"),
         "productWhitelist": {"tcs": ["video.example.com#vcs"]},
         "grpc": {"services": {"sync-engine": {"grpcPort": grpc_port, "httpPort": http_port}}},
     }
@@ -61,7 +61,7 @@ def test_sync_engine_readiness_follows_its_dependencies(tmp_path: Path, nats_ser
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    restarted = EmbeddedNats(nats_server.store_dir, port=nats_server.port)
+    restarted = EmbeddedNats(nats_server.store_dir, port=nats_server.port)  # same users: kept in the store dir
     try:
         wait_for(lambda: readyz(http_port)[0] == 200, timeout=60, what="sync-engine ready")
         wait_for(lambda: health(grpc_port) == health_pb2.HealthCheckResponse.SERVING, what="gRPC SERVING")

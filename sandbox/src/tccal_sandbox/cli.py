@@ -90,7 +90,12 @@ def describe(ready: dict[str, Any], ready_path: Path) -> str:
     help="Write every endpoint and credential here (JSON) once everything is ready.",
 )
 @click.option("--postgres-dsn", default=None, help="Use this PostgreSQL instead of an embedded one.")
-@click.option("--nats-url", default=None, help="Use this NATS (with JetStream) instead of an embedded one.")
+@click.option(
+    "--nats-url",
+    default=None,
+    help="Use this NATS (with JetStream) instead of an embedded one; the services refuse it if it lets clients in "
+    "without credentials: give theirs with --config-override (nats.user, nats.password).",
+)
 @click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for everything to be ready.")
 @click.option("--demo/--no-demo", default=True, show_default=True, help="Write the demo meetings through EWS.")
 @click.option(

@@ -8,16 +8,21 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+
+from tccal.nats_auth import IDENTITIES, server_authorization
 
 _PR_SET_PDEATHSIG = 1
 
@@ -105,32 +110,85 @@ async def create_database(admin_dsn: str, name: str) -> None:
         await connection.close()
 
 
-class EmbeddedNats:
-    """nats-server with JetStream storing in `store_dir`, on 127.0.0.1."""
+@dataclass(frozen=True)
+class NatsTls:
+    """nats-server's TLS: its certificate and key; with `ca_file`, client certificates are required (mutual TLS)."""
 
-    def __init__(self, store_dir: Path, port: int = 0) -> None:
+    cert_file: str
+    key_file: str
+    ca_file: str | None = None
+
+
+class EmbeddedNats:
+    """nats-server with JetStream storing in `store_dir`, on 127.0.0.1, from a config file it writes there.
+
+    With `auth` (the default) every identity of tccal.nats_auth is a user with its permissions and a random
+    password, made once per `store_dir` (kept in `auth.json`, mode 0600, so a restart on the same directory keeps
+    them); a client without credentials is refused. `tls` makes it a TLS-only server.
+    """
+
+    def __init__(self, store_dir: Path, port: int = 0, *, auth: bool = True, tls: NatsTls | None = None) -> None:
         self.store_dir = Path(store_dir)
         self.port = port or free_port()
+        self.auth = auth
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
+        self.passwords: dict[str, str] = self._passwords() if auth else {}
 
     @property
     def url(self) -> str:
+        """The server's URL, without credentials (a client must bring its own)."""
         return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def config_file(self) -> Path:
+        return self.store_dir / "nats-server.conf"
+
+    def url_for(self, identity: str) -> str:
+        """The URL with `identity`'s credentials in it (nats://user:password@host:port)."""
+        return f"nats://{identity}:{self.passwords[identity]}@127.0.0.1:{self.port}"
+
+    def credentials(self) -> dict[str, dict[str, str]]:
+        """Every identity's {user, password} (the ready-file's `nats.credentials`)."""
+        return {name: {"user": name, "password": password} for name, password in self.passwords.items()}
+
+    def _passwords(self) -> dict[str, str]:
+        path = self.store_dir / "auth.json"
+        known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        wanted = {name: known.get(name) or secrets.token_urlsafe(24) for name in IDENTITIES}
+        if wanted != known:
+            self.store_dir.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.chmod(0o600)
+            path.write_text(json.dumps(wanted, indent=2))
+        return wanted
+
+    def write_config(self) -> Path:
+        lines = [
+            f"listen: 127.0.0.1:{self.port}",
+            f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))} }}",
+        ]
+        if self.tls is not None:
+            lines.append("tls {")
+            lines.append(f"  cert_file: {json.dumps(self.tls.cert_file)}")
+            lines.append(f"  key_file: {json.dumps(self.tls.key_file)}")
+            if self.tls.ca_file:
+                lines.append(f"  ca_file: {json.dumps(self.tls.ca_file)}")
+                lines.append("  verify: true")
+            lines.append("}")
+        text = "\n".join(lines) + "\n"
+        if self.auth:
+            text += server_authorization(self.passwords)
+        self.config_file.touch(mode=0o600)
+        self.config_file.write_text(text)
+        return self.config_file
 
     def start(self, timeout: float = 15.0) -> str:
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        config = self.write_config()
         log_file = open(self.store_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(
-            [
-                nats_server_binary(),
-                "-js",
-                "-sd",
-                str(self.store_dir),
-                "-a",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-            ],
+            [nats_server_binary(), "-c", str(config)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,

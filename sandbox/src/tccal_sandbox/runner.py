@@ -123,6 +123,16 @@ class Sandbox:
     def config_path(self) -> Path:
         return self.state_dir / "config.json"
 
+    def service_config_path(self, service: str) -> Path:
+        """The config of one service: config.json with that service's own NATS credentials."""
+        return self.state_dir / "services" / f"{service}.config.json"
+
+    def nats_identity(self, identity: str) -> dict[str, str]:
+        """`nats.user` and `nats.password` (encrypted) of `identity`; nothing for a NATS the sandbox did not start."""
+        if self._nats is None:
+            return {}
+        return {"user": identity, "password": self.encrypt(self._nats.passwords[identity])}
+
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["TC_CALENDAR_KEY_FILE"] = str(self.key_file)
@@ -179,11 +189,17 @@ class Sandbox:
                 db["password"] = self.encrypt(parsed.password)
             self.ready["postgres"] = {"dsn": self.postgres_dsn}
         if self.nats_url is None:
+            # users with least-privilege permissions (tccal.nats_auth), random passwords kept in the state dir
             self._nats = EmbeddedNats(self.state_dir / "nats")
             url = self._nats.start()
-        else:
+            self.ready["nats"] = {
+                "url": url,
+                "credentials": self._nats.credentials(),
+                "server_config": str(self._nats.config_file),
+            }
+        else:  # its credentials, if it needs them, come with --config-override
             url = self.nats_url
-        self.ready["nats"] = {"url": url}
+            self.ready["nats"] = {"url": url}
         return db, url
 
     # --- emulators ------------------------------------------------------------------------------------
@@ -388,6 +404,8 @@ class Sandbox:
                 "testAuthorityPublicKey": registration["public_key"],  # the emulator signs: a test-only key
                 "registrationUrl": registration["url"],
             }
+        # config.json is what the CLI reads: licensing's identity (tc_calendar --register announces the new seats)
+        config["nats"].update(self.nats_identity("licensing"))
         deep_merge(config, extra or {})
         deep_merge(config, self.config_overrides)
         self.config_path.write_text(json.dumps(config, indent=2))
@@ -397,10 +415,18 @@ class Sandbox:
                 str(config["grpc"].get("adminToken", "")), allow_plaintext=bool(config.get("allowPlaintextPasswords"))
             )
         }
+        for name in SERVICE_NAMES:  # each service connects to NATS as itself
+            own = json.loads(json.dumps(config))
+            own["nats"].update(self.nats_identity(name))
+            path = self.service_config_path(name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(own, indent=2))
         self.ready["services"] = {
             name: {"grpc": f"127.0.0.1:{s['grpcPort']}", "http": f"http://127.0.0.1:{s['httpPort']}"}
             for name, s in services.items()
         }
+        for name in SERVICE_NAMES:
+            self.ready["services"][name]["config"] = str(self.service_config_path(name))
         self.ready["services"]["tcs-gateway"]["ws"] = f"ws://127.0.0.1:{ws_port}/bridge/v1"
         return self.config_path
 
@@ -409,7 +435,7 @@ class Sandbox:
         for name in SERVICE_NAMES:
             child = Child(
                 name,
-                [self.python, "-m", SERVICE_MODULES[name], "--config", str(self.config_path)],
+                [self.python, "-m", SERVICE_MODULES[name], "--config", str(self.service_config_path(name))],
                 self.state_dir / "logs" / f"{name}.log",
                 http=self.ready["services"][name]["http"],
             )
@@ -488,6 +514,8 @@ class Sandbox:
         self.ready["state_dir"] = str(self.state_dir)
         self.ready["logs"] = str(self.state_dir / "logs")
         temporary = path.with_suffix(path.suffix + ".tmp")
+        temporary.touch(mode=0o600)  # it holds the NATS credentials
+        temporary.chmod(0o600)
         temporary.write_text(json.dumps(self.ready, indent=2))
         temporary.replace(path)
 

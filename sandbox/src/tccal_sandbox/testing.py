@@ -24,12 +24,25 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import nats
 import pytest
+from nats.aio.client import Client as NatsClient
 
+from tccal.bus import BusSettings
+from tccal.nats_auth import ADMIN, IDENTITIES
 from tccal_sandbox.embedded import EmbeddedNats, EmbeddedPostgres, create_database, free_port
 
 T = TypeVar("T")
-__all__ = ["authorized", "bearer", "free_port", "wait_for", "wait_for_async"]
+__all__ = [
+    "authorized",
+    "bearer",
+    "connect_nats",
+    "free_port",
+    "nats_config",
+    "nats_settings",
+    "wait_for",
+    "wait_for_async",
+]
 
 
 class _Waiting:
@@ -238,7 +251,47 @@ def nats_server() -> Iterator[EmbeddedNats]:
 
 @pytest.fixture
 def nats_url(nats_server: EmbeddedNats) -> str:
-    return nats_server.url
+    """The test NATS's URL with the `admin` identity's credentials in it (the server refuses anonymous clients);
+    tests that act as one service use `nats_settings(nats_server, "<service>")`."""
+    return nats_server.url_for(ADMIN)
+
+
+def nats_settings(where: EmbeddedNats | Mapping[str, Any], identity: str = ADMIN, **extra: Any) -> BusSettings:
+    """BusSettings to connect as `identity` (a service's name or "admin", tccal.nats_auth) to an EmbeddedNats, or
+    to a sandbox's NATS given its ready-file (or the ready-file's `nats` object: url and credentials)."""
+    if isinstance(where, EmbeddedNats):
+        url, password = where.url, where.passwords[identity]
+    else:
+        section = where.get("nats", where)
+        url, password = section["url"], section["credentials"][identity]["password"]
+    who = IDENTITIES[identity]
+    defaults: dict[str, Any] = {
+        "url": url,
+        "user": identity,
+        "password": password,
+        "name": f"test-as-{identity}",
+        "inbox_prefix": who.inbox_prefix,
+        "streams": who.streams,
+        "buckets": who.buckets,
+    }
+    return BusSettings(**{**defaults, **extra})
+
+
+def nats_config(server: EmbeddedNats, identity: str) -> dict[str, str]:
+    """The `nats` section of a config.json connecting as `identity`, its password encrypted with this test's
+    machine key (TC_CALENDAR_KEY_FILE)."""
+    from tccal import secrets
+
+    return {"url": server.url, "user": identity, "password": secrets.encrypt(server.passwords[identity])}
+
+
+async def connect_nats(
+    where: EmbeddedNats | Mapping[str, Any] | BusSettings, identity: str = ADMIN, **options: Any
+) -> NatsClient:
+    """A plain nats-py connection as `identity` (see `nats_settings`), or with the given BusSettings; `options`
+    go to nats.connect (e.g. error_cb to see permission violations)."""
+    settings = where if isinstance(where, BusSettings) else nats_settings(where, identity)
+    return await nats.connect(**{**settings.connect_options(), "allow_reconnect": False, **options})
 
 
 def repo_root() -> Path:

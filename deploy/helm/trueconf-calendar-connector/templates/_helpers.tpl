@@ -86,6 +86,29 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{- define "tccal.natsAuthSecretName" -}}
+{{- if .Values.nats.auth.existingSecret }}
+{{- .Values.nats.auth.existingSecret }}
+{{- else }}
+{{- printf "%s-nats-auth" (include "tccal.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+nats-server's `authorization` block: one user per identity with its permissions (files/nats-permissions.json,
+generated from tccal.nats_auth by tools/nats_auth_files.py); call with (dict "permissions" $p "passwords" $pw).
+toJson writes ">" as \u003e, which nats-server's configuration parser does not read: put back.
+*/}}
+{{- define "tccal.natsAuthorization" -}}
+authorization {
+  users = [
+{{- range $identity, $permissions := .permissions }}
+    {user: {{ $identity | toJson }}, password: {{ index $.passwords $identity | toJson }}, permissions: {{ $permissions | toJson | replace "\\u003e" ">" }}}
+{{- end }}
+  ]
+}
+{{- end }}
+
 {{- define "tccal.credentialsSecretName" -}}
 {{- if .Values.credentials.existingSecret }}
 {{- .Values.credentials.existingSecret }}
@@ -133,10 +156,8 @@ here: they come from the credentials Secret as TC_CALENDAR__* environment overri
 {{- $_ := set $cfg "wsPort" (int .Values.bridge.port) }}
 {{- $pg := .Values.postgresql }}
 {{- $_ := set $cfg "dbConnectionConfig" (dict "host" $pg.host "port" (int $pg.port) "user" $pg.user "database" $pg.database "poolMin" (int $pg.poolMin) "poolMax" (int $pg.poolMax)) }}
+{{- /* user, passwordFile and TLS files are per pod: environment overrides (deployment.yaml) */}}
 {{- $nats := dict "url" .Values.nats.url "replicas" (int .Values.nats.replicas) "maxDeliver" (int .Values.nats.maxDeliver) }}
-{{- if .Values.nats.user }}
-{{- $_ := set $nats "user" .Values.nats.user }}
-{{- end }}
 {{- $_ := set $cfg "nats" $nats }}
 {{- $services := dict }}
 {{- range $key, $component := include "tccal.components" $root | fromYaml }}

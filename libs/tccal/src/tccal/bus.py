@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import nats
 from nats.aio.client import Client
@@ -28,8 +30,12 @@ from nats.js.kv import KeyValue
 from opentelemetry import trace
 
 from tccal import telemetry
+from tccal.nats_auth import IDENTITIES
 from tccal.retry import backoff_delay
 from tccal.subjects import DEADLETTER, INGEST_STATE_BUCKET, STREAM_SUBJECTS, deadletter_subject
+
+if TYPE_CHECKING:
+    from tccal.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -39,25 +45,24 @@ STREAM_MAX_AGE_S = 30 * 24 * 3600.0
 DEADLETTER_MAX_AGE_S = 90 * 24 * 3600.0
 
 
-async def announce(url: str, subject: str, payload: bytes = b"{}", *, timeout: float = 2.0, **auth: str) -> bool:
+async def announce(settings: BusSettings, subject: str, payload: bytes = b"{}", *, timeout: float = 2.0) -> bool:
     """Best-effort core-NATS message from a short-lived process (a CLI); False when NATS is not reachable.
 
     Never retries and never logs connection noise: nothing running to tell is a normal case (the services
     then ask again on their own schedule).
     """
-    servers = [u.strip() for u in url.split(",") if u.strip()]
+    servers = settings.servers()
 
     async def quiet(exc: Exception) -> None:
         log.debug("NATS not reachable for %s: %s", subject, exc)
 
     async def send() -> None:
         connection = await nats.connect(
-            servers=servers,
+            **settings.connect_options(),
             connect_timeout=timeout,
             allow_reconnect=False,
             max_reconnect_attempts=0,
             error_cb=quiet,
-            **{k: v for k, v in auth.items() if v},
         )
         try:
             await connection.publish(subject, payload)
@@ -78,6 +83,18 @@ async def announce(url: str, subject: str, payload: bytes = b"{}", *, timeout: f
     return True
 
 
+class AnonymousNatsError(RuntimeError):
+    """NATS lets clients in without credentials, and nats.allowAnonymous does not allow that (§4.6)."""
+
+
+def without_userinfo(url: str) -> str:
+    """`url` without `user:password@` (for logs, and for the anonymous probe)."""
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
 @dataclass(frozen=True)
 class BusSettings:
     url: str = "nats://127.0.0.1:4222"
@@ -87,6 +104,117 @@ class BusSettings:
     replicas: int = 1
     max_deliver: int = 10
     name: str = "tc-calendar"
+    #: Replies come to `<inbox_prefix>.…`; a service's NATS user may subscribe only to its own (tccal.nats_auth).
+    inbox_prefix: str = "_INBOX"
+    #: Streams declared at connect (None: all of them); KV buckets declared at connect (None: INGEST_STATE).
+    streams: tuple[str, ...] | None = None
+    buckets: tuple[str, ...] | None = None
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_verify: bool = True
+    #: Test installations only: do not refuse a NATS that lets clients in without credentials.
+    allow_anonymous: bool = False
+
+    def servers(self) -> list[str]:
+        return [u.strip() for u in self.url.split(",") if u.strip()]
+
+    @property
+    def uses_tls(self) -> bool:
+        files = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+        return any(files) or any(s.startswith("tls://") for s in self.servers())
+
+    def tls_context(self, *, client_certificate: bool = True) -> ssl.SSLContext | None:
+        """TLS for NATS when configured: the server verified (CA file, else the system's) unless tls_verify is off."""
+        if not self.uses_tls:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.tls_ca_file or None)
+        if not self.tls_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if client_certificate and self.tls_cert_file:
+            context.load_cert_chain(self.tls_cert_file, self.tls_key_file or None)
+        return context
+
+    def connect_options(self, *, anonymous: bool = False) -> dict[str, Any]:
+        """nats.connect() keyword arguments for these servers, credentials (unless `anonymous`) and TLS."""
+        options: dict[str, Any] = {"servers": self.servers(), "name": self.name, "inbox_prefix": self.inbox_prefix}
+        if anonymous:
+            options["servers"] = [without_userinfo(s) for s in self.servers()]
+        else:
+            options.update(
+                {k: v for k, v in (("user", self.user), ("password", self.password), ("token", self.token)) if v}
+            )
+        context = self.tls_context(client_certificate=not anonymous)
+        if context is not None:
+            options["tls"] = context
+        return options
+
+    @classmethod
+    def from_config(cls, config: Config, name: str) -> BusSettings:
+        """The settings of service (or CLI) `name` from config.json: its secrets revealed, its NATS identity's
+        inbox and streams (tccal.nats_auth) when `name` is one."""
+        from tccal.secrets import reveal
+
+        nats_config = config.nats
+        allow = config.allow_plaintext_passwords
+        password = reveal(nats_config.password, allow_plaintext=allow)
+        if not password and nats_config.password_file:
+            try:
+                password = Path(nats_config.password_file).read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"nats.passwordFile: cannot read {nats_config.password_file}: {exc}") from exc
+        who = IDENTITIES.get(name)
+        return cls(
+            url=nats_config.url,
+            user=nats_config.user,
+            password=password,
+            token=reveal(nats_config.token, allow_plaintext=allow),
+            replicas=nats_config.replicas,
+            max_deliver=nats_config.max_deliver,
+            name=name,
+            inbox_prefix=who.inbox_prefix if who is not None else "_INBOX",
+            streams=who.streams if who is not None else None,
+            buckets=who.buckets if who is not None else None,
+            tls_ca_file=nats_config.tls_ca_file,
+            tls_cert_file=nats_config.tls_cert_file,
+            tls_key_file=nats_config.tls_key_file,
+            tls_verify=nats_config.tls_verify,
+            allow_anonymous=nats_config.allow_anonymous,
+        )
+
+
+async def accepts_anonymous(settings: BusSettings, *, timeout: float = 2.0) -> bool:
+    """Whether the NATS of `settings` lets a client in without credentials (and without a client certificate)."""
+
+    async def quiet(exc: Exception) -> None:
+        log.debug("anonymous NATS probe: %s", exc)
+
+    try:
+        connection = await asyncio.wait_for(
+            nats.connect(
+                **settings.connect_options(anonymous=True),
+                connect_timeout=timeout,
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                error_cb=quiet,
+            ),
+            timeout * 2,
+        )
+    except Exception:  # refused (authorization violation, no client certificate, ...): what we want
+        return False
+    await connection.close()
+    return True
+
+
+def anonymous_refusal(url: str) -> str:
+    return (
+        f"NATS at {without_userinfo(url)} accepts clients without credentials: anyone who reaches it can read every "
+        "calendar change and publish forged changes, commands and control messages. Give NATS users with "
+        "permissions (docs/architecture.md §4.6: the sandbox, docker-compose.yml and the Helm chart make them) "
+        "and set nats.user and nats.password or nats.passwordFile; only in a test installation, set "
+        "nats.allowAnonymous to true (TC_CALENDAR__NATS__ALLOWANONYMOUS=true) to start anyway."
+    )
 
 
 class Bus:
@@ -96,6 +224,10 @@ class Bus:
         self.settings = settings
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+        #: Why this bus refuses to connect (a NATS taking anonymous clients), once found out.
+        self.refused: str | None = None
+        #: Called with the reason when the bus refuses its NATS (the service then stops: tccal.service).
+        self.refusal_listeners: list[Callable[[str], None]] = []
 
     @property
     def nc(self) -> Client:
@@ -114,17 +246,16 @@ class Bus:
         return self._nc is not None and self._nc.is_connected
 
     async def connect(self, *, attempts: int | None = None) -> None:
-        """Connect, retrying with backoff (forever unless `attempts`), then declare the topology."""
+        """Connect, retrying with backoff (forever unless `attempts`), refuse a NATS that takes anonymous
+        clients (AnonymousNatsError, unless allow_anonymous), then declare the topology."""
+        if self.refused is not None:
+            raise AnonymousNatsError(self.refused)
         attempt = 0
         while True:
             attempt += 1
             try:
                 self._nc = await nats.connect(
-                    servers=[u.strip() for u in self.settings.url.split(",") if u.strip()],
-                    name=self.settings.name,
-                    user=self.settings.user or None,
-                    password=self.settings.password or None,
-                    token=self.settings.token or None,
+                    **self.settings.connect_options(),
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
@@ -138,10 +269,21 @@ class Bus:
                 if attempts is not None and attempt >= attempts:
                     raise
                 delay = backoff_delay(attempt, base=0.25, cap=5.0)
-                log.warning("NATS unreachable, retrying", extra={"url": self.settings.url, "error": str(exc)})
+                url = ",".join(without_userinfo(s) for s in self.settings.servers())
+                log.warning("NATS unreachable, retrying", extra={"url": url, "error": str(exc)})
                 await asyncio.sleep(delay)
+        if not self.settings.allow_anonymous and await accepts_anonymous(self.settings):
+            self.refused = anonymous_refusal(self.settings.url)
+            log.error(self.refused)
+            await self._nc.close()
+            self._nc = None
+            for listener in self.refusal_listeners:
+                listener(self.refused)
+            raise AnonymousNatsError(self.refused)
         self._js = self._nc.jetstream(timeout=10)
-        await ensure_topology(self._js, replicas=self.settings.replicas)
+        await ensure_topology(
+            self._js, replicas=self.settings.replicas, streams=self.settings.streams, buckets=self.settings.buckets
+        )
 
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
@@ -192,9 +334,19 @@ class Bus:
         return await self.js.key_value(bucket)
 
 
-async def ensure_topology(js: JetStreamContext, *, replicas: int = 1) -> None:
-    """Declare the streams and the KV bucket; existing ones are updated in place, never dropped."""
+async def ensure_topology(
+    js: JetStreamContext,
+    *,
+    replicas: int = 1,
+    streams: tuple[str, ...] | None = None,
+    buckets: tuple[str, ...] | None = None,
+) -> None:
+    """Declare the streams (all, or `streams`) and the INGEST_STATE bucket (unless `buckets` leaves it out);
+    existing ones are updated in place, never dropped. A service declares only what its NATS user may
+    (tccal.nats_auth)."""
     for name, subject in STREAM_SUBJECTS.items():
+        if streams is not None and name not in streams:
+            continue
         config = StreamConfig(
             name=name,
             subjects=[subject],
@@ -208,6 +360,8 @@ async def ensure_topology(js: JetStreamContext, *, replicas: int = 1) -> None:
             await js.add_stream(config)
         except BadRequestError:
             await js.update_stream(config)
+    if buckets is not None and INGEST_STATE_BUCKET not in buckets:
+        return
     try:
         await js.key_value(INGEST_STATE_BUCKET)
     except (NotFoundError, BadRequestError):

@@ -51,21 +51,14 @@ class ServiceApp:
         self._tasks: list[Callable[[], Awaitable[None]]] = []
         self._cleanups: list[Callable[[], Awaitable[None]]] = []
         self._running: list[asyncio.Task[None]] = []
+        #: Why the service stopped itself (e.g. a NATS that takes anonymous clients): exit code 2.
+        self.refused: str | None = None
 
     def secret(self, value: str) -> str:
         return reveal(value, allow_plaintext=self.config.allow_plaintext_passwords)
 
     def bus_settings(self) -> BusSettings:
-        nats_config = self.config.nats
-        return BusSettings(
-            url=nats_config.url,
-            user=nats_config.user,
-            password=self.secret(nats_config.password),
-            token=self.secret(nats_config.token),
-            replicas=nats_config.replicas,
-            max_deliver=nats_config.max_deliver,
-            name=self.name,
-        )
+        return BusSettings.from_config(self.config, self.name)
 
     def new_bus(self) -> Bus:
         bus = Bus(self.bus_settings())
@@ -75,8 +68,14 @@ class ServiceApp:
                 raise ConnectionError("NATS not connected")
 
         self.readiness.add("nats", nats_ready)
+        bus.refusal_listeners.append(self.refuse)
         self.on_stop(bus.close)
         return bus
+
+    def refuse(self, reason: str) -> None:
+        """Stop the service for good: it must not run as configured (run_service exits with code 2)."""
+        self.refused = reason
+        self.stop_event.set()
 
     def new_database(self) -> Database:
         """The service's PostgreSQL pool; readiness reports it, the caller connects it (`await db.connect()`)."""
@@ -106,6 +105,9 @@ class ServiceApp:
         log.info("%s stopping", self.name)
         await self.grpc.set_serving(False)
         watcher.cancel()
+        if self.refused is not None:  # nothing of this run may go on (a connect may be retrying forever)
+            for running in self._running:
+                running.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
         for cleanup in reversed(self._cleanups):
             try:
@@ -171,12 +173,15 @@ def run_service(
             log_format=config.telemetry.log_format,
         )
         try:
-            asyncio.run(_main(name, config, build, policy))
+            refused = asyncio.run(_main(name, config, build, policy))
         except SecretError as exc:
             click.echo(f"{name}: a configured secret is unusable: {exc}", err=True)
             sys.exit(EXIT_CONFIG)
         except ValueError as exc:
             click.echo(f"{name}: {exc}", err=True)
+            sys.exit(EXIT_CONFIG)
+        if refused is not None:
+            click.echo(f"{name}: {refused}", err=True)
             sys.exit(EXIT_CONFIG)
 
     main(args=argv)
@@ -185,7 +190,9 @@ def run_service(
 
 async def _main(
     name: str, config: Config, build: Callable[[ServiceApp], Awaitable[None]], policy: AccessPolicy | None
-) -> None:
+) -> str | None:
+    """Run the service until stopped; the reason it refused to run, if it did."""
     app = ServiceApp(name, config, policy=policy)
     await build(app)
     await app.run()
+    return app.refused

@@ -43,7 +43,6 @@ from tccal import bus
 from tccal.clock import SystemClock
 from tccal.config import Config, ConfigError, load_config
 from tccal.db import create_pool
-from tccal.secrets import reveal
 from tccal.subjects import SEATS_SUBJECT
 
 REGISTERED = "Your product successfully registered. Now you can run tc_calendar"
@@ -109,14 +108,13 @@ def _run(
 
 async def _announce_license_change(config: Config) -> None:
     """Tell a running ews-ingest to ask for seats now, so a new license syncs mailboxes without waiting."""
-    nats_config = config.nats
-    await bus.announce(
-        nats_config.url,
-        SEATS_SUBJECT,
-        user=nats_config.user,
-        password=reveal(nats_config.password, allow_plaintext=config.allow_plaintext_passwords),
-        token=reveal(nats_config.token, allow_plaintext=config.allow_plaintext_passwords),
-    )
+    # as licensing's NATS identity: it may publish this subject and nothing else (tccal.nats_auth)
+    try:
+        settings = bus.BusSettings.from_config(config, "licensing")
+    except ValueError as exc:  # an unreadable nats.passwordFile: ews-ingest then asks on its own schedule
+        click.echo(f"warning: the running services were not told about the new license: {exc}", err=True)
+        return
+    await bus.announce(settings, SEATS_SUBJECT)
 
 
 def _describe(snap: Snapshot) -> str:

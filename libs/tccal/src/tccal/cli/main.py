@@ -180,6 +180,19 @@ def grpc_call(
     click.echo(json_format.MessageToJson(answer, preserving_proto_field_name=True))
 
 
+@cli.command("nats-auth")
+def nats_auth() -> None:
+    """Print the NATS server `authorization` block: one user per service with its permissions.
+
+    Each password is read by the NATS server from its environment (TCCAL_NATS_EWS_INGEST_PASSWORD, ...,
+    TCCAL_NATS_ADMIN_PASSWORD); give every service its own in nats.user / nats.password (or nats.passwordFile).
+    The sandbox, docker-compose.yml and the Helm chart make this block themselves (docs/architecture.md §4.6).
+    """
+    from tccal.nats_auth import server_authorization_from_environment
+
+    click.echo(server_authorization_from_environment(), nl=False)
+
+
 def _load_plugins() -> None:
     for entry in entry_points(group=PLUGIN_GROUP):
         command = entry.load()

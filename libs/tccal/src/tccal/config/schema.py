@@ -201,9 +201,24 @@ class GrpcConfig(_Section):
 
 class NatsConfig(_Section):
     url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated.")
-    user: str = Field("", description="NATS user.")
+    user: str = Field("", description="This service's NATS user (one per service, docs/architecture.md §4.6).")
     password: Secret = Field("", description="Encrypted NATS password.")
     token: Secret = Field("", description="Encrypted NATS token.")
+    password_file: str | None = Field(
+        None,
+        description="File holding this service's NATS password in plaintext (a mounted Compose or Kubernetes "
+        "secret); used when password is empty.",
+    )
+    tls_ca_file: str | None = Field(None, description="PEM CA bundle NATS's certificate is verified with.")
+    tls_cert_file: str | None = Field(None, description="PEM client certificate for NATS (mutual TLS).")
+    tls_key_file: str | None = Field(None, description="PEM key of tlsCertFile.")
+    tls_verify: bool = Field(
+        True, description="Verify NATS's certificate and host name (TLS is on with tls:// or any tls*File)."
+    )
+    allow_anonymous: bool = Field(
+        False,
+        description="Test installations only: start even though NATS accepts clients without credentials.",
+    )
     replicas: int = Field(1, ge=1, le=5, description="JetStream replicas of the connector's streams.")
     max_deliver: int = Field(10, ge=1, le=1000, description="Deliveries of a message before dead-lettering.")
 
