@@ -119,7 +119,6 @@ async def test_the_anonymous_probe_does_see_an_open_nats() -> None:
         ("tcs-gateway", calendar_subject("ews", MAILBOX)),
         ("tcs-gateway", commands_subject(SERVER)),
         ("tcs-gateway", resync_subject(MAILBOX)),
-        ("sync-engine", calendar_subject("ews", MAILBOX)),
         ("sync-engine", SEATS_SUBJECT),
         ("sync-engine", ondemand_subject(MAILBOX)),
         ("licensing", calendar_subject("ews", MAILBOX)),

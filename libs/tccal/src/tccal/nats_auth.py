@@ -162,7 +162,18 @@ IDENTITIES: dict[str, Identity] = {
     ),
     "sync-engine": _service(
         "sync-engine",
-        publish=[_subjects(TCS_COMMANDS), RESYNC_SUBJECTS],
+        publish=[
+            _subjects(TCS_COMMANDS),
+            RESYNC_SUBJECTS,
+            # `tc-calendar dead-letters` (SyncService List/ReplayDeadLetters): read and delete the dead letters
+            # of its own consumers, and replay them where they came from - its own consumers' streams.
+            f"$JS.API.STREAM.MSG.GET.{DEADLETTER}",
+            f"$JS.API.DIRECT.GET.{DEADLETTER}",
+            f"$JS.API.DIRECT.GET.{DEADLETTER}.>",
+            f"$JS.API.STREAM.MSG.DELETE.{DEADLETTER}",
+            _subjects(CALENDAR),
+            _subjects(TCS_RESULTS),
+        ],
         streams=(CALENDAR, TCS_COMMANDS, TCS_RESULTS, DEADLETTER),
     ),
     "tcs-gateway": _service(
