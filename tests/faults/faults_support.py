@@ -25,7 +25,7 @@ from e2e_support import SEND, Product, email, http_json, wait_until
 
 from tccal import secrets
 from tccal_sandbox.embedded import die_with_parent
-from tccal_sandbox.testing import running_sandbox, short_tmpdir
+from tccal_sandbox.testing import disk_full_statements, running_sandbox, short_tmpdir
 
 LOAD = int(os.environ.get("TC_FAULTS_LOAD", "150"))  # changes per scenario; `make faults` raises it
 CONVERGE_S = float(os.environ.get("TC_FAULTS_CONVERGE_S", str(max(120.0, LOAD * 0.06))))  # after the last write
@@ -475,16 +475,6 @@ PG_FAULT_S = float(os.environ.get("TC_FAULTS_PG_FAULT_S", "60" if LOAD >= 1000 e
 #: (about 2 s of backoff) was dead-lettered, so even the 10 s fault of `make test` would lose changes.
 PG_FAULT_MAX_DELIVER = 3
 
-DISK_FULL_FUNCTION = """
-CREATE OR REPLACE FUNCTION tc_fault_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  RAISE EXCEPTION USING ERRCODE = 'disk_full',
-    MESSAGE = format('could not extend file "base/%s/%s": No space left on device',
-                     (SELECT oid FROM pg_database WHERE datname = current_database()), TG_RELID),
-    HINT = 'Check free disk space.';
-END $$
-"""
-
 
 def pg_execute(fp: FaultProduct, *statements: str) -> list[Any]:
     """Run statements on the product's PostgreSQL (its own database), each outside a transaction block; the
@@ -518,18 +508,7 @@ def set_disk_full(fp: FaultProduct, on: bool) -> None:
     (tests/faults/README.md says why not a real full disk)."""
     (tables,) = pg_execute(fp, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
     names = [str(row["tablename"]) for row in tables]
-    if on:
-        pg_execute(
-            fp,
-            DISK_FULL_FUNCTION,
-            *(
-                f'CREATE TRIGGER tc_fault_disk_full BEFORE INSERT OR UPDATE OR DELETE ON "{name}"'
-                " FOR EACH STATEMENT EXECUTE FUNCTION tc_fault_disk_full()"
-                for name in names
-            ),
-        )
-    else:
-        pg_execute(fp, *(f'DROP TRIGGER IF EXISTS tc_fault_disk_full ON "{name}"' for name in names))
+    pg_execute(fp, *disk_full_statements(names, on))
 
 
 def readiness(fp: FaultProduct, service: str) -> dict[str, Any]:

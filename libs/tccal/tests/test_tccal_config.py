@@ -175,6 +175,17 @@ def test_config_check_command(tmp_path: Path) -> None:
     good = subprocess.run([*CLI, "config", "check", str(guide)], capture_output=True, text=True, env=environ)
     assert good.returncode == 0, good.stderr
     assert "OK (1 calendar provider(s), 3 user(s), wsPort 4315)" in good.stdout
+    # EWS over plain http: with Basic authentication the password crosses the network in every request.
+    document = json.loads(guide.read_text())
+    for auth in ("basic", "ntlm"):
+        document["calendarProviders"][0].update({"scheme": "http", "auth": auth})
+        clear = tmp_path / f"http-{auth}.json"
+        clear.write_text(json.dumps(document))
+        warned = subprocess.run([*CLI, "config", "check", str(clear)], capture_output=True, text=True, env=environ)
+        assert warned.returncode == 1, warned.stderr
+        [line] = warned.stderr.splitlines()
+        assert line.startswith(f"{clear}: warning: calendarProviders[0].scheme: ")
+        assert ("password in clear" in line) == (auth == "basic") and "use scheme https" in line
     # A service bound beyond loopback without an admin token refuses to start: so does the check.
     exposed = {**environ, "TC_CALENDAR__GRPC__SERVICES__SYNC_ENGINE__HOST": "0.0.0.0"}
     refused = subprocess.run([*CLI, "config", "check", str(guide)], capture_output=True, text=True, env=exposed)

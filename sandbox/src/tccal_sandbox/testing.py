@@ -37,6 +37,7 @@ __all__ = [
     "authorized",
     "bearer",
     "connect_nats",
+    "disk_full_statements",
     "free_port",
     "nats_config",
     "nats_settings",
@@ -300,3 +301,31 @@ def repo_root() -> Path:
         if (parent / "proto" / "trueconf").is_dir() and (parent / "libs").is_dir():
             return parent
     return Path(os.getcwd())
+
+
+_DISK_FULL_FUNCTION = """
+CREATE OR REPLACE FUNCTION tc_fault_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION USING ERRCODE = 'disk_full',
+    MESSAGE = format('could not extend file "base/%s/%s": No space left on device',
+                     (SELECT oid FROM pg_database WHERE datname = current_database()), TG_RELID),
+    HINT = 'Check free disk space.';
+END $$
+"""
+
+
+def disk_full_statements(tables: list[str], on: bool) -> list[str]:
+    """SQL that makes every write to `tables` answered (or no longer) with what PostgreSQL sends when its disk is
+    full: SQLSTATE 53100 disk_full, 'could not extend file "base/<db>/<rel>": No space left on device', HINT 'Check
+    free disk space.' - raised by PostgreSQL itself from a statement trigger on each table (a real full disk needs
+    a small filesystem, which needs root: tests/faults/README.md)."""
+    if not on:
+        return [f'DROP TRIGGER IF EXISTS tc_fault_disk_full ON "{table}"' for table in tables]
+    return [
+        _DISK_FULL_FUNCTION,
+        *(
+            f'CREATE TRIGGER tc_fault_disk_full BEFORE INSERT OR UPDATE OR DELETE ON "{table}"'
+            " FOR EACH STATEMENT EXECUTE FUNCTION tc_fault_disk_full()"
+            for table in tables
+        ),
+    ]

@@ -21,6 +21,7 @@ from sync_engine_testkit import ANNA, BOB, T0, EngineUnderTest, Harness, attende
 
 from sync_engine.faults import Fault, classify
 from tccal.subjects import CALENDAR, DEADLETTER
+from tccal_sandbox.testing import disk_full_statements
 
 # --- the classification -------------------------------------------------------------------------------------
 
@@ -121,17 +122,6 @@ async def read_only(harness: Harness) -> AsyncIterator[None]:
             await _end_other_sessions(connection, database)
 
 
-DISK_FULL_FUNCTION = """
-CREATE OR REPLACE FUNCTION tc_fault_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  RAISE EXCEPTION USING ERRCODE = 'disk_full',
-    MESSAGE = format('could not extend file "base/%s/%s": No space left on device',
-                     (SELECT oid FROM pg_database WHERE datname = current_database()), TG_RELID),
-    HINT = 'Check free disk space.';
-END $$
-"""
-
-
 @contextlib.asynccontextmanager
 async def disk_full(harness: Harness) -> AsyncIterator[None]:
     """Every write to the engine's tables answered with 53100 disk_full, as PostgreSQL answers it."""
@@ -140,18 +130,14 @@ async def disk_full(harness: Harness) -> AsyncIterator[None]:
             str(r["tablename"])
             for r in await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         ]
-        await connection.execute(DISK_FULL_FUNCTION)
-        for table in tables:
-            await connection.execute(
-                f'CREATE TRIGGER tc_fault_disk_full BEFORE INSERT OR UPDATE OR DELETE ON "{table}"'
-                " FOR EACH STATEMENT EXECUTE FUNCTION tc_fault_disk_full()"
-            )
+        for statement in disk_full_statements(tables, on=True):
+            await connection.execute(statement)
     try:
         yield
     finally:
         async with harness.connect() as connection:
-            for table in tables:
-                await connection.execute(f'DROP TRIGGER tc_fault_disk_full ON "{table}"')
+            for statement in disk_full_statements(tables, on=False):
+                await connection.execute(statement)
 
 
 FAULTS: dict[str, Callable[[Harness], contextlib.AbstractAsyncContextManager[None]]] = {

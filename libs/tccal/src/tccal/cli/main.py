@@ -58,11 +58,12 @@ def config_check(file: str | None, no_decrypt: bool) -> None:
     """Validate FILE (default: $TC_CALENDAR_CONFIG) exactly as the services do at start; starts nothing.
 
     Exit code 0 when the file is usable; 1 when every service starts but no (or not every) TrueConf Server can
-    connect, with one warning line each; 2 with one line per problem when a service would refuse it.
+    connect, or EWS would go over plain http, with one warning line each; 2 with one line per problem when a
+    service would refuse it.
     """
     import os
 
-    from tccal.config.checks import startup_problems, trueconf_warnings
+    from tccal.config.checks import startup_problems, transport_warnings, trueconf_warnings
 
     path = file or os.environ.get(CONFIG_ENV)
     if not path:
@@ -78,7 +79,7 @@ def config_check(file: str | None, no_decrypt: bool) -> None:
         click.echo(f"{path}: {problem}", err=True)
     if problems:
         sys.exit(EXIT_CONFIG)
-    warnings = trueconf_warnings(config)
+    warnings = trueconf_warnings(config) + transport_warnings(config)
     for warning in warnings:
         click.echo(f"{path}: warning: {warning}", err=True)
     providers = len(config.calendar_providers)

@@ -4,7 +4,7 @@
   `grpc.adminToken`, the rule of tccal.grpckit.GrpcServer; `grpc.tls` files that cannot be read or do not go
   together);
 * warnings - everything starts, but no TrueConf Server can use it (no whitelisted server with its `tcs.servers`
-  entry, or an entry on one side only).
+  entry, or an entry on one side only), or secrets and calendars would cross the network in clear (EWS over http).
 """
 
 from __future__ import annotations
@@ -65,4 +65,25 @@ def trueconf_warnings(config: Config) -> list[ConfigProblem]:
                 "productWhitelist.tcs", "no TrueConf Server can connect: none is both whitelisted and in tcs.servers"
             )
         )
+    return warnings
+
+
+def transport_warnings(config: Config) -> list[ConfigProblem]:
+    """What would cross the network unencrypted: EWS over http (with Basic authentication, the service account's
+    password itself on every request - RFC 7617 §4: "the user's password ... is transmitted in clear")."""
+    warnings: list[ConfigProblem] = []
+    for index, provider in enumerate(config.calendar_providers):
+        if provider.scheme != "http":
+            continue
+        if provider.auth == "basic":
+            message = (
+                f"Basic authentication over http to {provider.host!r}: every EWS request carries the impersonation "
+                "account's password in clear (base64); use scheme https"
+            )
+        else:
+            message = (
+                f"EWS over http to {provider.host!r}: calendars and the NTLM exchange (open to offline cracking) "
+                "cross the network unencrypted; use scheme https"
+            )
+        warnings.append(ConfigProblem(f"calendarProviders[{index}].scheme", message))
     return warnings
