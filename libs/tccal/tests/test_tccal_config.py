@@ -12,6 +12,7 @@ import pytest
 
 from tccal import secrets
 from tccal.config import ConfigError, load_config
+from tccal.config.loader import parse_config_text
 from tccal_sandbox.testing import repo_root
 
 GUIDE = repo_root() / "docs" / "examples" / "config.guide.json"
@@ -176,7 +177,7 @@ def test_config_check_command(tmp_path: Path) -> None:
     assert good.returncode == 0, good.stderr
     assert "OK (1 calendar provider(s), 3 user(s), wsPort 4315)" in good.stdout
     # EWS over plain http: with Basic authentication the password crosses the network in every request.
-    document = json.loads(guide.read_text())
+    document = parse_config_text(guide.read_text())
     for auth in ("basic", "ntlm"):
         document["calendarProviders"][0].update({"scheme": "http", "auth": auth})
         clear = tmp_path / f"http-{auth}.json"
