@@ -73,8 +73,8 @@ def transport_warnings(config: Config) -> list[ConfigProblem]:
     password itself on every request - RFC 7617 §4: "the user's password ... is transmitted in clear")."""
     warnings: list[ConfigProblem] = []
     for index, provider in enumerate(config.calendar_providers):
-        if provider.scheme != "http":
-            continue
+        if provider.scheme != "http" or provider.host == "localhost" or is_loopback(provider.host):
+            continue  # https, or a loopback address: nothing crosses the network
         if provider.auth == "basic":
             message = (
                 f"Basic authentication over http to {provider.host!r}: every EWS request carries the impersonation "
