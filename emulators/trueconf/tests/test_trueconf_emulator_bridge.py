@@ -123,6 +123,8 @@ class FakeGateway:
     def __init__(self, *, secret: str = SECRET, mailboxes: tuple[str, ...] = (ALICE, BOB)) -> None:
         self.secret = secret
         self.mailboxes = set(mailboxes)
+        #: Per user, how many more getCalendarList to answer 8 INTERNAL_ERROR with retryAfterMs 200.
+        self.list_failures: dict[str, int] = {}
         self.calendars: dict[str, dict[str, dict[str, Any]]] = {user: {} for user in mailboxes}
         self.seq: dict[str, int] = {user: 0 for user in mailboxes}
         self.connections: list[GatewayConnection] = []
@@ -263,7 +265,15 @@ class FakeGateway:
                 await self.on_authenticated(conn)
         elif method == "getCalendarList":
             user = payload["user"]
-            if user not in self.mailboxes:
+            if self.list_failures.get(user, 0) > 0:
+                self.list_failures[user] -= 1
+                reply = {
+                    "errorCode": 8,
+                    "errorName": "INTERNAL_ERROR",
+                    "errorDescription": "sync-engine is starting",
+                    "retryAfterMs": 200,
+                }
+            elif user not in self.mailboxes:
                 reply = {"errorCode": 12, "errorName": "UNKNOWN_USER", "errorDescription": f"no mailbox {user}"}
             else:
                 window_from = datetime.fromisoformat(payload["from"])
@@ -705,3 +715,25 @@ async def test_admin_request_calendar_asks_the_gateway_now(gateway: FakeGateway,
     state = await bridge_state(tcs)
     assert CAROL not in state["calendar_list_errors"]
     assert state["users"][CAROL] == {"events": 1, "last_seq": 7}
+
+
+async def test_a_list_answered_with_retry_after_is_asked_again(gateway: FakeGateway, tcs: EmulatorProcess) -> None:
+    """A gateway whose sync-engine is still starting answers getCalendarList 8 with retryAfterMs: the emulator asks
+    that user's calendar again after that long (docs/bridge-protocol.md §2), on the same connection."""
+    conn = await gateway.authenticated_connection(1)
+    await wait_for_async(lambda: len(conn.requests_of("getCalendarList")) == 3, what="initial lists")
+    gateway.list_failures[ALICE] = 2
+    await http("POST", f"{tcs.admin_url}/bridge/drop", {"mode": "close", "code": 4000})
+    again = await gateway.authenticated_connection(2)
+
+    def alice_asked() -> list[dict[str, Any]]:
+        return [f for f in again.requests_of("getCalendarList") if f["payload"]["user"] == ALICE]
+
+    await wait_for_async(lambda: len(alice_asked()) == 3, what="alice's list asked three times")
+
+    async def alice_listed() -> bool:
+        state = await bridge_state(tcs)
+        return ALICE not in state["calendar_list_errors"] and ALICE in state["users"]
+
+    await wait_for_async(alice_listed, what="alice's list applied after the retries")
+    assert gateway.list_failures[ALICE] == 0

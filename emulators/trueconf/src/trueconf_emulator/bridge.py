@@ -46,6 +46,8 @@ ACK_MODES: tuple[AckMode, ...] = ("normal", "refuse", "withhold")
 _MAX_RETAINED_ERRORS = 200
 _LIST_CONCURRENCY = 8
 _STALE_LIST_ATTEMPTS = 3
+#: How often a calendar list of the connect-time round is asked again after an error carrying retryAfterMs.
+_LIST_RETRIES = 10
 
 
 def _now_text() -> str:
@@ -671,9 +673,19 @@ class BridgeClient:
         limit = asyncio.Semaphore(_LIST_CONCURRENCY)
 
         async def one(email: str) -> None:
-            async with limit:
-                with contextlib.suppress(ConnectionClosedError):
-                    await self._list_calendar(conn, email, window_from, window_to)
+            # An error reply with retryAfterMs (8 INTERNAL_ERROR, 9 OVERLOADED: "how long to wait before
+            # resending", docs/bridge-protocol.md §2) is asked again after that long, as long as the connection
+            # lasts - a gateway whose sync-engine is still starting answers 8 with retryAfterMs.
+            for _attempt in range(_LIST_RETRIES):
+                async with limit:
+                    try:
+                        outcome = await self._list_calendar(conn, email, window_from, window_to)
+                    except ConnectionClosedError:
+                        return
+                retry_ms = outcome.get("retryAfterMs") if outcome.get("errorCode") else None
+                if not isinstance(retry_ms, int) or retry_ms <= 0 or conn.ws.closed:
+                    return
+                await asyncio.sleep(retry_ms / 1000)
 
         await asyncio.gather(*(one(email.lower()) for email in self._directory.emails()))
 
