@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -59,30 +61,8 @@ class ConsumerMetrics:
         self.pending: dict[Consumer, int] = {}
         self.ack_pending: dict[Consumer, int] = {}
         self.dead: dict[Consumer, int] = {}
-        meter = telemetry.meter("tccal.streams")
-        meter.create_observable_gauge(
-            "tc_calendar_consumer_pending_messages",
-            callbacks=[lambda options: self._observe(self.pending)],
-            unit="{message}",
-            description="Messages in the stream the durable consumer has not been given yet (stream lag).",
-        )
-        meter.create_observable_gauge(
-            "tc_calendar_consumer_ack_pending_messages",
-            callbacks=[lambda options: self._observe(self.ack_pending)],
-            unit="{message}",
-            description="Messages given to the durable consumer and not acknowledged yet.",
-        )
-        if dead_letters:
-            meter.create_observable_gauge(
-                "tc_calendar_dead_letter_messages",
-                callbacks=[lambda options: self._observe(self.dead)],
-                unit="{message}",
-                description="Messages the consumer gave up on, kept in DEADLETTER (tc-calendar dead-letters).",
-            )
-
-    @staticmethod
-    def _observe(values: dict[Consumer, int]) -> Iterable[Observation]:
-        return [Observation(value, consumer.attributes()) for consumer, value in list(values.items())]
+        _watched.add(self)
+        _instruments()
 
     async def refresh(self) -> None:
         """Ask NATS once about every consumer (one that does not answer keeps its last values)."""
@@ -114,3 +94,38 @@ class ConsumerMetrics:
                 await self.refresh()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval)
+
+
+#: Every ConsumerMetrics of the process: the gauges (created once per process) report them all.
+_watched: weakref.WeakSet[ConsumerMetrics] = weakref.WeakSet()
+
+
+def _observe(values: Callable[[ConsumerMetrics], dict[Consumer, int]]) -> Iterable[Observation]:
+    return [
+        Observation(value, consumer.attributes())
+        for watcher in list(_watched)
+        for consumer, value in list(values(watcher).items())
+    ]
+
+
+@functools.cache
+def _instruments() -> None:
+    meter = telemetry.meter("tccal.streams")
+    meter.create_observable_gauge(
+        "tc_calendar_consumer_pending_messages",
+        callbacks=[lambda options: _observe(lambda watcher: watcher.pending)],
+        unit="{message}",
+        description="Messages in the stream the durable consumer has not been given yet (stream lag).",
+    )
+    meter.create_observable_gauge(
+        "tc_calendar_consumer_ack_pending_messages",
+        callbacks=[lambda options: _observe(lambda watcher: watcher.ack_pending)],
+        unit="{message}",
+        description="Messages given to the durable consumer and not acknowledged yet.",
+    )
+    meter.create_observable_gauge(
+        "tc_calendar_dead_letter_messages",
+        callbacks=[lambda options: _observe(lambda watcher: watcher.dead)],
+        unit="{message}",
+        description="Messages the consumer gave up on, kept in DEADLETTER (tc-calendar dead-letters).",
+    )

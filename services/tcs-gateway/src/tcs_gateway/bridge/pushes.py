@@ -18,8 +18,8 @@ from opentelemetry import trace
 from tccal import telemetry
 from tcs_gateway.bridge.channel import ConnectionClosedError, log, retry_delay
 from tcs_gateway.bridge.framing import ErrorCode
+from tcs_gateway.bridge.metrics import METRICS
 from tcs_gateway.bridge.queue import PendingPush
-from tcs_gateway.metrics import METRICS
 from trueconf.calendar.v1 import commands_pb2
 
 if TYPE_CHECKING:

@@ -11,9 +11,9 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from tcs_gateway.bridge.metrics import METRICS
 from tcs_gateway.bridge.ports import UserStateStore
 from tcs_gateway.bridge.queue import PendingPush, PushQueue
-from tcs_gateway.metrics import METRICS
 from tcs_gateway.settings import GatewaySettings, ServerSettings
 from trueconf.calendar.v1 import commands_pb2
 
