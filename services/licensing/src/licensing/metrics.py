@@ -47,7 +47,7 @@ class _Metrics:
         meter.create_observable_gauge(
             "licensing_license_status",
             callbacks=[self._status],
-            unit="1",
+            unit="{status}",  # an annotation, not "1": an OTLP→Prometheus conversion adds no "_ratio"
             description="1 for the license's current status (label status: valid, grace, suspended, expired,"
             " unregistered), 0 for the others.",
         )

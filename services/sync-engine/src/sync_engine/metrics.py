@@ -46,7 +46,7 @@ class _Metrics:
         meter.create_observable_gauge(
             "sync_engine_outbox_backlog",
             callbacks=[self._observe_backlog],
-            unit="1",
+            unit="{command}",  # an annotation, not "1": an OTLP→Prometheus conversion adds no "_ratio"
             description="Commands waiting in the outbox for the relay.",
         )
 

@@ -13,7 +13,7 @@ class _Metrics:
         meter = telemetry.meter("tcs_gateway")
         self.bridge_connected = meter.create_gauge(
             "tcs_gateway_bridge_connected",
-            unit="1",
+            unit="{connection}",  # an annotation, not "1": an OTLP→Prometheus conversion adds no "_ratio"
             description="1 while the TrueConf Server (label server) is connected over the calendar bridge, else 0.",
         )
         self.propagation = meter.create_histogram(
