@@ -13,10 +13,13 @@ STAMP := $(VENV)/.installed
 # An independent EWS client (ews-javascript-api, npm) that drives the Exchange emulator in the tests.
 EWS_JS := tests/interop/ews-js
 EWS_JS_STAMP := $(EWS_JS)/node_modules/.installed
+# prometheus-operator's CRD schemas (npm) the Helm chart's ServiceMonitor and PrometheusRule are validated against.
+PROM_OP := tests/deploy/prometheus-operator
+PROM_OP_STAMP := $(PROM_OP)/node_modules/.installed
 
 .PHONY: install run test lint typecheck pytest faults clean bench bench-smoke
 
-install: $(STAMP) $(EWS_JS_STAMP)
+install: $(STAMP) $(EWS_JS_STAMP) $(PROM_OP_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt $(wildcard */pyproject.toml */*/pyproject.toml) $(wildcard proto/trueconf/calendar/v1/*.proto)
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is needed, this is {sys.version}"'
@@ -28,6 +31,11 @@ $(STAMP): pyproject.toml constraints.txt $(wildcard */pyproject.toml */*/pyproje
 $(EWS_JS_STAMP): $(EWS_JS)/package.json $(EWS_JS)/package-lock.json
 	@command -v npm >/dev/null || { echo "npm (Node.js 18+) is needed for the EWS interop tests: apt-get install nodejs npm" >&2; exit 1; }
 	npm ci --prefix $(EWS_JS) --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(PROM_OP_STAMP): $(PROM_OP)/package.json $(PROM_OP)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm (Node.js 18+) is needed for the Helm chart's monitoring tests: apt-get install nodejs npm" >&2; exit 1; }
+	npm ci --prefix $(PROM_OP) --no-audit --no-fund --loglevel=error
 	touch $@
 
 run: install
@@ -65,4 +73,4 @@ bench-smoke: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/bench
 
 clean:
-	rm -rf $(VENV) .venv-helm proto/gen .sandbox $(EWS_JS)/node_modules
+	rm -rf $(VENV) .venv-helm proto/gen .sandbox $(EWS_JS)/node_modules $(PROM_OP)/node_modules

@@ -33,7 +33,7 @@ from .conftest import CONNECTOR_SERVICES, EMULATORS, ROOT, interpolate
 
 BASE_SERVICES = {"postgres", "nats", *CONNECTOR_SERVICES}
 SANDBOX_SERVICES = {f"{name}-emulator" for name in EMULATORS}
-OBSERVABILITY_SERVICES = {"otel-collector", "jaeger"}
+OBSERVABILITY_SERVICES = {"otel-collector", "jaeger", "prometheus", "grafana"}
 
 
 def code_reads_env() -> set[str]:
@@ -427,3 +427,37 @@ def test_observability_wiring(compose: dict[str, Any], compose_services: dict[st
     assert jaeger_endpoint.split(":")[0] in compose_services
     assert "health_check" in otel["service"]["extensions"]
     assert otel["extensions"]["health_check"]["endpoint"].endswith(":13133")
+
+
+def test_prometheus_scrapes_every_service_and_grafana_loads_the_dashboard(
+    config: Config, compose_services: dict[str, dict[str, Any]]
+) -> None:
+    prometheus = compose_services["prometheus"]
+    scrape = yaml.safe_load(mount_source(prometheus, "/etc/prometheus/prometheus.yml").read_text())
+    assert "--config.file=/etc/prometheus/prometheus.yml" in (prometheus.get("command") or [])
+    targets = {
+        target
+        for job in scrape["scrape_configs"]
+        if job.get("metrics_path", "/metrics") == "/metrics"
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    # each service's HTTP side port, as config.json sets it, at its compose name
+    assert targets == {f"{name}:{config.grpc.endpoint(name).http_port}" for name in CONNECTOR_SERVICES}
+
+    grafana = compose_services["grafana"]
+    assert "prometheus" in grafana["depends_on"]
+    provisioning = mount_source(grafana, "/etc/grafana/provisioning")
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())["datasources"]
+    assert datasource["type"] == "prometheus"
+    host_port = urlsplit(datasource["url"]).netloc
+    assert host_port == f"prometheus:{prometheus['ports'][0].rsplit(':', 1)[1]}"
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "trueconf-calendar.yaml").read_text())["providers"]
+    dashboards = Path(provider["options"]["path"])
+    shipped = ROOT / "deploy" / "grafana" / "trueconf-calendar.json"
+    assert mount_source(grafana, str(dashboards / shipped.name)) == shipped.resolve()
+    dashboard = json.loads(shipped.read_text())
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    assert variable["query"] == datasource["type"]
+    env = service_env(grafana)
+    assert env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == str(dashboards / shipped.name)

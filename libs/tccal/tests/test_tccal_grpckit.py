@@ -1,4 +1,5 @@
-"""gRPC kit over a real socket: health, reflection, the caller guard (admin and service tokens), loopback rule."""
+"""gRPC kit over a real socket: health, reflection, the caller guard (admin and service tokens), loopback rule,
+traces by OpenTelemetry's gRPC instrumentation."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tccal.grpckit import AccessPolicy, GrpcCaller, GrpcServer, RefusalLog, client_metadata, service_token
 from trueconf.calendar.v1 import gateway_pb2, gateway_pb2_grpc
@@ -147,3 +152,35 @@ def test_the_refusal_log_stays_bounded_under_a_scan_of_made_up_methods(caplog: p
     last = f"/scan.Service/M{3 * RefusalLog.MAX_KEYS - 1}"
     refusals.refused(last, "unknown", grpc.StatusCode.UNAUTHENTICATED, "missing token")
     assert len(caplog.records) == 3 * RefusalLog.MAX_KEYS  # one line per new method, none for a recent repeat
+
+
+async def test_calls_are_traced_by_opentelemetry_grpc_instrumentation_across_the_socket() -> None:
+    """A call made inside a span: the client span (aio_client_interceptors) continues it, the server span
+    (aio_server_interceptor) continues the client's traceparent from the metadata; health checks make no span."""
+    exported = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    processor = SimpleSpanProcessor(exported)
+    provider.add_span_processor(processor)
+    server = await started()
+    try:
+        async with GrpcCaller().aio_channel(f"127.0.0.1:{server.port}") as channel:
+            with trace.get_tracer("test").start_as_current_span("caller") as caller:
+                assert await list_servers(channel, None) == grpc.StatusCode.OK
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    finally:
+        await server.stop(0)
+        processor.shutdown()
+    spans = exported.get_finished_spans()
+    trace_id = caller.get_span_context().trace_id
+    calls = [s for s in spans if s.name == METHOD]
+    kinds = {s.kind: s for s in calls}
+    assert set(kinds) == {trace.SpanKind.CLIENT, trace.SpanKind.SERVER}, [(s.name, s.kind) for s in spans]
+    client, served = kinds[trace.SpanKind.CLIENT], kinds[trace.SpanKind.SERVER]
+    assert client.context.trace_id == served.context.trace_id == trace_id
+    assert client.parent is not None and client.parent.span_id == caller.get_span_context().span_id
+    assert served.parent is not None and served.parent.span_id == client.context.span_id
+    assert served.attributes is not None and served.attributes.get("rpc.system") == "grpc"
+    assert not [s for s in spans if s.kind == trace.SpanKind.SERVER and "Health" in s.name]

@@ -17,7 +17,8 @@ import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry import trace
+from opentelemetry.instrumentation import grpc as otel_grpc
+from opentelemetry.instrumentation.grpc import filters as otel_filters
 
 from tccal import telemetry
 from tccal.config.schema import SERVICE_NAMES, Config, GrpcTlsConfig
@@ -173,34 +174,6 @@ class CallerAuthInterceptor(_Interceptor):
         return await continuation(handler_call_details)
 
 
-class TracingInterceptor(_Interceptor):
-    """Continue the caller's trace (traceparent in metadata) in a server span for unary calls."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        inner: Any = handler.unary_unary
-        method = handler_call_details.method
-        tracer = telemetry.tracer("tccal.grpc")
-
-        async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            carrier = {k: str(v) for k, v in context.invocation_metadata() or ()}
-            parent = telemetry.extract_context(carrier)
-            with tracer.start_as_current_span(method, context=parent, kind=trace.SpanKind.SERVER):
-                return await inner(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            traced,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-
-
 @dataclass(frozen=True)
 class TlsMaterial:
     """`grpc.tls` read from disk: PEM bytes and what to do with them."""
@@ -293,7 +266,13 @@ class GrpcServer:
                 f"gRPC binds {host} beyond loopback: grpc.adminToken must be set so its calls are protected"
             )
         self.auth = CallerAuthInterceptor(policy or AccessPolicy(), admin_token, required, refusals)
-        self.server = grpc.aio.server(interceptors=[TracingInterceptor(), self.auth])
+        # OpenTelemetry's gRPC instrumentation: a server span per call (unary and streaming), continuing the
+        # caller's traceparent; health checks are left out (probes call them every second).
+        untraced = otel_filters.negate(otel_filters.health_check())
+        tracing: grpc.aio.ServerInterceptor[Any, Any] = otel_grpc.aio_server_interceptor(  # type: ignore[no-untyped-call]
+            filter_=untraced
+        )
+        self.server = grpc.aio.server(interceptors=[tracing, self.auth])
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._service_names: list[str] = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
@@ -359,10 +338,15 @@ class GrpcCaller:
         return client_metadata(self.token)
 
     def aio_channel(self, address: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+        # OpenTelemetry's gRPC instrumentation: a client span per call, its traceparent in the metadata.
+        tracing: list[grpc.aio.ClientInterceptor] = otel_grpc.aio_client_interceptors()  # type: ignore[no-untyped-call]
         if self.tls is None:
-            return grpc.aio.insecure_channel(address, options=list(options))
+            return grpc.aio.insecure_channel(address, options=list(options), interceptors=tracing)
         return grpc.aio.secure_channel(
-            address, self.tls.channel_credentials(), options=[*options, *self.tls.channel_options()]
+            address,
+            self.tls.channel_credentials(),
+            options=[*options, *self.tls.channel_options()],
+            interceptors=tracing,
         )
 
     def channel(self, address: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:

@@ -29,6 +29,7 @@ from licensing.errors import (
 )
 from licensing.fingerprint import short_fingerprint
 from licensing.keys import RegistrationKey, parse_key
+from licensing.metrics import METRICS, LicenseFigures
 from licensing.offline import OfflineRequest, OfflineResponse
 from licensing.registration_client import RegistrationClient
 from licensing.seats import Allocation, SeatAsk, allocate, normalize_mailbox, refuse_all
@@ -60,6 +61,21 @@ class Snapshot:
     check: CheckState
     evaluation: Evaluation
     seats_used: int
+
+
+def observed(snap: Snapshot) -> Snapshot:
+    """`snap`, its figures handed to the service's metrics on the way (licensing.metrics)."""
+    lic = snap.signed.license if snap.signed is not None else None
+    expires = lic.expires_at if lic is not None else None
+    METRICS.observe(
+        LicenseFigures(
+            seats_used=snap.seats_used,
+            seats_total=lic.seat_capacity if lic is not None else 0,
+            expires_in=None if expires is None else (expires - snap.now).total_seconds(),
+            status=snap.evaluation.status,
+        )
+    )
+    return snap
 
 
 class LicenseManager:
@@ -205,7 +221,8 @@ class LicenseManager:
         except ForeignInstallationError as exc:
             now = self.clock.now()
             evaluation = Evaluation(Status.SUSPENDED, exc.message, None, 0)
-            return Snapshot(now, uuid.UUID(int=0), "", None, CheckState(), evaluation, await self.store.seats_used(now))
+            seats_used = await self.store.seats_used(now)
+            return observed(Snapshot(now, uuid.UUID(int=0), "", None, CheckState(), evaluation, seats_used))
         install_id, fingerprint = row.install_id, self.store.sealer.fingerprint(row.install_id)
         stored = await self.store.active_license()
         signed: SignedLicense | None = None
@@ -268,7 +285,7 @@ class LicenseManager:
                 evaluation.seat_capacity,
             )
         seats_used = await self.store.seats_used(now)
-        return Snapshot(now, install_id, fingerprint, signed, check, evaluation, seats_used)
+        return observed(Snapshot(now, install_id, fingerprint, signed, check, evaluation, seats_used))
 
     # ----------------------------------------------------------------------------------------- seats
 
@@ -309,7 +326,7 @@ class LicenseManager:
         final = Snapshot(
             snap.now, snap.install_id, snap.fingerprint, snap.signed, snap.check, snap.evaluation, result.seats_used
         )
-        return result, final
+        return result, observed(final)
 
     # ----------------------------------------------------------------------------------------- online checks
 

@@ -7,15 +7,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
-from licensing.errors import ForeignInstallationError
+from licensing.errors import ForeignInstallationError, LicensingError
 from licensing.manager import LicenseManager
 from licensing.sealing import Sealer
 from licensing.settings import LicensingSettings
 from licensing.store import LicenseStore
 from tccal.clock import Clock
 from tccal.db import Database
+
+#: Seconds between two looks at the license for the metrics.
+METRICS_INTERVAL = 30.0
 
 
 class LicensingRuntime:
@@ -39,4 +43,23 @@ class LicensingRuntime:
         except ForeignInstallationError as exc:  # the service runs, suspended, and says why (GetLicense, logs)
             logging.getLogger("licensing").error(f"no license is accepted: {exc.message}")
         self._migrated = True
-        await self.manager.run_checks(stop)
+        refresh = asyncio.create_task(self._refresh_metrics(stop), name="licensing-metrics")
+        try:
+            await self.manager.run_checks(stop)
+        finally:
+            refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresh
+
+    async def _refresh_metrics(self, stop: asyncio.Event) -> None:
+        """Look at the license every METRICS_INTERVAL seconds so that the metrics follow what time does to it
+        (seat leases running out, the expiry coming closer) between GetLicense and AllocateSeats calls."""
+        while not stop.is_set():
+            try:
+                await self.manager.snapshot()  # hands its figures to licensing.metrics
+            except LicensingError as exc:
+                logging.getLogger("licensing").warning(f"license metrics not refreshed: {exc.message}")
+            except Exception as exc:  # the database away for a moment: the next look tries again
+                logging.getLogger("licensing").warning(f"license metrics not refreshed: {exc!r}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), METRICS_INTERVAL)

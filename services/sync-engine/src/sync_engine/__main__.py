@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from sync_engine.api import POLICY, SERVICE_NAME, SyncApi
+from sync_engine.bus import CALENDAR_DURABLE, RESULTS_DURABLE
 from sync_engine.runtime import SyncEngineService
 from sync_engine.settings import EngineSettings
 from tccal.service import ServiceApp, run_service
+from tccal.stream_metrics import Consumer, ConsumerMetrics
+from tccal.subjects import CALENDAR, TCS_RESULTS
 from trueconf.calendar.v1 import sync_pb2_grpc
 
 SERVICE = "sync-engine"
@@ -27,6 +30,10 @@ async def build(app: ServiceApp) -> None:
         await service.run(app.stop_event)
 
     app.task(run)
+    # Stream lag and dead letters of the engine's two consumers.
+    consumers = [Consumer(CALENDAR, CALENDAR_DURABLE), Consumer(TCS_RESULTS, RESULTS_DURABLE)]
+    lag = ConsumerMetrics(bus, lambda: consumers, dead_letters=True)
+    app.task(lambda: lag.run(app.stop_event))
 
 
 def main() -> None:

@@ -109,9 +109,12 @@ class ChangeApplier:
                 lambda connection: self._apply_changes(connection, incoming), stop=stop, on_wait=on_wait
             )
         stale = 0
+        committed = self.context.clock.now()
         for position, one, ok in zip(positions, incoming, applied, strict=True):
             results[position] = ok
-            if not ok:
+            if ok:
+                METRICS.apply_lag.record(max(0.0, (committed - one.cause.created_at).total_seconds()))
+            else:
                 stale += 1
                 log.info(
                     "stale calendar change ignored",

@@ -34,6 +34,11 @@ class _Metrics:
             unit="s",
             description="From the change (observed_at) or decision that caused a command to its publication.",
         )
+        self.apply_lag = meter.create_histogram(
+            "sync_engine_apply_lag_seconds",
+            unit="s",
+            description="From the change seen in Exchange (observed_at) to the engine's transaction that stored it.",
+        )
         self.launches = meter.create_counter(
             "sync_engine_launches", unit="1", description="Conference launches, by outcome (launched, missed)."
         )
@@ -41,7 +46,7 @@ class _Metrics:
         meter.create_observable_gauge(
             "sync_engine_outbox_backlog",
             callbacks=[self._observe_backlog],
-            unit="1",
+            unit="{command}",  # an annotation, not "1": an OTLP→Prometheus conversion adds no "_ratio"
             description="Commands waiting in the outbox for the relay.",
         )
 

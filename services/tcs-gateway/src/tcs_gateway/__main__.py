@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from tccal import telemetry
 from tccal.service import ServiceApp, run_service
+from tccal.stream_metrics import Consumer, ConsumerMetrics
+from tccal.subjects import TCS_COMMANDS
 from tcs_gateway.api import POLICY, SERVICE_NAME, GatewayApi
+from tcs_gateway.commands import durable_name
 from tcs_gateway.runtime import Gateway
 from tcs_gateway.settings import SERVICE, GatewaySettings
 from trueconf.calendar.v1 import gateway_pb2_grpc
@@ -30,6 +33,10 @@ async def build(app: ServiceApp) -> None:
         await gateway.run(app.stop_event)
 
     app.task(run)
+    # Stream lag of each served server's command consumer (the gateway never dead-letters: no DEADLETTER rights).
+    consumers = [Consumer(TCS_COMMANDS, durable_name(state.id)) for state in gateway.servers.values()]
+    lag = ConsumerMetrics(bus, lambda: consumers, dead_letters=False)
+    app.task(lambda: lag.run(app.stop_event))
 
 
 def main() -> None:

@@ -248,6 +248,7 @@ class CommandConsumer:
             message=message,
             context=otel_context.get_current(),
             meeting_id=meeting,
+            caused_at=command.created_at.ToMicroseconds() / 1e6 if command.HasField("created_at") else None,
         )
         if self.state.is_covered(item):
             await self._publish_and_ack(command, [message], commands_pb2.COMMAND_STATUS_OK, "")

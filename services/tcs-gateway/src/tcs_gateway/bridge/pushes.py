@@ -18,6 +18,7 @@ from opentelemetry import trace
 from tccal import telemetry
 from tcs_gateway.bridge.channel import ConnectionClosedError, log, retry_delay
 from tcs_gateway.bridge.framing import ErrorCode
+from tcs_gateway.bridge.metrics import METRICS
 from tcs_gateway.bridge.queue import PendingPush
 from trueconf.calendar.v1 import commands_pb2
 
@@ -108,9 +109,14 @@ class PushSender:
             span.set_status(trace.Status(trace.StatusCode.ERROR, "connection lost before the acknowledgement"))
             span.end()
 
+        sent = time.monotonic()
         try:
             await session.channel.request(
-                item.method, item.payload, lambda reply: self._reply(item, span, reply), on_lost=on_lost, item=item
+                item.method,
+                item.payload,
+                lambda reply: self._reply(item, span, reply, sent),
+                on_lost=on_lost,
+                item=item,
             )
         except ConnectionClosedError:
             span.set_status(trace.Status(trace.StatusCode.ERROR, "connection closed before sending"))
@@ -120,8 +126,9 @@ class PushSender:
         if item.engine_seq > server.max_sent.get(item.user, 0):
             server.max_sent[item.user] = item.engine_seq
 
-    def _reply(self, item: PendingPush, span: trace.Span, payload: dict[str, Any]) -> None:
+    def _reply(self, item: PendingPush, span: trace.Span, payload: dict[str, Any], sent: float) -> None:
         self.session.slots.release()
+        METRICS.push_duration.record(time.monotonic() - sent, {"method": item.method})
         server = self._server()
         code = payload.get("errorCode")
         if code == 0:

@@ -32,6 +32,8 @@ class PendingPush:
     message: Msg | None
     context: Context | None = None
     meeting_id: str = ""
+    #: When the change or decision behind the command happened (Unix time, the command's created_at).
+    caused_at: float | None = None
     created: float = field(default_factory=time.monotonic)
     not_before: float = 0.0
     in_flight: bool = False

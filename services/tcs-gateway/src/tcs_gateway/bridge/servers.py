@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from tcs_gateway.bridge.metrics import METRICS
 from tcs_gateway.bridge.ports import UserStateStore
 from tcs_gateway.bridge.queue import PendingPush, PushQueue
 from tcs_gateway.settings import GatewaySettings, ServerSettings
@@ -41,6 +42,7 @@ class ServerState:
         self.max_sent: dict[str, int] = {}
         self.on_push_done: PushDone | None = None
         self._completions: set[asyncio.Task[None]] = set()
+        METRICS.bridge_connected.set(0, {"server": self.id})
 
     @property
     def id(self) -> str:
@@ -62,6 +64,8 @@ class ServerState:
     def finish(self, item: PendingPush, status: commands_pb2.CommandStatus.ValueType, error: str = "") -> None:
         """The push is done (acknowledged, superseded or failed for good): drop it and report it."""
         self.queue.remove(item)
+        if status == commands_pb2.COMMAND_STATUS_OK and item.caused_at is not None:
+            METRICS.record_propagation(item.caused_at, self.id)
         if self.on_push_done is None:
             return
         task = asyncio.get_running_loop().create_task(self.on_push_done(item, status, error))
@@ -103,12 +107,14 @@ class ServerState:
         self.peer = session.peer
         self.connected_since = datetime.now(UTC)
         self.seen()
+        METRICS.bridge_connected.set(1, {"server": self.id})
 
     def detach(self, session: Session, unacknowledged: list[PendingPush]) -> None:
         """The connection of `session` is gone; its unacknowledged pushes are queued again (resent later)."""
         if self.session is session:
             self.session = None
             self.connected_since = None
+            METRICS.bridge_connected.set(0, {"server": self.id})
         for item in unacknowledged:
             self.queue.requeue(item)
         if unacknowledged:
