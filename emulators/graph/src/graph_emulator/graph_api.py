@@ -71,7 +71,7 @@ class GraphApi:
         self.default_delta_page = default_delta_page
         user = r"^/users/(?P<user>[^/]+)"
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = [
-            ("GET", re.compile(user + r"/calendarView/delta$", re.I), self.calendar_view_delta),
+            ("GET", re.compile(user + r"/calendarView/delta(?:\(\))?$", re.I), self.calendar_view_delta),
             ("GET", re.compile(user + r"/calendarView$", re.I), self.calendar_view),
             ("GET", re.compile(user + r"/(?:calendar/)?events$", re.I), self.list_events),
             ("POST", re.compile(user + r"/(?:calendar/)?events$", re.I), self.create_event),
