@@ -18,14 +18,20 @@ from graph_emulator.testing import APP_ID, APP_SECRET, TENANT_ID, EmulatorProces
 SCOPES = ["https://graph.microsoft.com/.default"]
 
 
-def credential(emu: EmulatorProcess, client_id: str = APP_ID, secret: str = APP_SECRET,
-               tenant: str = TENANT_ID) -> ClientSecretCredential:
+def credential(
+    emu: EmulatorProcess, client_id: str = APP_ID, secret: str = APP_SECRET, tenant: str = TENANT_ID
+) -> ClientSecretCredential:
     """azure-identity's client-secret credential against the emulator's token endpoint (its authority host)."""
     return ClientSecretCredential(tenant, client_id, secret, authority=emu.authority, connection_verify=emu.ca_file)
 
 
-def graph_client(emu: EmulatorProcess, client_id: str = APP_ID, secret: str = APP_SECRET, tenant: str = TENANT_ID,
-                 max_retries: int | None = None) -> GraphServiceClient:
+def graph_client(
+    emu: EmulatorProcess,
+    client_id: str = APP_ID,
+    secret: str = APP_SECRET,
+    tenant: str = TENANT_ID,
+    max_retries: int | None = None,
+) -> GraphServiceClient:
     """A GraphServiceClient whose base URL is the emulator's /v1.0 and that trusts the emulator's certificate."""
     provider = AzureIdentityAuthenticationProvider(
         credential(emu, client_id, secret, tenant), scopes=SCOPES, allowed_hosts=["127.0.0.1"]
@@ -35,8 +41,9 @@ def graph_client(emu: EmulatorProcess, client_id: str = APP_ID, secret: str = AP
         retry = RetryHandlerOption(max_retries=max_retries)
         options[retry.get_key()] = retry
     http = GraphClientFactory.create_with_default_middleware(
-        client=httpx.AsyncClient(base_url=emu.graph_url, verify=ssl.create_default_context(cafile=emu.ca_file),
-                                 timeout=30.0),
+        client=httpx.AsyncClient(
+            base_url=emu.graph_url, verify=ssl.create_default_context(cafile=emu.ca_file), timeout=30.0
+        ),
         options=options or None,
     )
     adapter = GraphRequestAdapter(provider, client=http)

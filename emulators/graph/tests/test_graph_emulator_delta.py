@@ -26,7 +26,9 @@ def _event(subject: str, day: int) -> Event:
     )
 
 
-async def _round(client: GraphServiceClient, user: str, link: str | None, page_size: int) -> tuple[list[Event], str, int]:
+async def _round(
+    client: GraphServiceClient, user: str, link: str | None, page_size: int
+) -> tuple[list[Event], str, int]:
     """Follow one delta round to its deltaLink; returns (events, deltaLink, pages)."""
     config: RequestConfiguration[DeltaRequestBuilder.DeltaRequestBuilderGetQueryParameters] = RequestConfiguration()
     config.headers.add("Prefer", f"odata.maxpagesize={page_size}")
@@ -60,9 +62,13 @@ async def test_full_round_pages_to_delta_link_then_increments(emu: EmulatorProce
     user = "carol@contoso.test"
     events = client.users.by_user_id(user).events
     created = [await events.post(_event(f"meeting {i}", i + 1)) for i in range(5)]
-    outside = await events.post(Event(subject="april", start=DateTimeTimeZone(date_time="2031-04-02T09:00:00",
-                                      time_zone="UTC"), end=DateTimeTimeZone(date_time="2031-04-02T10:00:00",
-                                                                             time_zone="UTC")))
+    outside = await events.post(
+        Event(
+            subject="april",
+            start=DateTimeTimeZone(date_time="2031-04-02T09:00:00", time_zone="UTC"),
+            end=DateTimeTimeZone(date_time="2031-04-02T10:00:00", time_zone="UTC"),
+        )
+    )
     assert outside is not None
 
     first, link, pages = await _round(client, user, None, page_size=2)
@@ -87,8 +93,10 @@ async def test_full_round_pages_to_delta_link_then_increments(emu: EmulatorProce
 
     # Moving an event out of the window is a removal for that window.
     await events.by_event_id(added.id).patch(
-        Event(start=DateTimeTimeZone(date_time="2031-05-01T09:00:00", time_zone="UTC"),
-              end=DateTimeTimeZone(date_time="2031-05-01T10:00:00", time_zone="UTC"))
+        Event(
+            start=DateTimeTimeZone(date_time="2031-05-01T09:00:00", time_zone="UTC"),
+            end=DateTimeTimeZone(date_time="2031-05-01T10:00:00", time_zone="UTC"),
+        )
     )
     moved, _, _ = await _round(client, user, link, page_size=10)
     assert [(e.id, _removed(e)) for e in moved] == [(added.id, {"reason": "deleted"})]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from multidict import CIMultiDict, MultiDict
 
@@ -22,6 +22,16 @@ from .timefmt import parse_prefer
 
 MAX_BATCH_REQUESTS = 20
 METHODS = ("GET", "POST", "PATCH", "PUT", "DELETE")
+
+
+def _relative(url: str, base_url: str) -> str:
+    """The request's path below /v1.0. The documented form is relative ("/users/..."); msgraph-sdk sends the absolute
+    URL of the same service once its adapter has resolved the base URL, which is accepted too."""
+    if "://" in url:
+        if not url.lower().startswith(base_url.lower() + "/"):
+            raise bad_request(f"The batch request url {url!r} is not a Microsoft Graph {base_url} URL.")
+        url = url[len(base_url) :]
+    return url
 
 
 def _validate(body: Any) -> list[dict[str, Any]]:
@@ -45,8 +55,8 @@ def _validate(body: Any) -> list[dict[str, Any]]:
             raise bad_request(f"Invalid batch payload format: duplicate request id '{rid}'.")
         if not isinstance(method, str) or method.upper() not in METHODS:
             raise bad_request(f"Invalid batch payload format: request '{rid}' has an invalid method {method!r}.")
-        if not isinstance(url, str) or not url or "://" in url:
-            raise bad_request(f"Invalid batch payload format: request '{rid}' needs a relative url, got {url!r}.")
+        if not isinstance(url, str) or not url:
+            raise bad_request(f"Invalid batch payload format: request '{rid}' needs a url, got {url!r}.")
         depends = item.get("dependsOn", [])
         if not isinstance(depends, list) or any(d not in seen for d in depends):
             raise bad_request(
@@ -55,6 +65,23 @@ def _validate(body: Any) -> list[dict[str, Any]]:
             )
         seen.add(rid)
     return requests
+
+
+def _request(item: dict[str, Any], headers: CIMultiDict[str], token: IssuedToken, base_url: str) -> GraphRequest:
+    parts = urlsplit(_relative(item["url"], base_url))
+    path = "/" + unquote(parts.path).lstrip("/")
+    if path.lower().startswith("/v1.0/"):
+        path = path[5:]
+    return GraphRequest(
+        method=item["method"].upper(),
+        path=path,
+        query=MultiDict(parse_qsl(parts.query)),
+        headers=headers,
+        prefer=parse_prefer(headers.getall("Prefer", [])),
+        body=item.get("body"),
+        token=token,
+        base_url=base_url,
+    )
 
 
 async def run_batch(
@@ -71,22 +98,8 @@ async def run_batch(
         elif item.get("body") is not None and "Content-Type" not in headers:
             result = GraphResponse(400, bad_request("Content-Type header is required when a body is given.").body())
         else:
-            parts = urlsplit(item["url"])
-            path = "/" + parts.path.lstrip("/")
-            if path.lower().startswith("/v1.0/"):
-                path = path[5:]
-            request = GraphRequest(
-                method=item["method"].upper(),
-                path=path,
-                query=MultiDict(parse_qsl(parts.query)),
-                headers=headers,
-                prefer=parse_prefer(headers.getall("Prefer", [])),
-                body=item.get("body"),
-                token=token,
-                base_url=base_url,
-            )
             try:
-                result = await execute(request)
+                result = await execute(_request(item, headers, token, base_url))
             except GraphError as exc:
                 result = GraphResponse(exc.status, exc.body(), exc.headers)
         status_of[rid] = result.status

@@ -88,7 +88,7 @@ class GraphEmulator:
                     raise bad_request(f"Unable to read JSON request payload: {exc}") from exc
         return GraphRequest(
             method=request.method,
-            path="/" + request.match_info["tail"],
+            path="/" + request.match_info.get("tail", "$batch"),
             query=MultiDict(request.query),
             headers=request.headers,
             prefer=parse_prefer(request.headers.getall("Prefer", [])),
@@ -101,6 +101,7 @@ class GraphEmulator:
         try:
             return _response(await self.execute(await self._graph_request(request)))
         except GraphError as exc:
+            log.info("%s %s → %s %s: %s", request.method, request.path_qs, exc.status, exc.code, exc.message)
             return exc.response()
 
     async def batch(self, request: web.Request) -> web.Response:
@@ -108,6 +109,7 @@ class GraphEmulator:
             outer = await self._graph_request(request)
             result = await run_batch(outer.body, outer.token, outer.base_url, self.execute)
         except GraphError as exc:
+            log.info("POST $batch → %s %s: %s", exc.status, exc.code, exc.message)
             return exc.response()
         return web.Response(text=json.dumps(result), content_type="application/json")
 
