@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from azure.core.exceptions import ClientAuthenticationError
 from graph_emulator_support import SCOPES, credential, graph_client
-from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+from msgraph.generated.models.date_time_time_zone import DateTimeTimeZone
 from msgraph.generated.models.event import Event
 from msgraph.generated.models.item_body import ItemBody
-from msgraph.generated.models.date_time_time_zone import DateTimeTimeZone
+from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 
 from graph_emulator.testing import READONLY_APP_ID, READONLY_APP_SECRET, EmulatorProcess
 

@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 from graph_emulator_support import graph_client
 from kiota_abstractions.base_request_configuration import RequestConfiguration
-from msgraph import GraphServiceClient
 from msgraph.generated.models.date_time_time_zone import DateTimeTimeZone
 from msgraph.generated.models.event import Event
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph.generated.users.item.calendar_view.delta.delta_request_builder import DeltaRequestBuilder
+from msgraph.graph_service_client import GraphServiceClient
 
 from graph_emulator.testing import EmulatorProcess
 
@@ -83,7 +83,7 @@ async def test_full_round_pages_to_delta_link_then_increments(emu: EmulatorProce
     await events.by_event_id(created[0].id).patch(Event(subject="meeting 0 moved"))
     await events.by_event_id(created[1].id).delete()
     added = await events.post(_event("meeting 5", 20))
-    assert added is not None
+    assert added is not None and added.id
     changes, link, _ = await _round(client, user, link, page_size=10)
     by_id = {e.id: e for e in changes}
     assert set(by_id) == {created[0].id, created[1].id, added.id}

@@ -22,8 +22,8 @@ from msgraph.generated.models.recurrence_range_type import RecurrenceRangeType
 from msgraph.generated.models.response_type import ResponseType
 from msgraph.generated.models.single_value_legacy_extended_property import SingleValueLegacyExtendedProperty
 from msgraph.generated.users.item.calendar_view.calendar_view_request_builder import CalendarViewRequestBuilder
-from msgraph.generated.users.item.events.item.event_item_request_builder import EventItemRequestBuilder
 from msgraph.generated.users.item.events.item.accept.accept_post_request_body import AcceptPostRequestBody
+from msgraph.generated.users.item.events.item.event_item_request_builder import EventItemRequestBuilder
 
 from graph_emulator.testing import EmulatorProcess
 
