@@ -25,8 +25,9 @@ from graph_emulator.tls import self_signed_certificate
 class Receiver:
     """An HTTPS webhook endpoint: answers validation, records notifications."""
 
-    def __init__(self, echo_token: bool = True) -> None:
+    def __init__(self, echo_token: bool = True, fail_notifications: bool = False) -> None:
         self.echo_token = echo_token
+        self.fail_notifications = fail_notifications
         self.validations: list[str] = []
         self.notifications: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
@@ -36,6 +37,8 @@ class Receiver:
             self.validations.append(token)
             return web.Response(text=token if self.echo_token else "wrong", content_type="text/plain")
         payload = await request.json()
+        if self.fail_notifications and request.path != "/lifecycle":
+            return web.Response(status=503)
         for item in payload["value"]:
             await self.notifications.put(item)
         return web.Response(status=202)
@@ -48,7 +51,8 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def emu(tls_files: tuple[Path, Path]) -> Iterator[EmulatorProcess]:
-    with start_emulator(build_config(extra={"subscriptions": {"ca_file": str(tls_files[0])}})) as handle:
+    subscriptions = {"ca_file": str(tls_files[0]), "retry_delays_s": [0.05, 0.05]}
+    with start_emulator(build_config(extra={"subscriptions": subscriptions})) as handle:
         yield handle
 
 
@@ -156,5 +160,45 @@ async def test_endpoint_that_does_not_echo_the_token_fails_validation(
             )
         assert caught.value.response_status_code == 400
         assert hook.validations
+    finally:
+        await runner.cleanup()
+
+
+async def test_undeliverable_notifications_end_in_a_missed_lifecycle_notification(
+    emu: EmulatorProcess, tls_files: tuple[Path, Path]
+) -> None:
+    hook = Receiver(fail_notifications=True)
+    runner, url = await _serve(hook, tls_files)
+    try:
+        client = graph_client(emu)
+        sub = await client.subscriptions.post(
+            Subscription(
+                change_type="created",
+                notification_url=f"{url}/notify",
+                lifecycle_notification_url=f"{url}/lifecycle",
+                resource="users/carol@contoso.test/events",
+                expiration_date_time=_expiry(60),
+                client_state="c",
+            )
+        )
+        assert sub is not None and sub.id
+        await client.users.by_user_id("carol@contoso.test").events.post(
+            Event(
+                subject="lost",
+                start=DateTimeTimeZone(date_time="2034-02-01T09:00:00", time_zone="UTC"),
+                end=DateTimeTimeZone(date_time="2034-02-01T10:00:00", time_zone="UTC"),
+            )
+        )
+        missed = await asyncio.wait_for(hook.notifications.get(), 30)
+        assert (missed["lifecycleEvent"], missed["subscriptionId"]) == ("missed", sub.id)
+        deliveries = [d for d in emu.control("GET", "/subscriptions")["deliveries"] if d["subscriptionId"] == sub.id]
+        assert [(d["attempts"], d["status"]) for d in deliveries if d["url"].endswith("/notify")] == [(3, 503)]
+
+        emu.control("POST", f"/subscriptions/{sub.id}/lifecycle", {"event": "subscriptionRemoved"})
+        removed = await asyncio.wait_for(hook.notifications.get(), 30)
+        assert removed["lifecycleEvent"] == "subscriptionRemoved"
+        with pytest.raises(ODataError) as caught:
+            await graph_client(emu, max_retries=0).subscriptions.by_subscription_id(sub.id).get()
+        assert caught.value.response_status_code == 404
     finally:
         await runner.cleanup()

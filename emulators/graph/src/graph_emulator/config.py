@@ -10,7 +10,8 @@ A JSON object (file or `build_config` in testing.py); every key is optional exce
      "token_lifetime_s": 3599,
      "throttling": {"requests_per_window": 10000, "window_s": 600, "concurrent_requests": 4},
      "delta": {"token_lifetime_s": 604800, "cache_size": 1000, "default_page_size": 10},
-     "subscriptions": {"validation_timeout_s": 10, "allow_http": false, "ca_file": null}}
+     "subscriptions": {"validation_timeout_s": 10, "allow_http": false, "ca_file": null,
+                       "retry_delays_s": [0.5, 1, 2, 4, 8]}}
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ class SubscriptionConfig:
     validation_timeout_s: float = 10.0
     allow_http: bool = False
     ca_file: str | None = None
+    # Pauses before the 2nd, 3rd, ... delivery attempt of a notification; then it is dropped and a `missed`
+    # lifecycle notification goes out (Graph retries for hours; tests want seconds).
+    retry_delays_s: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass
@@ -108,6 +112,12 @@ def _number(data: dict[str, Any], key: str, where: str, default: float) -> float
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ConfigError(f"{where}.{key} must be a positive number, got {value!r}")
     return float(value)
+
+
+def _delays(value: Any) -> tuple[float, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, int | float) and v >= 0 for v in value):
+        raise ConfigError(f"config.subscriptions.retry_delays_s must be a list of seconds, got {value!r}")
+    return tuple(float(v) for v in value)
 
 
 def parse_app(data: Any, where: str) -> AppRegistration:
@@ -183,6 +193,7 @@ def parse_config(data: Any) -> EmulatorConfig:
             validation_timeout_s=_number(subs, "validation_timeout_s", "config.subscriptions", 10),
             allow_http=bool(subs.get("allow_http", False)),
             ca_file=ca_file,
+            retry_delays_s=_delays(subs.get("retry_delays_s", [0.5, 1.0, 2.0, 4.0, 8.0])),
         ),
         log_level=_str(obj, "log_level", "config", "INFO"),
     )

@@ -42,7 +42,6 @@ CHANGE_TYPES = ("created", "updated", "deleted")
 LIFECYCLE_EVENTS = ("reauthorizationRequired", "missed", "subscriptionRemoved")
 _RESOURCE = re.compile(r"^/?users/([^/]+)/(?:calendar/)?events$", re.IGNORECASE)
 DELIVERY_TIMEOUT_S = 3.0
-RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass
@@ -83,6 +82,7 @@ class Delivery:
     subscription_id: str
     url: str
     payload: dict[str, Any]
+    lifecycle: bool = False
     status: int | None = None
     attempts: int = 0
     error: str | None = None
@@ -206,6 +206,10 @@ class Subscriptions:
 
     def get(self, sub_id: str, client_id: str) -> Subscription:
         sub = self.items.get(sub_id)
+        if sub is not None and sub.expiration <= datetime.now(UTC):
+            # An expired subscription is deleted by the service.
+            del self.items[sub_id]
+            sub = None
         if sub is None or sub.client_id != client_id:
             raise not_found(f"The object was not found. Subscription '{sub_id}'.", "ResourceNotFound")
         return sub
@@ -248,15 +252,15 @@ class Subscriptions:
             }
             self._post(sub, sub.notification_url, {"value": [notification]})
 
-    def _post(self, sub: Subscription, url: str, payload: dict[str, Any]) -> None:
-        delivery = Delivery(sub.id, url, payload)
+    def _post(self, sub: Subscription, url: str, payload: dict[str, Any], lifecycle: bool = False) -> None:
+        delivery = Delivery(sub.id, url, payload, lifecycle)
         self.deliveries.append(delivery)
         task = asyncio.get_running_loop().create_task(self._deliver(delivery))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, delivery: Delivery) -> None:
-        for delay in (0.0, *RETRY_DELAYS_S):
+        for delay in (0.0, *self.config.retry_delays_s):
             await asyncio.sleep(delay)
             delivery.attempts += 1
             try:
@@ -271,6 +275,9 @@ class Subscriptions:
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 delivery.error = f"{type(exc).__name__}: {exc}"
         log.warning("notification to %s dropped after %d attempts: %s", delivery.url, delivery.attempts, delivery.error)
+        sub = self.items.get(delivery.subscription_id)
+        if not delivery.lifecycle and sub is not None and sub.lifecycle_url is not None:
+            self._post(sub, sub.lifecycle_url, self._lifecycle_payload(sub, "missed"), lifecycle=True)
 
     def lifecycle(self, sub_id: str, event: str) -> Subscription:
         """Send a lifecycle notification (a test's control); subscriptionRemoved also removes the subscription."""
@@ -281,7 +288,14 @@ class Subscriptions:
             raise bad_request(f"lifecycle event must be one of {LIFECYCLE_EVENTS}, got {event!r}")
         if sub.lifecycle_url is None:
             raise GraphError(409, "Conflict", f"subscription {sub_id} has no lifecycleNotificationUrl")
-        payload = {
+        if event == "subscriptionRemoved":
+            del self.items[sub.id]
+        self._post(sub, sub.lifecycle_url, self._lifecycle_payload(sub, event), lifecycle=True)
+        return sub
+
+    @staticmethod
+    def _lifecycle_payload(sub: Subscription, event: str) -> dict[str, Any]:
+        return {
             "value": [
                 {
                     "subscriptionId": sub.id,
@@ -292,7 +306,3 @@ class Subscriptions:
                 }
             ]
         }
-        if event == "subscriptionRemoved":
-            del self.items[sub.id]
-        self._post(sub, sub.lifecycle_url, payload)
-        return sub
