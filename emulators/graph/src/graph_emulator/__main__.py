@@ -36,9 +36,15 @@ async def _serve(config: EmulatorConfig) -> None:
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to listen on; 0 picks a free one (default).")
 @click.option("--ready-file", help="Write a JSON ready-file with the URLs and the CA file here once listening.")
+@click.option("--state-file", help="Load events from this JSON file at start, save them there at stop.")
 @click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
 def main(
-    config_path: str | None, host: str | None, port: int | None, ready_file: str | None, log_level: str | None
+    config_path: str | None,
+    host: str | None,
+    port: int | None,
+    ready_file: str | None,
+    state_file: str | None,
+    log_level: str | None,
 ) -> None:
     """Emulate Microsoft Graph for Exchange Online calendars over HTTPS: the Entra ID token endpoint, users' events,
     calendarView delta, $batch, subscriptions with webhooks, throttling, and a control API under /_emulator."""
@@ -53,6 +59,8 @@ def main(
         config.port = port
     if ready_file is not None:
         config.ready_file = ready_file
+    if state_file is not None:
+        config.state_file = state_file
     if log_level is not None:
         config.log_level = log_level
     logging.basicConfig(
@@ -60,6 +68,9 @@ def main(
     )
     try:
         asyncio.run(_serve(config))
+    except ConfigError as exc:
+        click.echo(f"graph-emulator: {exc}", err=True)
+        sys.exit(2)
     except OSError as exc:
         click.echo(f"graph-emulator: cannot listen on {config.host}:{config.port}: {exc}", err=True)
         sys.exit(1)

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDict
 
+from . import persistence
 from .auth import TokenIssuer
 from .batch import run_batch
 from .config import EmulatorConfig, TenantConfig, UserConfig
@@ -139,6 +140,9 @@ class GraphEmulator:
         return context
 
     async def start(self) -> None:
+        if self.config.state_file:
+            loaded = persistence.load(self.store, self.config.state_file)
+            log.info("loaded %d events from %s", loaded, self.config.state_file)
         await self.subscriptions.start()
         self.runner = web.AppRunner(self.app(), access_log=None)
         await self.runner.setup()
@@ -172,5 +176,7 @@ class GraphEmulator:
 
     async def stop(self) -> None:
         await self.subscriptions.stop()
+        if self.config.state_file:
+            persistence.save(self.store, self.config.state_file)
         if self.runner is not None:
             await self.runner.cleanup()
