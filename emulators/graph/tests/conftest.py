@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from graph_emulator_support import OPEN_CREDENTIALS
 
 from graph_emulator.testing import EmulatorProcess, start_emulator
 
@@ -13,3 +14,10 @@ from graph_emulator.testing import EmulatorProcess, start_emulator
 def emu() -> Iterator[EmulatorProcess]:
     with start_emulator() as handle:
         yield handle
+
+
+@pytest.fixture(autouse=True)
+async def close_credentials() -> AsyncIterator[None]:
+    yield
+    while OPEN_CREDENTIALS:
+        await OPEN_CREDENTIALS.pop().close()

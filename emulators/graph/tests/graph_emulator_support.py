@@ -17,6 +17,8 @@ from msgraph_core import GraphClientFactory
 from graph_emulator.testing import APP_ID, APP_SECRET, TENANT_ID, EmulatorProcess
 
 SCOPES = ["https://graph.microsoft.com/.default"]
+# Credentials handed out by graph_client; conftest closes them (their aiohttp sessions) after each test.
+OPEN_CREDENTIALS: list[ClientSecretCredential] = []
 
 
 def credential(
@@ -34,9 +36,9 @@ def graph_client(
     max_retries: int | None = None,
 ) -> GraphServiceClient:
     """A GraphServiceClient whose base URL is the emulator's /v1.0 and that trusts the emulator's certificate."""
-    provider = AzureIdentityAuthenticationProvider(
-        credential(emu, client_id, secret, tenant), scopes=SCOPES, allowed_hosts=["127.0.0.1"]
-    )
+    cred = credential(emu, client_id, secret, tenant)
+    OPEN_CREDENTIALS.append(cred)
+    provider = AzureIdentityAuthenticationProvider(cred, scopes=SCOPES, allowed_hosts=["127.0.0.1"])
     options: dict[str, RequestOption] = {}
     if max_retries is not None:
         retry = RetryHandlerOption(max_retries=max_retries)

@@ -107,6 +107,11 @@ async def test_malformed_and_unknown_payloads_are_400(raw: Raw) -> None:
     assert status == 400 and "daysOfWeek" in body["error"]["message"]
 
 
+async def test_me_is_refused_for_app_only_tokens(raw: Raw) -> None:
+    status, body = await raw.call("GET", "/me/events")
+    assert status == 400 and "delegated" in body["error"]["message"]
+
+
 async def test_calendar_view_needs_its_window_and_delta_refuses_select(raw: Raw) -> None:
     status, body = await raw.call("GET", f"{ALICE}/calendarView")
     assert (status, body["error"]["code"]) == (400, "ErrorInvalidParameter")

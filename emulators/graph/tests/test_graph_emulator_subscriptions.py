@@ -25,7 +25,9 @@ from graph_emulator.tls import self_signed_certificate
 class Receiver:
     """An HTTPS webhook endpoint: answers validation, records notifications."""
 
-    def __init__(self, echo_token: bool = True, fail_notifications: bool = False) -> None:
+    def __init__(self, echo_token: bool = True, fail_notifications: bool = False, answer: bool = True) -> None:
+        self.answer = answer
+        self.released = asyncio.Event()
         self.echo_token = echo_token
         self.fail_notifications = fail_notifications
         self.validations: list[str] = []
@@ -35,6 +37,8 @@ class Receiver:
         token = request.query.get("validationToken")
         if token is not None:
             self.validations.append(token)
+            if not self.answer:
+                await self.released.wait()
             return web.Response(text=token if self.echo_token else "wrong", content_type="text/plain")
         payload = await request.json()
         if self.fail_notifications and request.path != "/lifecycle":
@@ -51,7 +55,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def emu(tls_files: tuple[Path, Path]) -> Iterator[EmulatorProcess]:
-    subscriptions = {"ca_file": str(tls_files[0]), "retry_delays_s": [0.05, 0.05]}
+    subscriptions = {"ca_file": str(tls_files[0]), "retry_delays_s": [0.05, 0.05], "validation_timeout_s": 2}
     with start_emulator(build_config(extra={"subscriptions": subscriptions})) as handle:
         yield handle
 
@@ -201,4 +205,30 @@ async def test_undeliverable_notifications_end_in_a_missed_lifecycle_notificatio
             await graph_client(emu, max_retries=0).subscriptions.by_subscription_id(sub.id).get()
         assert caught.value.response_status_code == 404
     finally:
+        await runner.cleanup()
+
+
+async def test_endpoint_that_does_not_answer_validation_in_time_fails(
+    emu: EmulatorProcess, tls_files: tuple[Path, Path]
+) -> None:
+    hook = Receiver(answer=False)
+    runner, url = await _serve(hook, tls_files)
+    try:
+        client = graph_client(emu, max_retries=0)
+        with pytest.raises(ODataError) as caught:
+            await client.subscriptions.post(
+                Subscription(
+                    change_type="created",
+                    notification_url=url,
+                    resource="users/bob@contoso.test/events",
+                    expiration_date_time=_expiry(60),
+                )
+            )
+        assert caught.value.response_status_code == 400
+        assert caught.value.error is not None and "validation" in (caught.value.error.message or "")
+        assert emu.control("GET", "/subscriptions")["subscriptions"] == [] or all(
+            s["notificationUrl"] != url for s in emu.control("GET", "/subscriptions")["subscriptions"]
+        )
+    finally:
+        hook.released.set()
         await runner.cleanup()

@@ -99,6 +99,9 @@ class GraphApi:
         ]
 
     def route(self, method: str, path: str) -> tuple[Handler, re.Match[str]]:
+        if re.match(r"^/me(/|$)", path, re.I):
+            # App-only tokens have no signed-in user (https://learn.microsoft.com/en-us/graph/auth-v2-service).
+            raise bad_request("/me request is only valid with delegated authentication flow.")
         allowed = False
         for verb, pattern, handler in self.routes:
             match = pattern.match(path)
