@@ -4,6 +4,7 @@ outlook.timezone, singleValueExtendedProperties round-trip, $select, attendee co
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from graph_emulator_support import graph_client
 from kiota_abstractions.base_request_configuration import RequestConfiguration
@@ -23,6 +24,7 @@ from msgraph.generated.models.response_type import ResponseType
 from msgraph.generated.models.single_value_legacy_extended_property import SingleValueLegacyExtendedProperty
 from msgraph.generated.users.item.calendar_view.calendar_view_request_builder import CalendarViewRequestBuilder
 from msgraph.generated.users.item.events.item.accept.accept_post_request_body import AcceptPostRequestBody
+from msgraph.generated.users.item.events.item.decline.decline_post_request_body import DeclinePostRequestBody
 from msgraph.generated.users.item.events.item.event_item_request_builder import EventItemRequestBuilder
 
 from graph_emulator.testing import EmulatorProcess
@@ -186,3 +188,42 @@ async def test_invitation_reaches_the_attendee_and_the_answer_reaches_the_organi
     assert organizer_view is not None and organizer_view.attendees
     status = organizer_view.attendees[0].status
     assert status is not None and status.response == ResponseType.Accepted
+
+
+async def test_declined_copy_leaves_and_a_deleted_meeting_cancels_the_copies(emu: EmulatorProcess) -> None:
+    client = graph_client(emu)
+    alice = client.users.by_user_id("alice@contoso.test")
+    bob, carol = client.users.by_user_id("bob@contoso.test"), client.users.by_user_id("carol@contoso.test")
+    meeting = await alice.events.post(
+        Event(
+            subject="planning",
+            start=DateTimeTimeZone(date_time="2032-04-04T10:00:00", time_zone="UTC"),
+            end=DateTimeTimeZone(date_time="2032-04-04T11:00:00", time_zone="UTC"),
+            attendees=[
+                Attendee(type=AttendeeType.Required, email_address=EmailAddress(address="bob@contoso.test")),
+                Attendee(type=AttendeeType.Optional, email_address=EmailAddress(address="carol@contoso.test")),
+            ],
+        )
+    )
+    assert meeting is not None and meeting.id
+    window = _view_config("2032-04-04T00:00:00Z", "2032-04-05T00:00:00Z")
+
+    async def copy_in(user: Any) -> Event | None:
+        view = await user.calendar_view.get(request_configuration=window)
+        assert view is not None and view.value is not None
+        return next((e for e in view.value if e.i_cal_u_id == meeting.i_cal_u_id), None)
+
+    carol_copy = await copy_in(carol)
+    assert carol_copy is not None and carol_copy.id
+    await carol.events.by_event_id(carol_copy.id).decline.post(DeclinePostRequestBody(send_response=True))
+    assert await copy_in(carol) is None
+    organizer_view = await alice.events.by_event_id(meeting.id).get()
+    assert organizer_view is not None and organizer_view.attendees is not None
+    assert {
+        a.email_address.address: a.status.response for a in organizer_view.attendees if a.email_address and a.status
+    } == {"bob@contoso.test": ResponseType.None_, "carol@contoso.test": ResponseType.Declined}
+
+    await alice.events.by_event_id(meeting.id).delete()
+    bob_copy = await copy_in(bob)
+    assert bob_copy is not None
+    assert bob_copy.is_cancelled is True and bob_copy.subject == "Canceled: planning"
