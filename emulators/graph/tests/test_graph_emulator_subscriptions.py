@@ -115,6 +115,14 @@ async def test_subscription_validates_then_notifies_with_client_state(
     assert note["clientState"] == "s3cret-state"
     assert note["changeType"] == "created"
     assert note["resourceData"]["id"] == created.id
+    events = client.users.by_user_id("alice@contoso.test").events
+    await events.by_event_id(created.id).patch(Event(subject="notify me again"))
+    await events.by_event_id(created.id).delete()
+    later = [await asyncio.wait_for(hook.notifications.get(), 30) for _ in range(2)]
+    assert sorted((n["changeType"], n["resourceData"]["id"], n["clientState"]) for n in later) == [
+        ("deleted", created.id, "s3cret-state"),
+        ("updated", created.id, "s3cret-state"),
+    ]
 
     renewed = await client.subscriptions.by_subscription_id(sub.id).patch(
         Subscription(expiration_date_time=_expiry(3 * 24 * 60))

@@ -8,8 +8,12 @@ from collections.abc import Iterator
 import pytest
 from graph_emulator_support import graph_client
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+from msgraph_core.requests.batch_request_content import BatchRequestContent
+from msgraph_core.requests.batch_request_item import BatchRequestItem
+from msgraph_core.requests.batch_response_content import BatchResponseContent
+from msgraph_core.requests.batch_response_item import BatchResponseItem
 
-from graph_emulator.testing import APP_ID, EmulatorProcess, build_config, start_emulator
+from graph_emulator.testing import APP_ID, TENANT_ID, EmulatorProcess, build_config, start_emulator
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +65,18 @@ async def test_requests_beyond_the_window_limit_get_429_until_the_window_moves(e
     assert caught.value.response_status_code == 429
     headers = caught.value.response_headers  # httpx.Headers: case-insensitive
     assert headers is not None and 1 <= int(headers["Retry-After"]) <= 600
+
+
+async def test_each_request_of_a_batch_counts_against_the_window(emu: EmulatorProcess) -> None:
+    emu.control("POST", f"/tenants/{TENANT_ID}/users", {"userPrincipalName": "dave@contoso.test"})
+    client = graph_client(emu, max_retries=0)
+    user = client.users.by_user_id("dave@contoso.test")
+    batch = BatchRequestContent({})
+    for index in range(8):
+        batch.add_request(str(index), BatchRequestItem(user.events.to_get_request_information(), id=str(index)))
+    response = await client.batch.post(batch)
+    assert isinstance(response, BatchResponseContent)
+    assert response.get_response_status_codes() == {str(i): 200 if i < 6 else 429 for i in range(8)}
+    throttled = response.get_response_by_id("7")
+    assert isinstance(throttled, BatchResponseItem) and throttled.headers is not None
+    assert 1 <= int(throttled.headers["Retry-After"]) <= 600
