@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -9,11 +10,17 @@ from graph_emulator_support import graph_client
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from msgraph.generated.models.date_time_time_zone import DateTimeTimeZone
 from msgraph.generated.models.event import Event
+from msgraph.generated.models.event_type import EventType
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+from msgraph.generated.models.patterned_recurrence import PatternedRecurrence
+from msgraph.generated.models.recurrence_pattern import RecurrencePattern
+from msgraph.generated.models.recurrence_pattern_type import RecurrencePatternType
+from msgraph.generated.models.recurrence_range import RecurrenceRange
+from msgraph.generated.models.recurrence_range_type import RecurrenceRangeType
 from msgraph.generated.users.item.calendar_view.delta.delta_request_builder import DeltaRequestBuilder
 from msgraph.graph_service_client import GraphServiceClient
 
-from graph_emulator.testing import EmulatorProcess
+from graph_emulator.testing import TENANT_ID, EmulatorProcess
 
 WINDOW = ("2031-03-01T00:00:00Z", "2031-04-01T00:00:00Z")
 
@@ -115,3 +122,41 @@ async def test_expired_delta_token_answers_410_sync_state_not_found(emu: Emulato
     # The client starts over with a fresh round and gets everything again.
     again, _, _ = await _round(client, user, None, page_size=5)
     assert [e.subject for e in again] == ["kept"]
+
+
+async def test_delta_expands_a_series_and_reports_its_exception_and_cancelled_occurrence(
+    emu: EmulatorProcess,
+) -> None:
+    emu.control("POST", f"/tenants/{TENANT_ID}/users", {"userPrincipalName": "erin@contoso.test"})
+    client = graph_client(emu)
+    user = "erin@contoso.test"
+    events = client.users.by_user_id(user).events
+    series = await events.post(
+        Event(
+            subject="standup",
+            start=DateTimeTimeZone(date_time="2031-03-02T09:00:00", time_zone="UTC"),
+            end=DateTimeTimeZone(date_time="2031-03-02T09:15:00", time_zone="UTC"),
+            recurrence=PatternedRecurrence(
+                pattern=RecurrencePattern(type=RecurrencePatternType.Daily, interval=7),
+                range=RecurrenceRange(type=RecurrenceRangeType.NoEnd, start_date=dt.date(2031, 3, 2)),
+            ),
+        )
+    )
+    assert series is not None and series.id
+    first, link, _ = await _round(client, user, None, page_size=3)
+    # Sundays in March 2031 from the 2nd: 2, 9, 16, 23, 30; the master itself is not part of a calendar view.
+    assert [(e.type, e.start.date_time if e.start else None) for e in first] == [
+        (EventType.Occurrence, f"2031-03-{day:02d}T09:00:00.0000000") for day in (2, 9, 16, 23, 30)
+    ]
+    assert {e.series_master_id for e in first} == {series.id}
+    moved, dropped = first[1], first[3]
+    assert moved.id and dropped.id
+    await events.by_event_id(moved.id).patch(
+        Event(subject="standup (long)", end=DateTimeTimeZone(date_time="2031-03-09T10:00:00", time_zone="UTC"))
+    )
+    await events.by_event_id(dropped.id).delete()
+    changes, _, _ = await _round(client, user, link, page_size=10)
+    by_id = {e.id: e for e in changes}
+    assert by_id[moved.id].type == EventType.Exception and by_id[moved.id].subject == "standup (long)"
+    assert _removed(by_id[dropped.id]) == {"reason": "deleted"}
+    assert all(_removed(e) is None for e in changes if e.id != dropped.id)
