@@ -186,3 +186,34 @@ async def test_subscription_needs_an_https_notification_url_and_a_known_resource
         "POST", "/subscriptions", {**base, "changeType": "moved", "notificationUrl": "https://127.0.0.1:9/hook"}
     )
     assert status == 400
+
+
+async def test_refused_patch_of_an_occurrence_leaves_the_series_as_it_was(raw: Raw, emu: EmulatorProcess) -> None:
+    status, series = await raw.call(
+        "POST",
+        "/users/carol@contoso.test/events",
+        {
+            "subject": "series",
+            "start": {"dateTime": "2038-01-04T09:00:00", "timeZone": "UTC"},
+            "end": {"dateTime": "2038-01-04T10:00:00", "timeZone": "UTC"},
+            "recurrence": {
+                "pattern": {"type": "daily", "interval": 1},
+                "range": {"type": "numbered", "startDate": "2038-01-04", "numberOfOccurrences": 3},
+            },
+        },
+    )
+    assert status == 201
+    status, view = await raw.call(
+        "GET",
+        f"/users/carol@contoso.test/events/{series['id']}/instances"
+        "?startDateTime=2038-01-01T00:00:00Z&endDateTime=2038-02-01T00:00:00Z",
+    )
+    assert status == 200 and [i["type"] for i in view["value"]] == ["occurrence"] * 3
+    status, _ = await raw.call(
+        "PATCH",
+        f"/users/carol@contoso.test/events/{view['value'][1]['id']}",
+        {"end": {"dateTime": "2038-01-05T08:00:00", "timeZone": "UTC"}},
+    )
+    assert status == 400
+    stored = emu.control("GET", "/mailboxes/carol@contoso.test")["events"]
+    assert [(e["type"], e["exceptions"]) for e in stored if e["id"] == series["id"]] == [("seriesMaster", 0)]

@@ -339,9 +339,22 @@ class Store:
     def update(self, mailbox: Mailbox, event_id: str, body: dict[str, Any], now: datetime) -> Instance:
         _validate_props(body)
         inst = self.resolve(mailbox, event_id)
+        # Everything is checked before anything changes: a refused PATCH leaves the event as it was.
+        if inst.master is not None and "recurrence" in body:
+            raise bad_request("An occurrence or exception of a series cannot have its own recurrence.")
+        owner = inst.master if inst.master is not None else inst.item
+        start, start_zone = (
+            parse_date_time_zone(body["start"], "start") if "start" in body else (inst.start, inst.item.start_zone)
+        )
+        end, end_zone = parse_date_time_zone(body["end"], "end") if "end" in body else (inst.end, inst.item.end_zone)
+        if end < start:
+            raise bad_request("The end of the event is before its start.", "ErrorInvalidRequest")
+        recurrence = body.get("recurrence")
+        if recurrence is not None:
+            rec.validate(recurrence)
         if inst.type == "occurrence":
             assert inst.master is not None and inst.original_start is not None
-            exc = StoredEvent(
+            target = StoredEvent(
                 id=inst.id,
                 mailbox_id=mailbox.id,
                 props={},
@@ -358,23 +371,14 @@ class Store:
                 master_id=inst.master.id,
                 original_start=inst.original_start,
             )
-            inst.master.exceptions[inst.original_start] = exc
-            target = exc
+            inst.master.exceptions[inst.original_start] = target
         else:
             target = inst.item
-        if target.master_id is not None and "recurrence" in body:
-            raise bad_request("An occurrence or exception of a series cannot have its own recurrence.")
-        start, end = target.start, target.end
-        if "start" in body:
-            start, target.start_zone = parse_date_time_zone(body["start"], "start")
-        if "end" in body:
-            end, target.end_zone = parse_date_time_zone(body["end"], "end")
-        if end < start:
-            raise bad_request("The end of the event is before its start.", "ErrorInvalidRequest")
+        target.start_zone, target.end_zone = start_zone, end_zone
         reshaped = start != target.start or end != target.end or "recurrence" in body
         target.start, target.end = start, end
         if "recurrence" in body:
-            target.recurrence = rec.validate(body["recurrence"]) if body["recurrence"] is not None else None
+            target.recurrence = recurrence
         if reshaped and target.master_id is None:
             # A changed series time or pattern drops its exceptions and deleted occurrences, as Outlook does.
             target.exceptions.clear()
@@ -385,7 +389,9 @@ class Store:
             if key == "singleValueExtendedProperties":
                 target.extended.update({p["id"]: p["value"] for p in value})
             elif key == "attendees":
-                target.props["attendees"] = _normal_attendees(value, target.props.get("attendees") or [])
+                # An exception's attendees start from the series' (their answers included).
+                previous = target.props.get("attendees") or owner.props.get("attendees") or []
+                target.props["attendees"] = _normal_attendees(value, previous)
             else:
                 target.props[key] = value
         target.touch(now)
