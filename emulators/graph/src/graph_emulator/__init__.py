@@ -1,0 +1,1 @@
+"""Microsoft Graph emulator (Exchange Online calendars) for the TrueConf Calendar Connector."""
