@@ -25,6 +25,7 @@ from tccal.config.loader import CONFIG_ENV, EXIT_CONFIG
 from tccal.db import Database
 from tccal.grpckit import AccessPolicy, GrpcServer, TlsMaterial
 from tccal.probes import ProbeServer, Readiness
+from tccal.production import demo_secret_refusals
 from tccal.secrets import SecretError, reveal
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,11 @@ def run_service(
     @click.option("--config", "config_path", type=click.Path(), help=f"config.json (default: ${CONFIG_ENV}).")
     def main(config_path: str | None) -> None:
         config = load_or_exit(config_path)
+        refusals = demo_secret_refusals(config)
+        if refusals:
+            for refusal in refusals:
+                click.echo(f"{name}: {refusal}", err=True)
+            sys.exit(EXIT_CONFIG)
         telemetry.setup(
             name,
             otlp_endpoint=config.telemetry.otlp_endpoint,
