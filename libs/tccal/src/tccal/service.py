@@ -27,6 +27,7 @@ from tccal.grpckit import AccessPolicy, GrpcServer, TlsMaterial
 from tccal.probes import ProbeServer, Readiness
 from tccal.production import demo_secret_refusals
 from tccal.secrets import SecretError, reveal
+from tccal.stream_limits import StreamUsageWatch
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ class ServiceApp:
         self.readiness.add("nats", nats_ready)
         bus.refusal_listeners.append(self.refuse)
         self.on_stop(bus.close)
+        watch = StreamUsageWatch(
+            lambda: bus.js, bus.declared_streams(), alert_percent=bus.settings.stream_alert_percent
+        )
+        self.task(lambda: watch.run(self.stop_event))
         return bus
 
     def refuse(self, reason: str) -> None:

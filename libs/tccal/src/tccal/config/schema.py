@@ -221,6 +221,24 @@ class NatsConfig(_Section):
     )
     replicas: int = Field(1, ge=1, le=5, description="JetStream replicas of the connector's streams.")
     max_deliver: int = Field(10, ge=1, le=1000, description="Deliveries of a message before dead-lettering.")
+    stream_max_bytes: int = Field(
+        1024**3,
+        ge=64 * 1024,
+        le=2**50,
+        description="Bytes each of the streams CALENDAR, TCS_COMMANDS and TCS_RESULTS may hold (JetStream reserves "
+        "it on the server). A full stream refuses new messages (discard new): publishers get an error and retry, "
+        "nothing stored is dropped.",
+    )
+    dead_letter_max_bytes: int = Field(
+        256 * 1024**2, ge=64 * 1024, le=2**50, description="Bytes the DEADLETTER stream may hold (discard new too)."
+    )
+    stream_alert_percent: int = Field(
+        80,
+        ge=1,
+        le=100,
+        description="A warning is logged and tccal_jetstream_stream_full_ratio shows it when a "
+        "stream holds this share of its bytes.",
+    )
 
 
 class TcsServer(_Section):
