@@ -23,6 +23,7 @@ from tccal.clock import Clock, SystemClock
 from tccal.config import Config, ConfigError, load_config
 from tccal.config.loader import CONFIG_ENV, EXIT_CONFIG
 from tccal.db import Database
+from tccal.db_tls import ssl_context
 from tccal.grpckit import AccessPolicy, GrpcServer, TlsMaterial
 from tccal.probes import ProbeServer, Readiness
 from tccal.production import demo_secret_refusals
@@ -84,7 +85,9 @@ class ServiceApp:
         self.stop_event.set()
 
     def new_database(self) -> Database:
-        """The service's PostgreSQL pool; readiness reports it, the caller connects it (`await db.connect()`)."""
+        """The service's PostgreSQL pool; readiness reports it, the caller connects it (`await db.connect()`).
+        TLS files that cannot be used stop the service now (ValueError naming the key: exit code 2)."""
+        ssl_context(self.config.db_connection_config)
         database = Database(self.config)
         self.readiness.add("postgres", database.check)
         self.on_stop(database.close)

@@ -71,6 +71,18 @@ class DbConnectionConfig(_Section):
     database: str = Field("calendar", description="Database name.")
     pool_min: int = Field(1, ge=0, le=100, description="Smallest connection pool size per service.")
     pool_max: int = Field(10, ge=1, le=200, description="Largest connection pool size per service.")
+    ssl_mode: Literal["disable", "require", "verify-ca", "verify-full"] | None = Field(
+        None,
+        description="TLS to PostgreSQL, as libpq's sslmode: disable; require (encrypted, certificate not checked "
+        "unless sslRootCert is set); verify-ca (certificate signed by sslRootCert, else the system's CAs); "
+        "verify-full (and naming host). Unset: verify-full, or disable for a Unix socket or a loopback host.",
+        json_schema_extra={"defaultText": "verify-full; disable for a socket or loopback host"},
+    )
+    ssl_root_cert: str | None = Field(
+        None, description="PEM CA bundle PostgreSQL's certificate is verified with; unset: the system's CAs."
+    )
+    ssl_cert: str | None = Field(None, description="PEM client certificate presented to PostgreSQL (optional).")
+    ssl_key: str | None = Field(None, description="PEM private key of sslCert.")
 
 
 class CacheConfig(_Section):
