@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from typing import Any
 
 import click
@@ -67,15 +68,20 @@ def list_command(config_path: str | None, limit: int, as_json: bool) -> None:
 @click.option("--id", "ids", type=click.IntRange(min=1), multiple=True, help="A dead letter's id (repeatable).")
 @click.option("--all", "replay_all", is_flag=True, help="Every dead letter.")
 def replay_command(config_path: str | None, ids: tuple[int, ...], replay_all: bool) -> None:
-    """Publish dead letters again to where they came from, then remove them from the dead-letter stream."""
+    """Apply dead letters again in sync-engine; each one that applies leaves the dead-letter stream, one that fails
+    again stays (exit code 1, saying why)."""
     if bool(ids) == replay_all:
         raise click.UsageError("give --id ID (one or more) or --all")
     request = sync_pb2.ReplayDeadLettersRequest(ids=list(ids), all=replay_all)
     response = _call(config_path, "ReplayDeadLetters", request)
     assert isinstance(response, sync_pb2.ReplayDeadLettersResponse)
     for letter in response.replayed:
-        click.echo(f"replayed {letter.id} to {letter.subject} ({letter.mailbox or '-'})")
-    click.echo(f"{len(response.replayed)} dead letter(s) replayed")
+        click.echo(f"replayed {letter.id} from {letter.subject} ({letter.mailbox or '-'})")
+    for letter in response.failed:
+        click.echo(f"failed again {letter.id} from {letter.subject} ({letter.mailbox or '-'}): {letter.reason}")
+    click.echo(f"{len(response.replayed)} dead letter(s) replayed, {len(response.failed)} failed again and kept")
+    if response.failed:
+        sys.exit(1)
 
 
 def _call(config_path: str | None, method: str, request: Any) -> Any:

@@ -3,16 +3,25 @@ ListDeadLetters / ReplayDeadLetters, admin calls).
 
 `tccal.bus.consume` copies a message it gave up on to `dlq.<stream>.<durable>` in the DEADLETTER stream, with
 `Tc-Dlq-Stream`, `Tc-Dlq-Durable`, `Tc-Dlq-Subject` and `Tc-Dlq-Error` headers. The engine owns the dead letters of
-its two durables (`sync-engine-calendar`, `sync-engine-results`); their id is their DEADLETTER sequence. A replay
-publishes the original payload and headers (trace context included) to the original subject with the message id
-`dlq-replay/<id>` — a replay repeated after a crash is dropped by JetStream's duplicate window — and then deletes
-the dead letter. A calendar change replayed is applied as if it came late: stale sequences stay ignored.
+its two durables (`sync-engine-calendar`, `sync-engine-results`); their id is their DEADLETTER sequence.
+
+A replay happens **in the engine itself**: the dead letter's change (or result) is applied with its original
+headers (trace context included) exactly as the consumer would apply it — waiting, not failing, while PostgreSQL
+cannot take writes — and then deleted from DEADLETTER. It is not published back into CALENDAR or TCS_RESULTS, so
+sync-engine's NATS user may not publish there at all (tccal.nats_auth): it cannot forge calendar changes or
+TrueConf results, and a replayed result does not reach ews-ingest's write-back a second time. One that fails
+again stays under its id, and the call says why. A calendar change replayed is applied as if it came late: stale
+sequences stay ignored; a crash between applying and deleting leaves a dead letter whose replay is then stale.
+
+Dead letters of other consumers are not the engine's: ews-ingest's `ews-ingest-writeback` (TCS_RESULTS) dead-
+letters only a result it cannot decode (its handler catches every Exchange failure itself), which no replay could
+apply; tcs-gateway's command consumers never dead-letter (`max_deliver=-1`: every command gets a result).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from google.protobuf.message import DecodeError
@@ -20,6 +29,7 @@ from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
 from sync_engine.bus import CALENDAR_DURABLE, RESULTS_DURABLE
+from sync_engine.engine import Engine
 from tccal.bus import Bus
 from tccal.subjects import CALENDAR, DEADLETTER, TCS_RESULTS, deadletter_subject, unescape_token
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2
@@ -61,10 +71,11 @@ class DeadLetter:
 
 
 class DeadLetters:
-    """The engine's dead letters in DEADLETTER, over one NATS connection."""
+    """The engine's dead letters in DEADLETTER, over one NATS connection; replayed into `engine`."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, engine: Engine | None = None) -> None:
         self.bus = bus
+        self.engine = engine
 
     async def listing(self, limit: int) -> tuple[list[DeadLetter], int]:
         """Up to `limit` dead letters, oldest first, and how many there are."""
@@ -94,26 +105,45 @@ class DeadLetters:
             raise UnknownDeadLetterError(dead_letter_id, str(raw.subject))
         return _letter(raw)
 
-    async def replay(self, ids: list[int] | None) -> list[DeadLetter]:
-        """Replay the dead letters `ids` (every one of the engine's when None), in id order. Every id is looked up
-        before anything is replayed: an unknown one raises UnknownDeadLetterError and nothing is replayed."""
+    async def replay(self, ids: list[int] | None) -> tuple[list[DeadLetter], list[DeadLetter]]:
+        """Apply the dead letters `ids` (every one of the engine's when None) again in the engine, in id order;
+        (replayed and deleted, failed again and kept with the new reason). Every id is looked up before anything
+        is replayed: an unknown one raises UnknownDeadLetterError and nothing is replayed."""
+        if self.engine is None:
+            raise RuntimeError("dead letters are replayed into the engine, and none was given")
         if ids is None:
             letters, _ = await self.listing(limit=1 << 31)
         else:
             letters = [await self.get(i) for i in sorted(set(ids))]
-        replayed = []
+        replayed, failed = [], []
         for letter in letters:
             headers = {k: v for k, v in letter.headers.items() if k not in _DLQ_HEADERS and not k.startswith("Nats-")}
-            headers["Nats-Msg-Id"] = f"dlq-replay/{letter.id}"
             headers["Tc-Replayed-From"] = str(letter.id)
-            await self.bus.js.publish(letter.subject, letter.payload, headers=headers)
+            try:
+                await self._apply(self.engine, letter, headers)
+            except Exception as exc:  # fails again (its data): it stays where it is, the caller is told why
+                failed.append(replace(letter, reason=repr(exc)[:1000]))
+                log.warning(
+                    "dead letter failed again, kept",
+                    extra={"id": letter.id, "subject": letter.subject, "mailbox": letter.mailbox, "error": repr(exc)},
+                )
+                continue
             await self.bus.js.delete_msg(DEADLETTER, letter.id)
             log.info(
                 "dead letter replayed",
                 extra={"id": letter.id, "subject": letter.subject, "mailbox": letter.mailbox},
             )
             replayed.append(letter)
-        return replayed
+        return replayed, failed
+
+    @staticmethod
+    async def _apply(engine: Engine, letter: DeadLetter, headers: dict[str, str]) -> None:
+        if letter.stream == CALENDAR:
+            await engine.apply_change(calendar_pb2.CalendarChange.FromString(letter.payload), headers)
+        elif letter.stream == TCS_RESULTS:
+            await engine.apply_result(commands_pb2.TcsCommandResult.FromString(letter.payload), headers)
+        else:
+            raise ValueError(f"dead letter {letter.id} came from {letter.stream or 'no stream'}, not the engine's")
 
 
 def _letter(raw: RawStreamMsg) -> DeadLetter:
