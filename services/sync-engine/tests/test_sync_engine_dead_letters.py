@@ -72,15 +72,16 @@ async def test_dead_letters_are_listed_and_replayed_in_the_engine(harness: Harne
     await harness.upsert(ANNA, _meeting("uid-fine", 3))
     await harness.wait_command("calendar_upsert", 2, occurrence__meeting_id=mid("uid-fine"))
     await _make_dead_letters(harness)
-    other = await harness.bus.js.publish(  # another service's dead letter: neither listed nor replayed here
+    other = await harness.bus.js.publish(  # another service's dead letter: listed (marked), never replayed here
         "dlq.tcs_results.ews-ingest-writeback",
         b"\x0a\x03cmd",
         headers={"Tc-Dlq-Stream": "TCS_RESULTS", "Tc-Dlq-Subject": "tcs.v1.results.video%2Eexample%2Ecom#vcs"},
     )
 
     listed: sync_pb2.ListDeadLettersResponse = await harness.api.ListDeadLetters(sync_pb2.ListDeadLettersRequest())
-    assert listed.total == 2
-    never, refused = listed.dead_letters
+    assert listed.total == 3
+    never, refused, writeback = listed.dead_letters
+    assert (writeback.id, writeback.durable, writeback.message_id) == (other.seq, "ews-ingest-writeback", "cmd")
     assert never.id < refused.id
     assert (never.stream, never.durable) == (CALENDAR, "sync-engine-calendar")
     assert never.mailbox == ANNA and refused.mailbox == BOB
@@ -99,7 +100,7 @@ async def test_dead_letters_are_listed_and_replayed_in_the_engine(harness: Harne
     with pytest.raises(grpc.aio.AioRpcError) as not_ours:
         await harness.api.ReplayDeadLetters(sync_pb2.ReplayDeadLettersRequest(ids=[other.seq]))
     assert not_ours.value.code() == grpc.StatusCode.NOT_FOUND
-    assert "ews-ingest-writeback, not sync-engine's" in str(not_ours.value.details())
+    assert "ews-ingest-writeback, not sync-engine's: ews-ingest's join-link write-back" in str(not_ours.value.details())
     with pytest.raises(grpc.aio.AioRpcError) as neither:
         await harness.api.ReplayDeadLetters(sync_pb2.ReplayDeadLettersRequest())
     assert neither.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -114,7 +115,7 @@ async def test_dead_letters_are_listed_and_replayed_in_the_engine(harness: Harne
     await harness.wait_command("calendar_upsert", 1, occurrence__meeting_id=mid("uid-refused"))
     assert await _calendar_messages(harness) == calendar_before
     left: sync_pb2.ListDeadLettersResponse = await harness.api.ListDeadLetters(sync_pb2.ListDeadLettersRequest())
-    assert [one.id for one in left.dead_letters] == [never.id]
+    assert [one.id for one in left.dead_letters] == [never.id, other.seq]
     with pytest.raises(grpc.aio.AioRpcError) as again:  # replayed once: its id is gone
         await harness.api.ReplayDeadLetters(sync_pb2.ReplayDeadLettersRequest(ids=[refused.id]))
     assert again.value.code() == grpc.StatusCode.NOT_FOUND
@@ -123,9 +124,9 @@ async def test_dead_letters_are_listed_and_replayed_in_the_engine(harness: Harne
     again_all: sync_pb2.ReplayDeadLettersResponse = await harness.api.ReplayDeadLetters(
         sync_pb2.ReplayDeadLettersRequest(all=True)
     )
-    assert not again_all.replayed and [one.id for one in again_all.failed] == [never.id]
+    assert not again_all.replayed and [one.id for one in again_all.failed] == [never.id]  # not ews-ingest's
     assert "DataError" in again_all.failed[0].reason, again_all.failed[0].reason
-    assert await _listed_ids(harness, lambda ids: True) == [never.id]
+    assert await _listed_ids(harness, lambda ids: True) == [never.id, other.seq]
     assert harness.of("calendar_upsert", occurrence__meeting_id=mid("uid-never")) == []
     assert await _calendar_messages(harness) == calendar_before
 

@@ -20,6 +20,7 @@ from typing import Any
 import click
 import grpc
 
+from sync_engine.bus import CALENDAR_DURABLE, RESULTS_DURABLE
 from tccal.grpckit import GrpcCaller
 from tccal.secrets import SecretError, reveal
 from tccal.service import load_or_exit
@@ -55,9 +56,10 @@ def list_command(config_path: str | None, limit: int, as_json: bool) -> None:
         click.echo("No dead letters.")
         return
     for letter in letters:
+        owner = "" if letter["durable"] in ENGINE_DURABLES else f"  [{letter['durable']}: not replayable]"
         click.echo(
             f"{letter['id']}  {letter['dead_lettered_at'] or '-'}  {letter['stream']}  {letter['mailbox'] or '-'}"
-            f"  {letter['subject']}  {letter['reason']}"
+            f"  {letter['subject']}  {letter['reason']}{owner}"
         )
     shown = f"{len(letters)} of {response.total}" if response.total > len(letters) else f"{len(letters)}"
     click.echo(f"{shown} dead letter(s); replay with: tc-calendar dead-letters replay --id ID (or --all)")
@@ -82,6 +84,10 @@ def replay_command(config_path: str | None, ids: tuple[int, ...], replay_all: bo
     click.echo(f"{len(response.replayed)} dead letter(s) replayed, {len(response.failed)} failed again and kept")
     if response.failed:
         sys.exit(1)
+
+
+#: Only these consumers' dead letters are replayed (sync_engine.deadletters); others are listed, marked.
+ENGINE_DURABLES = (CALENDAR_DURABLE, RESULTS_DURABLE)
 
 
 def _call(config_path: str | None, method: str, request: Any) -> Any:

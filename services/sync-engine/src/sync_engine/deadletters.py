@@ -13,9 +13,14 @@ TrueConf results, and a replayed result does not reach ews-ingest's write-back a
 again stays under its id, and the call says why. A calendar change replayed is applied as if it came late: stale
 sequences stay ignored; a crash between applying and deleting leaves a dead letter whose replay is then stale.
 
-Dead letters of other consumers are not the engine's: ews-ingest's `ews-ingest-writeback` (TCS_RESULTS) dead-
-letters only a result it cannot decode (its handler catches every Exchange failure itself), which no replay could
-apply; tcs-gateway's command consumers never dead-letter (`max_deliver=-1`: every command gets a result).
+The listing shows every consumer's dead letters, so none is out of sight; only the engine's are replayed. The
+others: ews-ingest's `ews-ingest-writeback` (TCS_RESULTS) dead-letters a conference result whose join link it could
+not write into the organizer's Exchange item `nats.maxDeliver` times (Exchange refused or unreachable), or could
+not decode. Replaying it needs what only the ews-ingest that published the organizer's item holds, in memory (which
+item of which mailbox wants that link), so neither the engine nor a republished result could do it: the listing
+gives the command id and reason, the link is in the conference (`ListConferences`), and the organizer's item can
+be given it by hand. tcs-gateway's command consumers never dead-letter (`max_deliver=-1`: every command gets a
+result; a calendar command waits for its TrueConf Server).
 """
 
 from __future__ import annotations
@@ -36,6 +41,15 @@ from trueconf.calendar.v1 import calendar_pb2, commands_pb2
 
 log = logging.getLogger(__name__)
 
+#: Why another consumer's dead letters are listed but not replayed, by durable.
+NOT_REPLAYABLE = {
+    "ews-ingest-writeback": (
+        "ews-ingest's join-link write-back: which organizer's item wants the link is known only to the ews-ingest "
+        "that published it (in memory), so it cannot be replayed; put the conference's link (ListConferences) into "
+        "the organizer's item by hand"
+    ),
+}
+
 #: The dead-letter subjects of the engine's consumers, and the stream each came from.
 ENGINE_SUBJECTS = {
     deadletter_subject(CALENDAR, CALENDAR_DURABLE): CALENDAR,
@@ -48,7 +62,9 @@ class UnknownDeadLetterError(LookupError):
     """An id that is not a dead letter of the engine's consumers (never was, or replayed already)."""
 
     def __init__(self, dead_letter_id: int, owner: str = "") -> None:
-        what = f"is a dead letter of {owner}, not sync-engine's" if owner else "is not there"
+        durable = owner.rsplit(".", 1)[-1]
+        why = f": {NOT_REPLAYABLE[durable]}" if durable in NOT_REPLAYABLE else ""
+        what = f"is a dead letter of {owner}, not sync-engine's{why}" if owner else "is not there"
         super().__init__(
             f"no dead letter with id {dead_letter_id}: {dead_letter_id} {what}"
             " (list them with `tc-calendar dead-letters list`)"
@@ -68,6 +84,8 @@ class DeadLetter:
     at: datetime | None
     payload: bytes
     headers: dict[str, str]
+    #: Its subject in DEADLETTER, `dlq.<stream>.<durable>`.
+    dead_letter_subject: str = ""
 
 
 class DeadLetters:
@@ -78,11 +96,14 @@ class DeadLetters:
         self.engine = engine
 
     async def listing(self, limit: int) -> tuple[list[DeadLetter], int]:
-        """Up to `limit` dead letters, oldest first, and how many there are."""
+        """Up to `limit` dead letters of every consumer (the engine's are the replayable ones), oldest first, and
+        how many there are."""
+        info = await self.bus.js.stream_info(DEADLETTER, subjects_filter="dlq.>")
+        counts = {str(subject): int(count) for subject, count in (info.state.subjects or {}).items()}
         found: list[DeadLetter] = []
-        for subject in ENGINE_SUBJECTS:
+        for subject in sorted(set(counts) | set(ENGINE_SUBJECTS)):
             sequence, taken = 1, 0
-            while taken < limit:  # the oldest `limit` of each subject hold the oldest `limit` of both
+            while taken < limit:  # the oldest `limit` of each subject hold the oldest `limit` of all
                 try:
                     raw = await self.bus.js.get_msg(DEADLETTER, seq=sequence, subject=subject, next=True)
                 except NotFoundError:
@@ -91,10 +112,7 @@ class DeadLetters:
                 taken += 1
                 sequence = int(raw.seq or sequence) + 1
         found.sort(key=lambda letter: letter.id)
-        info = await self.bus.js.stream_info(DEADLETTER, subjects_filter="dlq.>")
-        counts = info.state.subjects or {}
-        total = sum(int(counts.get(subject, 0)) for subject in ENGINE_SUBJECTS)
-        return found[:limit], total
+        return found[:limit], sum(counts.values())
 
     async def get(self, dead_letter_id: int) -> DeadLetter:
         try:
@@ -112,7 +130,8 @@ class DeadLetters:
         if self.engine is None:
             raise RuntimeError("dead letters are replayed into the engine, and none was given")
         if ids is None:
-            letters, _ = await self.listing(limit=1 << 31)
+            listed, _ = await self.listing(limit=1 << 31)
+            letters = [letter for letter in listed if letter.dead_letter_subject in ENGINE_SUBJECTS]
         else:
             letters = [await self.get(i) for i in sorted(set(ids))]
         replayed, failed = [], []
@@ -167,7 +186,7 @@ def _letter(raw: RawStreamMsg) -> DeadLetter:
     return DeadLetter(
         id=int(raw.seq or 0),
         stream=stream,
-        durable=headers.get("Tc-Dlq-Durable", ""),
+        durable=headers.get("Tc-Dlq-Durable") or str(raw.subject or "").split(".", 2)[-1],
         subject=origin,
         mailbox=mailbox,
         reason=headers.get("Tc-Dlq-Error", ""),
@@ -175,4 +194,5 @@ def _letter(raw: RawStreamMsg) -> DeadLetter:
         at=at,
         payload=payload,
         headers=headers,
+        dead_letter_subject=str(raw.subject or ""),
     )
