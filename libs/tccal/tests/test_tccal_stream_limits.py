@@ -93,6 +93,7 @@ async def test_a_full_stream_refuses_the_publisher_and_keeps_every_message_and_a
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "is " in r.getMessage()]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]
         assert "CALENDAR" in warnings[0].getMessage() and "nats.streamMaxBytes" in warnings[0].getMessage()
+        print(f"\n64 KiB stream: {stored} x 1 KiB stored, alert at message {alerted_at}, then refused: {refused}")
         ratio = _gauge(subjects.CALENDAR)
         assert ratio is not None and ratio >= 0.8, generate_latest(REGISTRY).decode()[-2000:]
         # Room again (here: purged by the operator): the publisher's retry goes through, the alert is lifted.
