@@ -400,9 +400,10 @@ def test_only_the_demo_lifts_the_images_refusal_of_the_test_authority_key(
                     LicensingSettings.from_config(config)
             else:
                 LicensingSettings.from_config(config)
+    # The same switch for all four: with TCCAL_PRODUCTION=1 each also refuses the demo's committed machine key and
+    # PostgreSQL password (tccal.production; libs/tccal/tests/test_tccal_production_secrets.py).
     for name in CONNECTOR_SERVICES:
-        if name != "licensing":
-            assert PRODUCTION_ENV not in service_env(compose_services[name]), f"{name} keeps the image's setting"
+        assert compose_services[name]["environment"][PRODUCTION_ENV] == raw, name
 
 
 # ------------------------------------------------------------------------------------------- observability

@@ -439,6 +439,52 @@ def test_nats_tls_files_reach_the_pods(report: dict[str, Any], tmp_path: Path) -
     assert load_as_pod(report, "default", default, tmp_path, check_secrets=False).nats.tls_ca_file is None
 
 
+def test_postgresql_tls_files_reach_the_pods(report: dict[str, Any], tmp_path: Path) -> None:
+    """postgresql.tls (full.yaml): the Secret's CA and client certificate are mounted where config.json's
+    dbConnectionConfig names them, with the sslMode given; the default sets no sslMode (verify-full beyond
+    loopback: tccal.db_tls) and mounts nothing."""
+    from tccal.db_tls import effective_ssl_mode
+
+    for name, deployment in by_component(report, "full", "Deployment").items():
+        config = load_as_pod(report, "full", deployment, tmp_path, check_secrets=False)
+        spec = deployment["spec"]["template"]["spec"]
+        volume = next(v for v in spec["volumes"] if v["name"] == "db-tls")
+        assert volume["secret"]["secretName"] == "pg-client-tls"
+        assert [item["key"] for item in volume["secret"]["items"]] == ["ca.crt", "tls.crt", "tls.key"]
+        (container,) = spec["containers"]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "db-tls")
+        assert mount["readOnly"] is True
+        db = config.db_connection_config
+        directory = Path(mount["mountPath"])
+        assert (db.ssl_mode, db.ssl_root_cert, db.ssl_cert, db.ssl_key) == (
+            "verify-full",
+            str(directory / "ca.crt"),
+            str(directory / "tls.crt"),
+            str(directory / "tls.key"),
+        ), name
+        assert (config.nats.stream_max_bytes, config.nats.stream_alert_percent) == (4 * 1024**3, 70)
+    for deployment in manifests(report, "default", "Deployment"):
+        config = load_as_pod(report, "default", deployment, tmp_path, check_secrets=False)
+        assert config.db_connection_config.ssl_mode is None
+        assert effective_ssl_mode(config.db_connection_config) == "verify-full"  # host "postgresql"
+        assert "db-tls" not in {v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        assert config.nats.stream_max_bytes == Config().nats.stream_max_bytes
+
+
+def test_machine_key_is_kept_across_renders_by_lookup() -> None:
+    """Argo CD-style rendering (`helm template` on every sync) must not make a new machine key each time: the
+    template reads the Secret already in the cluster (lookup) and keeps its key; only a first install generates
+    one, and the Secret survives uninstall (resource-policy keep). `helm template` has no cluster to look up, so
+    the template itself is checked."""
+    template = (CHART / "templates" / "secrets.yaml").read_text()
+    key_part = template[: template.index("{{- end }}\n", template.index("machine.key: {{ $encoded }}"))]
+    assert 'lookup "v1" "Secret" .Release.Namespace $name' in key_part
+    assert '$encoded = index $existing.data "machine.key"' in key_part
+    lookup_at = key_part.index("lookup")
+    assert key_part.index("randAlphaNum") > lookup_at, "generated only when the lookup found nothing"
+    assert "helm.sh/resource-policy: keep" in key_part
+
+
 def test_the_rendered_authorization_runs_in_nats_server(report: dict[str, Any]) -> None:
     """nats-auth.conf, included by a real nats-server: each service gets in with its password, nobody without."""
     import asyncio

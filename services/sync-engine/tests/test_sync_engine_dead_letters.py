@@ -1,5 +1,5 @@
-"""Dead letters of the engine's consumers: listed and replayed (SyncService ListDeadLetters / ReplayDeadLetters,
-`tc-calendar dead-letters list|replay`), issue #17.
+"""Dead letters of the engine's consumers: listed and replayed in the engine itself (SyncService ListDeadLetters /
+ReplayDeadLetters, `tc-calendar dead-letters list|replay`), issue #17.
 
 Real dead letters are made by the engine itself (`nats.maxDeliver` 2): a change whose sequence PostgreSQL's bigint
 cannot hold (never applicable), and a change refused while an operator's wrong constraint was in place (a trigger
@@ -61,22 +61,27 @@ async def _at_least(harness: Harness, count: int) -> int | None:
     return found if found >= count else None
 
 
-async def test_dead_letters_are_listed_and_replayed_to_where_they_came_from(harness: Harness) -> None:
+async def _calendar_messages(harness: Harness) -> int:
+    return int((await harness.bus.js.stream_info(CALENDAR)).state.messages)
+
+
+async def test_dead_letters_are_listed_and_replayed_in_the_engine(harness: Harness) -> None:
     await harness.start_engine(max_deliver=2)
     assert harness.api is not None
     before = datetime.now(UTC) - timedelta(seconds=5)
     await harness.upsert(ANNA, _meeting("uid-fine", 3))
     await harness.wait_command("calendar_upsert", 2, occurrence__meeting_id=mid("uid-fine"))
     await _make_dead_letters(harness)
-    other = await harness.bus.js.publish(  # another service's dead letter: neither listed nor replayed here
+    other = await harness.bus.js.publish(  # another service's dead letter: listed (marked), never replayed here
         "dlq.tcs_results.ews-ingest-writeback",
         b"\x0a\x03cmd",
         headers={"Tc-Dlq-Stream": "TCS_RESULTS", "Tc-Dlq-Subject": "tcs.v1.results.video%2Eexample%2Ecom#vcs"},
     )
 
     listed: sync_pb2.ListDeadLettersResponse = await harness.api.ListDeadLetters(sync_pb2.ListDeadLettersRequest())
-    assert listed.total == 2
-    never, refused = listed.dead_letters
+    assert listed.total == 3
+    never, refused, writeback = listed.dead_letters
+    assert (writeback.id, writeback.durable, writeback.message_id) == (other.seq, "ews-ingest-writeback", "cmd")
     assert never.id < refused.id
     assert (never.stream, never.durable) == (CALENDAR, "sync-engine-calendar")
     assert never.mailbox == ANNA and refused.mailbox == BOB
@@ -95,30 +100,35 @@ async def test_dead_letters_are_listed_and_replayed_to_where_they_came_from(harn
     with pytest.raises(grpc.aio.AioRpcError) as not_ours:
         await harness.api.ReplayDeadLetters(sync_pb2.ReplayDeadLettersRequest(ids=[other.seq]))
     assert not_ours.value.code() == grpc.StatusCode.NOT_FOUND
-    assert "ews-ingest-writeback, not sync-engine's" in str(not_ours.value.details())
+    assert "ews-ingest-writeback, not sync-engine's: ews-ingest's join-link write-back" in str(not_ours.value.details())
     with pytest.raises(grpc.aio.AioRpcError) as neither:
         await harness.api.ReplayDeadLetters(sync_pb2.ReplayDeadLettersRequest())
     assert neither.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
-    # the wrongly refused change, replayed, reaches TrueConf and leaves the dead-letter stream
+    # the wrongly refused change, replayed, reaches TrueConf and leaves the dead-letter stream; it is applied in the
+    # engine itself, not published into CALENDAR again (sync-engine may not publish there: tccal.nats_auth)
+    calendar_before = await _calendar_messages(harness)
     replayed: sync_pb2.ReplayDeadLettersResponse = await harness.api.ReplayDeadLetters(
         sync_pb2.ReplayDeadLettersRequest(ids=[refused.id])
     )
-    assert [one.id for one in replayed.replayed] == [refused.id]
+    assert [one.id for one in replayed.replayed] == [refused.id] and not replayed.failed
     await harness.wait_command("calendar_upsert", 1, occurrence__meeting_id=mid("uid-refused"))
+    assert await _calendar_messages(harness) == calendar_before
     left: sync_pb2.ListDeadLettersResponse = await harness.api.ListDeadLetters(sync_pb2.ListDeadLettersRequest())
-    assert [one.id for one in left.dead_letters] == [never.id]
+    assert [one.id for one in left.dead_letters] == [never.id, other.seq]
     with pytest.raises(grpc.aio.AioRpcError) as again:  # replayed once: its id is gone
         await harness.api.ReplayDeadLetters(sync_pb2.ReplayDeadLettersRequest(ids=[refused.id]))
     assert again.value.code() == grpc.StatusCode.NOT_FOUND
 
-    # a change that can never be applied comes back as a new dead letter; nothing else is touched
-    await harness.api.ReplayDeadLetters(sync_pb2.ReplayDeadLettersRequest(all=True))
-    back = await harness.wait_for(
-        lambda: _listed_ids(harness, lambda ids: ids and ids != [never.id]), "the never-applicable change back"
+    # a change that can never be applied fails again: it stays under its id, and the answer says why
+    again_all: sync_pb2.ReplayDeadLettersResponse = await harness.api.ReplayDeadLetters(
+        sync_pb2.ReplayDeadLettersRequest(all=True)
     )
-    assert len(back) == 1 and back[0] > never.id
+    assert not again_all.replayed and [one.id for one in again_all.failed] == [never.id]  # not ews-ingest's
+    assert "DataError" in again_all.failed[0].reason, again_all.failed[0].reason
+    assert await _listed_ids(harness, lambda ids: True) == [never.id, other.seq]
     assert harness.of("calendar_upsert", occurrence__meeting_id=mid("uid-never")) == []
+    assert await _calendar_messages(harness) == calendar_before
 
 
 async def _listed_ids(harness: Harness, accept: Any) -> Any:
@@ -168,8 +178,13 @@ async def test_cli_lists_and_replays_with_the_admin_token_of_config_json(harness
         assert neither.exit_code == 2 and "--id ID" in neither.output
 
         replayed = await _cli("replay", "--id", str(ids[1]), "--config", str(good))
-        assert replayed.exit_code == 0 and f"replayed {ids[1]} to calendar.v1.changes." in replayed.output
+        assert replayed.exit_code == 0 and f"replayed {ids[1]} from calendar.v1.changes." in replayed.output
         await harness.wait_command("calendar_upsert", 1, occurrence__meeting_id=mid("uid-refused"))
+        assert await _count(harness) == 1
+        failing = await _cli("replay", "--all", "--config", str(good))
+        assert failing.exit_code == 1, failing.output
+        assert f"failed again {ids[0]} from calendar.v1.changes." in failing.output and "DataError" in failing.output
+        assert "0 dead letter(s) replayed, 1 failed again and kept" in failing.output
         assert await _count(harness) == 1
     finally:
         await server.stop(0)

@@ -117,3 +117,23 @@ async def test_binary_and_oversized_frames_close_the_connection(world: World) ->
     async with RawBridgeClient(gateway.url) as client:  # the gateway keeps serving
         assert (await client.auth())["payload"]["errorCode"] == 0
         assert (await client.call("ping", {}))["payload"]["errorCode"] == 0
+
+
+async def test_deeply_nested_frames_get_one_clear_error_not_a_traceback(world: World) -> None:
+    """A frame nested far deeper than any bridge frame (docs/bridge-protocol.md §2: at most MAX_FRAME_DEPTH levels)
+    is answered MALFORMED_FRAME naming its depth: 100,000 levels (which exhaust Python's JSON parser) and 200 levels
+    inside a payload alike; the connection stays usable and nothing is logged as an error."""
+    from tcs_gateway.bridge.framing import MAX_FRAME_DEPTH
+
+    gateway = await world.gateway(gateway_settings(world.sync, [server_settings()]))
+    async with RawBridgeClient(gateway.url) as client:
+        assert (await client.auth())["payload"]["errorCode"] == 0
+        await client.send("[" * 100_000 + "]" * 100_000)
+        payload = _error(await client.reply_to(0), 1, 0)
+        assert "nests too deeply" in str(payload["errorDescription"]), payload
+        deep = {"x-deep": json.loads("[" * 200 + "]" * 200)}
+        await client.send({"type": 1, "id": 61, "method": "ping", "payload": deep})
+        payload = _error(await client.reply_to(0), 1, 0)  # refused before anything (its id too) is read
+        assert f"at most {MAX_FRAME_DEPTH} levels" in str(payload["errorDescription"]), payload
+        await client.send({"type": 1, "id": 62, "method": "ping", "payload": {"x-note": [[["fine"]]]}})
+        assert (await client.reply_to(62))["payload"]["errorCode"] == 0

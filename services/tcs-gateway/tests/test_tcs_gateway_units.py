@@ -274,6 +274,7 @@ def test_the_guard_backs_off_exponentially_and_logs_once_per_address_per_interva
         auth_backoff_initial=1.0,
         auth_backoff_max=8.0,
         refusal_log_interval=60.0,
+        whitelist=("X#vcs", "y#vcs"),
     )
     guard = BridgeGuard(settings, clock=lambda: now[0])
     caplog.set_level(logging.INFO, logger="tcs_gateway.bridge.guard")
@@ -282,22 +283,28 @@ def test_the_guard_backs_off_exponentially_and_logs_once_per_address_per_interva
     assert guard.admit("10.0.0.1") == OVER_ADDRESS_CAP
     assert guard.admit("10.0.0.2") is None
     assert guard.admit("10.0.0.3") == OVER_TOTAL_CAP
-    guard.auth_succeeded("10.0.0.3")
+    guard.auth_succeeded("10.0.0.3", "x#vcs")
     assert guard.admit("10.0.0.3") is None
     guard.release("10.0.0.1")
     assert guard.pending_total == 3
     # Back-off: none for the first failure, then 1, 2, 4, 8, 8 s; a success clears it.
     backoffs = []
     for _ in range(6):
-        guard.auth_failed("10.0.0.9", BAD_SECRET)
-        backoffs.append(guard.backed_off("10.0.0.9"))
+        guard.auth_failed("10.0.0.9", "X#vcs", BAD_SECRET)
+        backoffs.append(guard.backed_off("10.0.0.9", "x#vcs"))
     assert backoffs == [0.0, 1.0, 2.0, 4.0, 8.0, 8.0]
+    # Keyed by (address, claimed id): another whitelisted id at that address, or X at another address, is free.
+    assert guard.backed_off("10.0.0.9", "y#vcs") == 0.0 and guard.backed_off("10.0.0.8", "x#vcs") == 0.0
+    # Ids that are not whitelisted share one key per address: inventing new ones buys no fresh attempts.
+    guard.auth_failed("10.0.0.9", "made-up-1#vcs", BAD_SECRET)
+    guard.auth_failed("10.0.0.9", "made-up-2#vcs", BAD_SECRET)
+    assert guard.backed_off("10.0.0.9", "made-up-3#vcs") == 1.0 and guard.backed_off("10.0.0.9", "y#vcs") == 0.0
     now[0] += 8.5
-    assert guard.backed_off("10.0.0.9") == 0.0
-    guard.auth_failed("10.0.0.9", BAD_SECRET)
-    assert guard.backed_off("10.0.0.9") == 8.0
-    guard.auth_succeeded("10.0.0.9")
-    assert guard.backed_off("10.0.0.9") == 0.0
+    assert guard.backed_off("10.0.0.9", "x#vcs") == 0.0
+    guard.auth_failed("10.0.0.9", "x#vcs", BAD_SECRET)
+    assert guard.backed_off("10.0.0.9", "x#vcs") == 8.0
+    guard.auth_succeeded("10.0.0.9", "x#vcs")
+    assert guard.backed_off("10.0.0.9", "x#vcs") == 0.0
     # Logging: the first refusal of an address is written at once; the rest of its interval is one summary line.
     lines = [r for r in caplog.records if getattr(r, "address", "") == "10.0.0.9"]
     assert len(lines) == 1 and lines[0].refused == 1  # type: ignore[attr-defined]
@@ -306,7 +313,7 @@ def test_the_guard_backs_off_exponentially_and_logs_once_per_address_per_interva
     now[0] += 60
     guard.flush()
     lines = [r for r in caplog.records if getattr(r, "address", "") == "10.0.0.9"]
-    assert len(lines) == 2 and lines[1].refused == 6  # type: ignore[attr-defined]
+    assert len(lines) == 2 and lines[1].refused == 8  # type: ignore[attr-defined]
     now[0] += 600
     guard.flush()
     assert len([r for r in caplog.records if getattr(r, "address", "") == "10.0.0.9"]) == 2  # nothing new to say

@@ -155,9 +155,22 @@ here: they come from the credentials Secret as TC_CALENDAR__* environment overri
 {{- include "tccal.assertNoSecrets" $cfg }}
 {{- $_ := set $cfg "wsPort" (int .Values.bridge.port) }}
 {{- $pg := .Values.postgresql }}
-{{- $_ := set $cfg "dbConnectionConfig" (dict "host" $pg.host "port" (int $pg.port) "user" $pg.user "database" $pg.database "poolMin" (int $pg.poolMin) "poolMax" (int $pg.poolMax)) }}
+{{- $db := dict "host" $pg.host "port" (int $pg.port) "user" $pg.user "database" $pg.database "poolMin" (int $pg.poolMin) "poolMax" (int $pg.poolMax) }}
+{{- with $pg.tls }}
+{{- if .sslMode }}
+{{- $_ := set $db "sslMode" .sslMode }}
+{{- end }}
+{{- if .existingSecret }}
+{{- $_ := set $db "sslRootCert" "/var/run/secrets/tc-calendar-db-tls/ca.crt" }}
+{{- if .clientCertificate }}
+{{- $_ := set $db "sslCert" "/var/run/secrets/tc-calendar-db-tls/tls.crt" }}
+{{- $_ := set $db "sslKey" "/var/run/secrets/tc-calendar-db-tls/tls.key" }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $_ := set $cfg "dbConnectionConfig" $db }}
 {{- /* user, passwordFile and TLS files are per pod: environment overrides (deployment.yaml) */}}
-{{- $nats := dict "url" .Values.nats.url "replicas" (int .Values.nats.replicas) "maxDeliver" (int .Values.nats.maxDeliver) }}
+{{- $nats := dict "url" .Values.nats.url "replicas" (int .Values.nats.replicas) "maxDeliver" (int .Values.nats.maxDeliver) "streamMaxBytes" (int64 .Values.nats.streamMaxBytes) "deadLetterMaxBytes" (int64 .Values.nats.deadLetterMaxBytes) "streamAlertPercent" (int .Values.nats.streamAlertPercent) }}
 {{- $_ := set $cfg "nats" $nats }}
 {{- $services := dict }}
 {{- range $key, $component := include "tccal.components" $root | fromYaml }}

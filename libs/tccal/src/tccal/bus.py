@@ -24,7 +24,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 from opentelemetry import trace
@@ -32,17 +32,23 @@ from opentelemetry import trace
 from tccal import telemetry
 from tccal.nats_auth import IDENTITIES
 from tccal.retry import backoff_delay
-from tccal.subjects import DEADLETTER, INGEST_STATE_BUCKET, STREAM_SUBJECTS, deadletter_subject
+from tccal.stream_limits import (
+    DEADLETTER_MAX_AGE_S,
+    DEFAULT_DEADLETTER_MAX_BYTES,
+    DEFAULT_STREAM_MAX_BYTES,
+    DUPLICATE_WINDOW_SECONDS,
+    STREAM_MAX_AGE_S,
+    StreamLimits,
+    declare_stream,
+)
+from tccal.subjects import INGEST_STATE_BUCKET, STREAM_SUBJECTS, deadletter_subject
 
 if TYPE_CHECKING:
     from tccal.config import Config
 
 log = logging.getLogger(__name__)
 
-DUPLICATE_WINDOW_SECONDS = 600.0
-#: How long the streams keep a message: also how long one can be (re)delivered.
-STREAM_MAX_AGE_S = 30 * 24 * 3600.0
-DEADLETTER_MAX_AGE_S = 90 * 24 * 3600.0
+__all__ = ["DEADLETTER_MAX_AGE_S", "DUPLICATE_WINDOW_SECONDS", "STREAM_MAX_AGE_S", "Bus", "BusSettings"]
 
 
 async def announce(settings: BusSettings, subject: str, payload: bytes = b"{}", *, timeout: float = 2.0) -> bool:
@@ -115,6 +121,14 @@ class BusSettings:
     tls_verify: bool = True
     #: Test installations only: do not refuse a NATS that lets clients in without credentials.
     allow_anonymous: bool = False
+    #: Maximum bytes of the streams (stream_limits: discard new when full) and the share that raises the alert.
+    stream_max_bytes: int = DEFAULT_STREAM_MAX_BYTES
+    deadletter_max_bytes: int = DEFAULT_DEADLETTER_MAX_BYTES
+    stream_alert_percent: int = 80
+
+    @property
+    def stream_limits(self) -> StreamLimits:
+        return StreamLimits(self.stream_max_bytes, self.deadletter_max_bytes, self.stream_alert_percent)
 
     def servers(self) -> list[str]:
         return [u.strip() for u in self.url.split(",") if u.strip()]
@@ -181,6 +195,9 @@ class BusSettings:
             tls_key_file=nats_config.tls_key_file,
             tls_verify=nats_config.tls_verify,
             allow_anonymous=nats_config.allow_anonymous,
+            stream_max_bytes=nats_config.stream_max_bytes,
+            deadletter_max_bytes=nats_config.dead_letter_max_bytes,
+            stream_alert_percent=nats_config.stream_alert_percent,
         )
 
 
@@ -282,8 +299,16 @@ class Bus:
             raise AnonymousNatsError(self.refused)
         self._js = self._nc.jetstream(timeout=10)
         await ensure_topology(
-            self._js, replicas=self.settings.replicas, streams=self.settings.streams, buckets=self.settings.buckets
+            self._js,
+            replicas=self.settings.replicas,
+            streams=self.settings.streams,
+            buckets=self.settings.buckets,
+            limits=self.settings.stream_limits,
         )
+
+    def declared_streams(self) -> tuple[str, ...]:
+        """The streams this bus declares (and may read the state of)."""
+        return self.settings.streams if self.settings.streams is not None else tuple(STREAM_SUBJECTS)
 
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
@@ -340,26 +365,16 @@ async def ensure_topology(
     replicas: int = 1,
     streams: tuple[str, ...] | None = None,
     buckets: tuple[str, ...] | None = None,
+    limits: StreamLimits | None = None,
 ) -> None:
-    """Declare the streams (all, or `streams`) and the INGEST_STATE bucket (unless `buckets` leaves it out);
-    existing ones are updated in place, never dropped. A service declares only what its NATS user may
-    (tccal.nats_auth)."""
-    for name, subject in STREAM_SUBJECTS.items():
+    """Declare the streams (all, or `streams`) with their limits (tccal.stream_limits) and the INGEST_STATE bucket
+    (unless `buckets` leaves it out); existing ones are updated in place, never dropped. A service declares only
+    what its NATS user may (tccal.nats_auth)."""
+    limits = limits or StreamLimits()
+    for name in STREAM_SUBJECTS:
         if streams is not None and name not in streams:
             continue
-        config = StreamConfig(
-            name=name,
-            subjects=[subject],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            num_replicas=replicas,
-            duplicate_window=DUPLICATE_WINDOW_SECONDS,
-            max_age=STREAM_MAX_AGE_S if name != DEADLETTER else DEADLETTER_MAX_AGE_S,
-        )
-        try:
-            await js.add_stream(config)
-        except BadRequestError:
-            await js.update_stream(config)
+        await declare_stream(js, limits.stream_config(name, replicas=replicas))
     if buckets is not None and INGEST_STATE_BUCKET not in buckets:
         return
     try:

@@ -1,4 +1,4 @@
-"""PostgreSQL access shared by the services that own tables (sync-engine, licensing)."""
+"""PostgreSQL access shared by the services that own tables (sync-engine, licensing); TLS: tccal.db_tls."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from urllib.parse import quote
 import asyncpg
 
 from tccal.config import Config
+from tccal.db_tls import describe_tls_failure, ssl_context
 from tccal.secrets import reveal
 
 
@@ -20,12 +21,29 @@ def dsn_from_config(config: Config) -> str:
 
 
 async def create_pool(config: Config) -> asyncpg.Pool:
+    """The pool, every connection with the TLS of dbConnectionConfig.sslMode (tccal.db_tls); a refused certificate
+    raises PostgresTlsError saying why."""
     db = config.db_connection_config
-    pool = await asyncpg.create_pool(
-        dsn_from_config(config), min_size=db.pool_min, max_size=db.pool_max, command_timeout=30
-    )
+    context = ssl_context(db)
+    try:
+        pool = await asyncpg.create_pool(
+            dsn_from_config(config),
+            min_size=db.pool_min,
+            max_size=db.pool_max,
+            command_timeout=30,
+            ssl=context if context is not None else False,
+        )
+    except (OSError, ConnectionError) as exc:
+        reason = describe_tls_failure(db, exc)
+        if reason is not None:
+            raise PostgresTlsError(reason) from exc
+        raise
     assert pool is not None
     return pool
+
+
+class PostgresTlsError(ConnectionError):
+    """PostgreSQL's TLS certificate was refused, or TLS could not be agreed (the message says which and why)."""
 
 
 async def check_pool(pool: asyncpg.Pool) -> None:
@@ -58,11 +76,17 @@ class Database:
             attempt += 1
             try:
                 self._pool = await create_pool(self.config)
+            except PostgresTlsError as exc:  # a certificate can be mended on the server: keep trying, say it clearly
+                logging.getLogger(__name__).error(
+                    "PostgreSQL refused over TLS, retrying: %s", exc, extra={"error": str(exc), "attempt": attempt}
+                )
             except (OSError, asyncpg.PostgresError) as exc:
                 logging.getLogger(__name__).warning(
                     "PostgreSQL unreachable, retrying", extra={"error": str(exc), "attempt": attempt}
                 )
-                await asyncio.sleep(backoff_delay(attempt, base=0.25, cap=5.0))
+            else:
+                break
+            await asyncio.sleep(backoff_delay(attempt, base=0.25, cap=5.0))
         return self._pool
 
     async def check(self) -> None:

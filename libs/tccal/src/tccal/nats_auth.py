@@ -166,13 +166,12 @@ IDENTITIES: dict[str, Identity] = {
             _subjects(TCS_COMMANDS),
             RESYNC_SUBJECTS,
             # `tc-calendar dead-letters` (SyncService List/ReplayDeadLetters): read and delete the dead letters
-            # of its own consumers, and replay them where they came from - its own consumers' streams.
+            # of its own consumers. A replay is applied in the engine itself (sync_engine.deadletters), never
+            # published: sync-engine may not publish calendar changes or TrueConf results.
             f"$JS.API.STREAM.MSG.GET.{DEADLETTER}",
             f"$JS.API.DIRECT.GET.{DEADLETTER}",
             f"$JS.API.DIRECT.GET.{DEADLETTER}.>",
             f"$JS.API.STREAM.MSG.DELETE.{DEADLETTER}",
-            _subjects(CALENDAR),
-            _subjects(TCS_RESULTS),
         ],
         streams=(CALENDAR, TCS_COMMANDS, TCS_RESULTS, DEADLETTER),
     ),

@@ -23,9 +23,12 @@ from tccal.clock import Clock, SystemClock
 from tccal.config import Config, ConfigError, load_config
 from tccal.config.loader import CONFIG_ENV, EXIT_CONFIG
 from tccal.db import Database
+from tccal.db_tls import ssl_context
 from tccal.grpckit import AccessPolicy, GrpcServer, TlsMaterial
 from tccal.probes import ProbeServer, Readiness
+from tccal.production import demo_secret_refusals
 from tccal.secrets import SecretError, reveal
+from tccal.stream_limits import StreamUsageWatch
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,10 @@ class ServiceApp:
         self.readiness.add("nats", nats_ready)
         bus.refusal_listeners.append(self.refuse)
         self.on_stop(bus.close)
+        watch = StreamUsageWatch(
+            lambda: bus.js, bus.declared_streams(), alert_percent=bus.settings.stream_alert_percent
+        )
+        self.task(lambda: watch.run(self.stop_event))
         return bus
 
     def refuse(self, reason: str) -> None:
@@ -78,7 +85,9 @@ class ServiceApp:
         self.stop_event.set()
 
     def new_database(self) -> Database:
-        """The service's PostgreSQL pool; readiness reports it, the caller connects it (`await db.connect()`)."""
+        """The service's PostgreSQL pool; readiness reports it, the caller connects it (`await db.connect()`).
+        TLS files that cannot be used stop the service now (ValueError naming the key: exit code 2)."""
+        ssl_context(self.config.db_connection_config)
         database = Database(self.config)
         self.readiness.add("postgres", database.check)
         self.on_stop(database.close)
@@ -166,6 +175,11 @@ def run_service(
     @click.option("--config", "config_path", type=click.Path(), help=f"config.json (default: ${CONFIG_ENV}).")
     def main(config_path: str | None) -> None:
         config = load_or_exit(config_path)
+        refusals = demo_secret_refusals(config)
+        if refusals:
+            for refusal in refusals:
+                click.echo(f"{name}: {refusal}", err=True)
+            sys.exit(EXIT_CONFIG)
         telemetry.setup(
             name,
             otlp_endpoint=config.telemetry.otlp_endpoint,

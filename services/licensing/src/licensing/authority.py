@@ -15,17 +15,21 @@ from __future__ import annotations
 
 import os
 
+from tccal.production import PRODUCTION_ENV, is_production
+
+__all__ = [
+    "AUTHORITY_KEY_ID",
+    "AUTHORITY_PUBLIC_KEY",
+    "PRODUCTION_ENV",
+    "TEST_KEY_SETTING",
+    "is_production",
+    "refuse_test_key_in_production",
+]
+
 AUTHORITY_PUBLIC_KEY = "U5ZOCAcGeavdPDnJuSkJVyLGC4AUXUSW+Dv4jrjjJj8="
 AUTHORITY_KEY_ID = "6c0603ad67104ff4"
 
 TEST_KEY_SETTING = "license.testAuthorityPublicKey"
-PRODUCTION_ENV = "TC_CALENDAR_PRODUCTION"
-_FALSE = ("", "0", "false", "no", "off")
-
-
-def is_production() -> bool:
-    """``TC_CALENDAR_PRODUCTION`` set to anything but empty/0/false/no/off: test settings are refused."""
-    return os.environ.get(PRODUCTION_ENV, "").strip().lower() not in _FALSE
 
 
 def refuse_test_key_in_production() -> None:

@@ -132,14 +132,16 @@ class SyncApi(sync_pb2_grpc.SyncServiceServicer):
         if not request.all and not request.ids:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give the ids to replay, or all")
         try:
-            replayed = await DeadLetters(engine.bus).replay(None if request.all else list(request.ids))
+            replayed, failed = await DeadLetters(engine.bus, engine).replay(None if request.all else list(request.ids))
         except UnknownDeadLetterError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
             raise AssertionError("unreachable") from exc
         except (OSError, RuntimeError, nats.errors.Error) as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"dead letters could not be replayed: {exc!r}")
             raise AssertionError("unreachable") from exc
-        return sync_pb2.ReplayDeadLettersResponse(replayed=[_dead_letter(one) for one in replayed])
+        return sync_pb2.ReplayDeadLettersResponse(
+            replayed=[_dead_letter(one) for one in replayed], failed=[_dead_letter(one) for one in failed]
+        )
 
 
 def _dead_letter(letter: DeadLetter) -> sync_pb2.DeadLetter:

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from typing import Any
 
 import click
 import grpc
 
+from sync_engine.bus import CALENDAR_DURABLE, RESULTS_DURABLE
 from tccal.grpckit import GrpcCaller
 from tccal.secrets import SecretError, reveal
 from tccal.service import load_or_exit
@@ -54,9 +56,10 @@ def list_command(config_path: str | None, limit: int, as_json: bool) -> None:
         click.echo("No dead letters.")
         return
     for letter in letters:
+        owner = "" if letter["durable"] in ENGINE_DURABLES else f"  [{letter['durable']}: not replayable]"
         click.echo(
             f"{letter['id']}  {letter['dead_lettered_at'] or '-'}  {letter['stream']}  {letter['mailbox'] or '-'}"
-            f"  {letter['subject']}  {letter['reason']}"
+            f"  {letter['subject']}  {letter['reason']}{owner}"
         )
     shown = f"{len(letters)} of {response.total}" if response.total > len(letters) else f"{len(letters)}"
     click.echo(f"{shown} dead letter(s); replay with: tc-calendar dead-letters replay --id ID (or --all)")
@@ -67,15 +70,24 @@ def list_command(config_path: str | None, limit: int, as_json: bool) -> None:
 @click.option("--id", "ids", type=click.IntRange(min=1), multiple=True, help="A dead letter's id (repeatable).")
 @click.option("--all", "replay_all", is_flag=True, help="Every dead letter.")
 def replay_command(config_path: str | None, ids: tuple[int, ...], replay_all: bool) -> None:
-    """Publish dead letters again to where they came from, then remove them from the dead-letter stream."""
+    """Apply dead letters again in sync-engine; each one that applies leaves the dead-letter stream, one that fails
+    again stays (exit code 1, saying why)."""
     if bool(ids) == replay_all:
         raise click.UsageError("give --id ID (one or more) or --all")
     request = sync_pb2.ReplayDeadLettersRequest(ids=list(ids), all=replay_all)
     response = _call(config_path, "ReplayDeadLetters", request)
     assert isinstance(response, sync_pb2.ReplayDeadLettersResponse)
     for letter in response.replayed:
-        click.echo(f"replayed {letter.id} to {letter.subject} ({letter.mailbox or '-'})")
-    click.echo(f"{len(response.replayed)} dead letter(s) replayed")
+        click.echo(f"replayed {letter.id} from {letter.subject} ({letter.mailbox or '-'})")
+    for letter in response.failed:
+        click.echo(f"failed again {letter.id} from {letter.subject} ({letter.mailbox or '-'}): {letter.reason}")
+    click.echo(f"{len(response.replayed)} dead letter(s) replayed, {len(response.failed)} failed again and kept")
+    if response.failed:
+        sys.exit(1)
+
+
+#: Only these consumers' dead letters are replayed (sync_engine.deadletters); others are listed, marked.
+ENGINE_DURABLES = (CALENDAR_DURABLE, RESULTS_DURABLE)
 
 
 def _call(config_path: str | None, method: str, request: Any) -> Any:

@@ -3,16 +3,30 @@ ListDeadLetters / ReplayDeadLetters, admin calls).
 
 `tccal.bus.consume` copies a message it gave up on to `dlq.<stream>.<durable>` in the DEADLETTER stream, with
 `Tc-Dlq-Stream`, `Tc-Dlq-Durable`, `Tc-Dlq-Subject` and `Tc-Dlq-Error` headers. The engine owns the dead letters of
-its two durables (`sync-engine-calendar`, `sync-engine-results`); their id is their DEADLETTER sequence. A replay
-publishes the original payload and headers (trace context included) to the original subject with the message id
-`dlq-replay/<id>` — a replay repeated after a crash is dropped by JetStream's duplicate window — and then deletes
-the dead letter. A calendar change replayed is applied as if it came late: stale sequences stay ignored.
+its two durables (`sync-engine-calendar`, `sync-engine-results`); their id is their DEADLETTER sequence.
+
+A replay happens **in the engine itself**: the dead letter's change (or result) is applied with its original
+headers (trace context included) exactly as the consumer would apply it — waiting, not failing, while PostgreSQL
+cannot take writes — and then deleted from DEADLETTER. It is not published back into CALENDAR or TCS_RESULTS, so
+sync-engine's NATS user may not publish there at all (tccal.nats_auth): it cannot forge calendar changes or
+TrueConf results, and a replayed result does not reach ews-ingest's write-back a second time. One that fails
+again stays under its id, and the call says why. A calendar change replayed is applied as if it came late: stale
+sequences stay ignored; a crash between applying and deleting leaves a dead letter whose replay is then stale.
+
+The listing shows every consumer's dead letters, so none is out of sight; only the engine's are replayed. The
+others: ews-ingest's `ews-ingest-writeback` (TCS_RESULTS) dead-letters a conference result whose join link it could
+not write into the organizer's Exchange item `nats.maxDeliver` times (Exchange refused or unreachable), or could
+not decode. Replaying it needs what only the ews-ingest that published the organizer's item holds, in memory (which
+item of which mailbox wants that link), so neither the engine nor a republished result could do it: the listing
+gives the command id and reason, the link is in the conference (`ListConferences`), and the organizer's item can
+be given it by hand. tcs-gateway's command consumers never dead-letter (`max_deliver=-1`: every command gets a
+result; a calendar command waits for its TrueConf Server).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from google.protobuf.message import DecodeError
@@ -20,11 +34,21 @@ from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
 from sync_engine.bus import CALENDAR_DURABLE, RESULTS_DURABLE
+from sync_engine.engine import Engine
 from tccal.bus import Bus
 from tccal.subjects import CALENDAR, DEADLETTER, TCS_RESULTS, deadletter_subject, unescape_token
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2
 
 log = logging.getLogger(__name__)
+
+#: Why another consumer's dead letters are listed but not replayed, by durable.
+NOT_REPLAYABLE = {
+    "ews-ingest-writeback": (
+        "ews-ingest's join-link write-back: which organizer's item wants the link is known only to the ews-ingest "
+        "that published it (in memory), so it cannot be replayed; put the conference's link (ListConferences) into "
+        "the organizer's item by hand"
+    ),
+}
 
 #: The dead-letter subjects of the engine's consumers, and the stream each came from.
 ENGINE_SUBJECTS = {
@@ -38,7 +62,9 @@ class UnknownDeadLetterError(LookupError):
     """An id that is not a dead letter of the engine's consumers (never was, or replayed already)."""
 
     def __init__(self, dead_letter_id: int, owner: str = "") -> None:
-        what = f"is a dead letter of {owner}, not sync-engine's" if owner else "is not there"
+        durable = owner.rsplit(".", 1)[-1]
+        why = f": {NOT_REPLAYABLE[durable]}" if durable in NOT_REPLAYABLE else ""
+        what = f"is a dead letter of {owner}, not sync-engine's{why}" if owner else "is not there"
         super().__init__(
             f"no dead letter with id {dead_letter_id}: {dead_letter_id} {what}"
             " (list them with `tc-calendar dead-letters list`)"
@@ -58,20 +84,26 @@ class DeadLetter:
     at: datetime | None
     payload: bytes
     headers: dict[str, str]
+    #: Its subject in DEADLETTER, `dlq.<stream>.<durable>`.
+    dead_letter_subject: str = ""
 
 
 class DeadLetters:
-    """The engine's dead letters in DEADLETTER, over one NATS connection."""
+    """The engine's dead letters in DEADLETTER, over one NATS connection; replayed into `engine`."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, engine: Engine | None = None) -> None:
         self.bus = bus
+        self.engine = engine
 
     async def listing(self, limit: int) -> tuple[list[DeadLetter], int]:
-        """Up to `limit` dead letters, oldest first, and how many there are."""
+        """Up to `limit` dead letters of every consumer (the engine's are the replayable ones), oldest first, and
+        how many there are."""
+        info = await self.bus.js.stream_info(DEADLETTER, subjects_filter="dlq.>")
+        counts = {str(subject): int(count) for subject, count in (info.state.subjects or {}).items()}
         found: list[DeadLetter] = []
-        for subject in ENGINE_SUBJECTS:
+        for subject in sorted(set(counts) | set(ENGINE_SUBJECTS)):
             sequence, taken = 1, 0
-            while taken < limit:  # the oldest `limit` of each subject hold the oldest `limit` of both
+            while taken < limit:  # the oldest `limit` of each subject hold the oldest `limit` of all
                 try:
                     raw = await self.bus.js.get_msg(DEADLETTER, seq=sequence, subject=subject, next=True)
                 except NotFoundError:
@@ -80,10 +112,7 @@ class DeadLetters:
                 taken += 1
                 sequence = int(raw.seq or sequence) + 1
         found.sort(key=lambda letter: letter.id)
-        info = await self.bus.js.stream_info(DEADLETTER, subjects_filter="dlq.>")
-        counts = info.state.subjects or {}
-        total = sum(int(counts.get(subject, 0)) for subject in ENGINE_SUBJECTS)
-        return found[:limit], total
+        return found[:limit], sum(counts.values())
 
     async def get(self, dead_letter_id: int) -> DeadLetter:
         try:
@@ -94,26 +123,46 @@ class DeadLetters:
             raise UnknownDeadLetterError(dead_letter_id, str(raw.subject))
         return _letter(raw)
 
-    async def replay(self, ids: list[int] | None) -> list[DeadLetter]:
-        """Replay the dead letters `ids` (every one of the engine's when None), in id order. Every id is looked up
-        before anything is replayed: an unknown one raises UnknownDeadLetterError and nothing is replayed."""
+    async def replay(self, ids: list[int] | None) -> tuple[list[DeadLetter], list[DeadLetter]]:
+        """Apply the dead letters `ids` (every one of the engine's when None) again in the engine, in id order;
+        (replayed and deleted, failed again and kept with the new reason). Every id is looked up before anything
+        is replayed: an unknown one raises UnknownDeadLetterError and nothing is replayed."""
+        if self.engine is None:
+            raise RuntimeError("dead letters are replayed into the engine, and none was given")
         if ids is None:
-            letters, _ = await self.listing(limit=1 << 31)
+            listed, _ = await self.listing(limit=1 << 31)
+            letters = [letter for letter in listed if letter.dead_letter_subject in ENGINE_SUBJECTS]
         else:
             letters = [await self.get(i) for i in sorted(set(ids))]
-        replayed = []
+        replayed, failed = [], []
         for letter in letters:
             headers = {k: v for k, v in letter.headers.items() if k not in _DLQ_HEADERS and not k.startswith("Nats-")}
-            headers["Nats-Msg-Id"] = f"dlq-replay/{letter.id}"
             headers["Tc-Replayed-From"] = str(letter.id)
-            await self.bus.js.publish(letter.subject, letter.payload, headers=headers)
+            try:
+                await self._apply(self.engine, letter, headers)
+            except Exception as exc:  # fails again (its data): it stays where it is, the caller is told why
+                failed.append(replace(letter, reason=repr(exc)[:1000]))
+                log.warning(
+                    "dead letter failed again, kept",
+                    extra={"id": letter.id, "subject": letter.subject, "mailbox": letter.mailbox, "error": repr(exc)},
+                )
+                continue
             await self.bus.js.delete_msg(DEADLETTER, letter.id)
             log.info(
                 "dead letter replayed",
                 extra={"id": letter.id, "subject": letter.subject, "mailbox": letter.mailbox},
             )
             replayed.append(letter)
-        return replayed
+        return replayed, failed
+
+    @staticmethod
+    async def _apply(engine: Engine, letter: DeadLetter, headers: dict[str, str]) -> None:
+        if letter.stream == CALENDAR:
+            await engine.apply_change(calendar_pb2.CalendarChange.FromString(letter.payload), headers)
+        elif letter.stream == TCS_RESULTS:
+            await engine.apply_result(commands_pb2.TcsCommandResult.FromString(letter.payload), headers)
+        else:
+            raise ValueError(f"dead letter {letter.id} came from {letter.stream or 'no stream'}, not the engine's")
 
 
 def _letter(raw: RawStreamMsg) -> DeadLetter:
@@ -137,7 +186,7 @@ def _letter(raw: RawStreamMsg) -> DeadLetter:
     return DeadLetter(
         id=int(raw.seq or 0),
         stream=stream,
-        durable=headers.get("Tc-Dlq-Durable", ""),
+        durable=headers.get("Tc-Dlq-Durable") or str(raw.subject or "").split(".", 2)[-1],
         subject=origin,
         mailbox=mailbox,
         reason=headers.get("Tc-Dlq-Error", ""),
@@ -145,4 +194,5 @@ def _letter(raw: RawStreamMsg) -> DeadLetter:
         at=at,
         payload=payload,
         headers=headers,
+        dead_letter_subject=str(raw.subject or ""),
     )

@@ -1,16 +1,18 @@
 """What `config check` finds beyond the schema: a file every service would accept that still cannot work.
 
 * problems - a service would refuse to start with this file (a gRPC address beyond loopback without
-  `grpc.adminToken`, the rule of tccal.grpckit.GrpcServer; `grpc.tls` files that cannot be read or do not go
-  together);
+  `grpc.adminToken`, the rule of tccal.grpckit.GrpcServer; `grpc.tls` or `dbConnectionConfig.ssl*` files that
+  cannot be read or do not go together);
 * warnings - everything starts, but no TrueConf Server can use it (no whitelisted server with its `tcs.servers`
-  entry, or an entry on one side only), or secrets and calendars would cross the network in clear (EWS over http).
+  entry, or an entry on one side only), or secrets and calendars would cross the network in clear (EWS over http,
+  PostgreSQL beyond loopback with sslMode disable).
 """
 
 from __future__ import annotations
 
 from tccal.config.loader import ConfigProblem
 from tccal.config.schema import SERVICE_NAMES, Config
+from tccal.db_tls import effective_ssl_mode, is_local, ssl_context
 from tccal.grpckit import TlsMaterial, is_loopback
 
 
@@ -19,6 +21,11 @@ def startup_problems(config: Config) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     try:
         TlsMaterial.from_config(config.grpc.tls)
+    except ValueError as exc:
+        key, _, message = str(exc).partition(": ")
+        problems.append(ConfigProblem(key, message))
+    try:
+        ssl_context(config.db_connection_config)
     except ValueError as exc:
         key, _, message = str(exc).partition(": ")
         problems.append(ConfigProblem(key, message))
@@ -70,7 +77,8 @@ def trueconf_warnings(config: Config) -> list[ConfigProblem]:
 
 def transport_warnings(config: Config) -> list[ConfigProblem]:
     """What would cross the network unencrypted: EWS over http (with Basic authentication, the service account's
-    password itself on every request - RFC 7617 §4: "the user's password ... is transmitted in clear")."""
+    password itself on every request - RFC 7617 §4: "the user's password ... is transmitted in clear"), and
+    PostgreSQL beyond loopback without TLS."""
     warnings: list[ConfigProblem] = []
     for index, provider in enumerate(config.calendar_providers):
         if provider.scheme != "http" or provider.host == "localhost" or is_loopback(provider.host):
@@ -86,4 +94,13 @@ def transport_warnings(config: Config) -> list[ConfigProblem]:
                 "cross the network unencrypted; use scheme https"
             )
         warnings.append(ConfigProblem(f"calendarProviders[{index}].scheme", message))
+    db = config.db_connection_config
+    if effective_ssl_mode(db) == "disable" and not is_local(db.host):
+        warnings.append(
+            ConfigProblem(
+                "dbConnectionConfig.sslMode",
+                f"'disable' for PostgreSQL at {db.host!r}, beyond loopback: its password and every calendar cross "
+                "the network unencrypted; use verify-full (the default) with sslRootCert",
+            )
+        )
     return warnings

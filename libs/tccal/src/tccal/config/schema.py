@@ -71,6 +71,18 @@ class DbConnectionConfig(_Section):
     database: str = Field("calendar", description="Database name.")
     pool_min: int = Field(1, ge=0, le=100, description="Smallest connection pool size per service.")
     pool_max: int = Field(10, ge=1, le=200, description="Largest connection pool size per service.")
+    ssl_mode: Literal["disable", "require", "verify-ca", "verify-full"] | None = Field(
+        None,
+        description="TLS to PostgreSQL, as libpq's sslmode: disable; require (encrypted, certificate not checked "
+        "unless sslRootCert is set); verify-ca (certificate signed by sslRootCert, else the system's CAs); "
+        "verify-full (and naming host). Unset: verify-full, or disable for a Unix socket or a loopback host.",
+        json_schema_extra={"defaultText": "verify-full; disable for a socket or loopback host"},
+    )
+    ssl_root_cert: str | None = Field(
+        None, description="PEM CA bundle PostgreSQL's certificate is verified with; unset: the system's CAs."
+    )
+    ssl_cert: str | None = Field(None, description="PEM client certificate presented to PostgreSQL (optional).")
+    ssl_key: str | None = Field(None, description="PEM private key of sslCert.")
 
 
 class CacheConfig(_Section):
@@ -221,6 +233,24 @@ class NatsConfig(_Section):
     )
     replicas: int = Field(1, ge=1, le=5, description="JetStream replicas of the connector's streams.")
     max_deliver: int = Field(10, ge=1, le=1000, description="Deliveries of a message before dead-lettering.")
+    stream_max_bytes: int = Field(
+        1024**3,
+        ge=64 * 1024,
+        le=2**50,
+        description="Bytes each of the streams CALENDAR, TCS_COMMANDS and TCS_RESULTS may hold (JetStream reserves "
+        "it on the server). A full stream refuses new messages (discard new): publishers get an error and retry, "
+        "nothing stored is dropped.",
+    )
+    dead_letter_max_bytes: int = Field(
+        256 * 1024**2, ge=64 * 1024, le=2**50, description="Bytes the DEADLETTER stream may hold (discard new too)."
+    )
+    stream_alert_percent: int = Field(
+        80,
+        ge=1,
+        le=100,
+        description="A warning is logged and tccal_jetstream_stream_full_ratio shows it when a "
+        "stream holds this share of its bytes.",
+    )
 
 
 class TcsServer(_Section):

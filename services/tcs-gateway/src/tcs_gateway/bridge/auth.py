@@ -1,10 +1,11 @@
 """`auth` (docs/bridge-protocol.md §3): protocol version, then whitelist, then secret — in that order, each
 refusal answered and the connection closed with its code — then the hello reply, and delivery starts.
 
-Before any of that: an address backed off after failed auths (guard.py, §11) is refused at once — OVERLOADED
-with `retryAfterMs`, close 1013 "Try Again Later" (IANA WebSocket close code registry, RFC 6455 §11.7) — without
-its secret being looked at. A refused server id or secret counts as a failed auth of the address; refusals are
-logged by the guard, at most one line per address per interval, not one per attempt."""
+Before any of that: a claimed server id backed off at this address after failed auths (guard.py, §11) is refused
+at once — OVERLOADED with `retryAfterMs`, close 1013 "Try Again Later" (IANA WebSocket close code registry, RFC 6455
+§11.7) — without its secret being looked at. A refused server id or secret counts as a failed auth of the pair
+(address, claimed id); refusals are logged by the guard, at most one line per address per interval, not one per
+attempt."""
 
 from __future__ import annotations
 
@@ -51,18 +52,18 @@ class Authenticator:
         server_id: str = payload["serverId"]
         version: int = payload["protocolVersion"]
         guard = session.context.guard
-        backed_off = guard.backed_off(session.address) if guard is not None else 0.0
+        backed_off = guard.backed_off(session.address, server_id) if guard is not None else 0.0
         if guard is not None and backed_off > 0:
-            guard.note(session.address, BACKED_OFF)
+            guard.note(session.address, BACKED_OFF, backed_off=backed_off)
             await channel.reply(
                 frame_id,
                 error_payload(
                     ErrorCode.OVERLOADED,
-                    "too many failed auths from this address",
+                    "too many failed auths for this server id from this address",
                     retry_after_ms=max(1, round(backed_off * 1000)),
                 ),
             )
-            await session.close(CloseCode.TRY_AGAIN_LATER, "too many failed auths from this address")
+            await session.close(CloseCode.TRY_AGAIN_LATER, "too many failed auths for this server id")
             return
         if version not in SUPPORTED_VERSIONS:
             await self._refuse(
@@ -107,7 +108,7 @@ class Authenticator:
         channel.authenticated = True
         session.server = state
         if guard is not None:
-            guard.auth_succeeded(session.address)
+            guard.auth_succeeded(session.address, server_id)
         if session.on_authenticated is not None:
             session.on_authenticated()
         await state.attach(session)
@@ -146,7 +147,8 @@ class Authenticator:
         session = self.session
         guard = session.context.guard
         if guard is not None and code in (CloseCode.NOT_WHITELISTED, CloseCode.AUTH_FAILED):
-            guard.auth_failed(session.address, NOT_WHITELISTED if code == CloseCode.NOT_WHITELISTED else BAD_SECRET)
+            reason = NOT_WHITELISTED if code == CloseCode.NOT_WHITELISTED else BAD_SECRET
+            guard.auth_failed(session.address, server_id, reason)
         else:
             log.warning(
                 "TrueConf Server refused",

@@ -44,12 +44,48 @@ __all__ = [
     "format_instant",
     "format_path",
     "load_schema",
+    "nesting_depth",
+    "parse_frame_text",
     "parse_instant",
     "reply_frame",
     "request_frame",
 ]
 
 MAX_ID = bridge_protocol.MAX_SAFE_INT
+#: The deepest nesting a frame may have (docs/bridge-protocol.md §2); the deepest real frame (a calendar event in a
+#: push or snapshot) has fewer than 10 levels. Deeper frames are refused before anything walks them.
+MAX_FRAME_DEPTH = 64
+
+
+def parse_frame_text(text: str) -> tuple[Any, str | None]:
+    """The JSON of a text frame, or (None, why it is malformed): not JSON, or nested deeper than MAX_FRAME_DEPTH
+    (Python's parser recurses per level and gives up, with RecursionError, long before a frame's byte limit)."""
+    too_deep = f"frame nests too deeply (at most {MAX_FRAME_DEPTH} levels)"
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        return None, too_deep
+    except ValueError as exc:
+        return None, f"frame is not JSON: {exc}"
+    if nesting_depth(value, MAX_FRAME_DEPTH) > MAX_FRAME_DEPTH:
+        return None, too_deep
+    return value, None
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deep `value` nests (a scalar: 1), counted without recursion and only up to limit + 1."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values())
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node)
+    return deepest
 
 
 def format_instant(moment: datetime) -> str:

@@ -11,9 +11,8 @@ number of existing connections". The whole upgrade request must arrive within `h
 connection's timeout, RFC 9112 §9.5): that is aiohttp's `keepalive_timeout`, which aiohttp arms when a
 connection is accepted and which closes it if no complete request has arrived by then (a slowloris trickling
 its headers included); after a response it is the idle time of a keep-alive connection, which refusals do not
-keep (they send `Connection: close`, RFC 9112 §9.6). A backed-off address gets 429 with Retry-After (RFC 6585 §4,
-RFC 9110 §10.2.3) instead of the upgrade: a server that does not accept a connection answers the opening
-handshake with an HTTP error status (RFC 6455 §4.2.2), which the client handles per HTTP (§4.1).
+keep (they send `Connection: close`, RFC 9112 §9.6). Failed auths are backed off per (address, claimed server id),
+so the upgrade itself, which names no server, is not refused for them; the `auth` frame is (auth.py).
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import ssl
 from typing import Any
 
@@ -29,7 +27,7 @@ from aiohttp import WSCloseCode, web
 from aiohttp.web_protocol import RequestHandler
 
 from tcs_gateway.bridge.framing import CloseCode
-from tcs_gateway.bridge.guard import BACKED_OFF, BridgeGuard
+from tcs_gateway.bridge.guard import BridgeGuard
 from tcs_gateway.bridge.session import Session, SessionContext
 
 log = logging.getLogger(__name__)
@@ -142,11 +140,6 @@ class BridgeServer:
             return self._refusal(405, f"{self.settings.bridge_path} is a WebSocket endpoint", {"Allow": "GET"})
         if not self.accepting:
             return self._refusal(503, "the gateway is shutting down")
-        backed_off = self.guard.backed_off(address)
-        if backed_off > 0:
-            self.guard.note(address, BACKED_OFF)
-            retry = str(max(1, math.ceil(backed_off)))
-            return self._refusal(429, "too many failed auths from this address", {"Retry-After": retry})
         ws = BridgeSocket(max_msg_size=self.settings.max_frame_bytes + 1, compress=False, autoping=True, heartbeat=None)
         if not ws.can_prepare(request).ok:
             return self._refusal(400, f"{self.settings.bridge_path} is a WebSocket endpoint")

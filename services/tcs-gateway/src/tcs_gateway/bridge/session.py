@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -40,6 +39,7 @@ from tcs_gateway.bridge.framing import (
     ErrorCode,
     FrameValidator,
     error_payload,
+    parse_frame_text,
 )
 from tcs_gateway.bridge.guard import NO_AUTH, BridgeGuard
 from tcs_gateway.bridge.liveness import Liveness
@@ -206,10 +206,9 @@ class Session:
     # ------------------------------------------------------------------ receiving
     async def _on_text(self, data: str) -> None:
         channel = self.channel
-        try:
-            frame = json.loads(data)
-        except ValueError as exc:
-            await channel.reply(0, error_payload(ErrorCode.MALFORMED_FRAME, f"frame is not JSON: {exc}"))
+        frame, malformed = parse_frame_text(data)
+        if malformed is not None:
+            await channel.reply(0, error_payload(ErrorCode.MALFORMED_FRAME, malformed))
             return
         if not isinstance(frame, dict):
             await channel.reply(
