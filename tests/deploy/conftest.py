@@ -21,6 +21,7 @@ EMULATORS = {
     "exchange": "exchange_emulator",
     "trueconf": "trueconf_emulator",
     "registration": "registration_emulator",
+    "graph": "graph_emulator",
 }
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<default>[^}]*))?\}")
 

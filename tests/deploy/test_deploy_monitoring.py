@@ -32,6 +32,7 @@ ALERTS = {
     "MailboxSyncFailures",
     "PropagationSlow",
     "StreamLag",
+    "StreamNearlyFull",
     "DeadLetters",
     "LicenseSeatsNearlyExhausted",
     "LicenseExpiring",

@@ -114,7 +114,14 @@ def test_metrics_watch_the_promises() -> None:
                 ("sync-engine", "tc_calendar_dead_letter_messages", "sync-engine-calendar"),
                 ("sync-engine", "tc_calendar_consumer_pending_messages", "sync-engine-results"),
             )
-            if all(value(scraped[service], name, consumer=durable) is not None for service, name, durable in wanted):
+            gateway_lag = any(
+                s.name == "tc_calendar_consumer_pending_messages" and s.labels["stream"] == "TCS_COMMANDS"
+                for s in scraped["tcs-gateway"]
+            )
+            stream_usage = any(s.name == "tc_calendar_stream_full_ratio" for s in scraped["sync-engine"])
+            if gateway_lag and stream_usage and all(
+                value(scraped[service], name, consumer=durable) is not None for service, name, durable in wanted
+            ):
                 return scraped
             return None
 

@@ -33,7 +33,7 @@ async def connected(url: str, **settings: int) -> Bus:
 
 def _gauge(stream: str) -> float | None:
     text = generate_latest(REGISTRY).decode()
-    found = re.search(rf'^tccal_jetstream_stream_full_ratio\{{[^}}]*stream="{stream}"[^}}]*\}} (\S+)$', text, re.M)
+    found = re.search(rf'^tc_calendar_stream_full_ratio\{{[^}}]*stream="{stream}"[^}}]*\}} (\S+)$', text, re.M)
     return float(found.group(1)) if found else None
 
 

@@ -46,6 +46,8 @@ EXPORTED: Final[dict[str, tuple[str, str]]] = {
     "tc_calendar_consumer_pending_messages": (GAUGE, "*"),
     "tc_calendar_consumer_ack_pending_messages": (GAUGE, "*"),
     "tc_calendar_dead_letter_messages": (GAUGE, "*"),
+    # every service declaring streams (tccal.stream_limits)
+    "tc_calendar_stream_full_ratio": (GAUGE, "*"),
     # OpenTelemetry's gRPC instrumentation is traces only; the OTel SDK adds target_info to every service
 }
 

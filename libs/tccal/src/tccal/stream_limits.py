@@ -14,7 +14,7 @@ bytes follow its traffic over the maximum age: size the limit for that (docs/arc
 
 The alert: every service watches the streams it declares. When one holds `alert_percent` of its maximum bytes or
 more it logs a warning (again every hour while it stays there, and once when it is back under) and the gauge
-`tccal_jetstream_stream_full_ratio{stream}` (bytes held / maximum bytes) shows it on /metrics.
+`tc_calendar_stream_full_ratio{stream}` (bytes held / maximum bytes) shows it on /metrics.
 """
 
 from __future__ import annotations
@@ -155,13 +155,18 @@ class StreamUsageWatch:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            wait = self.interval
             try:
                 await self.check()
-            except Exception as exc:  # NATS away: the next round reads again
+            except Exception as exc:  # NATS away or the streams not declared yet: read again soon
                 log.debug("stream usage not read", extra={"error": repr(exc)})
+                wait = min(self.interval, UNREAD_RETRY_S)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval)
+                await asyncio.wait_for(stop.wait(), wait)
 
+
+#: After a round that could not read (NATS not connected yet at start), the next one comes this soon.
+UNREAD_RETRY_S = 1.0
 
 _WATCHES: weakref.WeakSet[StreamUsageWatch] = weakref.WeakSet()
 
@@ -174,7 +179,7 @@ def _observe(options: CallbackOptions) -> Iterable[Observation]:
 
 
 telemetry.meter("tccal.stream_limits").create_observable_gauge(
-    "tccal_jetstream_stream_full_ratio",
+    "tc_calendar_stream_full_ratio",
     callbacks=[_observe],
     unit="1",
     description="Bytes a JetStream stream holds / its maximum bytes (nats.streamMaxBytes); alert at "

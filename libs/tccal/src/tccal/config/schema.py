@@ -248,7 +248,7 @@ class NatsConfig(_Section):
         80,
         ge=1,
         le=100,
-        description="A warning is logged and tccal_jetstream_stream_full_ratio shows it when a "
+        description="A warning is logged and tc_calendar_stream_full_ratio shows it when a "
         "stream holds this share of its bytes.",
     )
 
