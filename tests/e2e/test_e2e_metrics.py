@@ -119,8 +119,12 @@ def test_metrics_watch_the_promises() -> None:
                 for s in scraped["tcs-gateway"]
             )
             stream_usage = any(s.name == "tc_calendar_stream_full_ratio" for s in scraped["sync-engine"])
-            if gateway_lag and stream_usage and all(
-                value(scraped[service], name, consumer=durable) is not None for service, name, durable in wanted
+            if (
+                gateway_lag
+                and stream_usage
+                and all(
+                    value(scraped[service], name, consumer=durable) is not None for service, name, durable in wanted
+                )
             ):
                 return scraped
             return None
