@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from sync_engine.api import POLICY, SERVICE_NAME, SyncApi
 from sync_engine.runtime import SyncEngineService
+from sync_engine.seats import LicensingSeats
 from sync_engine.settings import EngineSettings
+from tccal.grpckit import GrpcCaller
 from tccal.service import ServiceApp, run_service
 from trueconf.calendar.v1 import sync_pb2_grpc
 
@@ -19,7 +21,11 @@ async def build(app: ServiceApp) -> None:
     app.grpc.add(sync_pb2_grpc.add_SyncServiceServicer_to_server, api, SERVICE_NAME)
     app.task(bus.connect)
     app.task(database.connect)
-    service = SyncEngineService(settings, database, bus, app.clock, api)
+    # The seats come from licensing, asked with this service's own identity (seats.py).
+    seats = LicensingSeats(
+        app.config.grpc.address_of("licensing"), GrpcCaller.for_service(app.config, SERVICE, app.secret)
+    )
+    service = SyncEngineService(settings, database, bus, app.clock, api, seats)
     app.readiness.add("schema", service.schema_ready)
     app.readiness.add("postgres-writes", service.health.check)
 
