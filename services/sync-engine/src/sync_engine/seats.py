@@ -107,9 +107,12 @@ class SeatKeeper:
         mailboxes = sorted(leases)
         until = [asked_at + leases[m] for m in mailboxes]
         async with self.context.pool.acquire() as connection, connection.transaction():
+            # A lease licensing did not renew ends at the same moment each poll, give or take the call's latency:
+            # written again only when it moved by more than a second (no row churn every poll).
             await connection.execute(
                 "INSERT INTO seats (mailbox, lease_until) SELECT * FROM unnest($1::text[], $2::timestamptz[])"
-                " ON CONFLICT (mailbox) DO UPDATE SET lease_until = EXCLUDED.lease_until",
+                " ON CONFLICT (mailbox) DO UPDATE SET lease_until = EXCLUDED.lease_until"
+                " WHERE abs(extract(epoch FROM seats.lease_until - EXCLUDED.lease_until)) > 1",
                 mailboxes,
                 until,
             )
@@ -120,8 +123,7 @@ class SeatKeeper:
                 asked_at,
             )
             await connection.execute(
-                "INSERT INTO engine_state (key, value) VALUES ($1, $2)"
-                " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                "INSERT INTO engine_state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
                 ANSWERED_KEY,
                 asked_at.isoformat(),
             )
