@@ -10,6 +10,7 @@ import asyncpg
 import grpc
 import pytest
 
+from licensing.settings import seat_lease
 from registration_emulator.testing import RunningEmulator
 from tccal.grpckit import service_token
 from tccal_sandbox.testing import authorized
@@ -76,3 +77,12 @@ async def test_list_seats_is_sync_engines_and_names_the_seated_with_their_leases
             assert len(seated) == 2 and all(remaining <= LEASE for remaining in seated.values())
         finally:
             await connection.close()
+
+
+def test_the_seat_lease_is_an_hour_unless_the_environment_sets_another_within_bounds() -> None:
+    assert seat_lease({}) == LEASE
+    assert seat_lease({"LICENSING_SEAT_LEASE_SECONDS": "30"}) == timedelta(seconds=30)
+    bad_values = (("soon", "is not a whole number"), ("5", "must be between 10 and"), ("90000", "must be between"))
+    for bad, says in bad_values:
+        with pytest.raises(ValueError, match=f"LICENSING_SEAT_LEASE_SECONDS='{bad}' {says}"):
+            seat_lease({"LICENSING_SEAT_LEASE_SECONDS": bad})
