@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from sync_engine_testkit import Mailboxes, attendee, config_dict, event
+from sync_engine_testkit import Mailboxes, SeatServer, attendee, config_dict, event
 
 from bench import RESULTS, cpu_delta, cpu_seconds, machine, percentiles, write_result
 from sync_engine.bus import CALENDAR_BATCH
@@ -63,6 +63,7 @@ async def run(args: argparse.Namespace) -> Path:
     nats.start()
     process: subprocess.Popen[bytes] | None = None
     bus = Bus(BusSettings(url=nats.url_for(ADMIN), name="bench-engine"))  # publishes as ews-ingest would
+    seats = SeatServer()  # licensing's ListSeats: every mailbox of the run holds a seat
     try:
         dsn = postgres.create_database("bench")
         await bus.connect(attempts=20)
@@ -89,7 +90,9 @@ async def run(args: argparse.Namespace) -> Path:
                 headers={"Nats-Msg-Id": change.change_id},
             )
         publish_s = time.monotonic() - t_pub
-        config = config_dict(dsn, nats.url_for("sync-engine"))  # the engine as its own NATS user
+        seats.seats = {box: dt.timedelta(days=1) for box in boxes}
+        await seats.start()
+        config = config_dict(dsn, nats.url_for("sync-engine"), licensing=seats.address)  # as its own NATS user
         config["calendarProviders"][0]["users"] = boxes
         state = short_tmpdir("tcbe")
         (state / "config.json").write_text(json.dumps(config))
@@ -206,6 +209,7 @@ async def run(args: argparse.Namespace) -> Path:
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
+        await seats.stop()
         await bus.close()
         nats.stop()
         postgres.stop()

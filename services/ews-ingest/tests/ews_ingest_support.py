@@ -70,6 +70,8 @@ class FakeLicensing(licensing_pb2_grpc.LicensingServiceServicer):
     def __init__(self) -> None:
         self.capacity: int | None = None
         self.denied: set[str] = set()
+        #: The lease the answers state (licensing's is one hour); None: say none, as a licensing of old.
+        self.lease: dt.timedelta | None = None
         self.calls = 0
         self.requests: list[licensing_pb2.AllocateSeatsRequest] = []
         self.address = ""
@@ -96,7 +98,10 @@ class FakeLicensing(licensing_pb2_grpc.LicensingServiceServicer):
             seats=self.capacity or 1000,
             seats_used=len(granted),
         )
-        return licensing_pb2.AllocateSeatsResponse(granted=granted, refused=refused, license=info)
+        response = licensing_pb2.AllocateSeatsResponse(granted=granted, refused=refused, license=info)
+        if self.lease is not None:
+            response.lease.FromTimedelta(self.lease)
+        return response
 
     async def _not_here(self, context: Any) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the test licensing only allocates seats")

@@ -93,6 +93,42 @@ async def _text(value: str, part: str) -> bool:
     return part in value
 
 
+async def test_seats_end_with_their_lease_while_licensing_is_unreachable_and_come_back_with_it(
+    emu: EmulatorHandle, nats_url: str, collector: ChangeCollector, outlook: Outlook
+) -> None:
+    """Issue #17: ews-ingest kept its seats forever while licensing was unreachable. Now a seat lasts its lease
+    (3 s here, as licensing's answer says): licensing stopped, the mailbox stops syncing when the lease ends;
+    licensing back, the seat is granted again and what was written meanwhile is synced."""
+    (owner,) = new_mailboxes(emu, "leased")
+    port = free_port()
+    licensing = FakeLicensing()
+    licensing.lease = dt.timedelta(seconds=3)
+    await licensing.start(port)
+    config = ingest_config(nats_url, f"127.0.0.1:{port}", [provider_section(emu, [owner])])
+    try:
+        async with running_ingest(config) as h:
+            await collector.start()
+            await h.synced(owner)
+            await outlook.do(outlook.meeting, owner, "while licensing answers")
+            await collector.wait(lambda c: c.event.subject == "while licensing answers")
+            entry = h.scheduler.entries[owner]
+            assert entry.seat
+
+            await licensing.stop()  # licensing is gone: no renewal
+            await wait_for_async(lambda: _state(h, owner, ingest_pb2.MAILBOX_STATE_NO_SEAT), what="seat lease ended")
+            assert not entry.seat and "seat lease ended" in entry.last_error, entry.last_error
+            assert all(owner not in g.members for gs in h.runtime.streams.groups.values() for g in gs)
+            await outlook.do(outlook.meeting, owner, "written while the seat lapsed")
+
+            licensing = FakeLicensing()
+            licensing.lease = dt.timedelta(seconds=3)
+            await licensing.start(port)  # licensing answers again: the seat comes back, syncing resumes
+            await collector.wait(lambda c: c.event.subject == "written while the seat lapsed", timeout=30)
+            assert entry.seat and entry.state != ingest_pb2.MAILBOX_STATE_NO_SEAT
+    finally:
+        await licensing.stop()
+
+
 async def test_on_demand_mailbox(
     emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing, collector: ChangeCollector, outlook: Outlook
 ) -> None:

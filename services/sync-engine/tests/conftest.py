@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
-from sync_engine_testkit import Harness
+from sync_engine_testkit import ANNA, BOB, CAROL, DAVE, Harness, SeatServer
 
 
 @pytest.fixture
@@ -15,3 +16,14 @@ async def harness(pg_dsn: str, nats_url: str) -> AsyncIterator[Harness]:
         yield world
     finally:
         await world.close()
+
+
+@pytest.fixture
+async def seat_server() -> AsyncIterator[SeatServer]:
+    """licensing's ListSeats for engines that enforce seats (the service process always does): the test people
+    seated for a day unless the test changes `seats`."""
+    server = await SeatServer({who: timedelta(days=1) for who in (ANNA, BOB, CAROL, DAVE)}).start()
+    try:
+        yield server
+    finally:
+        await server.stop()

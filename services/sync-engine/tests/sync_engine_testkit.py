@@ -23,15 +23,24 @@ import grpc
 from sync_engine.api import POLICY, SERVICE_NAME, SyncApi
 from sync_engine.ids import meeting_id, to_datetime, to_timestamp
 from sync_engine.runtime import SyncEngine
+from sync_engine.seats import LicensingSeats
 from sync_engine.settings import EngineSettings
 from tccal.bus import Bus, BusSettings
 from tccal.clock import FakeClock
 from tccal.config import Config
 from tccal.db import Database
-from tccal.grpckit import GrpcServer
+from tccal.grpckit import GrpcCaller, GrpcServer
 from tccal.subjects import CALENDAR, calendar_subject, results_subject
 from tccal_sandbox.testing import free_port, wait_for_async
-from trueconf.calendar.v1 import calendar_pb2, commands_pb2, common_pb2, sync_pb2, sync_pb2_grpc
+from trueconf.calendar.v1 import (
+    calendar_pb2,
+    commands_pb2,
+    common_pb2,
+    licensing_pb2,
+    licensing_pb2_grpc,
+    sync_pb2,
+    sync_pb2_grpc,
+)
 
 SERVER = "video.example.com#vcs"
 PROVIDER = "exchange.example.com"
@@ -45,7 +54,8 @@ T0 = datetime(2026, 3, 2, 7, 0, tzinfo=UTC)
 REPO = Path(__file__).resolve().parents[3]
 
 
-def config_dict(pg_dsn: str, nats_url: str, **overrides: Any) -> dict[str, Any]:
+def config_dict(pg_dsn: str, nats_url: str, *, licensing: str = "", **overrides: Any) -> dict[str, Any]:
+    """The engine's config; `licensing`: the address of the LicensingService it asks for seats."""
     parsed = urlparse(pg_dsn)
     socket_dir = parse_qs(parsed.query)["host"][0]
     document: dict[str, Any] = {
@@ -68,6 +78,9 @@ def config_dict(pg_dsn: str, nats_url: str, **overrides: Any) -> dict[str, Any]:
         ],
         "grpc": {"services": {"sync-engine": {"grpcPort": free_port(), "httpPort": free_port()}}},
     }
+    if licensing:
+        host, _, port = licensing.rpartition(":")
+        document["grpc"]["services"]["licensing"] = {"host": host, "grpcPort": int(port), "httpPort": free_port()}
     document.update(overrides)
     return document
 
@@ -233,12 +246,56 @@ def weekly(days: Iterable[int], start_date: str, **range_: Any) -> common_pb2.Re
 # -------------------------------------------------------------------------------------------------------------
 
 
-class EngineUnderTest:
-    """One engine process's components, run in-process (own pool, own NATS connection)."""
+class SeatServer(licensing_pb2_grpc.LicensingServiceServicer):
+    """licensing's ListSeats for the engine under test, over a real gRPC socket: the seated mailboxes and their
+    remaining leases as the test sets them (`seats`), or UNAVAILABLE while `answering` is off."""
 
-    def __init__(self, config: Config, clock: FakeClock, *, max_deliver: int = 10) -> None:
+    def __init__(self, seats: dict[str, timedelta] | None = None) -> None:
+        self.seats: dict[str, timedelta] = dict(seats or {})
+        self.answering = True
+        self.calls = 0
+        self.callers: list[str] = []
+        self.server: GrpcServer | None = None
+        self.address = ""
+
+    async def ListSeats(  # noqa: N802 - gRPC method name
+        self, request: licensing_pb2.ListSeatsRequest, context: Any
+    ) -> licensing_pb2.ListSeatsResponse:
+        self.calls += 1
+        self.callers.append(dict(context.invocation_metadata()).get("authorization", ""))
+        if not self.answering:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the test licensing is down")
+        seats = []
+        for mailbox, remaining in sorted(self.seats.items()):
+            lease = licensing_pb2.SeatLease(mailbox=mailbox)
+            lease.remaining.FromTimedelta(remaining)
+            seats.append(lease)
+        return licensing_pb2.ListSeatsResponse(seats=seats)
+
+    async def start(self) -> SeatServer:
+        self.server = GrpcServer("127.0.0.1", 0)
+        self.server.add(
+            licensing_pb2_grpc.add_LicensingServiceServicer_to_server, self, "trueconf.calendar.v1.LicensingService"
+        )
+        self.address = f"127.0.0.1:{await self.server.start()}"
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(0)
+            self.server = None
+
+
+class EngineUnderTest:
+    """One engine process's components, run in-process (own pool, own NATS connection); with `seats` (a
+    SeatServer), seats are enforced as in the service process, asked every 0.05 s."""
+
+    def __init__(
+        self, config: Config, clock: FakeClock, *, max_deliver: int = 10, seats: SeatServer | None = None
+    ) -> None:
         self.config = config
         self.clock = clock
+        self.seat_server = seats
         self.database = Database(config)
         self.bus = Bus(BusSettings(url=config.nats.url, name="sync-engine-test", max_deliver=max_deliver))
         self.stop = asyncio.Event()
@@ -248,8 +305,18 @@ class EngineUnderTest:
     async def start(self, *, run: bool = True) -> EngineUnderTest:
         await self.database.connect()
         await self.bus.connect(attempts=20)
+        source = None
+        if self.seat_server is not None:
+            source = LicensingSeats(self.seat_server.address, GrpcCaller.for_service(self.config, "sync-engine", str))
         self.sync = SyncEngine(
-            EngineSettings.from_config(self.config), self.database.pool, self.bus, self.clock, tick=0.05, roll_check=0.1
+            EngineSettings.from_config(self.config),
+            self.database.pool,
+            self.bus,
+            self.clock,
+            seats=source,
+            seat_poll=0.05,
+            tick=0.05,
+            roll_check=0.1,
         )
         await self.sync.migrate()
         if run:
@@ -311,11 +378,18 @@ class Harness:
         return make_config(self.pg_dsn, self.nats_url, **overrides)
 
     async def start_engine(
-        self, *, api: bool = True, run: bool = True, max_deliver: int = 10, **overrides: Any
+        self,
+        *,
+        api: bool = True,
+        run: bool = True,
+        max_deliver: int = 10,
+        seats: SeatServer | None = None,
+        **overrides: Any,
     ) -> EngineUnderTest:
         """An engine in-process; `max_deliver` is nats.maxDeliver (deliveries before a failing change is
-        dead-lettered)."""
-        engine = await EngineUnderTest(self.config(**overrides), self.clock, max_deliver=max_deliver).start(run=run)
+        dead-lettered); `seats`: seats enforced, asked from this ListSeats (else every mailbox counts as seated)."""
+        under_test = EngineUnderTest(self.config(**overrides), self.clock, max_deliver=max_deliver, seats=seats)
+        engine = await under_test.start(run=run)
         self.engines.append(engine)
         if api and self.grpc is None:
             self.grpc = GrpcServer("127.0.0.1", 0, policy=POLICY)

@@ -91,3 +91,56 @@ async def test_two_engines_launch_each_occurrence_once(harness: Harness) -> None
     assert sorted(r.conference_run.meeting_id for r in runs) == sorted(mid(uid) for uid in uids)
     assert len({r.command_id for r in runs}) == len(uids)
     assert all(isinstance(r, commands_pb2.TcsCommand) for r in runs)
+
+
+async def launch_states(harness: Harness, wanted: set[str]) -> bool:
+    async with harness.connect() as connection:
+        states = {str(s) for s in await connection.fetchval("SELECT array_agg(DISTINCT state) FROM launches")}
+    return states == wanted
+
+
+async def test_a_forward_clock_jump_launches_what_it_skipped_and_not_what_is_over(harness: Harness) -> None:
+    """NTP steps the wall clock 10 minutes forward while the engine runs: the meeting whose start fell inside the
+    skipped minutes is still on and is launched; the one that ended inside them is not."""
+    engine = await harness.start_engine()
+    skipped_id = await conference_meeting(harness, "uid-skipped", timedelta(minutes=5), timedelta(minutes=30))
+    await conference_meeting(harness, "uid-over", timedelta(minutes=2), timedelta(minutes=5))
+    later_id = await conference_meeting(harness, "uid-later", timedelta(minutes=20), timedelta(minutes=30))
+    await harness.settle()
+    harness.clock.advance(timedelta(minutes=10))
+    [run] = await harness.wait_command("conference_run", 1)
+    assert run.conference_run.conference_id == skipped_id
+    await harness.settle()
+    assert await engine.engine.launch_due() == 0
+    async with harness.connect() as connection:
+        states = dict(await connection.fetch("SELECT meeting_id, state FROM launches ORDER BY meeting_id"))
+    assert states == {mid("uid-skipped"): "launched", mid("uid-over"): "missed", mid("uid-later"): "planned"}
+    harness.clock.advance(timedelta(minutes=10))
+    runs = await harness.wait_command("conference_run", 2)
+    assert [r.conference_run.conference_id for r in runs] == [skipped_id, later_id]
+
+
+async def test_a_clock_that_ran_ahead_does_not_cancel_launches_for_good(harness: Harness) -> None:
+    """Issue #17: the wall clock jumps hours ahead (a bad NTP answer, a wrong manual setting), the scheduler takes
+    the meetings for finished and marks their launches missed; when the clock is set right again those meetings
+    are still ahead or on, and each is launched at its start - not lost for good."""
+    await harness.start_engine()
+    soon_id = await conference_meeting(harness, "uid-soon", timedelta(minutes=5), timedelta(minutes=30))
+    later_id = await conference_meeting(harness, "uid-later", timedelta(minutes=40), timedelta(minutes=30))
+    await harness.settle()
+    harness.clock.advance(timedelta(hours=3))  # both look over
+    await harness.wait_for(lambda: launch_states(harness, {"missed"}), "both launches marked missed")
+    assert harness.of("conference_run") == []
+
+    harness.clock.advance(timedelta(hours=-3, minutes=10))  # set right: "soon" is on, "later" is ahead
+    [run] = await harness.wait_command("conference_run", 1)
+    assert run.conference_run.conference_id == soon_id
+    await harness.settle()
+    assert len(harness.of("conference_run")) == 1
+    harness.clock.advance(timedelta(minutes=30))
+    runs = await harness.wait_command("conference_run", 2)
+    assert [r.conference_run.conference_id for r in runs] == [soon_id, later_id]
+    await harness.settle()
+    async with harness.connect() as connection:
+        states = dict(await connection.fetch("SELECT meeting_id, state FROM launches ORDER BY meeting_id"))
+    assert states == {mid("uid-soon"): "launched", mid("uid-later"): "launched"}

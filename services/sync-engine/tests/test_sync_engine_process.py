@@ -15,6 +15,7 @@ from sync_engine_testkit import (
     BOB,
     EngineProcess,
     Harness,
+    SeatServer,
     attendee,
     config_dict,
     event,
@@ -30,9 +31,9 @@ from trueconf.calendar.v1 import ingest_pb2, sync_pb2, sync_pb2_grpc
 
 
 async def test_engine_process_serves_meetings_api_metrics_resync_and_stops_on_sigterm(
-    harness: Harness, tmp_path: Path
+    harness: Harness, seat_server: SeatServer, tmp_path: Path
 ) -> None:
-    document = config_dict(harness.pg_dsn, harness.nats_url)
+    document = config_dict(harness.pg_dsn, harness.nats_url, licensing=seat_server.address)
     document["grpc"]["adminToken"] = "s3cret-admin-token"
     process = EngineProcess(document, tmp_path).start()
     admin = [("authorization", "Bearer s3cret-admin-token")]
@@ -135,8 +136,10 @@ async def test_engine_process_serves_meetings_api_metrics_resync_and_stops_on_si
     assert code == 0, process.output()
 
 
-async def test_sigterm_finishes_the_messages_at_hand_and_nothing_is_lost(harness: Harness, tmp_path: Path) -> None:
-    document = config_dict(harness.pg_dsn, harness.nats_url)
+async def test_sigterm_finishes_the_messages_at_hand_and_nothing_is_lost(
+    harness: Harness, seat_server: SeatServer, tmp_path: Path
+) -> None:
+    document = config_dict(harness.pg_dsn, harness.nats_url, licensing=seat_server.address)
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=2)
     process = EngineProcess(document, tmp_path).start()
     await wait_ready(process)
@@ -157,9 +160,11 @@ async def test_sigterm_finishes_the_messages_at_hand_and_nothing_is_lost(harness
     assert len({c.command_id for c in upserts}) == len(upserts)
 
 
-async def test_two_engine_processes_launch_an_occurrence_once(harness: Harness, tmp_path: Path) -> None:
-    first_config = config_dict(harness.pg_dsn, harness.nats_url)
-    second_config = config_dict(harness.pg_dsn, harness.nats_url)
+async def test_two_engine_processes_launch_an_occurrence_once(
+    harness: Harness, seat_server: SeatServer, tmp_path: Path
+) -> None:
+    first_config = config_dict(harness.pg_dsn, harness.nats_url, licensing=seat_server.address)
+    second_config = config_dict(harness.pg_dsn, harness.nats_url, licensing=seat_server.address)
     first = EngineProcess(first_config, tmp_path).start()
     second = EngineProcess(second_config, tmp_path).start()
     try:

@@ -178,5 +178,8 @@ class StateStore:
     async def load_seats(self) -> dict[str, Any] | None:
         return await self._get("v1.seats")
 
-    async def save_seats(self, granted: list[str], refused: dict[str, str]) -> None:
-        await self._put("v1.seats", {"granted": sorted(granted), "refused": refused, "at": now_text()})
+    async def save_seats(self, granted: list[str], refused: dict[str, str], lease_seconds: float = 3600.0) -> None:
+        await self._put(
+            "v1.seats",
+            {"granted": sorted(granted), "refused": refused, "at": now_text(), "lease_seconds": lease_seconds},
+        )

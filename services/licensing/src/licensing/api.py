@@ -1,7 +1,8 @@
 """gRPC ``trueconf.calendar.v1.LicensingService``.
 
 Refusals are gRPC errors whose message starts with the refusal code: ``[unknown_key] ...`` (codes and statuses
-in README.md). AllocateSeats is ews-ingest's; every other call is an administrator's (POLICY). Which mailboxes
+in README.md). AllocateSeats is ews-ingest's, ListSeats sync-engine's; every other call is an administrator's
+(POLICY). Which mailboxes
 are configured `users` licensing reads from its own config, never from the caller.
 """
 
@@ -12,6 +13,7 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from licensing.errors import FREE_OFFLINE_MESSAGE, LicensingError, RegistrationUnreachableError
@@ -26,9 +28,14 @@ from trueconf.calendar.v1 import licensing_pb2, licensing_pb2_grpc
 log = logging.getLogger("licensing")
 
 SERVICE_NAME = "trueconf.calendar.v1.LicensingService"
-#: Who may call what (docs/architecture.md §4.1): AllocateSeats is ews-ingest's (and administrators'); registration
-#: and GetLicense are for administrators.
-POLICY = AccessPolicy(callers={f"/{SERVICE_NAME}/AllocateSeats": frozenset({"ews-ingest"})})
+#: Who may call what (docs/architecture.md §4.1): AllocateSeats is ews-ingest's, ListSeats sync-engine's (and both
+#: administrators'); registration and GetLicense are for administrators.
+POLICY = AccessPolicy(
+    callers={
+        f"/{SERVICE_NAME}/AllocateSeats": frozenset({"ews-ingest"}),
+        f"/{SERVICE_NAME}/ListSeats": frozenset({"sync-engine"}),
+    }
+)
 
 _TIERS = {
     Tier.FREE: licensing_pb2.LICENSE_TIER_FREE,
@@ -136,8 +143,25 @@ class LicensingServicer(licensing_pb2_grpc.LicensingServiceServicer):
             result, snap = await self.manager.allocate_seats(asks, request.providers)
         except LicensingError as exc:
             await _abort(context, exc)
+        lease = Duration()
+        lease.FromTimedelta(self.manager.settings.seat_lease)
         return licensing_pb2.AllocateSeatsResponse(
             granted=result.granted,
             refused=[licensing_pb2.SeatRefusal(mailbox=r.mailbox, reason=r.reason) for r in result.refused],
             license=license_info(snap),
+            lease=lease,
         )
+
+    async def ListSeats(  # noqa: N802 - gRPC method name
+        self, request: licensing_pb2.ListSeatsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> licensing_pb2.ListSeatsResponse:
+        try:
+            leases, snap = await self.manager.seat_leases()
+        except LicensingError as exc:
+            await _abort(context, exc)
+        seats = []
+        for mailbox in sorted(leases):
+            remaining = Duration()
+            remaining.FromTimedelta(leases[mailbox])
+            seats.append(licensing_pb2.SeatLease(mailbox=mailbox, remaining=remaining))
+        return licensing_pb2.ListSeatsResponse(seats=seats, license=license_info(snap))

@@ -328,6 +328,28 @@ class LicenseManager:
         )
         return result, observed(final)
 
+    async def seat_leases(self) -> tuple[dict[str, timedelta], Snapshot]:
+        """Every mailbox holding a seat now and how long its lease still runs (sync-engine shows only these).
+
+        Nothing while the license does not let the connector sync. No more than the license's seats, ranked as
+        `allocate` ranks holders; no lease longer than one lease from now (a row edited to last for years does
+        not), nor beyond the license's own end (its expiry, a Free grace period)."""
+        snap = await self.snapshot()
+        lic = snap.signed.license if snap.signed is not None else None
+        if not snap.evaluation.may_sync or lic is None:
+            return {}, snap
+        async with self.store.seat_transaction() as tx:
+            held = await tx.holdings()
+        kept = allocate([], held, snap.evaluation.seat_capacity, snap.now, self.settings.seat_lease).holdings
+        ends = [snap.now + self.settings.seat_lease]
+        ends += [moment for moment in (lic.expires_at, snap.evaluation.grace_until) if moment is not None]
+        leases = {}
+        for mailbox, holding in kept.items():
+            until = min([holding.expires_at, *ends])
+            if until > snap.now:
+                leases[mailbox] = until - snap.now
+        return leases, snap
+
     # ----------------------------------------------------------------------------------------- online checks
 
     async def check_online(self) -> Snapshot:

@@ -18,12 +18,18 @@ The machine key (``tccal.secrets``: ``TC_CALENDAR_KEY``, ``TC_CALENDAR_KEY_FILE`
 rows are derived from it (``licensing.sealing``).
 
 Fixed here (no config key yet): a failed check is retried every 5 minutes (or the check interval if shorter),
-a seat lease lasts 1 hour, a call to the registration server times out after 10 seconds, and the registration
-server's TLS certificate is verified against the system CA store (``SSL_CERT_FILE`` selects another bundle).
+a call to the registration server times out after 10 seconds, and the registration server's TLS certificate is
+verified against the system CA store (``SSL_CERT_FILE`` selects another bundle).
+
+A seat lease lasts 1 hour; the environment variable ``LICENSING_SEAT_LEASE_SECONDS`` (10 to 86400) sets another
+length (tests make it short). ews-ingest stops syncing, and sync-engine stops showing, a mailbox whose lease ran
+out without licensing renewing it — so this is also how long seats outlive an unreachable licensing service.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -37,6 +43,8 @@ from tccal.secrets import SecretError, load_key
 PRODUCT_VERSION = "1.0.0"
 RETRY_INTERVAL = timedelta(minutes=5)
 SEAT_LEASE = timedelta(hours=1)
+SEAT_LEASE_ENV = "LICENSING_SEAT_LEASE_SECONDS"
+SEAT_LEASE_BOUNDS = (10, 86400)
 REQUEST_TIMEOUT_SECONDS = 10.0
 
 
@@ -85,7 +93,22 @@ class LicensingSettings:
             grace_period=timedelta(days=lic.grace_period_days),
             check_interval=check_interval,
             retry_interval=min(RETRY_INTERVAL, check_interval),
-            seat_lease=SEAT_LEASE,
+            seat_lease=seat_lease(os.environ),
             request_timeout=REQUEST_TIMEOUT_SECONDS,
             configured_users=users,
         )
+
+
+def seat_lease(environ: Mapping[str, str]) -> timedelta:
+    """The seat lease: LICENSING_SEAT_LEASE_SECONDS when set, else 1 hour; ValueError naming a bad value."""
+    raw = environ.get(SEAT_LEASE_ENV, "").strip()
+    if not raw:
+        return SEAT_LEASE
+    low, high = SEAT_LEASE_BOUNDS
+    try:
+        seconds = int(raw)
+    except ValueError:
+        raise ValueError(f"{SEAT_LEASE_ENV}={raw!r} is not a whole number of seconds") from None
+    if not low <= seconds <= high:
+        raise ValueError(f"{SEAT_LEASE_ENV}={raw!r} must be between {low} and {high} seconds")
+    return timedelta(seconds=seconds)

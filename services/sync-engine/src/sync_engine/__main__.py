@@ -5,7 +5,9 @@ from __future__ import annotations
 from sync_engine.api import POLICY, SERVICE_NAME, SyncApi
 from sync_engine.bus import CALENDAR_DURABLE, RESULTS_DURABLE
 from sync_engine.runtime import SyncEngineService
+from sync_engine.seats import LicensingSeats
 from sync_engine.settings import EngineSettings
+from tccal.grpckit import GrpcCaller
 from tccal.service import ServiceApp, run_service
 from tccal.stream_metrics import Consumer, ConsumerMetrics
 from tccal.subjects import CALENDAR, TCS_RESULTS
@@ -22,7 +24,11 @@ async def build(app: ServiceApp) -> None:
     app.grpc.add(sync_pb2_grpc.add_SyncServiceServicer_to_server, api, SERVICE_NAME)
     app.task(bus.connect)
     app.task(database.connect)
-    service = SyncEngineService(settings, database, bus, app.clock, api)
+    # The seats come from licensing, asked with this service's own identity (seats.py).
+    seats = LicensingSeats(
+        app.config.grpc.address_of("licensing"), GrpcCaller.for_service(app.config, SERVICE, app.secret)
+    )
+    service = SyncEngineService(settings, database, bus, app.clock, api, seats)
     app.readiness.add("schema", service.schema_ready)
     app.readiness.add("postgres-writes", service.health.check)
 

@@ -38,8 +38,13 @@ class EngineContext:
         bus: Bus,
         clock: Clock,
         health: DatabaseHealth | None = None,
+        *,
+        seats_enforced: bool = False,
     ) -> None:
         self.settings = settings
+        #: Only mailboxes holding a licensing seat count (seats.py); off only for an engine built in-process
+        #: without a seat source (tests of everything else).
+        self.seats_enforced = seats_enforced
         self.health = health or DatabaseHealth()
         self.pool = pool
         self.bus = bus
@@ -54,7 +59,8 @@ class EngineContext:
         return CommandBatch(cause=cause, calendar_servers=self.settings.calendar_servers)
 
     def workspace(self, connection: asyncpg.Connection) -> Workspace:
-        return Workspace(connection, self.settings.configured_users)
+        seats_at = self.clock.now() if self.seats_enforced else None
+        return Workspace(connection, self.settings.configured_users, seats_at)
 
     async def transaction(
         self,

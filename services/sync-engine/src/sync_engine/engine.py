@@ -50,8 +50,10 @@ class Engine:
         bus: Bus,
         clock: Clock,
         health: DatabaseHealth | None = None,
+        *,
+        seats_enforced: bool = False,
     ) -> None:
-        self.context = EngineContext(settings, pool, bus, clock, health)
+        self.context = EngineContext(settings, pool, bus, clock, health, seats_enforced=seats_enforced)
         self.health = self.context.health
         self.settings = settings
         self.pool = pool

@@ -90,10 +90,19 @@ async def reconcile_meeting(
     rows = workspace.meetings.get(meeting_id)
     if rows is None:
         return
-    view = build_view(meeting_id, rows.uid, rows.items, moment.window)
+    # Seats (docs/architecture.md §5.5): the copies of a mailbox without a seat count for nothing, as if it were
+    # not synced. A meeting whose organizer's copy is such a copy is held: its conference is neither created,
+    # changed nor deleted, and its launches are dropped, until the organizer holds a seat again.
+    await workspace.look_up({item.mailbox for item in rows.items})
+    seated_items = [item for item in rows.items if workspace.seated(item.mailbox)]
+    held = any(item.was_organizer and not workspace.seated(item.mailbox) for item in rows.items)
+    view = build_view(meeting_id, rows.uid, seated_items, moment.window)
     known = await workspace.known_users(view.people)
-    desired = desired_conference(view, settings, moment.now)
-    _reconcile_launches(workspace, rows, settings, view, desired, moment)
+    desired: DesiredConference = Untouched() if held else desired_conference(view, settings, moment.now)
+    if held:
+        _drop_pending_launches(workspace, rows)
+    else:
+        _reconcile_launches(workspace, rows, settings, view, desired, moment)
     link = _reconcile_conference(workspace, rows, settings, view, desired, batch)
     messages = OccurrenceMessages(view, link)
     _reconcile_shown(rows, view, known, messages, batch)
@@ -333,6 +342,12 @@ def _reconcile_launches(
             workspace.put_launch(rows, row)
     for occurrence_id in sorted(set(existing) - set(wanted)):
         if existing[occurrence_id].state == "planned":
+            workspace.drop_launch(rows, occurrence_id)
+
+
+def _drop_pending_launches(workspace: Workspace, rows: MeetingRows) -> None:
+    for occurrence_id, launch in sorted(rows.launches.items()):
+        if launch.state in ("planned", "missed"):
             workspace.drop_launch(rows, occurrence_id)
 
 

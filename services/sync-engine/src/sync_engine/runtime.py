@@ -1,6 +1,6 @@
 """Everything one engine process runs, over a connected pool and bus: the two consumers, the outbox relay,
-the launch scheduler (with series re-pointing) and the daily window roll (`SyncEngine`); and its start inside a
-tccal ServiceApp: wait for PostgreSQL and NATS, migrate, then run (`SyncEngineService`).
+the launch scheduler (with series re-pointing), the daily window roll and the seats (`SyncEngine`); and its
+start inside a tccal ServiceApp: wait for PostgreSQL and NATS, migrate, then run (`SyncEngineService`).
 
 `__main__` builds one SyncEngineService; tests build a SyncEngine directly around a pool and a Bus.
 """
@@ -21,6 +21,7 @@ from sync_engine.engine import Engine
 from sync_engine.faults import DatabaseHealth, Fault, classify
 from sync_engine.migrate import migrate
 from sync_engine.relay import Relay
+from sync_engine.seats import POLL_SECONDS, SeatKeeper, SeatSource
 from sync_engine.settings import EngineSettings
 from tccal.bus import Bus
 from tccal.clock import Clock
@@ -30,7 +31,11 @@ log = logging.getLogger(__name__)
 
 
 class SyncEngine:
-    """The engine's components; `run(stop)` runs them until `stop` is set."""
+    """The engine's components; `run(stop)` runs them until `stop` is set.
+
+    With `seats` (always, in the service process) only mailboxes holding a licensing seat count (seats.py), and
+    nothing is decided before licensing has answered once; without it (an engine built in-process by tests of
+    everything else) every mailbox counts as seated."""
 
     def __init__(
         self,
@@ -39,6 +44,8 @@ class SyncEngine:
         bus: Bus,
         clock: Clock,
         *,
+        seats: SeatSource | None = None,
+        seat_poll: float = POLL_SECONDS,
         tick: float = 0.5,
         roll_check: float = 5.0,
         health: DatabaseHealth | None = None,
@@ -48,7 +55,9 @@ class SyncEngine:
         self.bus = bus
         self.clock = clock
         self.health = health or DatabaseHealth()
-        self.engine = Engine(settings, pool, bus, clock, self.health)
+        self.engine = Engine(settings, pool, bus, clock, self.health, seats_enforced=seats is not None)
+        self.seats = SeatKeeper(self.engine.context, seats) if seats is not None else None
+        self.seat_poll = seat_poll
         self.relay = Relay(pool, bus, clock, health=self.health)
         self.tick = tick
         self.roll_check = roll_check
@@ -58,10 +67,54 @@ class SyncEngine:
             await migrate(connection)
 
     def loops(self) -> list[Callable[[asyncio.Event], Awaitable[None]]]:
-        return [self.run_calendar, self.run_results, self.relay.run, self.run_scheduler, self.run_roll]
+        """The loops that decide (they wait for the first seat answer), then those that do not."""
+        return [self.run_calendar, self.run_results, self.run_scheduler, self.run_roll, self.relay.run]
 
     async def run(self, stop: asyncio.Event) -> None:
-        await asyncio.gather(*(loop(stop) for loop in self.loops()))
+        if self.seats is None:
+            await asyncio.gather(*(loop(stop) for loop in self.loops()))
+            return
+        deciding, rest = self.loops()[:4], self.loops()[4:]
+
+        async def decide_once_seats_are_known() -> None:
+            if await self._seats_known(stop):
+                await asyncio.gather(*(loop(stop) for loop in deciding))
+
+        try:
+            await asyncio.gather(self.run_seats(stop), decide_once_seats_are_known(), *(loop(stop) for loop in rest))
+        finally:
+            await self.seats.source.close()
+
+    async def _seats_known(self, stop: asyncio.Event) -> bool:
+        """Wait until licensing has answered once (ever); False if stopped first."""
+        assert self.seats is not None
+        waiting_logged = False
+        while not stop.is_set():
+            try:
+                if await self.seats.answered():
+                    return True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._failed(exc, "reading the seat state failed")
+            if not waiting_logged:
+                waiting_logged = True
+                log.warning("waiting for licensing's first ListSeats answer before deciding anything")
+            await _pause(stop, min(self.seat_poll, 1.0))
+        return False
+
+    async def run_seats(self, stop: asyncio.Event) -> None:
+        """Ask licensing for the seats and bring the shown state in line, every `seat_poll` seconds."""
+        assert self.seats is not None
+        while not stop.is_set():
+            try:
+                await self.seats.round()
+                self.health.succeeded()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._failed(exc, "seat round failed")
+            await _pause(stop, self.seat_poll)
 
     async def run_calendar(self, stop: asyncio.Event) -> None:
         await _forever(stop, "calendar consumer", lambda: consume_calendar(self.engine, self.bus, stop))
@@ -109,8 +162,11 @@ class SyncEngineService:
     """The engine in a service process: readiness "schema" fails until the migrations are applied; `run(stop)`
     waits until NATS and PostgreSQL are connected, migrates, hands the engine to the API and runs it."""
 
-    def __init__(self, settings: EngineSettings, database: Database, bus: Bus, clock: Clock, api: SyncApi) -> None:
+    def __init__(
+        self, settings: EngineSettings, database: Database, bus: Bus, clock: Clock, api: SyncApi, seats: SeatSource
+    ) -> None:
         self.settings = settings
+        self.seats = seats
         self.database = database
         self.bus = bus
         self.clock = clock
@@ -129,7 +185,9 @@ class SyncEngineService:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.1)
-        engine = SyncEngine(self.settings, self.database.pool, self.bus, self.clock, health=self.health)
+        engine = SyncEngine(
+            self.settings, self.database.pool, self.bus, self.clock, seats=self.seats, health=self.health
+        )
         await engine.migrate()
         # Everything built so far (modules, config, clients) lives as long as the process: kept out of the cyclic
         # collector, whose full passes otherwise re-scan it while batches allocate (a quarter of a batch's CPU).

@@ -34,12 +34,15 @@ class LaunchScheduler:
     async def _launch_due(self, connection: asyncpg.Connection) -> int:
         now = self.context.clock.now()
         # Due rows whose conference exists (or that are over): one still waiting for its conference must not
-        # hold back the others.
+        # hold back the others. A `missed` row that the clock now says is still on was marked under a wall clock
+        # that ran ahead (a bad NTP step, a wrong manual setting) and is due again: a jump of the clock never
+        # cancels a launch for good.
         rows = await connection.fetch(
             "SELECT l.occurrence_id, l.meeting_id, l.start_at, l.end_at FROM launches l"
             " LEFT JOIN conferences c ON c.meeting_id = l.meeting_id"
-            " WHERE l.state = 'planned' AND l.start_at <= $1"
-            " AND (l.end_at <= $1 OR (c.state = 'created' AND c.conference_id <> ''))"
+            " WHERE l.start_at <= $1 AND ("
+            "  (l.state = 'planned' AND (l.end_at <= $1 OR (c.state = 'created' AND c.conference_id <> '')))"
+            "  OR (l.state = 'missed' AND l.end_at > $1 AND c.state = 'created' AND c.conference_id <> ''))"
             " ORDER BY l.start_at, l.occurrence_id LIMIT 100 FOR UPDATE OF l SKIP LOCKED",
             now,
         )

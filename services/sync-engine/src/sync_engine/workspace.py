@@ -104,7 +104,7 @@ UPSERT_CONFERENCES = bulk.upsert_sql("conferences", CONFERENCE_SQL_COLUMNS, ("me
 UPSERT_LAUNCHES = bulk.upsert_sql("launches", LAUNCH_SQL_COLUMNS, ("occurrence_id",))
 UPSERT_OCCURRENCES = bulk.upsert_sql("occurrences", OCCURRENCE_COLUMNS, ("occurrence_id",))
 PEOPLE_COLUMNS = bulk.columns("meeting_id text, email text")
-DROP_LAUNCHES = "DELETE FROM launches WHERE occurrence_id = ANY($1::text[]) AND state = 'planned'"
+DROP_LAUNCHES = "DELETE FROM launches WHERE occurrence_id = ANY($1::text[]) AND state IN ('planned', 'missed')"
 DROP_OCCURRENCES = "DELETE FROM occurrences WHERE occurrence_id = ANY($1::text[])"
 DROP_PEOPLE = (
     "DELETE FROM meeting_people WHERE (meeting_id, email) IN"
@@ -134,11 +134,20 @@ def parse_item(row: asyncpg.Record) -> StoredItem:
 class Workspace:
     """The loaded meetings of one transaction and the writes decided about them."""
 
-    def __init__(self, connection: asyncpg.Connection, configured_users: frozenset[str] | set[str]) -> None:
+    def __init__(
+        self,
+        connection: asyncpg.Connection,
+        configured_users: frozenset[str] | set[str],
+        seats_at: datetime | None = None,
+    ) -> None:
+        """`seats_at`: seats are enforced, a mailbox is seated while its lease in `seats` runs past this time
+        (seats.py); None: every mailbox counts as seated (an engine built in-process without a seat source)."""
         self.connection = connection
         self.configured_users = configured_users
+        self.seats_at = seats_at
         self.meetings: dict[str, MeetingRows] = {}
         self._users: set[str] = set()  # synced mailboxes among the people looked up
+        self._seated: set[str] = set()  # seated mailboxes among the people looked up
         self._looked_up: set[str] = set()
         self._adopted: list[str] = []
         self._conferences: set[str] = set()
@@ -218,14 +227,35 @@ class Workspace:
         missing = sorted(people - self._looked_up)
         if not missing:
             return
-        rows = await self.connection.fetch("SELECT mailbox FROM mailboxes WHERE mailbox = ANY($1::text[])", missing)
-        self._users.update(str(r["mailbox"]) for r in rows)
+        if self.seats_at is None:
+            rows = await self.connection.fetch(
+                "SELECT mailbox, true AS synced FROM mailboxes WHERE mailbox = ANY($1::text[])", missing
+            )
+        else:  # one round trip for both
+            rows = await self.connection.fetch(
+                "SELECT mailbox, true AS synced FROM mailboxes WHERE mailbox = ANY($1::text[])"
+                " UNION ALL SELECT mailbox, false FROM seats WHERE mailbox = ANY($1::text[]) AND lease_until > $2",
+                missing,
+                self.seats_at,
+            )
+        for row in rows:
+            (self._users if row["synced"] else self._seated).add(str(row["mailbox"]))
         self._looked_up.update(missing)
 
-    async def known_users(self, people: set[str]) -> set[str]:
-        """The people who are TrueConf users we serve: synced mailboxes and calendarProviders[].users."""
+    def seated(self, mailbox: str) -> bool:
+        """Whether `mailbox` (looked up already: `look_up`) holds a seat; always, when seats are not enforced."""
+        return self.seats_at is None or mailbox in self._seated
+
+    async def look_up(self, people: set[str]) -> None:
+        """Read whether these people are synced mailboxes and hold seats (each person once per workspace)."""
         await self._look_up(people)
-        return (people & self._users) | (people & set(self.configured_users))
+
+    async def known_users(self, people: set[str]) -> set[str]:
+        """The people who are TrueConf users we serve: synced mailboxes and calendarProviders[].users, holding a
+        seat."""
+        await self._look_up(people)
+        known = (people & self._users) | (people & set(self.configured_users))
+        return {person for person in known if self.seated(person)}
 
     # ------------------------------------------------------------------------------------------------- writing
     def conference_changed(self, rows: MeetingRows) -> None:
