@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import pty
+import shlex
 import signal
 import subprocess
 import sys
@@ -277,3 +279,51 @@ def test_test_trueconf_passes_then_fails_with_the_fix_while_trueconf_server_is_s
     assert "FAIL  oauth" in stopped.stdout and "does not answer" in stopped.stdout
     assert "FAIL  bridge-ping" in stopped.stdout and "no answer to a ping" in stopped.stdout
     assert "SKIP  rest-api" in stopped.stdout
+
+
+def test_the_try_lines_the_sandbox_prints_work_as_printed(admin: Admin) -> None:
+    wait_for(lambda: _settled(admin), 90, 1.0, "every mailbox synced or failed")
+    printed = admin.sandbox.output().splitlines()
+    start = next(i for i, line in enumerate(printed) if line.startswith("Try"))
+    block = []
+    for line in printed[start + 1 :]:
+        if not line.strip():
+            break
+        block.append(line.strip())
+    export, *commands = block
+    assert export.startswith("export ") and "grpcurl" not in "\n".join(block)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TC_CALENDAR")}
+    env.update(dict(pair.split("=", 1) for pair in shlex.split(export)[1:]))
+    assert len(commands) >= 4
+    for command in commands:
+        result = subprocess.run(shlex.split(command), capture_output=True, text=True, env=env, timeout=120)
+        assert "Traceback" not in result.stderr, (command, result.stderr)
+        # status says 1 here: the mailboxes of the wrong password fail (each other command succeeds)
+        assert result.returncode == (1 if command.endswith(" status") else 0), (command, result.stdout, result.stderr)
+        assert result.stdout.strip(), command
+
+
+def test_sync_progress_draws_a_bar_on_a_terminal(admin: Admin) -> None:
+    wait_for(lambda: _settled(admin), 90, 1.0, "every mailbox synced or failed")
+    leader, follower = pty.openpty()
+    env = {**admin.env, "TC_CALENDAR_CONFIG": str(admin.sandbox.ready["config"]), "COLUMNS": "120", "TERM": "xterm"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tccal.cli", "sync", "progress"], stdout=follower, stderr=follower, env=env
+    )
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert process.wait(60) == 0
+    os.close(leader)
+    text = output.decode(errors="replace")
+    everyone = len(admin.sandbox.ready["exchange"]["mailboxes"])
+    done = everyone - len(admin.wrong_mailboxes())
+    assert "first sync" in text and "━" in text  # rich's bar
+    assert f"{done}/{everyone}" in text and "mailbox(es) failing: tc-calendar mailboxes --failed" in text

@@ -63,7 +63,7 @@ def sync_progress(config_path: str | None, once: bool, interval: float, as_json:
     if as_json:
         click.echo(json.dumps(progress_dict(current), indent=2))
         return
-    if once or _settled(current):
+    if once:
         click.echo(progress_line(progress_dict(current)))
         return
     if not sys.stdout.isatty():
