@@ -263,24 +263,6 @@ def test_resync_from_a_date_reads_again_only_what_changed_since(admin: Admin) ->
     assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
-def test_test_trueconf_passes_then_fails_with_the_fix_while_trueconf_server_is_stopped(admin: Admin) -> None:
-    healthy = admin.json("test", "trueconf")
-    [server] = healthy["servers"]
-    assert server["result"] == "OK", server
-    assert [s["name"] for s in server["steps"]] == ["dns", "tcp", "tls", "oauth", "rest-api", "bridge", "bridge-ping"]
-
-    pid = admin.sandbox.ready["processes"]["trueconf-emulator"]
-    os.kill(pid, signal.SIGSTOP)  # stopped: its sockets stay open, nothing answers
-    try:
-        stopped = admin.run("test", "trueconf")
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    assert stopped.returncode == 1
-    assert "FAIL  oauth" in stopped.stdout and "does not answer" in stopped.stdout
-    assert "FAIL  bridge-ping" in stopped.stdout and "no answer to a ping" in stopped.stdout
-    assert "SKIP  rest-api" in stopped.stdout
-
-
 def test_the_try_lines_the_sandbox_prints_work_as_printed(admin: Admin) -> None:
     wait_for(lambda: _settled(admin), 90, 1.0, "every mailbox synced or failed")
     printed = admin.sandbox.output().splitlines()
@@ -327,3 +309,56 @@ def test_sync_progress_draws_a_bar_on_a_terminal(admin: Admin) -> None:
     done = everyone - len(admin.wrong_mailboxes())
     assert "first sync" in text and "━" in text  # rich's bar
     assert f"{done}/{everyone}" in text and "mailbox(es) failing: tc-calendar mailboxes --failed" in text
+
+
+def _bridge(admin: Admin, action: str) -> None:
+    request = urllib.request.Request(f"{admin.sandbox.ready['trueconf']['admin_url']}/bridge/{action}", method="POST")
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+def _connected(admin: Admin) -> bool:
+    servers = admin.json("status")["servers"]
+    return bool(servers[0]["connected"])
+
+
+def test_a_disconnected_bridge_is_shown_by_status_and_test_trueconf_says_where_to_point_it(admin: Admin) -> None:
+    _bridge(admin, "disconnect")  # TrueConf Server closes its calendar bridge and stays away
+    try:
+        wait_for(lambda: not _connected(admin), 30, 0.5, "the gateway to see the bridge gone")
+        screen = admin.run("status")
+        assert screen.returncode == 1 and "bridge NOT connected" in screen.stdout
+        result = admin.run("test", "trueconf")
+        assert result.returncode == 1
+        report = admin.json("test", "trueconf")
+        steps = {s["name"]: s for s in report["servers"][0]["steps"]}
+        assert [steps[n]["outcome"] for n in ("oauth", "rest-api", "bridge", "bridge-ping")] == [
+            "OK",
+            "OK",
+            "FAIL",
+            "SKIP",
+        ]
+        ws_port = json.loads(Path(admin.sandbox.ready["config"]).read_text())["wsPort"]
+        assert f":{ws_port}/bridge/v1" in steps["bridge"]["fix"] and "tcs.servers[0].secret" in steps["bridge"]["fix"]
+    finally:
+        _bridge(admin, "connect")
+    wait_for(lambda: _connected(admin), 60, 0.5, "the bridge back")
+
+
+def test_test_trueconf_passes_then_fails_with_the_fix_while_trueconf_server_is_stopped(admin: Admin) -> None:
+    # Last in the module: the bridge may be dropped and reconnect after TrueConf Server was stopped.
+    healthy = admin.json("test", "trueconf")
+    [server] = healthy["servers"]
+    assert server["result"] == "OK", server
+    assert [s["name"] for s in server["steps"]] == ["dns", "tcp", "tls", "oauth", "rest-api", "bridge", "bridge-ping"]
+
+    pid = admin.sandbox.ready["processes"]["trueconf-emulator"]
+    os.kill(pid, signal.SIGSTOP)  # stopped: its sockets stay open, nothing answers
+    try:
+        stopped = admin.run("test", "trueconf")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert stopped.returncode == 1
+    assert "FAIL  oauth" in stopped.stdout and "does not answer" in stopped.stdout
+    assert "FAIL  bridge-ping" in stopped.stdout and "no answer to a ping" in stopped.stdout
+    assert "SKIP  rest-api" in stopped.stdout

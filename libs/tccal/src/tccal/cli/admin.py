@@ -133,8 +133,14 @@ def describe_rpc_error(exc: grpc.RpcError) -> str:
 
 
 def as_dict(answer: message.Message) -> dict[str, Any]:
-    """A message as JSON-ready data (proto field names, enums by name, unset fields left out)."""
-    data: dict[str, Any] = json_format.MessageToDict(answer, preserving_proto_field_name=True)
+    """A message as JSON-ready data: proto field names, enums by name, every scalar and list even when empty or
+    false (`"connected": false`), 64-bit numbers as numbers; unset messages (timestamps) left out."""
+    data: dict[str, Any] = json_format.MessageToDict(
+        answer,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+        unquote_int64_if_possible=True,
+    )
     return data
 
 

@@ -2,7 +2,7 @@
 
 Each asks the running services at their config.json addresses (grpc.services) with grpc.adminToken; a service that
 is down is reported as down. Exit codes: 0 fine, 1 a service is down or refused (or, for `status`, is not serving,
-or a mailbox failed), 2 configuration.
+a bridge is not connected or a mailbox failed), 2 configuration.
 """
 
 from __future__ import annotations
@@ -111,10 +111,13 @@ def progress_dict(progress: ingest_pb2.SyncProgress) -> dict[str, Any]:
 
 
 def healthy(report: dict[str, Any]) -> bool:
+    """Every service serving, every whitelisted TrueConf Server's bridge connected, no mailbox failing."""
     services_ok = all(s["health"] == "SERVING" for s in report["services"].values())
+    servers = report.get("servers", [])
+    bridges_ok = isinstance(servers, list) and all(s.get("connected") for s in servers)
     mailboxes = report.get("mailboxes", {})
     failed = mailboxes.get("by_state", {}).get("error", 0) if "error" not in mailboxes else 1
-    return services_ok and not failed
+    return services_ok and bridges_ok and not failed
 
 
 @click.command("status")
@@ -124,7 +127,8 @@ def status(config_path: str | None, as_json: bool) -> None:
     """One screen: services and their health, license and seats, TrueConf Servers and their bridge, mailboxes by
     state, the first sync's progress and the latest errors with mailbox and cause.
 
-    Exit code 1 when a service is down or not serving, or a mailbox's sync failed."""
+    Exit code 1 when a service is down or not serving, a TrueConf Server's bridge is not connected, or a mailbox's
+    sync failed."""
     admin = Admin.load(config_path, timeout=10.0)
     report = collect_status(admin)
     if as_json:
