@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 import threading
@@ -14,6 +15,15 @@ from typing import Any
 import click
 
 from tccal_sandbox.runner import Sandbox
+
+#: What the sandbox suggests to try once it is up (README.md shows the same).
+TRY_COMMANDS = (
+    "status",
+    "events alice@sandbox.test",
+    "test exchange alice@sandbox.test",
+    "test trueconf",
+    "mailboxes --failed",
+)
 
 
 def describe(ready: dict[str, Any], ready_path: Path) -> str:
@@ -49,25 +59,13 @@ def describe(ready: dict[str, Any], ready_path: Path) -> str:
     for name, endpoints in ready["services"].items():
         extra = f"   bridge {endpoints['ws']}" if "ws" in endpoints else ""
         lines.append(f"  {name:12} grpc {endpoints['grpc']:<18} http {endpoints['http']}{extra}")
-    sync = ready["services"]["sync-engine"]["grpc"]
-    gateway = ready["services"]["tcs-gateway"]["grpc"]
-    licensing = ready["services"]["licensing"]["grpc"]
-    api = "trueconf.calendar.v1"
-    guarded = bool(ready.get("grpc", {}).get("admin_token"))
-    auth = '-H "authorization: Bearer $TOKEN" ' if guarded else ""
-    token_line = (
-        [f'  TOKEN=$(python3 -c \'import json; print(json.load(open("{ready_path}"))["grpc"]["admin_token"])\')']
-        if guarded
-        else []
-    )
+    state_dir = ready.get("state_dir") or str(ready_path.parent)
+    program = "tc-calendar" if shutil.which("tc-calendar") else str(Path(sys.executable).parent / "tc-calendar")
     lines += [
         "",
-        "Try (every call but health and reflection takes the admin token, grpc.adminToken)",
-        *token_line,
-        f"  grpcurl -plaintext {sync} list",
-        f'  grpcurl -plaintext {auth}-d \'{{"user": "alice@sandbox.test"}}\' {sync} {api}.SyncService/ListEvents',
-        f"  grpcurl -plaintext {auth}{gateway} {api}.GatewayService/ListServers",
-        f"  grpcurl -plaintext {auth}{licensing} {api}.LicensingService/GetLicense",
+        "Try (the CLI reads the sandbox's config.json and key; its calls carry the admin token, grpc.adminToken)",
+        f"  export TC_CALENDAR_CONFIG={ready.get('config', '')} TC_CALENDAR_KEY_FILE={state_dir}/machine.key",
+        *(f"  {program} {command}" for command in TRY_COMMANDS),
         "",
         f"Every endpoint and credential: {ready_path}   Logs: {ready.get('logs', '')}",
         "Press Ctrl+C to stop.",

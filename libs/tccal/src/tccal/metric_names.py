@@ -18,6 +18,10 @@ EXPORTED: Final[dict[str, tuple[str, str]]] = {
     "ews_ingest_sync_seconds": (HISTOGRAM, "ews-ingest"),
     "ews_ingest_ews_calls_total": (COUNTER, "ews-ingest"),
     "ews_ingest_ews_backoffs_total": (COUNTER, "ews-ingest"),
+    "ews_ingest_first_sync_mailboxes": (GAUGE, "ews-ingest"),
+    "ews_ingest_first_sync_items_total": (COUNTER, "ews-ingest"),
+    "ews_ingest_first_sync_items_per_second": (GAUGE, "ews-ingest"),
+    "ews_ingest_first_sync_remaining_seconds": (GAUGE, "ews-ingest"),
     # sync-engine
     "sync_engine_changes_applied_total": (COUNTER, "sync-engine"),
     "sync_engine_changes_stale_total": (COUNTER, "sync-engine"),

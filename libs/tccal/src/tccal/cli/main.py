@@ -14,6 +14,10 @@ from importlib.metadata import entry_points
 import click
 
 from tccal import secrets
+from tccal.cli.admin import GRPC_SERVICES
+from tccal.cli.checks import test_group
+from tccal.cli.ops import events, mailboxes, resync, status
+from tccal.cli.progress import sync_group
 from tccal.config import ConfigError, load_config
 from tccal.config.loader import CONFIG_ENV, EXIT_CONFIG
 from tccal.config.schema import Config
@@ -105,13 +109,6 @@ def config_reference() -> None:
     click.echo(markdown())
 
 
-#: The gRPC service each of our processes serves.
-GRPC_SERVICES = {
-    "ews-ingest": ("ingest_pb2", "IngestService"),
-    "sync-engine": ("sync_pb2", "SyncService"),
-    "tcs-gateway": ("gateway_pb2", "GatewayService"),
-    "licensing": ("licensing_pb2", "LicensingService"),
-}
 #: `tc-calendar grpc`: the call was refused or failed (gRPC status on stderr).
 EXIT_RPC_FAILED = 1
 
@@ -192,6 +189,11 @@ def nats_auth() -> None:
     from tccal.nats_auth import server_authorization_from_environment
 
     click.echo(server_authorization_from_environment(), nl=False)
+
+
+# Everyday administration over gRPC (tccal.cli.ops, checks, progress; docs/architecture.md §8).
+for _command in (status, mailboxes, resync, events, test_group, sync_group):
+    cli.add_command(_command)
 
 
 def _load_plugins() -> None:
