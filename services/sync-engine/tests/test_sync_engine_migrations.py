@@ -46,3 +46,32 @@ async def test_a_changed_or_unknown_migration_stops_the_start(pg_dsn: str) -> No
             await migrate(connection)
     finally:
         await connection.close()
+
+
+async def former_runner(connection: asyncpg.Connection) -> None:
+    """What sync-engine's own runner (before tccal.migrations) left in a database: its table, its rows."""
+    await connection.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL)"
+    )
+    for migration in load_migrations():
+        async with connection.transaction():
+            await connection.execute(migration.sql)
+            await connection.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                migration.version,
+                migration.name,
+                migration.checksum,
+            )
+
+
+async def test_a_database_migrated_by_the_former_runner_is_accepted(pg_dsn: str) -> None:
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        await former_runner(connection)
+        assert await migrate(connection) == []
+        rows = await connection.fetch("SELECT version, checksum, applied_at FROM schema_migrations ORDER BY version")
+        assert [(r["version"], r["checksum"]) for r in rows] == [(m.version, m.checksum) for m in load_migrations()]
+        assert all(r["applied_at"] is not None for r in rows)  # the column the shared runner adds
+    finally:
+        await connection.close()
