@@ -65,10 +65,14 @@ random_password() {
 install_packages() {
   command -v "$PYTHON" >/dev/null || die "$PYTHON is needed (Debian 12: apt-get install python3.11 python3.11-venv)"
   [ -x "$PREFIX/bin/python" ] || "$PYTHON" -m venv "$PREFIX"
+  set -- "$source_dir/proto" "$source_dir/libs/tccal" "$source_dir/services/licensing" \
+    "$source_dir/services/sync-engine" "$source_dir/services/ews-ingest" "$source_dir/services/tcs-gateway"
+  # every version pinned by constraints.txt; then our packages again, so an upgrade at the same version number
+  # (a newer checkout) replaces them too
   "$PREFIX/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade \
-    --constraint "$source_dir/constraints.txt" \
-    "$source_dir/proto" "$source_dir/libs/tccal" "$source_dir/services/licensing" "$source_dir/services/sync-engine" \
-    "$source_dir/services/ews-ingest" "$source_dir/services/tcs-gateway"
+    --constraint "$source_dir/constraints.txt" "$@"
+  "$PREFIX/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps \
+    --constraint "$source_dir/constraints.txt" "$@"
   install -D -m 0644 "$source_dir/deploy/README.md" "$PREFIX/share/trueconf-calendar/README.md"
   for command in tc-calendar tc_calendar; do  # the CLI with this installation's config, key and NATS identity
     cat > "$BIN_DIR/$command" <<EOF
