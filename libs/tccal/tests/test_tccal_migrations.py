@@ -28,7 +28,7 @@ def migration_set(directory: Path, files: dict[str, str], schema: str | None = N
     for name, sql in files.items():
         (directory / name).write_text(sql, encoding="utf-8")
     (directory / "README.txt").write_text("not a migration")  # other files are ignored
-    return MigrationSet(owner="test-service", files=directory, lock_key=LOCK_KEY, schema=schema)
+    return MigrationSet(owner="test-service", files=directory, lock_key=LOCK_KEY, schema=schema, applied_at=True)
 
 
 async def test_files_apply_in_order_once_when_replicas_start_together(pg_dsn: str, tmp_path: Path) -> None:
@@ -108,7 +108,10 @@ async def test_tables_of_the_former_runners_are_taken_over(pg_dsn: str, tmp_path
     """sync-engine's former runner kept (version, name, checksum NOT NULL), licensing's (version, name, applied_at)
     in its schema: both are accepted as they are, licensing's rows get the shipped file's checksum."""
     files = migration_set(tmp_path / "m", {"0001_widget.sql": FIRST, "0002_colour.sql": SECOND})
-    with_schema = MigrationSet(owner="test-service", files=files.files, lock_key=LOCK_KEY, schema="svc")
+    files = MigrationSet(owner="test-service", files=files.files, lock_key=LOCK_KEY)  # as sync-engine: no time
+    with_schema = MigrationSet(
+        owner="test-service", files=files.files, lock_key=LOCK_KEY, schema="svc", applied_at=True
+    )
     connection = await asyncpg.connect(pg_dsn)
     try:
         await connection.execute(FIRST)

@@ -3,7 +3,8 @@
 A service ships `migrations/NNNN_name.sql` files, numbered 1..n without gaps, and applies the missing ones at
 start under a PostgreSQL advisory lock (several replicas, or a replica and the CLI, may start at once: one
 applies, the others wait and then find nothing to do), each file in its own transaction. Every applied file is
-recorded in the service's `schema_migrations` table with its version, name, SHA-256 and time.
+recorded in the service's `schema_migrations` table with its version, name and SHA-256 (and the time, where
+the service wants it).
 
 Migrations are forward-only and append-only:
 * a recorded file whose SHA-256 differs from the shipped one stops the start, naming it (it was edited after it
@@ -13,8 +14,8 @@ Migrations are forward-only and append-only:
   taken before the upgrade: deploy/README.md, "Upgrade and rollback").
 
 Databases migrated by the runners each service had before keep working: sync-engine's table already had the
-checksum, licensing's had `applied_at` but no checksum; the missing column is added, and a row recorded without
-a checksum takes the shipped file's (that runner kept none to compare with).
+checksum, licensing's had `applied_at` but no checksum; that column is added, and a row recorded without a
+checksum takes the shipped file's (that runner kept none to compare with).
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class MigrationSet:
     files: Traversable  # the directory of NNNN_name.sql files (importlib.resources.files(package) / "migrations")
     lock_key: int  # pg_advisory_lock key, one per service
     schema: str | None = None  # the service's own schema (created first; the table lives there), else search_path
+    #: Also record when each file was applied (`applied_at`, the database's now()). Off for a service whose every
+    #: stored value must come from its inputs (sync-engine: a replay reproduces its database byte for byte).
+    applied_at: bool = False
 
     def __post_init__(self) -> None:
         if self.schema is not None and _IDENTIFIER.fullmatch(self.schema) is None:
@@ -136,15 +140,13 @@ async def applied(connection: asyncpg.Connection, migrations: MigrationSet) -> l
 async def _ensure_table(connection: asyncpg.Connection, migrations: MigrationSet) -> None:
     if migrations.schema:
         await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {migrations.schema}")
+    applied_at = ", applied_at timestamptz NOT NULL DEFAULT now()" if migrations.applied_at else ""
     await connection.execute(
         f"CREATE TABLE IF NOT EXISTS {migrations.table} (version integer PRIMARY KEY, name text NOT NULL, "
-        "checksum text, applied_at timestamptz NOT NULL DEFAULT now())"
+        f"checksum text{applied_at})"
     )
-    # tables made by the former runners: sync-engine's had no applied_at, licensing's no checksum
-    await connection.execute(
-        f"ALTER TABLE {migrations.table} ADD COLUMN IF NOT EXISTS checksum text, "
-        "ADD COLUMN IF NOT EXISTS applied_at timestamptz NOT NULL DEFAULT now()"
-    )
+    # a table made by licensing's former runner has no checksum column
+    await connection.execute(f"ALTER TABLE {migrations.table} ADD COLUMN IF NOT EXISTS checksum text")
 
 
 def _refuse_unknown(owner: str, recorded: dict[int, AppliedMigration], shipped: list[Migration]) -> None:

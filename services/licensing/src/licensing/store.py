@@ -39,7 +39,11 @@ SEAT_LOCK = 0x4C4943454E534532
 
 #: Recorded in licensing.schema_migrations by the shared runner (tccal.migrations).
 MIGRATIONS = MigrationSet(
-    owner="licensing", files=resources.files("licensing") / "migrations", lock_key=MIGRATION_LOCK, schema=SCHEMA
+    owner="licensing",
+    files=resources.files("licensing") / "migrations",
+    lock_key=MIGRATION_LOCK,
+    schema=SCHEMA,
+    applied_at=True,
 )
 
 
