@@ -323,3 +323,21 @@ def test_config_check_refuses_a_missing_admin_token_with_every_service_exposed(t
     environ["TC_CALENDAR__GRPC__ADMINTOKEN"] = secrets.encrypt("admin-token")
     accepted = subprocess.run([*CLI, "config", "check", str(guide)], capture_output=True, text=True, env=environ)
     assert accepted.returncode == 0, accepted.stderr
+
+
+def test_upper_case_override_of_a_service_the_file_names_keeps_its_other_keys(tmp_path: Path) -> None:
+    """`TC_CALENDAR__GRPC__SERVICES__EWS_INGEST__…` lands on the file's own `ews-ingest` entry (not a second one
+    named `EWS_INGEST`, which the schema would refuse), and the keys the file set there stay."""
+    path = write(tmp_path, '{"grpc": {"services": {"ews-ingest": {"grpcPort": 51000}, "Licensing": {}}}}')
+    environ = {
+        "TC_CALENDAR__GRPC__SERVICES__EWS_INGEST__HTTPPORT": "9061",
+        "TC_CALENDAR__GRPC__SERVICES__LICENSING__GRPCPORT": "51064",
+    }
+    with pytest.raises(ConfigError) as caught:  # the file's own key must be spelt as the schema spells it
+        load_config(path, environ=environ)
+    assert "grpc.services.Licensing" in str(caught.value)
+    path = write(tmp_path, '{"grpc": {"services": {"ews-ingest": {"grpcPort": 51000}}}}')
+    config = load_config(path, environ=environ)
+    assert (config.grpc.services["ews-ingest"].grpc_port, config.grpc.services["ews-ingest"].http_port) == (51000, 9061)
+    assert config.grpc.endpoint("licensing").grpc_port == 51064
+    assert set(config.grpc.services) == {"ews-ingest", "licensing"}
