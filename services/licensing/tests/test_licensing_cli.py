@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from licensing.authority import AUTHORITY_KEY_ID
+from licensing.errors import InvalidRegistrationFileError
 from licensing.fingerprint import new_install_id
 from licensing.keys import parse_key
-from licensing.offline import OfflineResponse, encode_crg
+from licensing.offline import OfflineRequest, OfflineResponse, encode_crg
 from licensing.sealing import Sealer
 from registration_emulator.document import LicenseTerms
 from registration_emulator.offline import write_response
@@ -229,3 +234,67 @@ def test_cli_is_the_guides_spelling(installation: Any) -> None:
 def random_fingerprint() -> str:
     """The fingerprint of some other installation (its own install id and machine key)."""
     return Sealer(os.urandom(32)).fingerprint(new_install_id())
+
+
+def read_only_cwd(directory: Path) -> list[str] | None:
+    """A command prefix running a program with `directory` (its working directory) mounted read-only, as in a
+    container with a read-only root file system; None where this machine cannot make mount namespaces."""
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        return None
+    prefix = [
+        unshare,
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && cd "$0" && exec "$@"',
+        str(directory),
+    ]
+    probe = subprocess.run([*prefix, "touch", "probe"], capture_output=True, text=True, check=False)
+    return prefix if "Read-only file system" in probe.stderr else None
+
+
+def test_offline_registration_in_a_read_only_working_directory(installation: Any, emulator: RunningEmulator) -> None:
+    """A container's file system is read-only: the request goes to standard output (`--request-file -`), the
+    answer comes from standard input (`offline-reg -`), and the default file names the way out."""
+    prefix = read_only_cwd(installation.workdir)
+    if prefix is None:
+        pytest.skip("a read-only working directory needs root and mount namespaces (unshare) on this machine")
+    offline = unreachable(installation)
+    env = {**os.environ, "TC_CALENDAR_CONFIG": str(offline.config)}
+
+    def cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [*prefix, str(Path(sys.executable).parent / "tc_calendar"), *args],
+            input=stdin,
+            env=env,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+
+    key = emulator.issue_key("standard", 40)
+    failed = cli("--register", key)
+    assert failed.returncode == InvalidRegistrationFileError.exit_code, failed.stderr
+    message = failed.stderr.decode()
+    assert f"cannot write {installation.workdir / 'regoffline.crg'}: Read-only file system" in message
+    assert "--request-file - > regoffline.crg" in message
+
+    written = cli("register", key, "--request-file", "-")
+    assert written.returncode == 3, written.stderr
+    assert "Offline registration request written to standard output" in written.stderr.decode()
+    request = OfflineRequest.decode(written.stdout, "the request on standard output")  # stdout is the file alone
+    assert request.key.text == parse_key(key).text
+    assert not (installation.workdir / "regoffline.crg").exists()
+
+    elsewhere = installation.workdir.parent / "authority"
+    elsewhere.mkdir()
+    (elsewhere / "regoffline.crg").write_bytes(written.stdout)
+    response = sign(emulator, elsewhere / "regoffline.crg", elsewhere / "regoffline2.crg")
+    installed = cli("offline-reg", "-", stdin=response.read_bytes())
+    assert installed.returncode == 0, installed.stderr
+    assert installed.stdout.decode().splitlines()[0] == REGISTERED_OFFLINE
+    shown = offline.license()
+    assert (shown["tier"], shown["seats"], shown["status"]) == ("standard", 40, "valid")

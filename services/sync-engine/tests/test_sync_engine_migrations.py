@@ -46,3 +46,31 @@ async def test_a_changed_or_unknown_migration_stops_the_start(pg_dsn: str) -> No
             await migrate(connection)
     finally:
         await connection.close()
+
+
+async def former_runner(connection: asyncpg.Connection) -> None:
+    """What sync-engine's own runner (before tccal.migrations) left in a database: its table, its rows."""
+    await connection.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL)"
+    )
+    for migration in load_migrations():
+        async with connection.transaction():
+            await connection.execute(migration.sql)
+            await connection.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                migration.version,
+                migration.name,
+                migration.checksum,
+            )
+
+
+async def test_a_database_migrated_by_the_former_runner_is_accepted(pg_dsn: str) -> None:
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        await former_runner(connection)
+        assert await migrate(connection) == []
+        rows = await connection.fetch("SELECT * FROM schema_migrations ORDER BY version")
+        assert [tuple(r) for r in rows] == [(m.version, m.name, m.checksum) for m in load_migrations()]  # as it was
+    finally:
+        await connection.close()

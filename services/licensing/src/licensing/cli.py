@@ -1,8 +1,10 @@
 """`tc_calendar` subcommands of licensing (entry-point group ``tc_calendar.commands``).
 
 * ``tc_calendar --register KEY`` (= ``register KEY``): online registration; without a reachable registration
-  server, writes ``regoffline.crg`` and prints its path (exit code 3).
-* ``tc_calendar --offline_reg FILE`` (= ``offline-reg FILE``): installs the authority's answer.
+  server, writes ``regoffline.crg`` and prints its path (exit code 3); ``--request-file -`` writes it to standard
+  output instead (a container's read-only file system).
+* ``tc_calendar --offline_reg FILE`` (= ``offline-reg FILE``): installs the authority's answer (``-``: read from
+  standard input).
 * ``tc_calendar license``: shows the license in force.
 
 They work on the database directly (``dbConnectionConfig``), so an installation registers before its services
@@ -13,6 +15,7 @@ code per refusal (README.md).
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -128,20 +131,37 @@ def _describe(snap: Snapshot) -> str:
     )
 
 
+#: `--request-file -` / `offline-reg -`: the request to standard output, the answer from standard input (a
+#: container's file system is read-only: `docker compose exec -T licensing tc_calendar ... > regoffline.crg`).
+STDIO = "-"
+
+
+def _read_only_hint(path: Path, exc: OSError) -> str:
+    hint = ""
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        hint = (
+            f" (in a container or another read-only directory, write it to standard output instead: "
+            f"--request-file {STDIO} > {DEFAULT_REQUEST_FILENAME})"
+        )
+    return f"cannot write {path}: {exc.strerror}{hint}"
+
+
 @click.command("register")
 @click.argument("key")
 @config_option
 @click.option(
     "--request-file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
     default=DEFAULT_REQUEST_FILENAME,
     show_default=True,
-    help="Where to write the offline request when the registration server is unreachable.",
+    help="Where to write the offline request when the registration server is unreachable; - for standard output "
+    "(the messages then go to standard error).",
 )
 @click.option("--offline", is_flag=True, help="Write the offline request without trying the server.")
 def register(key: str, config_path: str | None, request_file: Path, offline: bool) -> None:
     """Register this installation with a registration KEY (tc_calendar --register KEY)."""
-    path = request_file.resolve()
+    to_stdout = str(request_file) == STDIO
+    path = request_file if to_stdout else request_file.resolve()
 
     async def operation(manager: LicenseManager) -> int:
         parsed = parse_key(key)
@@ -158,15 +178,21 @@ def register(key: str, config_path: str | None, request_file: Path, offline: boo
         if not parsed.tier.offline_registration:
             raise FreeOfflineError(f"{reason}. {FREE_OFFLINE_MESSAGE}")
         request = await manager.create_offline_request(parsed.text)
-        try:
-            await asyncio.to_thread(path.write_bytes, request.encode())
-        except OSError as exc:
-            raise InvalidRegistrationFileError(f"cannot write {path}: {exc.strerror}") from None
-        click.echo(f"Online registration is not possible: {reason}")
-        click.echo(f"Offline registration request written to {path}")
+        if to_stdout:
+            click.echo(request.encode(), nl=False)
+            where = "standard output"
+        else:
+            try:
+                await asyncio.to_thread(path.write_bytes, request.encode())
+            except OSError as exc:
+                raise InvalidRegistrationFileError(_read_only_hint(path, exc)) from None
+            where = str(path)
+        click.echo(f"Online registration is not possible: {reason}", err=to_stdout)
+        click.echo(f"Offline registration request written to {where}", err=to_stdout)
         click.echo(
             "Send it to your manager, then install the registration file you get back with: "
-            f"tc_calendar --offline_reg {DEFAULT_RESPONSE_FILENAME}"
+            f"tc_calendar --offline_reg {DEFAULT_RESPONSE_FILENAME}",
+            err=to_stdout,
         )
         return EXIT_OFFLINE_REQUEST_WRITTEN
 
@@ -174,17 +200,23 @@ def register(key: str, config_path: str | None, request_file: Path, offline: boo
 
 
 @click.command("offline-reg")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
 @config_option
 def offline_reg(file: Path, config_path: str | None) -> None:
-    """Install the registration file the authority sent back (tc_calendar --offline_reg FILE)."""
+    """Install the registration file the authority sent back (tc_calendar --offline_reg FILE; - reads it from
+    standard input)."""
 
     async def operation(manager: LicenseManager) -> int:
-        try:
-            data = await asyncio.to_thread(file.read_bytes)
-        except OSError as exc:
-            raise InvalidRegistrationFileError(f"cannot read {file}: {exc.strerror}") from None
-        await manager.install_offline(data, str(file))
+        if str(file) == STDIO:
+            data = await asyncio.to_thread(sys.stdin.buffer.read)
+            what = "the registration file on standard input"
+        else:
+            try:
+                data = await asyncio.to_thread(file.read_bytes)
+            except OSError as exc:
+                raise InvalidRegistrationFileError(f"cannot read {file}: {exc.strerror}") from None
+            what = str(file)
+        await manager.install_offline(data, what)
         click.echo(REGISTERED_OFFLINE)
         click.echo(_describe(await manager.snapshot()))
         return 0

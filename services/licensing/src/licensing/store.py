@@ -1,14 +1,14 @@
 """PostgreSQL storage of the licensing service (schema ``licensing``).
 
 Migrations are the numbered files in ``licensing/migrations`` (``NNNN_name.sql``), applied in order at start
-under a PostgreSQL advisory lock, each in its own transaction, recorded in ``licensing.schema_migrations``.
-Several processes (service replicas, the CLI) may start at once: the lock makes one of them migrate.
+by the shared runner (tccal.migrations): under a PostgreSQL advisory lock, each in its own transaction, recorded
+with its SHA-256 in ``licensing.schema_migrations``. Several processes (service replicas, the CLI) may start at
+once: the lock makes one of them migrate.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -25,6 +25,8 @@ from licensing.fingerprint import new_install_id
 from licensing.sealing import Sealer
 from licensing.seats import Holding
 from licensing.status import CheckState
+from tccal.migrations import MigrationError, MigrationSet
+from tccal.migrations import migrate as run_migrations
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,27 +35,16 @@ SCHEMA = "licensing"
 # Advisory lock keys: ASCII "LICENSE1" / "LICENSE2" as bigints (sync-engine uses its own keys).
 MIGRATION_LOCK = 0x4C4943454E534531
 SEAT_LOCK = 0x4C4943454E534532
-_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-
-def migrations() -> list[Migration]:
-    found = []
-    for entry in resources.files("licensing").joinpath("migrations").iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
-        if match:
-            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
-    found.sort(key=lambda m: m.version)
-    versions = [m.version for m in found]
-    if versions != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"licensing migrations must be numbered 1..n without gaps, found {versions}")
-    return found
+#: Recorded in licensing.schema_migrations by the shared runner (tccal.migrations).
+MIGRATIONS = MigrationSet(
+    owner="licensing",
+    files=resources.files("licensing") / "migrations",
+    lock_key=MIGRATION_LOCK,
+    schema=SCHEMA,
+    applied_at=True,
+)
 
 
 @dataclass(frozen=True)
@@ -151,31 +142,10 @@ class LicenseStore:
         """Apply missing migrations; returns the versions applied by this call."""
 
         async def run(conn: asyncpg.Connection) -> list[int]:
-            applied_now: list[int] = []
-            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
             try:
-                await conn.execute(
-                    f"CREATE SCHEMA IF NOT EXISTS {SCHEMA};"
-                    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations ("
-                    " version integer PRIMARY KEY, name text NOT NULL,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())"
-                )
-                done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {SCHEMA}.schema_migrations")}
-                for migration in migrations():
-                    if migration.version in done:
-                        continue
-                    async with conn.transaction():
-                        await conn.execute(migration.sql)
-                        await conn.execute(
-                            f"INSERT INTO {SCHEMA}.schema_migrations (version, name) VALUES ($1, $2)",
-                            migration.version,
-                            migration.name,
-                        )
-                    applied_now.append(migration.version)
-                    log.info("licensing schema migrated", extra={"version": migration.version})
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
-            return applied_now
+                return await run_migrations(conn, MIGRATIONS)
+            except MigrationError as exc:  # the CLI's exit code 4 with the reason, the service's log line
+                raise StorageError(f"the licensing schema cannot be migrated: {exc}") from None
 
         return await self._run("migrate the licensing schema", run)
 

@@ -61,13 +61,13 @@ def config_group() -> None:
 def config_check(file: str | None, no_decrypt: bool) -> None:
     """Validate FILE (default: $TC_CALENDAR_CONFIG) exactly as the services do at start; starts nothing.
 
-    Exit code 0 when the file is usable; 1 when every service starts but no (or not every) TrueConf Server can
-    connect, or EWS would go over plain http, with one warning line each; 2 with one line per problem when a
-    service would refuse it.
+    Exit code 0 when the file is usable; 1 when it works but not every TrueConf Server can connect, or EWS would
+    go over plain http, with one warning line each; 2 with one line per problem when a service would refuse it
+    or no TrueConf Server could connect (each line names the setting).
     """
     import os
 
-    from tccal.config.checks import startup_problems, transport_warnings, trueconf_warnings
+    from tccal.config.checks import startup_problems, transport_warnings, trueconf_problems, trueconf_warnings
 
     path = file or os.environ.get(CONFIG_ENV)
     if not path:
@@ -78,14 +78,14 @@ def config_check(file: str | None, no_decrypt: bool) -> None:
         for problem in exc.problems:
             click.echo(f"{exc.source}: {problem}", err=True)
         sys.exit(EXIT_CONFIG)
-    problems = startup_problems(config)
+    problems = startup_problems(config) + trueconf_problems(config)
+    warnings = trueconf_warnings(config) + transport_warnings(config)
     for problem in problems:
         click.echo(f"{path}: {problem}", err=True)
-    if problems:
-        sys.exit(EXIT_CONFIG)
-    warnings = trueconf_warnings(config) + transport_warnings(config)
     for warning in warnings:
         click.echo(f"{path}: warning: {warning}", err=True)
+    if problems:
+        sys.exit(EXIT_CONFIG)
     providers = len(config.calendar_providers)
     users = sum(len(p.users) for p in config.calendar_providers)
     summary = f"{providers} calendar provider(s), {users} user(s), wsPort {config.ws_port}"

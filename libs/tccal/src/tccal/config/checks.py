@@ -2,10 +2,11 @@
 
 * problems - a service would refuse to start with this file (a gRPC address beyond loopback without
   `grpc.adminToken`, the rule of tccal.grpckit.GrpcServer; `grpc.tls` or `dbConnectionConfig.ssl*` files that
-  cannot be read or do not go together);
-* warnings - everything starts, but no TrueConf Server can use it (no whitelisted server with its `tcs.servers`
-  entry, or an entry on one side only), or secrets and calendars would cross the network in clear (EWS over http,
-  PostgreSQL beyond loopback with sslMode disable).
+  cannot be read or do not go together), or the connector could not do its work: no TrueConf Server can connect
+  (none is both whitelisted and in `tcs.servers` with a bridge secret; tcs-gateway's bridge refuses a server
+  without a secret);
+* warnings - everything starts, but some TrueConf Server cannot use it (an entry on one side only), or secrets
+  and calendars would cross the network in clear (EWS over http, PostgreSQL beyond loopback with sslMode disable).
 """
 
 from __future__ import annotations
@@ -44,8 +45,32 @@ def startup_problems(config: Config) -> list[ConfigProblem]:
     return problems
 
 
+def trueconf_problems(config: Config) -> list[ConfigProblem]:
+    """Why no TrueConf Server can connect at all, or a configured one never could (an empty bridge secret)."""
+    problems = [
+        ConfigProblem(
+            f"tcs.servers[{index}].secret",
+            f"is empty: the bridge refuses {server.id!r} whatever it presents (set the secret TrueConf Server's "
+            "calendar integration uses, encrypted with tc-calendar --hash_pass)",
+        )
+        for index, server in enumerate(config.tcs.servers)
+        if not server.secret
+    ]
+    whitelisted = {server.lower() for server in config.product_whitelist.tcs}
+    connectable = [s for s in config.tcs.servers if s.secret and s.id.lower() in whitelisted]
+    if not connectable:
+        if not config.tcs.servers:
+            why = "tcs.servers is empty (each server needs its id, bridge secret and REST API v4 client there)"
+        elif not whitelisted:
+            why = "productWhitelist.tcs is empty (list the id of each TrueConf Server there)"
+        else:
+            why = "none is both in productWhitelist.tcs and in tcs.servers with a bridge secret"
+        problems.append(ConfigProblem("tcs.servers", f"no TrueConf Server can connect: {why}"))
+    return problems
+
+
 def trueconf_warnings(config: Config) -> list[ConfigProblem]:
-    """Why no (or not every) TrueConf Server can connect with this file."""
+    """Which TrueConf Server cannot connect although another one can: an entry on one side only."""
     whitelisted = {server.lower(): index for index, server in enumerate(config.product_whitelist.tcs)}
     configured = {server.id.lower(): index for index, server in enumerate(config.tcs.servers)}
     warnings: list[ConfigProblem] = []
@@ -66,12 +91,6 @@ def trueconf_warnings(config: Config) -> list[ConfigProblem]:
                     f"{config.tcs.servers[index].id!r} is not in productWhitelist.tcs: its connections are refused",
                 )
             )
-    if not any(server in configured for server in whitelisted):
-        warnings.append(
-            ConfigProblem(
-                "productWhitelist.tcs", "no TrueConf Server can connect: none is both whitelisted and in tcs.servers"
-            )
-        )
     return warnings
 
 
