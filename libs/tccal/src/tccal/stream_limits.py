@@ -173,8 +173,9 @@ _WATCHES: weakref.WeakSet[StreamUsageWatch] = weakref.WeakSet()
 
 def _observe(options: CallbackOptions) -> Iterable[Observation]:
     latest: dict[str, float] = {}
-    for watch in list(_WATCHES):
-        latest.update(watch.ratios)
+    for watch in list(_WATCHES):  # one per bus; several in one process read the same streams: the fullest counts
+        for stream, ratio in watch.ratios.items():
+            latest[stream] = max(ratio, latest.get(stream, 0.0))
     return [Observation(ratio, {"stream": stream}) for stream, ratio in sorted(latest.items())]
 
 

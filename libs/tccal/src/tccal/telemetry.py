@@ -200,11 +200,13 @@ def latency_view() -> View:
 
 
 def shutdown() -> None:
-    """Flush spans and metrics (call on graceful shutdown)."""
+    """Flush spans and metrics (call on graceful shutdown). The providers are flushed, not shut down: OpenTelemetry's
+    global providers can be set once per process, so a provider shut down here would leave every later service of
+    the same process (tests run several in one) exporting nothing."""
     if _tracer_provider is not None:
-        _tracer_provider.shutdown()
+        _tracer_provider.force_flush()
     if _meter_provider is not None:
-        _meter_provider.shutdown()
+        _meter_provider.force_flush()
 
 
 def tracer(name: str) -> trace.Tracer:
