@@ -1,0 +1,303 @@
+"""Which mailboxes this ews-ingest replica syncs: leases in the JetStream KV bucket INGEST_LEASES.
+
+Mailboxes are hashed into shards (CRC-32 of the lower-cased address modulo the shard count); a shard is the unit
+of ownership. The shard count is fixed per installation: the first replica writes its `lease_shards` to
+INGEST_STATE `v1.lease-shards` and every replica uses the stored value, so two replicas can never disagree on
+which lease covers a mailbox.
+
+INGEST_LEASES is a bucket with a TTL (max_age = `lease_seconds`): a key not written again within it disappears on
+the NATS server, by the server's clock alone - no replica compares its clock with another's.
+
+| key | value |
+|---|---|
+| `v1.replica.<id>` | the replica's heartbeat `{replica, at}`, written every `lease_renew_seconds` |
+| `v1.shard.<n>` | the lease of shard n `{owner}`: `kv.create` (only where no key is), `kv.update(last=revision)` |
+
+Every `lease_renew_seconds` (less than a third of the lease) a replica writes its heartbeat, lists the live
+replicas (the heartbeats present), computes the balanced assignment every replica computes alike
+(`assignment`: rendezvous hashing of shards over replicas, at most ceil(shards / replicas) each, so a replica
+joining or leaving moves about its share), renews the leases it holds and still should, hands over those another
+replica should hold now (stops their mailboxes, waits for syncs running there, then deletes the lease with
+`last=revision`), and creates the leases it should hold that nobody holds.
+
+Fencing: a lease is counted from the moment its last successful create/update was sent (before the server could
+have stamped it). When `lease_seconds - lease_margin_seconds` have passed since then without another success, the
+replica stops that shard's mailboxes on its own - before the server can drop the key and another replica create
+it. A renewal answered "wrong last sequence" (someone else wrote it) stops them at once. Syncs already running when
+a replica is fenced were cut from NATS too (fencing happens when the KV is unreachable): their publishes and
+checkpoints fail, so nothing of theirs lands twice.
+
+A replica that stops releases its leases and heartbeat at once (others take over within one renewal); one killed
+keeps them until the TTL drops them: its mailboxes resume after at most `lease_seconds + lease_renew_seconds`
+plus a catch-up sync from the checkpoint in INGEST_STATE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import secrets
+import socket
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from nats.js.errors import APIError, BadRequestError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
+from nats.js.kv import KeyValue
+
+from ews_ingest.settings import Tuning
+from ews_ingest.state import StateStore, key_token
+from tccal.bus import Bus
+from tccal.subjects import INGEST_LEASES_BUCKET
+
+log = logging.getLogger(__name__)
+SHARDS_KEY = "v1.lease-shards"
+REPLICA_PREFIX = "v1.replica."
+SHARD_PREFIX = "v1.shard."
+#: How long a hand-over waits for a sync still running on a released shard before it deletes the lease anyway.
+HANDOVER_WAIT_SECONDS = 30.0
+
+
+def replica_id(environ: dict[str, str] | None = None) -> str:
+    """This process's name in the registry: EWS_INGEST_REPLICA (default: the host name, a pod's name) and a random
+    suffix, so a restarted process never mistakes its predecessor's leases for its own."""
+    env = os.environ if environ is None else environ
+    base = env.get("EWS_INGEST_REPLICA") or socket.gethostname() or "ews-ingest"
+    return f"{key_token(base)}-{secrets.token_hex(3)}"
+
+
+def shard_of(mailbox: str, shards: int) -> int:
+    return zlib.crc32(mailbox.strip().lower().encode()) % shards
+
+
+def _score(replica: str, shard: int) -> int:
+    digest = hashlib.blake2b(f"{replica}/{shard}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def assignment(replicas: Iterable[str], shards: int) -> dict[int, str]:
+    """Shard -> replica: each shard goes to its highest-scoring replica (rendezvous hashing) that still has room
+    under ceil(shards / replicas). The same on every replica that sees the same live set."""
+    live = sorted(set(replicas))
+    if not live:
+        return {}
+    room = math.ceil(shards / len(live))
+    load = dict.fromkeys(live, 0)
+    out: dict[int, str] = {}
+    for shard in range(shards):
+        for replica in sorted(live, key=lambda r: _score(r, shard), reverse=True):
+            if load[replica] < room:
+                out[shard] = replica
+                load[replica] += 1
+                break
+    return out
+
+
+@dataclass
+class Lease:
+    revision: int
+    #: time.monotonic() just before the create/update that succeeded was sent.
+    renewed_at: float
+
+
+class Ownership:
+    """Holds this replica's shard leases; `owns(mailbox)` is the scheduler's question."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        store: StateStore,
+        tuning: Tuning,
+        *,
+        replica: str,
+        mailboxes: Callable[[], Iterable[str]],
+        gained: Callable[[list[str]], None],
+        lost: Callable[[list[str]], None],
+        settle: Callable[[list[str]], Awaitable[None]],
+    ) -> None:
+        self.bus = bus
+        self.store = store
+        self.tuning = tuning
+        self.replica = replica
+        self._mailboxes = mailboxes
+        self._gained = gained
+        self._lost = lost
+        self._settle = settle
+        self.shards = tuning.lease_shards
+        self.leases: dict[int, Lease] = {}
+        self.live: list[str] = []
+        self.handovers = 0
+        self.fenced = 0
+        self._kv: KeyValue | None = None
+        self.ready = asyncio.Event()  # the first round (shard count known, leases tried) is done
+
+    # ------------------------------------------------------------------ questions
+    def owns(self, mailbox: str) -> bool:
+        lease = self.leases.get(shard_of(mailbox, self.shards))
+        return lease is not None and time.monotonic() < self._deadline(lease)
+
+    def _deadline(self, lease: Lease) -> float:
+        return lease.renewed_at + self.tuning.lease_seconds - self.tuning.lease_margin_seconds
+
+    def _members(self, shards: set[int]) -> list[str]:
+        return [m for m in self._mailboxes() if shard_of(m, self.shards) in shards]
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "replica": self.replica,
+            "live": list(self.live),
+            "shards": self.shards,
+            "held": sorted(self.leases),
+            "handovers": self.handovers,
+            "fenced": self.fenced,
+        }
+
+    # ------------------------------------------------------------------ running
+    async def run(self, stop: asyncio.Event) -> None:
+        fence = asyncio.create_task(self._fence(stop), name="ews-lease-fence")
+        try:
+            while not stop.is_set():
+                try:
+                    await self._round()
+                except Exception as exc:  # NATS away: the fence stops what can no longer be renewed
+                    log.warning("lease round failed", extra={"replica": self.replica, "error": str(exc)})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.tuning.lease_renew_seconds)
+        finally:
+            fence.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fence
+
+    async def kv(self) -> KeyValue:
+        if self._kv is None:
+            js = self.bus.js
+            try:
+                self._kv = await js.key_value(INGEST_LEASES_BUCKET)
+            except (NotFoundError, BadRequestError):
+                self._kv = await js.create_key_value(
+                    bucket=INGEST_LEASES_BUCKET,
+                    history=1,
+                    ttl=self.tuning.lease_seconds,
+                    replicas=self.bus.settings.replicas,
+                )
+        return self._kv
+
+    async def _shard_count(self) -> int:
+        state = await self.store.kv()
+        proposed = json.dumps({"shards": self.tuning.lease_shards}).encode()
+        try:
+            await state.create(SHARDS_KEY, proposed)
+            return self.tuning.lease_shards
+        except KeyWrongLastSequenceError:
+            entry = await state.get(SHARDS_KEY)
+            stored = int(json.loads(entry.value or b"{}")["shards"])
+            if stored != self.tuning.lease_shards:
+                log.warning(
+                    "lease_shards differs from the installation's: the stored count is used",
+                    extra={"configured": self.tuning.lease_shards, "stored": stored},
+                )
+            return stored
+
+    async def _round(self) -> None:
+        kv = await self.kv()
+        if not self.ready.is_set():
+            self.shards = await self._shard_count()
+        value = json.dumps({"replica": self.replica, "at": time.time()}).encode()
+        await kv.put(REPLICA_PREFIX + self.replica, value)
+        try:
+            keys = await kv.keys(filters=[REPLICA_PREFIX])  # nats-py matches filters as substrings
+        except NoKeysError:
+            keys = []
+        self.live = sorted({k.removeprefix(REPLICA_PREFIX) for k in keys} | {self.replica})
+        wanted = {shard for shard, owner in assignment(self.live, self.shards).items() if owner == self.replica}
+        await self._renew(kv, wanted)
+        await self._hand_over(kv, set(self.leases) - wanted)
+        await self._acquire(kv, wanted - set(self.leases))
+        self.ready.set()
+
+    async def _renew(self, kv: KeyValue, wanted: set[int]) -> None:
+        payload = json.dumps({"owner": self.replica}).encode()
+        lost: set[int] = set()
+        for shard in sorted(set(self.leases) & wanted):
+            lease = self.leases[shard]
+            sent = time.monotonic()
+            try:
+                lease.revision = await kv.update(SHARD_PREFIX + str(shard), payload, last=lease.revision)
+                lease.renewed_at = sent
+            except KeyWrongLastSequenceError:
+                lost.add(shard)
+        if lost:
+            log.error("shard leases taken by another replica", extra={"replica": self.replica, "shards": sorted(lost)})
+            self._drop(lost)
+
+    async def _hand_over(self, kv: KeyValue, leaving: set[int]) -> None:
+        if not leaving:
+            return
+        members = self._members(leaving)
+        leases = {shard: self.leases[shard] for shard in leaving}
+        self._drop(leaving)  # owns() says no from here on: no new sync starts, streams stop
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settle(members), HANDOVER_WAIT_SECONDS)
+        for shard, lease in leases.items():
+            with contextlib.suppress(APIError):  # rewritten meanwhile: not ours to delete
+                await kv.delete(SHARD_PREFIX + str(shard), last=lease.revision)
+        self.handovers += len(leaving)
+        log.info("shards handed over", extra={"replica": self.replica, "shards": sorted(leaving), "live": self.live})
+
+    async def _acquire(self, kv: KeyValue, free: set[int]) -> None:
+        payload = json.dumps({"owner": self.replica}).encode()
+        got: set[int] = set()
+        for shard in sorted(free):
+            sent = time.monotonic()
+            try:
+                revision = await kv.create(SHARD_PREFIX + str(shard), payload)
+            except KeyWrongLastSequenceError:  # still held (its owner hands it over, or is dead until the TTL)
+                continue
+            self.leases[shard] = Lease(revision, sent)
+            got.add(shard)
+        if got:
+            log.info("shards acquired", extra={"replica": self.replica, "shards": sorted(got), "live": self.live})
+            self._gained(self._members(got))
+
+    def _drop(self, shards: set[int]) -> None:
+        for shard in shards:
+            self.leases.pop(shard, None)
+        members = self._members(shards)
+        if members:
+            self._lost(members)
+
+    async def _fence(self, stop: asyncio.Event) -> None:
+        """Stop the mailboxes of every lease that was not renewed in time, before it can expire on the server."""
+        while not stop.is_set():
+            now = time.monotonic()
+            late = {shard for shard, lease in self.leases.items() if now >= self._deadline(lease)}
+            if late:
+                self.fenced += len(late)
+                log.error(
+                    "shard leases not renewed in time: their mailboxes stop here",
+                    extra={"replica": self.replica, "shards": sorted(late)},
+                )
+                self._drop(late)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(0.25, self.tuning.lease_margin_seconds / 4))
+
+    async def release_all(self) -> None:
+        """On a clean stop, after the syncs ended: give every lease and the heartbeat back at once (others take over
+        on their next round)."""
+        leases = dict(self.leases)
+        self._drop(set(leases))
+        if self._kv is None or not self.bus.connected:
+            return
+        kv = self._kv
+        with contextlib.suppress(Exception):
+            for shard, lease in leases.items():
+                with contextlib.suppress(APIError):  # rewritten meanwhile: not ours to delete
+                    await kv.delete(SHARD_PREFIX + str(shard), last=lease.revision)
+            await kv.delete(REPLICA_PREFIX + self.replica)
