@@ -20,6 +20,7 @@ from exchangelib.errors import (
     ErrorImpersonateUserDenied,
     ErrorNonExistentMailbox,
 )
+from exchangelib.protocol import BaseProtocol
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
@@ -38,6 +39,8 @@ from tccal.bus import Bus
 from tccal.subjects import ONDEMAND_SUBJECTS, RESYNC_SUBJECTS, SEATS_SUBJECT
 
 log = logging.getLogger(__name__)
+#: exchangelib's User-Agent; each replica adds its name (Exchange's logs, and the emulator, tell replicas apart).
+EXCHANGELIB_AGENT = BaseProtocol.USERAGENT
 NOT_HERE = (ErrorNonExistentMailbox, ErrorImpersonateUserDenied, ErrorAccessDenied, AutoDiscoverFailed)
 
 
@@ -64,11 +67,13 @@ class IngestRuntime:
             providers=len(settings.providers),
             refresh_seconds=tuning.seat_refresh_seconds,
         )
+        replica = replica_id()
+        BaseProtocol.USERAGENT = f"{EXCHANGELIB_AGENT} tc-calendar-ews-ingest/{replica}"
         self.ownership = Ownership(
             bus,
             self.store,
             tuning,
-            replica=replica_id(),
+            replica=replica,
             mailboxes=lambda: list(self.scheduler.entries),
             gained=self._gained,
             lost=self._lost,
