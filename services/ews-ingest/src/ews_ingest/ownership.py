@@ -48,7 +48,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from nats.js.errors import APIError, BadRequestError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from ews_ingest.settings import Tuning
@@ -216,16 +216,25 @@ class Ownership:
             self.shards = await self._shard_count()
         value = json.dumps({"replica": self.replica, "at": time.time()}).encode()
         await kv.put(REPLICA_PREFIX + self.replica, value)
-        try:
-            keys = await kv.keys(filters=[REPLICA_PREFIX])  # nats-py matches filters as substrings
-        except NoKeysError:
-            keys = []
-        self.live = sorted({k.removeprefix(REPLICA_PREFIX) for k in keys} | {self.replica})
+        self.live = sorted(await self._replicas(kv) | {self.replica})
         wanted = {shard for shard, owner in assignment(self.live, self.shards).items() if owner == self.replica}
         await self._renew(kv, wanted)
         await self._hand_over(kv, set(self.leases) - wanted)
         await self._acquire(kv, wanted - set(self.leases))
         self.ready.set()
+
+    async def _replicas(self, kv: KeyValue) -> set[str]:
+        """The replicas whose heartbeat is in the bucket (a server-side filtered watch of the stored values)."""
+        watcher: Any = await kv.watch(REPLICA_PREFIX + ">", ignore_deletes=True, meta_only=True)  # untyped in nats-py
+        found: set[str] = set()
+        try:
+            while True:
+                entry = await watcher.updates(timeout=5)
+                if entry is None:  # the end of the stored values
+                    return found
+                found.add(str(entry.key).removeprefix(REPLICA_PREFIX))
+        finally:
+            await watcher.stop()
 
     async def _renew(self, kv: KeyValue, wanted: set[int]) -> None:
         payload = json.dumps({"owner": self.replica}).encode()

@@ -394,7 +394,8 @@ class StreamManager:
                 self._set_streamed(mailbox, True)
                 fresh[mailbox] = time.monotonic()
                 self.stats.subscriptions += 1
-        if group.affinity is not None and group.affinity.anchor not in group.subscriptions:
+        # the anchor left the group (seat revoked, another replica owns it now): a subscribed member anchors it
+        if group.affinity is None or group.affinity.anchor not in group.subscriptions:
             subscribed = [m for m in group.members if m in group.subscriptions]
             group.affinity = Affinity(anchor=subscribed[0]) if subscribed else None
         return fresh
