@@ -270,6 +270,7 @@ async def test_exchange_load_with_two_replicas_equals_one(sandbox: SandboxProces
         try:
             await owned_by(nc, {"a", "b"}, 60, "a and b share the leases")
             await streamed_once(sandbox, 60, "every mailbox streamed once by a or b")
+            await load("warm-up two")  # b's catch-up syncs of the mailboxes it took over are done
             two = await load("two")
         finally:
             await asyncio.to_thread(replica.stop)
