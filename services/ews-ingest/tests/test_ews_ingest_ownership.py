@@ -18,6 +18,7 @@ from ews_ingest.ownership import Ownership, assignment, shard_of
 from ews_ingest.settings import Tuning
 from ews_ingest.state import StateStore
 from tccal.bus import Bus
+from tccal.subjects import INGEST_LEASES_BUCKET
 from tccal_sandbox.embedded import EmbeddedNats
 from tccal_sandbox.testing import nats_settings, wait_for_async
 
@@ -136,3 +137,14 @@ async def test_a_replica_cut_from_nats_stops_before_another_can_take_over(nats_s
 def test_shards_are_stable_per_mailbox() -> None:
     assert shard_of("Anna@Example.com", 64) == shard_of(" anna@example.com ", 64)
     assert len({shard_of(m, 16) for m in MAILBOXES}) >= 12  # similar names spread (CRC-32 put them in 8)
+
+
+async def test_leases_count_with_the_bucket_ttl_when_it_is_shorter(nats_server: EmbeddedNats) -> None:
+    """INGEST_LEASES keeps the TTL it was made with: a replica configured with a longer lease fences by the TTL."""
+    made = Bus(nats_settings(nats_server, "ews-ingest", name="ews-ingest-maker"))
+    await made.connect(attempts=5)
+    await made.js.create_key_value(bucket=INGEST_LEASES_BUCKET, history=1, ttl=2.5)
+    await made.close()
+    async with replica(nats_server, "a") as a:
+        await wait_for_async(lambda: a.mine() == set(MAILBOXES), timeout=20, what="a owns everything")
+        assert a.ownership.lease_seconds == 2.5  # not LEASES.lease_seconds (3)

@@ -136,6 +136,9 @@ class Ownership:
         self._lost = lost
         self._settle = settle
         self.shards = tuning.lease_shards
+        #: The lease length fencing counts with: the bucket's TTL where it is shorter than lease_seconds (the bucket
+        #: keeps the TTL it was made with; counting with a longer one would outlive the server's expiry).
+        self.lease_seconds = tuning.lease_seconds
         self.leases: dict[int, Lease] = {}
         self.live: list[str] = []
         self.handovers = 0
@@ -149,7 +152,7 @@ class Ownership:
         return lease is not None and time.monotonic() < self._deadline(lease)
 
     def _deadline(self, lease: Lease) -> float:
-        return lease.renewed_at + self.tuning.lease_seconds - self.tuning.lease_margin_seconds
+        return lease.renewed_at + self.lease_seconds - self.tuning.lease_margin_seconds
 
     def _members(self, shards: set[int]) -> list[str]:
         return [m for m in self._mailboxes() if shard_of(m, self.shards) in shards]
@@ -192,6 +195,13 @@ class Ownership:
                     ttl=self.tuning.lease_seconds,
                     replicas=self.bus.settings.replicas,
                 )
+            ttl = (await self._kv.status()).ttl
+            if ttl and abs(ttl - self.tuning.lease_seconds) > 1e-3:
+                log.warning(
+                    "INGEST_LEASES keeps the TTL it was made with: leases count with the shorter of the two",
+                    extra={"bucket_ttl_s": ttl, "lease_seconds": self.tuning.lease_seconds},
+                )
+                self.lease_seconds = min(ttl, self.tuning.lease_seconds)
         return self._kv
 
     async def _shard_count(self) -> int:
