@@ -65,13 +65,17 @@ class Replica:
 
 
 @contextlib.asynccontextmanager
-async def replica(nats_server: EmbeddedNats, name: str, tuning: Tuning = LEASES) -> AsyncIterator[Replica]:
+async def replica(
+    nats_server: EmbeddedNats, name: str, tuning: Tuning = LEASES, syncs_end: asyncio.Event | None = None
+) -> AsyncIterator[Replica]:
+    """An Ownership over MAILBOXES; `syncs_end`: a hand-over waits for it (syncs still running on the mailboxes)."""
     bus = Bus(nats_settings(nats_server, "ews-ingest", name=f"ews-ingest-{name}"))
     await bus.connect(attempts=5)
     owned: set[str] = set()
 
     async def settle(mailboxes: list[str]) -> None:
-        return None
+        if syncs_end is not None:
+            await syncs_end.wait()
 
     ownership = Ownership(
         bus,
@@ -148,3 +152,20 @@ async def test_leases_count_with_the_bucket_ttl_when_it_is_shorter(nats_server: 
     async with replica(nats_server, "a") as a:
         await wait_for_async(lambda: a.mine() == set(MAILBOXES), timeout=20, what="a owns everything")
         assert a.ownership.lease_seconds == 2.5  # not LEASES.lease_seconds (3)
+
+
+async def test_a_hand_over_keeps_the_lease_until_the_running_syncs_ended(nats_server: EmbeddedNats) -> None:
+    syncs_end = asyncio.Event()
+    async with replica(nats_server, "a", syncs_end=syncs_end) as a:
+        await wait_for_async(lambda: a.mine() == set(MAILBOXES), timeout=20, what="a owns everything")
+        async with replica(nats_server, "b") as b:
+            await wait_for_async(lambda: a.ownership.releasing, timeout=20, what="a hands shards over")
+            handed = {m for m in MAILBOXES if m not in a.mine()}
+            assert handed and not a.owned & handed  # stopped at a at once
+            # longer than a lease: a keeps renewing what it hands over while its syncs run, so b cannot take it
+            for _ in range(int(2 * LEASES.lease_seconds / 0.1)):
+                assert not b.mine() & handed
+                await asyncio.sleep(0.1)
+            syncs_end.set()
+            await wait_for_async(lambda: handed <= b.mine(), timeout=20, what="b takes the handed-over shards")
+            assert not a.mine() & b.mine()

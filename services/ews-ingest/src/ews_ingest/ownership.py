@@ -17,15 +17,16 @@ Every `lease_renew_seconds` (less than a third of the lease) a replica writes it
 replicas (the heartbeats present), computes the balanced assignment every replica computes alike
 (`assignment`: rendezvous hashing of shards over replicas, at most ceil(shards / replicas) each, so a replica
 joining or leaving moves about its share), renews the leases it holds and still should, hands over those another
-replica should hold now (stops their mailboxes, waits for syncs running there, then deletes the lease with
-`last=revision`), and creates the leases it should hold that nobody holds.
+replica should hold now, and creates the leases it should hold that nobody holds. A hand-over stops the shard's
+mailboxes at once (streams close, a running sync stops after its current, checkpointed page) and, in the
+background, keeps renewing the lease until those syncs ended, then deletes it with `last=revision`.
 
 Fencing: a lease is counted from the moment its last successful create/update was sent (before the server could
 have stamped it). When `lease_seconds - lease_margin_seconds` have passed since then without another success, the
 replica stops that shard's mailboxes on its own - before the server can drop the key and another replica create
-it. A renewal answered "wrong last sequence" (someone else wrote it) stops them at once. Syncs already running when
-a replica is fenced were cut from NATS too (fencing happens when the KV is unreachable): their publishes and
-checkpoints fail, so nothing of theirs lands twice.
+it. A renewal answered "wrong last sequence" (someone else wrote it) stops them at once. A sync running when a replica
+is fenced is told to stop after its page, and it was cut from NATS too (fencing happens when the KV is unreachable):
+its publishes and checkpoints fail, so nothing of it lands twice.
 
 A replica that stops releases its leases and heartbeat at once (others take over within one renewal); one killed
 keeps them until the TTL drops them: its mailboxes resume after at most `lease_seconds + lease_renew_seconds`
@@ -140,6 +141,10 @@ class Ownership:
         #: keeps the TTL it was made with; counting with a longer one would outlive the server's expiry).
         self.lease_seconds = tuning.lease_seconds
         self.leases: dict[int, Lease] = {}
+        #: Leases being handed over: no longer owned here (owns() says no), still renewed until the syncs that were
+        #: running on their mailboxes ended, then deleted.
+        self.releasing: dict[int, Lease] = {}
+        self._handovers: set[asyncio.Task[None]] = set()
         self.live: list[str] = []
         self.handovers = 0
         self.fenced = 0
@@ -229,8 +234,8 @@ class Ownership:
         self.live = sorted(await self._replicas(kv) | {self.replica})
         wanted = {shard for shard, owner in assignment(self.live, self.shards).items() if owner == self.replica}
         await self._renew(kv, wanted)
-        await self._hand_over(kv, set(self.leases) - wanted)
-        await self._acquire(kv, wanted - set(self.leases))
+        self._hand_over(kv, set(self.leases) - wanted)
+        await self._acquire(kv, wanted - set(self.leases) - set(self.releasing))
         self.ready.set()
 
     async def _replicas(self, kv: KeyValue) -> set[str]:
@@ -251,30 +256,50 @@ class Ownership:
         lost: set[int] = set()
         for shard in sorted(set(self.leases) & wanted):
             lease = self.leases[shard]
-            sent = time.monotonic()
-            try:
-                lease.revision = await kv.update(SHARD_PREFIX + str(shard), payload, last=lease.revision)
-                lease.renewed_at = sent
-            except KeyWrongLastSequenceError:
+            if not await self._renew_one(kv, shard, lease, payload):
                 lost.add(shard)
+        for shard, lease in list(self.releasing.items()):
+            if not await self._renew_one(kv, shard, lease, payload):
+                self.releasing.pop(shard, None)
         if lost:
             log.error("shard leases taken by another replica", extra={"replica": self.replica, "shards": sorted(lost)})
             self._drop(lost)
 
-    async def _hand_over(self, kv: KeyValue, leaving: set[int]) -> None:
+    @staticmethod
+    async def _renew_one(kv: KeyValue, shard: int, lease: Lease, payload: bytes) -> bool:
+        """Rewrite the lease if it is still the revision this replica wrote last; False when someone else wrote it."""
+        sent = time.monotonic()
+        try:
+            lease.revision = await kv.update(SHARD_PREFIX + str(shard), payload, last=lease.revision)
+        except KeyWrongLastSequenceError:
+            return False
+        lease.renewed_at = sent
+        return True
+
+    def _hand_over(self, kv: KeyValue, leaving: set[int]) -> None:
+        """Stop the shards' mailboxes now (owns() says no, streams close, running syncs stop after their page) and
+        delete their leases in the background once those syncs ended; the rounds meanwhile renew them."""
         if not leaving:
             return
-        members = self._members(leaving)
-        leases = {shard: self.leases[shard] for shard in leaving}
-        self._drop(leaving)  # owns() says no from here on: no new sync starts, streams stop
+        for shard in leaving:
+            self.releasing[shard] = self.leases[shard]
+        self._drop(leaving)
+        task = asyncio.get_running_loop().create_task(self._release(kv, leaving, self._members(leaving)))
+        self._handovers.add(task)
+        task.add_done_callback(self._handovers.discard)
+
+    async def _release(self, kv: KeyValue, shards: set[int], members: list[str]) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._settle(members), HANDOVER_WAIT_SECONDS)
         await asyncio.sleep(HANDOVER_GRACE_SECONDS)
-        for shard, lease in leases.items():
+        for shard in sorted(shards):
+            lease = self.releasing.pop(shard, None)
+            if lease is None:  # not renewed in time: it expires on its own
+                continue
             with contextlib.suppress(APIError):  # rewritten meanwhile: not ours to delete
                 await kv.delete(SHARD_PREFIX + str(shard), last=lease.revision)
-        self.handovers += len(leaving)
-        log.info("shards handed over", extra={"replica": self.replica, "shards": sorted(leaving), "live": self.live})
+        self.handovers += len(shards)
+        log.info("shards handed over", extra={"replica": self.replica, "shards": sorted(shards), "live": self.live})
 
     async def _acquire(self, kv: KeyValue, free: set[int]) -> None:
         payload = json.dumps({"owner": self.replica}).encode()
@@ -302,6 +327,9 @@ class Ownership:
         """Stop the mailboxes of every lease that was not renewed in time, before it can expire on the server."""
         while not stop.is_set():
             now = time.monotonic()
+            for shard, lease in list(self.releasing.items()):
+                if now >= self._deadline(lease):  # left to expire; the syncs still settling were cut from NATS too
+                    self.releasing.pop(shard, None)
             late = {shard for shard, lease in self.leases.items() if now >= self._deadline(lease)}
             if late:
                 self.fenced += len(late)
@@ -316,8 +344,11 @@ class Ownership:
     async def release_all(self) -> None:
         """On a clean stop, after the syncs ended: give every lease and the heartbeat back at once (others take over
         on their next round)."""
-        leases = dict(self.leases)
-        self._drop(set(leases))
+        for task in list(self._handovers):
+            task.cancel()
+        leases = {**self.releasing, **self.leases}
+        self.releasing.clear()
+        self._drop(set(self.leases))
         if self._kv is None or not self.bus.connected:
             return
         kv = self._kv

@@ -81,6 +81,8 @@ class MailboxEntry:
     streamed: bool = False
     syncs: int = 0
     sync_started: float = 0.0  # monotonic start of the latest sync
+    #: Set to stop the running sync after its current page (shutdown, or ownership moved to another replica).
+    halt: asyncio.Event | None = None
 
     @property
     def credential(self) -> str:
@@ -205,7 +207,10 @@ class Scheduler:
         self.trigger(entry.mailbox, reason)
 
     def deactivate(self, entry: MailboxEntry) -> None:
-        """Ownership left this replica (`owns` says no already): stop streaming it; no new sync starts."""
+        """Ownership left this replica (`owns` says no already): stop streaming it; no new sync starts and a running
+        one stops after its current page (checkpointed: the next owner resumes there)."""
+        if entry.halt is not None:
+            entry.halt.set()
         if entry.seat:
             for callback in self.on_deactivate:
                 callback(entry)
@@ -234,6 +239,9 @@ class Scheduler:
         try:
             await stop.wait()
         finally:
+            for entry in self.entries.values():
+                if entry.halt is not None:
+                    entry.halt.set()
             ticker.cancel()
             for _ in workers:
                 self._queue.put_nowait((-1, -1, ""))
@@ -290,14 +298,21 @@ class Scheduler:
             )
         return entry.context
 
-    def _syncer(self, context: MailboxContext) -> MailboxSync:
+    def _halt(self, entry: MailboxEntry) -> asyncio.Event:
+        """A fresh stop signal for the sync starting on `entry` (set already when ews-ingest is stopping)."""
+        entry.halt = asyncio.Event()
+        if self._stop is not None and self._stop.is_set():
+            entry.halt.set()
+        return entry.halt
+
+    def _syncer(self, context: MailboxContext, halt: asyncio.Event) -> MailboxSync:
         return MailboxSync(
             context,
             auto_sync=self.settings.auto_sync,
             window=Window.around(dt.datetime.now(dt.UTC), self.settings.backward_months, self.settings.forward_months),
             page_size=self.tuning.sync_page_size,
             batch_size=self.tuning.get_item_batch,
-            stop=self._stop,
+            stop=halt,
         )
 
     async def _sync(self, entry: MailboxEntry) -> None:
@@ -310,7 +325,7 @@ class Scheduler:
             span.set_attribute("ews.credential", entry.credential)
             try:
                 context = await self.context(entry)
-                result = await self._syncer(context).sync()
+                result = await self._syncer(context, self._halt(entry)).sync()
             except Exception as exc:
                 self._failed(entry, exc, span)
                 _syncs.add(1, {"outcome": "error"})
@@ -393,7 +408,7 @@ class Scheduler:
                 span.set_attribute("calendar.mailbox", entry.mailbox)
                 try:
                     context = await self.context(entry)
-                    result = await self._syncer(context).resync(since, uuid.uuid4().hex[:12])
+                    result = await self._syncer(context, self._halt(entry)).resync(since, uuid.uuid4().hex[:12])
                 except Exception as exc:
                     self._failed(entry, exc, span)
                     raise
