@@ -277,8 +277,7 @@ async def test_exchange_load_with_two_replicas_equals_one(sandbox: SandboxProces
         print(f"\nLOAD: Exchange requests for {len(boxes)} changes: 1 replica {one}, 2 replicas {two}")
         assert two <= one * 1.25 + 5, f"2 replicas made {two} Exchange requests, 1 replica {one}"
         report = admin(sandbox).owners()
-        assert report["max_streams_per_mailbox"] == 1, report
-        assert report["max_syncs_per_mailbox"] <= 1, report
+        assert report["max_streams_per_mailbox"] == 1 and report["max_syncs_per_mailbox"] <= 1, report["overlaps"]
 
 
 async def test_replicas_split_mailboxes_take_over_after_kill9_and_lose_nothing_with_a_nats_node(
@@ -332,7 +331,4 @@ async def test_replicas_split_mailboxes_take_over_after_kill9_and_lose_nothing_w
         assert {s: n for s, n in counts.items() if n != 1} == {}, "a change stored more than once"
         assert set(counts) == set(made), f"changes lost: {sorted(set(made) - set(counts))[:5]}"
     report = admin(sandbox).owners()
-    assert report["max_streams_per_mailbox"] == 1, {
-        m: r for m, r in report["mailboxes"].items() if r["streams_peak"] > 1
-    }
-    assert report["max_syncs_per_mailbox"] <= 1, {m: r for m, r in report["mailboxes"].items() if r["syncs_peak"] > 1}
+    assert report["max_streams_per_mailbox"] == 1 and report["max_syncs_per_mailbox"] <= 1, report["overlaps"]

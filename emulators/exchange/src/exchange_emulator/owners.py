@@ -4,8 +4,9 @@ Exchange itself does not refuse a mailbox synced by two clients, but a connector
 (twice the load, and two subscriptions competing for one mailbox's budget). The emulator says whether it happened:
 
 * streaming: the GetStreamingEvents connections open now whose subscriptions cover a mailbox, and the most there
-  ever were at once. One client keeps each mailbox on one connection, so two at once means two owners. A
-  connection counts until its client's socket closes (a killed client's socket closes with it);
+  ever were at once (`overlaps` names the clients' User-Agents each time a second one came). One client keeps each
+  mailbox on one connection, so two at once means two owners. A connection counts until its client's socket
+  closes (a killed client's socket closes with it);
 * syncs: a SyncFolderItems run is one client (its User-Agent) walking a mailbox's pages, open from its first page
   until the answer with IncludesLastItemInRange true. Runs of two clients open at once on one mailbox are concurrent
   syncs. A run left unfinished (its client stopped or was killed) stops counting `idle_seconds` after its last page.
@@ -16,6 +17,7 @@ Served at GET /_emulator/owners (cleared by POST /_emulator/reset).
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -29,17 +31,33 @@ class OwnerWatch:
         self.runs: dict[str, dict[str, float]] = {}  # mailbox -> client -> monotonic time of its latest page
         self.syncs_peak: collections.Counter[str] = collections.Counter()
         self.sync_clients: dict[str, set[str]] = {}  # mailbox -> every client that ever synced it
+        self.stream_clients: dict[str, collections.Counter[str]] = {}  # mailbox -> client -> its open streams
+        #: Every moment a mailbox got a second stream or sync run: {mailbox, kind, clients, at (UTC)}.
+        self.overlaps: list[dict[str, Any]] = []
 
-    def stream_opened(self, mailboxes: Iterable[str]) -> None:
+    def stream_opened(self, mailboxes: Iterable[str], client: str = "") -> None:
         for mailbox in mailboxes:
             self.streams_now[mailbox] += 1
             self.streams_peak[mailbox] = max(self.streams_peak[mailbox], self.streams_now[mailbox])
+            clients = self.stream_clients.setdefault(mailbox, collections.Counter())
+            clients[client] += 1
+            if self.streams_now[mailbox] > 1:
+                self._overlap(mailbox, "stream", clients)
 
-    def stream_closed(self, mailboxes: Iterable[str]) -> None:
+    def stream_closed(self, mailboxes: Iterable[str], client: str = "") -> None:
         for mailbox in mailboxes:
             self.streams_now[mailbox] -= 1
             if self.streams_now[mailbox] <= 0:
                 del self.streams_now[mailbox]
+            clients = self.stream_clients.get(mailbox)
+            if clients is not None:
+                clients[client] -= 1
+                if clients[client] <= 0:
+                    del clients[client]
+
+    def _overlap(self, mailbox: str, kind: str, clients: Iterable[str]) -> None:
+        at = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        self.overlaps.append({"mailbox": mailbox, "kind": kind, "clients": sorted(clients), "at": at})
 
     def sync_page(self, mailbox: str, client: str, *, last: bool) -> None:
         now = time.monotonic()
@@ -49,6 +67,8 @@ class OwnerWatch:
                 del runs[other]
         runs[client] = now
         self.syncs_peak[mailbox] = max(self.syncs_peak[mailbox], len(runs))
+        if len(runs) > 1:
+            self._overlap(mailbox, "sync", runs)
         self.sync_clients.setdefault(mailbox, set()).add(client)
         if last:
             del runs[client]
@@ -68,4 +88,5 @@ class OwnerWatch:
             "max_streams_per_mailbox": max(self.streams_peak.values(), default=0),
             "max_syncs_per_mailbox": max(self.syncs_peak.values(), default=0),
             "idle_seconds": self.idle_seconds,
+            "overlaps": self.overlaps[-100:],
         }

@@ -538,7 +538,8 @@ class Emulator:
         waiter = asyncio.Event()
         handle = StreamHandle(request, {x.mailbox.email for x in subs}, ids, ctx.account.key)
         self.streams.add(handle)
-        self.owners.stream_opened(handle.mailboxes)
+        client = request.headers.get("User-Agent", "")
+        self.owners.stream_opened(handle.mailboxes, client)
         for subscription in subs:
             subscription.waiters.add(waiter)
             subscription.last_used = time.monotonic()
@@ -595,7 +596,7 @@ class Emulator:
             if not request.transport or not request.transport.is_closing():
                 await response.write_eof()
         finally:
-            self.owners.stream_closed(handle.mailboxes)
+            self.owners.stream_closed(handle.mailboxes, client)
             self.streams.discard(handle)
             for subscription in subs:
                 subscription.waiters.discard(waiter)
