@@ -47,9 +47,16 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from nats.js.errors import APIError, BadRequestError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
 from nats.js.kv import KeyValue
 
 from ews_ingest.settings import Tuning
@@ -58,6 +65,7 @@ from tccal.bus import Bus
 from tccal.subjects import INGEST_LEASES_BUCKET
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 SHARDS_KEY = "v1.lease-shards"
 REPLICA_PREFIX = "v1.replica."
 SHARD_PREFIX = "v1.shard."
@@ -145,6 +153,7 @@ class Ownership:
         #: running on their mailboxes ended, then deleted.
         self.releasing: dict[int, Lease] = {}
         self._handovers: set[asyncio.Task[None]] = set()
+        self._fence_task: asyncio.Task[None] | None = None
         self.live: list[str] = []
         self.handovers = 0
         self.fenced = 0
@@ -174,19 +183,17 @@ class Ownership:
 
     # ------------------------------------------------------------------ running
     async def run(self, stop: asyncio.Event) -> None:
-        fence = asyncio.create_task(self._fence(stop), name="ews-lease-fence")
-        try:
-            while not stop.is_set():
-                try:
-                    await self._round()
-                except Exception as exc:  # NATS away: the fence stops what can no longer be renewed
-                    log.warning("lease round failed", extra={"replica": self.replica, "error": str(exc)})
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.tuning.lease_renew_seconds)
-        finally:
-            fence.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await fence
+        """Renewal rounds until `stop`. The fence keeps watching after that, while the streams and syncs wind down
+        (they may take seconds), until release_all()."""
+        if self._fence_task is None:
+            self._fence_task = asyncio.create_task(self._fence(), name="ews-lease-fence")
+        while not stop.is_set():
+            try:
+                await self._round()
+            except Exception as exc:  # NATS away: the fence stops what can no longer be renewed
+                log.warning("lease round failed", extra={"replica": self.replica, "error": str(exc)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.tuning.lease_renew_seconds)
 
     async def kv(self) -> KeyValue:
         if self._kv is None:
@@ -229,11 +236,11 @@ class Ownership:
         kv = await self.kv()
         if not self.ready.is_set():
             self.shards = await self._shard_count()
+        await self._renew(kv)  # first: nothing else in the round may delay it
         value = json.dumps({"replica": self.replica, "at": time.time()}).encode()
-        await kv.put(REPLICA_PREFIX + self.replica, value)
+        await self._bounded(kv.put(REPLICA_PREFIX + self.replica, value))
         self.live = sorted(await self._replicas(kv) | {self.replica})
         wanted = {shard for shard, owner in assignment(self.live, self.shards).items() if owner == self.replica}
-        await self._renew(kv, wanted)
         self._hand_over(kv, set(self.leases) - wanted)
         await self._acquire(kv, wanted - set(self.leases) - set(self.releasing))
         self.ready.set()
@@ -251,30 +258,56 @@ class Ownership:
         finally:
             await watcher.stop()
 
-    async def _renew(self, kv: KeyValue, wanted: set[int]) -> None:
+    async def _renew(self, kv: KeyValue) -> None:
+        """Renew every lease held and every one being handed over; one that timed out is tried again next round."""
         payload = json.dumps({"owner": self.replica}).encode()
         lost: set[int] = set()
-        for shard in sorted(set(self.leases) & wanted):
-            lease = self.leases[shard]
-            if not await self._renew_one(kv, shard, lease, payload):
-                lost.add(shard)
-        for shard, lease in list(self.releasing.items()):
-            if not await self._renew_one(kv, shard, lease, payload):
-                self.releasing.pop(shard, None)
+        for shard, lease in sorted(self.leases.items()):
+            with contextlib.suppress(TimeoutError):
+                if not await self._renew_one(kv, shard, lease, payload):
+                    lost.add(shard)
+        for shard, lease in sorted(self.releasing.items()):
+            with contextlib.suppress(TimeoutError):
+                if not await self._renew_one(kv, shard, lease, payload):
+                    self.releasing.pop(shard, None)
         if lost:
             log.error("shard leases taken by another replica", extra={"replica": self.replica, "shards": sorted(lost)})
             self._drop(lost)
 
-    @staticmethod
-    async def _renew_one(kv: KeyValue, shard: int, lease: Lease, payload: bytes) -> bool:
-        """Rewrite the lease if it is still the revision this replica wrote last; False when someone else wrote it."""
+    async def _renew_one(self, kv: KeyValue, shard: int, lease: Lease, payload: bytes) -> bool:
+        """Rewrite the lease if it is still the revision this replica wrote last (or a later one of its own: a write
+        whose answer timed out); False when someone else wrote it."""
         sent = time.monotonic()
         try:
-            lease.revision = await kv.update(SHARD_PREFIX + str(shard), payload, last=lease.revision)
+            lease.revision = await self._bounded(kv.update(SHARD_PREFIX + str(shard), payload, last=lease.revision))
         except KeyWrongLastSequenceError:
-            return False
+            adopted = await self._adopt(kv, shard, payload)
+            if adopted is None:
+                return False
+            lease.revision, sent = adopted.revision, adopted.renewed_at
         lease.renewed_at = sent
         return True
+
+    async def _adopt(self, kv: KeyValue, shard: int, payload: bytes) -> Lease | None:
+        """The lease holds this replica's name at another revision (an earlier write of ours succeeded though its
+        answer never came): names are unique per process, so nobody else holds it - take that revision on."""
+        try:
+            entry = await self._bounded(kv.get(SHARD_PREFIX + str(shard)))
+        except (KeyNotFoundError, KeyDeletedError):  # deleted or expired: not ours any more
+            return None
+        owner = json.loads(entry.value or b"{}").get("owner") if entry.value else None
+        if owner != self.replica or entry.revision is None:
+            return None
+        sent = time.monotonic()
+        try:
+            revision = await self._bounded(kv.update(SHARD_PREFIX + str(shard), payload, last=entry.revision))
+        except KeyWrongLastSequenceError:
+            return None
+        return Lease(revision, sent)
+
+    async def _bounded(self, call: Awaitable[T]) -> T:
+        """One KV call, given at most a renewal interval: a slow one must not hold back the other leases' renewal."""
+        return await asyncio.wait_for(call, self.tuning.lease_renew_seconds)
 
     def _hand_over(self, kv: KeyValue, leaving: set[int]) -> None:
         """Stop the shards' mailboxes now (owns() says no, streams close, running syncs stop after their page) and
@@ -307,10 +340,17 @@ class Ownership:
         for shard in sorted(free):
             sent = time.monotonic()
             try:
-                revision = await kv.create(SHARD_PREFIX + str(shard), payload)
-            except KeyWrongLastSequenceError:  # still held (its owner hands it over, or is dead until the TTL)
+                lease: Lease | None = Lease(await self._bounded(kv.create(SHARD_PREFIX + str(shard), payload)), sent)
+            except KeyWrongLastSequenceError:  # held: by another replica until it hands it over or its TTL ends
+                try:  # or by this one (a create whose answer timed out)
+                    lease = await self._adopt(kv, shard, payload)
+                except TimeoutError:
+                    continue
+            except TimeoutError:
                 continue
-            self.leases[shard] = Lease(revision, sent)
+            if lease is None:
+                continue
+            self.leases[shard] = lease
             got.add(shard)
         if got:
             log.info("shards acquired", extra={"replica": self.replica, "shards": sorted(got), "live": self.live})
@@ -323,9 +363,9 @@ class Ownership:
         if members:
             self._lost(members)
 
-    async def _fence(self, stop: asyncio.Event) -> None:
+    async def _fence(self) -> None:
         """Stop the mailboxes of every lease that was not renewed in time, before it can expire on the server."""
-        while not stop.is_set():
+        while True:
             now = time.monotonic()
             for shard, lease in list(self.releasing.items()):
                 if now >= self._deadline(lease):  # left to expire; the syncs still settling were cut from NATS too
@@ -338,14 +378,14 @@ class Ownership:
                     extra={"replica": self.replica, "shards": sorted(late)},
                 )
                 self._drop(late)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), min(0.25, self.tuning.lease_margin_seconds / 4))
+            await asyncio.sleep(min(0.25, self.tuning.lease_margin_seconds / 4))
 
     async def release_all(self) -> None:
         """On a clean stop, after the syncs ended: give every lease and the heartbeat back at once (others take over
         on their next round)."""
-        for task in list(self._handovers):
+        for task in [*self._handovers, *([self._fence_task] if self._fence_task else [])]:
             task.cancel()
+        self._fence_task = None
         leases = {**self.releasing, **self.leases}
         self.releasing.clear()
         self._drop(set(self.leases))
