@@ -24,7 +24,7 @@ def owners_of(emu: EmulatorHandle, mailbox: str) -> dict[str, Any]:
     return report
 
 
-def open_stream(emu: EmulatorHandle, mailbox: str, subscription: str) -> socket.socket:
+def open_stream(emu: EmulatorHandle, mailbox: str, subscription: str, client: str = "replica-a") -> socket.socket:
     """A GetStreamingEvents connection on a plain socket (so the test can cut it as a killed process would), open
     once the first ConnectionStatus OK arrived."""
     envelope = (
@@ -42,7 +42,7 @@ def open_stream(emu: EmulatorHandle, mailbox: str, subscription: str) -> socket.
     token = base64.b64encode(f"{account.username}:{account.password}".encode()).decode()
     head = (
         f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Basic {token}\r\n"
-        f"Content-Type: text/xml; charset=utf-8\r\nContent-Length: {len(envelope)}\r\n\r\n"
+        f"User-Agent: {client}\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: {len(envelope)}\r\n\r\n"
     ).encode()
     sock = socket.create_connection((url.hostname or "127.0.0.1", url.port or 80), timeout=10)
     sock.sendall(head + envelope)
@@ -66,14 +66,20 @@ def test_two_streaming_connections_on_one_mailbox_are_seen_and_a_cut_one_stops_c
     try:
         wait_for(lambda: owners_of(emu, owner).get("streams_now") == 2, 10, what="two open streams")
         assert owners_of(emu, owner)["streams_peak"] == 2
+        assert owners_of(emu, owner)["stream_owners_peak"] == 1  # both from one client: not two owners
+        third = open_stream(emu, owner, acc.calendar.subscribe_to_streaming(), client="replica-b")
+        third.close()
+        assert owners_of(emu, owner)["stream_owners_peak"] == 2  # another client streamed it meanwhile: two owners
+        overlap = emu.admin.owners()["overlaps"][-1]
+        assert overlap["mailbox"] == owner and overlap["clients"] == ["replica-a", "replica-b"]
         assert emu.admin.owners()["max_streams_per_mailbox"] >= 2
         one.close()  # the client is gone (kill -9 closes its sockets): counted out long before the 60 s timeout
         wait_for(lambda: owners_of(emu, owner).get("streams_now") == 1, 5, what="the cut stream counted out")
     finally:
         one.close()
         two.close()
-    wait_for(lambda: owners_of(emu, owner).get("streams_now") == 0, 5, what="no stream left")
-    assert owners_of(emu, owner)["streams_peak"] == 2  # the peak stays
+    wait_for(lambda: owners_of(emu, owner).get("streams_now") == 0, 10, what="no stream left")
+    assert owners_of(emu, owner)["streams_peak"] == 3  # the peak stays
 
 
 def test_sync_runs_of_two_clients_at_once_are_seen_and_one_clients_run_is_not(

@@ -4,9 +4,9 @@ Exchange itself does not refuse a mailbox synced by two clients, but a connector
 (twice the load, and two subscriptions competing for one mailbox's budget). The emulator says whether it happened:
 
 * streaming: the GetStreamingEvents connections open now whose subscriptions cover a mailbox, and the most there
-  ever were at once (`overlaps` names the clients' User-Agents each time a second one came). One client keeps each
-  mailbox on one connection, so two at once means two owners. A connection counts until its client's socket
-  closes (a killed client's socket closes with it);
+  ever were at once, and the most distinct clients (User-Agents) with one open at once - above 1 means two owners
+  (`overlaps` names the clients each time). A connection counts until its client's socket closes (a killed
+  client's socket closes with it);
 * syncs: a SyncFolderItems run is one client (its User-Agent) walking a mailbox's pages, open from its first page
   until the answer with IncludesLastItemInRange true. Runs of two clients open at once on one mailbox are concurrent
   syncs. A run left unfinished (its client stopped or was killed) stops counting `idle_seconds` after its last page.
@@ -32,6 +32,8 @@ class OwnerWatch:
         self.syncs_peak: collections.Counter[str] = collections.Counter()
         self.sync_clients: dict[str, set[str]] = {}  # mailbox -> every client that ever synced it
         self.stream_clients: dict[str, collections.Counter[str]] = {}  # mailbox -> client -> its open streams
+        #: The most clients (User-Agents) with a stream open on the mailbox at once: above 1 = two owners.
+        self.stream_owners_peak: collections.Counter[str] = collections.Counter()
         #: Every moment a mailbox got a second stream or sync run: {mailbox, kind, clients, at (UTC)}.
         self.overlaps: list[dict[str, Any]] = []
 
@@ -41,8 +43,11 @@ class OwnerWatch:
             self.streams_peak[mailbox] = max(self.streams_peak[mailbox], self.streams_now[mailbox])
             clients = self.stream_clients.setdefault(mailbox, collections.Counter())
             clients[client] += 1
-            if self.streams_now[mailbox] > 1:
+            self.stream_owners_peak[mailbox] = max(self.stream_owners_peak[mailbox], len(clients))
+            if len(clients) > 1:
                 self._overlap(mailbox, "stream", clients)
+            elif clients[client] > 1:  # one client, two connections on one mailbox (no second owner)
+                self._overlap(mailbox, "stream-same-client", clients)
 
     def stream_closed(self, mailboxes: Iterable[str], client: str = "") -> None:
         for mailbox in mailboxes:
@@ -80,12 +85,14 @@ class OwnerWatch:
                 m: {
                     "streams_now": self.streams_now.get(m, 0),
                     "streams_peak": self.streams_peak.get(m, 0),
+                    "stream_owners_peak": self.stream_owners_peak.get(m, 0),
                     "syncs_peak": self.syncs_peak.get(m, 0),
                     "sync_clients": sorted(self.sync_clients.get(m, set())),
                 }
                 for m in mailboxes
             },
             "max_streams_per_mailbox": max(self.streams_peak.values(), default=0),
+            "max_stream_owners_per_mailbox": max(self.stream_owners_peak.values(), default=0),
             "max_syncs_per_mailbox": max(self.syncs_peak.values(), default=0),
             "idle_seconds": self.idle_seconds,
             "overlaps": self.overlaps[-100:],
