@@ -241,7 +241,8 @@ async def streamed_once(sandbox: SandboxProcess, timeout: float, what: str) -> N
     async def check() -> bool:
         return await asyncio.to_thread(each_streamed_once, sandbox)
 
-    assert await wait_for_async(check, timeout=timeout, what=what)
+    done: bool = await wait_for_async(check, timeout=timeout, what=what)
+    assert done
 
 
 async def owned_by(nc: NatsClient, names: set[str], timeout: float, what: str) -> None:
@@ -251,7 +252,8 @@ async def owned_by(nc: NatsClient, names: set[str], timeout: float, what: str) -
         shards, owners = await lease_owners(nc)
         return len(owners) == shards and set(owners.values()) == names
 
-    assert await wait_for_async(check, timeout=timeout, what=what)
+    done: bool = await wait_for_async(check, timeout=timeout, what=what)
+    assert done
 
 
 async def test_exchange_load_with_two_replicas_equals_one(sandbox: SandboxProcess) -> None:
