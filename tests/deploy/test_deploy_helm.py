@@ -549,3 +549,24 @@ def test_the_rendered_authorization_runs_in_nats_server(report: dict[str, Any]) 
     finally:
         process.terminate()
         process.wait(20)
+
+
+def test_ews_ingest_replicas_spread_over_nodes_with_a_drainable_budget_and_a_name_each(report: dict[str, Any]) -> None:
+    """Several ews-ingest replicas (docs/architecture.md §11): preferred anti-affinity per node, a PDB that lets a
+    drain evict one at a time, and each pod's name as its replica name in the lease registry."""
+    deployment = by_component(report, "full", "Deployment")["ews-ingest"]
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    (preferred,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    term = preferred["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    (container,) = pod["containers"]
+    (replica,) = [e for e in container["env"] if e["name"] == "EWS_INGEST_REPLICA"]
+    assert replica["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    budget = by_component(report, "full", "PodDisruptionBudget")["ews-ingest"]
+    assert budget["spec"]["minAvailable"] == 1  # of 2: a drain may take one
+    assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    single = by_component(report, "default", "Deployment")["ews-ingest"]  # the chart's default: one replica
+    assert single["spec"]["replicas"] == 1
+    assert "affinity" not in single["spec"]["template"]["spec"]  # nothing to spread

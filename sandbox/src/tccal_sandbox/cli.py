@@ -94,6 +94,14 @@ def describe(ready: dict[str, Any], ready_path: Path) -> str:
     help="Use this NATS (with JetStream) instead of an embedded one; the services refuse it if it lets clients in "
     "without credentials: give theirs with --config-override (nats.user, nats.password).",
 )
+@click.option(
+    "--nats-nodes",
+    type=click.IntRange(1, 5),
+    default=1,
+    show_default=True,
+    help="Embedded NATS nodes: more than 1 starts a JetStream cluster on loopback (streams and KV replicated on "
+    "every node).",
+)
 @click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for everything to be ready.")
 @click.option("--demo/--no-demo", default=True, show_default=True, help="Write the demo meetings through EWS.")
 @click.option(
@@ -124,6 +132,7 @@ def sandbox(
     ready_file: str | None,
     postgres_dsn: str | None,
     nats_url: str | None,
+    nats_nodes: int,
     timeout: float,
     demo: bool,
     license_tier: str,
@@ -151,6 +160,7 @@ def sandbox(
         config_overrides=overrides,
         extra_mailboxes=extra_mailboxes,
         configured_users=configured_users,
+        nats_nodes=nats_nodes,
     )
     ready_path = Path(ready_file) if ready_file else state / "ready.json"
     ready_path.unlink(missing_ok=True)

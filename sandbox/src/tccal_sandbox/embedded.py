@@ -17,6 +17,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +113,18 @@ async def create_database(admin_dsn: str, name: str) -> None:
 
 
 @dataclass(frozen=True)
+class NatsRoutes:
+    """One node's part in a JetStream cluster: its name, its route port and every node's route port."""
+
+    cluster: str
+    server_name: str
+    port: int
+    peers: tuple[int, ...]
+    #: The monitoring port (/healthz says when JetStream is current on this node).
+    monitor_port: int
+
+
+@dataclass(frozen=True)
 class NatsTls:
     """nats-server's TLS: its certificate and key; with `ca_file`, client certificates are required (mutual TLS)."""
 
@@ -127,13 +141,25 @@ class EmbeddedNats:
     them); a client without credentials is refused. `tls` makes it a TLS-only server.
     """
 
-    def __init__(self, store_dir: Path, port: int = 0, *, auth: bool = True, tls: NatsTls | None = None) -> None:
+    def __init__(
+        self,
+        store_dir: Path,
+        port: int = 0,
+        *,
+        auth: bool = True,
+        tls: NatsTls | None = None,
+        routes: NatsRoutes | None = None,
+        passwords: dict[str, str] | None = None,
+    ) -> None:
         self.store_dir = Path(store_dir)
         self.port = port or free_port()
         self.auth = auth
         self.tls = tls
+        self.routes = routes
         self.process: subprocess.Popen[bytes] | None = None
-        self.passwords: dict[str, str] = self._passwords() if auth else {}
+        self.passwords: dict[str, str] = {}
+        if auth:
+            self.passwords = dict(passwords) if passwords is not None else self._passwords()
 
     @property
     def url(self) -> str:
@@ -168,6 +194,14 @@ class EmbeddedNats:
             f"listen: 127.0.0.1:{self.port}",
             f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))} }}",
         ]
+        if self.routes is not None:
+            routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.routes.peers if p != self.routes.port)
+            lines += [
+                f"server_name: {json.dumps(self.routes.server_name)}",
+                f"http: 127.0.0.1:{self.routes.monitor_port}",
+                f"cluster {{ name: {json.dumps(self.routes.cluster)}, listen: 127.0.0.1:{self.routes.port}, "
+                f"routes: [{routes}] }}",
+            ]
         if self.tls is not None:
             lines.append("tls {")
             lines.append(f"  cert_file: {json.dumps(self.tls.cert_file)}")
@@ -225,3 +259,72 @@ class EmbeddedNats:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+class EmbeddedNatsCluster:
+    """`nodes` nats-servers with JetStream clustered over routes on 127.0.0.1, each with its own store directory
+    (`base_dir`/n1 ...), the same users and permissions as one EmbeddedNats (one password per identity for every
+    node, kept in `base_dir`/auth.json) and the same TLS. Streams and KV buckets declared with `replicas` = the
+    node count keep every message on every node, so losing one node loses nothing."""
+
+    def __init__(self, base_dir: Path, nodes: int = 3, *, auth: bool = True, tls: NatsTls | None = None) -> None:
+        if nodes < 1:
+            raise ValueError(f"a NATS cluster needs at least one node, got {nodes}")
+        self.base_dir = Path(base_dir)
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        first = EmbeddedNats(self.base_dir, auth=auth)  # only to make (or read) the shared passwords
+        ports = free_ports(3 * nodes)
+        client, route, monitor = ports[:nodes], tuple(ports[nodes : 2 * nodes]), ports[2 * nodes :]
+        self.nodes = [
+            EmbeddedNats(
+                self.base_dir / f"n{i + 1}",
+                client[i],
+                auth=auth,
+                tls=tls,
+                routes=NatsRoutes("tccal", f"n{i + 1}", route[i], route, monitor[i]),
+                passwords=first.passwords,
+            )
+            for i in range(nodes)
+        ]
+        self.passwords = first.passwords
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """Every node's URL, comma-separated (what `nats.url` in config.json takes)."""
+        return ",".join(self.urls)
+
+    def url_for(self, identity: str) -> str:
+        return ",".join(node.url_for(identity) for node in self.nodes)
+
+    def credentials(self) -> dict[str, dict[str, str]]:
+        return self.nodes[0].credentials()
+
+    def start(self, timeout: float = 60.0) -> str:
+        """Start every node, then wait until each says JetStream is healthy (a meta leader is elected)."""
+        for node in self.nodes:
+            node.start(timeout)
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            assert node.routes is not None
+            url = f"http://127.0.0.1:{node.routes.monitor_port}/healthz"
+            while not _healthy(url):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"NATS cluster node {node.routes.server_name} not healthy within {timeout}s")
+                time.sleep(0.2)
+        return self.url
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for node in self.nodes:
+            node.stop(timeout)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False

@@ -29,7 +29,14 @@ from typing import Any
 
 from tccal import secrets
 from tccal.config.schema import SERVICE_NAMES
-from tccal_sandbox.embedded import EmbeddedNats, EmbeddedPostgres, create_database, die_with_parent, free_ports
+from tccal_sandbox.embedded import (
+    EmbeddedNats,
+    EmbeddedNatsCluster,
+    EmbeddedPostgres,
+    create_database,
+    die_with_parent,
+    free_ports,
+)
 
 log = logging.getLogger(__name__)
 SERVICE_MODULES = {
@@ -110,10 +117,14 @@ class Sandbox:
     config_overrides: dict[str, Any] = field(default_factory=dict)
     extra_mailboxes: int = 0
     configured_users: str = "all"
+    #: Embedded NATS nodes: 1 is one nats-server; more make a JetStream cluster (streams and KV with that many
+    #: replicas, every service given every node's URL).
+    nats_nodes: int = 1
     #: The Exchange emulator found its mailboxes from an earlier run in the state dir (no demo written again).
     exchange_restored: bool = False
     _pg: EmbeddedPostgres | None = None
     _nats: EmbeddedNats | None = None
+    _nats_cluster: EmbeddedNatsCluster | None = None
 
     @property
     def key_file(self) -> Path:
@@ -132,6 +143,24 @@ class Sandbox:
         if self._nats is None:
             return {}
         return {"user": identity, "password": self.encrypt(self._nats.passwords[identity])}
+
+    def _start_nats_cluster(self) -> str:
+        """`nats_nodes` clustered nats-servers; the ready-file's `nats` keeps the first node as `url` (and its
+        config as `server_config`) and adds `urls`, `nodes` (url, pid, store_dir of each) and `replicas`."""
+        cluster = EmbeddedNatsCluster(self.state_dir / "nats-cluster", self.nats_nodes)
+        self._nats_cluster = cluster
+        self._nats = cluster.nodes[0]
+        url = cluster.start()
+        self.ready["nats"] = {
+            "url": cluster.nodes[0].url,
+            "urls": cluster.urls,
+            "credentials": cluster.credentials(),
+            "server_config": str(cluster.nodes[0].config_file),
+            "replicas": self.nats_nodes,
+            "nodes": [{"url": node.url, "pid": node.pid, "store_dir": str(node.store_dir)} for node in cluster.nodes],
+        }
+        self.config_overrides = deep_merge({"nats": {"replicas": self.nats_nodes}}, self.config_overrides)
+        return url
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -188,7 +217,9 @@ class Sandbox:
             if parsed.password:
                 db["password"] = self.encrypt(parsed.password)
             self.ready["postgres"] = {"dsn": self.postgres_dsn}
-        if self.nats_url is None:
+        if self.nats_url is None and self.nats_nodes > 1:
+            url = self._start_nats_cluster()
+        elif self.nats_url is None:
             # users with least-privilege permissions (tccal.nats_auth), random passwords kept in the state dir
             self._nats = EmbeddedNats(self.state_dir / "nats")
             url = self._nats.start()
@@ -511,6 +542,10 @@ class Sandbox:
             self.ready["processes"]["postgres"] = self._pg.pid
         if self._nats is not None and self._nats.pid:
             self.ready["processes"]["nats-server"] = self._nats.pid
+        if self._nats_cluster is not None:
+            for node in self._nats_cluster.nodes[1:]:
+                if node.pid:
+                    self.ready["processes"][f"nats-server-{node.store_dir.name}"] = node.pid
         self.ready["state_dir"] = str(self.state_dir)
         self.ready["logs"] = str(self.state_dir / "logs")
         temporary = path.with_suffix(path.suffix + ".tmp")
@@ -533,7 +568,9 @@ class Sandbox:
             except subprocess.TimeoutExpired:
                 child.process.kill()
                 child.process.wait()
-        if self._nats is not None:
+        if self._nats_cluster is not None:
+            self._nats_cluster.stop()
+        elif self._nats is not None:
             self._nats.stop()
         if self._pg is not None:
             self._pg.stop()

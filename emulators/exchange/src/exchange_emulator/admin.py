@@ -14,6 +14,7 @@ from lxml import etree
 from .calxml import ItemError, ParseContext, apply_field, normalize_times
 from .config import ConfigError, Throttling
 from .model import CalendarItem, Mailbox
+from .owners import OwnerWatch
 from .seeding import seed
 from .xmlutil import PARSER, children, fmt_dt, t
 
@@ -333,7 +334,12 @@ def add_admin_routes(app: web.Application, emu: Emulator) -> None:
         emu.budgets.clear()
         return _json(dataclasses.asdict(limits))
 
+    async def owners(request: web.Request) -> web.Response:
+        """Streaming connections and sync runs per mailbox at once (owners.py): two at once = two owners."""
+        return _json(emu.owners.report())
+
     async def reset(request: web.Request) -> web.Response:
+        emu.owners = OwnerWatch(emu.owners.idle_seconds)
         emu.op_counts.clear()
         emu.mailbox_counts.clear()
         emu.violations.clear()
@@ -391,6 +397,7 @@ def add_admin_routes(app: web.Application, emu: Emulator) -> None:
     r.add_get(PREFIX + "/throttling", get_throttling)
     r.add_post(PREFIX + "/throttling", set_throttling)
     r.add_post(PREFIX + "/reset", reset)
+    r.add_get(PREFIX + "/owners", owners)
     r.add_get(PREFIX + "/faults", list_faults)
     r.add_post(PREFIX + "/faults", add_fault)
     r.add_delete(PREFIX + "/faults", clear_faults)

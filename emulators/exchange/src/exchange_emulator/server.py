@@ -33,6 +33,7 @@ from .ops import (
     subscription_for,
     write_notification,
 )
+from .owners import OwnerWatch
 from .schema import SchemaValidator, schema_dir
 from .seeding import seed
 from .timezones import UnknownTimeZoneError, zone_for
@@ -134,6 +135,8 @@ class Emulator:
         self.op_counts: collections.Counter[str] = collections.Counter()
         self.mailbox_counts: collections.Counter[str] = collections.Counter()
         self.streams: set[StreamHandle] = set()
+        #: Streaming connections and sync runs per mailbox at once (GET /_emulator/owners).
+        self.owners = OwnerWatch()
         #: Throttling: calls in progress and open streaming connections, by charged principal.
         self.in_flight: collections.Counter[str] = collections.Counter()
         self.open_streams: collections.Counter[str] = collections.Counter()
@@ -407,6 +410,9 @@ class Emulator:
         for email in ctx.mailboxes_touched:
             if email != anchor:
                 self.mailbox_counts[email] += 1
+        if op == "SyncFolderItems" and anchor:
+            last = any((e.text or "") == "true" for e in response.iter(m("IncludesLastItemInRange")))
+            self.owners.sync_page(anchor.lower(), request.headers.get("User-Agent", ""), last=last)
         self.validate("response", op, response)
         resp = web.Response(body=to_bytes(self.envelope(response)), content_type="text/xml", charset="utf-8")
         self._affinity(request, resp, ctx.server)
@@ -532,6 +538,8 @@ class Emulator:
         waiter = asyncio.Event()
         handle = StreamHandle(request, {x.mailbox.email for x in subs}, ids, ctx.account.key)
         self.streams.add(handle)
+        client = request.headers.get("User-Agent", "")
+        self.owners.stream_opened(handle.mailboxes, client)
         for subscription in subs:
             subscription.waiters.add(waiter)
             subscription.last_used = time.monotonic()
@@ -577,9 +585,10 @@ class Emulator:
                     await response.write(self._stream_doc(ctx, status_msgs("Closed")))
                     break
                 waiter.clear()
-                try:
-                    await asyncio.wait_for(waiter.wait(), timeout=min(heartbeat, deadline - now))
-                except TimeoutError:
+                woken = await _wait_while_connected(request, waiter, min(heartbeat, deadline - now))
+                if woken is None:  # the client is gone (its socket closed): nothing to write to
+                    break
+                if not woken:
                     if self._drop_fault(handle):
                         break
                     if time.monotonic() < deadline:
@@ -587,6 +596,7 @@ class Emulator:
             if not request.transport or not request.transport.is_closing():
                 await response.write_eof()
         finally:
+            self.owners.stream_closed(handle.mailboxes, client)
             self.streams.discard(handle)
             for subscription in subs:
                 subscription.waiters.discard(waiter)
@@ -787,3 +797,21 @@ KNOWN_UNSERVED = {
 
 def dumps(data: Any) -> str:
     return json.dumps(data, indent=1, default=str)
+
+
+async def _wait_while_connected(request: web.Request, waiter: asyncio.Event, seconds: float) -> bool | None:
+    """Wait up to `seconds` for `waiter`: True when it was set, False when the time passed, None as soon as the
+    client's socket closed (checked every 0.2 s: a closed stream stops counting at once, not at the next heartbeat)."""
+    end = time.monotonic() + seconds
+    while True:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return None
+        left = end - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            await asyncio.wait_for(waiter.wait(), timeout=min(0.2, left))
+            return True
+        except TimeoutError:
+            continue

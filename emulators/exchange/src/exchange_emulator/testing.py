@@ -120,6 +120,11 @@ class AdminClient:
     def violations(self) -> list[dict[str, Any]]:
         return list(self.get("/violations"))
 
+    def owners(self) -> dict[str, Any]:
+        """Streaming connections and sync runs per mailbox at once (GET /_emulator/owners)."""
+        result: dict[str, Any] = self.get("/owners")
+        return result
+
     def subscriptions(self) -> list[dict[str, Any]]:
         return list(self.get("/subscriptions"))
 

@@ -26,6 +26,7 @@ from tccal.subjects import (
     CONFERENCE_ORDER_BUCKET,
     DEADLETTER,
     GATEWAY_STATE_BUCKET,
+    INGEST_LEASES_BUCKET,
     INGEST_STATE_BUCKET,
     ONDEMAND_SUBJECTS,
     RESYNC_SUBJECTS,
@@ -157,7 +158,7 @@ IDENTITIES: dict[str, Identity] = {
         publish=[_subjects(CALENDAR)],
         subscribe=[RESYNC_SUBJECTS, ONDEMAND_SUBJECTS, SEATS_SUBJECT],
         streams=(CALENDAR, TCS_RESULTS, DEADLETTER),
-        buckets=(INGEST_STATE_BUCKET,),
+        buckets=(INGEST_STATE_BUCKET, INGEST_LEASES_BUCKET),
         allow_responses=True,  # the answer to tcs-gateway's on-demand request
     ),
     "sync-engine": _service(

@@ -39,6 +39,8 @@ STREAM_SUBJECTS = {
 
 #: KV bucket of ews-ingest's checkpoints, seats and on-demand mailboxes (ews_ingest.state).
 INGEST_STATE_BUCKET = "INGEST_STATE"
+#: ews-ingest replicas' registry and mailbox-shard leases (a bucket with a TTL: ews_ingest.ownership).
+INGEST_LEASES_BUCKET = "INGEST_LEASES"
 #: KV bucket of tcs-gateway's per-server state (tcs_gateway.state).
 GATEWAY_STATE_BUCKET = "TCS_GATEWAY"
 #: KV bucket of tcs-gateway's conference command order fence (tcs_gateway.conference_order).

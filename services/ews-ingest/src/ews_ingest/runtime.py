@@ -1,4 +1,4 @@
-"""ews-ingest assembled: credential pools, scheduler, streaming, seats, control subjects, readiness.
+"""ews-ingest assembled: credential pools, scheduler, streaming, seats, replica ownership, control subjects, readiness.
 
 `__main__` builds one IngestRuntime inside a tccal ServiceApp; tests build it directly around a Bus.
 """
@@ -20,6 +20,7 @@ from exchangelib.errors import (
     ErrorImpersonateUserDenied,
     ErrorNonExistentMailbox,
 )
+from exchangelib.protocol import BaseProtocol
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
@@ -27,6 +28,7 @@ from ews_ingest.bus import ChangePublisher, ControlError, parse_control
 from ews_ingest.conference_marker import MarkerParser, register_marker_property
 from ews_ingest.exchange.errors import describe
 from ews_ingest.exchange.pool import CredentialPool, any_recent_success
+from ews_ingest.ownership import Ownership, replica_id
 from ews_ingest.scheduler import Scheduler, UnknownMailboxError
 from ews_ingest.seats import SeatKeeper
 from ews_ingest.settings import IngestSettings, ProviderSettings
@@ -37,6 +39,8 @@ from tccal.bus import Bus
 from tccal.subjects import ONDEMAND_SUBJECTS, RESYNC_SUBJECTS, SEATS_SUBJECT
 
 log = logging.getLogger(__name__)
+#: exchangelib's User-Agent; each replica adds its name (Exchange's logs, and the emulator, tell replicas apart).
+EXCHANGELIB_AGENT = BaseProtocol.USERAGENT
 NOT_HERE = (ErrorNonExistentMailbox, ErrorImpersonateUserDenied, ErrorAccessDenied, AutoDiscoverFailed)
 
 
@@ -63,6 +67,19 @@ class IngestRuntime:
             providers=len(settings.providers),
             refresh_seconds=tuning.seat_refresh_seconds,
         )
+        replica = replica_id()
+        BaseProtocol.USERAGENT = f"{EXCHANGELIB_AGENT} tc-calendar-ews-ingest/{replica}"
+        self.ownership = Ownership(
+            bus,
+            self.store,
+            tuning,
+            replica=replica,
+            mailboxes=lambda: list(self.scheduler.entries),
+            gained=self._gained,
+            lost=self._lost,
+            settle=self._settle,
+        )
+        self.scheduler.owns = self.ownership.owns
         self.writer: JoinLinkWriter | None = None
         if settings.write_back_join_link:
             self.writer = JoinLinkWriter(self.scheduler, bus)
@@ -100,6 +117,7 @@ class IngestRuntime:
         if not self.settings.providers:
             log.warning("no calendarProviders configured: ews-ingest has nothing to sync")
         tasks = [
+            asyncio.create_task(self.ownership.run(stop), name="ews-ownership"),
             asyncio.create_task(self.scheduler.run(stop), name="ews-scheduler"),
             asyncio.create_task(self.streams.run(stop), name="ews-streams"),
             asyncio.create_task(self.seats.run(stop), name="ews-seats"),
@@ -119,6 +137,8 @@ class IngestRuntime:
                     log.error("ews-ingest task ended with an error", extra={"error": describe(result)})
             for task in list(self._background):
                 task.cancel()
+            with contextlib.suppress(Exception):
+                await self.ownership.release_all()
             await self.close()
 
     async def _connect(self, stop: asyncio.Event) -> bool:
@@ -154,6 +174,44 @@ class IngestRuntime:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    # ------------------------------------------------------------------ ownership
+    def _gained(self, mailboxes: list[str]) -> None:
+        """Shards came to this replica: stream and catch up their mailboxes (from their checkpoints), and learn the
+        on-demand mailboxes another replica added meanwhile."""
+        for mailbox in mailboxes:
+            entry = self.scheduler.entries.get(mailbox)
+            if entry is not None:
+                self.scheduler.activate(entry, "catch-up")
+        self._spawn(self._learn_on_demand())
+
+    def _lost(self, mailboxes: list[str]) -> None:
+        for mailbox in mailboxes:
+            entry = self.scheduler.entries.get(mailbox)
+            if entry is not None:
+                self.scheduler.deactivate(entry)
+
+    async def _settle(self, mailboxes: list[str]) -> None:
+        """Wait for the syncs still running on these mailboxes (none starts any more) before a hand-over."""
+        for mailbox in mailboxes:
+            entry = self.scheduler.entries.get(mailbox)
+            if entry is not None and entry.lock.locked():
+                async with entry.lock:
+                    pass
+
+    async def _learn_on_demand(self) -> None:
+        added = False
+        with contextlib.suppress(Exception):
+            for mailbox, provider in (await self.store.load_on_demand()).items():
+                if provider in self.pools and mailbox not in self.scheduler.entries:
+                    self.scheduler.add(mailbox, provider, configured=False)
+                    added = True
+        if added:
+            self.seats.poke()
+
+    def _answers(self, mailbox: str) -> bool:
+        """Whether this replica answers a control request about `mailbox`: only its owner does (one answer)."""
+        return self.ownership.owns(mailbox.strip().lower())
+
     # ------------------------------------------------------------------ control subjects
     async def _on_resync(self, msg: Msg) -> None:
         try:
@@ -161,6 +219,8 @@ class IngestRuntime:
         except ControlError as exc:
             log.warning("resync request ignored", extra={"subject": msg.subject, "error": str(exc)})
             await self._reply(msg, "", False, str(exc))
+            return
+        if not self._answers(request.mailbox):
             return
         self._spawn(self._resync(msg, request.mailbox, request.since))
 
@@ -183,6 +243,8 @@ class IngestRuntime:
         except ControlError as exc:
             log.warning("on-demand request ignored", extra={"subject": msg.subject, "error": str(exc)})
             await self._reply(msg, "", False, str(exc))
+            return
+        if not self._answers(request.mailbox):
             return
 
         async def handle() -> None:

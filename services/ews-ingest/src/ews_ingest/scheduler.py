@@ -8,6 +8,9 @@ had room for it). One sync of a mailbox runs at a time; a trigger during a sync 
 A failed sync logs `failed to getCalendarList` with the mailbox and the cause, marks the mailbox ERROR and is
 retried with jittered exponential back-off - the other mailboxes carry on (workers and EWS connections are shared,
 per-credential bounds are kept by the credential pools).
+
+With several replicas a mailbox is synced only by the replica owning it (`owns`, ews_ingest.ownership): a mailbox
+is active when it has a seat and is owned here; `activate` / `deactivate` tell the streams when ownership moves.
 """
 
 from __future__ import annotations
@@ -78,6 +81,8 @@ class MailboxEntry:
     streamed: bool = False
     syncs: int = 0
     sync_started: float = 0.0  # monotonic start of the latest sync
+    #: Set to stop the running sync after its current page (shutdown, or ownership moved to another replica).
+    halt: asyncio.Event | None = None
 
     @property
     def credential(self) -> str:
@@ -109,6 +114,10 @@ class UnknownMailboxError(KeyError):
     pass
 
 
+def _owns_every_mailbox(mailbox: str) -> bool:
+    return True
+
+
 class Scheduler:
     def __init__(
         self,
@@ -132,6 +141,8 @@ class Scheduler:
         self.on_deactivate: list[Callable[[MailboxEntry], None]] = []
         self.after_sync: list[Callable[[MailboxEntry, SyncResult], Awaitable[None]]] = []
         self.observers: list[Observer] = []
+        #: Whether this replica owns a mailbox (ews_ingest.ownership replaces it; alone, it owns every one).
+        self.owns: Callable[[str], bool] = _owns_every_mailbox
         self.tracer = telemetry.tracer("ews_ingest")
         # A mailbox sync holds an EWS connection only during its calls; publishing its changes and writing its
         # checkpoint take no connection. Twice as many syncs as connections keep every connection busy (the pool's
@@ -170,9 +181,7 @@ class Scheduler:
                     entry.state = ingest_pb2.MAILBOX_STATE_SYNCING
                 entry.last_error = ""
             log.info("seat granted", extra={"mailbox": entry.mailbox, "provider": entry.provider})
-            for callback in self.on_activate:
-                callback(entry)
-            self.trigger(entry.mailbox, "seat")
+            self.activate(entry, "seat")
         elif not granted:
             was = entry.seat
             entry.seat = False
@@ -181,13 +190,35 @@ class Scheduler:
             entry.last_error_at = dt.datetime.now(dt.UTC)
             if was:
                 log.warning("seat revoked", extra={"mailbox": entry.mailbox, "reason": entry.last_error})
-                for callback in self.on_deactivate:
-                    callback(entry)
+                if self.owns(entry.mailbox):
+                    for callback in self.on_deactivate:
+                        callback(entry)
+
+    def active(self, entry: MailboxEntry) -> bool:
+        """Synced here: it has a seat and this replica owns it."""
+        return entry.seat and self.owns(entry.mailbox)
+
+    def activate(self, entry: MailboxEntry, reason: str) -> None:
+        """The mailbox became active (a seat, or ownership came here): stream it and sync it."""
+        if not self.active(entry):
+            return
+        for callback in self.on_activate:
+            callback(entry)
+        self.trigger(entry.mailbox, reason)
+
+    def deactivate(self, entry: MailboxEntry) -> None:
+        """Ownership left this replica (`owns` says no already): stop streaming it; no new sync starts and a running
+        one stops after its current page (checkpointed: the next owner resumes there)."""
+        if entry.halt is not None:
+            entry.halt.set()
+        if entry.seat:
+            for callback in self.on_deactivate:
+                callback(entry)
 
     # ------------------------------------------------------------------ triggers
     def trigger(self, mailbox: str, reason: str, noticed_at: float | None = None) -> bool:
         entry = self.entries.get(mailbox)
-        if entry is None or not entry.seat:
+        if entry is None or not self.active(entry):
             return False
         if noticed_at is not None and (entry.noticed_at is None or noticed_at < entry.noticed_at):
             entry.noticed_at = noticed_at
@@ -208,6 +239,9 @@ class Scheduler:
         try:
             await stop.wait()
         finally:
+            for entry in self.entries.values():
+                if entry.halt is not None:
+                    entry.halt.set()
             ticker.cancel()
             for _ in workers:
                 self._queue.put_nowait((-1, -1, ""))
@@ -219,7 +253,7 @@ class Scheduler:
         while not stop.is_set():
             now = time.monotonic()
             for entry in self.entries.values():
-                if entry.seat and entry.queued is None and entry.next_due and entry.next_due <= now:
+                if self.active(entry) and entry.queued is None and entry.next_due and entry.next_due <= now:
                     if entry.state == ingest_pb2.MAILBOX_STATE_ERROR:
                         reason = "retry"
                     else:
@@ -237,12 +271,14 @@ class Scheduler:
             if entry is None or entry.queued is None:
                 continue
             entry.queued = None
-            if not entry.seat:
+            if not self.active(entry):
                 continue
             async with entry.lock:
                 entry.dirty = False
+                if not self.active(entry):  # ownership left while it waited for a running sync
+                    continue
                 await self._sync(entry)
-            if entry.dirty and entry.seat and not stop.is_set():
+            if entry.dirty and self.active(entry) and not stop.is_set():
                 self.trigger(entry.mailbox, "notification")
 
     async def context(self, entry: MailboxEntry) -> MailboxContext:
@@ -262,14 +298,21 @@ class Scheduler:
             )
         return entry.context
 
-    def _syncer(self, context: MailboxContext) -> MailboxSync:
+    def _halt(self, entry: MailboxEntry) -> asyncio.Event:
+        """A fresh stop signal for the sync starting on `entry` (set already when ews-ingest is stopping)."""
+        entry.halt = asyncio.Event()
+        if self._stop is not None and self._stop.is_set():
+            entry.halt.set()
+        return entry.halt
+
+    def _syncer(self, context: MailboxContext, halt: asyncio.Event) -> MailboxSync:
         return MailboxSync(
             context,
             auto_sync=self.settings.auto_sync,
             window=Window.around(dt.datetime.now(dt.UTC), self.settings.backward_months, self.settings.forward_months),
             page_size=self.tuning.sync_page_size,
             batch_size=self.tuning.get_item_batch,
-            stop=self._stop,
+            stop=halt,
         )
 
     async def _sync(self, entry: MailboxEntry) -> None:
@@ -282,7 +325,7 @@ class Scheduler:
             span.set_attribute("ews.credential", entry.credential)
             try:
                 context = await self.context(entry)
-                result = await self._syncer(context).sync()
+                result = await self._syncer(context, self._halt(entry)).sync()
             except Exception as exc:
                 self._failed(entry, exc, span)
                 _syncs.add(1, {"outcome": "error"})
@@ -358,12 +401,14 @@ class Scheduler:
         entry = self.get(mailbox)
         if not entry.seat:
             raise PermissionError(f"{entry.mailbox} has no seat: {entry.last_error or 'licensing granted none'}")
+        if not self.owns(entry.mailbox):
+            raise PermissionError(f"{entry.mailbox} is synced by another ews-ingest replica")
         async with entry.lock:
             with self.tracer.start_as_current_span("resync mailbox") as span:
                 span.set_attribute("calendar.mailbox", entry.mailbox)
                 try:
                     context = await self.context(entry)
-                    result = await self._syncer(context).resync(since, uuid.uuid4().hex[:12])
+                    result = await self._syncer(context, self._halt(entry)).resync(since, uuid.uuid4().hex[:12])
                 except Exception as exc:
                     self._failed(entry, exc, span)
                     raise

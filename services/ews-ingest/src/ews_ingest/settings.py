@@ -58,6 +58,14 @@ class Tuning:
     http_timeout_seconds: float = 120.0
     #: Readiness: how long a provider probe result is reused.
     probe_cache_seconds: float = 5.0
+    #: Replicas (ews_ingest.ownership): a mailbox-shard lease lives this long unless renewed (INGEST_LEASES TTL).
+    lease_seconds: float = 15.0
+    #: Leases and the replica's heartbeat are renewed this often (less than a third of lease_seconds).
+    lease_renew_seconds: float = 4.0
+    #: A replica whose renewal did not succeed stops a shard's mailboxes this long before the lease could expire.
+    lease_margin_seconds: float = 3.0
+    #: Mailboxes are hashed into this many shards, the unit of ownership (the first replica fixes it in KV).
+    lease_shards: int = 64
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Tuning:
@@ -89,6 +97,18 @@ class Tuning:
             raise ValueError(f"sync_page_size={self.sync_page_size}: SyncFolderItems allows 1-512")
         if self.get_item_batch < 1:
             raise ValueError(f"get_item_batch={self.get_item_batch}: must be at least 1")
+        if not 0 < self.lease_renew_seconds < self.lease_seconds / 3:
+            raise ValueError(
+                f"lease_renew_seconds={self.lease_renew_seconds}: must be above 0 and below a third of "
+                f"lease_seconds={self.lease_seconds}"
+            )
+        if not 0 < self.lease_margin_seconds < self.lease_seconds - 2 * self.lease_renew_seconds:
+            raise ValueError(
+                f"lease_margin_seconds={self.lease_margin_seconds}: must be above 0 and leave two renewals "
+                f"(lease_seconds - 2 * lease_renew_seconds = {self.lease_seconds - 2 * self.lease_renew_seconds})"
+            )
+        if not 1 <= self.lease_shards <= 4096:
+            raise ValueError(f"lease_shards={self.lease_shards}: must be 1-4096")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@
 | `v1.quarantine.<mailbox>` | items that could not be normalized: `{item_id: {change_key, reason, at}}` |
 | `v1.ondemand.<mailbox>` | a mailbox TrueConf asked for: `{provider, requested_at}` |
 | `v1.seats` | the last AllocateSeats answer: `{granted, refused: {mailbox: reason}, at}` |
+| `v1.lease-shards` | replica ownership's shard count `{shards}` (ews_ingest.ownership) |
 
 Tokens are the lower-cased text with every character outside `[a-z0-9_-]` written as `=XX` (UTF-8 bytes in hex),
 so `anna@example.com` is `anna=40example=2ecom`.

@@ -162,7 +162,7 @@ class StreamManager:
         if entry.mailbox not in self._locating:
             return  # removed (no seat any more) while autodiscover answered
         self._locating.discard(entry.mailbox)
-        if self.scheduler.entries.get(entry.mailbox) is entry and entry.seat:
+        if self.scheduler.entries.get(entry.mailbox) is entry and self.scheduler.active(entry):
             self._place(entry, key)
 
     def _place(self, entry: MailboxEntry, key: str) -> None:
@@ -213,7 +213,7 @@ class StreamManager:
         entry.streamed = False
         if freed and waiting:  # room on a stream: the longest-polled mailbox takes it
             promoted = self.scheduler.entries.get(waiting.pop(0))
-            if promoted is not None and promoted.seat:
+            if promoted is not None and self.scheduler.active(promoted):
                 self.add(promoted)
 
     async def _after_sync(self, entry: MailboxEntry, result: object) -> None:
@@ -394,7 +394,8 @@ class StreamManager:
                 self._set_streamed(mailbox, True)
                 fresh[mailbox] = time.monotonic()
                 self.stats.subscriptions += 1
-        if group.affinity is not None and group.affinity.anchor not in group.subscriptions:
+        # the anchor left the group (seat revoked, another replica owns it now): a subscribed member anchors it
+        if group.affinity is None or group.affinity.anchor not in group.subscriptions:
             subscribed = [m for m in group.members if m in group.subscriptions]
             group.affinity = Affinity(anchor=subscribed[0]) if subscribed else None
         return fresh

@@ -79,7 +79,7 @@ class JoinLinkWriter:
         if pending is None:
             return
         entry = self.scheduler.entries.get(pending.mailbox)
-        if entry is None or not entry.seat:
+        if entry is None or not self.scheduler.active(entry):
             return
         url = result.conference.url
 
