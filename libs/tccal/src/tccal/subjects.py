@@ -39,6 +39,8 @@ STREAM_SUBJECTS = {
 
 #: KV bucket of ews-ingest's checkpoints, seats and on-demand mailboxes (ews_ingest.state).
 INGEST_STATE_BUCKET = "INGEST_STATE"
+#: KV bucket of graph-ingest's delta links, sequences and last seat answer (graph_ingest.state).
+GRAPH_STATE_BUCKET = "GRAPH_INGEST_STATE"
 #: KV bucket of tcs-gateway's per-server state (tcs_gateway.state).
 GATEWAY_STATE_BUCKET = "TCS_GATEWAY"
 #: KV bucket of tcs-gateway's conference command order fence (tcs_gateway.conference_order).

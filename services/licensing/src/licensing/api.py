@@ -28,7 +28,7 @@ log = logging.getLogger("licensing")
 SERVICE_NAME = "trueconf.calendar.v1.LicensingService"
 #: Who may call what (docs/architecture.md §4.1): AllocateSeats is ews-ingest's (and administrators'); registration
 #: and GetLicense are for administrators.
-POLICY = AccessPolicy(callers={f"/{SERVICE_NAME}/AllocateSeats": frozenset({"ews-ingest"})})
+POLICY = AccessPolicy(callers={f"/{SERVICE_NAME}/AllocateSeats": frozenset({"ews-ingest", "graph-ingest"})})
 
 _TIERS = {
     Tier.FREE: licensing_pb2.LICENSE_TIER_FREE,

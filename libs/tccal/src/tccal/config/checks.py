@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from tccal.config.loader import ConfigProblem
-from tccal.config.schema import SERVICE_NAMES, Config
+from tccal.config.schema import OPTIONAL_SERVICE_NAMES, SERVICE_NAMES, Config
 from tccal.grpckit import TlsMaterial, is_loopback
 
 
@@ -24,7 +24,8 @@ def startup_problems(config: Config) -> list[ConfigProblem]:
         problems.append(ConfigProblem(key, message))
     if config.grpc.admin_token:
         return problems
-    for service in SERVICE_NAMES:
+    services = [*SERVICE_NAMES, *(OPTIONAL_SERVICE_NAMES if config.graph_providers else ())]
+    for service in services:
         host = config.grpc.endpoint(service).host
         if not is_loopback(host):
             problems.append(
@@ -72,7 +73,7 @@ def transport_warnings(config: Config) -> list[ConfigProblem]:
     """What would cross the network unencrypted: EWS over http (with Basic authentication, the service account's
     password itself on every request - RFC 7617 §4: "the user's password ... is transmitted in clear")."""
     warnings: list[ConfigProblem] = []
-    for index, provider in enumerate(config.calendar_providers):
+    for index, provider in config.ews_providers:
         if provider.scheme != "http" or provider.host == "localhost" or is_loopback(provider.host):
             continue  # https, or a loopback address: nothing crosses the network
         if provider.auth == "basic":

@@ -18,7 +18,7 @@ import json5
 from pydantic import BaseModel, ValidationError
 
 from tccal import secrets
-from tccal.config.schema import SERVICE_NAMES, Config, iter_secrets
+from tccal.config.schema import ALL_SERVICE_NAMES, PROVIDER_TYPES, Config, iter_secrets
 
 ENV_PREFIX = "TC_CALENDAR__"
 CONFIG_ENV = "TC_CALENDAR_CONFIG"  # names config.json when --config is not given
@@ -187,7 +187,7 @@ def _key_form(key: str) -> str:
 
 
 def _known_keys() -> Iterable[str]:
-    yield from SERVICE_NAMES  # keys of grpc.services (a mapping, so not among the fields below)
+    yield from ALL_SERVICE_NAMES  # keys of grpc.services (a mapping, so not among the fields below)
     seen: set[str] = set()
     stack: list[type[BaseModel]] = [Config]
     while stack:
@@ -270,7 +270,9 @@ def _allowed_keys_hint(loc: tuple[Any, ...]) -> str:
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
     path = ""
-    for part in loc:
+    for index, part in enumerate(loc):
+        if index >= 2 and loc[index - 2] == "calendarProviders" and part in PROVIDER_TYPES:
+            continue  # the union's tag (the entry's `type`), not a key of the file
         if isinstance(part, int):
             path += f"[{part}]"
         else:
