@@ -255,3 +255,41 @@ async def test_a_wrong_client_secret_names_the_provider_entry(
     assert "calendarProviders[0].clientSecret" in error
     assert "invalid_client" in error and "AADSTS7000215" in error
     assert "calendarProviders[0].clientSecret" in ready_error
+
+
+async def test_series_occurrences_and_exceptions_are_published_as_calendarview_returns_them(
+    emu: EmulatorProcess, nats_server: EmbeddedNats, seats: SeatServer, collector: ChangeCollector, writer: GraphWriter
+) -> None:
+    (mailbox,) = new_mailboxes(emu, "kira")
+    first = soon(days=1, hour=8)
+    series = await writer.create(
+        mailbox,
+        "Weekly standup",
+        start=first,
+        minutes=15,
+        recurrence={
+            "pattern": {"type": "daily", "interval": 7},
+            "range": {"type": "numbered", "startDate": first.date().isoformat(), "numberOfOccurrences": 3},
+        },
+    )
+    config = graph_config(seats.address, [graph_provider(emu, [mailbox])])
+    async with running_graph(config, nats_server) as graph:
+        await collector.start()
+        await graph.rounds(mailbox)
+        await wait_for_async(lambda: len(collector.of(mailbox)) == 3, timeout=20, what="three occurrences")
+        occurrences = sorted(collector.of(mailbox), key=lambda c: c.event.start.seconds)
+        assert {c.event.kind for c in occurrences} == {calendar_pb2.ITEM_KIND_OCCURRENCE}
+        assert {c.event.uid for c in occurrences} == {series["iCalUId"]}
+        assert [c.event.recurrence_id.seconds for c in occurrences] == [c.event.start.seconds for c in occurrences]
+        assert occurrences[1].event.start.seconds - occurrences[0].event.start.seconds == 7 * 86400
+        second, third = occurrences[1], occurrences[2]
+        await writer.update(mailbox, second.item_id, {"subject": "Weekly standup (long)"})
+        await writer.delete(mailbox, third.item_id)
+        await graph.poll(mailbox)
+        changed = await collector.wait(
+            lambda c: c.item_id == second.item_id and c.event.kind == calendar_pb2.ITEM_KIND_EXCEPTION,
+            what="the exception",
+        )
+        assert changed.event.subject == "Weekly standup (long)"
+        assert changed.event.recurrence_id == second.event.recurrence_id
+        await collector.wait(lambda c: c.item_id == third.item_id and c.type == DELETE, what="the cancelled one")
