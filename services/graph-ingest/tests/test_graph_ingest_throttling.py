@@ -46,4 +46,3 @@ async def test_throttled_requests_are_retried_after_retry_after_and_nothing_is_l
     usage = emu.control("GET", f"/mailboxes/{mailbox}")["requests"][READONLY_APP_ID]
     assert usage["throttled"] > 0
     assert usage["max_in_flight"] <= 4
-

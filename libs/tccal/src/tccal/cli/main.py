@@ -63,7 +63,7 @@ def config_check(file: str | None, no_decrypt: bool) -> None:
     """
     import os
 
-    from tccal.config.checks import startup_problems, transport_warnings, trueconf_warnings
+    from tccal.config.checks import provider_warnings, startup_problems, transport_warnings, trueconf_warnings
 
     path = file or os.environ.get(CONFIG_ENV)
     if not path:
@@ -79,7 +79,7 @@ def config_check(file: str | None, no_decrypt: bool) -> None:
         click.echo(f"{path}: {problem}", err=True)
     if problems:
         sys.exit(EXIT_CONFIG)
-    warnings = trueconf_warnings(config) + transport_warnings(config)
+    warnings = trueconf_warnings(config) + transport_warnings(config) + provider_warnings(config)
     for warning in warnings:
         click.echo(f"{path}: warning: {warning}", err=True)
     providers = len(config.calendar_providers)

@@ -4,7 +4,8 @@
   `grpc.adminToken`, the rule of tccal.grpckit.GrpcServer; `grpc.tls` files that cannot be read or do not go
   together);
 * warnings - everything starts, but no TrueConf Server can use it (no whitelisted server with its `tcs.servers`
-  entry, or an entry on one side only), or secrets and calendars would cross the network in clear (EWS over http).
+  entry, or an entry on one side only), or secrets and calendars would cross the network in clear (EWS over http),
+  or a mailbox is listed under both an EWS and a Graph provider.
 """
 
 from __future__ import annotations
@@ -87,4 +88,23 @@ def transport_warnings(config: Config) -> list[ConfigProblem]:
                 "cross the network unencrypted; use scheme https"
             )
         warnings.append(ConfigProblem(f"calendarProviders[{index}].scheme", message))
+    return warnings
+
+
+def provider_warnings(config: Config) -> list[ConfigProblem]:
+    """A mailbox listed under an EWS and a Graph provider would be read by both ews-ingest and graph-ingest: two
+    copies of every meeting, under two provider names (hybrid: on-premises mailboxes through EWS, cloud ones through
+    Graph - each mailbox in one place)."""
+    ews = {user: index for index, provider in config.ews_providers for user in provider.users}
+    warnings: list[ConfigProblem] = []
+    for index, provider in config.graph_providers:
+        for number, user in enumerate(provider.users):
+            if user in ews:
+                warnings.append(
+                    ConfigProblem(
+                        f"calendarProviders[{index}].users[{number}]",
+                        f"{user!r} is also listed by the EWS provider calendarProviders[{ews[user]}]: both "
+                        "ews-ingest and graph-ingest would sync it; list each mailbox under one provider",
+                    )
+                )
     return warnings

@@ -255,8 +255,13 @@ def describe_errors(exc: ValidationError, overridden: Mapping[str, str]) -> list
 
 def _allowed_keys_hint(loc: tuple[Any, ...]) -> str:
     model: Any = Config
+    models: list[Any] = []
     for part in loc[:-1]:
         if isinstance(part, int) or model is None:
+            continue
+        tagged = [m for m in models if _tag_of(m) == part]
+        if tagged:  # the union's tag (calendarProviders[i].<type>): the variant of that type
+            model = tagged[0]
             continue
         fields = {f.alias or n: f for n, f in model.model_fields.items()}
         field = fields.get(str(part))
@@ -266,6 +271,14 @@ def _allowed_keys_hint(loc: tuple[Any, ...]) -> str:
         return ""
     allowed = ", ".join(f.alias or n for n, f in model.model_fields.items())
     return f" (expected one of: {allowed})"
+
+
+def _tag_of(model: Any) -> str | None:
+    field = model.model_fields.get("type")
+    args: tuple[Any, ...] = tuple(getattr(field.annotation, "__args__", ())) if field is not None else ()
+    if len(args) == 1 and args[0] in PROVIDER_TYPES:
+        return str(args[0])
+    return None
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
