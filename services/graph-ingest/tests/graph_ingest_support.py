@@ -64,9 +64,8 @@ class GraphWriter:
         if self._session is not None:
             await self._session.close()
 
-    async def _call(self, method: str, path: str, body: Any = None) -> Any:
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
+    async def _token_now(self) -> str:
+        assert self._session is not None
         if not self._token:
             form = {
                 "grant_type": "client_credentials",
@@ -78,14 +77,22 @@ class GraphWriter:
                 f"{self.emu.authority}/{TENANT_ID}/oauth2/v2.0/token", data=form, ssl=self.ssl
             ) as resp:
                 self._token = (await resp.json())["access_token"]
-        headers = {"Authorization": f"Bearer {self._token}"}
+        return self._token
+
+    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
         while True:
+            headers = {"Authorization": f"Bearer {await self._token_now()}"}
             async with self._session.request(
                 method, f"{self.emu.graph_url}{path}", json=body, headers=headers, ssl=self.ssl
             ) as resp:
                 text = await resp.text()
                 if resp.status == 429:  # a test that lowers the limits throttles the writer too: wait as told
                     await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
+                    continue
+                if resp.status == 401 and "expired" in text:  # a test expired every token: get a new one
+                    self._token = ""
                     continue
                 assert resp.status < 300, f"{method} {path}: HTTP {resp.status}: {text}"
                 return await resp.json() if text else None

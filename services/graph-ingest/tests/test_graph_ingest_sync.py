@@ -3,8 +3,10 @@ expired delta tokens, the conference marker and refused credentials."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections import Counter
+from zoneinfo import ZoneInfo
 
 from ews_ingest_support import ChangeCollector
 from graph_ingest_support import (
@@ -293,3 +295,42 @@ async def test_series_occurrences_and_exceptions_are_published_as_calendarview_r
         assert changed.event.subject == "Weekly standup (long)"
         assert changed.event.recurrence_id == second.event.recurrence_id
         await collector.wait(lambda c: c.item_id == third.item_id and c.type == DELETE, what="the cancelled one")
+
+
+async def test_windows_time_zone_html_body_sensitivity_and_cancellation_are_normalized(
+    emu: EmulatorProcess, nats_server: EmbeddedNats, seats: SeatServer, collector: ChangeCollector, writer: GraphWriter
+) -> None:
+    (mailbox,) = new_mailboxes(emu, "olga")
+    day = soon(days=6).date().isoformat()
+    created = await writer._call(
+        "POST",
+        f"/users/{mailbox}/events",
+        {
+            "subject": "Berlin meeting",
+            "start": {"dateTime": f"{day}T10:00:00", "timeZone": "W. Europe Standard Time"},
+            "end": {"dateTime": f"{day}T11:00:00", "timeZone": "W. Europe Standard Time"},
+            "body": {"contentType": "html", "content": "<html><body><p>Bring <b>slides</b></p></body></html>"},
+            "sensitivity": "private",
+        },
+    )
+    config = graph_config(seats.address, [graph_provider(emu, [mailbox])])
+    async with running_graph(config, nats_server) as graph:
+        await collector.start()
+        await graph.rounds(mailbox)
+        change = await collector.wait(lambda c: c.item_id == created["id"], what="the Berlin meeting")
+        event = change.event
+        assert (event.time_zone, event.windows_time_zone) == ("Europe/Berlin", "W. Europe Standard Time")
+        berlin = dt.datetime.fromisoformat(f"{day}T10:00:00").replace(tzinfo=ZoneInfo("Europe/Berlin"))
+        assert event.start.ToDatetime(tzinfo=dt.UTC) == berlin.astimezone(dt.UTC)
+        assert event.body == "Bring slides"
+        assert event.sensitivity == common_pb2.SENSITIVITY_PRIVATE and not event.is_meeting
+        # an expired access token (Graph answers 401) is replaced without failing the round
+        acquired = graph.runtime.clients[graph.status(mailbox).provider].tokens.acquired
+        emu.control("POST", "/tokens/expire", {})
+        await writer._call("POST", f"/users/{mailbox}/events/{created['id']}/cancel", {"comment": "off"})
+        await graph.poll(mailbox)
+        cancelled = await collector.wait(
+            lambda c: c.item_id == created["id"] and (c.type == DELETE or c.event.cancelled), what="the cancellation"
+        )
+        assert graph.runtime.clients[graph.status(mailbox).provider].tokens.acquired == acquired + 1
+        assert cancelled.sequence > change.sequence

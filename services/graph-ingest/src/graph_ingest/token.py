@@ -69,8 +69,11 @@ class TokenSource:
         return self._app
 
     def invalidate(self) -> None:
-        """Graph refused the token (401): ask for a new one next time."""
+        """Graph refused the token (401): ask for a new one next time. MSAL would hand out the same token from its
+        own cache until `expires_in` ends, so that cache is emptied too."""
         self._token, self._expires = "", 0.0
+        if self._app is not None:
+            self._app.token_cache = msal.TokenCache()
 
     async def token(self) -> str:
         async with self._lock:
