@@ -3,6 +3,7 @@ expired delta tokens, the conference marker and refused credentials."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections import Counter
@@ -20,7 +21,11 @@ from graph_ingest_support import (
     soon,
 )
 
-from graph_emulator.testing import EmulatorProcess
+from graph_emulator.testing import READONLY_APP_ID, EmulatorProcess
+from graph_ingest.graph import GraphClient
+from graph_ingest.settings import GraphSettings
+from tccal.config import Config
+from tccal.secrets import reveal
 from tccal_sandbox.embedded import EmbeddedNats
 from tccal_sandbox.testing import wait_for_async
 from trueconf.calendar.v1 import calendar_pb2, common_pb2
@@ -334,3 +339,32 @@ async def test_windows_time_zone_html_body_sensitivity_and_cancellation_are_norm
         )
         assert graph.runtime.clients[graph.status(mailbox).provider].tokens.acquired == acquired + 1
         assert cancelled.sequence > change.sequence
+
+
+async def test_never_more_than_four_requests_of_a_mailbox_in_flight(emu: EmulatorProcess, writer: GraphWriter) -> None:
+    """Outlook allows 4 concurrent requests per app and mailbox (the emulator answers a fifth with 429
+    MailboxConcurrency). With the mailbox's requests held in flight by the emulator, ten GETs at once: four reach
+    Graph, six wait in graph-ingest, none is refused; released, all ten succeed."""
+    (mailbox,) = new_mailboxes(emu, "pavel")
+    created = await writer.create(mailbox, "Parallel")
+    config = Config.model_validate(graph_config("127.0.0.1:1", [graph_provider(emu, [mailbox])]))
+    settings = GraphSettings.from_config(config, lambda v: reveal(v, allow_plaintext=True), FAST)
+    client = GraphClient(settings.providers[0], FAST)
+    url = client.url(f"/users/{mailbox}/events/{created['id']}")
+    await client.tokens.token()
+    emu.control("POST", f"/mailboxes/{mailbox}/hold", {})
+    try:
+        calls = [asyncio.create_task(client.get(mailbox, url)) for _ in range(10)]
+
+        def usage() -> dict[str, int]:
+            found = emu.control("GET", f"/mailboxes/{mailbox}")["requests"].get(READONLY_APP_ID)
+            return dict(found or {"in_flight": 0, "throttled": 0, "max_in_flight": 0})
+
+        await wait_for_async(lambda: usage()["in_flight"] == 4, timeout=20, what="four requests held in flight")
+        assert client.limit(mailbox).locked()  # the other six wait here, not at Graph
+    finally:
+        emu.control("POST", f"/mailboxes/{mailbox}/release", {})
+    answers = await asyncio.gather(*calls)
+    await client.close()
+    assert {a["id"] for a in answers} == {created["id"]}
+    assert usage()["throttled"] == 0 and usage()["max_in_flight"] == 4 and client.stats.throttled == 0
