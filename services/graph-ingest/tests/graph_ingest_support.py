@@ -33,6 +33,7 @@ from graph_ingest.runtime import GraphRuntime, MailboxStatus
 from graph_ingest.settings import GraphSettings, Tuning
 from licensing.api import POLICY
 from tccal.bus import Bus
+from tccal.clock import Clock
 from tccal.conference_marker import MARKER_GRAPH_PROPERTY_ID
 from tccal.config import Config
 from tccal.grpckit import GrpcServer
@@ -248,12 +249,12 @@ class GraphHarness:
 
 @contextlib.asynccontextmanager
 async def running_graph(
-    config: dict[str, Any], nats_server: EmbeddedNats, tuning: Tuning = FAST
+    config: dict[str, Any], nats_server: EmbeddedNats, tuning: Tuning = FAST, clock: Clock | None = None
 ) -> AsyncIterator[GraphHarness]:
     validated = Config.model_validate(config)
     settings = GraphSettings.from_config(validated, lambda v: reveal(v, allow_plaintext=True), tuning)
     bus = Bus(nats_settings(nats_server, "graph-ingest"))
-    runtime = GraphRuntime(settings, bus)
+    runtime = GraphRuntime(settings, bus, clock)
     stop = asyncio.Event()
     task = asyncio.create_task(runtime.run(stop))
     try:

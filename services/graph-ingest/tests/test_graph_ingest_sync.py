@@ -9,6 +9,7 @@ import json
 from collections import Counter
 from zoneinfo import ZoneInfo
 
+from dateutil.relativedelta import relativedelta
 from ews_ingest_support import ChangeCollector
 from graph_ingest_support import (
     FAST,
@@ -24,6 +25,7 @@ from graph_ingest_support import (
 from graph_emulator.testing import READONLY_APP_ID, EmulatorProcess
 from graph_ingest.graph import GraphClient
 from graph_ingest.settings import GraphSettings
+from tccal.clock import FakeClock
 from tccal.config import Config
 from tccal.secrets import reveal
 from tccal_sandbox.embedded import EmbeddedNats
@@ -368,3 +370,32 @@ async def test_never_more_than_four_requests_of_a_mailbox_in_flight(emu: Emulato
     await client.close()
     assert {a["id"] for a in answers} == {created["id"]}
     assert usage()["throttled"] == 0 and usage()["max_in_flight"] == 4 and client.stats.throttled == 0
+
+
+async def test_a_new_day_rereads_the_mailbox_for_the_moved_window(
+    emu: EmulatorProcess, nats_server: EmbeddedNats, seats: SeatServer, collector: ChangeCollector, writer: GraphWriter
+) -> None:
+    """A delta token keeps the window it was made with; when the cache window moves to the next day the mailbox is
+    read again for the new window inside a resync frame (an event that entered the window is published)."""
+    (mailbox,) = new_mailboxes(emu, "rita")
+    clock = FakeClock(dt.datetime.now(dt.UTC))
+    # cache.forward is 2 months: an event 2 months and 3 days ahead is outside today's window, inside in 5 days
+    ahead = clock.now() + relativedelta(months=2) + dt.timedelta(days=3)
+    inside = await writer.create(mailbox, "Inside the window")
+    later = await writer.create(mailbox, "Enters the window later", start=ahead.replace(minute=0, second=0))
+    config = graph_config(seats.address, [graph_provider(emu, [mailbox])])
+    async with running_graph(config, nats_server, clock=clock) as graph:
+        await collector.start()
+        await graph.rounds(mailbox)
+        await collector.wait(lambda c: c.item_id == inside["id"], what="the event inside the window")
+        assert later["id"] not in {c.item_id for c in collector.of(mailbox)}
+        await graph.poll(mailbox)  # the same day: an ordinary round, no re-read
+        assert graph.status(mailbox).totals.snapshots == 0
+        clock.advance(dt.timedelta(days=5))
+        status = await graph.poll(mailbox)
+        assert status.totals.snapshots == 1
+        await collector.wait(lambda c: c.item_id == later["id"], what="the event that entered the window")
+    kinds = [c.type for c in collector.of(mailbox)]
+    assert kinds.count(BEGIN) == 1 and kinds.count(END) == 1
+    end = next(c for c in collector.of(mailbox) if c.type == END)
+    assert end.resync.token.startswith("window-")
