@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -54,7 +54,6 @@ class RoundResult:
     snapshots: int = 0
     #: 410 syncStateNotFound answers that started a fresh delta.
     token_resets: int = 0
-    errors: list[str] = field(default_factory=list)
 
 
 class MailboxDelta:
@@ -130,6 +129,7 @@ class MailboxDelta:
         return self.result
 
     def _start_url(self) -> str:
+        """The first request of a fresh delta over today's window (noted in the checkpoint with the link)."""
         query = urlencode(
             {"startDateTime": _iso(self.window.start), "endDateTime": _iso(self.window.end)}, quote_via=quote
         )
