@@ -6,7 +6,7 @@
 set -eu
 auth_dir=${NATS_AUTH_DIR:-/nats-auth}
 template=${NATS_CONF_TEMPLATE:-/etc/nats/nats.conf.template}
-identities="ews-ingest sync-engine tcs-gateway licensing admin"
+identities="ews-ingest sync-engine tcs-gateway licensing graph-ingest admin"
 umask 077
 config=$(cat "$template")
 for who in $identities; do

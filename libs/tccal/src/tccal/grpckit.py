@@ -21,7 +21,7 @@ from opentelemetry.instrumentation import grpc as otel_grpc
 from opentelemetry.instrumentation.grpc import filters as otel_filters
 
 from tccal import telemetry
-from tccal.config.schema import SERVICE_NAMES, Config, GrpcTlsConfig
+from tccal.config.schema import ALL_SERVICE_NAMES, Config, GrpcTlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class CallerAuthInterceptor(_Interceptor):
         self._tokens: dict[bytes, str] = {}
         if admin_token:
             self._tokens[admin_token.encode()] = ADMIN
-            for service in SERVICE_NAMES:
+            for service in ALL_SERVICE_NAMES:
                 self._tokens[service_token(admin_token, service).encode()] = service
 
     def identify(self, presented: str) -> str | None:

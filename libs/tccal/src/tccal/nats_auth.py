@@ -26,6 +26,7 @@ from tccal.subjects import (
     CONFERENCE_ORDER_BUCKET,
     DEADLETTER,
     GATEWAY_STATE_BUCKET,
+    GRAPH_STATE_BUCKET,
     INGEST_LEASES_BUCKET,
     INGEST_STATE_BUCKET,
     ONDEMAND_SUBJECTS,
@@ -44,6 +45,7 @@ _CONSUMERS: dict[str, tuple[tuple[str, str | None], ...]] = {
     "sync-engine": ((CALENDAR, "sync-engine-calendar"), (TCS_RESULTS, "sync-engine-results")),
     "tcs-gateway": ((TCS_COMMANDS, None),),
     "licensing": (),
+    "graph-ingest": (),
 }
 
 
@@ -183,11 +185,19 @@ IDENTITIES: dict[str, Identity] = {
         streams=(TCS_COMMANDS, TCS_RESULTS),
         buckets=(GATEWAY_STATE_BUCKET, CONFERENCE_ORDER_BUCKET),
     ),
+    # Exchange Online through Microsoft Graph: publishes CalendarChanges like ews-ingest, keeps its delta links in a
+    # bucket of its own; no control subjects and no consumers yet (resync/on-demand/write-back are ews-ingest's).
+    "graph-ingest": _service(
+        "graph-ingest",
+        publish=[_subjects(CALENDAR)],
+        streams=(CALENDAR,),
+        buckets=(GRAPH_STATE_BUCKET,),
+    ),
     # licensing's CLI only: "the license changed" after --register / --offline_reg.
     "licensing": _service("licensing", publish=[SEATS_SUBJECT]),
     ADMIN: Identity(name=ADMIN, publish=(">",), subscribe=(">",), streams=tuple(STREAM_SUBJECTS)),
 }
-SERVICE_IDENTITIES = ("ews-ingest", "sync-engine", "tcs-gateway", "licensing")
+SERVICE_IDENTITIES = ("ews-ingest", "sync-engine", "tcs-gateway", "licensing", "graph-ingest")
 
 
 def identity(name: str) -> Identity:

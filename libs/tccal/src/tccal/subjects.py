@@ -41,6 +41,8 @@ STREAM_SUBJECTS = {
 INGEST_STATE_BUCKET = "INGEST_STATE"
 #: ews-ingest replicas' registry and mailbox-shard leases (a bucket with a TTL: ews_ingest.ownership).
 INGEST_LEASES_BUCKET = "INGEST_LEASES"
+#: KV bucket of graph-ingest's delta links, sequences and last seat answer (graph_ingest.state).
+GRAPH_STATE_BUCKET = "GRAPH_INGEST_STATE"
 #: KV bucket of tcs-gateway's per-server state (tcs_gateway.state).
 GATEWAY_STATE_BUCKET = "TCS_GATEWAY"
 #: KV bucket of tcs-gateway's conference command order fence (tcs_gateway.conference_order).

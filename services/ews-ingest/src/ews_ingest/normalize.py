@@ -19,6 +19,7 @@ from lxml import html as lxml_html
 
 from ews_ingest.conference_marker import MARKER_FIELD, MarkerError, MarkerParser
 from ews_ingest.normalize_tz import install as install_time_zone_definitions
+from tccal.event_text import shown_body
 from trueconf.calendar.v1 import calendar_pb2, common_pb2
 
 RESPONSES: dict[str, common_pb2.ResponseType.ValueType] = {
@@ -149,19 +150,6 @@ def recurrence(value: Any) -> common_pb2.Recurrence:
     else:
         raise NormalizationError(f"recurrence range {boundary_kind} is unknown")
     return result
-
-
-# TrueConf apps show a meeting's description, not a document: a body beyond this is cut (with a marker), so one
-# huge item can never push a CalendarChange past NATS max_payload (1 MiB) and stall its whole mailbox.
-MAX_BODY_CHARS = 64_000
-BODY_CUT_MARKER = "\n[…]"
-
-
-def shown_body(text: str) -> str:
-    """The body as published: at most MAX_BODY_CHARS characters (UTF-8 ≤ 4 bytes each, far below 1 MiB)."""
-    if len(text) <= MAX_BODY_CHARS:
-        return text
-    return text[: MAX_BODY_CHARS - len(BODY_CUT_MARKER)] + BODY_CUT_MARKER
 
 
 def plain_text(item: Any) -> str:

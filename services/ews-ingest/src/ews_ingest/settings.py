@@ -11,8 +11,8 @@ import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
 
+from tccal.conference_marker import tcs_hosts
 from tccal.config import Config
 from tccal.config.schema import ConferenceDefaults
 from tccal.grpckit import GrpcCaller
@@ -168,9 +168,9 @@ class IngestSettings:
 
     @classmethod
     def from_config(cls, config: Config, reveal: Callable[[str], str], tuning: Tuning | None = None) -> IngestSettings:
-        hosts = [p.host.lower() for p in config.calendar_providers]
+        hosts = [p.host.lower() for _, p in config.ews_providers]
         providers: list[ProviderSettings] = []
-        for index, provider in enumerate(config.calendar_providers):
+        for index, provider in config.ews_providers:  # "type": "graph" entries are graph-ingest's
             name = provider.host.lower()
             if hosts.count(name) > 1:
                 name = f"{name}:{provider.port}"
@@ -201,19 +201,13 @@ class IngestSettings:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"calendarProviders: the same host and port appear twice: {', '.join(duplicates)}")
-        tcs_hosts = {server_id.split("#", 1)[0].lower() for server_id in config.product_whitelist.tcs}
-        for server in config.tcs.servers:
-            tcs_hosts.add(server.id.split("#", 1)[0].lower())
-            rest_host = urlparse(server.rest_url).hostname
-            if rest_host:
-                tcs_hosts.add(rest_host.lower())
         return cls(
             providers=tuple(providers),
             auto_sync=config.cache.auto_sync,
             backward_months=config.cache.backward,
             forward_months=config.cache.forward,
             conference_defaults=config.conference_defaults,
-            tcs_hosts=frozenset(tcs_hosts),
+            tcs_hosts=tcs_hosts(config),
             write_back_join_link=config.write_back_join_link,
             licensing_address=config.grpc.address_of("licensing"),
             tuning=tuning or Tuning.from_env(),

@@ -28,11 +28,11 @@ from trueconf.calendar.v1 import licensing_pb2, licensing_pb2_grpc
 log = logging.getLogger("licensing")
 
 SERVICE_NAME = "trueconf.calendar.v1.LicensingService"
-#: Who may call what (docs/architecture.md §4.1): AllocateSeats is ews-ingest's, ListSeats sync-engine's (and both
-#: administrators'); registration and GetLicense are for administrators.
+#: Who may call what (docs/architecture.md §4.1): AllocateSeats is the ingests' (ews-ingest, graph-ingest), ListSeats
+#: sync-engine's (and both administrators'); registration and GetLicense are for administrators.
 POLICY = AccessPolicy(
     callers={
-        f"/{SERVICE_NAME}/AllocateSeats": frozenset({"ews-ingest"}),
+        f"/{SERVICE_NAME}/AllocateSeats": frozenset({"ews-ingest", "graph-ingest"}),
         f"/{SERVICE_NAME}/ListSeats": frozenset({"sync-engine"}),
     }
 )

@@ -67,7 +67,13 @@ def config_check(file: str | None, no_decrypt: bool) -> None:
     """
     import os
 
-    from tccal.config.checks import startup_problems, transport_warnings, trueconf_problems, trueconf_warnings
+    from tccal.config.checks import (
+        provider_warnings,
+        startup_problems,
+        transport_warnings,
+        trueconf_problems,
+        trueconf_warnings,
+    )
 
     path = file or os.environ.get(CONFIG_ENV)
     if not path:
@@ -79,7 +85,7 @@ def config_check(file: str | None, no_decrypt: bool) -> None:
             click.echo(f"{exc.source}: {problem}", err=True)
         sys.exit(EXIT_CONFIG)
     problems = startup_problems(config) + trueconf_problems(config)
-    warnings = trueconf_warnings(config) + transport_warnings(config)
+    warnings = trueconf_warnings(config) + transport_warnings(config) + provider_warnings(config)
     for problem in problems:
         click.echo(f"{path}: {problem}", err=True)
     for warning in warnings:

@@ -6,13 +6,14 @@
   (none is both whitelisted and in `tcs.servers` with a bridge secret; tcs-gateway's bridge refuses a server
   without a secret);
 * warnings - everything starts, but some TrueConf Server cannot use it (an entry on one side only), or secrets
-  and calendars would cross the network in clear (EWS over http, PostgreSQL beyond loopback with sslMode disable).
+  and calendars would cross the network in clear (EWS over http, PostgreSQL beyond loopback with sslMode disable),
+  or a mailbox is listed under both an EWS and a Graph provider.
 """
 
 from __future__ import annotations
 
 from tccal.config.loader import ConfigProblem
-from tccal.config.schema import SERVICE_NAMES, Config
+from tccal.config.schema import OPTIONAL_SERVICE_NAMES, SERVICE_NAMES, Config
 from tccal.db_tls import effective_ssl_mode, is_local, ssl_context
 from tccal.grpckit import TlsMaterial, is_loopback
 
@@ -32,7 +33,8 @@ def startup_problems(config: Config) -> list[ConfigProblem]:
         problems.append(ConfigProblem(key, message))
     if config.grpc.admin_token:
         return problems
-    for service in SERVICE_NAMES:
+    services = [*SERVICE_NAMES, *(OPTIONAL_SERVICE_NAMES if config.graph_providers else ())]
+    for service in services:
         host = config.grpc.endpoint(service).host
         if not is_loopback(host):
             problems.append(
@@ -99,7 +101,7 @@ def transport_warnings(config: Config) -> list[ConfigProblem]:
     password itself on every request - RFC 7617 §4: "the user's password ... is transmitted in clear"), and
     PostgreSQL beyond loopback without TLS."""
     warnings: list[ConfigProblem] = []
-    for index, provider in enumerate(config.calendar_providers):
+    for index, provider in config.ews_providers:
         if provider.scheme != "http" or provider.host == "localhost" or is_loopback(provider.host):
             continue  # https, or a loopback address: nothing crosses the network
         if provider.auth == "basic":
@@ -122,4 +124,23 @@ def transport_warnings(config: Config) -> list[ConfigProblem]:
                 "the network unencrypted; use verify-full (the default) with sslRootCert",
             )
         )
+    return warnings
+
+
+def provider_warnings(config: Config) -> list[ConfigProblem]:
+    """A mailbox listed under an EWS and a Graph provider would be read by both ews-ingest and graph-ingest: two
+    copies of every meeting, under two provider names (hybrid: on-premises mailboxes through EWS, cloud ones through
+    Graph - each mailbox in one place)."""
+    ews = {user: index for index, provider in config.ews_providers for user in provider.users}
+    warnings: list[ConfigProblem] = []
+    for index, provider in config.graph_providers:
+        for number, user in enumerate(provider.users):
+            if user in ews:
+                warnings.append(
+                    ConfigProblem(
+                        f"calendarProviders[{index}].users[{number}]",
+                        f"{user!r} is also listed by the EWS provider calendarProviders[{ews[user]}]: both "
+                        "ews-ingest and graph-ingest would sync it; list each mailbox under one provider",
+                    )
+                )
     return warnings

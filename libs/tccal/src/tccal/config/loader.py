@@ -18,7 +18,7 @@ import json5
 from pydantic import BaseModel, ValidationError
 
 from tccal import secrets
-from tccal.config.schema import SERVICE_NAMES, Config, iter_secrets
+from tccal.config.schema import ALL_SERVICE_NAMES, PROVIDER_TYPES, Config, iter_secrets
 
 ENV_PREFIX = "TC_CALENDAR__"
 CONFIG_ENV = "TC_CALENDAR_CONFIG"  # names config.json when --config is not given
@@ -187,7 +187,7 @@ def _key_form(key: str) -> str:
 
 
 def _known_keys() -> Iterable[str]:
-    yield from SERVICE_NAMES  # keys of grpc.services (a mapping, so not among the fields below)
+    yield from ALL_SERVICE_NAMES  # keys of grpc.services (a mapping, so not among the fields below)
     seen: set[str] = set()
     stack: list[type[BaseModel]] = [Config]
     while stack:
@@ -255,8 +255,13 @@ def describe_errors(exc: ValidationError, overridden: Mapping[str, str]) -> list
 
 def _allowed_keys_hint(loc: tuple[Any, ...]) -> str:
     model: Any = Config
+    models: list[Any] = []
     for part in loc[:-1]:
         if isinstance(part, int) or model is None:
+            continue
+        tagged = [m for m in models if _tag_of(m) == part]
+        if tagged:  # the union's tag (calendarProviders[i].<type>): the variant of that type
+            model = tagged[0]
             continue
         fields = {f.alias or n: f for n, f in model.model_fields.items()}
         field = fields.get(str(part))
@@ -268,9 +273,19 @@ def _allowed_keys_hint(loc: tuple[Any, ...]) -> str:
     return f" (expected one of: {allowed})"
 
 
+def _tag_of(model: Any) -> str | None:
+    field = model.model_fields.get("type")
+    args: tuple[Any, ...] = tuple(getattr(field.annotation, "__args__", ())) if field is not None else ()
+    if len(args) == 1 and args[0] in PROVIDER_TYPES:
+        return str(args[0])
+    return None
+
+
 def _format_loc(loc: tuple[Any, ...]) -> str:
     path = ""
-    for part in loc:
+    for index, part in enumerate(loc):
+        if index >= 2 and loc[index - 2] == "calendarProviders" and part in PROVIDER_TYPES:
+            continue  # the union's tag (the entry's `type`), not a key of the file
         if isinstance(part, int):
             path += f"[{part}]"
         else:

@@ -39,6 +39,10 @@ def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str]]:
             if _is_list(field.annotation):
                 rows.append((path, "list of objects", field.description or ""))
             rows.extend(_rows(nested[0], child))
+            for variant in nested[1:]:  # a list of tagged variants (calendarProviders: EWS, then Graph entries)
+                tag = variant.model_fields.get("type")
+                label = f"{child} (type {tag.annotation.__args__[0]})" if tag is not None and tag.annotation else child
+                rows.extend(_rows(variant, label))
             continue
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         if "defaultText" in extra:

@@ -9,12 +9,17 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-ServiceName = Literal["ews-ingest", "sync-engine", "tcs-gateway", "licensing"]
+ServiceName = Literal["ews-ingest", "sync-engine", "tcs-gateway", "licensing", "graph-ingest"]
+#: The services every installation runs (the sandbox starts these).
 SERVICE_NAMES: tuple[ServiceName, ...] = ("ews-ingest", "sync-engine", "tcs-gateway", "licensing")
+#: Services an installation runs only when it needs them: graph-ingest serves `"type": "graph"` providers.
+OPTIONAL_SERVICE_NAMES: tuple[ServiceName, ...] = ("graph-ingest",)
+#: Every service with an endpoint (defaults 50061-50065 / 8061-8065 in this order) and a gRPC caller identity.
+ALL_SERVICE_NAMES: tuple[ServiceName, ...] = (*SERVICE_NAMES, *OPTIONAL_SERVICE_NAMES)
 
 
 def _port(value: Any) -> int:
@@ -41,6 +46,21 @@ def _server_id(value: Any) -> str:
     return value
 
 
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _guid(value: Any) -> str:
+    if not isinstance(value, str) or not _GUID.fullmatch(value):
+        raise PydanticCustomError("guid", "is not a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
+    return value.lower()
+
+
+def _https_url(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"https://[^/\s]+(/[^\s]*)?", value):
+        raise PydanticCustomError("https_url", "is not an https:// URL")
+    return value.rstrip("/")
+
+
 def _path(value: Any) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
         raise PydanticCustomError("url_path", "is not a URL path (starts with /)")
@@ -52,6 +72,8 @@ PortOrZero = Annotated[int, BeforeValidator(_port_or_zero)]
 Email = Annotated[str, BeforeValidator(_email)]
 ServerId = Annotated[str, BeforeValidator(_server_id)]
 UrlPath = Annotated[str, BeforeValidator(_path)]
+Guid = Annotated[str, BeforeValidator(_guid)]
+HttpsUrl = Annotated[str, BeforeValidator(_https_url)]
 # A secret value: `tc-calendar --hash_pass` output (base64 of "tc_..."), or plaintext where allowed.
 Secret = Annotated[str, Field(json_schema_extra={"secret": True})]
 SECRET_KEYS = frozenset({"password", "secret", "clientSecret", "adminToken", "token"})
@@ -112,7 +134,9 @@ class CalendarProvider(_Section):
         None, description="Autodiscover path (DAG/clusters); when set, EWS URLs are discovered per mailbox."
     )
     port: Port = Field(443, description="EWS port.")
-    type: Literal["ews"] = Field("ews", description="Calendar protocol; only Exchange Web Services.")
+    type: Literal["ews"] = Field(
+        "ews", description='Calendar protocol: "ews" (Exchange Server on premises) or "graph" (Exchange Online).'
+    )
     scheme: Literal["https", "http"] = Field("https", description="http only for test installations.")
     auth: Literal["ntlm", "basic"] = Field("ntlm", description="EWS authentication.")
     verify_tls: bool = Field(True, description="Verify the Exchange TLS certificate.")
@@ -126,6 +150,73 @@ class CalendarProvider(_Section):
         min_length=1, description="Impersonation accounts; mailboxes are spread over them."
     )
     users: list[Email] = Field(default_factory=list, description="Mailboxes synced at start, first in line for seats.")
+
+
+#: Endpoints of the Microsoft clouds: (identity platform authority host, Microsoft Graph base URL).
+#: https://learn.microsoft.com/en-us/graph/deployments#microsoft-graph-and-graph-explorer-service-root-endpoints
+GRAPH_CLOUDS: dict[str, tuple[str, str]] = {
+    "global": ("https://login.microsoftonline.com", "https://graph.microsoft.com/v1.0"),
+    "usgov": ("https://login.microsoftonline.us", "https://graph.microsoft.us/v1.0"),
+    "china": ("https://login.chinacloudapi.cn", "https://microsoftgraph.chinacloudapi.cn/v1.0"),
+}
+
+
+class GraphCalendarProvider(_Section):
+    """Exchange Online (Microsoft 365) through Microsoft Graph with an app-only (client credentials) token."""
+
+    type: Literal["graph"] = Field(description='"graph": Exchange Online through Microsoft Graph.')
+    name: str | None = Field(
+        None,
+        min_length=1,
+        description="Provider name in subjects and CalendarChange.provider; default graph-<tenantId>.",
+    )
+    tenant_id: Guid = Field(description="Microsoft Entra tenant (directory) id, a GUID.")
+    client_id: Guid = Field(description="Application (client) id of the Entra app registration, a GUID.")
+    client_secret: Secret = Field(description="Its encrypted client secret (tc-calendar --hash_pass).")
+    cloud: Literal["global", "usgov", "china"] = Field(
+        "global", description="Microsoft cloud: global, usgov (GCC High) or china (21Vianet); sets both endpoints."
+    )
+    authority_url: HttpsUrl | None = Field(
+        None, description="Identity platform host instead of the cloud's (e.g. https://login.microsoftonline.com)."
+    )
+    graph_url: HttpsUrl | None = Field(
+        None, description="Microsoft Graph base URL instead of the cloud's (e.g. https://graph.microsoft.com/v1.0)."
+    )
+    ca_file: str | None = Field(
+        None,
+        description="PEM CA bundle to verify both endpoints with instead of the system's "
+        "(private CAs, test emulators).",
+    )
+    max_concurrency: int = Field(
+        4, ge=1, le=4, description="Parallel Graph requests per mailbox (Outlook allows 4 per app and mailbox)."
+    )
+    users: list[Email] = Field(default_factory=list, description="Mailboxes synced at start, first in line for seats.")
+
+    @property
+    def provider_name(self) -> str:
+        return (self.name or f"graph-{self.tenant_id}").lower()
+
+    @property
+    def authority(self) -> str:
+        return self.authority_url or GRAPH_CLOUDS[self.cloud][0]
+
+    @property
+    def graph_base(self) -> str:
+        return self.graph_url or GRAPH_CLOUDS[self.cloud][1]
+
+
+def _provider_type(value: Any) -> str:
+    """The tag of a calendarProviders entry: its `type`, "ews" when left out (configs before Graph)."""
+    kind = value.get("type", "ews") if isinstance(value, dict) else getattr(value, "type", "ews")
+    return kind if kind in PROVIDER_TYPES else "ews"
+
+
+#: Values of calendarProviders[].type (pydantic puts the tag in error locations; the loader leaves it out).
+PROVIDER_TYPES = ("ews", "graph")
+AnyCalendarProvider = Annotated[
+    Annotated[CalendarProvider, Tag("ews")] | Annotated[GraphCalendarProvider, Tag("graph")],
+    Discriminator(_provider_type),
+]
 
 
 class ServiceEndpoint(_Section):
@@ -143,7 +234,7 @@ class ServiceEndpoint(_Section):
 
 
 def _default_ports(service: str) -> dict[str, int]:
-    index = SERVICE_NAMES.index(service)
+    index = ALL_SERVICE_NAMES.index(service)
     return {"grpcPort": 50061 + index, "httpPort": 8061 + index}
 
 
@@ -158,7 +249,7 @@ def _with_default_ports(services: Any) -> Any:
         return services
     filled: dict[Any, Any] = {}
     for name, entry in services.items():
-        if name in SERVICE_NAMES and isinstance(entry, dict):
+        if name in ALL_SERVICE_NAMES and isinstance(entry, dict):
             entry = {**_default_ports(name), **entry}
         filled[name] = entry
     return filled
@@ -204,6 +295,8 @@ class GrpcConfig(_Section):
         for name, endpoint in _default_endpoints().items():
             if name == service:
                 return endpoint
+        if service in ALL_SERVICE_NAMES:
+            return ServiceEndpoint.model_validate(_default_ports(service))
         raise KeyError(f"no such service: {service}")
 
     def address_of(self, service: str) -> str:
@@ -343,8 +436,9 @@ class Config(_Section):
     )
     cache: CacheConfig = Field(default_factory=CacheConfig)
     product_whitelist: ProductWhitelist = Field(default_factory=ProductWhitelist)
-    calendar_providers: list[CalendarProvider] = Field(
-        default_factory=list, description="Exchange servers (EWS) whose calendars are synced."
+    calendar_providers: list[AnyCalendarProvider] = Field(
+        default_factory=list,
+        description="Exchange servers (EWS) and Exchange Online tenants (Microsoft Graph) whose calendars are synced.",
     )
     nats: NatsConfig = Field(default_factory=NatsConfig)
     grpc: GrpcConfig = Field(default_factory=GrpcConfig)
@@ -356,6 +450,16 @@ class Config(_Section):
     allow_plaintext_passwords: bool = Field(
         False, description="Accept secrets not made by --hash_pass (test installations only)."
     )
+
+    @property
+    def ews_providers(self) -> list[tuple[int, CalendarProvider]]:
+        """(index in calendarProviders, entry) of the EWS providers."""
+        return [(i, p) for i, p in enumerate(self.calendar_providers) if isinstance(p, CalendarProvider)]
+
+    @property
+    def graph_providers(self) -> list[tuple[int, GraphCalendarProvider]]:
+        """(index in calendarProviders, entry) of the Microsoft Graph providers."""
+        return [(i, p) for i, p in enumerate(self.calendar_providers) if isinstance(p, GraphCalendarProvider)]
 
 
 def iter_secrets(model: BaseModel, prefix: str = "") -> list[tuple[str, str]]:

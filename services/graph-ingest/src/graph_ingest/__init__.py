@@ -1,0 +1,1 @@
+"""graph-ingest: Exchange Online calendars through Microsoft Graph, published as CalendarChanges."""

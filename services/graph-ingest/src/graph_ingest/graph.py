@@ -1,0 +1,158 @@
+"""A thin Microsoft Graph client on aiohttp: GET a URL as JSON with an app-only bearer token.
+
+Why not msgraph-sdk: on the Graph emulator a full calendarView delta round over 1,000 events took 10.6 s through
+msgraph-sdk (its Kiota model parsing costs about 10 ms per event) and 0.3 s with raw aiohttp (README.md).
+
+* At most `max_concurrency` requests per mailbox at once (Outlook allows 4 per app and mailbox).
+* 429 and 503 are retried through tccal.retry, each wait the answer's Retry-After (seconds); transport errors too.
+* 401 drops the cached token and asks for a new one once.
+* Other answers raise GraphError with the status, Graph's error code and message.
+
+https://learn.microsoft.com/en-us/graph/throttling, https://learn.microsoft.com/en-us/graph/errors
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from graph_ingest.settings import GraphProviderSettings, Tuning
+from graph_ingest.token import TokenSource
+from tccal.retry import retry_async
+
+RETRIED_STATUSES = frozenset({429, 503})
+
+
+class GraphError(RuntimeError):
+    def __init__(self, status: int, code: str, message: str, url: str) -> None:
+        super().__init__(f"HTTP {status} {code}: {message} ({url})")
+        self.status = status
+        self.code = code
+
+
+class ThrottledError(GraphError):
+    """429/503: retried after `retry_after` seconds."""
+
+    def __init__(self, status: int, code: str, message: str, url: str, retry_after: float) -> None:
+        super().__init__(status, code, message, url)
+        self.retry_after = retry_after
+
+
+class _UnauthorizedError(GraphError):
+    pass
+
+
+@dataclass
+class ClientStats:
+    requests: int = 0
+    throttled: int = 0
+    waited_seconds: float = 0.0
+    by_status: dict[int, int] = field(default_factory=dict)
+
+
+class GraphClient:
+    def __init__(self, provider: GraphProviderSettings, tuning: Tuning, tokens: TokenSource | None = None) -> None:
+        self.provider = provider
+        self.tuning = tuning
+        self.tokens = tokens or TokenSource(provider, tuning.http_timeout_seconds)
+        self.stats = ClientStats()
+        self._session: aiohttp.ClientSession | None = None
+        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._ssl: ssl.SSLContext | None = None
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            context = ssl.create_default_context(cafile=self.provider.ca_file)
+            self._ssl = context
+        return self._ssl
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            timeout = aiohttp.ClientTimeout(total=self.tuning.http_timeout_seconds)
+            self._session = aiohttp.ClientSession(timeout=timeout, raise_for_status=False)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def limit(self, mailbox: str) -> asyncio.Semaphore:
+        if mailbox not in self._limits:
+            self._limits[mailbox] = asyncio.Semaphore(self.provider.max_concurrency)
+        return self._limits[mailbox]
+
+    def url(self, path: str) -> str:
+        return f"{self.provider.graph_url}{path}"
+
+    async def get(self, mailbox: str, url: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """GET `url` (absolute) for `mailbox`: the JSON object Graph answered."""
+
+        async def once() -> dict[str, Any]:
+            try:
+                return await self._get(mailbox, url, headers or {})
+            except _UnauthorizedError:
+                self.tokens.invalidate()
+                return await self._get(mailbox, url, headers or {})
+
+        def wait_of(error: BaseException) -> float | None:
+            if isinstance(error, ThrottledError):
+                wait = min(error.retry_after, self.tuning.max_retry_after_seconds)
+                self.stats.waited_seconds += wait
+                return wait
+            return None
+
+        return await retry_async(
+            once,
+            retry_on=(ThrottledError, aiohttp.ClientConnectionError, TimeoutError),
+            attempts=self.tuning.attempts,
+            base=0.5,
+            cap=30.0,
+            retry_after=wait_of,
+        )
+
+    async def _get(self, mailbox: str, url: str, headers: dict[str, str]) -> dict[str, Any]:
+        token = await self.tokens.token()
+        all_headers = {"Authorization": f"Bearer {token}", "Accept": "application/json", **headers}
+        async with (
+            self.limit(mailbox),
+            self._http().get(url, headers=all_headers, ssl=self._ssl_context()) as response,
+        ):
+            self.stats.requests += 1
+            self.stats.by_status[response.status] = self.stats.by_status.get(response.status, 0) + 1
+            text = await response.text()
+            if response.status == 200:
+                body = await response.json(content_type=None) if text else {}
+                if not isinstance(body, dict):
+                    raise GraphError(response.status, "invalidResponse", "the answer is not a JSON object", url)
+                return body
+            code, message = _error_of(text)
+            if response.status in RETRIED_STATUSES:
+                self.stats.throttled += 1
+                raise ThrottledError(response.status, code, message, url, _retry_after(response.headers))
+            if response.status == 401:
+                raise _UnauthorizedError(response.status, code, message, url)
+            raise GraphError(response.status, code, message, url)
+
+
+def _retry_after(headers: Any) -> float:
+    """Retry-After in seconds (Graph sends delta-seconds); 1 s when absent or unreadable."""
+    try:
+        return max(0.0, float(headers.get("Retry-After", "1")))
+    except ValueError:
+        return 1.0
+
+
+def _error_of(text: str) -> tuple[str, str]:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return "unknown", text[:200]
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("code", "unknown")), str(error.get("message", ""))
+    return "unknown", text[:200]

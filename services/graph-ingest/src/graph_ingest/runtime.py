@@ -1,0 +1,200 @@
+"""graph-ingest assembled: one Graph client per provider entry, seats, and a delta-polling loop per mailbox.
+
+Change notifications (subscriptions) are not used yet: every seated mailbox asks calendarView/delta for changes
+every `poll_seconds` (Tuning). `__main__` builds one GraphRuntime inside a tccal ServiceApp; tests build it directly
+around a Bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from graph_ingest.delta import MailboxDelta, RoundResult
+from graph_ingest.graph import GraphClient
+from graph_ingest.seats import SeatKeeper
+from graph_ingest.settings import GraphProviderSettings, GraphSettings
+from graph_ingest.state import Checkpoint, StateStore
+from graph_ingest.token import GraphAuthError
+from tccal.bus import Bus
+from tccal.cache_window import cache_window
+from tccal.clock import Clock, SystemClock
+from tccal.conference_marker import MarkerParser
+from tccal.retry import backoff_delay
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MailboxStatus:
+    mailbox: str
+    provider: str
+    rounds: int = 0
+    failures: int = 0
+    last_error: str = ""
+    checkpoint: Checkpoint | None = None
+    totals: RoundResult = field(default_factory=RoundResult)
+
+
+class GraphRuntime:
+    def __init__(self, settings: GraphSettings, bus: Bus, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.clock = clock or SystemClock()
+        self.store = StateStore(bus)
+        self.marker = MarkerParser(settings.tcs_hosts, settings.conference_defaults)
+        self.clients = {p.name: GraphClient(p, settings.tuning) for p in settings.providers}
+        self.mailboxes: dict[str, MailboxStatus] = {}
+        for provider in settings.providers:
+            for user in provider.users:
+                known = self.mailboxes.get(user)
+                if known is not None:
+                    log.warning(
+                        "mailbox listed by two Graph providers: the first one serves it",
+                        extra={"mailbox": user, "provider": known.provider, "ignored": provider.name},
+                    )
+                    continue
+                self.mailboxes[user] = MailboxStatus(user, provider.name)
+        self.seats = SeatKeeper(
+            list(self.mailboxes),
+            self.store,
+            settings.licensing_address,
+            providers=settings.total_providers,
+            refresh_seconds=settings.tuning.seat_refresh_seconds,
+            caller=settings.licensing_caller,
+        )
+        self.started = asyncio.Event()
+        self._wake: dict[str, asyncio.Event] = {m: asyncio.Event() for m in self.mailboxes}
+
+    def provider(self, name: str) -> GraphProviderSettings:
+        return self.clients[name].provider
+
+    # ------------------------------------------------------------------ life
+    async def run(self, stop: asyncio.Event) -> None:
+        if not self.bus.connected:
+            await self.bus.connect()
+        if not self.settings.providers:
+            log.warning('no calendarProviders entry has "type": "graph": graph-ingest has nothing to sync')
+        tasks = [asyncio.create_task(self.seats.run(stop), name="graph-seats")]
+        tasks += [
+            asyncio.create_task(self._mailbox_loop(status, stop), name=f"graph-{status.mailbox}")
+            for status in self.mailboxes.values()
+        ]
+        self.started.set()
+        try:
+            await stop.wait()
+        finally:
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for result in results:
+                if isinstance(result, Exception):
+                    log.error("graph-ingest task ended with an error", extra={"error": repr(result)})
+            await asyncio.gather(*(c.close() for c in self.clients.values()), return_exceptions=True)
+
+    def trigger(self, mailbox: str) -> None:
+        """Ask the mailbox for changes now instead of at its next poll."""
+        self._wake[mailbox].set()
+
+    async def _mailbox_loop(self, status: MailboxStatus, stop: asyncio.Event) -> None:
+        tuning = self.settings.tuning
+        while not stop.is_set():
+            seats_changed = self.seats.changed
+            if status.mailbox not in self.seats.granted:
+                await _first(stop, seats_changed, timeout=tuning.poll_seconds)
+                continue
+            pause = tuning.poll_seconds
+            try:
+                await self.sync_once(status, stop)
+                status.failures, status.last_error = 0, ""
+            except GraphAuthError as exc:
+                status.failures += 1
+                status.last_error = str(exc)
+                log.error(
+                    "Graph refused the provider's credentials", extra={"mailbox": status.mailbox, "error": str(exc)}
+                )
+                pause = tuning.error_backoff_cap_seconds
+            except Exception as exc:
+                status.failures += 1
+                status.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("mailbox delta round failed", extra={"mailbox": status.mailbox, "error": status.last_error})
+                pause = min(
+                    pause,
+                    backoff_delay(
+                        status.failures, base=tuning.error_backoff_base_seconds, cap=tuning.error_backoff_cap_seconds
+                    ),
+                )
+            wake = self._wake[status.mailbox]
+            await _first(stop, wake, timeout=pause)
+            wake.clear()
+
+    async def sync_once(self, status: MailboxStatus, stop: asyncio.Event | None = None) -> RoundResult:
+        """One delta round of the mailbox (its checkpoint loaded from KV the first time)."""
+        if status.checkpoint is None:
+            status.checkpoint = await self.store.load_checkpoint(status.provider, status.mailbox)
+        settings = self.settings
+        window = cache_window(self.clock.now(), settings.backward_months, settings.forward_months)
+        delta = MailboxDelta(
+            provider=status.provider,
+            mailbox=status.mailbox,
+            client=self.clients[status.provider],
+            store=self.store,
+            bus=self.bus,
+            marker=self.marker,
+            checkpoint=status.checkpoint,
+            window=window,
+            page_size=settings.tuning.page_size,
+            auto_sync=settings.auto_sync,
+            stop=stop,
+        )
+        try:
+            result = await delta.run()
+        finally:
+            status.rounds += 1
+            _add(status.totals, delta.result)
+        log.info(
+            "mailbox delta round done",
+            extra={
+                "mailbox": status.mailbox,
+                "published": delta.result.published,
+                "deleted": delta.result.deleted,
+                "pages": delta.result.pages,
+            },
+        )
+        return result
+
+    # ------------------------------------------------------------------ readiness
+    async def graph_ready(self) -> None:
+        """Ready when at least one provider gets an app-only token (or none is configured)."""
+        if not self.clients:
+            return
+        problems: list[str] = []
+        for client in self.clients.values():
+            try:
+                await client.tokens.token()
+                return
+            except Exception as exc:
+                problems.append(str(exc))
+        raise ConnectionError("no Graph provider gives a token: " + "; ".join(problems))
+
+
+def _add(total: RoundResult, one: RoundResult) -> None:
+    total.published += one.published
+    total.duplicates += one.duplicates
+    total.deleted += one.deleted
+    total.skipped += one.skipped
+    total.pages += one.pages
+    total.snapshots += one.snapshots
+    total.token_resets += one.token_resets
+
+
+async def _first(stop: asyncio.Event, other: asyncio.Event, *, timeout: float) -> None:
+    """Wait until `stop` or `other` is set, or `timeout` seconds passed."""
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(other.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter

@@ -1,0 +1,157 @@
+"""graph-ingest's view of config.json (the `"type": "graph"` calendarProviders, cache, conference options) plus its
+tuning knobs.
+
+Configuration comes from the shared schema (tccal.config). The knobs are operational timings without a key in
+config.json; each can be overridden with an environment variable (`GRAPH_INGEST_<NAME>`, e.g.
+`GRAPH_INGEST_POLL_SECONDS=30`) and tests set them directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+from tccal.conference_marker import tcs_hosts
+from tccal.config import Config
+from tccal.config.schema import GRAPH_CLOUDS, ConferenceDefaults
+from tccal.grpckit import GrpcCaller
+from tccal.secrets import SecretError
+
+SERVICE = "graph-ingest"
+ENV_PREFIX = "GRAPH_INGEST_"
+#: The scope of an app-only token for Microsoft Graph: the resource's `/.default` (client credentials flow).
+GRAPH_SCOPE_SUFFIX = "/.default"
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Operational timings and sizes (environment: GRAPH_INGEST_<FIELD NAME IN CAPITALS>)."""
+
+    #: Delta polling: every seated mailbox asks calendarView/delta for changes this often.
+    poll_seconds: float = 60.0
+    #: `Prefer: odata.maxpagesize` of calendarView/delta (Graph's default page is 10 events).
+    page_size: int = 100
+    #: AllocateSeats is asked again this often (seats are 1-hour leases).
+    seat_refresh_seconds: float = 300.0
+    #: Attempts of one Graph request answered 429/503 or failing in transport (Retry-After honoured between).
+    attempts: int = 6
+    #: Longest Retry-After honoured; a longer one ends the round (the next poll tries again).
+    max_retry_after_seconds: float = 300.0
+    #: HTTP timeout of one Graph or token request.
+    http_timeout_seconds: float = 60.0
+    #: Base and cap of the back-off of a mailbox whose round failed.
+    error_backoff_base_seconds: float = 2.0
+    error_backoff_cap_seconds: float = 300.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Tuning:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for item in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + item.name.upper())
+            if raw is None or raw == "":
+                continue
+            convert: Callable[[str], object] = int if item.type in ("int", int) else float
+            try:
+                value = convert(raw)
+            except ValueError:
+                kind = "integer" if convert is int else "number"
+                raise ValueError(f"{ENV_PREFIX}{item.name.upper()}={raw!r} is not a valid {kind}") from None
+            if isinstance(value, (int, float)) and value <= 0:
+                raise ValueError(f"{ENV_PREFIX}{item.name.upper()}={raw!r} must be above 0")
+            values[item.name] = value
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class GraphProviderSettings:
+    """One `"type": "graph"` calendarProviders entry, its secret revealed."""
+
+    #: Name in subjects and CalendarChange.provider.
+    name: str
+    #: Where it is in config.json, for error messages: "calendarProviders[1]".
+    key: str
+    tenant_id: str
+    client_id: str
+    client_secret: str
+    #: Identity platform host (https://login.microsoftonline.com) and Graph base (https://graph.microsoft.com/v1.0).
+    authority: str
+    graph_url: str
+    ca_file: str | None
+    max_concurrency: int
+    users: tuple[str, ...]
+
+    @property
+    def authority_url(self) -> str:
+        """The tenant's authority as MSAL takes it."""
+        return f"{self.authority}/{self.tenant_id}"
+
+    #: The app-only token's scope: the cloud's Graph resource + `/.default` (https://graph.microsoft.com/.default),
+    #: also when graphUrl points elsewhere (a proxy, an emulator): the token is for Microsoft Graph all the same.
+    scope: str = ""
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    providers: tuple[GraphProviderSettings, ...]
+    auto_sync: bool
+    backward_months: int
+    forward_months: int
+    conference_defaults: ConferenceDefaults
+    #: Host names of whitelisted TrueConf Servers: join links https://<host>/c/<id> are recognised for these.
+    tcs_hosts: frozenset[str]
+    licensing_address: str
+    #: Every calendarProviders entry, EWS ones included: licensing judges the multiple-providers feature on it.
+    total_providers: int = 1
+    tuning: Tuning = field(default_factory=Tuning)
+    #: How AllocateSeats is called: graph-ingest's service token (derived from grpc.adminToken) and grpc.tls.
+    licensing_caller: GrpcCaller = field(default_factory=GrpcCaller)
+
+    @classmethod
+    def from_config(cls, config: Config, reveal: Callable[[str], str], tuning: Tuning | None = None) -> GraphSettings:
+        providers: list[GraphProviderSettings] = []
+        for index, provider in config.graph_providers:
+            key = f"calendarProviders[{index}]"
+            try:
+                secret = reveal(provider.client_secret)
+            except (ValueError, SecretError) as exc:
+                raise ValueError(f"{key}.clientSecret: {exc}") from exc
+            providers.append(
+                GraphProviderSettings(
+                    name=provider.provider_name,
+                    key=key,
+                    tenant_id=provider.tenant_id,
+                    client_id=provider.client_id,
+                    client_secret=secret,
+                    authority=provider.authority,
+                    graph_url=provider.graph_base,
+                    ca_file=provider.ca_file,
+                    max_concurrency=provider.max_concurrency,
+                    scope=_scope(GRAPH_CLOUDS[provider.cloud][1]),
+                    users=tuple(dict.fromkeys(u.lower() for u in provider.users)),
+                )
+            )
+        names = [p.name for p in providers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"calendarProviders: two Graph providers share the name {', '.join(duplicates)}")
+        return cls(
+            providers=tuple(providers),
+            auto_sync=config.cache.auto_sync,
+            backward_months=config.cache.backward,
+            forward_months=config.cache.forward,
+            conference_defaults=config.conference_defaults,
+            tcs_hosts=tcs_hosts(config),
+            licensing_address=config.grpc.address_of("licensing"),
+            total_providers=len(config.calendar_providers),
+            tuning=tuning or Tuning.from_env(),
+            licensing_caller=GrpcCaller.for_service(config, SERVICE, reveal),
+        )
+
+
+def _scope(graph_url: str) -> str:
+    parsed = urlparse(graph_url)
+    return f"{parsed.scheme}://{parsed.netloc}{GRAPH_SCOPE_SUFFIX}"
