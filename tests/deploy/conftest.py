@@ -17,6 +17,9 @@ CONNECTOR_SERVICES = {
     "tcs-gateway": "tcs_gateway",
     "licensing": "licensing",
 }
+#: Connector services started only by a Compose profile (and not by the chart yet): the calendar providers an
+#: installation may not have.
+OPTIONAL_SERVICES = {"graph-ingest": "graph_ingest"}
 EMULATORS = {
     "exchange": "exchange_emulator",
     "trueconf": "trueconf_emulator",

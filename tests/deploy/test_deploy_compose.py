@@ -29,7 +29,7 @@ from tccal.config import Config, load_config
 from tccal.config.loader import CONFIG_ENV, ENV_PREFIX, apply_env_overrides
 from tccal.config.schema import SERVICE_NAMES, iter_secrets
 
-from .conftest import COMPOSE_FILE, CONNECTOR_SERVICES, EMULATORS, ROOT, interpolate
+from .conftest import COMPOSE_FILE, CONNECTOR_SERVICES, EMULATORS, OPTIONAL_SERVICES, ROOT, interpolate
 
 BASE_SERVICES = {"postgres", "nats", *CONNECTOR_SERVICES}
 SANDBOX_SERVICES = {f"{name}-emulator" for name in EMULATORS}
@@ -148,6 +148,7 @@ def test_profiles(compose_services: dict[str, dict[str, Any]]) -> None:
         "(default)": BASE_SERVICES,
         "sandbox": SANDBOX_SERVICES,
         "observability": OBSERVABILITY_SERVICES,
+        "graph": set(OPTIONAL_SERVICES),
     }
 
 
@@ -195,7 +196,7 @@ def test_builds_point_at_existing_dockerfiles(compose_services: dict[str, dict[s
         for arg in build.get("args") or {}:
             assert arg in declared, f"{name}: build arg {arg} is not an ARG of {dockerfile}"
         built.add(name)
-    assert built == set(CONNECTOR_SERVICES) | SANDBOX_SERVICES
+    assert built == set(CONNECTOR_SERVICES) | set(OPTIONAL_SERVICES) | SANDBOX_SERVICES
 
 
 def test_infrastructure(compose: dict[str, Any], compose_services: dict[str, dict[str, Any]]) -> None:

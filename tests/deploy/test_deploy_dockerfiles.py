@@ -39,12 +39,12 @@ from licensing.authority import AUTHORITY_PUBLIC_KEY, PRODUCTION_ENV, TEST_KEY_S
 from licensing.settings import LicensingSettings
 from tccal.config.schema import Config
 
-from .conftest import COMPOSE_FILE, CONNECTOR_SERVICES, EMULATORS, ROOT
+from .conftest import COMPOSE_FILE, CONNECTOR_SERVICES, EMULATORS, OPTIONAL_SERVICES, ROOT
 
 DOCKERFILE = "deploy/docker/Dockerfile"
 BUILD_TOOLS = re.compile(r"^(gcc(-\d+)?|g\+\+(-\d+)?|build-essential|make|cmake|clang(-\d+)?|cc|.*-dev)$")
 # compose service -> (package directory, module run by `python -m`)
-PACKAGES = {s: (f"services/{s}", m) for s, m in CONNECTOR_SERVICES.items()} | {
+PACKAGES = {s: (f"services/{s}", m) for s, m in (CONNECTOR_SERVICES | OPTIONAL_SERVICES).items()} | {
     f"{e}-emulator": (f"emulators/{e}", m) for e, m in EMULATORS.items()
 }
 # The ENTRYPOINT of every image: `python -m $TCCAL_ENTRY_MODULE`, arguments given or else $TCCAL_ENTRY_ARGS.
