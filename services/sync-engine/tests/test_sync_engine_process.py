@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,7 +28,9 @@ from sync_engine_testkit import (
 
 from sync_engine.ids import to_timestamp
 from tccal.grpckit import service_token
-from tccal_sandbox.testing import wait_for_async
+from tccal.nats_auth import ADMIN
+from tccal_sandbox.embedded import EmbeddedNats, EmbeddedPostgres
+from tccal_sandbox.testing import short_tmpdir, wait_for_async
 from trueconf.calendar.v1 import ingest_pb2, sync_pb2, sync_pb2_grpc
 
 
@@ -196,3 +200,53 @@ async def test_two_engine_processes_launch_an_occurrence_once(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+@pytest.fixture
+def own_pg_server() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL of this test alone: the test shuts it down under the engine."""
+    directory = short_tmpdir("tcpgstop")
+    server = EmbeddedPostgres(directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_sigterm_stops_the_engine_while_nats_is_gone_and_postgresql_is_stopped(
+    own_pg_server: EmbeddedPostgres, nats_server: EmbeddedNats, seat_server: SeatServer, tmp_path: Path
+) -> None:
+    """systemd stops a service with SIGTERM and kills it TimeoutStopSec later: the engine exits on its own, with
+    code 0, whatever its NATS and PostgreSQL do — a running engine whose NATS was killed and whose PostgreSQL
+    shut down, and one (re)started while both are gone and still retrying to connect. Nothing waits on them without
+    bound (connect retries, the loops, bus and pool closes)."""
+    document = config_dict(own_pg_server.dsn("postgres"), nats_server.url_for(ADMIN), licensing=seat_server.address)
+    running = EngineProcess(document, tmp_path).start()
+    restarted = EngineProcess(document, tmp_path)
+    try:
+        await wait_ready(running)
+        assert nats_server.process is not None
+        nats_server.process.kill()
+        nats_server.process.wait(10)
+        own_pg_server.stop()  # pg_ctl stop: the engine's sessions are ended, new ones refused
+        assert running.process is not None and running.process.poll() is None
+        assert running.terminate(timeout=20) == 0, running.output()
+
+        restarted.start()
+
+        async with aiohttp.ClientSession() as session:
+
+            async def up_and_not_ready() -> bool:  # started: its connect loops retry NATS and PostgreSQL
+                async with session.get(restarted.http_url + "/readyz") as response:
+                    return response.status == 503
+
+            await wait_for_async(up_and_not_ready, what="the restarted engine up", tolerate=(aiohttp.ClientError,))
+        # before the stop path was bounded the connect retries ran on, and this waited for ever (killed at 20 s)
+        assert restarted.terminate(timeout=20) == 0, restarted.output()
+    finally:
+        for process in (running.process, restarted.process):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(10)

@@ -310,12 +310,17 @@ class Bus:
         """The streams this bus declares (and may read the state of)."""
         return self.settings.streams if self.settings.streams is not None else tuple(STREAM_SUBJECTS)
 
-    async def close(self) -> None:
-        if self._nc is not None and not self._nc.is_closed:
-            try:
-                await self._nc.drain()
-            except Exception:  # already broken: closing is all that is left
-                await self._nc.close()
+    async def close(self, *, drain_seconds: float = 1.5) -> None:
+        """Drain (deliver what is buffered, end subscriptions) for at most `drain_seconds`, then close: a NATS that
+        is unreachable never holds up a stop (a drain while reconnecting waits for the server)."""
+        if self._nc is None or self._nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self._nc.drain(), drain_seconds)
+        except Exception as exc:  # TimeoutError too: already broken or gone, closing is all that is left
+            log.warning("NATS drain did not finish; closing", extra={"error": repr(exc)})
+        if not self._nc.is_closed:
+            await self._nc.close()
 
     async def _on_error(self, exc: Exception) -> None:
         log.warning("NATS error", extra={"error": str(exc)})

@@ -92,6 +92,14 @@ class Database:
     async def check(self) -> None:
         await check_pool(self.pool)
 
-    async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
+    async def close(self, *, grace_seconds: float = 1.0) -> None:
+        """Close the pool gracefully for at most `grace_seconds`, then terminate its connections: a PostgreSQL that
+        is shutting down or gone never holds up a stop."""
+        import asyncio
+
+        if self._pool is None:
+            return
+        try:
+            await asyncio.wait_for(self._pool.close(), grace_seconds)
+        except Exception:  # TimeoutError, or the connection broke: nothing is left to close gracefully
+            self._pool.terminate()

@@ -32,6 +32,15 @@ from tccal.stream_limits import StreamUsageWatch
 
 log = logging.getLogger(__name__)
 
+#: After SIGTERM, how long background tasks have to return on their own (finish the messages at hand) before the
+#: rest are cancelled: a connect retrying an unreachable NATS or PostgreSQL, a fetch waiting on a dead connection.
+TASK_GRACE_SECONDS = 4.0
+#: How long all `on_stop` cleanups together may take (a bus drain or pool close can wait on a server that is gone).
+CLEANUP_SECONDS = 3.0
+#: gRPC calls in flight get this long to finish. With the two above the stop stays well within systemd's
+#: TimeoutStopSec (30 s) whatever NATS and PostgreSQL do.
+GRPC_GRACE_SECONDS = 3.0
+
 
 class ServiceApp:
     """Everything one service process runs, started and stopped in order."""
@@ -117,16 +126,25 @@ class ServiceApp:
         if self.refused is not None:  # nothing of this run may go on (a connect may be retrying forever)
             for running in self._running:
                 running.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
-        for cleanup in reversed(self._cleanups):
-            try:
-                await asyncio.wait_for(cleanup(), 10)
-            except Exception as exc:  # keep stopping the rest
-                log.warning("cleanup failed", extra={"error": repr(exc)})
-        await self.grpc.stop(grace=3)
+        await _finish(self._running, TASK_GRACE_SECONDS)
+        await self._clean_up(CLEANUP_SECONDS)
+        await self.grpc.stop(grace=GRPC_GRACE_SECONDS)
         await self.probes.stop()
         log.info("%s stopped", self.name)
         telemetry.shutdown()
+
+    async def _clean_up(self, seconds: float) -> None:
+        """Run the cleanups in reverse order of registration, all within `seconds`; one that fails or overruns is
+        logged and the rest still run (each gets at least a moment, to close what it can without waiting)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        for cleanup in reversed(self._cleanups):
+            try:
+                await asyncio.wait_for(cleanup(), max(0.1, deadline - loop.time()))
+            except TimeoutError:
+                log.warning("cleanup did not finish in time", extra={"cleanup": _name_of(cleanup)})
+            except Exception as exc:  # keep stopping the rest
+                log.warning("cleanup failed", extra={"cleanup": _name_of(cleanup), "error": repr(exc)})
 
     async def _guard(self, run: Callable[[], Awaitable[None]]) -> None:
         """A background task that crashes is logged and restarted after a pause, never silently lost."""
@@ -150,6 +168,25 @@ class ServiceApp:
         while True:
             await self.readiness.evaluate()
             await asyncio.sleep(1.0)
+
+
+async def _finish(tasks: list[asyncio.Task[None]], grace: float) -> None:
+    """Let `tasks` return on their own for `grace` seconds, then cancel those still running and wait for them."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=grace)
+    if pending:
+        log.warning("background tasks did not stop in time; cancelling them", extra={"tasks": len(pending)})
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=grace)
+    for task in tasks:  # retrieve every outcome (a crash was logged by _guard; cancellation is expected here)
+        if task.done() and not task.cancelled():
+            task.exception()
+
+
+def _name_of(cleanup: Callable[[], Awaitable[None]]) -> str:
+    return getattr(cleanup, "__qualname__", repr(cleanup))
 
 
 def load_or_exit(config_path: str | None) -> Config:

@@ -199,14 +199,18 @@ def latency_view() -> View:
     )
 
 
+#: How long the last flush at a service's stop may wait for an OTLP collector (the stop is bounded: service.py).
+FLUSH_TIMEOUT_MS = 2000
+
+
 def shutdown() -> None:
     """Flush spans and metrics (call on graceful shutdown). The providers are flushed, not shut down: OpenTelemetry's
     global providers can be set once per process, so a provider shut down here would leave every later service of
     the same process (tests run several in one) exporting nothing."""
     if _tracer_provider is not None:
-        _tracer_provider.force_flush()
+        _tracer_provider.force_flush(timeout_millis=FLUSH_TIMEOUT_MS)
     if _meter_provider is not None:
-        _meter_provider.force_flush()
+        _meter_provider.force_flush(timeout_millis=FLUSH_TIMEOUT_MS)
 
 
 def tracer(name: str) -> trace.Tracer:

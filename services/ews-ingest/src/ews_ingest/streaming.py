@@ -16,7 +16,9 @@ mailboxes are caught up with a sync: the stream ended without Exchange's Connect
 server or the network), it failed, a subscription was lost (ErrorSubscriptionNotFound / expired: subscribed again
 first) or Exchange says events were missed. The planned end of a connection at its ConnectionTimeout (the 30-minute
 renewal, announced with "Closed") needs no catch-up: the subscriptions live on and Exchange keeps their events for the
-next connection, which is opened at once. Mailboxes for which no stream slot is left are polled (`poll_seconds`).
+next connection, which is opened at once. Mailboxes for which no stream slot is left are polled (`poll_seconds`);
+those located together are placed together, fullest groups first (`fullest_first`), so that the order autodiscover
+answers in does not decide how many mailboxes stream.
 """
 
 from __future__ import annotations
@@ -124,6 +126,19 @@ class Group:
         return f"{self.pool.name}#{self.number}" + (f"@{grouping}" if grouping else "")
 
 
+def fullest_first(located: list[tuple[MailboxEntry, str]], group_size: int) -> list[tuple[MailboxEntry, str]]:
+    """Mailboxes with their group key, in the order that streams the most of them when stream slots run out:
+    each key's mailboxes cut into groups of `group_size` (in the order they came), the fullest groups first.
+    Placed in autodiscover's answer order instead, three mailboxes of one server could take two slots (2 + 1)
+    and leave the two of another server to polling."""
+    by_key: dict[str, list[tuple[MailboxEntry, str]]] = {}
+    for entry, key in located:
+        by_key.setdefault(key, []).append((entry, key))
+    chunks = [members[i : i + group_size] for members in by_key.values() for i in range(0, len(members), group_size)]
+    chunks.sort(key=len, reverse=True)
+    return [placed for chunk in chunks for placed in chunk]
+
+
 class StreamManager:
     def __init__(self, scheduler: Scheduler, *, group_size: int, minutes: int) -> None:
         self.scheduler = scheduler
@@ -135,7 +150,8 @@ class StreamManager:
         self._stop: asyncio.Event | None = None
         self.overflow: dict[int, list[str]] = {}  # id(pool) -> polled mailboxes waiting for room on a stream
         self._background: set[asyncio.Task[None]] = set()
-        self._locating: set[str] = set()  # mailboxes whose group autodiscover is being asked for
+        self._locating: dict[str, int] = {}  # mailbox -> id(pool): autodiscover is being asked for its group
+        self._located: dict[int, list[tuple[MailboxEntry, str]]] = {}  # id(pool) -> answered, to be placed together
         scheduler.on_activate.append(self.add)
         scheduler.on_deactivate.append(self.remove)
         scheduler.after_sync.append(self._after_sync)
@@ -148,7 +164,7 @@ class StreamManager:
         entry.streamed = False  # until its subscription exists
         key = entry.pool.cached_grouping(entry.mailbox)
         if key is None:
-            self._locating.add(entry.mailbox)
+            self._locating[entry.mailbox] = id(entry.pool)
             self._spawn(self._locate_then_add(entry))
             return
         self._place(entry, key)
@@ -161,9 +177,21 @@ class StreamManager:
             key = ""
         if entry.mailbox not in self._locating:
             return  # removed (no seat any more) while autodiscover answered
-        self._locating.discard(entry.mailbox)
-        if self.scheduler.entries.get(entry.mailbox) is entry and self.scheduler.active(entry):
-            self._place(entry, key)
+        del self._locating[entry.mailbox]
+        self._located.setdefault(id(entry.pool), []).append((entry, key))
+        self._place_located(id(entry.pool))
+
+    def _place_located(self, pool: int) -> None:
+        """Place the pool's located mailboxes once no answer of its autodiscover is awaited any more: placed as the
+        answers come, their order would decide who streams (fullest_first)."""
+        if pool in self._locating.values() or pool not in self._located:
+            return
+        located = self._located.pop(pool)
+        groups = self.groups.setdefault(pool, [])
+        for waiting, waiting_key in fullest_first(located, self.group_size):
+            placed = any(waiting.mailbox in g.members for g in groups) or waiting.mailbox in self._locating
+            if not placed and self.scheduler.entries.get(waiting.mailbox) is waiting and self.scheduler.active(waiting):
+                self._place(waiting, waiting_key)
 
     def _place(self, entry: MailboxEntry, key: str) -> None:
         groups = self.groups.setdefault(id(entry.pool), [])
@@ -194,7 +222,8 @@ class StreamManager:
         task.add_done_callback(self._background.discard)
 
     def remove(self, entry: MailboxEntry) -> None:
-        self._locating.discard(entry.mailbox)
+        if self._locating.pop(entry.mailbox, None) is not None:
+            self._place_located(id(entry.pool))  # the answers it held back
         waiting = self.overflow.get(id(entry.pool), [])
         if entry.mailbox in waiting:
             waiting.remove(entry.mailbox)
