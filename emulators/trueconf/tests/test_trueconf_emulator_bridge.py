@@ -286,6 +286,8 @@ class FakeGateway:
                 ]
                 events.sort(key=lambda event: event["start"])
                 reply = {"errorCode": 0, **payload, "seq": self.seq.get(user, 0), "events": events}
+                if "page" in payload:  # a paged request (§6.2 "Pages"): a small calendar is one page
+                    reply.update({"listId": f"list-{frame_id}", "pageCount": 1})
             await conn.ws.send_json({"type": 2, "id": frame_id, "payload": reply})
         elif method == "ping":
             if self.answer_pings:

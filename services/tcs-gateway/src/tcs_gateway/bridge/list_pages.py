@@ -1,0 +1,84 @@
+"""Paged getCalendarList answers (docs/bridge-protocol.md §6.2 "Pages"): a list is read and built once, split into
+pages that each fit in `maxFrameBytes`, and kept for the connection while TCS asks for its further pages.
+
+A page holds whole events (one is never split: each event alone already fits a frame) and every event is in
+exactly one page, pages in the list's order (by start). All pages of a list carry the `seq` the list was read at.
+A list is forgotten when its last page has been asked, after `KEEP_SECONDS` without a request for it, or when
+more than `MAX_KEPT` lists of the connection are waiting (the oldest goes first); then TCS starts over at page 0.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from tcs_gateway.bridge.framing import encoded_size
+from tcs_gateway.bridge.payloads import chunk_events
+
+#: How long a list waits for its next page request (the reply timeout is 30 s: a TCS that paged on in time asks
+#: well within it).
+KEEP_SECONDS = 60.0
+#: Lists of one connection kept at once (each holds one user's built window).
+MAX_KEPT = 64
+#: Room in a page's frame for the envelope and the reply's own fields (`errorCode`, `seq`, `listId`, `page`,
+#: `pageCount`, the id); `user`, `from` and `to` are counted as they are.
+_PAGE_ENVELOPE_ROOM = 512
+
+
+@dataclass
+class BuiltList:
+    list_id: str
+    user: str
+    window_from: str
+    window_to: str
+    seq: int
+    pages: list[list[dict[str, Any]]]
+    touched: float
+
+
+def split_pages(
+    events: list[dict[str, Any]], user: str, window_from: str, window_to: str, max_frame_bytes: int
+) -> list[list[dict[str, Any]]]:
+    """`events` as pages whose reply frames stay within `max_frame_bytes` (no events: one empty page)."""
+    fixed = _PAGE_ENVELOPE_ROOM + encoded_size(user) + encoded_size(window_from) + encoded_size(window_to)
+    return chunk_events(events, max_frame_bytes - fixed)
+
+
+class ListPages:
+    """The built lists of one connection that TCS is paging through."""
+
+    def __init__(self) -> None:
+        self._lists: OrderedDict[str, BuiltList] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._lists)
+
+    def keep(self, user: str, window_from: str, window_to: str, seq: int, pages: list[list[dict[str, Any]]]) -> str:
+        """Keep a built list for its further pages; its new listId."""
+        self._expire()
+        list_id = secrets.token_urlsafe(12)
+        self._lists[list_id] = BuiltList(list_id, user, window_from, window_to, seq, pages, time.monotonic())
+        while len(self._lists) > MAX_KEPT:
+            self._lists.popitem(last=False)
+        return list_id
+
+    def find(self, list_id: str) -> BuiltList | None:
+        self._expire()
+        built = self._lists.get(list_id)
+        if built is not None:
+            built.touched = time.monotonic()
+            self._lists.move_to_end(list_id)
+        return built
+
+    def served(self, built: BuiltList, page: int) -> None:
+        """Page `page` went out: after the last one the list is forgotten."""
+        if page == len(built.pages) - 1:
+            self._lists.pop(built.list_id, None)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for list_id in [key for key, built in self._lists.items() if now - built.touched > KEEP_SECONDS]:
+            del self._lists[list_id]

@@ -1,0 +1,174 @@
+"""Paged getCalendarList (docs/bridge-protocol.md §6.2 "Pages"): a calendar of any size is served whole with no
+frame over `maxFrameBytes`; a page boundary neither splits nor repeats an event; all pages of a list carry the
+seq it was read at, so a change during paging leaves TCS consistent by the §4 rules; lists of two users interleave
+on one connection."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tcs_gateway_testkit import (
+    RawBridgeClient,
+    World,
+    admin,
+    bridge_state,
+    calendar,
+    gateway_protocol_errors,
+    gateway_settings,
+    occurrence,
+    server_settings,
+    today_at,
+)
+
+from tccal.bridge_protocol import FrameValidator
+from tccal_sandbox.testing import wait_for_async
+from tcs_gateway.bridge.framing import format_instant
+
+BOB = "bob@example.test"
+CAROL = "carol@example.test"
+MAX_FRAME = 1_048_576
+
+
+def _calendar_of(user: str, count: int, body: str = "Discussion of the work done last week.") -> dict[str, Any]:
+    """`count` occurrences of `user`, five minutes apart from today 09:00 on (20,000 span ~70 days, inside the
+    emulator's window of 90 days ahead)."""
+    shown = {}
+    for n in range(count):
+        item = occurrence(f"m{n:05d}", start=today_at(9, days=0) + timedelta(minutes=5 * n), attendees=[(user, 4)])
+        item.body = body
+        shown[item.id] = item
+    return shown
+
+
+def _window() -> dict[str, str]:
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return {"from": format_instant(midnight - timedelta(days=1)), "to": format_instant(midnight + timedelta(days=200))}
+
+
+def _size(frame: dict[str, Any]) -> int:
+    return len(json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+
+async def _all_pages(client: RawBridgeClient, request: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every page frame of one list, asked one after the other."""
+    first = await client.call("getCalendarList", dict(request, page=0))
+    assert first["payload"]["errorCode"] == 0, first
+    frames = [first]
+    list_id = first["payload"]["listId"]
+    for page in range(1, first["payload"]["pageCount"]):
+        frames.append(await client.call("getCalendarList", dict(request, page=page, listId=list_id)))
+    return frames
+
+
+async def test_a_calendar_of_20000_occurrences_is_served_whole_through_the_emulator(world: World) -> None:
+    """The emulator pages through bob's 20,000 occurrences (~18 MiB as JSON); every frame it received stays within
+    the 1 MiB limit, and its inspection shows the whole calendar."""
+    world.sync.fake.shown[BOB] = _calendar_of(BOB, 20_000)
+    world.sync.fake.seq[BOB] = 5
+    emulator = await world.tcs(None)
+    running = await world.gateway(gateway_settings(world.sync, [server_settings(emulator)]))
+    await admin(emulator, "PUT", "/bridge/target", {"gateway_url": running.url})
+
+    async def bob_listed() -> dict[str, Any] | None:
+        state = await bridge_state(emulator)
+        return state if state["users"].get(BOB, {}).get("events") == 20_000 else None
+
+    state = await wait_for_async(bob_listed, timeout=120, what="bob's 20,000 occurrences at TCS")
+    assert 0 < state["largest_frame_bytes"] <= MAX_FRAME
+    assert state["calendar_lists"]["pages"] > 3 + 10  # bob's list took many pages (alice and carol one each)
+    assert gateway_protocol_errors(state) == []
+    shown = await calendar(emulator, BOB)
+    assert [event["id"] for event in shown] == sorted(world.sync.fake.shown[BOB])
+    assert {event["seq"] for event in shown} == {5_000_000}
+
+
+async def test_page_boundaries_neither_split_nor_repeat_and_two_users_interleave(world: World) -> None:
+    """With a 64 KiB frame limit, bob's and carol's lists are paged alternately on one connection: each page is a
+    valid frame within the limit, the pages of one list hold every event once, in order, with one seq; asking
+    beyond the last page, an unknown listId, or an unpaged request for a list too large are refused by name."""
+    world.sync.fake.shown[BOB] = _calendar_of(BOB, 600)
+    world.sync.fake.shown[CAROL] = _calendar_of(CAROL, 400, body="Agenda. " * 40)
+    world.sync.fake.seq[BOB] = 3
+    world.sync.fake.seq[CAROL] = 8
+    running = await world.gateway(gateway_settings(world.sync, [server_settings()], max_frame_bytes=65_536))
+    validator = FrameValidator()
+    async with RawBridgeClient(running.url) as client:
+        assert (await client.auth())["payload"]["errorCode"] == 0
+        window = _window()
+        requests = {user: dict(window, user=user) for user in (BOB, CAROL)}
+        firsts = {user: await client.call("getCalendarList", dict(requests[user], page=0)) for user in (BOB, CAROL)}
+        pages: dict[str, list[dict[str, Any]]] = {user: [firsts[user]] for user in (BOB, CAROL)}
+        counts = {user: firsts[user]["payload"]["pageCount"] for user in (BOB, CAROL)}
+        assert counts[BOB] > 2 and counts[CAROL] > 2
+        for page in range(1, max(counts.values())):
+            for user in (BOB, CAROL):  # alternately: bob's page n, carol's page n, ...
+                if page < counts[user]:
+                    asked = dict(requests[user], page=page, listId=firsts[user]["payload"]["listId"])
+                    pages[user].append(await client.call("getCalendarList", asked))
+        for user, seq in ((BOB, 3_000_000), (CAROL, 8_000_000)):
+            ids: list[str] = []
+            for index, frame in enumerate(pages[user]):
+                assert _size(frame) <= 65_536
+                assert validator.problem(frame, "getCalendarList.reply") is None
+                payload = frame["payload"]
+                assert payload["page"] == index and payload["pageCount"] == counts[user] and payload["seq"] == seq
+                assert payload["events"], f"page {index} of {user} is empty"
+                ids.extend(event["id"] for event in payload["events"])
+            assert ids == sorted(world.sync.fake.shown[user])  # all, once each, in order across the boundaries
+        # bob's list was forgotten after its last page: its listId is unknown now.
+        again = await client.call(
+            "getCalendarList", dict(requests[BOB], page=1, listId=firsts[BOB]["payload"]["listId"])
+        )
+        assert again["payload"]["errorCode"] == 6 and again["payload"]["field"] == "listId"
+        fresh = await client.call("getCalendarList", dict(requests[BOB], page=0))
+        beyond = await client.call(
+            "getCalendarList", dict(requests[BOB], page=counts[BOB], listId=fresh["payload"]["listId"])
+        )
+        assert beyond["payload"]["errorCode"] == 6 and beyond["payload"]["field"] == "page"
+        other = await client.call("getCalendarList", dict(requests[CAROL], page=1, listId=fresh["payload"]["listId"]))
+        assert other["payload"]["errorCode"] == 6 and other["payload"]["field"] == "user"
+        missing = await client.call("getCalendarList", dict(requests[BOB], page=2))
+        assert missing["payload"]["errorCode"] == 6 and missing["payload"]["field"] == "listId"
+        unpaged = await client.call("getCalendarList", requests[BOB])
+        assert unpaged["payload"]["errorCode"] == 7
+        small = await client.call("getCalendarList", dict(window, user="alice@example.test"))
+        assert small["payload"]["errorCode"] == 0 and "page" not in small["payload"]  # revision 1.0 answer
+
+
+async def test_a_change_during_paging_ends_consistent(world: World) -> None:
+    """bob's meeting changes while TCS pages through his list: the push carries a seq above the list's, every page
+    keeps the list's seq (so TCS finds the list stale, §4, and asks again), and the list asked again holds the
+    change with a seq not below the push's."""
+    world.sync.fake.shown[BOB] = _calendar_of(BOB, 300)
+    world.sync.fake.seq[BOB] = 4
+    running = await world.gateway(gateway_settings(world.sync, [server_settings()], max_frame_bytes=65_536))
+    async with RawBridgeClient(running.url) as client:
+        assert (await client.auth())["payload"]["errorCode"] == 0
+        window = _window()
+        request = dict(window, user=BOB)
+        first = await client.call("getCalendarList", dict(request, page=0))
+        list_seq = first["payload"]["seq"]
+        assert first["payload"]["pageCount"] > 2
+        changed = occurrence("m00150", start=today_at(9, days=0) + timedelta(minutes=750), attendees=[(BOB, 4)])
+        changed.subject = "Moved to the big room"
+        command = world.commands.upsert_command(BOB, changed)
+        await world.commands.publish(command)
+
+        async def the_push() -> dict[str, Any] | None:
+            await client.call("ping", {})
+            pushes = [f for f in client.received if f.get("method") == "calendar.upsert"]
+            return pushes[0] if pushes else None
+
+        push = await wait_for_async(the_push, what="the push of bob's changed meeting")
+        assert push["payload"]["seq"] > list_seq
+        rest = [
+            await client.call("getCalendarList", dict(request, page=page, listId=first["payload"]["listId"]))
+            for page in range(1, first["payload"]["pageCount"])
+        ]
+        assert {frame["payload"]["seq"] for frame in rest} == {list_seq}  # stale as a whole: TCS asks again
+        again = await _all_pages(client, request)
+        assert again[0]["payload"]["seq"] >= push["payload"]["seq"]
+        events = {event["id"]: event for frame in again for event in frame["payload"]["events"]}
+        assert len(events) == 300 and events["m00150"]["subject"] == "Moved to the big room"
