@@ -10,14 +10,15 @@ Lists of different users are built concurrently, at most LIST_CONCURRENCY at onc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from tccal.cache_window import CacheWindow
-from tcs_gateway.bridge.channel import log
+from tcs_gateway.bridge.channel import ConnectionClosedError, log
 from tcs_gateway.bridge.events import list_seq
 from tcs_gateway.bridge.framing import ErrorCode, encode, error_payload, parse_instant, reply_frame
-from tcs_gateway.bridge.list_pages import KEEP_SECONDS, BuiltList, ListPages, split_pages
+from tcs_gateway.bridge.list_pages import KEEP_SECONDS, BuiltList, ListPages, page_frame, split_pages
 from tcs_gateway.bridge.payloads import event_budget, events_for
 from tcs_gateway.bridge.ports import SyncUnavailableError
 
@@ -183,9 +184,9 @@ class CalendarLists:
             "listId": built.list_id,
             "page": page,
             "pageCount": len(built.pages),
-            "events": built.pages[page],
         }
-        size = len(encode(reply_frame(frame_id, answer)).encode("utf-8"))
+        text = page_frame(frame_id, answer, built.pages[page])
+        size = len(text.encode("utf-8"))
         if size > self.settings.max_frame_bytes:  # split_pages leaves room; this guards the limit itself
             await self.session.channel.reply(
                 frame_id,
@@ -195,5 +196,6 @@ class CalendarLists:
                 ),
             )
             return
-        await self.session.channel.reply(frame_id, answer)
+        with contextlib.suppress(ConnectionClosedError):
+            await self.session.channel.send_text(text)
         self.pages.served(built, page)

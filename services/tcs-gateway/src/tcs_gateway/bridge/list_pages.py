@@ -2,7 +2,9 @@
 pages that each fit in `maxFrameBytes`, and kept for the connection while TCS asks for its further pages.
 
 A page holds whole events (one is never split: each event alone already fits a frame) and every event is in
-exactly one page, pages in the list's order (by start). All pages of a list carry the `seq` the list was read at.
+exactly one page, pages in the list's order (by start). Each event is encoded to JSON once, when the list is
+split: a page's frame is written around those texts, so its size is known exactly before it is sent.
+All pages of a list carry the `seq` the list was read at.
 A list is forgotten when its last page has been asked, after `KEEP_SECONDS` without a request for it, or when
 more than `MAX_KEPT` lists of the connection are waiting (the oldest goes first); then TCS starts over at page 0.
 """
@@ -15,8 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from tcs_gateway.bridge.framing import encoded_size
-from tcs_gateway.bridge.payloads import chunk_events
+from tcs_gateway.bridge.framing import encode, encoded_size
 
 #: How long a list waits for its next page request (the reply timeout is 30 s: a TCS that paged on in time asks
 #: well within it).
@@ -35,16 +36,34 @@ class BuiltList:
     window_from: str
     window_to: str
     seq: int
-    pages: list[list[dict[str, Any]]]
+    #: Per page, its events as JSON texts.
+    pages: list[list[str]]
     touched: float
 
 
 def split_pages(
     events: list[dict[str, Any]], user: str, window_from: str, window_to: str, max_frame_bytes: int
-) -> list[list[dict[str, Any]]]:
-    """`events` as pages whose reply frames stay within `max_frame_bytes` (no events: one empty page)."""
+) -> list[list[str]]:
+    """`events` encoded, as pages whose reply frames stay within `max_frame_bytes` (no events: one empty page)."""
     fixed = _PAGE_ENVELOPE_ROOM + encoded_size(user) + encoded_size(window_from) + encoded_size(window_to)
-    return chunk_events(events, max_frame_bytes - fixed)
+    budget = max_frame_bytes - fixed
+    pages: list[list[str]] = [[]]
+    size = 2
+    for event in events:
+        text = encode(event)
+        length = len(text.encode("utf-8")) + 1
+        if pages[-1] and size + length > budget:
+            pages.append([])
+            size = 2
+        pages[-1].append(text)
+        size += length
+    return pages
+
+
+def page_frame(frame_id: int, answer: dict[str, Any], events: list[str]) -> str:
+    """The reply frame of `answer` (a getCalendarList success payload without events) with `events` last."""
+    head = encode({"type": 2, "id": frame_id, "payload": answer})  # ends with the payload's and the frame's "}}"
+    return f'{head[:-2]},"events":[{",".join(events)}]}}}}'
 
 
 class ListPages:
@@ -56,7 +75,7 @@ class ListPages:
     def __len__(self) -> int:
         return len(self._lists)
 
-    def keep(self, user: str, window_from: str, window_to: str, seq: int, pages: list[list[dict[str, Any]]]) -> str:
+    def keep(self, user: str, window_from: str, window_to: str, seq: int, pages: list[list[str]]) -> str:
         """Keep a built list for its further pages; its new listId."""
         self._expire()
         list_id = secrets.token_urlsafe(12)
