@@ -82,6 +82,11 @@ async def test_a_calendar_of_20000_occurrences_is_served_whole_through_the_emula
     shown = await calendar(emulator, BOB)
     assert [event["id"] for event in shown] == sorted(world.sync.fake.shown[BOB])
     assert {event["seq"] for event in shown} == {5_000_000}
+    # Asked again for the same window, TCS says what it holds (sinceSeq): one small unchanged answer.
+    again = (await admin(emulator, "POST", "/bridge/request-calendar", {"user": BOB}))["reply"]
+    assert again["unchanged"] is True and again["events"] == [] and again["pageCount"] == 1
+    state = await bridge_state(emulator)
+    assert state["calendar_lists"]["unchanged"] == 1 and state["users"][BOB]["events"] == 20_000
 
 
 async def test_page_boundaries_neither_split_nor_repeat_and_two_users_interleave(world: World) -> None:
@@ -172,3 +177,35 @@ async def test_a_change_during_paging_ends_consistent(world: World) -> None:
         assert again[0]["payload"]["seq"] >= push["payload"]["seq"]
         events = {event["id"]: event for frame in again for event in frame["payload"]["events"]}
         assert len(events) == 300 and events["m00150"]["subject"] == "Moved to the big room"
+
+
+async def test_since_seq_answers_unchanged_until_something_changed(world: World) -> None:
+    """`sinceSeq` at the user's seq: `unchanged`, no events (paged: one page; unpaged: no page fields); after a
+    push with a higher seq, the whole list; at that push's seq, unchanged again."""
+    world.sync.fake.shown[BOB] = _calendar_of(BOB, 50)
+    world.sync.fake.seq[BOB] = 6
+    running = await world.gateway(gateway_settings(world.sync, [server_settings()]))
+    async with RawBridgeClient(running.url) as client:
+        assert (await client.auth())["payload"]["errorCode"] == 0
+        request = dict(_window(), user=BOB)
+        listed = (await client.call("getCalendarList", dict(request, page=0)))["payload"]
+        assert len(listed["events"]) == 50 and "unchanged" not in listed
+        held = (await client.call("getCalendarList", dict(request, page=0, sinceSeq=listed["seq"])))["payload"]
+        assert held["unchanged"] is True and held["events"] == [] and held["pageCount"] == 1
+        assert held["seq"] <= listed["seq"]
+        unpaged = (await client.call("getCalendarList", dict(request, sinceSeq=listed["seq"])))["payload"]
+        assert unpaged["unchanged"] is True and unpaged["events"] == [] and "page" not in unpaged
+        changed = occurrence("m00010", start=today_at(9, days=0) + timedelta(minutes=50), attendees=[(BOB, 4)])
+        changed.subject = "Moved"
+        await world.commands.publish(world.commands.upsert_command(BOB, changed))
+
+        async def the_push() -> dict[str, Any] | None:
+            await client.call("ping", {})
+            return next((f for f in client.received if f.get("method") == "calendar.upsert"), None)
+
+        push = await wait_for_async(the_push, what="the push of bob's change")
+        behind = (await client.call("getCalendarList", dict(request, page=0, sinceSeq=listed["seq"])))["payload"]
+        assert "unchanged" not in behind and len(behind["events"]) == 50
+        assert next(e for e in behind["events"] if e["id"] == "m00010")["subject"] == "Moved"
+        current = (await client.call("getCalendarList", dict(request, sinceSeq=push["payload"]["seq"])))["payload"]
+        assert current["unchanged"] is True

@@ -259,6 +259,7 @@ class BridgeClient:
                 "errors": counters["lists_errors"],
                 "invalid": counters["lists_invalid"],
                 "pages": counters["list_pages"],
+                "unchanged": counters["lists_unchanged"],
             },
             "calendar_list_errors": dict(self._list_errors),
             "ack_policy": asdict(self.ack_policy),
@@ -700,14 +701,21 @@ class BridgeClient:
             raise ValueError(window.message)
         if window[1] - window[0] > timedelta(days=MAX_WINDOW_DAYS):
             raise ValueError(f"window {window_from} – {window_to} is longer than {MAX_WINDOW_DAYS} days")
-        request = {"user": user, "from": window_from, "to": window_to}
         outcome: dict[str, Any] = {}
         for _attempt in range(_STALE_LIST_ATTEMPTS):
+            request: dict[str, Any] = {"user": user, "from": window_from, "to": window_to}
+            since = self._store.holds_window(user, window_from, window_to)
+            if since > 0:
+                request["sinceSeq"] = since
             payload = await self._list_pages(conn, request)
             if payload.get("errorCode") != 0:
                 return payload
             self._list_errors.pop(user, None)
-            if self._store.apply_list(user, window, payload["seq"], payload["events"]):
+            if payload.get("unchanged"):  # what this TCS holds is current (§6.2 "Since a sequence")
+                self._counters["lists_applied"] += 1
+                self._counters["lists_unchanged"] += 1
+                return payload
+            if self._store.apply_list(user, window, payload["seq"], payload["events"], (window_from, window_to)):
                 self._counters["lists_applied"] += 1
                 return payload
             self._counters["lists_stale"] += 1
@@ -741,7 +749,7 @@ class BridgeClient:
                 self._counters["lists_errors"] += 1
                 self._list_errors[user] = payload
                 return payload
-            problem = self._check_list_reply(asked, payload) or self._check_page(first, page, payload, ids)
+            problem = self._check_list_reply(asked, payload) or self._check_page(asked, first, page, payload, ids)
             if problem is not None:
                 self._counters["lists_invalid"] += 1
                 self._protocol_error("gateway", "invalid_reply", f"getCalendarList reply: {problem.message}", payload)
@@ -755,10 +763,16 @@ class BridgeClient:
         return dict(first, events=events)
 
     @staticmethod
-    def _check_page(first: dict[str, Any] | None, page: int, payload: dict[str, Any], ids: set[str]) -> Problem | None:
+    def _check_page(
+        request: dict[str, Any], first: dict[str, Any] | None, page: int, payload: dict[str, Any], ids: set[str]
+    ) -> Problem | None:
         """A page answers the page asked, of the same list as page 0, and repeats no event of an earlier page."""
         if "page" not in payload:
             return Problem("page", "the reply to a request with page has no page, listId and pageCount")
+        if payload.get("unchanged") and ("sinceSeq" not in request or payload["events"]):
+            return Problem("unchanged", "unchanged answers a request with sinceSeq, with no events")
+        if payload.get("unchanged") and payload["seq"] > request["sinceSeq"]:
+            return Problem("seq", f"seq {payload['seq']} of an unchanged list is above sinceSeq {request['sinceSeq']}")
         if payload["page"] != page:
             return Problem("page", f"page {payload['page']} answers a request for page {page}")
         if first is not None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tccal.cache_window import CacheWindow
 from tcs_gateway.bridge.channel import ConnectionClosedError, log
-from tcs_gateway.bridge.events import list_seq
+from tcs_gateway.bridge.events import engine_seq_held, list_seq
 from tcs_gateway.bridge.framing import ErrorCode, encode, error_payload, parse_instant, reply_frame
 from tcs_gateway.bridge.list_pages import KEEP_SECONDS, BuiltList, ListPages, page_frame, split_pages
 from tcs_gateway.bridge.payloads import event_budget, events_for
@@ -86,22 +86,32 @@ class CalendarLists:
         server = session.server
         assert server is not None
         user = str(payload["user"]).lower()
+        last_snapshot = context.store.snapshot_seq(server.id, user)
+        held = engine_seq_held(payload.get("sinceSeq"), last_snapshot)
         async with self._lists:
             try:
-                listed = await context.source.list_events(user, window_from, window_to)
+                listed = await context.source.list_events(user, window_from, window_to, since_seq=held)
             except SyncUnavailableError as exc:
                 server.record_error(f"getCalendarList {user}: {exc}")
                 log.warning("failed to getCalendarList", extra={"server": server.id, "user": user, "error": str(exc)})
                 await channel.reply(frame_id, error_payload(ErrorCode.INTERNAL_ERROR, str(exc), retry_after_ms=1000))
                 return
-            seq = list_seq(listed.seq, context.store.snapshot_seq(server.id, user))
-            events = events_for(
-                listed.occurrences,
-                user,
-                seq,
-                CacheWindow(window_from, window_to),
-                server_host=server.server.host,
-                budget=event_budget(self.settings.max_frame_bytes),
+            # A snapshot begun meanwhile has a higher seq: a full list takes it (else TCS would find the list stale);
+            # an unchanged answer keeps the seq TCS's sinceSeq was checked against.
+            seq = list_seq(
+                listed.seq, last_snapshot if listed.unchanged else context.store.snapshot_seq(server.id, user)
+            )
+            events = (
+                []
+                if listed.unchanged
+                else events_for(
+                    listed.occurrences,
+                    user,
+                    seq,
+                    CacheWindow(window_from, window_to),
+                    server_host=server.server.host,
+                    budget=event_budget(self.settings.max_frame_bytes),
+                )
             )
         answer = {
             "errorCode": 0,
@@ -111,9 +121,11 @@ class CalendarLists:
             "seq": seq,
             "events": events,
         }
+        if listed.unchanged:
+            answer["unchanged"] = True
         if page is not None:
             pages = split_pages(events, payload["user"], payload["from"], payload["to"], self.settings.max_frame_bytes)
-            new_id = self.pages.keep(user, payload["from"], payload["to"], seq, pages)
+            new_id = self.pages.keep(user, payload["from"], payload["to"], seq, pages, unchanged=listed.unchanged)
             built = self.pages.find(new_id)
             assert built is not None  # page > 0 comes with listId (the schema requires it)
             await self._send_page(frame_id, payload, built, 0)
@@ -185,6 +197,8 @@ class CalendarLists:
             "page": page,
             "pageCount": len(built.pages),
         }
+        if built.unchanged:
+            answer["unchanged"] = True
         text = page_frame(frame_id, answer, built.pages[page])
         size = len(text.encode("utf-8"))
         if size > self.settings.max_frame_bytes:  # split_pages leaves room; this guards the limit itself

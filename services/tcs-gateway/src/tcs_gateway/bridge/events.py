@@ -61,6 +61,15 @@ def list_seq(engine_seq: int, last_snapshot_seq: int) -> int:
     return max(min(engine_seq, MAX_ENGINE_SEQ) * SEQ_SCALE, last_snapshot_seq)
 
 
+def engine_seq_held(since_seq: int | None, last_snapshot_seq: int) -> int:
+    """The engine seq a TCS holding a user's list at wire seq `since_seq` (getCalendarList `sinceSeq`) is current
+    at, for ListEvents' `since_seq`: 0 (it must get the list) without `since_seq`, or when the gateway sent the
+    user a snapshot TCS has not applied yet (its seq is above `since_seq`)."""
+    if not since_seq or last_snapshot_seq > since_seq:
+        return 0
+    return since_seq // SEQ_SCALE
+
+
 def snapshot_seq(engine_seq: int, last_snapshot_seq: int) -> int:
     """A fresh snapshot `seq` for a list read at `engine_seq`, above the previous snapshot's `last_snapshot_seq`."""
     floor = min(engine_seq, MAX_ENGINE_SEQ) * SEQ_SCALE

@@ -39,6 +39,8 @@ class BuiltList:
     #: Per page, its events as JSON texts.
     pages: list[list[str]]
     touched: float
+    #: TCS's `sinceSeq` was current: one empty page, `unchanged`.
+    unchanged: bool = False
 
 
 def split_pages(
@@ -75,11 +77,20 @@ class ListPages:
     def __len__(self) -> int:
         return len(self._lists)
 
-    def keep(self, user: str, window_from: str, window_to: str, seq: int, pages: list[list[str]]) -> str:
+    def keep(
+        self,
+        user: str,
+        window_from: str,
+        window_to: str,
+        seq: int,
+        pages: list[list[str]],
+        *,
+        unchanged: bool = False,
+    ) -> str:
         """Keep a built list for its further pages; its new listId."""
         self._expire()
         list_id = secrets.token_urlsafe(12)
-        self._lists[list_id] = BuiltList(list_id, user, window_from, window_to, seq, pages, time.monotonic())
+        self._lists[list_id] = BuiltList(list_id, user, window_from, window_to, seq, pages, time.monotonic(), unchanged)
         while len(self._lists) > MAX_KEPT:
             self._lists.popitem(last=False)
         return list_id
