@@ -24,7 +24,8 @@ from tcs_gateway_testkit import (
 
 from tccal.bridge_protocol import FrameValidator
 from tccal_sandbox.testing import wait_for_async
-from tcs_gateway.bridge.framing import format_instant
+from tcs_gateway.bridge.events import build_event, fit_event, size_bound
+from tcs_gateway.bridge.framing import encoded_size, format_instant
 
 BOB = "bob@example.test"
 CAROL = "carol@example.test"
@@ -209,3 +210,23 @@ async def test_since_seq_answers_unchanged_until_something_changed(world: World)
         assert next(e for e in behind["events"] if e["id"] == "m00010")["subject"] == "Moved"
         current = (await client.call("getCalendarList", dict(request, sinceSeq=push["payload"]["seq"])))["payload"]
         assert current["unchanged"] is True
+
+
+def test_the_size_bound_is_never_below_the_encoded_size() -> None:
+    """fit_event skips encoding an event whose bound fits: the bound must hold for the worst texts (control
+    characters, written as six bytes each; four-byte characters), and a bound over the budget still fits exactly."""
+    worst = occurrence(
+        "\x01" * 500,
+        attendees=[(f"a{n}@example.test", 4) for n in range(50)],
+        conference=("c" * 100, "https://tcs.example.test/c/" + "c" * 100),
+    )
+    worst.body = "\x02" * 65_536
+    worst.subject = "\U0001f600" * 1024
+    worst.location = '"' * 1024
+    event = build_event(worst, BOB, 5, server_host="tcs.example.test")
+    assert encoded_size(event) > 65_536 * 6
+    assert size_bound(event) >= encoded_size(event)
+    fitted = fit_event(event, 400_000, BOB)
+    assert encoded_size(fitted) <= 400_000 < encoded_size(event)
+    plain = build_event(occurrence("m1", attendees=[(BOB, 4)]), BOB, 5, server_host="tcs.example.test")
+    assert size_bound(plain) >= encoded_size(plain) and fit_event(plain, 1_000_000, BOB) is plain
