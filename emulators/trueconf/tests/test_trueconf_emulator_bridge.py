@@ -285,7 +285,10 @@ class FakeGateway:
                     and datetime.fromisoformat(event["end"]) > window_from
                 ]
                 events.sort(key=lambda event: event["start"])
-                reply = {"errorCode": 0, **payload, "seq": self.seq.get(user, 0), "events": events}
+                window = {name: payload[name] for name in ("user", "from", "to")}
+                reply = {"errorCode": 0, **window, "seq": self.seq.get(user, 0), "events": events}
+                if "page" in payload:  # a paged request (§6.2 "Pages"): a small calendar is one page
+                    reply.update({"listId": f"list-{frame_id}", "page": payload["page"], "pageCount": 1})
             await conn.ws.send_json({"type": 2, "id": frame_id, "payload": reply})
         elif method == "ping":
             if self.answer_pings:

@@ -67,6 +67,17 @@ async def test_engine_process_serves_meetings_api_metrics_resync_and_stops_on_si
 
             await wait_for_async(bob_sees_the_join_link, what="Bob's event with the conference")
             assert [o.conference.id for o in (await api.ListEvents(request, metadata=admin)).occurrences] == ["4242"]
+            # a caller holding the list as of the user's seq learns that nothing changed, without the occurrences
+            listed = await api.ListEvents(request, metadata=gateway)
+            assert listed.seq >= 1 and not listed.unchanged
+            since = sync_pb2.ListEventsRequest()
+            since.CopyFrom(request)
+            since.since_seq = listed.seq
+            held = await api.ListEvents(since, metadata=gateway)
+            assert held.unchanged and held.seq == listed.seq and len(held.occurrences) == 0
+            since.since_seq = listed.seq - 1
+            behind = await api.ListEvents(since, metadata=gateway)
+            assert not behind.unchanged and [o.conference.id for o in behind.occurrences] == ["4242"]
             ingest = [("authorization", f"Bearer {service_token('s3cret-admin-token', 'ews-ingest')}")]
             for metadata, code in (
                 ([], grpc.StatusCode.UNAUTHENTICATED),

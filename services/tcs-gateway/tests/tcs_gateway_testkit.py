@@ -70,6 +70,9 @@ class FakeSync(sync_pb2_grpc.SyncServiceServicer):
         start = getattr(request, "from").ToDatetime(tzinfo=UTC)
         end = request.to.ToDatetime(tzinfo=UTC)
         response = sync_pb2.ListEventsResponse(seq=self.seq.get(request.user, 0))
+        if request.since_seq and response.seq <= request.since_seq:  # as the engine's queries.list_events
+            response.unchanged = True
+            return response
         for occurrence in self.shown.get(request.user, {}).values():
             o_start = occurrence.start.ToDatetime(tzinfo=UTC)
             o_end = occurrence.end.ToDatetime(tzinfo=UTC)

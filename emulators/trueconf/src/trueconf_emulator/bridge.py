@@ -135,6 +135,8 @@ class BridgeClient:
         self._pushes: collections.Counter[str] = collections.Counter()
         self._requests_sent: collections.Counter[str] = collections.Counter()
         self._requests_received: collections.Counter[str] = collections.Counter()
+        #: The largest frame received from the gateway, in UTF-8 bytes (inspection: `largest_frame_bytes`).
+        self._largest_frame = 0
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -248,6 +250,7 @@ class BridgeClient:
             "acks_withheld": counters["acks_withheld"],
             "acks_lost": counters["acks_lost"],
             "window_rejections": counters["window_rejections"],
+            "largest_frame_bytes": self._largest_frame,
             "requests_sent": dict(self._requests_sent),
             "requests_received": dict(self._requests_received),
             "calendar_lists": {
@@ -255,6 +258,8 @@ class BridgeClient:
                 "stale": counters["lists_stale"],
                 "errors": counters["lists_errors"],
                 "invalid": counters["lists_invalid"],
+                "pages": counters["list_pages"],
+                "unchanged": counters["lists_unchanged"],
             },
             "calendar_list_errors": dict(self._list_errors),
             "ack_policy": asdict(self.ack_policy),
@@ -487,6 +492,7 @@ class BridgeClient:
 
     async def _on_text(self, conn: _Connection, data: str) -> bool:
         size = len(data.encode("utf-8"))
+        self._largest_frame = max(self._largest_frame, size)
         if size > self._config.max_frame_bytes:
             self._counters["malformed_frames"] += 1
             self._protocol_error(
@@ -695,27 +701,21 @@ class BridgeClient:
             raise ValueError(window.message)
         if window[1] - window[0] > timedelta(days=MAX_WINDOW_DAYS):
             raise ValueError(f"window {window_from} – {window_to} is longer than {MAX_WINDOW_DAYS} days")
-        request = {"user": user, "from": window_from, "to": window_to}
         outcome: dict[str, Any] = {}
         for _attempt in range(_STALE_LIST_ATTEMPTS):
-            result = await self._call(conn, "getCalendarList", request)
-            if result is None:
-                return {"emulator": "no reply within the reply timeout"}
-            payload = result.payload
-            if result.problem is not None:
-                self._counters["lists_invalid"] += 1
-                return {"emulator": f"invalid reply: {result.problem.message}", "reply": payload}
-            if payload["errorCode"] != 0:
-                self._counters["lists_errors"] += 1
-                self._list_errors[user] = payload
+            request: dict[str, Any] = {"user": user, "from": window_from, "to": window_to}
+            since = self._store.holds_window(user, window_from, window_to)
+            if since > 0:
+                request["sinceSeq"] = since
+            payload = await self._list_pages(conn, request)
+            if payload.get("errorCode") != 0:
                 return payload
-            problem = self._check_list_reply(request, payload)
-            if problem is not None:
-                self._counters["lists_invalid"] += 1
-                self._protocol_error("gateway", "invalid_reply", f"getCalendarList reply: {problem.message}", payload)
-                return {"emulator": f"invalid reply: {problem.message}", "reply": payload}
             self._list_errors.pop(user, None)
-            if self._store.apply_list(user, window, payload["seq"], payload["events"]):
+            if payload.get("unchanged"):  # what this TCS holds is current (§6.2 "Since a sequence")
+                self._counters["lists_applied"] += 1
+                self._counters["lists_unchanged"] += 1
+                return payload
+            if self._store.apply_list(user, window, payload["seq"], payload["events"], (window_from, window_to)):
                 self._counters["lists_applied"] += 1
                 return payload
             self._counters["lists_stale"] += 1
@@ -727,6 +727,64 @@ class BridgeClient:
             )
             outcome = payload
         return outcome
+
+    async def _list_pages(self, conn: _Connection, request: dict[str, Any]) -> dict[str, Any]:
+        """Every page of one list (docs/bridge-protocol.md §6.2 "Pages"): page 0, then page 1 … pageCount−1 of
+        its listId. The answer: page 0's payload with the events of all pages, or what went wrong."""
+        user = request["user"]
+        first: dict[str, Any] | None = None
+        events: list[dict[str, Any]] = []
+        ids: set[str] = set()
+        page = 0
+        while first is None or page < first["pageCount"]:
+            asked = dict(request, page=page) if first is None else dict(request, page=page, listId=first["listId"])
+            result = await self._call(conn, "getCalendarList", asked)
+            if result is None:
+                return {"emulator": "no reply within the reply timeout"}
+            payload = result.payload
+            if result.problem is not None:
+                self._counters["lists_invalid"] += 1
+                return {"emulator": f"invalid reply: {result.problem.message}", "reply": payload}
+            if payload["errorCode"] != 0:
+                self._counters["lists_errors"] += 1
+                self._list_errors[user] = payload
+                return payload
+            problem = self._check_list_reply(asked, payload) or self._check_page(asked, first, page, payload, ids)
+            if problem is not None:
+                self._counters["lists_invalid"] += 1
+                self._protocol_error("gateway", "invalid_reply", f"getCalendarList reply: {problem.message}", payload)
+                return {"emulator": f"invalid reply: {problem.message}", "reply": payload}
+            self._counters["list_pages"] += 1
+            ids.update(event["id"] for event in payload["events"])
+            events.extend(payload["events"])
+            if first is None:
+                first = payload
+            page += 1
+        return dict(first, events=events)
+
+    @staticmethod
+    def _check_page(
+        request: dict[str, Any], first: dict[str, Any] | None, page: int, payload: dict[str, Any], ids: set[str]
+    ) -> Problem | None:
+        """A page answers the page asked, of the same list as page 0, and repeats no event of an earlier page."""
+        if "page" not in payload:
+            return Problem("page", "the reply to a request with page has no page, listId and pageCount")
+        if payload.get("unchanged") and ("sinceSeq" not in request or payload["events"]):
+            return Problem("unchanged", "unchanged answers a request with sinceSeq, with no events")
+        if payload.get("unchanged") and payload["seq"] > request["sinceSeq"]:
+            return Problem("seq", f"seq {payload['seq']} of an unchanged list is above sinceSeq {request['sinceSeq']}")
+        if payload["page"] != page:
+            return Problem("page", f"page {payload['page']} answers a request for page {page}")
+        if first is not None:
+            for name in ("listId", "pageCount", "seq"):
+                if payload[name] != first[name]:
+                    return Problem(name, f"{name} {payload[name]!r} differs from {first[name]!r} of page 0")
+        elif payload["page"] >= payload["pageCount"]:
+            return Problem("page", f"page {payload['page']} is not below pageCount {payload['pageCount']}")
+        for index, event in enumerate(payload["events"]):
+            if event["id"] in ids:
+                return Problem(f"events[{index}].id", f"events[{index}].id {event['id']!r} came in an earlier page")
+        return None
 
     def _check_list_reply(self, request: dict[str, Any], payload: dict[str, Any]) -> Problem | None:
         for name in ("user", "from", "to"):

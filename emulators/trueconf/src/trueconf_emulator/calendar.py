@@ -159,6 +159,8 @@ class UserCalendar:
     last_seq: int = 0
     seen: deque[int] = field(default_factory=lambda: deque(maxlen=_SEEN_SEQ_MEMORY))
     pending_snapshot: PendingSnapshot | None = None
+    #: Windows (from, to as sent) whose getCalendarList was applied: held completely as of last_seq since.
+    listed_windows: set[tuple[str, str]] = field(default_factory=set)
 
     def replace_window(self, window: tuple[datetime, datetime], events: list[dict[str, Any]]) -> None:
         keep = {
@@ -286,11 +288,28 @@ class CalendarStore:
                 dropped += 1
         return dropped
 
-    def apply_list(self, user: str, window: tuple[datetime, datetime], seq: int, events: list[dict[str, Any]]) -> bool:
+    def holds_window(self, user: str, window_from: str, window_to: str) -> int:
+        """`sinceSeq` for a getCalendarList of this window: the user's lastSeq when a list of the same window was
+        applied (TCS holds it completely as of lastSeq, §6.2), else 0."""
+        calendar = self._users.get(user.lower())
+        if calendar is None or (window_from, window_to) not in calendar.listed_windows:
+            return 0
+        return calendar.last_seq
+
+    def apply_list(
+        self,
+        user: str,
+        window: tuple[datetime, datetime],
+        seq: int,
+        events: list[dict[str, Any]],
+        window_text: tuple[str, str] | None = None,
+    ) -> bool:
         """Apply a getCalendarList reply; False (nothing changed) when it is stale."""
         calendar = self.user(user)
         if seq < calendar.last_seq:
             return False
+        if window_text is not None:
+            calendar.listed_windows.add(window_text)
         calendar.replace_window(window, events)
         if seq > calendar.last_seq:
             calendar.last_seq = seq

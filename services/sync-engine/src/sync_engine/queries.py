@@ -25,10 +25,17 @@ class ReadQueries:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def list_events(self, user: str, start: datetime, end: datetime) -> sync_pb2.ListEventsResponse:
-        """The occurrences `user`'s calendar shows between `start` and `end`, and the seq the list is current at."""
+    async def list_events(
+        self, user: str, start: datetime, end: datetime, since_seq: int = 0
+    ) -> sync_pb2.ListEventsResponse:
+        """The occurrences `user`'s calendar shows between `start` and `end`, and the seq the list is current at;
+        with `since_seq` (the caller holds the list as of that seq) and the user's seq not above it, only
+        `unchanged` and the seq."""
         async with self.pool.acquire() as connection, connection.transaction(isolation="repeatable_read"):
             # one snapshot: the list and the seq it is current at (a push with a higher seq is newer than it)
+            seq = int(await connection.fetchval("SELECT seq FROM user_seq WHERE user_email = $1", user) or 0)
+            if since_seq and seq <= since_seq:
+                return sync_pb2.ListEventsResponse(seq=seq, unchanged=True)
             rows = await connection.fetch(
                 "SELECT occurrence FROM shown WHERE user_email = $1"
                 " AND ((start_at < $3 AND end_at > $2) OR (start_at = end_at AND start_at >= $2 AND start_at < $3))"
@@ -37,8 +44,7 @@ class ReadQueries:
                 start,
                 end,
             )
-            seq = await connection.fetchval("SELECT seq FROM user_seq WHERE user_email = $1", user)
-        response = sync_pb2.ListEventsResponse(seq=int(seq or 0))
+        response = sync_pb2.ListEventsResponse(seq=seq)
         for row in rows:
             response.occurrences.append(calendar_pb2.Occurrence.FromString(bytes(row["occurrence"])))
         return response

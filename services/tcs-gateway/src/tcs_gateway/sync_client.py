@@ -2,7 +2,8 @@
 (bridge/ports.py), also used by the command consumer.
 
 ListEvents answers the user's occurrences in `[from, to)` and `seq`, the user's latest push number when the list
-was read; bridge/payloads.py makes snapshots and getCalendarList answers of it.
+was read; bridge/payloads.py makes snapshots and getCalendarList answers of it. With `since_seq` (a getCalendarList
+with `sinceSeq`) it answers only `unchanged` when the user's seq is not above it.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ class EventSource:
             self._channel = None
             self._stub = None
 
-    async def list_events(self, user: str, window_from: datetime, window_to: datetime) -> UserList:
-        request = sync_pb2.ListEventsRequest(user=user, to=_stamp(window_to))
+    async def list_events(self, user: str, window_from: datetime, window_to: datetime, since_seq: int = 0) -> UserList:
+        request = sync_pb2.ListEventsRequest(user=user, to=_stamp(window_to), since_seq=max(0, since_seq))
         getattr(request, "from").CopyFrom(_stamp(window_from))
         try:
             response = await self._ensure().ListEvents(
@@ -63,4 +64,4 @@ class EventSource:
             raise SyncUnavailableError(
                 f"SyncService.ListEvents({user}) at {self.address} failed: {exc.code().name} {exc.details()}"
             ) from exc
-        return UserList(list(response.occurrences), int(response.seq))
+        return UserList(list(response.occurrences), int(response.seq), bool(response.unchanged))

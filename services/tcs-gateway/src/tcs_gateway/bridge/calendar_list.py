@@ -1,16 +1,24 @@
-"""getCalendarList (docs/bridge-protocol.md §6): a user's events in a window TCS names (at most 400 days), read
-from SyncService, in one reply frame; the user is served from then on (snapshots after every reconnect)."""
+"""getCalendarList (docs/bridge-protocol.md §6.2): a user's events in a window TCS names (at most 400 days), read
+from SyncService; the user is served from then on (snapshots after every reconnect).
+
+A request with `page` is answered in pages (list_pages.py): page 0 reads and builds the list once, later pages
+come from that build, so no frame exceeds `maxFrameBytes` however large the calendar. A request without `page`
+(protocol revision 1.0) gets the whole list in one frame, or FRAME_TOO_LARGE when it does not fit.
+
+Lists of different users are built concurrently, at most LIST_CONCURRENCY at once per connection."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from tccal.cache_window import CacheWindow
-from tcs_gateway.bridge.channel import log
-from tcs_gateway.bridge.events import list_seq
+from tcs_gateway.bridge.channel import ConnectionClosedError, log
+from tcs_gateway.bridge.events import engine_seq_held, list_seq
 from tcs_gateway.bridge.framing import ErrorCode, encode, error_payload, parse_instant, reply_frame
+from tcs_gateway.bridge.list_pages import KEEP_SECONDS, BuiltList, ListPages, page_frame, split_pages
 from tcs_gateway.bridge.payloads import event_budget, events_for
 from tcs_gateway.bridge.ports import SyncUnavailableError
 
@@ -26,6 +34,7 @@ class CalendarLists:
         self.session = session
         self.settings = session.settings
         self._lists = asyncio.Semaphore(LIST_CONCURRENCY)
+        self.pages = ListPages()
 
     async def handle(self, frame: dict[str, Any]) -> None:
         try:
@@ -69,26 +78,41 @@ class CalendarLists:
                 ),
             )
             return
+        page: int | None = payload.get("page")
+        list_id: str | None = payload.get("listId")
+        if list_id is not None:
+            await self._next_page(frame_id, payload, list_id, page or 0)
+            return
         server = session.server
         assert server is not None
         user = str(payload["user"]).lower()
+        last_snapshot = context.store.snapshot_seq(server.id, user)
+        held = engine_seq_held(payload.get("sinceSeq"), last_snapshot)
         async with self._lists:
             try:
-                listed = await context.source.list_events(user, window_from, window_to)
+                listed = await context.source.list_events(user, window_from, window_to, since_seq=held)
             except SyncUnavailableError as exc:
                 server.record_error(f"getCalendarList {user}: {exc}")
                 log.warning("failed to getCalendarList", extra={"server": server.id, "user": user, "error": str(exc)})
                 await channel.reply(frame_id, error_payload(ErrorCode.INTERNAL_ERROR, str(exc), retry_after_ms=1000))
                 return
-        seq = list_seq(listed.seq, context.store.snapshot_seq(server.id, user))
-        events = events_for(
-            listed.occurrences,
-            user,
-            seq,
-            CacheWindow(window_from, window_to),
-            server_host=server.server.host,
-            budget=event_budget(self.settings.max_frame_bytes),
-        )
+            # A snapshot begun meanwhile has a higher seq: a full list takes it (else TCS would find the list stale);
+            # an unchanged answer keeps the seq TCS's sinceSeq was checked against.
+            seq = list_seq(
+                listed.seq, last_snapshot if listed.unchanged else context.store.snapshot_seq(server.id, user)
+            )
+            events = (
+                []
+                if listed.unchanged
+                else events_for(
+                    listed.occurrences,
+                    user,
+                    seq,
+                    CacheWindow(window_from, window_to),
+                    server_host=server.server.host,
+                    budget=event_budget(self.settings.max_frame_bytes),
+                )
+            )
         answer = {
             "errorCode": 0,
             "user": payload["user"],
@@ -97,18 +121,95 @@ class CalendarLists:
             "seq": seq,
             "events": events,
         }
-        if len(encode(reply_frame(frame_id, answer)).encode("utf-8")) > self.settings.max_frame_bytes:
+        if listed.unchanged:
+            answer["unchanged"] = True
+        if page is not None:
+            pages = split_pages(events, payload["user"], payload["from"], payload["to"], self.settings.max_frame_bytes)
+            new_id = self.pages.keep(user, payload["from"], payload["to"], seq, pages, unchanged=listed.unchanged)
+            built = self.pages.find(new_id)
+            assert built is not None  # page > 0 comes with listId (the schema requires it)
+            await self._send_page(frame_id, payload, built, 0)
+        elif len(encode(reply_frame(frame_id, answer)).encode("utf-8")) > self.settings.max_frame_bytes:
             await channel.reply(
                 frame_id,
                 error_payload(
                     ErrorCode.FRAME_TOO_LARGE,
                     f"{len(events)} events of {user} do not fit in {self.settings.max_frame_bytes} bytes; "
-                    "ask for a narrower window",
+                    "ask for a narrower window, or in pages (page 0)",
                 ),
             )
             return
-        await channel.reply(frame_id, answer)
+        else:
+            await channel.reply(frame_id, answer)
         if context.store.mark_asked(server.id, user):
             log.info("TrueConf Server asked for a new user's calendar", extra={"server": server.id, "user": user})
         if context.on_list is not None:
             await context.on_list(server, user, listed.seq)
+
+    async def _next_page(self, frame_id: int, payload: dict[str, Any], list_id: str, page: int) -> None:
+        """A further page of a list built for an earlier request (`listId`)."""
+        built = self.pages.find(list_id)
+        if built is None:
+            await self.session.channel.reply(
+                frame_id,
+                error_payload(
+                    ErrorCode.INVALID_PAYLOAD,
+                    f"listId {list_id!r} is unknown or expired (a list is kept {KEEP_SECONDS:g} s after its last "
+                    "request, until its last page); ask page 0 without listId",
+                    field="listId",
+                ),
+            )
+            return
+        for name, held in (("user", built.user), ("from", built.window_from), ("to", built.window_to)):
+            asked = str(payload[name]).lower() if name == "user" else payload[name]
+            if asked != held:
+                await self.session.channel.reply(
+                    frame_id,
+                    error_payload(
+                        ErrorCode.INVALID_PAYLOAD,
+                        f"{name} {payload[name]!r} differs from {held!r} of list {list_id!r}",
+                        field=name,
+                    ),
+                )
+                return
+        if page >= len(built.pages):
+            await self.session.channel.reply(frame_id, self._page_out_of_range(built, page))
+            return
+        await self._send_page(frame_id, payload, built, page)
+
+    @staticmethod
+    def _page_out_of_range(built: BuiltList, page: int) -> dict[str, Any]:
+        return error_payload(
+            ErrorCode.INVALID_PAYLOAD,
+            f"page {page} is beyond list {built.list_id!r}, which has {len(built.pages)} pages (0 … "
+            f"{len(built.pages) - 1})",
+            field="page",
+        )
+
+    async def _send_page(self, frame_id: int, payload: dict[str, Any], built: BuiltList, page: int) -> None:
+        answer = {
+            "errorCode": 0,
+            "user": payload["user"],
+            "from": payload["from"],
+            "to": payload["to"],
+            "seq": built.seq,
+            "listId": built.list_id,
+            "page": page,
+            "pageCount": len(built.pages),
+        }
+        if built.unchanged:
+            answer["unchanged"] = True
+        text = page_frame(frame_id, answer, built.pages[page])
+        size = len(text.encode("utf-8"))
+        if size > self.settings.max_frame_bytes:  # split_pages leaves room; this guards the limit itself
+            await self.session.channel.reply(
+                frame_id,
+                error_payload(
+                    ErrorCode.FRAME_TOO_LARGE,
+                    f"page {page} of {built.user} would be {size} bytes, over {self.settings.max_frame_bytes}",
+                ),
+            )
+            return
+        with contextlib.suppress(ConnectionClosedError):
+            await self.session.channel.send_text(text)
+        self.pages.served(built, page)

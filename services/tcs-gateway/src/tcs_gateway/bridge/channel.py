@@ -58,7 +58,10 @@ class Channel:
 
     # ------------------------------------------------------------------ sending
     async def send(self, frame: dict[str, Any]) -> None:
-        text = encode(frame)
+        await self.send_text(encode(frame))
+
+    async def send_text(self, text: str) -> None:
+        """Send a frame already encoded (a getCalendarList page built of events encoded once)."""
         if self.ws.closed:
             raise ConnectionClosedError("connection closed")
         async with self._send_lock:

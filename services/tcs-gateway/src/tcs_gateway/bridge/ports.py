@@ -22,17 +22,21 @@ class SyncUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class UserList:
-    """A user's occurrences in a window and `seq`, the user's latest push number when the list was read."""
+    """A user's occurrences in a window and `seq`, the user's latest push number when the list was read;
+    `unchanged` (no occurrences) when the caller's `since_seq` was not below `seq`."""
 
     occurrences: list[calendar_pb2.Occurrence]
     seq: int
+    unchanged: bool = False
 
 
 class CalendarSource(Protocol):
     """The users' calendars (the sync-engine's SyncService.ListEvents)."""
 
-    async def list_events(self, user: str, window_from: datetime, window_to: datetime) -> UserList:
-        """The user's occurrences in `[window_from, window_to)`; SyncUnavailableError when it cannot answer."""
+    async def list_events(self, user: str, window_from: datetime, window_to: datetime, since_seq: int = 0) -> UserList:
+        """The user's occurrences in `[window_from, window_to)` - none, `unchanged`, when `since_seq` (the engine
+        seq the caller holds the list at, 0: none) is not below the user's seq; SyncUnavailableError when it cannot
+        answer."""
         ...
 
 
