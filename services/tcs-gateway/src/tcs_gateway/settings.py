@@ -113,8 +113,8 @@ class GatewaySettings:
     # Replicas (tcs_gateway.server_lease): a server's lease lives this long unless renewed (TCS_GATEWAY_LEASES TTL),
     # is renewed this often, and its holder stops consuming this long before it could expire. Environment:
     # TCS_GATEWAY_LEASE_SECONDS, TCS_GATEWAY_LEASE_RENEW_SECONDS, TCS_GATEWAY_LEASE_MARGIN_SECONDS.
-    lease_seconds: float = 15.0
-    lease_renew_seconds: float = 4.0
+    lease_seconds: float = 10.0
+    lease_renew_seconds: float = 2.5
     lease_margin_seconds: float = 3.0
     # REST API v4
     rest_concurrency: int = 8
