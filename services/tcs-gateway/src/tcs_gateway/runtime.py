@@ -173,6 +173,10 @@ class Gateway:
             task = self._consumer_tasks.pop(key, None)
             if task is not None:
                 await asyncio.wait([task], timeout=self.settings.fetch_timeout + 5.0)
+                if not task.done():  # a command's handling outlasted the wait: no second loop may start beside it
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
             released = await consumer.hand_back()
             if released:
                 log.info(

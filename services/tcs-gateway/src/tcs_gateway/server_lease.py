@@ -150,6 +150,12 @@ class ServerLease:
         self.acquired = 0
         #: The lease is held elsewhere and a session here waits for it.
         self.waiting = False
+        #: Starting and stopping the consumption one at a time (the fence and the rounds both may stop it).
+        self._switch = asyncio.Lock()
+
+    async def _stop_consuming(self) -> None:
+        async with self._switch:
+            await self._lost()
 
     @property
     def held(self) -> bool:
@@ -201,7 +207,7 @@ class ServerLease:
             if not await self._renew(kv, self.lease):
                 log.error("server lease taken by another replica: its commands stop here", extra=self._extra())
                 self.lease = None
-                await self._lost()
+                await self._stop_consuming()
             return
         if not here and await self._wanted_elsewhere(kv):
             return  # a replica with the session waits for it: leave the lease to that one
@@ -226,7 +232,9 @@ class ServerLease:
         self.lease = lease
         self.acquired += 1
         log.info("server lease acquired: consuming its commands", extra={**self._extra(), "session_here": here})
-        self._gained()
+        async with self._switch:  # after a stop still under way (the fence's), and only if still held
+            if self.lease is lease and self.held:
+                self._gained()
 
     async def _wanted_elsewhere(self, kv: KeyValue) -> bool:
         try:
@@ -273,7 +281,7 @@ class ServerLease:
         lease = self.lease
         if lease is None:
             return
-        await self._lost()
+        await self._stop_consuming()
         self.lease = None
         if not self.bucket.bus.connected:
             return  # it expires on its own
@@ -291,5 +299,5 @@ class ServerLease:
                 self.lease = None
                 self.fenced += 1
                 log.error("server lease not renewed in time: its commands stop here", extra=self._extra())
-                await self._lost()
+                await self._stop_consuming()
             await asyncio.sleep(min(0.25, self.settings.lease_margin_seconds / 4))
