@@ -16,6 +16,7 @@ from tccal_sandbox.embedded import EmbeddedNats
 from tccal_sandbox.testing import nats_settings, wait_for_async
 from tcs_gateway.server_lease import LeaseBucket, ServerLease
 from tcs_gateway.settings import GatewaySettings, lease_timings
+from tcs_gateway.state import StateStore
 
 SERVER = "video.example.test#vcs"
 FAST = GatewaySettings(lease_seconds=3.0, lease_renew_seconds=0.5, lease_margin_seconds=1.0, fetch_timeout=0.25)
@@ -120,3 +121,33 @@ async def test_a_holder_cut_from_nats_stops_consuming_before_another_can_take_ov
                 await asyncio.sleep(0.01)
             assert both == 0, "a and b consumed at once"
             assert not a.consuming and a.lease.fenced == 1
+
+
+async def test_a_replica_reads_the_servers_state_again_when_its_session_moves_there(nats_server: EmbeddedNats) -> None:
+    """TCS_GATEWAY is read at a replica's start; the session moving to it later reads the server's entries again
+    (StateStore.refresh, called at auth): later snapshot seqs and users asked for elsewhere, never anything lower."""
+    bus_a = Bus(nats_settings(nats_server, "tcs-gateway", name="tcs-gateway-a"))
+    bus_b = Bus(nats_settings(nats_server, "tcs-gateway", name="tcs-gateway-b"))
+    await bus_a.connect(attempts=5)
+    await bus_b.connect(attempts=5)
+    a, b = StateStore(), StateStore()
+    try:
+        await a.open(bus_a.js)
+        await b.open(bus_b.js)  # b started: it read nothing of alice yet
+        a.mark_asked(SERVER, "alice@example.test")
+        a.set_snapshot_seq(SERVER, "alice@example.test", 7_000_003)
+        a.mark_asked("other.example.test#vcs", "dave@example.test")
+        b.set_snapshot_seq(SERVER, "bob@example.test", 5_000_001)  # b's own, not flushed yet
+        await a.flush()
+        assert b.snapshot_seq(SERVER, "alice@example.test") == 0
+
+        await b.refresh(SERVER)
+        assert b.snapshot_seq(SERVER, "alice@example.test") == 7_000_003
+        assert b.asked_users(SERVER) == ["alice@example.test"]
+        assert b.snapshot_seq(SERVER, "bob@example.test") == 5_000_001  # kept: the larger of the two
+        assert b.asked_users("other.example.test#vcs") == []  # only the server whose session moved
+    finally:
+        await a.close()
+        await b.close()
+        await bus_a.close()
+        await bus_b.close()
