@@ -105,9 +105,7 @@ def command_flags(definition: dict[str, Any]) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def config_file(compose_services: dict[str, dict[str, Any]]) -> Path:
-    sources = {
-        mount_source(compose_services[name], "/etc/tc-calendar/config.json") for name in ALL_CONNECTOR_SERVICES
-    }
+    sources = {mount_source(compose_services[name], "/etc/tc-calendar/config.json") for name in ALL_CONNECTOR_SERVICES}
     assert len(sources) == 1, f"the connector services must share one config.json, they mount {sources}"
     (path,) = sources
     assert path.is_file(), path

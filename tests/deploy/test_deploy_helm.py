@@ -598,10 +598,10 @@ def test_graph_ingest_is_rendered_only_when_enabled(report: dict[str, Any]) -> N
     """graph-ingest is optional (components.graphIngest.enabled, off by default): off, not one object of it, no
     grpc.services entry, not scraped; NOTES warn when type graph entries would then go unsynced."""
     for value_set in ("default", "existing"):
-        labelled = [
-            m for m in manifests(report, value_set) if m["metadata"].get("labels", {}).get("app.kubernetes.io/component")
-        ]
-        assert labelled and all(m["metadata"]["labels"]["app.kubernetes.io/component"] != "graph-ingest" for m in labelled)
+        components = {
+            m["metadata"].get("labels", {}).get("app.kubernetes.io/component") for m in manifests(report, value_set)
+        }
+        assert set(CONNECTOR_SERVICES) <= components and "graph-ingest" not in components
         assert "graph-ingest" not in rendered_config(report, value_set)[1]["grpc"]["services"]
         assert "graph-ingest" not in report["value_sets"][value_set]["notes"]
     assert "graph-ingest" in rendered_config(report, "full")[1]["grpc"]["services"]
