@@ -217,3 +217,66 @@ def test_graph_1_3_answers_follow_and_a_decline_uninvites(hybrid: Product, outlo
     wait_until(lambda: hybrid.events("grace", "Cloud answers") == [], 30, "gone from grace's calendar")
     (bobs,) = hybrid.events("bob", "Cloud answers")
     assert bobs["cancelled"] is False
+
+
+def test_graph_4_1_private_meeting_is_busy_without_details(hybrid: Product, outlook: GraphOutlook) -> None:
+    start = graph_time(9, 15)
+    outlook.create(
+        "grace",
+        {
+            "subject": "Cloud doctor appointment",
+            "start": graph_datetime(start),
+            "end": graph_datetime(start + timedelta(minutes=30)),
+            "attendees": graph_attendees(required=("frank",)),
+            "sensitivity": "private",
+            "body": {"contentType": "text", "content": "confidential"},
+            "location": {"displayName": "Clinic"},
+        },
+    )
+
+    def private_view() -> list[dict[str, Any]]:
+        return [e for e in hybrid.calendar("frank") if e.get("private") and e["organizer"] == email("grace")]
+
+    (event,) = wait_until(private_view, 60, "the private meeting in frank's calendar")
+    assert event["subject"] in (None, "") and event["attendees"] == []
+    assert event["body"] in (None, "") and event["location"] in (None, "")
+
+
+def test_graph_4_2_2_weekly_series_with_a_moved_and_a_deleted_occurrence(
+    hybrid: Product, outlook: GraphOutlook
+) -> None:
+    first = graph_time(1, 10)
+    first += timedelta(days=(0 - first.weekday()) % 7)  # the next Monday, 10:00 Berlin
+    master = outlook.create(
+        "grace",
+        {
+            "subject": "Cloud weekly",
+            "start": graph_datetime(first),
+            "end": graph_datetime(first + timedelta(minutes=45)),
+            "attendees": graph_attendees(required=("frank", "carol")),
+            "recurrence": {
+                "pattern": {"type": "weekly", "interval": 1, "daysOfWeek": ["monday"], "firstDayOfWeek": "monday"},
+                "range": {"type": "numbered", "startDate": first.date().isoformat(), "numberOfOccurrences": 4},
+            },
+        },
+    )
+    for who in ("frank", "carol"):
+        hybrid.wait_events(who, "Cloud weekly", lambda found: len(found) == 4)
+    window = f"startDateTime={first.date().isoformat()}T00:00:00Z&endDateTime={(first + timedelta(weeks=5)).date()}"
+    instances = outlook.request("GET", f"/users/{email('grace')}/events/{master['id']}/instances?{window}")["value"]
+    second, third = sorted(instances, key=lambda i: str(i["start"]["dateTime"]))[1:3]
+    moved = first + timedelta(weeks=1, hours=4)
+    outlook.update(
+        "grace",
+        second["id"],
+        {"start": graph_datetime(moved), "end": graph_datetime(moved + timedelta(minutes=45))},
+    )
+    outlook.delete("grace", third["id"])
+    expected = sorted([first, moved, first + timedelta(weeks=3)])
+    for who in ("frank", "carol"):
+        events = hybrid.wait_events(
+            who,
+            "Cloud weekly",
+            lambda found: sorted(instant(e["start"]) for e in found) == expected,  # the deleted one gone, as EWS
+        )
+        assert all(e["organizer"] == email("grace") for e in events)
