@@ -136,7 +136,7 @@ def test_graph_hybrid_on_premises_organizer_invites_a_cloud_attendee(hybrid: Pro
 def test_graph_4_1_1_keyword_trueconf_creates_a_conference_inviting_the_attendees(
     hybrid: Product, outlook: GraphOutlook
 ) -> None:
-    graph_meeting(outlook, "grace", "Cloud standup", days=3, required=("frank", "bob"), location="@trueconf")
+    created = graph_meeting(outlook, "grace", "Cloud standup", days=3, required=("frank", "bob"), location="@trueconf")
     (event,) = hybrid.wait_events("frank", "Cloud standup", lambda found: found[0]["conference"] is not None)
     link = event["conference"]
     assert link["url"] == f"https://video.sandbox.test/c/{link['id']}", "turquoise: Join link"
@@ -146,6 +146,9 @@ def test_graph_4_1_1_keyword_trueconf_creates_a_conference_inviting_the_attendee
     wait_until(lambda: {"frank", "bob"} <= invited(hybrid, link["id"]), 30, "frank and bob invited")
     (bobs,) = hybrid.wait_events("bob", "Cloud standup", lambda found: found[0]["conference"] is not None)
     assert bobs["conference"]["id"] == link["id"], "the on-premises attendee sees the same conference"
+    outlook.update("grace", created["id"], {"attendees": graph_attendees(required=("frank", "bob", "carol"))})
+    wait_until(lambda: "carol" in invited(hybrid, link["id"]), 30, "carol invited after being added")
+    hybrid.wait_events("carol", "Cloud standup", lambda found: found[0]["conference"] is not None)
 
 
 def test_graph_4_1_1_add_in_marker_sets_the_conference_settings(hybrid: Product, outlook: GraphOutlook) -> None:
