@@ -26,13 +26,15 @@ NATS_UNIT=${NATS_UNIT:-nats-server.service}
 NATS_BINARY=${NATS_BINARY:-/usr/sbin/nats-server}
 NATS_STORE_DIR=${NATS_STORE_DIR:-/var/lib/nats/jetstream}  # within /var/lib/nats, the drop-in's StateDirectory
 POSTGRES_UNIT=${POSTGRES_UNIT:-postgresql.service}
-IDENTITIES="ews-ingest sync-engine tcs-gateway licensing admin"
+IDENTITIES="ews-ingest sync-engine tcs-gateway licensing graph-ingest admin"  # tccal.nats_auth.IDENTITIES
 
-# name|module|what it does|units it is ordered after and wants (besides network-online.target)
+# name|module|what it does|units it is ordered after and wants (besides network-online.target). graph-ingest is
+# optional (config.json entries of "type": "graph"): in trueconf-calendar.target only once enabled.
 SERVICES="licensing|licensing|registration, the license in force, seats for mailboxes|$POSTGRES_UNIT $NATS_UNIT
 sync-engine|sync_engine|reconciles calendar changes in PostgreSQL|$POSTGRES_UNIT $NATS_UNIT trueconf-calendar-licensing.service
 ews-ingest|ews_ingest|reads Exchange calendars over EWS|$NATS_UNIT trueconf-calendar-licensing.service
-tcs-gateway|tcs_gateway|the calendar bridge to TrueConf Server|$NATS_UNIT trueconf-calendar-licensing.service trueconf-calendar-sync-engine.service"
+tcs-gateway|tcs_gateway|the calendar bridge to TrueConf Server|$NATS_UNIT trueconf-calendar-licensing.service trueconf-calendar-sync-engine.service
+graph-ingest|graph_ingest|reads Exchange Online calendars through Microsoft Graph|$NATS_UNIT trueconf-calendar-licensing.service"
 
 die() {
   echo "install.sh: $*" >&2
@@ -66,7 +68,8 @@ install_packages() {
   command -v "$PYTHON" >/dev/null || die "$PYTHON is needed (Debian 12: apt-get install python3.11 python3.11-venv)"
   [ -x "$PREFIX/bin/python" ] || "$PYTHON" -m venv "$PREFIX"
   set -- "$source_dir/proto" "$source_dir/libs/tccal" "$source_dir/services/licensing" \
-    "$source_dir/services/sync-engine" "$source_dir/services/ews-ingest" "$source_dir/services/tcs-gateway"
+    "$source_dir/services/sync-engine" "$source_dir/services/ews-ingest" "$source_dir/services/tcs-gateway" \
+    "$source_dir/services/graph-ingest"
   # every version pinned by constraints.txt; then our packages again, so an upgrade at the same version number
   # (a newer checkout) replaces them too
   "$PREFIX/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade \
@@ -141,6 +144,8 @@ Installed into $PREFIX, units in $UNIT_DIR, configuration in $CONFDIR. Left to d
   3. systemctl restart $NATS_UNIT
   4. tc_calendar --register YOUR-KEY
   5. systemctl enable --now trueconf-calendar.service
+  6. only with Exchange Online (calendarProviders entries of "type": "graph"):
+     systemctl enable --now trueconf-calendar-graph-ingest.service
 EOF
     ;;
   *)

@@ -17,8 +17,8 @@ CONNECTOR_SERVICES = {
     "tcs-gateway": "tcs_gateway",
     "licensing": "licensing",
 }
-#: Connector services started only by a Compose profile (and not by the chart yet): the calendar providers an
-#: installation may not have.
+#: Connector services started only on demand (a Compose profile, a chart flag, a unit to enable): the calendar
+#: providers an installation may not have.
 OPTIONAL_SERVICES = {"graph-ingest": "graph_ingest"}
 EMULATORS = {
     "exchange": "exchange_emulator",

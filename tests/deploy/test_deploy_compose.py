@@ -27,13 +27,15 @@ from licensing.authority import PRODUCTION_ENV, TEST_KEY_SETTING
 from tccal import secrets
 from tccal.config import Config, load_config
 from tccal.config.loader import CONFIG_ENV, ENV_PREFIX, apply_env_overrides
-from tccal.config.schema import SERVICE_NAMES, iter_secrets
+from tccal.config.schema import OPTIONAL_SERVICE_NAMES, SERVICE_NAMES, iter_secrets
 
 from .conftest import COMPOSE_FILE, CONNECTOR_SERVICES, EMULATORS, OPTIONAL_SERVICES, ROOT, interpolate
 
 BASE_SERVICES = {"postgres", "nats", *CONNECTOR_SERVICES}
 SANDBOX_SERVICES = {f"{name}-emulator" for name in EMULATORS}
 OBSERVABILITY_SERVICES = {"otel-collector", "jaeger", "prometheus", "grafana"}
+#: Every connector service, the optional ones (graph-ingest, profile graph) held to the same rules as the four.
+ALL_CONNECTOR_SERVICES = {**CONNECTOR_SERVICES, **OPTIONAL_SERVICES}
 
 
 def code_reads_env() -> set[str]:
@@ -103,8 +105,8 @@ def command_flags(definition: dict[str, Any]) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def config_file(compose_services: dict[str, dict[str, Any]]) -> Path:
-    sources = {mount_source(compose_services[name], "/etc/tc-calendar/config.json") for name in CONNECTOR_SERVICES}
-    assert len(sources) == 1, f"the four services must share one config.json, they mount {sources}"
+    sources = {mount_source(compose_services[name], "/etc/tc-calendar/config.json") for name in ALL_CONNECTOR_SERVICES}
+    assert len(sources) == 1, f"the connector services must share one config.json, they mount {sources}"
     (path,) = sources
     assert path.is_file(), path
     return path
@@ -235,7 +237,7 @@ def test_named_volumes_are_declared_and_used(
 
 def test_environment_names_are_read_by_the_code(compose_services: dict[str, dict[str, Any]], config_file: Path) -> None:
     allowed = code_reads_env()
-    for name in CONNECTOR_SERVICES:
+    for name in ALL_CONNECTOR_SERVICES:
         env = service_env(compose_services[name])
         for variable, value in env.items():
             if variable.startswith(ENV_PREFIX):
@@ -265,7 +267,7 @@ def test_unknown_override_would_be_caught(config_file: Path) -> None:
 
 
 def test_mounted_config_validates(config_file: Path, compose_services: dict[str, dict[str, Any]]) -> None:
-    for name in CONNECTOR_SERVICES:
+    for name in ALL_CONNECTOR_SERVICES:
         config = load_config(config_file, environ=service_env(compose_services[name]), check_secrets=False)
         assert config.allow_plaintext_passwords is False
 
@@ -276,7 +278,7 @@ def test_secrets_decrypt_with_the_mounted_key(
     compose_services: dict[str, dict[str, Any]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for name in CONNECTOR_SERVICES:
+    for name in ALL_CONNECTOR_SERVICES:
         env = service_env(compose_services[name])
         assert env[secrets.KEY_FILE_ENV] == "/run/secrets/tc_calendar_machine_key"
         assert "tc_calendar_machine_key" in compose_services[name]["secrets"]
@@ -290,7 +292,7 @@ def test_secrets_decrypt_with_the_mounted_key(
 def test_config_matches_the_compose_topology(
     config: Config, compose: dict[str, Any], compose_services: dict[str, dict[str, Any]], demo_key: bytes
 ) -> None:
-    for name in SERVICE_NAMES:
+    for name in (*SERVICE_NAMES, *OPTIONAL_SERVICE_NAMES):
         endpoint = config.grpc.endpoint(name)
         assert endpoint.host == "0.0.0.0", f"{name} must bind beyond loopback inside its container"
         assert endpoint.address == f"{name}:{endpoint.grpc_port}"
@@ -403,7 +405,7 @@ def test_only_the_demo_lifts_the_images_refusal_of_the_test_authority_key(
                 LicensingSettings.from_config(config)
     # The same switch for all four: with TCCAL_PRODUCTION=1 each also refuses the demo's committed machine key and
     # PostgreSQL password (tccal.production; libs/tccal/tests/test_tccal_production_secrets.py).
-    for name in CONNECTOR_SERVICES:
+    for name in ALL_CONNECTOR_SERVICES:
         assert compose_services[name]["environment"][PRODUCTION_ENV] == raw, name
 
 
@@ -413,7 +415,7 @@ def test_only_the_demo_lifts_the_images_refusal_of_the_test_authority_key(
 def test_observability_wiring(compose: dict[str, Any], compose_services: dict[str, dict[str, Any]]) -> None:
     header = (ROOT / "docker-compose.yml").read_text().split("\nname:", 1)[0]
     assert "OTEL_EXPORTER_OTLP_ENDPOINT=http://otel-collector:4317" in header
-    for name in CONNECTOR_SERVICES:
+    for name in ALL_CONNECTOR_SERVICES:
         assert "OTEL_EXPORTER_OTLP_ENDPOINT" in service_env(compose_services[name])
     collector = compose_services["otel-collector"]
     config_path = mount_source(collector, "/etc/otelcol/config.yaml")
@@ -496,7 +498,12 @@ def run_compose(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str
 def test_compose_v2_accepts_the_file_with_every_profile() -> None:
     version = run_compose("version", "--short")
     assert version.returncode == 0 and version.stdout.strip().startswith("2."), version
-    for profiles in ([], ["--profile", "sandbox"], ["--profile", "sandbox", "--profile", "observability"]):
+    for profiles in (
+        [],
+        ["--profile", "sandbox"],
+        ["--profile", "graph"],
+        ["--profile", "sandbox", "--profile", "observability", "--profile", "graph"],
+    ):
         result = run_compose("-f", "docker-compose.yml", *profiles, "config", "--quiet")
         assert (result.returncode, result.stderr) == (0, ""), (profiles, result.stderr)
 
@@ -504,11 +511,11 @@ def test_compose_v2_accepts_the_file_with_every_profile() -> None:
 def test_compose_v2_reads_what_the_file_means(tmp_path: Path) -> None:
     """The model Compose builds from the file keeps the project name, the fast health probing at start and each
     service's own NATS password directory; and the same validator refuses a misspelt key, so it is not lenient."""
-    result = run_compose("-f", "docker-compose.yml", "config", "--format", "json")
+    result = run_compose("-f", "docker-compose.yml", "--profile", "graph", "config", "--format", "json")
     assert result.returncode == 0, result.stderr
     model = json.loads(result.stdout)
     assert model["name"] == "tc-calendar"
-    for name in ("ews-ingest", "sync-engine", "tcs-gateway", "licensing"):
+    for name in ALL_CONNECTOR_SERVICES:
         service = model["services"][name]
         assert service["healthcheck"]["start_interval"] == "2s"
         [nats_auth] = [v for v in service["volumes"] if v["target"] == "/run/nats-auth"]

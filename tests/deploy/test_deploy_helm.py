@@ -23,12 +23,14 @@ from tccal.config import Config, load_config
 from tccal.config.schema import SECRET_KEYS, iter_secrets
 from tccal.nats_auth import IDENTITIES
 
-from .conftest import CONNECTOR_SERVICES, ROOT
+from .conftest import CONNECTOR_SERVICES, OPTIONAL_SERVICES, ROOT
 
 TOOL = ROOT / "tools" / "helm_check.py"
 CHART = ROOT / "deploy" / "helm" / "trueconf-calendar-connector"
 VALUES_DIR = Path(__file__).parent / "helm-values"
 GOOD = {"full": "full.yaml", "existing": "existing-secrets.yaml"}
+#: Rendered for one test each: a type graph entry with graph-ingest left off.
+OTHER = {"graph-off": "graph-off.yaml"}
 BAD = {
     "plaintext": ("plaintext-secret.yaml", "does not match pattern '^dGNf"),
     "secret-in-config": ("secret-in-config.yaml", "secrets go in credentials.values"),
@@ -36,7 +38,11 @@ BAD = {
     "chart-owned-key": ("chart-owned-key.yaml", "'not' failed"),
     "grpc-tls-without-secret": ("grpc-tls-without-secret.yaml", "at '/grpcTls/secretName': minLength"),
     "shared-nats-password": ("shared-nats-password.yaml", "'not' failed"),
+    "graph-secret-in-config": ("graph-secret-in-config.yaml", "calendarProviders[0].clientSecret: secrets go in"),
+    "graph-two-replicas": ("graph-two-replicas.yaml", "at '/components/graphIngest/replicas': maximum"),
 }
+#: Value sets with graph-ingest on (components.graphIngest.enabled); the others render nothing of it.
+GRAPH_ON = {"full"}
 NAMESPACE = "calendar"
 MOUNT = {"config": "/etc/tc-calendar/config.json", "key": "/var/run/secrets/tc-calendar/machine.key"}
 FULL_PLAINTEXT = {  # what tests/deploy/helm-values/full.yaml's encrypted values hold
@@ -44,6 +50,7 @@ FULL_PLAINTEXT = {  # what tests/deploy/helm-values/full.yaml's encrypted values
     "dbConnectionConfig.password": "test-db-password",
     "calendarProviders[0].credentials[0].password": "test-ews-password-1",
     "calendarProviders[0].credentials[1].password": "test-ews-password-2",
+    "calendarProviders[1].clientSecret": "test-graph-client-secret",
     "tcs.servers[0].secret": "test-bridge-secret",
     "tcs.servers[0].clientSecret": "test-client-secret",
 }
@@ -53,7 +60,7 @@ FULL_PLAINTEXT = {  # what tests/deploy/helm-values/full.yaml's encrypted values
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("helm") / "report.json"
     args = [sys.executable, str(TOOL), "--report", str(out)]
-    for name, file in {**GOOD, **{k: v[0] for k, v in BAD.items()}}.items():
+    for name, file in {**GOOD, **OTHER, **{k: v[0] for k, v in BAD.items()}}.items():
         args += ["--values", f"{name}={VALUES_DIR / file}"]
     completed = subprocess.run(args, capture_output=True, text=True, timeout=900, check=False)
     if completed.returncode == 3:
@@ -66,6 +73,11 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def manifests(report: dict[str, Any], value_set: str, kind: str | None = None) -> list[dict[str, Any]]:
     found = [m["manifest"] for m in report["value_sets"][value_set]["manifests"]]
     return [m for m in found if kind is None or m["kind"] == kind]
+
+
+def components_of(value_set: str) -> dict[str, str]:
+    """The connector services a value set renders: service name -> Python module."""
+    return {**CONNECTOR_SERVICES, **(OPTIONAL_SERVICES if value_set in GRAPH_ON else {})}
 
 
 def by_component(report: dict[str, Any], value_set: str, kind: str) -> dict[str, dict[str, Any]]:
@@ -136,12 +148,14 @@ def test_chart_defaults_match_the_config_schema_defaults() -> None:
         "sync-engine": "syncEngine",
         "tcs-gateway": "tcsGateway",
         "licensing": "licensing",
+        "graph-ingest": "graphIngest",
     }
+    assert values["components"]["graphIngest"]["enabled"] is False, "graph-ingest is optional: off by default"
     for name, key in keys.items():
         endpoint = defaults.grpc.endpoint(name)
         component = values["components"][key]
         assert (component["grpcPort"], component["httpPort"]) == (endpoint.grpc_port, endpoint.http_port)
-    assert set(keys) == set(CONNECTOR_SERVICES)
+    assert set(keys) == set(CONNECTOR_SERVICES) | set(OPTIONAL_SERVICES)
 
 
 # ---------------------------------------------------------------------------------------------- topology
@@ -154,12 +168,12 @@ def test_one_deployment_service_and_policy_per_component(report: dict[str, Any],
         if kind == "NetworkPolicy" and value_set == "existing":
             assert found == {}
             continue
-        expected = set(CONNECTOR_SERVICES)
+        expected = set(components_of(value_set))
         if kind == "PodDisruptionBudget" and value_set == "full":
             expected -= {"tcs-gateway"}  # pdb.enabled: false there
         assert set(found) == expected, f"{value_set}: {kind}"
     deployments = by_component(report, value_set, "Deployment")
-    for name, module in CONNECTOR_SERVICES.items():
+    for name, module in components_of(value_set).items():
         (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
         assert container["image"].split("/")[-1].startswith(f"{name}:")
         assert "command" not in container and "args" not in container, f"{name}: the image runs python -m {module}"
@@ -181,7 +195,7 @@ def test_ports_and_addresses_agree(report: dict[str, Any], value_set: str) -> No
     config = Config.model_validate({**document, "calendarProviders": [], "tcs": {}})
     deployments = by_component(report, value_set, "Deployment")
     services = {s["metadata"]["name"]: s for s in manifests(report, value_set, "Service")}
-    for name in CONNECTOR_SERVICES:
+    for name in components_of(value_set):
         endpoint = config.grpc.endpoint(name)
         (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -336,6 +350,7 @@ def test_network_policies_open_only_what_each_component_needs(report: dict[str, 
         "sync-engine": {nats, pg, licensing, otlp},
         "tcs-gateway": {nats, licensing, trueconf, otlp},
         "licensing": {pg, registration, otlp},
+        "graph-ingest": {nats, licensing, 443, otlp},  # login.microsoftonline.com, graph.microsoft.com
     }
     for name, policy in policies.items():
         labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
@@ -354,6 +369,10 @@ def test_network_policies_open_only_what_each_component_needs(report: dict[str, 
     default = by_component(report, "default", "NetworkPolicy")
     assert 5432 not in _egress_ports(default["ews-ingest"]) and 5432 in _egress_ports(default["sync-engine"])
     assert 4310 in _egress_ports(default["licensing"])  # https://reg.trueconf.com:4310
+    assert 443 not in _egress_ports(policies["ews-ingest"]), "a graph entry opens nothing for ews-ingest"
+    assert _egress_ports(policies["graph-ingest"])[443] == [
+        [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}]
+    ], "Graph through networkPolicy.graphPeers"
 
 
 def test_notes_warn_about_what_stops_the_services(report: dict[str, Any]) -> None:
@@ -570,3 +589,53 @@ def test_ews_ingest_replicas_spread_over_nodes_with_a_drainable_budget_and_a_nam
     single = by_component(report, "default", "Deployment")["ews-ingest"]  # the chart's default: one replica
     assert single["spec"]["replicas"] == 1
     assert "affinity" not in single["spec"]["template"]["spec"]  # nothing to spread
+
+
+# ------------------------------------------------------------------------------------------------ graph-ingest
+
+
+def test_graph_ingest_is_rendered_only_when_enabled(report: dict[str, Any]) -> None:
+    """graph-ingest is optional (components.graphIngest.enabled, off by default): off, not one object of it, no
+    grpc.services entry, not scraped; NOTES warn when type graph entries would then go unsynced."""
+    for value_set in ("default", "existing"):
+        components = {
+            m["metadata"].get("labels", {}).get("app.kubernetes.io/component") for m in manifests(report, value_set)
+        }
+        assert set(CONNECTOR_SERVICES) <= components and "graph-ingest" not in components
+        assert "graph-ingest" not in rendered_config(report, value_set)[1]["grpc"]["services"]
+        assert "graph-ingest" not in report["value_sets"][value_set]["notes"]
+    assert "graph-ingest" in rendered_config(report, "full")[1]["grpc"]["services"]
+    (monitor,) = manifests(report, "full", "ServiceMonitor")
+    assert "graph-ingest" in monitor["spec"]["selector"]["matchExpressions"][0]["values"]
+    warning = report["value_sets"]["graph-off"]
+    assert warning["problems"] == []
+    assert "components.graphIngest.enabled is false: no graph-ingest runs" in warning["notes"]
+    assert not [m for m in manifests(report, "graph-off") if "graph-ingest" in m["metadata"]["name"]]
+    assert "graph-ingest" not in rendered_config(report, "graph-off")[1]["grpc"]["services"]
+
+
+def test_graph_ingest_pod_reads_its_tenant_and_connects_to_nats_as_itself(
+    report: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The graph-ingest pod (full.yaml): its config holds the Graph entry with the client secret from the
+    credentials Secret (decrypted with the rendered machine key), it is the NATS user graph-ingest with only its
+    own key of the generated nats-auth Secret mounted, and an update replaces the single pod (no two polling)."""
+    deployment = by_component(report, "full", "Deployment")["graph-ingest"]
+    (key_secret,) = [s for s in manifests(report, "full", "Secret") if s["metadata"]["name"].endswith("-machine-key")]
+    monkeypatch.delenv(secrets.KEY_FILE_ENV, raising=False)
+    monkeypatch.setenv(secrets.KEY_ENV, secret_data(key_secret)["machine.key"].strip())
+    config = load_as_pod(report, "full", deployment, tmp_path, check_secrets=True)
+    ((index, provider),) = config.graph_providers
+    assert (index, provider.provider_name, provider.users) == (1, "m365", ["carol@corp.example"])
+    assert secrets.decrypt(provider.client_secret) == "test-graph-client-secret"
+    assert config.grpc.endpoint("graph-ingest").host == "0.0.0.0"
+    assert config.nats.user == "graph-ingest" and config.nats.password == ""
+    spec = deployment["spec"]["template"]["spec"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "nats-password")
+    assert volume["secret"]["secretName"] == "tccal-trueconf-calendar-connector-nats-auth"
+    assert volume["secret"]["items"] == [{"key": "graph-ingest", "path": "password"}], "its own key only"
+    assert "graph-ingest" in _nats_auth_secret(report, "full")
+    (container,) = spec["containers"]
+    assert "EWS_INGEST_REPLICA" not in {e["name"] for e in container["env"]}
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert "strategy" not in by_component(report, "full", "Deployment")["ews-ingest"]["spec"]

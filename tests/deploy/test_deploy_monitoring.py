@@ -115,7 +115,7 @@ def test_service_monitor_scrapes_every_component_on_its_metrics_port(report: dic
         for s in manifests(report, "full", "Service")
         if selected(s) and "http" in {p["name"] for p in s["spec"]["ports"]}
     }
-    assert scraped == set(CONNECTOR_SERVICES)
+    assert scraped == set(CONNECTOR_SERVICES) | {"graph-ingest"}  # full.yaml turns graph-ingest on
 
 
 def test_alerts_are_the_promised_ones_and_parse_as_promql_on_exported_metrics(report: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from tccal.subjects import SEATS_SUBJECT, calendar_subject
 from tccal_sandbox.embedded import free_ports, nats_server_binary
 from tccal_sandbox.testing import connect_nats, short_tmpdir, wait_for
 
-from .conftest import CONNECTOR_SERVICES, ROOT, interpolate
+from .conftest import CONNECTOR_SERVICES, OPTIONAL_SERVICES, ROOT, interpolate
 from .test_deploy_compose import mounts, service_env
 
 ENTRYPOINT = ROOT / "deploy" / "compose" / "nats" / "entrypoint.sh"
@@ -50,7 +50,7 @@ def test_each_service_connects_as_itself_with_only_its_own_password(
     nats_mounts = {m["target"]: m for m in mounts(nats_service)}
     assert (ROOT / nats_mounts["/etc/nats"]["source"]).resolve() == ENTRYPOINT.parent
     auth_volume = nats_mounts["/nats-auth"]["source"]
-    for name in CONNECTOR_SERVICES:
+    for name in {**CONNECTOR_SERVICES, **OPTIONAL_SERVICES}:  # graph-ingest (profile graph) too
         definition = compose_services[name]
         env = service_env(definition)
         assert env["TC_CALENDAR__NATS__USER"] == name

@@ -20,7 +20,7 @@ from tccal.nats_auth import IDENTITIES, password_variable
 from tccal_sandbox.embedded import free_port, nats_server_binary
 from tccal_sandbox.testing import short_tmpdir, wait_for
 
-from .conftest import CONNECTOR_SERVICES, ROOT
+from .conftest import CONNECTOR_SERVICES, OPTIONAL_SERVICES, ROOT
 
 INSTALL = ROOT / "deploy/systemd/install.sh"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
@@ -28,7 +28,10 @@ needs_systemd_analyze = pytest.mark.skipif(
     SYSTEMD_ANALYZE is None,
     reason="systemd-analyze is not installed (Debian package systemd; .ci/run installs it where apt-get can)",
 )
-SERVICE_UNITS = [f"trueconf-calendar-{name}.service" for name in CONNECTOR_SERVICES]
+ALL_SERVICES = {**CONNECTOR_SERVICES, **OPTIONAL_SERVICES}
+SERVICE_UNITS = [f"trueconf-calendar-{name}.service" for name in ALL_SERVICES]
+#: Wanted by trueconf-calendar.target itself; the optional ones (graph-ingest) only once enabled.
+CORE_UNITS = [f"trueconf-calendar-{name}.service" for name in CONNECTOR_SERVICES]
 UNITS = ["trueconf-calendar.service", "trueconf-calendar.target", *SERVICE_UNITS]
 #: The executables ExecStart names must exist for `verify`: the venv of this test run stands for /opt/trueconf-calendar.
 PREFIX = Path(sys.prefix)
@@ -122,10 +125,10 @@ def test_the_guide_s_service_starts_and_stops_the_four(tmp_path: Path) -> None:
     )
     assert values(main, "Install", "WantedBy") == ["multi-user.target"]
     target = unit(units / "trueconf-calendar.target")
-    assert sorted(values(target, "Unit", "Wants")) == sorted(SERVICE_UNITS)
+    assert sorted(values(target, "Unit", "Wants")) == sorted(CORE_UNITS)
     assert values(target, "Unit", "Requires") == ["trueconf-calendar.service"]
     uses_postgres = {"sync-engine", "licensing"}
-    for name, module in CONNECTOR_SERVICES.items():
+    for name, module in ALL_SERVICES.items():
         service = unit(units / f"trueconf-calendar-{name}.service")
         assert service.get("Service", "ExecStart") == f"{PREFIX}/bin/python -m {module}"
         # stopped and restarted with trueconf-calendar.service (Requires=) and the target (PartOf=)
@@ -146,6 +149,41 @@ def test_the_guide_s_service_starts_and_stops_the_four(tmp_path: Path) -> None:
             f"nats-password:/etc/trueconf-calendar/nats/{name}.password",
         ]
         assert service.get("Service", "RestartPreventExitStatus") == "2"  # a refused config.json: restarts can't help
+        assert values(service, "Install", "WantedBy") == ["trueconf-calendar.target"]
+
+
+SYSTEMCTL = shutil.which("systemctl")
+
+
+@pytest.mark.skipif(SYSTEMCTL is None, reason="systemctl is not installed (Debian package systemd)")
+def test_graph_ingest_joins_the_target_only_when_enabled(tmp_path: Path) -> None:
+    """The optional graph-ingest (Exchange Online) is not wanted by trueconf-calendar.target until
+    `systemctl enable trueconf-calendar-graph-ingest.service`, which links it into the target's wants (the
+    deploy/README.md step); `disable` takes it out again. Done offline on a root directory (systemctl --root)."""
+    root = tmp_path / "root"
+    unit_dir = root / "etc/systemd/system"
+    render(unit_dir)
+    graph = "trueconf-calendar-graph-ingest.service"
+    wants = unit_dir / "trueconf-calendar.target.wants"
+    assert graph not in values(unit(unit_dir / "trueconf-calendar.target"), "Unit", "Wants")
+
+    def systemctl(*args: str) -> None:
+        subprocess.run([str(SYSTEMCTL), f"--root={root}", *args], check=True, capture_output=True, timeout=60)
+
+    systemctl("enable", graph)
+    assert [p.name for p in wants.iterdir()] == [graph]
+    assert os.readlink(wants / graph) == f"/{(unit_dir / graph).relative_to(root)}"  # a link inside the root
+    systemctl("disable", graph)
+    assert not (wants / graph).exists()
+
+
+def test_install_sh_makes_a_nats_password_for_every_identity() -> None:
+    """install.sh writes one password per NATS identity into passwords.env; `tc-calendar nats-auth` names one
+    $TCCAL_NATS_<IDENTITY>_PASSWORD per identity of tccal.nats_auth, and NATS refuses to start on an unset one."""
+    (line,) = [x for x in INSTALL.read_text().splitlines() if x.startswith("IDENTITIES=")]
+    listed = line.split("=", 1)[1].split("#", 1)[0].strip().strip('"').split()
+    assert sorted(listed) == sorted(IDENTITIES)
+    assert "graph-ingest" in listed
 
 
 def test_the_rendered_nats_configuration_runs_with_a_user_per_service(tmp_path: Path) -> None:

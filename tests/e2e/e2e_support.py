@@ -132,3 +132,96 @@ def iso_utc(value: Any) -> str:
     from datetime import UTC
 
     return str(value.astimezone(UTC).isoformat().replace("+00:00", "Z"))
+
+
+class GraphOutlook:
+    """Exchange Online as Outlook on the web writes to it: Microsoft Graph's REST API (httpx) with an app-only token
+    from Microsoft's azure-identity, the sandbox's Calendars.ReadWrite app (ready-file `graph`), acting for its
+    cloud users. Never the product's own Graph client."""
+
+    SCOPE = "https://graph.microsoft.com/.default"
+
+    def __init__(self, graph: dict[str, Any]) -> None:
+        from azure.identity import ClientSecretCredential
+
+        self.graph = graph
+        self._credential = ClientSecretCredential(
+            graph["tenant"],
+            graph["client_id"],
+            graph["client_secret"],
+            authority=graph["authority"],
+            connection_verify=graph["ca_file"],
+            # the sync credential runs MSAL, which asks login.microsoftonline.com to validate an authority it does
+            # not know (as for Azure Stack): the emulator's authority is taken as is
+            disable_instance_discovery=True,
+        )
+
+    def request(self, method: str, path: str, body: Any = None, *, base: str = "url") -> Any:
+        """One Graph call (`path` below /v1.0, or below the control URL with base="control_url"); the JSON
+        answer (None for an empty one); httpx.HTTPStatusError for an error status."""
+        import ssl
+
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self._credential.get_token(self.SCOPE).token}"}
+        response = httpx.request(
+            method,
+            f"{self.graph[base]}{path}",
+            json=body,
+            headers=headers,
+            verify=ssl.create_default_context(cafile=self.graph["ca_file"]),
+            timeout=30,
+        )
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def create(self, organizer: str, event: dict[str, Any]) -> dict[str, Any]:
+        created: dict[str, Any] = self.request("POST", f"/users/{email(organizer)}/events", event)
+        return created
+
+    def update(self, who: str, event_id: str, changes: dict[str, Any]) -> None:
+        self.request("PATCH", f"/users/{email(who)}/events/{event_id}", changes)
+
+    def delete(self, who: str, event_id: str) -> None:
+        self.request("DELETE", f"/users/{email(who)}/events/{event_id}")
+
+    def answer(self, who: str, event_id: str, action: str) -> None:
+        """`action`: accept, tentativelyAccept or decline, with the response sent to the organizer."""
+        self.request("POST", f"/users/{email(who)}/events/{event_id}/{action}", {"sendResponse": True})
+
+    def copy_of(self, who: str, ical_uid: str) -> dict[str, Any]:
+        """`who`'s own copy of the meeting `ical_uid` (the invitation Exchange Online put in their calendar)."""
+
+        def find() -> dict[str, Any] | None:
+            listed = self.request("GET", f"/users/{email(who)}/events?$top=100")["value"]
+            return next((e for e in listed if e["iCalUId"] == ical_uid), None)
+
+        return wait_until(find, 30, f"{who}'s copy of {ical_uid}")
+
+    def external_answer(self, organizer: str, event_id: str, attendee: str, response: str) -> None:
+        """An attendee outside Exchange Online (an on-premises mailbox) answers: the emulator's control API sets
+        the answer on the organizer's event as the reply mail would."""
+        path = f"/mailboxes/{email(organizer)}/events/{event_id}/attendees/{email(attendee)}"
+        self.request("PUT", path, {"response": response}, base="control_url")
+
+
+def graph_time(days: int, hour: int, minute: int = 0, zone: str = "Europe/Berlin") -> datetime:
+    """An aware datetime `days` from today at hour:minute in `zone`."""
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(zone)
+    day = datetime.now(tz).date() + timedelta(days=days)
+    return datetime(day.year, day.month, day.day, hour, minute, tzinfo=tz)
+
+
+def graph_datetime(value: datetime) -> dict[str, str]:
+    """Graph's dateTimeTimeZone of an aware datetime (IANA zone names are accepted besides Windows ones)."""
+    return {"dateTime": value.replace(tzinfo=None).isoformat(), "timeZone": str(value.tzinfo)}
+
+
+def graph_attendees(required: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    return [
+        {"emailAddress": {"address": email(who)}, "type": kind}
+        for kind, people in (("required", required), ("optional", optional))
+        for who in people
+    ]

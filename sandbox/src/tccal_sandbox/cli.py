@@ -40,10 +40,21 @@ def describe(ready: dict[str, Any], ready_path: Path) -> str:
             f"  mailboxes      {', '.join(exchange['mailboxes'])}",
             "",
         ]
+    graph = ready.get("graph")
+    if graph:
+        lines += [
+            "Exchange Online (emulated Microsoft Graph)",
+            f"  Graph          {graph['url']}",
+            f"  authority      {graph['authority']}   CA {graph['ca_file']}",
+            f"  tenant         {graph['tenant']}",
+            f"  app (Outlook)  {graph['client_id']} / {graph['client_secret']}",
+            f"  mailboxes      {', '.join(graph['mailboxes'])}",
+            "",
+        ]
     trueconf = ready.get("trueconf")
     if trueconf:
         lines += ["TrueConf Server (emulated)", f"  server id      {trueconf['server_id']}"]
-        for mailbox in (exchange or {}).get("mailboxes", []):
+        for mailbox in [*(exchange or {}).get("mailboxes", []), *(graph or {}).get("mailboxes", [])]:
             lines.append(f"  calendar of {mailbox:<20} {trueconf['inspect_url']}/calendars/{mailbox}")
         lines += [
             f"  conferences    {trueconf['inspect_url']}/conferences",
@@ -108,9 +119,9 @@ def describe(ready: dict[str, Any], ready_path: Path) -> str:
     "--license",
     "license_tier",
     type=click.Choice(["standard", "enterprise", "free", "none"]),
-    default="standard",
-    show_default=True,
-    help="License to register at start.",
+    default=None,
+    help="License to register at start  [default: standard; enterprise with --graph, whose two providers need "
+    "the multiple_providers feature].",
 )
 @click.option("--seats", default=100, show_default=True, help="Seats of the registered license (not for free).")
 @click.option(
@@ -126,6 +137,13 @@ def describe(ready: dict[str, Any], ready_path: Path) -> str:
     show_default=True,
     help="Which mailboxes go into calendarProviders[].users (the rest are synced on demand).",
 )
+@click.option(
+    "--graph/--no-graph",
+    default=False,
+    show_default=True,
+    help="Also Exchange Online: the Microsoft Graph emulator with the cloud mailboxes frank and grace, a "
+    '"type": "graph" provider and graph-ingest (a hybrid organisation; ready-file key `graph`).',
+)
 @click.option("--config-override", default="{}", help="JSON merged into the generated config.json.")
 def sandbox(
     state_dir: str,
@@ -135,13 +153,15 @@ def sandbox(
     nats_nodes: int,
     timeout: float,
     demo: bool,
-    license_tier: str,
+    license_tier: str | None,
     seats: int,
     extra_mailboxes: int,
     configured_users: str,
+    graph: bool,
     config_override: str,
 ) -> None:
-    """Run the whole connector with emulated Exchange and TrueConf Server until interrupted (Ctrl+C)."""
+    """Run the whole connector with emulated Exchange (and, with --graph, Exchange Online) and TrueConf Server
+    until interrupted (Ctrl+C)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -161,6 +181,7 @@ def sandbox(
         extra_mailboxes=extra_mailboxes,
         configured_users=configured_users,
         nats_nodes=nats_nodes,
+        graph=graph,
     )
     ready_path = Path(ready_file) if ready_file else state / "ready.json"
     ready_path.unlink(missing_ok=True)
@@ -171,7 +192,7 @@ def sandbox(
         box.start_services()
         box.start_trueconf()
         box.wait_ready(timeout)
-        box.register_license(license_tier, seats)
+        box.register_license(license_tier or ("enterprise" if graph else "standard"), seats)
         if demo:
             box.seed_demo()
         box.write_ready_file(ready_path)

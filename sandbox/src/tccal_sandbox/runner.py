@@ -1,7 +1,8 @@
 """`tc-calendar sandbox`: the whole product on one machine.
 
 Starts embedded PostgreSQL and NATS (unless URLs are given), the emulators that are installed (registration
-authority, Exchange, TrueConf Server), and the four services as separate processes; registers a license;
+authority, Exchange, TrueConf Server), and the four services as separate processes; with `graph` also the Microsoft
+Graph emulator (Exchange Online) with cloud mailboxes and graph-ingest (a hybrid organisation); registers a license;
 waits until every one reports ready; writes the ready-file (docs/architecture.md §8); stays up until
 SIGINT/SIGTERM, then stops everything it started, leaving no process behind. A part that is not installed is
 absent, never faked.
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tccal import secrets
-from tccal.config.schema import SERVICE_NAMES
+from tccal.config.schema import SERVICE_NAMES, ServiceName
 from tccal_sandbox.embedded import (
     EmbeddedNats,
     EmbeddedNatsCluster,
@@ -44,6 +45,7 @@ SERVICE_MODULES = {
     "sync-engine": "sync_engine",
     "tcs-gateway": "tcs_gateway",
     "licensing": "licensing",
+    "graph-ingest": "graph_ingest",
 }
 SANDBOX_TCS_ID = "video.sandbox.test#vcs"
 SANDBOX_DOMAIN = "sandbox.test"
@@ -55,6 +57,21 @@ DEMO_PEOPLE = [
     ("dave", "Dave Delegate"),
     ("erin", "Erin Evans"),
 ]
+# With `graph`: the cloud half of the organisation, Exchange Online mailboxes read through Microsoft Graph (same
+# domain as the on-premises ones, as in a hybrid deployment). TrueConf Server knows them like everyone else.
+GRAPH_PEOPLE = [
+    ("frank", "Frank Fischer"),
+    ("grace", "Grace Green"),
+]
+GRAPH_TENANT_ID = "5a1c7e2b-8d3f-4b6a-9c0e-1f2a3b4c5d6e"
+#: The connector's app registration: application permission Calendars.Read (graph-ingest only reads).
+GRAPH_CONNECTOR_APP_ID = "3e9d8c7b-6a5f-4e3d-8c2b-1a0f9e8d7c6b"
+#: An app with Calendars.ReadWrite for tests and scripts that act as the cloud users' Outlook.
+GRAPH_CLIENT_APP_ID = "8b7a6c5d-4e3f-4a2b-9c1d-0e1f2a3b4c5d"
+#: graph-ingest's tuning in the sandbox (environment GRAPH_INGEST_<NAME>, kept when already set): delta polling every
+#: 2 s (production default 60 s), and seats asked again every 5 s (default 300 s) because graph-ingest does not hear
+#: licensing's announcement of a newly registered license, which the sandbox registers after the services started.
+GRAPH_INGEST_TUNING = {"GRAPH_INGEST_POLL_SECONDS": "2", "GRAPH_INGEST_SEAT_REFRESH_SECONDS": "5"}
 
 
 def installed(module: str) -> bool:
@@ -122,6 +139,8 @@ class Sandbox:
     nats_nodes: int = 1
     #: The Exchange emulator found its mailboxes from an earlier run in the state dir (no demo written again).
     exchange_restored: bool = False
+    #: Also the Graph emulator (Exchange Online) with GRAPH_PEOPLE and graph-ingest: a hybrid organisation.
+    graph: bool = False
     _pg: EmbeddedPostgres | None = None
     _nats: EmbeddedNats | None = None
     _nats_cluster: EmbeddedNatsCluster | None = None
@@ -300,6 +319,8 @@ class Sandbox:
             )
             child.start(env)
             self.children.append(child)
+        if self.graph:
+            self.children.append(self._start_graph_emulator(env))
         self.wait_ready(60.0)
         for child in self.children:
             if child.name == "registration-emulator":
@@ -315,11 +336,86 @@ class Sandbox:
                     "mailboxes": [m if isinstance(m, str) else m["email"] for m in data["mailboxes"]],
                     "delegates": {f"alice@{SANDBOX_DOMAIN}": [f"dave@{SANDBOX_DOMAIN}"]},
                 }
+            elif child.name == "graph-emulator":
+                data = child.ready_data()
+                self.ready["graph"] = {
+                    "base_url": data["base_url"],
+                    "url": data["graph_url"],
+                    "control_url": data["control_url"],
+                    "authority": data["authority"],
+                    "ca_file": data["ca_file"],
+                    "tenant": GRAPH_TENANT_ID,
+                    "connector_client_id": GRAPH_CONNECTOR_APP_ID,
+                    "client_id": GRAPH_CLIENT_APP_ID,
+                    "client_secret": self._stable_secret("graph-client-secret"),
+                    "mailboxes": [f"{local}@{SANDBOX_DOMAIN}" for local, _ in GRAPH_PEOPLE],
+                }
+
+    def _start_graph_emulator(self, env: dict[str, str]) -> Child:
+        """Microsoft Graph and the identity platform for one tenant: the connector's app, an app acting as the
+        cloud users' Outlook, and GRAPH_PEOPLE's mailboxes (kept in the state dir across restarts)."""
+        if not installed("graph_emulator"):
+            raise RuntimeError("--graph needs the Graph emulator (emulators/graph, package tc-calendar-graph-emulator)")
+        if not installed("graph_ingest"):
+            raise RuntimeError("--graph needs graph-ingest (services/graph-ingest)")
+        directory = self.state_dir / "graph"
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "state_file": str(directory / "state.json"),
+            "tenants": [
+                {
+                    "id": GRAPH_TENANT_ID,
+                    "apps": [
+                        {
+                            "client_id": GRAPH_CONNECTOR_APP_ID,
+                            "client_secret": self._stable_secret("graph-connector-secret"),
+                            "permissions": ["Calendars.Read"],
+                        },
+                        {
+                            "client_id": GRAPH_CLIENT_APP_ID,
+                            "client_secret": self._stable_secret("graph-client-secret"),
+                            "permissions": ["Calendars.ReadWrite"],
+                        },
+                    ],
+                    "users": [
+                        {"userPrincipalName": f"{local}@{SANDBOX_DOMAIN}", "displayName": name}
+                        for local, name in GRAPH_PEOPLE
+                    ],
+                }
+            ],
+        }
+        (directory / "config.json").write_text(json.dumps(config, indent=2))
+        child = Child(
+            "graph-emulator",
+            [
+                self.python,
+                "-m",
+                "graph_emulator",
+                "--config",
+                str(directory / "config.json"),
+                "--ready-file",
+                str(directory / "ready.json"),
+            ],
+            self.state_dir / "logs" / "graph-emulator.log",
+            ready_file=directory / "ready.json",
+        )
+        child.start(env)
+        return child
 
     def people(self) -> list[tuple[str, str]]:
         """The demo organization plus `extra_mailboxes` numbered users (user001 ...)."""
         extra = [(f"user{i:03d}", f"User {i:03d}") for i in range(1, self.extra_mailboxes + 1)]
         return DEMO_PEOPLE + extra
+
+    def trueconf_people(self) -> list[tuple[str, str]]:
+        """TrueConf Server's users: the Exchange mailboxes' people and, with `graph`, the cloud ones."""
+        return self.people() + (GRAPH_PEOPLE if self.graph else [])
+
+    def service_names(self) -> tuple[ServiceName, ...]:
+        """The services this sandbox runs: the four, and graph-ingest with `graph`."""
+        return (*SERVICE_NAMES, "graph-ingest") if self.graph else SERVICE_NAMES
 
     def _stable_secret(self, name: str) -> str:
         """A random secret made once per state dir (restarts of the sandbox keep working credentials)."""
@@ -343,7 +439,7 @@ class Sandbox:
             "gateway_url": self.ready["services"]["tcs-gateway"]["ws"],
             "users": [
                 {"id": local, "email": f"{local}@{SANDBOX_DOMAIN}", "display_name": name}
-                for local, name in self.people()
+                for local, name in self.trueconf_people()
             ],
             "oauth": {"client_id": "tc-calendar-connector", "client_secret": self._stable_secret("oauth-secret")},
             # It starts before the gateway listens, and its back-off doubles on every short-lived connection
@@ -365,10 +461,9 @@ class Sandbox:
 
     # --- config and services --------------------------------------------------------------------------
     def write_config(self, db: dict[str, Any], nats_url: str, extra: dict[str, Any] | None = None) -> Path:
-        ports = iter(free_ports(2 * len(SERVICE_NAMES) + 2))  # all different, the TrueConf emulator's included
-        services = {
-            name: {"host": "127.0.0.1", "grpcPort": next(ports), "httpPort": next(ports)} for name in SERVICE_NAMES
-        }
+        names = self.service_names()
+        ports = iter(free_ports(2 * len(names) + 2))  # all different, the TrueConf emulator's included
+        services = {name: {"host": "127.0.0.1", "grpcPort": next(ports), "httpPort": next(ports)} for name in names}
         ws_port = next(ports)
         config: dict[str, Any] = {
             "wsPort": ws_port,
@@ -407,6 +502,21 @@ class Sandbox:
                     else [f"{local}@{SANDBOX_DOMAIN}" for local, _ in DEMO_PEOPLE],
                 }
             ]
+        graph = self.ready.get("graph")
+        if graph:
+            config.setdefault("calendarProviders", []).append(
+                {
+                    "type": "graph",
+                    "name": "m365",
+                    "tenantId": graph["tenant"],
+                    "clientId": graph["connector_client_id"],
+                    "clientSecret": self.encrypt(self._stable_secret("graph-connector-secret")),
+                    "authorityUrl": graph["authority"],
+                    "graphUrl": graph["url"],
+                    "caFile": graph["ca_file"],
+                    "users": graph["mailboxes"],
+                }
+            )
         if installed("trueconf_emulator"):
             port = next(ports)
             base = f"http://127.0.0.1:{port}"
@@ -446,7 +556,7 @@ class Sandbox:
                 str(config["grpc"].get("adminToken", "")), allow_plaintext=bool(config.get("allowPlaintextPasswords"))
             )
         }
-        for name in SERVICE_NAMES:  # each service connects to NATS as itself
+        for name in names:  # each service connects to NATS as itself
             own = json.loads(json.dumps(config))
             own["nats"].update(self.nats_identity(name))
             path = self.service_config_path(name)
@@ -456,14 +566,15 @@ class Sandbox:
             name: {"grpc": f"127.0.0.1:{s['grpcPort']}", "http": f"http://127.0.0.1:{s['httpPort']}"}
             for name, s in services.items()
         }
-        for name in SERVICE_NAMES:
+        for name in names:
             self.ready["services"][name]["config"] = str(self.service_config_path(name))
         self.ready["services"]["tcs-gateway"]["ws"] = f"ws://127.0.0.1:{ws_port}/bridge/v1"
         return self.config_path
 
     def start_services(self) -> None:
         env = self.env()
-        for name in SERVICE_NAMES:
+        env = {**GRAPH_INGEST_TUNING, **env}
+        for name in self.service_names():
             child = Child(
                 name,
                 [self.python, "-m", SERVICE_MODULES[name], "--config", str(self.service_config_path(name))],

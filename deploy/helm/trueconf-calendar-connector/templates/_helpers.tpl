@@ -1,5 +1,6 @@
 {{/*
-The four components: values key -> service name (as in config.json grpc.services) and Python module.
+The components: values key -> service name (as in config.json grpc.services) and Python module. graph-ingest
+(Exchange Online through Microsoft Graph) is optional: only with components.graphIngest.enabled. Call with the root.
 */}}
 {{- define "tccal.components" -}}
 ewsIngest:
@@ -14,6 +15,11 @@ tcsGateway:
 licensing:
   name: licensing
   module: licensing
+{{- if .Values.components.graphIngest.enabled }}
+graphIngest:
+  name: graph-ingest
+  module: graph_ingest
+{{- end }}
 {{- end }}
 
 {{- define "tccal.name" -}}
@@ -194,6 +200,9 @@ here: they come from the credentials Secret as TC_CALENDAR__* environment overri
 {{- define "tccal.assertNoSecrets" -}}
 {{- $secretKeys := list "password" "secret" "clientSecret" "adminToken" "token" }}
 {{- range $i, $provider := .calendarProviders | default list }}
+{{- if hasKey $provider "clientSecret" }}
+{{- fail (printf "config.calendarProviders[%d].clientSecret: secrets go in credentials.values (calendarProviders.%d.clientSecret), encrypted with tc-calendar hash-pass" $i $i) }}
+{{- end }}
 {{- range $j, $credential := $provider.credentials | default list }}
 {{- if hasKey $credential "password" }}
 {{- fail (printf "config.calendarProviders[%d].credentials[%d].password: secrets go in credentials.values (calendarProviders.%d.credentials.%d.password), encrypted with tc-calendar hash-pass" $i $j $i $j) }}
