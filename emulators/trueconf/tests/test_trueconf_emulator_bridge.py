@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from tccal_sandbox.embedded import free_ports
 from tccal_sandbox.testing import wait_for_async
 from trueconf_emulator.schema import FrameValidator, load_schema
 from trueconf_emulator.testing import EmulatorProcess, start_emulator_async
@@ -740,3 +741,28 @@ async def test_a_list_answered_with_retry_after_is_asked_again(gateway: FakeGate
 
     await wait_for_async(alice_listed, what="alice's list applied after the retries")
     assert gateway.list_failures[ALICE] == 0
+
+
+async def test_fallback_urls_are_tried_in_order_when_the_gateway_url_is_unreachable(gateway: FakeGateway) -> None:
+    """gateway_fallback_urls stand for a Kubernetes Service sending a reconnect to another tcs-gateway replica: an
+    unreachable gateway_url is skipped, each reconnect starts from it again."""
+    (unused,) = free_ports(1)
+    dead = f"ws://127.0.0.1:{unused}/bridge/v1"
+    tcs = await start_emulator_async(
+        gateway_url=dead, extra={"max_in_flight": 8, "gateway_fallback_urls": [gateway.url]}
+    )
+    try:
+        await gateway.authenticated_connection(1)
+        state = await bridge_state(tcs)
+        assert state["connected_url"] == gateway.url
+        assert state["gateway_url"] == dead and state["gateway_fallback_urls"] == [gateway.url]
+        assert state["connect_attempts"] == 1 and state["connections"] == 1  # one round: dead, then the fallback
+
+        # the fallback set at run time too, and a bad one refused with its value named
+        await http("PUT", f"{tcs.admin_url}/bridge/target", {"gateway_url": gateway.url, "gateway_fallback_urls": []})
+        await gateway.authenticated_connection(2)
+        assert (await bridge_state(tcs))["gateway_fallback_urls"] == []
+        with pytest.raises(AssertionError, match="http://x"):
+            await http("PUT", f"{tcs.admin_url}/bridge/target", {"gateway_fallback_urls": ["http://x"]})
+    finally:
+        await tcs.astop()

@@ -29,7 +29,7 @@ ADMIN_ENDPOINTS = {
     "retry_after_ms}",
     "POST /admin/bridge/disconnect": "close with 1001 and stay away",
     "POST /admin/bridge/connect": "resume connecting (after disconnect) and connect now",
-    "PUT /admin/bridge/target": "{gateway_url, server_id, secret}; reconnects",
+    "PUT /admin/bridge/target": "{gateway_url, gateway_fallback_urls, server_id, secret}; reconnects",
     "POST /admin/bridge/request-calendar": "{user, from?, to?}: send getCalendarList now, returns the reply",
     "GET|POST|DELETE /admin/faults": "REST fault rules: {method, path, status, retry_after, latency_ms, count, rate}",
     "DELETE /admin/faults/{id}": "remove one rule",
@@ -268,7 +268,7 @@ class Emulator:
 
         async def target(request: web.Request) -> web.Response:
             body = await _admin_body(request)
-            problem = _unknown_keys(body, {"gateway_url", "server_id", "secret"})
+            problem = _unknown_keys(body, {"gateway_url", "gateway_fallback_urls", "server_id", "secret"})
             if problem:
                 return _admin_error(problem)
             url = body.get("gateway_url")
@@ -280,8 +280,21 @@ class Emulator:
             secret = body.get("secret")
             if secret is not None and (not isinstance(secret, str) or not secret):
                 return _admin_error("secret must be a non-empty string")
-            await bridge.set_target(url, server_id, secret)
-            return web.json_response({"gateway_url": url, "server_id": server_id, "secret_changed": secret is not None})
+            fallbacks = body.get("gateway_fallback_urls")
+            if fallbacks is not None and (
+                not isinstance(fallbacks, list)
+                or not all(isinstance(u, str) and u.startswith(("ws://", "wss://")) for u in fallbacks)
+            ):
+                return _admin_error(f"gateway_fallback_urls {fallbacks!r} must be a list of ws:// or wss:// URLs")
+            await bridge.set_target(url, server_id, secret, fallback_urls=fallbacks)
+            return web.json_response(
+                {
+                    "gateway_url": url,
+                    "gateway_fallback_urls": fallbacks,
+                    "server_id": server_id,
+                    "secret_changed": secret is not None,
+                }
+            )
 
         async def request_calendar(request: web.Request) -> web.Response:
             body = await _admin_body(request)

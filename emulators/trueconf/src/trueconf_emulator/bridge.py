@@ -114,6 +114,9 @@ class BridgeClient:
         self._store = store
         self._directory = directory
         self._url = config.gateway_url
+        self._fallback_urls = list(config.gateway_fallback_urls)
+        #: The URL of the current (or last) connection: gateway_url or one of gateway_fallback_urls.
+        self._connected_url: str | None = None
         self._server_id = config.server_id
         self._secret = config.secret
         self.ack_policy = AckPolicy()
@@ -193,9 +196,18 @@ class BridgeClient:
         self._enabled = True
         self._wake.set()
 
-    async def set_target(self, url: str | None, server_id: str | None, secret: str | None) -> None:
+    async def set_target(
+        self,
+        url: str | None,
+        server_id: str | None,
+        secret: str | None,
+        *,
+        fallback_urls: list[str] | None = None,
+    ) -> None:
         if url is not None:
             self._url = url
+        if fallback_urls is not None:
+            self._fallback_urls = list(fallback_urls)
         if server_id is not None:
             self._server_id = server_id
         if secret is not None:
@@ -227,6 +239,8 @@ class BridgeClient:
         return {
             "state": self._state,
             "gateway_url": self._url,
+            "gateway_fallback_urls": list(self._fallback_urls),
+            "connected_url": self._connected_url,
             "server_id": self._server_id,
             "enabled": self._enabled,
             "session": self._session_info,
@@ -286,16 +300,20 @@ class BridgeClient:
             self._state = "connecting"
             self._counters["connect_attempts"] += 1
             authenticated_for = 0.0
-            try:
-                authenticated_for = await self._connect_once(self._url)
-            except asyncio.CancelledError:
-                raise
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                self._last_error = f"{type(exc).__name__}: {exc}"
-                log.info("bridge connection to %s failed: %s", self._url, self._last_error)
-            except Exception as exc:  # keep the emulator alive whatever a gateway does
-                self._last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("bridge connection loop error")
+            for url in [self._url, *self._fallback_urls]:
+                connections = self._counters["connections"]
+                try:
+                    authenticated_for = await self._connect_once(url)
+                except asyncio.CancelledError:
+                    raise
+                except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+                    self._last_error = f"{type(exc).__name__}: {exc}"
+                    log.info("bridge connection to %s failed: %s", url, self._last_error)
+                except Exception as exc:  # keep the emulator alive whatever a gateway does
+                    self._last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("bridge connection loop error")
+                if self._counters["connections"] != connections or self._shutdown:
+                    break  # it connected (and the connection ended): start again from gateway_url after the pause
             if self._shutdown:
                 break
             if authenticated_for >= 60:
@@ -309,8 +327,8 @@ class BridgeClient:
             self._wake.clear()
             delay = min(delay * 2, self._config.reconnect_max)
 
-    def _ssl_option(self) -> ssl.SSLContext | bool:
-        if self._url is None or not self._url.startswith("wss://"):
+    def _ssl_option(self, url: str) -> ssl.SSLContext | bool:
+        if not url.startswith("wss://"):
             return True
         if self._config.gateway_ca_file:
             return ssl.create_default_context(cafile=self._config.gateway_ca_file)
@@ -323,10 +341,11 @@ class BridgeClient:
             max_msg_size=max(self._config.max_frame_bytes * 16, 16 * 1024 * 1024),
             autoclose=True,
             autoping=True,
-            ssl=self._ssl_option(),
+            ssl=self._ssl_option(url),
             timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
         ) as ws:
             self._counters["connections"] += 1
+            self._connected_url = url
             now = time.monotonic()
             conn = _Connection(ws=ws, opened_at=now, last_rx=now, max_in_flight=self._config.max_in_flight)
             self._conn = conn
@@ -391,7 +410,7 @@ class BridgeClient:
             self._session_info = result.payload
             self._counters["authenticated_connections"] += 1
             self._state = "connected"
-            log.info("bridge authenticated to %s as %s", self._url, self._server_id)
+            log.info("bridge authenticated to %s as %s", self._connected_url, self._server_id)
             conn.spawn(self._pinger(conn))
             conn.spawn(self._initial_lists(conn))
             with contextlib.suppress(asyncio.CancelledError):

@@ -61,6 +61,9 @@ class EmulatorConfig:
     secret: str = "bridge-secret"
     server_version: str = "5.5.3"
     gateway_url: str | None = None
+    #: Further bridge URLs tried in order when gateway_url cannot be reached (what a Kubernetes Service does for the
+    #: real server's one URL when the pod behind it died: the reconnect lands on another tcs-gateway replica).
+    gateway_fallback_urls: list[str] = field(default_factory=list)
     gateway_tls_verify: bool = True
     gateway_ca_file: str | None = None
     users: list[User] = field(default_factory=list)
@@ -96,6 +99,7 @@ class EmulatorConfig:
             "server_id": self.server_id,
             "server_host": self.server_host,
             "gateway_url": self.gateway_url,
+            "gateway_fallback_urls": list(self.gateway_fallback_urls),
             "users": [user.as_config() for user in self.users],
             "client_id": self.client_id,
             "token_lifetime": self.token_lifetime,
@@ -184,6 +188,7 @@ _KNOWN_KEYS = {
     "secret",
     "server_version",
     "gateway_url",
+    "gateway_fallback_urls",
     "gateway_tls_verify",
     "gateway_ca_file",
     "users",
@@ -257,6 +262,17 @@ def build_config(file_data: dict[str, Any] | None, overrides: dict[str, Any]) ->
         url = _string(flat, "gateway_url")
         _expect(url.startswith(("ws://", "wss://")), "gateway_url", url, "a ws:// or wss:// URL")
         config.gateway_url = url
+    if flat.get("gateway_fallback_urls") is not None:
+        urls = flat["gateway_fallback_urls"]
+        _expect(isinstance(urls, list), "gateway_fallback_urls", urls, "a list of ws:// or wss:// URLs")
+        for url in urls:
+            _expect(
+                isinstance(url, str) and url.startswith(("ws://", "wss://")),
+                "gateway_fallback_urls",
+                url,
+                "a ws:// or wss:// URL",
+            )
+        config.gateway_fallback_urls = list(urls)
     if "gateway_tls_verify" in flat:
         value = flat["gateway_tls_verify"]
         _expect(isinstance(value, bool), "gateway_tls_verify", value, "true or false")

@@ -25,6 +25,7 @@ from tccal.subjects import (
     CALENDAR,
     CONFERENCE_ORDER_BUCKET,
     DEADLETTER,
+    GATEWAY_LEASES_BUCKET,
     GATEWAY_STATE_BUCKET,
     GRAPH_STATE_BUCKET,
     INGEST_LEASES_BUCKET,
@@ -183,7 +184,7 @@ IDENTITIES: dict[str, Identity] = {
         publish=[_subjects(TCS_RESULTS), ONDEMAND_SUBJECTS],
         subscribe=[SEATS_SUBJECT],
         streams=(TCS_COMMANDS, TCS_RESULTS),
-        buckets=(GATEWAY_STATE_BUCKET, CONFERENCE_ORDER_BUCKET),
+        buckets=(GATEWAY_STATE_BUCKET, GATEWAY_LEASES_BUCKET, CONFERENCE_ORDER_BUCKET),
     ),
     # Exchange Online through Microsoft Graph: publishes CalendarChanges like ews-ingest, keeps its delta links in a
     # bucket of its own; no control subjects and no consumers yet (resync/on-demand/write-back are ews-ingest's).

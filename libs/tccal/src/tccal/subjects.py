@@ -45,6 +45,8 @@ INGEST_LEASES_BUCKET = "INGEST_LEASES"
 GRAPH_STATE_BUCKET = "GRAPH_INGEST_STATE"
 #: KV bucket of tcs-gateway's per-server state (tcs_gateway.state).
 GATEWAY_STATE_BUCKET = "TCS_GATEWAY"
+#: tcs-gateway replicas' per-TrueConf-Server leases (a bucket with a TTL: tcs_gateway.server_lease).
+GATEWAY_LEASES_BUCKET = "TCS_GATEWAY_LEASES"
 #: KV bucket of tcs-gateway's conference command order fence (tcs_gateway.conference_order).
 CONFERENCE_ORDER_BUCKET = "TCS_CONFERENCE_ORDER"
 

@@ -121,6 +121,11 @@ class CommandConsumer:
                     log.warning("fetch failed", extra={"server": self.server_id, "error": repr(exc)})
                     await _first([self.stop.wait()], timeout=0.5)
                     continue
+                if self.stop.is_set():  # stopped (a lost lease) while pulling: another replica runs these
+                    for message in messages:
+                        with contextlib.suppress(Exception):
+                            await message.nak()
+                    break
                 for message in messages:
                     self.consumed += 1
                     try:
@@ -341,6 +346,24 @@ class CommandConsumer:
     # ------------------------------------------------------------------ shutdown
     async def wait_rest(self, timeout: float) -> None:
         await self._conference.wait(timeout)
+
+    def restart(self) -> None:
+        """Ready to run again after a stop (the server's lease came back)."""
+        self.stop = asyncio.Event()
+
+    async def hand_back(self) -> int:
+        """The lease is gone: the queued pushes not yet sent go back to JetStream now (the next holder gets them at
+        once) and leave the queue; a push already sent finishes here when TCS answers."""
+        released = 0
+        for item in self.state.queue.items():
+            if item.in_flight:
+                continue
+            self.state.queue.remove(item)
+            for message in item.messages():
+                with contextlib.suppress(Exception):
+                    await message.nak()
+                    released += 1
+        return released
 
     async def release_held(self) -> int:
         """Shutdown: hand the queued pushes' messages back to JetStream now (instead of after ack_wait)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 import time
@@ -23,12 +24,18 @@ from tcs_gateway.ondemand import OnDemandRequests
 from tcs_gateway.rest.conferences import ConferenceService
 from tcs_gateway.rest.http import RestClient
 from tcs_gateway.rest.users import UserDirectory
+from tcs_gateway.server_lease import LeaseBucket, ServerLease, replica_id
 from tcs_gateway.settings import GatewaySettings
 from tcs_gateway.state import StateStore
 from tcs_gateway.sync_client import EventSource
 from trueconf.calendar.v1 import gateway_pb2
 
 log = logging.getLogger(__name__)
+
+
+def _session_here(state: ServerState) -> bool:
+    session = state.session
+    return session is not None and session.authenticated and not session.closing
 
 
 class Gateway:
@@ -53,7 +60,15 @@ class Gateway:
         self.bridge = BridgeServer(self.context)
         self.consumers: dict[str, CommandConsumer] = {}
         self._http: aiohttp.ClientSession | None = None
-        self._consumer_tasks: list[asyncio.Task[None]] = []
+        self._consumer_tasks: dict[str, asyncio.Task[None]] = {}
+        #: This process's name as a lease owner, and the per-server leases (only a holder consumes the commands).
+        self.replica = replica_id()
+        self.lease_bucket = LeaseBucket(bus, settings, replicas=replicas)
+        self.leases: dict[str, ServerLease] = {}
+        self._lease_stop = asyncio.Event()
+        self._lease_tasks: list[asyncio.Task[None]] = []
+        self._switching: dict[str, asyncio.Lock] = {}
+        self._stopping = False
         self.started = asyncio.Event()
         for entry in settings.whitelist:
             if settings.server(entry) is None:
@@ -118,14 +133,55 @@ class Gateway:
                     if stop.is_set():
                         return
             await self.ondemand.listen_for_license_changes()
-            for consumer in self.consumers.values():
-                self._consumer_tasks.append(
-                    asyncio.get_running_loop().create_task(self._consume(consumer), name=consumer.durable)
+            for key, state in self.servers.items():
+                lease = ServerLease(
+                    self.lease_bucket,
+                    state.id,
+                    replica=self.replica,
+                    session_here=functools.partial(_session_here, state),
+                    gained=functools.partial(self._start_consuming, key),
+                    lost=functools.partial(self._stop_consuming, key),
+                )
+                self.leases[key] = lease
+                state.on_session_change = lease.wake.set
+                self._lease_tasks.append(
+                    asyncio.get_running_loop().create_task(lease.run(self._lease_stop), name=f"lease-{key}")
                 )
             self.started.set()
             await stop.wait()
         finally:
             await self.shutdown()
+
+    def _start_consuming(self, key: str) -> None:
+        """The server's lease was taken here: consume its commands."""
+        task = self._consumer_tasks.get(key)
+        if self._stopping or (task is not None and not task.done()):
+            return
+        consumer = self.consumers[key]
+        consumer.restart()
+        self._consumer_tasks[key] = asyncio.get_running_loop().create_task(
+            self._consume(consumer), name=consumer.durable
+        )
+
+    async def _stop_consuming(self, key: str) -> None:
+        """The server's lease is lost or given back: stop pulling (the loop ends within a fetch timeout) and hand
+        the pushes not yet sent back to JetStream."""
+        lock = self._switching.setdefault(key, asyncio.Lock())
+        async with lock:
+            consumer = self.consumers[key]
+            consumer.stop.set()
+            task = self._consumer_tasks.pop(key, None)
+            if task is not None:
+                await asyncio.wait([task], timeout=self.settings.fetch_timeout + 5.0)
+                if not task.done():  # a command's handling outlasted the wait: no second loop may start beside it
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+            released = await consumer.hand_back()
+            if released:
+                log.info(
+                    "server's queued commands handed back", extra={"server": consumer.server_id, "messages": released}
+                )
 
     async def _consume(self, consumer: CommandConsumer) -> None:
         while not consumer.stop.is_set():
@@ -143,10 +199,11 @@ class Gateway:
 
     async def shutdown(self) -> None:
         log.info("tcs-gateway draining")
+        self._stopping = True
         for consumer in self.consumers.values():
             consumer.stop.set()
         if self._consumer_tasks:
-            await asyncio.wait(self._consumer_tasks, timeout=10.0)
+            await asyncio.wait(list(self._consumer_tasks.values()), timeout=10.0)
         for consumer in self.consumers.values():
             await consumer.wait_rest(10.0)
         deadline = time.monotonic() + 2.0
@@ -164,6 +221,9 @@ class Gateway:
             released += await consumer.release_held()
         if released:
             log.info("unacknowledged pushes handed back to JetStream", extra={"messages": released})
+        self._lease_stop.set()  # nothing is consumed any more: give the leases back
+        if self._lease_tasks:
+            await asyncio.wait(self._lease_tasks, timeout=5.0)
         await self.store.close()
         await self.source.close()
         if self._http is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -110,6 +110,12 @@ class GatewaySettings:
     fetch_timeout: float = 1.0
     ack_wait: float = 30.0
     heartbeat_interval: float = 10.0
+    # Replicas (tcs_gateway.server_lease): a server's lease lives this long unless renewed (TCS_GATEWAY_LEASES TTL),
+    # is renewed this often, and its holder stops consuming this long before it could expire. Environment:
+    # TCS_GATEWAY_LEASE_SECONDS, TCS_GATEWAY_LEASE_RENEW_SECONDS, TCS_GATEWAY_LEASE_MARGIN_SECONDS.
+    lease_seconds: float = 10.0
+    lease_renew_seconds: float = 2.5
+    lease_margin_seconds: float = 3.0
     # REST API v4
     rest_concurrency: int = 8
     rest_backlog: int = 64
@@ -187,6 +193,7 @@ class GatewaySettings:
                     users.append(user.lower())
         endpoint = config.grpc.endpoint(SERVICE)
         limits = tcs.bridge_limits
+        timings = lease_timings(os.environ)
         return cls(
             ws_host=endpoint.host,
             ws_port=config.ws_port,
@@ -212,4 +219,44 @@ class GatewaySettings:
             sync_address=config.grpc.address_of("sync-engine"),
             sync_caller=GrpcCaller.for_service(config, SERVICE, reveal),
             gateway_id=(os.environ.get("HOSTNAME") or f"tcs-gateway-{socket.gethostname()}")[:128],
+            lease_seconds=timings.get("lease_seconds", cls.lease_seconds),
+            lease_renew_seconds=timings.get("lease_renew_seconds", cls.lease_renew_seconds),
+            lease_margin_seconds=timings.get("lease_margin_seconds", cls.lease_margin_seconds),
         )
+
+    def __post_init__(self) -> None:
+        if not 0 < self.lease_renew_seconds < self.lease_seconds / 3:
+            raise ValueError(
+                f"lease_renew_seconds={self.lease_renew_seconds}: must be above 0 and below a third of "
+                f"lease_seconds={self.lease_seconds}"
+            )
+        if not self.fetch_timeout < self.lease_margin_seconds < self.lease_seconds - 2 * self.lease_renew_seconds:
+            raise ValueError(
+                f"lease_margin_seconds={self.lease_margin_seconds}: must be above fetch_timeout={self.fetch_timeout} "
+                f"(a fenced replica's last pull ends within it) and leave two renewals (lease_seconds - 2 * "
+                f"lease_renew_seconds = {self.lease_seconds - 2 * self.lease_renew_seconds})"
+            )
+
+
+LEASE_ENV = {
+    "lease_seconds": "TCS_GATEWAY_LEASE_SECONDS",
+    "lease_renew_seconds": "TCS_GATEWAY_LEASE_RENEW_SECONDS",
+    "lease_margin_seconds": "TCS_GATEWAY_LEASE_MARGIN_SECONDS",
+}
+
+
+def lease_timings(environ: Mapping[str, str]) -> dict[str, float]:
+    """The lease timings set in the environment; ValueError names a variable that is not a positive number."""
+    found: dict[str, float] = {}
+    for name, variable in LEASE_ENV.items():
+        raw = environ.get(variable)
+        if raw is None:
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"{variable}={raw!r} is not a number of seconds") from None
+        if not value > 0:
+            raise ValueError(f"{variable}={raw!r} must be above 0")
+        found[name] = value
+    return found

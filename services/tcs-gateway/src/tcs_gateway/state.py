@@ -65,7 +65,31 @@ class StateStore:
 
     async def _load(self) -> None:
         assert self._kv is not None
-        watcher = await self._kv.watchall(ignore_deletes=True)
+        read = await self._read(">")
+        for (server, user), state in read.items():
+            self._state.setdefault(server, {})[user] = state
+        log.info(
+            "gateway state loaded",
+            extra={"servers": len(self._state), "users": sum(len(v) for v in self._state.values())},
+        )
+
+    async def refresh(self, server_id: str) -> None:
+        """Read `server_id`'s entries again and keep the larger of what is here and what is stored: another
+        replica served the server meanwhile (its session moved here) and may have sent later snapshots or been
+        asked for more users."""
+        if self._kv is None:
+            return
+        read = await self._read(f"{server_id.lower().encode().hex()}.>")
+        for (server, user), stored in read.items():
+            entry = self._entry(server, user)
+            entry.asked = entry.asked or stored.asked
+            entry.snapshot_seq = max(entry.snapshot_seq, stored.snapshot_seq)
+
+    async def _read(self, keys: str) -> dict[tuple[str, str], UserState]:
+        """The stored entries under `u.<keys>` (a server-side filtered watch), by (server, user) in lower case."""
+        assert self._kv is not None
+        found: dict[tuple[str, str], UserState] = {}
+        watcher = await self._kv.watch(f"u.{keys}", ignore_deletes=True)
         try:
             while True:
                 entry = await watcher.updates(timeout=10.0)  # type: ignore[no-untyped-call]
@@ -81,14 +105,11 @@ class StateStore:
                     log.warning("unreadable gateway state entry ignored", extra={"key": entry.key})
                     continue
                 server, user = parsed
-                self._state.setdefault(server.lower(), {})[user.lower()] = state
+                found[(server.lower(), user.lower())] = state
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
-        log.info(
-            "gateway state loaded",
-            extra={"servers": len(self._state), "users": sum(len(v) for v in self._state.values())},
-        )
+        return found
 
     async def close(self) -> None:
         if self._task is not None:

@@ -20,6 +20,9 @@ from tcs_gateway.bridge.framing import CloseCode, ErrorCode, error_payload, form
 from tcs_gateway.bridge.guard import BACKED_OFF, BAD_SECRET, NOT_WHITELISTED
 from tcs_gateway.settings import DEFAULT_MAX_IN_FLIGHT, MAX_IN_FLIGHT_CAP, PROTOCOL_VERSION, SUPPORTED_VERSIONS
 
+#: How long an auth waits for the server's stored state to be read again.
+REFRESH_TIMEOUT_S = 2.0
+
 if TYPE_CHECKING:
     from tcs_gateway.bridge.session import Session
 
@@ -111,6 +114,7 @@ class Authenticator:
             guard.auth_succeeded(session.address, server_id)
         if session.on_authenticated is not None:
             session.on_authenticated()
+        await self._refresh_state(state.id)
         await state.attach(session)
         window = cache_window(
             datetime.now(UTC), self.settings.window_backward_months, self.settings.window_forward_months
@@ -142,6 +146,14 @@ class Authenticator:
             },
         )
         session.start_delivery()
+
+    async def _refresh_state(self, server_id: str) -> None:
+        """Before snapshots are built: the server's stored per-user state, read again (its session may have been on
+        another replica since this one started). Bounded: NATS trouble leaves what was read at start."""
+        try:
+            await asyncio.wait_for(self.session.context.store.refresh(server_id), REFRESH_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("gateway state not re-read at auth", extra={"server": server_id, "error": repr(exc)})
 
     async def _refuse(self, frame_id: int, payload: dict[str, Any], code: CloseCode, server_id: str) -> None:
         session = self.session

@@ -50,6 +50,10 @@ class UserStateStore(Protocol):
 
     def asked_users(self, server_id: str) -> list[str]: ...
 
+    async def refresh(self, server_id: str) -> None:
+        """Read the server's stored state again (another replica may have served it since this one started)."""
+        ...
+
     def mark_asked(self, server_id: str, user: str) -> bool:
         """Remember that `server_id` asked for `user`; True when this is new."""
         ...

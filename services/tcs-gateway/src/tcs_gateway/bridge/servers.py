@@ -41,6 +41,8 @@ class ServerState:
         #: Highest engine seq written to TCS per user (a lower one arriving later would be stale).
         self.max_sent: dict[str, int] = {}
         self.on_push_done: PushDone | None = None
+        #: Called when a session attaches or detaches (the server's lease, tcs_gateway.server_lease, looks again).
+        self.on_session_change: Callable[[], None] | None = None
         self._completions: set[asyncio.Task[None]] = set()
         METRICS.bridge_connected.set(0, {"server": self.id})
 
@@ -108,6 +110,8 @@ class ServerState:
         self.connected_since = datetime.now(UTC)
         self.seen()
         METRICS.bridge_connected.set(1, {"server": self.id})
+        if self.on_session_change is not None:
+            self.on_session_change()
 
     def detach(self, session: Session, unacknowledged: list[PendingPush]) -> None:
         """The connection of `session` is gone; its unacknowledged pushes are queued again (resent later)."""
@@ -115,6 +119,8 @@ class ServerState:
             self.session = None
             self.connected_since = None
             METRICS.bridge_connected.set(0, {"server": self.id})
+            if self.on_session_change is not None:
+                self.on_session_change()
         for item in unacknowledged:
             self.queue.requeue(item)
         if unacknowledged:
