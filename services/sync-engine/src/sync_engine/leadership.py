@@ -53,8 +53,9 @@ async def lead(
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            if not connection.is_closed():
-                with contextlib.suppress(Exception):  # a broken connection has no lock to release
+            # A broken connection holds no lock (the pool has taken it back already: any call on it raises).
+            with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+                if not connection.is_closed():
                     await connection.execute("SELECT pg_advisory_unlock($1)", key)
 
 
