@@ -17,16 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,8 +32,14 @@ from exchangelib.properties import Attendee, Mailbox
 
 from tccal.subjects import GATEWAY_LEASES_BUCKET
 from tccal_sandbox.demo import Ews
-from tccal_sandbox.embedded import free_ports
-from tccal_sandbox.testing import SandboxProcess, connect_nats, running_sandbox, wait_for
+from tccal_sandbox.testing import (
+    SandboxProcess,
+    ServiceReplica,
+    connect_nats,
+    running_sandbox,
+    start_service_replica,
+    wait_for,
+)
 from tcs_gateway.server_lease import lease_key
 
 LEASES = {
@@ -52,70 +53,15 @@ FAILOVER_BOUND_SECONDS = 6 + 1.5 + 30
 DOMAIN = "sandbox.test"
 
 
-@dataclass
-class Replica:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    http: str
-    ws: str
-
-    def ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"replica {self.name} exited: {self.log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{self.http}/readyz", timeout=1) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxProcess]:
     with running_sandbox("--no-demo", env={**LEASES, "TCS_GATEWAY_REPLICA": "s"}, timeout=300) as running:
         yield running
 
 
-def start_replica(sandbox: SandboxProcess, name: str) -> Replica:
+def start_replica(sandbox: SandboxProcess, name: str) -> ServiceReplica:
     """Another tcs-gateway process with the sandbox's tcs-gateway config (its own bridge, gRPC and HTTP ports)."""
-    config = json.loads(Path(sandbox.ready["services"]["tcs-gateway"]["config"]).read_text())
-    ws_port, grpc_port, http_port = free_ports(3)
-    config["wsPort"] = ws_port
-    config["grpc"]["services"]["tcs-gateway"].update({"grpcPort": grpc_port, "httpPort": http_port})
-    path = sandbox.state_dir / "services" / f"tcs-gateway-{name}.config.json"
-    path.write_text(json.dumps(config))
-    log_path = sandbox.state_dir / "logs" / f"tcs-gateway-{name}.log"
-    env = {
-        **os.environ,
-        **LEASES,
-        "TCS_GATEWAY_REPLICA": name,
-        "TC_CALENDAR_KEY_FILE": str(sandbox.state_dir / "machine.key"),
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("TC_CALENDAR_KEY", None)
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tcs_gateway", "--config", str(path)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    path_part = sandbox.ready["services"]["tcs-gateway"]["ws"].split("/", 3)[3]
-    replica = Replica(name, process, log_path, f"http://127.0.0.1:{http_port}", f"ws://127.0.0.1:{ws_port}/{path_part}")
-    wait_for(replica.ready, 60, what=f"replica {name} ready")
-    return replica
+    return start_service_replica(sandbox, "tcs-gateway", name, env=LEASES)
 
 
 def http_json(url: str, method: str = "GET", body: Any = None) -> Any:
@@ -186,7 +132,7 @@ def conference_for(sandbox: SandboxProcess, subject: str) -> dict[str, Any] | No
 
 
 def test_commands_follow_the_bridge_session_and_move_after_kill9(sandbox: SandboxProcess) -> None:
-    replicas: list[Replica] = []
+    replicas: list[ServiceReplica] = []
     try:
         a = start_replica(sandbox, "a")
         replicas.append(a)
@@ -210,8 +156,7 @@ def test_commands_follow_the_bridge_session_and_move_after_kill9(sandbox: Sandbo
         assert b.log().count("consuming commands") == consumed_by_b_before  # b did not start consuming meanwhile
 
         killed_at = time.monotonic()
-        a.process.kill()
-        a.process.wait()
+        a.kill()
         conference_meeting(sandbox, "Replicas after kill")
         wait_for(lambda: bridge(sandbox).get("connected_url") == b.ws, 30, what="TrueConf reconnected to b")
         wait_for(

@@ -20,15 +20,10 @@ import datetime as dt
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,8 +34,14 @@ from ews_ingest.ownership import SHARD_PREFIX, SHARDS_KEY, shard_of
 from exchange_emulator.testing import AdminClient
 from tccal.subjects import INGEST_LEASES_BUCKET, INGEST_STATE_BUCKET, STREAM_SUBJECTS
 from tccal_sandbox.demo import Ews
-from tccal_sandbox.embedded import free_ports
-from tccal_sandbox.testing import SandboxProcess, connect_nats, running_sandbox, wait_for, wait_for_async
+from tccal_sandbox.testing import (
+    SandboxProcess,
+    ServiceReplica,
+    connect_nats,
+    running_sandbox,
+    start_service_replica,
+    wait_for_async,
+)
 from trueconf.calendar.v1 import calendar_pb2
 
 LEASES = {
@@ -53,32 +54,6 @@ LEASES = {
 #: a catch-up sync; this bounds the wait (the measured time is printed).
 FAILOVER_BOUND_SECONDS = 6 + 2 * 1.5 + 20
 CALENDAR_SUBJECTS = STREAM_SUBJECTS["CALENDAR"]
-
-
-@dataclass
-class Replica:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    http: str
-
-    def ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"replica {self.name} exited: {self.log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{self.http}/readyz", timeout=1) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @dataclass
@@ -105,32 +80,9 @@ def sandbox() -> Iterator[SandboxProcess]:
         yield running
 
 
-def start_replica(sandbox: SandboxProcess, name: str) -> Replica:
+def start_replica(sandbox: SandboxProcess, name: str) -> ServiceReplica:
     """Another ews-ingest process with the sandbox's ews-ingest config (its own gRPC and HTTP ports)."""
-    config = json.loads(Path(sandbox.ready["services"]["ews-ingest"]["config"]).read_text())
-    grpc_port, http_port = free_ports(2)
-    config["grpc"]["services"]["ews-ingest"].update({"grpcPort": grpc_port, "httpPort": http_port})
-    path = sandbox.state_dir / "services" / f"ews-ingest-{name}.config.json"
-    path.write_text(json.dumps(config))
-    log_path = sandbox.state_dir / "logs" / f"ews-ingest-{name}.log"
-    env = {
-        **os.environ,
-        **LEASES,
-        "EWS_INGEST_REPLICA": name,
-        "TC_CALENDAR_KEY_FILE": str(sandbox.state_dir / "machine.key"),
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("TC_CALENDAR_KEY", None)
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ews_ingest", "--config", str(path)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    replica = Replica(name, process, log_path, f"http://127.0.0.1:{http_port}")
-    wait_for(replica.ready, 60, what=f"replica {name} ready")
-    return replica
+    return start_service_replica(sandbox, "ews-ingest", name, env=LEASES)
 
 
 @contextlib.asynccontextmanager
@@ -313,8 +265,7 @@ async def test_replicas_split_mailboxes_take_over_after_kill9_and_lose_nothing_w
             orphaned = [m for m in everyone if owners[shard_of(m, shards)] == "c"]
             assert orphaned, "c owned no mailbox"
             killed_at = time.monotonic()
-            victim.process.kill()
-            victim.process.wait()
+            victim.kill()
             round_two = {f"after kill {m}": m for m in orphaned}
             await outlook.meetings(round_two)
             await wait_for_async(

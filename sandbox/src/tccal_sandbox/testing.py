@@ -17,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -30,10 +32,11 @@ from nats.aio.client import Client as NatsClient
 
 from tccal.bus import BusSettings
 from tccal.nats_auth import ADMIN, IDENTITIES
-from tccal_sandbox.embedded import EmbeddedNats, EmbeddedPostgres, create_database, free_port
+from tccal_sandbox.embedded import EmbeddedNats, EmbeddedPostgres, create_database, free_port, free_ports
 
 T = TypeVar("T")
 __all__ = [
+    "ServiceReplica",
     "authorized",
     "bearer",
     "connect_nats",
@@ -41,6 +44,7 @@ __all__ = [
     "free_port",
     "nats_config",
     "nats_settings",
+    "start_service_replica",
     "wait_for",
     "wait_for_async",
 ]
@@ -209,6 +213,120 @@ def running_sandbox(
                 process.wait(60)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+@dataclass
+class ServiceReplica:
+    """One more process of a sandbox's service (see `start_service_replica`): its replica name, process, log file
+    and own ports."""
+
+    service: str
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    config_path: Path
+    grpc: str
+    http: str
+    ws: str | None = None  #: tcs-gateway only: the bridge URL TrueConf Server connects to
+
+    def ready(self) -> bool:
+        """GET /readyz answers 200; AssertionError with the log's tail if the process has exited."""
+        if self.process.poll() is not None:
+            raise AssertionError(f"{self.service} replica {self.name} exited: {self.log()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{self.http}/readyz", timeout=1) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        """kill -9, and reap it."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (a graceful stop), kill -9 if it has not exited after `timeout` seconds."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def start_service_replica(
+    sandbox: SandboxProcess,
+    service: str,
+    name: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+    wait: bool = True,
+) -> ServiceReplica:
+    """Start another process of the sandbox's `service` ("ews-ingest", "sync-engine", "tcs-gateway", "licensing",
+    "graph-ingest") with the sandbox's config for it - the same PostgreSQL, NATS identity and machine key - but its
+    own gRPC and HTTP ports (and bridge port for tcs-gateway). Its config goes to
+    `<state>/services/<service>-<name>.config.json`, its output to `<state>/logs/<service>-<name>.log`.
+
+    `name` is also given as the replica's name in `<SERVICE>_REPLICA` (e.g. EWS_INGEST_REPLICA=b), which the
+    services put in their lease owners; `env` adds to (and overrides) the test process's environment. With `wait`
+    (the default) it returns once GET /readyz answers 200 (AssertionError after `timeout` s, or at once with the
+    log's tail if the process exits). Stop it with `.stop()` (SIGTERM) or `.kill()` (kill -9)."""
+    from tccal_sandbox.runner import SERVICE_MODULES
+
+    if service not in SERVICE_MODULES:
+        raise ValueError(f"unknown service {service!r}; one of {sorted(SERVICE_MODULES)}")
+    config = json.loads(Path(sandbox.ready["services"][service]["config"]).read_text())
+    grpc_port, http_port, ws_port = free_ports(3)
+    config["grpc"]["services"][service].update({"grpcPort": grpc_port, "httpPort": http_port})
+    ws: str | None = None
+    if service == "tcs-gateway":
+        config["wsPort"] = ws_port
+        path_part = sandbox.ready["services"]["tcs-gateway"]["ws"].split("/", 3)[3]
+        ws = f"ws://127.0.0.1:{ws_port}/{path_part}"
+    config_path = sandbox.state_dir / "services" / f"{service}-{name}.config.json"
+    config_path.write_text(json.dumps(config))
+    log_path = sandbox.state_dir / "logs" / f"{service}-{name}.log"
+    replica_variable = f"{service.replace('-', '_').upper()}_REPLICA"
+    process_env = {
+        **os.environ,
+        replica_variable: name,
+        "TC_CALENDAR_KEY_FILE": str(sandbox.state_dir / "machine.key"),
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    process_env.pop("TC_CALENDAR_KEY", None)
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", SERVICE_MODULES[service], "--config", str(config_path)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=process_env,
+        )
+    replica = ServiceReplica(
+        service,
+        name,
+        process,
+        log_path,
+        config_path,
+        grpc=f"127.0.0.1:{grpc_port}",
+        http=f"http://127.0.0.1:{http_port}",
+        ws=ws,
+    )
+    if wait:
+        try:
+            wait_for(replica.ready, timeout, interval=0.2, what=f"{service} replica {name} ready")
+        except BaseException:
+            replica.kill()
+            raise
+    return replica
 
 
 @pytest.fixture(autouse=True)

@@ -32,9 +32,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCHEMA = "licensing"
-# Advisory lock keys: ASCII "LICENSE1" / "LICENSE2" as bigints (sync-engine uses its own keys).
+# Advisory lock keys: ASCII "LICENSE1" / "LICENSE2" / "LICENSE3" as bigints (sync-engine uses its own keys).
 MIGRATION_LOCK = 0x4C4943454E534531
 SEAT_LOCK = 0x4C4943454E534532
+INSTALL_LOCK = 0x4C4943454E534533
 
 
 #: Recorded in licensing.schema_migrations by the shared runner (tccal.migrations).
@@ -221,6 +222,9 @@ class LicenseStore:
         """Make ``signed`` the active license and restart its online-check record."""
         lic = signed.license
         async with self._transaction("store the license") as conn:
+            # Two installs at once (two replicas, or the CLI beside them) run one after the other, the later one
+            # active: without the lock both could find no active row and the second would fail on the index.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", INSTALL_LOCK)
             # The license it replaces is resealed as inactive: a row made active again by hand does not verify.
             for old in await conn.fetch(f"SELECT * FROM {SCHEMA}.licenses WHERE active FOR UPDATE"):
                 await conn.execute(

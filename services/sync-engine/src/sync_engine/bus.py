@@ -1,5 +1,14 @@
 """The engine's JetStream consumers: CALENDAR (calendar changes) and TCS_RESULTS (command results).
 
+CALENDAR is consumed by **one engine at a time** (`consume_calendar_leading`: the holder of a session advisory
+lock, leadership.py); the other replicas stand by and take over when it stops or dies. Changes of one mailbox must
+be applied in stream order: per-item sequences make a late change of an item harmless, but a mailbox re-read's
+BEGIN ... END markers judge the whole mailbox - an END applied by one replica while another still holds its BEGIN,
+or changes between the two, would delete nothing or delete items the re-read brought back. A new leader first
+waits for what its predecessor had fetched and not acked (`wait_for_predecessor`: after kill -9, until JetStream
+redelivers it, at most `ack_wait`), so those come first, in order. TCS_RESULTS is shared by every replica (each
+result locks its outbox row; order does not matter).
+
 Both are durable pull consumers with explicit ack (tccal.bus.consume): a message is acked only after its
 transaction committed. Calendar changes are fetched up to CALENDAR_BATCH × CALENDAR_LANES at a time, split by
 mailbox into CALENDAR_LANES lanes applied concurrently, each lane in one transaction; if a lane's transaction fails
@@ -14,12 +23,17 @@ never parse).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 
+import asyncpg
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
 
 from sync_engine.engine import Engine
+from sync_engine.leadership import lead
 from tccal.bus import Bus, consume
 from tccal.subjects import CALENDAR, TCS_RESULTS
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2
@@ -38,6 +52,8 @@ CALENDAR_BATCH = 128
 CALENDAR_LANES = 2
 #: Command results fetched at once; on SIGTERM the ones at hand are finished and acked.
 RESULTS_BATCH = 8
+#: Session advisory lock of the engine consuming CALENDAR (leadership.py).
+CALENDAR_LOCK_KEY = int.from_bytes(b"tcsyncca", "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def _headers(message: Msg) -> dict[str, str]:
@@ -103,6 +119,43 @@ async def consume_calendar(engine: Engine, bus: Bus, stop: asyncio.Event) -> Non
         lanes=CALENDAR_LANES,
         prefetch=True,
     )
+
+
+async def consume_calendar_leading(engine: Engine, bus: Bus, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+    """Consume CALENDAR while this engine holds the calendar lock (waiting for it first); returns when the lock is
+    lost or `stop` is set."""
+
+    async def as_leader(until: asyncio.Event) -> None:
+        if await wait_for_predecessor(bus, until):
+            await consume_calendar(engine, bus, until)
+
+    await lead(pool, CALENDAR_LOCK_KEY, "calendar consumer", stop, as_leader)
+
+
+async def wait_for_predecessor(bus: Bus, until: asyncio.Event, poll: float = 0.5) -> bool:
+    """Wait while CALENDAR's durable has messages delivered and not acked - a previous leader's, stopping or
+    killed - for at most its `ack_wait` (+ 2 s): after that JetStream delivers the overdue ones again before any
+    newer one. True to go on, False when `until` was set first."""
+    deadline: float | None = None
+    while not until.is_set():
+        try:
+            info = await bus.js.consumer_info(CALENDAR, CALENDAR_DURABLE)
+        except NotFoundError:
+            return True  # no consumer yet: nothing was delivered
+        if not info.num_ack_pending:
+            return True
+        ack_wait = float(info.config.ack_wait or 30.0)
+        if deadline is None:
+            deadline = time.monotonic() + ack_wait + 2.0
+            log.info(
+                "calendar consumer: waiting for the previous leader's unacked changes to come back",
+                extra={"pending": info.num_ack_pending, "ack_wait": ack_wait},
+            )
+        if time.monotonic() >= deadline:
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(until.wait(), poll)
+    return False
 
 
 async def consume_results(engine: Engine, bus: Bus, stop: asyncio.Event) -> None:

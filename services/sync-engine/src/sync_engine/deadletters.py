@@ -147,7 +147,10 @@ class DeadLetters:
                     extra={"id": letter.id, "subject": letter.subject, "mailbox": letter.mailbox, "error": repr(exc)},
                 )
                 continue
-            await self.bus.js.delete_msg(DEADLETTER, letter.id)
+            try:
+                await self.bus.js.delete_msg(DEADLETTER, letter.id)
+            except NotFoundError:  # replayed by another replica at the same time (applying twice changes nothing)
+                log.info("dead letter replayed elsewhere meanwhile", extra={"id": letter.id})
             log.info(
                 "dead letter replayed",
                 extra={"id": letter.id, "subject": letter.subject, "mailbox": letter.mailbox},

@@ -1,6 +1,7 @@
 """The daily window roll: when the cache window moves (a new day, or new cache settings), every meeting is
 re-expanded so that occurrences entering the window are pushed and those leaving it are removed; settled launches
-and outbox rows older than the window are deleted. One engine at a time (a session advisory lock)."""
+and outbox rows older than the window are deleted. One engine at a time (a session advisory lock), and the
+window is looked at again under the lock, so two engines never roll the same window."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ class WindowRoll:
             if not await connection.fetchval("SELECT pg_try_advisory_lock($1)", ROLL_LOCK_KEY):
                 return False
             try:
+                # another engine may have rolled while this one waited for the lock: look again under it
+                if await connection.fetchval("SELECT value FROM engine_state WHERE key = 'cache_window'") == key:
+                    return False
                 log.info("cache window moved; re-expanding meetings", extra={"window": key, "was": stored})
                 meetings = [
                     str(r["meeting_id"])

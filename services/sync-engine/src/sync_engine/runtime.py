@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from sync_engine.api import SyncApi
-from sync_engine.bus import consume_calendar, consume_results
+from sync_engine.bus import consume_calendar_leading, consume_results
 from sync_engine.engine import Engine
 from sync_engine.faults import DatabaseHealth, Fault, classify
 from sync_engine.migrate import migrate
@@ -117,7 +117,10 @@ class SyncEngine:
             await _pause(stop, self.seat_poll)
 
     async def run_calendar(self, stop: asyncio.Event) -> None:
-        await _forever(stop, "calendar consumer", lambda: consume_calendar(self.engine, self.bus, stop))
+        """Consume calendar changes while this engine leads their consumption (bus.py: one engine at a time)."""
+        await _forever(
+            stop, "calendar consumer", lambda: consume_calendar_leading(self.engine, self.bus, self.pool, stop)
+        )
 
     async def run_results(self, stop: asyncio.Event) -> None:
         await _forever(stop, "results consumer", lambda: consume_results(self.engine, self.bus, stop))

@@ -6,6 +6,9 @@ configured) and keeps the answer in the `seats` table: lease_until = the engine'
 remaining. A mailbox is seated while its lease_until is ahead of the clock, so when licensing stops answering,
 seats run out at the end of their leases here too, as they do in ews-ingest; the next answer brings them back.
 
+Every replica asks and stores its answer, in the order asked: one asked before the stored one is dropped
+(`ASKED_KEY`), so a slow answer never overwrites a newer one.
+
 Decisions read the table (`Workspace.seated`, `known_users`): a mailbox without a seat is nobody's TrueConf user,
 its copies count for nothing, and a meeting it organizes is held (reconcile.py). Each round one engine at a
 time (a session advisory lock) looks for mailboxes whose seated state differs from what the shown state was
@@ -36,6 +39,8 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 5.0
 SEATS_LOCK_KEY = int.from_bytes(b"tcsyncst", "big") & 0x7FFF_FFFF_FFFF_FFFF
 ANSWERED_KEY = "seats_answered"
+#: engine_state: when the stored answer was asked for (ISO 8601); an answer asked earlier is not stored over it.
+ASKED_KEY = "seats_asked_at"
 
 
 class SeatSource(Protocol):
@@ -107,6 +112,20 @@ class SeatKeeper:
         mailboxes = sorted(leases)
         until = [asked_at + leases[m] for m in mailboxes]
         async with self.context.pool.acquire() as connection, connection.transaction():
+            # Every replica asks; answers are stored one at a time (the row lock on ASKED_KEY) and only one asked
+            # later than the one stored: a slow answer committed after a newer one would bring back seats
+            # licensing has since taken away (and their meetings would be shown and removed again).
+            newer = await connection.fetchval(
+                "INSERT INTO engine_state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE"
+                " SET value = EXCLUDED.value WHERE engine_state.value::timestamptz <= EXCLUDED.value::timestamptz"
+                " RETURNING key",
+                ASKED_KEY,
+                asked_at.isoformat(),
+            )
+            if newer is None:
+                log.debug("a newer seat answer is stored already; this one is dropped")
+                self.answers += 1
+                return True
             # A lease licensing did not renew ends at the same moment each poll, give or take the call's latency:
             # written again only when it moved by more than a second (no row churn every poll).
             await connection.execute(
