@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 from tccal.conference_marker import tcs_hosts
 from tccal.config import Config
+from tccal.config.checks import notification_problems
 from tccal.config.schema import GRAPH_CLOUDS, ConferenceDefaults, NotificationListen
 from tccal.grpckit import GrpcCaller
 from tccal.secrets import SecretError
@@ -149,6 +150,9 @@ class GraphSettings:
                     notification_listen=provider.notification_listen if provider.notification_url else None,
                 )
             )
+        problems = notification_problems(config)
+        if problems:
+            raise ValueError("; ".join(str(p) for p in problems))
         names = [p.name for p in providers]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
