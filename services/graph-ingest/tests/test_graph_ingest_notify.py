@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,6 +29,7 @@ from graph_ingest_support import (
 )
 
 from graph_emulator.testing import EmulatorProcess, build_config, start_emulator
+from tccal import secrets
 from tccal.config import Config
 from tccal.config.checks import notification_problems
 from tccal_sandbox.embedded import EmbeddedNats
@@ -184,6 +189,29 @@ async def test_a_mailbox_that_loses_its_seat_loses_its_subscription(
         assert len(subscriptions_of(emu, kept)) == 1
 
 
+async def test_a_restart_keeps_using_the_subscription_it_stored(
+    emu: EmulatorProcess,
+    notify_endpoint: NotifyEndpoint,
+    nats_server: EmbeddedNats,
+    seats: SeatServer,
+    collector: ChangeCollector,
+    writer: GraphWriter,
+) -> None:
+    [mailbox] = new_mailboxes(emu, "vera")
+    config = graph_config(seats.address, [notifying(emu, notify_endpoint, [mailbox])])
+    async with running_graph(config, nats_server, NOTIFIED) as graph:
+        first = await graph.subscribed(mailbox)
+    async with running_graph(config, nats_server, NOTIFIED) as graph:
+        again = await graph.subscribed(mailbox)
+        assert (again.id, again.clientState) == (first.id, first.clientState)  # read back from KV
+        await collector.start()
+        created = await writer.create(mailbox, "After the restart")
+        await collector.wait(lambda c: c.item_id == created["id"], timeout=60, what="the event, by notification")
+        keeper = graph.keeper(mailbox)
+        assert (keeper.stats.created, keeper.stats.notifications) == (0, 1)
+    assert [s["id"] for s in subscriptions_of(emu, mailbox)] == [first.id]
+
+
 async def test_without_notification_url_it_polls_as_before_and_drops_earlier_subscriptions(
     emu: EmulatorProcess,
     notify_endpoint: NotifyEndpoint,
@@ -240,4 +268,24 @@ def test_config_explains_bad_notification_settings() -> None:
         "calendarProviders[1].notificationListen.certFile: '/nonexistent/cert.pem' cannot be read",
         "calendarProviders[3].notificationListen.port: 0.0.0.0:8066 is already the receiver of calendarProviders[2]: "
         "give each Graph provider its own port",
+    ]
+
+
+def test_config_check_names_a_non_https_notification_url(tmp_path: Path) -> None:
+    entry = {
+        "type": "graph",
+        "tenantId": "6b4c1b7e-0f1d-4c55-9a3e-2f4b8c0d1e2f",
+        "clientId": "0c1e4f0a-1b2c-4d3e-8f90-a1b2c3d4e5f6",
+        "clientSecret": secrets.encrypt("app-secret"),
+        "users": ["wanda@contoso.test"],
+        "notificationUrl": "http://hooks.example.com/graph",
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"productWhitelist": {"tcs": ["video.example.com#vcs"]}, "calendarProviders": [entry]}))
+    refused = subprocess.run(
+        [sys.executable, "-m", "tccal.cli", "config", "check", str(path)], capture_output=True, text=True
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines() == [
+        f'{path}: calendarProviders[0].notificationUrl: "http://hooks.example.com/graph" is not an https:// URL'
     ]
