@@ -162,13 +162,14 @@ async def test_subscriptions_are_renewed_before_they_expire(
 ) -> None:
     [mailbox] = new_mailboxes(emu, "rita")
     config = graph_config(seats.address, [notifying(emu, notify_endpoint, [mailbox])])
-    # 40-second subscriptions renewed 30 s before they expire
-    tuning = dataclasses.replace(NOTIFIED, subscription_minutes=40 / 60, subscription_renew_margin_seconds=30.0)
+    # 20-second subscriptions renewed 10 s before they expire (a margin above half the lifetime is cut to half)
+    tuning = dataclasses.replace(NOTIFIED, subscription_minutes=20 / 60, subscription_renew_margin_seconds=3600.0)
     async with running_graph(config, nats_server, tuning) as graph:
         record = await graph.subscribed(mailbox)
         first_expiry = record.expires
         keeper = graph.keeper(mailbox)
         await wait_for_async(lambda: keeper.stats.renewed >= 2, timeout=60, what="two renewals")
+        assert keeper.stats.renewed == 2  # once per half lifetime, not on every pass of the keeper's loop
         [sub] = subscriptions_of(emu, mailbox)
         assert sub["id"] == record.id and keeper.stats.created == 1
         renewed = dt.datetime.fromisoformat(sub["expirationDateTime"].replace("Z", "+00:00"))

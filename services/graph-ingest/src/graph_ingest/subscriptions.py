@@ -237,10 +237,22 @@ class SubscriptionKeeper:
         finally:
             await self.api.close()
 
+    def _margin(self) -> dt.timedelta:
+        """How long before expiry a subscription is renewed: the configured margin, at most half the lifetime (a
+        margin above the lifetime would renew on every pass)."""
+        lifetime = self.tuning.subscription_minutes * 60.0
+        return dt.timedelta(seconds=min(self.tuning.subscription_renew_margin_seconds, lifetime / 2))
+
     def _next_due(self) -> float:
         now = dt.datetime.now(dt.UTC)
-        margin = dt.timedelta(seconds=self.tuning.subscription_renew_margin_seconds)
-        due = [r.expires - margin for r in self.records.values()] + list(self._retry_at.values())
+        due: list[dt.datetime] = []
+        for mailbox in self.mailboxes:
+            retry_at = self._retry_at.get(mailbox)
+            record = self.records.get(mailbox)
+            if retry_at is not None:  # a failed mailbox waits for its back-off, not for its (past) renewal time
+                due.append(retry_at)
+            elif record is not None:
+                due.append(record.expires - self._margin())
         if not due:
             return IDLE_SECONDS
         return min(IDLE_SECONDS, max(0.05, (min(due) - now).total_seconds()))
@@ -296,7 +308,7 @@ class SubscriptionKeeper:
         if record is None or record.expires <= now:
             await self._create(mailbox)
             return
-        if record.expires - now <= dt.timedelta(seconds=self.tuning.subscription_renew_margin_seconds):
+        if record.expires - now <= self._margin():
             await self._renew(record)
 
     def _expiration(self) -> dt.datetime:
