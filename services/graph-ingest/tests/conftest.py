@@ -7,15 +7,24 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from ews_ingest_support import ChangeCollector
-from graph_ingest_support import GraphWriter, SeatServer
+from graph_ingest_support import GraphWriter, NotifyEndpoint, SeatServer
 
 from graph_emulator.testing import EmulatorProcess, build_config, start_emulator
+from graph_emulator.tls import self_signed_certificate
+from tccal_sandbox.embedded import free_port
 
 
 @pytest.fixture(scope="module")
 def emu() -> Iterator[EmulatorProcess]:
     with start_emulator(build_config()) as handle:
         yield handle
+
+
+@pytest.fixture(scope="module")
+def notify_endpoint(tmp_path_factory: pytest.TempPathFactory) -> NotifyEndpoint:
+    """HTTPS material and a port for graph-ingest's change-notification receiver (one per test module)."""
+    cert, key = self_signed_certificate(tmp_path_factory.mktemp("notify-tls"))
+    return NotifyEndpoint(str(cert), str(key), free_port())
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from graph_emulator.testing import (
 )
 from graph_ingest.runtime import GraphRuntime, MailboxStatus
 from graph_ingest.settings import GraphSettings, Tuning
+from graph_ingest.subscriptions import SubscriptionKeeper, SubscriptionRecord
 from licensing.api import POLICY
 from tccal.bus import Bus
 from tccal.clock import Clock
@@ -204,6 +205,33 @@ def graph_provider(
     return section
 
 
+@dataclass(frozen=True)
+class NotifyEndpoint:
+    """Where graph-ingest's change-notification receiver serves HTTPS in a test: a free port on 127.0.0.1 and a
+    self-signed certificate the Graph emulator trusts (its `subscriptions.ca_file`)."""
+
+    cert_file: str
+    key_file: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/graph/notify"
+
+    def section(self) -> dict[str, Any]:
+        """The keys of a Graph provider entry that turn change notifications on."""
+        listen = {"host": "127.0.0.1", "port": self.port, "certFile": self.cert_file, "keyFile": self.key_file}
+        return {"notificationUrl": self.url, "notificationListen": listen}
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.cert_file)
+
+
+def emulator_subscriptions(endpoint: NotifyEndpoint) -> dict[str, Any]:
+    """The Graph emulator's `subscriptions` config for tests: trust the receiver, retry a failed delivery quickly."""
+    return {"ca_file": endpoint.cert_file, "retry_delays_s": [0.1, 0.2], "validation_timeout_s": 10}
+
+
 def graph_config(licensing: str, providers: list[dict[str, Any]], *, auto_sync: bool = True) -> dict[str, Any]:
     host, _, port = licensing.rpartition(":")
     return {
@@ -239,6 +267,24 @@ class GraphHarness:
 
         await wait_for_async(done, timeout=timeout, what=f"{count} delta round(s) of {mailbox}")
         return status
+
+    def keeper(self, mailbox: str) -> SubscriptionKeeper:
+        """The subscription keeper of the mailbox's provider."""
+        return self.runtime.keepers[self.status(mailbox).provider]
+
+    async def subscribed(self, mailbox: str, timeout: float = 30.0) -> SubscriptionRecord:
+        """Wait until the mailbox has a subscription and the delta round that follows its creation is done (the
+        mailbox is idle: only a notification, a lifecycle event or the next poll starts its next round)."""
+        keeper = self.keeper(mailbox)
+
+        async def ready() -> SubscriptionRecord | None:
+            if self.task.done():
+                self.task.result()
+            record = keeper.records.get(mailbox)
+            status = self.status(mailbox)
+            return record if record is not None and status.rounds > 0 and not status.busy else None
+
+        return await wait_for_async(ready, timeout=timeout, what=f"a subscription of {mailbox}")
 
     async def poll(self, mailbox: str, timeout: float = 30.0) -> MailboxStatus:
         """Ask the mailbox for changes now and wait until that round is done."""

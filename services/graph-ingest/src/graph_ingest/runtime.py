@@ -1,8 +1,9 @@
 """graph-ingest assembled: one Graph client per provider entry, seats, and a delta-polling loop per mailbox.
 
-Change notifications (subscriptions) are not used yet: every seated mailbox asks calendarView/delta for changes
-every `poll_seconds` (Tuning). `__main__` builds one GraphRuntime inside a tccal ServiceApp; tests build it directly
-around a Bus.
+Every seated mailbox asks calendarView/delta for changes every `poll_seconds` (Tuning). A provider with a
+notificationUrl also keeps change-notification subscriptions (subscriptions.py) and a receiver (notifications.py): a
+notification starts the mailbox's round at once and polling slows to `notified_poll_seconds`. `__main__` builds one
+GraphRuntime inside a tccal ServiceApp; tests build it directly around a Bus.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from dataclasses import dataclass, field
 
 from graph_ingest.delta import MailboxDelta, RoundResult
 from graph_ingest.graph import GraphClient
+from graph_ingest.notifications import NotificationReceiver
 from graph_ingest.seats import SeatKeeper
 from graph_ingest.settings import GraphProviderSettings, GraphSettings
 from graph_ingest.state import Checkpoint, StateStore
+from graph_ingest.subscriptions import SubscriptionKeeper
 from graph_ingest.token import GraphAuthError
 from tccal.bus import Bus
 from tccal.cache_window import cache_window
@@ -32,6 +35,8 @@ class MailboxStatus:
     mailbox: str
     provider: str
     rounds: int = 0
+    #: A round is under way or asked for (a trigger not yet taken up).
+    busy: bool = False
     failures: int = 0
     last_error: str = ""
     checkpoint: Checkpoint | None = None
@@ -67,6 +72,26 @@ class GraphRuntime:
         )
         self.started = asyncio.Event()
         self._wake: dict[str, asyncio.Event] = {m: asyncio.Event() for m in self.mailboxes}
+        #: Change notifications, per provider (also for one without notificationUrl: it deletes what is left).
+        self.keepers = {
+            p.name: SubscriptionKeeper(
+                p,
+                self.clients[p.name],
+                self.store,
+                settings.tuning,
+                self.seats,
+                [m for m, s in self.mailboxes.items() if s.provider == p.name],
+                self.trigger,
+            )
+            for p in settings.providers
+        }
+        self.receivers = [
+            NotificationReceiver(
+                self.keepers[p.name], p.notification_listen, settings.tuning.notification_max_body_bytes
+            )
+            for p in settings.providers
+            if p.notification_url is not None and p.notification_listen is not None
+        ]
 
     def provider(self, name: str) -> GraphProviderSettings:
         return self.clients[name].provider
@@ -77,7 +102,10 @@ class GraphRuntime:
             await self.bus.connect()
         if not self.settings.providers:
             log.warning('no calendarProviders entry has "type": "graph": graph-ingest has nothing to sync')
+        for receiver in self.receivers:
+            await receiver.start()
         tasks = [asyncio.create_task(self.seats.run(stop), name="graph-seats")]
+        tasks += [asyncio.create_task(k.run(stop), name=f"graph-subscriptions-{n}") for n, k in self.keepers.items()]
         tasks += [
             asyncio.create_task(self._mailbox_loop(status, stop), name=f"graph-{status.mailbox}")
             for status in self.mailboxes.values()
@@ -90,11 +118,18 @@ class GraphRuntime:
             for result in results:
                 if isinstance(result, Exception):
                     log.error("graph-ingest task ended with an error", extra={"error": repr(result)})
+            await asyncio.gather(*(r.stop() for r in self.receivers), return_exceptions=True)
             await asyncio.gather(*(c.close() for c in self.clients.values()), return_exceptions=True)
+
+    def poll_seconds(self, status: MailboxStatus) -> float:
+        """The polling interval: longer when change notifications start rounds as changes happen."""
+        notified = self.provider(status.provider).notification_url is not None
+        return self.settings.tuning.notified_poll_seconds if notified else self.settings.tuning.poll_seconds
 
     def trigger(self, mailbox: str) -> None:
         """Ask the mailbox for changes now instead of at its next poll."""
         self._wake[mailbox].set()
+        self.mailboxes[mailbox].busy = True
 
     async def _mailbox_loop(self, status: MailboxStatus, stop: asyncio.Event) -> None:
         tuning = self.settings.tuning
@@ -103,7 +138,8 @@ class GraphRuntime:
             if status.mailbox not in self.seats.granted:
                 await _first(stop, seats_changed, timeout=tuning.poll_seconds)
                 continue
-            pause = tuning.poll_seconds
+            pause = self.poll_seconds(status)
+            status.busy = True
             try:
                 await self.sync_once(status, stop)
                 status.failures, status.last_error = 0, ""
@@ -125,6 +161,7 @@ class GraphRuntime:
                     ),
                 )
             wake = self._wake[status.mailbox]
+            status.busy = wake.is_set()
             await _first(stop, wake, timeout=pause)
             wake.clear()
 

@@ -16,7 +16,8 @@ from urllib.parse import urlparse
 
 from tccal.conference_marker import tcs_hosts
 from tccal.config import Config
-from tccal.config.schema import GRAPH_CLOUDS, ConferenceDefaults
+from tccal.config.checks import notification_problems
+from tccal.config.schema import GRAPH_CLOUDS, ConferenceDefaults, NotificationListen
 from tccal.grpckit import GrpcCaller
 from tccal.secrets import SecretError
 
@@ -45,6 +46,15 @@ class Tuning:
     #: Base and cap of the back-off of a mailbox whose round failed.
     error_backoff_base_seconds: float = 2.0
     error_backoff_cap_seconds: float = 300.0
+    #: With change notifications (notificationUrl set) a notification starts a round at once; polling stays as the
+    #: safety net at this longer interval.
+    notified_poll_seconds: float = 900.0
+    #: Lifetime asked for each subscription (Outlook events allow at most 10,080 minutes).
+    subscription_minutes: float = 10_080.0 - 10.0
+    #: A subscription is renewed this long before it expires.
+    subscription_renew_margin_seconds: float = 3600.0
+    #: Largest notification POST body accepted (larger: 413).
+    notification_max_body_bytes: int = 1_048_576
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Tuning:
@@ -89,6 +99,10 @@ class GraphProviderSettings:
         """The tenant's authority as MSAL takes it."""
         return f"{self.authority}/{self.tenant_id}"
 
+    #: Change notifications: the public URL Graph posts to and where the receiver listens; None: polling only.
+    notification_url: str | None = None
+    notification_listen: NotificationListen | None = None
+
     #: The app-only token's scope: the cloud's Graph resource + `/.default` (https://graph.microsoft.com/.default),
     #: also when graphUrl points elsewhere (a proxy, an emulator): the token is for Microsoft Graph all the same.
     scope: str = ""
@@ -132,8 +146,13 @@ class GraphSettings:
                     max_concurrency=provider.max_concurrency,
                     scope=_scope(GRAPH_CLOUDS[provider.cloud][1]),
                     users=tuple(dict.fromkeys(u.lower() for u in provider.users)),
+                    notification_url=provider.notification_url,
+                    notification_listen=provider.notification_listen if provider.notification_url else None,
                 )
             )
+        problems = notification_problems(config)
+        if problems:
+            raise ValueError("; ".join(str(p) for p in problems))
         names = [p.name for p in providers]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import os
+
 from tccal.config.loader import ConfigProblem
 from tccal.config.schema import OPTIONAL_SERVICE_NAMES, SERVICE_NAMES, Config
 from tccal.db_tls import effective_ssl_mode, is_local, ssl_context
@@ -20,7 +22,7 @@ from tccal.grpckit import TlsMaterial, is_loopback
 
 def startup_problems(config: Config) -> list[ConfigProblem]:
     """Problems that stop a service at start although the file is valid."""
-    problems: list[ConfigProblem] = []
+    problems: list[ConfigProblem] = notification_problems(config)
     try:
         TlsMaterial.from_config(config.grpc.tls)
     except ValueError as exc:
@@ -144,3 +146,39 @@ def provider_warnings(config: Config) -> list[ConfigProblem]:
                     )
                 )
     return warnings
+
+
+def notification_problems(config: Config) -> list[ConfigProblem]:
+    """What stops graph-ingest's change-notification receiver: certFile without keyFile (or the reverse), files it
+    cannot read, two Graph providers on one listen address, or notificationListen set without a notificationUrl."""
+    problems: list[ConfigProblem] = []
+    listening: dict[tuple[str, int], int] = {}
+    for index, provider in config.graph_providers:
+        key = f"calendarProviders[{index}].notificationListen"
+        listen = provider.notification_listen
+        if provider.notification_url is None:
+            if "notification_listen" in provider.model_fields_set:
+                problems.append(
+                    ConfigProblem(
+                        key,
+                        "is set but notificationUrl is not: Graph posts only to a notificationUrl (the public "
+                        "https:// URL that reaches this address); set it, or drop notificationListen to poll only",
+                    )
+                )
+            continue
+        if (listen.cert_file is None) != (listen.key_file is None):
+            given, missing = ("certFile", "keyFile") if listen.key_file is None else ("keyFile", "certFile")
+            problems.append(ConfigProblem(f"{key}.{missing}", f"is missing: {given} is set, HTTPS needs both"))
+        for name, path in (("certFile", listen.cert_file), ("keyFile", listen.key_file)):
+            if path is not None and not os.access(path, os.R_OK):
+                problems.append(ConfigProblem(f"{key}.{name}", f"{path!r} cannot be read"))
+        other = listening.setdefault((listen.host, listen.port), index)
+        if other != index:
+            problems.append(
+                ConfigProblem(
+                    f"{key}.port",
+                    f"{listen.host}:{listen.port} is already the receiver of calendarProviders[{other}]: give each "
+                    "Graph provider its own port",
+                )
+            )
+    return problems

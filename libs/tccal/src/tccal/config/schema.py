@@ -161,6 +161,19 @@ GRAPH_CLOUDS: dict[str, tuple[str, str]] = {
 }
 
 
+class NotificationListen(_Section):
+    """Where graph-ingest's change-notification receiver listens (behind the public `notificationUrl`)."""
+
+    host: str = Field("0.0.0.0", min_length=1, description="Address the receiver binds (0.0.0.0: every interface).")
+    port: Port = Field(8066, description="Its TCP port.")
+    cert_file: str | None = Field(
+        None,
+        description="PEM certificate (chain) to serve HTTPS itself; without it the receiver speaks plain HTTP and a "
+        "reverse proxy terminates the public HTTPS.",
+    )
+    key_file: str | None = Field(None, description="The certificate's PEM private key (with certFile).")
+
+
 class GraphCalendarProvider(_Section):
     """Exchange Online (Microsoft 365) through Microsoft Graph with an app-only (client credentials) token."""
 
@@ -189,6 +202,15 @@ class GraphCalendarProvider(_Section):
     )
     max_concurrency: int = Field(
         4, ge=1, le=4, description="Parallel Graph requests per mailbox (Outlook allows 4 per app and mailbox)."
+    )
+    notification_url: HttpsUrl | None = Field(
+        None,
+        description="Public HTTPS URL Microsoft Graph posts change notifications to (it must reach "
+        "notificationListen); without it the mailboxes are polled with calendarView/delta only.",
+    )
+    notification_listen: NotificationListen = Field(
+        default_factory=NotificationListen,
+        description="The local address of the change-notification receiver (used with notificationUrl).",
     )
     users: list[Email] = Field(default_factory=list, description="Mailboxes synced at start, first in line for seats.")
 

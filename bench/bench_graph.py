@@ -1,0 +1,147 @@
+"""Graph propagation: event created in the Graph emulator → its CalendarChange on the CALENDAR stream, measured with
+change notifications and with delta polling in one run (services/graph-ingest/README.md quotes the numbers).
+
+    .venv/bin/python bench/bench_graph.py [--events 20] [--poll 10] [--gap 0.7]
+
+Embedded NATS JetStream, the Graph emulator (a subprocess, notifications to graph-ingest's HTTPS receiver), a seat
+server, graph-ingest's GraphRuntime in this process (as its tests run it). Events are created one by one by a raw
+Graph client of its own (with notifications `--gap` to twice that apart; with polling at a random phase of the poll
+cycle, a pause drawn uniformly from 0 to `--poll`); latency =
+`time.monotonic()` after the emulator's 201 → the change's arrival at a JetStream subscriber. Run 1: notificationUrl
+set, polling at 300 s (so only notifications explain what is seen). Run 2: no notificationUrl, polling every
+`--poll` seconds (graph-ingest's default is 60 s: expect about half the interval on average, the interval at worst).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "services" / "graph-ingest" / "tests"), str(ROOT / "services" / "ews-ingest" / "tests")]
+
+from ews_ingest_support import ChangeCollector  # noqa: E402
+from graph_ingest_support import (  # noqa: E402
+    FAST,
+    GraphWriter,
+    NotifyEndpoint,
+    SeatServer,
+    emulator_subscriptions,
+    graph_config,
+    graph_provider,
+    new_mailboxes,
+    running_graph,
+)
+
+from bench import RESULTS, machine, percentiles, write_result  # noqa: E402
+from graph_emulator.testing import EmulatorProcess, build_config, start_emulator  # noqa: E402
+from graph_emulator.tls import self_signed_certificate  # noqa: E402
+from tccal_sandbox.embedded import EmbeddedNats, free_port  # noqa: E402
+from tccal_sandbox.testing import short_tmpdir, wait_for_async  # noqa: E402
+
+
+async def measure(
+    label: str,
+    provider: dict[str, Any],
+    mailbox: str,
+    tuning: Any,
+    args: argparse.Namespace,
+    emu: EmulatorProcess,
+    nats: EmbeddedNats,
+    seats: SeatServer,
+) -> list[float]:
+    collector = ChangeCollector(nats.url_for("admin"))
+    writer = GraphWriter(emu)
+    try:
+        async with running_graph(graph_config(seats.address, [provider]), nats, tuning) as graph:
+            await graph.rounds(mailbox)
+            keeper = graph.keeper(mailbox)
+            notifying = bool(provider.get("notificationUrl"))
+            if notifying:
+                await graph.subscribed(mailbox)
+            await collector.start()
+            latencies: list[float] = []
+            for number in range(args.events):
+                created = await writer.create(mailbox, f"{label} {number}")
+                sent = time.monotonic()
+                found = await wait_for_async(
+                    lambda c=created: collector.received_for(lambda ch: ch.item_id == c["id"]),
+                    timeout=tuning.poll_seconds * 2 + 30,
+                    interval=0.005,
+                    what=f"{label} event {number}",
+                )
+                latencies.append(found.at - sent)
+                # the next event at a random phase of the poll cycle (polling) or after a short pause (notifications)
+                pause = random.uniform(0, tuning.poll_seconds) if not notifying else args.gap * random.uniform(1, 2)
+                await asyncio.sleep(pause)
+            print(f"{label}: {keeper.stats}", file=sys.stderr)
+            return latencies
+    finally:
+        await collector.stop()
+        await writer.close()
+
+
+async def run(args: argparse.Namespace) -> Path:
+    work = Path(tempfile.mkdtemp(prefix="bench-graph-"))
+    cert, key = self_signed_certificate(work)
+    endpoint = NotifyEndpoint(str(cert), str(key), free_port())
+    nats_dir = short_tmpdir("tcbgn")
+    nats = EmbeddedNats(nats_dir)
+    nats.start()
+    seats = SeatServer()
+    await seats.start()
+    try:
+        with start_emulator(build_config(extra={"subscriptions": emulator_subscriptions(endpoint)})) as emu:
+            notified_box, polled_box = new_mailboxes(emu, "notified", "polled")
+            notified = await measure(
+                "notifications",
+                {**graph_provider(emu, [notified_box], name="bench"), **endpoint.section()},
+                notified_box,
+                dataclasses.replace(FAST, poll_seconds=300.0, notified_poll_seconds=300.0),
+                args,
+                emu,
+                nats,
+                seats,
+            )
+            polled = await measure(
+                f"polling every {args.poll:g} s",
+                graph_provider(emu, [polled_box], name="bench"),
+                polled_box,
+                dataclasses.replace(FAST, poll_seconds=args.poll),
+                args,
+                emu,
+                nats,
+                seats,
+            )
+    finally:
+        await seats.stop()
+        nats.stop()
+        shutil.rmtree(nats_dir, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+    rows = {"notifications": percentiles(notified), f"delta polling every {args.poll:g} s": percentiles(polled)}
+    result = {"machine": machine(), "events": args.events, "poll_seconds": args.poll, "latency_s": rows}
+    table = "| graph-ingest mode | n | p50 s | p95 s | p99 s | max s |\n|---|---|---|---|---|---|\n" + "".join(
+        f"| {name} | {r['n']} | {r['p50']} | {r['p95']} | {r['p99']} | {r['max']} |\n" for name, r in rows.items()
+    )
+    return write_result("graph-propagation", result, table, Path(args.out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20, help="events created per mode")
+    parser.add_argument("--poll", type=float, default=10.0, help="polling interval of the polling run, seconds")
+    parser.add_argument("--gap", type=float, default=0.7, help="pause between events (plus up to as much jitter)")
+    parser.add_argument("--out", default=str(RESULTS), help="directory of the result files")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
