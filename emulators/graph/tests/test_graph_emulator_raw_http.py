@@ -180,7 +180,9 @@ async def test_batch_is_fully_sequential_or_fully_parallel_ids_unique_and_not_ne
     twice = [{"id": "1", "method": "GET", "url": events}, {"id": "1", "method": "GET", "url": events}]
     status, body = await raw.call("POST", "/$batch", {"requests": twice})
     assert status == 400 and "duplicate request id '1'" in body["error"]["message"]
-    nested = [{"id": "1", "method": "POST", "url": "/$batch", "body": {}, "headers": {"Content-Type": "application/json"}}]
+    nested = [
+        {"id": "1", "method": "POST", "url": "/$batch", "body": {}, "headers": {"Content-Type": "application/json"}}
+    ]
     status, body = await raw.call("POST", "/$batch", {"requests": nested})
     assert status == 400 and "itself a $batch" in body["error"]["message"]
     parallel = [{"id": str(n), "method": "GET", "url": events} for n in range(1, 21)]

@@ -266,18 +266,19 @@ async def test_a_wrong_client_secret_names_the_provider_entry(
     assert "calendarProviders[0].clientSecret" in ready_error
 
 
-async def test_series_occurrences_and_exceptions_are_published_as_calendarview_returns_them(
+async def test_series_master_is_published_with_its_recurrence_exception_and_cancelled_occurrence(
     emu: EmulatorProcess, nats_server: EmbeddedNats, seats: SeatServer, collector: ChangeCollector, writer: GraphWriter
 ) -> None:
     (mailbox,) = new_mailboxes(emu, "kira")
     first = soon(days=1, hour=8)
+    weekday = first.strftime("%A").lower()
     series = await writer.create(
         mailbox,
         "Weekly standup",
         start=first,
         minutes=15,
         recurrence={
-            "pattern": {"type": "daily", "interval": 7},
+            "pattern": {"type": "weekly", "interval": 1, "daysOfWeek": [weekday], "firstDayOfWeek": "monday"},
             "range": {"type": "numbered", "startDate": first.date().isoformat(), "numberOfOccurrences": 3},
         },
     )
@@ -285,8 +286,18 @@ async def test_series_occurrences_and_exceptions_are_published_as_calendarview_r
     async with running_graph(config, nats_server) as graph:
         await collector.start()
         await graph.rounds(mailbox)
-        await wait_for_async(lambda: len(collector.of(mailbox)) == 3, timeout=20, what="three occurrences")
-        occurrences = sorted(collector.of(mailbox), key=lambda c: c.event.start.seconds)
+        await wait_for_async(lambda: len(collector.of(mailbox)) == 4, timeout=20, what="master and three occurrences")
+        (master,) = [c for c in collector.of(mailbox) if c.event.kind == calendar_pb2.ITEM_KIND_RECURRING_MASTER]
+        assert master.item_id == series["id"] and master.event.uid == series["iCalUId"]
+        rule = master.event.recurrence
+        assert rule.WhichOneof("pattern") == "weekly" and rule.weekly.interval == 1
+        assert list(rule.weekly.days_of_week) == [common_pb2.DayOfWeek.Value(f"DAY_OF_WEEK_{weekday.upper()}")]
+        assert rule.weekly.first_day_of_week == common_pb2.DAY_OF_WEEK_MONDAY
+        assert (rule.start_date, rule.number_of_occurrences) == (first.date().isoformat(), 3)
+        assert not master.event.modified_occurrences and not master.event.deleted_occurrences
+        occurrences = sorted(
+            (c for c in collector.of(mailbox) if c.item_id != series["id"]), key=lambda c: c.event.start.seconds
+        )
         assert {c.event.kind for c in occurrences} == {calendar_pb2.ITEM_KIND_OCCURRENCE}
         assert {c.event.uid for c in occurrences} == {series["iCalUId"]}
         assert [c.event.recurrence_id.seconds for c in occurrences] == [c.event.start.seconds for c in occurrences]
@@ -302,6 +313,17 @@ async def test_series_occurrences_and_exceptions_are_published_as_calendarview_r
         assert changed.event.subject == "Weekly standup (long)"
         assert changed.event.recurrence_id == second.event.recurrence_id
         await collector.wait(lambda c: c.item_id == third.item_id and c.type == DELETE, what="the cancelled one")
+        again = await collector.wait(
+            lambda c: c.item_id == series["id"] and len(c.event.deleted_occurrences) == 1, what="the master again"
+        )
+        assert list(again.event.deleted_occurrences) == [third.event.recurrence_id]
+        (modified,) = again.event.modified_occurrences
+        assert (modified.item_id, modified.subject) == (second.item_id, "Weekly standup (long)")
+        assert modified.original_start == second.event.recurrence_id
+        # The whole series deleted: its instances are @removed and the known master is found gone.
+        await writer.delete(mailbox, series["id"])
+        await graph.poll(mailbox)
+        await collector.wait(lambda c: c.item_id == series["id"] and c.type == DELETE, what="the master deleted")
 
 
 async def test_windows_time_zone_html_body_sensitivity_and_cancellation_are_normalized(
