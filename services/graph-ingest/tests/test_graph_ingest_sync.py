@@ -421,3 +421,92 @@ async def test_a_new_day_rereads_the_mailbox_for_the_moved_window(
     assert kinds.count(BEGIN) == 1 and kinds.count(END) == 1
     end = next(c for c in collector.of(mailbox) if c.type == END)
     assert end.resync.token.startswith("window-")
+
+
+async def test_every_graph_recurrence_pattern_and_range_becomes_the_masters_recurrence(
+    emu: EmulatorProcess, nats_server: EmbeddedNats, seats: SeatServer, collector: ChangeCollector, writer: GraphWriter
+) -> None:
+    """patternedRecurrence → common.Recurrence for the six pattern types and the three range types, read from the
+    masters graph-ingest fetched (the emulator renders them as Graph documents them)."""
+    (mailbox,) = new_mailboxes(emu, "ugo")
+    first = soon(days=2, hour=9)
+    day = first.date().isoformat()
+    end = (first + dt.timedelta(days=300)).date().isoformat()
+    weekday = first.strftime("%A").lower()
+    next_day = (first + dt.timedelta(days=1)).strftime("%A").lower()
+    # relativeYearly must have an occurrence in the window: the week of `first` in its month
+    index = ("first", "second", "third", "fourth", "last")[(first.day - 1) // 7]
+    patterns: dict[str, tuple[dict[str, object], dict[str, object]]] = {
+        "daily": ({"type": "daily", "interval": 3}, {"type": "numbered", "numberOfOccurrences": 5}),
+        "weekly": (
+            {"type": "weekly", "interval": 2, "daysOfWeek": [weekday, next_day], "firstDayOfWeek": "monday"},
+            {"type": "endDate", "endDate": end},
+        ),
+        "absoluteMonthly": ({"type": "absoluteMonthly", "interval": 1, "dayOfMonth": first.day}, {"type": "noEnd"}),
+        "relativeMonthly": (
+            {
+                "type": "relativeMonthly",
+                "interval": 2,
+                "daysOfWeek": ["monday", "tuesday", "wednesday", "thursday", "friday"],
+                "index": "last",
+            },
+            {"type": "noEnd"},
+        ),
+        "absoluteYearly": (
+            {"type": "absoluteYearly", "interval": 1, "month": first.month, "dayOfMonth": first.day},
+            {"type": "numbered", "numberOfOccurrences": 3},
+        ),
+        "relativeYearly": (
+            {"type": "relativeYearly", "interval": 1, "month": first.month, "daysOfWeek": [weekday], "index": index},
+            {"type": "noEnd"},
+        ),
+    }
+    created: dict[str, dict[str, object]] = {}
+    for name, (pattern, boundary) in patterns.items():
+        created[name] = await writer.create(
+            mailbox, name, start=first, recurrence={"pattern": pattern, "range": {**boundary, "startDate": day}}
+        )
+    config = graph_config(seats.address, [graph_provider(emu, [mailbox])])
+    async with running_graph(config, nats_server) as graph:
+        await collector.start()
+        await graph.rounds(mailbox)
+
+        def masters() -> dict[str, calendar_pb2.CalendarEvent]:
+            found = [c for c in collector.of(mailbox) if c.event.kind == calendar_pb2.ITEM_KIND_RECURRING_MASTER]
+            return {c.event.subject: c.event for c in found}
+
+        await wait_for_async(lambda: len(masters()) == 6, timeout=20, what="six masters")
+    got = {name: event.recurrence for name, event in masters().items()}
+    assert {name: event.item_id for name, event in masters().items()} == {n: e["id"] for n, e in created.items()}
+    assert {name: rule.start_date for name, rule in got.items()} == dict.fromkeys(patterns, day)
+    day_of = common_pb2.DayOfWeek.Value(f"DAY_OF_WEEK_{weekday.upper()}")
+    assert (got["daily"].daily.interval, got["daily"].number_of_occurrences) == (3, 5)
+    weekly = got["weekly"]
+    assert (weekly.weekly.interval, weekly.weekly.first_day_of_week, weekly.end_date) == (
+        2,
+        common_pb2.DAY_OF_WEEK_MONDAY,
+        end,
+    )
+    assert list(weekly.weekly.days_of_week) == [
+        day_of,
+        common_pb2.DayOfWeek.Value(f"DAY_OF_WEEK_{next_day.upper()}"),
+    ]
+    assert (got["absoluteMonthly"].absolute_monthly.day_of_month, got["absoluteMonthly"].no_end) == (first.day, True)
+    relative = got["relativeMonthly"].relative_monthly
+    assert (relative.interval, relative.days_of_week, relative.week_index) == (
+        2,
+        common_pb2.DAY_OF_WEEK_WEEKDAY,
+        common_pb2.WEEK_INDEX_LAST,
+    )
+    yearly = got["absoluteYearly"]
+    assert (yearly.absolute_yearly.month, yearly.absolute_yearly.day_of_month, yearly.number_of_occurrences) == (
+        first.month,
+        first.day,
+        3,
+    )
+    relative_yearly = got["relativeYearly"].relative_yearly
+    assert (relative_yearly.month, relative_yearly.days_of_week, relative_yearly.week_index) == (
+        first.month,
+        day_of,
+        common_pb2.WeekIndex.Value(f"WEEK_INDEX_{index.upper()}"),
+    )

@@ -99,6 +99,8 @@ class MailboxDelta:
         self.result = RoundResult()
         self._kept: set[str] = set()
         self.known_series = KnownSeries(store, provider, mailbox)
+        #: Masters read in this round: one delta round is one snapshot, so a series spread over pages is read once.
+        self._masters_read: set[str] = set()
 
     @property
     def window_key(self) -> str:
@@ -153,6 +155,11 @@ class MailboxDelta:
     async def _reread(self, token: str) -> None:
         checkpoint = self.checkpoint
         self._kept = set()
+        self._masters_read = set()  # the re-read publishes every master again (its END drops the others)
+        # The re-read's END makes the engine drop every master it does not publish again: start the set afresh (so
+        # series that left the window are no longer re-checked).
+        (await self.known_series.load()).clear()
+        await self.known_series.save()
         checkpoint.reread = token
         checkpoint.link, checkpoint.mid_round = "", False
         await self.store.save_checkpoint(checkpoint)  # before BEGIN: whatever cuts the walk short, it starts again
@@ -205,7 +212,9 @@ class MailboxDelta:
                 for i in upserts
                 if i.get("type") in INSTANCE_TYPES and isinstance(i.get("seriesMasterId"), str) and i["seriesMasterId"]
             }
+            - self._masters_read
         )
+        self._masters_read.update(series)
         known = await self.known_series.load()
         recheck = sorted(known - set(series)) if any("@removed" in i for i in items) else []
         answers = await get_many(self.client, self.mailbox, self._reads(upserts, series, recheck), self._headers())
@@ -241,6 +250,7 @@ class MailboxDelta:
         await self.known_series.save()
         if not changes:
             return
+        masters = {*series, *recheck}
         checkpoint = self.checkpoint
         if checkpoint.reserve(len(changes)):
             await self.store.save_checkpoint(checkpoint)
@@ -254,7 +264,7 @@ class MailboxDelta:
                 checkpoint.changes_published += 1
                 if maybe is not None and maybe.kind == calendar_pb2.ITEM_KIND_RECURRING_MASTER:
                     self.result.masters += 1
-                elif maybe is None and item_id in set(series) | set(recheck):
+                elif maybe is None and item_id in masters:
                     self.result.masters_deleted += 1
             else:
                 self.result.duplicates += 1
