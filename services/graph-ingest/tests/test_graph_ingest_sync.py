@@ -165,6 +165,16 @@ async def test_expired_delta_token_rereads_the_mailbox_inside_a_resync_frame(
     (mailbox,) = new_mailboxes(emu, "fedor")
     kept = [await writer.create(mailbox, f"Kept {n}", start=soon(days=2 + n)) for n in range(3)]
     doomed = await writer.create(mailbox, "Deleted while the token was lost")
+    first = soon(days=2, hour=7)
+    series = await writer.create(  # its master too is published again inside the frame, so the engine keeps it
+        mailbox,
+        "Series",
+        start=first,
+        recurrence={
+            "pattern": {"type": "daily", "interval": 1},
+            "range": {"type": "numbered", "startDate": first.date().isoformat(), "numberOfOccurrences": 2},
+        },
+    )
     config = graph_config(seats.address, [graph_provider(emu, [mailbox])])
     async with running_graph(config, nats_server) as graph:
         await collector.start()
@@ -184,13 +194,15 @@ async def test_expired_delta_token_rereads_the_mailbox_inside_a_resync_frame(
     assert changes[begin].resync.token == changes[end].resync.token
     assert changes[end].change_id == f"{mailbox}/resync-end/{changes[end].resync.token}"
     # everything that exists is inside the frame (nothing lost), the deleted event is not (the engine drops it)
-    assert {c.item_id for c in framed} == {*(e["id"] for e in kept), added["id"]}
+    instances = {c.item_id for c in framed if c.event.kind == calendar_pb2.ITEM_KIND_OCCURRENCE}
+    assert len(instances) == 2
+    assert {c.item_id for c in framed} == {*(e["id"] for e in kept), added["id"], series["id"], *instances}
     assert {c.origin for c in framed} == {calendar_pb2.CHANGE_ORIGIN_RESYNC}
     assert all(c.change_id.endswith(f"/resync/{changes[begin].resync.token}") for c in framed)
     assert doomed["id"] not in {c.item_id for c in framed}
     assert [c.sequence for c in changes] == sorted(c.sequence for c in changes)
-    # each event published once before the frame, once inside it; nothing else
-    assert len(changes) == 4 + 2 + 4
+    # each event (and the master) published once before the frame, once inside it; nothing else
+    assert len(changes) == 7 + 2 + 7
 
 
 async def test_trueconf_keyword_link_and_add_in_marker_mark_conference_requests(
