@@ -27,6 +27,8 @@ from e2e_support import (
     wait_until,
 )
 
+from trueconf.calendar.v1 import common_pb2, sync_pb2, sync_pb2_grpc
+
 #: The add-in's TrueConfMeeting property as Graph names it (README.md publishes the property set GUID).
 MARKER_PROPERTY = "String {7f3a2a5e-44b4-4bd4-9f5e-2b8c7c8e0a11} Name TrueConfMeeting"
 
@@ -283,3 +285,12 @@ def test_graph_4_2_2_weekly_series_with_a_moved_and_a_deleted_occurrence(
             lambda found: sorted(instant(e["start"]) for e in found) == expected,  # the deleted one gone, as EWS
         )
         assert all(e["organizer"] == email("grace") for e in events)
+    # The engine holds the series' rule from the master graph-ingest read (not just bare instances), with the moved
+    # occurrence as a modified one; the occurrences above come from its expansion, each once.
+    with hybrid.channel("sync-engine") as channel:
+        meeting = sync_pb2_grpc.SyncServiceStub(channel).GetMeeting(
+            sync_pb2.GetMeetingRequest(uid=master["iCalUId"]), timeout=10
+        )
+    rule = meeting.recurrence
+    assert rule.WhichOneof("pattern") == "weekly" and list(rule.weekly.days_of_week) == [common_pb2.DAY_OF_WEEK_MONDAY]
+    assert (rule.start_date, rule.number_of_occurrences) == (first.date().isoformat(), 4)

@@ -154,18 +154,40 @@ async def test_batch_depends_on_a_failed_request_answers_424(raw: Raw) -> None:
         "/$batch",
         {
             "requests": [
-                {"id": "1", "method": "GET", "url": f"{ALICE}/events/AAMkAGmissing"},
-                {"id": "2", "method": "GET", "url": f"{ALICE}/events", "dependsOn": ["1"]},
-                {"id": "3", "method": "GET", "url": f"{ALICE}/events"},
+                {"id": "1", "method": "GET", "url": f"{ALICE}/events"},
+                {"id": "2", "method": "GET", "url": f"{ALICE}/events/AAMkAGmissing", "dependsOn": ["1"]},
+                {"id": "3", "method": "GET", "url": f"{ALICE}/events", "dependsOn": ["2"]},
             ]
         },
     )
     assert status == 200
-    assert [(r["id"], r["status"]) for r in body["responses"]] == [("1", 404), ("2", 424), ("3", 200)]
+    assert [(r["id"], r["status"]) for r in body["responses"]] == [("1", 200), ("2", 404), ("3", 424)]
     status, body = await raw.call(
         "POST", "/$batch", {"requests": [{"id": "1", "method": "GET", "url": f"{ALICE}/events", "dependsOn": ["9"]}]}
     )
     assert status == 400
+
+
+async def test_batch_is_fully_sequential_or_fully_parallel_ids_unique_and_not_nested(raw: Raw) -> None:
+    events = f"{ALICE}/events"
+    mixed = [
+        {"id": "1", "method": "GET", "url": events},
+        {"id": "2", "method": "GET", "url": events, "dependsOn": ["1"]},
+        {"id": "3", "method": "GET", "url": events},
+    ]
+    status, body = await raw.call("POST", "/$batch", {"requests": mixed})
+    assert status == 400 and "fully sequential or fully parallel" in body["error"]["message"]
+    twice = [{"id": "1", "method": "GET", "url": events}, {"id": "1", "method": "GET", "url": events}]
+    status, body = await raw.call("POST", "/$batch", {"requests": twice})
+    assert status == 400 and "duplicate request id '1'" in body["error"]["message"]
+    nested = [
+        {"id": "1", "method": "POST", "url": "/$batch", "body": {}, "headers": {"Content-Type": "application/json"}}
+    ]
+    status, body = await raw.call("POST", "/$batch", {"requests": nested})
+    assert status == 400 and "itself a $batch" in body["error"]["message"]
+    parallel = [{"id": str(n), "method": "GET", "url": events} for n in range(1, 21)]
+    status, body = await raw.call("POST", "/$batch", {"requests": parallel})
+    assert status == 200 and sorted(int(r["id"]) for r in body["responses"]) == list(range(1, 21))
 
 
 async def test_subscription_needs_an_https_notification_url_and_a_known_resource(raw: Raw) -> None:

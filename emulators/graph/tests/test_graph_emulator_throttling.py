@@ -80,3 +80,29 @@ async def test_each_request_of_a_batch_counts_against_the_window(emu: EmulatorPr
     throttled = response.get_response_by_id("7")
     assert isinstance(throttled, BatchResponseItem) and throttled.headers is not None
     assert 1 <= int(throttled.headers["Retry-After"]) <= 600
+
+
+async def test_parallel_batch_members_count_against_the_mailbox_concurrency_limit(emu: EmulatorProcess) -> None:
+    """Graph runs up to four members of a batch at once, each one of the mailbox's concurrent requests: with a
+    limit of 2 the third member answers 429 with its own Retry-After while the other two succeed."""
+    emu.control("POST", f"/tenants/{TENANT_ID}/users", {"userPrincipalName": "erin@contoso.test"})
+    client = graph_client(emu, max_retries=0)
+    user = client.users.by_user_id("erin@contoso.test")
+    batch = BatchRequestContent({})
+    for index in range(3):
+        batch.add_request(str(index), BatchRequestItem(user.events.to_get_request_information(), id=str(index)))
+    emu.control("POST", "/mailboxes/erin@contoso.test/hold")
+    try:
+        posted = asyncio.create_task(client.batch.post(batch))
+        await asyncio.wait_for(_in_flight(emu, "erin@contoso.test", 2), 30)
+    finally:
+        emu.control("POST", "/mailboxes/erin@contoso.test/release")
+    response = await posted
+    assert isinstance(response, BatchResponseContent)
+    statuses = response.get_response_status_codes()
+    assert sorted(statuses.values()) == [200, 200, 429]
+    throttled = response.get_response_by_id(next(k for k, v in statuses.items() if v == 429))
+    assert isinstance(throttled, BatchResponseItem) and throttled.headers is not None
+    assert int(throttled.headers["Retry-After"]) >= 1
+    state = emu.control("GET", "/mailboxes/erin@contoso.test")["requests"][APP_ID]
+    assert (state["max_in_flight"], state["throttled"]) == (2, 1)

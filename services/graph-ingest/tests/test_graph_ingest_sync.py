@@ -165,6 +165,16 @@ async def test_expired_delta_token_rereads_the_mailbox_inside_a_resync_frame(
     (mailbox,) = new_mailboxes(emu, "fedor")
     kept = [await writer.create(mailbox, f"Kept {n}", start=soon(days=2 + n)) for n in range(3)]
     doomed = await writer.create(mailbox, "Deleted while the token was lost")
+    first = soon(days=2, hour=7)
+    series = await writer.create(  # its master too is published again inside the frame, so the engine keeps it
+        mailbox,
+        "Series",
+        start=first,
+        recurrence={
+            "pattern": {"type": "daily", "interval": 1},
+            "range": {"type": "numbered", "startDate": first.date().isoformat(), "numberOfOccurrences": 2},
+        },
+    )
     config = graph_config(seats.address, [graph_provider(emu, [mailbox])])
     async with running_graph(config, nats_server) as graph:
         await collector.start()
@@ -184,13 +194,15 @@ async def test_expired_delta_token_rereads_the_mailbox_inside_a_resync_frame(
     assert changes[begin].resync.token == changes[end].resync.token
     assert changes[end].change_id == f"{mailbox}/resync-end/{changes[end].resync.token}"
     # everything that exists is inside the frame (nothing lost), the deleted event is not (the engine drops it)
-    assert {c.item_id for c in framed} == {*(e["id"] for e in kept), added["id"]}
+    instances = {c.item_id for c in framed if c.event.kind == calendar_pb2.ITEM_KIND_OCCURRENCE}
+    assert len(instances) == 2
+    assert {c.item_id for c in framed} == {*(e["id"] for e in kept), added["id"], series["id"], *instances}
     assert {c.origin for c in framed} == {calendar_pb2.CHANGE_ORIGIN_RESYNC}
     assert all(c.change_id.endswith(f"/resync/{changes[begin].resync.token}") for c in framed)
     assert doomed["id"] not in {c.item_id for c in framed}
     assert [c.sequence for c in changes] == sorted(c.sequence for c in changes)
-    # each event published once before the frame, once inside it; nothing else
-    assert len(changes) == 4 + 2 + 4
+    # each event (and the master) published once before the frame, once inside it; nothing else
+    assert len(changes) == 7 + 2 + 7
 
 
 async def test_trueconf_keyword_link_and_add_in_marker_mark_conference_requests(
@@ -266,18 +278,19 @@ async def test_a_wrong_client_secret_names_the_provider_entry(
     assert "calendarProviders[0].clientSecret" in ready_error
 
 
-async def test_series_occurrences_and_exceptions_are_published_as_calendarview_returns_them(
+async def test_series_master_is_published_with_its_recurrence_exception_and_cancelled_occurrence(
     emu: EmulatorProcess, nats_server: EmbeddedNats, seats: SeatServer, collector: ChangeCollector, writer: GraphWriter
 ) -> None:
     (mailbox,) = new_mailboxes(emu, "kira")
     first = soon(days=1, hour=8)
+    weekday = first.strftime("%A").lower()
     series = await writer.create(
         mailbox,
         "Weekly standup",
         start=first,
         minutes=15,
         recurrence={
-            "pattern": {"type": "daily", "interval": 7},
+            "pattern": {"type": "weekly", "interval": 1, "daysOfWeek": [weekday], "firstDayOfWeek": "monday"},
             "range": {"type": "numbered", "startDate": first.date().isoformat(), "numberOfOccurrences": 3},
         },
     )
@@ -285,8 +298,18 @@ async def test_series_occurrences_and_exceptions_are_published_as_calendarview_r
     async with running_graph(config, nats_server) as graph:
         await collector.start()
         await graph.rounds(mailbox)
-        await wait_for_async(lambda: len(collector.of(mailbox)) == 3, timeout=20, what="three occurrences")
-        occurrences = sorted(collector.of(mailbox), key=lambda c: c.event.start.seconds)
+        await wait_for_async(lambda: len(collector.of(mailbox)) == 4, timeout=20, what="master and three occurrences")
+        (master,) = [c for c in collector.of(mailbox) if c.event.kind == calendar_pb2.ITEM_KIND_RECURRING_MASTER]
+        assert master.item_id == series["id"] and master.event.uid == series["iCalUId"]
+        rule = master.event.recurrence
+        assert rule.WhichOneof("pattern") == "weekly" and rule.weekly.interval == 1
+        assert list(rule.weekly.days_of_week) == [common_pb2.DayOfWeek.Value(f"DAY_OF_WEEK_{weekday.upper()}")]
+        assert rule.weekly.first_day_of_week == common_pb2.DAY_OF_WEEK_MONDAY
+        assert (rule.start_date, rule.number_of_occurrences) == (first.date().isoformat(), 3)
+        assert not master.event.modified_occurrences and not master.event.deleted_occurrences
+        occurrences = sorted(
+            (c for c in collector.of(mailbox) if c.item_id != series["id"]), key=lambda c: c.event.start.seconds
+        )
         assert {c.event.kind for c in occurrences} == {calendar_pb2.ITEM_KIND_OCCURRENCE}
         assert {c.event.uid for c in occurrences} == {series["iCalUId"]}
         assert [c.event.recurrence_id.seconds for c in occurrences] == [c.event.start.seconds for c in occurrences]
@@ -302,6 +325,17 @@ async def test_series_occurrences_and_exceptions_are_published_as_calendarview_r
         assert changed.event.subject == "Weekly standup (long)"
         assert changed.event.recurrence_id == second.event.recurrence_id
         await collector.wait(lambda c: c.item_id == third.item_id and c.type == DELETE, what="the cancelled one")
+        again = await collector.wait(
+            lambda c: c.item_id == series["id"] and len(c.event.deleted_occurrences) == 1, what="the master again"
+        )
+        assert list(again.event.deleted_occurrences) == [third.event.recurrence_id]
+        (modified,) = again.event.modified_occurrences
+        assert (modified.item_id, modified.subject) == (second.item_id, "Weekly standup (long)")
+        assert modified.original_start == second.event.recurrence_id
+        # The whole series deleted: its instances are @removed and the known master is found gone.
+        await writer.delete(mailbox, series["id"])
+        await graph.poll(mailbox)
+        await collector.wait(lambda c: c.item_id == series["id"] and c.type == DELETE, what="the master deleted")
 
 
 async def test_windows_time_zone_html_body_sensitivity_and_cancellation_are_normalized(
@@ -399,3 +433,92 @@ async def test_a_new_day_rereads_the_mailbox_for_the_moved_window(
     assert kinds.count(BEGIN) == 1 and kinds.count(END) == 1
     end = next(c for c in collector.of(mailbox) if c.type == END)
     assert end.resync.token.startswith("window-")
+
+
+async def test_every_graph_recurrence_pattern_and_range_becomes_the_masters_recurrence(
+    emu: EmulatorProcess, nats_server: EmbeddedNats, seats: SeatServer, collector: ChangeCollector, writer: GraphWriter
+) -> None:
+    """patternedRecurrence → common.Recurrence for the six pattern types and the three range types, read from the
+    masters graph-ingest fetched (the emulator renders them as Graph documents them)."""
+    (mailbox,) = new_mailboxes(emu, "ugo")
+    first = soon(days=2, hour=9)
+    day = first.date().isoformat()
+    end = (first + dt.timedelta(days=300)).date().isoformat()
+    weekday = first.strftime("%A").lower()
+    next_day = (first + dt.timedelta(days=1)).strftime("%A").lower()
+    # relativeYearly must have an occurrence in the window: the week of `first` in its month
+    index = ("first", "second", "third", "fourth", "last")[(first.day - 1) // 7]
+    patterns: dict[str, tuple[dict[str, object], dict[str, object]]] = {
+        "daily": ({"type": "daily", "interval": 3}, {"type": "numbered", "numberOfOccurrences": 5}),
+        "weekly": (
+            {"type": "weekly", "interval": 2, "daysOfWeek": [weekday, next_day], "firstDayOfWeek": "monday"},
+            {"type": "endDate", "endDate": end},
+        ),
+        "absoluteMonthly": ({"type": "absoluteMonthly", "interval": 1, "dayOfMonth": first.day}, {"type": "noEnd"}),
+        "relativeMonthly": (
+            {
+                "type": "relativeMonthly",
+                "interval": 2,
+                "daysOfWeek": ["monday", "tuesday", "wednesday", "thursday", "friday"],
+                "index": "last",
+            },
+            {"type": "noEnd"},
+        ),
+        "absoluteYearly": (
+            {"type": "absoluteYearly", "interval": 1, "month": first.month, "dayOfMonth": first.day},
+            {"type": "numbered", "numberOfOccurrences": 3},
+        ),
+        "relativeYearly": (
+            {"type": "relativeYearly", "interval": 1, "month": first.month, "daysOfWeek": [weekday], "index": index},
+            {"type": "noEnd"},
+        ),
+    }
+    created: dict[str, dict[str, object]] = {}
+    for name, (pattern, boundary) in patterns.items():
+        created[name] = await writer.create(
+            mailbox, name, start=first, recurrence={"pattern": pattern, "range": {**boundary, "startDate": day}}
+        )
+    config = graph_config(seats.address, [graph_provider(emu, [mailbox])])
+    async with running_graph(config, nats_server) as graph:
+        await collector.start()
+        await graph.rounds(mailbox)
+
+        def masters() -> dict[str, calendar_pb2.CalendarEvent]:
+            found = [c for c in collector.of(mailbox) if c.event.kind == calendar_pb2.ITEM_KIND_RECURRING_MASTER]
+            return {c.event.subject: c.event for c in found}
+
+        await wait_for_async(lambda: len(masters()) == 6, timeout=20, what="six masters")
+    got = {name: event.recurrence for name, event in masters().items()}
+    assert {name: event.item_id for name, event in masters().items()} == {n: e["id"] for n, e in created.items()}
+    assert {name: rule.start_date for name, rule in got.items()} == dict.fromkeys(patterns, day)
+    day_of = common_pb2.DayOfWeek.Value(f"DAY_OF_WEEK_{weekday.upper()}")
+    assert (got["daily"].daily.interval, got["daily"].number_of_occurrences) == (3, 5)
+    weekly = got["weekly"]
+    assert (weekly.weekly.interval, weekly.weekly.first_day_of_week, weekly.end_date) == (
+        2,
+        common_pb2.DAY_OF_WEEK_MONDAY,
+        end,
+    )
+    assert list(weekly.weekly.days_of_week) == [
+        day_of,
+        common_pb2.DayOfWeek.Value(f"DAY_OF_WEEK_{next_day.upper()}"),
+    ]
+    assert (got["absoluteMonthly"].absolute_monthly.day_of_month, got["absoluteMonthly"].no_end) == (first.day, True)
+    relative = got["relativeMonthly"].relative_monthly
+    assert (relative.interval, relative.days_of_week, relative.week_index) == (
+        2,
+        common_pb2.DAY_OF_WEEK_WEEKDAY,
+        common_pb2.WEEK_INDEX_LAST,
+    )
+    yearly = got["absoluteYearly"]
+    assert (yearly.absolute_yearly.month, yearly.absolute_yearly.day_of_month, yearly.number_of_occurrences) == (
+        first.month,
+        first.day,
+        3,
+    )
+    relative_yearly = got["relativeYearly"].relative_yearly
+    assert (relative_yearly.month, relative_yearly.days_of_week, relative_yearly.week_index) == (
+        first.month,
+        day_of,
+        common_pb2.WeekIndex.Value(f"WEEK_INDEX_{index.upper()}"),
+    )

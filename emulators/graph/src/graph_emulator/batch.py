@@ -3,12 +3,25 @@
 https://learn.microsoft.com/en-us/graph/json-batching: {"requests": [{id, method, url, headers, body, dependsOn}]} →
 {"responses": [{id, status, headers, body}]}; at most 20 requests (more → 400); ids unique; a body needs a
 Content-Type header; a request whose dependsOn failed answers 424 Failed Dependency. Each request is checked against
-throttling on its own (https://learn.microsoft.com/en-us/graph/throttling#throttling-and-batching). The emulator runs
-the requests one after the other in the given order (the order is the service's choice when no dependsOn is given).
+throttling on its own (https://learn.microsoft.com/en-us/graph/throttling#throttling-and-batching), so a member can
+answer 429 with its own Retry-After while the others succeed.
+
+Execution, as Microsoft describes it:
+- A batch is either fully parallel (no dependsOn) or fully sequential (every request after the first has dependsOn);
+  a mix is refused with 400 "Batch should be either fully sequential or fully parallel"
+  (https://learn.microsoft.com/en-us/answers/questions/1532547, Microsoft's answer). dependsOn may only name earlier
+  ids of the same batch.
+- Graph dispatches up to four members of a parallel batch to Outlook at the same time
+  (https://learn.microsoft.com/en-us/answers/questions/1660054, Microsoft's answer), each holding one of the mailbox's
+  four concurrent requests (throttle.py): a client that has other requests in flight for the mailbox sees members
+  answer 429 MailboxConcurrency. Sequential members run one after the other.
+- Responses may come in any order (json-batching, "Response format"); the emulator answers in request order.
+- A batch cannot contain another $batch.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -21,6 +34,8 @@ from .graph_api import GraphRequest, GraphResponse
 from .timefmt import parse_prefer
 
 MAX_BATCH_REQUESTS = 20
+#: Members of a parallel batch Graph runs against Outlook at once.
+PARALLEL_MEMBERS = 4
 METHODS = ("GET", "POST", "PATCH", "PUT", "DELETE")
 
 
@@ -63,7 +78,12 @@ def _validate(body: Any) -> list[dict[str, Any]]:
                 f"Invalid batch payload format: request '{rid}' depends on {depends!r}, which are not "
                 "earlier requests of the batch."
             )
+        if urlsplit(url).path.rstrip("/").lower().endswith("$batch"):
+            raise bad_request(f"Invalid batch payload format: request '{rid}' is itself a $batch.")
         seen.add(rid)
+    dependent = [bool(item.get("dependsOn")) for item in requests[1:]]
+    if any(dependent) and not all(dependent):
+        raise bad_request("Batch should be either fully sequential or fully parallel", "BadRequest")
     return requests
 
 
@@ -87,9 +107,10 @@ def _request(item: dict[str, Any], headers: CIMultiDict[str], token: IssuedToken
 async def run_batch(
     body: Any, token: IssuedToken, base_url: str, execute: Callable[[GraphRequest], Awaitable[GraphResponse]]
 ) -> dict[str, Any]:
-    responses: list[dict[str, Any]] = []
+    requests = _validate(body)
     status_of: dict[str, int] = {}
-    for item in _validate(body):
+
+    async def run_one(item: dict[str, Any]) -> dict[str, Any]:
         rid = item["id"]
         headers = CIMultiDict({str(k): str(v) for k, v in (item.get("headers") or {}).items()})
         result: GraphResponse
@@ -107,5 +128,14 @@ async def run_batch(
         if result.body is not None:
             entry["headers"].setdefault("Content-Type", "application/json")
             entry["body"] = result.body
-        responses.append(entry)
-    return {"responses": responses}
+        return entry
+
+    if any(item.get("dependsOn") for item in requests):
+        return {"responses": [await run_one(item) for item in requests]}
+    dispatch = asyncio.Semaphore(PARALLEL_MEMBERS)
+
+    async def dispatched(item: dict[str, Any]) -> dict[str, Any]:
+        async with dispatch:
+            return await run_one(item)
+
+    return {"responses": list(await asyncio.gather(*(dispatched(item) for item in requests)))}

@@ -8,7 +8,10 @@ only after every change of its page is acked by JetStream, so a restart resumes 
 publishes nothing twice. Items with `@removed` become CHANGE_TYPE_DELETE.
 
 calendarView/delta refuses `$expand`, so the TrueConfMeeting extended property of each created or changed event is
-read with one GET of the event (`$expand=singleValueExtendedProperties($filter=id eq '…')`).
+read with a GET of the event (`$expand=singleValueExtendedProperties($filter=id eq '…')`), 20 to a `$batch`
+(batch.py). The same batches read the series master and its instances in the window for every series the page
+touches (series.py): the master is published as ITEM_KIND_RECURRING_MASTER before the page's instances. When a page
+removes anything, the mailbox's known masters (known_series.py) are read again and those gone are published deleted.
 
 Graph forgets delta tokens (410 `syncStateNotFound`: "the delta token is no longer valid"; Outlook keeps them in a
 cache of its own size). A round refused that way after the first complete round reads the mailbox again with a
@@ -24,13 +27,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from graph_ingest.batch import Answer, get_many
 from graph_ingest.graph import GraphClient, GraphError
+from graph_ingest.known_series import KnownSeries
 from graph_ingest.normalize import NormalizationError, normalize, timestamp
+from graph_ingest.series import complete_master
 from graph_ingest.state import Checkpoint, StateStore
 from tccal.bus import Bus
 from tccal.cache_window import CacheWindow
@@ -41,6 +48,9 @@ from trueconf.calendar.v1 import calendar_pb2
 log = logging.getLogger(__name__)
 #: Graph's answer to a delta or skip token it no longer knows.
 SYNC_STATE_NOT_FOUND = 410
+#: Every read asks for UTC times (normalize.py expects them).
+UTC_PREFERENCE = 'outlook.timezone="UTC"'
+INSTANCE_TYPES = ("occurrence", "exception")
 
 
 @dataclass
@@ -54,6 +64,9 @@ class RoundResult:
     snapshots: int = 0
     #: 410 syncStateNotFound answers that started a fresh delta.
     token_resets: int = 0
+    #: Series masters published (upserts) and published as deleted.
+    masters: int = 0
+    masters_deleted: int = 0
 
 
 class MailboxDelta:
@@ -85,6 +98,9 @@ class MailboxDelta:
         self.stop = stop
         self.result = RoundResult()
         self._kept: set[str] = set()
+        self.known_series = KnownSeries(store, provider, mailbox)
+        #: Masters read in this round: one delta round is one snapshot, so a series spread over pages is read once.
+        self._masters_read: set[str] = set()
 
     @property
     def window_key(self) -> str:
@@ -139,6 +155,11 @@ class MailboxDelta:
     async def _reread(self, token: str) -> None:
         checkpoint = self.checkpoint
         self._kept = set()
+        self._masters_read = set()  # the re-read publishes every master again (its END drops the others)
+        # The re-read's END makes the engine drop every master it does not publish again: start the set afresh (so
+        # series that left the window are no longer re-checked).
+        (await self.known_series.load()).clear()
+        await self.known_series.save()
         checkpoint.reread = token
         checkpoint.link, checkpoint.mid_round = "", False
         await self.store.save_checkpoint(checkpoint)  # before BEGIN: whatever cuts the walk short, it starts again
@@ -185,9 +206,31 @@ class MailboxDelta:
         self, items: list[dict[str, Any]], origin: calendar_pb2.ChangeOrigin.ValueType, token: str
     ) -> None:
         upserts = [i for i in items if "@removed" not in i and isinstance(i.get("id"), str)]
-        properties = await asyncio.gather(*(self._marker_property(i["id"]) for i in upserts))
-        found = dict(zip((i["id"] for i in upserts), properties, strict=True))
+        series = sorted(
+            {
+                str(i["seriesMasterId"])
+                for i in upserts
+                if i.get("type") in INSTANCE_TYPES and isinstance(i.get("seriesMasterId"), str) and i["seriesMasterId"]
+            }
+            - self._masters_read
+        )
+        self._masters_read.update(series)
+        known = await self.known_series.load()
+        recheck = sorted(known - set(series)) if any("@removed" in i for i in items) else []
+        answers = await get_many(self.client, self.mailbox, self._reads(upserts, series, recheck), self._headers())
         changes: list[tuple[str, calendar_pb2.CalendarEvent | None]] = []
+        for master_id in recheck:
+            if answers[f"recheck:{master_id}"].gone:
+                changes.append((master_id, None))
+                known.discard(master_id)
+        for master_id in series:
+            gone, master = await self._master(master_id, answers)
+            if gone:
+                changes.append((master_id, None))
+                known.discard(master_id)
+            elif master is not None:
+                changes.append((master_id, master))
+                known.add(master_id)
         for item in items:
             item_id = item.get("id")
             if not isinstance(item_id, str) or not item_id:
@@ -195,24 +238,19 @@ class MailboxDelta:
             if "@removed" in item:
                 changes.append((item_id, None))
                 continue
-            gone, value = found[item_id]
-            if gone:
+            answer = answers[f"marker:{item_id}"]
+            if answer.gone:
                 continue  # deleted between the delta page and the GET: the next round reports the removal
+            value = _marker_value(answer.body)
             if value is not None:
                 item = {**item, "singleValueExtendedProperties": [{"id": MARKER_GRAPH_PROPERTY_ID, "value": value}]}
-            try:
-                event = normalize(item, marker=self.marker)
-            except NormalizationError as exc:
-                self.result.skipped += 1
-                self._kept.add(item_id)
-                log.error(
-                    "calendar item skipped: it cannot be normalized",
-                    extra={"mailbox": self.mailbox, "item_id": item_id, "reason": str(exc)},
-                )
-                continue
-            changes.append((item_id, event))
+            event = self._normalized(item_id, item)
+            if event is not None:
+                changes.append((item_id, event))
+        await self.known_series.save()
         if not changes:
             return
+        masters = {*series, *recheck}
         checkpoint = self.checkpoint
         if checkpoint.reserve(len(changes)):
             await self.store.save_checkpoint(checkpoint)
@@ -224,27 +262,74 @@ class MailboxDelta:
             if await self._publish(change):
                 self.result.published += 1
                 checkpoint.changes_published += 1
+                if maybe is not None and maybe.kind == calendar_pb2.ITEM_KIND_RECURRING_MASTER:
+                    self.result.masters += 1
+                elif maybe is None and item_id in masters:
+                    self.result.masters_deleted += 1
             else:
                 self.result.duplicates += 1
             if maybe is None:
                 self.result.deleted += 1
 
-    async def _marker_property(self, item_id: str) -> tuple[bool, str | None]:
-        """(gone, value) of the event's TrueConfMeeting property."""
+    def _headers(self) -> dict[str, str]:
+        return {"Prefer": UTC_PREFERENCE}
+
+    def _reads(self, upserts: list[dict[str, Any]], series: list[str], recheck: list[str]) -> dict[str, str]:
+        """The page's GETs for one get_many: key → URL below the Graph root."""
+        user = f"/users/{quote(self.mailbox)}/events"
         expand = f"singleValueExtendedProperties($filter=id eq '{MARKER_GRAPH_PROPERTY_ID}')"
-        query = urlencode({"$select": "id", "$expand": expand}, quote_via=quote)
-        url = self.client.url(f"/users/{quote(self.mailbox)}/events/{quote(item_id, safe='')}?{query}")
+        marker_query = urlencode({"$select": "id", "$expand": expand}, quote_via=quote)
+        window = urlencode(
+            {"startDateTime": _iso(self.window.start), "endDateTime": _iso(self.window.end), "$top": "100"},
+            quote_via=quote,
+        )
+        reads = {f"marker:{i['id']}": f"{user}/{quote(i['id'], safe='')}?{marker_query}" for i in upserts}
+        for master_id in series:
+            escaped = quote(master_id, safe="")
+            reads[f"master:{master_id}"] = f"{user}/{escaped}?{urlencode({'$expand': expand}, quote_via=quote)}"
+            reads[f"instances:{master_id}"] = f"{user}/{escaped}/instances?{window}"
+        for master_id in recheck:
+            reads[f"recheck:{master_id}"] = f"{user}/{quote(master_id, safe='')}?$select=id"
+        return reads
+
+    async def _master(
+        self, master_id: str, answers: dict[str, Answer]
+    ) -> tuple[bool, calendar_pb2.CalendarEvent | None]:
+        """(gone, the series master as CalendarEvent): gone when Graph no longer has it, no event when it cannot be
+        normalized (logged; a re-read's END keeps it)."""
+        master, first_page = answers[f"master:{master_id}"], answers[f"instances:{master_id}"]
+        if master.gone or first_page.gone:
+            return True, None
+        instances = list(first_page.body.get("value") or [])
+        link = first_page.body.get("@odata.nextLink")
+        while isinstance(link, str) and link:
+            page = await self.client.get(self.mailbox, link, self._headers())
+            instances.extend(page.get("value") or [])
+            link = page.get("@odata.nextLink")
+        event = self._normalized(master_id, master.body)
+        if event is None:
+            return False, None
         try:
-            event = await self.client.get(self.mailbox, url)
-        except GraphError as exc:
-            if exc.status == 404:
-                return True, None
-            raise
-        for prop in event.get("singleValueExtendedProperties") or []:
-            if str(prop.get("id", "")).lower() == MARKER_GRAPH_PROPERTY_ID.lower():
-                value = prop.get("value")
-                return False, str(value) if value is not None else None
-        return False, None
+            complete_master(event, master.body, instances, (self.window.start, self.window.end))
+        except NormalizationError as exc:
+            self._skip(master_id, exc)
+            return False, None
+        return False, event
+
+    def _normalized(self, item_id: str, item: dict[str, Any]) -> calendar_pb2.CalendarEvent | None:
+        try:
+            return normalize(item, marker=self.marker)
+        except NormalizationError as exc:
+            self._skip(item_id, exc)
+            return None
+
+    def _skip(self, item_id: str, exc: Exception) -> None:
+        self.result.skipped += 1
+        self._kept.add(item_id)
+        log.error(
+            "calendar item skipped: it cannot be normalized",
+            extra={"mailbox": self.mailbox, "item_id": item_id, "reason": str(exc)},
+        )
 
     def _change(
         self,
@@ -258,6 +343,10 @@ class MailboxDelta:
             change = calendar_pb2.CalendarChange(type=calendar_pb2.CHANGE_TYPE_DELETE)
         else:
             change_id = f"{self.mailbox}/{item_id}/{event.change_key}"
+            if event.kind == calendar_pb2.ITEM_KIND_RECURRING_MASTER:
+                # A master's occurrences change without its changeKey changing: the content names the change.
+                digest = hashlib.sha256(event.SerializeToString(deterministic=True)).hexdigest()[:16]
+                change_id = f"{change_id}/{digest}"
             change = calendar_pb2.CalendarChange(type=calendar_pb2.CHANGE_TYPE_UPSERT)
             change.event.CopyFrom(event)
         if token:
@@ -296,6 +385,15 @@ class MailboxDelta:
     async def _publish(self, change: calendar_pb2.CalendarChange) -> bool:
         subject = calendar_subject(change.provider, change.mailbox)
         return await self.bus.publish(subject, change.SerializeToString(), msg_id=change.change_id)
+
+
+def _marker_value(event: dict[str, Any]) -> str | None:
+    """The TrueConfMeeting property's value from a marker read's answer."""
+    for prop in event.get("singleValueExtendedProperties") or []:
+        if str(prop.get("id", "")).lower() == MARKER_GRAPH_PROPERTY_ID.lower():
+            value = prop.get("value")
+            return str(value) if value is not None else None
+    return None
 
 
 def _iso(moment: dt.datetime) -> str:
