@@ -8,8 +8,6 @@ config.json; each can be overridden with an environment variable (`GRAPH_INGEST_
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
@@ -18,6 +16,7 @@ from tccal.conference_marker import tcs_hosts
 from tccal.config import Config
 from tccal.config.schema import GRAPH_CLOUDS, ConferenceDefaults
 from tccal.grpckit import GrpcCaller
+from tccal.ingest.tuning import knobs_from_env, refuse_shared_names, unique_users
 from tccal.secrets import SecretError
 
 SERVICE = "graph-ingest"
@@ -48,22 +47,7 @@ class Tuning:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Tuning:
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for item in dataclasses.fields(cls):
-            raw = env.get(ENV_PREFIX + item.name.upper())
-            if raw is None or raw == "":
-                continue
-            convert: Callable[[str], object] = int if item.type in ("int", int) else float
-            try:
-                value = convert(raw)
-            except ValueError:
-                kind = "integer" if convert is int else "number"
-                raise ValueError(f"{ENV_PREFIX}{item.name.upper()}={raw!r} is not a valid {kind}") from None
-            if isinstance(value, (int, float)) and value <= 0:
-                raise ValueError(f"{ENV_PREFIX}{item.name.upper()}={raw!r} must be above 0")
-            values[item.name] = value
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**knobs_from_env(cls, ENV_PREFIX, environ, allow_zero=False))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -131,13 +115,10 @@ class GraphSettings:
                     ca_file=provider.ca_file,
                     max_concurrency=provider.max_concurrency,
                     scope=_scope(GRAPH_CLOUDS[provider.cloud][1]),
-                    users=tuple(dict.fromkeys(u.lower() for u in provider.users)),
+                    users=unique_users(provider.users),
                 )
             )
-        names = [p.name for p in providers]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"calendarProviders: two Graph providers share the name {', '.join(duplicates)}")
+        refuse_shared_names([p.name for p in providers], "two Graph providers share the name")
         return cls(
             providers=tuple(providers),
             auto_sync=config.cache.auto_sync,
