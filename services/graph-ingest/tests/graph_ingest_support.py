@@ -186,13 +186,19 @@ class SeatServer(licensing_pb2_grpc.LicensingServiceServicer):
 
 # ---------------------------------------------------------------------------------------------- graph-ingest
 def graph_provider(
-    emu: EmulatorProcess, users: list[str], *, secret: str = READONLY_APP_SECRET, name: str | None = None
+    emu: EmulatorProcess,
+    users: list[str],
+    *,
+    secret: str = READONLY_APP_SECRET,
+    name: str | None = None,
+    client_id: str = READONLY_APP_ID,
 ) -> dict[str, Any]:
-    """graph-ingest's entry: the app with Calendars.Read only (reading is all it needs), not the writer's app."""
+    """graph-ingest's entry: the app with Calendars.Read only (reading is all it needs without writeBackJoinLink),
+    not the writer's app."""
     section: dict[str, Any] = {
         "type": "graph",
         "tenantId": TENANT_ID,
-        "clientId": READONLY_APP_ID,
+        "clientId": client_id,
         "clientSecret": secret,
         "authorityUrl": emu.authority,
         "graphUrl": emu.graph_url,
@@ -204,9 +210,12 @@ def graph_provider(
     return section
 
 
-def graph_config(licensing: str, providers: list[dict[str, Any]], *, auto_sync: bool = True) -> dict[str, Any]:
+def graph_config(
+    licensing: str, providers: list[dict[str, Any]], *, auto_sync: bool = True, **extra: Any
+) -> dict[str, Any]:
     host, _, port = licensing.rpartition(":")
     return {
+        **extra,
         "allowPlaintextPasswords": True,
         "cache": {"autoSync": auto_sync, "backward": 1, "forward": 2},
         "productWhitelist": {"tcs": [TCS_ID]},

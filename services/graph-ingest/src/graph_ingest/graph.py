@@ -1,4 +1,4 @@
-"""A thin Microsoft Graph client on aiohttp: GET a URL as JSON with an app-only bearer token.
+"""A thin Microsoft Graph client on aiohttp: GET (or PATCH) a URL as JSON with an app-only bearer token.
 
 Why not msgraph-sdk: on the Graph emulator a full calendarView delta round over 1,000 events took 10.6 s through
 msgraph-sdk (its Kiota model parsing costs about 10 ms per event) and 0.3 s with raw aiohttp (README.md).
@@ -91,13 +91,32 @@ class GraphClient:
 
     async def get(self, mailbox: str, url: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
         """GET `url` (absolute) for `mailbox`: the JSON object Graph answered."""
+        return await self.send("GET", mailbox, url, headers=headers)
+
+    async def patch(
+        self, mailbox: str, url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """PATCH `url` with the JSON `body` (https://learn.microsoft.com/en-us/graph/api/event-update): the updated
+        resource. A failed `If-Match` precondition raises GraphError with status 412."""
+        return await self.send("PATCH", mailbox, url, headers=headers, body=body)
+
+    async def send(
+        self,
+        method: str,
+        mailbox: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """`method` `url` (absolute) for `mailbox`, throttling and token expiry handled: the JSON object answered."""
 
         async def once() -> dict[str, Any]:
             try:
-                return await self._get(mailbox, url, headers or {})
+                return await self._send(method, mailbox, url, headers or {}, body)
             except _UnauthorizedError:
                 self.tokens.invalidate()
-                return await self._get(mailbox, url, headers or {})
+                return await self._send(method, mailbox, url, headers or {}, body)
 
         def wait_of(error: BaseException) -> float | None:
             if isinstance(error, ThrottledError):
@@ -115,12 +134,14 @@ class GraphClient:
             retry_after=wait_of,
         )
 
-    async def _get(self, mailbox: str, url: str, headers: dict[str, str]) -> dict[str, Any]:
+    async def _send(
+        self, method: str, mailbox: str, url: str, headers: dict[str, str], body: dict[str, Any] | None
+    ) -> dict[str, Any]:
         token = await self.tokens.token()
         all_headers = {"Authorization": f"Bearer {token}", "Accept": "application/json", **headers}
         async with (
             self.limit(mailbox),
-            self._http().get(url, headers=all_headers, ssl=self._ssl_context()) as response,
+            self._http().request(method, url, headers=all_headers, json=body, ssl=self._ssl_context()) as response,
         ):
             self.stats.requests += 1
             self.stats.by_status[response.status] = self.stats.by_status.get(response.status, 0) + 1

@@ -88,6 +88,8 @@ class GraphSettings:
     #: Host names of whitelisted TrueConf Servers: join links https://<host>/c/<id> are recognised for these.
     tcs_hosts: frozenset[str]
     licensing_address: str
+    #: writeBackJoinLink: the join link of a conference created for an organizer's event is written into it.
+    write_back_join_link: bool = False
     #: Every calendarProviders entry, EWS ones included: licensing judges the multiple-providers feature on it.
     total_providers: int = 1
     tuning: Tuning = field(default_factory=Tuning)
@@ -127,6 +129,7 @@ class GraphSettings:
             conference_defaults=config.conference_defaults,
             tcs_hosts=tcs_hosts(config),
             licensing_address=config.grpc.address_of("licensing"),
+            write_back_join_link=config.write_back_join_link,
             total_providers=len(config.calendar_providers),
             tuning=tuning or Tuning.from_env(),
             licensing_caller=GrpcCaller.for_service(config, SERVICE, reveal),
