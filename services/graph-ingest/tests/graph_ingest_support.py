@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -32,6 +34,7 @@ from graph_emulator.testing import (
 from graph_ingest.runtime import GraphRuntime, MailboxStatus
 from graph_ingest.settings import GraphSettings, Tuning
 from licensing.api import POLICY
+from tccal import secrets
 from tccal.bus import Bus
 from tccal.clock import Clock
 from tccal.conference_marker import MARKER_GRAPH_PROPERTY_ID
@@ -297,3 +300,18 @@ def new_mailboxes(emu: EmulatorProcess, *names: str) -> list[str]:
         emu.control("POST", f"/tenants/{TENANT_ID}/users", {"userPrincipalName": upn, "displayName": name.title()})
         made.append(upn)
     return made
+
+
+def write_config(tmp_path: Path, *providers: dict[str, Any], name: str = "config.json") -> Path:
+    """A config.json with these calendarProviders and one whitelisted TrueConf Server (secrets encrypted)."""
+    path = tmp_path / name
+    server = {
+        "id": TCS_ID,
+        "secret": secrets.encrypt("bridge"),
+        "restUrl": "https://video.example.com/api/v4",
+        "clientId": "connector",
+        "clientSecret": secrets.encrypt("client"),
+    }
+    whitelist = {"productWhitelist": {"tcs": [TCS_ID]}}
+    path.write_text(json.dumps({**whitelist, "tcs": {"servers": [server]}, "calendarProviders": list(providers)}))
+    return path

@@ -14,7 +14,8 @@ from urllib.parse import urlparse
 
 from tccal.conference_marker import tcs_hosts
 from tccal.config import Config
-from tccal.config.schema import GRAPH_CLOUDS, ConferenceDefaults
+from tccal.config.schema import GRAPH_CLOUDS, ConferenceDefaults, GraphCalendarProvider
+from tccal.graph_certificate import CertificateError, ClientCertificate, check_private_key, read_certificate
 from tccal.grpckit import GrpcCaller
 from tccal.ingest.tuning import knobs_from_env, refuse_shared_names, unique_users
 from tccal.secrets import SecretError
@@ -76,6 +77,15 @@ class GraphProviderSettings:
     #: The app-only token's scope: the cloud's Graph resource + `/.default` (https://graph.microsoft.com/.default),
     #: also when graphUrl points elsewhere (a proxy, an emulator): the token is for Microsoft Graph all the same.
     scope: str = ""
+    #: clientCertificate instead of clientSecret (then client_secret is ""): the certificate and its private key
+    #: (PEM, decrypted), which signs the client assertion.
+    client_certificate: ClientCertificate | None = None
+    private_key: str = field(default="", repr=False)
+
+    @property
+    def credential_key(self) -> str:
+        """The config key of the app's credential, for messages."""
+        return f"{self.key}.clientCertificate" if self.client_certificate else f"{self.key}.clientSecret"
 
 
 @dataclass(frozen=True)
@@ -101,10 +111,7 @@ class GraphSettings:
         providers: list[GraphProviderSettings] = []
         for index, provider in config.graph_providers:
             key = f"calendarProviders[{index}]"
-            try:
-                secret = reveal(provider.client_secret)
-            except (ValueError, SecretError) as exc:
-                raise ValueError(f"{key}.clientSecret: {exc}") from exc
+            secret, certificate, private_key = _credential(provider, key, reveal)
             providers.append(
                 GraphProviderSettings(
                     name=provider.provider_name,
@@ -112,6 +119,8 @@ class GraphSettings:
                     tenant_id=provider.tenant_id,
                     client_id=provider.client_id,
                     client_secret=secret,
+                    client_certificate=certificate,
+                    private_key=private_key,
                     authority=provider.authority,
                     graph_url=provider.graph_base,
                     ca_file=provider.ca_file,
@@ -134,6 +143,28 @@ class GraphSettings:
             tuning=tuning or Tuning.from_env(),
             licensing_caller=GrpcCaller.for_service(config, SERVICE, reveal),
         )
+
+
+def _credential(
+    provider: GraphCalendarProvider, key: str, reveal: Callable[[str], str]
+) -> tuple[str, ClientCertificate | None, str]:
+    """(client secret, certificate, private key) of the entry, revealed and checked; ValueError names the key."""
+    given = provider.client_certificate
+    if given is None:
+        try:
+            return reveal(provider.client_secret or ""), None, ""
+        except (ValueError, SecretError) as exc:
+            raise ValueError(f"{key}.clientSecret: {exc}") from exc
+    try:
+        certificate = read_certificate(given.certificate)
+    except CertificateError as exc:
+        raise ValueError(f"{key}.clientCertificate.certificate: {exc}") from exc
+    try:
+        private_key = reveal(given.private_key)
+        check_private_key(private_key, certificate)
+    except (ValueError, SecretError) as exc:
+        raise ValueError(f"{key}.clientCertificate.privateKey: {exc}") from exc
+    return "", certificate, private_key
 
 
 def _scope(graph_url: str) -> str:
