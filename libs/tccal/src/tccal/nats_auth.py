@@ -187,11 +187,12 @@ IDENTITIES: dict[str, Identity] = {
         buckets=(GATEWAY_STATE_BUCKET, GATEWAY_LEASES_BUCKET, CONFERENCE_ORDER_BUCKET),
     ),
     # Exchange Online through Microsoft Graph: publishes CalendarChanges like ews-ingest, keeps its delta links in a
-    # bucket of its own, consumes TrueConf results for the join-link write-back; no control subjects yet
-    # (resync/on-demand are ews-ingest's).
+    # bucket of its own, consumes TrueConf results for the join-link write-back, hears seat announcements; no
+    # resync/on-demand control subjects yet (those are ews-ingest's).
     "graph-ingest": _service(
         "graph-ingest",
         publish=[_subjects(CALENDAR)],
+        subscribe=[SEATS_SUBJECT],
         streams=(CALENDAR, TCS_RESULTS, DEADLETTER),
         buckets=(GRAPH_STATE_BUCKET,),
     ),

@@ -82,7 +82,7 @@ class GraphRuntime:
             await self.bus.connect()
         if not self.settings.providers:
             log.warning('no calendarProviders entry has "type": "graph": graph-ingest has nothing to sync')
-        tasks = [asyncio.create_task(self.seats.run(stop), name="graph-seats")]
+        tasks = [asyncio.create_task(self.seats.run(stop, self.bus), name="graph-seats")]
         if self.writer is not None:
             tasks.append(asyncio.create_task(self.writer.keep_running(stop), name="graph-writeback"))
         tasks += [

@@ -1,9 +1,10 @@
 """Which mailboxes graph-ingest may sync: LicensingService.AllocateSeats through the shared keeper
 (tccal.ingest.seats, as ews-ingest asks it: when it asks, leases, the answer kept in KV `v1.seats`).
 
-Every configured Graph mailbox is asked for at start, every `seat_refresh_seconds` and on `poke()`. A mailbox
-granted a seat is synced; one refused is not (the reason is logged). When licensing cannot be reached, the seats
-granted stay in force until their lease ends, then the mailboxes holding one wait for the next answer.
+Every configured Graph mailbox is asked for at start, every `seat_refresh_seconds` and whenever a message arrives
+on `calendar.v1.control.seats` (licensing's CLI announces a licence change there, tcs-gateway a TrueConf request).
+A mailbox granted a seat is synced; one refused is not (the reason is logged). When licensing cannot be reached,
+the seats granted stay in force until their lease ends, then the mailboxes holding one wait for the next answer.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 graph-ingest (each subclass says which mailboxes it asks for and what an answer does to them).
 
 Every mailbox the service knows is asked for at start, every `refresh_seconds` (and at least three times per
-lease) and whenever `poke()` is called (a control message, an on-demand mailbox); licensing may start later than
+lease), whenever `poke()` is called (a control message, an on-demand mailbox) and, when `run` is given the bus,
+whenever a message arrives on `calendar.v1.control.seats`; licensing may start later than
 the service, so while it does not answer the service asks again soon (backing off to 30 s).
 
 Seats are leases (licensing's answer says how long: `AllocateSeatsResponse.lease`, one hour unless licensing is
@@ -22,10 +23,13 @@ import time
 from typing import Any
 
 import grpc
+from nats.aio.msg import Msg
 
+from tccal.bus import Bus
 from tccal.grpckit import GrpcCaller
 from tccal.ingest.kv_state import JsonKV
 from tccal.retry import backoff_delay
+from tccal.subjects import SEATS_SUBJECT
 from trueconf.calendar.v1 import licensing_pb2, licensing_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -91,7 +95,13 @@ class SeatKeeper:
         """Ask again now (a control message, an on-demand mailbox)."""
         self._wake.set()
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, announcements: Bus | None = None) -> None:
+        """Ask until `stop`; with `announcements`, also whenever a message arrives on `calendar.v1.control.seats`
+        (licensing's CLI after a licence change, tcs-gateway when TrueConf asks for users): seats follow a new
+        licence at once instead of at the next refresh."""
+        subscription = None
+        if announcements is not None:
+            subscription = await announcements.nc.subscribe(SEATS_SUBJECT, cb=self._announced)
         try:
             await self.restore()
             failures = 0
@@ -113,9 +123,16 @@ class SeatKeeper:
                     waiter.cancel()
                     stopper.cancel()
         finally:
+            if subscription is not None:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
             if self._channel is not None:
                 await self._channel.close(None)
                 self._channel = None
+
+    async def _announced(self, message: Msg) -> None:
+        log.info("seat change announced: asking licensing again", extra={"subject": message.subject})
+        self.poke()
 
     async def restore(self) -> None:
         """Apply the last answer stored in KV while it is younger than a lease (licensing may be down)."""
