@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import aiohttp
 import grpc
+import nats
 
 from graph_emulator.testing import (
     APP_ID,
@@ -315,3 +316,16 @@ def write_config(tmp_path: Path, *providers: dict[str, Any], name: str = "config
     whitelist = {"productWhitelist": {"tcs": [TCS_ID]}}
     path.write_text(json.dumps({**whitelist, "tcs": {"servers": [server]}, "calendarProviders": list(providers)}))
     return path
+
+
+async def publish_as_admin(nats_url: str, subject: str, payload: bytes, *, to_stream: bool = False) -> None:
+    """What another service sends (tcs-gateway's result into its stream, licensing's CLI a core announcement)."""
+    nc = await nats.connect(nats_url)
+    try:
+        if to_stream:
+            await nc.jetstream().publish(subject, payload)
+        else:
+            await nc.publish(subject, payload)
+            await nc.flush()
+    finally:
+        await nc.close()

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import nats
 from ews_ingest_support import ChangeCollector
 from graph_ingest_support import (
     GraphHarness,
@@ -13,6 +12,7 @@ from graph_ingest_support import (
     graph_config,
     graph_provider,
     new_mailboxes,
+    publish_as_admin,
     running_graph,
 )
 
@@ -20,15 +20,6 @@ from graph_emulator.testing import EmulatorProcess
 from tccal.subjects import SEATS_SUBJECT
 from tccal_sandbox.embedded import EmbeddedNats
 from tccal_sandbox.testing import wait_for_async
-
-
-async def _announce(nats_url: str) -> None:
-    nc = await nats.connect(nats_url)
-    try:
-        await nc.publish(SEATS_SUBJECT, b"{}")
-        await nc.flush()
-    finally:
-        await nc.close()
 
 
 async def _answers(graph: GraphHarness, count: int) -> None:
@@ -57,14 +48,14 @@ async def test_an_announced_licence_change_grants_and_takes_seats_at_once(
         assert graph.runtime.seats.refused == {later: "refused by the test licensing"}
         assert graph.status(later).rounds == 0
         seats.denied.clear()  # the new licence has room
-        await _announce(nats_url)
+        await publish_as_admin(nats_url, SEATS_SUBJECT, b"{}")
         await graph.rounds(later)
         arrived = await collector.wait(lambda c: c.mailbox == later, what="the newly seated mailbox's event")
         assert arrived.item_id == waiting["id"]
         assert graph.runtime.seats.granted == {first, later}
         answered = graph.runtime.seats.answers
         seats.denied.add(first)  # a smaller licence
-        await _announce(nats_url)
+        await publish_as_admin(nats_url, SEATS_SUBJECT, b"{}")
         await _answers(graph, answered + 1)
         assert graph.runtime.seats.granted == {later}
         assert graph.runtime.seats.refused == {first: "refused by the test licensing"}

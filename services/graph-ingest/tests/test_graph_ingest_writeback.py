@@ -9,7 +9,6 @@ import json
 import uuid
 from typing import Any
 
-import nats
 from ews_ingest_support import ChangeCollector
 from graph_ingest_support import (
     TCS_ID,
@@ -19,6 +18,7 @@ from graph_ingest_support import (
     graph_config,
     graph_provider,
     new_mailboxes,
+    publish_as_admin,
     running_graph,
 )
 
@@ -49,11 +49,7 @@ async def _conference_created(nats_url: str, uid: str, conference_id: str) -> No
         meeting_id=meeting_id(uid),
         conference=common_pb2.ConferenceLink(id=conference_id, url=f"https://{TCS_HOST}/c/{conference_id}"),
     )
-    nc = await nats.connect(nats_url)
-    try:
-        await nc.jetstream().publish(results_subject(TCS_ID), result.SerializeToString())
-    finally:
-        await nc.close()
+    await publish_as_admin(nats_url, results_subject(TCS_ID), result.SerializeToString(), to_stream=True)
 
 
 async def _written(graph: GraphHarness, count: int) -> None:
