@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from graph_ingest.runtime import GraphRuntime
 from graph_ingest.settings import SERVICE, GraphSettings
-from graph_ingest.writeback import DURABLE as WRITEBACK_DURABLE
+from tccal.ingest.writeback import watch_writeback
 from tccal.service import ServiceApp, run_service
-from tccal.stream_metrics import Consumer, ConsumerMetrics
-from tccal.subjects import TCS_RESULTS
 
 
 async def build(app: ServiceApp) -> None:
@@ -20,10 +18,7 @@ async def build(app: ServiceApp) -> None:
         await runtime.run(app.stop_event)
 
     app.task(run)
-    # Stream lag and dead letters of the join-link write-back consumer (there when writeBackJoinLink is on).
-    consumers = [Consumer(TCS_RESULTS, WRITEBACK_DURABLE)] if runtime.writer is not None else []
-    lag = ConsumerMetrics(bus, lambda: consumers, dead_letters=True)
-    app.task(lambda: lag.run(app.stop_event))
+    watch_writeback(app, bus, runtime.writer)  # the join-link write-back consumer's lag and dead letters
 
 
 def main() -> None:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from nats.aio.msg import Msg
 
 from tccal.bus import Bus, consume
+from tccal.service import ServiceApp
+from tccal.stream_metrics import Consumer, ConsumerMetrics
 from tccal.subjects import TCS_RESULTS
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2, common_pb2
 
@@ -123,3 +125,11 @@ class JoinLinkWriteBack:
             "join link written back",
             extra={"mailbox": pending.mailbox, "item_id": pending.item_id, "field": where, "url": url},
         )
+
+
+def watch_writeback(app: ServiceApp, bus: Bus, writer: JoinLinkWriteBack | None) -> None:
+    """Stream lag and dead letters of the service's write-back consumer, as metrics (none when writeBackJoinLink
+    is off and there is no writer)."""
+    consumers = [Consumer(TCS_RESULTS, writer.durable)] if writer is not None else []
+    lag = ConsumerMetrics(bus, lambda: consumers, dead_letters=True)
+    app.task(lambda: lag.run(app.stop_event))
