@@ -9,6 +9,7 @@ import json
 import uuid
 from typing import Any
 
+import pytest
 from ews_ingest_support import ChangeCollector
 from graph_ingest_support import (
     TCS_ID,
@@ -160,3 +161,32 @@ async def _all(collector: ChangeCollector, mailbox: str, ids: set[str]) -> list[
 
     await wait_for_async(seen, timeout=30, what=f"the changes of {sorted(ids)}")
     return [c for c in collector.of(mailbox) if c.item_id in ids]
+
+
+async def test_a_read_only_app_is_told_it_needs_calendars_readwrite(
+    emu: EmulatorProcess,
+    nats_server: EmbeddedNats,
+    nats_url: str,
+    seats: SeatServer,
+    collector: ChangeCollector,
+    writer: GraphWriter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    (organizer,) = new_mailboxes(emu, "vera")
+    meeting = await writer.create(organizer, "Read-only @trueconf")
+    config = graph_config(seats.address, [graph_provider(emu, [organizer], name="m365")], writeBackJoinLink=True)
+    async with running_graph(config, nats_server) as graph:
+        await collector.start()
+        await graph.rounds(organizer)
+        (change,) = await _all(collector, organizer, {meeting["id"]})
+        await _conference_created(nats_url, change.event.uid, "c-401")
+
+        async def refused() -> bool:
+            return any("Calendars.ReadWrite" in str(getattr(r, "error", "")) for r in caplog.records)
+
+        await wait_for_async(refused, timeout=30, what="the refused write-back logged")
+        writeback = graph.runtime.writer
+        assert writeback is not None and writeback.written == 0
+    stored = await _event(writer, organizer, meeting["id"])
+    assert not (stored.get("location") or {}).get("displayName")
+    assert any("HTTP 403 ErrorAccessDenied" in str(getattr(r, "error", "")) for r in caplog.records)

@@ -30,6 +30,7 @@ DURABLE = "graph-ingest-writeback"
 #: Reads and writes of one event before a write that keeps meeting 412 gives up (the result is delivered again).
 ATTEMPTS = 4
 PRECONDITION_FAILED = 412
+FORBIDDEN = 403
 
 
 class GraphJoinLinkWriter(JoinLinkWriteBack):
@@ -44,6 +45,12 @@ class GraphJoinLinkWriter(JoinLinkWriteBack):
         self.providers = providers
         self.seated = seated
         self.conflicts = 0
+
+    def describe(self, error: BaseException) -> str:
+        text = f"{type(error).__name__}: {error}"
+        if isinstance(error, GraphError) and error.status == FORBIDDEN:
+            text += " - writeBackJoinLink needs the app's application permission Calendars.ReadWrite"
+        return text
 
     def may_write(self, pending: Pending) -> bool:
         return pending.mailbox in self.providers and self.seated(pending.mailbox)
