@@ -239,3 +239,19 @@ async def test_refused_patch_of_an_occurrence_leaves_the_series_as_it_was(raw: R
     assert status == 400
     stored = emu.control("GET", "/mailboxes/carol@contoso.test")["events"]
     assert [(e["type"], e["exceptions"]) for e in stored if e["id"] == series["id"]] == [("seriesMaster", 0)]
+
+
+async def test_patch_with_a_stale_if_match_is_412_and_changes_nothing(raw: Raw) -> None:
+    start = {"dateTime": "2030-01-07T09:00:00", "timeZone": "UTC"}
+    end = {"dateTime": "2030-01-07T10:00:00", "timeZone": "UTC"}
+    status, created = await raw.call("POST", f"{ALICE}/events", {"subject": "Etag", "start": start, "end": end})
+    assert status == 201, created
+    path = f"{ALICE}/events/{created['id']}"
+    status, moved = await raw.call("PATCH", path, {"subject": "Moved"}, headers={"If-Match": created["@odata.etag"]})
+    assert status == 200 and moved["@odata.etag"] != created["@odata.etag"]
+    status, refused = await raw.call("PATCH", path, {"subject": "Stale"}, headers={"If-Match": created["@odata.etag"]})
+    assert (status, refused["error"]["code"]) == (412, "ErrorIrresolvableConflict")
+    status, _ = await raw.call("PATCH", path, {"location": {"displayName": "Room"}}, headers={"If-Match": "*"})
+    assert status == 200
+    status, current = await raw.call("GET", path)
+    assert (current["subject"], current["location"]["displayName"]) == ("Moved", "Room")

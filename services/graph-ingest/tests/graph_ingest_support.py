@@ -12,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import grpc
+import nats
 
 from graph_emulator.testing import (
     APP_ID,
@@ -33,6 +36,7 @@ from graph_ingest.runtime import GraphRuntime, MailboxStatus
 from graph_ingest.settings import GraphSettings, Tuning
 from graph_ingest.subscriptions import SubscriptionKeeper, SubscriptionRecord
 from licensing.api import POLICY
+from tccal import secrets
 from tccal.bus import Bus
 from tccal.clock import Clock
 from tccal.conference_marker import MARKER_GRAPH_PROPERTY_ID
@@ -187,13 +191,19 @@ class SeatServer(licensing_pb2_grpc.LicensingServiceServicer):
 
 # ---------------------------------------------------------------------------------------------- graph-ingest
 def graph_provider(
-    emu: EmulatorProcess, users: list[str], *, secret: str = READONLY_APP_SECRET, name: str | None = None
+    emu: EmulatorProcess,
+    users: list[str],
+    *,
+    secret: str = READONLY_APP_SECRET,
+    name: str | None = None,
+    client_id: str = READONLY_APP_ID,
 ) -> dict[str, Any]:
-    """graph-ingest's entry: the app with Calendars.Read only (reading is all it needs), not the writer's app."""
+    """graph-ingest's entry: the app with Calendars.Read only (reading is all it needs without writeBackJoinLink),
+    not the writer's app."""
     section: dict[str, Any] = {
         "type": "graph",
         "tenantId": TENANT_ID,
-        "clientId": READONLY_APP_ID,
+        "clientId": client_id,
         "clientSecret": secret,
         "authorityUrl": emu.authority,
         "graphUrl": emu.graph_url,
@@ -232,9 +242,12 @@ def emulator_subscriptions(endpoint: NotifyEndpoint) -> dict[str, Any]:
     return {"ca_file": endpoint.cert_file, "retry_delays_s": [0.1, 0.2], "validation_timeout_s": 10}
 
 
-def graph_config(licensing: str, providers: list[dict[str, Any]], *, auto_sync: bool = True) -> dict[str, Any]:
+def graph_config(
+    licensing: str, providers: list[dict[str, Any]], *, auto_sync: bool = True, **extra: Any
+) -> dict[str, Any]:
     host, _, port = licensing.rpartition(":")
     return {
+        **extra,
         "allowPlaintextPasswords": True,
         "cache": {"autoSync": auto_sync, "backward": 1, "forward": 2},
         "productWhitelist": {"tcs": [TCS_ID]},
@@ -334,3 +347,31 @@ def new_mailboxes(emu: EmulatorProcess, *names: str) -> list[str]:
         emu.control("POST", f"/tenants/{TENANT_ID}/users", {"userPrincipalName": upn, "displayName": name.title()})
         made.append(upn)
     return made
+
+
+def write_config(tmp_path: Path, *providers: dict[str, Any], name: str = "config.json") -> Path:
+    """A config.json with these calendarProviders and one whitelisted TrueConf Server (secrets encrypted)."""
+    path = tmp_path / name
+    server = {
+        "id": TCS_ID,
+        "secret": secrets.encrypt("bridge"),
+        "restUrl": "https://video.example.com/api/v4",
+        "clientId": "connector",
+        "clientSecret": secrets.encrypt("client"),
+    }
+    whitelist = {"productWhitelist": {"tcs": [TCS_ID]}}
+    path.write_text(json.dumps({**whitelist, "tcs": {"servers": [server]}, "calendarProviders": list(providers)}))
+    return path
+
+
+async def publish_as_admin(nats_url: str, subject: str, payload: bytes, *, to_stream: bool = False) -> None:
+    """What another service sends (tcs-gateway's result into its stream, licensing's CLI a core announcement)."""
+    nc = await nats.connect(nats_url)
+    try:
+        if to_stream:
+            await nc.jetstream().publish(subject, payload)
+        else:
+            await nc.publish(subject, payload)
+            await nc.flush()
+    finally:
+        await nc.close()

@@ -3,7 +3,6 @@ secrets encrypted like every other, endpoints per cloud, and each service takes 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from graph_ingest_support import write_config as write
 
 from ews_ingest.settings import IngestSettings
 from graph_ingest.settings import GraphSettings
@@ -20,7 +20,6 @@ from tccal.config import ConfigError, load_config
 CLI = [sys.executable, "-m", "tccal.cli"]
 TENANT = "6b4c1b7e-0f1d-4c55-9a3e-2f4b8c0d1e2f"
 CLIENT = "0c1e4f0a-1b2c-4d3e-8f90-a1b2c3d4e5f6"
-TCS = {"productWhitelist": {"tcs": ["video.example.com#vcs"]}}
 
 
 def ews_entry(**extra: Any) -> dict[str, Any]:
@@ -41,19 +40,6 @@ def graph_entry(**extra: Any) -> dict[str, Any]:
         "users": ["Boris@Contoso.com"],
         **extra,
     }
-
-
-def write(tmp_path: Path, *providers: dict[str, Any], name: str = "config.json") -> Path:
-    path = tmp_path / name
-    server = {
-        "id": "video.example.com#vcs",
-        "secret": secrets.encrypt("bridge"),
-        "restUrl": "https://video.example.com/api/v4",
-        "clientId": "connector",
-        "clientSecret": secrets.encrypt("client"),
-    }
-    path.write_text(json.dumps({**TCS, "tcs": {"servers": [server]}, "calendarProviders": list(providers)}))
-    return path
 
 
 def problems(tmp_path: Path, *providers: dict[str, Any]) -> list[str]:

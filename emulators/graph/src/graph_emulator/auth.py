@@ -3,6 +3,7 @@
 - Token request/response and errors: https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-client-creds-grant-flow
   (POST /{tenant}/oauth2/v2.0/token, grant_type=client_credentials, scope=https://graph.microsoft.com/.default;
   answer token_type, expires_in, access_token; errors `{"error", "error_description": "AADSTS...", "error_codes"}`).
+- Certificate credentials (client_assertion instead of client_secret): client_assertion.py.
 - AADSTS codes: https://learn.microsoft.com/en-us/entra/identity-platform/reference-error-codes (7000215 invalid client
   secret, 7000216 secret missing, 700016 application not found in the directory, 90002 tenant not found,
   1002012 / 70011 invalid scope, 70003 unsupported grant type).
@@ -23,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import client_assertion
 from .config import AppRegistration, TenantConfig
 from .errors import GraphError
 
@@ -91,14 +93,27 @@ class TokenIssuer:
                 700016,
                 f"Application with identifier '{client_id}' was not found in the directory '{tenant_id}'.",
             )
-        if secret is None:
+        assertion = form.get("client_assertion")
+        if assertion is not None and secret is None:
+            token_endpoint = f"{request.scheme}://{request.host}/{tenant_id}/oauth2/v2.0/token"
+            try:
+                client_assertion.verify(
+                    str(assertion),
+                    str(form.get("client_assertion_type", "")),
+                    client_id=client_id,
+                    token_endpoint=token_endpoint,
+                    certificates=app.certificates,
+                )
+            except client_assertion.AssertionRefusedError as refused:
+                return _aad_error(refused.status, refused.error, refused.code, refused.description)
+        elif secret is None:
             return _aad_error(
                 401,
                 "invalid_client",
                 7000216,
                 "'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant type.",
             )
-        if not secrets.compare_digest(str(secret), app.client_secret):
+        elif not app.client_secret or not secrets.compare_digest(str(secret), app.client_secret):
             return _aad_error(
                 401,
                 "invalid_client",

@@ -5,7 +5,8 @@ A JSON object (file or `build_config` in testing.py); every key is optional exce
     {"host": "127.0.0.1", "port": 0, "ready_file": "...", "state_file": "...",
      "tls": {"cert_file": "...", "key_file": "..."}          # omitted: a self-signed certificate is generated
      "tenants": [{"id": "<tenant guid>", "domain": "contoso.test",
-                  "apps": [{"client_id": "...", "client_secret": "...", "permissions": ["Calendars.ReadWrite"]}],
+                  "apps": [{"client_id": "...", "client_secret": "...", "permissions": ["Calendars.ReadWrite"],
+                            "certificates": ["-----BEGIN CERTIFICATE-----..."]}],
                   "users": [{"id": "<guid>", "userPrincipalName": "alice@contoso.test", "displayName": "Alice"}]}],
      "token_lifetime_s": 3599,
      "throttling": {"requests_per_window": 10000, "window_s": 600, "concurrent_requests": 4},
@@ -36,6 +37,9 @@ class AppRegistration:
     client_id: str
     client_secret: str
     permissions: frozenset[str]
+    #: Certificates (PEM) uploaded to the app: client assertions signed with their keys are accepted
+    #: (client_assertion.py). An app may have secrets, certificates or both.
+    certificates: tuple[str, ...] = ()
 
 
 @dataclass
@@ -128,7 +132,13 @@ def parse_app(data: Any, where: str) -> AppRegistration:
     unknown = sorted(set(permissions) - KNOWN_PERMISSIONS)
     if unknown:
         raise ConfigError(f"{where}.permissions: unknown permission(s) {unknown}; known: {sorted(KNOWN_PERMISSIONS)}")
-    return AppRegistration(_str(obj, "client_id", where), _str(obj, "client_secret", where), frozenset(permissions))
+    certificates = obj.get("certificates", [])
+    if not isinstance(certificates, list) or not all(
+        isinstance(c, str) and c.startswith("-----BEGIN CERTIFICATE-----") for c in certificates
+    ):
+        raise ConfigError(f"{where}.certificates must be a list of PEM certificates, got {certificates!r}")
+    secret = _str(obj, "client_secret", where) if "client_secret" in obj or not certificates else ""
+    return AppRegistration(_str(obj, "client_id", where), secret, frozenset(permissions), tuple(certificates))
 
 
 def parse_user(data: Any, where: str) -> UserConfig:

@@ -241,6 +241,7 @@ class GraphApi:
     async def update_event(self, request: GraphRequest, mailbox: Mailbox | None, match: re.Match[str]) -> GraphResponse:
         auth.require(request.token, auth.WRITE_PERMISSIONS)
         assert mailbox is not None
+        _check_if_match(request, self.store.resolve(mailbox, match["event"]))
         inst = self.store.update(mailbox, match["event"], self._json_body(request), _now())
         zone_name, headers = self._zone(request)
         return GraphResponse(200, render(inst, zone_name), headers)
@@ -378,3 +379,21 @@ def query_of(items: list[tuple[str, str]]) -> MultiDict[str]:
 
 def prefer_of(values: list[str]) -> dict[str, str]:
     return parse_prefer(values)
+
+
+def _check_if_match(request: GraphRequest, inst: Instance) -> None:
+    """A PATCH with `If-Match` changes the event only while its `@odata.etag` is that value (or `*`); otherwise 412
+    Precondition Failed and nothing changes (https://learn.microsoft.com/en-us/graph/errors: 412 "A precondition
+    provided in the request (such as an if-match header) does not match the resource's current state"; the etag is
+    the event's change key, https://learn.microsoft.com/en-us/graph/api/resources/event)."""
+    wanted = next((v for k, v in request.headers.items() if k.lower() == "if-match"), None)
+    if wanted is None or wanted.strip() == "*":
+        return
+    current = f'W/"{inst.change_key}"'
+    if wanted.strip() not in {current, current.removeprefix("W/")}:
+        raise GraphError(
+            412,
+            "ErrorIrresolvableConflict",
+            "The send or update operation could not be performed because the change key passed in the request "
+            "does not match the current change key for the item.",
+        )

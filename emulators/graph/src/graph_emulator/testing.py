@@ -30,6 +30,7 @@ APP_ID = "0c1e4f0a-1b2c-4d3e-8f90-a1b2c3d4e5f6"
 APP_SECRET = "graph-app-secret"
 READONLY_APP_ID = "7d2e5a1b-2c3d-4e5f-9a01-b2c3d4e5f607"
 READONLY_APP_SECRET = "graph-readonly-secret"
+CERTIFICATE_APP_ID = "5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d"
 USERS: tuple[dict[str, str], ...] = (
     {"userPrincipalName": "alice@contoso.test", "displayName": "Alice Archer"},
     {"userPrincipalName": "bob@contoso.test", "displayName": "Bob Baker"},
@@ -48,8 +49,9 @@ class ControlError(RuntimeError):
         self.text = text
 
 
-def build_config(*, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One tenant with a Calendars.ReadWrite app, a Calendars.Read app and three mailboxes."""
+def build_config(*, extra: dict[str, Any] | None = None, certificate: str | None = None) -> dict[str, Any]:
+    """One tenant with a Calendars.ReadWrite app, a Calendars.Read app and three mailboxes; with `certificate`
+    (PEM) also a Calendars.Read app CERTIFICATE_APP_ID that has that certificate and no secret."""
     config: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 0,
@@ -68,6 +70,9 @@ def build_config(*, extra: dict[str, Any] | None = None) -> dict[str, Any]:
             }
         ],
     }
+    if certificate is not None:
+        app = {"client_id": CERTIFICATE_APP_ID, "certificates": [certificate], "permissions": ["Calendars.Read"]}
+        config["tenants"][0]["apps"].append(app)
     config.update(extra or {})
     return config
 

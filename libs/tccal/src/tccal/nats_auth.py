@@ -46,7 +46,7 @@ _CONSUMERS: dict[str, tuple[tuple[str, str | None], ...]] = {
     "sync-engine": ((CALENDAR, "sync-engine-calendar"), (TCS_RESULTS, "sync-engine-results")),
     "tcs-gateway": ((TCS_COMMANDS, None),),
     "licensing": (),
-    "graph-ingest": (),
+    "graph-ingest": ((TCS_RESULTS, "graph-ingest-writeback"),),
 }
 
 
@@ -187,11 +187,13 @@ IDENTITIES: dict[str, Identity] = {
         buckets=(GATEWAY_STATE_BUCKET, GATEWAY_LEASES_BUCKET, CONFERENCE_ORDER_BUCKET),
     ),
     # Exchange Online through Microsoft Graph: publishes CalendarChanges like ews-ingest, keeps its delta links in a
-    # bucket of its own; no control subjects and no consumers yet (resync/on-demand/write-back are ews-ingest's).
+    # bucket of its own, consumes TrueConf results for the join-link write-back, hears seat announcements; no
+    # resync/on-demand control subjects yet (those are ews-ingest's).
     "graph-ingest": _service(
         "graph-ingest",
         publish=[_subjects(CALENDAR)],
-        streams=(CALENDAR,),
+        subscribe=[SEATS_SUBJECT],
+        streams=(CALENDAR, TCS_RESULTS, DEADLETTER),
         buckets=(GRAPH_STATE_BUCKET,),
     ),
     # licensing's CLI only: "the license changed" after --register / --offline_reg.

@@ -5,10 +5,8 @@ from __future__ import annotations
 from ews_ingest.api import POLICY, SERVICE_NAME, IngestApi
 from ews_ingest.runtime import IngestRuntime
 from ews_ingest.settings import IngestSettings
-from ews_ingest.writeback import DURABLE as WRITEBACK_DURABLE
+from tccal.ingest.writeback import watch_writeback
 from tccal.service import ServiceApp, run_service
-from tccal.stream_metrics import Consumer, ConsumerMetrics
-from tccal.subjects import TCS_RESULTS
 from trueconf.calendar.v1 import ingest_pb2_grpc
 
 SERVICE = "ews-ingest"
@@ -25,10 +23,7 @@ async def build(app: ServiceApp) -> None:
         await runtime.run(app.stop_event)
 
     app.task(run)
-    # Stream lag and dead letters of the join-link write-back consumer (there when writeBackJoinLink is on).
-    consumers = [Consumer(TCS_RESULTS, WRITEBACK_DURABLE)] if runtime.writer is not None else []
-    lag = ConsumerMetrics(bus, lambda: consumers, dead_letters=True)
-    app.task(lambda: lag.run(app.stop_event))
+    watch_writeback(app, bus, runtime.writer)  # the join-link write-back consumer's lag and dead letters
 
 
 def main() -> None:

@@ -1,41 +1,23 @@
-"""Which mailboxes ews-ingest may sync: LicensingService.AllocateSeats.
+"""Which mailboxes ews-ingest may sync: LicensingService.AllocateSeats through the shared keeper
+(tccal.ingest.seats: when it asks, leases, the answer kept in KV `v1.seats`).
 
 Every mailbox known (configured `users` first, in config order, then on-demand ones) is asked for at start, every
-`seat_refresh_seconds` (and at least three times per lease), whenever a mailbox is asked for on demand, and when a
-message arrives on `calendar.v1.control.seats`. A mailbox granted a seat starts syncing; one that loses it stops
-(state NO_SEAT, the refusal reason in last_error) - no restart either way.
-
-Seats are leases (licensing's answer says how long: `AllocateSeatsResponse.lease`, one hour unless licensing is
-told otherwise), counted from when the request that was answered began, on the monotonic clock. When licensing
-cannot be reached, the seats granted stay in force until their lease ends, then every mailbox holding one stops
-(NO_SEAT, "seat lease ended ..."); the next answer brings back those it grants. The last answer is kept in KV
-`v1.seats`: a restart applies it while its lease runs.
+`seat_refresh_seconds`, whenever a mailbox is asked for on demand, and when a message arrives on
+`calendar.v1.control.seats`. A mailbox granted a seat starts syncing; one that loses it stops (state NO_SEAT, the
+refusal reason in last_error) - no restart either way. When licensing cannot be reached, the seats granted stay in
+force until their lease ends, then every mailbox holding one stops (NO_SEAT, "seat lease ended ...").
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import datetime as dt
-import logging
-import time
-from typing import Any
-
-import grpc
-
 from ews_ingest.scheduler import Scheduler
 from ews_ingest.state import StateStore
 from tccal.grpckit import GrpcCaller
-from tccal.retry import backoff_delay
-from trueconf.calendar.v1 import ingest_pb2, licensing_pb2, licensing_pb2_grpc
-
-log = logging.getLogger(__name__)
-LEASE = dt.timedelta(hours=1)
-#: A seat request waits this long for others to join it (TrueConf asks for new users in bursts).
-GATHER_SECONDS = 0.1
+from tccal.ingest import seats
+from trueconf.calendar.v1 import ingest_pb2
 
 
-class SeatKeeper:
+class SeatKeeper(seats.SeatKeeper):
     def __init__(
         self,
         scheduler: Scheduler,
@@ -46,156 +28,26 @@ class SeatKeeper:
         refresh_seconds: float,
         caller: GrpcCaller | None = None,
     ) -> None:
+        super().__init__(store, address, providers=providers, refresh_seconds=refresh_seconds, caller=caller)
         self.scheduler = scheduler
-        self.store = store
-        self.address = address
-        self.caller = caller or GrpcCaller()
-        self.providers = providers
-        self.refresh_seconds = refresh_seconds
-        self._wake = asyncio.Event()
-        self._channel: grpc.aio.Channel | None = None
-        self.answers = 0
-        self.last_error = ""
-        self.license: licensing_pb2.LicenseInfo | None = None
-        self._lock = asyncio.Lock()
-        self._asked = 0  # refresh() calls so far
-        self._covered = 0  # the calls the newest answered request covers (it began after them)
-        self._covered_ok = True
-        #: How long a seat lasts from the request licensing answered (its answer says; LEASE until it has).
-        self.lease = LEASE
-        #: When (time.monotonic) the seats granted by the last answer run out; None: none held.
-        self._lease_ends: float | None = None
-        self._unreachable_since: dt.datetime | None = None
 
-    def poke(self) -> None:
-        """Ask again now (a control message, an on-demand mailbox)."""
-        self._wake.set()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        try:
-            await self.restore()
-            failures = 0
-            while not stop.is_set():
-                self._wake.clear()
-                self.expire_lapsed()  # at the end of the lease, not after one more unanswered request
-                failures = 0 if await self.refresh() else failures + 1
-                # licensing may simply start later than ews-ingest: ask again soon while it does not answer
-                pause = min(self.refresh_seconds, self.lease.total_seconds() / 3)
-                if failures:
-                    pause = min(pause, backoff_delay(failures, base=1.0, cap=30.0))
-                if self._lease_ends is not None:  # look again when the seats held run out
-                    pause = min(pause, max(self._lease_ends - time.monotonic(), 0.0) + 0.05)
-                waiter = asyncio.ensure_future(self._wake.wait())
-                stopper = asyncio.ensure_future(stop.wait())
-                try:
-                    await asyncio.wait({waiter, stopper}, timeout=pause, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-                    stopper.cancel()
-        finally:
-            if self._channel is not None:
-                await self._channel.close(None)
-                self._channel = None
-
-    async def restore(self) -> None:
-        """Apply the last answer stored in KV while it is younger than a lease (licensing may be down)."""
-        saved = await self.store.load_seats()
-        if not saved:
-            return
-        try:
-            at = dt.datetime.fromisoformat(str(saved.get("at")))
-        except ValueError:
-            return
-        try:
-            lease = dt.timedelta(seconds=float(saved.get("lease_seconds", LEASE.total_seconds())))
-        except (TypeError, ValueError):
-            lease = LEASE
-        left = (at + lease - dt.datetime.now(dt.UTC)).total_seconds()
-        if left <= 0:
-            return
-        granted = {str(m) for m in saved.get("granted", [])}
-        refused = {str(k): str(v) for k, v in (saved.get("refused") or {}).items()}
-        self.lease = lease
-        self._lease_ends = time.monotonic() + min(left, lease.total_seconds()) if granted else None
-        self._apply(granted, refused)
-        log.info("last seat answer restored", extra={"granted": len(granted), "answered_at": at.isoformat()})
-
-    def _stub(self) -> Any:
-        """The aio stub (grpc-stubs types only the blocking one, hence Any)."""
-        if self._channel is None:
-            self._channel = self.caller.aio_channel(self.address)
-        return licensing_pb2_grpc.LicensingServiceStub(self._channel)
-
-    async def refresh(self) -> bool:
-        """Ask licensing for every known mailbox. A request waits GATHER_SECONDS first, and calls that arrive
-        meanwhile or while it runs share it or the next one, which begins after all of them and so covers every
-        mailbox they added: a burst of N on-demand mailboxes costs a few AllocateSeats, not N (each listing every
-        mailbox, which made a burst of 2,000 quadratic)."""
-        self._asked += 1
-        mine = self._asked
-        async with self._lock:
-            if self._covered >= mine:
-                return self._covered_ok
-            await asyncio.sleep(GATHER_SECONDS)
-            covers = self._asked
-            ok = await self._request()
-            self._covered, self._covered_ok = covers, ok
-            return ok
-
-    async def _request(self) -> bool:
+    def seat_requests(self) -> list[tuple[str, bool]]:
         entries = sorted(self.scheduler.entries.values(), key=lambda e: not e.configured)
-        if not entries:
-            return True
-        request = licensing_pb2.AllocateSeatsRequest(
-            mailboxes=[licensing_pb2.SeatRequest(mailbox=e.mailbox, configured=e.configured) for e in entries],
-            providers=self.providers,
-        )
-        started = time.monotonic()
-        try:
-            response = await self._stub().AllocateSeats(request, timeout=10, metadata=self.caller.metadata())
-        except grpc.aio.AioRpcError as exc:
-            if self._unreachable_since is None:
-                self._unreachable_since = dt.datetime.now(dt.UTC)
-            self.last_error = f"licensing at {self.address} unreachable: {exc.code().name}: {exc.details()}"
-            log.warning("seat request failed", extra={"error": self.last_error})
-            for entry in entries:
-                if not entry.seat and entry.state != ingest_pb2.MAILBOX_STATE_NO_SEAT:
-                    entry.last_error = self.last_error
-            self.expire_lapsed()
-            return False
-        self._unreachable_since = None
-        self.answers += 1
-        self.last_error = ""
-        self.license = response.license
-        if response.HasField("lease") and response.lease.ToTimedelta() > dt.timedelta(0):
-            self.lease = response.lease.ToTimedelta()
-        granted = {m.strip().lower() for m in response.granted}
-        refused = {r.mailbox.strip().lower(): r.reason for r in response.refused}
-        self._lease_ends = started + self.lease.total_seconds() if granted else None
-        self._apply(granted, refused)
-        with contextlib.suppress(Exception):
-            await self.store.save_seats(sorted(granted), refused, self.lease.total_seconds())
-        return True
+        return [(e.mailbox, e.configured) for e in entries]
 
-    def expire_lapsed(self) -> int:
-        """Licensing did not renew the seats before their lease ended: every mailbox holding one stops (NO_SEAT).
-        Returns how many stopped."""
-        if self._lease_ends is None or time.monotonic() < self._lease_ends:
-            return 0
-        self._lease_ends = None
-        since = self._unreachable_since.isoformat(timespec="seconds") if self._unreachable_since else "?"
-        reason = (
-            f"seat lease ended: licensing at {self.address} has not answered since {since} "
-            f"({self.last_error or 'no answer'}); syncing resumes when it grants the seat again"
-        )
-        held = [mailbox for mailbox, entry in self.scheduler.entries.items() if entry.seat]
-        for mailbox in held:
+    def unreachable(self, error: str) -> None:
+        for entry in self.scheduler.entries.values():
+            if not entry.seat and entry.state != ingest_pb2.MAILBOX_STATE_NO_SEAT:
+                entry.last_error = error
+
+    def held(self) -> list[str]:
+        return [mailbox for mailbox, entry in self.scheduler.entries.items() if entry.seat]
+
+    def revoke(self, mailboxes: list[str], reason: str) -> None:
+        for mailbox in mailboxes:
             self.scheduler.set_seat(mailbox, False, reason)
-        if held:
-            log.error("seat leases ended without licensing; mailboxes stopped", extra={"mailboxes": len(held)})
-        return len(held)
 
-    def _apply(self, granted: set[str], refused: dict[str, str]) -> None:
+    def apply(self, granted: set[str], refused: dict[str, str]) -> None:
         for mailbox, entry in list(self.scheduler.entries.items()):
             if mailbox in granted:
                 self.scheduler.set_seat(mailbox, True)

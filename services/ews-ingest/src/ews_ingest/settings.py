@@ -7,8 +7,6 @@ timings that have no key in config.json; each can be overridden with an environm
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -16,6 +14,7 @@ from tccal.conference_marker import tcs_hosts
 from tccal.config import Config
 from tccal.config.schema import ConferenceDefaults
 from tccal.grpckit import GrpcCaller
+from tccal.ingest.tuning import knobs_from_env, refuse_shared_names, unique_users
 from tccal.secrets import SecretError
 
 #: A credential always gets at least this many connections for ordinary calls.
@@ -69,22 +68,7 @@ class Tuning:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Tuning:
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for item in dataclasses.fields(cls):
-            raw = env.get(ENV_PREFIX + item.name.upper())
-            if raw is None or raw == "":
-                continue
-            convert: Callable[[str], object] = int if item.type in ("int", int) else float
-            try:
-                value = convert(raw)
-            except ValueError:
-                kind = "integer" if convert is int else "number"
-                raise ValueError(f"{ENV_PREFIX}{item.name.upper()}={raw!r} is not a valid {kind}") from None
-            if isinstance(value, (int, float)) and value < 0:
-                raise ValueError(f"{ENV_PREFIX}{item.name.upper()}={raw!r} must not be negative")
-            values[item.name] = value
-        tuning = cls(**values)  # type: ignore[arg-type]
+        tuning = cls(**knobs_from_env(cls, ENV_PREFIX, environ))  # type: ignore[arg-type]
         tuning.validate()
         return tuning
 
@@ -194,13 +178,10 @@ class IngestSettings:
                     max_concurrency=provider.max_concurrency,
                     exchange_version=provider.exchange_version,
                     credentials=tuple(credentials),
-                    users=tuple(dict.fromkeys(u.lower() for u in provider.users)),
+                    users=unique_users(provider.users),
                 )
             )
-        names = [p.name for p in providers]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"calendarProviders: the same host and port appear twice: {', '.join(duplicates)}")
+        refuse_shared_names([p.name for p in providers], "the same host and port appear twice")
         return cls(
             providers=tuple(providers),
             auto_sync=config.cache.auto_sync,

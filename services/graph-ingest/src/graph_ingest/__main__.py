@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from graph_ingest.runtime import GraphRuntime
 from graph_ingest.settings import SERVICE, GraphSettings
+from tccal.ingest.writeback import watch_writeback
 from tccal.service import ServiceApp, run_service
 
 
 async def build(app: ServiceApp) -> None:
     settings = GraphSettings.from_config(app.config, app.secret)  # ValueError: exit code 2 naming the key
-    runtime = GraphRuntime(settings, app.new_bus())
+    bus = app.new_bus()
+    runtime = GraphRuntime(settings, bus)
     app.readiness.add("graph", runtime.graph_ready)
 
     async def run() -> None:
         await runtime.run(app.stop_event)
 
     app.task(run)
+    watch_writeback(app, bus, runtime.writer)  # the join-link write-back consumer's lag and dead letters
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -84,6 +85,7 @@ class MailboxDelta:
         page_size: int,
         auto_sync: bool,
         stop: asyncio.Event | None = None,
+        observer: Callable[[str, str, calendar_pb2.CalendarEvent | None], None] | None = None,
     ) -> None:
         self.provider = provider
         self.mailbox = mailbox
@@ -96,6 +98,8 @@ class MailboxDelta:
         self.page_size = page_size
         self.auto_sync = auto_sync
         self.stop = stop
+        #: Told (mailbox, item id, event or None) of every change published (the join-link write-back).
+        self.observer = observer
         self.result = RoundResult()
         self._kept: set[str] = set()
         self.known_series = KnownSeries(store, provider, mailbox)
@@ -270,6 +274,8 @@ class MailboxDelta:
                 self.result.duplicates += 1
             if maybe is None:
                 self.result.deleted += 1
+            if self.observer is not None:
+                self.observer(self.mailbox, item_id, maybe)
 
     def _headers(self) -> dict[str, str]:
         return {"Prefer": UTC_PREFERENCE}

@@ -1,4 +1,4 @@
-"""A thin Microsoft Graph client on aiohttp: GET a URL as JSON with an app-only bearer token.
+"""A thin Microsoft Graph client on aiohttp: GET (or PATCH) a URL as JSON with an app-only bearer token.
 
 Why not msgraph-sdk: on the Graph emulator a full calendarView delta round over 1,000 events took 10.6 s through
 msgraph-sdk (its Kiota model parsing costs about 10 ms per event) and 0.3 s with raw aiohttp (README.md).
@@ -134,6 +134,13 @@ class GraphClient:
     async def get(self, mailbox: str, url: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
         """GET `url` (absolute) for `mailbox`: the JSON object Graph answered."""
         return await self._retried(mailbox, "GET", url, headers or {}, None, 1)
+
+    async def patch(
+        self, mailbox: str, url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """PATCH `url` with the JSON `body` (https://learn.microsoft.com/en-us/graph/api/event-update): the updated
+        resource. A failed `If-Match` precondition raises GraphError with status 412."""
+        return await self._retried(mailbox, "PATCH", url, headers or {}, body, 1)
 
     async def post_batch(self, mailbox: str, payload: dict[str, Any], slots: int) -> dict[str, Any]:
         """POST /$batch for `mailbox` holding `slots` of its concurrency: the batch's JSON answer (the members'

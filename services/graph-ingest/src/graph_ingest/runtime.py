@@ -21,6 +21,7 @@ from graph_ingest.settings import GraphProviderSettings, GraphSettings
 from graph_ingest.state import Checkpoint, StateStore
 from graph_ingest.subscriptions import SubscriptionKeeper
 from graph_ingest.token import GraphAuthError
+from graph_ingest.writeback import GraphJoinLinkWriter
 from tccal.bus import Bus
 from tccal.cache_window import cache_window
 from tccal.clock import Clock, SystemClock
@@ -70,6 +71,10 @@ class GraphRuntime:
             refresh_seconds=settings.tuning.seat_refresh_seconds,
             caller=settings.licensing_caller,
         )
+        self.writer: GraphJoinLinkWriter | None = None
+        if settings.write_back_join_link:
+            providers = {m: status.provider for m, status in self.mailboxes.items()}
+            self.writer = GraphJoinLinkWriter(bus, self.clients, providers, lambda m: m in self.seats.granted)
         self.started = asyncio.Event()
         self._wake: dict[str, asyncio.Event] = {m: asyncio.Event() for m in self.mailboxes}
         #: Change notifications, per provider (also for one without notificationUrl: it deletes what is left).
@@ -104,8 +109,10 @@ class GraphRuntime:
             log.warning('no calendarProviders entry has "type": "graph": graph-ingest has nothing to sync')
         for receiver in self.receivers:
             await receiver.start()
-        tasks = [asyncio.create_task(self.seats.run(stop), name="graph-seats")]
+        tasks = [asyncio.create_task(self.seats.run(stop, self.bus), name="graph-seats")]
         tasks += [asyncio.create_task(k.run(stop), name=f"graph-subscriptions-{n}") for n, k in self.keepers.items()]
+        if self.writer is not None:
+            tasks.append(asyncio.create_task(self.writer.keep_running(stop), name="graph-writeback"))
         tasks += [
             asyncio.create_task(self._mailbox_loop(status, stop), name=f"graph-{status.mailbox}")
             for status in self.mailboxes.values()
@@ -183,6 +190,7 @@ class GraphRuntime:
             page_size=settings.tuning.page_size,
             auto_sync=settings.auto_sync,
             stop=stop,
+            observer=self.writer.observe if self.writer is not None else None,
         )
         try:
             result = await delta.run()

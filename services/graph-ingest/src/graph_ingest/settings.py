@@ -8,8 +8,6 @@ config.json; each can be overridden with an environment variable (`GRAPH_INGEST_
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
@@ -17,8 +15,10 @@ from urllib.parse import urlparse
 from tccal.conference_marker import tcs_hosts
 from tccal.config import Config
 from tccal.config.checks import notification_problems
-from tccal.config.schema import GRAPH_CLOUDS, ConferenceDefaults, NotificationListen
+from tccal.config.schema import GRAPH_CLOUDS, ConferenceDefaults, GraphCalendarProvider, NotificationListen
+from tccal.graph_certificate import CertificateError, ClientCertificate, check_private_key, read_certificate
 from tccal.grpckit import GrpcCaller
+from tccal.ingest.tuning import knobs_from_env, refuse_shared_names, unique_users
 from tccal.secrets import SecretError
 
 SERVICE = "graph-ingest"
@@ -58,22 +58,7 @@ class Tuning:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Tuning:
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for item in dataclasses.fields(cls):
-            raw = env.get(ENV_PREFIX + item.name.upper())
-            if raw is None or raw == "":
-                continue
-            convert: Callable[[str], object] = int if item.type in ("int", int) else float
-            try:
-                value = convert(raw)
-            except ValueError:
-                kind = "integer" if convert is int else "number"
-                raise ValueError(f"{ENV_PREFIX}{item.name.upper()}={raw!r} is not a valid {kind}") from None
-            if isinstance(value, (int, float)) and value <= 0:
-                raise ValueError(f"{ENV_PREFIX}{item.name.upper()}={raw!r} must be above 0")
-            values[item.name] = value
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**knobs_from_env(cls, ENV_PREFIX, environ, allow_zero=False))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -106,6 +91,15 @@ class GraphProviderSettings:
     #: The app-only token's scope: the cloud's Graph resource + `/.default` (https://graph.microsoft.com/.default),
     #: also when graphUrl points elsewhere (a proxy, an emulator): the token is for Microsoft Graph all the same.
     scope: str = ""
+    #: clientCertificate instead of clientSecret (then client_secret is ""): the certificate and its private key
+    #: (PEM, decrypted), which signs the client assertion.
+    client_certificate: ClientCertificate | None = None
+    private_key: str = field(default="", repr=False)
+
+    @property
+    def credential_key(self) -> str:
+        """The config key of the app's credential, for messages."""
+        return f"{self.key}.clientCertificate" if self.client_certificate else f"{self.key}.clientSecret"
 
 
 @dataclass(frozen=True)
@@ -118,6 +112,8 @@ class GraphSettings:
     #: Host names of whitelisted TrueConf Servers: join links https://<host>/c/<id> are recognised for these.
     tcs_hosts: frozenset[str]
     licensing_address: str
+    #: writeBackJoinLink: the join link of a conference created for an organizer's event is written into it.
+    write_back_join_link: bool = False
     #: Every calendarProviders entry, EWS ones included: licensing judges the multiple-providers feature on it.
     total_providers: int = 1
     tuning: Tuning = field(default_factory=Tuning)
@@ -129,10 +125,7 @@ class GraphSettings:
         providers: list[GraphProviderSettings] = []
         for index, provider in config.graph_providers:
             key = f"calendarProviders[{index}]"
-            try:
-                secret = reveal(provider.client_secret)
-            except (ValueError, SecretError) as exc:
-                raise ValueError(f"{key}.clientSecret: {exc}") from exc
+            secret, certificate, private_key = _credential(provider, key, reveal)
             providers.append(
                 GraphProviderSettings(
                     name=provider.provider_name,
@@ -140,12 +133,14 @@ class GraphSettings:
                     tenant_id=provider.tenant_id,
                     client_id=provider.client_id,
                     client_secret=secret,
+                    client_certificate=certificate,
+                    private_key=private_key,
                     authority=provider.authority,
                     graph_url=provider.graph_base,
                     ca_file=provider.ca_file,
                     max_concurrency=provider.max_concurrency,
                     scope=_scope(GRAPH_CLOUDS[provider.cloud][1]),
-                    users=tuple(dict.fromkeys(u.lower() for u in provider.users)),
+                    users=unique_users(provider.users),
                     notification_url=provider.notification_url,
                     notification_listen=provider.notification_listen if provider.notification_url else None,
                 )
@@ -153,10 +148,7 @@ class GraphSettings:
         problems = notification_problems(config)
         if problems:
             raise ValueError("; ".join(str(p) for p in problems))
-        names = [p.name for p in providers]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"calendarProviders: two Graph providers share the name {', '.join(duplicates)}")
+        refuse_shared_names([p.name for p in providers], "two Graph providers share the name")
         return cls(
             providers=tuple(providers),
             auto_sync=config.cache.auto_sync,
@@ -165,10 +157,33 @@ class GraphSettings:
             conference_defaults=config.conference_defaults,
             tcs_hosts=tcs_hosts(config),
             licensing_address=config.grpc.address_of("licensing"),
+            write_back_join_link=config.write_back_join_link,
             total_providers=len(config.calendar_providers),
             tuning=tuning or Tuning.from_env(),
             licensing_caller=GrpcCaller.for_service(config, SERVICE, reveal),
         )
+
+
+def _credential(
+    provider: GraphCalendarProvider, key: str, reveal: Callable[[str], str]
+) -> tuple[str, ClientCertificate | None, str]:
+    """(client secret, certificate, private key) of the entry, revealed and checked; ValueError names the key."""
+    given = provider.client_certificate
+    if given is None:
+        try:
+            return reveal(provider.client_secret or ""), None, ""
+        except (ValueError, SecretError) as exc:
+            raise ValueError(f"{key}.clientSecret: {exc}") from exc
+    try:
+        certificate = read_certificate(given.certificate)
+    except CertificateError as exc:
+        raise ValueError(f"{key}.clientCertificate.certificate: {exc}") from exc
+    try:
+        private_key = reveal(given.private_key)
+        check_private_key(private_key, certificate)
+    except (ValueError, SecretError) as exc:
+        raise ValueError(f"{key}.clientCertificate.privateKey: {exc}") from exc
+    return "", certificate, private_key
 
 
 def _scope(graph_url: str) -> str:

@@ -56,7 +56,7 @@ class TokenSource:
             try:
                 self._app = msal.ConfidentialClientApplication(
                     p.client_id,
-                    client_credential=p.client_secret,
+                    client_credential=_client_credential(p),
                     authority=p.authority_url,
                     http_client=_CaSession(p.ca_file) if p.ca_file else None,
                     timeout=self.timeout,
@@ -94,7 +94,7 @@ class TokenSource:
         error = str(result.get("error", "unknown_error"))
         description = str(result.get("error_description", "")).splitlines()[0] if result else ""
         hint = {
-            "invalid_client": f"check {p.key}.clientSecret (wrong or expired secret)",
+            "invalid_client": f"check {p.credential_key} ({_credential_hint(p)})",
             "unauthorized_client": f"check {p.key}.clientId (no such app in tenant {p.tenant_id})",
             "invalid_request": f"check {p.key}.tenantId",
             "invalid_scope": f"check {p.key}.graphUrl / cloud",
@@ -103,3 +103,21 @@ class TokenSource:
             f"{p.key} ({p.name}): the identity platform at {p.authority_url} refused an app-only token for client "
             f"{p.client_id}: {error}: {description} - {hint}"
         )
+
+
+def _client_credential(p: GraphProviderSettings) -> str | dict[str, str]:
+    """The client secret, or MSAL's certificate credential: the private key signs a client assertion (RFC 7523)
+    whose header carries the certificate (`x5c`) and its SHA-256 thumbprint (`x5t#S256`, PS256), as the identity
+    platform documents (https://learn.microsoft.com/en-us/entra/identity-platform/certificate-credentials)."""
+    if p.client_certificate is None:
+        return p.client_secret
+    return {"private_key": p.private_key, "public_certificate": p.client_certificate.pem}
+
+
+def _credential_hint(p: GraphProviderSettings) -> str:
+    if p.client_certificate is None:
+        return "wrong or expired secret"
+    return (
+        f"is the certificate with thumbprint {p.client_certificate.thumbprint} (valid until "
+        f"{p.client_certificate.not_after}) uploaded to app {p.client_id}?"
+    )

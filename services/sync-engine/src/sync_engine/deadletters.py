@@ -19,8 +19,9 @@ not write into the organizer's Exchange item `nats.maxDeliver` times (Exchange r
 not decode. Replaying it needs what only the ews-ingest that published the organizer's item holds, in memory (which
 item of which mailbox wants that link), so neither the engine nor a republished result could do it: the listing
 gives the command id and reason, the link is in the conference (`ListConferences`), and the organizer's item can
-be given it by hand. tcs-gateway's command consumers never dead-letter (`max_deliver=-1`: every command gets a
-result; a calendar command waits for its TrueConf Server).
+be given it by hand; graph-ingest's `graph-ingest-writeback` likewise for an organizer's Exchange Online event
+(Graph refused, or kept answering 412). tcs-gateway's command consumers never dead-letter (`max_deliver=-1`: every
+command gets a result; a calendar command waits for its TrueConf Server).
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ NOT_REPLAYABLE = {
         "ews-ingest's join-link write-back: which organizer's item wants the link is known only to the ews-ingest "
         "that published it (in memory), so it cannot be replayed; put the conference's link (ListConferences) into "
         "the organizer's item by hand"
+    ),
+    "graph-ingest-writeback": (
+        "graph-ingest's join-link write-back: which organizer's event wants the link is known only to the "
+        "graph-ingest that published it (in memory), so it cannot be replayed; put the conference's link "
+        "(ListConferences) into the organizer's event by hand"
     ),
 }
 

@@ -68,6 +68,7 @@ def config_check(file: str | None, no_decrypt: bool) -> None:
     import os
 
     from tccal.config.checks import (
+        graph_credential_problems,
         provider_warnings,
         startup_problems,
         transport_warnings,
@@ -84,7 +85,7 @@ def config_check(file: str | None, no_decrypt: bool) -> None:
         for problem in exc.problems:
             click.echo(f"{exc.source}: {problem}", err=True)
         sys.exit(EXIT_CONFIG)
-    problems = startup_problems(config) + trueconf_problems(config)
+    problems = startup_problems(config) + trueconf_problems(config) + graph_credential_problems(config)
     warnings = trueconf_warnings(config) + transport_warnings(config) + provider_warnings(config)
     for problem in problems:
         click.echo(f"{path}: {problem}", err=True)

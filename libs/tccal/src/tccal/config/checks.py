@@ -5,6 +5,8 @@
   cannot be read or do not go together), or the connector could not do its work: no TrueConf Server can connect
   (none is both whitelisted and in `tcs.servers` with a bridge secret; tcs-gateway's bridge refuses a server
   without a secret);
+* problems too - a Graph provider's clientCertificate that cannot be read or is no RSA X.509 certificate
+  (graph-ingest would refuse to start);
 * warnings - everything starts, but some TrueConf Server cannot use it (an entry on one side only), or secrets
   and calendars would cross the network in clear (EWS over http, PostgreSQL beyond loopback with sslMode disable),
   or a mailbox is listed under both an EWS and a Graph provider.
@@ -17,6 +19,7 @@ import os
 from tccal.config.loader import ConfigProblem
 from tccal.config.schema import OPTIONAL_SERVICE_NAMES, SERVICE_NAMES, Config
 from tccal.db_tls import effective_ssl_mode, is_local, ssl_context
+from tccal.graph_certificate import CertificateError, read_certificate
 from tccal.grpckit import TlsMaterial, is_loopback
 
 
@@ -181,4 +184,18 @@ def notification_problems(config: Config) -> list[ConfigProblem]:
                     "Graph provider its own port",
                 )
             )
+    return problems
+
+
+def graph_credential_problems(config: Config) -> list[ConfigProblem]:
+    """A Graph provider's certificate that graph-ingest could not read (the private key is checked against it when
+    graph-ingest decrypts it at start)."""
+    problems: list[ConfigProblem] = []
+    for index, provider in config.graph_providers:
+        if provider.client_certificate is None:
+            continue
+        try:
+            read_certificate(provider.client_certificate.certificate)
+        except CertificateError as exc:
+            problems.append(ConfigProblem(f"calendarProviders[{index}].clientCertificate.certificate", str(exc)))
     return problems

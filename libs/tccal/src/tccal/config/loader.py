@@ -23,7 +23,7 @@ from tccal.config.schema import ALL_SERVICE_NAMES, PROVIDER_TYPES, Config, iter_
 ENV_PREFIX = "TC_CALENDAR__"
 CONFIG_ENV = "TC_CALENDAR_CONFIG"  # names config.json when --config is not given
 EXIT_CONFIG = 2  # exit code of every process refusing a bad config
-_HIDDEN_KEYS = {"password", "secret", "clientSecret", "adminToken", "token"}
+_HIDDEN_KEYS = {"password", "secret", "clientSecret", "privateKey", "adminToken", "token"}
 #: config.json is at most 5 levels deep; anything far deeper is not a config file (and would exhaust recursion).
 MAX_DEPTH = 32
 
@@ -221,6 +221,10 @@ _MESSAGES = {
 }
 
 
+#: Error kinds of rules over a whole entry (schema model validators), told without the entry's value.
+_ENTRY_RULES = frozenset({"graph_credential"})
+
+
 def describe_errors(exc: ValidationError, overridden: Mapping[str, str]) -> list[ConfigProblem]:
     problems = []
     for error in exc.errors():
@@ -234,6 +238,8 @@ def describe_errors(exc: ValidationError, overridden: Mapping[str, str]) -> list
             message = "is missing (required)"
         elif kind == "extra_forbidden":
             message = f"unknown key{_allowed_keys_hint(error['loc'])}"
+        elif kind in _ENTRY_RULES:  # a rule over the whole entry: its value would only repeat the entry
+            message = error["msg"]
         elif kind in _MESSAGES:
             message = f"{shown} {_MESSAGES[kind]}"
         elif kind == "greater_than_equal":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -76,7 +76,7 @@ Guid = Annotated[str, BeforeValidator(_guid)]
 HttpsUrl = Annotated[str, BeforeValidator(_https_url)]
 # A secret value: `tc-calendar --hash_pass` output (base64 of "tc_..."), or plaintext where allowed.
 Secret = Annotated[str, Field(json_schema_extra={"secret": True})]
-SECRET_KEYS = frozenset({"password", "secret", "clientSecret", "adminToken", "token"})
+SECRET_KEYS = frozenset({"password", "secret", "clientSecret", "privateKey", "adminToken", "token"})
 
 
 class _Section(BaseModel):
@@ -174,6 +174,18 @@ class NotificationListen(_Section):
     key_file: str | None = Field(None, description="The certificate's PEM private key (with certFile).")
 
 
+class GraphClientCertificate(_Section):
+    """The app's certificate credential (https://learn.microsoft.com/en-us/entra/identity-platform/certificate-credentials)."""
+
+    certificate: str = Field(
+        min_length=1,
+        description="The certificate uploaded to the app registration: a PEM file path, or the PEM text itself.",
+    )
+    private_key: Secret = Field(
+        min_length=1, description="Its private key: the PEM text, encrypted with tc-calendar --hash_pass."
+    )
+
+
 class GraphCalendarProvider(_Section):
     """Exchange Online (Microsoft 365) through Microsoft Graph with an app-only (client credentials) token."""
 
@@ -185,7 +197,12 @@ class GraphCalendarProvider(_Section):
     )
     tenant_id: Guid = Field(description="Microsoft Entra tenant (directory) id, a GUID.")
     client_id: Guid = Field(description="Application (client) id of the Entra app registration, a GUID.")
-    client_secret: Secret = Field(description="Its encrypted client secret (tc-calendar --hash_pass).")
+    client_secret: Secret | None = Field(
+        None, description="Its encrypted client secret (tc-calendar --hash_pass); or clientCertificate."
+    )
+    client_certificate: GraphClientCertificate | None = Field(
+        None, description="Its certificate and encrypted private key, instead of clientSecret."
+    )
     cloud: Literal["global", "usgov", "china"] = Field(
         "global", description="Microsoft cloud: global, usgov (GCC High) or china (21Vianet); sets both endpoints."
     )
@@ -213,6 +230,19 @@ class GraphCalendarProvider(_Section):
         description="The local address of the change-notification receiver (used with notificationUrl).",
     )
     users: list[Email] = Field(default_factory=list, description="Mailboxes synced at start, first in line for seats.")
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> GraphCalendarProvider:
+        if self.client_secret and self.client_certificate:
+            raise PydanticCustomError(
+                "graph_credential", "has both clientSecret and clientCertificate: give the app's credential once"
+            )
+        if not self.client_secret and self.client_certificate is None:
+            raise PydanticCustomError(
+                "graph_credential",
+                "has neither clientSecret nor clientCertificate: give the app's client secret or certificate",
+            )
+        return self
 
     @property
     def provider_name(self) -> str:
