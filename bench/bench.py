@@ -785,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
         import bench_engine
 
         out = args.out
-        with sandbox(2, seats=100) as ready:
+        with sandbox(3, seats=100) as ready:  # 2 for the burst, 1 for the lone meeting during it
             live_in(
                 ready,
                 argparse.Namespace(
