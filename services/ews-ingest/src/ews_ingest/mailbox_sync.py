@@ -243,7 +243,6 @@ class MailboxSync:
     ) -> bool:
         """Walk the pages from `sync_state`; True when the last page was reached (False: stopped for shutdown)."""
         ctx = self.ctx
-        calendar = await ctx.pool.call(ctx.mailbox, "GetFolder", lambda account: account.calendar)
         fields = {FieldPath(field=CalendarItem.get_field_by_fieldname(name)) for name in SYNC_FIELDS}
         page_size = self.page_size
         while True:
@@ -253,7 +252,9 @@ class MailboxSync:
                 service = SyncFolderItems(account=account)
                 changes = list(
                     service.call(
-                        folder=calendar,
+                        # the calendar folder: one GetFolder the first time, then cached on the account - read here,
+                        # on the page's own connection, a sync waits for a free connection once per page, not twice
+                        folder=account.calendar,
                         shape=ID_ONLY,
                         additional_fields=fields,
                         sync_state=state,

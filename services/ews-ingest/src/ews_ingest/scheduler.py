@@ -5,6 +5,14 @@ provider's credentials, fewest mailboxes first), its seat, state and counters. A
 when something says it changed (a streaming notification, a catch-up after a stream gap, a control message), when
 it gets its seat, and at the latest every `safety_sync_seconds` (every `poll_seconds` when no streaming connection
 had room for it). One sync of a mailbox runs at a time; a trigger during a sync runs another one right after.
+
+Live changes first: a notification for a mailbox already synced (its first pass done, no whole re-read pending)
+reads one page of what changed, while a first sync, an on-demand mailbox or a re-read walks the whole calendar.
+Syncs are queued by priority (live, then on-demand, then seats and catch-ups, then safety syncs and polls; a
+mailbox queued twice keeps its most urgent place, a trigger during its sync its most urgent rerun). Besides the
+`workers` that take any sync, most urgent first, `live_workers` take only live ones, so a backlog of whole-mailbox
+syncs holding every general worker never holds a live change; and a live sync's EWS calls take the credential's
+next free connection before bulk work's (ews_ingest.exchange.slots) - within the same maxConcurrency budget.
 A failed sync logs `failed to getCalendarList` with the mailbox and the cause, marks the mailbox ERROR and is
 retried with jittered exponential back-off - the other mailboxes carry on (workers and EWS connections are shared,
 per-credential bounds are kept by the credential pools).
@@ -31,6 +39,7 @@ from opentelemetry import trace
 from ews_ingest.conference_marker import MarkerParser
 from ews_ingest.exchange.errors import describe
 from ews_ingest.exchange.pool import CredentialPool, random_jitter
+from ews_ingest.exchange.slots import LIVE, ORDINARY, call_rank
 from ews_ingest.mailbox_sync import MailboxContext, MailboxSync, Observer, Publish, SyncResult, Window
 from ews_ingest.settings import IngestSettings
 from ews_ingest.state import StateStore
@@ -42,16 +51,19 @@ log = logging.getLogger(__name__)
 #: Concurrent mailbox syncs per EWS connection for ordinary calls.
 SYNCS_PER_CONNECTION = 2
 CALENDAR_UNREADABLE = "failed to getCalendarList"
+#: Queue priority by trigger reason, most urgent first. A live change is a notification of a mailbox caught up;
+#: a notification of one that is not (first pass or re-read pending) is whole-mailbox work, queued as on-demand.
 PRIORITY = {
-    "notification": 0,
-    "resync": 0,
-    "on-demand": 0,
-    "seat": 1,
-    "catch-up": 1,
-    "safety": 2,
-    "poll": 2,
-    "retry": 2,
+    "notification": LIVE,
+    "resync": 1,
+    "on-demand": 1,
+    "seat": 2,
+    "catch-up": 2,
+    "safety": 3,
+    "poll": 3,
+    "retry": 3,
 }
+WHOLE_MAILBOX = PRIORITY["on-demand"]
 
 _meter = telemetry.meter("ews_ingest")
 _syncs = _meter.create_counter("ews_ingest_mailbox_syncs", description="Mailbox syncs by outcome")
@@ -75,6 +87,7 @@ class MailboxEntry:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     queued: int | None = None  # priority it is queued with
     dirty: bool = False
+    rerun: int | None = None  # most urgent priority of the triggers that came during its running sync
     failures: int = 0
     next_due: float = 0.0
     noticed_at: float | None = None
@@ -87,6 +100,12 @@ class MailboxEntry:
     @property
     def credential(self) -> str:
         return self.pool.login
+
+    @property
+    def caught_up(self) -> bool:
+        """Its first pass is done and no whole re-read is pending: a sync reads only what changed."""
+        checkpoint = self.context.checkpoint if self.context is not None else None
+        return checkpoint is not None and checkpoint.initial_done and not checkpoint.reread
 
     @property
     def changes_published(self) -> int:
@@ -135,6 +154,7 @@ class Scheduler:
         self.marker = marker
         self.entries: dict[str, MailboxEntry] = {}
         self._queue: asyncio.PriorityQueue[tuple[int, int, str]] = asyncio.PriorityQueue()
+        self._live: asyncio.Queue[str] = asyncio.Queue()  # mailboxes queued LIVE, for the live-only workers
         self._order = itertools.count()
         self._assigned: dict[int, int] = {}
         self.on_activate: list[Callable[[MailboxEntry], None]] = []
@@ -148,6 +168,8 @@ class Scheduler:
         # checkpoint take no connection. Twice as many syncs as connections keep every connection busy (the pool's
         # semaphore still bounds the calls): at 8 per sync the 2,000-mailbox initial sync left EWS idle half the time.
         self.workers = max(2, min(128, SYNCS_PER_CONNECTION * sum(p.sync_slots for g in pools.values() for p in g)))
+        #: Workers for live changes only, on top: a backlog of whole-mailbox syncs never holds a live change.
+        self.live_workers = max(2, self.workers // 4)
         self._stop: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ registry
@@ -223,18 +245,30 @@ class Scheduler:
         if noticed_at is not None and (entry.noticed_at is None or noticed_at < entry.noticed_at):
             entry.noticed_at = noticed_at
         entry.dirty = True
-        if entry.lock.locked():
-            return True  # syncing now: its worker runs it again right after (dirty)
-        priority = PRIORITY.get(reason, 1)
+        priority = PRIORITY.get(reason, PRIORITY["seat"])
+        if entry.lock.locked():  # syncing now: its worker runs it again right after (dirty)
+            entry.rerun = priority if entry.rerun is None else min(entry.rerun, priority)
+            return True
+        self._enqueue(entry, priority)
+        return True
+
+    def _enqueue(self, entry: MailboxEntry, priority: int) -> None:
+        if priority == LIVE and not entry.caught_up:
+            priority = WHOLE_MAILBOX
         if entry.queued is None or priority < entry.queued:
             entry.queued = priority
             self._queue.put_nowait((priority, next(self._order), entry.mailbox))
-        return True
+            if priority == LIVE:
+                self._live.put_nowait(entry.mailbox)
 
     # ------------------------------------------------------------------ running
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
         workers = [asyncio.create_task(self._worker(stop), name=f"ews-sync-{i}") for i in range(self.workers)]
+        workers += [
+            asyncio.create_task(self._worker(stop, live_only=True), name=f"ews-sync-live-{i}")
+            for i in range(self.live_workers)
+        ]
         ticker = asyncio.create_task(self._ticker(stop), name="ews-sync-ticker")
         try:
             await stop.wait()
@@ -245,6 +279,7 @@ class Scheduler:
             ticker.cancel()
             for _ in workers:
                 self._queue.put_nowait((-1, -1, ""))
+                self._live.put_nowait("")
             await asyncio.gather(*workers, return_exceptions=True)
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
@@ -262,24 +297,34 @@ class Scheduler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
 
-    async def _worker(self, stop: asyncio.Event) -> None:
+    async def _worker(self, stop: asyncio.Event, *, live_only: bool = False) -> None:
+        """Take queued mailboxes and sync them (a mailbox queued twice, in both queues or at two priorities, is
+        synced by whichever worker takes it first; the others skip it)."""
         while True:
-            _, _, mailbox = await self._queue.get()
+            if live_only:
+                mailbox = await self._live.get()
+            else:
+                _, _, mailbox = await self._queue.get()
             if stop.is_set() or not mailbox:
                 return
             entry = self.entries.get(mailbox)
-            if entry is None or entry.queued is None:
+            if entry is None or entry.queued is None or (live_only and entry.queued != LIVE):
                 continue
-            entry.queued = None
+            priority, entry.queued = entry.queued, None
             if not self.active(entry):
                 continue
             async with entry.lock:
                 entry.dirty = False
+                entry.rerun = None
                 if not self.active(entry):  # ownership left while it waited for a running sync
                     continue
-                await self._sync(entry)
+                rank = call_rank.set(LIVE if priority == LIVE else ORDINARY)
+                try:
+                    await self._sync(entry)
+                finally:
+                    call_rank.reset(rank)
             if entry.dirty and self.active(entry) and not stop.is_set():
-                self.trigger(entry.mailbox, "notification")
+                self._enqueue(entry, LIVE if entry.rerun is None else entry.rerun)
 
     async def context(self, entry: MailboxEntry) -> MailboxContext:
         if entry.context is None:
@@ -415,7 +460,8 @@ class Scheduler:
                 span.set_attribute("calendar.published", result.published)
         self._succeeded(entry, result, None)
         if entry.dirty:
-            self.trigger(entry.mailbox, "notification")
+            self._enqueue(entry, LIVE if entry.rerun is None else entry.rerun)
+            entry.rerun = None
         _published.add(result.published, {"provider": entry.provider})
         log.info("mailbox resynced", extra={"mailbox": entry.mailbox, "published": result.published})
         return result.published

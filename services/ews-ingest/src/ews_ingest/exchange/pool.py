@@ -1,17 +1,19 @@
 """One bounded pool of EWS connections per impersonation account.
 
 exchangelib blocks, so every call runs in this pool's worker threads and the event loop only awaits it. At most
-`sync_slots` (= maxConcurrency) ordinary calls of one credential are on the wire at any time (an asyncio semaphore
-in front of as many threads), plus up to `stream_slots` GetStreamingEvents, each holding its connection for up to
-30 minutes. Streaming connections are a budget of their own: Exchange counts them apart from EWSMaxConcurrency, and
-with impersonation each one is charged to the mailbox it is anchored on (X-AnchorMailbox, its group's first
-member), so the per-account HangingConnectionLimit does not cap them; 2,000 mailboxes need 10. exchangelib's own
-session pool holds `sync_slots + stream_slots` sessions (made as they are first needed), so it never waits.
+`sync_slots` (= maxConcurrency) ordinary calls of one credential are on the wire at any time (`RankedSlots` in front
+of as many threads: a live change's call takes the next free connection before bulk work's), plus up to
+`stream_slots` GetStreamingEvents, each holding its connection for up to 30 minutes. Streaming connections are a
+budget of their own: Exchange counts them apart from EWSMaxConcurrency, and with impersonation each one is charged
+to the mailbox it is anchored on (X-AnchorMailbox, its group's first member), so the per-account
+HangingConnectionLimit does not cap them; 2,000 mailboxes need 10. exchangelib's own session pool holds `sync_slots
++ stream_slots` sessions (made as they are first needed), so it never waits.
 
 Throttling: ErrorServerBusy's BackOffMilliseconds is honoured for the mailbox the answer was about (with
 impersonation Exchange charges the budget to the impersonated mailbox), so one throttled or broken mailbox never
 holds up the others. Network trouble and transient server errors are retried with jittered exponential back-off.
-Waiting longer than `pool_wait_warn_seconds` for a free connection logs the guide's `Cant get free socket from pool`.
+Waiting longer than `pool_wait_warn_seconds` for a free connection logs the guide's `Cant get free socket from
+pool`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from exchangelib.errors import MalformedResponseError
 from ews_ingest.exchange.auth import PoolCredentials, forget_protocol, make_configuration, make_protocol
 from ews_ingest.exchange.endpoint import EndpointResolver
 from ews_ingest.exchange.errors import classify, describe
+from ews_ingest.exchange.slots import RankedSlots, call_rank
 from ews_ingest.settings import MAX_STREAMS_PER_CREDENTIAL, CredentialSettings, ProviderSettings, Tuning
 from tccal import telemetry
 from tccal.retry import backoff_delay
@@ -84,7 +87,7 @@ class CredentialPool:
         label = f"{provider.name}-{index}"
         self._executor = ThreadPoolExecutor(self.sync_slots, thread_name_prefix=f"ews-{label}")
         self._stream_executor = ThreadPoolExecutor(self.stream_slots, thread_name_prefix=f"ews-stream-{label}")
-        self._semaphore = asyncio.Semaphore(self.sync_slots)
+        self._slots = RankedSlots(self.sync_slots)
         self._resolver = EndpointResolver(provider, self.credentials)
         self._configs: dict[str, Configuration] = {}
         self._accounts: dict[str, Account] = {}
@@ -101,7 +104,7 @@ class CredentialPool:
     @property
     def exhausted(self) -> bool:
         """Every connection for ordinary calls is in use: the next call waits."""
-        return self._semaphore.locked()
+        return self._slots.locked()
 
     # ------------------------------------------------------------------ accounts (worker threads only)
     def account(self, mailbox: str) -> Account:
@@ -257,17 +260,17 @@ class CredentialPool:
             )
             handle = loop.call_later(self.tuning.pool_wait_warn_seconds, warn)
 
-        if self._semaphore.locked():
+        if self._slots.locked():
             handle = loop.call_later(self.tuning.pool_wait_warn_seconds, warn)
         try:
-            await self._semaphore.acquire()
+            await self._slots.acquire(call_rank.get())
         finally:
             if handle is not None:
                 handle.cancel()
         try:
             yield
         finally:
-            self._semaphore.release()
+            self._slots.release()
 
     # ------------------------------------------------------------------ streaming
     def run_stream(self, fn: Callable[[], None]) -> asyncio.Future[None]:
