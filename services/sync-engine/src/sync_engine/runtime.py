@@ -192,6 +192,7 @@ class SyncEngineService:
         # Everything built so far (modules, config, clients) lives as long as the process: kept out of the cyclic
         # collector, whose full passes otherwise re-scan it while batches allocate (a quarter of a batch's CPU).
         gc.freeze()
+        gc.set_threshold(100_000, 50, 100)
         self.migrated.set()
         self.api.engine = engine.engine
         await engine.run(stop)
