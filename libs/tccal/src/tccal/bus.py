@@ -533,12 +533,14 @@ async def _handle_batch(stream: str, durable: str, batch_handler: BatchHandler, 
     """Hand the batch to `batch_handler` (one consumer span per message); True if it succeeded and all were acked."""
     tracer = telemetry.tracer("tccal.bus")
     spans = []
+    name = f"consume {stream}"
     for message in messages:
         span = tracer.start_span(
-            f"consume {stream}", context=telemetry.extract_context(message.headers), kind=trace.SpanKind.CONSUMER
+            name,
+            context=telemetry.extract_context(message.headers),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={"messaging.destination.name": message.subject, "messaging.batch.message_count": len(messages)},
         )
-        span.set_attribute("messaging.destination.name", message.subject)
-        span.set_attribute("messaging.batch.message_count", len(messages))
         spans.append(span)
     try:
         with trace.use_span(spans[0], end_on_exit=False):

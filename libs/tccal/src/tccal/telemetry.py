@@ -221,9 +221,9 @@ def meter(name: str) -> metrics.Meter:
     return metrics.get_meter(name)
 
 
-def inject_context(carrier: MutableMapping[str, str]) -> MutableMapping[str, str]:
-    """Write the current trace context (traceparent) into headers or metadata."""
-    propagate.inject(carrier)
+def inject_context(carrier: MutableMapping[str, str], context: Context | None = None) -> MutableMapping[str, str]:
+    """Write the current trace context (or `context`'s) as traceparent into headers or metadata."""
+    propagate.inject(carrier, context=context)
     return carrier
 
 

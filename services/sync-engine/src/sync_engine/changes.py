@@ -283,8 +283,7 @@ class ChangeApplier:
             for meeting in sorted(affected):
                 batch.cause = affected[meeting]
                 await reconcile_meeting(workspace, self.context.settings, meeting, batch, moment)
-            await workspace.flush()
-            await batch.flush(connection)
+            await batch.flush(connection, workspace.take_writes())
         return applied
 
     async def _not_brought_back(

@@ -35,7 +35,6 @@ async def recompute_meeting(
         ):
             conference.repoint_at = None
             workspace.conference_changed(rows)
-        await workspace.flush()
-        await batch.flush(connection)
+        await batch.flush(connection, workspace.take_writes())
 
     await context.transaction(work)

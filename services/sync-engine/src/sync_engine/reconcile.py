@@ -1,8 +1,8 @@
 """Bring one meeting's derived state in line with its stored copies, deciding the commands that takes.
 
 Runs inside a transaction holding the meeting's advisory lock (`lock_meetings`), on the meeting's rows loaded in
-a `Workspace` (written back by its `flush`). It builds the view from the stored items (`model.build_view`) and
-compares what should be with what was pushed:
+a `Workspace` (written back with the commands: `take_writes`). It builds the view from the stored items
+(`model.build_view`) and compares what should be with what was pushed:
 * `shown` rows (what every user's TrueConf calendar shows) → calendar_upsert / calendar_cancel / calendar_delete,
 * the `conferences` row → conference_upsert (create/update), invitations_sync, conference_delete,
 * `launches` rows → planned / re-planned / removed (the scheduler launches them),

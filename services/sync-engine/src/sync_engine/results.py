@@ -113,8 +113,7 @@ class ResultApplier:
                 if kind == "conference_upsert" and not command.conference_upsert.conference_id:
                     conference.state = "failed" if conference.state == "pending" else conference.state
                 workspace.conference_changed(rows)
-        await workspace.flush()
-        await batch.flush(connection)
+        await batch.flush(connection, workspace.take_writes())
 
     async def _set_status(
         self, connection: asyncpg.Connection, row_id: int, status: str, result: int, error: str, at: datetime

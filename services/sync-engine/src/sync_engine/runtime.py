@@ -195,6 +195,9 @@ class SyncEngineService:
         # Everything built so far (modules, config, clients) lives as long as the process: kept out of the cyclic
         # collector, whose full passes otherwise re-scan it while batches allocate (a quarter of a batch's CPU).
         gc.freeze()
+        # A batch allocates tens of thousands of short-lived objects, freed by reference counting: a young
+        # collection every 100,000 allocations instead of every 700 (cyclic garbage waits a few MB longer).
+        gc.set_threshold(100_000, 50, 100)
         self.migrated.set()
         self.api.engine = engine.engine
         await engine.run(stop)

@@ -2,10 +2,11 @@
 
 A transaction that touches N meetings (a fetched batch of calendar changes, a command result, a re-expansion)
 loads all their rows at once (`Workspace.load`, one query per table; nothing for meetings it created: `adopt`),
-`reconcile` works on them in memory, and `flush` writes what changed in one statement (a data-modifying CTE per
-table and kind, rows unnested from arrays: bulk.py), so the number of round trips does not grow with the number
-of meetings. The meetings' advisory locks must be held while the workspace lives (`reconcile.lock_meetings`);
-nothing else may write these rows in the same transaction meanwhile.
+`reconcile` works on them in memory, and `take_writes` hands what changed to the command batch, which writes it in
+the statement that allocates its users' seqs (a data-modifying CTE per table and kind, rows unnested from arrays:
+bulk.py), so the number of round trips does not grow with the number of meetings. The meetings' advisory locks
+must be held while the workspace lives (`reconcile.lock_meetings`); nothing else may write these rows in the same
+transaction meanwhile.
 """
 
 from __future__ import annotations
@@ -254,7 +255,7 @@ class Workspace:
         """The people who are TrueConf users we serve: synced mailboxes and calendarProviders[].users, holding a
         seat."""
         await self._look_up(people)
-        known = (people & self._users) | (people & set(self.configured_users))
+        known = (people & self._users) | (people & self.configured_users)
         return {person for person in known if self.seated(person)}
 
     # ------------------------------------------------------------------------------------------------- writing
@@ -315,9 +316,10 @@ class Workspace:
             self._people_added.discard((rows.meeting_id, email))
         rows.people = set(people)
 
-    async def flush(self) -> None:
-        """Write every change decided since the last flush, in one statement whatever the number of meetings (its
-        parts touch different rows: a launch, occurrence or person is either put or dropped)."""
+    def take_writes(self) -> dict[str, bulk.Statement | None]:
+        """Every change decided since the last call as the parts of one statement (`bulk.combined`), then
+        forgotten: `CommandBatch.flush` runs them with its own writes, whatever the number of meetings. The parts touch
+        different rows: a launch, occurrence or person is either put or dropped."""
         conferences = [self.meetings[m].conference for m in sorted(self._conferences)]
         conference_rows = [tuple(getattr(row, n) for n in CONFERENCE_COLUMNS) for row in conferences if row is not None]
         launches = [tuple(getattr(self._launches[k], n) for n in LAUNCH_COLUMNS) for k in sorted(self._launches)]
@@ -339,9 +341,6 @@ class Workspace:
             "people_gone": bulk.statement(DROP_PEOPLE, people_gone, len(PEOPLE_COLUMNS)),
             "people_put": bulk.statement(ADD_PEOPLE, people_added, len(PEOPLE_COLUMNS)),
         }
-        write = bulk.combined(parts)
-        if write.args:
-            await self.connection.execute(write.sql, *write.args)
         self._conferences.clear()
         self._launches.clear()
         self._launches_gone.clear()
@@ -350,3 +349,4 @@ class Workspace:
         self._occurrences_gone.clear()
         self._people_added.clear()
         self._people_gone.clear()
+        return parts
