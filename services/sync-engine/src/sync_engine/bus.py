@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 
 import asyncpg
 from google.protobuf.message import DecodeError
@@ -121,15 +122,31 @@ async def consume_calendar(engine: Engine, bus: Bus, stop: asyncio.Event) -> Non
     )
 
 
-async def consume_calendar_leading(engine: Engine, bus: Bus, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+@dataclass
+class CalendarTurns:
+    """This engine's own turns at consuming CALENDAR. A turn ends with every change it fetched acked or handed back
+    (nak'd: JetStream redelivers it at once), so when the same engine takes the lock again without having stood by
+    while another held it, what is still pending is its own and comes back now: no predecessor to wait for."""
+
+    own_last: bool = False
+
+
+async def consume_calendar_leading(
+    engine: Engine, bus: Bus, pool: asyncpg.Pool, stop: asyncio.Event, turns: CalendarTurns | None = None
+) -> None:
     """Consume CALENDAR while this engine holds the calendar lock (waiting for it first); returns when the lock is
     lost or `stop` is set."""
+    mine = turns if turns is not None else CalendarTurns()
+
+    def stood_by() -> None:
+        mine.own_last = False
 
     async def as_leader(until: asyncio.Event) -> None:
-        if await wait_for_predecessor(bus, until):
+        if mine.own_last or await wait_for_predecessor(bus, until):
+            mine.own_last = True
             await consume_calendar(engine, bus, until)
 
-    await lead(pool, CALENDAR_LOCK_KEY, "calendar consumer", stop, as_leader)
+    await lead(pool, CALENDAR_LOCK_KEY, "calendar consumer", stop, as_leader, on_standby=stood_by)
 
 
 async def wait_for_predecessor(bus: Bus, until: asyncio.Event, poll: float = 0.5) -> bool:

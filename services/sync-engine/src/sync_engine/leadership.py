@@ -32,16 +32,19 @@ async def lead(
     *,
     retry: float = 1.0,
     check: float = 1.0,
+    on_standby: Callable[[], None] | None = None,
 ) -> None:
     """Wait until this engine holds the advisory lock `key` (or `stop`), then run `work(until)`; `until` is set
     when `stop` is, or when the lock's connection broke. Returns when `work` does (the lock released), at once when
-    stopped before the lock was had."""
+    stopped before the lock was had. `on_standby` is called when another engine holds the lock at the first try."""
     async with pool.acquire() as connection:
         waiting_logged = False
         while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", key):
             if not waiting_logged:
                 waiting_logged = True
                 log.info(f"{what}: another engine leads; standing by")
+                if on_standby is not None:
+                    on_standby()
             if await _pause(stop, retry):
                 return
         log.info(f"{what}: this engine leads")

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from sync_engine.api import SyncApi
-from sync_engine.bus import consume_calendar_leading, consume_results
+from sync_engine.bus import CalendarTurns, consume_calendar_leading, consume_results
 from sync_engine.engine import Engine
 from sync_engine.faults import DatabaseHealth, Fault, classify
 from sync_engine.migrate import migrate
@@ -59,6 +59,7 @@ class SyncEngine:
         self.seats = SeatKeeper(self.engine.context, seats) if seats is not None else None
         self.seat_poll = seat_poll
         self.relay = Relay(pool, bus, clock, health=self.health)
+        self.calendar_turns = CalendarTurns()
         self.tick = tick
         self.roll_check = roll_check
 
@@ -119,7 +120,9 @@ class SyncEngine:
     async def run_calendar(self, stop: asyncio.Event) -> None:
         """Consume calendar changes while this engine leads their consumption (bus.py: one engine at a time)."""
         await _forever(
-            stop, "calendar consumer", lambda: consume_calendar_leading(self.engine, self.bus, self.pool, stop)
+            stop,
+            "calendar consumer",
+            lambda: consume_calendar_leading(self.engine, self.bus, self.pool, stop, self.calendar_turns),
         )
 
     async def run_results(self, stop: asyncio.Event) -> None:
