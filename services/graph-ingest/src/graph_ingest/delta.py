@@ -35,6 +35,7 @@ from graph_ingest.state import Checkpoint, StateStore
 from tccal.bus import Bus
 from tccal.cache_window import CacheWindow
 from tccal.conference_marker import MARKER_GRAPH_PROPERTY_ID, MarkerParser
+from tccal.http_client import url_template
 from tccal.subjects import calendar_subject
 from trueconf.calendar.v1 import calendar_pb2
 
@@ -158,7 +159,8 @@ class MailboxDelta:
         checkpoint = self.checkpoint
         headers = {"Prefer": f'outlook.timezone="UTC", odata.maxpagesize={self.page_size}'}
         while True:
-            page = await self.client.get(self.mailbox, url, headers)
+            with url_template("/users/{user}/calendarView/delta"):
+                page = await self.client.get(self.mailbox, url, headers)
             self.result.pages += 1
             items = page.get("value") or []
             if publish and items:
@@ -235,7 +237,8 @@ class MailboxDelta:
         query = urlencode({"$select": "id", "$expand": expand}, quote_via=quote)
         url = self.client.url(f"/users/{quote(self.mailbox)}/events/{quote(item_id, safe='')}?{query}")
         try:
-            event = await self.client.get(self.mailbox, url)
+            with url_template("/users/{user}/events/{event}"):
+                event = await self.client.get(self.mailbox, url)
         except GraphError as exc:
             if exc.status == 404:
                 return True, None
