@@ -88,15 +88,23 @@ class TlsPostgres:
     client_key: Path
 
 
+def _debian_bin_dirs() -> list[Path]:
+    """Where Debian's postgresql-NN packages put their binaries (not on PATH), the newest version first."""
+    found = [d for d in Path("/usr/lib/postgresql").glob("*/bin") if d.parent.name.isdigit()]
+    return sorted(found, key=lambda d: int(d.parent.name), reverse=True)
+
+
 def _ssl_capable_bin_dir() -> Path | None:
     """PostgreSQL binaries built with OpenSSL: pgserver's when they are (its wheels are not, so far), else the
-    system's `postgres` (Debian's postgresql package is)."""
+    system's `postgres` on PATH, else Debian's /usr/lib/postgresql/NN/bin (Debian's postgresql package is built
+    with OpenSSL; .ci/run installs it where none is)."""
     import shutil
 
     from pgserver._commands import POSTGRES_BIN_PATH  # type: ignore[import-untyped]
 
     system = shutil.which("postgres")
-    for bin_dir in (Path(POSTGRES_BIN_PATH), *([Path(system).resolve().parent] if system else [])):
+    on_path = [Path(system).resolve().parent] if system else []
+    for bin_dir in (Path(POSTGRES_BIN_PATH), *on_path, *_debian_bin_dirs()):
         pg_config = bin_dir / "pg_config"
         if not pg_config.exists():
             continue

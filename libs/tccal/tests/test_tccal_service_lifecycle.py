@@ -29,6 +29,12 @@ def readyz(port: int) -> tuple[int, dict[str, object]]:
         return 0, {}
 
 
+def _check(port: int, name: str) -> str:
+    """One readiness check's text as /readyz reports it ("" when unreachable)."""
+    checks = readyz(port)[1].get("checks", {})
+    return str(checks.get(name, "")) if isinstance(checks, dict) else ""
+
+
 def health(port: int) -> int:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         try:
@@ -77,8 +83,12 @@ def test_sync_engine_readiness_follows_its_dependencies(tmp_path: Path, nats_ser
 
         postgres.stop()
         wait_for(lambda: readyz(http_port)[0] == 503, timeout=30, what="not ready without PostgreSQL")
+        # PostgreSQL stays away until the engine's own work has met the outage ("postgres-writes": the loop waiting
+        # for licensing's first answer reads every second): coming back must end that wait too, however the outage
+        # fell between the loops' ticks (a wait its loop never ended once kept the engine not ready for good).
+        wait_for(lambda: _check(http_port, "postgres-writes").startswith("down"), timeout=30, what="writes wait")
         postgres.start()
-        wait_for(lambda: readyz(http_port)[0] == 200, timeout=30, what="ready again with PostgreSQL back")
+        wait_for(lambda: readyz(http_port)[0] == 200, timeout=60, what="ready again with PostgreSQL back")
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0

@@ -163,6 +163,39 @@ async def test_on_demand_mailbox(
         await h.synced(configured, visitor)
 
 
+async def test_an_on_demand_request_at_start_up_is_answered_not_lost(
+    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing
+) -> None:
+    """TrueConf asks for a user while ews-ingest starts (tcs-gateway sends the request again while nobody responds):
+    the first request ews-ingest receives is answered. It subscribes once its first lease round is done; before,
+    a request arriving between the subscription and the leases was received, ignored (no shard owned yet) and -
+    tcs-gateway taking a received request as delivered - lost: that user was never synced."""
+    (configured,) = new_mailboxes(emu, "configured")
+    visitor = f"early@{configured.split('@')[1]}"
+    emu.admin.add_mailbox(visitor, display_name="Early")
+    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [configured])])
+    client = await nats.connect(nats_url)
+    subject = f"calendar.v1.control.ondemand.{subject_token(visitor)}"
+
+    async def ask_until_received() -> dict[str, object]:
+        while True:
+            try:
+                reply = await client.request(subject, json.dumps({"mailbox": visitor}).encode(), timeout=30)
+            except nats.errors.NoRespondersError:
+                await asyncio.sleep(0.005)
+                continue
+            return dict(json.loads(reply.data))
+
+    asking = asyncio.ensure_future(ask_until_received())
+    try:
+        async with running_ingest(config):
+            answer = await asking  # a request received and ignored would end in nats' TimeoutError instead
+            assert answer["mailbox"] == visitor and answer["accepted"] is True, answer
+    finally:
+        asking.cancel()
+        await client.close()
+
+
 async def test_a_burst_of_on_demand_mailboxes_shares_its_seat_requests(
     emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing, collector: ChangeCollector, outlook: Outlook
 ) -> None:

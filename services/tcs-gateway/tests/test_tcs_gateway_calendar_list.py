@@ -89,6 +89,34 @@ async def test_calendar_lists_and_on_demand_sync_requests(world: World) -> None:
     assert any("snapshot of dave@example.test refused: 12" in e for e in errors)
 
 
+async def test_a_new_user_is_asked_for_on_demand_while_sync_service_is_down(world: World) -> None:
+    """SyncService is down (a first start, the sync-engine still coming up): TCS's lists fail, and TCS retries them
+    only for a while. A user never served to this TrueConf Server is asked for on demand all the same (ews-ingest
+    starts its sync without the sync-engine), once; a user listed before is not."""
+    requests: list[str] = []
+
+    async def collect(message: Msg) -> None:
+        requests.append(ingest_pb2.ResyncMailboxRequest.FromString(message.data).mailbox)
+
+    await world.commands.bus.nc.subscribe("calendar.v1.control.ondemand.>", cb=collect)
+    world.sync.fake.seq["bob@example.test"] = 3
+    gateway, tcs = await world.pair()
+    await wait_for_async(lambda: _true("alice@example.test" in requests), what="the on-demand request for alice")
+    await wait_for_async(
+        lambda: _true(gateway.gateway.store.was_asked(SERVER_ID, "bob@example.test")), what="bob's list"
+    )
+    world.sync.fake.unavailable = True
+    for _ in range(2):
+        failed = (await admin(tcs, "POST", "/bridge/request-calendar", {"user": "erin@example.test"}))["reply"]
+        assert failed["errorCode"] == 8 and failed["retryAfterMs"] == 1000
+    await wait_for_async(lambda: _true("erin@example.test" in requests), what="the on-demand request for erin")
+    failed = (await admin(tcs, "POST", "/bridge/request-calendar", {"user": "bob@example.test"}))["reply"]
+    assert failed["errorCode"] == 8
+    await asyncio.sleep(0.2)
+    assert requests.count("erin@example.test") == 1  # asked once, not on every failed list
+    assert "bob@example.test" not in requests  # listed before (synced, seq 3): not asked for
+
+
 async def test_an_on_demand_request_waits_for_ews_ingest_to_subscribe(world: World) -> None:
     """TrueConf asks for alice's calendar before ews-ingest listens (start-up, restart): NATS has no responder, so
     the request is sent again until one subscribes, and its answer ends it (a core message would be lost)."""

@@ -52,7 +52,8 @@ EXPORTED: Final[dict[str, tuple[str, str]]] = {
     "tc_calendar_dead_letter_messages": (GAUGE, "*"),
     # every service declaring streams (tccal.stream_limits)
     "tc_calendar_stream_full_ratio": (GAUGE, "*"),
-    # OpenTelemetry's gRPC instrumentation is traces only; the OTel SDK adds target_info to every service
+    # OpenTelemetry's gRPC instrumentation is traces only; the OTel SDK adds target_info to every service; the
+    # aiohttp-client instrumentation (tccal.http_client) adds the standard http_client_request_duration_seconds
 }
 
 

@@ -107,6 +107,11 @@ class IngestRuntime:
         for mailbox, provider in (await self.store.load_on_demand()).items():
             if provider in self.pools and mailbox not in self.scheduler.entries:
                 self.scheduler.add(mailbox, provider, configured=False)
+        ownership = asyncio.create_task(self.ownership.run(stop), name="ews-ownership")
+        # Control requests are answered by the owner of the mailbox's shard only (_answers): subscribed once the
+        # first lease round is done, so a request at start-up finds no responder and is sent again (tcs-gateway
+        # does so with back-off) instead of being received, ignored for want of a lease, and lost.
+        await _first_of(self.ownership.ready, stop)
         nc = self.bus.nc
         self._subscriptions = [
             await nc.subscribe(RESYNC_SUBJECTS, cb=self._on_resync),
@@ -117,7 +122,7 @@ class IngestRuntime:
         if not self.settings.providers:
             log.warning("no calendarProviders configured: ews-ingest has nothing to sync")
         tasks = [
-            asyncio.create_task(self.ownership.run(stop), name="ews-ownership"),
+            ownership,
             asyncio.create_task(self.scheduler.run(stop), name="ews-scheduler"),
             asyncio.create_task(self.streams.run(stop), name="ews-streams"),
             asyncio.create_task(self.seats.run(stop), name="ews-seats"),
@@ -345,3 +350,13 @@ class IngestRuntime:
         if any(r is None for r in results):
             return None
         return "no calendar provider reachable: " + "; ".join(r for r in results if r)
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    """Wait until one of `events` is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

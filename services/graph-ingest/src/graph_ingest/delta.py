@@ -43,6 +43,7 @@ from graph_ingest.state import Checkpoint, StateStore
 from tccal.bus import Bus
 from tccal.cache_window import CacheWindow
 from tccal.conference_marker import MARKER_GRAPH_PROPERTY_ID, MarkerParser
+from tccal.http_client import url_template
 from tccal.subjects import calendar_subject
 from trueconf.calendar.v1 import calendar_pb2
 
@@ -183,7 +184,8 @@ class MailboxDelta:
         checkpoint = self.checkpoint
         headers = {"Prefer": f'outlook.timezone="UTC", odata.maxpagesize={self.page_size}'}
         while True:
-            page = await self.client.get(self.mailbox, url, headers)
+            with url_template("/users/{user}/calendarView/delta"):
+                page = await self.client.get(self.mailbox, url, headers)
             self.result.pages += 1
             items = page.get("value") or []
             if publish and items:

@@ -26,6 +26,7 @@ import aiohttp
 
 from graph_ingest.settings import GraphProviderSettings, Tuning
 from graph_ingest.token import TokenSource
+from tccal.http_client import traced_session
 from tccal.retry import retry_async
 
 RETRIED_STATUSES = frozenset({429, 503})
@@ -116,7 +117,7 @@ class GraphClient:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             timeout = aiohttp.ClientTimeout(total=self.tuning.http_timeout_seconds)
-            self._session = aiohttp.ClientSession(timeout=timeout, raise_for_status=False)
+            self._session = traced_session(timeout=timeout, raise_for_status=False)
         return self._session
 
     async def close(self) -> None:

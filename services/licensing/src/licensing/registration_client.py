@@ -29,6 +29,7 @@ from licensing.errors import (
     RegistrationUnreachableError,
     UnknownKeyError,
 )
+from tccal.http_client import traced_session, url_template
 
 # Error codes of the registration API → refusal classes of the connector.
 SERVER_ERRORS: dict[str, type[LicensingError]] = {
@@ -83,12 +84,13 @@ class RegistrationClient:
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         url = self.url + path
         try:
-            async with (
-                aiohttp.ClientSession(timeout=self._timeout) as session,
-                session.post(url, json=body, ssl=self._ssl) as resp,
-            ):
-                status = resp.status
-                raw = await resp.read()
+            with url_template(path):
+                async with (
+                    traced_session(timeout=self._timeout) as session,
+                    session.post(url, json=body, ssl=self._ssl) as resp,
+                ):
+                    status = resp.status
+                    raw = await resp.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             detail = str(exc) or type(exc).__name__
             raise RegistrationUnreachableError(f"the registration server {self.url} is unreachable: {detail}") from None

@@ -92,7 +92,11 @@ class SyncEngine:
         waiting_logged = False
         while not stop.is_set():
             try:
-                if await self.seats.answered():
+                answered = await self.seats.answered()
+                # the read went through: a wait this task began on PostgreSQL is over (this task goes on to run
+                # the deciding loops, so left waiting it would hold "postgres-writes" down for good)
+                self.health.succeeded()
+                if answered:
                     return True
             except asyncio.CancelledError:
                 raise

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from tccal.connectivity import STEP_TIMEOUT, Checklist, StepFailedError, connect, handshake, resolve
+from tccal.http_client import traced_session, url_template
 from tcs_gateway.bridge.channel import ConnectionClosedError
 from tcs_gateway.bridge.framing import format_instant
 from tcs_gateway.rest.http import RestError, TokenManager
@@ -39,7 +40,7 @@ async def test_servers(gateway: Gateway, server_id: str) -> gateway_pb2.TestServ
         known = ", ".join(s.id for s in settings.servers) or "none"
         raise LookupError(f"no TrueConf Server {server_id!r} in tcs.servers (configured: {known})")
     response = gateway_pb2.TestServerResponse()
-    async with aiohttp.ClientSession() as http:
+    async with traced_session() as http:
         for server in wanted:
             index = settings.servers.index(server)
             checks = await _test_one(gateway, server, f"tcs.servers[{index}]", http)
@@ -93,15 +94,16 @@ async def _test_one(gateway: Gateway, server: ServerSettings, key: str, http: ai
 async def _read_users(server: ServerSettings, token: str, http: aiohttp.ClientSession, key: str, timeout: float) -> str:
     url = f"{server.rest_url}/users"
     try:
-        async with http.get(
-            url,
-            params={"page_size": "1"},
-            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-            ssl=server.verify_tls,
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as answer:
-            status = answer.status
-            text = (await answer.text())[:300]
+        with url_template("/users"):
+            async with http.get(
+                url,
+                params={"page_size": "1"},
+                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                ssl=server.verify_tls,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as answer:
+                status = answer.status
+                text = (await answer.text())[:300]
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise StepFailedError(f"GET {url} failed: {exc!r}", f"check {key}.restUrl (https://<server>/api/v4)") from None
     if status in (401, 403):

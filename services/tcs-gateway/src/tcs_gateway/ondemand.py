@@ -4,7 +4,9 @@ Published as a core NATS message on `calendar.v1.control.ondemand.<mailbox-key>`
 subjects: tccal.subjects.subject_token of the lower-cased address), payload `trueconf.calendar.v1.ResyncMailboxRequest`
 with `mailbox` set and `since` unset, headers `traceparent`, `Tc-Server-Id` (the asking TrueConf Server) and
 `Tc-Requested-By: tcs-gateway`. ews-ingest starts syncing the mailbox while seats remain (licensing decides).
-A mailbox is asked for at most once per `ondemand_interval` by this gateway.
+A mailbox is asked for at most once per `ondemand_interval` by this gateway. Asked when a list finds nothing of
+the user in the engine, and when a list fails for want of SyncService for a user that TrueConf Server never had
+listed (bridge/calendar_list.py): the sync can start without the sync-engine.
 
 The request is a core NATS request (ews-ingest answers `{"mailbox", "accepted", "detail"}`), sent in the
 background. While nobody subscribes (ews-ingest not started yet, or restarting: NATS answers "no responders") it

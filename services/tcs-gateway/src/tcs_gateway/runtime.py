@@ -14,6 +14,7 @@ import time
 import aiohttp
 
 from tccal.bus import Bus
+from tccal.http_client import traced_session
 from tcs_gateway.bridge.framing import CloseCode, FrameValidator
 from tcs_gateway.bridge.server import BridgeServer
 from tcs_gateway.bridge.servers import ServerState
@@ -104,7 +105,7 @@ class Gateway:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect NATS, load the state, consume every served server's commands until `stop`, then shut down."""
-        self._http = aiohttp.ClientSession()
+        self._http = traced_session()
         order = ConferenceOrder(self.bus, replicas=self.replicas)
         for key, state in self.servers.items():
             client = RestClient(state.server, self.settings, self._http)

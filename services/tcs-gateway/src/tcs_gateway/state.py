@@ -126,6 +126,11 @@ class StateStore:
     def asked_users(self, server_id: str) -> list[str]:
         return sorted(user for user, state in self._state.get(server_id.lower(), {}).items() if state.asked)
 
+    def was_asked(self, server_id: str, user: str) -> bool:
+        """Whether `server_id` has asked for `user` before (a list of it succeeded)."""
+        state = self._state.get(server_id.lower(), {}).get(user.lower())
+        return state is not None and state.asked
+
     def snapshot_seq(self, server_id: str, user: str) -> int:
         state = self._state.get(server_id.lower(), {}).get(user.lower())
         return 0 if state is None else state.snapshot_seq

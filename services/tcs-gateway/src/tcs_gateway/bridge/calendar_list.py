@@ -95,6 +95,12 @@ class CalendarLists:
                 server.record_error(f"getCalendarList {user}: {exc}")
                 log.warning("failed to getCalendarList", extra={"server": server.id, "user": user, "error": str(exc)})
                 await channel.reply(frame_id, error_payload(ErrorCode.INTERNAL_ERROR, str(exc), retry_after_ms=1000))
+                if context.on_list is not None and not context.store.was_asked(server.id, user):
+                    # Never listed for this TrueConf Server: asked for on demand now, not only once a list succeeds.
+                    # Starting its sync needs ews-ingest, not SyncService, and TCS retries a failed list only for a
+                    # while: at a first start with the sync-engine still coming up, it gave up on some users and
+                    # never asked for them again (until it reconnects), so they were never synced.
+                    await context.on_list(server, user, 0)
                 return
             # A snapshot begun meanwhile has a higher seq: a full list takes it (else TCS would find the list stale);
             # an unchanged answer keeps the seq TCS's sinceSeq was checked against.

@@ -50,6 +50,10 @@ class UserStateStore(Protocol):
 
     def asked_users(self, server_id: str) -> list[str]: ...
 
+    def was_asked(self, server_id: str, user: str) -> bool:
+        """Whether `server_id` has asked for `user` before (a list of it succeeded)."""
+        ...
+
     async def refresh(self, server_id: str) -> None:
         """Read the server's stored state again (another replica may have served it since this one started)."""
         ...

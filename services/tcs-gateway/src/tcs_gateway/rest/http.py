@@ -7,7 +7,8 @@
 - 429 (after its Retry-After) and 5xx, timeouts and connection errors are retried with the shared backoff
   helper (tccal.retry); when the attempts are used up the error is `retryable`.
 - Every other answer is returned to the caller, which decides what 400/404/409 mean for its operation.
-Each attempt is a client span, child of the current one (the command being executed).
+Each attempt is a client span, child of the current one (the command being executed), made by OpenTelemetry's
+aiohttp-client instrumentation of the session (tccal.http_client) and named after the route ("GET /users/{id}").
 """
 
 from __future__ import annotations
@@ -23,14 +24,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from opentelemetry import trace
 
 from tccal import telemetry
+from tccal.http_client import url_template
 from tccal.retry import retry_async
 from tcs_gateway.settings import GatewaySettings, ServerSettings
 
 log = logging.getLogger(__name__)
-_tracer = telemetry.tracer("tcs_gateway.rest")
 _METER = telemetry.meter("tcs_gateway")
 _REQUESTS = _METER.create_counter(
     "tcs_gateway_rest_requests", unit="1", description="REST API v4 requests sent to TrueConf Server, by status."
@@ -174,10 +174,8 @@ class TokenManager:
             "client_id": self.server.client_id,
             "client_secret": self.server.client_secret,
         }
-        with _tracer.start_as_current_span(f"POST {path}", kind=trace.SpanKind.CLIENT) as span:
-            span.set_attribute("http.request.method", "POST")
-            span.set_attribute("server.address", self.server.id)
-            try:
+        try:
+            with url_template(path):
                 async with self.session.post(
                     url,
                     data=form,
@@ -187,9 +185,8 @@ class TokenManager:
                     body = await _read_body(response)
                     status = response.status
                     retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise _RetryableError(f"token endpoint {url} unreachable: {exc!r}") from exc
-            span.set_attribute("http.response.status_code", status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _RetryableError(f"token endpoint {url} unreachable: {exc!r}") from exc
         _REQUESTS.add(1, {"server": self.server.id, "status": str(status), "endpoint": "token"})
         answer = Response(status, body, "POST", path)
         if status == 429:
@@ -278,11 +275,8 @@ class RestClient:
         self, method: str, path: str, route: str, token: str, body: Any, params: dict[str, str] | None
     ) -> tuple[Response, float]:
         url = f"{self.server.rest_url}{path}"
-        with _tracer.start_as_current_span(f"{method} {route}", kind=trace.SpanKind.CLIENT) as span:
-            span.set_attribute("http.request.method", method)
-            span.set_attribute("url.path", path)
-            span.set_attribute("server.address", self.server.id)
-            try:
+        try:
+            with url_template(route):
                 async with self.session.request(
                     method,
                     url,
@@ -294,11 +288,7 @@ class RestClient:
                 ) as response:
                     answer = Response(response.status, await _read_body(response), method, path)
                     retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                span.set_status(trace.Status(trace.StatusCode.ERROR, repr(exc)))
-                raise _RetryableError(f"{method} {url} failed: {exc!r}") from exc
-            span.set_attribute("http.response.status_code", answer.status)
-            if answer.status >= 400:
-                span.set_status(trace.Status(trace.StatusCode.ERROR, f"HTTP {answer.status}"))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _RetryableError(f"{method} {url} failed: {exc!r}") from exc
         _REQUESTS.add(1, {"server": self.server.id, "status": str(answer.status), "endpoint": route})
         return answer, retry_after
