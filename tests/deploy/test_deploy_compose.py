@@ -27,7 +27,7 @@ from licensing.authority import PRODUCTION_ENV, TEST_KEY_SETTING
 from tccal import secrets
 from tccal.config import Config, load_config
 from tccal.config.loader import CONFIG_ENV, ENV_PREFIX, apply_env_overrides
-from tccal.config.schema import OPTIONAL_SERVICE_NAMES, SERVICE_NAMES, iter_secrets
+from tccal.config.schema import OPTIONAL_SERVICE_NAMES, SERVICE_NAMES, NotificationListen, iter_secrets
 
 from .conftest import COMPOSE_FILE, CONNECTOR_SERVICES, EMULATORS, OPTIONAL_SERVICES, ROOT, interpolate
 
@@ -298,7 +298,12 @@ def test_config_matches_the_compose_topology(
         assert endpoint.address == f"{name}:{endpoint.grpc_port}"
         assert compose_services[name]["healthcheck"]["test"][-1] == name
         published = {interpolate(p).rsplit(":", 1)[-1] for p in compose_services[name].get("ports") or []}
-        assert published <= {str(endpoint.grpc_port), str(endpoint.http_port), str(config.ws_port)}, name
+        notify = {str(NotificationListen().port)} if name == "graph-ingest" else set()
+        assert published <= {str(endpoint.grpc_port), str(endpoint.http_port), str(config.ws_port), *notify}, name
+    # graph-ingest publishes its change-notification receiver (notificationListen) on loopback unless told otherwise
+    [notify_port] = compose_services["graph-ingest"]["ports"]
+    assert notify_port == "${TCCAL_GRAPH_NOTIFY_ADDRESS:-127.0.0.1}:${TCCAL_GRAPH_NOTIFY_PORT:-8066}:8066"
+    assert interpolate(notify_port) == f"127.0.0.1:8066:{NotificationListen().port}"
     gateway_ports = {interpolate(p).rsplit(":", 1)[-1] for p in compose_services["tcs-gateway"]["ports"]}
     assert str(config.ws_port) in gateway_ports
     assert config.grpc.admin_token, "services bind 0.0.0.0: an admin token is required"

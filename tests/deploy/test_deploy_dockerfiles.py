@@ -37,7 +37,7 @@ from packaging.requirements import Requirement
 
 from licensing.authority import AUTHORITY_PUBLIC_KEY, PRODUCTION_ENV, TEST_KEY_SETTING, is_production
 from licensing.settings import LicensingSettings
-from tccal.config.schema import Config
+from tccal.config.schema import Config, NotificationListen
 
 from .conftest import COMPOSE_FILE, CONNECTOR_SERVICES, EMULATORS, OPTIONAL_SERVICES, ROOT
 
@@ -306,8 +306,10 @@ def check_healthcheck_ports_and_entrypoint(image: Image) -> None:
     if image.package_dir.startswith("services/"):
         service = package_dir.name
         defaults = Config().grpc.endpoint(service)
-        expected = {defaults.grpc_port, defaults.http_port} | (
-            {Config().ws_port} if service == "tcs-gateway" else set()
+        expected = (
+            {defaults.grpc_port, defaults.http_port}
+            | ({Config().ws_port} if service == "tcs-gateway" else set())
+            | ({NotificationListen().port} if service == "graph-ingest" else set())
         )
         assert exposed == expected, f"{name}: EXPOSE {exposed}, the config defaults are {expected}"
         assert command[:2] == ["python", "/opt/tc-calendar/healthcheck.py"], command

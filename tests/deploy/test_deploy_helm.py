@@ -20,7 +20,7 @@ import yaml
 
 from tccal import secrets
 from tccal.config import Config, load_config
-from tccal.config.schema import SECRET_KEYS, iter_secrets
+from tccal.config.schema import SECRET_KEYS, NotificationListen, iter_secrets
 from tccal.nats_auth import IDENTITIES
 
 from .conftest import CONNECTOR_SERVICES, OPTIONAL_SERVICES, ROOT
@@ -40,6 +40,10 @@ BAD = {
     "shared-nats-password": ("shared-nats-password.yaml", "'not' failed"),
     "graph-secret-in-config": ("graph-secret-in-config.yaml", "calendarProviders[0].clientSecret: secrets go in"),
     "graph-two-replicas": ("graph-two-replicas.yaml", "at '/components/graphIngest/replicas': maximum"),
+    "graph-notify-port-mismatch": (
+        "graph-notify-port-mismatch.yaml",
+        "config.calendarProviders[0].notificationListen.port is 9066 but graphNotifications.port is 8066",
+    ),
 }
 #: Value sets with graph-ingest on (components.graphIngest.enabled); the others render nothing of it.
 GRAPH_ON = {"full"}
@@ -151,6 +155,8 @@ def test_chart_defaults_match_the_config_schema_defaults() -> None:
         "graph-ingest": "graphIngest",
     }
     assert values["components"]["graphIngest"]["enabled"] is False, "graph-ingest is optional: off by default"
+    notifications = values["graphNotifications"]
+    assert notifications["enabled"] is False and notifications["port"] == NotificationListen().port
     for name, key in keys.items():
         endpoint = defaults.grpc.endpoint(name)
         component = values["components"][key]
@@ -215,8 +221,39 @@ def test_ports_and_addresses_agree(report: dict[str, Any], value_set: str) -> No
         )
         if name == "tcs-gateway":
             assert ports["bridge"] == config.ws_port
+        if name == "graph-ingest":  # the receiver's port is the graph entries' notificationListen.port
+            listens = {
+                (entry.get("notificationListen") or {}).get("port", NotificationListen().port)
+                for entry in document["calendarProviders"]
+                if entry.get("type") == "graph" and entry.get("notificationUrl")
+            }
+            assert {ports["graph-notify"]} == listens
     bridge = [s for n, s in services.items() if n.endswith("-bridge")]
     assert len(bridge) == 1 and bridge[0]["spec"]["ports"][0]["targetPort"] == "bridge"
+    notify = [s for n, s in services.items() if n.endswith("-graph-notifications")]
+    assert len(notify) == (1 if value_set in GRAPH_ON else 0)
+    for service in notify:
+        assert [p["targetPort"] for p in service["spec"]["ports"]] == ["graph-notify"]
+        assert service["spec"]["selector"].items() <= (
+            deployments["graph-ingest"]["spec"]["template"]["metadata"]["labels"].items()
+        )
+
+
+def test_graph_notifications_service_fronts_the_receiver(report: dict[str, Any]) -> None:
+    """full.yaml: graphNotifications on a LoadBalancer (443 → the receiver's 9066), annotations and source ranges
+    as given; NOTES say a public HTTPS name must front it and that notificationUrl is that name."""
+    (service,) = [
+        s for s in manifests(report, "full", "Service") if s["metadata"]["name"].endswith("-graph-notifications")
+    ]
+    assert service["metadata"]["name"] == "tccal-trueconf-calendar-connector-graph-notifications"
+    spec = service["spec"]
+    assert spec["type"] == "LoadBalancer" and spec["loadBalancerSourceRanges"] == ["0.0.0.0/0"]
+    assert spec["ports"] == [{"name": "graph-notify", "port": 443, "targetPort": "graph-notify", "protocol": "TCP"}]
+    assert service["metadata"]["annotations"] == {"service.beta.kubernetes.io/azure-load-balancer-internal": "false"}
+    notes = " ".join(report["value_sets"]["full"]["notes"].split())
+    assert "-graph-notifications (LoadBalancer, port 443)" in notes
+    assert "public HTTPS name" in notes and "notificationUrl" in notes
+    assert "graph-notifications" not in report["value_sets"]["default"]["notes"]
 
 
 def test_bridge_service_types(report: dict[str, Any]) -> None:
@@ -370,6 +407,20 @@ def test_network_policies_open_only_what_each_component_needs(report: dict[str, 
     assert 5432 not in _egress_ports(default["ews-ingest"]) and 5432 in _egress_ports(default["sync-engine"])
     assert 4310 in _egress_ports(default["licensing"])  # https://reg.trueconf.com:4310
     assert 443 not in _egress_ports(policies["ews-ingest"]), "a graph entry opens nothing for ews-ingest"
+    # graph-ingest's ingress: gRPC, HTTP and the change-notification receiver (9066), that one from
+    # networkPolicy.graphNotificationsFrom only
+    graph_ingress = {
+        p["port"]: rule.get("from") for rule in policies["graph-ingest"]["spec"]["ingress"] for p in rule["ports"]
+    }
+    assert set(graph_ingress) == {51065, 9066, 9065}
+    assert graph_ingress[9066] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+    ]
+    for other, policy in policies.items():
+        if other != "graph-ingest":
+            assert 9066 not in {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}, other
+    default_graph_ports = by_component(report, "default", "NetworkPolicy")
+    assert "graph-ingest" not in default_graph_ports
     assert _egress_ports(policies["graph-ingest"])[443] == [
         [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}]
     ], "Graph through networkPolicy.graphPeers"

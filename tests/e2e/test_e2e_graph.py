@@ -9,6 +9,7 @@ side) and checks only what the TrueConf emulator holds, as tests/e2e/test_e2e_ca
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,7 +27,9 @@ from e2e_support import (
     running_product,
     wait_until,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
+from tccal.metric_names import EXPORTED
 from trueconf.calendar.v1 import common_pb2, sync_pb2, sync_pb2_grpc
 
 #: The add-in's TrueConfMeeting property as Graph names it (README.md publishes the property set GUID).
@@ -90,6 +93,28 @@ def test_graph_sandbox_runs_graph_ingest_with_an_enterprise_license(hybrid: Prod
     assert "graph-ingest" in hybrid.ready["services"] and "graph-emulator" in hybrid.ready["processes"]
     assert hybrid.ready["license"]["tier"] == "enterprise"
     assert "exchange" in hybrid.ready, "the EWS side stays"
+
+
+def test_graph_ingest_exports_the_metric_names_the_rules_may_use(hybrid: Product) -> None:
+    """graph-ingest's /metrics holds its names of tccal.metric_names (the sandbox has no notificationUrl, so the
+    notification counters and throttled waits are not provoked) and nothing of its own the list does not name."""
+
+    def names() -> set[str] | None:
+        url = f"{hybrid.ready['services']['graph-ingest']['http']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        found = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+        return found if "graph_ingest_delta_rounds_total" in found else None
+
+    exported = wait_until(names, 60, "a delta round counted by graph-ingest")
+    event_driven = {
+        "graph_ingest_notifications_total",
+        "graph_ingest_throttled_waits_total",
+        "graph_ingest_throttled_wait_seconds_total",
+    }
+    ours = {name for name, (_, owner) in EXPORTED.items() if owner == "graph-ingest"}
+    assert ours - event_driven <= exported
+    assert {name for name in exported if name.startswith("graph_ingest_")} <= ours
 
 
 def test_graph_4_1_plain_meeting_is_grey_for_cloud_and_on_premises_attendees(

@@ -159,6 +159,7 @@ here: they come from the credentials Secret as TC_CALENDAR__* environment overri
 {{- end }}
 {{- end }}
 {{- include "tccal.assertNoSecrets" $cfg }}
+{{- include "tccal.assertNotificationPorts" . }}
 {{- $_ := set $cfg "wsPort" (int .Values.bridge.port) }}
 {{- $pg := .Values.postgresql }}
 {{- $db := dict "host" $pg.host "port" (int $pg.port) "user" $pg.user "database" $pg.database "poolMin" (int $pg.poolMin) "poolMax" (int $pg.poolMax) }}
@@ -245,4 +246,19 @@ Call with (dict "ports" (list 5432) "peers" $list).
   to:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end }}
+
+{{/* Fail when a graph entry's receiver would listen where the chart's graphNotifications port does not lead. */}}
+{{- define "tccal.assertNotificationPorts" -}}
+{{- if .Values.graphNotifications.enabled }}
+{{- $want := int .Values.graphNotifications.port }}
+{{- range $i, $provider := .Values.config.calendarProviders | default list }}
+{{- if and (eq ($provider.type | default "ews") "graph") $provider.notificationUrl }}
+{{- $port := int ((($provider.notificationListen | default dict).port) | default 8066) }}
+{{- if ne $port $want }}
+{{- fail (printf "config.calendarProviders[%d].notificationListen.port is %d but graphNotifications.port is %d: they must be equal" $i $port $want) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}

@@ -22,6 +22,13 @@ EXPORTED: Final[dict[str, tuple[str, str]]] = {
     "ews_ingest_first_sync_items_total": (COUNTER, "ews-ingest"),
     "ews_ingest_first_sync_items_per_second": (GAUGE, "ews-ingest"),
     "ews_ingest_first_sync_remaining_seconds": (GAUGE, "ews-ingest"),
+    # graph-ingest
+    "graph_ingest_graph_requests_total": (COUNTER, "graph-ingest"),
+    "graph_ingest_throttled_waits_total": (COUNTER, "graph-ingest"),
+    "graph_ingest_throttled_wait_seconds_total": (COUNTER, "graph-ingest"),
+    "graph_ingest_delta_rounds_total": (COUNTER, "graph-ingest"),
+    "graph_ingest_notifications_total": (COUNTER, "graph-ingest"),
+    "graph_ingest_subscriptions_active": (GAUGE, "graph-ingest"),
     # sync-engine
     "sync_engine_changes_applied_total": (COUNTER, "sync-engine"),
     "sync_engine_changes_stale_total": (COUNTER, "sync-engine"),

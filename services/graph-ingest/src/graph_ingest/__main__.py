@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from graph_ingest.metrics import export_subscriptions
 from graph_ingest.runtime import GraphRuntime
 from graph_ingest.settings import SERVICE, GraphSettings
 from tccal.ingest.writeback import watch_writeback
@@ -13,6 +14,7 @@ async def build(app: ServiceApp) -> None:
     bus = app.new_bus()
     runtime = GraphRuntime(settings, bus)
     app.readiness.add("graph", runtime.graph_ready)
+    export_subscriptions(runtime.subscriptions_active)
 
     async def run() -> None:
         await runtime.run(app.stop_event)

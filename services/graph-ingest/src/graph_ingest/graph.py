@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 
+from graph_ingest import metrics
 from graph_ingest.settings import GraphProviderSettings, Tuning
 from graph_ingest.token import TokenSource
 from tccal.http_client import traced_session
@@ -152,6 +153,17 @@ class GraphClient:
     def note_throttled_members(self, count: int, waited: float) -> None:
         self.stats.throttled += count
         self.stats.waited_seconds += waited
+        self.note_wait(waited, count)
+
+    def note_wait(self, seconds: float, waits: int = 1) -> None:
+        """A wait for Retry-After (exported: graph_ingest_throttled_waits_total and _wait_seconds_total)."""
+        labels = {"provider": self.provider.name}
+        metrics.throttled_waits.add(waits, labels)
+        metrics.throttled_wait_seconds.add(seconds, labels)
+
+    def note_response(self, method: str, status: int) -> None:
+        """One answer of Graph (exported: graph_ingest_graph_requests_total)."""
+        metrics.graph_requests.add(1, {"provider": self.provider.name, "method": method, "status": str(status)})
 
     async def _retried(
         self, mailbox: str, method: str, url: str, headers: dict[str, str], payload: Any, slots: int
@@ -167,6 +179,7 @@ class GraphClient:
             if isinstance(error, ThrottledError):
                 wait = min(error.retry_after, self.tuning.max_retry_after_seconds)
                 self.stats.waited_seconds += wait
+                self.note_wait(wait)
                 return wait
             return None
 
@@ -190,6 +203,7 @@ class GraphClient:
         ):
             self.stats.requests += 1
             self.stats.by_status[response.status] = self.stats.by_status.get(response.status, 0) + 1
+            self.note_response(method, response.status)
             text = await response.text()
             if response.status == 200:
                 body = await response.json(content_type=None) if text else {}

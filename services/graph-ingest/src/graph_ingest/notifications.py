@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from graph_ingest import metrics
 from graph_ingest.subscriptions import SubscriptionKeeper
 from tccal.config.schema import NotificationListen
 
@@ -35,6 +36,10 @@ class NotificationReceiver:
         self.validations = 0
         self.rejected = 0
         self._runner: web.AppRunner | None = None
+
+    def _refused(self) -> None:
+        self.rejected += 1
+        metrics.notifications.add(1, {"provider": self.keeper.provider.name, "verdict": "malformed"})
 
     async def start(self) -> None:
         app = web.Application(client_max_size=self.max_body_bytes)
@@ -73,7 +78,7 @@ class NotificationReceiver:
         token = request.query.get("validationToken")
         if token is not None:
             if len(token) > MAX_VALIDATION_TOKEN:
-                self.rejected += 1
+                self._refused()
                 return web.Response(status=400, text="validationToken too long", content_type="text/plain")
             self.validations += 1
             return web.Response(status=200, text=token, content_type="text/plain")
@@ -82,17 +87,17 @@ class NotificationReceiver:
         try:
             payload: Any = await request.json()
         except web.HTTPRequestEntityTooLarge:
-            self.rejected += 1
+            self._refused()
             log.warning("notification body above the size limit refused", extra={"limit": self.max_body_bytes})
             return web.Response(status=413)
         except ValueError:
-            self.rejected += 1
+            self._refused()
             return web.Response(status=400, text="not JSON", content_type="text/plain")
         items = payload.get("value") if isinstance(payload, dict) else None
         if not isinstance(items, list):
-            self.rejected += 1
+            self._refused()
             return web.Response(status=400, text='expected {"value": [...]}', content_type="text/plain")
         for item in items:
-            if isinstance(item, dict):
-                self.keeper.accept(item)
+            verdict = metrics.verdict_of(self.keeper.accept(item)) if isinstance(item, dict) else "malformed"
+            metrics.notifications.add(1, {"provider": self.keeper.provider.name, "verdict": verdict})
         return web.Response(status=202)

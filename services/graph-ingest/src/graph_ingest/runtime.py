@@ -13,6 +13,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+from graph_ingest import metrics
 from graph_ingest.delta import MailboxDelta, RoundResult
 from graph_ingest.graph import GraphClient
 from graph_ingest.notifications import NotificationReceiver
@@ -98,6 +99,10 @@ class GraphRuntime:
             if p.notification_url is not None and p.notification_listen is not None
         ]
 
+    def subscriptions_active(self) -> dict[str, int]:
+        """Subscriptions kept now, per provider (graph_ingest_subscriptions_active)."""
+        return {name: len(keeper.records) for name, keeper in self.keepers.items()}
+
     def provider(self, name: str) -> GraphProviderSettings:
         return self.clients[name].provider
 
@@ -147,10 +152,12 @@ class GraphRuntime:
                 continue
             pause = self.poll_seconds(status)
             status.busy = True
+            outcome = {"provider": status.provider, "outcome": "ok"}
             try:
                 await self.sync_once(status, stop)
                 status.failures, status.last_error = 0, ""
             except GraphAuthError as exc:
+                outcome["outcome"] = "auth_error"
                 status.failures += 1
                 status.last_error = str(exc)
                 log.error(
@@ -158,6 +165,7 @@ class GraphRuntime:
                 )
                 pause = tuning.error_backoff_cap_seconds
             except Exception as exc:
+                outcome["outcome"] = "error"
                 status.failures += 1
                 status.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("mailbox delta round failed", extra={"mailbox": status.mailbox, "error": status.last_error})
@@ -167,6 +175,7 @@ class GraphRuntime:
                         status.failures, base=tuning.error_backoff_base_seconds, cap=tuning.error_backoff_cap_seconds
                     ),
                 )
+            metrics.delta_rounds.add(1, outcome)
             wake = self._wake[status.mailbox]
             status.busy = wake.is_set()
             await _first(stop, wake, timeout=pause)

@@ -144,6 +144,7 @@ class SubscriptionApi:
                 self._session = aiohttp.ClientSession(timeout=timeout)
             headers = {"Authorization": f"Bearer {await self.client.tokens.token()}", "Accept": "application/json"}
             async with self._session.request(method, url, json=body, headers=headers, ssl=self._ssl) as response:
+                self.client.note_response(method, response.status)
                 text = await response.text()
                 if response.status < 300:
                     data = json.loads(text) if text else {}
@@ -158,7 +159,9 @@ class SubscriptionApi:
 
         def wait_of(error: BaseException) -> float | None:
             if isinstance(error, ThrottledError):
-                return min(error.retry_after, self.client.tuning.max_retry_after_seconds)
+                wait = min(error.retry_after, self.client.tuning.max_retry_after_seconds)
+                self.client.note_wait(wait)
+                return wait
             return None
 
         return await retry_async(
