@@ -24,8 +24,8 @@ from graph_bench_idle import difference, requests
 from graph_emulator_support import OPEN_CREDENTIALS, graph_client
 from graph_ingest_support import GraphWriter, SeatServer, graph_config, graph_provider, new_mailboxes, running_graph
 from kiota_abstractions.base_request_configuration import RequestConfiguration
-from msgraph import GraphServiceClient
 from msgraph.generated.users.item.calendar_view.calendar_view_request_builder import CalendarViewRequestBuilder
+from msgraph.graph_service_client import GraphServiceClient
 
 from graph_emulator.testing import READONLY_APP_ID, READONLY_APP_SECRET, EmulatorProcess
 from graph_ingest.settings import Tuning

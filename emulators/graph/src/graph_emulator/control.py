@@ -9,7 +9,7 @@ POST /_emulator/mailboxes/{user}/hold | /release   hold the mailbox's Graph requ
 PUT  /_emulator/mailboxes/{user}/events/{id}/attendees/{address}  {"response"}: an attendee's answer
 POST /_emulator/delta/expire                       {"user"?}: forget delta/skip tokens (→ 410 syncStateNotFound)
 POST /_emulator/tokens/expire                      expire every issued access token (→ 401)
-GET  /_emulator/requests                           requests answered: on the wire (token, graph, batch) and per operation
+GET  /_emulator/requests                           requests answered: on the wire (token, graph, batch), per operation
 GET  /_emulator/subscriptions                      subscriptions and notification deliveries
 POST /_emulator/subscriptions/{id}/lifecycle       {"event": reauthorizationRequired|missed|subscriptionRemoved}
 """
