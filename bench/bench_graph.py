@@ -1,7 +1,11 @@
-"""Graph propagation: event created in the Graph emulator → its CalendarChange on the CALENDAR stream, measured with
-change notifications and with delta polling in one run (services/graph-ingest/README.md quotes the numbers).
+"""Graph benchmarks (services/graph-ingest/README.md quotes the numbers; bench/README.md says how each is measured).
 
-    .venv/bin/python bench/bench_graph.py [--events 20] [--poll 10] [--gap 0.7]
+    .venv/bin/python bench/bench_graph.py [propagation] [--events 20] [--poll 10] [--gap 0.7]
+    .venv/bin/python bench/bench_graph.py idle [--mailboxes 20] [--idle 60] [--idle-poll 10] [--subscription-minutes 1]
+    .venv/bin/python bench/bench_graph.py initial-sync [--mailboxes 50] [--events-per-mailbox 25]
+
+idle and initial-sync: graph_bench_idle.py and graph_bench_initial.py. propagation (the default): event created in
+the Graph emulator → its CalendarChange on the CALENDAR stream, with change notifications and with delta polling.
 
 Embedded NATS JetStream, the Graph emulator (a subprocess, notifications to graph-ingest's HTTPS receiver), a seat
 server, graph-ingest's GraphRuntime in this process (as its tests run it). Events are created one by one by a raw
@@ -29,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "services" / "graph-ingest" / "tests"), str(ROOT / "services" / "ews-ingest" / "tests")]
 
 from ews_ingest_support import ChangeCollector  # noqa: E402
+from graph_bench_idle import idle_table, run_idle  # noqa: E402
+from graph_bench_initial import initial_table, run_initial  # noqa: E402
 from graph_ingest_support import (  # noqa: E402
     FAST,
     GraphWriter,
@@ -89,6 +95,38 @@ async def measure(
         await writer.close()
 
 
+async def propagation(
+    args: argparse.Namespace, emu: EmulatorProcess, nats: EmbeddedNats, seats: SeatServer, endpoint: NotifyEndpoint
+) -> tuple[str, dict[str, Any], str]:
+    notified_box, polled_box = new_mailboxes(emu, "notified", "polled")
+    notified = await measure(
+        "notifications",
+        {**graph_provider(emu, [notified_box], name="bench"), **endpoint.section()},
+        notified_box,
+        dataclasses.replace(FAST, poll_seconds=300.0, notified_poll_seconds=300.0),
+        args,
+        emu,
+        nats,
+        seats,
+    )
+    polled = await measure(
+        f"polling every {args.poll:g} s",
+        graph_provider(emu, [polled_box], name="bench"),
+        polled_box,
+        dataclasses.replace(FAST, poll_seconds=args.poll),
+        args,
+        emu,
+        nats,
+        seats,
+    )
+    rows = {"notifications": percentiles(notified), f"delta polling every {args.poll:g} s": percentiles(polled)}
+    result = {"events": args.events, "poll_seconds": args.poll, "latency_s": rows}
+    table = "| graph-ingest mode | n | p50 s | p95 s | p99 s | max s |\n|---|---|---|---|---|---|\n" + "".join(
+        f"| {name} | {r['n']} | {r['p50']} | {r['p95']} | {r['p99']} | {r['max']} |\n" for name, r in rows.items()
+    )
+    return "graph-propagation", result, table
+
+
 async def run(args: argparse.Namespace) -> Path:
     work = Path(tempfile.mkdtemp(prefix="bench-graph-"))
     cert, key = self_signed_certificate(work)
@@ -100,43 +138,33 @@ async def run(args: argparse.Namespace) -> Path:
     await seats.start()
     try:
         with start_emulator(build_config(extra={"subscriptions": emulator_subscriptions(endpoint)})) as emu:
-            notified_box, polled_box = new_mailboxes(emu, "notified", "polled")
-            notified = await measure(
-                "notifications",
-                {**graph_provider(emu, [notified_box], name="bench"), **endpoint.section()},
-                notified_box,
-                dataclasses.replace(FAST, poll_seconds=300.0, notified_poll_seconds=300.0),
-                args,
-                emu,
-                nats,
-                seats,
-            )
-            polled = await measure(
-                f"polling every {args.poll:g} s",
-                graph_provider(emu, [polled_box], name="bench"),
-                polled_box,
-                dataclasses.replace(FAST, poll_seconds=args.poll),
-                args,
-                emu,
-                nats,
-                seats,
-            )
+            if args.mode == "idle":
+                idle = await run_idle(args, emu, nats, seats, endpoint)
+                name, result, table = f"graph-idle-{args.mailboxes}", idle, idle_table(idle)
+            elif args.mode == "initial-sync":
+                initial = await run_initial(args, emu, nats, seats)
+                name, result, table = f"graph-initial-sync-{args.mailboxes}", initial, initial_table(initial)
+            else:
+                name, result, table = await propagation(args, emu, nats, seats, endpoint)
     finally:
         await seats.stop()
         nats.stop()
         shutil.rmtree(nats_dir, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
-    rows = {"notifications": percentiles(notified), f"delta polling every {args.poll:g} s": percentiles(polled)}
-    result = {"machine": machine(), "events": args.events, "poll_seconds": args.poll, "latency_s": rows}
-    table = "| graph-ingest mode | n | p50 s | p95 s | p99 s | max s |\n|---|---|---|---|---|---|\n" + "".join(
-        f"| {name} | {r['n']} | {r['p50']} | {r['p95']} | {r['p99']} | {r['max']} |\n" for name, r in rows.items()
-    )
-    return write_result("graph-propagation", result, table, Path(args.out))
+    return write_result(name, {"machine": machine(), **result}, table, Path(args.out))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=20, help="events created per mode")
+    parser.add_argument("mode", nargs="?", default="propagation", choices=("propagation", "idle", "initial-sync"))
+    parser.add_argument("--events", type=int, default=20, help="propagation: events created per mode")
+    parser.add_argument("--mailboxes", type=int, default=20, help="idle: mailboxes per mode; initial-sync: mailboxes")
+    parser.add_argument("--idle", type=float, default=60.0, help="idle: seconds counted per mode")
+    parser.add_argument("--idle-poll", type=float, default=10.0, help="idle: compressed (safety-net) poll, seconds")
+    parser.add_argument(
+        "--subscription-minutes", type=float, default=1.0, help="idle: compressed subscription life (renewed at half)"
+    )
+    parser.add_argument("--events-per-mailbox", type=int, default=25, help="initial-sync: events per mailbox")
     parser.add_argument("--poll", type=float, default=10.0, help="polling interval of the polling run, seconds")
     parser.add_argument("--gap", type=float, default=0.7, help="pause between events (plus up to as much jitter)")
     parser.add_argument("--out", default=str(RESULTS), help="directory of the result files")

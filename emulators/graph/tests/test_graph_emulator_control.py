@@ -4,12 +4,14 @@ with a message naming the bad value."""
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
-from graph_emulator_support import graph_client
+from graph_emulator_support import SCOPES, credential, graph_client
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 
 from graph_emulator.testing import ControlError, EmulatorProcess
@@ -58,3 +60,27 @@ def test_bad_configuration_is_refused_naming_the_value(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "config.tenants[0].apps[0].permissions" in result.stderr and "Mail.Read" in result.stderr
+
+
+async def test_request_counter_counts_wire_requests_and_batch_members_apart(emu: EmulatorProcess) -> None:
+    """GET /_emulator/requests: a token, one Graph GET and one $batch of two are 3 requests on the wire (token, graph,
+    batch) and 3 list-events operations; the control API's own calls are not counted."""
+    before = emu.control("GET", "/requests")
+    async with credential(emu) as cred:
+        token = (await cred.get_token(*SCOPES)).token
+    headers = {"Authorization": f"Bearer {token}"}
+    events = "/users/alice@contoso.test/events"
+    context = ssl.create_default_context(cafile=emu.ca_file)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{emu.graph_url}{events}", headers=headers, ssl=context) as resp:
+            assert resp.status == 200, await resp.text()
+        batch = {"requests": [{"id": str(i), "method": "GET", "url": events} for i in range(2)]}
+        async with session.post(f"{emu.graph_url}/$batch", json=batch, headers=headers, ssl=context) as resp:
+            assert resp.status == 200, await resp.text()
+    emu.control("GET", "/state")
+    after = emu.control("GET", "/requests")
+    for kind, added in (("token", 1), ("graph", 1), ("batch", 1)):
+        assert after["http"].get(kind, 0) - before["http"].get(kind, 0) == added, (kind, before, after)
+    assert after["total"] - before["total"] == 3
+    listed = after["operations"]["GET list_events"] - before["operations"].get("GET list_events", 0)
+    assert listed == 3, after["operations"]

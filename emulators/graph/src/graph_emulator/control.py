@@ -9,6 +9,7 @@ POST /_emulator/mailboxes/{user}/hold | /release   hold the mailbox's Graph requ
 PUT  /_emulator/mailboxes/{user}/events/{id}/attendees/{address}  {"response"}: an attendee's answer
 POST /_emulator/delta/expire                       {"user"?}: forget delta/skip tokens (→ 410 syncStateNotFound)
 POST /_emulator/tokens/expire                      expire every issued access token (→ 401)
+GET  /_emulator/requests                           requests answered: on the wire (token, graph, batch), per operation
 GET  /_emulator/subscriptions                      subscriptions and notification deliveries
 POST /_emulator/subscriptions/{id}/lifecycle       {"event": reauthorizationRequired|missed|subscriptionRemoved}
 """
@@ -49,6 +50,7 @@ class ControlApi:
             web.put("/_emulator/mailboxes/{user}/events/{event}/attendees/{address}", self.attendee_response),
             web.post("/_emulator/delta/expire", self.expire_delta),
             web.post("/_emulator/tokens/expire", self.expire_tokens),
+            web.get("/_emulator/requests", self.requests),
             web.get("/_emulator/subscriptions", self.subscriptions),
             web.post("/_emulator/subscriptions/{id}/lifecycle", self.lifecycle),
         ]
@@ -180,6 +182,9 @@ class ControlApi:
 
     async def expire_tokens(self, request: web.Request) -> web.Response:
         return _json({"expired": self.emu.issuer.expire_all()})
+
+    async def requests(self, request: web.Request) -> web.Response:
+        return _json(self.emu.counter.snapshot())
 
     async def subscriptions(self, request: web.Request) -> web.Response:
         subs = self.emu.subscriptions

@@ -18,6 +18,7 @@ from .auth import TokenIssuer
 from .batch import run_batch
 from .config import EmulatorConfig, TenantConfig, UserConfig
 from .control import ControlApi
+from .counters import RequestCounter
 from .delta import DeltaTokens
 from .errors import GraphError, bad_request
 from .graph_api import GraphApi, GraphRequest, GraphResponse
@@ -45,6 +46,7 @@ class GraphEmulator:
         self.store = Store()
         self.issuer = TokenIssuer(self.tenants, config.token_lifetime_s)
         self.throttle = Throttle(config.throttling)
+        self.counter = RequestCounter()
         self.delta = DeltaTokens(config.delta)
         self.subscriptions = Subscriptions(config.subscriptions, self.store)
         self.api = GraphApi(self.store, self.delta, self.subscriptions, config.delta.default_page_size)
@@ -71,6 +73,7 @@ class GraphEmulator:
     # ----------------------------------------------------------------- Graph
     async def execute(self, request: GraphRequest) -> GraphResponse:
         handler, match = self.api.route(request.method, request.path)
+        self.counter.operation(request.method, getattr(handler, "__name__", "handler"))
         mailbox = self.api.mailbox_for(request, match)
         if mailbox is None:
             return await handler(request, None, match)
@@ -116,7 +119,7 @@ class GraphEmulator:
 
     # ----------------------------------------------------------------- lifecycle
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=4 * 1024 * 1024)
+        app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[self.counter.middleware])
         app.add_routes(
             [
                 web.post("/{tenant}/oauth2/v2.0/token", self.issuer.token_endpoint),
