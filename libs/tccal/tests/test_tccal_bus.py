@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+from pathlib import Path
 
 from nats.aio.msg import Msg
 
 from tccal import bus as busmod
 from tccal import subjects, telemetry
 from tccal.bus import Bus, BusSettings, consume
+from tccal_sandbox.embedded import EmbeddedNats, free_port, nats_server_binary
 from tccal_sandbox.testing import wait_for_async
 
 
@@ -161,3 +165,37 @@ async def test_pipelined_publish_keeps_the_order_and_counts_acknowledged(nats_ur
     assert stored == [f"p{n}".encode() for n in range(5)]
     assert (await bus.js.stream_info(subjects.TCS_COMMANDS)).state.last_seq == before + 5
     await bus.close()
+
+
+async def test_connect_waits_for_a_jetstream_that_is_not_ready_yet(tmp_path: Path) -> None:
+    """A NATS whose JetStream does not answer yet (a cluster electing its meta leader; here a server started without
+    JetStream, then restarted with it on the same port): Bus.connect keeps declaring the streams instead of failing
+    the service's start, and finishes once JetStream answers."""
+    port = free_port()
+    plain = tmp_path / "plain.conf"
+    plain.write_text(f"listen: 127.0.0.1:{port}\n")
+    without_jetstream = await asyncio.create_subprocess_exec(nats_server_binary(), "-c", str(plain))
+    try:
+        await wait_for_async(lambda: _listening(port), timeout=15, what="nats-server without JetStream")
+        bus = Bus(BusSettings(url=f"nats://127.0.0.1:{port}", name="test", allow_anonymous=True))
+        connecting = asyncio.create_task(bus.connect(attempts=3))
+        await asyncio.sleep(2.0)
+        assert not connecting.done(), connecting  # still declaring, not failed
+    finally:
+        without_jetstream.terminate()
+        await asyncio.wait_for(without_jetstream.wait(), 10)
+    with_jetstream = EmbeddedNats(tmp_path / "js", port=port, auth=False)
+    with_jetstream.start()
+    try:
+        await asyncio.wait_for(connecting, 60)
+        info = await bus.js.stream_info(subjects.CALENDAR)
+        assert info.config.subjects == [subjects.STREAM_SUBJECTS[subjects.CALENDAR]]
+        await bus.close()
+    finally:
+        with_jetstream.stop()
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False

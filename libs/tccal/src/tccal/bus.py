@@ -22,16 +22,17 @@ from urllib.parse import urlparse, urlsplit, urlunsplit
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 from opentelemetry import trace
 
 from tccal import telemetry
 from tccal.nats_auth import IDENTITIES
-from tccal.retry import backoff_delay
+from tccal.retry import backoff_delay, retry_async
 from tccal.stream_limits import (
     DEADLETTER_MAX_AGE_S,
     DEFAULT_DEADLETTER_MAX_BYTES,
@@ -47,6 +48,11 @@ if TYPE_CHECKING:
     from tccal.config import Config
 
 log = logging.getLogger(__name__)
+
+#: JetStream API answers of a cluster not ready yet (no meta leader elected): retried when declaring the topology.
+TOPOLOGY_NOT_READY: tuple[type[BaseException], ...] = (TimeoutError, ServiceUnavailableError, NoRespondersError)
+#: How long Bus.connect keeps declaring the topology against a JetStream that is not ready.
+TOPOLOGY_PATIENCE_SECONDS = 60.0
 
 __all__ = ["DEADLETTER_MAX_AGE_S", "DUPLICATE_WINDOW_SECONDS", "STREAM_MAX_AGE_S", "Bus", "BusSettings"]
 
@@ -298,13 +304,36 @@ class Bus:
                 listener(self.refused)
             raise AnonymousNatsError(self.refused)
         self._js = self._nc.jetstream(timeout=10)
-        await ensure_topology(
-            self._js,
-            replicas=self.settings.replicas,
-            streams=self.settings.streams,
-            buckets=self.settings.buckets,
-            limits=self.settings.stream_limits,
-        )
+        js = self._js
+
+        async def declare() -> None:
+            try:
+                await ensure_topology(
+                    js,
+                    replicas=self.settings.replicas,
+                    streams=self.settings.streams,
+                    buckets=self.settings.buckets,
+                    limits=self.settings.stream_limits,
+                )
+            except TOPOLOGY_NOT_READY as exc:
+                log.warning("JetStream not ready to declare the streams yet; retrying", extra={"error": repr(exc)})
+                raise
+
+        # A cluster that has just formed (or lost its meta leader) answers JetStream API requests only once it has
+        # elected one: until then they time out or get 503. Retried for up to TOPOLOGY_PATIENCE_SECONDS; anything
+        # else (a permission refused, a stream whose config cannot change) is raised at once.
+        try:
+            await retry_async(
+                declare,
+                retry_on=TOPOLOGY_NOT_READY,
+                attempts=None,
+                max_seconds=TOPOLOGY_PATIENCE_SECONDS,
+                base=0.5,
+                cap=5.0,
+            )
+        except BaseException:
+            await self.close(drain_seconds=0.1)  # a later connect starts afresh, never beside a half-set-up client
+            raise
 
     def declared_streams(self) -> tuple[str, ...]:
         """The streams this bus declares (and may read the state of)."""

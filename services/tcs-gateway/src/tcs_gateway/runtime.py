@@ -13,7 +13,7 @@ import time
 
 import aiohttp
 
-from tccal.bus import Bus
+from tccal.bus import AnonymousNatsError, Bus
 from tccal.http_client import traced_session
 from tcs_gateway.bridge.framing import CloseCode, FrameValidator
 from tcs_gateway.bridge.server import BridgeServer
@@ -113,16 +113,27 @@ class Gateway:
             conferences = ConferenceService(state.server, self.settings, client, users)
             self.consumers[key] = CommandConsumer(self.bus, state, conferences, self.source, self.settings, order)
         try:
-            connect = asyncio.ensure_future(self.bus.connect())
-            stopped = asyncio.ensure_future(stop.wait())
-            await asyncio.wait([connect, stopped], return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            if not connect.done():
-                connect.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await connect
-                return
-            connect.result()
+            while True:  # the bridge keeps listening meanwhile: leaving run() would close it for good
+                connect = asyncio.ensure_future(self.bus.connect())
+                stopped = asyncio.ensure_future(stop.wait())
+                await asyncio.wait([connect, stopped], return_when=asyncio.FIRST_COMPLETED)
+                stopped.cancel()
+                if not connect.done():
+                    connect.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await connect
+                    return
+                try:
+                    connect.result()
+                    break
+                except AnonymousNatsError:
+                    raise
+                except Exception as exc:  # JetStream not ready past Bus.connect's patience: connect again
+                    log.warning("NATS JetStream not usable yet; connecting again", extra={"error": repr(exc)})
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
+                    if stop.is_set():
+                        return
             while True:
                 try:
                     await self.store.open(self.bus.js)
