@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import zoneinfo
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -87,7 +87,6 @@ def _text(value: str, limit: int) -> str:
     return value if len(value) <= limit else value[:limit]
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Timestamp's valid range (google/protobuf/timestamp.proto): 0001-01-01T00:00:00Z … 9999-12-31T23:59:59Z.
 _MIN_SECONDS = -62_135_596_800
 _MAX_SECONDS = 253_402_300_799
@@ -101,7 +100,8 @@ def _instant(stamp: Timestamp, fallback: datetime | None = None) -> datetime:
     if _MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos <= 999_999_999:
         # What Timestamp.ToDatetime computes (microseconds rounded toward zero), without its Python-level checks
         # and time-zone conversion, which took a tenth of building a large calendar.
-        return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
+        moment = datetime.fromtimestamp(seconds, UTC)  # whole seconds: exact
+        return moment.replace(microsecond=nanos // 1000) if nanos else moment
     return stamp.ToDatetime(tzinfo=UTC)  # out of range: protobuf's own error names the value
 
 
@@ -118,6 +118,7 @@ def time_zone(name: str) -> str:
     return name
 
 
+@lru_cache(maxsize=4096)  # the same organizers and attendees recur in every event of a calendar
 def _email(value: str) -> str | None:
     email = value.strip().lower()
     if not email or len(email) > 254 or not _EMAIL.match(email):
