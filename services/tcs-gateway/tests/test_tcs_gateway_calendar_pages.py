@@ -25,7 +25,8 @@ from tcs_gateway_testkit import (
 from tccal.bridge_protocol import FrameValidator
 from tccal_sandbox.testing import wait_for_async
 from tcs_gateway.bridge.events import build_event, fit_event, size_bound
-from tcs_gateway.bridge.framing import encoded_size, format_instant
+from tcs_gateway.bridge.framing import encode, encoded_size, format_instant, reply_frame
+from tcs_gateway.bridge.list_pages import page_frame, split_pages
 
 BOB = "bob@example.test"
 CAROL = "carol@example.test"
@@ -230,3 +231,25 @@ def test_the_size_bound_is_never_below_the_encoded_size() -> None:
     assert encoded_size(fitted) <= 400_000 < encoded_size(event)
     plain = build_event(occurrence("m1", attendees=[(BOB, 4)]), BOB, 5, server_host="tcs.example.test")
     assert size_bound(plain) >= encoded_size(plain) and fit_event(plain, 1_000_000, BOB) is plain
+
+
+def test_a_page_is_written_as_the_gateway_writes_every_frame() -> None:
+    """Pages encode their events with orjson and other frames with json: the page's bytes (and so the sizes
+    split_pages counted) are exactly `framing.encode`'s for the worst texts — control characters, quotes,
+    backslashes, U+2028, four-byte characters — and instants with and without a fraction."""
+    tricky = occurrence('m\x00\x1f\x7f\\"', attendees=[(BOB, 4), ("ä@example.test", 3)])
+    tricky.subject = "\u2028\u2029\ufeff\U0001f600 «Planning» \t\n\r\b\f"
+    tricky.body = "\x01" * 300 + "\\" * 10 + '"' * 10
+    tricky.start.nanos = 123_456_789
+    events = [
+        build_event(tricky, BOB, 5, server_host="tcs.example.test"),
+        build_event(occurrence("m2", attendees=[(BOB, 4)]), BOB, 5, server_host="tcs.example.test"),
+    ]
+    assert events[0]["start"].endswith(".123456Z") and events[1]["start"].endswith(":00Z")
+    window = _window()
+    pages = split_pages(events, BOB, window["from"], window["to"], MAX_FRAME)
+    assert pages == [[encode(event).encode("utf-8") for event in events]]
+    answer = {"errorCode": 0, "user": BOB, **window, "seq": 5, "listId": "l1st-Id_0", "page": 0, "pageCount": 1}
+    frame = page_frame(7, answer, pages[0])
+    assert frame == encode(reply_frame(7, dict(answer, events=events))).encode("utf-8")
+    assert FrameValidator().problem(json.loads(frame), "getCalendarList.reply") is None

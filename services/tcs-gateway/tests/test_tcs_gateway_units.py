@@ -94,6 +94,41 @@ def test_every_event_is_valid_for_the_schema_and_the_emulator(
         assert event["attendees"][0]["response"] == "organizer"
 
 
+def test_event_times_as_the_protocol_writes_them() -> None:
+    """start/end/updatedAt are UTC instants with a 6-digit fraction only when there is one (nanoseconds cut, not
+    rounded); an end before the start or unset is the start; unset start and updatedAt are now; a timestamp
+    outside 0001–9999 is refused with its value named."""
+
+    def times(start: tuple[int, int], end: tuple[int, int], updated: tuple[int, int]) -> tuple[str, str, str]:
+        occurrence = calendar_pb2.Occurrence(id="m")
+        for field, (seconds, nanos) in (("start", start), ("end", end), ("updated_at", updated)):
+            getattr(occurrence, field).seconds = seconds
+            getattr(occurrence, field).nanos = nanos
+        event = build_event(occurrence, "alice@x.test", 5, server_host="h")
+        return event["start"], event["end"], event["updatedAt"]
+
+    noon = int(datetime(2026, 12, 5, 12, tzinfo=UTC).timestamp())
+    assert times((noon, 0), (noon + 1800, 999_999_999), (noon, 1500)) == (
+        "2026-12-05T12:00:00Z",
+        "2026-12-05T12:30:00.999999Z",
+        "2026-12-05T12:00:00.000001Z",
+    )
+    assert times((noon, 5000), (noon, 4000), (noon, 0))[:2] == ("2026-12-05T12:00:00.000005Z",) * 2
+    assert times((noon, 0), (noon - 60, 0), (noon, 0))[:2] == ("2026-12-05T12:00:00Z",) * 2
+    assert times((noon, 0), (0, 0), (noon, 0))[:2] == ("2026-12-05T12:00:00Z",) * 2
+    before = datetime.now(UTC).replace(microsecond=0)
+    start, end, updated = times((0, 0), (0, 0), (0, 0))
+    for text in (start, end, updated):
+        assert before <= datetime.fromisoformat(text.replace("Z", "+00:00")) <= datetime.now(UTC), text
+    assert times((-62_135_596_800, 0), (253_402_300_799, 0), (1, 0)) == (
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59Z",
+        "1970-01-01T00:00:01Z",
+    )
+    with pytest.raises(ValueError, match="253402300800"):
+        times((noon, 0), (253_402_300_800, 0), (noon, 0))
+
+
 def test_my_response_and_organizer() -> None:
     occurrence = _stamp(datetime(2025, 6, 28, 8, tzinfo=UTC))
     occurrence.id = "m"

@@ -206,7 +206,7 @@ class CalendarLists:
         if built.unchanged:
             answer["unchanged"] = True
         text = page_frame(frame_id, answer, built.pages[page])
-        size = len(text.encode("utf-8"))
+        size = len(text)
         if size > self.settings.max_frame_bytes:  # split_pages leaves room; this guards the limit itself
             await self.session.channel.reply(
                 frame_id,
@@ -217,5 +217,5 @@ class CalendarLists:
             )
             return
         with contextlib.suppress(ConnectionClosedError):
-            await self.session.channel.send_text(text)
+            await self.session.channel.send_text(text.decode("utf-8"))
         self.pages.served(built, page)

@@ -90,10 +90,11 @@ def nesting_depth(value: Any, limit: int) -> int:
 
 def format_instant(moment: datetime) -> str:
     """An instant of the protocol: UTC, `Z`, seconds, up to 6 fractional digits."""
-    moment = moment.astimezone(UTC)
-    if moment.microsecond:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat writes the fraction only when there is one, and 6 digits then (as strftime's %f): several times
+    # faster than strftime, which was a tenth of building a 20,000-event getCalendarList (bench/README.md §6).
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat()[:-6] + "Z"  # without its "+00:00"
 
 
 def parse_instant(text: str) -> datetime:

@@ -3,7 +3,9 @@ pages that each fit in `maxFrameBytes`, and kept for the connection while TCS as
 
 A page holds whole events (one is never split: each event alone already fits a frame) and every event is in
 exactly one page, pages in the list's order (by start). Each event is encoded to JSON once, when the list is
-split: a page's frame is written around those texts, so its size is known exactly before it is sent.
+split: a page's frame is written around those texts, so its size is known exactly before it is sent. The events
+are encoded with orjson, byte for byte what `framing.encode` writes (compact, UTF-8 unescaped) in a tenth of the
+time: a 20,000-event list spent a sixth of its building in json.dumps (bench/README.md §6).
 All pages of a list carry the `seq` the list was read at.
 A list is forgotten when its last page has been asked, after `KEEP_SECONDS` without a request for it, or when
 more than `MAX_KEPT` lists of the connection are waiting (the oldest goes first); then TCS starts over at page 0.
@@ -16,6 +18,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from tcs_gateway.bridge.framing import encode, encoded_size
 
@@ -36,8 +40,8 @@ class BuiltList:
     window_from: str
     window_to: str
     seq: int
-    #: Per page, its events as JSON texts.
-    pages: list[list[str]]
+    #: Per page, its events as JSON (UTF-8).
+    pages: list[list[bytes]]
     touched: float
     #: TCS's `sinceSeq` was current: one empty page, `unchanged`.
     unchanged: bool = False
@@ -45,15 +49,15 @@ class BuiltList:
 
 def split_pages(
     events: list[dict[str, Any]], user: str, window_from: str, window_to: str, max_frame_bytes: int
-) -> list[list[str]]:
+) -> list[list[bytes]]:
     """`events` encoded, as pages whose reply frames stay within `max_frame_bytes` (no events: one empty page)."""
     fixed = _PAGE_ENVELOPE_ROOM + encoded_size(user) + encoded_size(window_from) + encoded_size(window_to)
     budget = max_frame_bytes - fixed
-    pages: list[list[str]] = [[]]
+    pages: list[list[bytes]] = [[]]
     size = 2
     for event in events:
-        text = encode(event)
-        length = len(text.encode("utf-8")) + 1
+        text = orjson.dumps(event)
+        length = len(text) + 1
         if pages[-1] and size + length > budget:
             pages.append([])
             size = 2
@@ -62,10 +66,10 @@ def split_pages(
     return pages
 
 
-def page_frame(frame_id: int, answer: dict[str, Any], events: list[str]) -> str:
-    """The reply frame of `answer` (a getCalendarList success payload without events) with `events` last."""
+def page_frame(frame_id: int, answer: dict[str, Any], events: list[bytes]) -> bytes:
+    """The reply frame (UTF-8) of `answer` (a getCalendarList success payload without events) with `events` last."""
     head = encode({"type": 2, "id": frame_id, "payload": answer})  # ends with the payload's and the frame's "}}"
-    return f'{head[:-2]},"events":[{",".join(events)}]}}}}'
+    return b"".join((head[:-2].encode("utf-8"), b',"events":[', b",".join(events), b"]}}"))
 
 
 class ListPages:
@@ -83,7 +87,7 @@ class ListPages:
         window_from: str,
         window_to: str,
         seq: int,
-        pages: list[list[str]],
+        pages: list[list[bytes]],
         *,
         unchanged: bool = False,
     ) -> str:
