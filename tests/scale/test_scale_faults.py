@@ -16,9 +16,13 @@ Phases, in order:
    reconnects to another replica, and a conference meeting written after the kill gets its conference (printed:
    FAILOVER gateway ...); the killed replica is started again.
 3. kill -9 one NATS node (not the first, which this test's own NATS connection uses): the changes keep flowing.
-4. rolling restart: each replica the suite started (ingest b, c; gateway b, c; sync-engine b) is stopped (SIGTERM)
-   and started again, one after the other, waiting until it is ready and the leases are shared again. The sandbox's
-   own replica "a" of each service stays: the sandbox stops as a whole when one of its children exits.
+4. rolling restart of every replica of every service, one replica of a service at a time: by default in waves as
+   `helm upgrade` rolls every Deployment at once (licensing a, sync-engine a, ews-ingest a and tcs-gateway a
+   together, then the b replicas, then the c ones); TC_SCALE_ROLLING=serial (`make scale`) restarts one process
+   after the other. Each is stopped (SIGTERM) and started again, and waited for until ready (for ews-ingest until
+   the leases are shared again and every mailbox streamed once; for tcs-gateway until TrueConf's bridge is
+   connected). The sandbox's own replica "a" is started again by the sandbox (`--restart-services`, as Kubernetes
+   restarts a pod).
 
 Asserted at the end, through real interfaces only: every change made in Exchange is in its owner's TrueConf calendar
 (the emulator's /inspect/calendars) and none twice; each conference meeting has exactly one conference; the Exchange
@@ -30,10 +34,13 @@ asserted.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import signal
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,7 +68,12 @@ MAILBOXES = int(os.environ.get("TC_SCALE_MAILBOXES", "60"))
 RATE = float(os.environ.get("TC_SCALE_RATE", "2"))
 ENGINES = int(os.environ.get("TC_SCALE_ENGINES", "2"))
 REPORT = os.environ.get("TC_SCALE_REPORT", "")
+ROLLING = os.environ.get("TC_SCALE_ROLLING", "waves")
+if ROLLING not in ("waves", "serial"):
+    raise ValueError(f"TC_SCALE_ROLLING={ROLLING!r}: give 'waves' or 'serial'")
 DOMAIN = "sandbox.test"
+#: The order of the rolling restart, one service after the other, each replica in turn.
+SERVICES = ("licensing", "sync-engine", "ews-ingest", "tcs-gateway")
 LEASES = {
     "EWS_INGEST_LEASE_SECONDS": "6",
     "EWS_INGEST_LEASE_RENEW_SECONDS": "1.5",
@@ -80,6 +92,17 @@ INGEST_FAILOVER_BOUND_S = 6 + 1.5 + 20 + MAILBOXES / 25
 GATEWAY_FAILOVER_BOUND_S = 1 + 6 + 1.5 + 20
 #: Waits are this much longer than the bounds: the test asserts outcomes; the times are printed.
 SLACK = 3
+#: How long a replica (re)joining may take until the leases are shared and every mailbox streamed once again, and
+#: changes made meanwhile may take to drain (generous: the machine is shared).
+SETTLE_S = 120 + MAILBOXES / 5
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def mailbox_list() -> list[str]:
@@ -91,6 +114,7 @@ def sandbox() -> Iterator[SandboxProcess]:
     replicas = {"EWS_INGEST_REPLICA": "a", "TCS_GATEWAY_REPLICA": "a", "SYNC_ENGINE_REPLICA": "a"}
     with running_sandbox(
         "--no-demo",
+        "--restart-services",
         "--nats-nodes",
         "3",
         "--extra-mailboxes",
@@ -117,6 +141,21 @@ class Cluster:
         replica = start_service_replica(self.sandbox, service, name, env=LEASES, timeout=120)
         self.replicas[(service, name)] = replica
         return replica
+
+    def restart_sandbox_service(self, service: str) -> None:
+        """SIGTERM the sandbox's own replica "a" of `service`; the sandbox (--restart-services) starts it again and
+        rewrites the ready-file's pid; wait until the new process answers /readyz."""
+        ready_file = self.sandbox.state_dir / "ready.json"
+        old_pid = int(json.loads(ready_file.read_text())["processes"][service])
+        os.kill(old_pid, signal.SIGTERM)
+
+        def restarted() -> int | None:
+            pid = json.loads(ready_file.read_text())["processes"].get(service)
+            return int(pid) if pid and int(pid) != old_pid else None
+
+        wait_for(restarted, 90, 0.2, f"the sandbox to start {service} again", tolerate=(ValueError, OSError))
+        http = self.sandbox.ready["services"][service]["http"]
+        wait_for(lambda: http_ok(f"{http}/readyz"), 120, 0.2, f"{service} a ready again")
 
     def stop_all(self) -> None:
         for replica in self.replicas.values():
@@ -205,7 +244,7 @@ def kill_ingest(cluster: Cluster, outlook: Outlook, seen: TrueConfCalendars, vic
         "bound_s": INGEST_FAILOVER_BOUND_S,
     }
     cluster.start("ews-ingest", victim)
-    cluster.wait_ingest_shared({"a", "b", "c"}, 120, f"ews-ingest {victim} back among the owners")
+    cluster.wait_ingest_shared({"a", "b", "c"}, SETTLE_S, f"ews-ingest {victim} back among the owners")
     return list(subjects)
 
 
@@ -237,7 +276,7 @@ def kill_bridge_holder(cluster: Cluster, outlook: Outlook, seen: TrueConfCalenda
     )
     commands = time.monotonic() - killed_at
     after_kill = [s for s, (_, at) in list(steady.sent.items()) if at > killed_at]
-    wait_for(lambda: seen.arrived(after_kill), 120, 0.2, "calendar changes made after the gateway kill")
+    wait_for(lambda: seen.arrived(after_kill), SETTLE_S, 0.2, "calendar changes made after the gateway kill")
     new_holder = cluster.gateway_owner()
     print(
         f"\nFAILOVER gateway: kill -9 of {holder} (bridge holder) -> TrueConf reconnected {reconnected:.1f} s, "
@@ -260,26 +299,42 @@ def kill_nats_node(cluster: Cluster, seen: TrueConfCalendars, steady: SteadyChan
     os.kill(int(node["pid"]), signal.SIGKILL)
     wait_for(lambda: len([1 for _, at in list(steady.sent.values()) if at > killed_at]) >= 10, 60, 0.2, "changes")
     after_kill = [s for s, (_, at) in list(steady.sent.items()) if at > killed_at]
-    wait_for(lambda: seen.arrived(after_kill), 120, 0.2, "changes made with a NATS node down")
+    wait_for(lambda: seen.arrived(after_kill), SETTLE_S, 0.2, "changes made with a NATS node down")
     flowing = max(seen.first_seen[s] for s in after_kill) - killed_at
     print(f"\nNATS node down: {len(after_kill)} changes made after kill -9 all in TrueConf {flowing:.1f} s later")
     cluster.measured["nats_node_down"] = {"changes": len(after_kill), "all_arrived_s": round(flowing, 1)}
 
 
-def rolling_restart(cluster: Cluster, seen: TrueConfCalendars, steady: SteadyChanges) -> None:
-    times: dict[str, float] = {}
-    for service, name in list(cluster.replicas):
-        began = time.monotonic()
+def restart(cluster: Cluster, service: str, name: str) -> None:
+    if name == "a":
+        cluster.restart_sandbox_service(service)
+    else:
         cluster.replicas[(service, name)].stop()
         cluster.start(service, name)
-        if service == "ews-ingest":
-            cluster.wait_ingest_shared({"a", "b", "c"}, 120, f"leases shared again after restarting {name}")
-        if service == "tcs-gateway":
+
+
+def rolling_restart(cluster: Cluster, seen: TrueConfCalendars, steady: SteadyChanges) -> None:
+    """Restart every replica of every service, one replica of a service at a time. "waves" (the default, as
+    `helm upgrade` rolls every Deployment at once): the services' first replicas together, then their second ones,
+    and so on; "serial" (TC_SCALE_ROLLING=serial): one process after the other."""
+    names = {kind: ["a", *(n for s, n in cluster.replicas if s == kind)] for kind in SERVICES}
+    waves = [[(kind, names[kind][i]) for kind in SERVICES if i < len(names[kind])] for i in range(3)]
+    if ROLLING == "serial":
+        waves = [[one] for wave in waves for one in wave]
+    times: dict[str, float] = {}
+    for wave in waves:
+        began = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(len(wave)) as pool:
+            list(pool.map(lambda one: restart(cluster, *one), wave))
+        restarted = ", ".join(f"{kind} {name}" for kind, name in wave)
+        if any(kind == "ews-ingest" for kind, _ in wave):
+            cluster.wait_ingest_shared({"a", "b", "c"}, SETTLE_S, f"leases shared again after restarting {restarted}")
+        if any(kind == "tcs-gateway" for kind, _ in wave):
             wait_for(lambda: bridge(cluster.sandbox.ready).get("state") == "connected", 60, 0.2, "bridge connected")
-        times[f"{service} {name}"] = round(time.monotonic() - began, 1)
+        times[restarted] = round(time.monotonic() - began, 1)
     latest = [s for s, (_, at) in list(steady.sent.items()) if at > time.monotonic() - 5]
-    wait_for(lambda: seen.arrived(latest), 120, 0.2, "changes flowing after the rolling restart")
-    print(f"\nROLLING RESTART (stop -> ready again, per replica, s): {times}")
+    wait_for(lambda: seen.arrived(latest), SETTLE_S, 0.2, "changes flowing after the rolling restart")
+    print(f"\nROLLING RESTART ({ROLLING}; stop -> ready again, s): {times}")
     cluster.measured["rolling_restart_s"] = times
 
 
@@ -297,7 +352,7 @@ def test_replicas_survive_kills_and_a_rolling_restart_losing_and_duplicating_not
         point_bridge(sandbox.ready, cluster.ws("b"), [cluster.ws("c"), cluster.ws("a")])
         wait_for(lambda: bridge(sandbox.ready).get("connected_url") == cluster.ws("b"), 60, 0.2, what="bridge on b")
         wait_for(lambda: cluster.gateway_owner() == "b", 60, 0.3, what="gateway b holds the server's lease")
-        cluster.wait_ingest_shared({"a", "b", "c"}, 120 + MAILBOXES / 10, "three ingest replicas share the leases")
+        cluster.wait_ingest_shared({"a", "b", "c"}, SETTLE_S, "three ingest replicas share the leases")
 
         with TrueConfCalendars(sandbox.ready) as seen:
             steady = SteadyChanges(outlook, mailboxes, RATE)
@@ -312,7 +367,7 @@ def test_replicas_survive_kills_and_a_rolling_restart_losing_and_duplicating_not
             finally:
                 steady.stop()
             made = [*steady.sent, *after_ingest_kill]
-            wait_for(lambda: seen.arrived(made), 120 + MAILBOXES / 5, 0.5, "every change in TrueConf")
+            wait_for(lambda: seen.arrived(made), SETTLE_S, 0.5, "every change in TrueConf")
             seen.poll()
             duplicates = seen.duplicates(made)
     finally:
