@@ -10,8 +10,8 @@ gateway b with c and a as fallbacks (what a Kubernetes Service does for a reconn
 every 1.5 s) so that a takeover fits a test; production's are 15 s (ews-ingest) - deploy/README.md.
 
 Phases, in order:
-1. kill -9 ews-ingest c: a meeting written in each of its mailboxes right after the kill reaches TrueConf once a
-   and b took its leases (printed: FAILOVER ingest ...); c is started again.
+1. kill -9 ews-ingest c: a meeting made in each of its mailboxes before the kill and changed right after it
+   reaches TrueConf changed once a and b took its leases (printed: FAILOVER ingest ...); c is started again.
 2. kill -9 the tcs-gateway replica holding the bridge session (and so the server's command lease): TrueConf
    reconnects to another replica, and a conference meeting written after the kill gets its conference (printed:
    FAILOVER gateway ...); the killed replica is started again.
@@ -216,15 +216,20 @@ def conference_count(sandbox: SandboxProcess, subject: str) -> int:
 
 
 def kill_ingest(cluster: Cluster, outlook: Outlook, seen: TrueConfCalendars, victim: str) -> list[str]:
-    """kill -9 ews-ingest `victim`; returns the subjects written in its mailboxes after the kill."""
+    """kill -9 ews-ingest `victim`; returns the subjects written in its mailboxes before and after the kill."""
     shards, owners = cluster.ingest_owners()
     orphaned = [m for m in mailbox_list() if owners.get(shard_of(m, shards)) == victim]
     assert orphaned, f"ews-ingest {victim} owned no mailbox: {owners}"
+    # a meeting in each of its mailboxes, synced by it; after the kill the same meetings change: their new owner
+    # must number the changes above the sequences the victim used (a replica that owned the mailbox before, with
+    # the checkpoint it cached then, would not, and the engine would drop them as stale)
+    before = outlook.meetings({f"before ingest kill {m}": m for m in orphaned})
+    wait_for(lambda: seen.arrived(before), SETTLE_S, 0.2, "the meetings made before the kill")
     replica = cluster.replicas[("ews-ingest", victim)]
     killed_at = time.monotonic()
     replica.kill()
     subjects = {f"after ingest kill {m}": m for m in orphaned}
-    written = outlook.meetings(subjects)
+    written = outlook.retitle({f"after ingest kill {m}": before[f"before ingest kill {m}"][0] for m in orphaned})
     wait_for(
         lambda: seen.arrived(subjects),
         INGEST_FAILOVER_BOUND_S * SLACK,
@@ -245,7 +250,7 @@ def kill_ingest(cluster: Cluster, outlook: Outlook, seen: TrueConfCalendars, vic
     }
     cluster.start("ews-ingest", victim)
     cluster.wait_ingest_shared({"a", "b", "c"}, SETTLE_S, f"ews-ingest {victim} back among the owners")
-    return list(subjects)
+    return [*before, *subjects]
 
 
 def kill_bridge_holder(cluster: Cluster, outlook: Outlook, seen: TrueConfCalendars, steady: SteadyChanges) -> None:

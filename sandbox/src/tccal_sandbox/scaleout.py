@@ -266,24 +266,43 @@ class Outlook:
         item.save(send_meeting_invitations="SendToAllAndSaveCopy" if invited else "SendToNone")
         return item
 
-    def meetings(self, subjects: Mapping[str, str], concurrency: int = 4) -> dict[str, float]:
-        """subject -> mailbox, written `concurrency` at once; returns subject -> monotonic time of each response."""
-        written: dict[str, float] = {}
+    def meetings(self, subjects: Mapping[str, str], concurrency: int = 4) -> dict[str, tuple[Any, float]]:
+        """subject -> mailbox, written `concurrency` at once; returns subject -> (the item, monotonic time of the
+        response)."""
+        written: dict[str, tuple[Any, float]] = {}
 
         def one(subject: str) -> None:
-            self.meeting(subjects[subject], subject)
-            written[subject] = time.monotonic()
+            item = self.meeting(subjects[subject], subject)
+            written[subject] = (item, time.monotonic())
 
         with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
             list(pool.map(one, subjects))
         return written
 
+    @staticmethod
+    def retitle(items: Mapping[str, Any], concurrency: int = 4) -> dict[str, float]:
+        """new subject -> item: UpdateItem of each item's subject, `concurrency` at once; returns new subject ->
+        monotonic time of each response."""
+        written: dict[str, float] = {}
+
+        def one(subject: str) -> None:
+            item = items[subject]
+            item.subject = subject
+            item.save(update_fields=["subject"], send_meeting_invitations="SendToNone")
+            written[subject] = time.monotonic()
+
+        with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, items))
+        return written
+
 
 @dataclass
 class SteadyChanges:
-    """A new meeting every 1/rate seconds, round-robin over `mailboxes`, from a thread, until stopped. `sent` is
-    subject -> (mailbox, monotonic time of the EWS response); a failed write is kept in `errors` (Exchange is not
-    the one failing in the scale-out suite, so any error is a finding)."""
+    """A change every 1/rate seconds, round-robin over `mailboxes`, from a thread, until stopped: in even rounds a
+    new meeting (CreateItem), in odd rounds that meeting's subject changed (UpdateItem: the same item changing again
+    after its mailbox moved between replicas). `sent` is subject -> (mailbox, monotonic time of the EWS response); a
+    failed write is kept in `errors` (Exchange is not the one failing in the scale-out suite, so any error is a
+    finding)."""
 
     outlook: Outlook
     mailboxes: list[str]
@@ -291,6 +310,7 @@ class SteadyChanges:
     prefix: str = "steady"
     sent: dict[str, tuple[str, float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    _items: dict[str, Any] = field(default_factory=dict)  #: mailbox -> the meeting its next update changes
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -308,7 +328,12 @@ class SteadyChanges:
             mailbox = self.mailboxes[k % len(self.mailboxes)]
             subject = f"{self.prefix} {k} {mailbox}"
             try:
-                self.outlook.meeting(mailbox, subject)
+                item = self._items.get(mailbox)
+                if item is not None and (k // len(self.mailboxes)) % 2 == 1:
+                    item.subject = subject
+                    item.save(update_fields=["subject"], send_meeting_invitations="SendToNone")
+                else:
+                    self._items[mailbox] = self.outlook.meeting(mailbox, subject)
                 self.sent[subject] = (mailbox, time.monotonic())
             except Exception as exc:  # kept and reported: the test fails on it
                 self.errors.append(f"{subject}: {type(exc).__name__}: {exc}")
