@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from tccal_sandbox.runner import Sandbox
+from tccal_sandbox.runner import SERVICE_MODULES, Sandbox
 
 #: What the sandbox suggests to try once it is up (README.md shows the same).
 TRY_COMMANDS = (
@@ -145,6 +145,13 @@ def describe(ready: dict[str, Any], ready_path: Path) -> str:
     '"type": "graph" provider and graph-ingest (a hybrid organisation; ready-file key `graph`).',
 )
 @click.option("--config-override", default="{}", help="JSON merged into the generated config.json.")
+@click.option(
+    "--restart-services/--no-restart-services",
+    default=False,
+    show_default=True,
+    help="Start a service that exited again (as Kubernetes restarts a pod) instead of stopping the sandbox; the "
+    "ready-file's `processes` is rewritten with the new pid. For rolling restarts and kill -9 in tests.",
+)
 def sandbox(
     state_dir: str,
     ready_file: str | None,
@@ -159,6 +166,7 @@ def sandbox(
     configured_users: str,
     graph: bool,
     config_override: str,
+    restart_services: bool,
 ) -> None:
     """Run the whole connector with emulated Exchange (and, with --graph, Exchange Online) and TrueConf Server
     until interrupted (Ctrl+C)."""
@@ -200,7 +208,11 @@ def sandbox(
         while not stop.is_set():
             for child in box.children:
                 code = child.exited()
-                if code is not None:
+                if code is not None and restart_services and child.name in SERVICE_MODULES:
+                    click.echo(f"{child.name} exited with code {code}; starting it again", err=True)
+                    box.restart_service(child)
+                    box.write_ready_file(ready_path)
+                elif code is not None:
                     click.echo(f"{child.name} exited with code {code}; stopping the sandbox", err=True)
                     click.echo(child.log_tail(), err=True)
                     stop.set()

@@ -571,9 +571,11 @@ class Sandbox:
         self.ready["services"]["tcs-gateway"]["ws"] = f"ws://127.0.0.1:{ws_port}/bridge/v1"
         return self.config_path
 
+    def service_env(self) -> dict[str, str]:
+        return {**GRAPH_INGEST_TUNING, **self.env()}
+
     def start_services(self) -> None:
-        env = self.env()
-        env = {**GRAPH_INGEST_TUNING, **env}
+        env = self.service_env()
         for name in self.service_names():
             child = Child(
                 name,
@@ -583,6 +585,12 @@ class Sandbox:
             )
             child.start(env)
             self.children.append(child)
+
+    def restart_service(self, child: Child) -> None:
+        """Start a service that exited again with the same config and environment (its log goes on)."""
+        if child.name not in SERVICE_MODULES:
+            raise ValueError(f"{child.name!r} is not a service; services are {sorted(SERVICE_MODULES)}")
+        child.start(self.service_env())
 
     def register_license(self, tier: str = "standard", seats: int = 100) -> None:
         """Issue a key at the registration authority and register it as the guide says (tc_calendar --register)."""

@@ -84,6 +84,9 @@ class MailboxEntry:
     last_error_at: dt.datetime | None = None
     lag_seconds: float = 0.0
     context: MailboxContext | None = None
+    #: Ownership left this replica since `context` was loaded: another replica may have moved the checkpoint on
+    #: (SyncState, sequences), so the next sync here loads it again from INGEST_STATE.
+    context_stale: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     queued: int | None = None  # priority it is queued with
     dirty: bool = False
@@ -233,6 +236,7 @@ class Scheduler:
         one stops after its current page (checkpointed: the next owner resumes there)."""
         if entry.halt is not None:
             entry.halt.set()
+        entry.context_stale = True
         if entry.seat:
             for callback in self.on_deactivate:
                 callback(entry)
@@ -327,6 +331,8 @@ class Scheduler:
                 self._enqueue(entry, LIVE if entry.rerun is None else entry.rerun)
 
     async def context(self, entry: MailboxEntry) -> MailboxContext:
+        if entry.context_stale:  # under the entry's lock: this replica's last sync of it has saved its checkpoint
+            entry.context, entry.context_stale = None, False
         if entry.context is None:
             checkpoint = await self.store.load_checkpoint(entry.provider, entry.mailbox)
             quarantine = await self.store.load_quarantine(entry.mailbox)
