@@ -33,13 +33,18 @@ import psutil
 from bench import RESULTS, machine, op_delta, percentiles, write_result
 from tccal_sandbox.scaleout import (
     Outlook,
-    ServiceReplica,
     TrueConfCalendars,
     ingest_lease_owners,
     owners_report,
-    start_service_replica,
 )
-from tccal_sandbox.testing import SandboxProcess, connect_nats, running_sandbox, wait_for
+from tccal_sandbox.testing import (
+    SandboxProcess,
+    ServiceReplica,
+    connect_nats,
+    running_sandbox,
+    start_service_replica,
+    wait_for,
+)
 
 DOMAIN = "sandbox.test"
 

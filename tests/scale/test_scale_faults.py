@@ -50,7 +50,6 @@ import pytest
 from ews_ingest.ownership import shard_of
 from tccal_sandbox.scaleout import (
     Outlook,
-    ServiceReplica,
     SteadyChanges,
     TrueConfCalendars,
     bridge,
@@ -59,10 +58,16 @@ from tccal_sandbox.scaleout import (
     ingest_lease_owners,
     owners_report,
     point_bridge,
-    start_service_replica,
     tcs_server_id,
 )
-from tccal_sandbox.testing import SandboxProcess, connect_nats, running_sandbox, wait_for
+from tccal_sandbox.testing import (
+    SandboxProcess,
+    ServiceReplica,
+    connect_nats,
+    running_sandbox,
+    start_service_replica,
+    wait_for,
+)
 
 MAILBOXES = int(os.environ.get("TC_SCALE_MAILBOXES", "60"))
 RATE = float(os.environ.get("TC_SCALE_RATE", "2"))

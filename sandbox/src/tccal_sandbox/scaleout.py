@@ -12,10 +12,6 @@ from __future__ import annotations
 import concurrent.futures
 import datetime as dt
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -28,110 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
-
-from tccal_sandbox.embedded import free_ports
-from tccal_sandbox.runner import SERVICE_MODULES
-from tccal_sandbox.testing import SandboxProcess, wait_for
-
-
-# ------------------------------------------------------------------------------------------------ replicas
-@dataclass
-class ServiceReplica:
-    """One more process of a sandbox's service: its replica name, process, log file and own ports."""
-
-    service: str
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    config_path: Path
-    grpc: str
-    http: str
-    ws: str | None = None  #: tcs-gateway only: the bridge URL TrueConf Server connects to
-
-    def ready(self) -> bool:
-        """GET /readyz answers 200; AssertionError with the log's tail if the process has exited."""
-        if self.process.poll() is not None:
-            raise AssertionError(f"{self.service} replica {self.name} exited: {self.log()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{self.http}/readyz", timeout=1) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        """kill -9, and reap it."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM (a graceful stop), kill -9 if it has not exited after `timeout` seconds."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-def start_service_replica(
-    sandbox: SandboxProcess,
-    service: str,
-    name: str,
-    *,
-    env: Mapping[str, str] | None = None,
-    timeout: float = 60.0,
-    wait: bool = True,
-) -> ServiceReplica:
-    """Start another process of the sandbox's `service` with the sandbox's config for it (the same PostgreSQL, NATS
-    identity and machine key) but its own gRPC and HTTP ports (and bridge port for tcs-gateway), named `name` in
-    `<SERVICE>_REPLICA` (the services put it in their lease owners). Its config goes to
-    `<state>/services/<service>-<name>.config.json`, its output to `<state>/logs/<service>-<name>.log` (appended:
-    a restarted replica keeps one log). With `wait` it returns once GET /readyz answers 200."""
-    if service not in SERVICE_MODULES:
-        raise ValueError(f"unknown service {service!r}; one of {sorted(SERVICE_MODULES)}")
-    config = json.loads(Path(sandbox.ready["services"][service]["config"]).read_text())
-    grpc_port, http_port, ws_port = free_ports(3)
-    config["grpc"]["services"][service].update({"grpcPort": grpc_port, "httpPort": http_port})
-    ws: str | None = None
-    if service == "tcs-gateway":
-        config["wsPort"] = ws_port
-        path_part = sandbox.ready["services"]["tcs-gateway"]["ws"].split("/", 3)[3]
-        ws = f"ws://127.0.0.1:{ws_port}/{path_part}"
-    config_path = sandbox.state_dir / "services" / f"{service}-{name}.config.json"
-    config_path.write_text(json.dumps(config))
-    log_path = sandbox.state_dir / "logs" / f"{service}-{name}.log"
-    process_env = {
-        **os.environ,
-        f"{service.replace('-', '_').upper()}_REPLICA": name,
-        "TC_CALENDAR_KEY_FILE": str(sandbox.state_dir / "machine.key"),
-        "PYTHONUNBUFFERED": "1",
-        **(env or {}),
-    }
-    process_env.pop("TC_CALENDAR_KEY", None)
-    with open(log_path, "ab") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", SERVICE_MODULES[service], "--config", str(config_path)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=process_env,
-        )
-    replica = ServiceReplica(
-        service, name, process, log_path, config_path, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", ws
-    )
-    if wait:
-        try:
-            wait_for(replica.ready, timeout, interval=0.2, what=f"{service} replica {name} ready")
-        except BaseException:
-            replica.kill()
-            raise
-    return replica
 
 
 # ------------------------------------------------------------------------------------------ HTTP helpers

@@ -273,7 +273,8 @@ def start_service_replica(
     """Start another process of the sandbox's `service` ("ews-ingest", "sync-engine", "tcs-gateway", "licensing",
     "graph-ingest") with the sandbox's config for it - the same PostgreSQL, NATS identity and machine key - but its
     own gRPC and HTTP ports (and bridge port for tcs-gateway). Its config goes to
-    `<state>/services/<service>-<name>.config.json`, its output to `<state>/logs/<service>-<name>.log`.
+    `<state>/services/<service>-<name>.config.json`, its output to `<state>/logs/<service>-<name>.log` (appended: a
+    restarted replica keeps one log).
 
     `name` is also given as the replica's name in `<SERVICE>_REPLICA` (e.g. EWS_INGEST_REPLICA=b), which the
     services put in their lease owners; `env` adds to (and overrides) the test process's environment. With `wait`
@@ -303,7 +304,7 @@ def start_service_replica(
         **(env or {}),
     }
     process_env.pop("TC_CALENDAR_KEY", None)
-    with open(log_path, "wb") as log_file:
+    with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", SERVICE_MODULES[service], "--config", str(config_path)],
             stdout=log_file,
