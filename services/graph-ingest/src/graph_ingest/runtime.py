@@ -97,6 +97,8 @@ class GraphRuntime:
         self.started = asyncio.Event()
         self._subscriptions: list[Subscription] = []
         self._background: set[asyncio.Task[Any]] = set()
+        #: Control subject -> the configured mailbox it is about (only those are subscribed to).
+        self._control_subjects: dict[str, str] = {}
         self._wake: dict[str, asyncio.Event] = {m: asyncio.Event() for m in self.mailboxes}
         #: Change notifications, per provider (also for one without notificationUrl: it deletes what is left).
         self.keepers = {
@@ -259,13 +261,11 @@ class GraphRuntime:
         """Exact subjects of the configured mailboxes only: those of ews-ingest's mailboxes never reach here."""
         nc = self.bus.nc
         for mailbox in self.mailboxes:
+            self._control_subjects[resync_subject(mailbox)] = mailbox
+            self._control_subjects[ondemand_subject(mailbox)] = mailbox
             self._subscriptions.append(await nc.subscribe(resync_subject(mailbox), cb=self._on_resync))
             self._subscriptions.append(await nc.subscribe(ondemand_subject(mailbox), cb=self._on_demand_message))
         await nc.flush(timeout=5)
-
-    def _mailbox_of(self, subject: str) -> str:
-        token = subject.rsplit(".", 1)[-1]
-        return next(m for m in self.mailboxes if resync_subject(m).rsplit(".", 1)[-1] == token)
 
     async def _on_resync(self, msg: Msg) -> None:
         self._answer_in_background(msg, "resync", self.resync)
@@ -274,7 +274,7 @@ class GraphRuntime:
         self._answer_in_background(msg, "on-demand", self.on_demand)
 
     def _answer_in_background(self, msg: Msg, what: str, handler: Any) -> None:
-        mailbox = self._mailbox_of(msg.subject)
+        mailbox = self._control_subjects[msg.subject]
         try:
             request = parse_control(msg.subject, msg.data)
         except ControlError as exc:
