@@ -127,6 +127,9 @@ async def test_the_anonymous_probe_does_see_an_open_nats() -> None:
         ("licensing", calendar_subject("ews", MAILBOX)),
         ("licensing", commands_subject(SERVER)),
         ("licensing", resync_subject(MAILBOX)),
+        # graph-ingest answers control requests of its mailboxes; it never asks for one
+        ("graph-ingest", resync_subject(MAILBOX)),
+        ("graph-ingest", ondemand_subject(MAILBOX)),
     ],
 )
 async def test_a_service_cannot_publish_what_it_does_not_own(
@@ -137,6 +140,7 @@ async def test_a_service_cannot_publish_what_it_does_not_own(
         "tcs-gateway": results_subject(SERVER),
         "sync-engine": resync_subject(MAILBOX),
         "licensing": SEATS_SUBJECT,
+        "graph-ingest": calendar_subject("graph", MAILBOX),
     }[identity]
     connection, violations = await as_identity(nats_server, identity)
     try:

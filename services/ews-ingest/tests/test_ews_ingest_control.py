@@ -293,3 +293,33 @@ async def test_resync_by_control_subject_and_grpc(
                     assert failure.value.code() == code
         finally:
             await server.stop(0)
+
+
+async def test_a_mailbox_of_a_graph_provider_is_left_to_graph_ingest(
+    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing
+) -> None:
+    """A mailbox listed by a `"type": "graph"` provider is graph-ingest's: ews-ingest neither answers its control
+    requests nor syncs it, even when its Exchange could serve it (hybrid), so one service answers and syncs it."""
+    configured, online = new_mailboxes(emu, "configured", "online")
+    graph = {
+        "type": "graph",
+        "tenantId": "00000000-0000-4000-8000-000000000001",
+        "clientId": "00000000-0000-4000-8000-000000000002",
+        "clientSecret": "app-secret",
+        "users": [online],
+    }
+    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [configured]), graph])
+    client = await nats.connect(nats_url)
+    try:
+        async with running_ingest(config) as h:
+            await h.synced(configured)
+            subject = f"calendar.v1.control.ondemand.{subject_token(online)}"
+            with pytest.raises(nats.errors.TimeoutError):  # received (ews-ingest subscribes to all), never answered
+                await client.request(subject, json.dumps({"mailbox": online}).encode(), timeout=5)
+            assert online not in h.scheduler.entries
+            # the control: the same request for a mailbox of its own is answered
+            mine = f"calendar.v1.control.ondemand.{subject_token(configured)}"
+            reply = await client.request(mine, json.dumps({"mailbox": configured}).encode(), timeout=15)
+            assert json.loads(reply.data)["accepted"] is True
+    finally:
+        await client.close()

@@ -187,14 +187,15 @@ IDENTITIES: dict[str, Identity] = {
         buckets=(GATEWAY_STATE_BUCKET, GATEWAY_LEASES_BUCKET, CONFERENCE_ORDER_BUCKET),
     ),
     # Exchange Online through Microsoft Graph: publishes CalendarChanges like ews-ingest, keeps its delta links in a
-    # bucket of its own, consumes TrueConf results for the join-link write-back, hears seat announcements; no
-    # resync/on-demand control subjects yet (those are ews-ingest's).
+    # bucket of its own, consumes TrueConf results for the join-link write-back, hears seat announcements, answers the
+    # resync/on-demand control requests of its own mailboxes (it subscribes to their exact subjects only).
     "graph-ingest": _service(
         "graph-ingest",
         publish=[_subjects(CALENDAR)],
-        subscribe=[SEATS_SUBJECT],
+        subscribe=[RESYNC_SUBJECTS, ONDEMAND_SUBJECTS, SEATS_SUBJECT],
         streams=(CALENDAR, TCS_RESULTS, DEADLETTER),
         buckets=(GRAPH_STATE_BUCKET,),
+        allow_responses=True,  # the answer to a control request
     ),
     # licensing's CLI only: "the license changed" after --register / --offline_reg.
     "licensing": _service("licensing", publish=[SEATS_SUBJECT]),

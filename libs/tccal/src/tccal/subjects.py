@@ -7,9 +7,10 @@ Publishers and consumers import their subjects from here and nowhere else (docs/
 * stream TCS_RESULTS, `tcs.v1.results.<server>`: `TcsCommandResult` from tcs-gateway to sync-engine and to
   ews-ingest (join-link write-back);
 * stream DEADLETTER, `dlq.<stream>.<durable>`: what a consumer gave up on, for the administrator;
-* core `calendar.v1.control.resync.<mailbox>`: `ResyncMailboxRequest` from sync-engine to ews-ingest;
+* core `calendar.v1.control.resync.<mailbox>`: `ResyncMailboxRequest` from sync-engine to ews-ingest, or to
+  graph-ingest for a mailbox of a Graph provider (it subscribes to those exact subjects only);
 * core `calendar.v1.control.ondemand.<mailbox>`: request/reply from tcs-gateway to ews-ingest (a user TrueConf
-  asked for);
+  asked for), or to graph-ingest as above;
 * core `calendar.v1.control.seats`: "the license changed" from licensing's CLI to ews-ingest and tcs-gateway.
 
 A `<mailbox>` or `<server>` token is `subject_token(text)`: lower case, with the characters NATS gives a meaning

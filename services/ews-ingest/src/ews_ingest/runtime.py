@@ -214,8 +214,10 @@ class IngestRuntime:
             self.seats.poke()
 
     def _answers(self, mailbox: str) -> bool:
-        """Whether this replica answers a control request about `mailbox`: only its owner does (one answer)."""
-        return self.ownership.owns(mailbox.strip().lower())
+        """Whether this replica answers a control request about `mailbox`: only its owner does (one answer), and
+        never for a mailbox of a Graph provider (graph-ingest answers those)."""
+        mailbox = mailbox.strip().lower()
+        return mailbox not in self.settings.graph_users and self.ownership.owns(mailbox)
 
     # ------------------------------------------------------------------ control subjects
     async def _on_resync(self, msg: Msg) -> None:

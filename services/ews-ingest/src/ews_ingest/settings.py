@@ -149,6 +149,8 @@ class IngestSettings:
     tuning: Tuning = field(default_factory=Tuning)
     #: How AllocateSeats is called: ews-ingest's token (derived from grpc.adminToken) and grpc.tls.
     licensing_caller: GrpcCaller = field(default_factory=GrpcCaller)
+    #: Mailboxes of "type": "graph" providers: graph-ingest answers their control requests, ews-ingest stays silent.
+    graph_users: frozenset[str] = frozenset()
 
     @classmethod
     def from_config(cls, config: Config, reveal: Callable[[str], str], tuning: Tuning | None = None) -> IngestSettings:
@@ -193,6 +195,7 @@ class IngestSettings:
             licensing_address=config.grpc.address_of("licensing"),
             tuning=tuning or Tuning.from_env(),
             licensing_caller=GrpcCaller.for_service(config, "ews-ingest", reveal),
+            graph_users=frozenset(user.lower() for _, graph in config.graph_providers for user in graph.users),
         )
 
     def provider(self, name: str) -> ProviderSettings:

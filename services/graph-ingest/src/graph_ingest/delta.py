@@ -149,6 +149,12 @@ class MailboxDelta:
                 await self._walk(self._start_url(), origin, publish=publish)
         return self.result
 
+    async def resync(self) -> RoundResult:
+        """Read the whole mailbox again with a fresh delta inside a MAILBOX_RESYNC_BEGIN ... END frame (a resync
+        asked on `calendar.v1.control.resync.<mailbox>`: the same re-read as after a 410 syncStateNotFound)."""
+        await self._reread(_token("resync"))
+        return self.result
+
     def _start_url(self) -> str:
         """The first request of a fresh delta over today's window (noted in the checkpoint with the link)."""
         query = urlencode(

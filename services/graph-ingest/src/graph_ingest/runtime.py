@@ -4,14 +4,28 @@ Every seated mailbox asks calendarView/delta for changes every `poll_seconds` (T
 notificationUrl also keeps change-notification subscriptions (subscriptions.py) and a receiver (notifications.py): a
 notification starts the mailbox's round at once and polling slows to `notified_poll_seconds`. `__main__` builds one
 GraphRuntime inside a tccal ServiceApp; tests build it directly around a Bus.
+
+Control subjects (as ews-ingest serves them, tccal.subjects): graph-ingest subscribes to
+`calendar.v1.control.resync.<mailbox>` and `calendar.v1.control.ondemand.<mailbox>` of its own configured mailboxes
+only (exact subjects, no wildcard), so a request about a mailbox of ews-ingest never reaches it, and ews-ingest stays
+silent for the Graph mailboxes (ews_ingest.runtime._answers): one answer per request. A resync is the whole-mailbox
+re-read of a 410 (delta.py), run by the mailbox's own loop (never two rounds at once); calendarView/delta has no
+"modified since" filter, so `since` is read and the re-read is whole (a superset of what changed since). An
+on-demand request checks the seat (asking licensing again when the mailbox holds none) and starts a round at once.
+A request with a reply subject gets ews-ingest's answer `{"mailbox", "accepted", "detail"}`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from graph_ingest import metrics
 from graph_ingest.delta import MailboxDelta, RoundResult
@@ -27,7 +41,9 @@ from tccal.bus import Bus
 from tccal.cache_window import cache_window
 from tccal.clock import Clock, SystemClock
 from tccal.conference_marker import MarkerParser
+from tccal.ingest.control import ControlError, parse_control
 from tccal.retry import backoff_delay
+from tccal.subjects import ondemand_subject, resync_subject
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +59,8 @@ class MailboxStatus:
     last_error: str = ""
     checkpoint: Checkpoint | None = None
     totals: RoundResult = field(default_factory=RoundResult)
+    #: Resync requests waiting for the mailbox's next round, which is then a whole re-read: each gets its result.
+    resync_waiters: list[asyncio.Future[RoundResult]] = field(default_factory=list)
 
 
 class GraphRuntime:
@@ -77,6 +95,10 @@ class GraphRuntime:
             providers = {m: status.provider for m, status in self.mailboxes.items()}
             self.writer = GraphJoinLinkWriter(bus, self.clients, providers, lambda m: m in self.seats.granted)
         self.started = asyncio.Event()
+        self._subscriptions: list[Subscription] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        #: Control subject -> the configured mailbox it is about (only those are subscribed to).
+        self._control_subjects: dict[str, str] = {}
         self._wake: dict[str, asyncio.Event] = {m: asyncio.Event() for m in self.mailboxes}
         #: Change notifications, per provider (also for one without notificationUrl: it deletes what is left).
         self.keepers = {
@@ -122,10 +144,16 @@ class GraphRuntime:
             asyncio.create_task(self._mailbox_loop(status, stop), name=f"graph-{status.mailbox}")
             for status in self.mailboxes.values()
         ]
+        await self._subscribe_control()
         self.started.set()
         try:
             await stop.wait()
         finally:
+            for subscription in self._subscriptions:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
+            for background in list(self._background):
+                background.cancel()
             results = await asyncio.gather(*tasks, return_exceptions=True)
             for result in results:
                 if isinstance(result, Exception):
@@ -148,15 +176,22 @@ class GraphRuntime:
         while not stop.is_set():
             seats_changed = self.seats.changed
             if status.mailbox not in self.seats.granted:
+                waiting, status.resync_waiters = status.resync_waiters, []
+                _fail(waiting, ConnectionRefusedError(f"{status.mailbox} holds no seat: not synced"))
                 await _first(stop, seats_changed, timeout=tuning.poll_seconds)
                 continue
             pause = self.poll_seconds(status)
             status.busy = True
             outcome = {"provider": status.provider, "outcome": "ok"}
+            waiters, status.resync_waiters = status.resync_waiters, []
             try:
-                await self.sync_once(status, stop)
+                result = await self.sync_once(status, stop, resync=bool(waiters))
                 status.failures, status.last_error = 0, ""
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(result)
             except GraphAuthError as exc:
+                _fail(waiters, exc)
                 outcome["outcome"] = "auth_error"
                 status.failures += 1
                 status.last_error = str(exc)
@@ -165,6 +200,7 @@ class GraphRuntime:
                 )
                 pause = tuning.error_backoff_cap_seconds
             except Exception as exc:
+                _fail(waiters, exc)
                 outcome["outcome"] = "error"
                 status.failures += 1
                 status.last_error = f"{type(exc).__name__}: {exc}"
@@ -181,8 +217,11 @@ class GraphRuntime:
             await _first(stop, wake, timeout=pause)
             wake.clear()
 
-    async def sync_once(self, status: MailboxStatus, stop: asyncio.Event | None = None) -> RoundResult:
-        """One delta round of the mailbox (its checkpoint loaded from KV the first time)."""
+    async def sync_once(
+        self, status: MailboxStatus, stop: asyncio.Event | None = None, *, resync: bool = False
+    ) -> RoundResult:
+        """One delta round of the mailbox (its checkpoint loaded from KV the first time); `resync`: a whole
+        re-read inside a MAILBOX_RESYNC frame instead."""
         if status.checkpoint is None:
             status.checkpoint = await self.store.load_checkpoint(status.provider, status.mailbox)
         settings = self.settings
@@ -202,7 +241,7 @@ class GraphRuntime:
             observer=self.writer.observe if self.writer is not None else None,
         )
         try:
-            result = await delta.run()
+            result = await (delta.resync() if resync else delta.run())
         finally:
             status.rounds += 1
             _add(status.totals, delta.result)
@@ -217,6 +256,77 @@ class GraphRuntime:
         )
         return result
 
+    # ------------------------------------------------------------------ control subjects
+    async def _subscribe_control(self) -> None:
+        """Exact subjects of the configured mailboxes only: those of ews-ingest's mailboxes never reach here."""
+        nc = self.bus.nc
+        for mailbox in self.mailboxes:
+            self._control_subjects[resync_subject(mailbox)] = mailbox
+            self._control_subjects[ondemand_subject(mailbox)] = mailbox
+            self._subscriptions.append(await nc.subscribe(resync_subject(mailbox), cb=self._on_resync))
+            self._subscriptions.append(await nc.subscribe(ondemand_subject(mailbox), cb=self._on_demand_message))
+        await nc.flush(timeout=5)
+
+    async def _on_resync(self, msg: Msg) -> None:
+        self._answer_in_background(msg, "resync", self.resync)
+
+    async def _on_demand_message(self, msg: Msg) -> None:
+        self._answer_in_background(msg, "on-demand", self.on_demand)
+
+    def _answer_in_background(self, msg: Msg, what: str, handler: Any) -> None:
+        mailbox = self._control_subjects[msg.subject]
+        try:
+            request = parse_control(msg.subject, msg.data)
+        except ControlError as exc:
+            log.warning(f"{what} request ignored", extra={"subject": msg.subject, "error": str(exc)})
+            self._spawn(self._reply(msg, mailbox, False, str(exc)))
+            return
+        log.info(f"{what} request", extra={"mailbox": mailbox, "since": str(request.since or "")})
+
+        async def answer() -> None:
+            accepted, detail = await handler(mailbox)
+            await self._reply(msg, mailbox, accepted, detail)
+
+        self._spawn(answer())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reply(self, msg: Msg, mailbox: str, accepted: bool, detail: str) -> None:
+        if not msg.reply:
+            return
+        with contextlib.suppress(Exception):
+            payload = json.dumps({"mailbox": mailbox, "accepted": accepted, "detail": detail}).encode()
+            await self.bus.nc.publish(msg.reply, payload)
+
+    async def resync(self, mailbox: str) -> tuple[bool, str]:
+        """Read a seated mailbox again whole (its next round, started now); the answer once it is done."""
+        status = self.mailboxes[mailbox]
+        if mailbox not in self.seats.granted:
+            return False, f"{mailbox} holds no seat: {self.seats.refused.get(mailbox) or 'not synced'}"
+        done: asyncio.Future[RoundResult] = asyncio.get_running_loop().create_future()
+        status.resync_waiters.append(done)
+        self.trigger(mailbox)
+        try:
+            result = await done
+        except Exception as exc:
+            log.warning("resync failed", extra={"mailbox": mailbox, "error": f"{type(exc).__name__}: {exc}"})
+            return False, f"{type(exc).__name__}: {exc}"
+        log.info("mailbox resynced", extra={"mailbox": mailbox, "published": result.published})
+        return True, f"published {result.published}"
+
+    async def on_demand(self, mailbox: str) -> tuple[bool, str]:
+        """TrueConf asked for the mailbox: sync it now if it holds a seat (licensing asked again if not)."""
+        if mailbox in self.seats.granted:
+            self.trigger(mailbox)
+            return True, "syncing"
+        await self.seats.refresh()
+        if mailbox in self.seats.granted:
+            return True, "seat granted"
+        return False, self.seats.refused.get(mailbox) or "licensing granted no seat"
+
     # ------------------------------------------------------------------ readiness
     async def graph_ready(self) -> None:
         """Ready when at least one provider gets an app-only token (or none is configured)."""
@@ -230,6 +340,13 @@ class GraphRuntime:
             except Exception as exc:
                 problems.append(str(exc))
         raise ConnectionError("no Graph provider gives a token: " + "; ".join(problems))
+
+
+def _fail(waiters: list[asyncio.Future[RoundResult]], error: BaseException) -> None:
+    """Fail the resync requests waiting on the mailbox (its round failed, or it holds no seat)."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_exception(error)
 
 
 def _add(total: RoundResult, one: RoundResult) -> None:
