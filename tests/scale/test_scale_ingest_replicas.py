@@ -112,8 +112,21 @@ async def collecting(nc: NatsClient) -> AsyncIterator[Changes]:
         await subscription.unsubscribe()
 
 
-async def stored_counts(nc: NatsClient, subjects: list[str]) -> Counter[str]:
-    """How often each subject is stored in CALENDAR (read from the stream's start, whichever nodes are up)."""
+async def stored_counts(nc: NatsClient, subjects: list[str], attempts: int = 3) -> Counter[str]:
+    """How often each subject is stored in CALENDAR (read from the stream's start, whichever nodes are up); a read
+    cut short by the cluster still settling after a node was killed (a request or the ordered consumer timing out) is
+    started again from the beginning."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await _stored_counts(nc, subjects)
+        except TimeoutError:  # nats.errors.TimeoutError is one too
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(2.0)
+    raise AssertionError("unreachable")
+
+
+async def _stored_counts(nc: NatsClient, subjects: list[str]) -> Counter[str]:
     wanted = set(subjects)
     js = nc.jetstream()
     total = (await js.stream_info("CALENDAR")).state.messages
