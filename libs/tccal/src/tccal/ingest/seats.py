@@ -93,6 +93,11 @@ class SeatKeeper(abc.ABC):
         """Licensing did not answer (`error` says why); the seats held stay until their lease ends."""
 
     # ------------------------------------------------------------------ the loop
+    @property
+    def asked(self) -> int:
+        """How many times `refresh` has been called (an on-demand mailbox calls it once)."""
+        return self._asked
+
     def poke(self) -> None:
         """Ask again now (a control message, an on-demand mailbox)."""
         self._wake.set()
