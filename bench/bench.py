@@ -17,8 +17,6 @@ import datetime as dt
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -30,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from tccal_sandbox.testing import wait_for
+from tccal_sandbox.testing import running_sandbox, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -131,56 +129,15 @@ def sandbox(
     timeout: float = 600.0,
     env: dict[str, str] | None = None,
 ) -> Iterator[dict]:
-    """`tc-calendar sandbox --no-demo`, yielding its ready-file; SIGTERM (then SIGKILL) on the way out."""
-    state = Path(f"/tmp/tcb-{os.getpid()}-{time.monotonic_ns() % 10**6}")
-    state.mkdir(parents=True)
-    ready_file = state / "ready.json"
-    log = open(state / "sandbox.out", "wb")  # noqa: SIM115 - owned by the child
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tccal.cli",
-            "sandbox",
-            "--state-dir",
-            str(state / "s"),
-            "--ready-file",
-            str(ready_file),
-            "--no-demo",
-            "--extra-mailboxes",
-            str(extra_mailboxes),
-            "--configured-users",
-            configured,
-            "--seats",
-            str(seats),
-            "--timeout",
-            str(timeout),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )
-    try:
-
-        def started() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"sandbox exited: {(state / 'sandbox.out').read_text(errors='replace')[-3000:]}")
-            return ready_file.exists()
-
-        t0 = time.monotonic()
-        wait_for(started, timeout, 0.5, "the sandbox to be ready")
-        ready = json.loads(ready_file.read_text())
+    """`tc-calendar sandbox --no-demo` (tccal_sandbox.testing.running_sandbox), yielding its ready-file with the
+    start-up time in `_startup_s`; SIGTERM (then SIGKILL) on the way out."""
+    args = ["--no-demo", "--extra-mailboxes", str(extra_mailboxes), "--configured-users", configured]
+    args += ["--seats", str(seats), "--timeout", str(timeout)]
+    t0 = time.monotonic()
+    with running_sandbox(*args, prefix="tcb-", env=env, timeout=timeout, stop_timeout=90.0) as process:
+        ready = dict(process.ready)
         ready["_startup_s"] = round(time.monotonic() - t0, 1)
         yield ready
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(90)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
-        log.close()
 
 
 def ews_config(ready: dict[str, Any], connections: int) -> Any:

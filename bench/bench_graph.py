@@ -40,17 +40,16 @@ from graph_ingest_support import (  # noqa: E402
     GraphWriter,
     NotifyEndpoint,
     SeatServer,
-    emulator_subscriptions,
     graph_config,
     graph_provider,
     new_mailboxes,
+    notifying_emulator,
     running_graph,
 )
 
 from bench import RESULTS, machine, percentiles, write_result  # noqa: E402
-from graph_emulator.testing import EmulatorProcess, build_config, start_emulator  # noqa: E402
-from graph_emulator.tls import self_signed_certificate  # noqa: E402
-from tccal_sandbox.embedded import EmbeddedNats, free_port  # noqa: E402
+from graph_emulator.testing import EmulatorProcess  # noqa: E402
+from tccal_sandbox.embedded import EmbeddedNats  # noqa: E402
 from tccal_sandbox.testing import short_tmpdir, wait_for_async  # noqa: E402
 
 
@@ -101,7 +100,7 @@ async def propagation(
     notified_box, polled_box = new_mailboxes(emu, "notified", "polled")
     notified = await measure(
         "notifications",
-        {**graph_provider(emu, [notified_box], name="bench"), **endpoint.section()},
+        endpoint.provider(emu, [notified_box], name="bench"),
         notified_box,
         dataclasses.replace(FAST, poll_seconds=300.0, notified_poll_seconds=300.0),
         args,
@@ -129,15 +128,14 @@ async def propagation(
 
 async def run(args: argparse.Namespace) -> Path:
     work = Path(tempfile.mkdtemp(prefix="bench-graph-"))
-    cert, key = self_signed_certificate(work)
-    endpoint = NotifyEndpoint(str(cert), str(key), free_port())
+    endpoint = NotifyEndpoint.create(work)
     nats_dir = short_tmpdir("tcbgn")
     nats = EmbeddedNats(nats_dir)
     nats.start()
     seats = SeatServer()
     await seats.start()
     try:
-        with start_emulator(build_config(extra={"subscriptions": emulator_subscriptions(endpoint)})) as emu:
+        with notifying_emulator(endpoint) as emu:
             if args.mode == "idle":
                 idle = await run_idle(args, emu, nats, seats, endpoint)
                 name, result, table = f"graph-idle-{args.mailboxes}", idle, idle_table(idle)

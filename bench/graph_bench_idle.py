@@ -120,7 +120,7 @@ async def run_idle(
     polled = new_mailboxes(emu, *[f"idle-p{i}" for i in range(args.mailboxes)])
     with_notifications = await measure(
         "change notifications",
-        {**graph_provider(emu, notified, name="idle-notified"), **endpoint.section()},
+        endpoint.provider(emu, notified, name="idle-notified"),
         notified,
         dataclasses.replace(
             base,

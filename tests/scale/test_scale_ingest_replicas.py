@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import os
 import signal
 import time
@@ -30,10 +29,11 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.api import DeliverPolicy
 
-from ews_ingest.ownership import SHARD_PREFIX, SHARDS_KEY, shard_of
+from ews_ingest.ownership import shard_of
 from exchange_emulator.testing import AdminClient
-from tccal.subjects import INGEST_LEASES_BUCKET, INGEST_STATE_BUCKET, STREAM_SUBJECTS
+from tccal.subjects import STREAM_SUBJECTS
 from tccal_sandbox.demo import Ews
+from tccal_sandbox.scaleout import ingest_lease_owners
 from tccal_sandbox.testing import (
     SandboxProcess,
     ServiceReplica,
@@ -145,21 +145,6 @@ async def _stored_counts(nc: NatsClient, subjects: list[str]) -> Counter[str]:
     return counts
 
 
-async def lease_owners(nc: NatsClient) -> tuple[int, dict[int, str]]:
-    """The installation's shard count and each held shard's owner (the replica's EWS_INGEST_REPLICA name)."""
-    js = nc.jetstream()
-    state = await js.key_value(INGEST_STATE_BUCKET)
-    shards = int(json.loads((await state.get(SHARDS_KEY)).value or b"{}")["shards"])
-    leases = await js.key_value(INGEST_LEASES_BUCKET)
-    owners: dict[int, str] = {}
-    for shard in range(shards):
-        with contextlib.suppress(Exception):
-            entry = await leases.get(f"{SHARD_PREFIX}{shard}")
-            if entry.value:
-                owners[shard] = str(json.loads(entry.value)["owner"]).rsplit("-", 1)[0]
-    return shards, owners
-
-
 def overlaps(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The emulator's overlaps, the clients named by replica (the end of their User-Agent)."""
     return [{**o, "clients": [c.rsplit("/", 1)[-1] for c in o["clients"]]} for o in report["overlaps"]]
@@ -214,7 +199,7 @@ async def owned_by(nc: NatsClient, names: set[str], timeout: float, what: str) -
     """Wait until every lease is held and exactly `names` hold them."""
 
     async def check() -> bool:
-        shards, owners = await lease_owners(nc)
+        shards, owners = await ingest_lease_owners(nc)
         return len(owners) == shards and set(owners.values()) == names
 
     done: bool = await wait_for_async(check, timeout=timeout, what=what)
@@ -265,7 +250,7 @@ async def test_replicas_split_mailboxes_take_over_after_kill9_and_lose_nothing_w
         try:
             await owned_by(nc, {"a", "b", "c"}, 60, "three replicas share")
             await streamed_once(sandbox, 60, "every mailbox streamed once")
-            shards, owners = await lease_owners(nc)
+            shards, owners = await ingest_lease_owners(nc)
 
             # 1. a change in every mailbox arrives, whichever replica owns it
             round_one = {f"split {m}": m for m in everyone}

@@ -180,10 +180,11 @@ def running_sandbox(
     env: Mapping[str, str] | None = None,
     timeout: float = 240.0,
     state_dir: Path | None = None,
+    stop_timeout: float = 60.0,
 ) -> Iterator[SandboxProcess]:
     """Start `tc-calendar sandbox` with `args` and its state in `state_dir` (default: a new short temporary
     directory named after `prefix`), wait for its ready-file (failing at once if the sandbox exits first), and stop
-    it (SIGTERM, then kill) afterwards unless it has stopped already."""
+    it (SIGTERM, then kill after `stop_timeout` seconds) afterwards unless it has stopped already."""
     state = state_dir or short_tmpdir(prefix)
     ready_file = state / "ready.json"
     ready_file.unlink(missing_ok=True)  # a restart on the same state: wait for the new run's file, not the last
@@ -210,9 +211,10 @@ def running_sandbox(
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
-                process.wait(60)
+                process.wait(stop_timeout)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait(10)
 
 
 @dataclass

@@ -74,6 +74,8 @@ class FakeLicensing(licensing_pb2_grpc.LicensingServiceServicer):
         self.lease: dt.timedelta | None = None
         self.calls = 0
         self.requests: list[licensing_pb2.AllocateSeatsRequest] = []
+        #: While not set, AllocateSeats waits for it before answering (counted and recorded already); None: no wait.
+        self.hold: asyncio.Event | None = None
         self.address = ""
         self._server: GrpcServer | None = None
 
@@ -82,6 +84,8 @@ class FakeLicensing(licensing_pb2_grpc.LicensingServiceServicer):
     ) -> licensing_pb2.AllocateSeatsResponse:
         self.calls += 1
         self.requests.append(request)
+        if self.hold is not None:
+            await self.hold.wait()
         granted: list[str] = []
         refused: list[licensing_pb2.SeatRefusal] = []
         for ask in sorted(request.mailboxes, key=lambda m: not m.configured):

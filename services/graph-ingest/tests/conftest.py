@@ -1,5 +1,6 @@
 """Fixtures of the graph-ingest tests: a Graph emulator process per module, a seat server behind licensing's own
-access policy, a JetStream collector of CalendarChanges, and a Graph writer acting as another client."""
+access policy, a JetStream collector of CalendarChanges, a Graph writer acting as another client, and `testbed`: all
+of these together (GraphTestbed) for the tests that drive graph-ingest in this process."""
 
 from __future__ import annotations
 
@@ -7,11 +8,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from ews_ingest_support import ChangeCollector
-from graph_ingest_support import GraphWriter, NotifyEndpoint, SeatServer
+from graph_ingest_support import GraphTestbed, GraphWriter, NotifyEndpoint, SeatServer
 
 from graph_emulator.testing import EmulatorProcess, build_config, start_emulator
-from graph_emulator.tls import self_signed_certificate
-from tccal_sandbox.embedded import free_port
+from tccal_sandbox.embedded import EmbeddedNats
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,7 @@ def emu() -> Iterator[EmulatorProcess]:
 @pytest.fixture(scope="module")
 def notify_endpoint(tmp_path_factory: pytest.TempPathFactory) -> NotifyEndpoint:
     """HTTPS material and a port for graph-ingest's change-notification receiver (one per test module)."""
-    cert, key = self_signed_certificate(tmp_path_factory.mktemp("notify-tls"))
-    return NotifyEndpoint(str(cert), str(key), free_port())
+    return NotifyEndpoint.create(tmp_path_factory.mktemp("notify-tls"))
 
 
 @pytest.fixture
@@ -47,3 +46,14 @@ async def writer(emu: EmulatorProcess) -> AsyncIterator[GraphWriter]:
     client = GraphWriter(emu)
     yield client
     await client.close()
+
+
+@pytest.fixture
+def testbed(
+    emu: EmulatorProcess,
+    nats_server: EmbeddedNats,
+    seats: SeatServer,
+    collector: ChangeCollector,
+    writer: GraphWriter,
+) -> GraphTestbed:
+    return GraphTestbed(emu, nats_server, seats, collector, writer)

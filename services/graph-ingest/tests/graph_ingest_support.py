@@ -5,6 +5,9 @@
 * SeatServer: LicensingService over a real gRPC socket, guarded by licensing's own access policy (licensing.api.POLICY)
   and an admin token, so graph-ingest's service token is what gets it seats.
 * running_graph: graph-ingest's GraphRuntime in this process, connected to NATS as the graph-ingest identity.
+* GraphTestbed: what most tests run against (emulator, NATS, seat server, collector, writer), the `testbed` fixture.
+* NotifyEndpoint / notifying_emulator: graph-ingest's HTTPS notification receiver and a Graph emulator trusting it
+  (the tests' `notify_endpoint` fixture and bench/bench_graph.py make them the same way).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import contextlib
 import datetime as dt
 import json
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from urllib.parse import quote
 import aiohttp
 import grpc
 import nats
+from ews_ingest_support import ChangeCollector
 
 from graph_emulator.testing import (
     APP_ID,
@@ -31,7 +35,10 @@ from graph_emulator.testing import (
     READONLY_APP_SECRET,
     TENANT_ID,
     EmulatorProcess,
+    build_config,
+    start_emulator,
 )
+from graph_emulator.tls import self_signed_certificate
 from graph_ingest.runtime import GraphRuntime, MailboxStatus
 from graph_ingest.settings import GraphSettings, Tuning
 from graph_ingest.subscriptions import SubscriptionKeeper, SubscriptionRecord
@@ -42,8 +49,9 @@ from tccal.clock import Clock
 from tccal.conference_marker import MARKER_GRAPH_PROPERTY_ID
 from tccal.config import Config
 from tccal.grpckit import GrpcServer
+from tccal.nats_auth import ADMIN
 from tccal.secrets import reveal
-from tccal_sandbox.embedded import EmbeddedNats
+from tccal_sandbox.embedded import EmbeddedNats, free_port
 from tccal_sandbox.testing import nats_settings, wait_for_async
 from trueconf.calendar.v1 import licensing_pb2, licensing_pb2_grpc
 
@@ -224,9 +232,19 @@ class NotifyEndpoint:
     key_file: str
     port: int
 
+    @classmethod
+    def create(cls, directory: Path) -> NotifyEndpoint:
+        """A self-signed certificate written into `directory` and a free port."""
+        cert, key = self_signed_certificate(directory)
+        return cls(str(cert), str(key), free_port())
+
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}/graph/notify"
+
+    def provider(self, emu: EmulatorProcess, users: list[str], *, name: str) -> dict[str, Any]:
+        """A Graph provider entry (`graph_provider`) with change notifications to this endpoint."""
+        return {**graph_provider(emu, users, name=name), **self.section()}
 
     def section(self) -> dict[str, Any]:
         """The keys of a Graph provider entry that turn change notifications on."""
@@ -240,6 +258,13 @@ class NotifyEndpoint:
 def emulator_subscriptions(endpoint: NotifyEndpoint) -> dict[str, Any]:
     """The Graph emulator's `subscriptions` config for tests: trust the receiver, retry a failed delivery quickly."""
     return {"ca_file": endpoint.cert_file, "retry_delays_s": [0.1, 0.2], "validation_timeout_s": 10}
+
+
+@contextlib.contextmanager
+def notifying_emulator(endpoint: NotifyEndpoint) -> Iterator[EmulatorProcess]:
+    """The Graph emulator (a subprocess) posting change notifications to `endpoint`, trusting its certificate."""
+    with start_emulator(build_config(extra={"subscriptions": emulator_subscriptions(endpoint)})) as handle:
+        yield handle
 
 
 def graph_config(
@@ -323,6 +348,29 @@ async def running_graph(
         stop.set()
         await asyncio.wait_for(task, 60)
         await bus.close()
+
+
+@dataclass
+class GraphTestbed:
+    """The fixtures most graph-ingest tests take together (conftest's `testbed`): the module's Graph emulator, the
+    test's NATS, a seat server, a CalendarChange collector (started by the test) and a Graph writer."""
+
+    emu: EmulatorProcess
+    nats: EmbeddedNats
+    seats: SeatServer
+    collector: ChangeCollector
+    writer: GraphWriter
+
+    @property
+    def nats_url(self) -> str:
+        """The test NATS's URL with the admin identity's credentials."""
+        return self.nats.url_for(ADMIN)
+
+    def running(
+        self, providers: list[dict[str, Any]], tuning: Tuning = FAST, **config: Any
+    ) -> contextlib.AbstractAsyncContextManager[GraphHarness]:
+        """`running_graph` over `providers` (`graph_config` with this seat server and the keys in `config`)."""
+        return running_graph(graph_config(self.seats.address, providers, **config), self.nats, tuning)
 
 
 async def _started(runtime: GraphRuntime, task: asyncio.Task[None]) -> bool:

@@ -12,18 +12,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from graph_ingest_support import (
-    NotifyEndpoint,
-    SeatServer,
-    emulator_subscriptions,
-    graph_config,
-    graph_provider,
-    new_mailboxes,
-)
+from graph_ingest_support import NotifyEndpoint, SeatServer, graph_config, new_mailboxes, notifying_emulator
 from prometheus_client.parser import text_string_to_metric_families
 from test_graph_ingest_process import _get, _spawn, _write_config
 
-from graph_emulator.testing import EmulatorProcess, build_config, start_emulator
+from graph_emulator.testing import EmulatorProcess
 from tccal.metric_names import EXPORTED
 from tccal_sandbox.embedded import EmbeddedNats
 from tccal_sandbox.testing import wait_for_async
@@ -34,7 +27,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 @pytest.fixture(scope="module")
 def emu(notify_endpoint: NotifyEndpoint) -> Iterator[EmulatorProcess]:
     """The Graph emulator trusting the receiver's certificate (overrides conftest's plain one)."""
-    with start_emulator(build_config(extra={"subscriptions": emulator_subscriptions(notify_endpoint)})) as handle:
+    with notifying_emulator(notify_endpoint) as handle:
         yield handle
 
 
@@ -62,7 +55,7 @@ async def test_metrics_count_requests_rounds_subscriptions_and_notifications_by_
     tmp_path: Path,
 ) -> None:
     (mailbox,) = new_mailboxes(emu, "mets")
-    provider = {**graph_provider(emu, [mailbox], name="m365"), **notify_endpoint.section()}
+    provider = notify_endpoint.provider(emu, [mailbox], name="m365")
     path, http_port = _write_config(tmp_path, graph_config(seats.address, [provider]), nats_server)
     log_path = tmp_path / "graph-ingest.log"
     process: subprocess.Popen[bytes] = await asyncio.to_thread(_spawn, path, log_path)

@@ -10,39 +10,36 @@ import json
 import logging
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from ews_ingest_support import ChangeCollector
-from graph_ingest_support import (
-    FAST,
-    GraphWriter,
-    NotifyEndpoint,
-    SeatServer,
-    emulator_subscriptions,
-    graph_config,
-    graph_provider,
-    new_mailboxes,
-    running_graph,
-)
+from graph_ingest_support import FAST, GraphTestbed, NotifyEndpoint, graph_provider, new_mailboxes, notifying_emulator
 
-from graph_emulator.testing import EmulatorProcess, build_config, start_emulator
+from graph_emulator.testing import EmulatorProcess
 from tccal import secrets
 from tccal.config import Config
 from tccal.config.checks import notification_problems
-from tccal_sandbox.embedded import EmbeddedNats
 from tccal_sandbox.testing import wait_for_async
 
 NOTIFIED = dataclasses.replace(FAST, poll_seconds=300.0, notified_poll_seconds=300.0)
 
 
 @pytest.fixture(scope="module")
-def emu(notify_endpoint: NotifyEndpoint) -> Any:
+def emu(notify_endpoint: NotifyEndpoint) -> Iterator[EmulatorProcess]:
     """The Graph emulator trusting the receiver's certificate (overrides conftest's plain one)."""
-    with start_emulator(build_config(extra={"subscriptions": emulator_subscriptions(notify_endpoint)})) as handle:
+    with notifying_emulator(notify_endpoint) as handle:
         yield handle
+
+
+def notified_mailboxes(
+    testbed: GraphTestbed, endpoint: NotifyEndpoint, *names: str
+) -> tuple[list[str], dict[str, Any]]:
+    """New mailboxes at the emulator and a Graph provider entry for them with notifications to `endpoint`."""
+    mailboxes = new_mailboxes(testbed.emu, *names)
+    return mailboxes, endpoint.provider(testbed.emu, mailboxes, name="m365")
 
 
 def subscriptions_of(emu: EmulatorProcess, mailbox: str) -> list[dict[str, Any]]:
@@ -50,23 +47,13 @@ def subscriptions_of(emu: EmulatorProcess, mailbox: str) -> list[dict[str, Any]]
     return [s for s in found if s["resource"] == f"/users/{mailbox}/events"]
 
 
-def notifying(emu: EmulatorProcess, endpoint: NotifyEndpoint, users: list[str]) -> dict[str, Any]:
-    return {**graph_provider(emu, users, name="m365"), **endpoint.section()}
-
-
 async def test_a_new_event_arrives_by_notification_long_before_the_next_poll(
-    emu: EmulatorProcess,
-    notify_endpoint: NotifyEndpoint,
-    nats_server: EmbeddedNats,
-    seats: SeatServer,
-    collector: ChangeCollector,
-    writer: GraphWriter,
-    caplog: pytest.LogCaptureFixture,
+    testbed: GraphTestbed, notify_endpoint: NotifyEndpoint, caplog: pytest.LogCaptureFixture
 ) -> None:
+    emu, collector, writer = testbed.emu, testbed.collector, testbed.writer
     caplog.set_level(logging.DEBUG)
-    [mailbox] = new_mailboxes(emu, "nora")
-    config = graph_config(seats.address, [notifying(emu, notify_endpoint, [mailbox])])
-    async with running_graph(config, nats_server, NOTIFIED) as graph:
+    [mailbox], notified = notified_mailboxes(testbed, notify_endpoint, "nora")
+    async with testbed.running([notified], NOTIFIED) as graph:
         record = await graph.subscribed(mailbox)
         [sub] = subscriptions_of(emu, mailbox)
         assert sub["id"] == record.id and sub["notificationUrl"] == notify_endpoint.url
@@ -86,12 +73,11 @@ async def test_a_new_event_arrives_by_notification_long_before_the_next_poll(
 
 
 async def test_the_receiver_answers_validation_and_ignores_forged_or_oversized_notifications(
-    emu: EmulatorProcess, notify_endpoint: NotifyEndpoint, nats_server: EmbeddedNats, seats: SeatServer
+    testbed: GraphTestbed, notify_endpoint: NotifyEndpoint
 ) -> None:
-    [mailbox] = new_mailboxes(emu, "olga")
-    config = graph_config(seats.address, [notifying(emu, notify_endpoint, [mailbox])])
+    [mailbox], notified = notified_mailboxes(testbed, notify_endpoint, "olga")
     tuning = dataclasses.replace(NOTIFIED, notification_max_body_bytes=4096)
-    async with running_graph(config, nats_server, tuning) as graph, aiohttp.ClientSession() as http:
+    async with testbed.running([notified], tuning) as graph, aiohttp.ClientSession() as http:
         record = await graph.subscribed(mailbox)
         keeper, status = graph.keeper(mailbox), graph.status(mailbox)
         tls = notify_endpoint.ssl_context()
@@ -127,11 +113,11 @@ async def test_the_receiver_answers_validation_and_ignores_forged_or_oversized_n
 
 
 async def test_lifecycle_events_recreate_reauthorize_and_catch_up(
-    emu: EmulatorProcess, notify_endpoint: NotifyEndpoint, nats_server: EmbeddedNats, seats: SeatServer
+    testbed: GraphTestbed, notify_endpoint: NotifyEndpoint
 ) -> None:
-    [mailbox] = new_mailboxes(emu, "pavel")
-    config = graph_config(seats.address, [notifying(emu, notify_endpoint, [mailbox])])
-    async with running_graph(config, nats_server, NOTIFIED) as graph:
+    emu = testbed.emu
+    [mailbox], notified = notified_mailboxes(testbed, notify_endpoint, "pavel")
+    async with testbed.running([notified], NOTIFIED) as graph:
         first = await graph.subscribed(mailbox)
         keeper, status = graph.keeper(mailbox), graph.status(mailbox)
 
@@ -158,13 +144,13 @@ async def test_lifecycle_events_recreate_reauthorize_and_catch_up(
 
 
 async def test_subscriptions_are_renewed_before_they_expire(
-    emu: EmulatorProcess, notify_endpoint: NotifyEndpoint, nats_server: EmbeddedNats, seats: SeatServer
+    testbed: GraphTestbed, notify_endpoint: NotifyEndpoint
 ) -> None:
-    [mailbox] = new_mailboxes(emu, "rita")
-    config = graph_config(seats.address, [notifying(emu, notify_endpoint, [mailbox])])
+    emu = testbed.emu
+    [mailbox], notified = notified_mailboxes(testbed, notify_endpoint, "rita")
     # 20-second subscriptions renewed 10 s before they expire (a margin above half the lifetime is cut to half)
     tuning = dataclasses.replace(NOTIFIED, subscription_minutes=20 / 60, subscription_renew_margin_seconds=3600.0)
-    async with running_graph(config, nats_server, tuning) as graph:
+    async with testbed.running([notified], tuning) as graph:
         record = await graph.subscribed(mailbox)
         first_expiry = record.expires
         keeper = graph.keeper(mailbox)
@@ -177,11 +163,11 @@ async def test_subscriptions_are_renewed_before_they_expire(
 
 
 async def test_a_mailbox_that_loses_its_seat_loses_its_subscription(
-    emu: EmulatorProcess, notify_endpoint: NotifyEndpoint, nats_server: EmbeddedNats, seats: SeatServer
+    testbed: GraphTestbed, notify_endpoint: NotifyEndpoint
 ) -> None:
-    kept, dropped = new_mailboxes(emu, "sasha", "tanya")
-    config = graph_config(seats.address, [notifying(emu, notify_endpoint, [kept, dropped])])
-    async with running_graph(config, nats_server, dataclasses.replace(NOTIFIED, seat_refresh_seconds=0.5)) as graph:
+    emu, seats = testbed.emu, testbed.seats
+    [kept, dropped], notified = notified_mailboxes(testbed, notify_endpoint, "sasha", "tanya")
+    async with testbed.running([notified], dataclasses.replace(NOTIFIED, seat_refresh_seconds=0.5)) as graph:
         await graph.subscribed(kept)
         await graph.subscribed(dropped)
         seats.denied.add(dropped)
@@ -191,54 +177,44 @@ async def test_a_mailbox_that_loses_its_seat_loses_its_subscription(
 
 
 async def test_a_restart_keeps_using_the_subscription_it_stored(
-    emu: EmulatorProcess,
-    notify_endpoint: NotifyEndpoint,
-    nats_server: EmbeddedNats,
-    seats: SeatServer,
-    collector: ChangeCollector,
-    writer: GraphWriter,
+    testbed: GraphTestbed, notify_endpoint: NotifyEndpoint
 ) -> None:
-    [mailbox] = new_mailboxes(emu, "vera")
-    config = graph_config(seats.address, [notifying(emu, notify_endpoint, [mailbox])])
-    async with running_graph(config, nats_server, NOTIFIED) as graph:
+    [mailbox], notified = notified_mailboxes(testbed, notify_endpoint, "vera")
+    async with testbed.running([notified], NOTIFIED) as graph:
         first = await graph.subscribed(mailbox)
-    async with running_graph(config, nats_server, NOTIFIED) as graph:
+    async with testbed.running([notified], NOTIFIED) as graph:
         again = await graph.subscribed(mailbox)
         assert (again.id, again.clientState) == (first.id, first.clientState)  # read back from KV
-        await collector.start()
-        created = await writer.create(mailbox, "After the restart")
-        await collector.wait(lambda c: c.item_id == created["id"], timeout=60, what="the event, by notification")
+        await testbed.collector.start()
+        created = await testbed.writer.create(mailbox, "After the restart")
+        await testbed.collector.wait(
+            lambda c: c.item_id == created["id"], timeout=60, what="the event, by notification"
+        )
         keeper = graph.keeper(mailbox)
         assert (keeper.stats.created, keeper.stats.notifications) == (0, 1)
-    assert [s["id"] for s in subscriptions_of(emu, mailbox)] == [first.id]
+    assert [s["id"] for s in subscriptions_of(testbed.emu, mailbox)] == [first.id]
 
 
 async def test_without_notification_url_it_polls_as_before_and_drops_earlier_subscriptions(
-    emu: EmulatorProcess,
-    notify_endpoint: NotifyEndpoint,
-    nats_server: EmbeddedNats,
-    seats: SeatServer,
-    collector: ChangeCollector,
-    writer: GraphWriter,
+    testbed: GraphTestbed, notify_endpoint: NotifyEndpoint
 ) -> None:
-    [mailbox] = new_mailboxes(emu, "uma")
-    async with running_graph(
-        graph_config(seats.address, [notifying(emu, notify_endpoint, [mailbox])]), nats_server, NOTIFIED
-    ) as graph:
+    [mailbox], notified = notified_mailboxes(testbed, notify_endpoint, "uma")
+    async with testbed.running([notified], NOTIFIED) as graph:
         await graph.subscribed(mailbox)
-    assert len(subscriptions_of(emu, mailbox)) == 1  # kept over a clean shutdown
-    plain = graph_config(seats.address, [graph_provider(emu, [mailbox], name="m365")])
-    async with running_graph(plain, nats_server, FAST) as graph:
+    assert len(subscriptions_of(testbed.emu, mailbox)) == 1  # kept over a clean shutdown
+    async with testbed.running([graph_provider(testbed.emu, [mailbox], name="m365")], FAST) as graph:
         assert graph.runtime.receivers == []
         await graph.rounds(mailbox)
-        await wait_for_async(lambda: not subscriptions_of(emu, mailbox), timeout=30, what="the old subscription gone")
+        await wait_for_async(
+            lambda: not subscriptions_of(testbed.emu, mailbox), timeout=30, what="the old subscription gone"
+        )
         assert graph.keeper(mailbox).stats.deleted == 1
         assert graph.runtime.poll_seconds(graph.status(mailbox)) == FAST.poll_seconds
-        await collector.start()
-        created = await writer.create(mailbox, "Only polling sees me")
+        await testbed.collector.start()
+        created = await testbed.writer.create(mailbox, "Only polling sees me")
         await graph.poll(mailbox)
-        await collector.wait(lambda c: c.item_id == created["id"], what="the polled event")
-        assert graph.keeper(mailbox).stats.created == 0 and not subscriptions_of(emu, mailbox)
+        await testbed.collector.wait(lambda c: c.item_id == created["id"], what="the polled event")
+        assert graph.keeper(mailbox).stats.created == 0 and not subscriptions_of(testbed.emu, mailbox)
 
 
 def test_config_explains_bad_notification_settings() -> None:

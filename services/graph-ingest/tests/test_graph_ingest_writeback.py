@@ -5,6 +5,7 @@ read again)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from typing import Any
@@ -14,20 +15,17 @@ from ews_ingest_support import ChangeCollector
 from graph_ingest_support import (
     TCS_ID,
     GraphHarness,
+    GraphTestbed,
     GraphWriter,
-    SeatServer,
-    graph_config,
     graph_provider,
     new_mailboxes,
     publish_as_admin,
-    running_graph,
 )
 
-from graph_emulator.testing import APP_ID, APP_SECRET, EmulatorProcess
+from graph_emulator.testing import APP_ID, APP_SECRET
 from tccal.conference_marker import MARKER_GRAPH_PROPERTY_ID
 from tccal.ingest.writeback import meeting_id
 from tccal.subjects import results_subject
-from tccal_sandbox.embedded import EmbeddedNats
 from tccal_sandbox.testing import wait_for_async
 from trueconf.calendar.v1 import commands_pb2, common_pb2
 
@@ -35,10 +33,10 @@ TCS_HOST = TCS_ID.partition("#")[0]
 MARKER = json.dumps({"mode": "S|L", "access": "public", "pin": 1234})
 
 
-def _config(emu: EmulatorProcess, seats: SeatServer, users: list[str]) -> dict[str, Any]:
+def _running(testbed: GraphTestbed, users: list[str]) -> contextlib.AbstractAsyncContextManager[GraphHarness]:
     """graph-ingest with the Calendars.ReadWrite app (the write-back needs it) and writeBackJoinLink on."""
-    provider = graph_provider(emu, users, client_id=APP_ID, secret=APP_SECRET, name="m365")
-    return graph_config(seats.address, [provider], writeBackJoinLink=True)
+    provider = graph_provider(testbed.emu, users, client_id=APP_ID, secret=APP_SECRET, name="m365")
+    return testbed.running([provider], writeBackJoinLink=True)
 
 
 async def _conference_created(nats_url: str, uid: str, conference_id: str) -> None:
@@ -69,29 +67,23 @@ async def _event(writer: GraphWriter, mailbox: str, event_id: str) -> dict[str, 
     return event
 
 
-async def test_join_link_written_into_location_or_body_and_the_echo_ends_it(
-    emu: EmulatorProcess,
-    nats_server: EmbeddedNats,
-    nats_url: str,
-    seats: SeatServer,
-    collector: ChangeCollector,
-    writer: GraphWriter,
-) -> None:
+async def test_join_link_written_into_location_or_body_and_the_echo_ends_it(testbed: GraphTestbed) -> None:
+    emu, collector, writer = testbed.emu, testbed.collector, testbed.writer
     organizer, guest = new_mailboxes(emu, "olga", "pavel")
     keyword = await writer.create(organizer, "Keyword in subject @trueconf", attendees=(guest,))
     room = await writer.create(organizer, "Room given", location="Room 7 @trueconf", body="Agenda")
     addin = await writer.create(organizer, "Add-in meeting", location="Room 9", marker=MARKER)
     ids = {keyword["id"], room["id"], addin["id"]}
-    async with running_graph(_config(emu, seats, [organizer, guest]), nats_server) as graph:
+    async with _running(testbed, [organizer, guest]) as graph:
         await collector.start()
         await graph.rounds(organizer)
         await graph.rounds(guest)
         first = {c.item_id: c for c in await _all(collector, organizer, ids)}
         assert all(not c.event.conference.existing_conference_id for c in first.values())
         links = {keyword["id"]: "c-201", room["id"]: "c-202", addin["id"]: "c-203"}
-        await _conference_created(nats_url, f"unknown-{uuid.uuid4()}", "c-299")  # no such meeting: ignored
+        await _conference_created(testbed.nats_url, f"unknown-{uuid.uuid4()}", "c-299")  # no such meeting: ignored
         for item_id, conference_id in links.items():
-            await _conference_created(nats_url, first[item_id].event.uid, conference_id)
+            await _conference_created(testbed.nats_url, first[item_id].event.uid, conference_id)
         await _written(graph, 3)
         await graph.poll(organizer)
         echoed = {
@@ -117,17 +109,11 @@ async def test_join_link_written_into_location_or_body_and_the_echo_ends_it(
     assert stored["singleValueExtendedProperties"] == [{"id": MARKER_GRAPH_PROPERTY_ID, "value": MARKER}]
 
 
-async def test_an_edit_between_read_and_write_is_kept_412_reads_again(
-    emu: EmulatorProcess,
-    nats_server: EmbeddedNats,
-    nats_url: str,
-    seats: SeatServer,
-    collector: ChangeCollector,
-    writer: GraphWriter,
-) -> None:
+async def test_an_edit_between_read_and_write_is_kept_412_reads_again(testbed: GraphTestbed) -> None:
+    emu, collector, writer = testbed.emu, testbed.collector, testbed.writer
     (organizer,) = new_mailboxes(emu, "rita")
     meeting = await writer.create(organizer, "Planning @trueconf", location="", body="Old agenda")
-    async with running_graph(_config(emu, seats, [organizer]), nats_server) as graph:
+    async with _running(testbed, [organizer]) as graph:
         await collector.start()
         await graph.rounds(organizer)
         (change,) = await _all(collector, organizer, {meeting["id"]})
@@ -145,7 +131,7 @@ async def test_an_edit_between_read_and_write_is_kept_412_reads_again(
             return await send(mailbox, url, body, headers)
 
         client.patch = organizer_edits_first  # type: ignore[method-assign]
-        await _conference_created(nats_url, change.event.uid, "c-301")
+        await _conference_created(testbed.nats_url, change.event.uid, "c-301")
         await _written(graph, 1)
         writeback = graph.runtime.writer
         assert writeback is not None and writeback.conflicts == 1
@@ -164,22 +150,17 @@ async def _all(collector: ChangeCollector, mailbox: str, ids: set[str]) -> list[
 
 
 async def test_a_read_only_app_is_told_it_needs_calendars_readwrite(
-    emu: EmulatorProcess,
-    nats_server: EmbeddedNats,
-    nats_url: str,
-    seats: SeatServer,
-    collector: ChangeCollector,
-    writer: GraphWriter,
-    caplog: pytest.LogCaptureFixture,
+    testbed: GraphTestbed, caplog: pytest.LogCaptureFixture
 ) -> None:
+    emu, collector, writer = testbed.emu, testbed.collector, testbed.writer
     (organizer,) = new_mailboxes(emu, "vera")
     meeting = await writer.create(organizer, "Read-only @trueconf")
-    config = graph_config(seats.address, [graph_provider(emu, [organizer], name="m365")], writeBackJoinLink=True)
-    async with running_graph(config, nats_server) as graph:
+    read_only = graph_provider(emu, [organizer], name="m365")
+    async with testbed.running([read_only], writeBackJoinLink=True) as graph:
         await collector.start()
         await graph.rounds(organizer)
         (change,) = await _all(collector, organizer, {meeting["id"]})
-        await _conference_created(nats_url, change.event.uid, "c-401")
+        await _conference_created(testbed.nats_url, change.event.uid, "c-401")
 
         async def refused() -> bool:
             return any("Calendars.ReadWrite" in str(getattr(r, "error", "")) for r in caplog.records)

@@ -110,13 +110,14 @@ async def test_engine_process_serves_meetings_api_metrics_resync_and_stops_on_si
                 requests.append(ingest_pb2.ResyncMailboxRequest.FromString(message.data))  # type: ignore[attr-defined]
 
             subscription = await harness.bus.nc.subscribe("calendar.v1.control.resync.>", cb=on_request)
+            await harness.bus.nc.flush()  # the server has the subscription before the engine publishes
             resync = sync_pb2.SyncResyncMailboxRequest(mailbox="Anna@Example.com")
             with pytest.raises(grpc.aio.AioRpcError) as unauthenticated:
                 await api.ResyncMailbox(resync)  # an admin call without the bearer token
             assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
             response = await api.ResyncMailbox(resync, metadata=admin)
             assert response.published == 1
-            await wait_for_async(lambda: _true(bool(requests)), what="the resync request")
+            await wait_for_async(lambda: _true(bool(requests)), timeout=120, what="the resync request")
             assert [r.mailbox for r in requests] == [ANNA]
             await subscription.unsubscribe()
             async with harness.connect() as connection:  # nothing is cleared: the re-read's END judges the items

@@ -716,6 +716,25 @@ class Mailbox:
         return f"#{self.last_folder_no}"
 
 
+def _folder_modified(sub: Subscription, mbx: Mailbox, folder: str, now: dt.datetime) -> None:
+    """Queue a ModifiedEvent of `folder` (FolderId, ParentFolderId: the folder above it, and its change key) on
+    `sub`: what Exchange reports when a folder's item or child folder count changed ("Notification subscriptions,
+    mailbox events, and EWS in Exchange")."""
+    sub.seq += 1
+    above = mbx.folder_parent(folder) or "root"
+    modified = Event(
+        sub.seq,
+        "ModifiedEvent",
+        now,
+        None,
+        None,
+        mbx.folder_id(folder),
+        mbx.folder_id(above),
+        mbx.folder_change_key(folder),
+    )
+    sub.events.append(modified)
+
+
 class Store:
     """All state of the emulator."""
 
@@ -866,7 +885,6 @@ class Store:
             now = utcnow()
             parent = mbx.folder_id(top.folder)
             pck = mbx.folder_change_key(top.folder)
-            grandparent = mbx.folder_parent(top.folder) or "root"
             for sub in mbx.subscriptions.values():
                 if sub.expired or (sub.folders is not None and top.folder not in sub.folders):
                     continue
@@ -885,19 +903,7 @@ class Store:
                         )
                     )
                 if kind != "modified" and "ModifiedEvent" in sub.event_types:
-                    sub.seq += 1
-                    sub.events.append(
-                        Event(
-                            sub.seq,
-                            "ModifiedEvent",
-                            now,
-                            None,
-                            None,
-                            parent,
-                            mbx.folder_id(grandparent),
-                            pck,
-                        )
-                    )
+                    _folder_modified(sub, mbx, top.folder, now)  # its item count changed
                 self._bound(sub)
                 sub.wake()
 
@@ -934,20 +940,7 @@ class Store:
                 )
             if "ModifiedEvent" in sub.event_types:
                 for changed in watched:
-                    sub.seq += 1
-                    above = mbx.folder_parent(changed) or "root"
-                    sub.events.append(
-                        Event(
-                            sub.seq,
-                            "ModifiedEvent",
-                            now,
-                            None,
-                            None,
-                            mbx.folder_id(changed),
-                            mbx.folder_id(above),
-                            mbx.folder_change_key(changed),
-                        )
-                    )
+                    _folder_modified(sub, mbx, changed, now)  # its child folder count changed
             self._bound(sub)
             sub.wake()
 

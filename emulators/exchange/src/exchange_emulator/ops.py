@@ -11,7 +11,7 @@ import struct
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .calendar import SEND_MODES_CREATE, SEND_MODES_UPDATE, Calendar
 from .calxml import (
@@ -458,6 +458,20 @@ def _configuration_name(ctx: Context, name_el: Element | None, write: bool) -> t
     return mbx, folder, name
 
 
+def _configuration_sent(ctx: Context, req: Element, operation: str) -> tuple[Element, Mailbox, str, str]:
+    """The UserConfiguration element a Create/UpdateUserConfiguration request sends, and (mailbox, folder, name)
+    its UserConfigurationName addresses (written to: the acting user's own folder)."""
+    node = req.find(m("UserConfiguration"))
+    if node is None:
+        raise ItemError("ErrorInvalidRequest", f"{operation} needs a UserConfiguration.")
+    return (node, *_configuration_name(ctx, node.find(t("UserConfigurationName")), write=True))
+
+
+def _configuration_not_found(name: str) -> ItemError:
+    """ "Get/Update/DeleteUserConfiguration operation": a name the folder does not hold is ErrorItemNotFound."""
+    return ItemError("ErrorItemNotFound", f"The specified object was not found in the store. ({name})")
+
+
 _INTEGER_TYPES = ("Byte", "Integer32", "UnsignedInteger32", "Integer64", "UnsignedInteger64")
 
 
@@ -522,8 +536,7 @@ def op_get_user_configuration(ctx: Context, req: Element) -> Element:
         mbx, folder, name = _configuration_name(ctx, req.find(m("UserConfigurationName")), write=False)
         config = configurations(mbx).get((folder, name.lower()))
         if config is None:
-            # "GetUserConfiguration operation": a name the folder does not hold is ErrorItemNotFound.
-            raise ItemError("ErrorItemNotFound", f"The specified object was not found in the store. ({name})")
+            raise _configuration_not_found(name)
         wanted = set((text_of(req, m("UserConfigurationProperties")) or "").split())
         if "All" in wanted:
             wanted |= {"Id", "Dictionary", "XmlData", "BinaryData"}
@@ -554,10 +567,7 @@ def op_create_user_configuration(ctx: Context, req: Element) -> Element:
     suite, run against Exchange, expects in test_user_configuration)."""
     root, msgs = response_root("CreateUserConfiguration")
     try:
-        node = req.find(m("UserConfiguration"))
-        if node is None:
-            raise ItemError("ErrorInvalidRequest", "CreateUserConfiguration needs a UserConfiguration.")
-        mbx, folder, name = _configuration_name(ctx, node.find(t("UserConfigurationName")), write=True)
+        node, mbx, folder, name = _configuration_sent(ctx, req, "CreateUserConfiguration")
         existing = configurations(mbx)
         if (folder, name.lower()) in existing:
             raise ItemError("ErrorItemSave", f"The user configuration object {name!r} already exists on this folder.")
@@ -576,22 +586,11 @@ def op_update_user_configuration(ctx: Context, req: Element) -> Element:
     ErrorItemNotFound."""
     root, msgs = response_root("UpdateUserConfiguration")
     try:
-        node = req.find(m("UserConfiguration"))
-        if node is None:
-            raise ItemError("ErrorInvalidRequest", "UpdateUserConfiguration needs a UserConfiguration.")
-        mbx, folder, name = _configuration_name(ctx, node.find(t("UserConfigurationName")), write=True)
+        node, mbx, folder, name = _configuration_sent(ctx, req, "UpdateUserConfiguration")
         config = configurations(mbx).get((folder, name.lower()))
         if config is None:
-            raise ItemError("ErrorItemNotFound", f"The specified object was not found in the store. ({name})")
-        work = UserConfiguration(
-            config.folder,
-            config.name,
-            config.no,
-            config.dictionary,
-            config.xml_data,
-            config.binary_data,
-            config.version,
-        )
+            raise _configuration_not_found(name)
+        work = replace(config)
         _read_configuration(work, node)  # nothing changes when a part is refused
         config.dictionary, config.xml_data, config.binary_data = work.dictionary, work.xml_data, work.binary_data
         config.version += 1
@@ -609,7 +608,7 @@ def op_delete_user_configuration(ctx: Context, req: Element) -> Element:
     try:
         mbx, folder, name = _configuration_name(ctx, req.find(m("UserConfigurationName")), write=True)
         if configurations(mbx).pop((folder, name.lower()), None) is None:
-            raise ItemError("ErrorItemNotFound", f"The specified object was not found in the store. ({name})")
+            raise _configuration_not_found(name)
         ctx.store.version += 1
         add_message(msgs, "DeleteUserConfiguration")
     except ItemError as err:

@@ -77,27 +77,28 @@ def trueconf_problems(config: Config) -> list[ConfigProblem]:
 
 
 def trueconf_warnings(config: Config) -> list[ConfigProblem]:
-    """Which TrueConf Server cannot connect although another one can: an entry on one side only."""
-    whitelisted = {server.lower(): index for index, server in enumerate(config.product_whitelist.tcs)}
-    configured = {server.id.lower(): index for index, server in enumerate(config.tcs.servers)}
+    """Which TrueConf Server cannot connect although another one can: an entry on one side only (whitelisted
+    without a tcs.servers entry, or the reverse)."""
+    whitelist = config.product_whitelist.tcs
+    ids = [server.id for server in config.tcs.servers]
+    one_sided = (
+        (
+            whitelist,
+            ids,
+            "productWhitelist.tcs[{}]",
+            "has no tcs.servers entry (bridge secret, REST API client): that TrueConf Server cannot connect",
+        ),
+        (ids, whitelist, "tcs.servers[{}].id", "is not in productWhitelist.tcs: its connections are refused"),
+    )
     warnings: list[ConfigProblem] = []
-    for server, index in whitelisted.items():
-        if server not in configured:
-            warnings.append(
-                ConfigProblem(
-                    f"productWhitelist.tcs[{index}]",
-                    f"{config.product_whitelist.tcs[index]!r} has no tcs.servers entry (bridge secret, REST API "
-                    "client): that TrueConf Server cannot connect",
-                )
-            )
-    for server, index in configured.items():
-        if server not in whitelisted:
-            warnings.append(
-                ConfigProblem(
-                    f"tcs.servers[{index}].id",
-                    f"{config.tcs.servers[index].id!r} is not in productWhitelist.tcs: its connections are refused",
-                )
-            )
+    for entries, other_side, key, why in one_sided:
+        elsewhere = {entry.lower() for entry in other_side}
+        last = {entry.lower(): index for index, entry in enumerate(entries)}  # an id listed twice: its last entry
+        warnings += [
+            ConfigProblem(key.format(index), f"{entries[index]!r} {why}")
+            for server, index in last.items()
+            if server not in elsewhere
+        ]
     return warnings
 
 

@@ -15,6 +15,7 @@ cannot be reached, the seats granted stay in force until their lease ends, then 
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import datetime as dt
@@ -38,8 +39,9 @@ LEASE = dt.timedelta(hours=1)
 GATHER_SECONDS = 0.1
 
 
-class SeatKeeper:
-    """The AllocateSeats loop; subclasses implement `seat_requests`, `apply`, `held` and `revoke`."""
+class SeatKeeper(abc.ABC):
+    """The AllocateSeats loop; subclasses implement `seat_requests`, `apply`, `held` and `revoke` (abstract: a
+    subclass missing one cannot be constructed)."""
 
     def __init__(
         self,
@@ -71,26 +73,31 @@ class SeatKeeper:
         self._unreachable_since: dt.datetime | None = None
 
     # ------------------------------------------------------------------ what a service says
+    @abc.abstractmethod
     def seat_requests(self) -> list[tuple[str, bool]]:
         """(mailbox, configured) of every mailbox to ask a seat for, configured ones first."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def apply(self, granted: set[str], refused: dict[str, str]) -> None:
         """Licensing's answer (mailboxes lower-cased; refused → reason)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def held(self) -> list[str]:
         """The mailboxes holding a seat now."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def revoke(self, mailboxes: list[str], reason: str) -> None:
         """These mailboxes lost their seat (the lease ended without an answer)."""
-        raise NotImplementedError
 
-    def unreachable(self, error: str) -> None:
+    def unreachable(self, error: str) -> None:  # noqa: B027 - an optional hook: doing nothing is right by default
         """Licensing did not answer (`error` says why); the seats held stay until their lease ends."""
 
     # ------------------------------------------------------------------ the loop
+    @property
+    def asked(self) -> int:
+        """How many times `refresh` has been called (an on-demand mailbox calls it once)."""
+        return self._asked
+
     def poke(self) -> None:
         """Ask again now (a control message, an on-demand mailbox)."""
         self._wake.set()

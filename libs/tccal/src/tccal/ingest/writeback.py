@@ -13,6 +13,7 @@ ignored; a write that fails raises, so the result is delivered again (and dead-l
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import hashlib
@@ -50,8 +51,9 @@ class Pending:
     item_id: str
 
 
-class JoinLinkWriteBack:
-    """Subclasses give the durable name and implement `may_write` and `write`."""
+class JoinLinkWriteBack(abc.ABC):
+    """Subclasses give the durable name and implement `may_write` and `write` (abstract: a subclass missing one
+    cannot be constructed)."""
 
     durable = ""
 
@@ -60,13 +62,13 @@ class JoinLinkWriteBack:
         self.pending: dict[str, Pending] = {}
         self.written = 0
 
+    @abc.abstractmethod
     def may_write(self, pending: Pending) -> bool:
         """Whether this service serves the mailbox now (seat, ownership)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def write(self, pending: Pending, url: str) -> str:
         """Put `url` into the organizer's item; which field took it ("location", "body" or "present")."""
-        raise NotImplementedError
 
     def describe(self, error: BaseException) -> str:
         return f"{type(error).__name__}: {error}"
