@@ -91,6 +91,9 @@ class StateStore(CheckpointKV[Checkpoint]):
             await watcher.stop()
         return out
 
+    async def forget_on_demand(self, mailbox: str) -> None:
+        await self._delete(f"v1.ondemand.{key_token(mailbox)}")
+
     async def save_on_demand(self, mailbox: str, provider: str) -> None:
         await self._put(
             f"v1.ondemand.{key_token(mailbox)}", {"mailbox": mailbox, "provider": provider, "requested_at": now_text()}
