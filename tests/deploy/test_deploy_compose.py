@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -350,7 +352,7 @@ def test_exchange_emulator_wiring(config: Config, compose_services: dict[str, di
     definition = compose_services["exchange-emulator"]
     flags = command_flags(definition)
     emulator = EmulatorConfig.load(mount_source(definition, flags["--config"][0]))
-    (provider,) = config.calendar_providers
+    ((_, provider),) = config.ews_providers
     assert (provider.host, provider.port, provider.scheme) == ("exchange-emulator", int(flags["--port"][0]), "http")
     accounts = {a.username: a for a in emulator.service_accounts}
     for credential in provider.credentials:
@@ -373,7 +375,43 @@ def test_trueconf_emulator_wiring(config: Config, compose_services: dict[str, di
     rest = urlsplit(server.rest_url)
     assert (rest.hostname, rest.port, rest.path) == ("trueconf-emulator", int(flags["--port"][0]), "/api/v4")
     users = {u.split(":")[1] for u in flags["--user"]}
-    assert set(config.calendar_providers[0].users) <= users
+    for _, provider in [*config.ews_providers, *config.graph_providers]:
+        assert set(provider.users) <= users  # every configured mailbox is a TrueConf user
+
+
+def test_graph_emulator_wiring(config: Config, compose_services: dict[str, dict[str, Any]], demo_key: bytes) -> None:
+    """The demo's cloud mailbox: the config's Graph entry reaches the Graph emulator by its compose name, with the
+    emulator's app and secret, and trusts the demo certificate the emulator serves for that name (caFile)."""
+    from graph_emulator.config import load_config_file
+
+    definition = compose_services["graph-emulator"]
+    flags = command_flags(definition)
+    emulator = load_config_file(str(mount_source(definition, flags["--config"][0])))
+    ((_, provider),) = config.graph_providers
+    for url in (provider.graph_base, provider.authority):
+        parsed = urlsplit(url)
+        assert (parsed.scheme, parsed.hostname, parsed.port) == ("https", "graph-emulator", int(flags["--port"][0]))
+    assert urlsplit(provider.graph_base).path == "/v1.0"
+    (tenant,) = [t for t in emulator.tenants if t.id == provider.tenant_id]
+    (app,) = [a for a in tenant.apps if a.client_id == provider.client_id]
+    assert app.client_secret == reveal(provider.client_secret or "", demo_key)
+    assert {"Calendars.Read", "Calendars.ReadWrite"} & set(app.permissions)
+    mailboxes = {u.user_principal_name.lower() for u in tenant.users}
+    assert set(provider.users) <= mailboxes
+    # the tenant's other mailboxes are in the claimed domain: TrueConf asking for one syncs it on demand
+    assert {m.rpartition("@")[2] for m in mailboxes} <= set(provider.domains)
+    assert config.mailbox_routing.graph_provider("erin@cloud.sandbox.test") == provider.provider_name
+    tls = mount_source(definition, "/etc/graph-emulator/tls")
+    assert emulator.tls_cert_file is not None and emulator.tls_key_file is not None
+    served_cert = tls / Path(emulator.tls_cert_file).relative_to("/etc/graph-emulator/tls")
+    served_key = tls / Path(emulator.tls_key_file).relative_to("/etc/graph-emulator/tls")
+    ssl.create_default_context().load_cert_chain(served_cert, served_key)  # the key belongs to the certificate
+    assert provider.ca_file is not None
+    trusted = mount_source(compose_services["graph-ingest"], provider.ca_file)
+    assert trusted.read_bytes() == served_cert.read_bytes()
+    certificate = x509.load_pem_x509_certificate(trusted.read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "graph-emulator" in names.get_values_for_type(x509.DNSName)
 
 
 def test_registration_emulator_wiring(config: Config, compose_services: dict[str, dict[str, Any]]) -> None:

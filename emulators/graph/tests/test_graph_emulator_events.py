@@ -26,6 +26,7 @@ from msgraph.generated.users.item.calendar_view.calendar_view_request_builder im
 from msgraph.generated.users.item.events.item.accept.accept_post_request_body import AcceptPostRequestBody
 from msgraph.generated.users.item.events.item.decline.decline_post_request_body import DeclinePostRequestBody
 from msgraph.generated.users.item.events.item.event_item_request_builder import EventItemRequestBuilder
+from msgraph.generated.users.item.events.item.instances.instances_request_builder import InstancesRequestBuilder
 
 from graph_emulator.testing import EmulatorProcess
 
@@ -105,6 +106,50 @@ async def test_weekly_series_expands_with_an_exception_and_a_cancelled_occurrenc
     assert master is not None and master.recurrence is not None and master.recurrence.pattern is not None
     assert master.recurrence.pattern.days_of_week == [DayOfWeek.Monday]
     assert master.original_start_time_zone == "W. Europe Standard Time"
+
+
+async def test_instances_of_a_yearly_series_every_two_years_over_a_long_range_leave_the_cancelled_one_out(
+    emu: EmulatorProcess,
+) -> None:
+    """event-list-instances (https://learn.microsoft.com/en-us/graph/api/event-list-instances): the occurrences and
+    exceptions of a series master in the range, $select honoured; a cancelled occurrence is simply absent. A yearly
+    pattern's interval counts years (https://learn.microsoft.com/en-us/graph/api/resources/recurrencepattern)."""
+    client = graph_client(emu)
+    user = client.users.by_user_id("carol@contoso.test")
+    series = await user.events.post(
+        Event(
+            subject="biennial audit",
+            start=DateTimeTimeZone(date_time="2030-03-11T10:00:00", time_zone="UTC"),
+            end=DateTimeTimeZone(date_time="2030-03-11T11:00:00", time_zone="UTC"),
+            recurrence=PatternedRecurrence(
+                pattern=RecurrencePattern(
+                    type=RecurrencePatternType.AbsoluteYearly, interval=2, month=3, day_of_month=11
+                ),
+                range=RecurrenceRange(
+                    type=RecurrenceRangeType.Numbered, start_date=dt.date(2030, 1, 1), number_of_occurrences=4
+                ),
+            ),
+        )
+    )
+    assert series is not None and series.id
+    config: RequestConfiguration[InstancesRequestBuilder.InstancesRequestBuilderGetQueryParameters] = (
+        RequestConfiguration()
+    )
+    config.query_parameters = InstancesRequestBuilder.InstancesRequestBuilderGetQueryParameters(
+        start_date_time="2029-01-01T00:00:00Z", end_date_time="2038-01-01T00:00:00Z", select=["originalStart", "type"]
+    )
+    instances = await user.events.by_event_id(series.id).instances.get(request_configuration=config)
+    assert instances is not None and instances.value is not None
+    assert [i.original_start for i in instances.value] == [
+        dt.datetime(year, 3, 11, 10, 0, tzinfo=dt.UTC) for year in (2030, 2032, 2034, 2036)
+    ]
+    assert all(i.subject is None and i.type == EventType.Occurrence for i in instances.value)
+    third = instances.value[2].id
+    assert third
+    await user.events.by_event_id(third).delete()
+    instances = await user.events.by_event_id(series.id).instances.get(request_configuration=config)
+    assert instances is not None and instances.value is not None
+    assert [i.original_start.year if i.original_start else None for i in instances.value] == [2030, 2032, 2036]
 
 
 async def test_outlook_timezone_preference_applies_to_returned_times(emu: EmulatorProcess) -> None:

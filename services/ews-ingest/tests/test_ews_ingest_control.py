@@ -163,6 +163,58 @@ async def test_on_demand_mailbox(
         await h.synced(configured, visitor)
 
 
+async def test_on_demand_mailboxes_moved_to_a_graph_entry_are_dropped_at_start(
+    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Mailboxes ews-ingest remembered as on-demand, then moved to Exchange Online: once the config gives them to a
+    Graph entry (in its `users`, or by its `domains`), ews-ingest no longer loads them, deletes their records and
+    logs why - graph-ingest syncs them now."""
+    (configured,) = new_mailboxes(emu, "moving-configured")
+    domain = configured.split("@")[1]
+    listed, claimed = f"moved-listed@{domain}", f"moved-claimed@{domain}"
+    for visitor in (listed, claimed):
+        emu.admin.add_mailbox(visitor, display_name=visitor)
+    ews = provider_section(emu, [configured])
+    config = ingest_config(nats_url, licensing.address, [ews])
+    async with running_ingest(config) as h:
+        await h.synced(configured)
+        for visitor in (listed, claimed):
+            reply = await h.bus.nc.request(f"calendar.v1.control.ondemand.{subject_token(visitor)}", b"", timeout=15)
+            assert json.loads(reply.data)["accepted"] is True
+    graph: dict[str, object] = {
+        "type": "graph",
+        "name": "m365",
+        "tenantId": "6b4c1b7e-0f1d-4c55-9a3e-2f4b8c0d1e2f",
+        "clientId": "0c1e4f0a-1b2c-4d3e-8f90-a1b2c3d4e5f6",
+        "clientSecret": "app-secret",
+        "users": [listed],
+    }
+    caplog.set_level("WARNING", logger="ews_ingest.runtime")
+    async with running_ingest(ingest_config(nats_url, licensing.address, [ews, graph])) as h:
+        await h.synced(configured, claimed)
+        assert listed not in h.scheduler.entries
+        kv = await h.bus.key_value(INGEST_STATE_BUCKET)
+        assert await _stored(kv, listed) is None and await _stored(kv, claimed) is not None
+    drops = [r for r in caplog.records if r.getMessage().startswith("on-demand mailbox dropped")]
+    assert [(r.mailbox, r.graph_provider) for r in drops] == [(listed, "m365")]  # type: ignore[attr-defined]
+    caplog.clear()
+    by_domain = {**graph, "users": [], "domains": [domain]}
+    async with running_ingest(ingest_config(nats_url, licensing.address, [ews, by_domain])) as h:
+        await h.synced(configured)  # listed under the EWS entry: stays with EWS although its domain is claimed
+        assert claimed not in h.scheduler.entries and listed not in h.scheduler.entries
+        assert await _stored(await h.bus.key_value(INGEST_STATE_BUCKET), claimed) is None
+    drops = [r for r in caplog.records if r.getMessage().startswith("on-demand mailbox dropped")]
+    assert [(r.mailbox, r.graph_provider) for r in drops] == [(claimed, "m365")]  # type: ignore[attr-defined]
+
+
+async def _stored(kv: object, mailbox: str) -> bytes | None:
+    try:
+        entry = await kv.get(f"v1.ondemand.{key_token(mailbox)}")  # type: ignore[attr-defined]
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    return bytes(entry.value or b"") or None
+
+
 async def test_an_on_demand_request_at_start_up_is_answered_not_lost(
     emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing
 ) -> None:

@@ -167,6 +167,8 @@ class SeatServer(licensing_pb2_grpc.LicensingServiceServicer):
     def __init__(self) -> None:
         self.denied: set[str] = set()
         self.calls = 0
+        #: (mailbox, configured) of the last request.
+        self.last: list[tuple[str, bool]] = []
         self.address = ""
         self._server: GrpcServer | None = None
 
@@ -174,6 +176,7 @@ class SeatServer(licensing_pb2_grpc.LicensingServiceServicer):
         self, request: licensing_pb2.AllocateSeatsRequest, context: Any
     ) -> licensing_pb2.AllocateSeatsResponse:
         self.calls += 1
+        self.last = [(m.mailbox, m.configured) for m in request.mailboxes]
         granted = [m.mailbox for m in request.mailboxes if m.mailbox not in self.denied]
         refused = [
             licensing_pb2.SeatRefusal(mailbox=m.mailbox, reason="refused by the test licensing")

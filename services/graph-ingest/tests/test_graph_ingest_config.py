@@ -144,3 +144,39 @@ def test_config_check_explains_a_graph_entry_and_warns_of_a_mailbox_on_both_side
         f"{both}: warning: calendarProviders[1].users[0]: 'anna@example.com' is also listed by the EWS provider "
         "calendarProviders[0]: both ews-ingest and graph-ingest would sync it; list each mailbox under one provider"
     ]
+
+
+def test_graph_domains_route_unlisted_addresses_and_config_check_explains_them(tmp_path: Path) -> None:
+    """`domains` claims a tenant's mail domains for on-demand mailboxes: an address no entry lists, in a claimed
+    domain, is graph-ingest's; one an EWS entry lists stays with EWS (hybrid: the same domain on both sides)."""
+    config = load_config(
+        write(
+            tmp_path,
+            ews_entry(users=["onprem@contoso.com"]),
+            graph_entry(name="m365", domains=["Contoso.COM", "fabrikam.onmicrosoft.com"]),
+        )
+    )
+    routing = config.mailbox_routing
+    assert routing.graph_provider("New.Hire@contoso.com") == "m365"
+    assert routing.graph_provider("someone@fabrikam.onmicrosoft.com") == "m365"
+    assert routing.graph_provider("onprem@contoso.com") is None  # listed by the EWS entry
+    assert routing.graph_provider("boris@contoso.com") == "m365"  # listed by the Graph entry
+    assert routing.graph_provider("someone@example.org") is None  # nobody claims it: EWS's on-demand search
+    assert GraphSettings.from_config(config, secrets.reveal).providers[0].domains == (
+        "contoso.com",
+        "fabrikam.onmicrosoft.com",
+    )
+    (bad,) = problems(tmp_path, graph_entry(domains=["@contoso.com"]))
+    assert bad == 'calendarProviders[0].domains[0]: "@contoso.com" is not a mail domain (contoso.com, no @)'
+    twice = write(
+        tmp_path,
+        graph_entry(name="a", domains=["contoso.com"]),
+        graph_entry(name="b", tenantId=CLIENT, users=[], domains=["contoso.com"]),
+        name="twice.json",
+    )
+    warned = subprocess.run([*CLI, "config", "check", str(twice)], capture_output=True, text=True, env=os.environ)
+    assert warned.returncode == 1
+    assert warned.stderr.splitlines() == [
+        f"{twice}: warning: calendarProviders[1].domains[0]: 'contoso.com' is also claimed by the Graph provider "
+        "calendarProviders[0], which serves its on-demand mailboxes; give each domain to one tenant"
+    ]

@@ -13,10 +13,12 @@ from ews_ingest_support import ChangeCollector
 from google.protobuf.timestamp_pb2 import Timestamp
 from graph_ingest_support import GraphWriter, SeatServer, graph_config, graph_provider, new_mailboxes, running_graph
 from nats.errors import NoRespondersError
+from nats.js.errors import KeyNotFoundError
 
 from graph_emulator.testing import EmulatorProcess
+from graph_ingest.state import key_token
 from tccal.bus import Bus
-from tccal.subjects import ondemand_subject, resync_subject
+from tccal.subjects import GRAPH_STATE_BUCKET, ondemand_subject, resync_subject
 from tccal_sandbox.embedded import EmbeddedNats
 from tccal_sandbox.testing import nats_settings
 from trueconf.calendar.v1 import calendar_pb2, ingest_pb2
@@ -125,5 +127,58 @@ async def test_a_request_for_a_mailbox_graph_ingest_does_not_serve_gets_no_answe
             mine = ingest_pb2.ResyncMailboxRequest(mailbox=graph_user).SerializeToString()
             reply = await gateway.nc.request(ondemand_subject(graph_user), mine, timeout=30)
             assert json.loads(reply.data)["accepted"] is True
+    finally:
+        await gateway.close()
+
+
+async def test_an_unlisted_mailbox_of_a_claimed_domain_is_synced_on_demand_remembered_and_dropped_with_its_domain(
+    emu: EmulatorProcess,
+    nats_server: EmbeddedNats,
+    seats: SeatServer,
+    collector: ChangeCollector,
+    writer: GraphWriter,
+) -> None:
+    """TrueConf asks for a user no entry lists: the Graph entry whose `domains` hold its address's domain finds the
+    mailbox in the tenant and syncs it on demand (seat asked for as not configured), as ews-ingest does for EWS; an
+    address the tenant does not have is refused with Graph's reason. The mailbox is remembered over a restart and
+    dropped once the config no longer claims its domain."""
+    listed, visitor = new_mailboxes(emu, "ludmila", "visitor")
+    stranger = f"nobody-{listed.split('@')[0]}@contoso.test"
+    made = await writer.create(visitor, "The visitor's meeting")
+    claiming = {**graph_provider(emu, [listed], name="m365"), "domains": ["contoso.test"]}
+    config = graph_config(seats.address, [claiming])
+    gateway = await _connected(nats_server, "tcs-gateway")
+    try:
+        async with running_graph(config, nats_server) as graph:
+            await collector.start()
+            await graph.rounds(listed)
+            ask = ingest_pb2.ResyncMailboxRequest(mailbox=visitor).SerializeToString()
+            reply = await gateway.nc.request(ondemand_subject(visitor), ask, timeout=30)  # as tcs_gateway.ondemand
+            answer = json.loads(reply.data)
+            assert (answer["mailbox"], answer["accepted"]) == (visitor, True), answer
+            arrived = await collector.wait(lambda c: c.item_id == made["id"], what="the on-demand mailbox's event")
+            assert (arrived.mailbox, arrived.provider) == (visitor, "m365")
+            assert (visitor, False) in seats.last and (listed, True) in seats.last
+            again = await gateway.nc.request(ondemand_subject(visitor), ask, timeout=30)  # now a known mailbox
+            assert json.loads(again.data) == {"mailbox": visitor, "accepted": True, "detail": "syncing"}
+            unknown = ingest_pb2.ResyncMailboxRequest(mailbox=stranger).SerializeToString()
+            refused = json.loads((await gateway.nc.request(ondemand_subject(stranger), unknown, timeout=30)).data)
+            assert refused["accepted"] is False and "not in the tenant" in refused["detail"]
+            assert "ErrorInvalidUser" in refused["detail"]
+            assert stranger not in graph.runtime.mailboxes
+        async with running_graph(config, nats_server) as graph:  # remembered over a restart
+            await graph.rounds(visitor)
+        admin = await _connected(nats_server, "admin")
+        kv = await admin.js.key_value(GRAPH_STATE_BUCKET)
+        assert await kv.get(f"v1.ondemand.{key_token(visitor)}")
+        async with running_graph(
+            graph_config(seats.address, [graph_provider(emu, [listed], name="m365")]), nats_server
+        ) as graph:
+            assert visitor not in graph.runtime.mailboxes
+            with pytest.raises(KeyNotFoundError):
+                await kv.get(f"v1.ondemand.{key_token(visitor)}")
+            with pytest.raises(NoRespondersError):  # no claimed domain: graph-ingest hears no unknown address
+                await gateway.nc.request(ondemand_subject(stranger), unknown, timeout=10)
+        await admin.close()
     finally:
         await gateway.close()

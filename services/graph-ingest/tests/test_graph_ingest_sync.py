@@ -465,11 +465,11 @@ async def test_every_graph_recurrence_pattern_and_range_becomes_the_masters_recu
             {"type": "noEnd"},
         ),
         "absoluteYearly": (
-            {"type": "absoluteYearly", "interval": 1, "month": first.month, "dayOfMonth": first.day},
+            {"type": "absoluteYearly", "interval": 2, "month": first.month, "dayOfMonth": first.day},
             {"type": "numbered", "numberOfOccurrences": 3},
         ),
         "relativeYearly": (
-            {"type": "relativeYearly", "interval": 1, "month": first.month, "daysOfWeek": [weekday], "index": index},
+            {"type": "relativeYearly", "interval": 3, "month": first.month, "daysOfWeek": [weekday], "index": index},
             {"type": "noEnd"},
         ),
     }
@@ -511,14 +511,80 @@ async def test_every_graph_recurrence_pattern_and_range_becomes_the_masters_recu
         common_pb2.WEEK_INDEX_LAST,
     )
     yearly = got["absoluteYearly"]
-    assert (yearly.absolute_yearly.month, yearly.absolute_yearly.day_of_month, yearly.number_of_occurrences) == (
+    absolute_yearly = yearly.absolute_yearly
+    assert (absolute_yearly.interval, absolute_yearly.month, absolute_yearly.day_of_month) == (
+        2,
         first.month,
         first.day,
-        3,
     )
+    assert yearly.number_of_occurrences == 3
     relative_yearly = got["relativeYearly"].relative_yearly
-    assert (relative_yearly.month, relative_yearly.days_of_week, relative_yearly.week_index) == (
+    assert (
+        relative_yearly.interval,
+        relative_yearly.month,
+        relative_yearly.days_of_week,
+        relative_yearly.week_index,
+    ) == (
+        3,
         first.month,
         day_of,
         common_pb2.WeekIndex.Value(f"WEEK_INDEX_{index.upper()}"),
     )
+
+
+async def test_series_master_lists_occurrences_cancelled_and_moved_after_the_cache_window(
+    emu: EmulatorProcess, nats_server: EmbeddedNats, seats: SeatServer, collector: ChangeCollector, writer: GraphWriter
+) -> None:
+    """The engine looks up to SERIES_HORIZON past the window for a series' next occurrence, so the master names the
+    occurrences cancelled there too (Graph v1.0 only leaves them out of `instances`, read over that whole span in
+    several ranges of one $batch); an exception there is a modified occurrence. Beyond the horizon nothing is read."""
+    (mailbox,) = new_mailboxes(emu, "wren")
+    first = soon(days=1, hour=9)
+    series = await writer.create(
+        mailbox,
+        "Weekly planning",
+        start=first,
+        minutes=30,
+        recurrence={
+            "pattern": {"type": "weekly", "interval": 1, "daysOfWeek": [first.strftime("%A").lower()]},
+            "range": {"type": "noEnd", "startDate": first.date().isoformat()},
+        },
+    )
+
+    async def occurrence(weeks: int) -> dict[str, object]:
+        at = first + dt.timedelta(weeks=weeks)
+        query = f"startDateTime={at:%Y-%m-%dT00:00:00Z}&endDateTime={at + dt.timedelta(days=1):%Y-%m-%dT00:00:00Z}"
+        (found,) = (await writer._call("GET", f"/users/{mailbox}/events/{series['id']}/instances?{query}"))["value"]
+        return dict(found)
+
+    # The test config's window is 1 month back and 2 months ahead: week 16 and 20 are past it, inside the horizon;
+    # week 150 (~1,050 days) is past window + SERIES_HORIZON (800 days).
+    moved_at = first + dt.timedelta(weeks=16, hours=2)
+    await writer.update(
+        mailbox,
+        str((await occurrence(16))["id"]),
+        {
+            "subject": "Weekly planning (moved)",
+            "start": {"dateTime": f"{moved_at:%Y-%m-%dT%H:%M:%S}", "timeZone": "UTC"},
+            "end": {"dateTime": f"{moved_at + dt.timedelta(minutes=30):%Y-%m-%dT%H:%M:%S}", "timeZone": "UTC"},
+        },
+    )
+    await writer.delete(mailbox, str((await occurrence(20))["id"]))
+    await writer.delete(mailbox, str((await occurrence(150))["id"]))
+    before = emu.control("GET", "/requests")["operations"].get("GET instances", 0)
+    config = graph_config(seats.address, [graph_provider(emu, [mailbox])])
+    async with running_graph(config, nats_server) as graph:
+        await collector.start()
+        await graph.rounds(mailbox)
+        found = await collector.wait(
+            lambda c: c.event.kind == calendar_pb2.ITEM_KIND_RECURRING_MASTER and c.mailbox == mailbox,
+            what="the series master",
+        )
+    master = found.event
+    assert [d.ToDatetime(dt.UTC) for d in master.deleted_occurrences] == [first + dt.timedelta(weeks=20)]
+    assert [
+        (m.original_start.ToDatetime(dt.UTC), m.start.ToDatetime(dt.UTC), m.subject)
+        for m in master.modified_occurrences
+    ] == [(first + dt.timedelta(weeks=16), moved_at, "Weekly planning (moved)")]
+    ranges = emu.control("GET", "/requests")["operations"]["GET instances"] - before
+    assert ranges >= 3, "the span (~3 months + 800 days) is read as several ranges of at most 366 days"

@@ -16,6 +16,11 @@ from datetime import UTC, datetime, time, timedelta
 
 from dateutil.relativedelta import relativedelta
 
+#: How far past the cache window the connector looks at a recurring series: sync-engine looks this far for the next
+#: occurrence a series' conference schedule points at, so graph-ingest lists a master's cancelled occurrences up to
+#: this far past the window (a cancelled one there must not be picked).
+SERIES_HORIZON = timedelta(days=800)
+
 
 @dataclass(frozen=True)
 class CacheWindow:

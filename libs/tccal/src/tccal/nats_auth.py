@@ -188,7 +188,8 @@ IDENTITIES: dict[str, Identity] = {
     ),
     # Exchange Online through Microsoft Graph: publishes CalendarChanges like ews-ingest, keeps its delta links in a
     # bucket of its own, consumes TrueConf results for the join-link write-back, hears seat announcements, answers the
-    # resync/on-demand control requests of its own mailboxes (it subscribes to their exact subjects only).
+    # resync/on-demand control requests of its own mailboxes (their exact subjects; every on-demand subject when an
+    # entry claims mail domains, answering only for addresses the config gives to Graph).
     "graph-ingest": _service(
         "graph-ingest",
         publish=[_subjects(CALENDAR)],

@@ -104,7 +104,7 @@ class IngestRuntime:
         if not await self._connect(stop):
             await self.close()
             return
-        for mailbox, provider in (await self.store.load_on_demand()).items():
+        for mailbox, provider in (await self.remembered_on_demand()).items():
             if provider in self.pools and mailbox not in self.scheduler.entries:
                 self.scheduler.add(mailbox, provider, configured=False)
         ownership = asyncio.create_task(self.ownership.run(stop), name="ews-ownership")
@@ -206,18 +206,35 @@ class IngestRuntime:
     async def _learn_on_demand(self) -> None:
         added = False
         with contextlib.suppress(Exception):
-            for mailbox, provider in (await self.store.load_on_demand()).items():
+            for mailbox, provider in (await self.remembered_on_demand()).items():
                 if provider in self.pools and mailbox not in self.scheduler.entries:
                     self.scheduler.add(mailbox, provider, configured=False)
                     added = True
         if added:
             self.seats.poke()
 
+    async def remembered_on_demand(self) -> dict[str, str]:
+        """The on-demand mailboxes remembered in KV (mailbox -> provider), without those the config now gives to a
+        Graph provider (listed in its `users` or in its `domains`): graph-ingest serves them, so their records are
+        deleted and the drop logged."""
+        remembered = await self.store.load_on_demand()
+        for mailbox in [m for m in remembered if self.settings.graph_serves(m)]:
+            provider = remembered.pop(mailbox)
+            await self.store.forget_on_demand(mailbox)
+            log.warning(
+                "on-demand mailbox dropped: the config gives it to a Graph provider, graph-ingest syncs it",
+                extra={"mailbox": mailbox, "provider": provider, "graph_provider": self._graph_name(mailbox)},
+            )
+        return remembered
+
+    def _graph_name(self, mailbox: str) -> str:
+        return self.settings.routing.graph_provider(mailbox) or "listed in a Graph entry's users"
+
     def _answers(self, mailbox: str) -> bool:
         """Whether this replica answers a control request about `mailbox`: only its owner does (one answer), and
-        never for a mailbox of a Graph provider (graph-ingest answers those)."""
+        never for a mailbox the config gives to a Graph provider (graph-ingest answers those)."""
         mailbox = mailbox.strip().lower()
-        return mailbox not in self.settings.graph_users and self.ownership.owns(mailbox)
+        return not self.settings.graph_serves(mailbox) and self.ownership.owns(mailbox)
 
     # ------------------------------------------------------------------ control subjects
     async def _on_resync(self, msg: Msg) -> None:

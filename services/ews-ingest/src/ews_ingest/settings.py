@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from tccal.conference_marker import tcs_hosts
 from tccal.config import Config
-from tccal.config.schema import ConferenceDefaults
+from tccal.config.schema import ConferenceDefaults, MailboxRouting
 from tccal.grpckit import GrpcCaller
 from tccal.ingest.tuning import knobs_from_env, refuse_shared_names, unique_users
 from tccal.secrets import SecretError
@@ -151,6 +151,13 @@ class IngestSettings:
     licensing_caller: GrpcCaller = field(default_factory=GrpcCaller)
     #: Mailboxes of "type": "graph" providers: graph-ingest answers their control requests, ews-ingest stays silent.
     graph_users: frozenset[str] = frozenset()
+    #: Which entry serves an address: those a Graph entry lists or claims by its `domains` are graph-ingest's.
+    routing: MailboxRouting = field(default_factory=lambda: MailboxRouting(frozenset(), {}, {}))
+
+    def graph_serves(self, mailbox: str) -> bool:
+        """Whether the config gives `mailbox` to a Graph provider (graph-ingest answers and syncs it)."""
+        mailbox = mailbox.strip().lower()
+        return mailbox in self.graph_users or self.routing.graph_provider(mailbox) is not None
 
     @classmethod
     def from_config(cls, config: Config, reveal: Callable[[str], str], tuning: Tuning | None = None) -> IngestSettings:
@@ -196,6 +203,7 @@ class IngestSettings:
             tuning=tuning or Tuning.from_env(),
             licensing_caller=GrpcCaller.for_service(config, "ews-ingest", reveal),
             graph_users=frozenset(user.lower() for _, graph in config.graph_providers for user in graph.users),
+            routing=config.mailbox_routing,
         )
 
     def provider(self, name: str) -> ProviderSettings:

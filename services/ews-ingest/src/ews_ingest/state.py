@@ -16,9 +16,7 @@ and saved first; after a crash the next sequence starts above the old ceiling.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from nats.js.kv import KeyValue
 
@@ -69,29 +67,3 @@ class StateStore(CheckpointKV[Checkpoint]):
             await self._put(key, {k: asdict(v) for k, v in items.items()})
         else:
             await self._delete(key)
-
-    async def load_on_demand(self) -> dict[str, str]:
-        """On-demand mailboxes (mailbox → provider name) asked for earlier."""
-        kv = await self.kv()
-        watcher: Any = await kv.watch("v1.ondemand.>", ignore_deletes=True)  # nats-py leaves it untyped
-        out: dict[str, str] = {}
-        try:
-            while True:
-                entry = await watcher.updates(timeout=5)
-                if entry is None:  # the end of the stored values
-                    break
-                data = json.loads(entry.value) if entry.value else None
-                if (
-                    isinstance(data, dict)
-                    and isinstance(data.get("mailbox"), str)
-                    and isinstance(data.get("provider"), str)
-                ):
-                    out[data["mailbox"]] = data["provider"]
-        finally:
-            await watcher.stop()
-        return out
-
-    async def save_on_demand(self, mailbox: str, provider: str) -> None:
-        await self._put(
-            f"v1.ondemand.{key_token(mailbox)}", {"mailbox": mailbox, "provider": provider, "requested_at": now_text()}
-        )

@@ -9,9 +9,10 @@ publishes nothing twice. Items with `@removed` become CHANGE_TYPE_DELETE.
 
 calendarView/delta refuses `$expand`, so the TrueConfMeeting extended property of each created or changed event is
 read with a GET of the event (`$expand=singleValueExtendedProperties($filter=id eq '…')`), 20 to a `$batch`
-(batch.py). The same batches read the series master and its instances in the window for every series the page
-touches (series.py): the master is published as ITEM_KIND_RECURRING_MASTER before the page's instances. When a page
-removes anything, the mailbox's known masters (known_series.py) are read again and those gone are published deleted.
+(batch.py). The same batches read the series master and its instances for every series the page touches, over the
+span series.py names (the window and SERIES_HORIZON past it, in pieces): the master is published as
+ITEM_KIND_RECURRING_MASTER before the page's instances. When a page removes anything, the mailbox's known masters
+(known_series.py) are read again and those gone are published deleted.
 
 Graph forgets delta tokens (410 `syncStateNotFound`: "the delta token is no longer valid"; Outlook keeps them in a
 cache of its own size). A round refused that way after the first complete round reads the mailbox again with a
@@ -38,7 +39,7 @@ from graph_ingest.batch import Answer, get_many
 from graph_ingest.graph import GraphClient, GraphError
 from graph_ingest.known_series import KnownSeries
 from graph_ingest.normalize import NormalizationError, normalize, timestamp
-from graph_ingest.series import complete_master
+from graph_ingest.series import INSTANCE_FIELDS, complete_master, instance_ranges, series_span
 from graph_ingest.state import Checkpoint, StateStore
 from tccal.bus import Bus
 from tccal.cache_window import CacheWindow
@@ -293,15 +294,24 @@ class MailboxDelta:
         user = f"/users/{quote(self.mailbox)}/events"
         expand = f"singleValueExtendedProperties($filter=id eq '{MARKER_GRAPH_PROPERTY_ID}')"
         marker_query = urlencode({"$select": "id", "$expand": expand}, quote_via=quote)
-        window = urlencode(
-            {"startDateTime": _iso(self.window.start), "endDateTime": _iso(self.window.end), "$top": "100"},
-            quote_via=quote,
-        )
+        ranges = [
+            urlencode(
+                {
+                    "startDateTime": _iso(lo),
+                    "endDateTime": _iso(hi),
+                    "$select": ",".join(INSTANCE_FIELDS),
+                    "$top": "100",
+                },
+                quote_via=quote,
+            )
+            for lo, hi in instance_ranges(*series_span(self.window))
+        ]
         reads = {f"marker:{i['id']}": f"{user}/{quote(i['id'], safe='')}?{marker_query}" for i in upserts}
         for master_id in series:
             escaped = quote(master_id, safe="")
             reads[f"master:{master_id}"] = f"{user}/{escaped}?{urlencode({'$expand': expand}, quote_via=quote)}"
-            reads[f"instances:{master_id}"] = f"{user}/{escaped}/instances?{window}"
+            for number, query in enumerate(ranges):
+                reads[f"instances:{master_id}:{number}"] = f"{user}/{escaped}/instances?{query}"
         for master_id in recheck:
             reads[f"recheck:{master_id}"] = f"{user}/{quote(master_id, safe='')}?$select=id"
         return reads
@@ -311,20 +321,27 @@ class MailboxDelta:
     ) -> tuple[bool, calendar_pb2.CalendarEvent | None]:
         """(gone, the series master as CalendarEvent): gone when Graph no longer has it, no event when it cannot be
         normalized (logged; a re-read's END keeps it)."""
-        master, first_page = answers[f"master:{master_id}"], answers[f"instances:{master_id}"]
-        if master.gone or first_page.gone:
+        master = answers[f"master:{master_id}"]
+        first_pages = [answer for key, answer in answers.items() if key.startswith(f"instances:{master_id}:")]
+        if master.gone or any(page.gone for page in first_pages):
             return True, None
-        instances = list(first_page.body.get("value") or [])
-        link = first_page.body.get("@odata.nextLink")
-        while isinstance(link, str) and link:
-            page = await self.client.get(self.mailbox, link, self._headers())
-            instances.extend(page.get("value") or [])
-            link = page.get("@odata.nextLink")
+        # An instance overlapping two ranges is returned by both: one entry per id.
+        instances: dict[str, dict[str, Any]] = {}
+        for first_page in first_pages:
+            page = first_page.body
+            while True:
+                for instance in page.get("value") or []:
+                    instances.setdefault(str(instance.get("id")), instance)
+                link = page.get("@odata.nextLink")
+                if not isinstance(link, str) or not link:
+                    break
+                with url_template("/users/{user}/events/{event}/instances"):
+                    page = await self.client.get(self.mailbox, link, self._headers())
         event = self._normalized(master_id, master.body)
         if event is None:
             return False, None
         try:
-            complete_master(event, master.body, instances, (self.window.start, self.window.end))
+            complete_master(event, master.body, list(instances.values()), series_span(self.window))
         except NormalizationError as exc:
             self._skip(master_id, exc)
             return False, None

@@ -13,6 +13,15 @@ re-read of a 410 (delta.py), run by the mailbox's own loop (never two rounds at 
 "modified since" filter, so `since` is read and the re-read is whole (a superset of what changed since). An
 on-demand request checks the seat (asking licensing again when the mailbox holds none) and starts a round at once.
 A request with a reply subject gets ews-ingest's answer `{"mailbox", "accepted", "detail"}`.
+
+On-demand mailboxes (as ews-ingest finds EWS ones): when a provider has `domains`, graph-ingest hears
+`calendar.v1.control.ondemand.*` (instead of the exact on-demand subjects) and also answers a request about an
+address no entry lists whose domain a Graph entry of this config claims (tccal.config.schema.MailboxRouting;
+ews-ingest stays silent for those). It asks Graph whether the tenant has that mailbox
+(`GET /users/{address}/events?$select=id&$top=1`: 404 `ErrorInvalidUser` or `MailboxNotEnabledForRESTAPI` = not in
+this tenant), remembers it in KV (`v1.ondemand.<mailbox>`), asks licensing for its seat (as not configured) and
+syncs it like a listed one; its resync subject is subscribed from then on. A restart loads the remembered ones
+again, unless the config no longer gives them to the same provider (then the record is deleted and the drop logged).
 """
 
 from __future__ import annotations
@@ -23,13 +32,14 @@ import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from graph_ingest import metrics
 from graph_ingest.delta import MailboxDelta, RoundResult
-from graph_ingest.graph import GraphClient
+from graph_ingest.graph import GraphClient, GraphError
 from graph_ingest.notifications import NotificationReceiver
 from graph_ingest.seats import SeatKeeper
 from graph_ingest.settings import GraphProviderSettings, GraphSettings
@@ -43,7 +53,7 @@ from tccal.clock import Clock, SystemClock
 from tccal.conference_marker import MarkerParser
 from tccal.ingest.control import ControlError, parse_control
 from tccal.retry import backoff_delay
-from tccal.subjects import ondemand_subject, resync_subject
+from tccal.subjects import ONDEMAND_SUBJECTS, ondemand_subject, resync_subject
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +82,8 @@ class GraphRuntime:
         self.marker = MarkerParser(settings.tcs_hosts, settings.conference_defaults)
         self.clients = {p.name: GraphClient(p, settings.tuning) for p in settings.providers}
         self.mailboxes: dict[str, MailboxStatus] = {}
+        #: The mailboxes of each provider (the subscription keepers hold these lists; on-demand ones are appended).
+        self._by_provider: dict[str, list[str]] = {p.name: [] for p in settings.providers}
         for provider in settings.providers:
             for user in provider.users:
                 known = self.mailboxes.get(user)
@@ -82,6 +94,7 @@ class GraphRuntime:
                     )
                     continue
                 self.mailboxes[user] = MailboxStatus(user, provider.name)
+                self._by_provider[provider.name].append(user)
         self.seats = SeatKeeper(
             list(self.mailboxes),
             self.store,
@@ -91,15 +104,21 @@ class GraphRuntime:
             caller=settings.licensing_caller,
         )
         self.writer: GraphJoinLinkWriter | None = None
+        #: mailbox -> provider of every synced mailbox (the writer reads it; on-demand ones are added).
+        self._providers = {m: status.provider for m, status in self.mailboxes.items()}
         if settings.write_back_join_link:
-            providers = {m: status.provider for m, status in self.mailboxes.items()}
-            self.writer = GraphJoinLinkWriter(bus, self.clients, providers, lambda m: m in self.seats.granted)
+            self.writer = GraphJoinLinkWriter(bus, self.clients, self._providers, lambda m: m in self.seats.granted)
         self.started = asyncio.Event()
         self._subscriptions: list[Subscription] = []
         self._background: set[asyncio.Task[Any]] = set()
         #: Control subject -> the configured mailbox it is about (only those are subscribed to).
         self._control_subjects: dict[str, str] = {}
         self._wake: dict[str, asyncio.Event] = {m: asyncio.Event() for m in self.mailboxes}
+        #: Loops of mailboxes added on demand while running (stopped with the others).
+        self._loops: list[asyncio.Task[None]] = []
+        self._stop: asyncio.Event | None = None
+        #: One discovery at a time per address (TrueConf may ask twice at once).
+        self._discovering: dict[str, asyncio.Lock] = {}
         #: Change notifications, per provider (also for one without notificationUrl: it deletes what is left).
         self.keepers = {
             p.name: SubscriptionKeeper(
@@ -108,7 +127,7 @@ class GraphRuntime:
                 self.store,
                 settings.tuning,
                 self.seats,
-                [m for m, s in self.mailboxes.items() if s.provider == p.name],
+                self._by_provider[p.name],
                 self.trigger,
             )
             for p in settings.providers
@@ -134,6 +153,9 @@ class GraphRuntime:
             await self.bus.connect()
         if not self.settings.providers:
             log.warning('no calendarProviders entry has "type": "graph": graph-ingest has nothing to sync')
+        self._stop = stop
+        for mailbox, provider in (await self.remembered_on_demand()).items():
+            self._add(mailbox, provider)
         for receiver in self.receivers:
             await receiver.start()
         tasks = [asyncio.create_task(self.seats.run(stop, self.bus), name="graph-seats")]
@@ -154,7 +176,7 @@ class GraphRuntime:
                     await subscription.unsubscribe()
             for background in list(self._background):
                 background.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
+            results = await asyncio.gather(*tasks, *self._loops, return_exceptions=True)
             for result in results:
                 if isinstance(result, Exception):
                     log.error("graph-ingest task ended with an error", extra={"error": repr(result)})
@@ -258,14 +280,28 @@ class GraphRuntime:
 
     # ------------------------------------------------------------------ control subjects
     async def _subscribe_control(self) -> None:
-        """Exact subjects of the configured mailboxes only: those of ews-ingest's mailboxes never reach here."""
+        """Exact subjects of the configured mailboxes: those of ews-ingest's mailboxes never reach here. With
+        `domains`, every on-demand subject too (answered only for addresses the config gives to this service)."""
         nc = self.bus.nc
-        for mailbox in self.mailboxes:
-            self._control_subjects[resync_subject(mailbox)] = mailbox
-            self._control_subjects[ondemand_subject(mailbox)] = mailbox
-            self._subscriptions.append(await nc.subscribe(resync_subject(mailbox), cb=self._on_resync))
-            self._subscriptions.append(await nc.subscribe(ondemand_subject(mailbox), cb=self._on_demand_message))
+        for mailbox in list(self.mailboxes):
+            await self._subscribe_mailbox(mailbox)
+        if self._hears_every_demand:
+            self._subscriptions.append(await nc.subscribe(ONDEMAND_SUBJECTS, cb=self._on_any_demand))
         await nc.flush(timeout=5)
+
+    @property
+    def _hears_every_demand(self) -> bool:
+        """A provider claims domains: every on-demand subject is heard on the wildcard (one subscription, so a
+        request about a synced mailbox is delivered once and answered once)."""
+        return any(p.domains for p in self.settings.providers)
+
+    async def _subscribe_mailbox(self, mailbox: str) -> None:
+        nc = self.bus.nc
+        self._control_subjects[resync_subject(mailbox)] = mailbox
+        self._control_subjects[ondemand_subject(mailbox)] = mailbox
+        self._subscriptions.append(await nc.subscribe(resync_subject(mailbox), cb=self._on_resync))
+        if not self._hears_every_demand:
+            self._subscriptions.append(await nc.subscribe(ondemand_subject(mailbox), cb=self._on_demand_message))
 
     async def _on_resync(self, msg: Msg) -> None:
         self._answer_in_background(msg, "resync", self.resync)
@@ -316,6 +352,82 @@ class GraphRuntime:
             return False, f"{type(exc).__name__}: {exc}"
         log.info("mailbox resynced", extra={"mailbox": mailbox, "published": result.published})
         return True, f"published {result.published}"
+
+    # ------------------------------------------------------------------ on-demand mailboxes
+    async def remembered_on_demand(self) -> dict[str, str]:
+        """The on-demand mailboxes remembered in KV that the config still gives to the same Graph provider of this
+        service; the records of the others are deleted (logged), those now listed in `users` kept quietly."""
+        kept: dict[str, str] = {}
+        for mailbox, provider in (await self.store.load_on_demand()).items():
+            if mailbox in self.mailboxes:
+                await self.store.forget_on_demand(mailbox)  # listed in `users` now: a configured mailbox
+                continue
+            serving = self.settings.routing.graph_provider(mailbox)
+            if serving == provider and provider in self.clients:
+                kept[mailbox] = provider
+                continue
+            await self.store.forget_on_demand(mailbox)
+            log.warning(
+                "on-demand mailbox dropped: the config no longer gives it to this Graph provider",
+                extra={"mailbox": mailbox, "provider": provider, "now": serving or "ews"},
+            )
+        return kept
+
+    def _add(self, mailbox: str, provider: str) -> MailboxStatus:
+        """A mailbox no entry lists, from now on synced like a listed one (seat asked for as not configured)."""
+        status = self.mailboxes[mailbox] = MailboxStatus(mailbox, provider)
+        self._wake[mailbox] = asyncio.Event()
+        self._by_provider[provider].append(mailbox)
+        self._providers[mailbox] = provider
+        self.seats.on_demand.append(mailbox)
+        return status
+
+    async def _on_any_demand(self, msg: Msg) -> None:
+        """An on-demand request on the wildcard: answered for a mailbox synced here, and for an unlisted address a
+        Graph entry of this service claims by its domain; ews-ingest answers the rest."""
+        if msg.subject in self._control_subjects:
+            await self._on_demand_message(msg)
+            return
+        try:
+            request = parse_control(msg.subject, msg.data)
+        except ControlError:
+            return  # ews-ingest answers a malformed request
+        mailbox = request.mailbox
+        provider = self.settings.routing.graph_provider(mailbox)
+        if mailbox in self.mailboxes or provider is None or provider not in self.clients:
+            return
+        log.info("on-demand request for an unlisted mailbox", extra={"mailbox": mailbox, "provider": provider})
+
+        async def answer() -> None:
+            accepted, detail = await self.discover(mailbox, provider)
+            await self._reply(msg, mailbox, accepted, detail)
+
+        self._spawn(answer())
+
+    async def discover(self, mailbox: str, provider: str) -> tuple[bool, str]:
+        """TrueConf asked for an unlisted address of a claimed domain: if the tenant has the mailbox, sync it."""
+        lock = self._discovering.setdefault(mailbox, asyncio.Lock())
+        async with lock:
+            if mailbox not in self.mailboxes:
+                client = self.clients[provider]
+                probe = client.url(f"/users/{quote(mailbox)}/events?$select=id&$top=1")
+                try:
+                    await client.get(mailbox, probe)
+                except GraphError as exc:
+                    found = "not in the tenant" if exc.status == 404 else "not reachable"
+                    log.warning(f"on-demand mailbox {found}", extra={"mailbox": mailbox, "error": str(exc)})
+                    return False, f"{provider}: {mailbox} is {found}: {exc}"
+                except Exception as exc:
+                    log.warning("on-demand mailbox not reachable", extra={"mailbox": mailbox, "error": repr(exc)})
+                    return False, f"{provider}: {type(exc).__name__}: {exc}"
+                await self.store.save_on_demand(mailbox, provider)
+                status = self._add(mailbox, provider)
+                await self._subscribe_mailbox(mailbox)
+                if self._stop is not None:
+                    loop = asyncio.create_task(self._mailbox_loop(status, self._stop), name=f"graph-{mailbox}")
+                    self._loops.append(loop)
+                log.info("on-demand mailbox added", extra={"mailbox": mailbox, "provider": provider})
+        return await self.on_demand(mailbox)
 
     async def on_demand(self, mailbox: str) -> tuple[bool, str]:
         """TrueConf asked for the mailbox: sync it now if it holds a seat (licensing asked again if not)."""

@@ -1,10 +1,11 @@
 """Which mailboxes graph-ingest may sync: LicensingService.AllocateSeats through the shared keeper
 (tccal.ingest.seats, as ews-ingest asks it: when it asks, leases, the answer kept in KV `v1.seats`).
 
-Every configured Graph mailbox is asked for at start, every `seat_refresh_seconds` and whenever a message arrives
-on `calendar.v1.control.seats` (licensing's CLI announces a licence change there, tcs-gateway a TrueConf request).
-A mailbox granted a seat is synced; one refused is not (the reason is logged). When licensing cannot be reached,
-the seats granted stay in force until their lease ends, then the mailboxes holding one wait for the next answer.
+Every configured Graph mailbox (then every on-demand one) is asked for at start, every `seat_refresh_seconds` and
+whenever a message arrives on `calendar.v1.control.seats` (licensing's CLI announces a licence change there,
+tcs-gateway a TrueConf request). A mailbox granted a seat is synced; one refused is not (the reason is logged).
+When licensing cannot be reached, the seats granted stay in force until their lease ends, then the mailboxes
+holding one wait for the next answer.
 """
 
 from __future__ import annotations
@@ -32,13 +33,16 @@ class SeatKeeper(seats.SeatKeeper):
     ) -> None:
         super().__init__(store, address, providers=providers, refresh_seconds=refresh_seconds, caller=caller)
         self.mailboxes = mailboxes
+        #: Mailboxes TrueConf asked for that no entry lists (a Graph entry's `domains` claim them): asked for after
+        #: the configured ones, as not configured.
+        self.on_demand: list[str] = []
         self.granted: set[str] = set()
         self.refused: dict[str, str] = {}
         #: Set (and replaced by a fresh one) whenever the granted set changed: waiting mailboxes look again.
         self.changed = asyncio.Event()
 
     def seat_requests(self) -> list[tuple[str, bool]]:
-        return [(mailbox, True) for mailbox in self.mailboxes]
+        return [(mailbox, True) for mailbox in self.mailboxes] + [(mailbox, False) for mailbox in self.on_demand]
 
     def held(self) -> list[str]:
         return sorted(self.granted)

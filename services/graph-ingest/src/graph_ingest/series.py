@@ -14,10 +14,12 @@ ITEM_KIND_RECURRING_MASTER like ews-ingest:
 * `modified_occurrences`: the instances of type `exception` (item id, originalStart, start, end, subject, location,
   body, isCancelled).
 * `deleted_occurrences`: Graph v1.0 names no cancelled occurrences on a master (`cancelledOccurrences` is beta), and
-  a cancelled occurrence is simply missing from `instances`. So the rule is expanded here over the cache window as
-  Graph expands it (python-dateutil, the pattern's dates at the master's local start time in its start time zone)
-  and every expected original start that `instances` did not return is a deleted occurrence. Only the window is
-  known this way: an occurrence cancelled outside it is not listed.
+  a cancelled occurrence is simply missing from `instances`. So the rule is expanded here as Graph expands it
+  (python-dateutil, the pattern's dates at the master's local start time in its start time zone) and every expected
+  original start that `instances` did not return is a deleted occurrence. This covers the series' whole span the
+  connector uses (`series_span`): from the cache window's start to `tccal.cache_window.SERIES_HORIZON` past its end,
+  as far as sync-engine looks for a series' next occurrence. `instances` is read over that span in pieces of at most
+  `INSTANCE_RANGE` (`instance_ranges`), all of them members of the same `$batch`, so they run side by side.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from zoneinfo import ZoneInfo
 from dateutil import rrule
 
 from graph_ingest.normalize import NormalizationError, parse_utc, plain_text, timestamp, zone_names
+from tccal.cache_window import SERIES_HORIZON, CacheWindow
 from trueconf.calendar.v1 import calendar_pb2, common_pb2
 
 DAYS: dict[str, tuple[common_pb2.DayOfWeek.ValueType, rrule.weekday]] = {
@@ -55,6 +58,24 @@ INDEXES: dict[str, tuple[common_pb2.WeekIndex.ValueType, int]] = {
 }
 #: Expansion stops here (an endless daily series over a two-year window is ~730).
 MAX_EXPANDED = 10_000
+#: The longest range one `instances` request covers (the span is cut into pieces read in parallel in one $batch).
+INSTANCE_RANGE = dt.timedelta(days=366)
+#: What master completion reads of an instance (`$select`; Graph adds `id` and `@odata.etag` anyway).
+INSTANCE_FIELDS = ("id", "type", "originalStart", "start", "end", "subject", "location", "body", "isCancelled")
+
+
+def series_span(window: CacheWindow) -> tuple[dt.datetime, dt.datetime]:
+    """[start, end) over which a master's occurrences, modified and deleted, are listed."""
+    return window.start, window.end + SERIES_HORIZON
+
+
+def instance_ranges(start: dt.datetime, end: dt.datetime) -> list[tuple[dt.datetime, dt.datetime]]:
+    """[start, end) cut into consecutive ranges of at most INSTANCE_RANGE."""
+    ranges: list[tuple[dt.datetime, dt.datetime]] = []
+    while start < end:
+        ranges.append((start, min(start + INSTANCE_RANGE, end)))
+        start += INSTANCE_RANGE
+    return ranges
 
 
 def _days(pattern: dict[str, Any]) -> list[str]:
@@ -122,16 +143,15 @@ def recurrence_of(patterned: Any) -> common_pb2.Recurrence:
         result.relative_monthly.interval = interval
         result.relative_monthly.days_of_week = _relative_day(_days(pattern))
         result.relative_monthly.week_index = _index(pattern)[0]
-    elif kind in ("absoluteYearly", "relativeYearly"):
-        if interval != 1:
-            raise NormalizationError(f"recurrence.pattern.interval {interval} of a yearly pattern is not 1")
-        if kind == "absoluteYearly":
-            result.absolute_yearly.month = _number(pattern, "month", 1, 12)
-            result.absolute_yearly.day_of_month = _number(pattern, "dayOfMonth", 1, 31)
-        else:
-            result.relative_yearly.month = _number(pattern, "month", 1, 12)
-            result.relative_yearly.days_of_week = _relative_day(_days(pattern))
-            result.relative_yearly.week_index = _index(pattern)[0]
+    elif kind == "absoluteYearly":
+        result.absolute_yearly.interval = interval
+        result.absolute_yearly.month = _number(pattern, "month", 1, 12)
+        result.absolute_yearly.day_of_month = _number(pattern, "dayOfMonth", 1, 31)
+    elif kind == "relativeYearly":
+        result.relative_yearly.interval = interval
+        result.relative_yearly.month = _number(pattern, "month", 1, 12)
+        result.relative_yearly.days_of_week = _relative_day(_days(pattern))
+        result.relative_yearly.week_index = _index(pattern)[0]
     else:
         raise NormalizationError(f"recurrence.pattern.type {kind!r} is unknown")
     result.start_date = _date(boundary.get("startDate"), "startDate").isoformat()
@@ -204,9 +224,10 @@ def complete_master(
     event: calendar_pb2.CalendarEvent,
     master: dict[str, Any],
     instances: list[dict[str, Any]],
-    window: tuple[dt.datetime, dt.datetime],
+    span: tuple[dt.datetime, dt.datetime],
 ) -> None:
-    """Fill `event` (the normalized master) with recurrence, modified and deleted occurrences."""
+    """Fill `event` (the normalized master) with recurrence, modified and deleted occurrences; `instances` are those
+    Graph returned over `span` (series_span), each once."""
     patterned = master.get("recurrence")
     event.recurrence.CopyFrom(recurrence_of(patterned))
     assert isinstance(patterned, dict)
@@ -229,7 +250,7 @@ def complete_master(
         event.modified_occurrences.append(modified)
     first_start, first_end = event.start.ToDatetime(dt.UTC), event.end.ToDatetime(dt.UTC)
     zone = zone_names(str(master.get("originalStartTimeZone") or ""))
-    for start in expected_starts(patterned, first_start, zone, first_end - first_start, *window):
+    for start in expected_starts(patterned, first_start, zone, first_end - first_start, *span):
         if start not in seen:
             event.deleted_occurrences.append(timestamp(start))
 

@@ -15,7 +15,13 @@ from urllib.parse import urlparse
 from tccal.conference_marker import tcs_hosts
 from tccal.config import Config
 from tccal.config.checks import notification_problems
-from tccal.config.schema import GRAPH_CLOUDS, ConferenceDefaults, GraphCalendarProvider, NotificationListen
+from tccal.config.schema import (
+    GRAPH_CLOUDS,
+    ConferenceDefaults,
+    GraphCalendarProvider,
+    MailboxRouting,
+    NotificationListen,
+)
 from tccal.graph_certificate import CertificateError, ClientCertificate, check_private_key, read_certificate
 from tccal.grpckit import GrpcCaller
 from tccal.ingest.tuning import knobs_from_env, refuse_shared_names, unique_users
@@ -78,6 +84,8 @@ class GraphProviderSettings:
     ca_file: str | None
     max_concurrency: int
     users: tuple[str, ...]
+    #: Mail domains whose addresses listed nowhere are synced on demand through this entry (MailboxRouting).
+    domains: tuple[str, ...] = ()
 
     @property
     def authority_url(self) -> str:
@@ -119,6 +127,8 @@ class GraphSettings:
     tuning: Tuning = field(default_factory=Tuning)
     #: How AllocateSeats is called: graph-ingest's service token (derived from grpc.adminToken) and grpc.tls.
     licensing_caller: GrpcCaller = field(default_factory=GrpcCaller)
+    #: Which entry serves an address (an on-demand request is answered only for this service's providers).
+    routing: MailboxRouting = field(default_factory=lambda: MailboxRouting(frozenset(), {}, {}))
 
     @classmethod
     def from_config(cls, config: Config, reveal: Callable[[str], str], tuning: Tuning | None = None) -> GraphSettings:
@@ -141,6 +151,7 @@ class GraphSettings:
                     max_concurrency=provider.max_concurrency,
                     scope=_scope(GRAPH_CLOUDS[provider.cloud][1]),
                     users=unique_users(provider.users),
+                    domains=tuple(dict.fromkeys(provider.domains)),
                     notification_url=provider.notification_url,
                     notification_listen=provider.notification_listen if provider.notification_url else None,
                 )
@@ -161,6 +172,7 @@ class GraphSettings:
             total_providers=len(config.calendar_providers),
             tuning=tuning or Tuning.from_env(),
             licensing_caller=GrpcCaller.for_service(config, SERVICE, reveal),
+            routing=config.mailbox_routing,
         )
 
 

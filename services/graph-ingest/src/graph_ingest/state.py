@@ -4,6 +4,7 @@
 |---|---|
 | `v1.mailbox.<provider>.<mailbox>` | checkpoint: the delta or next link to resume from, sequences, an open re-read |
 | `v1.seats` | the last AllocateSeats answer: `{granted, refused: {mailbox: reason}, at, lease_seconds}` |
+| `v1.ondemand.<mailbox>` | an unlisted mailbox asked for (a claimed domain): `{mailbox, provider, requested_at}` |
 
 Keys and JSON values are those of ews-ingest (tccal.ingest.kv_state). Sequences are never reused
 (tccal.ingest.sequences): before a change would get a sequence above the stored ceiling, the ceiling is raised and

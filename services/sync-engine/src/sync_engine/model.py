@@ -24,6 +24,7 @@ from sync_engine.ids import occurrence_id, set_timestamp, to_datetime
 from sync_engine.recurrence import ExpandedOccurrence, RecurrenceError, expand_event
 from sync_engine.settings import EngineSettings
 from sync_engine.timezones import UnknownTimeZoneError, resolve_zone
+from tccal.cache_window import SERIES_HORIZON
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2, common_pb2
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,9 @@ _UNANSWERED = frozenset(
         common_pb2.RESPONSE_TYPE_NO_RESPONSE_RECEIVED,
     }
 )
-#: How far past the cache window the next occurrence of a series is looked for (conference schedule).
-NEXT_OCCURRENCE_HORIZON = timedelta(days=800)
+#: How far past the cache window the next occurrence of a series is looked for (conference schedule); defined once in
+#: tccal because graph-ingest lists a series' cancelled occurrences up to as far.
+NEXT_OCCURRENCE_HORIZON = SERIES_HORIZON
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ occurrences that overlap a window ``[window_start, window_end)`` of UTC instants
   of those dates in the series' zone. Modified and deleted all-day occurrences are matched by the local
   date of their original start.
 
+A yearly pattern's ``interval`` (years; Microsoft Graph has one, EWS has none) defaults to 1 when unset (0).
+
 Patterns follow Outlook: an absolute day 29-31 in a shorter month (February 29 in a common year) falls on
 the month's last day; relative patterns pick the first..fourth or last day / weekday / weekend day / named
 day of the month (``BYSETPOS``); a weekly pattern's ``first_day_of_week`` is the rule's ``WKST``
@@ -71,7 +73,7 @@ __all__ = [
 #: Largest number of occurrences a series may declare (``number_of_occurrences``) and the largest
 #: number one expansion returns; Outlook itself stops at 999.
 MAX_OCCURRENCES: Final = 10_000
-#: Largest pattern interval accepted (days, weeks or months); Outlook offers at most 999 days.
+#: Largest pattern interval accepted (days, weeks, months or years); Outlook offers at most 999 days.
 MAX_INTERVAL: Final = 1_000
 
 # How far beyond the window (in local wall time) candidates are generated before the exact UTC check:
@@ -280,10 +282,16 @@ def _relative_monthly(pattern: common_pb2.RelativeMonthlyPattern) -> _Pattern:
     )
 
 
+def _yearly_interval(value: int, pattern: str) -> int:
+    """A yearly pattern's interval: 0 (unset: EWS has none, ews-ingest never sends one) is every year."""
+    return 1 if value == 0 else _interval(value, pattern)
+
+
 def _absolute_yearly(pattern: common_pb2.AbsoluteYearlyPattern) -> _Pattern:
     days = _day_of_month(pattern.day_of_month, "absolute_yearly")
     return _Pattern(
         du.YEARLY,
+        _yearly_interval(pattern.interval, "absolute_yearly"),
         bymonth=_month(pattern.month, "absolute_yearly"),
         bymonthday=days,
         bysetpos=-1 if len(days) > 1 else None,
@@ -293,6 +301,7 @@ def _absolute_yearly(pattern: common_pb2.AbsoluteYearlyPattern) -> _Pattern:
 def _relative_yearly(pattern: common_pb2.RelativeYearlyPattern) -> _Pattern:
     return _Pattern(
         du.YEARLY,
+        _yearly_interval(pattern.interval, "relative_yearly"),
         bymonth=_month(pattern.month, "relative_yearly"),
         byweekday=_relative_days(pattern.days_of_week, "relative_yearly"),
         bysetpos=_set_position(pattern.week_index, "relative_yearly"),
@@ -461,7 +470,8 @@ def _fast_forward(rule: RecurrenceRule, dtstart: datetime, target: datetime) -> 
         year, month0 = divmod(first_month + months, 12)
         moved = date(year, month0 + 1, 1)
     else:
-        moved = date(target.year, 1, 1)
+        years = (target.year - dtstart.year) // rule.interval * rule.interval
+        moved = date(dtstart.year + years, 1, 1)
     # The first period keeps the original start (occurrences before it in that period do not exist).
     return datetime.combine(moved, dtstart.time()) if moved > dtstart.date() else dtstart
 

@@ -9,7 +9,7 @@
   (graph-ingest would refuse to start);
 * warnings - everything starts, but some TrueConf Server cannot use it (an entry on one side only), or secrets
   and calendars would cross the network in clear (EWS over http, PostgreSQL beyond loopback with sslMode disable),
-  or a mailbox is listed under both an EWS and a Graph provider.
+  or a mailbox is listed under both an EWS and a Graph provider, or a mail domain under two Graph providers.
 """
 
 from __future__ import annotations
@@ -136,7 +136,8 @@ def transport_warnings(config: Config) -> list[ConfigProblem]:
 def provider_warnings(config: Config) -> list[ConfigProblem]:
     """A mailbox listed under an EWS and a Graph provider would be read by both ews-ingest and graph-ingest: two
     copies of every meeting, under two provider names (hybrid: on-premises mailboxes through EWS, cloud ones through
-    Graph - each mailbox in one place)."""
+    Graph - each mailbox in one place). A mail domain claimed by two Graph providers: the first one serves its
+    on-demand mailboxes (tccal.config.schema.MailboxRouting)."""
     ews = {user: index for index, provider in config.ews_providers for user in provider.users}
     warnings: list[ConfigProblem] = []
     for index, provider in config.graph_providers:
@@ -149,6 +150,18 @@ def provider_warnings(config: Config) -> list[ConfigProblem]:
                         "ews-ingest and graph-ingest would sync it; list each mailbox under one provider",
                     )
                 )
+    claimed: dict[str, int] = {}
+    for index, provider in config.graph_providers:
+        for number, domain in enumerate(provider.domains):
+            if domain in claimed and claimed[domain] != index:
+                warnings.append(
+                    ConfigProblem(
+                        f"calendarProviders[{index}].domains[{number}]",
+                        f"{domain!r} is also claimed by the Graph provider calendarProviders[{claimed[domain]}], "
+                        "which serves its on-demand mailboxes; give each domain to one tenant",
+                    )
+                )
+            claimed.setdefault(domain, index)
     return warnings
 
 

@@ -7,6 +7,8 @@ Keys are spelled as in the TrueConf Calendar Connector guide (camelCase). Every 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator
@@ -40,6 +42,15 @@ def _email(value: Any) -> str:
     return value.lower()
 
 
+_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]")
+
+
+def _mail_domain(value: Any) -> str:
+    if not isinstance(value, str) or not _DOMAIN.fullmatch(value.strip().lower()):
+        raise PydanticCustomError("mail_domain", "is not a mail domain (contoso.com, no @)")
+    return value.strip().lower()
+
+
 def _server_id(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9.\-_]+#vcs", value):
         raise PydanticCustomError("server_id", "is not a TrueConf Server id (name#vcs)")
@@ -70,6 +81,7 @@ def _path(value: Any) -> str:
 Port = Annotated[int, BeforeValidator(_port)]
 PortOrZero = Annotated[int, BeforeValidator(_port_or_zero)]
 Email = Annotated[str, BeforeValidator(_email)]
+MailDomain = Annotated[str, BeforeValidator(_mail_domain)]
 ServerId = Annotated[str, BeforeValidator(_server_id)]
 UrlPath = Annotated[str, BeforeValidator(_path)]
 Guid = Annotated[str, BeforeValidator(_guid)]
@@ -230,6 +242,11 @@ class GraphCalendarProvider(_Section):
         description="The local address of the change-notification receiver (used with notificationUrl).",
     )
     users: list[Email] = Field(default_factory=list, description="Mailboxes synced at start, first in line for seats.")
+    domains: list[MailDomain] = Field(
+        default_factory=list,
+        description="Mail domains of the tenant: a TrueConf user listed in no entry's users whose address is in one "
+        "of them is synced on demand through this entry (mailboxes an EWS entry lists stay with EWS).",
+    )
 
     @model_validator(mode="after")
     def _one_credential(self) -> GraphCalendarProvider:
@@ -512,6 +529,43 @@ class Config(_Section):
     def graph_providers(self) -> list[tuple[int, GraphCalendarProvider]]:
         """(index in calendarProviders, entry) of the Microsoft Graph providers."""
         return [(i, p) for i, p in enumerate(self.calendar_providers) if isinstance(p, GraphCalendarProvider)]
+
+    @property
+    def mailbox_routing(self) -> MailboxRouting:
+        """Which entries serve which addresses (ews-ingest and graph-ingest decide by this one rule)."""
+        graph_users: dict[str, str] = {}
+        graph_domains: dict[str, str] = {}
+        for _, provider in self.graph_providers:
+            for user in provider.users:
+                graph_users.setdefault(user, provider.provider_name)
+            for domain in provider.domains:
+                graph_domains.setdefault(domain, provider.provider_name)
+        ews_users = frozenset(user for _, provider in self.ews_providers for user in provider.users)
+        return MailboxRouting(ews_users, graph_users, graph_domains)
+
+
+@dataclass(frozen=True)
+class MailboxRouting:
+    """Which calendarProviders entry serves an address. An entry listing it in `users` does (a Graph entry first:
+    `config check` warns about a mailbox listed on both sides); an address no entry lists belongs to the first Graph
+    entry whose `domains` hold its domain (on demand, through graph-ingest), else to EWS (ews-ingest's on-demand
+    search over its providers)."""
+
+    ews_users: frozenset[str]
+    #: address -> name of the Graph provider listing it
+    graph_users: Mapping[str, str]
+    #: mail domain -> name of the first Graph provider claiming it
+    graph_domains: Mapping[str, str]
+
+    def graph_provider(self, address: str) -> str | None:
+        """The Graph provider serving `address`, or None when it is EWS's."""
+        address = address.strip().lower()
+        listed = self.graph_users.get(address)
+        if listed is not None:
+            return listed
+        if address in self.ews_users:
+            return None
+        return self.graph_domains.get(address.rpartition("@")[2])
 
 
 def iter_secrets(model: BaseModel, prefix: str = "") -> list[tuple[str, str]]:

@@ -2,8 +2,9 @@
 
 Tokens are the lower-cased text with every character outside `[a-z0-9_-]` written as `=XX` (UTF-8 bytes in hex),
 so `anna@example.com` is `anna=40example=2ecom`. Both ingest services keep a checkpoint per mailbox under
-`v1.mailbox.<provider>.<mailbox>` and the last AllocateSeats answer under `v1.seats`
-(`{granted, refused: {mailbox: reason}, at, lease_seconds}`).
+`v1.mailbox.<provider>.<mailbox>`, the last AllocateSeats answer under `v1.seats`
+(`{granted, refused: {mailbox: reason}, at, lease_seconds}`) and the mailboxes TrueConf asked for on demand under
+`v1.ondemand.<mailbox>` (`{mailbox, provider, requested_at}`).
 """
 
 from __future__ import annotations
@@ -103,3 +104,33 @@ class CheckpointKV(JsonKV, Generic[C]):
 
     async def save_checkpoint(self, checkpoint: C) -> None:
         await self._put(mailbox_key(checkpoint.provider, checkpoint.mailbox), asdict(checkpoint))
+
+    # ---------------------------------------------------------------- on-demand mailboxes (`v1.ondemand.<mailbox>`)
+    async def load_on_demand(self) -> dict[str, str]:
+        """On-demand mailboxes (mailbox → provider name) asked for earlier."""
+        kv = await self.kv()
+        watcher: Any = await kv.watch("v1.ondemand.>", ignore_deletes=True)  # nats-py leaves it untyped
+        out: dict[str, str] = {}
+        try:
+            while True:
+                entry = await watcher.updates(timeout=5)
+                if entry is None:  # the end of the stored values
+                    break
+                data = json.loads(entry.value) if entry.value else None
+                if (
+                    isinstance(data, dict)
+                    and isinstance(data.get("mailbox"), str)
+                    and isinstance(data.get("provider"), str)
+                ):
+                    out[data["mailbox"]] = data["provider"]
+        finally:
+            await watcher.stop()
+        return out
+
+    async def save_on_demand(self, mailbox: str, provider: str) -> None:
+        await self._put(
+            f"v1.ondemand.{key_token(mailbox)}", {"mailbox": mailbox, "provider": provider, "requested_at": now_text()}
+        )
+
+    async def forget_on_demand(self, mailbox: str) -> None:
+        await self._delete(f"v1.ondemand.{key_token(mailbox)}")
