@@ -10,6 +10,7 @@ import html
 import math
 import time
 
+import pytest
 from dashboard_preview.dashboard import Dashboard, load_dashboard
 from dashboard_preview.prometheus import Prometheus, prometheus_binary, running_prometheus
 from dashboard_preview.query import query_dashboard
@@ -37,6 +38,7 @@ def numbers(result: TargetResult) -> list[float]:
     return [v for s in result.series for _, v in s.points if not math.isnan(v)]
 
 
+@pytest.mark.timeout(480)
 def test_every_dashboard_query_answers_from_a_real_run() -> None:
     assert prometheus_binary(), "no `prometheus` on PATH: install Debian's package prometheus (.ci/run does)"
     dashboard: Dashboard = load_dashboard(DASHBOARD)
@@ -51,7 +53,9 @@ def test_every_dashboard_query_answers_from_a_real_run() -> None:
             assert traffic.created >= 3
             wait_until(
                 lambda: (scalar(prometheus, "sum(tcs_gateway_propagation_seconds_count)") or 0) >= traffic.created,
-                60,
+                # generous: seen once, tcs-gateway's bridge reads (ListEvents) were refused UNAUTHENTICATED for
+                # ~90 s after start and its pushes waited meanwhile; this test is about the queries, not that
+                180,
                 "every written meeting's propagation scraped",
             )
             wait_until(
