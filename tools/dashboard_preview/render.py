@@ -149,7 +149,7 @@ def timeseries_svg(
     axes.set_ylim(bottom=0)
     clock = "%H:%M:%S" if window[1] - window[0] < 30 * 60 else "%H:%M"
     axes.xaxis.set_major_formatter(FuncFormatter(lambda t, _: datetime.fromtimestamp(t, UTC).strftime(clock)))
-    axes.xaxis.set_major_locator(MaxNLocator(6 if width > 700 else 4, steps=[1, 2, 3, 6, 10]))
+    axes.xaxis.set_major_locator(MaxNLocator(6 if width > 700 else 4, steps=[1, 2, 3, 6, 10], prune="lower"))
     axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _: format_value(v, panel.unit)))
     axes.yaxis.set_major_locator(MaxNLocator(5))
     axes.grid(color=BORDER, linewidth=0.8)
@@ -216,10 +216,12 @@ def _sparkline(series: Series, width: int, height: int, stroke: str) -> str:
         return ""
     t0, t1 = numbers[0][0], numbers[-1][0]
     v0, v1 = min(v for _, v in numbers), max(v for _, v in numbers)
-    span_t, span_v = (t1 - t0) or 1.0, (v1 - v0) or 1.0
-    points = " ".join(
-        f"{(t - t0) / span_t * width:.1f},{height - (v - v0) / span_v * height * 0.9:.1f}" for t, v in numbers
-    )
+    span_t = (t1 - t0) or 1.0
+
+    def y(v: float) -> float:  # a constant series runs through the middle, as Grafana draws it
+        return height / 2 if v1 == v0 else height - (v - v0) / (v1 - v0) * height * 0.9
+
+    points = " ".join(f"{(t - t0) / span_t * width:.1f},{y(v):.1f}" for t, v in numbers)
     area = f"0,{height} {points} {width},{height}"
     return (
         f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}"'
