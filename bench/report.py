@@ -370,11 +370,14 @@ def reference_rows(found: Mapping[str, list[Result]]) -> list[str]:
 
 def build_report(results_dir: Path, found: Mapping[str, list[Result]], since: str | None, now: dt.datetime) -> str:
     window = f", results written since {since}" if since else ""
+    shown = results_dir.resolve()
+    if shown.is_relative_to(Path.cwd()):
+        shown = shown.relative_to(Path.cwd())
     return "\n".join(
         [
             f"# Benchmark report — {now.strftime('%Y-%m-%d %H:%M:%S')} UTC",
             "",
-            f"Newest result of each kind in `{results_dir}`{window}. Verdicts are computed from the result's "
+            f"Newest result of each kind in `{shown}`{window}. Verdicts are computed from the result's "
             "figures; a row measured below the issue's size says so. Last turn's figures are issue #21's.",
             "",
             "## Issue #21: performance at the limits",
