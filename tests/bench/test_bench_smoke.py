@@ -10,15 +10,9 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench.py"
 
 
-def test_bench_smoke_writes_well_formed_results(tmp_path: Path) -> None:
-    run = subprocess.run(
-        [sys.executable, str(BENCH), "--out", str(tmp_path), "smoke"],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    results = {path.name.split("-")[0]: json.loads(path.read_text()) for path in sorted(tmp_path.glob("*.json"))}
+def test_bench_smoke_writes_well_formed_results(smoke_results: Path) -> None:
+    """`bench.py smoke` (run once for tests/bench by the smoke_results fixture) wrote three results."""
+    results = {path.name.split("-")[0]: json.loads(path.read_text()) for path in sorted(smoke_results.glob("*.json"))}
     assert sorted(results) == ["engine", "initial", "live"], sorted(results)
     for result in results.values():
         assert result["machine"]["cores"] >= 1
@@ -37,7 +31,7 @@ def test_bench_smoke_writes_well_formed_results(tmp_path: Path) -> None:
     engine = results["engine"]
     assert engine["rows_written"]["items"] == engine["changes"]
     assert engine["engine_changes_per_s"] > 0 and engine["raw_changes_per_s"] > 0
-    assert len(list(tmp_path.glob("*.md"))) == 3
+    assert len(list(smoke_results.glob("*.md"))) == 3
 
 
 GRAPH_BENCH = BENCH.parent / "bench_graph.py"

@@ -1,0 +1,444 @@
+"""One report of issue #21's figures: each beside last turn's figure and the target, with a verdict.
+
+    .venv/bin/python bench/report.py [--results bench/results] [--out DIR] [--since 20261206T030000Z]
+
+Reads the newest result JSON of each kind in `--results` (`<kind>[-<size>...]-<utc stamp>.json`, as every
+benchmark writes them), computes met / not met from the numbers in it, names the file each figure came from and
+says "not run" for a kind without a result; nothing is filled in that a result does not hold. Below issue #21's
+rows, the other benchmarks' newest figures (propagation, idle load, footprint, Graph, scale-out) for reference.
+Prints the report and writes it to `<out>/report-<utc stamp>.md`. `make bench` runs the benchmarks and then this.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RESULT_NAME = re.compile(r"^(?P<kind>[a-z]+(?:-[a-z]+)*)(?P<size>(?:-\d+)*)-(?P<stamp>\d{8}T\d{6}Z)\.json$")
+STAMP = re.compile(r"^\d{8}T\d{6}Z$")
+FRAME_LIMIT_BYTES = 1_048_576  # docs/bridge-protocol.md: no frame over 1 MiB
+SERVICES = ("ews-ingest", "sync-engine", "tcs-gateway", "licensing")
+T = TypeVar("T")
+
+
+class MissingFigureError(Exception):
+    """A result file does not hold a figure a row needs (an older format, or a part that was skipped)."""
+
+
+@dataclass(frozen=True)
+class Result:
+    kind: str
+    stamp: str
+    path: Path
+    data: Mapping[str, Any]
+
+
+def read_results(directory: Path) -> dict[str, list[Result]]:
+    """Every benchmark result in `directory` by kind, newest first (by the stamp in its name)."""
+    found: dict[str, list[Result]] = {}
+    for path in directory.glob("*.json"):
+        match = RESULT_NAME.match(path.name)
+        if match is None:
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise click.ClickException(f"{path} is not JSON: {error}") from error
+        found.setdefault(match["kind"], []).append(Result(match["kind"], match["stamp"], path, data))
+    for results in found.values():
+        results.sort(key=lambda r: (r.stamp, r.path.name), reverse=True)
+    return found
+
+
+def figure(data: Mapping[str, Any], *keys: str) -> Any:
+    """data[k1][k2]... or MissingFigureError when any step is absent or null."""
+    value: Any = data
+    for key in keys:
+        if not isinstance(value, Mapping) or value.get(key) is None:
+            raise MissingFigureError(".".join(keys))
+        value = value[key]
+    return value
+
+
+def number(data: Mapping[str, Any], *keys: str) -> float:
+    value = figure(data, *keys)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MissingFigureError(f"{'.'.join(keys)} is {value!r}, not a number")
+    return float(value)
+
+
+def secs(value: float) -> str:
+    return f"{value:.2f} s"
+
+
+def count(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+# ------------------------------------------------------------------------------------------ issue #21's rows
+@dataclass(frozen=True)
+class Measured:
+    text: str  # the figures, as read from the result
+    met: bool
+    size: str  # the size it was measured at
+    full_size: bool  # at the issue's size or above
+
+
+@dataclass(frozen=True)
+class Point:
+    number: str
+    what: str
+    last_turn: str  # issue #21's text: the figures measured before it
+    target: str
+    issue_size: str
+    kind: str
+    measure: Callable[[Mapping[str, Any]], Measured]
+
+
+def initial_sync(d: Mapping[str, Any]) -> Measured:
+    ratio, connector, raw = number(d, "ratio"), number(d, "connector_s"), number(d, "baseline_raw_exchangelib_s")
+    mailboxes, meetings = number(d, "mailboxes"), number(d, "meetings_per_mailbox")
+    return Measured(
+        f"{ratio:.2f}× ({connector:.1f} s vs {raw:.1f} s)",
+        ratio <= 1.1,
+        f"{count(mailboxes)} × {count(meetings)}",
+        mailboxes >= 2000 and meetings >= 25,
+    )
+
+
+def engine(d: Mapping[str, Any]) -> Measured:
+    ratio, rate, changes = number(d, "ratio_to_raw"), number(d, "engine_changes_per_s"), number(d, "changes")
+    return Measured(
+        f"{ratio:.2f} of raw, {count(rate)} changes/s",
+        ratio >= 0.5 and rate >= 2000,
+        f"{count(changes)} changes",
+        changes >= 5000,
+    )
+
+
+def burst(d: Mapping[str, Any]) -> Measured:
+    create = figure(d, "propagation", "connector", "create")
+    p50, p99, top, n = number(create, "p50"), number(create, "p99"), number(create, "max"), number(create, "n")
+    sent_in = number(d, "propagation", "connector", "burst", "sent_in_s")
+    mailboxes = number(d, "mailboxes")
+    return Measured(
+        f"p50 {secs(p50)}, p99 {secs(p99)}, max {secs(top)} ({count(n)} creates, sent in {sent_in:.0f} s)",
+        p99 <= 5.0,
+        f"{count(mailboxes)} mailboxes",
+        mailboxes >= 2000,
+    )
+
+
+def lone_meeting(d: Mapping[str, Any]) -> Measured:
+    lone, mailboxes = number(d, "propagation", "connector", "lone_create_during_burst_s"), number(d, "mailboxes")
+    return Measured(secs(lone), lone <= 1.0, f"burst of {count(mailboxes)}", mailboxes >= 2000)
+
+
+def large_calendar(d: Mapping[str, Any]) -> Measured:
+    large = figure(d, "large_calendar")
+    median, pages, largest = number(large, "median_s"), number(large, "pages"), number(large, "largest_frame_bytes")
+    events, occurrences = number(large, "events"), number(d, "occurrences")
+    runs = len(figure(large, "seconds"))
+    return Measured(
+        f"{secs(median)} (median of {runs}), {count(events)} events in {count(pages)} pages, "
+        f"largest frame {count(largest)} B",
+        median <= 1.0 and largest <= FRAME_LIMIT_BYTES and events == occurrences,
+        f"{count(occurrences)} occurrences",
+        occurrences >= 20_000,
+    )
+
+
+def reconnect(d: Mapping[str, Any]) -> Measured:
+    again, first = number(d, "reconnect", "reconnect_s"), number(d, "reconnect", "first_connect_s")
+    errors, users, meetings = number(d, "reconnect", "protocol_errors"), number(d, "users"), number(d, "meetings")
+    return Measured(
+        f"{secs(again)} (first connection {secs(first)}), {count(errors)} protocol errors",
+        again <= 30.0 and errors == 0,
+        f"{count(users)} users × {count(meetings)}",
+        users >= 2000,
+    )
+
+
+POINTS = (
+    Point(
+        "1",
+        "initial sync: connector until all is in TrueConf ÷ raw exchangelib read",
+        "1.76× (223 s vs 127 s)",
+        "≤ 1.1×",
+        "2,000 × 25",
+        "initial-sync",
+        initial_sync,
+    ),
+    Point(
+        "2",
+        "sync-engine drain ÷ raw asyncpg writes of the same rows",
+        "0.40 of raw, 2,263 changes/s",
+        "≥ 0.5 of raw and ≥ 2,000 changes/s",
+        "5,000 changes",
+        "engine",
+        engine,
+    ),
+    Point(
+        "3a",
+        "a burst of one new meeting (CreateItem) in each mailbox → TrueConf",
+        "2,000: p50 15.9 s, max 30.7 s; 500: p50 3.7 s, p99 7.0 s",
+        "p99 ≤ 5 s",
+        "2,000 mailboxes",
+        "live",
+        burst,
+    ),
+    Point(
+        "3b",
+        "one new meeting in another mailbox during the burst → TrueConf",
+        "not measured",
+        "≤ 1 s",
+        "burst of 2,000",
+        "live",
+        lone_meeting,
+    ),
+    Point(
+        "4a",
+        "one user's whole calendar: every page of getCalendarList",
+        "~11,000 occurrences: over 1 MiB, refused as frame too large",
+        "≤ 1 s, no frame over 1 MiB",
+        "20,000 occurrences",
+        "callist",
+        large_calendar,
+    ),
+    Point(
+        "4b",
+        "reconnect: every user's snapshot and getCalendarList answered",
+        "over 30 s (a reconnect's lists, ~11,000 occurrences)",
+        "≤ 30 s",
+        "2,000 users",
+        "callist",
+        reconnect,
+    ),
+)
+
+
+def newest_holding(results: Iterable[Result], measure: Callable[[Mapping[str, Any]], T]) -> tuple[Result, T] | str:
+    """The newest result that holds the figures `measure` reads and what it read, or why none holds them."""
+    missing = ""
+    for result in results:
+        try:
+            return result, measure(result.data)
+        except MissingFigureError as error:
+            missing = missing or f"{result.path.name} has no {error}"
+    return missing
+
+
+def source(result: Result) -> str:
+    cores = result.data.get("machine", {}).get("cores")
+    return f"`{result.path.name}`" + (f" ({cores} cores)" if cores else "")
+
+
+def not_run(kind: str, since: str | None, every: list[Result]) -> str:
+    if since is None or not every:
+        return f"not run (no {kind} result)"
+    return f"not run since {since} (newest {kind}: `{every[0].path.name}`)"
+
+
+ISSUE_HEADER = (
+    "| # | what | last turn (issue #21) | target | now | measured at | verdict | result |",
+    "|---|---|---|---|---|---|---|---|",
+)
+
+
+def issue_row(point: Point, found: Mapping[str, list[Result]], since: str | None) -> tuple[str, bool]:
+    """The point's table row, and whether a result held its figures (False: "not run")."""
+    every = found.get(point.kind, [])
+    results = [r for r in every if since is None or r.stamp >= since]
+    head = f"| {point.number} | {point.what} | {point.last_turn} | {point.target} at {point.issue_size}"
+    if not results:
+        return f"{head} | {not_run(point.kind, since, every)} | | not run | |", False
+    held = newest_holding(results, point.measure)
+    if isinstance(held, str):
+        return f"{head} | not in any {point.kind} result ({held}) | | not run | |", False
+    result, measured = held
+    verdict = "met" if measured.met else "not met"
+    if not measured.full_size:
+        verdict += f" (below the issue's {point.issue_size})"
+    return f"{head} | {measured.text} | {measured.size} | {verdict} | {source(result)} |", True
+
+
+# ------------------------------------------------------------------------------------------ reference rows
+def live_propagation(d: Mapping[str, Any]) -> str:
+    update = figure(d, "propagation", "connector", "update")
+    return (
+        f"{count(number(d, 'mailboxes'))} mailboxes: UpdateItem p50 {secs(number(update, 'p50'))}, "
+        f"p99 {secs(number(update, 'p99'))} (n {count(number(update, 'n'))}); "
+        f"polling baseline p50 {secs(number(d, 'propagation', 'baseline_polling', 'update', 'p50'))}"
+    )
+
+
+def live_idle(d: Mapping[str, Any]) -> str:
+    return (
+        f"{number(d, 'idle', 'connector_per_mailbox_hour')} EWS requests per mailbox-hour "
+        f"(baseline {number(d, 'idle', 'baseline_per_mailbox_hour')})"
+    )
+
+
+def footprint(d: Mapping[str, Any]) -> str:
+    idle, load = figure(d, "rss_mib", "idle"), figure(d, "rss_mib", "load")
+    idle_total = sum(number(idle, name) for name in SERVICES)
+    load_total = sum(number(load, name) for name in SERVICES)
+    return f"four services {idle_total:.0f} MiB idle, {load_total:.0f} MiB under load"
+
+
+def idle_compressed(d: Mapping[str, Any]) -> str:
+    return (
+        f"{count(number(d, 'mailboxes_synced'))} mailboxes: "
+        f"{number(d, 'scaled_to_default_tuning_per_mailbox_hour')} EWS requests per mailbox-hour "
+        f"(measured with compressed timings, scaled to the defaults)"
+    )
+
+
+def graph_propagation(d: Mapping[str, Any]) -> str:
+    latency = figure(d, "latency_s")
+    notified = figure(latency, "notifications")
+    polled = [name for name in latency if name != "notifications"]
+    if not polled:
+        raise MissingFigureError("latency_s of the polling run")
+    return (
+        f"{count(number(d, 'events'))} events: notifications p50 {secs(number(notified, 'p50'))}, "
+        f"p99 {secs(number(notified, 'p99'))}; {polled[0]} p50 {secs(number(latency, polled[0], 'p50'))}"
+    )
+
+
+def graph_idle(d: Mapping[str, Any]) -> str:
+    return (
+        f"{count(number(d, 'mailboxes'))} mailboxes: Graph requests per mailbox-hour "
+        f"{number(d, 'notifications', 'scaled_to_default_tuning_per_mailbox_hour')} with notifications, "
+        f"{number(d, 'polling', 'scaled_to_default_tuning_per_mailbox_hour')} polling"
+    )
+
+
+def graph_initial_sync(d: Mapping[str, Any]) -> str:
+    return (
+        f"{count(number(d, 'mailboxes'))} × {count(number(d, 'events_per_mailbox'))}: "
+        f"{number(d, 'ratio'):.2f}× ({number(d, 'connector_s'):.1f} s vs msgraph-sdk "
+        f"{number(d, 'baseline_msgraph_sdk_s'):.1f} s)"
+    )
+
+
+def scale_out(d: Mapping[str, Any]) -> str:
+    phases = [("one_replica", "1 replica"), ("three_replicas", "3 replicas")]
+    if "one_replica_again" in d:
+        phases.append(("one_replica_again", "1 again"))
+    parts = [
+        f"{label} p50 {secs(number(d, key, 'update', 'p50'))}, p99 {secs(number(d, key, 'update', 'p99'))}"
+        for key, label in phases
+    ]
+    return f"{count(number(d, 'mailboxes'))} mailboxes: " + "; ".join(parts)
+
+
+REFERENCES: tuple[tuple[str, str, Callable[[Mapping[str, Any]], str]], ...] = (
+    ("propagation (UpdateItem → TrueConf)", "live", live_propagation),
+    ("Exchange load at idle", "live", live_idle),
+    ("Exchange load at idle, compressed timings", "idle", idle_compressed),
+    ("footprint (RSS)", "live", footprint),
+    ("Graph propagation", "graph-propagation", graph_propagation),
+    ("Graph load at idle", "graph-idle", graph_idle),
+    ("Graph initial sync ÷ msgraph-sdk", "graph-initial-sync", graph_initial_sync),
+    ("scale-out: ews-ingest replicas", "scale", scale_out),
+)
+
+
+def reference_rows(found: Mapping[str, list[Result]]) -> list[str]:
+    rows = ["| benchmark | newest figures | result |", "|---|---|---|"]
+    for what, kind, measure in REFERENCES:
+        results = found.get(kind, [])
+        if not results:
+            rows.append(f"| {what} | not run (no {kind} result) | |")
+            continue
+        held = newest_holding(results, measure)
+        if isinstance(held, str):
+            rows.append(f"| {what} | not in any {kind} result ({held}) | |")
+        else:
+            rows.append(f"| {what} | {held[1]} | {source(held[0])} |")
+    return rows
+
+
+def build_report(results_dir: Path, found: Mapping[str, list[Result]], since: str | None, now: dt.datetime) -> str:
+    window = f", results written since {since}" if since else ""
+    shown = results_dir.resolve()
+    if shown.is_relative_to(Path.cwd()):
+        shown = shown.relative_to(Path.cwd())
+    return "\n".join(
+        [
+            f"# Benchmark report — {now.strftime('%Y-%m-%d %H:%M:%S')} UTC",
+            "",
+            f"Newest result of each kind in `{shown}`{window}. Verdicts are computed from the result's "
+            "figures; a row measured below the issue's size says so. Last turn's figures are issue #21's.",
+            "",
+            "## Issue #21: performance at the limits",
+            "",
+            *ISSUE_HEADER,
+            *(issue_row(point, found, since)[0] for point in POINTS),
+            "",
+            "## Other benchmarks, for reference (newest of each kind)",
+            "",
+            *reference_rows(found),
+            "",
+        ]
+    )
+
+
+def check_stamp(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not STAMP.match(value):
+        raise click.BadParameter(f"{value!r} is not a UTC stamp like 20261206T030000Z")
+    return value
+
+
+@click.command(help=__doc__)
+@click.option(
+    "--results",
+    "results_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=RESULTS,
+    show_default=True,
+    help="directory of the benchmarks' result JSON files",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="where report-<stamp>.md is written (default: --results)",
+)
+@click.option(
+    "--since",
+    callback=check_stamp,
+    default=None,
+    help="issue #21's rows count only results stamped at or after this UTC stamp (make bench: its start)",
+)
+@click.option(
+    "--require-all",
+    is_flag=True,
+    help="exit with status 1 when one of issue #21's rows is not run (after writing the report)",
+)
+def main(results_dir: Path, out_dir: Path | None, since: str | None, require_all: bool) -> None:
+    now = dt.datetime.now(dt.UTC)
+    found = read_results(results_dir)
+    report = build_report(results_dir, found, since, now)
+    target = (out_dir or results_dir) / f"report-{now.strftime('%Y%m%dT%H%M%SZ')}.md"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(report)
+    click.echo(report)
+    click.echo(f"written: {target}")
+    absent = [point.number for point in POINTS if not issue_row(point, found, since)[1]]
+    if require_all and absent:
+        raise click.ClickException(f"issue #21's rows {', '.join(absent)} are not run")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""bench/report.py puts the figures of real benchmark results beside issue #21's and says "not run" for the rest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+ISSUE_POINTS = ["1", "2", "3a", "3b", "4a", "4b"]
+
+
+def report(results: Path, *options: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Run bench/report.py over `results`; its exit, and the report-*.md it wrote there."""
+    run = subprocess.run(
+        [sys.executable, str(BENCH / "report.py"), "--results", str(results), *options],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    written = sorted(results.glob("report-*.md"))
+    assert len(written) == 1, (run.stdout, run.stderr)
+    text = written[0].read_text()
+    written[0].unlink()
+    return run, text
+
+
+def table(text: str, header: str) -> dict[str, list[str]]:
+    """Rows of the Markdown table after the line starting `header`, by their first cell."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows: dict[str, list[str]] = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip()[1:-1].split("|")]
+        rows[cells[0]] = cells
+    return rows
+
+
+def issue_table(text: str) -> dict[str, list[str]]:
+    return table(text, "| # | what |")
+
+
+def reference_table(text: str) -> dict[str, list[str]]:
+    return table(text, "| benchmark |")
+
+
+def newest(results: Path, pattern: str) -> tuple[str, dict[str, Any]]:
+    path = sorted(results.glob(pattern))[-1]
+    return path.name, json.loads(path.read_text())
+
+
+def verdict(met: bool, full_size: str | None) -> str:
+    return ("met" if met else "not met") + (f" (below the issue's {full_size})" if full_size else "")
+
+
+def test_report_puts_the_smoke_runs_figures_beside_last_turn_and_says_not_run_for_missing_kinds(
+    smoke_results: Path, tmp_path: Path
+) -> None:
+    for path in smoke_results.glob("*.json"):
+        shutil.copy(path, tmp_path)
+    run, text = report(tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert text in run.stdout
+    rows = issue_table(text)
+    assert sorted(rows) == sorted(ISSUE_POINTS), rows
+
+    name, initial = newest(tmp_path, "initial-sync-*.json")
+    _, _, last, target, now, size, said, source = rows["1"]
+    assert last == "1.76× (223 s vs 127 s)" and target == "≤ 1.1× at 2,000 × 25"
+    assert (
+        now
+        == f"{initial['ratio']:.2f}× ({initial['connector_s']:.1f} s vs {initial['baseline_raw_exchangelib_s']:.1f} s)"
+    )
+    assert size == f"{initial['mailboxes']} × {initial['meetings_per_mailbox']}"
+    assert said == verdict(initial["ratio"] <= 1.1, "2,000 × 25")
+    assert source.startswith(f"`{name}`")
+
+    name, engine = newest(tmp_path, "engine-*.json")
+    _, _, last, target, now, size, said, source = rows["2"]
+    assert last == "0.40 of raw, 2,263 changes/s" and target.startswith("≥ 0.5 of raw and ≥ 2,000 changes/s")
+    assert now == f"{engine['ratio_to_raw']:.2f} of raw, {engine['engine_changes_per_s']:,.0f} changes/s"
+    assert size == f"{engine['changes']} changes"
+    met = engine["ratio_to_raw"] >= 0.5 and engine["engine_changes_per_s"] >= 2000
+    assert said == verdict(met, "5,000 changes")
+    assert source.startswith(f"`{name}`")
+
+    name, live = newest(tmp_path, "live-*.json")
+    create = live["propagation"]["connector"]["create"]
+    _, _, last, target, now, size, said, source = rows["3a"]
+    assert (
+        last == "2,000: p50 15.9 s, max 30.7 s; 500: p50 3.7 s, p99 7.0 s" and target == "p99 ≤ 5 s at 2,000 mailboxes"
+    )
+    assert now.startswith(f"p50 {create['p50']:.2f} s, p99 {create['p99']:.2f} s, max {create['max']:.2f} s ")
+    assert f"({create['n']} creates, sent in " in now
+    assert size == f"{live['mailboxes']} mailboxes"
+    assert said == verdict(create["p99"] <= 5.0, "2,000 mailboxes")
+    assert source.startswith(f"`{name}`")
+    lone = live["propagation"]["connector"]["lone_create_during_burst_s"]
+    _, _, last, target, now, size, said, source = rows["3b"]
+    assert (last, target, now) == ("not measured", "≤ 1 s at burst of 2,000", f"{lone:.2f} s")
+    assert said == verdict(lone <= 1.0, "burst of 2,000") and source.startswith(f"`{name}`")
+
+    for point in ("4a", "4b"):  # the smoke run has no getCalendarList benchmark
+        _, _, last, _, now, size, said, source = rows[point]
+        assert last.startswith(("~11,000 occurrences", "over 30 s"))
+        assert (now, size, said, source) == ("not run (no callist result)", "", "not run", ""), rows[point]
+
+    references = reference_table(text)
+    update = live["propagation"]["connector"]["update"]
+    propagation = references["propagation (UpdateItem → TrueConf)"]
+    assert f"UpdateItem p50 {update['p50']:.2f} s, p99 {update['p99']:.2f} s" in propagation[1]
+    assert propagation[2].startswith(f"`{name}`")
+    assert references["Exchange load at idle"][1].startswith(f"{live['idle']['connector_per_mailbox_hour']} EWS")
+    for missing, kind in [
+        ("Exchange load at idle, compressed timings", "idle"),
+        ("Graph propagation", "graph-propagation"),
+        ("Graph load at idle", "graph-idle"),
+        ("Graph initial sync ÷ msgraph-sdk", "graph-initial-sync"),
+        ("scale-out: ews-ingest replicas", "scale"),
+    ]:
+        assert references[missing][1:] == [f"not run (no {kind} result)", ""], references[missing]
+
+    # Results older than --since do not count for issue #21's rows; --require-all then fails after writing it.
+    run, text = report(tmp_path, "--since", "29991231T000000Z", "--require-all")
+    assert run.returncode == 1 and "rows 1, 2, 3a, 3b, 4a, 4b are not run" in run.stderr
+    rows = issue_table(text)
+    assert all(rows[point][6] == "not run" for point in ISSUE_POINTS), rows
+    assert rows["1"][4] == f"not run since 29991231T000000Z (newest initial-sync: `{newest(tmp_path, 'initial-*')[0]}`)"
+
+
+def callist(out: Path, users: int) -> Path:
+    """bench_callist.py at 300 occurrences (one run) and `users` users × 2 meetings; its result file."""
+    run = subprocess.run(
+        [
+            *(sys.executable, str(BENCH / "bench_callist.py"), "--occurrences", "300", "--users", str(users)),
+            *("--meetings", "2", "--runs", "1", "--out", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return next(out.glob(f"callist-300-{users}-*.json"))
+
+
+def test_report_reads_the_calendar_list_rows_from_a_callist_run(tmp_path: Path) -> None:
+    name, callist_result = newest(tmp_path, callist(tmp_path, 3).name)
+    run, text = report(tmp_path, "--require-all")
+    assert run.returncode == 1 and "rows 1, 2, 3a, 3b are not run" in run.stderr
+    rows = issue_table(text)
+
+    large = callist_result["large_calendar"]
+    _, _, _, target, now, size, said, source = rows["4a"]
+    assert target == "≤ 1 s, no frame over 1 MiB at 20,000 occurrences"
+    assert now == (
+        f"{large['median_s']:.2f} s (median of 1), {large['events']} events in {large['pages']} pages, "
+        f"largest frame {large['largest_frame_bytes']:,} B"
+    )
+    assert size == "300 occurrences" and source.startswith(f"`{name}`")
+    met = large["median_s"] <= 1.0 and large["largest_frame_bytes"] <= 1_048_576 and large["events"] == 300
+    assert said == verdict(met, "20,000 occurrences")
+
+    again = callist_result["reconnect"]
+    _, _, _, target, now, size, said, source = rows["4b"]
+    assert target == "≤ 30 s at 2,000 users"
+    assert now == (
+        f"{again['reconnect_s']:.2f} s (first connection {again['first_connect_s']:.2f} s), "
+        f"{again['protocol_errors']} protocol errors"
+    )
+    assert size == "3 users × 2" and source.startswith(f"`{name}`")
+    assert said == verdict(again["reconnect_s"] <= 30.0 and again["protocol_errors"] == 0, "2,000 users")
+    for point in ("1", "2", "3a", "3b"):
+        assert rows[point][6] == "not run", rows[point]
+
+    # A newer run of part 1 alone (--users 0: no reconnect) gives row 4a; 4b stays with the run that measured it.
+    part_one = callist(tmp_path, 0)
+    large = json.loads(part_one.read_text())["large_calendar"]
+    rows = issue_table(report(tmp_path)[1])
+    assert rows["4a"][4].startswith(f"{large['median_s']:.2f} s (median of 1)")
+    assert rows["4a"][7].startswith(f"`{part_one.name}`") and rows["4b"][7].startswith(f"`{name}`")
