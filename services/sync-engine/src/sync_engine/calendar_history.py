@@ -38,9 +38,7 @@ ON CONFLICT (user_email) DO UPDATE SET seq = greatest(calendar_history_floor.seq
 """
 
 #: The user's calendar_delete commands (one row per TrueConf Server and attempt), found by target prefix.
-_REMOVALS = (
-    "SELECT payload FROM outbox WHERE kind = 'calendar_delete' AND target ~>=~ $1 AND target ~<~ $2"
-)
+_REMOVALS = "SELECT payload FROM outbox WHERE kind = 'calendar_delete' AND target ~>=~ $1 AND target ~<~ $2"
 _CHANGED = (
     "SELECT occurrence_id, occurrence,"
     " ((start_at < $4 AND end_at > $3) OR (start_at = end_at AND start_at >= $3 AND start_at < $4)) AS inside"
