@@ -295,6 +295,8 @@ class FakeGateway:
                 events.sort(key=lambda event: event["start"])
                 window = {name: payload[name] for name in ("user", "from", "to")}
                 reply = {"errorCode": 0, **window, "seq": self.seq.get(user, 0), "events": events}
+                if payload.get("incremental"):  # it keeps no history (§6.2 "Changes since a sequence"): whole
+                    reply.update({"incremental": False, "wholeBecause": "history", "historyFrom": max(1, reply["seq"])})
                 if "page" in payload:  # a paged request (§6.2 "Pages"): a small calendar is one page
                     reply.update({"listId": f"list-{frame_id}", "page": payload["page"], "pageCount": 1})
             await conn.ws.send_json({"type": 2, "id": frame_id, "payload": reply})
