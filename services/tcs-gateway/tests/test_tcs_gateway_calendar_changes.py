@@ -252,3 +252,32 @@ async def test_the_emulator_reconnecting_gets_only_the_changes_and_applies_them(
     subjects = {event["id"]: event["subject"] for event in shown}
     assert subjects["m00030"] == "Moved earlier" and subjects["new01"] == "New" and "m00050" not in subjects
     assert gateway_protocol_errors(await bridge_state(emulator)) == []
+
+
+async def test_a_user_never_pushed_to_is_unchanged_or_listed_as_changes_never_whole_for_history(
+    world: World,
+) -> None:
+    """TCS holds carol's window from a snapshot taken before her first push (engine seq 0): asked with that seq, her
+    still empty calendar is `unchanged`; after her first pushes, the changes are her whole list, as an incremental
+    answer (TCS held nothing) - never a whole list blamed on the history."""
+    carol = "carol@example.test"
+    world.sync.fake.shown[carol] = {}
+    running = await world.gateway(gateway_settings(world.sync, [server_settings()], users=[carol]))
+    async with RawBridgeClient(running.url) as client:
+        assert (await client.auth())["payload"]["errorCode"] == 0
+
+        async def snapshot() -> dict[str, Any] | None:
+            await client.call("ping", {})
+            return next((f for f in client.received if f.get("method") == "calendar.snapshot"), None)
+
+        held = (await wait_for_async(snapshot, what="carol's snapshot"))["payload"]["seq"]
+        assert 0 < held < 1_000_000  # a snapshot at engine seq 0
+        request = dict(_window(), user=carol, sinceSeq=held, incremental=True)
+        empty = (await client.call("getCalendarList", dict(request, page=0)))["payload"]
+        assert empty["unchanged"] is True and empty["seq"] == held
+        await _change(world, client, [world.commands.upsert_command(carol, _moved("c1", 30, "First"))])
+        first = await client.call("getCalendarList", dict(request, page=0))
+        assert FrameValidator().problem(first, "getCalendarList.reply") is None
+        answer = first["payload"]
+        assert answer["incremental"] is True and answer["removed"] == []
+        assert [event["subject"] for event in answer["events"]] == ["First"]

@@ -121,6 +121,12 @@ class CalendarLists:
                 listed = await context.source.list_events(
                     user, window_from, window_to, since_seq=held, incremental=wants_changes
                 )
+                if wants_changes and held == 0:
+                    # TCS holds the window as of engine seq 0, before the user's first push (a snapshot of nothing):
+                    # what changed since is the whole list, and nothing when there is still no push.
+                    listed = UserList(
+                        listed.occurrences, listed.seq, unchanged=listed.seq == 0, incremental=listed.seq > 0
+                    )
             except SyncUnavailableError as exc:
                 server.record_error(f"getCalendarList {user}: {exc}")
                 log.warning("failed to getCalendarList", extra={"server": server.id, "user": user, "error": str(exc)})
