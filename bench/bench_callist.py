@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -259,6 +260,7 @@ async def engine_read(occurrences: int, changes: int, runs: int) -> dict[str, An
         return figures
     finally:
         postgres.stop()
+        shutil.rmtree(pg_dir, ignore_errors=True)
 
 
 async def reconnect(sync: SyncServer, nats_url: str, users: int, meetings: int) -> dict[str, Any]:

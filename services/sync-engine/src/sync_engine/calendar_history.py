@@ -37,8 +37,12 @@ FROM removals r LEFT JOIN user_seq u USING (user_email)
 ON CONFLICT (user_email) DO UPDATE SET seq = greatest(calendar_history_floor.seq, EXCLUDED.seq)
 """
 
-#: The user's calendar_delete commands (one row per TrueConf Server and attempt), found by target prefix.
-_REMOVALS = "SELECT payload FROM outbox WHERE kind = 'calendar_delete' AND target ~>=~ $1 AND target ~<~ $2"
+#: The user's calendar_delete commands (one row per TrueConf Server and attempt) after a seq, found by target
+#: prefix; a first attempt's seq is read from its command id, a retry's (rare) from its payload by the caller.
+_REMOVALS = (
+    "SELECT payload FROM outbox WHERE kind = 'calendar_delete' AND target ~>=~ $1 AND target ~<~ $2"
+    " AND (attempt > 1 OR substring(command_id from '/([0-9]+)$')::bigint > $3)"
+)
 _CHANGED = (
     "SELECT occurrence_id, occurrence,"
     " ((start_at < $4 AND end_at > $3) OR (start_at = end_at AND start_at >= $3 AND start_at < $4)) AS inside"
@@ -83,7 +87,7 @@ async def changes_since(
         else:  # moved out of the window since: TCS drops its copy from the window
             removed.add(str(row["occurrence_id"]))
     low, high = _prefix_range(user)
-    for row in await connection.fetch(_REMOVALS, low, high):
+    for row in await connection.fetch(_REMOVALS, low, high, since_seq):
         command = commands_pb2.TcsCommand.FromString(bytes(row["payload"]))
         delete = command.calendar_delete
         if delete.user == user and delete.seq > since_seq and delete.occurrence_id not in kept:
