@@ -153,6 +153,9 @@ async def test_a_sinceseq_older_than_the_history_gets_the_whole_list_saying_so(w
         assert answer["historyFrom"] == 5_000_000 and "removed" not in answer
         assert sorted(event["id"] for event in answer["events"]) == sorted(world.sync.fake.shown[BOB])
         assert len(answer["events"]) == 39
+        # `incremental` says what TCS can apply since its sinceSeq: without one it is refused
+        alone = (await client.call("getCalendarList", dict(request, incremental=True)))["payload"]
+        assert alone["errorCode"] == 6 and alone["field"] == "sinceSeq"
 
 
 async def test_ten_changes_of_a_20000_occurrence_user_are_one_small_frame(world: World) -> None:
