@@ -1,6 +1,6 @@
 """Benchmark: getCalendarList of large calendars and of many users (issue #21.4).
 
-    .venv/bin/python bench/bench_callist.py --occurrences 20000 --users 200 [--meetings 25]
+    .venv/bin/python bench/bench_callist.py --occurrences 20000 --users 200 [--meetings 25] [--changes 10]
 
 tcs-gateway runs in this process against an in-memory SyncService (tcs_gateway_testkit.FakeSync over real gRPC:
 the engine's own ListEvents is not part of this figure) and an embedded NATS; TrueConf Server is the emulator
@@ -13,6 +13,15 @@ process (`python -m trueconf_emulator`), which validates every frame against the
    the gateway serves them all (they are its configured users). Seconds from the emulator's connection being
    dropped until it is connected again, every user's snapshot has arrived and its getCalendarList round (all
    users, pages included, 8 at a time) is answered; the emulator reconnects after 0.1 s.
+3. **Changes since a seq** (`--changes`, protocol §6.2 "Changes since a sequence"). The large calendar's user, held
+   by the client as of a list's seq; then `--changes` changes (all edits but one deletion). Side by side in one
+   run: the whole list (all pages) and the incremental answer (`sinceSeq` + `incremental`, all pages), seconds
+   (median of `--runs`), pages and bytes received. The FakeSync's ListEvents walks the user's occurrences in
+   Python for either answer, so:
+4. **The engine's read side.** sync-engine's own `ReadQueries.list_events` over an embedded PostgreSQL holding the
+   same user's `--occurrences` shown rows (migrated schema, rows written directly) and `--changes` changes since
+   S (edits bump the rows' seq, the deletion is a `calendar_delete` outbox row): the whole list against the
+   incremental answer, seconds (median of `--runs`) and protobuf bytes.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -27,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from tcs_gateway_testkit import (
     RawBridgeClient,
     RunningGateway,
@@ -41,10 +52,13 @@ from tcs_gateway_testkit import (
 )
 
 from bench import RESULTS, machine, write_result
+from sync_engine.migrate import migrate
+from sync_engine.queries import ReadQueries
 from tccal.nats_auth import ADMIN
-from tccal_sandbox.embedded import EmbeddedNats
+from tccal_sandbox.embedded import EmbeddedNats, EmbeddedPostgres
 from tccal_sandbox.testing import short_tmpdir, wait_for_async
 from tcs_gateway.bridge.framing import format_instant
+from trueconf.calendar.v1 import commands_pb2
 
 BIG_USER = "big@example.test"
 #: Part 1's TrueConf Server id: the gateway's state remembers whom a server asked for, so part 2's server (the
@@ -95,6 +109,158 @@ async def large_calendar(gateway: RunningGateway, runs: int) -> dict[str, Any]:
         "events": events,
         "largest_frame_bytes": largest,
     }
+
+
+def _frame_bytes(frame: dict[str, Any]) -> int:
+    return len(json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+async def _pages(client: RawBridgeClient, request: dict[str, Any]) -> list[dict[str, Any]]:
+    first = await client.reply_to(await client.request("getCalendarList", dict(request, page=0)), 60)
+    assert first["payload"]["errorCode"] == 0, first["payload"]
+    frames = [first]
+    for page in range(1, first["payload"]["pageCount"]):
+        asked = dict(request, page=page, listId=first["payload"]["listId"])
+        frames.append(await client.reply_to(await client.request("getCalendarList", asked), 60))
+    return frames
+
+
+def _change(sync: SyncServer, user: str, changes: int) -> None:
+    """`changes` changes of `user`'s calendar in the FakeSync: edits, the last one a deletion."""
+    fake = sync.fake
+    shown = fake.shown[user]
+    ids = sorted(shown)
+    for n in range(changes):
+        seq = fake.next_seq(user)
+        target = ids[(n * 997) % len(ids)]
+        if n == changes - 1:
+            shown.pop(target, None)
+            fake.removals.setdefault(user, {})[target] = seq
+        else:
+            shown[target].subject = f"Edited {n}"
+            fake.changed.setdefault(user, {})[target] = seq
+
+
+async def changes_since(gateway: RunningGateway, sync: SyncServer, changes: int, runs: int) -> dict[str, Any]:
+    async with RawBridgeClient(gateway.url) as client:
+        assert (await client.auth(server_id=LARGE_SERVER_ID))["payload"]["errorCode"] == 0
+        request = dict(_window(), user=BIG_USER)
+        held = (await _pages(client, request))[0]["payload"]["seq"]
+        _change(sync, BIG_USER, changes)
+        figures: dict[str, Any] = {}
+        for name, asked in (("whole", request), ("incremental", dict(request, sinceSeq=held, incremental=True))):
+            seconds: list[float] = []
+            frames: list[dict[str, Any]] = []
+            for _ in range(runs):
+                started = time.monotonic()
+                frames = await _pages(client, asked)
+                seconds.append(round(time.monotonic() - started, 4))
+            figures[name] = {
+                "seconds": seconds,
+                "median_s": statistics.median(seconds),
+                "pages": len(frames),
+                "bytes": sum(_frame_bytes(frame) for frame in frames),
+                "events": sum(len(frame["payload"]["events"]) for frame in frames),
+                "removed": sum(len(frame["payload"].get("removed", [])) for frame in frames),
+                "incremental": frames[0]["payload"].get("incremental"),
+            }
+    return figures
+
+
+async def engine_read(occurrences: int, changes: int, runs: int) -> dict[str, Any]:
+    """sync-engine's ReadQueries.list_events, whole against incremental, over an embedded PostgreSQL."""
+    pg_dir = short_tmpdir("tcbclpg")
+    postgres = EmbeddedPostgres(pg_dir)
+    postgres.start()
+    try:
+        dsn = postgres.create_database("callist")
+        async with asyncpg.create_pool(dsn, min_size=1, max_size=2) as pool:
+            async with pool.acquire() as connection:
+                await migrate(connection)
+                rows = []
+                for n in range(occurrences):
+                    start = today_at(9, days=0) + timedelta(minutes=5 * n)
+                    item = occurrence(f"{BIG_USER}-{n}", start=start, attendees=[(BIG_USER, 4)])
+                    rows.append(
+                        (
+                            BIG_USER,
+                            item.id,
+                            item.meeting_id,
+                            start,
+                            start + timedelta(minutes=30),
+                            False,
+                            n + 1,
+                            item.SerializeToString(),
+                        )
+                    )
+                await connection.copy_records_to_table(
+                    "shown",
+                    records=rows,
+                    columns=[
+                        "user_email",
+                        "occurrence_id",
+                        "meeting_id",
+                        "start_at",
+                        "end_at",
+                        "cancelled",
+                        "seq",
+                        "occurrence",
+                    ],
+                )
+                held = occurrences
+                edited = [rows[(n * 997) % occurrences][1] for n in range(changes - 1)]
+                for n, occurrence_id in enumerate(edited):
+                    await connection.execute(
+                        "UPDATE shown SET seq = $3 WHERE user_email = $1 AND occurrence_id = $2",
+                        BIG_USER,
+                        occurrence_id,
+                        held + 1 + n,
+                    )
+                gone = rows[-1][1]
+                delete_seq = held + changes
+                await connection.execute(
+                    "DELETE FROM shown WHERE user_email = $1 AND occurrence_id = $2", BIG_USER, gone
+                )
+                command = commands_pb2.TcsCommand(command_id=f"bench#vcs/calendar/{BIG_USER}/{delete_seq}")
+                command.calendar_delete.user = BIG_USER
+                command.calendar_delete.occurrence_id = gone
+                command.calendar_delete.seq = delete_seq
+                await connection.execute(
+                    "INSERT INTO outbox (command_id, server_id, kind, target, meeting_id, payload, attempt, chain_id,"
+                    " status, available_at, created_at) VALUES ($1, 'bench#vcs', 'calendar_delete', $2, $3, $4, 1, $1,"
+                    " 'ok', now(), now())",
+                    command.command_id,
+                    f"calendar:{BIG_USER}:{gone}",
+                    gone,
+                    command.SerializeToString(),
+                )
+                await connection.execute("INSERT INTO user_seq VALUES ($1, $2)", BIG_USER, delete_seq)
+                await connection.execute("ANALYZE")
+            queries = ReadQueries(pool)
+            window = _window()
+            start = datetime.fromisoformat(window["from"].replace("Z", "+00:00"))
+            end = datetime.fromisoformat(window["to"].replace("Z", "+00:00"))
+            figures: dict[str, Any] = {}
+            for name, since, incremental in (("whole", 0, False), ("incremental", held, True)):
+                seconds: list[float] = []
+                size = count = removed = 0
+                for _ in range(runs):
+                    started = time.monotonic()
+                    response = await queries.list_events(BIG_USER, start, end, since_seq=since, incremental=incremental)
+                    seconds.append(round(time.monotonic() - started, 4))
+                    size, count, removed = response.ByteSize(), len(response.occurrences), len(response.removed)
+                assert response.incremental is incremental
+                figures[name] = {
+                    "seconds": seconds,
+                    "median_s": statistics.median(seconds),
+                    "bytes": size,
+                    "occurrences": count,
+                    "removed": removed,
+                }
+        return figures
+    finally:
+        postgres.stop()
+        shutil.rmtree(pg_dir, ignore_errors=True)
 
 
 async def reconnect(sync: SyncServer, nats_url: str, users: int, meetings: int) -> dict[str, Any]:
@@ -149,8 +315,10 @@ async def run(args: argparse.Namespace) -> Path:
         ).start()
         try:
             large = await large_calendar(gateway, args.runs)
+            changed = await changes_since(gateway, sync, args.changes, args.runs) if args.changes else None
         finally:
             await gateway.stop()
+        engine = await engine_read(args.occurrences, args.changes, args.runs) if args.changes else None
         many = await reconnect(sync, nats.url_for(ADMIN), args.users, args.meetings) if args.users else None
     finally:
         await sync.stop()
@@ -163,6 +331,9 @@ async def run(args: argparse.Namespace) -> Path:
         "users": args.users,
         "meetings": args.meetings,
         "reconnect": many,
+        "changes": args.changes,
+        "changes_since": changed,
+        "engine_read": engine,
     }
     rows = [
         f"### getCalendarList — {result['machine']['cores']} cores, {result['utc'][:19]}Z",
@@ -180,6 +351,23 @@ async def run(args: argparse.Namespace) -> Path:
             f"| {args.users} users × {args.meetings} meetings: reconnect (snapshots + lists) | {many['reconnect_s']} "
             "| 2,000 users ≤ 30 s |",
         ]
+    if changed is not None and engine is not None:
+        whole, delta = changed["whole"], changed["incremental"]
+        rows += [
+            "",
+            f"{args.occurrences} occurrences, {args.changes} changes since TCS's seq (median of {args.runs}):",
+            "",
+            "| | pages | bytes | events + removed | s |",
+            "|---|---|---|---|---|",
+            f"| gateway: whole list | {whole['pages']} | {whole['bytes']} | {whole['events']} | {whole['median_s']} |",
+            f"| gateway: incremental (sinceSeq) | {delta['pages']} | {delta['bytes']} | {delta['events']} + "
+            f"{delta['removed']} | {delta['median_s']} |",
+            f"| sync-engine ListEvents: whole | | {engine['whole']['bytes']} | {engine['whole']['occurrences']} "
+            f"| {engine['whole']['median_s']} |",
+            f"| sync-engine ListEvents: incremental | | {engine['incremental']['bytes']} | "
+            f"{engine['incremental']['occurrences']} + {engine['incremental']['removed']} "
+            f"| {engine['incremental']['median_s']} |",
+        ]
     table = "\n".join([*rows, ""])
     return write_result(f"callist-{args.occurrences}-{args.users}", result, table, Path(args.out))
 
@@ -190,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--users", type=int, default=200, help="part 2's users; 0 runs part 1 only")
     parser.add_argument("--meetings", type=int, default=25)
+    parser.add_argument("--changes", type=int, default=10, help="part 3-4's changes since TCS's seq; 0 skips them")
     parser.add_argument("--out", default=str(RESULTS))
     asyncio.run(run(parser.parse_args(argv)))
     return 0

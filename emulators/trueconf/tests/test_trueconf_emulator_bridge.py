@@ -126,6 +126,8 @@ class FakeGateway:
         self.mailboxes = set(mailboxes)
         #: Per user, how many more getCalendarList to answer 8 INTERNAL_ERROR with retryAfterMs 200.
         self.list_failures: dict[str, int] = {}
+        #: Per user, answers to give the next getCalendarList (their `seq`, `events` and anything else), in turn.
+        self.list_answers: dict[str, list[dict[str, Any]]] = {}
         self.calendars: dict[str, dict[str, dict[str, Any]]] = {user: {} for user in mailboxes}
         self.seq: dict[str, int] = {user: 0 for user in mailboxes}
         self.connections: list[GatewayConnection] = []
@@ -276,6 +278,11 @@ class FakeGateway:
                 }
             elif user not in self.mailboxes:
                 reply = {"errorCode": 12, "errorName": "UNKNOWN_USER", "errorDescription": f"no mailbox {user}"}
+            elif self.list_answers.get(user):
+                window = {name: payload[name] for name in ("user", "from", "to")}
+                reply = {"errorCode": 0, **window, **self.list_answers[user].pop(0)}
+                if "page" in payload:
+                    reply.update({"listId": f"list-{frame_id}", "page": payload["page"], "pageCount": 1})
             else:
                 window_from = datetime.fromisoformat(payload["from"])
                 window_to = datetime.fromisoformat(payload["to"])
@@ -288,6 +295,8 @@ class FakeGateway:
                 events.sort(key=lambda event: event["start"])
                 window = {name: payload[name] for name in ("user", "from", "to")}
                 reply = {"errorCode": 0, **window, "seq": self.seq.get(user, 0), "events": events}
+                if payload.get("incremental"):  # it keeps no history (§6.2 "Changes since a sequence"): whole
+                    reply.update({"incremental": False, "wholeBecause": "history", "historyFrom": max(1, reply["seq"])})
                 if "page" in payload:  # a paged request (§6.2 "Pages"): a small calendar is one page
                     reply.update({"listId": f"list-{frame_id}", "page": payload["page"], "pageCount": 1})
             await conn.ws.send_json({"type": 2, "id": frame_id, "payload": reply})
@@ -766,3 +775,58 @@ async def test_fallback_urls_are_tried_in_order_when_the_gateway_url_is_unreacha
             await http("PUT", f"{tcs.admin_url}/bridge/target", {"gateway_fallback_urls": ["http://x"]})
     finally:
         await tcs.astop()
+
+
+async def test_an_incremental_answer_is_applied_strictly_onto_the_seq_it_was_asked_from(
+    gateway: FakeGateway, tcs: EmulatorProcess
+) -> None:
+    """docs/bridge-protocol.md §6.2 "Changes since a sequence": asked again for a window it holds, TCS sends its
+    lastSeq as sinceSeq with incremental; an answer of changes based on that seq removes the removed ids from the
+    window and stores the events; one based on any other seq is refused (nothing applied, a protocol error)."""
+    conn = await gateway.authenticated_connection(1)
+
+    async def alice_listed() -> dict[str, Any] | None:
+        state = await bridge_state(tcs)
+        return state if state["users"].get(ALICE) == {"events": 3, "last_seq": 5} else None
+
+    await wait_for_async(alice_listed, what="alice's list applied")
+    gateway.list_answers[ALICE] = [
+        {
+            "seq": 9,
+            "incremental": True,
+            "sinceSeq": 5,
+            "removed": ["m2"],
+            "events": [
+                make_event("m1:occ1", ALICE, seq=9, hour=9, subject="Edited"),
+                make_event("m4", ALICE, seq=9, hour=11, subject="New"),
+            ],
+        }
+    ]
+    result = await http("POST", f"{tcs.admin_url}/bridge/request-calendar", {"user": ALICE})
+    assert result["reply"]["incremental"] is True
+    asked = conn.requests_of("getCalendarList")[-1]["payload"]
+    assert asked["sinceSeq"] == 5 and asked["incremental"] is True
+    assert [(row["id"], row["subject"]) for row in await calendar(tcs, ALICE)] == [
+        ("m1:occ1", "Edited"),
+        ("m4", "New"),
+        ("m3", "Far away"),
+    ]
+    state = await bridge_state(tcs)
+    assert state["users"][ALICE] == {"events": 3, "last_seq": 9}
+    lists = state["calendar_lists"]
+    assert (lists["incremental"], lists["incremental_events"], lists["incremental_removed"]) == (1, 2, 1)
+
+    # based on a seq this TCS did not ask from: refused, the calendar stays as it is
+    gateway.list_answers[ALICE] = [{"seq": 12, "incremental": True, "sinceSeq": 7, "removed": ["m3"], "events": []}]
+    refused = await http("POST", f"{tcs.admin_url}/bridge/request-calendar", {"user": ALICE})
+    assert "sinceSeq 7 differs from the requested 9" in refused["reply"]["emulator"]
+    assert [row["id"] for row in await calendar(tcs, ALICE)] == ["m1:occ1", "m4", "m3"]
+    state = await bridge_state(tcs)
+    assert state["users"][ALICE] == {"events": 3, "last_seq": 9}
+    assert any(e["kind"] == "invalid_reply" and "sinceSeq" in e["detail"] for e in state["protocol_errors"])
+    # an incremental answer to a request that did not ask for one is refused too
+    gateway.list_answers[ALICE] = [{"seq": 13, "incremental": True, "sinceSeq": 9, "removed": ["m3"], "events": []}]
+    window = {"from": iso(DAY - timedelta(days=2)), "to": iso(DAY + timedelta(days=2))}
+    unasked = await http("POST", f"{tcs.admin_url}/bridge/request-calendar", {"user": ALICE, **window})
+    assert "without incremental" in unasked["reply"]["emulator"]
+    assert (await bridge_state(tcs))["users"][ALICE] == {"events": 3, "last_seq": 9}

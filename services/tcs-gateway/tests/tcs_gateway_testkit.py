@@ -54,6 +54,11 @@ class FakeSync(sync_pb2_grpc.SyncServiceServicer):
     def __init__(self) -> None:
         self.shown: dict[str, dict[str, calendar_pb2.Occurrence]] = {}
         self.seq: dict[str, int] = {}
+        #: Per user, the seq of the push that last changed each occurrence (absent: before every since_seq asked) and
+        #: of each removal; below `history_floor` removals are forgotten (the engine's calendar_history.py).
+        self.changed: dict[str, dict[str, int]] = {}
+        self.removals: dict[str, dict[str, int]] = {}
+        self.history_floor: dict[str, int] = {}
         self.calls: list[str] = []
         self.unavailable = False
 
@@ -73,12 +78,28 @@ class FakeSync(sync_pb2_grpc.SyncServiceServicer):
         if request.since_seq and response.seq <= request.since_seq:  # as the engine's queries.list_events
             response.unchanged = True
             return response
+        since = request.since_seq
+        floor = self.history_floor.get(request.user, 0)
+        changes = bool(since and request.incremental and since >= floor)
+        changed = self.changed.get(request.user, {})
+        removed: set[str] = set()
         for occurrence in self.shown.get(request.user, {}).values():
             o_start = occurrence.start.ToDatetime(tzinfo=UTC)
             o_end = occurrence.end.ToDatetime(tzinfo=UTC)
             inside = (start <= o_start < end) if o_start == o_end else (o_start < end and o_end > start)
+            if changes and changed.get(occurrence.id, 0) <= since:
+                continue
             if inside:
                 response.occurrences.append(occurrence)
+            elif changes:
+                removed.add(occurrence.id)
+        if changes:
+            response.incremental = True
+            gone = self.removals.get(request.user, {})
+            shown = self.shown.get(request.user, {})
+            response.removed.extend(sorted(removed | {i for i, s in gone.items() if s > since and i not in shown}))
+        elif since and request.incremental:
+            response.history_from = floor
         return response
 
     async def GetMeeting(  # noqa: N802 - gRPC method name
@@ -277,6 +298,7 @@ class CommandClient:
         seq = self.sync.next_seq(user)
         if record:
             self.sync.shown.setdefault(user, {})[occ.id] = occ
+            self.sync.changed.setdefault(user, {})[occ.id] = seq
         command = commands_pb2.TcsCommand(command_id=f"{server_id}/calendar/{user}/{seq}", server_id=server_id)
         command.attempt = 1
         command.calendar_upsert.user = user
@@ -289,6 +311,7 @@ class CommandClient:
         shown = self.sync.shown.setdefault(user, {})
         if occurrence_id in shown:
             shown[occurrence_id].cancelled = True
+            self.sync.changed.setdefault(user, {})[occurrence_id] = seq
         command = commands_pb2.TcsCommand(command_id=f"{server_id}/calendar/{user}/{seq}", server_id=server_id)
         command.calendar_cancel.user = user
         command.calendar_cancel.occurrence_id = occurrence_id
@@ -298,6 +321,7 @@ class CommandClient:
     def delete_command(self, user: str, occurrence_id: str, *, server_id: str = SERVER_ID) -> commands_pb2.TcsCommand:
         seq = self.sync.next_seq(user)
         self.sync.shown.setdefault(user, {}).pop(occurrence_id, None)
+        self.sync.removals.setdefault(user, {})[occurrence_id] = seq
         command = commands_pb2.TcsCommand(command_id=f"{server_id}/calendar/{user}/{seq}", server_id=server_id)
         command.calendar_delete.user = user
         command.calendar_delete.occurrence_id = occurrence_id

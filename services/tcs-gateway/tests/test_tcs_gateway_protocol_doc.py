@@ -59,6 +59,19 @@ def _doc_calendar(world: World) -> None:
     fake.seq[USER] = 1042
 
 
+def _doc_changes(world: World) -> None:
+    """The changes the incremental example answers: the marketing meeting moved to Room 4 (seq 1045 after two
+    pushes to others), the private event deleted (1044)."""
+    fake = world.sync.fake
+    shown = fake.shown[USER]
+    marketing = shown["AAMkAGI2TG93AAA=:20250628T080000Z"]
+    marketing.location = "Room 4"
+    del shown["AAMkAGI2TG94AAA="]
+    fake.removals[USER] = {"AAMkAGI2TG94AAA=": 1044}
+    fake.changed[USER] = {marketing.id: 1045}
+    fake.seq[USER] = 1045
+
+
 async def test_every_request_example_drives_the_gateway(world: World) -> None:
     _doc_calendar(world)
     settings = gateway_settings(
@@ -70,6 +83,9 @@ async def test_every_request_example_drives_the_gateway(world: World) -> None:
         for method, kind, frame in EXAMPLES:
             if kind != "request":
                 continue
+            incremental = bool(frame["payload"].get("incremental"))
+            if incremental:  # the example's changes since 1042: the meeting edited, the private event deleted
+                _doc_changes(world)
             await client.send(frame)
             reply = await client.reply_to(frame["id"])
             assert VALIDATOR.problem(reply, f"{method}.reply") is None, (method, reply)
@@ -80,10 +96,17 @@ async def test_every_request_example_drives_the_gateway(world: World) -> None:
                 # A paged request (§6.2 "Pages") is answered like the paged example, one without page like the other.
                 paged = "page" in frame["payload"]
                 shown = [e for e in success if ("page" in e["payload"]) == paged] or success
+                if method == "getCalendarList":
+                    shown = [e for e in shown if e["payload"].get("incremental") is (True if incremental else None)]
                 assert set(payload) == set(shown[0]["payload"]), method
             else:
                 assert payload["errorCode"] == 2, (method, payload)  # the gateway sends these, never serves them
-            if method == "getCalendarList":
+            if method == "getCalendarList" and incremental:
+                documented = shown[0]["payload"]
+                assert [e["id"] for e in payload["events"]] == [e["id"] for e in documented["events"]]
+                assert payload["removed"] == documented["removed"]
+                assert payload["events"][0]["location"] == documented["events"][0]["location"]
+            elif method == "getCalendarList":
                 documented = examples("getCalendarList", "reply")[0]["payload"]
                 assert [e["id"] for e in payload["events"]] == [e["id"] for e in documented["events"]]
                 for ours, theirs in zip(payload["events"], documented["events"], strict=True):

@@ -274,6 +274,11 @@ class BridgeClient:
                 "invalid": counters["lists_invalid"],
                 "pages": counters["list_pages"],
                 "unchanged": counters["lists_unchanged"],
+                "incremental": counters["lists_incremental"],
+                "incremental_events": counters["incremental_events"],
+                "incremental_removed": counters["incremental_removed"],
+                "incremental_refused": counters["lists_refused"],
+                "whole_history": counters["lists_whole_history"],
             },
             "calendar_list_errors": dict(self._list_errors),
             "ack_policy": asdict(self.ack_policy),
@@ -724,8 +729,9 @@ class BridgeClient:
         for _attempt in range(_STALE_LIST_ATTEMPTS):
             request: dict[str, Any] = {"user": user, "from": window_from, "to": window_to}
             since = self._store.holds_window(user, window_from, window_to)
-            if since > 0:
+            if since > 0:  # after a reconnect too: only what changed since is asked for (§6.2)
                 request["sinceSeq"] = since
+                request["incremental"] = True
             payload = await self._list_pages(conn, request)
             if payload.get("errorCode") != 0:
                 return payload
@@ -734,6 +740,14 @@ class BridgeClient:
                 self._counters["lists_applied"] += 1
                 self._counters["lists_unchanged"] += 1
                 return payload
+            if payload.get("incremental"):
+                outcome_of_changes = self._apply_changes(user, window, (window_from, window_to), payload)
+                if outcome_of_changes == "applied":
+                    return payload
+                outcome = payload
+                continue
+            if payload.get("wholeBecause") is not None:
+                self._counters["lists_whole_history"] += 1
             if self._store.apply_list(user, window, payload["seq"], payload["events"], (window_from, window_to)):
                 self._counters["lists_applied"] += 1
                 return payload
@@ -747,12 +761,45 @@ class BridgeClient:
             outcome = payload
         return outcome
 
+    def _apply_changes(
+        self, user: str, window: tuple[datetime, datetime], window_text: tuple[str, str], payload: dict[str, Any]
+    ) -> str:
+        """Apply an incremental answer strictly (§6.2 "Changes since a sequence"): onto the window held as of its
+        `sinceSeq`, else refused - the window is then asked for whole."""
+        outcome = self._store.apply_changes(
+            user, window, window_text, payload["sinceSeq"], payload["seq"], payload["removed"], payload["events"]
+        )
+        if outcome == "applied":
+            self._counters["lists_applied"] += 1
+            self._counters["lists_incremental"] += 1
+            self._counters["incremental_events"] += len(payload["events"])
+            self._counters["incremental_removed"] += len(payload["removed"])
+        elif outcome == "stale":
+            self._counters["lists_stale"] += 1
+            self._protocol_error(
+                "gateway",
+                "stale_calendar_list",
+                f"incremental getCalendarList reply for {user} has seq {payload['seq']} below lastSeq "
+                f"{self._store.last_seq(user)}; asking again",
+            )
+        else:
+            self._counters["lists_refused"] += 1
+            self._store.forget_window(user, window_text)
+            self._protocol_error(
+                "gateway",
+                "unknown_base",
+                f"incremental getCalendarList reply for {user} is based on sinceSeq {payload['sinceSeq']}, which "
+                f"this TCS does not hold the window at (lastSeq {self._store.last_seq(user)}); asking for it whole",
+            )
+        return outcome
+
     async def _list_pages(self, conn: _Connection, request: dict[str, Any]) -> dict[str, Any]:
         """Every page of one list (docs/bridge-protocol.md §6.2 "Pages"): page 0, then page 1 … pageCount−1 of
         its listId. The answer: page 0's payload with the events of all pages, or what went wrong."""
         user = request["user"]
         first: dict[str, Any] | None = None
         events: list[dict[str, Any]] = []
+        removed: list[str] = []
         ids: set[str] = set()
         page = 0
         while first is None or page < first["pageCount"]:
@@ -775,10 +822,14 @@ class BridgeClient:
                 return {"emulator": f"invalid reply: {problem.message}", "reply": payload}
             self._counters["list_pages"] += 1
             ids.update(event["id"] for event in payload["events"])
+            ids.update(payload.get("removed", []))
             events.extend(payload["events"])
+            removed.extend(payload.get("removed", []))
             if first is None:
                 first = payload
             page += 1
+        if "removed" in first:
+            return dict(first, events=events, removed=removed)
         return dict(first, events=events)
 
     @staticmethod
@@ -795,17 +846,54 @@ class BridgeClient:
         if payload["page"] != page:
             return Problem("page", f"page {payload['page']} answers a request for page {page}")
         if first is not None:
-            for name in ("listId", "pageCount", "seq"):
-                if payload[name] != first[name]:
-                    return Problem(name, f"{name} {payload[name]!r} differs from {first[name]!r} of page 0")
+            for name in ("listId", "pageCount", "seq", "incremental", "sinceSeq", "wholeBecause"):
+                if payload.get(name) != first.get(name):
+                    return Problem(name, f"{name} {payload.get(name)!r} differs from {first.get(name)!r} of page 0")
         elif payload["page"] >= payload["pageCount"]:
             return Problem("page", f"page {payload['page']} is not below pageCount {payload['pageCount']}")
+        for index, event_id in enumerate(payload.get("removed", [])):
+            if event_id in ids:
+                return Problem(f"removed[{index}]", f"removed[{index}] {event_id!r} came in an earlier page")
         for index, event in enumerate(payload["events"]):
             if event["id"] in ids:
                 return Problem(f"events[{index}].id", f"events[{index}].id {event['id']!r} came in an earlier page")
         return None
 
+    @staticmethod
+    def _check_changes(request: dict[str, Any], payload: dict[str, Any]) -> Problem | None:
+        """An incremental answer (or a whole one saying why) answers a request with `incremental`, is based on the
+        sinceSeq asked, and holds only events changed since, none of them also removed (§6.2)."""
+        if "incremental" not in payload:
+            if request.get("incremental") and not payload.get("unchanged"):
+                return Problem(
+                    "incremental", "the answer to a request with incremental says neither incremental nor unchanged"
+                )
+            return None
+        if not request.get("incremental"):
+            return Problem("incremental", "incremental in the answer to a request without incremental")
+        if not payload["incremental"]:
+            return None
+        if payload["sinceSeq"] != request["sinceSeq"]:
+            return Problem(
+                "sinceSeq", f"sinceSeq {payload['sinceSeq']} differs from the requested {request['sinceSeq']}"
+            )
+        removed = set(payload["removed"])
+        if len(removed) != len(payload["removed"]):
+            return Problem("removed", "an id is removed twice")
+        for index, event in enumerate(payload["events"]):
+            if event["seq"] <= payload["sinceSeq"]:
+                return Problem(
+                    f"events[{index}].seq",
+                    f"events[{index}].seq {event['seq']} is not above sinceSeq {payload['sinceSeq']}: not a change",
+                )
+            if event["id"] in removed:
+                return Problem(f"events[{index}].id", f"events[{index}].id {event['id']!r} is also removed")
+        return None
+
     def _check_list_reply(self, request: dict[str, Any], payload: dict[str, Any]) -> Problem | None:
+        problem = self._check_changes(request, payload)
+        if problem is not None:
+            return problem
         for name in ("user", "from", "to"):
             expected = request[name]
             got = payload[name]

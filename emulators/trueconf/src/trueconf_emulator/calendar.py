@@ -11,7 +11,7 @@ import zoneinfo
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from .schema import Problem
@@ -314,6 +314,40 @@ class CalendarStore:
         if seq > calendar.last_seq:
             calendar.last_seq = seq
         return True
+
+    def apply_changes(
+        self,
+        user: str,
+        window: tuple[datetime, datetime],
+        window_text: tuple[str, str],
+        since_seq: int,
+        seq: int,
+        removed: list[str],
+        events: list[dict[str, Any]],
+    ) -> Literal["applied", "stale", "unknown_base"]:
+        """Apply an incremental getCalendarList answer (docs/bridge-protocol.md §6.2 "Changes since a sequence"):
+        only onto the window this TCS holds completely as of `since_seq` or later (else `unknown_base`, nothing
+        changes: applied to anything else the calendar would no longer be what the connector shows); `stale` when a
+        push overtook it (§4). Removed ids go from the window, events are stored."""
+        calendar = self.user(user)
+        if window_text not in calendar.listed_windows or calendar.last_seq < since_seq:
+            return "unknown_base"
+        if seq < calendar.last_seq:
+            return "stale"
+        for event_id in removed:
+            held = calendar.events.get(event_id)
+            if held is not None and overlaps(parse_instant(held["start"]), parse_instant(held["end"]), *window):
+                del calendar.events[event_id]
+        for event in events:
+            calendar.events[event["id"]] = copy.deepcopy(event)
+        calendar.last_seq = max(calendar.last_seq, seq)
+        return "applied"
+
+    def forget_window(self, user: str, window_text: tuple[str, str]) -> None:
+        """This TCS no longer counts on holding the window (its next list of it asks for the whole list)."""
+        calendar = self._users.get(user.lower())
+        if calendar is not None:
+            calendar.listed_windows.discard(window_text)
 
     @staticmethod
     def _advance(calendar: UserCalendar, seq: int) -> None:

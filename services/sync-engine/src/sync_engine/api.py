@@ -58,7 +58,9 @@ class SyncApi(sync_pb2_grpc.SyncServiceServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"to ({end.isoformat()}) is before from ({start.isoformat()})"
             )
-        return await engine.queries.list_events(user, start, end, since_seq=int(request.since_seq))
+        return await engine.queries.list_events(
+            user, start, end, since_seq=int(request.since_seq), incremental=request.incremental
+        )
 
     async def GetMeeting(  # noqa: N802 - gRPC method name
         self, request: sync_pb2.GetMeetingRequest, context: Context

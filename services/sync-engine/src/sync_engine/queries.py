@@ -8,6 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
+from sync_engine.calendar_history import changes_since, history_floor
 from sync_engine.ids import set_timestamp
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2, sync_pb2
 
@@ -26,16 +27,23 @@ class ReadQueries:
         self.pool = pool
 
     async def list_events(
-        self, user: str, start: datetime, end: datetime, since_seq: int = 0
+        self, user: str, start: datetime, end: datetime, since_seq: int = 0, *, incremental: bool = False
     ) -> sync_pb2.ListEventsResponse:
         """The occurrences `user`'s calendar shows between `start` and `end`, and the seq the list is current at;
         with `since_seq` (the caller holds the list as of that seq) and the user's seq not above it, only
-        `unchanged` and the seq."""
+        `unchanged` and the seq. With `incremental` too, and the history reaching back to `since_seq`, only what
+        changed since (calendar_history.py); when it does not, the whole list with `history_from`."""
         async with self.pool.acquire() as connection, connection.transaction(isolation="repeatable_read"):
             # one snapshot: the list and the seq it is current at (a push with a higher seq is newer than it)
             seq = int(await connection.fetchval("SELECT seq FROM user_seq WHERE user_email = $1", user) or 0)
             if since_seq and seq <= since_seq:
                 return sync_pb2.ListEventsResponse(seq=seq, unchanged=True)
+            floor = await history_floor(connection, user) if since_seq and incremental else 0
+            if since_seq and incremental and since_seq >= floor:
+                changes = await changes_since(connection, user, since_seq, start, end)
+                response = sync_pb2.ListEventsResponse(seq=seq, incremental=True, removed=changes.removed)
+                response.occurrences.extend(changes.changed)
+                return response
             rows = await connection.fetch(
                 "SELECT occurrence FROM shown WHERE user_email = $1"
                 " AND ((start_at < $3 AND end_at > $2) OR (start_at = end_at AND start_at >= $2 AND start_at < $3))"
@@ -44,7 +52,7 @@ class ReadQueries:
                 start,
                 end,
             )
-        response = sync_pb2.ListEventsResponse(seq=seq)
+        response = sync_pb2.ListEventsResponse(seq=seq, history_from=floor)
         for row in rows:
             response.occurrences.append(calendar_pb2.Occurrence.FromString(bytes(row["occurrence"])))
         return response

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from sync_engine.calendar_history import prune_outbox
 from sync_engine.context import EngineContext
 from sync_engine.recompute import recompute_meeting
 from sync_engine.window import window_key
@@ -47,11 +48,7 @@ class WindowRoll:
                 await connection.execute(
                     "DELETE FROM launches WHERE end_at < $1 AND state <> 'planned'", moment.window.start
                 )
-                await connection.execute(
-                    "DELETE FROM outbox WHERE status IN ('ok', 'recovered', 'superseded', 'retried')"
-                    " AND created_at < $1",
-                    moment.window.start,
-                )
+                await prune_outbox(connection, moment.window.start)
                 await connection.execute(
                     "INSERT INTO engine_state (key, value) VALUES ('cache_window', $1)"
                     " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",

@@ -3,7 +3,8 @@
 
 ListEvents answers the user's occurrences in `[from, to)` and `seq`, the user's latest push number when the list
 was read; bridge/payloads.py makes snapshots and getCalendarList answers of it. With `since_seq` (a getCalendarList
-with `sinceSeq`) it answers only `unchanged` when the user's seq is not above it.
+with `sinceSeq`) it answers only `unchanged` when the user's seq is not above it, and with `incremental` only the
+changes since it when the engine still knows them all.
 """
 
 from __future__ import annotations
@@ -53,8 +54,12 @@ class EventSource:
             self._channel = None
             self._stub = None
 
-    async def list_events(self, user: str, window_from: datetime, window_to: datetime, since_seq: int = 0) -> UserList:
-        request = sync_pb2.ListEventsRequest(user=user, to=_stamp(window_to), since_seq=max(0, since_seq))
+    async def list_events(
+        self, user: str, window_from: datetime, window_to: datetime, since_seq: int = 0, *, incremental: bool = False
+    ) -> UserList:
+        request = sync_pb2.ListEventsRequest(
+            user=user, to=_stamp(window_to), since_seq=max(0, since_seq), incremental=incremental
+        )
         getattr(request, "from").CopyFrom(_stamp(window_from))
         try:
             response = await self._ensure().ListEvents(
@@ -64,4 +69,11 @@ class EventSource:
             raise SyncUnavailableError(
                 f"SyncService.ListEvents({user}) at {self.address} failed: {exc.code().name} {exc.details()}"
             ) from exc
-        return UserList(list(response.occurrences), int(response.seq), bool(response.unchanged))
+        return UserList(
+            list(response.occurrences),
+            int(response.seq),
+            bool(response.unchanged),
+            incremental=bool(response.incremental),
+            removed=list(response.removed),
+            history_from=int(response.history_from),
+        )

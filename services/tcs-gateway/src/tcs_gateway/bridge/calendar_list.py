@@ -5,6 +5,10 @@ A request with `page` is answered in pages (list_pages.py): page 0 reads and bui
 come from that build, so no frame exceeds `maxFrameBytes` however large the calendar. A request without `page`
 (protocol revision 1.0) gets the whole list in one frame, or FRAME_TOO_LARGE when it does not fit.
 
+A request with `sinceSeq` and `incremental` (revision 1.2) is answered with only what changed since `sinceSeq` -
+the changed events in the window and the ids removed from it - when the sync-engine still knows every change since
+(SyncService.ListEvents `incremental`), else with the whole list and why (`wholeBecause`).
+
 Lists of different users are built concurrently, at most LIST_CONCURRENCY at once per connection."""
 
 from __future__ import annotations
@@ -16,17 +20,37 @@ from typing import TYPE_CHECKING, Any
 
 from tccal.cache_window import CacheWindow
 from tcs_gateway.bridge.channel import ConnectionClosedError, log
-from tcs_gateway.bridge.events import engine_seq_held, list_seq
+from tcs_gateway.bridge.events import engine_seq_held, engine_seq_of, list_seq, push_seq_floor
 from tcs_gateway.bridge.framing import ErrorCode, encode, error_payload, parse_instant, reply_frame
-from tcs_gateway.bridge.list_pages import KEEP_SECONDS, BuiltList, ListPages, page_frame, split_pages
+from tcs_gateway.bridge.list_pages import (
+    KEEP_SECONDS,
+    BuiltList,
+    ListPages,
+    page_frame,
+    split_changes,
+    split_pages,
+)
 from tcs_gateway.bridge.payloads import event_budget, events_for
-from tcs_gateway.bridge.ports import SyncUnavailableError
+from tcs_gateway.bridge.ports import SyncUnavailableError, UserList
 
 if TYPE_CHECKING:
     from tcs_gateway.bridge.session import Session
 
 MAX_WINDOW = timedelta(days=400)
 LIST_CONCURRENCY = 8
+
+
+#: The fields of an answer to a request with `incremental` (besides `removed`, which pages share out).
+CHANGES_FIELDS = ("incremental", "sinceSeq", "wholeBecause", "historyFrom")
+
+
+def changes_fields(since_seq: int, listed: UserList) -> dict[str, Any]:
+    """`incremental` and the base (`sinceSeq`) of an answer of only the changes, or why the whole list is given
+    (§6.2 "Changes since a sequence"): the sync-engine's history of removals no longer reaches back to `since_seq`
+    (`historyFrom`: the lowest sinceSeq it would answer with changes now)."""
+    if listed.incremental:
+        return {"incremental": True, "sinceSeq": since_seq}
+    return {"incremental": False, "wholeBecause": "history", "historyFrom": push_seq_floor(listed.history_from)}
 
 
 class CalendarLists:
@@ -87,10 +111,22 @@ class CalendarLists:
         assert server is not None
         user = str(payload["user"]).lower()
         last_snapshot = context.store.snapshot_seq(server.id, user)
-        held = engine_seq_held(payload.get("sinceSeq"), last_snapshot)
+        since: int | None = payload.get("sinceSeq")
+        wants_changes = bool(payload.get("incremental")) and since is not None
+        # Changes since sinceSeq apply to what TCS holds whether or not it has applied a snapshot sent since (that
+        # snapshot and this answer are each applied or found stale by the §4 rules); `unchanged` needs it applied.
+        held = engine_seq_of(since) if wants_changes and since else engine_seq_held(since, last_snapshot)
         async with self._lists:
             try:
-                listed = await context.source.list_events(user, window_from, window_to, since_seq=held)
+                listed = await context.source.list_events(
+                    user, window_from, window_to, since_seq=held, incremental=wants_changes
+                )
+                if wants_changes and held == 0:
+                    # TCS holds the window as of engine seq 0, before the user's first push (a snapshot of nothing):
+                    # what changed since is the whole list, and nothing when there is still no push.
+                    listed = UserList(
+                        listed.occurrences, listed.seq, unchanged=listed.seq == 0, incremental=listed.seq > 0
+                    )
             except SyncUnavailableError as exc:
                 server.record_error(f"getCalendarList {user}: {exc}")
                 log.warning("failed to getCalendarList", extra={"server": server.id, "user": user, "error": str(exc)})
@@ -102,6 +138,9 @@ class CalendarLists:
                     # never asked for them again (until it reconnects), so they were never synced.
                     await context.on_list(server, user, 0)
                 return
+            if listed.unchanged and wants_changes and since is not None and last_snapshot > since:
+                # nothing changed since, but TCS has a snapshot to apply: an answer of no changes at its seq
+                listed = UserList([], listed.seq, incremental=True)
             # A snapshot begun meanwhile has a higher seq: a full list takes it (else TCS would find the list stale);
             # an unchanged answer keeps the seq TCS's sinceSeq was checked against.
             seq = list_seq(
@@ -129,9 +168,36 @@ class CalendarLists:
         }
         if listed.unchanged:
             answer["unchanged"] = True
+        elif wants_changes:
+            answer.update(changes_fields(payload["sinceSeq"], listed))
+            if listed.incremental:
+                answer["removed"] = listed.removed
         if page is not None:
-            pages = split_pages(events, payload["user"], payload["from"], payload["to"], self.settings.max_frame_bytes)
-            new_id = self.pages.keep(user, payload["from"], payload["to"], seq, pages, unchanged=listed.unchanged)
+            removed_pages: list[list[bytes]] | None = None
+            if listed.incremental and not listed.unchanged:
+                removed_pages, pages = split_changes(
+                    listed.removed,
+                    events,
+                    payload["user"],
+                    payload["from"],
+                    payload["to"],
+                    self.settings.max_frame_bytes,
+                )
+                del answer["removed"]  # each page carries its share
+            else:
+                pages = split_pages(
+                    events, payload["user"], payload["from"], payload["to"], self.settings.max_frame_bytes
+                )
+            new_id = self.pages.keep(
+                user,
+                payload["from"],
+                payload["to"],
+                seq,
+                pages,
+                unchanged=listed.unchanged,
+                removed=removed_pages,
+                changes={key: value for key, value in answer.items() if key in CHANGES_FIELDS},
+            )
             built = self.pages.find(new_id)
             assert built is not None  # page > 0 comes with listId (the schema requires it)
             await self._send_page(frame_id, payload, built, 0)
@@ -205,7 +271,9 @@ class CalendarLists:
         }
         if built.unchanged:
             answer["unchanged"] = True
-        text = page_frame(frame_id, answer, built.pages[page])
+        answer.update(built.changes)
+        removed = built.removed[page] if built.removed is not None else None
+        text = page_frame(frame_id, answer, built.pages[page], removed)
         size = len(text)
         if size > self.settings.max_frame_bytes:  # split_pages leaves room; this guards the limit itself
             await self.session.channel.reply(

@@ -71,6 +71,17 @@ def engine_seq_held(since_seq: int | None, last_snapshot_seq: int) -> int:
     return since_seq // SEQ_SCALE
 
 
+def push_seq_floor(engine_seq: int) -> int:
+    """The wire seq from which on an engine history starting at `engine_seq` answers changes (at least 1)."""
+    return max(1, min(engine_seq, MAX_ENGINE_SEQ) * SEQ_SCALE)
+
+
+def engine_seq_of(since_seq: int) -> int:
+    """The engine seq a TCS holding a user's window at wire seq `since_seq` holds it as of (a push's seq is its engine
+    seq scaled, a snapshot's the engine seq it was read at scaled plus k): the base of an incremental list."""
+    return min(since_seq // SEQ_SCALE, MAX_ENGINE_SEQ)
+
+
 def snapshot_seq(engine_seq: int, last_snapshot_seq: int) -> int:
     """A fresh snapshot `seq` for a list read at `engine_seq`, above the previous snapshot's `last_snapshot_seq`."""
     floor = min(engine_seq, MAX_ENGINE_SEQ) * SEQ_SCALE

@@ -16,7 +16,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -31,6 +31,8 @@ MAX_KEPT = 64
 #: Room in a page's frame for the envelope and the reply's own fields (`errorCode`, `seq`, `listId`, `page`,
 #: `pageCount`, the id); `user`, `from` and `to` are counted as they are.
 _PAGE_ENVELOPE_ROOM = 512
+#: Further room in an incremental answer's page: `incremental`, `sinceSeq` and the `removed` key.
+_CHANGES_ROOM = 96
 
 
 @dataclass
@@ -45,6 +47,12 @@ class BuiltList:
     touched: float
     #: TCS's `sinceSeq` was current: one empty page, `unchanged`.
     unchanged: bool = False
+    #: An incremental answer (§6.2 "Changes since a sequence"): per page, its share of the removed ids as JSON;
+    #: None for a whole list.
+    removed: list[list[bytes]] | None = None
+    #: Fields every page of an answer to a request with `incremental` carries (`incremental`, `sinceSeq`,
+    #: `wholeBecause`).
+    changes: dict[str, Any] = field(default_factory=dict)
 
 
 def split_pages(
@@ -66,10 +74,43 @@ def split_pages(
     return pages
 
 
-def page_frame(frame_id: int, answer: dict[str, Any], events: list[bytes]) -> bytes:
-    """The reply frame (UTF-8) of `answer` (a getCalendarList success payload without events) with `events` last."""
+def split_changes(
+    removed: list[str],
+    events: list[dict[str, Any]],
+    user: str,
+    window_from: str,
+    window_to: str,
+    max_frame_bytes: int,
+) -> tuple[list[list[bytes]], list[list[bytes]]]:
+    """An incremental answer's removed ids and events, encoded, as pages (removed ids first, then events) whose
+    reply frames stay within `max_frame_bytes`: per page its removed ids and its events (nothing: one empty page)."""
+    fixed = (
+        _PAGE_ENVELOPE_ROOM + _CHANGES_ROOM + encoded_size(user) + encoded_size(window_from) + encoded_size(window_to)
+    )
+    budget = max_frame_bytes - fixed
+    removed_pages: list[list[bytes]] = [[]]
+    event_pages: list[list[bytes]] = [[]]
+    size = 4  # the two arrays' brackets
+    for index, text in enumerate([orjson.dumps(i) for i in removed] + [orjson.dumps(e) for e in events]):
+        length = len(text) + 1
+        if (removed_pages[-1] or event_pages[-1]) and size + length > budget:
+            removed_pages.append([])
+            event_pages.append([])
+            size = 4
+        (removed_pages if index < len(removed) else event_pages)[-1].append(text)
+        size += length
+    return removed_pages, event_pages
+
+
+def page_frame(frame_id: int, answer: dict[str, Any], events: list[bytes], removed: list[bytes] | None = None) -> bytes:
+    """The reply frame (UTF-8) of `answer` (a getCalendarList success payload without events) with `events` last,
+    and before them `removed` (the ids of an incremental answer) when given."""
     head = encode({"type": 2, "id": frame_id, "payload": answer})  # ends with the payload's and the frame's "}}"
-    return b"".join((head[:-2].encode("utf-8"), b',"events":[', b",".join(events), b"]}}"))
+    parts = [head[:-2].encode("utf-8")]
+    if removed is not None:
+        parts += [b',"removed":[', b",".join(removed), b"]"]
+    parts += [b',"events":[', b",".join(events), b"]}}"]
+    return b"".join(parts)
 
 
 class ListPages:
@@ -90,11 +131,15 @@ class ListPages:
         pages: list[list[bytes]],
         *,
         unchanged: bool = False,
+        removed: list[list[bytes]] | None = None,
+        changes: dict[str, Any] | None = None,
     ) -> str:
         """Keep a built list for its further pages; its new listId."""
         self._expire()
         list_id = secrets.token_urlsafe(12)
-        self._lists[list_id] = BuiltList(list_id, user, window_from, window_to, seq, pages, time.monotonic(), unchanged)
+        self._lists[list_id] = BuiltList(
+            list_id, user, window_from, window_to, seq, pages, time.monotonic(), unchanged, removed, changes or {}
+        )
         while len(self._lists) > MAX_KEPT:
             self._lists.popitem(last=False)
         return list_id

@@ -9,7 +9,7 @@ The gateway hands in the implementations through `SessionContext`: `tcs_gateway.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -23,20 +23,27 @@ class SyncUnavailableError(RuntimeError):
 @dataclass(frozen=True)
 class UserList:
     """A user's occurrences in a window and `seq`, the user's latest push number when the list was read;
-    `unchanged` (no occurrences) when the caller's `since_seq` was not below `seq`."""
+    `unchanged` (no occurrences) when the caller's `since_seq` was not below `seq`; `incremental` when only the
+    occurrences changed since `since_seq` are given, with `removed` the ids gone from the window since;
+    `history_from` (incremental asked, whole list given) the lowest since_seq changes are known from."""
 
     occurrences: list[calendar_pb2.Occurrence]
     seq: int
     unchanged: bool = False
+    incremental: bool = False
+    removed: list[str] = field(default_factory=list)
+    history_from: int = 0
 
 
 class CalendarSource(Protocol):
     """The users' calendars (the sync-engine's SyncService.ListEvents)."""
 
-    async def list_events(self, user: str, window_from: datetime, window_to: datetime, since_seq: int = 0) -> UserList:
+    async def list_events(
+        self, user: str, window_from: datetime, window_to: datetime, since_seq: int = 0, *, incremental: bool = False
+    ) -> UserList:
         """The user's occurrences in `[window_from, window_to)` - none, `unchanged`, when `since_seq` (the engine
-        seq the caller holds the list at, 0: none) is not below the user's seq; SyncUnavailableError when it cannot
-        answer."""
+        seq the caller holds the list at, 0: none) is not below the user's seq; with `incremental`, only the changes
+        since `since_seq` when they are all known; SyncUnavailableError when it cannot answer."""
         ...
 
 
