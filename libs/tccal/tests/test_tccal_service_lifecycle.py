@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import signal
@@ -13,8 +14,10 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tccal.grpckit import GrpcServer
 from tccal_sandbox.embedded import EmbeddedNats, EmbeddedPostgres, free_port, free_ports
 from tccal_sandbox.testing import nats_config, short_tmpdir, wait_for
 
@@ -112,3 +115,35 @@ def test_free_ports_are_all_different_and_bindable() -> None:
     for port in ports:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))
+
+
+async def test_a_service_on_a_port_another_process_serves_stops_naming_it(tmp_path: Path) -> None:
+    """Another process (here: another sandbox's gRPC server) already serves the configured grpcPort: the
+    sync-engine exits at once with exit code 2 and a line naming the address, instead of sharing the port with it
+    (SO_REUSEPORT) and answering only some of the connections its callers open."""
+    squatter = GrpcServer("127.0.0.1", 0, admin_token="another-sandboxs-admin-token")
+    grpc_port = await squatter.start()
+    unused_db, unused_nats, http_port = free_ports(3)  # nothing listens there: the gRPC port is tried first
+    config = {
+        "dbConnectionConfig": {"host": "127.0.0.1", "port": unused_db, "user": "postgres", "database": "postgres"},
+        "nats": {"url": f"nats://127.0.0.1:{unused_nats}"},
+        "productWhitelist": {"tcs": ["video.example.com#vcs"]},
+        "grpc": {"services": {"sync-engine": {"grpcPort": grpc_port, "httpPort": http_port}}},
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sync_engine", "--config", str(path), stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        try:
+            _, stderr = await asyncio.wait_for(process.communicate(), 120)
+        except TimeoutError:
+            pytest.fail(f"sync-engine kept running on 127.0.0.1:{grpc_port}, a port another process serves")
+        assert process.returncode == 2, stderr.decode()
+        assert f"sync-engine: gRPC cannot listen on 127.0.0.1:{grpc_port}: the port is in use" in stderr.decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await squatter.stop(0)

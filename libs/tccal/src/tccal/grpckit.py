@@ -243,6 +243,18 @@ def guard_required(host: str, admin_token: str) -> bool:
     return bool(admin_token) or not is_loopback(host)
 
 
+#: Server options: bind the port alone. gRPC's default on Linux is SO_REUSEPORT, which let a second process bind
+#: a port already served and the kernel then split new connections between both: a sandbox's tcs-gateway once
+#: reached another sandbox's sync-engine (started at the same time on the same machine, the same free port
+#: picked) and every ListEvents was refused UNAUTHENTICATED for minutes, its bearer token being derived from
+#: another adminToken. Bound alone, the second server fails to start instead, naming the port.
+EXCLUSIVE_PORT: list[tuple[str, Any]] = [("grpc.so_reuseport", 0)]
+
+
+class GrpcBindError(ValueError):
+    """A gRPC server could not listen on its address (a ValueError: services report it as a config problem)."""
+
+
 class GrpcServer:
     """A grpc.aio server with health and reflection; `add` registers a service implementation."""
 
@@ -272,7 +284,7 @@ class GrpcServer:
         tracing: grpc.aio.ServerInterceptor[Any, Any] = otel_grpc.aio_server_interceptor(  # type: ignore[no-untyped-call]
             filter_=untraced
         )
-        self.server = grpc.aio.server(interceptors=[tracing, self.auth])
+        self.server = grpc.aio.server(interceptors=[tracing, self.auth], options=EXCLUSIVE_PORT)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._service_names: list[str] = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
@@ -284,10 +296,16 @@ class GrpcServer:
     async def start(self) -> int:
         reflection.enable_server_reflection([*self._service_names, reflection.SERVICE_NAME], self.server)
         address = f"{self.host}:{self.requested_port}"
-        if self.tls is not None:
-            self.port = self.server.add_secure_port(address, self.tls.server_credentials())
-        else:
-            self.port = self.server.add_insecure_port(address)
+        try:
+            if self.tls is not None:
+                self.port = self.server.add_secure_port(address, self.tls.server_credentials())
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc says only "Failed to bind to address ..."
+            raise GrpcBindError(
+                f"gRPC cannot listen on {address}: the port is in use by another process (or the host is not an "
+                f"address of this machine); choose another grpcPort ({exc})"
+            ) from None
         await self.server.start()
         await self.set_serving(False)
         return self.port
