@@ -159,6 +159,31 @@ async def test_a_second_server_cannot_take_a_port_already_served() -> None:
         await first.stop(0)
 
 
+async def test_a_service_token_of_another_admin_token_is_named_as_such(caplog: pytest.LogCaptureFixture) -> None:
+    """What a caller from another installation or sandbox (the same service, another grpc.adminToken) is told, and
+    what the server logs: both name that cause, not just "missing or wrong" as for a made-up token."""
+    server = await started(TOKEN, policy=AccessPolicy(callers={METHOD: frozenset({"tcs-gateway"})}))
+    caplog.set_level(logging.WARNING, logger="tccal.grpckit")
+    foreign = GrpcCaller(service_token("another-sandboxs-admin-token", "tcs-gateway"))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ListServers(gateway_pb2.ListServersRequest(), metadata=foreign.metadata(), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "tcs-gateway token presented is not derived from this server's grpc.adminToken" in str(
+            refused.value.details()
+        )
+        assert await list_servers(channel, "tcs-gateway.not-hex") == grpc.StatusCode.UNAUTHENTICATED
+        own = GrpcCaller(service_token(TOKEN, "tcs-gateway"))
+        await stub.ListServers(gateway_pb2.ListServersRequest(), metadata=own.metadata(), timeout=10)
+    lines = [r.__dict__ for r in caplog.records if r.getMessage().startswith("gRPC call refused")]
+    assert [(line["caller"], line["message"]) for line in lines] == [
+        ("tcs-gateway (another adminToken)", "gRPC call refused: service token derived from another adminToken"),
+        ("unknown", "gRPC call refused: missing or wrong bearer token"),
+    ]
+    await server.stop(0)
+
+
 def test_binding_beyond_loopback_without_a_token_is_refused() -> None:
     with pytest.raises(ValueError, match=r"grpc\.adminToken must be set"):
         GrpcServer("0.0.0.0", 0)

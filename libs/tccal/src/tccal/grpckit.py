@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,18 @@ def service_token(admin_token: str, service: str) -> str:
     """
     digest = hmac.new(admin_token.encode(), _TOKEN_CONTEXT + service.encode(), hashlib.sha256).hexdigest()
     return f"{service}.{digest}"
+
+
+_SERVICE_TOKEN = re.compile(r"Bearer ([a-z][a-z-]*)\.[0-9a-f]{64}")
+
+
+def foreign_service(presented: str) -> str | None:
+    """The service an `authorization` value claims to be when it has a service token's shape (`service_token`)
+    that `identify` did not know: a token derived from another grpc.adminToken. None for anything else."""
+    match = _SERVICE_TOKEN.fullmatch(presented.strip())
+    if match is None or match.group(1) not in ALL_SERVICE_NAMES:
+        return None
+    return match.group(1)
 
 
 @dataclass(frozen=True)
@@ -157,9 +170,23 @@ class CallerAuthInterceptor(_Interceptor):
         method = handler_call_details.method
         if self.required and not self.policy.is_open(method):
             metadata = dict(handler_call_details.invocation_metadata or ())
-            caller = self.identify(str(metadata.get("authorization", "")))
+            presented = str(metadata.get("authorization", ""))
+            caller = self.identify(presented)
             if caller is None:
                 code = grpc.StatusCode.UNAUTHENTICATED
+                claimed = foreign_service(presented)
+                if claimed is not None:
+                    # Well formed, but not ours: the caller reads another config (another installation or
+                    # sandbox reaching this port, or a config whose grpc.adminToken differs from this one's).
+                    self.refusals.refused(
+                        method, f"{claimed} (another adminToken)", code, "service token derived from another adminToken"
+                    )
+                    return _deny(
+                        code,
+                        f"{method}: the {claimed} token presented is not derived from this server's grpc.adminToken "
+                        "(a process of another installation or sandbox answers on this port, or the two configs' "
+                        "grpc.adminToken differ)",
+                    )
                 self.refusals.refused(method, "unknown", code, "missing or wrong bearer token")
                 return _deny(
                     code,
