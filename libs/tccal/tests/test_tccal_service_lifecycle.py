@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import shutil
 import signal
@@ -15,10 +16,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tccal.grpckit import GrpcServer
-from tccal_sandbox.embedded import EmbeddedNats, EmbeddedPostgres, free_port, free_ports
+from tccal_sandbox.embedded import EmbeddedNats, EmbeddedPostgres, PortReservation, free_port, free_ports
+from tccal_sandbox.runner import Sandbox
 from tccal_sandbox.testing import nats_config, short_tmpdir, wait_for
 
 
@@ -147,3 +150,48 @@ async def test_a_service_on_a_port_another_process_serves_stops_naming_it(tmp_pa
             process.kill()
             await process.wait()
         await squatter.stop(0)
+
+
+async def test_reserved_ports_are_held_from_other_processes_but_our_servers_listen_on_them() -> None:
+    """PortReservation keeps its ports from everybody else until released (a plain bind is refused, so a bind to
+    port 0 of another sandbox never gets one) while our servers, which set SO_REUSEADDR, bind them: a gRPC server
+    (bound alone) and an aiohttp site as the probes and the bridge use."""
+    reservation = PortReservation(3)
+    grpc_port, http_port, held = reservation.ports
+    server = GrpcServer("127.0.0.1", grpc_port)
+    runner = web.AppRunner(web.Application())
+    try:
+        with socket.socket() as other, pytest.raises(OSError, match="in use") as taken:
+            other.bind(("127.0.0.1", held))
+        assert taken.value.errno == errno.EADDRINUSE
+        assert await server.start() == grpc_port
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", http_port).start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:  # it answers on the held port
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        reservation.release()
+        await server.stop(0)
+        await runner.cleanup()
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", held))  # released: free for anybody
+
+
+def test_the_sandbox_holds_its_services_ports_until_they_are_ready(tmp_path: Path) -> None:
+    """The sandbox picks its services' ports when it writes the config and holds them until every service is
+    ready (listening), so another sandbox started at the same time cannot pick one of them in between."""
+    box = Sandbox(tmp_path)
+    db = {"host": str(tmp_path), "port": 5432, "user": "postgres", "database": "calendar"}
+    config = json.loads(box.write_config(db, "nats://127.0.0.1:4222").read_text())
+    ports = [port for entry in config["grpc"]["services"].values() for port in (entry["grpcPort"], entry["httpPort"])]
+    try:
+        for port in [*ports, config["wsPort"]]:
+            with socket.socket() as other, pytest.raises(OSError, match="in use"):
+                other.bind(("127.0.0.1", port))
+        box.wait_ready(1.0)  # no child left to wait for: all listen
+        for port in [*ports, config["wsPort"]]:
+            with socket.socket() as other:
+                other.bind(("127.0.0.1", port))
+    finally:
+        box.stop()
