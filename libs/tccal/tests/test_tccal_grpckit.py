@@ -15,7 +15,15 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tccal.grpckit import AccessPolicy, GrpcCaller, GrpcServer, RefusalLog, client_metadata, service_token
+from tccal.grpckit import (
+    AccessPolicy,
+    GrpcBindError,
+    GrpcCaller,
+    GrpcServer,
+    RefusalLog,
+    client_metadata,
+    service_token,
+)
 from trueconf.calendar.v1 import gateway_pb2, gateway_pb2_grpc
 
 METHOD = "/trueconf.calendar.v1.GatewayService/ListServers"
@@ -127,6 +135,52 @@ async def test_refusals_are_logged_once_per_interval_not_per_call(caplog: pytest
         refused = [r for r in caplog.records if r.getMessage().startswith("gRPC call refused")]
         assert len(refused) == 2
         assert refused[1].__dict__["refusals"] == 25  # the 24 not logged and this one
+    await server.stop(0)
+
+
+async def test_a_second_server_cannot_take_a_port_already_served() -> None:
+    """Two sandboxes on one machine once picked the same free port for their sync-engines. With gRPC's default
+    SO_REUSEPORT both listened, the kernel split new connections between them, and one sandbox's tcs-gateway,
+    calling with its token, reached the other sandbox's engine (another adminToken): every ListEvents refused
+    UNAUTHENTICATED for minutes. The second server must fail to start, naming the address, and every new
+    connection must keep reaching the first."""
+    first = await started(TOKEN)
+    other = GrpcServer("127.0.0.1", first.port, admin_token="another-sandboxs-admin-token")
+    try:
+        with pytest.raises(GrpcBindError, match=rf"cannot listen on 127\.0\.0\.1:{first.port}: the port is in use"):
+            await other.start()
+        # A connection of its own per channel (not the process-wide pool's): each is a new accept on the port.
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        for _ in range(16):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}", options=options) as channel:
+                assert await list_servers(channel, TOKEN) == grpc.StatusCode.OK
+    finally:
+        await other.stop(0)
+        await first.stop(0)
+
+
+async def test_a_service_token_of_another_admin_token_is_named_as_such(caplog: pytest.LogCaptureFixture) -> None:
+    """What a caller from another installation or sandbox (the same service, another grpc.adminToken) is told, and
+    what the server logs: both name that cause, not just "missing or wrong" as for a made-up token."""
+    server = await started(TOKEN, policy=AccessPolicy(callers={METHOD: frozenset({"tcs-gateway"})}))
+    caplog.set_level(logging.WARNING, logger="tccal.grpckit")
+    foreign = GrpcCaller(service_token("another-sandboxs-admin-token", "tcs-gateway"))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ListServers(gateway_pb2.ListServersRequest(), metadata=foreign.metadata(), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "tcs-gateway token presented is not derived from this server's grpc.adminToken" in str(
+            refused.value.details()
+        )
+        assert await list_servers(channel, "tcs-gateway.not-hex") == grpc.StatusCode.UNAUTHENTICATED
+        own = GrpcCaller(service_token(TOKEN, "tcs-gateway"))
+        await stub.ListServers(gateway_pb2.ListServersRequest(), metadata=own.metadata(), timeout=10)
+    lines = [r.__dict__ for r in caplog.records if r.getMessage().startswith("gRPC call refused")]
+    assert [(line["caller"], line["message"]) for line in lines] == [
+        ("tcs-gateway (another adminToken)", "gRPC call refused: service token derived from another adminToken"),
+        ("unknown", "gRPC call refused: missing or wrong bearer token"),
+    ]
     await server.stop(0)
 
 

@@ -53,6 +53,39 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
         return ports
 
 
+class PortReservation:
+    """`count` different ports held until `release()`, so that no other process on the machine is handed one of
+    them in the meantime: each is a bound socket (SO_REUSEADDR, not listening). Our servers all set SO_REUSEADDR
+    (gRPC, aiohttp), which lets them bind and listen on a port held this way; a bind to port 0 elsewhere never
+    picks it, and an explicit plain bind is refused. Ports from `free_ports` are free only for the moment they
+    are returned: between that and a service's bind (seconds, while its Python starts) another sandbox on the
+    machine could pick the same one, and two sandboxes' gRPC servers then shared it (SO_REUSEPORT at the time;
+    now the later one fails to start)."""
+
+    def __init__(self, count: int, host: str = "127.0.0.1") -> None:
+        self._sockets: list[socket.socket] = []
+        try:
+            for _ in range(count):
+                sock = socket.socket()
+                self._sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, 0))
+        except OSError:
+            self.release()
+            raise
+        self.ports = [int(sock.getsockname()[1]) for sock in self._sockets]
+
+    def release(self) -> None:
+        """Let the ports go (once the services listen on them, or when the sandbox stops)."""
+        for sock in self._sockets:
+            sock.close()
+        self._sockets.clear()
+
+    @property
+    def held(self) -> bool:
+        return bool(self._sockets)
+
+
 def nats_server_binary() -> str:
     beside = Path(sys.executable).parent / "nats-server"
     found = str(beside) if beside.exists() else shutil.which("nats-server")

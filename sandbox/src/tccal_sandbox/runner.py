@@ -34,9 +34,9 @@ from tccal_sandbox.embedded import (
     EmbeddedNats,
     EmbeddedNatsCluster,
     EmbeddedPostgres,
+    PortReservation,
     create_database,
     die_with_parent,
-    free_ports,
 )
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,8 @@ class Sandbox:
     _pg: EmbeddedPostgres | None = None
     _nats: EmbeddedNats | None = None
     _nats_cluster: EmbeddedNatsCluster | None = None
+    #: The services' ports (write_config), held until they listen on them (wait_ready) or the sandbox stops.
+    _ports: PortReservation | None = None
 
     @property
     def key_file(self) -> Path:
@@ -462,7 +464,11 @@ class Sandbox:
     # --- config and services --------------------------------------------------------------------------
     def write_config(self, db: dict[str, Any], nats_url: str, extra: dict[str, Any] | None = None) -> Path:
         names = self.service_names()
-        ports = iter(free_ports(2 * len(names) + 2))  # all different, the TrueConf emulator's included
+        if self._ports is not None:
+            self._ports.release()
+        # All different, the TrueConf emulator's included, and held until the services listen (wait_ready).
+        self._ports = PortReservation(2 * len(names) + 2)
+        ports = iter(self._ports.ports)
         services = {name: {"host": "127.0.0.1", "grpcPort": next(ports), "httpPort": next(ports)} for name in names}
         ws_port = next(ports)
         config: dict[str, Any] = {
@@ -640,6 +646,12 @@ class Sandbox:
                 names = ", ".join(c.name for c in pending)
                 raise TimeoutError(f"not ready after {timeout:.0f}s: {names}")
             time.sleep(0.2)
+        self.release_ports()
+
+    def release_ports(self) -> None:
+        """Let the services' reserved ports go: every child is ready, so each listens on its own."""
+        if self._ports is not None:
+            self._ports.release()
 
     def seed_demo(self) -> list[str]:
         """The demo meetings, written through EWS as Outlook would (needs the Exchange emulator and ews-ingest)."""
@@ -675,6 +687,7 @@ class Sandbox:
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop every child (SIGTERM, then SIGKILL after `timeout`), then NATS and PostgreSQL."""
+        self.release_ports()
         for child in reversed(self.children):
             if child.process is not None and child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)

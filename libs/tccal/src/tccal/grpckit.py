@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,18 @@ def service_token(admin_token: str, service: str) -> str:
     """
     digest = hmac.new(admin_token.encode(), _TOKEN_CONTEXT + service.encode(), hashlib.sha256).hexdigest()
     return f"{service}.{digest}"
+
+
+_SERVICE_TOKEN = re.compile(r"Bearer ([a-z][a-z-]*)\.[0-9a-f]{64}")
+
+
+def foreign_service(presented: str) -> str | None:
+    """The service an `authorization` value claims to be when it has a service token's shape (`service_token`)
+    that `identify` did not know: a token derived from another grpc.adminToken. None for anything else."""
+    match = _SERVICE_TOKEN.fullmatch(presented.strip())
+    if match is None or match.group(1) not in ALL_SERVICE_NAMES:
+        return None
+    return match.group(1)
 
 
 @dataclass(frozen=True)
@@ -157,9 +170,23 @@ class CallerAuthInterceptor(_Interceptor):
         method = handler_call_details.method
         if self.required and not self.policy.is_open(method):
             metadata = dict(handler_call_details.invocation_metadata or ())
-            caller = self.identify(str(metadata.get("authorization", "")))
+            presented = str(metadata.get("authorization", ""))
+            caller = self.identify(presented)
             if caller is None:
                 code = grpc.StatusCode.UNAUTHENTICATED
+                claimed = foreign_service(presented)
+                if claimed is not None:
+                    # Well formed, but not ours: the caller reads another config (another installation or
+                    # sandbox reaching this port, or a config whose grpc.adminToken differs from this one's).
+                    self.refusals.refused(
+                        method, f"{claimed} (another adminToken)", code, "service token derived from another adminToken"
+                    )
+                    return _deny(
+                        code,
+                        f"{method}: the {claimed} token presented is not derived from this server's grpc.adminToken "
+                        "(a process of another installation or sandbox answers on this port, or the two configs' "
+                        "grpc.adminToken differ)",
+                    )
                 self.refusals.refused(method, "unknown", code, "missing or wrong bearer token")
                 return _deny(
                     code,
@@ -243,6 +270,18 @@ def guard_required(host: str, admin_token: str) -> bool:
     return bool(admin_token) or not is_loopback(host)
 
 
+#: Server options: bind the port alone. gRPC's default on Linux is SO_REUSEPORT, which let a second process bind
+#: a port already served and the kernel then split new connections between both: a sandbox's tcs-gateway once
+#: reached another sandbox's sync-engine (started at the same time on the same machine, the same free port
+#: picked) and every ListEvents was refused UNAUTHENTICATED for minutes, its bearer token being derived from
+#: another adminToken. Bound alone, the second server fails to start instead, naming the port.
+EXCLUSIVE_PORT: list[tuple[str, Any]] = [("grpc.so_reuseport", 0)]
+
+
+class GrpcBindError(ValueError):
+    """A gRPC server could not listen on its address (a ValueError: services report it as a config problem)."""
+
+
 class GrpcServer:
     """A grpc.aio server with health and reflection; `add` registers a service implementation."""
 
@@ -272,7 +311,7 @@ class GrpcServer:
         tracing: grpc.aio.ServerInterceptor[Any, Any] = otel_grpc.aio_server_interceptor(  # type: ignore[no-untyped-call]
             filter_=untraced
         )
-        self.server = grpc.aio.server(interceptors=[tracing, self.auth])
+        self.server = grpc.aio.server(interceptors=[tracing, self.auth], options=EXCLUSIVE_PORT)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._service_names: list[str] = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
@@ -284,10 +323,16 @@ class GrpcServer:
     async def start(self) -> int:
         reflection.enable_server_reflection([*self._service_names, reflection.SERVICE_NAME], self.server)
         address = f"{self.host}:{self.requested_port}"
-        if self.tls is not None:
-            self.port = self.server.add_secure_port(address, self.tls.server_credentials())
-        else:
-            self.port = self.server.add_insecure_port(address)
+        try:
+            if self.tls is not None:
+                self.port = self.server.add_secure_port(address, self.tls.server_credentials())
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc says only "Failed to bind to address ..."
+            raise GrpcBindError(
+                f"gRPC cannot listen on {address}: the port is in use by another process (or the host is not an "
+                f"address of this machine); choose another grpcPort ({exc})"
+            ) from None
         await self.server.start()
         await self.set_serving(False)
         return self.port
