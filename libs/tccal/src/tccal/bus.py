@@ -9,7 +9,6 @@ dlq.<stream>.<durable> with the error in its headers, and acked.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import zlib
@@ -32,6 +31,7 @@ from opentelemetry import trace
 
 from tccal import telemetry
 from tccal.nats_auth import IDENTITIES
+from tccal.pipelined import PipelinedPublisher
 from tccal.retry import backoff_delay, retry_async
 from tccal.stream_limits import (
     DEADLETTER_MAX_AGE_S,
@@ -246,6 +246,7 @@ class Bus:
     def __init__(self, settings: BusSettings) -> None:
         self.settings = settings
         self._nc: Client | None = None
+        self._pipelined: PipelinedPublisher | None = None
         self._js: JetStreamContext | None = None
         #: Why this bus refuses to connect (a NATS taking anonymous clients), once found out.
         self.refused: str | None = None
@@ -377,17 +378,10 @@ class Bus:
         Returns how many of the messages, from the first, JetStream acknowledged (a duplicate counts) within
         `timeout`; the rest must be published again (their ids make a repeat harmless).
         """
-        futures: list[asyncio.Future[Any]] = []
-        for subject, payload, msg_id, headers in messages:
-            futures.append(await self.js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id, **headers}))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), timeout)
-        acknowledged = 0
-        for future in futures:
-            if not future.done() or future.cancelled() or future.exception() is not None:
-                break
-            acknowledged += 1
-        return acknowledged
+        nc = self.nc
+        if self._pipelined is None or self._pipelined.nc is not nc:  # one per connection (its reply subscription)
+            self._pipelined = PipelinedPublisher(nc)
+        return await self._pipelined.publish(messages, timeout=timeout)
 
     async def key_value(self, bucket: str = INGEST_STATE_BUCKET) -> KeyValue:
         return await self.js.key_value(bucket)
