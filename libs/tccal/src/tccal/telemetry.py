@@ -13,7 +13,6 @@ import sys
 import threading
 import urllib.parse
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,8 +26,10 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, Status, TraceFlags
 from opentelemetry.util import types
+from opentelemetry.util._decorator import _agnosticcontextmanager  # the API's own (its Tracer's return type)
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
@@ -170,7 +171,7 @@ class ProcessedTracer(trace.Tracer):
         else:
             trace_id, random_trace_id = inner.id_generator.generate_trace_id(), inner.id_generator.is_trace_id_random()
         decision = inner.sampler.should_sample(context, trace_id, name, kind, attributes, links)
-        flags = TraceFlags.SAMPLED if decision.decision.is_sampled() else TraceFlags.DEFAULT
+        flags = TraceFlags.SAMPLED if decision.decision is Decision.RECORD_AND_SAMPLE else TraceFlags.DEFAULT
         if random_trace_id:
             flags |= TraceFlags.RANDOM_TRACE_ID
         span_context = SpanContext(
@@ -182,7 +183,7 @@ class ProcessedTracer(trace.Tracer):
         )
         return NonRecordingSpan(span_context)
 
-    @contextmanager
+    @_agnosticcontextmanager
     def start_as_current_span(
         self,
         name: str,
@@ -205,6 +206,13 @@ class ProcessedTracer(trace.Tracer):
             set_status_on_exception=set_status_on_exception,
         ) as current:
             yield current
+
+
+def recording() -> bool:
+    """Whether spans started now can be recorded: False only while the process's provider is a
+    ProcessedTracerProvider with no span processor (no exporter configured), whose spans only carry the trace on."""
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, ProcessedTracerProvider) or provider.processed
 
 
 class JsonFormatter(logging.Formatter):
