@@ -167,6 +167,28 @@ async def test_pipelined_publish_keeps_the_order_and_counts_acknowledged(nats_ur
     await bus.close()
 
 
+async def test_pipelined_publish_counts_only_up_to_the_first_message_jetstream_refused(nats_url: str) -> None:
+    """Every message is sent; the count stops at the first one not stored: a JetStream error answer (here an
+    expected stream that does not match) or a subject no stream takes (a 503 status, no PubAck)."""
+    bus = await connected(nats_url)
+    subject = subjects.commands_subject("refused#vcs")
+    before = (await bus.js.stream_info(subjects.TCS_COMMANDS)).state.last_seq
+    wrong_stream = {"Nats-Expected-Stream": "NOT_" + subjects.TCS_COMMANDS}
+    messages = [
+        (subject, b"r0", "refused-0", {}),
+        (subject, b"r1", "refused-1", {}),
+        (subject, b"r2", "refused-2", wrong_stream),
+        (subject, b"r3", "refused-3", {}),
+    ]
+    assert await bus.publish_pipelined(messages) == 2
+    stored = [(await bus.js.get_msg(subjects.TCS_COMMANDS, before + n)).data for n in range(1, 4)]
+    assert stored == [b"r0", b"r1", b"r3"]  # r3 went out too: the caller publishes it again (a duplicate then)
+    assert await bus.publish_pipelined([(subject, b"r4", "refused-4", {}), ("no.stream.here", b"x", "n", {})]) == 1
+    assert await bus.publish_pipelined(messages[3:]) == 1  # acknowledged as the duplicate it is
+    assert await bus.publish_pipelined([]) == 0
+    await bus.close()
+
+
 async def test_connect_waits_for_a_jetstream_that_is_not_ready_yet(tmp_path: Path) -> None:
     """A NATS whose JetStream does not answer yet (a cluster electing its meta leader; here a server started without
     JetStream, then restarted with it on the same port): Bus.connect keeps declaring the streams instead of failing

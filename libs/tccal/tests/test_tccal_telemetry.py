@@ -7,12 +7,14 @@ import json
 import logging
 import urllib.parse
 
+from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import Span, Status, StatusCode
 
 from tccal import secrets, telemetry
 from tccal.config import load_config
@@ -118,3 +120,46 @@ def test_durations_have_buckets_from_5_ms_to_60_s() -> None:
     assert point.explicit_bounds[0] == 0.005 and point.explicit_bounds[-1] == 60.0
     counts = dict(zip([*point.explicit_bounds, float("inf")], point.bucket_counts, strict=True))
     assert counts[0.005] == 1 and counts[0.25] == 1 and counts[1.0] == 1 and counts[60.0] == 1
+
+
+PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def traceparent_of(span: Span, context: Context | None = None) -> str:
+    return telemetry.inject_context({}, trace.set_span_in_context(span, context))["traceparent"]
+
+
+def test_without_a_span_processor_spans_are_not_recorded_yet_carry_the_trace_on() -> None:
+    """No exporter configured: nothing is recorded, but a traceparent written from a span is what the SDK's own
+    would be - the parent's trace id and sampled flag, a span id of its own; a root span starts a sampled trace."""
+    provider = telemetry.ProcessedTracerProvider()
+    tracer = provider.get_tracer("t")
+    parent = telemetry.extract_context({"traceparent": PARENT})
+    child = tracer.start_span("publish", context=parent, kind=trace.SpanKind.PRODUCER, attributes={"a": "b"})
+    assert not child.is_recording()
+    version, trace_id, span_id, flags = traceparent_of(child, parent).split("-")
+    assert (version, trace_id, flags) == ("00", "4bf92f3577b34da6a3ce929d0e0e4736", "01")
+    assert span_id not in ("00f067aa0ba902b7", "0" * 16)
+    unsampled = telemetry.extract_context({"traceparent": PARENT[:-2] + "00"})
+    assert traceparent_of(tracer.start_span("publish", context=unsampled), unsampled).endswith("-00")
+    with tracer.start_as_current_span("root") as root:
+        assert not root.is_recording()
+        assert trace.get_current_span() is root
+        _, root_trace, _, root_flags = telemetry.inject_context({})["traceparent"].split("-")
+        assert root_trace != "4bf92f3577b34da6a3ce929d0e0e4736" and int(root_flags, 16) & 1  # a sampled new trace
+        inner = tracer.start_span("inner")  # the current span is the parent
+        assert traceparent_of(inner).split("-")[1] == root_trace
+
+
+def test_spans_are_recorded_once_a_span_processor_is_added() -> None:
+    provider = telemetry.ProcessedTracerProvider()
+    tracer = provider.get_tracer("t")  # taken before the processor, as a module's tracer is
+    exported = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    parent = telemetry.extract_context({"traceparent": PARENT})
+    with tracer.start_as_current_span("consume", context=parent, attributes={"n": 2}) as span:
+        assert span.is_recording()
+    [done] = exported.get_finished_spans()
+    assert done.name == "consume" and dict(done.attributes or {}) == {"n": 2}
+    assert done.parent is not None and f"{done.parent.span_id:016x}" == "00f067aa0ba902b7"
+    assert f"{done.context.trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 import urllib.parse
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,9 +23,13 @@ from opentelemetry.sdk.metrics import Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.trace import Status
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, Status, TraceFlags
+from opentelemetry.util import types
+from opentelemetry.util._decorator import _agnosticcontextmanager  # the API's own (its Tracer's return type)
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
@@ -118,6 +122,99 @@ def redacted_span(span: ReadableSpan) -> ReadableSpan:
     )
 
 
+class ProcessedTracerProvider(TracerProvider):
+    """The SDK's provider, recording spans only once a span processor (an exporter) is added: until then its tracers
+    start non-recording spans that still carry the trace on exactly as the SDK's would (the parent's trace id, a new
+    span id, the sampler's decision in the flags), so a `traceparent` written from one is what it would have been.
+    A span nobody will export costs the process nothing but its ids (an SDK span is ~20 µs to start and end)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.processed = False
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        super().add_span_processor(span_processor)
+        self.processed = True
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        tracer = super().get_tracer(*args, **kwargs)
+        return ProcessedTracer(tracer, self) if isinstance(tracer, SdkTracer) else tracer
+
+
+class ProcessedTracer(trace.Tracer):
+    """An SDK tracer that records only while its provider has a span processor (ProcessedTracerProvider)."""
+
+    def __init__(self, inner: SdkTracer, provider: ProcessedTracerProvider) -> None:
+        self.inner = inner
+        self.provider = provider
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[Link] | None = (),
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> Span:
+        if self.provider.processed:
+            return self.inner.start_span(
+                name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception
+            )
+        # The SDK's Tracer.start_span up to the span's context (same ids, sampler, flags), without the span.
+        parent = trace.get_current_span(context).get_span_context()
+        inner = self.inner
+        if parent.is_valid:
+            trace_id, random_trace_id = parent.trace_id, parent.trace_flags.random_trace_id
+        else:
+            trace_id, random_trace_id = inner.id_generator.generate_trace_id(), inner.id_generator.is_trace_id_random()
+        decision = inner.sampler.should_sample(context, trace_id, name, kind, attributes, links)
+        flags = TraceFlags.SAMPLED if decision.decision is Decision.RECORD_AND_SAMPLE else TraceFlags.DEFAULT
+        if random_trace_id:
+            flags |= TraceFlags.RANDOM_TRACE_ID
+        span_context = SpanContext(
+            trace_id,
+            inner.id_generator.generate_span_id(),
+            is_remote=False,
+            trace_flags=TraceFlags(flags),
+            trace_state=decision.trace_state,
+        )
+        return NonRecordingSpan(span_context)
+
+    @_agnosticcontextmanager
+    def start_as_current_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[Link] | None = (),
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Iterator[Span]:
+        span = self.start_span(
+            name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception
+        )
+        with trace.use_span(
+            span,
+            end_on_exit=end_on_exit,
+            record_exception=record_exception,
+            set_status_on_exception=set_status_on_exception,
+        ) as current:
+            yield current
+
+
+def recording() -> bool:
+    """Whether spans started now can be recorded: False only while the process's provider is a
+    ProcessedTracerProvider with no span processor (no exporter configured), whose spans only carry the trace on."""
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, ProcessedTracerProvider) or provider.processed
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, trace/span ids, and `extra` fields."""
 
@@ -175,7 +272,7 @@ def setup(service: str, *, otlp_endpoint: str | None = None, log_level: str = "I
     _configured = True
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or otlp_endpoint
     resource = Resource.create({"service.name": service, "service.namespace": "tc-calendar"})
-    _tracer_provider = TracerProvider(resource=resource)
+    _tracer_provider = ProcessedTracerProvider(resource=resource)
     readers: list[MetricReader] = [PrometheusMetricReader()]
     if endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter

@@ -103,15 +103,14 @@ class Relay:
         METRICS.outbox_backlog = len(rows)
         messages: list[tuple[str, bytes, str, dict[str, str]]] = []
         subjects: dict[str, str] = {}
+        causes: dict[tuple[str, str], Context] = {}  # the commands of one change share its stored trace
         for row in rows:
             command_id, server_id = str(row["command_id"]), str(row["server_id"])
             # No stored trace: a new one starts here (the empty context extract_context gives for no headers).
-            context = Context()
-            if row["traceparent"]:
-                carrier = {"traceparent": str(row["traceparent"])}
-                if row["tracestate"]:
-                    carrier["tracestate"] = str(row["tracestate"])
-                context = telemetry.extract_context(carrier)
+            cause = (str(row["traceparent"] or ""), str(row["tracestate"] or ""))
+            context = causes.get(cause)
+            if context is None:
+                context = causes[cause] = _stored_context(*cause)
             # The producer span is only started, written into the headers and ended: it never becomes the current
             # span (nothing runs inside it), which spares the context switch in and out per command.
             span = self.tracer.start_span(
@@ -146,6 +145,16 @@ class Relay:
                 f"JetStream acknowledged {len(done)} of {len(rows)} commands; publishing the rest again"
             )
         return len(done)
+
+
+def _stored_context(traceparent: str, tracestate: str) -> Context:
+    """The trace context a command's row stored (an empty one if none)."""
+    if not traceparent:
+        return Context()
+    carrier = {"traceparent": traceparent}
+    if tracestate:
+        carrier["tracestate"] = tracestate
+    return telemetry.extract_context(carrier)
 
 
 class RelayIncompleteError(ConnectionError):
