@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,7 +81,8 @@ def _as_instant(value: Any) -> dt.datetime:
     return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
 
 
-Publish = Callable[[calendar_pb2.CalendarChange, str], Awaitable[bool]]
+#: Publishes (change, dedupe id) pairs in order; per change True if stored, False if JetStream had it already.
+Publish = Callable[[Sequence[tuple[calendar_pb2.CalendarChange, str]]], Awaitable[list[bool]]]
 #: Told of every published change: (mailbox, item id, event or None for a deletion).
 Observer = Callable[[str, str, calendar_pb2.CalendarEvent | None], None]
 
@@ -223,7 +224,7 @@ class MailboxSync:
             await self.ctx.store.save_checkpoint(checkpoint)
         change.sequence = checkpoint.next_sequence()
         change.observed_at.CopyFrom(timestamp(dt.datetime.now(dt.UTC)))
-        if not await self.ctx.publish(change, change.change_id):
+        if not (await self.ctx.publish([(change, change.change_id)]))[0]:
             self.result.duplicates += 1
         log.info(
             "mailbox re-read marker published",
@@ -352,11 +353,15 @@ class MailboxSync:
         if checkpoint.reserve(len(events)):
             await self.ctx.store.save_checkpoint(checkpoint)
         observed = timestamp(dt.datetime.now(dt.UTC))
+        page: list[tuple[calendar_pb2.CalendarChange, str]] = []
         for item_id, maybe in events:
             change = self._change(item_id, maybe, origin, token)
             change.sequence = checkpoint.next_sequence()
             change.observed_at.CopyFrom(observed)
-            stored = await self.ctx.publish(change, change.change_id)
+            page.append((change, change.change_id))
+        # The page's changes go out together, in Exchange's order; the checkpoint moves only when all are acked.
+        outcomes = await self.ctx.publish(page)
+        for (item_id, maybe), stored in zip(events, outcomes, strict=True):
             if stored:
                 self.result.published += 1
                 checkpoint.changes_published += 1
