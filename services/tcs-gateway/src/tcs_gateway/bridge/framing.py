@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
 from tccal import bridge_protocol
 from tccal.bridge_protocol import (
     PUSH_METHODS,
