@@ -7,7 +7,9 @@ import contextlib
 import socket
 from pathlib import Path
 
+import pytest
 from nats.aio.msg import Msg
+from nats.js.errors import NoStreamResponseError
 
 from tccal import bus as busmod
 from tccal import subjects, telemetry
@@ -186,6 +188,30 @@ async def test_pipelined_publish_counts_only_up_to_the_first_message_jetstream_r
     assert await bus.publish_pipelined([(subject, b"r4", "refused-4", {}), ("no.stream.here", b"x", "n", {})]) == 1
     assert await bus.publish_pipelined(messages[3:]) == 1  # acknowledged as the duplicate it is
     assert await bus.publish_pipelined([]) == 0
+    await bus.close()
+
+
+async def test_batch_publish_keeps_the_order_and_tells_duplicates(nats_url: str) -> None:
+    bus = await connected(nats_url)
+    subject = subjects.commands_subject("batch#vcs")
+    before = (await bus.js.stream_info(subjects.TCS_COMMANDS)).state.last_seq
+    messages = [(subject, f"b{n}".encode(), f"batch-{n}", {}) for n in range(5)]
+    messages.append((subject, b"b2 again", "batch-2", {}))  # a repeat: acknowledged as a duplicate, not stored
+    assert await bus.publish_batch(messages) == [True] * 5 + [False]
+    stored = [(await bus.js.get_msg(subjects.TCS_COMMANDS, before + n)).data for n in range(1, 6)]
+    assert stored == [f"b{n}".encode() for n in range(5)]
+    assert (await bus.js.stream_info(subjects.TCS_COMMANDS)).state.last_seq == before + 5
+    assert await bus.publish_batch(messages[:2]) == [False, False]  # the same batch again stores nothing
+    assert await bus.publish_batch([]) == []
+    await bus.close()
+
+
+async def test_batch_publish_raises_when_jetstream_refuses_one(nats_url: str) -> None:
+    """A message no stream takes is refused: the batch raises as a single publish would (nothing is lost silently)."""
+    bus = await connected(nats_url)
+    subject = subjects.commands_subject("batch-refused#vcs")
+    with pytest.raises(NoStreamResponseError):
+        await bus.publish_batch([(subject, b"ok", "refused-0", {}), ("no.stream.here", b"lost", "refused-1", {})])
     await bus.close()
 
 

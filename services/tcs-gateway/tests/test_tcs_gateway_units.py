@@ -3,6 +3,7 @@ sequence numbers, snapshot chunks, conference schedules, settings."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,7 @@ from tcs_gateway.bridge.events import (
     push_seq,
     snapshot_seq,
 )
-from tcs_gateway.bridge.framing import FrameValidator, encoded_size, request_frame
+from tcs_gateway.bridge.framing import FrameValidator, encode, encoded_size, request_frame
 from tcs_gateway.bridge.guard import BAD_SECRET, OVER_ADDRESS_CAP, OVER_TOTAL_CAP, BridgeGuard
 from tcs_gateway.bridge.payloads import events_for, snapshot_payloads
 from tcs_gateway.rest.conferences import conference_id_for, parse_timestamp, schedule_body
@@ -92,6 +93,25 @@ def test_every_event_is_valid_for_the_schema_and_the_emulator(
         assert event["subject"] is None and event["attendees"] == [] and event["conference"] is None
     else:
         assert event["attendees"][0]["response"] == "organizer"
+
+
+_JSON_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**53), max_value=2**53) | _JSON_TEXT,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(_JSON_TEXT, inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.dictionaries(_JSON_TEXT, _JSON_VALUES, max_size=6))
+def test_frames_are_encoded_as_compact_json_byte_for_byte(payload: dict[str, object]) -> None:
+    """encode / encoded_size (orjson) write exactly what json.dumps compact with non-ASCII unescaped writes: control
+    characters, quotes, backslashes, every plane of Unicode, nested lists and objects."""
+    frame = {"type": 1, "id": 7, "method": "calendar.upsert", "payload": payload}
+    expected = json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+    assert encode(frame) == expected
+    assert encoded_size(frame) == len(expected.encode("utf-8"))
 
 
 def test_event_times_as_the_protocol_writes_them() -> None:

@@ -17,6 +17,7 @@ subject gets `{"mailbox", "accepted", "detail"}` back.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from tccal.bus import Bus
 from tccal.ingest.control import ControlError, ControlRequest, parse_control
@@ -29,11 +30,23 @@ log = logging.getLogger(__name__)
 
 
 class ChangePublisher:
-    """Publish one CalendarChange to calendar.v1.changes.<provider>.<mailbox-key> with its dedupe id."""
+    """Publish CalendarChanges to calendar.v1.changes.<provider>.<mailbox-key>, each with its dedupe id.
+
+    A sync hands over a page's changes at once: they go out pipelined (one socket write, acks awaited together)
+    instead of one round trip each; JetStream stores them in the given order."""
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
 
-    async def __call__(self, change: calendar_pb2.CalendarChange, msg_id: str) -> bool:
-        subject = calendar_subject(change.provider, change.mailbox)
-        return await self.bus.publish(subject, change.SerializeToString(), msg_id=msg_id)
+    async def __call__(self, changes: Sequence[tuple[calendar_pb2.CalendarChange, str]]) -> list[bool]:
+        """Publish `changes` ((change, msg_id), in order); per change True if stored, False if a duplicate."""
+        if len(changes) == 1:
+            change, msg_id = changes[0]
+            subject = calendar_subject(change.provider, change.mailbox)
+            return [await self.bus.publish(subject, change.SerializeToString(), msg_id=msg_id)]
+        return await self.bus.publish_batch(
+            [
+                (calendar_subject(change.provider, change.mailbox), change.SerializeToString(), msg_id, {})
+                for change, msg_id in changes
+            ]
+        )

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,8 +40,9 @@ from exchangelib.errors import ErrorInvalidSyncStateData, ErrorItemNotFound, Mal
 from exchangelib.fields import FieldPath
 from exchangelib.items import ID_ONLY
 from exchangelib.services import SyncFolderItems
+from exchangelib.version import Version
 
-from ews_ingest.conference_marker import MarkerParser
+from ews_ingest.conference_marker import MARKER_FIELD, MarkerParser
 from ews_ingest.exchange.errors import describe
 from ews_ingest.exchange.pool import CredentialPool
 from ews_ingest.normalize import NormalizationError, normalize, plain_utc, timestamp
@@ -52,6 +54,16 @@ log = logging.getLogger(__name__)
 #: Fields SyncFolderItems returns besides ItemId/ChangeKey: enough to keep the window without a GetItem.
 SYNC_FIELDS = ("start", "end", "type", "last_modified_time")
 QUARANTINED = "calendar item quarantined"
+#: What normalize() and the window checks read of a fetched item: GetItem asks for these properties only. Without
+#: them exchangelib asks for every property, MimeContent (Exchange renders each item as iCalendar) and
+#: ConflictingMeetings / AdjacentMeetings (a free/busy search per item) included, none of which is used here.
+FETCH_FIELDS = (
+    "uid", "subject", "sensitivity", "text_body", "body", "last_modified_name", "last_modified_time",
+    "recurrence_id", "start", "end", "original_start", "is_all_day", "location", "is_meeting", "is_cancelled",
+    "type", "my_response_type", "organizer", "required_attendees", "optional_attendees", "resources",
+    "appointment_sequence_number", "recurrence", "last_occurrence", "modified_occurrences", "deleted_occurrences",
+    "_start_timezone", "_end_timezone", MARKER_FIELD,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -81,7 +93,8 @@ def _as_instant(value: Any) -> dt.datetime:
     return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
 
 
-Publish = Callable[[calendar_pb2.CalendarChange, str], Awaitable[bool]]
+#: Publishes (change, dedupe id) pairs in order; per change True if stored, False if JetStream had it already.
+Publish = Callable[[Sequence[tuple[calendar_pb2.CalendarChange, str]]], Awaitable[list[bool]]]
 #: Told of every published change: (mailbox, item id, event or None for a deletion).
 Observer = Callable[[str, str, calendar_pb2.CalendarEvent | None], None]
 
@@ -223,7 +236,7 @@ class MailboxSync:
             await self.ctx.store.save_checkpoint(checkpoint)
         change.sequence = checkpoint.next_sequence()
         change.observed_at.CopyFrom(timestamp(dt.datetime.now(dt.UTC)))
-        if not await self.ctx.publish(change, change.change_id):
+        if not (await self.ctx.publish([(change, change.change_id)]))[0]:
             self.result.duplicates += 1
         log.info(
             "mailbox re-read marker published",
@@ -352,11 +365,15 @@ class MailboxSync:
         if checkpoint.reserve(len(events)):
             await self.ctx.store.save_checkpoint(checkpoint)
         observed = timestamp(dt.datetime.now(dt.UTC))
+        page: list[tuple[calendar_pb2.CalendarChange, str]] = []
         for item_id, maybe in events:
             change = self._change(item_id, maybe, origin, token)
             change.sequence = checkpoint.next_sequence()
             change.observed_at.CopyFrom(observed)
-            stored = await self.ctx.publish(change, change.change_id)
+            page.append((change, change.change_id))
+        # The page's changes go out together, in Exchange's order; the checkpoint moves only when all are acked.
+        outcomes = await self.ctx.publish(page)
+        for (item_id, maybe), stored in zip(events, outcomes, strict=True):
             if stored:
                 self.result.published += 1
                 checkpoint.changes_published += 1
@@ -409,7 +426,8 @@ class MailboxSync:
             batch = wanted[start : start + self.batch_size]
 
             def get(account: Any, ids: list[tuple[str, str]] = batch) -> list[Any]:
-                items = list(account.fetch(ids=ids, folder=account.calendar, chunk_size=len(ids)))
+                fields = fetch_fields(account.version)
+                items = list(account.fetch(ids=ids, folder=account.calendar, only_fields=fields, chunk_size=len(ids)))
                 if len(items) != len(ids):  # exchangelib yields nothing for a body it could not parse
                     raise MalformedResponseError(f"GetItem answered {len(items)} items for {len(ids)} ids")
                 return items
@@ -456,6 +474,15 @@ class MailboxSync:
         if self._quarantine_dirty:
             await self.ctx.store.save_quarantine(self.ctx.mailbox, self.ctx.quarantine)
             self._quarantine_dirty = False
+
+
+@functools.cache
+def fetch_fields(version: Version) -> list[str]:
+    """FETCH_FIELDS that the mailbox's Exchange version has (as exchangelib's all-fields default leaves out the
+    others); the TrueConf marker property when it is registered (conference_marker.register_marker_property)."""
+    registered = {field.name for field in CalendarItem.FIELDS}
+    names = [name for name in FETCH_FIELDS if name != MARKER_FIELD or name in registered]
+    return [name for name in names if CalendarItem.get_field_by_fieldname(name).supports_version(version)]
 
 
 def _token(reason: str) -> str:

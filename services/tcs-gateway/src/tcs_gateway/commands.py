@@ -44,6 +44,7 @@ from tcs_gateway.bridge.servers import ServerState
 from tcs_gateway.conference_commands import ConferenceCommands
 from tcs_gateway.conference_order import ConferenceOrder
 from tcs_gateway.rest.conferences import ConferenceService
+from tcs_gateway.results import ResultBatcher
 from tcs_gateway.settings import GatewaySettings
 from tcs_gateway.sync_client import EventSource
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2
@@ -85,6 +86,7 @@ class CommandConsumer:
         self.stop = asyncio.Event()
         self._conference = ConferenceCommands(state, conferences, settings, self._publish_and_ack, order)
         self.consumed = 0
+        self._results = ResultBatcher(bus, results_subject(self.server_id))
         state.on_push_done = self.finish_push
 
     # ------------------------------------------------------------------ consuming
@@ -287,10 +289,9 @@ class CommandConsumer:
                 meeting_id=item.meeting_id,
             )
             result.completed_at.FromDatetime(datetime.now(UTC))
-            await self._publish(result, "calendar")
-            for message in item.messages():
-                with contextlib.suppress(Exception):
-                    await message.ack()
+            # Batched with the other pushes finished meanwhile; returns once published and the messages acked.
+            await self._results.publish_and_ack(result, item.context, item.messages())
+            _RESULTS.add(1, {"kind": "calendar", "status": commands_pb2.CommandStatus.Name(result.status)})
         except Exception as exc:  # not published: leave the message unacked, it comes back and is pushed again
             log.warning(
                 "command result not published; the command will be redelivered",

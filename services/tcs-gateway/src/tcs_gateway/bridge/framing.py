@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from tccal import bridge_protocol
 from tccal.bridge_protocol import (
     PUSH_METHODS,
@@ -127,11 +129,14 @@ def error_payload(
 
 
 def encode(frame: dict[str, Any]) -> str:
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+    """The frame's text: compact JSON, non-ASCII unescaped (what `json.dumps(frame, separators=(",", ":"),
+    ensure_ascii=False)` writes, byte for byte, at a fraction of its CPU: every push is encoded here)."""
+    return orjson.dumps(frame).decode("utf-8")
 
 
 def encoded_size(value: Any) -> int:
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    """UTF-8 bytes of `value` as `encode` writes it."""
+    return len(orjson.dumps(value))
 
 
 class FrameValidator(bridge_protocol.FrameValidator):
