@@ -167,7 +167,8 @@ class Sandbox:
 
     def _start_nats_cluster(self) -> str:
         """`nats_nodes` clustered nats-servers; the ready-file's `nats` keeps the first node as `url` (and its
-        config as `server_config`) and adds `urls`, `nodes` (url, pid, store_dir of each) and `replicas`."""
+        config as `server_config`) and adds `urls`, `nodes` (url, pid, store_dir, config file, server_name and
+        monitoring URL of each) and `replicas`."""
         cluster = EmbeddedNatsCluster(self.state_dir / "nats-cluster", self.nats_nodes)
         self._nats_cluster = cluster
         self._nats = cluster.nodes[0]
@@ -178,7 +179,17 @@ class Sandbox:
             "credentials": cluster.credentials(),
             "server_config": str(cluster.nodes[0].config_file),
             "replicas": self.nats_nodes,
-            "nodes": [{"url": node.url, "pid": node.pid, "store_dir": str(node.store_dir)} for node in cluster.nodes],
+            "nodes": [
+                {
+                    "url": node.url,
+                    "pid": node.pid,
+                    "store_dir": str(node.store_dir),
+                    "config": str(node.config_file),
+                    "server_name": node.routes.server_name if node.routes else "",
+                    "monitor": f"http://127.0.0.1:{node.routes.monitor_port}" if node.routes else "",
+                }
+                for node in cluster.nodes
+            ],
         }
         self.config_overrides = deep_merge({"nats": {"replicas": self.nats_nodes}}, self.config_overrides)
         return url

@@ -12,6 +12,8 @@ from __future__ import annotations
 import concurrent.futures
 import datetime as dt
 import json
+import socket
+import subprocess
 import threading
 import time
 import urllib.error
@@ -103,6 +105,66 @@ async def gateway_lease_owner(nc: NatsClient, server_id: str) -> str | None:
     except Exception:  # no key: nobody holds it
         return None
     return _owner_name(entry.value)
+
+
+# ------------------------------------------------------------------------------------- NATS cluster nodes
+def restart_nats_node(node: Mapping[str, Any]) -> subprocess.Popen[bytes]:
+    """Start a node of the sandbox's NATS cluster again after it was killed (one of the ready-file's
+    `nats.nodes`): the same config file, so the same ports, server name, routes and store directory. The caller
+    owns the process (stop it at the end); it dies with the caller too. Returns once the node takes clients."""
+    from tccal_sandbox.embedded import die_with_parent, nats_server_binary
+
+    store = Path(node["store_dir"])
+    config = node.get("config") or str(store / "nats-server.conf")
+    with open(store / "nats-server.log", "ab") as log_file:
+        process = subprocess.Popen(
+            [nats_server_binary(), "-c", str(config)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+    host, port = urllib.parse.urlsplit(node["url"]).hostname or "127.0.0.1", urllib.parse.urlsplit(node["url"]).port
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"nats-server exited with {process.returncode}; see {store / 'nats-server.log'}")
+        try:
+            with socket.create_connection((host, int(port or 4222)), timeout=0.5):
+                return process
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise TimeoutError(f"the restarted NATS node {node['url']} did not listen within 60 s") from None
+            time.sleep(0.1)
+
+
+async def stream_clusters(nc: NatsClient) -> dict[str, dict[str, Any]]:
+    """Every JetStream stream (KV buckets included) as its leader reports it: `leader`, `replicas` (server name ->
+    `{current, offline, lag}` of each follower) and `last_seq`."""
+    found: dict[str, dict[str, Any]] = {}
+    for info in await nc.jetstream().streams_info():
+        cluster = info.cluster
+        peers = (cluster.replicas or []) if cluster is not None else []
+        found[str(info.config.name)] = {
+            "leader": cluster.leader if cluster is not None else None,
+            "replicas": {
+                str(p.name): {"current": bool(p.current), "offline": bool(p.offline), "lag": int(p.lag or 0)}
+                for p in peers
+            },
+            "last_seq": int(info.state.last_seq),
+        }
+    return found
+
+
+def node_last_sequences(monitor: str) -> dict[str, int]:
+    """The streams one NATS node stores and the last sequence it holds of each (its monitoring endpoint /jsz)."""
+    data: dict[str, Any] = http_json(f"{monitor}/jsz?accounts=true&streams=true", timeout=10)
+    return {
+        str(stream["name"]): int(stream["state"]["last_seq"])
+        for account in data.get("account_details") or []
+        for stream in account.get("stream_detail") or []
+    }
 
 
 def tcs_server_id(ready: Mapping[str, Any]) -> str:

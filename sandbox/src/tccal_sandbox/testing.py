@@ -271,6 +271,8 @@ def start_service_replica(
     env: Mapping[str, str] | None = None,
     timeout: float = 60.0,
     wait: bool = True,
+    config_overrides: Mapping[str, Any] | None = None,
+    ports: ServiceReplica | None = None,
 ) -> ServiceReplica:
     """Start another process of the sandbox's `service` ("ews-ingest", "sync-engine", "tcs-gateway", "licensing",
     "graph-ingest") with the sandbox's config for it - the same PostgreSQL, NATS identity and machine key - but its
@@ -281,13 +283,22 @@ def start_service_replica(
     `name` is also given as the replica's name in `<SERVICE>_REPLICA` (e.g. EWS_INGEST_REPLICA=b), which the
     services put in their lease owners; `env` adds to (and overrides) the test process's environment. With `wait`
     (the default) it returns once GET /readyz answers 200 (AssertionError after `timeout` s, or at once with the
-    log's tail if the process exits). Stop it with `.stop()` (SIGTERM) or `.kill()` (kill -9)."""
-    from tccal_sandbox.runner import SERVICE_MODULES
+    log's tail if the process exits). Stop it with `.stop()` (SIGTERM) or `.kill()` (kill -9).
+
+    `config_overrides` is merged into its config (e.g. `{"grpc": {"services": {"licensing": {"grpcPort": n}}}}`
+    to call another licensing replica). `ports`: an earlier (stopped) replica whose ports it takes again, as a
+    restarted pod keeps its address behind its Service."""
+    from tccal_sandbox.runner import SERVICE_MODULES, deep_merge
 
     if service not in SERVICE_MODULES:
         raise ValueError(f"unknown service {service!r}; one of {sorted(SERVICE_MODULES)}")
     config = json.loads(Path(sandbox.ready["services"][service]["config"]).read_text())
-    grpc_port, http_port, ws_port = free_ports(3)
+    deep_merge(config, json.loads(json.dumps(config_overrides or {})))
+    if ports is not None:
+        grpc_port, http_port = int(ports.grpc.rsplit(":", 1)[1]), int(ports.http.rsplit(":", 1)[1])
+        ws_port = int(ports.ws.split(":")[2].split("/")[0]) if ports.ws else free_ports(1)[0]
+    else:
+        grpc_port, http_port, ws_port = free_ports(3)
     config["grpc"]["services"][service].update({"grpcPort": grpc_port, "httpPort": http_port})
     ws: str | None = None
     if service == "tcs-gateway":

@@ -4,13 +4,19 @@ control subjects (seats, on-demand, resync) and the IngestService gRPC API."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import dataclasses
 import datetime as dt
 import json
+import threading
+import time
+from typing import Any
 
 import grpc
 import nats
 import pytest
 from ews_ingest_support import (
+    FAST,
     ChangeCollector,
     FakeLicensing,
     Outlook,
@@ -246,6 +252,63 @@ async def test_an_on_demand_request_at_start_up_is_answered_not_lost(
     finally:
         asking.cancel()
         await client.close()
+
+
+async def test_an_on_demand_request_while_the_owner_renews_late_is_answered_not_lost(
+    emu: EmulatorHandle, nats_url: str, licensing: FakeLicensing
+) -> None:
+    """The owner's lease renewal runs late at runtime (here its event loop stalls longer than the lease minus its
+    margin, as CPU-bound work, a GC pause or a starved pod do): from that deadline until the next renewal nobody
+    owns the mailbox's shard, so a request arriving then was received by every replica and answered by none -
+    tcs-gateway takes a received request as delivered, and that user was never synced. The request is held and
+    answered once the renewal succeeded."""
+    (configured,) = new_mailboxes(emu, "late-configured")
+    visitor = f"late-renewal@{configured.split('@')[1]}"
+    emu.admin.add_mailbox(visitor, display_name="Late renewal")
+    config = ingest_config(nats_url, licensing.address, [provider_section(emu, [configured])])
+    tuning = dataclasses.replace(
+        FAST, lease_seconds=3.0, lease_renew_seconds=0.5, lease_margin_seconds=1.0, lease_shards=4
+    )
+    subject = f"calendar.v1.control.ondemand.{subject_token(visitor)}"
+    connected, go, sent = threading.Event(), threading.Event(), threading.Event()
+
+    def ask() -> dict[str, Any]:
+        """tcs-gateway's request, from another thread (this one's event loop is the one stalling)."""
+
+        async def run() -> dict[str, Any]:
+            client = await nats.connect(nats_url)
+            try:
+                inbox = client.new_inbox()
+                replies = await client.subscribe(inbox, max_msgs=1)
+                connected.set()
+                await asyncio.to_thread(go.wait, 30)
+                await client.publish(subject, json.dumps({"mailbox": visitor}).encode(), reply=inbox)
+                await client.flush(timeout=10)  # the server has it, and so has ews-ingest's socket
+                sent.set()
+                reply = await replies.next_msg(timeout=30)
+                return dict(json.loads(reply.data))
+            finally:
+                await client.close()
+
+        return asyncio.run(run())
+
+    async with running_ingest(config, tuning) as h:
+        ownership = h.runtime.ownership
+        await wait_for_async(lambda: ownership.owns(visitor), timeout=20, what="ews-ingest owns the visitor's shard")
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            asking = pool.submit(ask)
+            assert connected.wait(30)
+            stalled_at = time.monotonic()
+            go.set()
+            assert sent.wait(30)
+            # no renewal can run while the loop stalls: past the fencing deadline, still inside the lease's TTL
+            deadline = stalled_at + tuning.lease_seconds - tuning.lease_margin_seconds
+            time.sleep(max(deadline + 0.3 - time.monotonic(), 0.0))  # noqa: ASYNC251 - the stall is the fault
+            assert not ownership.owns(visitor), "the renewal was not late: the test tests nothing"
+            answer = await asyncio.wrap_future(asking)  # a request ignored would end in nats' TimeoutError instead
+        assert answer["mailbox"] == visitor and answer["accepted"] is True, answer
+        assert h.runtime.held.answered_late >= 1
+        await h.synced(visitor)
 
 
 async def test_a_burst_of_on_demand_mailboxes_shares_its_seat_requests(

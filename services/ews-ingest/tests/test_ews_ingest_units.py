@@ -8,6 +8,7 @@ import pytest
 
 from ews_ingest.bus import ControlError, parse_control
 from ews_ingest.conference_marker import MarkerParser, find_join_link, has_keyword, parse_property
+from ews_ingest.held import HeldRequests
 from ews_ingest.mailbox_sync import Window
 from ews_ingest.settings import IngestSettings, Tuning
 from ews_ingest.state import Checkpoint, key_token, mailbox_key
@@ -150,3 +151,25 @@ def test_settings_from_config() -> None:
     assert first.credentials[0].password == "P"
     assert first.users == ("x@y.com",)
     assert settings.tcs_hosts == frozenset({"video.example.com"})
+
+
+async def _nothing() -> None:
+    return None
+
+
+def test_held_requests_go_to_their_mailbox_owner_or_expire() -> None:
+    owned: set[str] = set()
+    held = HeldRequests(lambda mailbox: mailbox in owned, hold_seconds=3600)
+    held.hold("ondemand", "late@example.com", _nothing)
+    held.hold("resync", "elsewhere@example.com", _nothing)
+    assert held.due() == [] and len(held) == 2  # nobody owned yet: both kept
+    owned.add("late@example.com")
+    assert [r.mailbox for r in held.due()] == ["late@example.com"]  # answered once, then gone
+    assert held.mailboxes() == ["elsewhere@example.com"] and held.answered_late == 1
+    expiring = HeldRequests(lambda mailbox: False, hold_seconds=0)
+    expiring.hold("ondemand", "gone@example.com", _nothing)
+    assert expiring.due() == [] and len(expiring) == 0  # its hold ended: another replica owned it and answered
+    bounded = HeldRequests(lambda mailbox: False, hold_seconds=3600, limit=2)
+    for n in range(3):
+        bounded.hold("ondemand", f"m{n}@example.com", _nothing)
+    assert bounded.mailboxes() == ["m1@example.com", "m2@example.com"]  # the oldest made room

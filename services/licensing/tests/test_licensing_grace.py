@@ -5,6 +5,7 @@ real gRPC, real PostgreSQL and the real emulator process, with an injected clock
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import pytest
 
 from licensing.__main__ import build
 from licensing.api import POLICY
+from registration_emulator.keys import key_sha256
 from registration_emulator.testing import RunningEmulator, start_emulator
 from tccal.clock import FakeClock
 from tccal.config import load_config
@@ -63,9 +65,20 @@ async def grace_emulator(tmp_path: Path) -> AsyncIterator[RunningEmulator]:
 async def in_process(
     tmp_path: Path, pg_dsn: str, grace_emulator: RunningEmulator, config_writer: Any
 ) -> AsyncIterator[InProcessService]:
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    async with in_process_service(tmp_path / "etc", pg_dsn, grace_emulator, config_writer, clock) as service:
+        yield service
+
+
+@contextlib.asynccontextmanager
+async def in_process_service(
+    config_dir: Path, pg_dsn: str, grace_emulator: RunningEmulator, config_writer: Any, clock: FakeClock
+) -> AsyncIterator[InProcessService]:
+    """One licensing service built as `python -m licensing` builds it, on `clock`; several of them with one
+    database are replicas."""
     grpc_port, http_port = free_port(), free_port()
     path = config_writer(
-        tmp_path / "etc",
+        config_dir,
         pg_dsn,
         grace_emulator.url,
         grace_emulator.public_key,
@@ -74,7 +87,6 @@ async def in_process(
         extra={"grpc": {"adminToken": "grace-admin-token"}},
     )
     app = ServiceApp("licensing", load_config(path), policy=POLICY)
-    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
     app.clock = clock
     await build(app)
     running = asyncio.create_task(app.run())
@@ -175,6 +187,47 @@ async def test_revoked_free_license_is_suspended_at_the_next_check(
     svc.clock.advance(timedelta(hours=12))
     suspended = await svc.wait_status(pb.LICENSE_STATUS_SUSPENDED)
     assert "refused the Free license" in suspended.status_reason and "revoked" in suspended.status_reason
+
+
+async def test_two_replicas_make_one_online_check_per_period(
+    tmp_path: Path, pg_dsn: str, grace_emulator: RunningEmulator, config_writer: Any
+) -> None:
+    """Two licensing replicas on one database: each runs the check loop, and the registration server is asked
+    once per check period, not once per replica (they take turns under an advisory lock, and a check the other
+    replica made within the period counts). Counted at the registration emulator."""
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    async with (
+        in_process_service(tmp_path / "a", pg_dsn, grace_emulator, config_writer, clock) as a,
+        in_process_service(tmp_path / "b", pg_dsn, grace_emulator, config_writer, clock) as b,
+    ):
+        key = await asyncio.to_thread(grace_emulator.issue_key, "free")
+        await a.stub.RegisterOnline(pb.RegisterOnlineRequest(key=key), metadata=ADMIN, timeout=30)
+        await _both_asleep(clock)
+        assert await asyncio.to_thread(_checks_answered, grace_emulator, key) == 0  # registering confirmed it
+        for period in (1, 2, 3):
+            clock.advance(timedelta(hours=12))
+            await _both_asleep(clock)  # both replicas' rounds of this period are over
+            assert await asyncio.to_thread(_checks_answered, grace_emulator, key) == period
+            for replica in (a, b):
+                info = await replica.status()
+                assert info.status == pb.LICENSE_STATUS_VALID
+                assert info.last_online_check.ToDatetime(UTC) == clock.now()
+
+
+async def _both_asleep(clock: FakeClock) -> None:
+    """Both replicas' check loops wait for their next round (each sleeping until after now)."""
+    await wait_for_async(
+        lambda: len(clock.sleepers()) == 2 and min(clock.sleepers()) > clock.now(),
+        timeout=30,
+        what="both replicas' check rounds done",
+    )
+
+
+def _checks_answered(emulator: RunningEmulator, key: str) -> int:
+    """Online checks the registration emulator answered for `key` (every activation of it)."""
+    keys = json.loads(emulator.cli("list-keys").stdout)
+    (record,) = [k for k in keys if k["key_sha256"] == key_sha256(key)]
+    return sum(int(activation.get("checks", 0)) for activation in record["activations"].values())
 
 
 async def _last_check_after(svc: InProcessService, moment: datetime) -> pb.LicenseInfo | None:

@@ -181,6 +181,7 @@ class Authority:
                 "activated_at": format_timestamp(now),
                 "expires_at": None if expires_at is None else format_timestamp(expires_at),
                 "last_check": None,
+                "checks": previous.get("checks", 0) if previous else 0,
             }
             data["licenses"][license_id] = {"key_sha256": key.sha256, "installation_fingerprint": fingerprint}
         return self.signer.sign_license(terms)
@@ -227,4 +228,6 @@ class Authority:
             if expires_raw is not None and moment >= parse_timestamp(expires_raw, "expires_at"):
                 raise AuthorityRefusalError(410, "key_expired", f"license {license_id} expired at {expires_raw}")
             activation["last_check"] = format_timestamp(moment)
+            # answered checks of this activation, for tests (how many calls N licensing replicas make per period)
+            activation["checks"] = int(activation.get("checks", 0)) + 1
         return self.signer.sign_receipt(license_id, fingerprint, nonce, moment)

@@ -29,6 +29,7 @@ class FakeClock:
     def __init__(self, start: datetime | None = None) -> None:
         self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
         self._changed = asyncio.Event()
+        self._sleepers: list[datetime] = []
 
     def now(self) -> datetime:
         return self._now
@@ -40,5 +41,14 @@ class FakeClock:
 
     async def sleep(self, seconds: float) -> None:
         deadline = self._now + timedelta(seconds=seconds)
-        while self._now < deadline:
-            await self._changed.wait()
+        self._sleepers.append(deadline)
+        try:
+            while self._now < deadline:
+                await self._changed.wait()
+        finally:
+            self._sleepers.remove(deadline)
+
+    def sleepers(self) -> list[datetime]:
+        """The deadlines of the sleeps running now: a test waits until every loop it moved is asleep again (each
+        deadline after now) before it looks at what the loops did."""
+        return sorted(self._sleepers)

@@ -135,6 +135,7 @@ class Ownership:
         gained: Callable[[list[str]], None],
         lost: Callable[[list[str]], None],
         settle: Callable[[list[str]], Awaitable[None]],
+        after_round: Callable[[], None] = lambda: None,
     ) -> None:
         self.bus = bus
         self.store = store
@@ -144,6 +145,9 @@ class Ownership:
         self._gained = gained
         self._lost = lost
         self._settle = settle
+        #: Called after every lease round, failed or not (owns() may have changed: control requests held meanwhile
+        #: are answered then - held.py).
+        self._after_round = after_round
         self.shards = tuning.lease_shards
         #: The lease length fencing counts with: the bucket's TTL where it is shorter than lease_seconds (the bucket
         #: keeps the TTL it was made with; counting with a longer one would outlive the server's expiry).
@@ -192,6 +196,7 @@ class Ownership:
                 await self._round()
             except Exception as exc:  # NATS away: the fence stops what can no longer be renewed
                 log.warning("lease round failed", extra={"replica": self.replica, "error": str(exc)})
+            self._after_round()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.tuning.lease_renew_seconds)
 

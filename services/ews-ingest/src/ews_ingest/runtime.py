@@ -28,6 +28,7 @@ from ews_ingest.bus import ChangePublisher, ControlError, parse_control
 from ews_ingest.conference_marker import MarkerParser, register_marker_property
 from ews_ingest.exchange.errors import describe
 from ews_ingest.exchange.pool import CredentialPool, any_recent_success
+from ews_ingest.held import HeldRequests
 from ews_ingest.ownership import Ownership, replica_id
 from ews_ingest.scheduler import Scheduler, UnknownMailboxError
 from ews_ingest.seats import SeatKeeper
@@ -78,8 +79,11 @@ class IngestRuntime:
             gained=self._gained,
             lost=self._lost,
             settle=self._settle,
+            after_round=self._answer_held,
         )
         self.scheduler.owns = self.ownership.owns
+        # a lease and two renewal rounds: the longest a shard waits for its next owner after its owner was killed
+        self.held = HeldRequests(self._answers, tuning.lease_seconds + 2 * tuning.lease_renew_seconds)
         self.writer: JoinLinkWriter | None = None
         if settings.write_back_join_link:
             self.writer = JoinLinkWriter(self.scheduler, bus)
@@ -188,6 +192,7 @@ class IngestRuntime:
             if entry is not None:
                 self.scheduler.activate(entry, "catch-up")
         self._spawn(self._learn_on_demand())
+        self._answer_held()
 
     def _lost(self, mailboxes: list[str]) -> None:
         for mailbox in mailboxes:
@@ -231,10 +236,26 @@ class IngestRuntime:
         return self.settings.routing.graph_provider(mailbox) or "listed in a Graph entry's users"
 
     def _answers(self, mailbox: str) -> bool:
-        """Whether this replica answers a control request about `mailbox`: only its owner does (one answer), and
-        never for a mailbox the config gives to a Graph provider (graph-ingest answers those)."""
-        mailbox = mailbox.strip().lower()
-        return not self.settings.graph_serves(mailbox) and self.ownership.owns(mailbox)
+        """Whether this replica answers a control request about `mailbox` now: only its owner does (one answer)."""
+        return self.ownership.owns(mailbox.strip().lower())
+
+    def _leaves_to_graph(self, mailbox: str) -> bool:
+        """A mailbox the config gives to a Graph provider (listed in its `users` or in its `domains`): graph-ingest
+        answers its control requests, never ews-ingest."""
+        return self.settings.graph_serves(mailbox.strip().lower())
+
+    def _answer_or_hold(self, kind: str, mailbox: str, answer: Any) -> None:
+        """Answer now as the mailbox's owner; else hold the request until this replica owns the mailbox or the hold
+        ends (held.py: received while the owner's renewal ran late, or while a killed owner's lease lived on, it
+        would otherwise be answered by nobody)."""
+        if self._answers(mailbox):
+            self._spawn(answer())
+        else:
+            self.held.hold(kind, mailbox, answer)
+
+    def _answer_held(self) -> None:
+        for request in self.held.due():
+            self._spawn(request.answer())
 
     # ------------------------------------------------------------------ control subjects
     async def _on_resync(self, msg: Msg) -> None:
@@ -244,9 +265,9 @@ class IngestRuntime:
             log.warning("resync request ignored", extra={"subject": msg.subject, "error": str(exc)})
             await self._reply(msg, "", False, str(exc))
             return
-        if not self._answers(request.mailbox):
+        if self._leaves_to_graph(request.mailbox):
             return
-        self._spawn(self._resync(msg, request.mailbox, request.since))
+        self._answer_or_hold("resync", request.mailbox, lambda: self._resync(msg, request.mailbox, request.since))
 
     async def _resync(self, msg: Msg, mailbox: str, since: Any) -> None:
         try:
@@ -268,14 +289,14 @@ class IngestRuntime:
             log.warning("on-demand request ignored", extra={"subject": msg.subject, "error": str(exc)})
             await self._reply(msg, "", False, str(exc))
             return
-        if not self._answers(request.mailbox):
+        if self._leaves_to_graph(request.mailbox):
             return
 
         async def handle() -> None:
             accepted, detail = await self.on_demand(request.mailbox, request.provider)
             await self._reply(msg, request.mailbox, accepted, detail)
 
-        self._spawn(handle())
+        self._answer_or_hold("ondemand", request.mailbox, handle)
 
     async def _on_seats(self, msg: Msg) -> None:
         self.seats.poke()

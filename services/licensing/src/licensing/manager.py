@@ -45,6 +45,9 @@ log = logging.getLogger("licensing")
 CLOCK_TOLERANCE = timedelta(minutes=5)
 # The high-water mark is written at most this often (it is kept in memory in between).
 HIGH_WATER_STEP = timedelta(minutes=1)
+# An online check due within this share of its period counts as due now: a replica's next round is timed from the
+# start of its previous one, which was recorded when the registration server had answered (a request later).
+CHECK_EARLY = 0.1
 
 # Answers of the registration server that refuse the license itself (no grace period for those).
 REFUSALS = (UnknownKeyError, KeyRevokedError, ForeignInstallationError, LicenseExpiredError, KeyInUseError)
@@ -353,13 +356,32 @@ class LicenseManager:
     # ----------------------------------------------------------------------------------------- online checks
 
     async def check_online(self) -> Snapshot:
-        """Confirm a Free license with the registration server (no-op for other tiers); returns the state."""
-        snap = await self.snapshot()
-        signed = snap.signed
-        if signed is None or not signed.license.tier.requires_online_check:
-            return snap
-        if snap.evaluation.status is Status.EXPIRED or signed.license.installation_fingerprint != snap.fingerprint:
-            return snap
+        """Confirm a Free license with the registration server (no-op for other tiers) when a check is due; returns
+        the state. Replicas take turns (a PostgreSQL advisory lock) and a check another replica made within the
+        period counts for all: N replicas make one registration-server call per period, not N."""
+        async with self.store.online_check_turn():
+            snap = await self.snapshot()
+            signed = snap.signed
+            if signed is None or not signed.license.tier.requires_online_check:
+                return snap
+            if snap.evaluation.status is Status.EXPIRED or signed.license.installation_fingerprint != snap.fingerprint:
+                return snap
+            if not await self._check_due(snap, signed):
+                return snap
+            return await self._check(snap, signed)
+
+    async def _check_due(self, snap: Snapshot, signed: SignedLicense) -> bool:
+        """Whether the last recorded check (by any replica) is a period old: the period this installation's state
+        asks for (`_next_delay`), less CHECK_EARLY of it. A record that does not verify, or that names a time
+        beyond any this installation has seen, is no reason to wait."""
+        record = await self.store.check_state(signed.license.license_id)
+        last = record.last_attempt
+        if not record.sealed or last is None or last > snap.now + CLOCK_TOLERANCE:
+            return True
+        return snap.now >= last + self._next_delay(snap) * (1 - CHECK_EARLY)
+
+    async def _check(self, snap: Snapshot, signed: SignedLicense) -> Snapshot:
+        """Ask the registration server about the license now and record the answer."""
         lic = signed.license
         nonce = secrets.token_hex(16)
         try:

@@ -32,10 +32,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCHEMA = "licensing"
-# Advisory lock keys: ASCII "LICENSE1" / "LICENSE2" / "LICENSE3" as bigints (sync-engine uses its own keys).
+# Advisory lock keys: ASCII "LICENSE1" ... "LICENSE4" as bigints (sync-engine uses its own keys).
 MIGRATION_LOCK = 0x4C4943454E534531
 SEAT_LOCK = 0x4C4943454E534532
 INSTALL_LOCK = 0x4C4943454E534533
+CHECK_LOCK = 0x4C4943454E534534
 
 
 #: Recorded in licensing.schema_migrations by the shared runner (tccal.migrations).
@@ -257,6 +258,14 @@ class LicenseStore:
                 state.last_success,
                 _check_seal(self.sealer, lic.license_id, state, state.last_success),
             )
+
+    @asynccontextmanager
+    async def online_check_turn(self) -> AsyncIterator[None]:
+        """One online check at a time across replicas: a transaction advisory lock held while the body runs (the
+        body decides, under it, whether the check is still due - another replica may have made it just now)."""
+        async with self._transaction("take the online check turn") as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", CHECK_LOCK)
+            yield
 
     async def check_state(self, license_id: str) -> CheckRecord:
         """The online-check record of ``license_id`` and whether its seal verifies (an edited record does not)."""
