@@ -11,8 +11,10 @@ process (`python -m trueconf_emulator`), which validates every frame against the
    received (3 runs), pages, and the largest frame.
 2. **Reconnect of many users.** The emulator's directory has `--users` users with `--meetings` meetings each;
    the gateway serves them all (they are its configured users). Seconds from the emulator's connection being
-   dropped until it is connected again, every user's snapshot has arrived and its getCalendarList round (all
-   users, pages included, 8 at a time) is answered; the emulator reconnects after 0.1 s.
+   dropped until it is connected again, every user's snapshot (if any) has arrived and its getCalendarList round (all
+   users, pages included, 8 at a time) is answered; the emulator reconnects after 0.1 s. With `--catch-up lists`
+   (the default; protocol revision 1.3) it authenticates with `catchUp: "lists"`, so the gateway sends no snapshots
+   and the round is only the lists (`sinceSeq` + `incremental`); `--catch-up snapshots` is the older TrueConf.
 3. **Changes since a seq** (`--changes`, protocol §6.2 "Changes since a sequence"). The large calendar's user, held
    by the client as of a list's seq; then `--changes` changes (all edits but one deletion). Side by side in one
    run: the whole list (all pages) and the incremental answer (`sinceSeq` + `incremental`, all pages), seconds
@@ -263,11 +265,11 @@ async def engine_read(occurrences: int, changes: int, runs: int) -> dict[str, An
         shutil.rmtree(pg_dir, ignore_errors=True)
 
 
-async def reconnect(sync: SyncServer, nats_url: str, users: int, meetings: int) -> dict[str, Any]:
+async def reconnect(sync: SyncServer, nats_url: str, users: int, meetings: int, catch_up: str) -> dict[str, Any]:
     directory = [{"id": f"u{n:05d}", "email": f"u{n:05d}@example.test", "display_name": f"U {n}"} for n in range(users)]
     for entry in directory:
         _fill(sync, entry["email"], meetings)
-    emulator = await start_tcs(None, users=directory)
+    emulator = await start_tcs(None, users=directory, extra={"catch_up": catch_up})
     settings = gateway_settings(sync, [server_settings(emulator)], users=[e["email"] for e in directory])
     gateway = await RunningGateway(settings, nats_url).start()
     try:
@@ -280,7 +282,8 @@ async def reconnect(sync: SyncServer, nats_url: str, users: int, meetings: int) 
                 state["state"] == "connected"
                 and state["authenticated_connections"] >= connections
                 and lists["applied"] + lists["errors"] + lists["invalid"] >= users * connections
-                and snapshots >= users * connections
+                # with catchUp "lists" (revision 1.3) the gateway sends no catch-up snapshots: TCS asks every list
+                and snapshots >= (0 if catch_up == "lists" else users * connections)
             )
 
         started = time.monotonic()
@@ -295,6 +298,8 @@ async def reconnect(sync: SyncServer, nats_url: str, users: int, meetings: int) 
         return {
             "first_connect_s": first,
             "reconnect_s": again,
+            "catch_up": catch_up,
+            "snapshots": int(state["pushes_received"].get("calendar.snapshot", 0)),
             "lists": state["calendar_lists"],
             "protocol_errors": state["protocol_error_count"],
         }
@@ -319,7 +324,9 @@ async def run(args: argparse.Namespace) -> Path:
         finally:
             await gateway.stop()
         engine = await engine_read(args.occurrences, args.changes, args.runs) if args.changes else None
-        many = await reconnect(sync, nats.url_for(ADMIN), args.users, args.meetings) if args.users else None
+        many = (
+            await reconnect(sync, nats.url_for(ADMIN), args.users, args.meetings, args.catch_up) if args.users else None
+        )
     finally:
         await sync.stop()
         nats.stop()
@@ -346,9 +353,11 @@ async def run(args: argparse.Namespace) -> Path:
     ]
     if many is not None:
         rows += [
-            f"| {args.users} users × {args.meetings} meetings: first connection (snapshots + lists) "
+            f"| {args.users} users × {args.meetings} meetings: first connection "
+            f"({'lists' if args.catch_up == 'lists' else 'snapshots + lists'}) "
             f"| {many['first_connect_s']} | |",
-            f"| {args.users} users × {args.meetings} meetings: reconnect (snapshots + lists) | {many['reconnect_s']} "
+            f"| {args.users} users × {args.meetings} meetings: reconnect (catchUp {args.catch_up}: "
+            f"{'lists' if args.catch_up == 'lists' else 'snapshots + lists'}) | {many['reconnect_s']} "
             "| 2,000 users ≤ 30 s |",
         ]
     if changed is not None and engine is not None:
@@ -379,6 +388,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=200, help="part 2's users; 0 runs part 1 only")
     parser.add_argument("--meetings", type=int, default=25)
     parser.add_argument("--changes", type=int, default=10, help="part 3-4's changes since TCS's seq; 0 skips them")
+    parser.add_argument(
+        "--catch-up",
+        choices=["lists", "snapshots"],
+        default="lists",
+        help="part 2's TrueConf: `auth` catchUp (revision 1.3: no snapshots, it asks the lists) or the old behaviour",
+    )
     parser.add_argument("--out", default=str(RESULTS))
     asyncio.run(run(parser.parse_args(argv)))
     return 0

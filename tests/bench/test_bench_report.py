@@ -169,7 +169,7 @@ def test_report_reads_the_calendar_list_rows_from_a_callist_run(tmp_path: Path) 
     _, _, _, target, now, size, said, source = rows["4b"]
     assert target == "≤ 30 s at 2,000 users"
     assert now == (
-        f"{again['reconnect_s']:.2f} s (first connection {again['first_connect_s']:.2f} s), "
+        f"{again['reconnect_s']:.2f} s (first connection {again['first_connect_s']:.2f} s; catch-up by lists), "
         f"{again['protocol_errors']} protocol errors"
     )
     assert size == "3 users × 2" and source.startswith(f"`{name}`")

@@ -830,3 +830,12 @@ async def test_an_incremental_answer_is_applied_strictly_onto_the_seq_it_was_ask
     unasked = await http("POST", f"{tcs.admin_url}/bridge/request-calendar", {"user": ALICE, **window})
     assert "without incremental" in unasked["reply"]["emulator"]
     assert (await bridge_state(tcs))["users"][ALICE] == {"events": 3, "last_seq": 9}
+
+
+def test_catch_up_is_snapshots_or_lists_and_anything_else_is_refused_naming_the_key() -> None:
+    from trueconf_emulator.config import ConfigError, build_config
+
+    assert build_config({}, {}).catch_up == "snapshots"
+    assert build_config({"catch_up": "lists"}, {}).catch_up == "lists"
+    with pytest.raises(ConfigError, match=r"'catch_up': got 'pushes'"):
+        build_config({"catch_up": "pushes"}, {})

@@ -284,3 +284,75 @@ async def test_a_user_never_pushed_to_is_unchanged_or_listed_as_changes_never_wh
         answer = first["payload"]
         assert answer["incremental"] is True and answer["removed"] == []
         assert [event["subject"] for event in answer["events"]] == ["First"]
+
+
+async def test_a_tcs_catching_up_by_lists_gets_no_snapshots_but_its_pushes(world: World) -> None:
+    """`auth` with `catchUp: "lists"` (revision 1.3): the gateway sends no catch-up snapshot of its served user, and
+    her pushes still go out; TCS's own list is her calendar. Without catchUp the same connection gets her snapshot
+    first (the older revisions' catch-up, unchanged)."""
+    carol = "carol@example.test"
+    world.sync.fake.shown[carol] = {"c0": _moved("c0", 0, "Held")}
+    world.sync.fake.seq[carol] = 3
+    running = await world.gateway(gateway_settings(world.sync, [server_settings()], users=[carol]))
+    held = "Held"
+    for catch_up, snapshots in (("lists", 0), ("snapshots", 1)):
+        async with RawBridgeClient(running.url) as client:
+            assert (await client.auth(catchUp=catch_up))["payload"]["errorCode"] == 0
+            listed = (await client.call("getCalendarList", dict(_window(), user=carol, page=0)))["payload"]
+            assert [event["subject"] for event in listed["events"]] == [held]
+            edited = _moved("c0", 0, f"Edited over {catch_up}")
+            await _change(world, client, [world.commands.upsert_command(carol, edited)])
+            methods = [f["method"] for f in client.received if str(f.get("method", "")).startswith("calendar.")]
+            assert methods.count("calendar.snapshot") == snapshots
+            assert methods[-1] == "calendar.upsert"
+            upsert = next(f for f in reversed(client.received) if f.get("method") == "calendar.upsert")
+            assert upsert["payload"]["event"]["subject"] == f"Edited over {catch_up}"
+            held = edited.subject
+
+
+async def test_an_unknown_catchup_is_refused_naming_the_field(world: World) -> None:
+    running = await world.gateway(gateway_settings(world.sync, [server_settings()]))
+    async with RawBridgeClient(running.url) as client:
+        answer = (await client.auth(catchUp="pushes"))["payload"]
+        assert answer["errorCode"] == 6 and answer["field"] == "catchUp", answer
+
+
+async def test_the_emulator_catching_up_by_lists_reconnects_without_snapshots(world: World) -> None:
+    """The emulator as a revision-1.3 TCS (`catch_up: lists`) holds bob's 300 events, goes away; 3 changes happen.
+    Neither connection brings a snapshot of bob, a served user: the lists (sinceSeq + incremental after the
+    reconnect) and the pushes make its calendar equal what the connector shows."""
+    world.sync.fake.shown[BOB] = _calendar_of(BOB, 300)
+    world.sync.fake.seq[BOB] = 4
+    emulator = await world.tcs(None, extra={"catch_up": "lists"})
+    running = await world.gateway(gateway_settings(world.sync, [server_settings(emulator)], users=[BOB]))
+    await admin(emulator, "PUT", "/bridge/target", {"gateway_url": running.url})
+
+    async def bob_holds(count: int) -> dict[str, Any] | None:
+        state = await bridge_state(emulator)
+        return state if state["users"].get(BOB, {}).get("events") == count else None
+
+    first = await wait_for_async(lambda: bob_holds(300), timeout=60, what="bob's 300 events at TCS")
+    assert first["pushes_received"].get("calendar.snapshot", 0) == 0  # a served user, yet TCS asked for the list
+    await admin(emulator, "POST", "/bridge/disconnect", {})
+    commands = world.commands
+    for command in [
+        commands.upsert_command(BOB, _moved("m00010", 50, "Edited")),
+        commands.upsert_command(BOB, _moved("new01", 61, "New")),
+        commands.delete_command(BOB, "m00050"),
+    ]:
+        await world.commands.publish(command)
+    await admin(emulator, "POST", "/bridge/connect", {})
+    expected = sorted(world.sync.fake.shown[BOB], key=lambda i: (world.sync.fake.shown[BOB][i].start.seconds, i))
+
+    async def current() -> dict[str, Any] | None:
+        state = await bridge_state(emulator)
+        if state["authenticated_connections"] < 2 or state["calendar_lists"]["applied"] < 2:
+            return None
+        shown = await calendar(emulator, BOB)
+        return state if [event["id"] for event in shown] == expected else None
+
+    state = await wait_for_async(current, timeout=60, what="TCS to hold bob's changed calendar after the reconnect")
+    assert state["pushes_received"].get("calendar.snapshot", 0) == 0
+    subjects = {event["id"]: event["subject"] for event in await calendar(emulator, BOB)}
+    assert subjects["m00010"] == "Edited" and subjects["new01"] == "New" and "m00050" not in subjects
+    assert gateway_protocol_errors(state) == []

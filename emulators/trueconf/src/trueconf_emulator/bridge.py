@@ -393,6 +393,10 @@ class BridgeClient:
                 "serverVersion": self._config.server_version,
                 "maxInFlight": self._config.max_in_flight,
             }
+            if self._config.catch_up == "lists":
+                # Revision 1.3 (docs/bridge-protocol.md §3 step 3): no catch-up snapshots, this server asks every
+                # directory user's list right after auth, with sinceSeq + incremental for the windows it holds.
+                payload["catchUp"] = "lists"
             try:
                 result = await self._call(conn, "auth", payload)
             except ConnectionClosedError:

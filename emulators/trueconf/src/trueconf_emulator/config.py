@@ -54,6 +54,10 @@ DEFAULT_MODE_LIMITS: dict[str, ModeLimit] = {
 }
 
 
+#: docs/bridge-protocol.md §6.1 `catchUp` (revision 1.3).
+CATCH_UP_MODES = ("snapshots", "lists")
+
+
 @dataclass
 class EmulatorConfig:
     server_id: str = "tcs.example.test#vcs"
@@ -86,6 +90,9 @@ class EmulatorConfig:
     reply_timeout: float = REPLY_TIMEOUT_SEC
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     max_frame_bytes: int = MAX_FRAME_BYTES
+    #: After auth: "snapshots" (protocol revisions 1.0-1.2: the gateway sends every served user's snapshot) or
+    #: "lists" (revision 1.3, `auth` `catchUp`: no snapshots, this server asks every user's list with sinceSeq).
+    catch_up: str = "snapshots"
     mode_limits: dict[str, ModeLimit] = field(default_factory=lambda: dict(DEFAULT_MODE_LIMITS))
     log_level: str = "INFO"
 
@@ -111,6 +118,7 @@ class EmulatorConfig:
             "reply_timeout": self.reply_timeout,
             "max_in_flight": self.max_in_flight,
             "max_frame_bytes": self.max_frame_bytes,
+            "catch_up": self.catch_up,
             "mode_limits": {
                 mode: {"max_participants": limit.max_participants, "max_podiums": limit.max_podiums}
                 for mode, limit in self.mode_limits.items()
@@ -206,6 +214,7 @@ _KNOWN_KEYS = {
     "reply_timeout",
     "max_in_flight",
     "max_frame_bytes",
+    "catch_up",
     "mode_limits",
     "log_level",
 }
@@ -251,6 +260,9 @@ def build_config(file_data: dict[str, Any] | None, overrides: dict[str, Any]) ->
             setattr(config, key, _string(flat, key))
     if "server_host" in flat:
         config.server_host = _string(flat, "server_host")
+    if "catch_up" in flat:
+        config.catch_up = _string(flat, "catch_up")
+        _expect(config.catch_up in CATCH_UP_MODES, "catch_up", config.catch_up, f"one of {list(CATCH_UP_MODES)}")
     config.__post_init__()
     _expect(
         bool(re.match(r"^[A-Za-z0-9.\-]+(:[0-9]+)?$", config.server_host)),

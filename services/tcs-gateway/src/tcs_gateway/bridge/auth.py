@@ -107,6 +107,8 @@ class Authenticator:
         announced = payload.get("maxInFlight", DEFAULT_MAX_IN_FLIGHT)
         session.max_in_flight = max(1, min(int(announced), MAX_IN_FLIGHT_CAP))
         session.slots = asyncio.Semaphore(session.max_in_flight)
+        # Revision 1.3: a TCS that asks every user's list itself (sinceSeq for what it holds) gets no snapshots now.
+        session.catch_up_by_lists = payload.get("catchUp") == "lists"
         session.authenticated = True
         channel.authenticated = True
         session.server = state
@@ -143,6 +145,7 @@ class Authenticator:
                 "session": session.session_id,
                 "server_version": str(payload.get("serverVersion", "")),
                 "max_in_flight": session.max_in_flight,
+                "catch_up": "lists" if session.catch_up_by_lists else "snapshots",
             },
         )
         session.start_delivery()

@@ -87,6 +87,8 @@ class Session:
         self.authenticated = False
         self.server: ServerState | None = None
         self.max_in_flight = DEFAULT_MAX_IN_FLIGHT
+        #: `auth` asked for `catchUp: "lists"` (protocol revision 1.3): no catch-up snapshots on this connection.
+        self.catch_up_by_lists = False
         #: TCS's in-flight window (sized at auth), shared by pushes and snapshot chunks; replies free it.
         self.slots = asyncio.Semaphore(DEFAULT_MAX_IN_FLIGHT)
         self.finished = asyncio.Event()

@@ -1,5 +1,5 @@
-"""Snapshots of one connection: after `auth` every served user's, later any user's whose pushes cannot go out
-in order (docs/bridge-protocol.md §4).
+"""Snapshots of one connection: after `auth` every served user's (unless TCS asked with `catchUp: "lists"`,
+revision 1.3), later any user's whose pushes cannot go out in order (docs/bridge-protocol.md §4).
 
 While a user's snapshot is being built (from the moment SyncService is asked until its frames are written)
 the user is blocked: no push of that user is sent. A written snapshot covers the pushes up to the engine seq
@@ -79,6 +79,13 @@ class SnapshotSender:
     async def catch_up(self) -> None:
         await self.session.context.store.loaded.wait()
         server = self._server()
+        if self.session.catch_up_by_lists:
+            # TCS asks getCalendarList for every user itself, with sinceSeq for the windows it holds
+            # (docs/bridge-protocol.md §3 step 3, revision 1.3): rebuilding and resending each whole calendar would
+            # repeat what it holds; a user with changes gets them in that list's answer.
+            self.catchup_ready.set()
+            log.info("no catch-up snapshots: TrueConf Server asks for the lists", extra={"server": server.id})
+            return
         users = server.served_users()
         for user in users:
             self.request(user)
