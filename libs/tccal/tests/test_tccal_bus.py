@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 from nats.aio.msg import Msg
-from nats.js.errors import NoStreamResponseError
+from nats.js.errors import BadRequestError, NoStreamResponseError
 
 from tccal import bus as busmod
 from tccal import subjects, telemetry
 from tccal.bus import Bus, BusSettings, consume
+from tccal.pipelined import DUPLICATE, STORED, PipelinedPublisher
 from tccal_sandbox.embedded import EmbeddedNats, free_port, nats_server_binary
 from tccal_sandbox.testing import wait_for_async
 
@@ -212,6 +213,54 @@ async def test_batch_publish_raises_when_jetstream_refuses_one(nats_url: str) ->
     subject = subjects.commands_subject("batch-refused#vcs")
     with pytest.raises(NoStreamResponseError):
         await bus.publish_batch([(subject, b"ok", "refused-0", {}), ("no.stream.here", b"lost", "refused-1", {})])
+    await bus.close()
+
+
+async def test_pipelined_batch_tells_per_message_stored_duplicate_refused(nats_url: str) -> None:
+    """One answer per message, whatever the order of the replies: a repeated id is told as a duplicate (the flag in
+    its PubAck), a refusal carries JetStream's error, a subject no stream takes its 503 status."""
+    bus = await connected(nats_url)
+    subject = subjects.commands_subject("answers#vcs")
+    publisher = PipelinedPublisher(bus.nc)
+    wrong_stream = {"Nats-Expected-Stream": "NOT_" + subjects.TCS_COMMANDS}
+    answers = await publisher.publish(
+        [
+            (subject, b"a0", "answers-0", {}),
+            (subject, b"a1", "answers-1", {}),
+            (subject, b"a0 again", "answers-0", {}),
+            (subject, b"a3", "answers-3", wrong_stream),
+            ("no.stream.here", b"a4", "answers-4", {}),
+        ],
+        timeout=10.0,
+    )
+    assert answers[:3] == [STORED, STORED, DUPLICATE]
+    assert answers[2] is not None and answers[2].duplicate and answers[2].acknowledged
+    refused, no_stream = answers[3], answers[4]
+    assert refused is not None and not refused.acknowledged
+    assert refused.code == 400 and "expected stream" in (refused.error or "")
+    assert no_stream is not None and not no_stream.acknowledged and no_stream.status == "503"
+    assert (await publisher.publish([(subject, b"a1 again", "answers-1", {})], timeout=10.0)) == [DUPLICATE]
+    await bus.close()
+
+
+async def test_batch_publish_error_names_the_refused_message(nats_url: str) -> None:
+    """The first refusal in order is raised as a single publish raises it (nats-py's type for the code) and says
+    which message it was; the messages after it do not hide it."""
+    bus = await connected(nats_url)
+    subject = subjects.commands_subject("batch-named#vcs")
+    wrong_stream = {"Nats-Expected-Stream": "NOT_" + subjects.TCS_COMMANDS}
+    batch = [
+        (subject, b"n0", "named-0", {}),
+        (subject, b"n1", "named-1", wrong_stream),
+        ("no.stream.here", b"n2", "named-2", {}),
+    ]
+    with pytest.raises(BadRequestError) as refused:
+        await bus.publish_batch(batch)
+    assert refused.value.err_code == 10060  # JetStream's "expected stream does not match"
+    assert "'named-1'" in str(refused.value) and subject in str(refused.value)
+    with pytest.raises(NoStreamResponseError) as no_stream:
+        await bus.publish_batch(batch[2:])
+    assert "'named-2'" in str(no_stream.value) and "no.stream.here" in str(no_stream.value)
     await bus.close()
 
 

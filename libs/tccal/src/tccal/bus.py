@@ -31,7 +31,7 @@ from opentelemetry import trace
 
 from tccal import telemetry
 from tccal.nats_auth import IDENTITIES
-from tccal.pipelined import PipelinedPublisher
+from tccal.pipelined import PipelinedPublisher, acknowledged_from_first, refusal_error
 from tccal.retry import backoff_delay, retry_async
 from tccal.stream_limits import (
     DEADLETTER_MAX_AGE_S,
@@ -379,29 +379,22 @@ class Bus:
         What `publish` does for one, for many at the cost of one: the client writes them to the socket together
         (one write instead of one per message, on both ends) and JetStream stores them in this order. Returns per
         message True if JetStream stored it, False if it was a duplicate. Raises (as `publish` does) when any of
-        them was not acknowledged within `timeout` or was refused: the first such error in order, or
-        TimeoutError; those before it are stored, and publishing the batch again is harmless (the ids dedupe).
+        them was not acknowledged within `timeout` or was refused: the first such error in order (naming the
+        message), or TimeoutError; those before it are stored, and publishing the batch again is harmless (the ids
+        dedupe).
         """
-        futures: list[asyncio.Future[Any]] = []
-        for subject, payload, msg_id, extra in messages:
-            headers = {"Nats-Msg-Id": msg_id, **extra}
-            if "traceparent" not in headers:
-                telemetry.inject_context(headers)
-            futures.append(await self.js.publish_async(subject, payload, headers=headers))
-        if not futures:
-            return []
-        done, pending = await asyncio.wait(futures, timeout=timeout)
-        for late in pending:  # its outcome no longer matters: retrieved so that asyncio does not report it
-            late.add_done_callback(_retrieve)
-        errors = {future: future.exception() for future in done}
+        traced: list[tuple[str, bytes, str, Mapping[str, str]]] = [
+            (subject, payload, msg_id, extra if "traceparent" in extra else telemetry.inject_context(dict(extra)))
+            for subject, payload, msg_id, extra in messages
+        ]
+        answers = await self._pipeline().publish(traced, timeout=timeout)
         stored: list[bool] = []
-        for future, (subject, _payload, msg_id, _extra) in zip(futures, messages, strict=True):
-            if future in pending:
+        for answer, (subject, _payload, msg_id, _extra) in zip(answers, messages, strict=True):
+            if answer is None:
                 raise TimeoutError(f"JetStream did not acknowledge {msg_id!r} on {subject} within {timeout} s")
-            error = errors[future]
-            if error is not None:
-                raise error
-            stored.append(not future.result().duplicate)
+            if not answer.acknowledged:
+                raise refusal_error(answer, subject, msg_id)
+            stored.append(not answer.duplicate)
         return stored
 
     async def publish_pipelined(
@@ -412,18 +405,17 @@ class Bus:
         Returns how many of the messages, from the first, JetStream acknowledged (a duplicate counts) within
         `timeout`; the rest must be published again (their ids make a repeat harmless).
         """
+        return acknowledged_from_first(await self._pipeline().publish(messages, timeout=timeout))
+
+    def _pipeline(self) -> PipelinedPublisher:
+        """The batch publisher of the current connection (one per connection: its reply subscription)."""
         nc = self.nc
-        if self._pipelined is None or self._pipelined.nc is not nc:  # one per connection (its reply subscription)
+        if self._pipelined is None or self._pipelined.nc is not nc:
             self._pipelined = PipelinedPublisher(nc)
-        return await self._pipelined.publish(messages, timeout=timeout)
+        return self._pipelined
 
     async def key_value(self, bucket: str = INGEST_STATE_BUCKET) -> KeyValue:
         return await self.js.key_value(bucket)
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 async def ensure_topology(
