@@ -340,26 +340,49 @@ class Ownership:
         log.info("shards handed over", extra={"replica": self.replica, "shards": sorted(shards), "live": self.live})
 
     async def _acquire(self, kv: KeyValue, free: set[int]) -> None:
+        """Create the leases of `free` one by one. Whatever befalls one shard is that shard's alone: the shards taken
+        before it are announced (`gained`) all the same - a lease held here whose mailboxes were never started would
+        be renewed for ever with nobody syncing them."""
         payload = json.dumps({"owner": self.replica}).encode()
         got: set[int] = set()
-        for shard in sorted(free):
+        missed: dict[int, str] = {}
+        try:
+            for shard in sorted(free):
+                try:
+                    lease = await self._take(kv, shard, payload)
+                except TimeoutError:
+                    missed[shard] = "timed out"
+                    continue
+                except Exception as exc:  # one shard's failure must not cost the others
+                    missed[shard] = f"{type(exc).__name__}: {exc}"
+                    continue
+                if lease is None:
+                    continue
+                self.leases[shard] = lease
+                got.add(shard)
+        finally:
+            if missed:
+                log.warning("shard leases not taken this round", extra={"replica": self.replica, "why": missed})
+            if got:
+                log.info("shards acquired", extra={"replica": self.replica, "shards": sorted(got), "live": self.live})
+                self._gained(self._members(got))
+
+    async def _take(self, kv: KeyValue, shard: int, payload: bytes) -> Lease | None:
+        """The shard's lease, created here (or found to be ours already); None while another replica holds it."""
+        key = SHARD_PREFIX + str(shard)
+        for attempt in range(2):
             sent = time.monotonic()
             try:
-                lease: Lease | None = Lease(await self._bounded(kv.create(SHARD_PREFIX + str(shard), payload)), sent)
+                return Lease(await self._bounded(kv.create(key, payload)), sent)
             except KeyWrongLastSequenceError:  # held: by another replica until it hands it over or its TTL ends
-                try:  # or by this one (a create whose answer timed out)
-                    lease = await self._adopt(kv, shard, payload)
-                except TimeoutError:
-                    continue
-            except TimeoutError:
-                continue
-            if lease is None:
-                continue
-            self.leases[shard] = lease
-            got.add(shard)
-        if got:
-            log.info("shards acquired", extra={"replica": self.replica, "shards": sorted(got), "live": self.live})
-            self._gained(self._members(got))
+                return await self._adopt(kv, shard, payload)  # or by this one (a create whose answer timed out)
+            except KeyNotFoundError:
+                # kv.create is two steps: its write found the key, its read then did not - the lease expired in
+                # between (the very moment a dead replica's lease is taken over). It is free now: create again.
+                if attempt:
+                    raise
+                log.info("shard lease expired while being created: again", extra={"shard": shard})
+        return None
 
     def _drop(self, shards: set[int]) -> None:
         for shard in shards:
