@@ -17,9 +17,10 @@ Every `lease_renew_seconds` (less than a third of the lease) a replica writes it
 replicas (the heartbeats present), computes the balanced assignment every replica computes alike
 (`assignment`: rendezvous hashing of shards over replicas, at most ceil(shards / replicas) each, so a replica
 joining or leaving moves about its share), renews the leases it holds and still should, hands over those another
-replica should hold now, and creates the leases it should hold that nobody holds. A hand-over stops the shard's
-mailboxes at once (streams close, a running sync stops after its current, checkpointed page) and, in the
-background, keeps renewing the lease until those syncs ended, then deletes it with `last=revision`.
+replica should hold now, and creates the leases it should hold that nobody holds (each shard alone: one that
+fails is logged with its reason, and the shards created before it still have their mailboxes started). A hand-over
+stops the shard's mailboxes at once (streams close, a running sync stops after its current, checkpointed page)
+and, in the background, keeps renewing the lease until those syncs ended, then deletes it with `last=revision`.
 
 Fencing: a lease is counted from the moment its last successful create/update was sent (before the server could
 have stamped it). When `lease_seconds - lease_margin_seconds` have passed since then without another success, the
