@@ -169,3 +169,39 @@ async def test_a_hand_over_keeps_the_lease_until_the_running_syncs_ended(nats_se
             syncs_end.set()
             await wait_for_async(lambda: handed <= b.mine(), timeout=20, what="b takes the handed-over shards")
             assert not a.mine() & b.mine()
+
+
+async def test_a_shard_that_cannot_be_taken_costs_the_others_nothing(nats_server: EmbeddedNats) -> None:
+    """One shard's lease failing to be taken (here: a value no replica wrote, so reading its owner fails; in the fault
+    suite: the dead replica's lease expiring between kv.create's write and read, KeyNotFoundError) must not end the
+    round with the shards created before it held here but their mailboxes never started - renewed for ever, synced by
+    nobody - nor keep the shards after it from being taken."""
+    blocked = 7
+    assert {shard_of(m, 16) for m in MAILBOXES} >= {0, blocked}  # shards before it and it have mailboxes
+    writer = Bus(nats_settings(nats_server, "ews-ingest", name="ews-ingest-writer"))
+    await writer.connect(attempts=5)
+    leases = await writer.js.create_key_value(bucket=INGEST_LEASES_BUCKET, history=1, ttl=LEASES.lease_seconds)
+    keep_writing = asyncio.Event()
+    keep_writing.set()
+
+    async def unreadable_lease() -> None:
+        while keep_writing.is_set():
+            await leases.put(f"v1.shard.{blocked}", b"not a lease")
+            await asyncio.sleep(0.3)
+
+    writing = asyncio.create_task(unreadable_lease())
+    await leases.put(f"v1.shard.{blocked}", b"not a lease")
+    others = {m for m in MAILBOXES if shard_of(m, 16) != blocked}
+    try:
+        async with replica(nats_server, "a") as a:
+            await wait_for_async(lambda: a.mine() == others, timeout=20, what="a owns all but the blocked shard")
+            assert a.owned == a.mine()  # every shard held here has its mailboxes started
+            keep_writing.clear()
+            await writing
+            # the unreadable value expires: the shard is taken like any free one
+            await wait_for_async(lambda: a.mine() == set(MAILBOXES), timeout=20, what="a takes the blocked shard")
+            assert a.owned == set(MAILBOXES)
+    finally:
+        keep_writing.clear()
+        await writing
+        await writer.close()

@@ -17,9 +17,10 @@ Every `lease_renew_seconds` (less than a third of the lease) a replica writes it
 replicas (the heartbeats present), computes the balanced assignment every replica computes alike
 (`assignment`: rendezvous hashing of shards over replicas, at most ceil(shards / replicas) each, so a replica
 joining or leaving moves about its share), renews the leases it holds and still should, hands over those another
-replica should hold now, and creates the leases it should hold that nobody holds. A hand-over stops the shard's
-mailboxes at once (streams close, a running sync stops after its current, checkpointed page) and, in the
-background, keeps renewing the lease until those syncs ended, then deletes it with `last=revision`.
+replica should hold now, and creates the leases it should hold that nobody holds (each shard alone: one that
+fails is logged with its reason, and the shards created before it still have their mailboxes started). A hand-over
+stops the shard's mailboxes at once (streams close, a running sync stops after its current, checkpointed page)
+and, in the background, keeps renewing the lease until those syncs ended, then deletes it with `last=revision`.
 
 Fencing: a lease is counted from the moment its last successful create/update was sent (before the server could
 have stamped it). When `lease_seconds - lease_margin_seconds` have passed since then without another success, the
@@ -340,26 +341,49 @@ class Ownership:
         log.info("shards handed over", extra={"replica": self.replica, "shards": sorted(shards), "live": self.live})
 
     async def _acquire(self, kv: KeyValue, free: set[int]) -> None:
+        """Create the leases of `free` one by one. Whatever befalls one shard is that shard's alone: the shards taken
+        before it are announced (`gained`) all the same - a lease held here whose mailboxes were never started would
+        be renewed for ever with nobody syncing them."""
         payload = json.dumps({"owner": self.replica}).encode()
         got: set[int] = set()
-        for shard in sorted(free):
+        missed: dict[int, str] = {}
+        try:
+            for shard in sorted(free):
+                try:
+                    lease = await self._take(kv, shard, payload)
+                except TimeoutError:
+                    missed[shard] = "timed out"
+                    continue
+                except Exception as exc:  # one shard's failure must not cost the others
+                    missed[shard] = f"{type(exc).__name__}: {exc}"
+                    continue
+                if lease is None:
+                    continue
+                self.leases[shard] = lease
+                got.add(shard)
+        finally:
+            if missed:
+                log.warning("shard leases not taken this round", extra={"replica": self.replica, "why": missed})
+            if got:
+                log.info("shards acquired", extra={"replica": self.replica, "shards": sorted(got), "live": self.live})
+                self._gained(self._members(got))
+
+    async def _take(self, kv: KeyValue, shard: int, payload: bytes) -> Lease | None:
+        """The shard's lease, created here (or found to be ours already); None while another replica holds it."""
+        key = SHARD_PREFIX + str(shard)
+        for attempt in range(2):
             sent = time.monotonic()
             try:
-                lease: Lease | None = Lease(await self._bounded(kv.create(SHARD_PREFIX + str(shard), payload)), sent)
+                return Lease(await self._bounded(kv.create(key, payload)), sent)
             except KeyWrongLastSequenceError:  # held: by another replica until it hands it over or its TTL ends
-                try:  # or by this one (a create whose answer timed out)
-                    lease = await self._adopt(kv, shard, payload)
-                except TimeoutError:
-                    continue
-            except TimeoutError:
-                continue
-            if lease is None:
-                continue
-            self.leases[shard] = lease
-            got.add(shard)
-        if got:
-            log.info("shards acquired", extra={"replica": self.replica, "shards": sorted(got), "live": self.live})
-            self._gained(self._members(got))
+                return await self._adopt(kv, shard, payload)  # or by this one (a create whose answer timed out)
+            except KeyNotFoundError:
+                # kv.create is two steps: its write found the key, its read then did not - the lease expired in
+                # between (the very moment a dead replica's lease is taken over). It is free now: create again.
+                if attempt:
+                    raise
+                log.info("shard lease expired while being created: again", extra={"shard": shard})
+        return None
 
     def _drop(self, shards: set[int]) -> None:
         for shard in shards:
