@@ -479,7 +479,7 @@ def test_replicas_survive_kills_and_a_rolling_restart_losing_and_duplicating_not
                 steady.stop()
             made = [*steady.sent, *after_ingest_kill]
             with contextlib.suppress(AssertionError):  # what is still missing is named below, with its write time
-                wait_for(lambda: seen.arrived(made), SETTLE_S, 0.5, "every change in TrueConf")
+                wait_for(lambda: not seen.missing(made, steady.superseded), SETTLE_S, 0.5, "every change in TrueConf")
             seen.poll()
             duplicates = seen.duplicates(made)
         seats = cluster.licensing_seats()
@@ -496,7 +496,10 @@ def test_replicas_survive_kills_and_a_rolling_restart_losing_and_duplicating_not
         Path(REPORT).write_text(json.dumps(cluster.measured, indent=2))
     assert steady.errors == [], steady.errors[:5]
     began = min((at for _, at in steady.sent.values()), default=0.0)
-    missing = [(m, round(steady.sent[m][1] - began, 1) if m in steady.sent else None) for m in seen.missing(made)]
+    missing = [
+        (m, round(steady.sent[m][1] - began, 1) if m in steady.sent else None)
+        for m in seen.missing(made, steady.superseded)
+    ]
     assert missing == [], f"never seen in TrueConf (subject, written s after the first steady change): {missing}"
     assert duplicates == {}, f"changes TrueConf got twice: {list(duplicates.items())[:5]}"
     for topic in ("conference before gateway kill", "conference after gateway kill"):

@@ -263,6 +263,8 @@ class SteadyChanges:
     rate: float
     prefix: str = "steady"
     sent: dict[str, tuple[str, float]] = field(default_factory=dict)
+    #: subject -> the subject an update replaced it with (the same meeting's later state)
+    superseded: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     _items: dict[str, Any] = field(default_factory=dict)  #: mailbox -> the meeting its next update changes
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -284,6 +286,7 @@ class SteadyChanges:
             try:
                 item = self._items.get(mailbox)
                 if item is not None and (k // len(self.mailboxes)) % 2 == 1:
+                    self.superseded[str(item.subject)] = subject
                     item.subject = subject
                     item.save(update_fields=["subject"], send_meeting_invitations="SendToNone")
                 else:
@@ -354,9 +357,21 @@ class TrueConfCalendars:
         with self._lock:
             return all(s in self.first_seen for s in subjects)
 
-    def missing(self, subjects: Iterable[str]) -> list[str]:
+    def missing(self, subjects: Iterable[str], superseded: Mapping[str, str] | None = None) -> list[str]:
+        """Subjects never shown; with `superseded` (subject -> the one an update replaced it with), a subject whose
+        meeting was shown in a later state is not missing: TrueConf shows a meeting's latest state, and a mailbox
+        synced after both writes (one whose replica was killed in between) rightly never shows the earlier one."""
+        later = superseded or {}
+
+        def shown(subject: str) -> bool:
+            while subject not in self.first_seen:
+                if subject not in later:
+                    return False
+                subject = later[subject]
+            return True
+
         with self._lock:
-            return sorted(s for s in subjects if s not in self.first_seen)
+            return sorted(s for s in subjects if not shown(s))
 
     def duplicates(self, subjects: Iterable[str]) -> dict[str, int]:
         """Subjects shown more than once in one user's calendar (a meeting TrueConf got twice)."""
