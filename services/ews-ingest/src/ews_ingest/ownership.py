@@ -13,6 +13,10 @@ the NATS server, by the server's clock alone - no replica compares its clock wit
 | `v1.replica.<id>` | the replica's heartbeat `{replica, at}`, written every `lease_renew_seconds` |
 | `v1.shard.<n>` | the lease of shard n `{owner}`: `kv.create` (only where no key is), `kv.update(last=revision)` |
 
+The leases are written by tccal.kv_lease (as tcs-gateway's are): created where no key is (again at once when the key
+expired between nats-py's two create steps), adopted when a write of ours was stored though its answer never came,
+renewed with the revision written last.
+
 Every `lease_renew_seconds` (less than a third of the lease) a replica writes its heartbeat, lists the live
 replicas (the heartbeats present), computes the balanced assignment every replica computes alike
 (`assignment`: rendezvous hashing of shards over replicas, at most ceil(shards / replicas) each, so a replica
@@ -47,26 +51,18 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from nats.js.errors import (
-    APIError,
-    BadRequestError,
-    KeyDeletedError,
-    KeyNotFoundError,
-    KeyWrongLastSequenceError,
-    NotFoundError,
-)
+from nats.js.errors import APIError, BadRequestError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from ews_ingest.settings import Tuning
 from ews_ingest.state import StateStore, key_token
 from tccal.bus import Bus
+from tccal.kv_lease import Lease, LeaseOwner
 from tccal.subjects import INGEST_LEASES_BUCKET
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 SHARDS_KEY = "v1.lease-shards"
 REPLICA_PREFIX = "v1.replica."
 SHARD_PREFIX = "v1.shard."
@@ -115,13 +111,6 @@ def assignment(replicas: Iterable[str], shards: int) -> dict[int, str]:
     return out
 
 
-@dataclass
-class Lease:
-    revision: int
-    #: time.monotonic() just before the create/update that succeeded was sent.
-    renewed_at: float
-
-
 class Ownership:
     """Holds this replica's shard leases; `owns(mailbox)` is the scheduler's question."""
 
@@ -142,6 +131,9 @@ class Ownership:
         self.store = store
         self.tuning = tuning
         self.replica = replica
+        #: Writes the shard leases `{owner: replica}`; every KV call of a round is given at most a renewal interval: a
+        #: slow one must not hold back the other leases' renewal.
+        self.owner = LeaseOwner(replica, call_timeout=tuning.lease_renew_seconds)
         self._mailboxes = mailboxes
         self._gained = gained
         self._lost = lost
@@ -171,7 +163,7 @@ class Ownership:
         return lease is not None and time.monotonic() < self._deadline(lease)
 
     def _deadline(self, lease: Lease) -> float:
-        return lease.renewed_at + self.lease_seconds - self.tuning.lease_margin_seconds
+        return lease.sent_at + self.lease_seconds - self.tuning.lease_margin_seconds
 
     def _members(self, shards: set[int]) -> list[str]:
         return [m for m in self._mailboxes() if shard_of(m, self.shards) in shards]
@@ -244,7 +236,7 @@ class Ownership:
             self.shards = await self._shard_count()
         await self._renew(kv)  # first: nothing else in the round may delay it
         value = json.dumps({"replica": self.replica, "at": time.time()}).encode()
-        await self._bounded(kv.put(REPLICA_PREFIX + self.replica, value))
+        await self.owner.bounded(kv.put(REPLICA_PREFIX + self.replica, value))
         self.live = sorted(await self._replicas(kv) | {self.replica})
         wanted = {shard for shard, owner in assignment(self.live, self.shards).items() if owner == self.replica}
         self._hand_over(kv, set(self.leases) - wanted)
@@ -266,54 +258,18 @@ class Ownership:
 
     async def _renew(self, kv: KeyValue) -> None:
         """Renew every lease held and every one being handed over; one that timed out is tried again next round."""
-        payload = json.dumps({"owner": self.replica}).encode()
         lost: set[int] = set()
         for shard, lease in sorted(self.leases.items()):
             with contextlib.suppress(TimeoutError):
-                if not await self._renew_one(kv, shard, lease, payload):
+                if not await self.owner.renew(kv, SHARD_PREFIX + str(shard), lease):
                     lost.add(shard)
         for shard, lease in sorted(self.releasing.items()):
             with contextlib.suppress(TimeoutError):
-                if not await self._renew_one(kv, shard, lease, payload):
+                if not await self.owner.renew(kv, SHARD_PREFIX + str(shard), lease):
                     self.releasing.pop(shard, None)
         if lost:
             log.error("shard leases taken by another replica", extra={"replica": self.replica, "shards": sorted(lost)})
             self._drop(lost)
-
-    async def _renew_one(self, kv: KeyValue, shard: int, lease: Lease, payload: bytes) -> bool:
-        """Rewrite the lease if it is still the revision this replica wrote last (or a later one of its own: a write
-        whose answer timed out); False when someone else wrote it."""
-        sent = time.monotonic()
-        try:
-            lease.revision = await self._bounded(kv.update(SHARD_PREFIX + str(shard), payload, last=lease.revision))
-        except KeyWrongLastSequenceError:
-            adopted = await self._adopt(kv, shard, payload)
-            if adopted is None:
-                return False
-            lease.revision, sent = adopted.revision, adopted.renewed_at
-        lease.renewed_at = sent
-        return True
-
-    async def _adopt(self, kv: KeyValue, shard: int, payload: bytes) -> Lease | None:
-        """The lease holds this replica's name at another revision (an earlier write of ours succeeded though its
-        answer never came): names are unique per process, so nobody else holds it - take that revision on."""
-        try:
-            entry = await self._bounded(kv.get(SHARD_PREFIX + str(shard)))
-        except (KeyNotFoundError, KeyDeletedError):  # deleted or expired: not ours any more
-            return None
-        owner = json.loads(entry.value or b"{}").get("owner") if entry.value else None
-        if owner != self.replica or entry.revision is None:
-            return None
-        sent = time.monotonic()
-        try:
-            revision = await self._bounded(kv.update(SHARD_PREFIX + str(shard), payload, last=entry.revision))
-        except KeyWrongLastSequenceError:
-            return None
-        return Lease(revision, sent)
-
-    async def _bounded(self, call: Awaitable[T]) -> T:
-        """One KV call, given at most a renewal interval: a slow one must not hold back the other leases' renewal."""
-        return await asyncio.wait_for(call, self.tuning.lease_renew_seconds)
 
     def _hand_over(self, kv: KeyValue, leaving: set[int]) -> None:
         """Stop the shards' mailboxes now (owns() says no, streams close, running syncs stop after their page) and
@@ -344,13 +300,14 @@ class Ownership:
         """Create the leases of `free` one by one. Whatever befalls one shard is that shard's alone: the shards taken
         before it are announced (`gained`) all the same - a lease held here whose mailboxes were never started would
         be renewed for ever with nobody syncing them."""
-        payload = json.dumps({"owner": self.replica}).encode()
         got: set[int] = set()
         missed: dict[int, str] = {}
         try:
             for shard in sorted(free):
                 try:
-                    lease = await self._take(kv, shard, payload)
+                    # created here, or found to be ours already (a create whose answer timed out); None while
+                    # another replica holds it (until it hands it over or its TTL ends)
+                    lease = await self.owner.take(kv, SHARD_PREFIX + str(shard))
                 except TimeoutError:
                     missed[shard] = "timed out"
                     continue
@@ -367,23 +324,6 @@ class Ownership:
             if got:
                 log.info("shards acquired", extra={"replica": self.replica, "shards": sorted(got), "live": self.live})
                 self._gained(self._members(got))
-
-    async def _take(self, kv: KeyValue, shard: int, payload: bytes) -> Lease | None:
-        """The shard's lease, created here (or found to be ours already); None while another replica holds it."""
-        key = SHARD_PREFIX + str(shard)
-        for attempt in range(2):
-            sent = time.monotonic()
-            try:
-                return Lease(await self._bounded(kv.create(key, payload)), sent)
-            except KeyWrongLastSequenceError:  # held: by another replica until it hands it over or its TTL ends
-                return await self._adopt(kv, shard, payload)  # or by this one (a create whose answer timed out)
-            except KeyNotFoundError:
-                # kv.create is two steps: its write found the key, its read then did not - the lease expired in
-                # between (the very moment a dead replica's lease is taken over). It is free now: create again.
-                if attempt:
-                    raise
-                log.info("shard lease expired while being created: again", extra={"shard": shard})
-        return None
 
     def _drop(self, shards: set[int]) -> None:
         for shard in shards:

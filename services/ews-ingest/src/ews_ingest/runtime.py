@@ -228,12 +228,13 @@ class IngestRuntime:
             await self.store.forget_on_demand(mailbox)
             log.warning(
                 "on-demand mailbox dropped: the config gives it to a Graph provider, graph-ingest syncs it",
-                extra={"mailbox": mailbox, "provider": provider, "graph_provider": self._graph_name(mailbox)},
+                extra={
+                    "mailbox": mailbox,
+                    "provider": provider,
+                    "graph_provider": self.settings.routing.graph_provider(mailbox),
+                },
             )
         return remembered
-
-    def _graph_name(self, mailbox: str) -> str:
-        return self.settings.routing.graph_provider(mailbox) or "listed in a Graph entry's users"
 
     def _answers(self, mailbox: str) -> bool:
         """Whether this replica answers a control request about `mailbox` now: only its owner does (one answer)."""

@@ -149,15 +149,13 @@ class IngestSettings:
     tuning: Tuning = field(default_factory=Tuning)
     #: How AllocateSeats is called: ews-ingest's token (derived from grpc.adminToken) and grpc.tls.
     licensing_caller: GrpcCaller = field(default_factory=GrpcCaller)
-    #: Mailboxes of "type": "graph" providers: graph-ingest answers their control requests, ews-ingest stays silent.
-    graph_users: frozenset[str] = frozenset()
-    #: Which entry serves an address: those a Graph entry lists or claims by its `domains` are graph-ingest's.
+    #: Which entry serves an address: those a Graph entry lists (first, whatever an EWS entry lists) or claims by its
+    #: `domains` are graph-ingest's - it answers their control requests, ews-ingest stays silent.
     routing: MailboxRouting = field(default_factory=lambda: MailboxRouting(frozenset(), {}, {}))
 
     def graph_serves(self, mailbox: str) -> bool:
         """Whether the config gives `mailbox` to a Graph provider (graph-ingest answers and syncs it)."""
-        mailbox = mailbox.strip().lower()
-        return mailbox in self.graph_users or self.routing.graph_provider(mailbox) is not None
+        return self.routing.graph_provider(mailbox) is not None
 
     @classmethod
     def from_config(cls, config: Config, reveal: Callable[[str], str], tuning: Tuning | None = None) -> IngestSettings:
@@ -202,7 +200,6 @@ class IngestSettings:
             licensing_address=config.grpc.address_of("licensing"),
             tuning=tuning or Tuning.from_env(),
             licensing_caller=GrpcCaller.for_service(config, "ews-ingest", reveal),
-            graph_users=frozenset(user.lower() for _, graph in config.graph_providers for user in graph.users),
             routing=config.mailbox_routing,
         )
 

@@ -10,6 +10,9 @@ TCS_COMMANDS subject (the durable consumer is shared; only the holder binds to i
   by the server's clock alone.
 - Key `v1.server.<hex(server id)>`, value `{owner}`. Taken with `kv.create` (only where no key is), renewed every
   `lease_renew_seconds` with `kv.update(last=revision)`, released with `kv.delete(last=revision)`.
+- The key is written by tccal.kv_lease (as ews-ingest's are): created where no key is (again at once when it expired
+  between nats-py's two create steps), adopted when a write of ours was stored though its answer never came, renewed
+  with the revision written last.
 - Fencing: a lease counts from the moment its last successful create/update was sent. When
   `lease_seconds - lease_margin_seconds` passed since then without another success, the replica stops consuming the
   server's commands on its own, before the server can drop the key and another replica create it. A renewal answered
@@ -39,25 +42,16 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TypeVar
 
-from nats.js.errors import (
-    APIError,
-    BadRequestError,
-    KeyDeletedError,
-    KeyNotFoundError,
-    KeyWrongLastSequenceError,
-    NotFoundError,
-)
+from nats.js.errors import APIError, BadRequestError, KeyDeletedError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from tccal.bus import Bus
+from tccal.kv_lease import Lease, LeaseOwner
 from tccal.subjects import GATEWAY_LEASES_BUCKET
 from tcs_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 SERVER_PREFIX = "v1.server."
 WANT_PREFIX = "v1.want."
 
@@ -76,13 +70,6 @@ def replica_id(environ: dict[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     base = env.get("TCS_GATEWAY_REPLICA") or socket.gethostname() or "tcs-gateway"
     return f"{base[:64]}-{secrets.token_hex(3)}"
-
-
-@dataclass
-class Lease:
-    revision: int
-    #: time.monotonic() just before the create/update that succeeded was sent.
-    renewed_at: float
 
 
 class LeaseBucket:
@@ -141,6 +128,9 @@ class ServerLease:
         self.key = lease_key(server_id)
         self.want_key = want_key(server_id)
         self.replica = replica
+        #: Writes the lease (and the want key) `{owner: replica, server}`; every KV call is given at most a renewal
+        #: interval (a slow one must not outlast the fence).
+        self.owner = LeaseOwner(replica, call_timeout=self.settings.lease_renew_seconds, fields={"server": server_id})
         self._session_here = session_here
         self._gained = gained
         self._lost = lost
@@ -162,14 +152,7 @@ class ServerLease:
         return self.lease is not None and time.monotonic() < self._deadline(self.lease)
 
     def _deadline(self, lease: Lease) -> float:
-        return lease.renewed_at + self.bucket.lease_seconds - self.settings.lease_margin_seconds
-
-    def _payload(self) -> bytes:
-        return json.dumps({"owner": self.replica, "server": self.server_id}).encode()
-
-    async def _bounded(self, call: Awaitable[T]) -> T:
-        """One KV call, given at most a renewal interval (a slow one must not outlast the fence)."""
-        return await asyncio.wait_for(call, self.settings.lease_renew_seconds)
+        return lease.sent_at + self.bucket.lease_seconds - self.settings.lease_margin_seconds
 
     # ------------------------------------------------------------------ running
     async def run(self, stop: asyncio.Event) -> None:
@@ -204,18 +187,15 @@ class ServerLease:
                 log.info("a replica with the server's session wants its lease: released", extra=self._extra())
                 await self._release()
                 return
-            if not await self._renew(kv, self.lease):
+            if not await self.owner.renew(kv, self.key, self.lease):
                 log.error("server lease taken by another replica: its commands stop here", extra=self._extra())
                 self.lease = None
                 await self._stop_consuming()
             return
         if not here and await self._wanted_elsewhere(kv):
             return  # a replica with the session waits for it: leave the lease to that one
-        sent = time.monotonic()
-        try:
-            lease: Lease | None = Lease(await self._bounded(kv.create(self.key, self._payload())), sent)
-        except KeyWrongLastSequenceError:  # held elsewhere, or by this replica (a create whose answer timed out)
-            lease = await self._adopt(kv)
+        # created here, or found to be ours already (a create whose answer timed out); None while held elsewhere
+        lease = await self.owner.take(kv, self.key)
         if lease is None:
             if here:
                 if not self.waiting:
@@ -223,11 +203,11 @@ class ServerLease:
                         "server's lease is held by another replica: this session waits for it", extra=self._extra()
                     )
                 self.waiting = True
-                await self._bounded(kv.put(self.want_key, self._payload()))
+                await self.owner.bounded(kv.put(self.want_key, self.owner.payload))
             return
         if self.waiting:
             with contextlib.suppress(Exception):
-                await self._bounded(kv.delete(self.want_key))
+                await self.owner.bounded(kv.delete(self.want_key))
         self.waiting = False
         self.lease = lease
         self.acquired += 1
@@ -238,7 +218,7 @@ class ServerLease:
 
     async def _wanted_elsewhere(self, kv: KeyValue) -> bool:
         try:
-            entry = await self._bounded(kv.get(self.want_key))
+            entry = await self.owner.bounded(kv.get(self.want_key))
         except (KeyNotFoundError, KeyDeletedError):
             return False
         owner = json.loads(entry.value).get("owner") if entry.value else None
@@ -246,35 +226,6 @@ class ServerLease:
 
     def _extra(self) -> dict[str, str]:
         return {"server": self.server_id, "replica": self.replica}
-
-    async def _renew(self, kv: KeyValue, lease: Lease) -> bool:
-        sent = time.monotonic()
-        try:
-            lease.revision = await self._bounded(kv.update(self.key, self._payload(), last=lease.revision))
-        except KeyWrongLastSequenceError:
-            adopted = await self._adopt(kv)
-            if adopted is None:
-                return False
-            lease.revision, sent = adopted.revision, adopted.renewed_at
-        lease.renewed_at = sent
-        return True
-
-    async def _adopt(self, kv: KeyValue) -> Lease | None:
-        """The key holds this replica's name at another revision (a write of ours succeeded though its answer never
-        came): names are unique per process, so nobody else holds it - take that revision on."""
-        try:
-            entry = await self._bounded(kv.get(self.key))
-        except (KeyNotFoundError, KeyDeletedError):  # expired or deleted meanwhile: the next round creates it
-            return None
-        owner = json.loads(entry.value).get("owner") if entry.value else None
-        if owner != self.replica or entry.revision is None:
-            return None
-        sent = time.monotonic()
-        try:
-            revision = await self._bounded(kv.update(self.key, self._payload(), last=entry.revision))
-        except KeyWrongLastSequenceError:
-            return None
-        return Lease(revision, sent)
 
     async def _release(self) -> None:
         """Stop consuming, then give the lease back (another replica may take it at once)."""
@@ -288,7 +239,7 @@ class ServerLease:
         with contextlib.suppress(Exception):
             kv = await self.bucket.kv()
             with contextlib.suppress(APIError):  # rewritten meanwhile: not ours to delete
-                await self._bounded(kv.delete(self.key, last=lease.revision))
+                await self.owner.bounded(kv.delete(self.key, last=lease.revision))
         log.info("server lease released", extra=self._extra())
 
     async def _fence(self) -> None:
