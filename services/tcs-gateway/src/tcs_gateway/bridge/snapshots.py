@@ -4,7 +4,9 @@ revision 1.3), later any user's whose pushes cannot go out in order (docs/bridge
 While a user's snapshot is being built (from the moment SyncService is asked until its frames are written)
 the user is blocked: no push of that user is sent. A written snapshot covers the pushes up to the engine seq
 it was read at; they stay queued until it is acknowledged (then they are done) or refused (then a new
-snapshot, or they go out after all).
+snapshot, or they go out after all). A push that waits like this may be given up when the queue is full
+(ServerState.relieve): its user is then owed a snapshot, sent again after every failure (with backoff) and at every
+connection until one that covers it is acknowledged.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from opentelemetry import trace
 
 from tccal import telemetry
 from tccal.cache_window import cache_window
+from tccal.retry import backoff_delay
 from tcs_gateway.bridge.channel import ConnectionClosedError, log, retry_delay
 from tcs_gateway.bridge.events import snapshot_seq
 from tcs_gateway.bridge.framing import ErrorCode
 from tcs_gateway.bridge.payloads import event_budget, events_for, snapshot_payloads
 from tcs_gateway.bridge.ports import SyncUnavailableError
 from tcs_gateway.bridge.pushes import PUSHES
+from tcs_gateway.bridge.queue import PendingPush
 
 if TYPE_CHECKING:
     from tcs_gateway.bridge.servers import ServerState
@@ -52,6 +56,8 @@ class SnapshotSender:
         #: Engine seq per user that a snapshot written on this connection covers (its ack is awaited).
         self._sent_cover: dict[str, int] = {}
         self._pending: set[str] = set()
+        #: Failed snapshots per user since the last acknowledged one (the backoff before the next).
+        self._failures: dict[str, int] = {}
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         #: Set once every served user's snapshot is requested; pushes start after that.
         self.catchup_ready = asyncio.Event()
@@ -70,8 +76,22 @@ class SnapshotSender:
         self._blocked.add(user)
         self._queue.put_nowait(user)
 
+    def _retry_later(self, user: str, delay: float) -> None:
+        """A snapshot of `user` failed or fell short: another in `delay` seconds. A snapshot of the user still being
+        built then is left to finish (its own outcome is looked at again); a connection that ended by then leaves it
+        to the next one's catch-up."""
+        asyncio.get_running_loop().call_later(delay, self.request, user)
+
+    def _failed(self, user: str) -> int:
+        self._failures[user] = self._failures.get(user, 0) + 1
+        return self._failures[user]
+
     def is_blocked(self, user: str) -> bool:
         return user in self._blocked
+
+    def holds_back(self, item: PendingPush) -> bool:
+        """Whether `item` can only wait for a snapshot of its user: one being built, or one written that covers it."""
+        return item.user in self._blocked or item.engine_seq <= self._sent_cover.get(item.user, 0)
 
     def covered_by_sent_snapshot(self, user: str) -> int:
         return self._sent_cover.get(user, 0)
@@ -82,11 +102,14 @@ class SnapshotSender:
         if self.session.catch_up_by_lists:
             # TCS asks getCalendarList for every user itself, with sinceSeq for the windows it holds
             # (docs/bridge-protocol.md §3 step 3, revision 1.3): rebuilding and resending each whole calendar would
-            # repeat what it holds; a user with changes gets them in that list's answer.
+            # repeat what it holds; a user with changes gets them in that list's answer. Snapshots still owed (their
+            # pushes were superseded unsent) are sent all the same.
+            for user in sorted(server.owed):
+                self.request(user)
             self.catchup_ready.set()
             log.info("no catch-up snapshots: TrueConf Server asks for the lists", extra={"server": server.id})
             return
-        users = server.served_users()
+        users = sorted(set(server.served_users()) | set(server.owed))
         for user in users:
             self.request(user)
         self.catchup_ready.set()
@@ -103,6 +126,8 @@ class SnapshotSender:
             except Exception as exc:  # one user's snapshot must not stop the others
                 log.exception("snapshot failed", extra={"server": server.id, "user": user})
                 server.record_error(f"snapshot of {user} failed: {exc!r}")
+                if user in server.owed:
+                    self._retry_later(user, backoff_delay(self._failed(user), base=1.0, cap=300.0))
             finally:
                 self._pending.discard(user)
                 self._blocked.discard(user)
@@ -181,18 +206,26 @@ class SnapshotSender:
                 superseded = server.supersede(tracker.user, tracker.engine_seq)
                 tracker.span.set_attribute("tcs.superseded_pushes", superseded)
                 tracker.span.end()
+                if tracker.user in server.owed:
+                    # Read before the last pushes it owes were given up: a later snapshot holds them.
+                    self._retry_later(tracker.user, backoff_delay(self._failed(tracker.user), base=1.0, cap=300.0))
+                else:
+                    self._failures.pop(tracker.user, None)
             return
         tracker.failed = True
         description = str(payload.get("errorDescription", ""))
         tracker.span.set_status(trace.Status(trace.StatusCode.ERROR, f"{code} {description}"))
         tracker.span.end()
+        failures = self._failed(tracker.user)
         if code in (ErrorCode.OVERLOADED, ErrorCode.INTERNAL_ERROR):
-            delay = retry_delay(payload, 1)
-            asyncio.get_running_loop().call_later(delay, self.request, tracker.user)
+            self._retry_later(tracker.user, retry_delay(payload, failures))
             return
         if self._sent_cover.get(tracker.user, 0) <= tracker.engine_seq:
             self._sent_cover.pop(tracker.user, None)  # the queued pushes go out after all
             server.queue.changed.set()
+        if tracker.user in server.owed:
+            # Pushes given up for a snapshot cannot go out after all: only a snapshot brings their changes.
+            self._retry_later(tracker.user, backoff_delay(failures, base=1.0, cap=300.0))
         server.record_error(f"snapshot of {tracker.user} refused: {code} {description}")
         log.error(
             "TrueConf Server refused a snapshot",
