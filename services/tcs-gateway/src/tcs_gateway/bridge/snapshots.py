@@ -6,7 +6,8 @@ the user is blocked: no push of that user is sent. A written snapshot covers the
 it was read at; they stay queued until it is acknowledged (then they are done) or refused (then a new
 snapshot, or they go out after all). A push that waits like this may be given up when the queue is full
 (ServerState.relieve): its user is then owed a snapshot, sent again after every failure (with backoff) and at every
-connection until one that covers it is acknowledged.
+connection until one that covers it is acknowledged. A user whose calendar SyncService cannot list stays blocked
+and is listed again after a backoff; the worker goes on with the other users meanwhile.
 """
 
 from __future__ import annotations
@@ -119,8 +120,9 @@ class SnapshotSender:
         server = self._server()
         while not self.session.closing:
             user = await self._queue.get()
+            deferred = False
             try:
-                await self._snapshot(user)
+                deferred = not await self._snapshot(user)
             except ConnectionClosedError:
                 return
             except Exception as exc:  # one user's snapshot must not stop the others
@@ -129,28 +131,30 @@ class SnapshotSender:
                 if user in server.owed:
                     self._retry_later(user, backoff_delay(self._failed(user), base=1.0, cap=300.0))
             finally:
-                self._pending.discard(user)
-                self._blocked.discard(user)
-                server.queue.changed.set()
+                if not deferred:
+                    self._pending.discard(user)
+                    self._blocked.discard(user)
+                    server.queue.changed.set()
 
-    async def _snapshot(self, user: str) -> None:
+    async def _snapshot(self, user: str) -> bool:
+        """Build and write `user`'s snapshot; False when SyncService could not list the calendar: the user stays
+        blocked and is listed again after a backoff (0.5 s doubling to 30 s), while the worker goes on with the
+        other users (a calendar that cannot be listed must not hold back theirs)."""
         session = self.session
         server = self._server()
-        delay = 0.5
-        while True:
-            if session.closing:
-                raise ConnectionClosedError("connection closing")
-            window = cache_window(
-                datetime.now(UTC), self.settings.window_backward_months, self.settings.window_forward_months
-            )
-            try:
-                listed = await session.context.source.list_events(user, window.start, window.end)
-                break
-            except SyncUnavailableError as exc:
-                server.record_error(f"snapshot of {user}: {exc}")
-                log.warning("failed to getCalendarList", extra={"server": server.id, "user": user, "error": str(exc)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        if session.closing:
+            raise ConnectionClosedError("connection closing")
+        window = cache_window(
+            datetime.now(UTC), self.settings.window_backward_months, self.settings.window_forward_months
+        )
+        try:
+            listed = await session.context.source.list_events(user, window.start, window.end)
+        except SyncUnavailableError as exc:
+            server.record_error(f"snapshot of {user}: {exc}")
+            log.warning("failed to getCalendarList", extra={"server": server.id, "user": user, "error": str(exc)})
+            delay = backoff_delay(self._failed(user), base=0.5, cap=30.0)
+            asyncio.get_running_loop().call_later(delay, self._queue.put_nowait, user)
+            return False
         store = session.context.store
         seq = snapshot_seq(listed.seq, store.snapshot_seq(server.id, user))
         store.set_snapshot_seq(server.id, user, seq)
@@ -186,6 +190,7 @@ class SnapshotSender:
             # Pushes up to listed.seq need not go out: the snapshot just written holds them. They stay queued
             # until it is acknowledged (then they are done) or refused (then a new snapshot, or they go out).
             self._sent_cover[user] = listed.seq
+        return True
 
     def _lost(self, tracker: _SnapshotTracker) -> None:
         self.session.slots.release()
