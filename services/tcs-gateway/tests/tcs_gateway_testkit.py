@@ -49,7 +49,8 @@ def today_at(hour: int, days: int = 1) -> datetime:
 
 # --------------------------------------------------------------------------------------------- SyncService
 class FakeSync(sync_pb2_grpc.SyncServiceServicer):
-    """ListEvents from per-user state; `unavailable` makes it answer UNAVAILABLE."""
+    """ListEvents from per-user state; `unavailable` makes it answer UNAVAILABLE, `unavailable_users` only for those
+    users."""
 
     def __init__(self) -> None:
         self.shown: dict[str, dict[str, calendar_pb2.Occurrence]] = {}
@@ -61,6 +62,7 @@ class FakeSync(sync_pb2_grpc.SyncServiceServicer):
         self.history_floor: dict[str, int] = {}
         self.calls: list[str] = []
         self.unavailable = False
+        self.unavailable_users: set[str] = set()
 
     def next_seq(self, user: str) -> int:
         self.seq[user] = self.seq.get(user, 0) + 1
@@ -72,6 +74,8 @@ class FakeSync(sync_pb2_grpc.SyncServiceServicer):
         self.calls.append(request.user)
         if self.unavailable:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "sync-engine is starting")
+        if request.user in self.unavailable_users:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the calendar of {request.user} cannot be read")
         start = getattr(request, "from").ToDatetime(tzinfo=UTC)
         end = request.to.ToDatetime(tzinfo=UTC)
         response = sync_pb2.ListEventsResponse(seq=self.seq.get(request.user, 0))

@@ -1,7 +1,7 @@
 """Command results (TCS_RESULTS): OK, retry (a new command of the same chain after a backoff, unless a newer
 command for the same target superseded it, or the attempts are used up), superseded (the gateway did not run it: a
-newer conference command of the meeting had run) or failed for good; a confirmed create records the conference and
-pushes every user's occurrences again.
+newer conference command of the meeting had run, or a snapshot of the user carries the calendar push instead) or
+failed for good; a confirmed create records the conference and pushes every user's occurrences again.
 
 Locking: the result's outbox row, then its meeting.
 """
@@ -93,12 +93,13 @@ class ResultApplier:
         elif status == commands_pb2.COMMAND_STATUS_RETRYABLE_ERROR:
             await self._retry(connection, workspace, row, command, error, completed, batch)
         elif status == commands_pb2.COMMAND_STATUS_SUPERSEDED:
-            # Not run: a newer command of the meeting ran first (a redelivery); that one's result decides.
+            # Not run: a newer command of the meeting ran first (a redelivery), whose result decides; or a calendar
+            # push the gateway gave up for a snapshot of its user, which carries its change.
             await self._set_status(connection, row["id"], SUPERSEDED, status, error, completed)
             await connection.execute(
                 "UPDATE outbox SET status = $2 WHERE chain_id = $1 AND status = $3", chain, SUPERSEDED, RETRYING
             )
-            log.info("command not run: a newer one of its meeting ran", extra={"command_id": result.command_id})
+            log.info("command not run: superseded", extra={"command_id": result.command_id, "reason": error})
         else:
             await self._set_status(connection, row["id"], FAILED, status, error, completed)
             await connection.execute(

@@ -4,7 +4,9 @@
   in-progress heartbeats) until TrueConf Server acknowledged the push, a snapshot superseded it, or TCS refused
   it for good; only then is the result published and the message acked. For a disconnected server the messages
   simply wait, so nothing is lost (a crash redelivers them) and nothing is doubled (TCS ignores a `seq` it has).
-  While the queue is full the consumer stops pulling.
+  While the queue is full the consumer stops pulling — after giving up the pushes that can only wait for their
+  user's snapshot (answered SUPERSEDED, the snapshot owed; ServerState.relieve), so a full queue holds only pushes
+  that can go out, and one user whose snapshot keeps failing holds back no one else.
 - Conference commands run against REST API v4, in order per meeting, a few meetings at a time; the message is
   acked once the result is published.
 - Results go to `tcs.v1.results.<server-key>` with the command id as Nats-Msg-Id.
@@ -108,6 +110,8 @@ class CommandConsumer:
         try:
             while not self.stop.is_set():
                 room = min(self.state.queue.free, self.settings.rest_backlog - self._conference.running)
+                if self.state.queue.free <= 0 and self.state.relieve():
+                    continue  # pushes that could only wait for their user's snapshot made room (ServerState.relieve)
                 if room <= 0:
                     # Backpressure: a full queue (slow or absent server) or too many REST calls pending.
                     waiters = [self.state.queue.space.wait(), self._conference.space.wait(), self.stop.wait()]

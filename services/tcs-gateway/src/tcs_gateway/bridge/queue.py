@@ -6,6 +6,14 @@ a snapshot superseded it, or it failed for good — so the stream itself is the 
 dies loses nothing, and its successor gets the messages again. The queue is bounded; the command consumer stops
 pulling while it is full.
 
+A full queue first gives up the pushes that can only wait for their user's snapshot (one being built, or one
+written and not yet acknowledged; ServerState.relieve): they are answered SUPERSEDED and their messages acked, and
+the user is owed a snapshot read after them, sent until TCS acknowledges one (on the next connection if need be;
+every connection starts with the served users' snapshots, so a gateway that dies owing one loses nothing either).
+So a full queue holds only pushes that can go out, and one user whose snapshot keeps failing — refused, never
+acknowledged, or its calendar unreadable — cannot hold back the other users and the conference commands, which
+come through the same consumer.
+
 Per user, pushes go out in engine order (lowest seq first); a push that has to wait (retryAfterMs) holds back
 the later pushes of its user.
 """

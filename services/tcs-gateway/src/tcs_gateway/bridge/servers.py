@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tcs_gateway.bridge.metrics import METRICS
 from tcs_gateway.bridge.ports import UserStateStore
+from tcs_gateway.bridge.pushes import PUSHES
 from tcs_gateway.bridge.queue import PendingPush, PushQueue
 from tcs_gateway.settings import GatewaySettings, ServerSettings
 from trueconf.calendar.v1 import commands_pb2
@@ -40,6 +41,9 @@ class ServerState:
         self.covered: dict[str, int] = {}
         #: Highest engine seq written to TCS per user (a lower one arriving later would be stale).
         self.max_sent: dict[str, int] = {}
+        #: Per user, the engine seq a snapshot must reach before TCS holds every change of the user: pushes up to it
+        #: were superseded unsent to make room in a full queue (`relieve`). Kept across connections.
+        self.owed: dict[str, int] = {}
         self.on_push_done: PushDone | None = None
         #: Called when a session attaches or detaches (the server's lease, tcs_gateway.server_lease, looks again).
         self.on_session_change: Callable[[], None] | None = None
@@ -75,13 +79,48 @@ class ServerState:
         task.add_done_callback(self._completions.discard)
 
     def supersede(self, user: str, engine_seq: int) -> int:
-        """An acknowledged snapshot made TCS current up to `engine_seq`: queued pushes up to it are done."""
+        """An acknowledged snapshot made TCS current up to `engine_seq`: queued pushes up to it are done, and a
+        snapshot owed up to it is paid."""
         if engine_seq > self.covered.get(user, 0):
             self.covered[user] = engine_seq
+        if 0 < self.owed.get(user, 0) <= engine_seq:
+            del self.owed[user]
         done = [item for item in self.queue.queued_for(user) if item.engine_seq <= engine_seq]
         for item in done:
             self.finish(item, commands_pb2.COMMAND_STATUS_OK)
         return len(done)
+
+    def relieve(self) -> int:
+        """The queue is full: give up the queued pushes that can only wait for their user's snapshot (one being
+        built, or one written and not yet acknowledged), so that one user whose snapshot keeps failing cannot hold
+        back every other user and the conference commands behind a full queue. Each is answered SUPERSEDED and its
+        user owed a snapshot read after it, sent on this connection or the next until one is acknowledged.
+
+        Only served users' pushes are given up: every connection of TCS starts with their snapshots (or, with
+        `catchUp: "lists"`, with TCS asking their lists), so a gateway that dies owing one loses nothing either."""
+        session = self.session
+        if session is None or not session.authenticated:
+            return 0
+        waiting = [item for item in self.queue.items() if not item.in_flight and session.snapshots.holds_back(item)]
+        if waiting:
+            served = set(self.served_users())
+            waiting = [item for item in waiting if item.user in served]
+        for item in waiting:
+            self.owed[item.user] = max(self.owed.get(item.user, 0), item.engine_seq)
+            PUSHES.add(1, {"method": item.method, "outcome": "superseded"})
+            self.finish(
+                item,
+                commands_pb2.COMMAND_STATUS_SUPERSEDED,
+                f"not pushed: the queue of {self.id} was full while the push waited for a snapshot of {item.user},"
+                " which carries its change instead",
+            )
+        if waiting:
+            users = sorted({item.user for item in waiting})
+            log.warning(
+                "queue full: pushes waiting for their user's snapshot superseded by it",
+                extra={"server": self.id, "pushes": len(waiting), "users": users[:20]},
+            )
+        return len(waiting)
 
     def is_covered(self, item: PendingPush) -> bool:
         return item.engine_seq <= self.covered.get(item.user, 0)
