@@ -84,6 +84,14 @@ def count(value: float) -> str:
 
 
 # ------------------------------------------------------------------------------------------ issue #21's rows
+Reader = Callable[[Mapping[str, Any]], Any]
+
+
+def at(*keys: str, within: tuple[str, ...] = ()) -> Reader:
+    """The number at `keys` under the object at `within` (a missing one is named by its keys below `within`)."""
+    return lambda data: number(figure(data, *within), *keys)
+
+
 @dataclass(frozen=True)
 class Measured:
     text: str  # the figures, as read from the result
@@ -94,81 +102,36 @@ class Measured:
 
 @dataclass(frozen=True)
 class Point:
+    """One of issue #21's points: what it measures, last turn's figure and the target (issue #21's text), and how
+    its row is made from a result of `kind`: the figures `reads` takes from it (in this order: the first missing one
+    is what the row names), `now` and `measured_at` (format strings over those figures), `met` (the verdict) and
+    `full_size` (measured at the issue's size or above)."""
+
     number: str
     what: str
-    last_turn: str  # issue #21's text: the figures measured before it
+    last_turn: str
     target: str
     issue_size: str
     kind: str
-    measure: Callable[[Mapping[str, Any]], Measured]
+    reads: Mapping[str, Reader]
+    now: str
+    met: Callable[[Mapping[str, Any]], bool]
+    measured_at: str
+    full_size: Callable[[Mapping[str, Any]], bool]
+
+    def measure(self, data: Mapping[str, Any]) -> Measured:
+        """The point's figures in `data` (MissingFigureError when it does not hold one of them)."""
+        figures = {name: read(data) for name, read in self.reads.items()}
+        return Measured(
+            self.now.format(**figures),
+            self.met(figures),
+            self.measured_at.format(**figures),
+            self.full_size(figures),
+        )
 
 
-def initial_sync(d: Mapping[str, Any]) -> Measured:
-    ratio, connector, raw = number(d, "ratio"), number(d, "connector_s"), number(d, "baseline_raw_exchangelib_s")
-    mailboxes, meetings = number(d, "mailboxes"), number(d, "meetings_per_mailbox")
-    return Measured(
-        f"{ratio:.2f}× ({connector:.1f} s vs {raw:.1f} s)",
-        ratio <= 1.1,
-        f"{count(mailboxes)} × {count(meetings)}",
-        mailboxes >= 2000 and meetings >= 25,
-    )
-
-
-def engine(d: Mapping[str, Any]) -> Measured:
-    ratio, rate, changes = number(d, "ratio_to_raw"), number(d, "engine_changes_per_s"), number(d, "changes")
-    return Measured(
-        f"{ratio:.2f} of raw, {count(rate)} changes/s",
-        ratio >= 0.5 and rate >= 2000,
-        f"{count(changes)} changes",
-        changes >= 5000,
-    )
-
-
-def burst(d: Mapping[str, Any]) -> Measured:
-    create = figure(d, "propagation", "connector", "create")
-    p50, p99, top, n = number(create, "p50"), number(create, "p99"), number(create, "max"), number(create, "n")
-    sent_in = number(d, "propagation", "connector", "burst", "sent_in_s")
-    mailboxes = number(d, "mailboxes")
-    return Measured(
-        f"p50 {secs(p50)}, p99 {secs(p99)}, max {secs(top)} ({count(n)} creates, sent in {sent_in:.0f} s)",
-        p99 <= 5.0,
-        f"{count(mailboxes)} mailboxes",
-        mailboxes >= 2000,
-    )
-
-
-def lone_meeting(d: Mapping[str, Any]) -> Measured:
-    lone, mailboxes = number(d, "propagation", "connector", "lone_create_during_burst_s"), number(d, "mailboxes")
-    return Measured(secs(lone), lone <= 1.0, f"burst of {count(mailboxes)}", mailboxes >= 2000)
-
-
-def large_calendar(d: Mapping[str, Any]) -> Measured:
-    large = figure(d, "large_calendar")
-    median, pages, largest = number(large, "median_s"), number(large, "pages"), number(large, "largest_frame_bytes")
-    events, occurrences = number(large, "events"), number(d, "occurrences")
-    runs = len(figure(large, "seconds"))
-    return Measured(
-        f"{secs(median)} (median of {runs}), {count(events)} events in {count(pages)} pages, "
-        f"largest frame {count(largest)} B",
-        median <= 1.0 and largest <= FRAME_LIMIT_BYTES and events == occurrences,
-        f"{count(occurrences)} occurrences",
-        occurrences >= 20_000,
-    )
-
-
-def reconnect(d: Mapping[str, Any]) -> Measured:
-    again, first = number(d, "reconnect", "reconnect_s"), number(d, "reconnect", "first_connect_s")
-    errors, users, meetings = number(d, "reconnect", "protocol_errors"), number(d, "users"), number(d, "meetings")
-    # results before protocol revision 1.3 have no catch_up: their TrueConf was caught up by snapshots
-    catch_up = d["reconnect"].get("catch_up", "snapshots")
-    return Measured(
-        f"{secs(again)} (first connection {secs(first)}; catch-up by {catch_up}), {count(errors)} protocol errors",
-        again <= 30.0 and errors == 0,
-        f"{count(users)} users × {count(meetings)}",
-        users >= 2000,
-    )
-
-
+CREATE = ("propagation", "connector", "create")
+LARGE = ("large_calendar",)
 POINTS = (
     Point(
         "1",
@@ -177,7 +140,17 @@ POINTS = (
         "≤ 1.1×",
         "2,000 × 25",
         "initial-sync",
-        initial_sync,
+        reads={
+            "ratio": at("ratio"),
+            "connector": at("connector_s"),
+            "raw": at("baseline_raw_exchangelib_s"),
+            "mailboxes": at("mailboxes"),
+            "meetings": at("meetings_per_mailbox"),
+        },
+        now="{ratio:.2f}× ({connector:.1f} s vs {raw:.1f} s)",
+        met=lambda f: f["ratio"] <= 1.1,
+        measured_at="{mailboxes:,.0f} × {meetings:,.0f}",
+        full_size=lambda f: f["mailboxes"] >= 2000 and f["meetings"] >= 25,
     ),
     Point(
         "2",
@@ -186,7 +159,11 @@ POINTS = (
         "≥ 0.5 of raw and ≥ 2,000 changes/s",
         "5,000 changes",
         "engine",
-        engine,
+        reads={"ratio": at("ratio_to_raw"), "rate": at("engine_changes_per_s"), "changes": at("changes")},
+        now="{ratio:.2f} of raw, {rate:,.0f} changes/s",
+        met=lambda f: f["ratio"] >= 0.5 and f["rate"] >= 2000,
+        measured_at="{changes:,.0f} changes",
+        full_size=lambda f: f["changes"] >= 5000,
     ),
     Point(
         "3a",
@@ -195,7 +172,18 @@ POINTS = (
         "p99 ≤ 5 s",
         "2,000 mailboxes",
         "live",
-        burst,
+        reads={
+            "p50": at("p50", within=CREATE),
+            "p99": at("p99", within=CREATE),
+            "max": at("max", within=CREATE),
+            "n": at("n", within=CREATE),
+            "sent_in": at("propagation", "connector", "burst", "sent_in_s"),
+            "mailboxes": at("mailboxes"),
+        },
+        now="p50 {p50:.2f} s, p99 {p99:.2f} s, max {max:.2f} s ({n:,.0f} creates, sent in {sent_in:.0f} s)",
+        met=lambda f: f["p99"] <= 5.0,
+        measured_at="{mailboxes:,.0f} mailboxes",
+        full_size=lambda f: f["mailboxes"] >= 2000,
     ),
     Point(
         "3b",
@@ -204,7 +192,11 @@ POINTS = (
         "≤ 1 s",
         "burst of 2,000",
         "live",
-        lone_meeting,
+        reads={"lone": at("propagation", "connector", "lone_create_during_burst_s"), "mailboxes": at("mailboxes")},
+        now="{lone:.2f} s",
+        met=lambda f: f["lone"] <= 1.0,
+        measured_at="burst of {mailboxes:,.0f}",
+        full_size=lambda f: f["mailboxes"] >= 2000,
     ),
     Point(
         "4a",
@@ -213,7 +205,19 @@ POINTS = (
         "≤ 1 s, no frame over 1 MiB",
         "20,000 occurrences",
         "callist",
-        large_calendar,
+        reads={
+            "median": at("median_s", within=LARGE),
+            "pages": at("pages", within=LARGE),
+            "largest": at("largest_frame_bytes", within=LARGE),
+            "events": at("events", within=LARGE),
+            "occurrences": at("occurrences"),
+            "runs": lambda d: len(figure(figure(d, *LARGE), "seconds")),
+        },
+        now="{median:.2f} s (median of {runs}), {events:,.0f} events in {pages:,.0f} pages, "
+        "largest frame {largest:,.0f} B",
+        met=lambda f: f["median"] <= 1.0 and f["largest"] <= FRAME_LIMIT_BYTES and f["events"] == f["occurrences"],
+        measured_at="{occurrences:,.0f} occurrences",
+        full_size=lambda f: f["occurrences"] >= 20_000,
     ),
     Point(
         "4b",
@@ -222,7 +226,19 @@ POINTS = (
         "≤ 30 s",
         "2,000 users",
         "callist",
-        reconnect,
+        reads={
+            "again": at("reconnect", "reconnect_s"),
+            "first": at("reconnect", "first_connect_s"),
+            "errors": at("reconnect", "protocol_errors"),
+            "users": at("users"),
+            "meetings": at("meetings"),
+            # results before protocol revision 1.3 have no catch_up: their TrueConf was caught up by snapshots
+            "catch_up": lambda d: d["reconnect"].get("catch_up", "snapshots"),
+        },
+        now="{again:.2f} s (first connection {first:.2f} s; catch-up by {catch_up}), {errors:,.0f} protocol errors",
+        met=lambda f: f["again"] <= 30.0 and f["errors"] == 0,
+        measured_at="{users:,.0f} users × {meetings:,.0f}",
+        full_size=lambda f: f["users"] >= 2000,
     ),
 )
 

@@ -23,8 +23,6 @@ from tccal_sandbox.testing import wait_for_async
 from trueconf_emulator.schema import FrameValidator, load_schema
 from trueconf_emulator.testing import EmulatorProcess, start_emulator_async
 
-pytestmark = pytest.mark.asyncio
-
 VALIDATOR = FrameValidator(load_schema())
 SERVER_ID = "tcs.example.test#vcs"
 SECRET = "bridge-secret"

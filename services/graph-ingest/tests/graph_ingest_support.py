@@ -162,10 +162,13 @@ def soon(days: int = 3, hour: int = 10) -> dt.datetime:
 
 # ---------------------------------------------------------------------------------------------- licensing
 class SeatServer(licensing_pb2_grpc.LicensingServiceServicer):
-    """AllocateSeats for everyone but `denied`, behind licensing's real access policy."""
+    """AllocateSeats for everyone but `denied`, behind licensing's real access policy; a test that clears
+    `answering` holds every answer back until it sets it again (licensing that answers late)."""
 
     def __init__(self) -> None:
         self.denied: set[str] = set()
+        self.answering = asyncio.Event()
+        self.answering.set()
         self.calls = 0
         #: (mailbox, configured) of the last request.
         self.last: list[tuple[str, bool]] = []
@@ -176,6 +179,7 @@ class SeatServer(licensing_pb2_grpc.LicensingServiceServicer):
         self, request: licensing_pb2.AllocateSeatsRequest, context: Any
     ) -> licensing_pb2.AllocateSeatsResponse:
         self.calls += 1
+        await self.answering.wait()
         self.last = [(m.mailbox, m.configured) for m in request.mailboxes]
         granted = [m.mailbox for m in request.mailboxes if m.mailbox not in self.denied]
         refused = [

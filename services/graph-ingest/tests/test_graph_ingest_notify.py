@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import nats
 import pytest
 from graph_ingest_support import FAST, GraphTestbed, NotifyEndpoint, graph_provider, new_mailboxes, notifying_emulator
 
@@ -22,6 +23,8 @@ from graph_emulator.testing import EmulatorProcess
 from tccal import secrets
 from tccal.config import Config
 from tccal.config.checks import notification_problems
+from tccal.ingest.kv_state import SEATS_KEY
+from tccal.subjects import GRAPH_STATE_BUCKET
 from tccal_sandbox.testing import wait_for_async
 
 NOTIFIED = dataclasses.replace(FAST, poll_seconds=300.0, notified_poll_seconds=300.0)
@@ -170,9 +173,11 @@ async def test_a_mailbox_that_loses_its_seat_loses_its_subscription(
     async with testbed.running([notified], dataclasses.replace(NOTIFIED, seat_refresh_seconds=0.5)) as graph:
         await graph.subscribed(kept)
         await graph.subscribed(dropped)
+        keeper = graph.keeper(dropped)
         seats.denied.add(dropped)
-        await wait_for_async(lambda: not subscriptions_of(emu, dropped), timeout=30, what="the subscription deleted")
-        assert dropped not in graph.keeper(dropped).records
+        # counted once the keeper is done with it: deleted at Graph, then dropped from its records and KV
+        await wait_for_async(lambda: keeper.stats.deleted == 1, timeout=30, what="the subscription deleted")
+        assert dropped not in keeper.records and not subscriptions_of(emu, dropped)
         assert len(subscriptions_of(emu, kept)) == 1
 
 
@@ -193,6 +198,42 @@ async def test_a_restart_keeps_using_the_subscription_it_stored(
         keeper = graph.keeper(mailbox)
         assert (keeper.stats.created, keeper.stats.notifications) == (0, 1)
     assert [s["id"] for s in subscriptions_of(testbed.emu, mailbox)] == [first.id]
+
+
+async def test_a_restart_that_does_not_know_the_seats_yet_keeps_the_subscription_it_stored(
+    testbed: GraphTestbed, notify_endpoint: NotifyEndpoint
+) -> None:
+    """Down longer than a seat lease, graph-ingest restarts with no seat answer to restore, and licensing answers
+    late: until it does, the mailbox's seat is unknown, not refused, so its subscription is neither deleted nor made
+    again. (Every restart raced the keeper's first look at its mailboxes against the seat restore from KV; when the
+    keeper won, it deleted the stored subscription and made a new one.)"""
+    [mailbox], notified = notified_mailboxes(testbed, notify_endpoint, "xenia")
+    async with testbed.running([notified], NOTIFIED) as graph:
+        first = await graph.subscribed(mailbox)
+    await age_the_stored_seat_answer(testbed.nats_url, dt.timedelta(hours=2))
+    testbed.seats.answering.clear()
+    async with testbed.running([notified], NOTIFIED) as graph:
+        keeper, seats = graph.keeper(mailbox), graph.runtime.seats
+        # the keeper looks at every mailbox as soon as its records are loaded, before it yields again
+        await wait_for_async(keeper.loaded.is_set, timeout=30, what="the stored subscriptions loaded")
+        assert mailbox not in seats.granted and mailbox not in seats.refused  # its seat is not known yet
+        testbed.seats.answering.set()
+        again = await graph.subscribed(mailbox)
+        assert (again.id, again.clientState) == (first.id, first.clientState)
+        assert (keeper.stats.created, keeper.stats.deleted) == (0, 0)
+    assert [s["id"] for s in subscriptions_of(testbed.emu, mailbox)] == [first.id]
+
+
+async def age_the_stored_seat_answer(nats_url: str, by: dt.timedelta) -> None:
+    """Make graph-ingest's stored seat answer (KV `v1.seats`) `by` older, as if it had been down that long."""
+    nc = await nats.connect(nats_url)
+    try:
+        kv = await nc.jetstream().key_value(GRAPH_STATE_BUCKET)
+        stored = json.loads((await kv.get(SEATS_KEY)).value or b"{}")
+        stored["at"] = (dt.datetime.fromisoformat(stored["at"]) - by).isoformat()
+        await kv.put(SEATS_KEY, json.dumps(stored).encode())
+    finally:
+        await nc.close()
 
 
 async def test_without_notification_url_it_polls_as_before_and_drops_earlier_subscriptions(

@@ -316,42 +316,54 @@ def test_relative_yearly_in_november(
     assert dates(occurrences, NEW_YORK) == expected
 
 
-def test_absolute_yearly_every_second_year_keeps_its_phase_in_a_window_far_from_the_start() -> None:
-    """Graph's yearly patterns carry an interval (EWS's do not): every 2 years from 2024, looked at in 2031-2036
-    (the expansion fast-forwards by whole periods, so the phase of the interval must survive)."""
-    recurrence = common_pb2.Recurrence(
-        absolute_yearly=common_pb2.AbsoluteYearlyPattern(month=6, day_of_month=15, interval=2),
-        start_date="2024-01-01",
-        no_end=True,
-    )
-    occurrences = run(
-        recurrence, datetime(2024, 6, 15, 9, 0, tzinfo=BERLIN), window=(utc(2031, 1, 1), utc(2036, 12, 31))
-    )
-    assert dates(occurrences, BERLIN) == ["2032-06-15", "2034-06-15", "2036-06-15"]
-
-
-def test_relative_yearly_every_third_year_counts_its_occurrences_from_the_start() -> None:
-    recurrence = common_pb2.Recurrence(
-        relative_yearly=common_pb2.RelativeYearlyPattern(
-            month=11, days_of_week=TH, week_index=common_pb2.WEEK_INDEX_FOURTH, interval=3
+@pytest.mark.parametrize(
+    ("recurrence", "first_start", "window", "expected"),
+    [
+        pytest.param(
+            # the expansion fast-forwards by whole periods, so the phase of the interval must survive
+            common_pb2.Recurrence(
+                absolute_yearly=common_pb2.AbsoluteYearlyPattern(month=6, day_of_month=15, interval=2),
+                start_date="2024-01-01",
+                no_end=True,
+            ),
+            datetime(2024, 6, 15, 9, 0, tzinfo=BERLIN),
+            (utc(2031, 1, 1), utc(2036, 12, 31)),
+            ["2032-06-15", "2034-06-15", "2036-06-15"],
+            id="absolute-every-2nd-year-from-2024-keeps-its-phase-in-2031-2036",
         ),
-        start_date="2025-01-01",
-        number_of_occurrences=3,
-    )
-    occurrences = run(recurrence, datetime(2025, 11, 27, 18, 0, tzinfo=NEW_YORK))
-    assert dates(occurrences, NEW_YORK) == ["2025-11-27", "2028-11-23", "2031-11-27"]
-
-
-def test_yearly_interval_unset_is_every_year_as_ews_sends_it() -> None:
-    every_year = common_pb2.Recurrence(
-        absolute_yearly=common_pb2.AbsoluteYearlyPattern(month=3, day_of_month=1),
-        start_date="2025-01-01",
-        no_end=True,
-    )
-    occurrences = run(
-        every_year, datetime(2025, 3, 1, 9, 0, tzinfo=BERLIN), window=(utc(2029, 1, 1), utc(2031, 12, 31))
-    )
-    assert dates(occurrences, BERLIN) == ["2029-03-01", "2030-03-01", "2031-03-01"]
+        pytest.param(
+            common_pb2.Recurrence(
+                relative_yearly=common_pb2.RelativeYearlyPattern(
+                    month=11, days_of_week=TH, week_index=common_pb2.WEEK_INDEX_FOURTH, interval=3
+                ),
+                start_date="2025-01-01",
+                number_of_occurrences=3,
+            ),
+            datetime(2025, 11, 27, 18, 0, tzinfo=NEW_YORK),
+            (WIDE_START, WIDE_END),
+            ["2025-11-27", "2028-11-23", "2031-11-27"],
+            id="relative-every-3rd-year-counts-its-3-occurrences-from-the-start",
+        ),
+        pytest.param(
+            common_pb2.Recurrence(
+                absolute_yearly=common_pb2.AbsoluteYearlyPattern(month=3, day_of_month=1),
+                start_date="2025-01-01",
+                no_end=True,
+            ),
+            datetime(2025, 3, 1, 9, 0, tzinfo=BERLIN),
+            (utc(2029, 1, 1), utc(2031, 12, 31)),
+            ["2029-03-01", "2030-03-01", "2031-03-01"],
+            id="interval-unset-is-every-year-as-ews-sends-it",
+        ),
+    ],
+)
+def test_yearly_interval(
+    recurrence: common_pb2.Recurrence, first_start: datetime, window: tuple[datetime, datetime], expected: list[str]
+) -> None:
+    """Graph's yearly patterns carry an interval (EWS's do not: unset is every year)."""
+    zone = first_start.tzinfo
+    assert isinstance(zone, ZoneInfo)
+    assert dates(run(recurrence, first_start, window=window), zone) == expected
 
 
 def test_count_is_counted_from_the_series_start_when_the_window_starts_later() -> None:

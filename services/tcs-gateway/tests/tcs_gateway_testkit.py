@@ -33,6 +33,8 @@ T = TypeVar("T")
 SERVER_ID = "tcs.example.test#vcs"
 SECRET = "bridge-secret"
 ORGANIZER = "alice@example.test"
+BOB = "bob@example.test"
+ACCEPT = common_pb2.RESPONSE_TYPE_ACCEPT
 _counter = itertools.count(1)
 
 
@@ -199,6 +201,45 @@ def occurrence(
     if conference is not None:
         value.conference.id, value.conference.url = conference
     return value
+
+
+def calendar_of(
+    user: str, count: int, body: str = "Discussion of the work done last week."
+) -> dict[str, calendar_pb2.Occurrence]:
+    """`count` occurrences of `user` by id, five minutes apart from today 09:00 on (20,000 span ~70 days, inside the
+    emulator's window of 90 days ahead)."""
+    shown = {}
+    for n in range(count):
+        item = occurrence(f"m{n:05d}", start=today_at(9, days=0) + timedelta(minutes=5 * n), attendees=[(user, 4)])
+        item.body = body
+        shown[item.id] = item
+    return shown
+
+
+# --------------------------------------------------------------------------------------------- calendar lists
+def list_window() -> dict[str, str]:
+    """getCalendarList's `from`/`to`: yesterday 00:00 UTC to 200 days after today (every calendar_of above)."""
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return {
+        "from": (midnight - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "to": (midnight + timedelta(days=200)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def frame_size(frame: dict[str, Any]) -> int:
+    """A frame's size on the wire: compact JSON in UTF-8, as the gateway encodes it."""
+    return len(json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+
+async def all_pages(client: RawBridgeClient, request: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every page frame of one getCalendarList, asked one after the other (the first must succeed)."""
+    first = await client.call("getCalendarList", dict(request, page=0))
+    assert first["payload"]["errorCode"] == 0, first
+    frames = [first]
+    list_id = first["payload"]["listId"]
+    for page in range(1, first["payload"]["pageCount"]):
+        frames.append(await client.call("getCalendarList", dict(request, page=page, listId=list_id)))
+    return frames
 
 
 # --------------------------------------------------------------------------------------------- settings

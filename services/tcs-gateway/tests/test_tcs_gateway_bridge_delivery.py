@@ -9,6 +9,8 @@ import contextlib
 from typing import Any
 
 from tcs_gateway_testkit import (
+    ACCEPT,
+    BOB,
     SERVER_ID,
     RawBridgeClient,
     World,
@@ -28,11 +30,9 @@ from tccal_sandbox.testing import wait_for_async
 from tcs_gateway.bridge.events import SEQ_SCALE
 from tcs_gateway.bridge.framing import FrameValidator
 from tcs_gateway.commands import durable_name
-from trueconf.calendar.v1 import commands_pb2, common_pb2
+from trueconf.calendar.v1 import commands_pb2
 
 VALIDATOR = FrameValidator()
-BOB = "bob@example.test"
-ACCEPT = common_pb2.RESPONSE_TYPE_ACCEPT
 
 
 async def _results_ok(world: World, ids: list[str]) -> bool:

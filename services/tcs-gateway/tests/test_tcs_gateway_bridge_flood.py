@@ -21,6 +21,8 @@ from typing import Any
 import aiohttp
 import pytest
 from tcs_gateway_testkit import (
+    ACCEPT,
+    BOB,
     SECRET,
     SERVER_ID,
     RawBridgeClient,
@@ -38,12 +40,10 @@ from tcs_gateway_testkit import (
 
 from tccal_sandbox.testing import wait_for_async
 from tcs_gateway.bridge.guard import BACKED_OFF, BAD_SECRET, OVER_ADDRESS_CAP, OVER_TOTAL_CAP, BridgeGuard
-from trueconf.calendar.v1 import commands_pb2, common_pb2
+from trueconf.calendar.v1 import commands_pb2
 
 LEGIT = "127.0.0.1"
 HOSTILE = "127.0.0.2"
-BOB = "bob@example.test"
-ACCEPT = common_pb2.RESPONSE_TYPE_ACCEPT
 
 
 # --------------------------------------------------------------------------------------------- hostile clients

@@ -6,18 +6,22 @@ applies them strictly."""
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from tcs_gateway_testkit import (
+    BOB,
     RawBridgeClient,
     World,
     admin,
+    all_pages,
     bridge_state,
     calendar,
+    calendar_of,
+    frame_size,
     gateway_protocol_errors,
     gateway_settings,
+    list_window,
     occurrence,
     server_settings,
     today_at,
@@ -26,39 +30,6 @@ from tcs_gateway_testkit import (
 from tccal.bridge_protocol import FrameValidator
 from tccal_sandbox.testing import wait_for_async
 from trueconf.calendar.v1 import calendar_pb2
-
-BOB = "bob@example.test"
-
-
-def _calendar_of(user: str, count: int) -> dict[str, calendar_pb2.Occurrence]:
-    """`count` occurrences of `user`, five minutes apart from today 09:00 on (20,000 span ~70 days)."""
-    shown = {}
-    for n in range(count):
-        item = occurrence(f"m{n:05d}", start=today_at(9, days=0) + timedelta(minutes=5 * n), attendees=[(user, 4)])
-        item.body = "Discussion of the work done last week."
-        shown[item.id] = item
-    return shown
-
-
-def _window() -> dict[str, str]:
-    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return {
-        "from": (midnight - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "to": (midnight + timedelta(days=200)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-
-
-def _size(frame: dict[str, Any]) -> int:
-    return len(json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
-
-
-async def _all_pages(client: RawBridgeClient, request: dict[str, Any]) -> list[dict[str, Any]]:
-    first = await client.call("getCalendarList", dict(request, page=0))
-    assert first["payload"]["errorCode"] == 0, first
-    frames = [first]
-    for page in range(1, first["payload"]["pageCount"]):
-        frames.append(await client.call("getCalendarList", dict(request, page=page, listId=first["payload"]["listId"])))
-    return frames
 
 
 async def _change(world: World, client: RawBridgeClient, commands: list[Any]) -> int:
@@ -87,14 +58,14 @@ async def test_changes_since_a_seq_are_only_the_changed_and_removed_events(world
     """bob holds his 300 events as of the list's seq; 7 changes later (3 edits, 1 new, 1 cancel, 2 deletes) the
     incremental answer holds exactly the 5 changed events and the 2 removed ids, based on the sinceSeq asked; asked
     without `incremental` the same sinceSeq still gets the whole list."""
-    world.sync.fake.shown[BOB] = _calendar_of(BOB, 300)
+    world.sync.fake.shown[BOB] = calendar_of(BOB, 300)
     world.sync.fake.seq[BOB] = 4
     running = await world.gateway(gateway_settings(world.sync, [server_settings()]))
     validator = FrameValidator()
     async with RawBridgeClient(running.url) as client:
         assert (await client.auth())["payload"]["errorCode"] == 0
-        request = dict(_window(), user=BOB)
-        held = (await _all_pages(client, request))[0]["payload"]
+        request = dict(list_window(), user=BOB)
+        held = (await all_pages(client, request))[0]["payload"]
         commands = world.commands
         await _change(
             world,
@@ -109,7 +80,7 @@ async def test_changes_since_a_seq_are_only_the_changed_and_removed_events(world
                 commands.delete_command(BOB, "m00060"),
             ],
         )
-        frames = await _all_pages(client, dict(request, sinceSeq=held["seq"], incremental=True))
+        frames = await all_pages(client, dict(request, sinceSeq=held["seq"], incremental=True))
         for frame in frames:
             assert validator.problem(frame, "getCalendarList.reply") is None
         answer = frames[0]["payload"]
@@ -126,7 +97,7 @@ async def test_changes_since_a_seq_are_only_the_changed_and_removed_events(world
         assert validator.problem(unpaged, "getCalendarList.reply") is None
         assert len(unpaged["payload"]["events"]) == 5 and sorted(unpaged["payload"]["removed"]) == removed
         # without `incremental` (revision 1.1 TCS): the whole list, no incremental fields
-        whole = (await _all_pages(client, dict(request, sinceSeq=held["seq"])))[0]["payload"]
+        whole = (await all_pages(client, dict(request, sinceSeq=held["seq"])))[0]["payload"]
         assert "incremental" not in whole and "removed" not in whole and whole["pageCount"] == 1
         assert len(whole["events"]) == 299
         # at the answer's seq: unchanged
@@ -137,12 +108,12 @@ async def test_changes_since_a_seq_are_only_the_changed_and_removed_events(world
 async def test_a_sinceseq_older_than_the_history_gets_the_whole_list_saying_so(world: World) -> None:
     """The engine forgot removals up to some seq (its daily prune): a sinceSeq below it is answered whole, with
     `incremental: false`, `wholeBecause: "history"` and the seq from which on changes would be answered."""
-    world.sync.fake.shown[BOB] = _calendar_of(BOB, 40)
+    world.sync.fake.shown[BOB] = calendar_of(BOB, 40)
     world.sync.fake.seq[BOB] = 4
     running = await world.gateway(gateway_settings(world.sync, [server_settings()]))
     async with RawBridgeClient(running.url) as client:
         assert (await client.auth())["payload"]["errorCode"] == 0
-        request = dict(_window(), user=BOB)
+        request = dict(list_window(), user=BOB)
         held = (await client.call("getCalendarList", dict(request, page=0)))["payload"]
         await _change(world, client, [world.commands.delete_command(BOB, "m00001")])
         world.sync.fake.history_floor[BOB] = 5  # the delete's seq: removals up to it are no longer known
@@ -161,45 +132,45 @@ async def test_a_sinceseq_older_than_the_history_gets_the_whole_list_saying_so(w
 async def test_ten_changes_of_a_20000_occurrence_user_are_one_small_frame(world: World) -> None:
     """bob has 20,000 occurrences (~20 frames of 1 MiB whole); 10 changes since TCS's seq come as one page of 10
     events, a thousandth of the whole list's bytes."""
-    world.sync.fake.shown[BOB] = _calendar_of(BOB, 20_000)
+    world.sync.fake.shown[BOB] = calendar_of(BOB, 20_000)
     world.sync.fake.seq[BOB] = 4
     running = await world.gateway(gateway_settings(world.sync, [server_settings()]))
     async with RawBridgeClient(running.url) as client:
         assert (await client.auth())["payload"]["errorCode"] == 0
-        request = dict(_window(), user=BOB)
-        whole = await _all_pages(client, request)
-        whole_bytes = sum(_size(frame) for frame in whole)
+        request = dict(list_window(), user=BOB)
+        whole = await all_pages(client, request)
+        whole_bytes = sum(frame_size(frame) for frame in whole)
         held = whole[0]["payload"]["seq"]
         changes = [
             world.commands.upsert_command(BOB, _moved(f"m{n:05d}", 5 * n, "Edited")) for n in range(0, 18_000, 2_000)
         ]
         changes.append(world.commands.delete_command(BOB, "m19999"))
         await _change(world, client, changes)
-        frames = await _all_pages(client, dict(request, sinceSeq=held, incremental=True))
+        frames = await all_pages(client, dict(request, sinceSeq=held, incremental=True))
         assert len(frames) == 1
         answer = frames[0]["payload"]
         assert answer["incremental"] is True and len(answer["events"]) == 9 and answer["removed"] == ["m19999"]
         assert all(event["subject"] == "Edited" for event in answer["events"])
-        assert _size(frames[0]) * 1000 < whole_bytes
-        assert max(_size(frame) for frame in whole) <= 1_048_576
+        assert frame_size(frames[0]) * 1000 < whole_bytes
+        assert max(frame_size(frame) for frame in whole) <= 1_048_576
 
 
 async def test_an_incremental_answer_of_many_changes_is_paged_within_the_frame_limit(world: World) -> None:
     """400 edits and 300 removals since TCS's seq, 64 KiB frames: several pages, none over the limit, every change
     in exactly one page (removed ids first), all with the answer's seq, incremental and sinceSeq."""
-    world.sync.fake.shown[BOB] = _calendar_of(BOB, 1_000)
+    world.sync.fake.shown[BOB] = calendar_of(BOB, 1_000)
     world.sync.fake.seq[BOB] = 4
     running = await world.gateway(gateway_settings(world.sync, [server_settings()], max_frame_bytes=65_536))
     async with RawBridgeClient(running.url) as client:
         assert (await client.auth())["payload"]["errorCode"] == 0
-        request = dict(_window(), user=BOB)
-        held = (await _all_pages(client, request))[0]["payload"]["seq"]
+        request = dict(list_window(), user=BOB)
+        held = (await all_pages(client, request))[0]["payload"]["seq"]
         changes = [world.commands.upsert_command(BOB, _moved(f"m{n:05d}", 5 * n, "Edited")) for n in range(400)]
         changes += [world.commands.delete_command(BOB, f"m{n:05d}") for n in range(600, 900)]
         await _change(world, client, changes)
-        frames = await _all_pages(client, dict(request, sinceSeq=held, incremental=True))
+        frames = await all_pages(client, dict(request, sinceSeq=held, incremental=True))
         assert len(frames) > 2
-        assert all(_size(frame) <= 65_536 for frame in frames)
+        assert all(frame_size(frame) <= 65_536 for frame in frames)
         assert {(f["payload"]["seq"], f["payload"]["incremental"], f["payload"]["sinceSeq"]) for f in frames} == {
             (frames[0]["payload"]["seq"], True, held)
         }
@@ -214,7 +185,7 @@ async def test_the_emulator_reconnecting_gets_only_the_changes_and_applies_them(
     back refusing pushes for a while (so only its list can bring the changes): its list after the reconnect asks
     with sinceSeq and incremental, receives exactly the 4 changed events and 2 removals, and its calendar then equals
     what the connector shows."""
-    world.sync.fake.shown[BOB] = _calendar_of(BOB, 500)
+    world.sync.fake.shown[BOB] = calendar_of(BOB, 500)
     world.sync.fake.seq[BOB] = 4
     emulator = await world.tcs(None)
     running = await world.gateway(gateway_settings(world.sync, [server_settings(emulator)]))
@@ -275,7 +246,7 @@ async def test_a_user_never_pushed_to_is_unchanged_or_listed_as_changes_never_wh
 
         held = (await wait_for_async(snapshot, what="carol's snapshot"))["payload"]["seq"]
         assert 0 < held < 1_000_000  # a snapshot at engine seq 0
-        request = dict(_window(), user=carol, sinceSeq=held, incremental=True)
+        request = dict(list_window(), user=carol, sinceSeq=held, incremental=True)
         empty = (await client.call("getCalendarList", dict(request, page=0)))["payload"]
         assert empty["unchanged"] is True and empty["seq"] == held
         await _change(world, client, [world.commands.upsert_command(carol, _moved("c1", 30, "First"))])
@@ -298,7 +269,7 @@ async def test_a_tcs_catching_up_by_lists_gets_no_snapshots_but_its_pushes(world
     for catch_up, snapshots in (("lists", 0), ("snapshots", 1)):
         async with RawBridgeClient(running.url) as client:
             assert (await client.auth(catchUp=catch_up))["payload"]["errorCode"] == 0
-            listed = (await client.call("getCalendarList", dict(_window(), user=carol, page=0)))["payload"]
+            listed = (await client.call("getCalendarList", dict(list_window(), user=carol, page=0)))["payload"]
             assert [event["subject"] for event in listed["events"]] == [held]
             edited = _moved("c0", 0, f"Edited over {catch_up}")
             await _change(world, client, [world.commands.upsert_command(carol, edited)])
@@ -321,7 +292,7 @@ async def test_the_emulator_catching_up_by_lists_reconnects_without_snapshots(wo
     """The emulator as a revision-1.3 TCS (`catch_up: lists`) holds bob's 300 events, goes away; 3 changes happen.
     Neither connection brings a snapshot of bob, a served user: the lists (sinceSeq + incremental after the
     reconnect) and the pushes make its calendar equal what the connector shows."""
-    world.sync.fake.shown[BOB] = _calendar_of(BOB, 300)
+    world.sync.fake.shown[BOB] = calendar_of(BOB, 300)
     world.sync.fake.seq[BOB] = 4
     emulator = await world.tcs(None, extra={"catch_up": "lists"})
     running = await world.gateway(gateway_settings(world.sync, [server_settings(emulator)], users=[BOB]))

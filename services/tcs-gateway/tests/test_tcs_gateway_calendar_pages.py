@@ -6,17 +6,22 @@ on one connection."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from tcs_gateway_testkit import (
+    BOB,
     RawBridgeClient,
     World,
     admin,
+    all_pages,
     bridge_state,
     calendar,
+    calendar_of,
+    frame_size,
     gateway_protocol_errors,
     gateway_settings,
+    list_window,
     occurrence,
     server_settings,
     today_at,
@@ -25,49 +30,17 @@ from tcs_gateway_testkit import (
 from tccal.bridge_protocol import FrameValidator
 from tccal_sandbox.testing import wait_for_async
 from tcs_gateway.bridge.events import build_event, fit_event, size_bound
-from tcs_gateway.bridge.framing import encode, encoded_size, format_instant, reply_frame
+from tcs_gateway.bridge.framing import encode, encoded_size, reply_frame
 from tcs_gateway.bridge.list_pages import page_frame, split_pages
 
-BOB = "bob@example.test"
 CAROL = "carol@example.test"
 MAX_FRAME = 1_048_576
-
-
-def _calendar_of(user: str, count: int, body: str = "Discussion of the work done last week.") -> dict[str, Any]:
-    """`count` occurrences of `user`, five minutes apart from today 09:00 on (20,000 span ~70 days, inside the
-    emulator's window of 90 days ahead)."""
-    shown = {}
-    for n in range(count):
-        item = occurrence(f"m{n:05d}", start=today_at(9, days=0) + timedelta(minutes=5 * n), attendees=[(user, 4)])
-        item.body = body
-        shown[item.id] = item
-    return shown
-
-
-def _window() -> dict[str, str]:
-    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return {"from": format_instant(midnight - timedelta(days=1)), "to": format_instant(midnight + timedelta(days=200))}
-
-
-def _size(frame: dict[str, Any]) -> int:
-    return len(json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
-
-
-async def _all_pages(client: RawBridgeClient, request: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every page frame of one list, asked one after the other."""
-    first = await client.call("getCalendarList", dict(request, page=0))
-    assert first["payload"]["errorCode"] == 0, first
-    frames = [first]
-    list_id = first["payload"]["listId"]
-    for page in range(1, first["payload"]["pageCount"]):
-        frames.append(await client.call("getCalendarList", dict(request, page=page, listId=list_id)))
-    return frames
 
 
 async def test_a_calendar_of_20000_occurrences_is_served_whole_through_the_emulator(world: World) -> None:
     """The emulator pages through bob's 20,000 occurrences (~18 MiB as JSON); every frame it received stays within
     the 1 MiB limit, and its inspection shows the whole calendar."""
-    world.sync.fake.shown[BOB] = _calendar_of(BOB, 20_000)
+    world.sync.fake.shown[BOB] = calendar_of(BOB, 20_000)
     world.sync.fake.seq[BOB] = 5
     emulator = await world.tcs(None)
     running = await world.gateway(gateway_settings(world.sync, [server_settings(emulator)]))
@@ -95,15 +68,15 @@ async def test_page_boundaries_neither_split_nor_repeat_and_two_users_interleave
     """With a 64 KiB frame limit, bob's and carol's lists are paged alternately on one connection: each page is a
     valid frame within the limit, the pages of one list hold every event once, in order, with one seq; asking
     beyond the last page, an unknown listId, or an unpaged request for a list too large are refused by name."""
-    world.sync.fake.shown[BOB] = _calendar_of(BOB, 600)
-    world.sync.fake.shown[CAROL] = _calendar_of(CAROL, 400, body="Agenda. " * 40)
+    world.sync.fake.shown[BOB] = calendar_of(BOB, 600)
+    world.sync.fake.shown[CAROL] = calendar_of(CAROL, 400, body="Agenda. " * 40)
     world.sync.fake.seq[BOB] = 3
     world.sync.fake.seq[CAROL] = 8
     running = await world.gateway(gateway_settings(world.sync, [server_settings()], max_frame_bytes=65_536))
     validator = FrameValidator()
     async with RawBridgeClient(running.url) as client:
         assert (await client.auth())["payload"]["errorCode"] == 0
-        window = _window()
+        window = list_window()
         requests = {user: dict(window, user=user) for user in (BOB, CAROL)}
         firsts = {user: await client.call("getCalendarList", dict(requests[user], page=0)) for user in (BOB, CAROL)}
         pages: dict[str, list[dict[str, Any]]] = {user: [firsts[user]] for user in (BOB, CAROL)}
@@ -117,7 +90,7 @@ async def test_page_boundaries_neither_split_nor_repeat_and_two_users_interleave
         for user, seq in ((BOB, 3_000_000), (CAROL, 8_000_000)):
             ids: list[str] = []
             for index, frame in enumerate(pages[user]):
-                assert _size(frame) <= 65_536
+                assert frame_size(frame) <= 65_536
                 assert validator.problem(frame, "getCalendarList.reply") is None
                 payload = frame["payload"]
                 assert payload["page"] == index and payload["pageCount"] == counts[user] and payload["seq"] == seq
@@ -148,12 +121,12 @@ async def test_a_change_during_paging_ends_consistent(world: World) -> None:
     """bob's meeting changes while TCS pages through his list: the push carries a seq above the list's, every page
     keeps the list's seq (so TCS finds the list stale, §4, and asks again), and the list asked again holds the
     change with a seq not below the push's."""
-    world.sync.fake.shown[BOB] = _calendar_of(BOB, 300)
+    world.sync.fake.shown[BOB] = calendar_of(BOB, 300)
     world.sync.fake.seq[BOB] = 4
     running = await world.gateway(gateway_settings(world.sync, [server_settings()], max_frame_bytes=65_536))
     async with RawBridgeClient(running.url) as client:
         assert (await client.auth())["payload"]["errorCode"] == 0
-        window = _window()
+        window = list_window()
         request = dict(window, user=BOB)
         first = await client.call("getCalendarList", dict(request, page=0))
         list_seq = first["payload"]["seq"]
@@ -175,7 +148,7 @@ async def test_a_change_during_paging_ends_consistent(world: World) -> None:
             for page in range(1, first["payload"]["pageCount"])
         ]
         assert {frame["payload"]["seq"] for frame in rest} == {list_seq}  # stale as a whole: TCS asks again
-        again = await _all_pages(client, request)
+        again = await all_pages(client, request)
         assert again[0]["payload"]["seq"] >= push["payload"]["seq"]
         events = {event["id"]: event for frame in again for event in frame["payload"]["events"]}
         assert len(events) == 300 and events["m00150"]["subject"] == "Moved to the big room"
@@ -184,12 +157,12 @@ async def test_a_change_during_paging_ends_consistent(world: World) -> None:
 async def test_since_seq_answers_unchanged_until_something_changed(world: World) -> None:
     """`sinceSeq` at the user's seq: `unchanged`, no events (paged: one page; unpaged: no page fields); after a
     push with a higher seq, the whole list; at that push's seq, unchanged again."""
-    world.sync.fake.shown[BOB] = _calendar_of(BOB, 50)
+    world.sync.fake.shown[BOB] = calendar_of(BOB, 50)
     world.sync.fake.seq[BOB] = 6
     running = await world.gateway(gateway_settings(world.sync, [server_settings()]))
     async with RawBridgeClient(running.url) as client:
         assert (await client.auth())["payload"]["errorCode"] == 0
-        request = dict(_window(), user=BOB)
+        request = dict(list_window(), user=BOB)
         listed = (await client.call("getCalendarList", dict(request, page=0)))["payload"]
         assert len(listed["events"]) == 50 and "unchanged" not in listed
         held = (await client.call("getCalendarList", dict(request, page=0, sinceSeq=listed["seq"])))["payload"]
@@ -246,7 +219,7 @@ def test_a_page_is_written_as_the_gateway_writes_every_frame() -> None:
         build_event(occurrence("m2", attendees=[(BOB, 4)]), BOB, 5, server_host="tcs.example.test"),
     ]
     assert events[0]["start"].endswith(".123456Z") and events[1]["start"].endswith(":00Z")
-    window = _window()
+    window = list_window()
     pages = split_pages(events, BOB, window["from"], window["to"], MAX_FRAME)
     assert pages == [[encode(event).encode("utf-8") for event in events]]
     answer = {"errorCode": 0, "user": BOB, **window, "seq": 5, "listId": "l1st-Id_0", "page": 0, "pageCount": 1}

@@ -16,10 +16,12 @@ source of the data); polling goes on at the longer `notified_poll_seconds` as a 
 * Lifecycle (https://learn.microsoft.com/en-us/graph/change-notifications-lifecycle-events):
   `reauthorizationRequired` → POST /subscriptions/{id}/reauthorize (404 → created again), `subscriptionRemoved` →
   created again and a delta round, `missed` → a delta round now.
-* A mailbox that loses its seat has its subscription deleted (DELETE /subscriptions/{id}). A provider whose
-  notificationUrl was removed from config deletes the subscriptions it still has in KV at start. On a clean
-  shutdown subscriptions are kept: the restarted service finds them in KV and keeps using them (its first delta
-  round catches what was posted while it was down), instead of making Graph validate new ones at every restart.
+* A mailbox that loses its seat (licensing refuses it, or its lease ends unanswered) has its subscription deleted
+  (DELETE /subscriptions/{id}); one whose seat is not known yet (a restart before its first seat answer) keeps it.
+  A provider whose notificationUrl was removed from config deletes the subscriptions it still has in KV at start.
+  On a clean shutdown subscriptions are kept: the restarted service finds them in KV and keeps using them (its
+  first delta round catches what was posted while it was down), instead of making Graph validate new ones at every
+  restart.
 
 KV GRAPH_INGEST_STATE key `v1.subscription.<provider>.<mailbox>`: `{id, expiration, clientState, notificationUrl}`.
 """
@@ -300,7 +302,10 @@ class SubscriptionKeeper:
     async def _reconcile_one(self, mailbox: str, now: dt.datetime) -> None:
         record = self.records.get(mailbox)
         if mailbox not in self.seats.granted:
-            if record is not None:
+            # Only a refusal (or a lease that ended, which counts as one) takes the subscription: before the first
+            # seat answer of this run (licensing not asked yet, no stored answer restored yet) the mailbox is
+            # neither granted nor refused, and the subscription a restart found in KV is kept for when it is.
+            if record is not None and mailbox in self.seats.refused:
                 await self._delete(record, "the mailbox has no seat")
             return
         if record is not None and record.notificationUrl != self.provider.notification_url:
