@@ -525,6 +525,9 @@ class RawBridgeClient:
         self.ws: Any = None
         self.next_id = 0
         self.received: list[dict[str, Any]] = []
+        #: CPU seconds (process time) spent parsing the frames received (bench_callist.py tells them apart from
+        #: the gateway's, which runs in the same process).
+        self.parse_cpu_s = 0.0
 
     async def __aenter__(self) -> RawBridgeClient:
         import aiohttp
@@ -554,7 +557,9 @@ class RawBridgeClient:
             message = await self.ws.receive(timeout=timeout)
             if message.type != aiohttp.WSMsgType.TEXT:
                 raise ConnectionError(f"connection ended: {message.type!r} code {self.ws.close_code}")
+            parse_started = time.process_time()
             frame: dict[str, Any] = json.loads(message.data)
+            self.parse_cpu_s += time.process_time() - parse_started
             self.received.append(frame)
             return frame
 

@@ -28,10 +28,12 @@ from tcs_gateway_testkit import (
 )
 
 from tccal.bridge_protocol import FrameValidator
+from tccal.cache_window import CacheWindow
 from tccal_sandbox.testing import wait_for_async
 from tcs_gateway.bridge.events import build_event, fit_event, size_bound
-from tcs_gateway.bridge.framing import encode, encoded_size, reply_frame
+from tcs_gateway.bridge.framing import encode, encoded_size, parse_instant, reply_frame
 from tcs_gateway.bridge.list_pages import page_frame, split_pages
+from tcs_gateway.bridge.payloads import encoded_events_for
 
 CAROL = "carol@example.test"
 MAX_FRAME = 1_048_576
@@ -214,14 +216,15 @@ def test_a_page_is_written_as_the_gateway_writes_every_frame() -> None:
     tricky.subject = "\u2028\u2029\ufeff\U0001f600 «Planning» \t\n\r\b\f"
     tricky.body = "\x01" * 300 + "\\" * 10 + '"' * 10
     tricky.start.nanos = 123_456_789
-    events = [
-        build_event(tricky, BOB, 5, server_host="tcs.example.test"),
-        build_event(occurrence("m2", attendees=[(BOB, 4)]), BOB, 5, server_host="tcs.example.test"),
-    ]
+    plain = occurrence("m2", start=today_at(10), attendees=[(BOB, 4)])
+    events = [build_event(item, BOB, 5, server_host="tcs.example.test") for item in (tricky, plain)]
     assert events[0]["start"].endswith(".123456Z") and events[1]["start"].endswith(":00Z")
     window = list_window()
-    pages = split_pages(events, BOB, window["from"], window["to"], MAX_FRAME)
-    assert pages == [[encode(event).encode("utf-8") for event in events]]
+    span = CacheWindow(parse_instant(window["from"]), parse_instant(window["to"]))
+    texts = encoded_events_for([plain, tricky], BOB, 5, span, server_host="tcs.example.test", budget=MAX_FRAME)
+    assert texts == [encode(event).encode("utf-8") for event in events]
+    pages = split_pages(texts, BOB, window["from"], window["to"], MAX_FRAME)
+    assert pages == [texts]
     answer = {"errorCode": 0, "user": BOB, **window, "seq": 5, "listId": "l1st-Id_0", "page": 0, "pageCount": 1}
     frame = page_frame(7, answer, pages[0])
     assert frame == encode(reply_frame(7, dict(answer, events=events))).encode("utf-8")

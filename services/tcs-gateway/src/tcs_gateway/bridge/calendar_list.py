@@ -18,6 +18,8 @@ import contextlib
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from tccal.cache_window import CacheWindow
 from tcs_gateway.bridge.channel import ConnectionClosedError, log
 from tcs_gateway.bridge.events import engine_seq_held, engine_seq_of, list_seq, push_seq_floor
@@ -30,7 +32,7 @@ from tcs_gateway.bridge.list_pages import (
     split_changes,
     split_pages,
 )
-from tcs_gateway.bridge.payloads import event_budget, events_for
+from tcs_gateway.bridge.payloads import encoded_events_for, event_budget
 from tcs_gateway.bridge.ports import SyncUnavailableError, UserList
 
 if TYPE_CHECKING:
@@ -149,7 +151,7 @@ class CalendarLists:
             events = (
                 []
                 if listed.unchanged
-                else events_for(
+                else encoded_events_for(
                     listed.occurrences,
                     user,
                     seq,
@@ -164,7 +166,7 @@ class CalendarLists:
             "from": payload["from"],
             "to": payload["to"],
             "seq": seq,
-            "events": events,
+            "events": [],  # written per page (page_frame), or in the one frame below
         }
         if listed.unchanged:
             answer["unchanged"] = True
@@ -201,18 +203,21 @@ class CalendarLists:
             built = self.pages.find(new_id)
             assert built is not None  # page > 0 comes with listId (the schema requires it)
             await self._send_page(frame_id, payload, built, 0)
-        elif len(encode(reply_frame(frame_id, answer)).encode("utf-8")) > self.settings.max_frame_bytes:
-            await channel.reply(
-                frame_id,
-                error_payload(
-                    ErrorCode.FRAME_TOO_LARGE,
-                    f"{len(events)} events of {user} do not fit in {self.settings.max_frame_bytes} bytes; "
-                    "ask for a narrower window, or in pages (page 0)",
-                ),
-            )
-            return
         else:
-            await channel.reply(frame_id, answer)
+            answer["events"] = [orjson.Fragment(text) for text in events]
+            whole = encode(reply_frame(frame_id, answer))
+            if len(whole.encode("utf-8")) > self.settings.max_frame_bytes:
+                await channel.reply(
+                    frame_id,
+                    error_payload(
+                        ErrorCode.FRAME_TOO_LARGE,
+                        f"{len(events)} events of {user} do not fit in {self.settings.max_frame_bytes} bytes; "
+                        "ask for a narrower window, or in pages (page 0)",
+                    ),
+                )
+                return
+            with contextlib.suppress(ConnectionClosedError):
+                await channel.send_text(whole)
         if context.store.mark_asked(server.id, user):
             log.info("TrueConf Server asked for a new user's calendar", extra={"server": server.id, "user": user})
         if context.on_list is not None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import re
 import zoneinfo
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from tccal.cache_window import CacheWindow
 from tcs_gateway.bridge.framing import encoded_size, format_instant
 from trueconf.calendar.v1 import calendar_pb2, common_pb2
 
@@ -126,20 +127,43 @@ def _stamp_text(seconds: int, nanos: int) -> str:
     return format_instant(_moment(seconds, nanos))
 
 
-def _times(occurrence: calendar_pb2.Occurrence, now: datetime) -> tuple[str, str, str]:
-    """The occurrence's `start`, `end` (not before its start) and `updatedAt` as the protocol writes them; an
-    unset start is now, an unset end its start, an unset updatedAt now."""
-    start_key = (occurrence.start.seconds, occurrence.start.nanos)
-    end_key = (occurrence.end.seconds, occurrence.end.nanos)
-    updated_key = (occurrence.updated_at.seconds, occurrence.updated_at.nanos)
-    updated = format_instant(now) if updated_key == (0, 0) else _stamp_text(*updated_key)
-    if start_key == (0, 0) or end_key == (0, 0):
-        start = _instant(occurrence.start, now)
-        end = max(_instant(occurrence.end, start), start)
-        return format_instant(start), format_instant(end), updated
-    start_text = _stamp_text(*start_key)
-    end_text = _stamp_text(*end_key)
-    return start_text, start_text if end_key < start_key else end_text, updated
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _micros(moment: datetime) -> int:
+    """Microseconds since the epoch (exact) of an aware datetime."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _times(occurrence: calendar_pb2.Occurrence) -> tuple[str, str, str, int, int]:
+    """The occurrence's `start`, `end` (not before its start) and `updatedAt` as the protocol writes them, and its
+    start and end as those texts say them, in microseconds since the epoch; an unset start is now, an unset end its
+    start, an unset updatedAt now. Each Timestamp is read once: a sub-message's Python wrapper costs as much as
+    formatting it."""
+    start, end, updated = occurrence.start, occurrence.end, occurrence.updated_at
+    start_seconds, start_nanos = start.seconds, start.nanos
+    end_seconds, end_nanos = end.seconds, end.nanos
+    updated_seconds, updated_nanos = updated.seconds, updated.nanos
+    if not (start_seconds or start_nanos) or not (end_seconds or end_nanos) or not (updated_seconds or updated_nanos):
+        now = datetime.now(UTC)
+        updated_text = _stamp_text(updated_seconds, updated_nanos) if updated_seconds or updated_nanos else None
+        start_at = _instant(start, now)
+        end_at = max(_instant(end, start_at), start_at)
+        return (
+            format_instant(start_at),
+            format_instant(end_at),
+            format_instant(now) if updated_text is None else updated_text,
+            _micros(start_at),
+            _micros(end_at),
+        )
+    updated_text = _stamp_text(updated_seconds, updated_nanos)
+    start_text = _stamp_text(start_seconds, start_nanos)
+    end_text = _stamp_text(end_seconds, end_nanos)
+    start_micros = start_seconds * 1_000_000 + start_nanos // 1000  # the microseconds _moment keeps
+    if (end_seconds, end_nanos) < (start_seconds, start_nanos):
+        return start_text, start_text, updated_text, start_micros, start_micros
+    return start_text, end_text, updated_text, start_micros, end_seconds * 1_000_000 + end_nanos // 1000
 
 
 @lru_cache(maxsize=1024)
@@ -181,10 +205,84 @@ def build_event(
     occurrence: calendar_pb2.Occurrence, user: str, seq: int, *, server_host: str, cancelled: bool | None = None
 ) -> dict[str, Any]:
     """The protocol's event object for `user`'s calendar (every field present, private events masked)."""
-    user = user.lower()
-    if not occurrence.id:
+    return _occurrence_event(_meeting_event(occurrence, user.lower(), server_host), occurrence, seq, cancelled)[0]
+
+
+class EventBuilder:
+    """build_event for the many occurrences of one user's list in a window: what every occurrence of a meeting
+    shares - texts, organizer, attendees, the user's answer, conference (all but ids, times, `cancelled` and `seq`)
+    - is built once per distinct content (`meeting_key`) and copied for each occurrence."""
+
+    def __init__(self, user: str, server_host: str, window: CacheWindow) -> None:
+        self.user = user.lower()
+        self.server_host = server_host
+        self._window_start = _micros(window.start)
+        self._window_end = _micros(window.end)
+        self._meetings: dict[tuple[object, ...], dict[str, Any]] = {}
+
+    def build(self, occurrence: calendar_pb2.Occurrence, seq: int) -> dict[str, Any] | None:
+        """What `build_event(occurrence, user, seq, server_host=server_host)` returns when that event `overlaps`
+        the window, else None. Its nested organizer, attendees and conference are shared with other events of this
+        builder: they are not to be changed in place."""
+        key = meeting_key(occurrence)
+        meeting = self._meetings.get(key)
+        if meeting is None:
+            meeting = self._meetings[key] = _meeting_event(occurrence, self.user, self.server_host)
+        event, start, end = _occurrence_event(meeting, occurrence, seq, None)
+        if start == end:
+            return event if self._window_start <= start < self._window_end else None
+        return event if start < self._window_end and end > self._window_start else None
+
+
+def meeting_key(occurrence: calendar_pb2.Occurrence) -> tuple[object, ...]:
+    """Every field `_meeting_event` reads, as they are: occurrences with equal keys get equal meeting parts."""
+    organizer = occurrence.organizer
+    conference = occurrence.conference
+    key: list[object] = [
+        occurrence.private,
+        occurrence.subject,
+        occurrence.body,
+        occurrence.location,
+        occurrence.all_day,
+        occurrence.time_zone,
+        occurrence.recurring,
+        occurrence.my_response,
+        organizer.email,
+        organizer.name,
+        conference.id,
+        conference.url,
+    ]
+    for attendee in occurrence.attendees:
+        person = attendee.person
+        key += (person.email, person.name, attendee.role, attendee.response)
+    return tuple(key)
+
+
+def _occurrence_event(
+    meeting: dict[str, Any], occurrence: calendar_pb2.Occurrence, seq: int, cancelled: bool | None
+) -> tuple[dict[str, Any], int, int]:
+    """The event of `occurrence` from its meeting's part (a copy with the occurrence's own fields filled in), and its
+    start and end in microseconds since the epoch."""
+    occurrence_id = occurrence.id
+    if not occurrence_id:
         raise EventError("occurrence.id is empty")
-    start, end, updated = _times(occurrence, datetime.now(UTC))
+    start, end, updated, start_micros, end_micros = _times(occurrence)
+    meeting_id = occurrence.meeting_id
+    event = meeting.copy()  # keeps the fields' order: `None` placeholders are replaced in place
+    event["id"] = occurrence_id[:512]
+    event["meetingId"] = (meeting_id or occurrence_id)[:512]
+    event["uid"] = (occurrence.uid or meeting_id or occurrence_id)[:1024]
+    event["start"] = start
+    event["end"] = end
+    event["cancelled"] = bool(occurrence.cancelled) if cancelled is None else cancelled
+    event["updatedAt"] = updated
+    event["seq"] = seq
+    return event, start_micros, end_micros
+
+
+def _meeting_event(occurrence: calendar_pb2.Occurrence, user: str, server_host: str) -> dict[str, Any]:
+    """The event's fields that depend only on what `meeting_key` holds (`user` lower-cased), in the protocol's
+    order; the occurrence's own fields are `None` until `_occurrence_event` fills them in."""
     private = bool(occurrence.private)
     organizer_email = _email(occurrence.organizer.email)
     organizer_name = _name(occurrence.organizer.name)
@@ -229,25 +327,25 @@ def build_event(
         elif mine is not None:
             mine["response"] = my_response
     return {
-        "id": _text(occurrence.id, 512),
-        "meetingId": _text(occurrence.meeting_id or occurrence.id, 512),
-        "uid": _text(occurrence.uid or occurrence.meeting_id or occurrence.id, 1024),
+        "id": None,
+        "meetingId": None,
+        "uid": None,
         "subject": None if private else _text(occurrence.subject, MAX_TEXT),
         "body": None if private else _text(occurrence.body, MAX_BODY),
         "location": None if private else _text(occurrence.location, MAX_TEXT),
-        "start": start,
-        "end": end,
+        "start": None,
+        "end": None,
         "allDay": bool(occurrence.all_day),
         "timeZone": time_zone(occurrence.time_zone),
-        "cancelled": bool(occurrence.cancelled) if cancelled is None else cancelled,
+        "cancelled": None,
         "private": private,
         "organizer": {"email": organizer_email, "name": organizer_name},
         "attendees": [] if private else attendees,
         "myResponse": my_response,
         "recurring": bool(occurrence.recurring),
         "conference": None if private else conference_of(occurrence.conference, server_host),
-        "updatedAt": updated,
-        "seq": seq,
+        "updatedAt": None,
+        "seq": None,
     }
 
 

@@ -2,10 +2,9 @@
 pages that each fit in `maxFrameBytes`, and kept for the connection while TCS asks for its further pages.
 
 A page holds whole events (one is never split: each event alone already fits a frame) and every event is in
-exactly one page, pages in the list's order (by start). Each event is encoded to JSON once, when the list is
-split: a page's frame is written around those texts, so its size is known exactly before it is sent. The events
-are encoded with orjson, byte for byte what `framing.encode` writes (compact, UTF-8 unescaped) in a tenth of the
-time: a 20,000-event list spent a sixth of its building in json.dumps (bench/README.md §6).
+exactly one page, pages in the list's order (by start). Each event comes encoded to JSON once
+(payloads.encoded_events_for, with orjson: byte for byte what `framing.encode` writes, in a tenth of the time): a
+page's frame is written around those texts, so its size is known exactly before it is sent.
 All pages of a list carry the `seq` the list was read at.
 A list is forgotten when its last page has been asked, after `KEEP_SECONDS` without a request for it, or when
 more than `MAX_KEPT` lists of the connection are waiting (the oldest goes first); then TCS starts over at page 0.
@@ -56,15 +55,15 @@ class BuiltList:
 
 
 def split_pages(
-    events: list[dict[str, Any]], user: str, window_from: str, window_to: str, max_frame_bytes: int
+    events: list[bytes], user: str, window_from: str, window_to: str, max_frame_bytes: int
 ) -> list[list[bytes]]:
-    """`events` encoded, as pages whose reply frames stay within `max_frame_bytes` (no events: one empty page)."""
+    """`events` (each as its JSON) as pages whose reply frames stay within `max_frame_bytes` (no events: one empty
+    page)."""
     fixed = _PAGE_ENVELOPE_ROOM + encoded_size(user) + encoded_size(window_from) + encoded_size(window_to)
     budget = max_frame_bytes - fixed
     pages: list[list[bytes]] = [[]]
     size = 2
-    for event in events:
-        text = orjson.dumps(event)
+    for text in events:
         length = len(text) + 1
         if pages[-1] and size + length > budget:
             pages.append([])
@@ -76,14 +75,15 @@ def split_pages(
 
 def split_changes(
     removed: list[str],
-    events: list[dict[str, Any]],
+    events: list[bytes],
     user: str,
     window_from: str,
     window_to: str,
     max_frame_bytes: int,
 ) -> tuple[list[list[bytes]], list[list[bytes]]]:
-    """An incremental answer's removed ids and events, encoded, as pages (removed ids first, then events) whose
-    reply frames stay within `max_frame_bytes`: per page its removed ids and its events (nothing: one empty page)."""
+    """An incremental answer's removed ids and events (each event as its JSON), encoded, as pages (removed ids
+    first, then events) whose reply frames stay within `max_frame_bytes`: per page its removed ids and its events
+    (nothing: one empty page)."""
     fixed = (
         _PAGE_ENVELOPE_ROOM + _CHANGES_ROOM + encoded_size(user) + encoded_size(window_from) + encoded_size(window_to)
     )
@@ -91,7 +91,7 @@ def split_changes(
     removed_pages: list[list[bytes]] = [[]]
     event_pages: list[list[bytes]] = [[]]
     size = 4  # the two arrays' brackets
-    for index, text in enumerate([orjson.dumps(i) for i in removed] + [orjson.dumps(e) for e in events]):
+    for index, text in enumerate([orjson.dumps(i) for i in removed] + events):
         length = len(text) + 1
         if (removed_pages[-1] or event_pages[-1]) and size + length > budget:
             removed_pages.append([])

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from tccal.cache_window import CacheWindow
-from tcs_gateway.bridge.events import build_event, chunk_events, fit_event, overlaps
+from tcs_gateway.bridge.events import EventBuilder, chunk_events, fit_event
 from tcs_gateway.bridge.framing import encoded_size, format_instant
 from trueconf.calendar.v1 import calendar_pb2
 
@@ -28,13 +30,40 @@ def events_for(
     server_host: str,
     budget: int,
 ) -> list[dict[str, Any]]:
-    """The user's events inside the window, each id once, sorted by start, each stamped with `seq`."""
-    found: dict[str, dict[str, Any]] = {}
+    """The user's events inside the window (`overlaps`), each id once (the last), sorted by start and id, each
+    stamped with `seq` and fitted to `budget` (`fit_event`)."""
+    builder = EventBuilder(user, server_host, window)
+    found: dict[str, tuple[str, str, dict[str, Any]]] = {}
     for occurrence in occurrences:
-        event = fit_event(build_event(occurrence, user, seq, server_host=server_host), budget, user)
-        if overlaps(event, window.start, window.end):
-            found[event["id"]] = event
-    return sorted(found.values(), key=lambda e: (e["start"], e["id"]))
+        event = builder.build(occurrence, seq)
+        if event is not None:
+            found[event["id"]] = (event["start"], event["id"], fit_event(event, budget, user))
+    return [event for _, _, event in sorted(found.values())]
+
+
+def encoded_events_for(
+    occurrences: list[calendar_pb2.Occurrence],
+    user: str,
+    seq: int,
+    window: CacheWindow,
+    *,
+    server_host: str,
+    budget: int,
+) -> list[bytes]:
+    """`events_for`'s events, in its order, each as its JSON (UTF-8, byte for byte what `framing.encode` writes),
+    encoded once: that encoding tells whether the event fits `budget`, and only one that does not is fitted and
+    encoded again (a getCalendarList's pages are written around these texts, list_pages.py)."""
+    builder = EventBuilder(user, server_host, window)
+    found: dict[str, tuple[str, str, bytes]] = {}
+    for occurrence in occurrences:
+        event = builder.build(occurrence, seq)
+        if event is None:
+            continue
+        text = orjson.dumps(event)
+        if len(text) > budget:
+            text = orjson.dumps(fit_event(event, budget, user))
+        found[event["id"]] = (event["start"], event["id"], text)
+    return [text for _, _, text in sorted(found.values())]
 
 
 def snapshot_payloads(
