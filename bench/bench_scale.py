@@ -30,7 +30,7 @@ from typing import Any
 
 import psutil
 
-from bench import RESULTS, machine, op_delta, percentiles, write_result
+from bench import RESULTS, cpu_seconds, machine, op_delta, percentiles, write_result
 from tccal_sandbox.scaleout import (
     Outlook,
     TrueConfCalendars,
@@ -62,23 +62,6 @@ def product_pids(sandbox: SandboxProcess, replicas: list[ServiceReplica]) -> dic
     return pids
 
 
-def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    found: dict[str, float] = {}
-    for name, pid in pids.items():
-        try:
-            process = psutil.Process(pid)
-            times = process.cpu_times()
-            total = times.user + times.system
-            if name == "postgres":  # its work happens in backend children
-                for child in process.children(recursive=True):
-                    child_times = child.cpu_times()
-                    total += child_times.user + child_times.system
-            found[name] = total
-        except psutil.Error:
-            continue
-    return found
-
-
 def shared_by(sandbox: SandboxProcess, names: set[str], mailboxes: list[str]) -> bool:
     """Every ews-ingest lease held, by exactly `names`, and every mailbox streamed by one connection."""
 
@@ -107,7 +90,7 @@ class Propagation:
         mailboxes = sorted(self.items)
         sent: dict[str, float] = {}
         requests_before = ews_requests(sandbox.ready)
-        cpu_before = cpu_seconds(pids)
+        cpu_before = cpu_seconds(pids, {"postgres"})
         psutil.cpu_percent()  # starts the machine-wide window
         began = time.monotonic()
         k = 0
@@ -123,7 +106,7 @@ class Propagation:
             k += 1
         machine_cpu = psutil.cpu_percent()
         wait_for(lambda: self.seen.arrived(sent), 120, 0.2, f"the {tag} updates in TrueConf")
-        cpu_after = cpu_seconds(pids)
+        cpu_after = cpu_seconds(pids, {"postgres"})
         latencies = [self.seen.first_seen[s] - sent[s] for s in sent]
         return {
             "updates_sent": len(sent),

@@ -27,6 +27,7 @@ from kiota_abstractions.base_request_configuration import RequestConfiguration
 from msgraph.generated.users.item.calendar_view.calendar_view_request_builder import CalendarViewRequestBuilder
 from msgraph.graph_service_client import GraphServiceClient
 
+from bench import cpu_seconds
 from graph_emulator.testing import READONLY_APP_ID, READONLY_APP_SECRET, EmulatorProcess
 from graph_ingest.settings import Tuning
 from tccal.cache_window import cache_window
@@ -38,14 +39,6 @@ BACKWARD_MONTHS, FORWARD_MONTHS = 1, 2
 SEED_CONCURRENCY = 8
 
 ViewConfig = RequestConfiguration[CalendarViewRequestBuilder.CalendarViewRequestBuilderGetQueryParameters]
-
-
-def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    found: dict[str, float] = {}
-    for name, pid in pids.items():
-        times = psutil.Process(pid).cpu_times()
-        found[name] = times.user + times.system
-    return found
 
 
 def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
