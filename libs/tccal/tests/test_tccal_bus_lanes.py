@@ -150,3 +150,149 @@ async def test_messages_fetched_ahead_are_handed_back_on_stop(nats_url: str) -> 
     await task
     assert handled == sent  # in stream order, each once
     await bus.close()
+
+
+async def test_a_lane_goes_on_with_the_next_fetch_while_another_lane_is_still_busy(nats_url: str) -> None:
+    bus = await connected(nats_url)
+    provider = "lanes-free.example"
+    lane_subjects: dict[int, str] = {}
+    n = 0
+    while len(lane_subjects) < LANES:  # one subject per lane
+        subject = subjects.calendar_subject(provider, f"box{n}@example.com")
+        lane_subjects.setdefault(lane_of(subject, LANES), subject)
+        n += 1
+    fast, slow = lane_subjects[0], lane_subjects[1]
+    published: dict[str, list[bytes]] = {}
+    for n in range(6):
+        for subject in (fast, slow):
+            data = f"{subject}/{n}".encode()
+            published.setdefault(subject, []).append(data)
+            await bus.publish(subject, data, msg_id=f"lanes-free/{subject}/{n}")
+    handled: dict[str, list[bytes]] = {}
+    fast_calls_while_slow_waits: list[int] = []
+    slow_waiting = asyncio.Event()
+    release = asyncio.Event()
+
+    async def batch_handler(messages: list[Msg]) -> None:
+        (subject,) = {m.subject for m in messages}
+        if subject == slow and not release.is_set():
+            slow_waiting.set()
+            await release.wait()  # the slow lane's first share takes long
+        elif slow_waiting.is_set() and not release.is_set():
+            fast_calls_while_slow_waits.append(len(messages))
+        for message in messages:
+            handled.setdefault(subject, []).append(message.data)
+
+    async def handler(message: Msg) -> None:
+        raise AssertionError(f"no lane should fall back to one by one: {message.data!r}")
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        consume(
+            bus,
+            subjects.CALENDAR,
+            "lanes-free",
+            handler,
+            stop=stop,
+            batch=4,  # two of each subject per fetch
+            filter_subject=subjects.calendar_subject(provider, "x").rsplit(".", 1)[0] + ".>",
+            batch_handler=batch_handler,
+            lanes=LANES,
+            prefetch=True,
+        )
+    )
+
+    async def fast_lane_went_on() -> bool:
+        return len(fast_calls_while_slow_waits) >= 2  # shares of later fetches, the slow lane still at its first
+
+    await wait_for_async(fast_lane_went_on, timeout=30, what="the fast lane handling later fetches meanwhile")
+    release.set()
+
+    async def all_handled() -> bool:
+        return sum(len(v) for v in handled.values()) == 12
+
+    await wait_for_async(all_handled, timeout=30, what="every message handled")
+    stop.set()
+    await task
+    assert handled == published  # each subject in stream order, each message once
+    consumer = await bus.js.consumer_info(subjects.CALENDAR, "lanes-free")
+    assert consumer.num_ack_pending == 0 and consumer.num_pending == 0
+    assert consumer.delivered.consumer_seq == 12  # nothing redelivered
+    await bus.close()
+
+
+async def test_on_stop_every_lane_hands_back_the_shares_it_was_given_and_not_handled(nats_url: str) -> None:
+    bus = await connected(nats_url)
+    provider = "lanes-stop.example"
+    lane_subjects: dict[int, str] = {}
+    n = 0
+    while len(lane_subjects) < LANES:
+        subject = subjects.calendar_subject(provider, f"box{n}@example.com")
+        lane_subjects.setdefault(lane_of(subject, LANES), subject)
+        n += 1
+    published: dict[str, list[bytes]] = {}
+    for n in range(8):
+        for subject in lane_subjects.values():
+            data = f"{subject}/{n}".encode()
+            published.setdefault(subject, []).append(data)
+            await bus.publish(subject, data, msg_id=f"lanes-stop/{subject}/{n}")
+    handled: dict[str, list[bytes]] = {}
+    release = asyncio.Event()
+    first_calls = 0
+
+    async def batch_handler(messages: list[Msg]) -> None:
+        nonlocal first_calls
+        first_calls += 1
+        await release.wait()
+        for message in messages:
+            handled.setdefault(message.subject, []).append(message.data)
+
+    async def handler(message: Msg) -> None:
+        handled.setdefault(message.subject, []).append(message.data)
+
+    filter_subject = subjects.calendar_subject(provider, "x").rsplit(".", 1)[0] + ".>"
+
+    async def run(until: asyncio.Event) -> None:
+        await consume(
+            bus,
+            subjects.CALENDAR,
+            "lanes-stop",
+            handler,
+            stop=until,
+            batch=4,
+            filter_subject=filter_subject,
+            batch_handler=batch_handler,
+            lanes=LANES,
+            prefetch=True,
+        )
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(stop))
+
+    async def shares_waiting() -> bool:
+        try:
+            info = await bus.js.consumer_info(subjects.CALENDAR, "lanes-stop")
+        except NotFoundError:
+            return False
+        # both lanes at their first share, a share waiting in each, the third fetch waiting for room, the fourth
+        # fetched ahead: all 16 delivered, 4 of them being handled
+        return first_calls == LANES and int(info.num_ack_pending) == 16
+
+    await wait_for_async(shares_waiting, timeout=30, what="shares waiting in the lanes and a fetch ahead")
+    stop.set()
+    release.set()
+    await task
+    assert handled == {s: v[:2] for s, v in published.items()}  # only the shares at hand
+
+    again = asyncio.Event()
+    task = asyncio.create_task(run(again))
+
+    async def rest_handled() -> bool:
+        return sum(len(v) for v in handled.values()) == 16
+
+    # Handed back (nak), the 12 come again at once; left unacked they would wait for ack_wait (30 s).
+    await wait_for_async(rest_handled, timeout=10, what="the rest handled by the next consumer run")
+    again.set()
+    await task
+    assert handled == published  # each subject in stream order, each once
+    await bus.close()

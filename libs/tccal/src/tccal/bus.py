@@ -488,15 +488,24 @@ async def consume(
 
     With `batch_handler`, a fetch of several messages goes to it first, in one call; if it fails the messages are
     handled one by one by `handler` (so a message that cannot be handled is redelivered and dead-lettered alone).
-    With `lanes` > 1 a fetch is split by subject (`lane_of`) and its lanes are handled concurrently, each as above:
-    messages of one subject stay in one lane, in stream order, and the next fetch waits for every lane.
-    With `prefetch` the next fetch is requested while a fetch is handled (handled after it, in order); on stop,
-    messages fetched ahead are handed back (nak) for redelivery.
+    With `lanes` > 1 a fetch is split by subject (`lane_of`) into shares, one per lane, and the lanes run side by
+    side, each handling its shares as above, one at a time, in fetch order: messages of one subject stay in one
+    lane, in stream order. A lane takes its share of the next fetch as soon as it is done with its own (it does not
+    wait for the other lanes); at most one share waits per lane, and the next fetch waits for room in every lane
+    it has messages for.
+    With `prefetch` the next fetch is requested while a fetch is handled (handled after it, in order). On stop,
+    every lane finishes the message (or batch) at hand and hands the rest of its shares back (nak) for immediate
+    redelivery, and so are messages fetched ahead.
     """
     limit = max_deliver or bus.settings.max_deliver
     await ensure_consumer(bus.js, stream, durable, filter_subject=filter_subject, max_deliver=limit, ack_wait=ack_wait)
     subscription = await bus.js.pull_subscribe_bind(durable, stream)
+
+    async def handle(messages: list[Msg]) -> None:
+        await _handle_fetched(bus, stream, durable, handler, batch_handler, messages, stop, limit)
+
     ahead: asyncio.Task[list[Msg]] | None = None
+    lanes_at_work = _Lanes(lanes, handle) if lanes > 1 else None
     try:
         while not stop.is_set():
             if ahead is not None:
@@ -508,14 +517,15 @@ async def consume(
                 continue
             if prefetch and not stop.is_set():  # the next fetch's round trip overlaps the handling of this one
                 ahead = asyncio.create_task(_fetch(subscription, batch, stream, durable))
-            groups = split_lanes(messages, lanes)
-            if len(groups) == 1:
-                await _handle_fetched(bus, stream, durable, handler, batch_handler, groups[0], stop, limit)
+            if lanes_at_work is None:
+                await handle(messages)
             else:
-                await asyncio.gather(
-                    *(_handle_fetched(bus, stream, durable, handler, batch_handler, g, stop, limit) for g in groups)
-                )
+                await lanes_at_work.hand_over(messages)
+        if lanes_at_work is not None:
+            await lanes_at_work.finish()
     finally:
+        if lanes_at_work is not None:
+            lanes_at_work.cancel()  # only if something went wrong: finish() has ended them otherwise
         if ahead is not None:  # fetched but not handled: handed back for redelivery at once
             for message in await ahead:
                 await message.nak()
@@ -523,6 +533,60 @@ async def consume(
             await subscription.unsubscribe()
         except Exception as exc:  # connection already gone
             log.debug("unsubscribe failed", extra={"error": str(exc)})
+
+
+class _Lanes:
+    """The lanes of `consume`: one task per lane handling the lane's shares of the fetches in fetch order, with
+    room for one share waiting while it works on another."""
+
+    def __init__(self, lanes: int, handle: Callable[[list[Msg]], Awaitable[None]]) -> None:
+        self.lanes = lanes
+        self.handle = handle
+        self.queues: list[asyncio.Queue[list[Msg] | None]] = [asyncio.Queue(maxsize=1) for _ in range(lanes)]
+        self.tasks = [asyncio.create_task(self._run(queue)) for queue in self.queues]
+
+    async def _run(self, queue: asyncio.Queue[list[Msg] | None]) -> None:
+        while (share := await queue.get()) is not None:
+            await self.handle(share)
+
+    async def hand_over(self, messages: list[Msg]) -> None:
+        """Give each lane its share of a fetch (`lane_of` the subjects), waiting for room in a busy lane; a lane
+        that failed raises its error here."""
+        shares: list[list[Msg]] = [[] for _ in range(self.lanes)]
+        for message in messages:
+            shares[lane_of(message.subject, self.lanes)].append(message)
+        for lane, share in enumerate(shares):
+            if share:
+                await self._put(lane, share)
+
+    async def finish(self) -> None:
+        """Let every lane handle what it was given (after a stop: hand it back), then end; a lane's error is raised."""
+        for lane in range(self.lanes):
+            await self._put(lane, None)
+        await asyncio.gather(*self.tasks)
+
+    def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+    async def _put(self, lane: int, share: list[Msg] | None) -> None:
+        task, queue = self.tasks[lane], self.queues[lane]
+        if task.done():
+            task.result()  # a lane ends early only by an error: raise it
+            raise RuntimeError(f"lane {lane} ended before the consumer")
+        if not queue.full():
+            queue.put_nowait(share)
+            return
+        put = asyncio.ensure_future(queue.put(share))
+        try:
+            await asyncio.wait((put, task), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled: the share is not handed over
+            put.cancel()
+            raise
+        if not put.done():  # the lane failed while its share waited
+            put.cancel()
+            task.result()
+            raise RuntimeError(f"lane {lane} ended before the consumer")
 
 
 async def _fetch(subscription: JetStreamContext.PullSubscription, batch: int, stream: str, durable: str) -> list[Msg]:
@@ -541,16 +605,6 @@ async def _fetch(subscription: JetStreamContext.PullSubscription, batch: int, st
 def lane_of(subject: str, lanes: int) -> int:
     """The lane of a subject (stable across processes: CRC-32, not Python's salted hash)."""
     return zlib.crc32(subject.encode()) % lanes
-
-
-def split_lanes(messages: list[Msg], lanes: int) -> list[list[Msg]]:
-    """The fetched messages by lane (`lane_of` their subject), each lane in fetch order; empty lanes left out."""
-    if lanes <= 1 or len(messages) <= 1:
-        return [messages]
-    groups: list[list[Msg]] = [[] for _ in range(lanes)]
-    for message in messages:
-        groups[lane_of(message.subject, lanes)].append(message)
-    return [group for group in groups if group]
 
 
 async def _handle_fetched(

@@ -11,8 +11,10 @@ result locks its outbox row; order does not matter).
 
 Both are durable pull consumers with explicit ack (tccal.bus.consume): a message is acked only after its
 transaction committed. Calendar changes are fetched up to CALENDAR_BATCH × CALENDAR_LANES at a time, split by
-mailbox into CALENDAR_LANES lanes applied concurrently, each lane in one transaction; if a lane's transaction fails
-its changes are applied one by one, so a change that cannot be applied is retried and
+mailbox into CALENDAR_LANES lanes applied concurrently, each lane's share of a fetch in one transaction (a lane goes
+on with its share of the next fetch once its own committed and was acked, whatever the other lane is doing: a
+mailbox's changes are always in the same lane, in stream order); if a lane's transaction fails its changes are
+applied one by one, so a change that cannot be applied is retried and
 dead-lettered alone. While PostgreSQL cannot take writes — unreachable, read-only, full: an infrastructure fault
 (`faults.classify`) — the handler keeps retrying (telling JetStream the message is in progress) instead of
 failing it, so an outage never dead-letters a change or a result; only a change the database refuses for its

@@ -238,27 +238,36 @@ class CommandBatch:
     async def flush(
         self, connection: asyncpg.Connection, prior: Mapping[str, bulk.Statement | None] | None = None
     ) -> list[commands_pb2.TcsCommand]:
-        """Allocate per-user seqs (users in sorted order: no lock cycles), write the shown rows and the outbox (one
-        statement each, whatever the number of commands). `prior`: writes decided before the commands
-        (`Workspace.take_writes`), run in the seqs' statement (they touch no `user_seq` row) - one round trip less.
+        """Write `prior` (`Workspace.take_writes`: the writes decided before the commands, one statement), then
+        allocate per-user seqs (users in sorted order: no lock cycles) and write the shown rows and the outbox (one
+        statement each, whatever the number of commands).
+
+        A user's `user_seq` row stays locked from the allocation to the commit, so a concurrent transaction pushing
+        to the same user waits there (seqs are gap-free and in commit order per user): everything that does not need
+        the seqs - `prior`, the shown occurrences' serialization, the commands' other fields - is done before the
+        allocation, so that the other transaction waits only for what does.
         """
         before = {name: part for name, part in (prior or {}).items() if part is not None}
+        if before:
+            write = bulk.combined(before)
+            await connection.execute(write.sql, *write.args)
         pushes: dict[str, int] = {}
         for planned in self.planned:
             if planned.user and (planned.shown is not None or planned.attempt > 1):
                 pushes[planned.user] = pushes.get(planned.user, 0) + 1
+        serialized = _serialized_shown(self.planned)
+        for planned in self.planned:  # the commands' fields that do not depend on the seqs
+            command = planned.command
+            command.server_id = planned.server_id
+            command.attempt = planned.attempt
+            if planned.counter:  # a retry keeps its command's order (its payload carries it)
+                command.conference_order = planned.counter
+            set_timestamp(command.created_at, (planned.cause or self.cause).created_at)
         next_seq: dict[str, int] = {}
         if pushes:
             users = sorted(pushes)
-            write = bulk.combined(
-                {**before, "seqs": bulk.Statement(ALLOCATE_SEQS, [users, [pushes[u] for u in users]])},
-                "SELECT user_email, seq FROM seqs",
-            )
-            rows = await connection.fetch(write.sql, *write.args)
+            rows = await connection.fetch(ALLOCATE_SEQS, users, [pushes[u] for u in users])
             next_seq = {str(r["user_email"]): int(r["seq"]) - pushes[str(r["user_email"])] + 1 for r in rows}
-        elif before:
-            write = bulk.combined(before)
-            await connection.execute(write.sql, *write.args)
         if not self.planned:
             return []
         current: dict[str, int] = {}
@@ -285,11 +294,6 @@ class CommandBatch:
                 if not planned.command_id:
                     planned.command_id = f"{planned.server_id}/calendar/{planned.user}/{seq}"
             command.command_id = planned.command_id
-            command.server_id = planned.server_id
-            command.attempt = planned.attempt
-            if planned.counter:  # a retry keeps its command's order (its payload carries it)
-                command.conference_order = planned.counter
-            set_timestamp(command.created_at, cause.created_at)
             outbox.append(
                 (
                     planned.command_id,
@@ -311,7 +315,7 @@ class CommandBatch:
         # One round trip: what users are shown, the commands, the relay's wake-up (delivered at commit). A retry's
         # new seq is written after it (the same shown row may be pushed again in this batch: the retry's seq wins,
         # as it did row by row).
-        gone, shown = _shown_parts(list(shown_rows.values()))
+        gone, shown = _shown_parts(list(shown_rows.values()), serialized)
         parts = {
             "shown_gone": gone,
             "shown_put": shown,
@@ -326,19 +330,28 @@ class CommandBatch:
         return written
 
 
-def _shown_parts(writes: list[tuple[_ShownWrite, int]]) -> tuple[bulk.Statement | None, bulk.Statement | None]:
+def _serialized_shown(planned: list[_Planned]) -> dict[int, bytes]:
+    """The occurrences the planned commands show, serialized once each (users shown the same shared, read-only
+    message), by id()."""
+    serialized: dict[int, bytes] = {}
+    for one in planned:
+        shown = one.shown
+        if shown is not None and shown.occurrence is not None and id(shown.occurrence) not in serialized:
+            serialized[id(shown.occurrence)] = shown.occurrence.SerializeToString(deterministic=True)
+    return serialized
+
+
+def _shown_parts(
+    writes: list[tuple[_ShownWrite, int]], serialized: dict[int, bytes]
+) -> tuple[bulk.Statement | None, bulk.Statement | None]:
     """What each user's calendar now shows (the last write per user and occurrence): the rows removed, the rows
-    put (different keys)."""
+    put (different keys); `serialized`: the occurrences' bytes (`_serialized_shown`)."""
     gone = [(shown.user, shown.occurrence_id) for shown, _ in writes if shown.occurrence is None]
     rows = []
-    serialized: dict[int, bytes] = {}  # users shown the same (shared, read-only) message: serialized once
     for shown, seq in writes:
         if shown.occurrence is None:
             continue
         assert shown.start is not None and shown.end is not None
-        data = serialized.get(id(shown.occurrence))
-        if data is None:
-            data = serialized[id(shown.occurrence)] = shown.occurrence.SerializeToString(deterministic=True)
         rows.append(
             (
                 shown.user,
@@ -348,7 +361,7 @@ def _shown_parts(writes: list[tuple[_ShownWrite, int]]) -> tuple[bulk.Statement 
                 shown.end,
                 shown.occurrence.cancelled,
                 seq,
-                data,
+                serialized[id(shown.occurrence)],
             )
         )
     return bulk.statement(DROP_SHOWN, gone, len(SHOWN_KEY_COLUMNS)), bulk.statement(

@@ -3,8 +3,8 @@
 A transaction that touches N meetings (a fetched batch of calendar changes, a command result, a re-expansion)
 loads all their rows at once (`Workspace.load`, one query per table; nothing for meetings it created: `adopt`),
 `reconcile` works on them in memory, and `take_writes` hands what changed to the command batch, which writes it in
-the statement that allocates its users' seqs (a data-modifying CTE per table and kind, rows unnested from arrays:
-bulk.py), so the number of round trips does not grow with the number of meetings. The meetings' advisory locks
+one statement before it allocates its users' seqs (a data-modifying CTE per table and kind, rows unnested from
+arrays: bulk.py), so the number of round trips does not grow with the number of meetings. The meetings' advisory locks
 must be held while the workspace lives (`reconcile.lock_meetings`); nothing else may write these rows in the same
 transaction meanwhile.
 """
@@ -318,8 +318,8 @@ class Workspace:
 
     def take_writes(self) -> dict[str, bulk.Statement | None]:
         """Every change decided since the last call as the parts of one statement (`bulk.combined`), then
-        forgotten: `CommandBatch.flush` runs them with its own writes, whatever the number of meetings. The parts touch
-        different rows: a launch, occurrence or person is either put or dropped."""
+        forgotten: `CommandBatch.flush` runs them before its own writes, whatever the number of meetings. The parts
+        touch different rows: a launch, occurrence or person is either put or dropped."""
         conferences = [self.meetings[m].conference for m in sorted(self._conferences)]
         conference_rows = [tuple(getattr(row, n) for n in CONFERENCE_COLUMNS) for row in conferences if row is not None]
         launches = [tuple(getattr(self._launches[k], n) for n in LAUNCH_COLUMNS) for k in sorted(self._launches)]
