@@ -697,13 +697,29 @@ class Sandbox:
         temporary.replace(path)
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Stop every child (SIGTERM, then SIGKILL after `timeout`), then NATS and PostgreSQL."""
+        """Stop the connector's services, then the emulators (each round SIGTERM, then SIGKILL after `timeout`),
+        then NATS and PostgreSQL. The servers outlive the connector as real ones do: a service stopping finishes
+        its in-flight work (a conference being created, a result being applied) against servers that still
+        answer, instead of failing it into a retry the next run waits for."""
         self.release_ports()
-        for child in reversed(self.children):
+        services = [c for c in reversed(self.children) if c.name in SERVICE_MODULES]
+        others = [c for c in reversed(self.children) if c.name not in SERVICE_MODULES]
+        for group in (services, others):
+            self._stop_children(group, timeout)
+        if self._nats_cluster is not None:
+            self._nats_cluster.stop()
+        elif self._nats is not None:
+            self._nats.stop()
+        if self._pg is not None:
+            self._pg.stop()
+
+    @staticmethod
+    def _stop_children(children: list[Child], timeout: float) -> None:
+        for child in children:
             if child.process is not None and child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for child in reversed(self.children):
+        for child in children:
             if child.process is None:
                 continue
             try:
@@ -711,12 +727,6 @@ class Sandbox:
             except subprocess.TimeoutExpired:
                 child.process.kill()
                 child.process.wait()
-        if self._nats_cluster is not None:
-            self._nats_cluster.stop()
-        elif self._nats is not None:
-            self._nats.stop()
-        if self._pg is not None:
-            self._pg.stop()
 
 
 def deep_merge(target: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
