@@ -10,13 +10,19 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from tccal import subjects
-from tccal.bus import Bus, BusSettings, consume, lane_of
+from tccal.bus import BatchHandler, Bus, BusSettings, Handler, consume, lane_of
 from tccal_sandbox.testing import wait_for_async
 
 LANES = 2
 PROVIDER = "lanes-test.example"
-#: Only this test's subjects (the streams are shared by the whole session).
-LANES_FILTER = subjects.calendar_subject(PROVIDER, "x").rsplit(".", 1)[0] + ".>"
+
+
+def provider_filter(provider: str) -> str:
+    """The filter for `provider`'s calendar subjects only (the streams are shared by the whole session)."""
+    return subjects.calendar_subject(provider, "x").rsplit(".", 1)[0] + ".>"
+
+
+LANES_FILTER = provider_filter(PROVIDER)
 
 
 async def connected(url: str) -> Bus:
@@ -37,14 +43,75 @@ def subjects_in_every_lane(per_lane: int) -> list[str]:
     return [subject for lane in sorted(found) for subject in found[lane]]
 
 
-async def test_lanes_run_side_by_side_keep_each_subject_in_order_and_ack_once(nats_url: str) -> None:
-    bus = await connected(nats_url)
+def one_subject_per_lane(provider: str) -> dict[int, str]:
+    """A calendar subject of `provider` for each lane, by lane."""
+    lane_subjects: dict[int, str] = {}
+    n = 0
+    while len(lane_subjects) < LANES:
+        subject = subjects.calendar_subject(provider, f"box{n}@example.com")
+        lane_subjects.setdefault(lane_of(subject, LANES), subject)
+        n += 1
+    return lane_subjects
+
+
+async def publish_rounds(bus: Bus, to: list[str], rounds: int, id_prefix: str) -> dict[str, list[bytes]]:
+    """`rounds` messages to each subject of `to`, round by round; what was published, by subject, in order."""
     published: dict[str, list[bytes]] = {}
-    for n in range(6):
-        for subject in subjects_in_every_lane(2):
+    for n in range(rounds):
+        for subject in to:
             data = f"{subject}/{n}".encode()
             published.setdefault(subject, []).append(data)
-            await bus.publish(subject, data, msg_id=f"lanes/{subject}/{n}")
+            await bus.publish(subject, data, msg_id=f"{id_prefix}/{subject}/{n}")
+    return published
+
+
+def start_consume(
+    bus: Bus,
+    stream: str,
+    durable: str,
+    handler: Handler,
+    stop: asyncio.Event,
+    *,
+    batch: int,
+    filter_subject: str,
+    batch_handler: BatchHandler,
+    lanes: int = 1,
+) -> asyncio.Task[None]:
+    """consume as a task, with a batch handler and the next fetch requested while one is handled (prefetch)."""
+    return asyncio.create_task(
+        consume(
+            bus,
+            stream,
+            durable,
+            handler,
+            stop=stop,
+            batch=batch,
+            filter_subject=filter_subject,
+            batch_handler=batch_handler,
+            lanes=lanes,
+            prefetch=True,
+        )
+    )
+
+
+async def ack_pending(bus: Bus, stream: str, durable: str) -> int | None:
+    """How many messages `durable` delivered and has not had acked yet; None before consume declared it."""
+    try:
+        info = await bus.js.consumer_info(stream, durable)
+    except NotFoundError:
+        return None
+    return int(info.num_ack_pending)
+
+
+async def assert_each_acked_once(bus: Bus, stream: str, durable: str, total: int) -> None:
+    consumer = await bus.js.consumer_info(stream, durable)
+    assert consumer.num_ack_pending == 0 and consumer.num_pending == 0
+    assert consumer.delivered.consumer_seq == total  # nothing redelivered
+
+
+async def test_lanes_run_side_by_side_keep_each_subject_in_order_and_ack_once(nats_url: str) -> None:
+    bus = await connected(nats_url)
+    published = await publish_rounds(bus, subjects_in_every_lane(2), 6, "lanes")
     total = sum(len(v) for v in published.values())
     handled: dict[str, list[bytes]] = {}
     calls: list[set[int]] = []
@@ -64,19 +131,16 @@ async def test_lanes_run_side_by_side_keep_each_subject_in_order_and_ack_once(na
         raise AssertionError(f"no lane should fall back to one by one: {message.data!r}")
 
     stop = asyncio.Event()
-    task = asyncio.create_task(
-        consume(
-            bus,
-            subjects.CALENDAR,
-            "lanes",
-            handler,
-            stop=stop,
-            batch=8,
-            filter_subject=LANES_FILTER,
-            batch_handler=batch_handler,
-            lanes=LANES,
-            prefetch=True,
-        )
+    task = start_consume(
+        bus,
+        subjects.CALENDAR,
+        "lanes",
+        handler,
+        stop,
+        batch=8,
+        filter_subject=LANES_FILTER,
+        batch_handler=batch_handler,
+        lanes=LANES,
     )
 
     async def all_handled() -> bool:
@@ -87,9 +151,7 @@ async def test_lanes_run_side_by_side_keep_each_subject_in_order_and_ack_once(na
     await task
     assert handled == published  # each subject in stream order, each message once
     assert all(len(lanes) == 1 for lanes in calls) and len(calls) > LANES  # several fetches, one lane per call
-    consumer = await bus.js.consumer_info(subjects.CALENDAR, "lanes")
-    assert consumer.num_ack_pending == 0 and consumer.num_pending == 0
-    assert consumer.delivered.consumer_seq == total  # nothing redelivered
+    await assert_each_acked_once(bus, subjects.CALENDAR, "lanes", total)
     await bus.close()
 
 
@@ -109,28 +171,23 @@ async def test_messages_fetched_ahead_are_handed_back_on_stop(nats_url: str) -> 
     async def handler(message: Msg) -> None:
         handled.append(message.data)
 
-    async def run(stop: asyncio.Event) -> None:
-        await consume(
+    def run(stop: asyncio.Event) -> asyncio.Task[None]:
+        return start_consume(
             bus,
             subjects.TCS_RESULTS,
             "ahead",
             handler,
-            stop=stop,
+            stop,
             batch=4,
             filter_subject=subject,
             batch_handler=batch_handler,
-            prefetch=True,
         )
 
     stop = asyncio.Event()
-    task = asyncio.create_task(run(stop))
+    task = run(stop)
 
     async def fetched_ahead() -> bool:
-        try:
-            info = await bus.js.consumer_info(subjects.TCS_RESULTS, "ahead")
-        except NotFoundError:  # consume has not declared it yet
-            return False
-        return int(info.num_ack_pending) == 8  # the fetch at hand and the one ahead
+        return await ack_pending(bus, subjects.TCS_RESULTS, "ahead") == 8  # the fetch at hand and the one ahead
 
     await wait_for_async(fetched_ahead, timeout=30, what="the next fetch requested while one is handled")
     stop.set()
@@ -139,7 +196,7 @@ async def test_messages_fetched_ahead_are_handed_back_on_stop(nats_url: str) -> 
     assert handled == sent[:4]
 
     again = asyncio.Event()
-    task = asyncio.create_task(run(again))
+    task = run(again)
 
     async def rest_handled() -> bool:
         return len(handled) == len(sent)
@@ -155,19 +212,9 @@ async def test_messages_fetched_ahead_are_handed_back_on_stop(nats_url: str) -> 
 async def test_a_lane_goes_on_with_the_next_fetch_while_another_lane_is_still_busy(nats_url: str) -> None:
     bus = await connected(nats_url)
     provider = "lanes-free.example"
-    lane_subjects: dict[int, str] = {}
-    n = 0
-    while len(lane_subjects) < LANES:  # one subject per lane
-        subject = subjects.calendar_subject(provider, f"box{n}@example.com")
-        lane_subjects.setdefault(lane_of(subject, LANES), subject)
-        n += 1
+    lane_subjects = one_subject_per_lane(provider)
     fast, slow = lane_subjects[0], lane_subjects[1]
-    published: dict[str, list[bytes]] = {}
-    for n in range(6):
-        for subject in (fast, slow):
-            data = f"{subject}/{n}".encode()
-            published.setdefault(subject, []).append(data)
-            await bus.publish(subject, data, msg_id=f"lanes-free/{subject}/{n}")
+    published = await publish_rounds(bus, [fast, slow], 6, "lanes-free")
     handled: dict[str, list[bytes]] = {}
     fast_calls_while_slow_waits: list[int] = []
     slow_waiting = asyncio.Event()
@@ -187,19 +234,16 @@ async def test_a_lane_goes_on_with_the_next_fetch_while_another_lane_is_still_bu
         raise AssertionError(f"no lane should fall back to one by one: {message.data!r}")
 
     stop = asyncio.Event()
-    task = asyncio.create_task(
-        consume(
-            bus,
-            subjects.CALENDAR,
-            "lanes-free",
-            handler,
-            stop=stop,
-            batch=4,  # two of each subject per fetch
-            filter_subject=subjects.calendar_subject(provider, "x").rsplit(".", 1)[0] + ".>",
-            batch_handler=batch_handler,
-            lanes=LANES,
-            prefetch=True,
-        )
+    task = start_consume(
+        bus,
+        subjects.CALENDAR,
+        "lanes-free",
+        handler,
+        stop,
+        batch=4,  # two of each subject per fetch
+        filter_subject=provider_filter(provider),
+        batch_handler=batch_handler,
+        lanes=LANES,
     )
 
     async def fast_lane_went_on() -> bool:
@@ -215,27 +259,15 @@ async def test_a_lane_goes_on_with_the_next_fetch_while_another_lane_is_still_bu
     stop.set()
     await task
     assert handled == published  # each subject in stream order, each message once
-    consumer = await bus.js.consumer_info(subjects.CALENDAR, "lanes-free")
-    assert consumer.num_ack_pending == 0 and consumer.num_pending == 0
-    assert consumer.delivered.consumer_seq == 12  # nothing redelivered
+    await assert_each_acked_once(bus, subjects.CALENDAR, "lanes-free", 12)
     await bus.close()
 
 
 async def test_on_stop_every_lane_hands_back_the_shares_it_was_given_and_not_handled(nats_url: str) -> None:
     bus = await connected(nats_url)
     provider = "lanes-stop.example"
-    lane_subjects: dict[int, str] = {}
-    n = 0
-    while len(lane_subjects) < LANES:
-        subject = subjects.calendar_subject(provider, f"box{n}@example.com")
-        lane_subjects.setdefault(lane_of(subject, LANES), subject)
-        n += 1
-    published: dict[str, list[bytes]] = {}
-    for n in range(8):
-        for subject in lane_subjects.values():
-            data = f"{subject}/{n}".encode()
-            published.setdefault(subject, []).append(data)
-            await bus.publish(subject, data, msg_id=f"lanes-stop/{subject}/{n}")
+    lane_subjects = one_subject_per_lane(provider)
+    published = await publish_rounds(bus, list(lane_subjects.values()), 8, "lanes-stop")
     handled: dict[str, list[bytes]] = {}
     release = asyncio.Event()
     first_calls = 0
@@ -250,33 +282,27 @@ async def test_on_stop_every_lane_hands_back_the_shares_it_was_given_and_not_han
     async def handler(message: Msg) -> None:
         handled.setdefault(message.subject, []).append(message.data)
 
-    filter_subject = subjects.calendar_subject(provider, "x").rsplit(".", 1)[0] + ".>"
-
-    async def run(until: asyncio.Event) -> None:
-        await consume(
+    def run(until: asyncio.Event) -> asyncio.Task[None]:
+        return start_consume(
             bus,
             subjects.CALENDAR,
             "lanes-stop",
             handler,
-            stop=until,
+            until,
             batch=4,
-            filter_subject=filter_subject,
+            filter_subject=provider_filter(provider),
             batch_handler=batch_handler,
             lanes=LANES,
-            prefetch=True,
         )
 
     stop = asyncio.Event()
-    task = asyncio.create_task(run(stop))
+    task = run(stop)
 
     async def shares_waiting() -> bool:
-        try:
-            info = await bus.js.consumer_info(subjects.CALENDAR, "lanes-stop")
-        except NotFoundError:
-            return False
+        pending = await ack_pending(bus, subjects.CALENDAR, "lanes-stop")
         # both lanes at their first share, a share waiting in each, the third fetch waiting for room, the fourth
         # fetched ahead: all 16 delivered, 4 of them being handled
-        return first_calls == LANES and int(info.num_ack_pending) == 16
+        return first_calls == LANES and pending == 16
 
     await wait_for_async(shares_waiting, timeout=30, what="shares waiting in the lanes and a fetch ahead")
     stop.set()
@@ -285,7 +311,7 @@ async def test_on_stop_every_lane_hands_back_the_shares_it_was_given_and_not_han
     assert handled == {s: v[:2] for s, v in published.items()}  # only the shares at hand
 
     again = asyncio.Event()
-    task = asyncio.create_task(run(again))
+    task = run(again)
 
     async def rest_handled() -> bool:
         return sum(len(v) for v in handled.values()) == 16
