@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from tccal.cache_window import CacheWindow
 from tcs_gateway.bridge.events import EventBuilder, chunk_events, fit_event
-from tcs_gateway.bridge.framing import encoded_size, format_instant
+from tcs_gateway.bridge.framing import encode_bytes, encoded_size, format_instant
 from trueconf.calendar.v1 import calendar_pb2
 
 #: Room left in a frame for the envelope and the snapshot's own fields.
@@ -59,9 +57,9 @@ def encoded_events_for(
         event = builder.build(occurrence, seq)
         if event is None:
             continue
-        text = orjson.dumps(event)
+        text = encode_bytes(event)
         if len(text) > budget:
-            text = orjson.dumps(fit_event(event, budget, user))
+            text = encode_bytes(fit_event(event, budget, user))
         found[event["id"]] = (event["start"], event["id"], text)
     return [text for _, _, text in sorted(found.values())]
 
