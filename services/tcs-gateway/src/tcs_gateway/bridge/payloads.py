@@ -19,6 +19,20 @@ from trueconf.calendar.v1 import calendar_pb2
 _ENVELOPE_ROOM = 2048
 
 
+def _window_events(
+    occurrences: list[calendar_pb2.Occurrence], user: str, seq: int, window: CacheWindow, server_host: str
+) -> list[dict[str, Any]]:
+    """The user's events inside the window (`overlaps`), each id once (the last), sorted by start and id, each
+    stamped with `seq`; not yet fitted to a budget."""
+    builder = EventBuilder(user, server_host, window)
+    found: dict[str, dict[str, Any]] = {}
+    for occurrence in occurrences:
+        event = builder.build(occurrence, seq)
+        if event is not None:
+            found[event["id"]] = event
+    return sorted(found.values(), key=lambda event: (event["start"], event["id"]))
+
+
 def events_for(
     occurrences: list[calendar_pb2.Occurrence],
     user: str,
@@ -30,13 +44,7 @@ def events_for(
 ) -> list[dict[str, Any]]:
     """The user's events inside the window (`overlaps`), each id once (the last), sorted by start and id, each
     stamped with `seq` and fitted to `budget` (`fit_event`)."""
-    builder = EventBuilder(user, server_host, window)
-    found: dict[str, tuple[str, str, dict[str, Any]]] = {}
-    for occurrence in occurrences:
-        event = builder.build(occurrence, seq)
-        if event is not None:
-            found[event["id"]] = (event["start"], event["id"], fit_event(event, budget, user))
-    return [event for _, _, event in sorted(found.values())]
+    return [fit_event(event, budget, user) for event in _window_events(occurrences, user, seq, window, server_host)]
 
 
 def encoded_events_for(
@@ -51,17 +59,13 @@ def encoded_events_for(
     """`events_for`'s events, in its order, each as its JSON (UTF-8, byte for byte what `framing.encode` writes),
     encoded once: that encoding tells whether the event fits `budget`, and only one that does not is fitted and
     encoded again (a getCalendarList's pages are written around these texts, list_pages.py)."""
-    builder = EventBuilder(user, server_host, window)
-    found: dict[str, tuple[str, str, bytes]] = {}
-    for occurrence in occurrences:
-        event = builder.build(occurrence, seq)
-        if event is None:
-            continue
+    texts = []
+    for event in _window_events(occurrences, user, seq, window, server_host):
         text = encode_bytes(event)
         if len(text) > budget:
             text = encode_bytes(fit_event(event, budget, user))
-        found[event["id"]] = (event["start"], event["id"], text)
-    return [text for _, _, text in sorted(found.values())]
+        texts.append(text)
+    return texts
 
 
 def snapshot_payloads(
