@@ -26,7 +26,13 @@ from tcs_gateway.bridge.events import (
 )
 from tcs_gateway.bridge.framing import FrameValidator, encode, encoded_size, request_frame
 from tcs_gateway.bridge.guard import BAD_SECRET, OVER_ADDRESS_CAP, OVER_TOTAL_CAP, BridgeGuard
-from tcs_gateway.bridge.payloads import events_for, snapshot_payloads
+from tcs_gateway.bridge.payloads import (
+    encoded_events_for,
+    encoded_snapshot_payloads,
+    event_budget,
+    events_for,
+    snapshot_payloads,
+)
 from tcs_gateway.rest.conferences import conference_id_for, parse_timestamp, schedule_body
 from tcs_gateway.rest.http import retry_after_seconds
 from tcs_gateway.settings import GatewaySettings, ServerSettings
@@ -212,6 +218,45 @@ def test_snapshots_are_chunked_within_the_frame_limit() -> None:
         assert check_event_list(payload["events"], "alice@x.test", (window.start, window.end), "events") is None
     empty = snapshot_payloads("alice@x.test", 78, window, [], 8192)
     assert [(p["chunkIndex"], p["chunkCount"], p["events"]) for p in empty] == [(0, 1, [])]
+
+
+def test_a_snapshot_of_events_encoded_once_is_written_as_the_plain_frames() -> None:
+    """A snapshot's frames, built of events encoded once (encoded_events_for, encoded_snapshot_payloads), are byte
+    for byte `encode` of the plain frames (events_for, snapshot_payloads): the same chunks and the same JSON for
+    non-ASCII and escaped texts, and for an event too large for the budget that is fitted."""
+    start = datetime(2025, 6, 2, 8, tzinfo=UTC)
+    subjects = ["«Планёрка» ёж", "会议 \U0001f600", 'line\u2028sep\u2029 \x00\x1f "q" \\', "Planning"]
+    occurrences = []
+    for index in range(12):
+        occurrence = _stamp(start + timedelta(hours=index))
+        occurrence.id = f"occ-{index % 10}"  # two ids twice: the later occurrence is the event
+        occurrence.end.FromDatetime(start + timedelta(hours=index, minutes=30))
+        occurrence.updated_at.FromDatetime(datetime(2025, 5, 1, 12, 0, 0, 250_000, tzinfo=UTC))
+        occurrence.subject = subjects[index % len(subjects)]
+        occurrence.body = "Тело " * (3000 if index == 3 else 100)
+        occurrence.organizer.email = "alice@x.test"
+        occurrence.organizer.name = "Алиса"
+        occurrences.append(occurrence)
+    window = CacheWindow(datetime(2025, 6, 1, tzinfo=UTC), datetime(2025, 7, 1, tzinfo=UTC))
+    user, seq, budget = "alice@x.test", 77_000_001, event_budget(8192)
+    events = events_for(occurrences, user, seq, window, server_host="h", budget=budget)
+    texts = encoded_events_for(occurrences, user, seq, window, server_host="h", budget=budget)
+    assert [event["id"] for event in events] == [f"occ-{index}" for index in (*range(2, 10), 0, 1)]
+    assert len(events[1]["body"]) < len(occurrences[3].body)  # occ-3, fitted to the budget
+    # Frame limits a byte apart over more than an event's size: each chunk boundary is met exactly at the limit once.
+    for max_frame in range(8192, 8192 + 1536):
+        plain = [
+            encode(request_frame(number, "calendar.snapshot", payload)).encode("utf-8")
+            for number, payload in enumerate(snapshot_payloads(user, seq, window, events, max_frame), 1)
+        ]
+        encoded_once = [
+            encode(request_frame(number, "calendar.snapshot", payload)).encode("utf-8")
+            for number, payload in enumerate(encoded_snapshot_payloads(user, seq, window, texts, max_frame), 1)
+        ]
+        assert encoded_once == plain, max_frame
+        assert len(plain) > 1 and all(len(frame) <= max_frame for frame in plain)
+    written = b"".join(plain)
+    assert all(json.dumps(subject, ensure_ascii=False)[1:-1].encode() in written for subject in subjects)
 
 
 def test_cache_window_follows_the_guide() -> None:

@@ -18,12 +18,10 @@ import contextlib
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from tccal.cache_window import CacheWindow
 from tcs_gateway.bridge.channel import ConnectionClosedError, log
 from tcs_gateway.bridge.events import engine_seq_held, engine_seq_of, list_seq, push_seq_floor
-from tcs_gateway.bridge.framing import ErrorCode, encode, error_payload, parse_instant, reply_frame
+from tcs_gateway.bridge.framing import ErrorCode, encode, error_payload, parse_instant, preencoded, reply_frame
 from tcs_gateway.bridge.list_pages import (
     KEEP_SECONDS,
     BuiltList,
@@ -204,7 +202,7 @@ class CalendarLists:
             assert built is not None  # page > 0 comes with listId (the schema requires it)
             await self._send_page(frame_id, payload, built, 0)
         else:
-            answer["events"] = [orjson.Fragment(text) for text in events]
+            answer["events"] = [preencoded(text) for text in events]
             whole = encode(reply_frame(frame_id, answer))
             if len(whole.encode("utf-8")) > self.settings.max_frame_bytes:
                 await channel.reply(

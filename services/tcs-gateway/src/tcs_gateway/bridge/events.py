@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import re
 import zoneinfo
-from collections.abc import Iterable
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -399,12 +399,16 @@ def overlaps(event: dict[str, Any], window_from: datetime, window_to: datetime) 
     return start < window_to and end > window_from
 
 
-def chunk_events(events: Iterable[dict[str, Any]], budget: int) -> list[list[dict[str, Any]]]:
-    """Split events into chunks whose JSON stays within `budget` bytes (an empty list is one empty chunk)."""
-    chunks: list[list[dict[str, Any]]] = [[]]
+_Event = TypeVar("_Event")
+
+
+def chunk_events(events: Sequence[_Event], sizes: Sequence[int], budget: int) -> list[list[_Event]]:
+    """Split events into chunks whose JSON array stays within `budget` bytes, `sizes` being the events' JSON
+    bytes, in their order (an empty list is one empty chunk)."""
+    chunks: list[list[_Event]] = [[]]
     size = 2
-    for event in events:
-        length = encoded_size(event) + 1
+    for event, event_size in zip(events, sizes, strict=True):
+        length = event_size + 1
         if chunks[-1] and size + length > budget:
             chunks.append([])
             size = 2

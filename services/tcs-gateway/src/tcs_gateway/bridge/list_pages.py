@@ -3,7 +3,7 @@ pages that each fit in `maxFrameBytes`, and kept for the connection while TCS as
 
 A page holds whole events (one is never split: each event alone already fits a frame) and every event is in
 exactly one page, pages in the list's order (by start). Each event comes encoded to JSON once
-(payloads.encoded_events_for, with orjson: byte for byte what `framing.encode` writes, in a tenth of the time): a
+(payloads.encoded_events_for, with `framing.encode_bytes`: byte for byte what `framing.encode` writes): a
 page's frame is written around those texts, so its size is known exactly before it is sent.
 All pages of a list carry the `seq` the list was read at.
 A list is forgotten when its last page has been asked, after `KEEP_SECONDS` without a request for it, or when
@@ -18,9 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from tcs_gateway.bridge.framing import encode, encoded_size
+from tcs_gateway.bridge.framing import encode_bytes, encoded_size
 
 #: How long a list waits for its next page request (the reply timeout is 30 s: a TCS that paged on in time asks
 #: well within it).
@@ -91,7 +89,7 @@ def split_changes(
     removed_pages: list[list[bytes]] = [[]]
     event_pages: list[list[bytes]] = [[]]
     size = 4  # the two arrays' brackets
-    for index, text in enumerate([orjson.dumps(i) for i in removed] + events):
+    for index, text in enumerate([encode_bytes(i) for i in removed] + events):
         length = len(text) + 1
         if (removed_pages[-1] or event_pages[-1]) and size + length > budget:
             removed_pages.append([])
@@ -105,8 +103,8 @@ def split_changes(
 def page_frame(frame_id: int, answer: dict[str, Any], events: list[bytes], removed: list[bytes] | None = None) -> bytes:
     """The reply frame (UTF-8) of `answer` (a getCalendarList success payload without events) with `events` last,
     and before them `removed` (the ids of an incremental answer) when given."""
-    head = encode({"type": 2, "id": frame_id, "payload": answer})  # ends with the payload's and the frame's "}}"
-    parts = [head[:-2].encode("utf-8")]
+    head = encode_bytes({"type": 2, "id": frame_id, "payload": answer})  # ends with the payload's and the frame's "}}"
+    parts = [head[:-2]]
     if removed is not None:
         parts += [b',"removed":[', b",".join(removed), b"]"]
     parts += [b',"events":[', b",".join(events), b"]}}"]

@@ -8,17 +8,30 @@ the wire `seq` is drawn from it).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
-
-import orjson
 
 from tccal.cache_window import CacheWindow
 from tcs_gateway.bridge.events import EventBuilder, chunk_events, fit_event
-from tcs_gateway.bridge.framing import encoded_size, format_instant
+from tcs_gateway.bridge.framing import encode_bytes, encoded_size, format_instant, preencoded
 from trueconf.calendar.v1 import calendar_pb2
 
 #: Room left in a frame for the envelope and the snapshot's own fields.
 _ENVELOPE_ROOM = 2048
+
+
+def _window_events(
+    occurrences: list[calendar_pb2.Occurrence], user: str, seq: int, window: CacheWindow, server_host: str
+) -> list[dict[str, Any]]:
+    """The user's events inside the window (`overlaps`), each id once (the last), sorted by start and id, each
+    stamped with `seq`; not yet fitted to a budget."""
+    builder = EventBuilder(user, server_host, window)
+    found: dict[str, dict[str, Any]] = {}
+    for occurrence in occurrences:
+        event = builder.build(occurrence, seq)
+        if event is not None:
+            found[event["id"]] = event
+    return sorted(found.values(), key=lambda event: (event["start"], event["id"]))
 
 
 def events_for(
@@ -32,13 +45,7 @@ def events_for(
 ) -> list[dict[str, Any]]:
     """The user's events inside the window (`overlaps`), each id once (the last), sorted by start and id, each
     stamped with `seq` and fitted to `budget` (`fit_event`)."""
-    builder = EventBuilder(user, server_host, window)
-    found: dict[str, tuple[str, str, dict[str, Any]]] = {}
-    for occurrence in occurrences:
-        event = builder.build(occurrence, seq)
-        if event is not None:
-            found[event["id"]] = (event["start"], event["id"], fit_event(event, budget, user))
-    return [event for _, _, event in sorted(found.values())]
+    return [fit_event(event, budget, user) for event in _window_events(occurrences, user, seq, window, server_host)]
 
 
 def encoded_events_for(
@@ -52,18 +59,15 @@ def encoded_events_for(
 ) -> list[bytes]:
     """`events_for`'s events, in its order, each as its JSON (UTF-8, byte for byte what `framing.encode` writes),
     encoded once: that encoding tells whether the event fits `budget`, and only one that does not is fitted and
-    encoded again (a getCalendarList's pages are written around these texts, list_pages.py)."""
-    builder = EventBuilder(user, server_host, window)
-    found: dict[str, tuple[str, str, bytes]] = {}
-    for occurrence in occurrences:
-        event = builder.build(occurrence, seq)
-        if event is None:
-            continue
-        text = orjson.dumps(event)
+    encoded again (a getCalendarList's pages and a snapshot's frames are written around these texts:
+    list_pages.py, `encoded_snapshot_payloads`)."""
+    texts = []
+    for event in _window_events(occurrences, user, seq, window, server_host):
+        text = encode_bytes(event)
         if len(text) > budget:
-            text = orjson.dumps(fit_event(event, budget, user))
-        found[event["id"]] = (event["start"], event["id"], text)
-    return [text for _, _, text in sorted(found.values())]
+            text = encode_bytes(fit_event(event, budget, user))
+        texts.append(text)
+    return texts
 
 
 def snapshot_payloads(
@@ -73,9 +77,35 @@ def snapshot_payloads(
     events: list[dict[str, Any]],
     max_frame_bytes: int,
 ) -> list[dict[str, Any]]:
-    """The `calendar.snapshot` payloads (chunks) of one snapshot."""
+    """The `calendar.snapshot` payloads (chunks) of one snapshot of `events` (`events_for`): each event is encoded
+    to measure it and again in its frame (`encoded_snapshot_payloads` writes the same frames encoding each once)."""
+    return _snapshot_payloads(user, seq, window, events, [encoded_size(event) for event in events], max_frame_bytes)
+
+
+def encoded_snapshot_payloads(
+    user: str,
+    seq: int,
+    window: CacheWindow,
+    texts: list[bytes],
+    max_frame_bytes: int,
+) -> list[dict[str, Any]]:
+    """`snapshot_payloads` of the events `texts` hold as their JSON (`encoded_events_for`): each text's length
+    is its size in a chunk and the text goes into its frame as it is (`framing.preencoded`), so the frames are
+    byte for byte those of `snapshot_payloads` of the same events, with each event encoded once."""
+    events = [preencoded(text) for text in texts]
+    return _snapshot_payloads(user, seq, window, events, [len(text) for text in texts], max_frame_bytes)
+
+
+def _snapshot_payloads(
+    user: str,
+    seq: int,
+    window: CacheWindow,
+    events: Sequence[Any],
+    sizes: Sequence[int],
+    max_frame_bytes: int,
+) -> list[dict[str, Any]]:
     budget = max_frame_bytes - _ENVELOPE_ROOM - encoded_size(user)
-    chunks = chunk_events(events, budget)
+    chunks = chunk_events(events, sizes, budget)
     return [
         {
             "user": user,

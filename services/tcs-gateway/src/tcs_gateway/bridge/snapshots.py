@@ -26,7 +26,7 @@ from tccal.retry import backoff_delay
 from tcs_gateway.bridge.channel import ConnectionClosedError, log, retry_delay
 from tcs_gateway.bridge.events import snapshot_seq
 from tcs_gateway.bridge.framing import ErrorCode
-from tcs_gateway.bridge.payloads import event_budget, events_for, snapshot_payloads
+from tcs_gateway.bridge.payloads import encoded_events_for, encoded_snapshot_payloads, event_budget
 from tcs_gateway.bridge.ports import SyncUnavailableError
 from tcs_gateway.bridge.pushes import PUSHES
 from tcs_gateway.bridge.queue import PendingPush
@@ -158,7 +158,7 @@ class SnapshotSender:
         store = session.context.store
         seq = snapshot_seq(listed.seq, store.snapshot_seq(server.id, user))
         store.set_snapshot_seq(server.id, user, seq)
-        events = events_for(
+        events = encoded_events_for(
             listed.occurrences,
             user,
             seq,
@@ -166,7 +166,7 @@ class SnapshotSender:
             server_host=server.server.host,
             budget=event_budget(self.settings.max_frame_bytes),
         )
-        payloads = snapshot_payloads(user, seq, window, events, self.settings.max_frame_bytes)
+        payloads = encoded_snapshot_payloads(user, seq, window, events, self.settings.max_frame_bytes)
         span = _tracer.start_span(
             "bridge snapshot",
             kind=trace.SpanKind.PRODUCER,
