@@ -8,11 +8,12 @@ also changes what ListEvents answers, with the same per-user sequence numbers, l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -24,6 +25,7 @@ from tccal.grpckit import AccessPolicy, GrpcCaller, GrpcServer, service_token
 from tccal.subjects import TCS_RESULTS, commands_subject
 from tccal_sandbox.embedded import free_port
 from tccal_sandbox.testing import wait_for_async
+from tcs_gateway.bridge.framing import ErrorCode, error_payload
 from tcs_gateway.runtime import Gateway
 from tcs_gateway.settings import GatewaySettings, ServerSettings
 from trueconf.calendar.v1 import calendar_pb2, commands_pb2, common_pb2, sync_pb2, sync_pb2_grpc
@@ -598,3 +600,57 @@ class RawBridgeClient:
                 return int(self.ws.close_code or 1006)
             if message.type == aiohttp.WSMsgType.TEXT:
                 self.received.append(json.loads(message.data))
+
+
+PUSH_METHODS = ("calendar.upsert", "calendar.cancel", "calendar.delete")
+
+
+class ScriptedTrueConf:
+    """A hand-driven TrueConf Server on a RawBridgeClient: reads every request of the gateway and acknowledges it,
+    unless `answer` (overridden by a test) answered it otherwise (returns True), so which snapshot or push fails,
+    waits or is acknowledged is exact. Run `run()` as a task; it ends when the connection does."""
+
+    def __init__(self, client: RawBridgeClient) -> None:
+        self.client = client
+        self.requests: list[dict[str, Any]] = []
+        self.acked: list[dict[str, Any]] = []
+
+    async def answer(self, frame: dict[str, Any]) -> bool:
+        """Answer `frame` some other way than an acknowledgement (or not at all): True; False to acknowledge it."""
+        return False
+
+    async def run(self) -> None:
+        with contextlib.suppress(ConnectionError):
+            while True:
+                frame = await self.client.frame(timeout=600)
+                if frame["type"] != 1:
+                    continue
+                self.requests.append(frame)
+                if await self.answer(frame):
+                    continue
+                await self.client.ack(frame)
+                self.acked.append(frame)
+
+    @contextlib.asynccontextmanager
+    async def answering(self) -> AsyncIterator[ScriptedTrueConf]:
+        """`run()` as a task for the block, cancelled after it."""
+        task = asyncio.get_running_loop().create_task(self.run())
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def overloaded(self, frame: dict[str, Any]) -> None:
+        """Answer `frame` OVERLOADED, to be retried after 100 ms."""
+        busy = error_payload(ErrorCode.OVERLOADED, "calendar store busy", retry_after_ms=100)
+        await self.client.send({"type": 2, "id": frame["id"], "payload": busy})
+
+    def pushes(self, user: str | None = None) -> list[dict[str, Any]]:
+        return [
+            f for f in self.requests if f["method"] in PUSH_METHODS and (user is None or f["payload"]["user"] == user)
+        ]
+
+    def acked_snapshots(self, user: str) -> list[dict[str, Any]]:
+        return [f for f in self.acked if f["method"] == "calendar.snapshot" and f["payload"]["user"] == user]

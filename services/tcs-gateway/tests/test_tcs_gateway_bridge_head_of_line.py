@@ -17,15 +17,20 @@ The TrueConf side is a hand-driven WebSocket client, so which snapshot fails is 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Any
 
 import pytest
-from tcs_gateway_testkit import RawBridgeClient, World, gateway_settings, occurrence, server_settings, today_at
+from tcs_gateway_testkit import (
+    RawBridgeClient,
+    ScriptedTrueConf,
+    World,
+    gateway_settings,
+    occurrence,
+    server_settings,
+    today_at,
+)
 
 from tccal_sandbox.testing import wait_for_async
-from tcs_gateway.bridge.framing import ErrorCode, error_payload
 from trueconf.calendar.v1 import commands_pb2, common_pb2
 
 BOB = "bob@example.test"
@@ -36,37 +41,20 @@ CAPACITY = 4
 CHANGES = 10
 
 
-class _TrueConf:
+class _TrueConf(ScriptedTrueConf):
     """Answers every request of the gateway; answers the snapshots of the users in `refuse` OVERLOADED."""
 
     def __init__(self, client: RawBridgeClient, refuse: set[str]) -> None:
-        self.client = client
+        super().__init__(client)
         self.refuse = refuse
-        self.requests: list[dict[str, Any]] = []
-        self.acked: list[dict[str, Any]] = []
         self.refused = 0
 
-    async def run(self) -> None:
-        with contextlib.suppress(ConnectionError):
-            while True:
-                frame = await self.client.frame(timeout=600)
-                if frame["type"] != 1:
-                    continue
-                self.requests.append(frame)
-                if frame["method"] == "calendar.snapshot" and frame["payload"]["user"] in self.refuse:
-                    self.refused += 1
-                    busy = error_payload(ErrorCode.OVERLOADED, "calendar store busy", retry_after_ms=100)
-                    await self.client.send({"type": 2, "id": frame["id"], "payload": busy})
-                    continue
-                await self.client.ack(frame)
-                self.acked.append(frame)
-
-    def acked_snapshots(self, user: str) -> list[dict[str, Any]]:
-        return [f for f in self.acked if f["method"] == "calendar.snapshot" and f["payload"]["user"] == user]
-
-    def pushes(self, user: str) -> list[dict[str, Any]]:
-        methods = ("calendar.upsert", "calendar.cancel", "calendar.delete")
-        return [f for f in self.requests if f["method"] in methods and f["payload"]["user"] == user]
+    async def answer(self, frame: dict[str, Any]) -> bool:
+        if frame["method"] == "calendar.snapshot" and frame["payload"]["user"] in self.refuse:
+            self.refused += 1
+            await self.overloaded(frame)
+            return True
+        return False
 
 
 async def _statuses(world: World, ids: list[str]) -> dict[str, int] | None:
@@ -102,8 +90,7 @@ async def test_a_user_whose_snapshot_keeps_failing_does_not_hold_back_the_others
     async with RawBridgeClient(gateway.url) as client:
         assert (await client.auth())["payload"]["errorCode"] == 0
         tcs = _TrueConf(client, refuse={BOB} if failure == "snapshot refused" else set())
-        answering = asyncio.get_running_loop().create_task(tcs.run())
-        try:
+        async with tcs.answering():
             await wait_for_async(lambda: tcs.acked_snapshots(CAROL), what="carol's catch-up snapshot acknowledged")
             if failure == "snapshot refused":
                 await wait_for_async(lambda: tcs.refused >= 2, what="bob's snapshot refused, and again")
@@ -133,7 +120,3 @@ async def test_a_user_whose_snapshot_keeps_failing_does_not_hold_back_the_others
             assert tcs.pushes(BOB) == []
             await wait_for_async(lambda: not gateway.server().owed, what="no snapshot owed to bob any more")
             assert len(gateway.server().queue) == 0
-        finally:
-            answering.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await answering

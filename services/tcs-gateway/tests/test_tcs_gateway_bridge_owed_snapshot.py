@@ -17,7 +17,6 @@ calendar there holds every change once; no given-up push is sent after all.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from typing import Any
 
@@ -25,8 +24,10 @@ from tcs_gateway_testkit import (
     ACCEPT,
     BOB,
     ORGANIZER,
+    PUSH_METHODS,
     RawBridgeClient,
     RunningGateway,
+    ScriptedTrueConf,
     World,
     bridge_state,
     calendar,
@@ -38,39 +39,26 @@ from tcs_gateway_testkit import (
 )
 
 from tccal_sandbox.testing import wait_for_async
-from tcs_gateway.bridge.framing import ErrorCode, error_payload
 from trueconf.calendar.v1 import commands_pb2
 
 CAPACITY = 4
 #: Bob's changes: twice what the queue holds, so that every one of them is given up in a full queue.
 CHANGES = 2 * CAPACITY
-PUSH_METHODS = ("calendar.upsert", "calendar.cancel", "calendar.delete")
 
 
-class _RefusingBobsSnapshots:
+class _RefusingBobsSnapshots(ScriptedTrueConf):
     """A TrueConf Server answering every request of the gateway, except bob's snapshots: OVERLOADED."""
 
     def __init__(self, client: RawBridgeClient) -> None:
-        self.client = client
-        self.requests: list[dict[str, Any]] = []
+        super().__init__(client)
         self.refused = 0
 
-    async def run(self) -> None:
-        with contextlib.suppress(ConnectionError):
-            while True:
-                frame = await self.client.frame(timeout=600)
-                if frame["type"] != 1:
-                    continue
-                self.requests.append(frame)
-                if frame["method"] == "calendar.snapshot" and frame["payload"]["user"] == BOB:
-                    self.refused += 1
-                    busy = error_payload(ErrorCode.OVERLOADED, "calendar store busy", retry_after_ms=100)
-                    await self.client.send({"type": 2, "id": frame["id"], "payload": busy})
-                    continue
-                await self.client.ack(frame)
-
-    def pushes(self) -> list[dict[str, Any]]:
-        return [f for f in self.requests if f["method"] in PUSH_METHODS]
+    async def answer(self, frame: dict[str, Any]) -> bool:
+        if frame["method"] == "calendar.snapshot" and frame["payload"]["user"] == BOB:
+            self.refused += 1
+            await self.overloaded(frame)
+            return True
+        return False
 
 
 def _bob_changes(world: World, first: int, count: int) -> list[commands_pb2.TcsCommand]:
@@ -151,54 +139,41 @@ async def test_a_snapshot_owed_when_the_connection_drops_is_sent_on_the_next_con
     async with RawBridgeClient(gateway.url) as client:
         assert (await client.auth())["payload"]["errorCode"] == 0  # catch-up by snapshots
         first = _RefusingBobsSnapshots(client)
-        answering = asyncio.get_running_loop().create_task(first.run())
-        try:
+        async with first.answering():
             await _every_push_given_up(world, gateway, ids)
             await wait_for_async(lambda: first.refused >= 2, what="bob's owed snapshot refused, and again")
             assert first.pushes() == []  # nothing of bob's reached TrueConf on this connection
             await _drop(client, gateway)
-        finally:
-            answering.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await answering
     await _next_connection_pays_what_is_owed(world, gateway, ids, CHANGES)
 
 
-class _HoldingTheWindow:
+class _HoldingTheWindow(ScriptedTrueConf):
     """A TrueConf Server with an in-flight window of one that leaves the first snapshot (not bob's) unanswered until
     `release`, acknowledges bob's first snapshot and leaves his later ones unanswered; it acknowledges the rest."""
 
     def __init__(self, client: RawBridgeClient) -> None:
-        self.client = client
-        self.requests: list[dict[str, Any]] = []
+        super().__init__(client)
         self.held: dict[str, Any] | None = None
         self.release = asyncio.Event()
         self.bob_snapshots: list[dict[str, Any]] = []
+        self._releasing: set[asyncio.Task[None]] = set()
 
-    async def run(self) -> None:
-        with contextlib.suppress(ConnectionError):
-            while True:
-                frame = await self.client.frame(timeout=600)
-                if frame["type"] != 1:
-                    continue
-                self.requests.append(frame)
-                if frame["method"] == "calendar.snapshot" and self.held is None:
-                    assert frame["payload"]["user"] != BOB, "bob's snapshot came first: nothing holds it back"
-                    self.held = frame
-                    asyncio.get_running_loop().create_task(self._answer_when_released(frame))
-                    continue
-                if frame["method"] == "calendar.snapshot" and frame["payload"]["user"] == BOB:
-                    self.bob_snapshots.append(frame)
-                    if len(self.bob_snapshots) > 1:
-                        continue  # never answered: the connection drops first
-                await self.client.ack(frame)
+    async def answer(self, frame: dict[str, Any]) -> bool:
+        if frame["method"] == "calendar.snapshot" and self.held is None:
+            assert frame["payload"]["user"] != BOB, "bob's snapshot came first: nothing holds it back"
+            self.held = frame
+            task = asyncio.get_running_loop().create_task(self._answer_when_released(frame))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+            return True
+        if frame["method"] == "calendar.snapshot" and frame["payload"]["user"] == BOB:
+            self.bob_snapshots.append(frame)
+            return len(self.bob_snapshots) > 1  # the later ones never answered: the connection drops first
+        return False
 
     async def _answer_when_released(self, frame: dict[str, Any]) -> None:
         await self.release.wait()
         await self.client.ack(frame)
-
-    def pushes(self) -> list[dict[str, Any]]:
-        return [f for f in self.requests if f["method"] in PUSH_METHODS]
 
 
 def _event_ids(snapshot: dict[str, Any]) -> list[str]:
@@ -228,8 +203,7 @@ async def test_a_snapshot_read_before_the_last_push_it_owes_is_sent_again_after_
     async with RawBridgeClient(gateway.url) as client:
         assert (await client.auth(maxInFlight=1))["payload"]["errorCode"] == 0  # catch-up by snapshots
         tcs = _HoldingTheWindow(client)
-        answering = asyncio.get_running_loop().create_task(tcs.run())
-        try:
+        async with tcs.answering():
             await wait_for_async(lambda: tcs.held is not None, what="the first snapshot holding the window")
             await wait_for_async(lambda: BOB in world.sync.fake.calls, what="bob's calendar read for his snapshot")
             later = _bob_changes(world, early, CHANGES - early)
@@ -247,8 +221,4 @@ async def test_a_snapshot_read_before_the_last_push_it_owes_is_sent_again_after_
             assert server.owed == {BOB: world.sync.fake.seq[BOB]}
             assert tcs.pushes() == []
             await _drop(client, gateway)
-        finally:
-            answering.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await answering
     await _next_connection_pays_what_is_owed(world, gateway, ids, CHANGES)
