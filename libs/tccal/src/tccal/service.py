@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
 import click
+import uvloop
 
 from tccal import telemetry
 from tccal.bus import Bus, BusSettings
@@ -224,7 +225,7 @@ def run_service(
             log_format=config.telemetry.log_format,
         )
         try:
-            refused = asyncio.run(_main(name, config, build, policy))
+            refused = uvloop.run(_main(name, config, build, policy))
         except SecretError as exc:
             click.echo(f"{name}: a configured secret is unusable: {exc}", err=True)
             sys.exit(EXIT_CONFIG)
