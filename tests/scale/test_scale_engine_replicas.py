@@ -100,23 +100,30 @@ def replica_engine(replica: ServiceReplica) -> Engine:
     return Engine(replica.name, replica.process.pid, replica.log_path, replica.kill)
 
 
-async def move_leadership_away(sandbox: SandboxProcess) -> None:
-    """Cut the calendar lock holder's PostgreSQL session (pg_terminate_backend, as a PostgreSQL failover would),
-    take the lock here before it notices, and give it back: whichever standing-by engine asks first gets it."""
+async def move_leadership_away(sandbox: SandboxProcess, holder: Engine) -> None:
+    """Cut the calendar lock holder's PostgreSQL session (pg_terminate_backend, as a PostgreSQL failover would) while
+    the holding engine is stopped (SIGSTOP), until a standing-by engine took the lock; then let it go on (SIGCONT):
+    it finds its session gone and stands by. (Giving the lock back to whichever engine asked first, as this did
+    before, was a race the old holder kept winning: it asked again at the same moment after every cut, 12 times
+    in a row in one CI run.)"""
     key = CALENDAR_LOCK_KEY
-    connection = await asyncpg.connect(sandbox.ready["postgres"]["dsn"])
+    os.kill(holder.pid, signal.SIGSTOP)
     try:
-        holder = await connection.fetchval(HOLDER, key >> 32, key & 0xFFFF_FFFF)
-        if holder is not None:
-            await connection.execute("SELECT pg_terminate_backend($1)", holder)
-        got = await wait_for_async(
-            lambda: connection.fetchval("SELECT pg_try_advisory_lock($1)", key), 10, interval=0.01, what="the lock"
-        )
-        assert got
-        await asyncio.sleep(2.5)  # every engine noticed, and asks again every second
-        await connection.execute("SELECT pg_advisory_unlock($1)", key)
+        connection = await asyncpg.connect(sandbox.ready["postgres"]["dsn"])
+        try:
+            cut = await connection.fetchval(HOLDER, key >> 32, key & 0xFFFF_FFFF)
+            if cut is not None:
+                await connection.execute("SELECT pg_terminate_backend($1)", cut)
+
+            async def taken_by_another() -> bool:
+                now = await connection.fetchval(HOLDER, key >> 32, key & 0xFFFF_FFFF)
+                return now is not None and now != cut
+
+            await wait_for_async(taken_by_another, 30, interval=0.05, what="a standing-by engine takes the lock")
+        finally:
+            await connection.close()
     finally:
-        await connection.close()
+        os.kill(holder.pid, signal.SIGCONT)
 
 
 def alive(pid: int) -> bool:
@@ -198,10 +205,9 @@ def test_engine_replicas_apply_each_change_once_and_survive_kill9_of_the_consumi
     try:
         leader = wait_for(lambda: next((e for e in engines if e.leads()), None), 30, what="an engine leads")
         # The sandbox stops when one of its own processes dies: the engine to kill is one started here.
-        for _ in range(12):
-            if leader.name != "s":
-                break
-            asyncio.run(move_leadership_away(sandbox))
+        if leader.name == "s":
+            asyncio.run(move_leadership_away(sandbox, leader))
+            wait_for(lambda: not engines[0].leads(), 30, what="the sandbox's engine noticed it lost the lock")
             leader = wait_for(lambda: next((e for e in engines if e.leads()), None), 30, what="an engine leads")
         assert leader.name != "s", "the sandbox's engine kept the lock"
         assert [e.name for e in engines if e.leads()] == [leader.name], "more than one engine consumes CALENDAR"
