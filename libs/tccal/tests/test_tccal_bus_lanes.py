@@ -109,6 +109,11 @@ async def assert_each_acked_once(bus: Bus, stream: str, durable: str, total: int
     assert consumer.delivered.consumer_seq == total  # nothing redelivered
 
 
+async def never_one_by_one(message: Msg) -> None:
+    """The one-by-one handler of a test whose batches all succeed: no lane may fall back to it."""
+    raise AssertionError(f"no lane should fall back to one by one: {message.data!r}")
+
+
 async def test_lanes_run_side_by_side_keep_each_subject_in_order_and_ack_once(nats_url: str) -> None:
     bus = await connected(nats_url)
     published = await publish_rounds(bus, subjects_in_every_lane(2), 6, "lanes")
@@ -127,15 +132,12 @@ async def test_lanes_run_side_by_side_keep_each_subject_in_order_and_ack_once(na
         for message in messages:
             handled.setdefault(message.subject, []).append(message.data)
 
-    async def handler(message: Msg) -> None:
-        raise AssertionError(f"no lane should fall back to one by one: {message.data!r}")
-
     stop = asyncio.Event()
     task = start_consume(
         bus,
         subjects.CALENDAR,
         "lanes",
-        handler,
+        never_one_by_one,
         stop,
         batch=8,
         filter_subject=LANES_FILTER,
@@ -230,15 +232,12 @@ async def test_a_lane_goes_on_with_the_next_fetch_while_another_lane_is_still_bu
         for message in messages:
             handled.setdefault(subject, []).append(message.data)
 
-    async def handler(message: Msg) -> None:
-        raise AssertionError(f"no lane should fall back to one by one: {message.data!r}")
-
     stop = asyncio.Event()
     task = start_consume(
         bus,
         subjects.CALENDAR,
         "lanes-free",
-        handler,
+        never_one_by_one,
         stop,
         batch=4,  # two of each subject per fetch
         filter_subject=provider_filter(provider),
