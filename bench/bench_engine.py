@@ -123,6 +123,7 @@ async def run(args: argparse.Namespace) -> Path:
             await asyncio.sleep(0.05)
         t_done = time.monotonic()
         cpu_drain = cpu_delta(cpu_seconds(pids, {"postgresql"}), cpu_first)
+        published_s = await outbox_published(dsn, deadline) - (first or t_start)
         ready_s = first - t_start if first else None
         drain_s = t_done - (first or t_start)
         rates = [(b[1] - a[1]) * -1 / (b[0] - a[0]) for a, b in itertools.pairwise(samples) if b[0] > a[0]]
@@ -166,6 +167,7 @@ async def run(args: argparse.Namespace) -> Path:
             "engine_drain_s": round(drain_s, 2),
             "engine_changes_per_s": round(engine_rate, 1),
             "engine_interval_rates": percentiles(rates),
+            "outbox_published_s": round(published_s, 2),
             "drain_cpu_s": cpu_drain,
             "rows_written": row_counts,
             "raw_asyncpg_s": round(raw_s, 2),
@@ -177,7 +179,8 @@ async def run(args: argparse.Namespace) -> Path:
             "ratio_to_raw": round(engine_rate / raw_batched_rate, 3),
             "target": {"changes_per_s": 2000, "ratio_to_raw": 0.5},
             "measurement": "engine: first change taken -> consumer num_pending + num_ack_pending == 0 (polled "
-            "every 50 ms); raw: the engine's rows (every public table but migrations/engine_state) re-inserted "
+            "every 50 ms); outbox published: first change taken -> no pending command in the outbox; raw: the "
+            "engine's rows (every public table but migrations/engine_state) re-inserted "
             "with asyncpg executemany, split evenly into K transactions on one connection (per-change commits) and "
             "into ceil(K / CALENDAR_BATCH) transactions (the engine's batches: the ratio is taken against this)",
         }
@@ -190,6 +193,8 @@ async def run(args: argparse.Namespace) -> Path:
                 "|---|---|---|---|---|",
                 f"| sync-engine (stream → PostgreSQL + outbox) | {result['engine_drain_s']} "
                 f"| {result['engine_changes_per_s']} | {result['ratio_to_raw']} | ≥ 2000/s, ≥ 0.5 of raw |",
+                f"| sync-engine's relay: every command published to TCS_COMMANDS | {result['outbox_published_s']} "
+                f"| {round(k / published_s, 1)} | | |",
                 f"| raw asyncpg, same rows, {batches} transactions (the engine's batches) | {result['raw_batched_s']} "
                 f"| {result['raw_batched_changes_per_s']} | 1 | |",
                 f"| raw asyncpg, same rows, {k} transactions (one per change) | {result['raw_asyncpg_s']} "
@@ -213,6 +218,19 @@ async def run(args: argparse.Namespace) -> Path:
         await bus.close()
         nats.stop()
         postgres.stop()
+
+
+async def outbox_published(dsn: str, deadline: float) -> float:
+    """The time (monotonic) the outbox first had no pending command (polled every 50 ms)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        while await conn.fetchval("SELECT count(*) FROM outbox WHERE status = 'pending'"):
+            if time.monotonic() > deadline:
+                raise TimeoutError("commands still pending in the outbox")
+            await asyncio.sleep(0.05)
+        return time.monotonic()
+    finally:
+        await conn.close()
 
 
 async def raw_write(conn: asyncpg.Connection, data: dict[str, list[Any]], prefix: str, transactions: int) -> float:
