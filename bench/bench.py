@@ -417,7 +417,9 @@ def live_in(ready: dict[str, Any], args: argparse.Namespace) -> Path:
         k += 1
         if not rss_load and time.monotonic() - t_begin > args.duration / 2:
             rss_load = rss(ready)
-    wait_for(lambda: not watcher.waiting(), 60, 0.2, "the last updates in TrueConf")
+    # 60 s + JetStream's ack_wait (30 s): a change delivered to a fetch the engine gave up on (a timed-out pull
+    # request under load) comes back only after ack_wait
+    wait_for(lambda: not watcher.waiting(), 90, 0.2, "the last updates in TrueConf")
     watcher.stop()
     arrived = watcher.arrived
     # let the baseline make one more poll after the last update so that every update it can see is seen

@@ -19,7 +19,7 @@ def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [sys.executable, str(BENCH / "bench.py"), "--out", str(out), "smoke"],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=300,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return out
