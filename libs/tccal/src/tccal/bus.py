@@ -53,6 +53,11 @@ log = logging.getLogger(__name__)
 TOPOLOGY_NOT_READY: tuple[type[BaseException], ...] = (TimeoutError, ServiceUnavailableError, NoRespondersError)
 #: How long Bus.connect keeps declaring the topology against a JetStream that is not ready.
 TOPOLOGY_PATIENCE_SECONDS = 60.0
+#: How long one fetch of `consume` waits for messages; its pull request expires on the server as long after the
+#: server received it.
+FETCH_SECONDS = 1.0
+#: Beyond FETCH_SECONDS after the last fetch returned, the time its pull request may have taken to reach the server.
+PULL_REQUEST_TRANSIT_SECONDS = 0.1
 
 __all__ = ["DEADLETTER_MAX_AGE_S", "DUPLICATE_WINDOW_SECONDS", "STREAM_MAX_AGE_S", "Bus", "BusSettings"]
 
@@ -495,40 +500,56 @@ async def consume(
     it has messages for.
     With `prefetch` the next fetch is requested while a fetch is handled (handled after it, in order). On stop,
     every lane finishes the message (or batch) at hand and hands the rest of its shares back (nak) for immediate
-    redelivery, and so are messages fetched ahead.
+    redelivery, and so are messages fetched ahead and those JetStream delivered after the last fetch had returned
+    (`_hand_back_late_deliveries`): a consumer that returned after `stop` holds no message unacked. (JetStream
+    still counts a nak'd message as ack-pending until it is delivered again.)
     """
     limit = max_deliver or bus.settings.max_deliver
     await ensure_consumer(bus.js, stream, durable, filter_subject=filter_subject, max_deliver=limit, ack_wait=ack_wait)
     subscription = await bus.js.pull_subscribe_bind(durable, stream)
+
+    loop = asyncio.get_running_loop()
+    fetch_ended = loop.time()
+
+    async def fetch() -> list[Msg]:
+        nonlocal fetch_ended
+        try:
+            return await _fetch(subscription, batch, stream, durable)
+        finally:
+            fetch_ended = loop.time()
 
     async def handle(messages: list[Msg]) -> None:
         await _handle_fetched(bus, stream, durable, handler, batch_handler, messages, stop, limit)
 
     ahead: asyncio.Task[list[Msg]] | None = None
     lanes_at_work = _Lanes(lanes, handle) if lanes > 1 else None
+    stopped = False
     try:
         while not stop.is_set():
             if ahead is not None:
                 fetched, ahead = ahead, None
                 messages = await fetched
             else:
-                messages = await _fetch(subscription, batch, stream, durable)
+                messages = await fetch()
             if not messages:
                 continue
             if prefetch and not stop.is_set():  # the next fetch's round trip overlaps the handling of this one
-                ahead = asyncio.create_task(_fetch(subscription, batch, stream, durable))
+                ahead = asyncio.create_task(fetch())
             if lanes_at_work is None:
                 await handle(messages)
             else:
                 await lanes_at_work.hand_over(messages)
         if lanes_at_work is not None:
             await lanes_at_work.finish()
+        stopped = True
     finally:
         if lanes_at_work is not None:
             lanes_at_work.cancel()  # only if something went wrong: finish() has ended them otherwise
         if ahead is not None:  # fetched but not handled: handed back for redelivery at once
             for message in await ahead:
                 await message.nak()
+        if stopped:  # (after an error the connection may be gone: what it held comes back after ack_wait)
+            await _hand_back_late_deliveries(bus, subscription, fetch_ended, stream, durable)
         try:
             await subscription.unsubscribe()
         except Exception as exc:  # connection already gone
@@ -589,10 +610,42 @@ class _Lanes:
             raise RuntimeError(f"lane {lane} ended before the consumer")
 
 
+async def _hand_back_late_deliveries(
+    bus: Bus, subscription: JetStreamContext.PullSubscription, fetch_ended: float, stream: str, durable: str
+) -> None:
+    """Nak what JetStream delivered to a pull request that outlived the fetch that sent it.
+
+    A fetch can return before its pull request ends on the server: nats-py stops waiting at a deadline it counts
+    from before the request was sent, while the server keeps the request until FETCH_SECONDS after it received it
+    (or until it is filled); what it delivers meanwhile waits in the subscription's queue for the next fetch. After
+    the last fetch there is none: unsubscribed, such a message would stay delivered and unacked for ack_wait (30 s),
+    and the next consumer of the durable would get it late, after newer ones. So once the last request has expired,
+    a PING/PONG round trip makes sure everything sent to it has arrived, and each message is handed back."""
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(max(0.0, fetch_ended + FETCH_SECONDS + PULL_REQUEST_TRANSIT_SECONDS - loop.time()))
+    try:
+        await bus.nc.flush()
+    except Exception as exc:  # connection gone: nothing can be handed back over it
+        log.debug("flush before handing back late deliveries failed", extra={"error": str(exc)})
+        return
+    inbox = subscription._sub  # where nats-py's fetch finds what arrived between fetches; no public accessor
+    handed_back = 0
+    while inbox.pending_msgs:
+        message = await inbox.next_msg(timeout=FETCH_SECONDS)
+        if JetStreamContext.is_status_msg(message) is None:  # not a request's end (404 no messages, 408 expired)
+            await message.nak()
+            handed_back += 1
+    if handed_back:
+        log.info(
+            "handed back messages delivered after the last fetch",
+            extra={"stream": stream, "durable": durable, "messages": handed_back},
+        )
+
+
 async def _fetch(subscription: JetStreamContext.PullSubscription, batch: int, stream: str, durable: str) -> list[Msg]:
     """Up to `batch` messages; none after a second without any, or when the fetch failed (logged, after a pause)."""
     try:
-        return await subscription.fetch(batch, timeout=1.0)
+        return await subscription.fetch(batch, timeout=FETCH_SECONDS)
     except NatsTimeoutError:
         return []
     except Exception as exc:  # connection trouble: the client reconnects; wait and fetch again
