@@ -6,8 +6,11 @@ be applied in stream order: per-item sequences make a late change of an item har
 BEGIN ... END markers judge the whole mailbox - an END applied by one replica while another still holds its BEGIN,
 or changes between the two, would delete nothing or delete items the re-read brought back. A new leader first
 waits for what its predecessor had fetched and not acked (`wait_for_predecessor`: after kill -9, until JetStream
-redelivers it, at most `ack_wait`), so those come first, in order. TCS_RESULTS is shared by every replica (each
-result locks its outbox row; order does not matter).
+redelivers it, at most `ack_wait`), so those come first, in order - unless the predecessor's turn ended cleanly,
+everything it had been delivered acked or handed back (nak'd: JetStream delivers those again at once, before newer
+ones, but counts them as unacked until then); the predecessor then recorded the durable's delivered sequence
+(`record_handover`), and a new leader that finds nothing delivered since goes on at once. TCS_RESULTS is shared by
+every replica (each result locks its outbox row; order does not matter).
 
 Both are durable pull consumers with explicit ack (tccal.bus.consume): a message is acked only after its
 transaction committed. Calendar changes are fetched up to CALENDAR_BATCH × CALENDAR_LANES at a time, split by
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 import asyncpg
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 
 from sync_engine.engine import Engine
@@ -57,6 +61,8 @@ CALENDAR_LANES = 2
 RESULTS_BATCH = 8
 #: Session advisory lock of the engine consuming CALENDAR (leadership.py).
 CALENDAR_LOCK_KEY = int.from_bytes(b"tcsyncca", "big") & 0x7FFF_FFFF_FFFF_FFFF
+#: engine_state: CALENDAR's delivered sequence (of the durable) when a leader's turn ended cleanly.
+HANDOVER_KEY = "calendar_handover"
 
 
 def _headers(message: Msg) -> dict[str, str]:
@@ -128,7 +134,8 @@ async def consume_calendar(engine: Engine, bus: Bus, stop: asyncio.Event) -> Non
 class CalendarTurns:
     """This engine's own turns at consuming CALENDAR. A turn ends with every change it fetched acked or handed back
     (nak'd: JetStream redelivers it at once), so when the same engine takes the lock again without having stood by
-    while another held it, what is still pending is its own and comes back now: no predecessor to wait for."""
+    while another held it, what is still pending is its own and comes back now: no predecessor to wait for. (Another
+    engine learns the same from `record_handover`.)"""
 
     own_last: bool = False
 
@@ -139,22 +146,49 @@ async def consume_calendar_leading(
     """Consume CALENDAR while this engine holds the calendar lock (waiting for it first); returns when the lock is
     lost or `stop` is set."""
     mine = turns if turns is not None else CalendarTurns()
+    consumed = False
 
     def stood_by() -> None:
         mine.own_last = False
 
     async def as_leader(until: asyncio.Event) -> None:
-        if mine.own_last or await wait_for_predecessor(bus, until):
+        nonlocal consumed
+        if mine.own_last or await wait_for_predecessor(bus, pool, until):
             mine.own_last = True
-            await consume_calendar(engine, bus, until)
+            await consume_calendar(engine, bus, until)  # returns only with every change acked or handed back
+            consumed = True
 
-    await lead(pool, CALENDAR_LOCK_KEY, "calendar consumer", stop, as_leader, on_standby=stood_by)
+    async def hand_over(connection: asyncpg.Connection) -> None:
+        if consumed:
+            await record_handover(bus, connection)
+
+    await lead(pool, CALENDAR_LOCK_KEY, "calendar consumer", stop, as_leader, on_standby=stood_by, finish=hand_over)
 
 
-async def wait_for_predecessor(bus: Bus, until: asyncio.Event, poll: float = 0.5) -> bool:
+async def record_handover(bus: Bus, connection: asyncpg.Connection) -> None:
+    """At the clean end of a turn, on the lock's connection: CALENDAR's delivered sequence now. Whatever is still
+    unacked then was handed back; if nothing is delivered after it, the next leader need not wait. If it cannot be
+    recorded, the next leader waits as after a crash (at most ack_wait)."""
+    try:
+        info = await bus.js.consumer_info(CALENDAR, CALENDAR_DURABLE)
+        await connection.execute(
+            "INSERT INTO engine_state (key, value) VALUES ($1, $2)"
+            " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            HANDOVER_KEY,
+            str(info.delivered.consumer_seq),
+        )
+    except (NatsError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        log.warning(
+            "calendar consumer: handover not recorded; the next leader will wait up to ack_wait",
+            extra={"error": f"{type(exc).__name__}: {exc}"},
+        )
+
+
+async def wait_for_predecessor(bus: Bus, pool: asyncpg.Pool, until: asyncio.Event, poll: float = 0.5) -> bool:
     """Wait while CALENDAR's durable has messages delivered and not acked - a previous leader's, stopping or
     killed - for at most its `ack_wait` (+ 2 s): after that JetStream delivers the overdue ones again before any
-    newer one. True to go on, False when `until` was set first."""
+    newer one. Not at all when the previous leader handed them all back (`record_handover`: nothing delivered
+    since). True to go on, False when `until` was set first."""
     deadline: float | None = None
     while not until.is_set():
         try:
@@ -162,6 +196,14 @@ async def wait_for_predecessor(bus: Bus, until: asyncio.Event, poll: float = 0.5
         except NotFoundError:
             return True  # no consumer yet: nothing was delivered
         if not info.num_ack_pending:
+            return True
+        async with pool.acquire() as connection:
+            handed_over = await connection.fetchval("SELECT value FROM engine_state WHERE key = $1", HANDOVER_KEY)
+        if handed_over == str(info.delivered.consumer_seq):
+            log.info(
+                "calendar consumer: the previous leader handed back its unfinished changes; taking them at once",
+                extra={"pending": info.num_ack_pending},
+            )
             return True
         ack_wait = float(info.config.ack_wait or 30.0)
         if deadline is None:

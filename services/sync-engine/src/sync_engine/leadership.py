@@ -33,10 +33,13 @@ async def lead(
     retry: float = 1.0,
     check: float = 1.0,
     on_standby: Callable[[], None] | None = None,
+    finish: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
 ) -> None:
     """Wait until this engine holds the advisory lock `key` (or `stop`), then run `work(until)`; `until` is set
     when `stop` is, or when the lock's connection broke. Returns when `work` does (the lock released), at once when
-    stopped before the lock was had. `on_standby` is called when another engine holds the lock at the first try."""
+    stopped before the lock was had. `on_standby` is called when another engine holds the lock at the first try.
+    `finish` is called when `work` returned (not raised) with the lock's connection, the lock still held: what it
+    writes there is written by the leader (a connection that broke holds no lock, and any call on it raises)."""
     async with pool.acquire() as connection:
         waiting_logged = False
         while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", key):
@@ -52,6 +55,8 @@ async def lead(
         watcher = asyncio.create_task(_watch(connection, stop, until, check, what))
         try:
             await work(until)
+            if finish is not None and not connection.is_closed():
+                await finish(connection)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
