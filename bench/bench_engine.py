@@ -32,7 +32,7 @@ from tccal.bus import Bus, BusSettings, ensure_topology
 from tccal.nats_auth import ADMIN
 from tccal.subjects import CALENDAR, calendar_subject
 from tccal_sandbox.embedded import EmbeddedNats, EmbeddedPostgres
-from tccal_sandbox.testing import short_tmpdir
+from tccal_sandbox.testing import short_tmpdir, wait_for_async
 
 DURABLE = "sync-engine-calendar"
 
@@ -123,21 +123,21 @@ async def run(args: argparse.Namespace) -> Path:
             await asyncio.sleep(0.05)
         t_done = time.monotonic()
         cpu_drain = cpu_delta(cpu_seconds(pids, {"postgresql"}), cpu_first)
-        published_s = await outbox_published(dsn, deadline) - (first or t_start)
-        ready_s = first - t_start if first else None
-        drain_s = t_done - (first or t_start)
-        rates = [(b[1] - a[1]) * -1 / (b[0] - a[0]) for a, b in itertools.pairwise(samples) if b[0] > a[0]]
-        if profiler is not None:
-            profiler.send_signal(signal.SIGINT)
-            profiler.wait(60)
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
-        process = None
-
-        # Baselines: the same rows, raw asyncpg, in K transactions (one per change) and in as many transactions as
-        # the engine commits at the least (one per fetched batch of CALENDAR_BATCH changes).
-        conn = await asyncpg.connect(dsn)
+        conn = await asyncpg.connect(dsn)  # the outbox looked at, then the baselines written
         try:
+            published_s = await outbox_published(conn, deadline - time.monotonic()) - (first or t_start)
+            ready_s = first - t_start if first else None
+            drain_s = t_done - (first or t_start)
+            rates = [(b[1] - a[1]) * -1 / (b[0] - a[0]) for a, b in itertools.pairwise(samples) if b[0] > a[0]]
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(60)
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+            process = None
+
+            # Baselines: the same rows, raw asyncpg, in K transactions (one per change) and in as many transactions
+            # as the engine commits at the least (one per fetched batch of CALENDAR_BATCH changes).
             tables = [
                 r["tablename"]
                 for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
@@ -220,17 +220,14 @@ async def run(args: argparse.Namespace) -> Path:
         postgres.stop()
 
 
-async def outbox_published(dsn: str, deadline: float) -> float:
+async def outbox_published(conn: asyncpg.Connection, timeout: float) -> float:
     """The time (monotonic) the outbox first had no pending command (polled every 50 ms)."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        while await conn.fetchval("SELECT count(*) FROM outbox WHERE status = 'pending'"):
-            if time.monotonic() > deadline:
-                raise TimeoutError("commands still pending in the outbox")
-            await asyncio.sleep(0.05)
-        return time.monotonic()
-    finally:
-        await conn.close()
+
+    async def none_pending() -> bool:
+        return not await conn.fetchval("SELECT count(*) FROM outbox WHERE status = 'pending'")
+
+    await wait_for_async(none_pending, timeout=max(timeout, 0.0), what="every command published from the outbox")
+    return time.monotonic()
 
 
 async def raw_write(conn: asyncpg.Connection, data: dict[str, list[Any]], prefix: str, transactions: int) -> float:
