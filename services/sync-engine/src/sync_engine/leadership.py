@@ -39,7 +39,8 @@ async def lead(
     when `stop` is, or when the lock's connection broke. Returns when `work` does (the lock released), at once when
     stopped before the lock was had. `on_standby` is called when another engine holds the lock at the first try.
     `finish` is called when `work` returned (not raised) with the lock's connection, the lock still held: what it
-    writes there is written by the leader (a connection that broke holds no lock, and any call on it raises)."""
+    writes there is written by the leader (a connection that broke holds no lock, and any call on it raises); it
+    handles its own errors (the lock is released after it)."""
     async with pool.acquire() as connection:
         waiting_logged = False
         while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", key):
@@ -53,14 +54,16 @@ async def lead(
         log.info(f"{what}: this engine leads")
         until = asyncio.Event()
         watcher = asyncio.create_task(_watch(connection, stop, until, check, what))
+        worked = False
         try:
             await work(until)
-            if finish is not None and not connection.is_closed():
-                await finish(connection)
+            worked = True
         finally:
-            watcher.cancel()
+            watcher.cancel()  # (a SELECT 1 it had in flight is cancelled; asyncpg waits for that before the next)
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            if worked and finish is not None and not connection.is_closed():
+                await finish(connection)  # the watcher no longer uses the connection
             # A broken connection holds no lock (the pool has taken it back already: any call on it raises).
             with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
                 if not connection.is_closed():
