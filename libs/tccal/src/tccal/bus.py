@@ -22,7 +22,6 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
@@ -646,10 +645,10 @@ async def _fetch(subscription: JetStreamContext.PullSubscription, batch: int, st
     """Up to `batch` messages; none after a second without any, or when the fetch failed (logged, after a pause)."""
     try:
         return await subscription.fetch(batch, timeout=FETCH_SECONDS)
-    except NatsTimeoutError:
+    except TimeoutError:  # nats-py's own, or the bare one its fetch raises when no time is left for a second request
         return []
     except Exception as exc:  # connection trouble: the client reconnects; wait and fetch again
-        error = f"{type(exc).__name__}: {exc}"  # a timeout's str() is empty
+        error = f"{type(exc).__name__}: {exc}"
         log.warning("fetch failed", extra={"stream": stream, "durable": durable, "error": error})
         await asyncio.sleep(0.5)
         return []
