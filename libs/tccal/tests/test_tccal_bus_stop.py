@@ -5,15 +5,13 @@ gets it at once rather than after ack_wait."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
-from urllib.parse import urlsplit, urlunsplit
 
 from nats.aio.msg import Msg
 
 from tccal import subjects
 from tccal.bus import FETCH_SECONDS, Bus, BusSettings, consume
+from tccal_sandbox.slow_nats import slow_upstream
 from tccal_sandbox.testing import wait_for_async
 
 PROVIDER = "stop-test.example"
@@ -23,55 +21,6 @@ ACK_WAIT = 30.0
 #: How late the consumer's bytes reach the server: its pull requests live on the server that much longer than
 #: its fetches wait for them (a loaded host or a slow link does the same).
 UPSTREAM_DELAY = 0.3
-
-
-@contextlib.asynccontextmanager
-async def slow_upstream(url: str, delay: float) -> AsyncIterator[str]:
-    """A TCP proxy to the NATS server of `url` that holds what the client sends for `delay` seconds (what the server
-    sends passes at once); yields `url` pointed at the proxy."""
-    target = urlsplit(url)
-    host, port = target.hostname or "127.0.0.1", target.port or 4222
-
-    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-
-        async def read() -> None:
-            while chunk := await reader.read(65536):
-                held.put_nowait((time.monotonic() + delay, chunk))
-            held.put_nowait((time.monotonic() + delay, b""))
-
-        async def write() -> None:
-            while True:
-                due, chunk = await held.get()
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
-                if not chunk:
-                    break
-                writer.write(chunk)
-                await writer.drain()
-            writer.close()
-
-        await asyncio.gather(read(), write())
-
-    async def serve(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        server_reader, server_writer = await asyncio.open_connection(host, port)
-
-        async def downstream() -> None:
-            while chunk := await server_reader.read(65536):
-                client_writer.write(chunk)
-                await client_writer.drain()
-            client_writer.close()
-
-        with contextlib.suppress(OSError):
-            await asyncio.gather(upstream(client_reader, server_writer), downstream())
-
-    proxy = await asyncio.start_server(serve, "127.0.0.1", 0)
-    proxy_port = proxy.sockets[0].getsockname()[1]
-    netloc = target.netloc.rsplit("@", 1)
-    credentials = f"{netloc[0]}@" if len(netloc) == 2 else ""
-    try:
-        yield urlunsplit(target._replace(netloc=f"{credentials}127.0.0.1:{proxy_port}"))
-    finally:
-        proxy.close()
 
 
 async def test_the_next_consumer_gets_at_once_what_reached_a_stopped_one_after_its_last_fetch(nats_url: str) -> None:
@@ -101,8 +50,8 @@ async def test_the_next_consumer_gets_at_once_what_reached_a_stopped_one_after_i
     async def at(moment: float) -> None:
         await asyncio.sleep(max(0.0, moment - time.monotonic()))
 
-    async with slow_upstream(nats_url, UPSTREAM_DELAY) as slow_url:
-        slow = Bus(BusSettings(url=slow_url, max_deliver=100, name="test-stop-slow"))
+    async with slow_upstream(nats_url, UPSTREAM_DELAY) as link:
+        slow = Bus(BusSettings(url=link.url, max_deliver=100, name="test-stop-slow"))
         await slow.connect(attempts=3)
         stop = asyncio.Event()
         consumer = start(slow, stop)

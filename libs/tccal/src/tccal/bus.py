@@ -500,7 +500,7 @@ async def consume(
     With `prefetch` the next fetch is requested while a fetch is handled (handled after it, in order). On stop,
     every lane finishes the message (or batch) at hand and hands the rest of its shares back (nak) for immediate
     redelivery, and so are messages fetched ahead and those JetStream delivered after the last fetch had returned
-    (`_hand_back_late_deliveries`): a consumer that returned after `stop` holds no message unacked. (JetStream
+    (`hand_back_late_deliveries`): a consumer that returned after `stop` holds no message unacked. (JetStream
     still counts a nak'd message as ack-pending until it is delivered again.)
     """
     limit = max_deliver or bus.settings.max_deliver
@@ -548,7 +548,7 @@ async def consume(
             for message in await ahead:
                 await message.nak()
         if stopped:  # (after an error the connection may be gone: what it held comes back after ack_wait)
-            await _hand_back_late_deliveries(bus, subscription, fetch_ended, stream, durable)
+            await hand_back_late_deliveries(bus, subscription, fetch_ended, FETCH_SECONDS, stream, durable)
         try:
             await subscription.unsubscribe()
         except Exception as exc:  # connection already gone
@@ -609,24 +609,30 @@ class _Lanes:
             raise RuntimeError(f"lane {lane} ended before the consumer")
 
 
-async def _hand_back_late_deliveries(
-    bus: Bus, subscription: JetStreamContext.PullSubscription, fetch_ended: float, stream: str, durable: str
-) -> None:
-    """Nak what JetStream delivered to a pull request that outlived the fetch that sent it.
+async def hand_back_late_deliveries(
+    bus: Bus,
+    subscription: JetStreamContext.PullSubscription,
+    fetch_ended: float,
+    fetch_seconds: float,
+    stream: str,
+    durable: str,
+) -> int:
+    """After a pull consumer's last fetch (it ended at `fetch_ended`, loop time; fetches wait `fetch_seconds`), nak
+    what JetStream delivered to a pull request that outlived the fetch that sent it; returns how many.
 
     A fetch can return before its pull request ends on the server: nats-py stops waiting at a deadline it counts
-    from before the request was sent, while the server keeps the request until FETCH_SECONDS after it received it
+    from before the request was sent, while the server keeps the request until `fetch_seconds` after it received it
     (or until it is filled); what it delivers meanwhile waits in the subscription's queue for the next fetch. After
     the last fetch there is none: unsubscribed, such a message would stay delivered and unacked for ack_wait (30 s),
     and the next consumer of the durable would get it late, after newer ones. So once the last request has expired,
     a PING/PONG round trip makes sure everything sent to it has arrived, and each message is handed back."""
     loop = asyncio.get_running_loop()
-    await asyncio.sleep(max(0.0, fetch_ended + FETCH_SECONDS + PULL_REQUEST_TRANSIT_SECONDS - loop.time()))
+    await asyncio.sleep(max(0.0, fetch_ended + fetch_seconds + PULL_REQUEST_TRANSIT_SECONDS - loop.time()))
     try:
         await bus.nc.flush()
     except Exception as exc:  # connection gone: nothing can be handed back over it
         log.debug("flush before handing back late deliveries failed", extra={"error": str(exc)})
-        return
+        return 0
     inbox = subscription._sub  # where nats-py's fetch finds what arrived between fetches; no public accessor
     handed_back = 0
     while inbox.pending_msgs:
@@ -639,6 +645,7 @@ async def _hand_back_late_deliveries(
             "handed back messages delivered after the last fetch",
             extra={"stream": stream, "durable": durable, "messages": handed_back},
         )
+    return handed_back
 
 
 async def _fetch(subscription: JetStreamContext.PullSubscription, batch: int, stream: str, durable: str) -> list[Msg]:

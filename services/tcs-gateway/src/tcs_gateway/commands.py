@@ -34,7 +34,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from tccal import telemetry
-from tccal.bus import Bus, ensure_consumer
+from tccal.bus import Bus, ensure_consumer, hand_back_late_deliveries
 from tccal.cache_window import cache_window
 from tccal.retry import backoff_delay
 from tccal.subjects import TCS_COMMANDS, commands_subject, results_subject
@@ -107,6 +107,9 @@ class CommandConsumer:
         subscription = await js.pull_subscribe_bind(self.durable, TCS_COMMANDS)
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(), name=f"heartbeat-{self.durable}")
         log.info("consuming commands", extra={"server": self.server_id, "subject": subject, "durable": self.durable})
+        loop = asyncio.get_running_loop()
+        fetch_ended = loop.time()
+        stopped = False
         try:
             while not self.stop.is_set():
                 room = min(self.state.queue.free, self.settings.rest_backlog - self._conference.running)
@@ -127,6 +130,8 @@ class CommandConsumer:
                     log.warning("fetch failed", extra={"server": self.server_id, "error": repr(exc)})
                     await _first([self.stop.wait()], timeout=0.5)
                     continue
+                finally:
+                    fetch_ended = loop.time()
                 if self.stop.is_set():  # stopped (a lost lease) while pulling: another replica runs these
                     for message in messages:
                         with contextlib.suppress(Exception):
@@ -142,10 +147,15 @@ class CommandConsumer:
                         delivered = message.metadata.num_delivered or 1
                         with contextlib.suppress(Exception):
                             await message.nak(delay=backoff_delay(delivered, base=1.0, cap=60.0))
+            stopped = True
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            if stopped:  # what reached the last pull request after its fetch gave up goes to the next holder at once
+                await hand_back_late_deliveries(
+                    self.bus, subscription, fetch_ended, self.settings.fetch_timeout, TCS_COMMANDS, self.durable
+                )
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
 
