@@ -57,6 +57,8 @@ TOPOLOGY_PATIENCE_SECONDS = 60.0
 FETCH_SECONDS = 1.0
 #: Beyond FETCH_SECONDS after the last fetch returned, the time its pull request may have taken to reach the server.
 PULL_REQUEST_TRANSIT_SECONDS = 0.1
+#: The PING/PONG before late deliveries are handed back: longer, and the connection is in no state to hand back over.
+HAND_BACK_FLUSH_SECONDS = 2
 
 __all__ = ["DEADLETTER_MAX_AGE_S", "DUPLICATE_WINDOW_SECONDS", "STREAM_MAX_AGE_S", "Bus", "BusSettings"]
 
@@ -629,8 +631,8 @@ async def hand_back_late_deliveries(
     loop = asyncio.get_running_loop()
     await asyncio.sleep(max(0.0, fetch_ended + fetch_seconds + PULL_REQUEST_TRANSIT_SECONDS - loop.time()))
     try:
-        await bus.nc.flush()
-    except Exception as exc:  # connection gone: nothing can be handed back over it
+        await bus.nc.flush(timeout=HAND_BACK_FLUSH_SECONDS)
+    except Exception as exc:  # connection gone or reconnecting: nothing can be handed back over it
         log.debug("flush before handing back late deliveries failed", extra={"error": str(exc)})
         return 0
     inbox = subscription._sub  # where nats-py's fetch finds what arrived between fetches; no public accessor
