@@ -77,7 +77,9 @@ scale: install
 
 # Benchmarks against their baselines at the sizes of issues #8 and #21 (bench/README.md); ~40 min on 2 cores,
 # results in bench/results/. `live` holds #21.3's burst of 2,000 CreateItem and the lone meeting during it;
-# bench_callist.py #21.4's 20,000 occurrences and the reconnect of 2,000 users. Then bench/report.py prints and writes
+# bench_callist.py #21.4's 20,000 occurrences and the reconnect of 2,000 users; bench_engine_reference.py #21.2's
+# engine beside the engine the issue was filed on (three alternating pairs; the reference is installed once, by its own
+# `make install`, under ~/.cache/tc-calendar-bench-reference). Then bench/report.py prints and writes
 # bench/results/report-<utc>.md: each of #21's figures beside last turn's and the target, met / not met. A failed
 # benchmark does not stop the others (`-`): the report counts only this run's results (--since), says "not run" for
 # it, and fails `make bench` (--require-all). Smaller runs: bench/bench.py live --mailboxes 50, and so on.
@@ -86,7 +88,7 @@ bench: install
 	-$(BIN)/python bench/bench.py live --mailboxes 2000
 	-$(BIN)/python bench/bench.py idle --mailboxes 2000
 	-$(BIN)/python bench/bench.py initial-sync --mailboxes 2000 --timeout 1800
-	-$(BIN)/python bench/bench_engine.py --changes 5000
+	-$(BIN)/python bench/bench_engine_reference.py --pairs 3 --changes 5000
 	-$(BIN)/python bench/bench_callist.py --occurrences 20000 --users 2000
 	$(BIN)/python bench/report.py --since $(BENCH_SINCE) --require-all
 
