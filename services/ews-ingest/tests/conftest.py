@@ -19,6 +19,7 @@ from ews_ingest_support import (
     ingest_config,
     provider_section,
     running_ingest,
+    streams_arrived,
 )
 from exchangelib.protocol import close_connections
 
@@ -68,7 +69,8 @@ def streaming_ingest(
 ) -> StreamingIngest:
     """`async with streaming_ingest(*mailboxes) as h`: ews-ingest over those mailboxes of `emu` (one provider,
     `max_concurrency` connections per credential), publishing to `nats_url` with seats from `licensing`; inside, the
-    collector is started, every mailbox has had its first sync and the streams (at least `connections`) are open."""
+    collector is started, every mailbox has had its first sync and the streams (at least `connections`) are open, as
+    the ingest and as Exchange see them."""
 
     @contextlib.asynccontextmanager
     async def run(
@@ -79,6 +81,7 @@ def streaming_ingest(
             await collector.start()
             await h.synced(*mailboxes)
             await h.streamed(connections=connections)
+            await streams_arrived(emu, h)
             yield h
 
     return run

@@ -359,6 +359,28 @@ class Harness:
         await wait_for_async(ready, timeout=timeout, what="streaming connections")
 
 
+async def streams_arrived(emu: EmulatorHandle, harness: Harness, timeout: float = 20.0) -> None:
+    """Wait until Exchange holds a streaming connection for every mailbox the ingest streams. `Harness.streamed`
+    counts a connection when the ingest sends GetStreamingEvents, the emulator when the request arrives - later on
+    a loaded machine, where a test acting on the streams at once found none to act on (CI, twice)."""
+    streamed = {
+        m
+        for gs in harness.runtime.streams.groups.values()
+        for g in gs
+        if g.service is not None
+        for m in g.subscriptions
+    }
+
+    async def arrived() -> bool:
+        subscriptions = await asyncio.to_thread(emu.admin.subscriptions)
+        open_ = {s["mailbox"] for s in subscriptions if not s["expired"] and s["streaming_connections"] >= 1}
+        return streamed <= open_
+
+    await wait_for_async(
+        arrived, timeout=timeout, what=f"a streaming connection at Exchange for each of {sorted(streamed)}"
+    )
+
+
 @contextlib.asynccontextmanager
 async def running_ingest(config: dict[str, Any], tuning: Tuning = FAST) -> AsyncIterator[Harness]:
     validated = Config.model_validate(config)
