@@ -359,10 +359,11 @@ class Harness:
         await wait_for_async(ready, timeout=timeout, what="streaming connections")
 
 
-async def streams_arrived(emu: EmulatorHandle, harness: Harness, timeout: float = 20.0) -> None:
-    """Wait until Exchange holds a streaming connection for every mailbox the ingest streams. `Harness.streamed`
-    counts a connection when the ingest sends GetStreamingEvents, the emulator when the request arrives - later on
-    a loaded machine, where a test acting on the streams at once found none to act on (CI, twice)."""
+async def streams_arrived(emu: EmulatorHandle, harness: Harness, *, exactly_one: bool = False) -> None:
+    """Wait (at most 20 s) until Exchange holds a streaming connection for every mailbox the ingest streams - with
+    `exactly_one`, exactly one, on one of the mailbox's live subscriptions. `Harness.streamed` counts a connection
+    when the ingest sends GetStreamingEvents, the emulator when the request arrives - later on a loaded machine,
+    where a test acting on the streams at once found none to act on (CI, three times)."""
     streamed = {
         m
         for gs in harness.runtime.streams.groups.values()
@@ -372,13 +373,16 @@ async def streams_arrived(emu: EmulatorHandle, harness: Harness, timeout: float 
     }
 
     async def arrived() -> bool:
-        subscriptions = await asyncio.to_thread(emu.admin.subscriptions)
-        open_ = {s["mailbox"] for s in subscriptions if not s["expired"] and s["streaming_connections"] >= 1}
-        return streamed <= open_
+        connections: dict[str, list[int]] = {}
+        for s in await asyncio.to_thread(emu.admin.subscriptions):
+            if not s["expired"]:
+                connections.setdefault(s["mailbox"], []).append(s["streaming_connections"])
+        if exactly_one:
+            return all(connections.get(m, []).count(1) == 1 and max(connections[m]) == 1 for m in streamed)
+        return all(max(connections.get(m, [0])) >= 1 for m in streamed)
 
-    await wait_for_async(
-        arrived, timeout=timeout, what=f"a streaming connection at Exchange for each of {sorted(streamed)}"
-    )
+    how_many = "exactly one streaming connection" if exactly_one else "a streaming connection"
+    await wait_for_async(arrived, timeout=20, what=f"{how_many} at Exchange for each of {sorted(streamed)}")
 
 
 @contextlib.asynccontextmanager

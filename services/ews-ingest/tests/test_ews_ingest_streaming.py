@@ -22,6 +22,7 @@ from ews_ingest_support import (
     new_mailboxes,
     provider_section,
     running_ingest,
+    streams_arrived,
 )
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -43,21 +44,6 @@ def _tracing() -> None:
         provider = TracerProvider()
         trace.set_tracer_provider(provider)
     provider.add_span_processor(SimpleSpanProcessor(SPANS))
-
-
-async def streams_open_at_exchange(emu: EmulatorHandle, outlook: Outlook, mailboxes: list[str]) -> None:
-    """Wait until Exchange holds exactly one streaming connection for each mailbox's subscription. The ingest counts a
-    group's connection when it sends GetStreamingEvents; the emulator registers it when the request arrives, which
-    on a loaded machine is later (a CI run caught the gap)."""
-
-    async def open_() -> bool:
-        connections: dict[str, list[int]] = {}
-        for s in await outlook.do(emu.admin.subscriptions):
-            if not s["expired"]:
-                connections.setdefault(s["mailbox"], []).append(s["streaming_connections"])
-        return all(connections.get(m, []).count(1) == 1 and max(connections[m]) == 1 for m in mailboxes)
-
-    await wait_for_async(open_, timeout=20, what=f"one streaming connection at Exchange for each of {mailboxes}")
 
 
 async def test_notification_latency(
@@ -112,7 +98,7 @@ async def test_groups_affinity_and_overflow_polling(
             assert group.affinity is not None and group.affinity.anchor == group.members[0]
             assert group.affinity.cookie  # X-BackEndOverrideCookie from Exchange, sent back by the group
         streamed = [m for g in groups for m in g.members]
-        await streams_open_at_exchange(emu, outlook, streamed)
+        await streams_arrived(emu, h, exactly_one=True)
         (polled,) = [m for m in mailboxes if m not in streamed]
         assert not h.scheduler.entries[polled].streamed
         for mailbox in mailboxes:  # every mailbox gets its change, the fifth one by polling
@@ -146,7 +132,7 @@ async def test_streams_are_a_budget_apart_from_max_concurrency(
             servers = {(await outlook.do(emu.admin.mailbox, m))["server"] for m in group.members}
             assert len(servers) == 1 and group.key.startswith(f"{servers.pop()}|"), group.label
         assert all(h.scheduler.entries[m].streamed for m in mailboxes)
-        await streams_open_at_exchange(emu, outlook, mailboxes)
+        await streams_arrived(emu, h, exactly_one=True)
         for mailbox in mailboxes:
             await outlook.do(outlook.meeting, mailbox, f"streamed {mailbox}")
         for mailbox in mailboxes:
