@@ -105,9 +105,9 @@ class CommandConsumer:
             max_ack_pending=self.settings.queue_capacity + self.settings.rest_backlog + self.settings.fetch_batch,
         )
         subscription = await js.pull_subscribe_bind(self.durable, TCS_COMMANDS)
-        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(), name=f"heartbeat-{self.durable}")
-        log.info("consuming commands", extra={"server": self.server_id, "subject": subject, "durable": self.durable})
         loop = asyncio.get_running_loop()
+        heartbeat = loop.create_task(self._heartbeat(), name=f"heartbeat-{self.durable}")
+        log.info("consuming commands", extra={"server": self.server_id, "subject": subject, "durable": self.durable})
         fetch_ended = loop.time()
         stopped = False
         try:
