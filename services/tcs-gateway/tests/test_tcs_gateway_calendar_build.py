@@ -9,11 +9,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from google.protobuf.descriptor import FieldDescriptor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tccal.cache_window import CacheWindow
-from tcs_gateway.bridge.events import build_event, fit_event, overlaps
+from tcs_gateway.bridge.events import (
+    OCCURRENCE_OWN_FIELDS,
+    _meeting_event,
+    build_event,
+    fit_event,
+    meeting_key,
+    overlaps,
+)
 from tcs_gateway.bridge.framing import format_instant
 from tcs_gateway.bridge.list_pages import page_frame, split_pages
 from tcs_gateway.bridge.payloads import encoded_events_for, event_budget
@@ -242,3 +250,33 @@ def test_an_exception_differing_in_one_field_is_not_built_as_its_series(changed:
     assert series != exception
     texts = encoded_events_for(occurrences, "bob@example.test", 5, WINDOW, server_host=HOST, budget=BUDGET)
     assert texts == [_json(event) for event in expected]
+
+
+def _other_value(message: Any, field: FieldDescriptor) -> None:
+    """Give `field` of `message` another value (a repeated field one more element, a message its first field's)."""
+    if field.is_repeated:
+        getattr(message, field.name).add()
+    elif field.message_type is not None:
+        _other_value(getattr(message, field.name), field.message_type.fields[0])
+    elif field.type == FieldDescriptor.TYPE_BOOL:
+        setattr(message, field.name, not getattr(message, field.name))
+    elif field.type == FieldDescriptor.TYPE_STRING:
+        setattr(message, field.name, getattr(message, field.name) + "x")
+    else:  # integers and enums
+        setattr(message, field.name, getattr(message, field.name) + 1)
+
+
+@pytest.mark.parametrize("field", [field.name for field in calendar_pb2.Occurrence.DESCRIPTOR.fields])
+def test_the_meeting_key_holds_every_field_of_an_occurrence_but_its_own(field: str) -> None:
+    """meeting_key tells occurrences apart by every field of Occurrence, but for the occurrence's own fields, which
+    the meeting's part is not built of: occurrences differing only in those share it (a field added to the proto is
+    in the key, and so never shared wrongly, unless declared the occurrence's own)."""
+    series = _series_member()
+    other = calendar_pb2.Occurrence()
+    other.CopyFrom(series)
+    _other_value(other, calendar_pb2.Occurrence.DESCRIPTOR.fields_by_name[field])
+    assert other != series
+    own = field in OCCURRENCE_OWN_FIELDS
+    assert (meeting_key(other) == meeting_key(series)) is own
+    if own:
+        assert _meeting_event(other, "bob@example.test", HOST) == _meeting_event(series, "bob@example.test", HOST)
