@@ -132,6 +132,9 @@ class Point:
 
 CREATE = ("propagation", "connector", "create")
 LARGE = ("large_calendar",)
+#: Part 1 with TrueConf's client, the gateway and the engine's stand-in each in a process of its own, as installed
+#: (bench/README.md section 6): the figure #21.4a is judged by; LARGE (all in one process) is shown beside it.
+APART = ("large_calendar_apart",)
 POINTS = (
     Point(
         "1",
@@ -210,22 +213,27 @@ POINTS = (
     ),
     Point(
         "4a",
-        "one user's whole calendar: every page of getCalendarList",
+        "one user's whole calendar: every page of getCalendarList, the time TrueConf's client waits for them "
+        "(client, gateway and the engine's stand-in each in its own process)",
         "~11,000 occurrences: over 1 MiB, refused as frame too large",
         "≤ 1 s, no frame over 1 MiB",
         "20,000 occurrences",
         "callist",
         reads={
-            "median": at("median_s", within=LARGE),
-            "pages": at("pages", within=LARGE),
-            "largest": at("largest_frame_bytes", within=LARGE),
-            "events": at("events", within=LARGE),
+            "served": at("median_served_s", within=APART),
+            "wall": at("median_s", within=APART),
+            "gateway_cpu": at("median_gateway_cpu_s", within=APART),
+            "pages": at("pages", within=APART),
+            "largest": at("largest_frame_bytes", within=APART),
+            "events": at("events", within=APART),
+            "one_process": at("median_served_s", within=LARGE),
             "occurrences": at("occurrences"),
-            "runs": lambda d: len(figure(figure(d, *LARGE), "seconds")),
+            "runs": lambda d: len(figure(figure(d, *APART), "seconds")),
         },
-        now="{median:.2f} s (median of {runs}), {events:,.0f} events in {pages:,.0f} pages, "
-        "largest frame {largest:,.0f} B",
-        met=lambda f: f["median"] <= 1.0 and f["largest"] <= FRAME_LIMIT_BYTES and f["events"] == f["occurrences"],
+        now="{served:.2f} s (median of {runs}; with the client's own parsing {wall:.2f} s; the gateway's process "
+        "{gateway_cpu:.2f} CPU s a list), {events:,.0f} events in {pages:,.0f} pages, largest frame {largest:,.0f} B; "
+        "all in one process {one_process:.2f} s",
+        met=lambda f: f["served"] <= 1.0 and f["largest"] <= FRAME_LIMIT_BYTES and f["events"] == f["occurrences"],
         measured_at="{occurrences:,.0f} occurrences",
         full_size=lambda f: f["occurrences"] >= 20_000,
     ),

@@ -151,15 +151,21 @@ def test_report_reads_the_calendar_list_rows_from_a_callist_run(tmp_path: Path) 
     assert run.returncode == 1 and "rows 1, 2, 3a, 3b are not run" in run.stderr
     rows = issue_table(text)
 
-    large = callist_result["large_calendar"]
+    # Row 4a is judged by the time the client waited for the pages in the installation's layout (three processes).
+    large, apart = callist_result["large_calendar"], callist_result["large_calendar_apart"]
+    assert apart["events"] == large["events"] == 300 and apart["pages"] == large["pages"] == 1
+    assert len(apart["gateway_cpu_s"]) == len(apart["sync_cpu_s"]) == 1 and apart["gateway_cpu_s"][0] > 0
+    assert 0 < apart["served_s"][0] <= apart["seconds"][0] and 0 < large["served_s"][0] <= large["seconds"][0]
     _, _, _, target, now, size, said, source = rows["4a"]
     assert target == "≤ 1 s, no frame over 1 MiB at 20,000 occurrences"
     assert now == (
-        f"{large['median_s']:.2f} s (median of 1), {large['events']} events in {large['pages']} pages, "
-        f"largest frame {large['largest_frame_bytes']:,} B"
+        f"{apart['median_served_s']:.2f} s (median of 1; with the client's own parsing {apart['median_s']:.2f} s; "
+        f"the gateway's process {apart['median_gateway_cpu_s']:.2f} CPU s a list), {apart['events']} events in "
+        f"{apart['pages']} pages, largest frame {apart['largest_frame_bytes']:,} B; all in one process "
+        f"{large['median_served_s']:.2f} s"
     )
     assert size == "300 occurrences" and source.startswith(f"`{name}`")
-    met = large["median_s"] <= 1.0 and large["largest_frame_bytes"] <= 1_048_576 and large["events"] == 300
+    met = apart["median_served_s"] <= 1.0 and apart["largest_frame_bytes"] <= 1_048_576 and apart["events"] == 300
     assert said == verdict(met, "20,000 occurrences")
 
     again = callist_result["reconnect"]
@@ -176,9 +182,9 @@ def test_report_reads_the_calendar_list_rows_from_a_callist_run(tmp_path: Path) 
 
     # A newer run of part 1 alone (--users 0: no reconnect) gives row 4a; 4b stays with the run that measured it.
     part_one = callist(tmp_path, 0)
-    large = json.loads(part_one.read_text())["large_calendar"]
+    apart = json.loads(part_one.read_text())["large_calendar_apart"]
     rows = issue_table(report(tmp_path)[1])
-    assert rows["4a"][4].startswith(f"{large['median_s']:.2f} s (median of 1)")
+    assert rows["4a"][4].startswith(f"{apart['median_served_s']:.2f} s (median of 1;")
     assert rows["4a"][7].startswith(f"`{part_one.name}`") and rows["4b"][7].startswith(f"`{name}`")
 
 

@@ -265,7 +265,7 @@ def server_settings(
 
 
 def gateway_settings(
-    sync: SyncServer,
+    sync: SyncServer | str,
     servers: Iterable[ServerSettings],
     *,
     whitelist: Iterable[str] | None = None,
@@ -279,7 +279,7 @@ def gateway_settings(
         whitelist=tuple(whitelist if whitelist is not None else [s.id for s in listed]),
         servers=tuple(listed),
         configured_users=tuple(users),
-        sync_address=sync.address,
+        sync_address=sync if isinstance(sync, str) else sync.address,  # a SyncServer here or its host:port
         sync_caller=GATEWAY_CALLER,
         rest_backoff_base=0.05,
         rest_backoff_cap=0.5,
@@ -535,6 +535,9 @@ class RawBridgeClient:
         #: CPU seconds (process time) spent parsing the frames received (bench_callist.py tells them apart from
         #: the gateway's, which runs in the same process).
         self.parse_cpu_s = 0.0
+        #: Seconds spent waiting for frames to arrive: for a request, how long the gateway took to answer it, without
+        #: this client's own work in between (bench_callist.py's "served" time).
+        self.wait_s = 0.0
 
     async def __aenter__(self) -> RawBridgeClient:
         import aiohttp
@@ -561,7 +564,9 @@ class RawBridgeClient:
         import aiohttp
 
         while True:
+            waiting = time.monotonic()
             message = await self.ws.receive(timeout=timeout)
+            self.wait_s += time.monotonic() - waiting
             if message.type != aiohttp.WSMsgType.TEXT:
                 raise ConnectionError(f"connection ended: {message.type!r} code {self.ws.close_code}")
             parse_started = time.process_time()
