@@ -147,7 +147,9 @@ def test_commands_follow_the_bridge_session_and_move_after_kill9(sandbox: Sandbo
         wait_for(lambda: bridge(sandbox).get("connected_url") == a.ws, 30, what="TrueConf connected to a")
         # s (no session) held the lease since it started; a, having the session, asked for it and got it
         wait_for(lambda: lease_owner(sandbox) == "a", 30, what="a holds the server's lease")
-        assert "consuming commands" in a.log()
+        # the lease first, then a binds the commands' consumer (a JetStream request) and says so: CI once read a's
+        # log between the two
+        wait_for(lambda: "consuming commands" in a.log(), 30, what="a consuming the server's commands")
         consumed_by_b_before = b.log().count("consuming commands")
 
         conference_meeting(sandbox, "Replicas before kill")
