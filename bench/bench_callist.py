@@ -45,7 +45,7 @@ from typing import Any
 
 import asyncpg
 import psutil
-from callist_peers import fill, timed_lists, window
+from callist_peers import every_page, fill, timed_lists, window
 from tcs_gateway_testkit import (
     RawBridgeClient,
     RunningGateway,
@@ -158,16 +158,6 @@ def _frame_bytes(frame: dict[str, Any]) -> int:
     return len(json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode())
 
 
-async def _pages(client: RawBridgeClient, request: dict[str, Any]) -> list[dict[str, Any]]:
-    first = await client.reply_to(await client.request("getCalendarList", dict(request, page=0)), 60)
-    assert first["payload"]["errorCode"] == 0, first["payload"]
-    frames = [first]
-    for page in range(1, first["payload"]["pageCount"]):
-        asked = dict(request, page=page, listId=first["payload"]["listId"])
-        frames.append(await client.reply_to(await client.request("getCalendarList", asked), 60))
-    return frames
-
-
 def _change(sync: SyncServer, user: str, changes: int) -> None:
     """`changes` changes of `user`'s calendar in the FakeSync: edits, the last one a deletion."""
     fake = sync.fake
@@ -188,7 +178,7 @@ async def changes_since(gateway: RunningGateway, sync: SyncServer, changes: int,
     async with RawBridgeClient(gateway.url) as client:
         assert (await client.auth(server_id=LARGE_SERVER_ID))["payload"]["errorCode"] == 0
         request = dict(window(), user=BIG_USER)
-        held = (await _pages(client, request))[0]["payload"]["seq"]
+        held = (await every_page(client, request))[0]["payload"]["seq"]
         _change(sync, BIG_USER, changes)
         figures: dict[str, Any] = {}
         for name, asked in (("whole", request), ("incremental", dict(request, sinceSeq=held, incremental=True))):
@@ -196,7 +186,7 @@ async def changes_since(gateway: RunningGateway, sync: SyncServer, changes: int,
             frames: list[dict[str, Any]] = []
             for _ in range(runs):
                 started = time.monotonic()
-                frames = await _pages(client, asked)
+                frames = await every_page(client, asked)
                 seconds.append(round(time.monotonic() - started, 4))
             figures[name] = {
                 "seconds": seconds,

@@ -55,6 +55,18 @@ def window() -> dict[str, str]:
     return {"from": format_instant(midnight - timedelta(days=1)), "to": format_instant(midnight + timedelta(days=200))}
 
 
+async def every_page(client: RawBridgeClient, request: dict[str, Any]) -> list[dict[str, Any]]:
+    """The reply frames to getCalendarList `request`: page 0 of a new list, then each further page in turn."""
+    first = await client.reply_to(await client.request("getCalendarList", dict(request, page=0)), 60)
+    if first["payload"]["errorCode"] != 0:
+        raise RuntimeError(f"getCalendarList {request} failed: {first['payload']}")
+    frames = [first]
+    for page in range(1, first["payload"]["pageCount"]):
+        asked = dict(request, page=page, listId=first["payload"]["listId"])
+        frames.append(await client.reply_to(await client.request("getCalendarList", asked), 60))
+    return frames
+
+
 def _cpu_s(process: psutil.Process) -> float:
     times = process.cpu_times()
     return float(times.user + times.system)
@@ -82,11 +94,7 @@ async def timed_lists(
             cpu_before = {name: _cpu_s(process) for name, process in watched.items()}
             parse_before, wait_before = client.parse_cpu_s, client.wait_s
             started = time.monotonic()
-            first = await client.reply_to(await client.request("getCalendarList", dict(request, page=0)), 60)
-            frames = [first]
-            for page in range(1, first["payload"]["pageCount"]):
-                asked = dict(request, page=page, listId=first["payload"]["listId"])
-                frames.append(await client.reply_to(await client.request("getCalendarList", asked), 60))
+            frames = await every_page(client, request)
             seconds.append(round(time.monotonic() - started, 3))
             served_s.append(round(client.wait_s - wait_before, 3))
             parse_cpu_s.append(round(client.parse_cpu_s - parse_before, 3))
