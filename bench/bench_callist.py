@@ -35,17 +35,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import sys
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import psutil
-from callist_peers import every_page, fill, timed_lists, window
+from callist_peers import NATS_URL_VARIABLE, every_page, fill, timed_lists, window
 from tcs_gateway_testkit import (
     RawBridgeClient,
     RunningGateway,
@@ -100,9 +102,9 @@ class _Peer:
         self.said = said
 
     @classmethod
-    async def start(cls, *args: str) -> _Peer:
+    async def start(cls, *args: str, env: Mapping[str, str] | None = None) -> _Peer:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, str(PEERS), *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+            sys.executable, str(PEERS), *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env
         )
         assert process.stdout is not None
         line = await asyncio.wait_for(process.stdout.readline(), 120)
@@ -128,7 +130,8 @@ async def large_calendar_apart(nats_url: str, occurrences: int, runs: int) -> di
     sync = await _Peer.start("sync", "--user", BIG_USER, "--occurrences", str(occurrences))
     try:
         gateway = await _Peer.start(
-            "gateway", "--sync", sync.said["address"], "--nats", nats_url, "--server-id", APART_SERVER_ID
+            *("gateway", "--sync", sync.said["address"], "--server-id", APART_SERVER_ID),
+            env={**os.environ, NATS_URL_VARIABLE: nats_url},
         )
         try:
             client = await asyncio.create_subprocess_exec(

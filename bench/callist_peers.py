@@ -2,11 +2,12 @@
 sync-engine are three programs (usually on three machines), so here each is a process of its own.
 
     python bench/callist_peers.py sync --user U --occurrences N
-    python bench/callist_peers.py gateway --sync ADDRESS --nats URL --server-id ID
+    CALLIST_NATS_URL=URL python bench/callist_peers.py gateway --sync ADDRESS --server-id ID
     python bench/callist_peers.py tcs --url URL --server-id ID --user U --runs N [--watch NAME=PID ...]
 
 `sync` serves the testkit's FakeSync (SyncService over real gRPC, the engine's stand-in) holding the user's N
-occurrences; `gateway` runs tcs-gateway (`RunningGateway`, the service's own code) against it and an existing NATS;
+occurrences; `gateway` runs tcs-gateway (`RunningGateway`, the service's own code) against it and the NATS at
+`CALLIST_NATS_URL` (credentials in it, so not on a command line other users can read);
 each prints one JSON line ({"address"} or {"url"}) once it serves, and stops when its stdin closes. `tcs` is
 TrueConf Server's side, a raw WebSocket client: it asks every page of the user's list `--runs` times, one after
 the other, and prints its figures (`timed_lists`) as one JSON line, with the CPU seconds each watched process
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -37,6 +39,9 @@ from tcs_gateway_testkit import (
 )
 
 from tcs_gateway.bridge.framing import format_instant
+
+#: The environment variable `gateway` reads the NATS URL from.
+NATS_URL_VARIABLE = "CALLIST_NATS_URL"
 
 
 def fill(sync: SyncServer, user: str, count: int) -> None:
@@ -136,7 +141,10 @@ async def serve_sync(args: argparse.Namespace) -> None:
 
 async def serve_gateway(args: argparse.Namespace) -> None:
     settings = gateway_settings(args.sync, [server_settings(server_id=args.server_id)])
-    gateway = await RunningGateway(settings, args.nats).start()
+    nats_url = os.environ.get(NATS_URL_VARIABLE)
+    if not nats_url:
+        raise SystemExit(f"callist_peers.py gateway: {NATS_URL_VARIABLE} is not set (the NATS URL, with credentials)")
+    gateway = await RunningGateway(settings, nats_url).start()
     try:
         _say({"url": gateway.url})
         await _until_stdin_closes()
@@ -167,7 +175,6 @@ def main(argv: list[str] | None = None) -> int:
     sync.set_defaults(run=serve_sync)
     gateway = roles.add_parser("gateway", help="tcs-gateway against a SyncService and a NATS")
     gateway.add_argument("--sync", required=True, help="SyncService's host:port")
-    gateway.add_argument("--nats", required=True, help="NATS URL (with the gateway's credentials)")
     gateway.add_argument("--server-id", required=True)
     gateway.set_defaults(run=serve_gateway)
     tcs = roles.add_parser("tcs", help="TrueConf Server's side: every page of a user's list, --runs times")
