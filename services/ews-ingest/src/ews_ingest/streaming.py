@@ -463,12 +463,14 @@ class StreamManager:
                 if ended.is_set():
                     return
                 for notification in service.call(subscription_ids=ids, connection_timeout=self.minutes):
-                    if ended.is_set():
-                        break
+                    # Handed on even when the connection is being closed (the group changed): Exchange counts what
+                    # it wrote as delivered, and a member that stays in the group would not hear of it again.
                     mailbox = by_subscription.get(notification.subscription_id)
                     events = [e for e in notification.events if type(e).__name__ != "StatusEvent"]
                     if mailbox is not None and events:
                         loop.call_soon_threadsafe(notify, mailbox, time.monotonic())
+                    if ended.is_set():
+                        break
                 status[0] = service.connection_status
             finally:
                 group.service = None
